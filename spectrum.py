@@ -1,0 +1,317 @@
+"""
+The spectral diagnosis of Skorokhodov et al. (ICML 2025), "Improving the Diffusability of Autoencoders".
+
+Autoencoder latents carry far more high-frequency energy than RGB images at the same resolution, the more so with
+more latent channels and KL noise, and a diffusion model trained on them spends its capacity on that noise. The
+scale-equivariance loss pulls the latent spectrum back toward RGB's. This file measures it, as the paper does, with
+the JPEG tool kit: an orthonormal DCT-II on 8x8 blocks, coefficients read in zigzag order (low to high frequency).
+
+  dct_spectrum(x)  (C, 64) mean |DCT coefficient| per channel, normalised by the DC amplitude, in zigzag order
+  hf_ratio(x)      one scalar: the mean of that profile over the upper half of the zigzag order, over channels
+  erase_high_frequencies(x, p)  zero the top fraction p of every block's zigzag coefficients (the erasure test)
+
+Run it on any autoencoder the project can load (train_ae.py checkpoints, or public weights with --preset):
+  python spectrum.py --ckpt out/base/ckpt.pt --ckpt out/se/ckpt.pt --label base --label se --out_dir out/spectrum
+  python spectrum.py --ckpt sd_vae.safetensors --preset sd --data /path/to/images --image_size 256
+  python spectrum.py --data /path/to/photos --image_size 512 --rgb_pool 8     # no --ckpt: the images alone
+It writes spectrum.png (normalised amplitude vs zigzag index, one line per AE plus RGB at the latent resolution),
+erasure.png (PSNR vs % of coefficients erased) and spectrum.json (every number), and prints a table of hf ratios.
+"""
+import os
+import json
+import math
+import argparse
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common import die
+from data import make_dataset
+from model import load_autoencoder
+
+BLOCK = 8                                         # JPEG's block size; the zigzag order below is defined for 8x8
+ERASE_FRACTIONS = [k / 10 for k in range(10)]     # p = 0, 0.1, ..., 0.9 of the 64 coefficients erased
+PSNR_MAX = 100.0                                  # dB; a lossless match (MSE 0) is reported as this, not inf
+
+# -----------------------------------------------------------------------------
+# block DCT and the zigzag order
+
+def dct_matrix(n, device=None, dtype=torch.float64):
+    """Orthonormal DCT-II matrix D (n, n), so that X = D x and x = D^T X."""
+    k = torch.arange(n, device=device, dtype=dtype)[:, None]  # frequency (row)
+    i = torch.arange(n, device=device, dtype=dtype)[None, :]  # sample (column)
+    D = torch.cos(math.pi * (2 * i + 1) * k / (2 * n))  # D[k, i] = a_k cos(pi (2i + 1) k / 2n)
+    D[0] *= math.sqrt(1 / n)  # a_0 = sqrt(1/n)
+    D[1:] *= math.sqrt(2 / n)  # a_k = sqrt(2/n), k > 0: rows of unit norm, hence D D^T = I
+    return D
+
+
+def block_dct(x):
+    """2-D DCT-II of every 8x8 block: x (..., H, W) -> (..., H//8, W//8, 8, 8), coefficient [u, v] = (vertical, horizontal)
+    frequency. H and W are cropped to multiples of 8 at the bottom and right: a partial block has no 8x8 spectrum."""
+    H, W = x.shape[-2] // BLOCK, x.shape[-1] // BLOCK
+    if H == 0 or W == 0:
+        raise ValueError(f"the block DCT needs images of at least {BLOCK}x{BLOCK} pixels, got {tuple(x.shape[-2:])}.")
+    x = x[..., :H * BLOCK, :W * BLOCK]
+    x = x.unflatten(-1, (W, BLOCK)).unflatten(-3, (H, BLOCK)).transpose(-3, -2)  # (..., H, W, 8, 8)
+    D = dct_matrix(BLOCK, x.device, x.dtype)
+    return D @ x @ D.T  # X = D x D^T
+
+
+def block_idct(X):
+    """Inverse of block_dct: X (..., H//8, W//8, 8, 8) -> (..., H', W') with H', W' the cropped size."""
+    D = dct_matrix(BLOCK, X.device, X.dtype)
+    x = D.T @ X @ D  # x = D^T X D
+    return x.transpose(-3, -2).flatten(-2).flatten(-3, -2)  # (..., H, 8, W, 8) -> (..., H*8, W*8)
+
+
+def zigzag():
+    """The 64 row-major indices u*8 + v of an 8x8 block in JPEG zigzag order: anti-diagonals u + v = s in turn,
+    walked with u rising on odd s and falling on even s, so frequency grows along the order."""
+    cells = sorted(((u, v) for u in range(BLOCK) for v in range(BLOCK)),
+                   key=lambda c: (c[0] + c[1], c[0] if (c[0] + c[1]) % 2 else -c[0]))
+    return torch.tensor([u * BLOCK + v for u, v in cells])
+
+# -----------------------------------------------------------------------------
+# the spectrum and its one scalar
+
+def _fold_time(x):
+    """Video latents (B, C, T, H, W) are treated as B*T images: the spectrum here is spatial, per frame."""
+    if x.ndim == 5:
+        return x.transpose(1, 2).flatten(0, 1)  # (B*T, C, H, W)
+    if x.ndim != 4:
+        raise ValueError(f"expected images (B, C, H, W) or video (B, C, T, H, W), got shape {tuple(x.shape)}.")
+    return x
+
+
+def dct_amplitude(x):
+    """x (B, C, H, W) or (B, C, T, H, W) -> (C, 64): |DCT coefficient| averaged over images and 8x8 blocks, per
+    channel, in zigzag order, not normalised. Averages over batches of equal-sized images combine exactly."""
+    x = _fold_time(x)
+    x = x if x.dtype == torch.float64 else x.float()  # bf16 under autocast has too few bits for a spectrum
+    X = block_dct(x).abs().mean(dim=(0, 2, 3))  # (C, 8, 8)
+    return X.flatten(1)[:, zigzag().to(x.device)]  # (C, 64)
+
+
+def normalise(amplitude):
+    """(C, 64) amplitudes -> divided by each channel's DC amplitude, so profiles of channels and models compare."""
+    return amplitude / amplitude[:, :1].clamp_min(torch.finfo(amplitude.dtype).tiny)
+
+
+def dct_spectrum(x):
+    """x (B, C, H, W), or video (B, C, T, H, W) with T folded into B -> (C, 64): per channel, the mean over images
+    and 8x8 blocks of |DCT-II coefficient|, divided by the mean |DC coefficient|, in zigzag order. Entry 0 is 1.
+    H and W are cropped to multiples of 8. For zero-mean white noise the orthonormal DCT gives i.i.d. coefficients,
+    DC included, so the whole profile is flat at 1; a positive mean lifts only DC and the AC part is flat below 1."""
+    return normalise(dct_amplitude(x))
+
+
+def hf_ratio(x):
+    """The one scalar: mean of dct_spectrum(x) over zigzag indices 32..63 (the upper half of the order) and over
+    channels. About 1 for white noise, near 0 for smooth images; an RGB image pooled to the latent size is the
+    reference an autoencoder's latents should approach."""
+    return dct_spectrum(x)[:, BLOCK * BLOCK // 2:].mean().item()
+
+
+def profile_stats(spectrum):
+    """(C, 64) profile -> the numbers we report: per-channel rows, mean and std across channels, hf ratio."""
+    return dict(per_channel=spectrum.tolist(), mean=spectrum.mean(0).tolist(),
+                std=spectrum.std(0, unbiased=False).tolist(),
+                hf_ratio=spectrum[:, BLOCK * BLOCK // 2:].mean().item())
+
+# -----------------------------------------------------------------------------
+# erasure: how much of the signal lives in the high frequencies
+
+def erase_high_frequencies(x, p):
+    """Zero the highest-frequency fraction p of the 64 DCT coefficients of every 8x8 block of x (..., H, W): keep the
+    first 64 - round(64 p) in zigzag order, then invert. Border pixels beyond the last whole block are left as they are."""
+    if not 0 <= p < 1:
+        raise ValueError(f"the erased fraction must lie in [0, 1), got {p}.")
+    n_keep = BLOCK * BLOCK - round(BLOCK * BLOCK * p)
+    if n_keep == BLOCK * BLOCK:
+        return x  # keeping all 64 coefficients is the identity; skipping the round trip makes p = 0 bitwise exact
+    keep = torch.zeros(BLOCK * BLOCK, device=x.device, dtype=x.dtype)
+    keep[zigzag()[:n_keep].to(x.device)] = 1
+    X = block_dct(x) * keep.view(BLOCK, BLOCK)  # (..., H//8, W//8, 8, 8)
+    x_low = block_idct(X)
+    out = x.clone()
+    out[..., :x_low.shape[-2], :x_low.shape[-1]] = x_low
+    return out
+
+
+def psnr(x, y):
+    """Per-image PSNR in dB of images in [-1, 1] (peak-to-peak 2): 10 log10(2^2 / MSE), capped at PSNR_MAX. (B,)"""
+    mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)
+    return (10 * torch.log10(4 / mse)).clamp(max=PSNR_MAX)
+
+# -----------------------------------------------------------------------------
+# command line
+
+def pool_to(x, size):
+    """The RGB reference at a latent's resolution: x (B, 3, H, W) average-pooled to (B, 3, h, w)."""
+    return F.adaptive_avg_pool2d(x, size)
+
+
+class Mean:
+    """Running mean of per-batch means, weighted by batch size; exact for (C, 64) amplitudes and (B,) PSNRs alike."""
+    def __init__(self):
+        self.total, self.n = 0, 0
+
+    def update(self, value, n):
+        self.total, self.n = self.total + value.double().cpu() * n, self.n + n
+
+    @property
+    def value(self):
+        return self.total / self.n
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0].strip(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    p.add_argument('--ckpt', action='append', default=[], help='autoencoder to analyse (repeatable): a train_ae.py '
+                   'checkpoint, or public weights (.safetensors / .pt) with --preset; none: analyse the images alone')
+    p.add_argument('--label', action='append', default=[], help='name of each --ckpt in plots and JSON, in the same '
+                   'order (default: the file name)')
+    p.add_argument('--preset', type=str, default=None, help='AE_PRESETS entry for public weights (e.g. sd, flux)')
+    p.add_argument('--data', type=str, default=None, help='image folder; omitted: the held-out dead-leaves stream')
+    p.add_argument('--num_images', type=int, default=256, help='images to analyse (at most the folder size)')
+    p.add_argument('--image_size', type=int, default=256, help='images are resized and center-cropped to this')
+    p.add_argument('--batch_size', type=int, default=16, help='images per forward pass')
+    p.add_argument('--rgb_pool', type=int, action='append', default=[], help='also report the images average-pooled '
+                   'by this factor (repeatable), e.g. 8 to compare with f8 latents without an autoencoder')
+    p.add_argument('--seed', type=int, default=0, help='seed of the dead-leaves stream')
+    p.add_argument('--device', type=str, default='auto', help="'auto', 'cpu', 'cuda'")
+    p.add_argument('--out_dir', type=str, default='out/spectrum', help='where spectrum.png, erasure.png, spectrum.json go')
+    args = p.parse_args(argv)
+    if args.label and len(args.label) != len(args.ckpt):
+        die(f"got {len(args.label)} --label for {len(args.ckpt)} --ckpt; give one label per checkpoint or none.")
+    args.label = args.label or [os.path.splitext(os.path.basename(c))[0] for c in args.ckpt]
+    if len(set(args.label)) != len(args.label):
+        die(f"labels {args.label} repeat; name each --ckpt with its own --label.")
+    for f in args.rgb_pool:
+        if f < 1 or args.image_size % f:
+            die(f"--rgb_pool {f} must be a positive divisor of --image_size {args.image_size}.")
+    if args.num_images < 1 or args.batch_size < 1:
+        die("--num_images and --batch_size must be positive.")
+    if args.device == 'auto':
+        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    return args
+
+
+def rgb_key(h, w):
+    return f"RGB {h}x{w}"
+
+
+@torch.no_grad()
+def analyse(args):
+    """One pass over the images: every AE encodes each batch, spectra and erasure PSNRs accumulate as exact means."""
+    device = torch.device(args.device)
+    dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=False)
+    n = args.num_images if getattr(dataset, 'infinite', False) else min(args.num_images, len(dataset))
+    if n < args.num_images:
+        print(f"{args.data} holds {n} images; analysing all of them.")
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=args.batch_size)
+    aes = {label: load_autoencoder(path, preset=args.preset, device=device) for label, path in zip(args.label, args.ckpt)}
+
+    rgb_sizes = {(args.image_size, args.image_size)} | {(args.image_size // f,) * 2 for f in args.rgb_pool}
+    rgb_amp = {}                                             # (h, w) -> Mean of (3, 64) amplitudes
+    rgb_erasure = [Mean() for _ in ERASE_FRACTIONS]          # PSNR of the erased image vs itself
+    ae_amp = {k: Mean() for k in aes}                        # label -> Mean of (z_channels, 64)
+    ae_erasure = {k: [Mean() for _ in ERASE_FRACTIONS] for k in aes}
+    latent_size = {}
+    for x, _ in tqdm(loader, desc='images', unit='batch'):
+        x = x.to(device)  # (B, 3, H, W) in [-1, 1]
+        B = x.shape[0]
+        for label, ae in aes.items():
+            z, _ = ae.encode(x, sample=False)  # posterior mean: the latent a diffusion model would be trained on
+            ae_amp[label].update(dct_amplitude(z), B)
+            latent_size[label] = tuple(z.shape[-2:])
+            rgb_sizes.add(latent_size[label])
+            for p, meter in zip(ERASE_FRACTIONS, ae_erasure[label]):
+                x_rec = ae.decode(erase_high_frequencies(z, p)).clamp(-1, 1)
+                meter.update(psnr(x_rec, x).mean(), B)
+        for size in rgb_sizes:
+            rgb_amp.setdefault(size, Mean()).update(dct_amplitude(pool_to(x, size)), B)
+        for p, meter in zip(ERASE_FRACTIONS, rgb_erasure):
+            meter.update(psnr(erase_high_frequencies(x, p).clamp(-1, 1), x).mean(), B)
+
+    rgb = {rgb_key(*s): dict(resolution=list(s), **profile_stats(normalise(rgb_amp[s].value))) for s in sorted(rgb_amp)}
+    result = dict(args=vars(args), num_images=n, erase_fractions=ERASE_FRACTIONS, rgb=rgb,
+                  rgb_erasure_psnr=[m.value.item() for m in rgb_erasure], autoencoders={})
+    for label, ae in aes.items():
+        ref = rgb_key(*latent_size[label])
+        stats = profile_stats(normalise(ae_amp[label].value))
+        erasure = [m.value.item() for m in ae_erasure[label]]
+        result['autoencoders'][label] = dict(
+            ckpt=args.ckpt[args.label.index(label)], downsample_factor=ae.downsample_factor,
+            latent_channels=len(stats['per_channel']), latent_resolution=list(latent_size[label]),
+            **stats, rgb_reference=ref, rgb_hf_ratio=rgb[ref]['hf_ratio'],
+            hf_ratio_vs_rgb=stats['hf_ratio'] / rgb[ref]['hf_ratio'],  # > 1: latents noisier than the images they encode
+            reconstruction_psnr=erasure[0], erasure_psnr=erasure)
+    return result
+
+
+def plot(result, out_dir):
+    # pyplot is imported here, not at the top: train_ae.py imports this file for dct_spectrum and should not pay for it
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    idx = list(range(BLOCK * BLOCK))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, r in result['autoencoders'].items():
+        mean, std = torch.tensor(r['mean']), torch.tensor(r['std'])
+        line, = ax.plot(idx, mean, label=f"{label} ({len(r['per_channel'])} ch, hf {r['hf_ratio']:.3f})")
+        # a log axis cannot show mean - std <= 0; clip the band at a tenth of the mean
+        ax.fill_between(idx, (mean - std).clamp_min(mean.min().item() * 0.1), mean + std, color=line.get_color(), alpha=0.2)
+    greys = iter(['black', 'dimgray', 'gray', 'darkgray', 'silver'] * 4)
+    for key, r in result['rgb'].items():
+        mean, std = torch.tensor(r['mean']), torch.tensor(r['std'])
+        c = next(greys)
+        ax.plot(idx, mean, '--', color=c, label=f"{key} (hf {r['hf_ratio']:.3f})")
+        ax.fill_between(idx, (mean - std).clamp_min(mean.min().item() * 0.1), mean + std, color=c, alpha=0.1)
+    ax.set(yscale='log', xlabel='zigzag index (low -> high frequency)', ylabel='|DCT coefficient| / |DC|',
+           title=f"8x8 block DCT spectrum, {result['num_images']} images (band: ±std over channels)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, 'spectrum.png'), dpi=150)
+    plt.close(fig)
+
+    pct = [100 * p for p in result['erase_fractions']]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for label, r in result['autoencoders'].items():
+        ax.plot(pct, r['erasure_psnr'], 'o-', label=f"{label} latents")
+    rgb = result['rgb_erasure_psnr']
+    lossless = [v < PSNR_MAX for v in rgb]  # erasing nothing from RGB is lossless (infinite PSNR): leave it off the axis
+    ax.plot([q for q, ok in zip(pct, lossless) if ok], [v for v, ok in zip(rgb, lossless) if ok], 'o--', color='black',
+            label='RGB (own 8x8 blocks)')
+    ax.set(xlabel='% of DCT coefficients erased (highest frequencies first)', ylabel='PSNR vs input (dB)',
+           title='Erasure: reconstruction from low frequencies only')
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, 'erasure.png'), dpi=150)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    result = analyse(args)
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, 'spectrum.json'), 'w') as f:
+        json.dump(result, f, indent=1)
+    plot(result, args.out_dir)
+
+    print(f"\n{'':24s} {'latent':>12s} {'hf_ratio':>9s} {'RGB ref':>9s} {'ratio':>7s} {'recon PSNR':>11s}")
+    for label, r in result['autoencoders'].items():
+        shape = f"{len(r['per_channel'])}x{r['latent_resolution'][0]}x{r['latent_resolution'][1]}"
+        print(f"{label:24s} {shape:>12s} {r['hf_ratio']:9.4f} {r['rgb_hf_ratio']:9.4f} {r['hf_ratio_vs_rgb']:7.2f} "
+              f"{r['reconstruction_psnr']:11.2f}")
+    for key, r in result['rgb'].items():
+        print(f"{key:24s} {'3x%dx%d' % tuple(r['resolution']):>12s} {r['hf_ratio']:9.4f}")
+    print(f"wrote spectrum.png, erasure.png, spectrum.json to {args.out_dir}")
+
+
+if __name__ == '__main__':
+    main()

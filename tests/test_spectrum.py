@@ -1,0 +1,227 @@
+"""The spectral tools of spectrum.py: the block DCT, the zigzag order, the normalised spectrum and its hf ratio,
+erasure and PSNR, and the CLI end to end on two tiny random-init autoencoders."""
+import json
+import math
+
+import numpy as np
+import pytest
+import scipy.fft
+import torch
+import torch.nn.functional as F
+
+import spectrum
+from spectrum import (block_dct, block_idct, dct_amplitude, dct_matrix, dct_spectrum, erase_high_frequencies,
+                      hf_ratio, psnr, zigzag)
+
+# libjpeg's jpeg_natural_order: the k-th coefficient in zigzag order is at row-major position JPEG_ZIGZAG[k]
+JPEG_ZIGZAG = [
+    0, 1, 8, 16, 9, 2, 3, 10,
+    17, 24, 32, 25, 18, 11, 4, 5,
+    12, 19, 26, 33, 40, 48, 41, 34,
+    27, 20, 13, 6, 7, 14, 21, 28,
+    35, 42, 49, 56, 57, 50, 43, 36,
+    29, 22, 15, 23, 30, 37, 44, 51,
+    58, 59, 52, 45, 38, 31, 39, 46,
+    53, 60, 61, 54, 47, 55, 62, 63,
+]
+
+
+def smooth_images(B, C, size, seed=0, cells=8):
+    """Low-pass images in [-0.8, 0.8]: random values on a coarse grid, bicubically upsampled."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(B, C, cells, cells, generator=g, dtype=torch.float64) * 1.6 - 0.8
+    return F.interpolate(coarse, size=(size, size), mode='bicubic', align_corners=True).clamp(-0.8, 0.8)
+
+# -----------------------------------------------------------------------------
+# block DCT and zigzag
+
+@pytest.mark.parametrize('n', [8, 5])
+def test_dct_matrix_is_orthonormal(n):
+    D = dct_matrix(n)
+    torch.testing.assert_close(D @ D.T, torch.eye(n, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_block_dct_equals_scipy_dct_ii_ortho_per_block():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 24, dtype=torch.float64)
+    X = block_dct(x)  # (2, 3, 2, 3, 8, 8)
+    assert X.shape == (2, 3, 2, 3, 8, 8)
+    ref = scipy.fft.dctn(x[1, 2, 8:16, 16:24].numpy(), type=2, norm='ortho')  # block row 1, column 2
+    np.testing.assert_allclose(X[1, 2, 1, 2].numpy(), ref, atol=1e-12)
+
+
+def test_block_dct_inverse_and_parseval():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 24, dtype=torch.float64)
+    X = block_dct(x)
+    torch.testing.assert_close(block_idct(X), x, atol=1e-12, rtol=0)  # x = D^T (D x D^T) D
+    torch.testing.assert_close(X.pow(2).sum(), x.pow(2).sum(), atol=1e-9, rtol=0)  # orthonormal: energy kept
+
+
+def test_block_dct_crops_partial_blocks_at_bottom_right():
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 19, 21, dtype=torch.float64)
+    X = block_dct(x)
+    assert X.shape == (1, 1, 2, 2, 8, 8)
+    torch.testing.assert_close(block_idct(X), x[..., :16, :16], atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match='at least 8x8'):
+        block_dct(torch.zeros(1, 1, 4, 16))
+
+
+def test_zigzag_is_the_jpeg_order():
+    assert zigzag().tolist() == JPEG_ZIGZAG
+
+# -----------------------------------------------------------------------------
+# spectrum and hf ratio
+
+def test_zero_mean_white_noise_has_a_flat_profile_at_one():
+    # an orthonormal transform of i.i.d. N(0, 1) is i.i.d. N(0, 1), DC included, so every |coefficient| has the same mean
+    torch.manual_seed(0)
+    s = dct_spectrum(torch.randn(64, 3, 128, 128))  # 16384 blocks per channel
+    assert s.shape == (3, 64)
+    assert (s - 1).abs().max() < 0.05
+    assert abs(hf_ratio(torch.randn(64, 3, 128, 128)) - 1) < 0.02
+
+
+def test_white_noise_with_a_mean_has_flat_ac_at_the_closed_form_level():
+    # DC = 8 mu + N(0, 1) and AC ~ N(0, 1): AC / DC -> E|N(0, 1)| / (8 mu) = sqrt(2 / pi) / (8 mu)
+    torch.manual_seed(0)
+    mu = 4.0
+    s = dct_spectrum(torch.randn(64, 2, 128, 128) + mu)
+    assert s[:, 0].eq(1).all()
+    torch.testing.assert_close(s[:, 1:], torch.full_like(s[:, 1:], math.sqrt(2 / math.pi) / (8 * mu)), rtol=0.04, atol=0)
+
+
+def test_smooth_images_decay_steeply_and_hf_ratio_orders_smooth_mixed_noise():
+    torch.manual_seed(0)
+    smooth = smooth_images(32, 3, 64)
+    profile = dct_spectrum(smooth).mean(0)
+    # band means fall with frequency: first AC diagonals > middle > upper half
+    low, mid, high = profile[1:6].mean(), profile[6:32].mean(), profile[32:].mean()
+    assert low > 3 * mid and mid > 3 * high
+    noise = torch.randn_like(smooth)
+    r_smooth, r_mixed, r_noise = hf_ratio(smooth), hf_ratio(smooth + 0.1 * noise), hf_ratio(noise)
+    assert r_smooth < r_mixed < r_noise
+    assert r_smooth < 0.02 and r_noise > 0.95
+
+
+def test_linear_ramp_has_only_odd_horizontal_frequencies():
+    # x[i, j] = j within a block: even about its centre after removing the mean -> only v odd in row u = 0 survive
+    x = torch.arange(16, dtype=torch.float64).repeat(16, 1)[None, None] + 1  # (1, 1, 16, 16), rises left to right
+    X = block_dct(x)[0, 0].abs().mean(dim=(0, 1))  # (8, 8)
+    nonzero = (X > 1e-9).nonzero().tolist()
+    assert nonzero == [[0, 0], [0, 1], [0, 3], [0, 5], [0, 7]]
+
+
+def test_video_latents_fold_time_into_batch():
+    torch.manual_seed(0)
+    z = torch.randn(2, 4, 3, 16, 16)  # (B, C, T, H, W)
+    frames = z.permute(0, 2, 1, 3, 4).reshape(6, 4, 16, 16)
+    torch.testing.assert_close(dct_spectrum(z), dct_spectrum(frames))
+
+
+def test_batched_means_combine_to_the_one_shot_spectrum():
+    # the CLI accumulates batch means weighted by batch size; with equal-sized images that is the one-shot mean
+    torch.manual_seed(0)
+    x = torch.randn(10, 4, 16, 16, dtype=torch.float64) + 0.3
+    m = spectrum.Mean()
+    for chunk in x.split(4):  # batches of 4, 4, 2
+        m.update(dct_amplitude(chunk), chunk.shape[0])
+    torch.testing.assert_close(spectrum.normalise(m.value), dct_spectrum(x), atol=1e-12, rtol=0)
+
+# -----------------------------------------------------------------------------
+# erasure and PSNR
+
+@pytest.mark.parametrize('p', [0.1, 0.5, 0.9])
+def test_erasure_keeps_exactly_the_first_zigzag_coefficients(p):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 24, dtype=torch.float64)
+    n_keep = 64 - round(64 * p)
+    X = block_dct(x).flatten(-2)[..., zigzag()]
+    Y = block_dct(erase_high_frequencies(x, p)).flatten(-2)[..., zigzag()]
+    torch.testing.assert_close(Y[..., :n_keep], X[..., :n_keep], atol=1e-12, rtol=0)
+    assert Y[..., n_keep:].abs().max() < 1e-12
+    # Parseval: the squared error is exactly the energy of the erased coefficients
+    mse = (erase_high_frequencies(x, p) - x).pow(2).sum()
+    torch.testing.assert_close(mse, X[..., n_keep:].pow(2).sum(), atol=1e-9, rtol=0)
+
+
+def test_erasure_leaves_the_partial_border_untouched():
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 19, 21)
+    y = erase_high_frequencies(x, 0.5)
+    assert torch.equal(y[..., 16:, :], x[..., 16:, :]) and torch.equal(y[..., :, 16:], x[..., :, 16:])
+    assert not torch.allclose(y[..., :16, :16], x[..., :16, :16])
+
+
+def test_erasing_nothing_is_bitwise_the_input():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 16, 16)
+    assert torch.equal(erase_high_frequencies(x, 0.0), x)
+
+
+def test_psnr_closed_form():
+    x = torch.zeros(2, 3, 8, 8)
+    torch.testing.assert_close(psnr(x + 0.02, x), torch.full((2,), 10 * math.log10(4 / 0.02 ** 2), dtype=torch.float64))
+    assert psnr(x, x).eq(spectrum.PSNR_MAX).all()  # lossless is capped, not inf, so JSON stays finite
+
+
+def test_psnr_falls_strictly_with_the_fraction_erased_for_a_smooth_image():
+    x = smooth_images(4, 3, 64, seed=1).float()
+    curve = [psnr(erase_high_frequencies(x, p).clamp(-1, 1), x).mean().item() for p in spectrum.ERASE_FRACTIONS]
+    assert curve[0] == spectrum.PSNR_MAX
+    assert all(a > b for a, b in zip(curve, curve[1:])), curve
+    assert curve[-1] > 20  # a smooth image lives in its lowest frequencies
+
+# -----------------------------------------------------------------------------
+# the CLI on two tiny random-init autoencoders
+
+def _save_tiny_ae(path, seed):
+    from model import AE_PRESETS, Autoencoder
+    torch.manual_seed(seed)
+    ae = Autoencoder(AE_PRESETS['tiny'])
+    torch.save({'model': ae.state_dict(), 'config': {'preset': 'tiny'}}, path)
+
+
+def test_cli_on_two_tiny_checkpoints_writes_plots_and_consistent_json(tmp_path):
+    from data import make_dataset
+    from model import load_autoencoder
+    a, b = tmp_path / 'a.pt', tmp_path / 'b.pt'
+    _save_tiny_ae(a, 0)
+    _save_tiny_ae(b, 1)
+    out = tmp_path / 'out'
+    spectrum.main(['--ckpt', str(a), f'--ckpt={b}', '--label', 'base', '--label', 'se', '--num_images', '4',
+                   '--image_size', '32', '--batch_size', '3', '--device', 'cpu', '--rgb_pool', '2', '--out_dir', str(out)])
+    assert (out / 'spectrum.png').stat().st_size > 0 and (out / 'erasure.png').stat().st_size > 0
+    result = json.loads((out / 'spectrum.json').read_text())
+
+    def numbers(o):
+        if isinstance(o, dict):
+            return [v for k, v in o.items() if k != 'args' for v in numbers(v)]
+        if isinstance(o, list):
+            return [v for e in o for v in numbers(e)]
+        return [o] if isinstance(o, (int, float)) and not isinstance(o, bool) else []
+    assert all(math.isfinite(v) for v in numbers(result))
+    assert set(result['autoencoders']) == {'base', 'se'}
+    assert set(result['rgb']) == {'RGB 32x32', 'RGB 16x16', 'RGB 8x8'}  # full size, --rgb_pool 2, the f4 latent
+
+    # the same numbers, recomputed in one shot on the same 4 held-out images
+    x = torch.stack([make_dataset(None, 32, seed=0, train=False)[i][0] for i in range(4)])
+    ae = load_autoencoder(str(b), device='cpu')
+    with torch.no_grad():
+        z, _ = ae.encode(x, sample=False)
+        x_rec = ae.decode(z).clamp(-1, 1)
+    r = result['autoencoders']['se']
+    assert r['latent_resolution'] == [8, 8] and r['rgb_reference'] == 'RGB 8x8'
+    assert r['hf_ratio'] == pytest.approx(hf_ratio(z), rel=1e-5)
+    assert result['rgb']['RGB 8x8']['hf_ratio'] == pytest.approx(hf_ratio(F.avg_pool2d(x, 4)), rel=1e-5)
+    assert r['hf_ratio_vs_rgb'] == pytest.approx(r['hf_ratio'] / r['rgb_hf_ratio'])
+    # erasing 0% is the plain reconstruction
+    assert r['erasure_psnr'][0] == r['reconstruction_psnr'] == pytest.approx(psnr(x_rec, x).mean().item(), rel=1e-6)
+    assert result['rgb_erasure_psnr'][0] == spectrum.PSNR_MAX
+    assert all(a > b for a, b in zip(result['rgb_erasure_psnr'], result['rgb_erasure_psnr'][1:]))
+
+
+def test_cli_rejects_a_label_count_that_does_not_match(tmp_path):
+    with pytest.raises(SystemExit, match='one label per checkpoint'):
+        spectrum.main(['--ckpt', 'a.pt', '--ckpt', 'b.pt', '--label', 'only_one', '--out_dir', str(tmp_path)])
