@@ -6,8 +6,524 @@ Every network of the project, shared by all scripts:
 Parameter names follow the original checkpoints so public weights load as they are.
 """
 
+import math
+import os
+import pickle
+import re
+from dataclasses import dataclass, fields, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from safetensors.torch import load_file as load_safetensors
+
 # ----------------------------------------------------------------------------------------------
 # Autoencoder, discriminator, LPIPS
+#
+# LDM's first stage (Rombach et al. 2022; code of CompVis "taming"/"ldm"): x (B,3,H,W) -> z (B,z,H/f,W/f) -> x_rec.
+# Module and parameter names are those of the CompVis checkpoints (SD-VAE, FLUX.1 ae.safetensors), so public
+# weights load unchanged; diffusers' AutoencoderKL layout is renamed on load (load_ae_state_dict).
+
+@dataclass
+class AEConfig:
+    in_channels: int = 3
+    out_ch: int = 3
+    ch: int = 128                  # base width: level i has ch * ch_mult[i] channels
+    ch_mult: tuple = (1, 2, 4, 4)  # one entry per resolution; downsample factor f = 2 ** (len(ch_mult) - 1)
+    num_res_blocks: int = 2        # ResnetBlocks per encoder level (the decoder has one more per level)
+    z_channels: int = 4
+    use_quant_conv: bool = True    # 1x1 convs on either side of the latent (SD has them, FLUX.1 does not)
+    regularizer: str = 'kl'        # 'kl': diagonal Gaussian posterior (KL-reg) | 'vq': vector quantiser (VQ-reg)
+    n_embed: int = 8192            # VQ codebook size
+    vq_beta: float = 0.25          # VQ commitment weight beta
+    dropout: float = 0.0           # inside every ResnetBlock (0 in all public first stages)
+
+
+AE_PRESETS = {
+    # f4, 0.95M parameters: CPU tests and smoke runs
+    'tiny': AEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=4),
+    # f8 with a quarter of SD's width: single-GPU ablations
+    'small': AEConfig(ch=64, ch_mult=(1, 2, 4, 4), num_res_blocks=1, z_channels=4),
+    # Stable Diffusion's VAE (kl-f8). Public latent scale: diffusion runs on z * 0.18215.
+    'sd': AEConfig(ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2, z_channels=4, use_quant_conv=True),
+    # FLUX.1's autoencoder. Public latent scale and shift: diffusion runs on (z - 0.1159) * 0.3611.
+    'flux': AEConfig(ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2, z_channels=16, use_quant_conv=False),
+}
+
+
+def make_ae_config(preset, overrides=None):
+    """AE_PRESETS[preset] with the fields in `overrides` (a dict, e.g. a checkpoint's 'ae_config') replaced."""
+    if preset not in AE_PRESETS:
+        raise ValueError(f"unknown autoencoder preset {preset!r}; choose one of {', '.join(AE_PRESETS)}.")
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - {f.name for f in fields(AEConfig)}
+    if unknown:
+        raise ValueError(f"unknown AEConfig field(s) {', '.join(sorted(unknown))}; valid fields are "
+                         f"{', '.join(f.name for f in fields(AEConfig))}.")
+    if 'ch_mult' in overrides:
+        overrides['ch_mult'] = tuple(overrides['ch_mult'])  # JSON / argparse give lists
+    return replace(AE_PRESETS[preset], **overrides)
+
+
+def group_norm(channels):
+    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    """x + conv2(dropout(silu(norm2(conv1(silu(norm1(x))))))), without the UNet's time embedding."""
+
+    def __init__(self, in_channels, out_channels, dropout=0.0):
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = group_norm(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        # the residual needs a learned 1x1 ("network in network") projection only where the width changes
+        self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.nin_shortcut(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the H*W positions: x + proj_out(softmax(q k^T / sqrt(C)) v)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        h = self.norm(x)
+        q, k, v = (conv(h).flatten(2).transpose(1, 2)[:, None] for conv in (self.q, self.k, self.v))  # (B, 1, HW, C)
+        h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(C)) v, (B, 1, HW, C)
+        h = h[:, 0].transpose(1, 2).reshape(B, C, H, W)
+        return x + self.proj_out(h)
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 conv; padding only right and bottom (0,1,0,1) makes H -> H/2 exactly, as in LDM."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x):
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 followed by a 3x3 conv (no transposed conv, hence no checkerboard artefacts)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode='nearest'))
+
+
+class MidBlock(nn.Module):
+    """The lowest-resolution stage of both encoder and decoder: ResnetBlock, global self-attention, ResnetBlock."""
+
+    def __init__(self, channels, dropout):
+        super().__init__()
+        self.block_1 = ResnetBlock(channels, channels, dropout)
+        self.attn_1 = AttnBlock(channels)
+        self.block_2 = ResnetBlock(channels, channels, dropout)
+
+    def forward(self, x):
+        return self.block_2(self.attn_1(self.block_1(x)))
+
+
+class Encoder(nn.Module):
+    """x (B, in_channels, H, W) -> moments (B, 2*z_channels, H/f, W/f) for KL (mean, logvar), or z_channels for VQ."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        widths = [cfg.ch * m for m in cfg.ch_mult]
+        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
+        self.down = nn.ModuleList()
+        c = cfg.ch
+        for i_level, width in enumerate(widths):
+            level = nn.Module()
+            level.block = nn.ModuleList()
+            for _ in range(cfg.num_res_blocks):
+                level.block.append(ResnetBlock(c, width, cfg.dropout))
+                c = width
+            if i_level != len(widths) - 1:
+                level.downsample = Downsample(c)
+            self.down.append(level)
+        self.mid = MidBlock(c, cfg.dropout)
+        self.norm_out = group_norm(c)
+        out_channels = 2 * cfg.z_channels if cfg.regularizer == 'kl' else cfg.z_channels
+        self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
+
+    def forward(self, x):
+        h = self.conv_in(x)
+        for i_level, level in enumerate(self.down):
+            for block in level.block:
+                h = block(h)
+            if i_level != len(self.down) - 1:
+                h = level.downsample(h)
+        h = self.mid(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """z (B, z_channels, h, w) -> x_rec (B, out_ch, h*f, w*f)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        widths = [cfg.ch * m for m in cfg.ch_mult]
+        c = widths[-1]
+        self.conv_in = nn.Conv2d(cfg.z_channels, c, 3, padding=1)
+        self.mid = MidBlock(c, cfg.dropout)
+        # built coarse to fine, but stored so that up[i_level] is level i_level, as in LDM's checkpoints
+        up = []
+        for i_level in reversed(range(len(widths))):
+            level = nn.Module()
+            level.block = nn.ModuleList()
+            for _ in range(cfg.num_res_blocks + 1):
+                level.block.append(ResnetBlock(c, widths[i_level], cfg.dropout))
+                c = widths[i_level]
+            if i_level != 0:
+                level.upsample = Upsample(c)
+            up.insert(0, level)
+        self.up = nn.ModuleList(up)
+        self.norm_out = group_norm(c)
+        self.conv_out = nn.Conv2d(c, cfg.out_ch, 3, padding=1)
+
+    def forward(self, z):
+        h = self.mid(self.conv_in(z))
+        for i_level in reversed(range(len(self.up))):
+            for block in self.up[i_level].block:
+                h = block(h)
+            if i_level != 0:
+                h = self.up[i_level].upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def diagonal_gaussian(moments, sample=True):
+    """KL-reg of LDM. moments (B, 2C, h, w) -> z (B, C, h, w) ~ q(z|x) = N(mean, diag(exp(logvar))), and
+    KL(q || N(0, I)) = 0.5 * sum_{C,h,w} (mean^2 + var - 1 - logvar), averaged over the batch."""
+    mean, logvar = moments.float().chunk(2, dim=1)
+    logvar = logvar.clamp(-30.0, 20.0)  # keeps exp(logvar) finite while the encoder is untrained (LDM)
+    z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if sample else mean  # reparameterisation
+    kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean()
+    return z, kl
+
+
+class VectorQuantizer(nn.Module):
+    """VQ-reg of LDM (VQ-VAE, van den Oord et al. 2017): each latent vector is replaced by its nearest codebook row;
+    loss = ||sg[z_e] - e||^2 + beta * ||z_e - sg[e]||^2 (codebook + commitment), gradients pass straight through."""
+
+    def __init__(self, n_embed, dim, beta):
+        super().__init__()
+        self.beta = beta
+        self.embedding = nn.Embedding(n_embed, dim)
+        nn.init.uniform_(self.embedding.weight, -1.0 / n_embed, 1.0 / n_embed)  # taming's init
+
+    def forward(self, z):
+        B, C, H, W = z.shape
+        z_flat = z.permute(0, 2, 3, 1).reshape(-1, C).float()  # (B*H*W, C)
+        e = self.embedding.weight.float()  # (n_embed, C)
+        dist = z_flat.pow(2).sum(1, keepdim=True) - 2.0 * z_flat @ e.t() + e.pow(2).sum(1)  # ||z - e_k||^2, (BHW, K)
+        z_q = e[dist.argmin(dim=1)].view(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W)
+        # taming/LDM's default (legacy=True) puts beta on the codebook term instead; this is the paper's form
+        loss = F.mse_loss(z_q, z.detach().float()) + self.beta * F.mse_loss(z.float(), z_q.detach())
+        z_q = z + (z_q.to(z.dtype) - z).detach()  # straight-through: forward value z_q, gradient d/dz_q copied to z
+        return z_q, loss
+
+
+class Autoencoder(nn.Module):
+    """encode: x (B,3,H,W) in [-1,1] -> (z (B,z_channels,H/f,W/f), reg_loss); decode: z -> x_rec (B,3,H,W)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        if cfg.regularizer not in ('kl', 'vq'):
+            raise ValueError(f"unknown regularizer {cfg.regularizer!r}; use 'kl' or 'vq'.")
+        if any((cfg.ch * m) % 32 for m in cfg.ch_mult):
+            raise ValueError(f"every level width ch * ch_mult must be a multiple of 32 for GroupNorm(32), "
+                             f"got ch={cfg.ch}, ch_mult={cfg.ch_mult}.")
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        moments = 2 * cfg.z_channels if cfg.regularizer == 'kl' else cfg.z_channels
+        self.quant_conv = nn.Conv2d(moments, moments, 1) if cfg.use_quant_conv else None
+        self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 1) if cfg.use_quant_conv else None
+        if cfg.regularizer == 'vq':
+            self.quantize = VectorQuantizer(cfg.n_embed, cfg.z_channels, cfg.vq_beta)
+
+    @property
+    def downsample_factor(self):
+        return 2 ** (len(self.cfg.ch_mult) - 1)
+
+    def last_layer(self):
+        """The decoder's output conv weight: LDM balances the GAN loss by gradient norms taken at this tensor."""
+        return self.decoder.conv_out.weight
+
+    def encode(self, x, sample=True):
+        """KL: a posterior sample (sample=True) or its mean, and the KL; VQ: the quantised z and the VQ loss."""
+        h = self.encoder(x)
+        if self.quant_conv is not None:
+            h = self.quant_conv(h)
+        if self.cfg.regularizer == 'kl':
+            return diagonal_gaussian(h, sample)
+        return self.quantize(h)
+
+    def decode(self, z):
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        return self.decoder(z)
+
+    def forward(self, x, sample=True):
+        z, reg_loss = self.encode(x, sample)
+        return self.decode(z), z, reg_loss
+
+
+def diffusers_to_ldm(sd):
+    """Rename a diffusers AutoencoderKL state dict to the LDM layout. diffusers stores the decoder levels coarse to
+    fine (up_blocks.0 is the lowest resolution), LDM by level (up.0 is full resolution), and the attention
+    projections as nn.Linear (older files: query/key/value/proj_attn) where LDM has 1x1 convs."""
+    n_up = 1 + max((int(m[1]) for k in sd if (m := re.match(r'decoder\.up_blocks\.(\d+)\.', k))), default=-1)
+    renames = [
+        (r'^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.', lambda m: f'decoder.up.{n_up - 1 - int(m[1])}.block.{m[2]}.'),
+        (r'^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.', lambda m: f'decoder.up.{n_up - 1 - int(m[1])}.upsample.'),
+        (r'^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.', r'encoder.down.\1.block.\2.'),
+        (r'^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.', r'encoder.down.\1.downsample.'),
+        (r'^(encoder|decoder)\.mid_block\.resnets\.0\.', r'\1.mid.block_1.'),
+        (r'^(encoder|decoder)\.mid_block\.resnets\.1\.', r'\1.mid.block_2.'),
+        (r'^(encoder|decoder)\.mid_block\.attentions\.0\.', r'\1.mid.attn_1.'),
+        (r'^(encoder|decoder)\.conv_norm_out\.', r'\1.norm_out.'),
+        (r'\.conv_shortcut\.', '.nin_shortcut.'),
+    ]
+    attn = {'group_norm': 'norm', 'to_q': 'q', 'to_k': 'k', 'to_v': 'v', 'to_out.0': 'proj_out',
+            'query': 'q', 'key': 'k', 'value': 'v', 'proj_attn': 'proj_out'}
+    out = {}
+    for k, v in sd.items():
+        for pattern, repl in renames:
+            k = re.sub(pattern, repl, k)
+        m = re.match(r'^(.*\.mid\.attn_1\.)(.+)\.(weight|bias)$', k)
+        if m and m[2] in attn:
+            k = f'{m[1]}{attn[m[2]]}.{m[3]}'
+            if v.dim() == 2:
+                v = v[:, :, None, None]  # nn.Linear weight (C, C) -> 1x1 conv weight (C, C, 1, 1)
+        out[k] = v
+    return out
+
+
+def load_ae_state_dict(model, state_dict):
+    """Load LDM-layout weights, a whole Stable Diffusion checkpoint (its 'first_stage_model.' part) or a diffusers
+    AutoencoderKL state dict into `model`, strictly."""
+    sd = state_dict.get('state_dict', state_dict)
+    if any(k.startswith('first_stage_model.') for k in sd):
+        sd = {k[len('first_stage_model.'):]: v for k, v in sd.items() if k.startswith('first_stage_model.')}
+    sd = {re.sub(r'^(module\.|_orig_mod\.)+', '', k): v for k, v in sd.items()}  # DDP / torch.compile wrappers
+    sd = {k: v for k, v in sd.items() if not k.startswith('loss.')}  # LDM's own checkpoints also hold D and LPIPS
+    if any('.down_blocks.' in k or '.mid_block.' in k or '.up_blocks.' in k for k in sd):
+        sd = diffusers_to_ldm(sd)
+    expected = model.state_dict()
+    problems = [f"{k!r} is {tuple(v.shape)} in the file but {tuple(expected[k].shape)} in the model"
+                for k, v in sd.items() if k in expected and v.shape != expected[k].shape]
+    problems += [f"{k!r} is missing from the file" for k in expected if k not in sd]
+    problems += [f"{k!r} is in the file but not in the model" for k in sd if k not in expected]
+    if problems:
+        raise ValueError(f"the autoencoder weights do not fit this architecture ({problems[0]}, {len(problems)} "
+                         f"mismatch(es) in all); pass the preset the weights were made for "
+                         f"(sd for Stable Diffusion's VAE, flux for FLUX.1's, or the preset of the train_ae.py run).")
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def read_weights(path):
+    """A state dict or checkpoint dict from .safetensors, or from a torch file (.pt/.pth/.ckpt)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file {path} does not exist; check the path.")
+    if str(path).endswith('.safetensors'):
+        return load_safetensors(str(path), device='cpu')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError:
+        # our own train_ae.py checkpoints carry python/numpy RNG states, which the weights-only loader refuses
+        return torch.load(path, map_location='cpu', weights_only=False)
+
+
+def load_autoencoder(path, preset=None, device='cpu'):
+    """An Autoencoder in eval mode from a train_ae.py checkpoint (its own config decides the architecture and `preset`
+    is not needed; EMA weights are used when present) or from public weights (LDM / diffusers layout, .safetensors or
+    torch file), whose architecture `preset` names."""
+    ckpt = read_weights(path)
+    if 'model' in ckpt and 'config' in ckpt:  # a train_ae.py checkpoint
+        config = ckpt['config']
+        cfg = make_ae_config(config['preset'], config.get('ae_config'))
+        state = ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model']
+    else:
+        if preset is None:
+            raise ValueError(f"{path} holds bare weights without a config; pass the preset they were made for "
+                             f"(one of {', '.join(AE_PRESETS)}).")
+        cfg, state = make_ae_config(preset), ckpt
+    model = Autoencoder(cfg)
+    load_ae_state_dict(model, state)
+    return model.to(device).eval()
+
+
+class NLayerDiscriminator(nn.Module):
+    """PatchGAN of pix2pix (Isola et al. 2017) as used by LDM: 4x4 convs, LeakyReLU(0.2); every output logit judges
+    one overlapping patch of the input (70x70 pixels for n_layers=3). logits (B, 1, H/2^n - 2, W/2^n - 2)."""
+
+    def __init__(self, input_nc=3, ndf=64, n_layers=3, norm='batch'):
+        super().__init__()
+        if norm == 'batch':  # LDM's default
+            make_norm = nn.BatchNorm2d
+        elif norm == 'group':  # independent of the batch composition, e.g. for small per-GPU batches
+            def make_norm(c):
+                return nn.GroupNorm(math.gcd(32, c), c)
+        else:
+            raise ValueError(f"unknown discriminator norm {norm!r}; use 'batch' or 'group'.")
+        layers = [nn.Conv2d(input_nc, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
+        c = ndf
+        for n in range(1, n_layers + 1):
+            c_next = ndf * min(2 ** n, 8)
+            stride = 2 if n < n_layers else 1  # the last two convs keep the resolution and only widen the patch
+            # no conv bias: the norm's own shift follows
+            layers += [nn.Conv2d(c, c_next, 4, stride=stride, padding=1, bias=False), make_norm(c_next),
+                       nn.LeakyReLU(0.2, True)]
+            c = c_next
+        layers += [nn.Conv2d(c, 1, 4, stride=1, padding=1)]
+        self.main = nn.Sequential(*layers)
+        for m in self.modules():  # DCGAN / pix2pix init
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        return self.main(x)
+
+
+def hinge_d_loss(logits_real, logits_fake):
+    """L_D = 0.5 * (E[relu(1 - D(x))] + E[relu(1 + D(x_rec))])."""
+    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+
+
+VGG16_URL = 'https://download.pytorch.org/models/vgg16-397923af.pth'
+LPIPS_LIN_URL = 'https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth'
+
+
+def fetch_lpips_weights(path, url, file_name, flag):
+    """The state dict at `path` if given, else `url` through the torch hub cache (downloaded once)."""
+    if path is not None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"LPIPS weights file {path} does not exist; fix {flag}, "
+                                    f"or disable LPIPS with --lpips_weight 0.")
+        return torch.load(path, map_location='cpu', weights_only=True)
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location='cpu', progress=False, file_name=file_name)
+    except (OSError, RuntimeError):  # no network (URLError is an OSError) or a broken download
+        cached = os.path.join(torch.hub.get_dir(), 'checkpoints', file_name)
+        raise FileNotFoundError(f"LPIPS needs {file_name}, which is not in the torch hub cache ({cached}) and could "
+                                f"not be downloaded from {url}; pass a local copy with {flag} PATH, "
+                                f"or disable LPIPS with --lpips_weight 0.") from None
+
+
+class ScalingLayer(nn.Module):
+    """Maps [-1, 1] images to the input statistics of ImageNet VGG ((x - shift) / scale, constants of LPIPS)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer('shift', torch.tensor([-0.030, -0.088, -0.188])[None, :, None, None])
+        self.register_buffer('scale', torch.tensor([0.458, 0.448, 0.450])[None, :, None, None])
+
+    def forward(self, x):
+        return (x - self.shift) / self.scale
+
+
+class VGG16Slices(nn.Module):
+    """vgg16().features cut after relu1_2, relu2_2, relu3_3, relu4_3, relu5_3: the five feature maps LPIPS compares.
+    Submodules keep their index in vgg16().features (slice2.4 is features.4), as in the LPIPS package."""
+
+    cuts = (0, 4, 9, 16, 23, 30)
+
+    def __init__(self, features):
+        super().__init__()
+        for s in range(5):
+            part = nn.Sequential()
+            for i in range(self.cuts[s], self.cuts[s + 1]):
+                part.add_module(str(i), features[i])
+            setattr(self, f'slice{s + 1}', part)
+
+    def forward(self, x):
+        outs = []
+        for s in range(1, 6):
+            x = getattr(self, f'slice{s}')(x)
+            outs.append(x)
+        return outs
+
+
+class NetLinLayer(nn.Module):
+    """LPIPS's learned per-channel weights w_l: a bias-free 1x1 conv to one channel. The conv sits at index 1 so the
+    keys match the v0.1 weight file (lin0.model.1.weight), where index 0 was a training-time Dropout."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.model = nn.Sequential(nn.Identity(), nn.Conv2d(channels, 1, 1, bias=False))
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class LPIPS(nn.Module):
+    """LPIPS v0.1 with a VGG16 trunk (Zhang et al. 2018), the perceptual loss of LDM. With unit-normalised features
+    f_l (B, C_l, H_l, W_l): d(x, y) = sum_l mean_{h,w} sum_c w_lc (f_l(x) - f_l(y))^2. Frozen and in eval mode.
+    Weights: local files if given, else downloaded / cached (pretrained=True), else random (tests)."""
+
+    channels = (64, 128, 256, 512, 512)
+
+    def __init__(self, vgg_weights=None, lin_weights=None, pretrained=True):
+        super().__init__()
+        self.scaling_layer = ScalingLayer()
+        features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs['D'])  # = vgg16().features
+        if vgg_weights is not None or pretrained:
+            sd = fetch_lpips_weights(vgg_weights, VGG16_URL, 'vgg16-397923af.pth', '--vgg_weights')
+            sd = {k[len('features.'):]: v for k, v in sd.items() if k.startswith('features.')}  # drop the classifier
+            if set(sd) != set(features.state_dict()):
+                raise ValueError(f"{vgg_weights or VGG16_URL} is not a torchvision VGG16 state dict (keys "
+                                 f"features.0.weight ... features.28.bias); check --vgg_weights.")
+            features.load_state_dict(sd)
+        self.net = VGG16Slices(features)
+        for l, c in enumerate(self.channels):
+            setattr(self, f'lin{l}', NetLinLayer(c))
+        if lin_weights is not None or pretrained:
+            sd = fetch_lpips_weights(lin_weights, LPIPS_LIN_URL, 'lpips_v0.1_vgg.pth', '--lpips_lin_weights')
+            keys = [f'lin{l}.model.1.weight' for l in range(len(self.channels))]
+            if not all(k in sd for k in keys):
+                raise ValueError(f"{lin_weights or LPIPS_LIN_URL} is not an LPIPS v0.1 VGG weight file (keys "
+                                 f"lin0.model.1.weight ... lin4.model.1.weight); check --lpips_lin_weights.")
+            self.load_state_dict({k: sd[k] for k in keys}, strict=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, x, y):
+        """x, y (B, 3, H, W) in [-1, 1] -> (B,) distances; gradients flow to the inputs only."""
+        B = x.shape[0]
+        d = 0.0
+        for l, f in enumerate(self.net(self.scaling_layer(torch.cat([x, y])))):  # one VGG pass for both images
+            # f / |f| over channels; eps under the sqrt keeps the gradient finite where a ReLU map is all zero
+            f = f * torch.rsqrt(f.pow(2).sum(dim=1, keepdim=True) + 1e-20)
+            diff = (f[:B] - f[B:]).pow(2)  # (B, C_l, H_l, W_l)
+            d = d + getattr(self, f'lin{l}')(diff).mean(dim=(1, 2, 3))  # w_l . diff averaged over positions -> (B,)
+        return d
+
 
 # ----------------------------------------------------------------------------------------------
 # Diffusion backbones: UNet and DiT
