@@ -1,0 +1,325 @@
+"""
+Plumbing shared by every script, written once: distributed setup from torchrun's environment, hand-written mixed
+precision, atomic checkpoints that carry every RNG state, EMA, a resumable data loader, image grids and the run log.
+Nothing here knows about a particular model or loss.
+"""
+import os
+import sys
+import json
+import time
+import random
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from torch.utils.data import DataLoader
+
+# -----------------------------------------------------------------------------
+# command line
+
+def add_common_args(parser, **defaults):
+    """The flags every training script shares, with the same names and meanings. `defaults` overrides per script."""
+    d = dict(data=None, image_size=64, batch_size=16, max_steps=2000, out_dir='out', preset='tiny', seed=0,
+             device='auto', dtype='auto', lr=1e-4, grad_accum=1, log_interval=10, eval_interval=250,
+             ckpt_interval=250, num_workers=2)
+    d.update(defaults)
+    p = parser
+    p.add_argument('--data', type=str, default=d['data'], help='image folder (searched recursively); omitted: the embedded dead-leaves dataset')
+    p.add_argument('--image_size', type=int, default=d['image_size'], help='training resolution in pixels')
+    p.add_argument('--random_crop', action='store_true', help='random crops (after a random downscale) instead of resize + center crop')
+    p.add_argument('--batch_size', type=int, default=d['batch_size'], help='images per GPU per micro-step')
+    p.add_argument('--grad_accum', type=int, default=d['grad_accum'], help='micro-steps per optimizer step')
+    p.add_argument('--max_steps', type=int, default=d['max_steps'], help='optimizer steps to train for')
+    p.add_argument('--lr', type=float, default=d['lr'], help='learning rate')
+    p.add_argument('--out_dir', type=str, default=d['out_dir'], help='where checkpoints, logs and images go')
+    p.add_argument('--preset', type=str, default=d['preset'], help='model size preset (see model.py)')
+    p.add_argument('--seed', type=int, default=d['seed'], help='global seed; each rank adds its rank')
+    p.add_argument('--device', type=str, default=d['device'], help="'auto', 'cpu', 'cuda'")
+    p.add_argument('--dtype', type=str, default=d['dtype'], choices=['auto', 'float32', 'bfloat16', 'float16'],
+                   help="autocast dtype; 'auto' = bfloat16 on GPUs that support it, else float32")
+    p.add_argument('--compile', action='store_true', help='torch.compile the model')
+    p.add_argument('--resume', action='store_true', help='continue exactly from out_dir/ckpt.pt')
+    p.add_argument('--init_from', type=str, default=None, help='initial model weights (a checkpoint or public weights)')
+    p.add_argument('--num_workers', type=int, default=d['num_workers'], help='data loader worker processes per rank')
+    p.add_argument('--log_interval', type=int, default=d['log_interval'], help='steps between log lines')
+    p.add_argument('--eval_interval', type=int, default=d['eval_interval'], help='steps between image grids / evaluations')
+    p.add_argument('--ckpt_interval', type=int, default=d['ckpt_interval'], help='steps between checkpoints')
+    return p
+
+
+def die(message):
+    """A user error: one sentence, no traceback."""
+    raise SystemExit(f"error: {message}")
+
+# -----------------------------------------------------------------------------
+# distributed and precision
+
+@dataclass
+class Dist:
+    ddp: bool
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    master: bool
+
+
+def setup_distributed(device='auto'):
+    """DDP is on when torchrun set RANK; NCCL on GPUs, gloo on CPU. Each process uses the GPU of its local rank."""
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        die(f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu.")
+    ddp = int(os.environ.get('RANK', -1)) != -1
+    rank, local_rank, world_size = 0, 0, 1
+    if ddp:
+        rank, local_rank, world_size = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
+        if device.startswith('cuda'):
+            device = f'cuda:{local_rank}'  # local, not global, rank: correct on every node of a multi-node run
+            torch.cuda.set_device(device)
+            torch_dist.init_process_group(backend='nccl', device_id=torch.device(device))
+        else:
+            torch_dist.init_process_group(backend='gloo')
+    device = torch.device(device)
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Dist(ddp, rank, local_rank, world_size, device, rank == 0)
+
+
+def cleanup_distributed():
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+def resolve_dtype(dtype, device):
+    if dtype == 'auto':
+        return 'bfloat16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+    if dtype == 'float16' and device.type != 'cuda':
+        die("--dtype float16 needs a CUDA GPU (use float32 or bfloat16 on CPU).")
+    return dtype
+
+
+def autocast(device, dtype):
+    """Mixed precision by hand: autocast for bf16/fp16, nothing for fp32 (fp16 also needs the GradScaler)."""
+    if dtype == 'float32':
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
+
+
+def make_grad_scaler(dtype, device):
+    """Loss scaling only matters for fp16; for bf16/fp32 the scaler is a pass-through."""
+    return torch.amp.GradScaler(device.type, enabled=(dtype == 'float16'))
+
+
+def all_reduce_mean(x, dist):
+    """Mean of a scalar tensor over ranks (for logging only)."""
+    if dist.ddp:
+        x = x.detach().clone()
+        torch_dist.all_reduce(x, op=torch_dist.ReduceOp.AVG if dist.device.type == 'cuda' else torch_dist.ReduceOp.SUM)
+        if dist.device.type != 'cuda':  # gloo has no AVG
+            x /= dist.world_size
+    return x
+
+
+def unwrap(model):
+    """The plain module under DDP and torch.compile wrappers (for state dicts and EMA)."""
+    model = getattr(model, 'module', model)
+    return getattr(model, '_orig_mod', model)
+
+# -----------------------------------------------------------------------------
+# random state, checkpoints, EMA
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state():
+    s = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+    if torch.cuda.is_available():
+        s['cuda'] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def set_rng_state(s):
+    random.setstate(s['python'])
+    np.random.set_state(s['numpy'])
+    torch.set_rng_state(s['torch'])
+    if 'cuda' in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s['cuda'])
+
+
+def gather_rng_states(dist):
+    """Every rank's RNG state, gathered on all ranks (the checkpoint keeps one per rank so a resume is exact)."""
+    state = rng_state()
+    if not dist.ddp:
+        return [state]
+    states = [None] * dist.world_size
+    torch_dist.all_gather_object(states, state)
+    return states
+
+
+def save_checkpoint(obj, path):
+    """Atomic write: a kill during the save leaves the previous checkpoint untouched, never a truncated file."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # a failed write leaves no debris
+            os.remove(tmp)  # atomic on POSIX: readers see the old file or the new one
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path, map_location='cpu'):
+    if not os.path.isfile(path):
+        die(f"checkpoint {path} does not exist; check the path (or drop --resume to start a new run).")
+    try:
+        # our own checkpoints hold python/numpy RNG states, which weights_only loading refuses
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:
+        die(f"checkpoint {path} could not be read ({type(e).__name__}); it is not a checkpoint written by this project.")
+
+
+@torch.no_grad()
+def update_ema(ema_model, model, decay):
+    """ema <- decay * ema + (1 - decay) * theta; buffers (e.g. BatchNorm statistics) are copied."""
+    for p_ema, p in zip(ema_model.parameters(), model.parameters()):
+        p_ema.lerp_(p.detach().to(p_ema.dtype), 1.0 - decay)
+    for b_ema, b in zip(ema_model.buffers(), model.buffers()):
+        b_ema.copy_(b)
+
+# -----------------------------------------------------------------------------
+# data loading with a resumable order
+
+class Loader:
+    """
+    Endless batches from a map-style dataset in an order that depends only on (seed, epoch), so that a resumed run sees
+    exactly the batches an uninterrupted run would have seen. Each rank takes every world_size-th batch slice of the
+    epoch's permutation (DistributedSampler's rule). Infinite datasets (the embedded one) are read in index order,
+    since every index is a fresh random image. Each item carries its own seed for augmentation (flip, crop), so the
+    result does not depend on the number of workers. The state is the number of batches handed out.
+    """
+    def __init__(self, dataset, batch_size, seed, dist, num_workers=2):
+        self.dataset, self.batch_size, self.seed, self.dist = dataset, batch_size, seed, dist
+        self.num_workers = num_workers
+        self.infinite = getattr(dataset, 'infinite', False)
+        n = len(dataset)
+        self.batches_per_epoch = n // (batch_size * dist.world_size) if not self.infinite else None
+        if not self.infinite and self.batches_per_epoch == 0:
+            die(f"the dataset has {n} images, fewer than one global batch of {batch_size * dist.world_size}; "
+                f"lower --batch_size or add images.")
+        self.epoch, self.batch_in_epoch = 0, 0
+        self.skipped = 0  # unreadable images replaced by a neighbour (counted, never a crash)
+        self._it = None
+
+    def state_dict(self):
+        return {'epoch': self.epoch, 'batch_in_epoch': self.batch_in_epoch, 'skipped': self.skipped}
+
+    def load_state_dict(self, s):
+        self.epoch, self.batch_in_epoch, self.skipped = s['epoch'], s['batch_in_epoch'], s['skipped']
+        self._it = None
+
+    def _batches(self, epoch, start):
+        """Lists of (index, item_seed) for this rank, from batch `start` of `epoch` on."""
+        B, W, r = self.batch_size, self.dist.world_size, self.dist.rank
+        if self.infinite:
+            b = start
+            while True:
+                first = (b * W + r) * B
+                yield [(first + j, self.seed) for j in range(B)]
+                b += 1
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(len(self.dataset), generator=g).tolist()
+        for b in range(start, self.batches_per_epoch):
+            first = (b * W + r) * B
+            # the item seed mixes seed, epoch and position, so a flip differs from epoch to epoch
+            yield [(perm[first + j], (self.seed * 1_000_003 + epoch) * 1_000_033 + first + j) for j in range(B)]
+
+    def _start(self):
+        sampler = self._batches(self.epoch, self.batch_in_epoch)
+        # a private generator: creating workers must not consume the global torch RNG, or a resume would diverge
+        dl = DataLoader(_Counted(self.dataset), batch_sampler=sampler, num_workers=self.num_workers,
+                        generator=torch.Generator().manual_seed(self.seed),
+                        pin_memory=(self.dist.device.type == 'cuda'), persistent_workers=False,
+                        prefetch_factor=4 if self.num_workers > 0 else None)
+        self._it = iter(dl)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._it is None:
+            self._start()
+        try:
+            x, y, skipped = next(self._it)
+        except StopIteration:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            self._start()
+            x, y, skipped = next(self._it)
+        self.batch_in_epoch += 1
+        self.skipped += int(skipped.sum())
+        return x, y
+
+
+class _Counted(torch.utils.data.Dataset):
+    """Items as (x, y, skipped), so the loader can count unreadable files across worker processes."""
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        return self.dataset.load(item)
+
+
+def build_loader(args, dist, dataset=None):
+    """The training loader every script uses; the seed is shared by ranks because the shard, not the seed, differs."""
+    from data import make_dataset
+    if dataset is None:
+        dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=True,
+                               random_crop=getattr(args, 'random_crop', False))
+    return Loader(dataset, args.batch_size, args.seed, dist, num_workers=args.num_workers)
+
+# -----------------------------------------------------------------------------
+# outputs
+
+def save_image_grid(x, path, nrow=8):
+    """x (B, 3, H, W) in [-1, 1] -> one PNG grid."""
+    import torchvision.utils as vutils
+    vutils.save_image(((x.detach().float().cpu() + 1) / 2).clamp(0, 1), path, nrow=nrow, padding=2)
+
+
+class Logger:
+    """Appends one JSON line per log call to out_dir/log.jsonl and prints it; only the master process writes."""
+    def __init__(self, out_dir, master):
+        self.master = master
+        self.path = os.path.join(out_dir, 'log.jsonl')
+
+    def log(self, step, **scalars):
+        if not self.master:
+            return
+        row = {'step': step, 'time': round(time.time(), 3)}
+        row.update({k: (float(v) if isinstance(v, (int, float, np.floating, torch.Tensor)) else v) for k, v in scalars.items()})
+        with open(self.path, 'a') as f:
+            f.write(json.dumps(row) + '\n')
+        text = ' '.join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != 'time')
+        try:
+            from tqdm import tqdm
+            tqdm.write(text)
+        except ImportError:
+            print(text)
+        sys.stdout.flush()

@@ -1,0 +1,204 @@
+"""
+Datasets. dataset[i] is (x, y): x (3, H, W) float in [-1, 1], y the class id (0 when unlabelled). dataset.load(item)
+also returns how many unreadable files were passed over to produce it, for the training loader to count. An item may be
+`i` or `(i, item_seed)`; the seed drives augmentation, so the Loader in common.py can make every epoch's flips and crops
+reproducible; a plain `i` gives the un-augmented image.
+
+- DeadLeaves: the embedded default, a procedural dataset that needs no download and no disk. The dead-leaves model
+  (Matheron; Lee, Mumford & Huang 2001) drops opaque shapes with power-law sizes, p(r) ~ r^-3, on top of each other;
+  the result is scale invariant with the ~1/f amplitude spectrum and sharp occlusion edges of natural photographs.
+  Rendered at 4x and box-downsampled (antialiasing), with smooth shading and a little sensor noise per shape.
+- ImageFolder: a folder searched recursively (jpg, jpeg, png, webp, bmp). Class ids come from the first-level
+  subfolders when every image sits in one (ImageNet's train folder works as is); otherwise the set is unlabelled.
+"""
+import os
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
+
+
+def _split_item(item):
+    return item if isinstance(item, tuple) else (item, None)
+
+# -----------------------------------------------------------------------------
+# the embedded dataset
+
+def dead_leaves(seed, index, size, supersample=4, r_min=2.0, max_shapes=400):
+    """One dead-leaves image, deterministic in (seed, index). Returns float32 (H, W, 3) in [0, 1]."""
+    rng = np.random.default_rng([seed, index])
+    S = size * supersample
+    r_min, r_max = r_min * supersample, 0.6 * S
+    img = np.zeros((S, S, 3), np.float32)
+    covered = np.zeros((S, S), bool)
+    # scene-level colour mood, so images differ globally as photos do
+    base_hue, hue_spread = rng.random(), rng.uniform(0.05, 0.4)
+    for _ in range(max_shapes):
+        # radius by inverse-CDF sampling of p(r) ~ r^-3 on [r_min, r_max] (scale invariance)
+        u = rng.random()
+        r = (r_min ** -2 - u * (r_min ** -2 - r_max ** -2)) ** -0.5
+        cx, cy = rng.uniform(-r, S + r, 2)
+        x0, x1 = max(int(cx - r), 0), min(int(cx + r) + 1, S)
+        y0, y1 = max(int(cy - r), 0), min(int(cy + r) + 1, S)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        dx, dy = xx - cx, yy - cy
+        if rng.random() < 0.5:  # disk
+            mask = dx * dx + dy * dy <= r * r
+        else:  # rotated rectangle with aspect ratio up to 4
+            t = rng.uniform(0, np.pi)
+            a, b = r, r * rng.uniform(0.25, 1.0)
+            u_, v_ = dx * np.cos(t) + dy * np.sin(t), -dx * np.sin(t) + dy * np.cos(t)
+            mask = (np.abs(u_) <= a) & (np.abs(v_) <= b)
+        mask &= ~covered[y0:y1, x0:x1]  # front to back: earlier shapes occlude later ones
+        if not mask.any():
+            continue
+        hue = (base_hue + hue_spread * rng.standard_normal()) % 1.0
+        colour = _hsv_to_rgb(hue, rng.uniform(0.1, 0.6), rng.uniform(0.4, 0.85))
+        # smooth shading: a linear gradient across the shape, like light falling on a surface
+        gx, gy = rng.normal(0, 0.3, 2) / max(r, 1.0)
+        shade = 1.0 + gx * dx[mask] + gy * dy[mask]
+        img[y0:y1, x0:x1][mask] = np.clip(colour[None, :] * shade[:, None], 0, 1)
+        covered[y0:y1, x0:x1] |= mask
+        if covered.all():
+            break
+    if not covered.all():  # the rest is far background
+        img[~covered] = _hsv_to_rgb(base_hue, 0.3, 0.5)
+    img = img.reshape(size, supersample, size, supersample, 3).mean(axis=(1, 3))  # box filter = antialiased downsampling
+    img += rng.normal(0, 0.01, img.shape).astype(np.float32)  # sensor noise floor of a real camera
+    return np.clip(img, 0, 1)
+
+
+def _hsv_to_rgb(h, s, v):
+    i = int(h * 6) % 6
+    f = h * 6 - int(h * 6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i], np.float32)
+
+
+class DeadLeaves(torch.utils.data.Dataset):
+    """Unlimited, deterministic per (seed, index). The held-out stream (train=False) uses a disjoint seed."""
+    infinite = True
+    num_classes = 0
+
+    def __init__(self, image_size, seed=0, train=True):
+        self.image_size = image_size
+        self.seed = seed if train else seed + 1_000_000_007
+
+    def __len__(self):
+        return 2 ** 31 - 1
+
+    def __getitem__(self, item):
+        return self.load(item)[:2]
+
+    def load(self, item):
+        i, _ = _split_item(item)
+        x = torch.from_numpy(dead_leaves(self.seed, i, self.image_size)).permute(2, 0, 1)
+        return x * 2 - 1, 0, 0
+
+# -----------------------------------------------------------------------------
+# image folders
+
+def _to_rgb(img):
+    """Any PIL image -> 8-bit RGB: 16-bit grey is rescaled (not clipped), alpha is composited on white, palettes expanded."""
+    if img.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
+        a = np.asarray(img, dtype=np.float64)
+        a = a / 65535.0 if a.max() > 255 else a / 255.0
+        img = Image.fromarray((np.clip(a, 0, 1) * 255).round().astype(np.uint8), 'L')
+    if img.mode == 'P':
+        img = img.convert('RGBA')
+    if img.mode in ('RGBA', 'LA'):
+        background = Image.new('RGBA', img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img.convert('RGBA'))
+    return img.convert('RGB')
+
+
+def center_crop(img, size):
+    """Resize the short side to `size` (box filter halving first, then bicubic, as ADM does) and crop the centre."""
+    while min(img.size) >= 2 * size:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
+    scale = size / min(img.size)
+    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
+    left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def random_crop(img, size, rng):
+    """Random downscale, log-uniform between none and 'short side = size', then a random size x size crop."""
+    short = min(img.size)
+    if short < size:
+        return center_crop(img, size)
+    scale = np.exp(rng.uniform(np.log(size / short), 0.0))
+    if scale < 1.0:
+        img = img.resize(tuple(max(size, round(x * scale)) for x in img.size), resample=Image.BICUBIC)
+    left = int(rng.integers(0, img.size[0] - size + 1))
+    top = int(rng.integers(0, img.size[1] - size + 1))
+    return img.crop((left, top, left + size, top + size))
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    infinite = False
+
+    def __init__(self, root, image_size, flip=True, random_crop=False):
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"--data {root} is not a folder; point it at a folder of images.")
+        files = []
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames.sort()
+            files += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        if not files:
+            raise FileNotFoundError(f"--data {root} holds no images ({', '.join(IMAGE_EXTENSIONS)}), searched recursively.")
+        self.root, self.files, self.image_size = root, files, image_size
+        self.flip, self.random_crop = flip, random_crop
+        top = [os.path.relpath(f, root).split(os.sep) for f in files]
+        if all(len(t) > 1 for t in top) and len({t[0] for t in top}) > 1:
+            self.classes = sorted({t[0] for t in top})
+            index = {c: k for k, c in enumerate(self.classes)}
+            self.labels = [index[t[0]] for t in top]
+        else:
+            self.classes, self.labels = [], [0] * len(files)
+        self.num_classes = len(self.classes)
+
+    def __len__(self):
+        return len(self.files)
+
+    def _load(self, path):
+        with open(path, 'rb') as f:
+            img = Image.open(f)
+            img.load()  # decode now, so truncated files fail here and not later
+        return _to_rgb(img)
+
+    def __getitem__(self, item):
+        return self.load(item)[:2]
+
+    def load(self, item):
+        i, item_seed = _split_item(item)
+        # unreadable or truncated files are replaced by the next readable one and counted, never a crash mid-epoch
+        for skipped in range(len(self.files)):
+            j = (i + skipped) % len(self.files)
+            try:
+                img = self._load(self.files[j])
+                break
+            except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
+                continue
+        else:
+            raise RuntimeError(f"no image under {self.root} could be read")
+        rng = np.random.default_rng([item_seed if item_seed is not None else 0, i])
+        img = random_crop(img, self.image_size, rng) if self.random_crop else center_crop(img, self.image_size)
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)  # (3, H, W)
+        if self.flip and item_seed is not None and rng.random() < 0.5:
+            x = x.flip(2)
+        return x.contiguous(), self.labels[j], skipped
+
+
+def make_dataset(data, image_size, seed=0, train=True, random_crop=False):
+    """data=None -> the embedded DeadLeaves stream; else an ImageFolder (evaluation: no flips)."""
+    if data is None:
+        return DeadLeaves(image_size, seed=seed, train=train)
+    return ImageFolder(data, image_size, flip=train, random_crop=random_crop)
+
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error we count, not a silently grey image

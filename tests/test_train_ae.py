@@ -1,0 +1,88 @@
+"""Stage 1 training: the SE term, exact resume, atomic checkpoints, DDP, failure handling."""
+import os
+import math
+
+import pytest
+import torch
+
+from helpers import run, read_log, train_rows, TINY_AE
+
+
+def test_se_weight_zero_adds_nothing_and_nonzero_changes_gradients(tmp_path):
+    base = run('train_ae.py', *TINY_AE, '--out_dir', tmp_path / 'base', '--max_steps', 1, '--se_weight', 0)
+    base_other_scales = run('train_ae.py', *TINY_AE, '--out_dir', tmp_path / 'base2', '--max_steps', 1,
+                            '--se_weight', 0, '--se_scales', '2')
+    se = run('train_ae.py', *TINY_AE, '--out_dir', tmp_path / 'se', '--max_steps', 1, '--se_weight', 0.25)
+    b, b2, s = (train_rows(tmp_path / d)[1] for d in ('base', 'base2', 'se'))
+    # se_weight 0: the loss is exactly reconstruction + regulariser, whatever the scales
+    assert 'se' not in b and b['loss'] == pytest.approx(b['rec'] + b['reg'], rel=1e-6)
+    assert b2['grad_norm'] == b['grad_norm'] and b2['loss'] == b['loss']
+    # se_weight > 0: same reconstruction at step 1 (same init, data, noise), extra loss, different gradient
+    assert s['rec'] == b['rec']
+    assert s['loss'] == pytest.approx(b['loss'] + 0.25 * s['se'], rel=1e-5)
+    assert s['se'] > 0 and s['grad_norm'] != b['grad_norm']
+
+
+def test_resume_is_exact(tmp_path):
+    args = [*TINY_AE, '--image_size', 32, '--se_weight', 0.25, '--ema_decay', 0.9, '--disc_start', 2]
+    run('train_ae.py', *args, '--out_dir', tmp_path / 'full', '--max_steps', 6)
+    run('train_ae.py', *args, '--out_dir', tmp_path / 'split', '--max_steps', 3)
+    run('train_ae.py', *args, '--out_dir', tmp_path / 'split', '--max_steps', 6, '--resume')
+    full, split = train_rows(tmp_path / 'full'), train_rows(tmp_path / 'split')
+    for step in (4, 5, 6):  # after the resume: discriminator on, SE scales drawn, KL noise, all identical
+        for key in ('loss', 'rec', 'reg', 'se', 'd', 'g', 'grad_norm'):
+            assert split[step][key] == full[step][key], (step, key)
+    a = torch.load(tmp_path / 'full' / 'ckpt.pt', weights_only=False)
+    b = torch.load(tmp_path / 'split' / 'ckpt.pt', weights_only=False)
+    for key in ('model', 'ema', 'disc'):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+
+
+def test_new_run_refuses_to_overwrite_a_checkpoint(tmp_path):
+    run('train_ae.py', *TINY_AE, '--out_dir', tmp_path, '--max_steps', 1)
+    before = (tmp_path / 'ckpt.pt').read_bytes()
+    p = run('train_ae.py', *TINY_AE, '--out_dir', tmp_path, '--max_steps', 1, check=False)
+    assert p.returncode != 0 and 'already exists' in p.stderr and 'Traceback' not in p.stderr
+    assert (tmp_path / 'ckpt.pt').read_bytes() == before
+
+
+def test_resume_without_checkpoint_is_one_sentence(tmp_path):
+    p = run('train_ae.py', *TINY_AE, '--out_dir', tmp_path, '--max_steps', 1, '--resume', check=False)
+    assert p.returncode != 0 and 'does not exist' in p.stderr and 'Traceback' not in p.stderr
+
+
+def test_atomic_checkpoint_survives_a_failed_write(tmp_path, monkeypatch):
+    from common import save_checkpoint
+    path = tmp_path / 'ckpt.pt'
+    save_checkpoint({'step': 1, 'w': torch.ones(3)}, path)
+
+    def dying_save(obj, f, *a, **k):  # a kill in the middle of writing: half the bytes, then death
+        f.write(b'\x80\x02partial')
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, 'save', dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({'step': 2, 'w': torch.zeros(3)}, path)
+    monkeypatch.undo()
+    ckpt = torch.load(path)
+    assert ckpt['step'] == 1 and torch.equal(ckpt['w'], torch.ones(3))
+    assert os.listdir(tmp_path) == ['ckpt.pt']  # no temp debris
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    out = tmp_path / 'run'
+    run('train_ae.py', *TINY_AE, '--out_dir', out, '--max_steps', 2, '--ckpt_interval', 1)
+    before = (out / 'ckpt.pt').read_bytes()
+    p = run('train_ae.py', *TINY_AE, '--out_dir', out, '--max_steps', 4, '--resume', '--lr', 1e38, check=False)
+    assert p.returncode != 0 and 'non-finite' not in p.stdout
+    assert 'the loss became' in p.stderr and 'Traceback' not in p.stderr
+    assert (out / 'ckpt.pt').read_bytes() == before
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_keep_identical_parameters(tmp_path):
+    run('train_ae.py', *TINY_AE, '--out_dir', tmp_path, '--max_steps', 3, '--se_weight', 0.25,
+        '--grad_accum', 2, '--disc_start', 1, '--image_size', 32, '--device', 'cpu', torchrun=2)
+    log = read_log(tmp_path)
+    assert log[-1]['rank_param_max_diff'] == 0.0
+    assert math.isfinite(train_rows(tmp_path)[3]['d'])

@@ -1,0 +1,330 @@
+"""
+Stage 1: train or fine-tune the autoencoder (E, D) of latent diffusion, optionally with the scale-equivariance (SE)
+regulariser of Skorokhodov et al. (ICML 2025), which makes its latents more "diffusable".
+
+  python train_ae.py --se_weight 0.25                        # tiny AE, embedded dead-leaves data, CPU is fine
+  torchrun --nproc_per_node=8 train_ae.py --se_weight 0.25   # the same under DDP
+  torchrun --nproc_per_node=8 train_ae.py --data /imagenet/train --image_size 256 --preset flux \
+      --init_from flux_ae.safetensors --se_weight 0.25 --max_steps 20000   # the paper's fine-tuning recipe
+
+Generator loss (LDM's LPIPSWithDiscriminator, plus SE):
+  L = |x - D(z)| + lpips_weight * LPIPS(x, D(z))                         reconstruction, z = E(x)
+    + kl_weight * KL(q(z|x) || N(0, I))  (or the VQ codebook + commitment losses)
+    + adaptive_weight * disc_weight * -D_patch(D(z))                     after disc_start
+    + se_weight * (|down(x) - D(down(z))| + lpips_weight * LPIPS(down(x), D(down(z))))
+where down() shrinks x and z by the same factor s drawn from --se_scales. The discriminator sees only full-resolution
+reconstructions and is trained with the hinge loss.
+"""
+import os
+import sys
+import json
+import time
+import math
+import random
+import argparse
+import contextlib
+from copy import deepcopy
+from dataclasses import asdict, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
+                    make_grad_scaler, all_reduce_mean, unwrap, seed_everything, gather_rng_states, set_rng_state,
+                    save_checkpoint, load_checkpoint, update_ema, build_loader, save_image_grid, Logger)
+from data import make_dataset
+from model import AE_PRESETS, Autoencoder, NLayerDiscriminator, LPIPS, hinge_d_loss, load_autoencoder
+
+# -----------------------------------------------------------------------------
+# config
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+add_common_args(parser, out_dir='out/ae', lr=1e-4)
+parser.add_argument('--regularizer', type=str, default=None, choices=['kl', 'vq'], help="latent regulariser; default: the preset's")
+parser.add_argument('--kl_weight', type=float, default=1e-6, help="weight of the KL term (LDM's convention: KL summed over the latent vs. L1 summed over pixels)")
+parser.add_argument('--lpips_weight', type=float, default=1.0, help='weight of the LPIPS perceptual loss; 0 disables it (no VGG weights needed)')
+parser.add_argument('--disc_weight', type=float, default=0.5, help='weight of the adversarial loss (times the adaptive weight)')
+parser.add_argument('--disc_start', type=int, default=50001, help='step at which the discriminator and adversarial loss switch on')
+parser.add_argument('--disc_lr', type=float, default=None, help='discriminator learning rate; default: --lr')
+parser.add_argument('--se_weight', type=float, default=0.0, help='scale-equivariance loss weight (paper: 0.25); 0 = baseline')
+parser.add_argument('--se_scales', type=str, default='2,4', help='downsampling factors drawn uniformly per step for SE')
+parser.add_argument('--se_down', type=str, default='bilinear', choices=['bilinear', 'avgpool'],
+                    help='how x and z are downsampled for SE: antialiased bilinear (default) or average pooling')
+parser.add_argument('--ema_decay', type=float, default=0.0, help='EMA of the autoencoder weights (e.g. 0.999); 0 = off')
+parser.add_argument('--grad_clip', type=float, default=1.0, help='clip the global gradient norm; 0 = off')
+parser.add_argument('--num_eval', type=int, default=8, help='held-out images in the reconstruction grid and HF-ratio probe')
+parser.add_argument('--vgg_weights', type=str, default=None, help='local VGG16 ImageNet weights (vgg16-397923af.pth) for LPIPS')
+parser.add_argument('--lpips_lin_weights', type=str, default=None, help='local LPIPS v0.1 linear-head weights (vgg.pth)')
+args = parser.parse_args()
+
+se_scales = [int(s) for s in args.se_scales.split(',') if s]
+if args.se_weight < 0 or any(s < 2 for s in se_scales) or (args.se_weight > 0 and not se_scales):
+    die(f"--se_scales must list factors >= 2 (got '{args.se_scales}') and --se_weight must be >= 0.")
+
+# -----------------------------------------------------------------------------
+# init: processes, precision, seeds
+
+dist = setup_distributed(args.device)
+device = dist.device
+dtype = resolve_dtype(args.dtype, device)
+os.makedirs(args.out_dir, exist_ok=True)
+ckpt_path = os.path.join(args.out_dir, 'ckpt.pt')
+seed_everything(args.seed + dist.rank)  # different noise per rank; the data shard differs by construction
+
+# -----------------------------------------------------------------------------
+# models
+
+if args.init_from:
+    try:  # our checkpoint (it names its own preset) or public weights made for --preset
+        ae = load_autoencoder(args.init_from, preset=args.preset)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        die(str(e))
+    ae_config = ae.cfg
+else:
+    if args.preset not in AE_PRESETS:
+        die(f"--preset {args.preset} is not an autoencoder preset; choose one of {', '.join(AE_PRESETS)}.")
+    ae_config = AE_PRESETS[args.preset]
+if args.regularizer is not None and args.regularizer != ae_config.regularizer:
+    if args.init_from:
+        die(f"--regularizer {args.regularizer} differs from the {ae_config.regularizer} regulariser of --init_from.")
+    ae_config = replace(ae_config, regularizer=args.regularizer)
+if not args.init_from:
+    ae = Autoencoder(ae_config)
+ae.to(device).train()
+f = ae.downsample_factor
+if args.image_size % (f * max(se_scales, default=1)) != 0:
+    die(f"--image_size {args.image_size} must be divisible by the downsampling factor {f} times the largest SE scale "
+        f"{max(se_scales, default=1)}, so that x and z shrink by the same factor.")
+disc = NLayerDiscriminator().to(device).train()
+if args.disc_weight > 0 and args.disc_start < args.max_steps and args.image_size < 32:
+    die(f"the PatchGAN discriminator needs --image_size of at least 32 (got {args.image_size}); "
+        f"raise it, or keep the discriminator off with --disc_start {args.max_steps}.")
+lpips = None
+if args.lpips_weight > 0:
+    try:
+        lpips = LPIPS(vgg_weights=args.vgg_weights, lin_weights=args.lpips_lin_weights).to(device).eval()
+    except (FileNotFoundError, RuntimeError, OSError) as e:
+        die(str(e))
+    lpips.requires_grad_(False)
+ema = deepcopy(ae).eval().requires_grad_(False) if args.ema_decay > 0 else None
+
+opt_g = torch.optim.Adam(ae.parameters(), lr=args.lr, betas=(0.5, 0.9))  # LDM's betas for GAN training
+opt_d = torch.optim.Adam(disc.parameters(), lr=args.disc_lr or args.lr, betas=(0.5, 0.9))
+scaler = make_grad_scaler(dtype, device)
+
+loader = build_loader(args, dist)
+step = 0
+if not args.resume and os.path.exists(ckpt_path):
+    die(f"{ckpt_path} already exists; pass --resume to continue that run or choose another --out_dir.")
+if args.resume:
+    ckpt = load_checkpoint(ckpt_path)
+    ae.load_state_dict(ckpt['model'])
+    disc.load_state_dict(ckpt['disc'])
+    opt_g.load_state_dict(ckpt['opt_g'])
+    opt_d.load_state_dict(ckpt['opt_d'])
+    for opt, lr in ((opt_g, args.lr), (opt_d, args.disc_lr or args.lr)):
+        for group in opt.param_groups:
+            group['lr'] = lr  # the command line wins over the saved state, so a resume can change it
+    scaler.load_state_dict(ckpt['scaler'])
+    if ema is not None:
+        if 'ema' not in ckpt:
+            die(f"{ckpt_path} has no EMA weights; resume without --ema_decay or start a new run.")
+        ema.load_state_dict(ckpt['ema'])
+    loader.load_state_dict(ckpt['loader'])
+    step = ckpt['step']
+    if len(ckpt['rng']) == dist.world_size:
+        set_rng_state(ckpt['rng'][dist.rank])
+    elif dist.master:
+        print(f"note: the checkpoint was written by {len(ckpt['rng'])} processes and this run has {dist.world_size}; "
+              f"the data order continues but random draws will not match an uninterrupted run.")
+    del ckpt
+
+
+class AutoencoderWithSE(nn.Module):
+    """The forward pass DDP sees: the reconstruction and, for SE, the decoding of the downsampled latent."""
+    def __init__(self, ae):
+        super().__init__()
+        self.ae = ae
+
+    def forward(self, x, se_scale):
+        z, reg_loss = self.ae.encode(x)  # z (B, C, H/f, W/f), sampled from the posterior for KL
+        x_rec = self.ae.decode(z)
+        x_rec_se = self.ae.decode(se_down(z, se_scale)) if se_scale else None  # D(down(z))
+        return x_rec, x_rec_se, reg_loss
+
+
+def se_down(t, s):
+    """The same downsampling operator for images and latents (the paper uses 2x/4x bilinear)."""
+    if args.se_down == 'avgpool':
+        return F.avg_pool2d(t, s)
+    return F.interpolate(t, scale_factor=1 / s, mode='bilinear', antialias=True, align_corners=False)
+
+
+model = AutoencoderWithSE(ae)
+if args.compile:
+    model = torch.compile(model)
+if dist.ddp:
+    model = DDP(model, device_ids=[dist.local_rank] if device.type == 'cuda' else None)
+    disc_ddp = DDP(disc, device_ids=[dist.local_rank] if device.type == 'cuda' else None)
+else:
+    disc_ddp = disc
+
+# a fixed held-out batch for the grids and the high-frequency probe
+eval_set = make_dataset(args.data, args.image_size, seed=args.seed, train=False)
+x_eval = torch.stack([eval_set[i][0] for i in range(min(args.num_eval, len(eval_set)))]).to(device)
+
+# -----------------------------------------------------------------------------
+# losses
+
+def reconstruction_loss(x, x_rec):
+    """L1 + lpips_weight * LPIPS, both per pixel, averaged over the batch."""
+    loss = (x - x_rec).abs().mean()
+    if lpips is not None:
+        loss = loss + args.lpips_weight * lpips(x, x_rec).mean()
+    return loss
+
+
+def adaptive_weight(rec_loss, g_loss):
+    """LDM: lambda = ||grad_L(rec)|| / (||grad_L(gan)|| + 1e-4) at the decoder's last layer, clamped to [0, 1e4]."""
+    last = ae.last_layer()
+    rec_grad = torch.autograd.grad(rec_loss, last, retain_graph=True)[0]
+    g_grad = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+    return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
+
+@torch.no_grad()
+def evaluate():
+    """Reconstruction grid (inputs, reconstructions, SE branch) and the latent vs. RGB high-frequency ratio."""
+    from spectrum import hf_ratio
+    net = ema if ema is not None else ae
+    net.eval()
+    with autocast(device, dtype):
+        z, _ = net.encode(x_eval, sample=False)
+        x_rec = net.decode(z).float()
+        rows = [x_eval, x_rec]
+        for s in se_scales if args.se_weight > 0 else []:
+            up = lambda t: F.interpolate(t, size=x_eval.shape[-2:], mode='nearest')  # shown at full size
+            rows += [up(se_down(x_eval, s)), up(net.decode(se_down(z, s)).float())]
+    ae.train()
+    save_image_grid(torch.cat(rows).clamp(-1, 1), os.path.join(args.out_dir, f'recon_{step:07d}.png'), nrow=len(x_eval))
+    mse = F.mse_loss((x_rec.clamp(-1, 1) + 1) / 2, (x_eval + 1) / 2)
+    metrics = {'val_psnr': (10 * torch.log10(1 / mse)).item()}
+    if min(z.shape[-2:]) >= 8:  # the spectrum works on 8x8 DCT blocks of the latent
+        x_pooled = F.adaptive_avg_pool2d(x_eval, z.shape[-2:])  # RGB on the latent's grid
+        metrics.update(hf_ratio_latent=hf_ratio(z.float()), hf_ratio_rgb=hf_ratio(x_pooled))
+    return metrics
+
+
+def checkpoint():
+    rng = gather_rng_states(dist)  # collective: every rank calls it
+    if dist.master:
+        ckpt = {'model': ae.state_dict(), 'disc': disc.state_dict(), 'opt_g': opt_g.state_dict(),
+                'opt_d': opt_d.state_dict(), 'scaler': scaler.state_dict(), 'step': step, 'rng': rng,
+                'loader': loader.state_dict(),
+                'config': {**vars(args), 'ae_config': asdict(ae_config)}}
+        if ema is not None:
+            ckpt['ema'] = ema.state_dict()
+        save_checkpoint(ckpt, ckpt_path)
+
+# -----------------------------------------------------------------------------
+# training loop
+
+logger = Logger(args.out_dir, dist.master)
+if dist.master:
+    with open(os.path.join(args.out_dir, 'config.json'), 'w') as fh:
+        json.dump({**vars(args), 'ae_config': asdict(ae_config), 'world_size': dist.world_size, 'dtype': dtype}, fh, indent=2)
+    n_params = sum(p.numel() for p in ae.parameters())
+    print(f"autoencoder {n_params / 1e6:.2f}M params, f={f}, z={ae_config.z_channels}, {ae_config.regularizer}; "
+          f"{dist.world_size} process(es) on {device}, {dtype}; se_weight {args.se_weight}, scales {se_scales}")
+pixels = 3 * args.image_size ** 2
+progress = tqdm(total=args.max_steps, initial=step, disable=not dist.master, dynamic_ncols=True)
+train_time, timed_steps = 0.0, 0  # wall time of training steps only (no evaluation, no checkpointing)
+while step < args.max_steps:
+    t0 = time.time()
+    use_disc = step >= args.disc_start and args.disc_weight > 0
+    batches, terms = [], {}
+    # ---- autoencoder (generator) step, with gradient accumulation that syncs only on the last micro-step
+    for micro in range(args.grad_accum):
+        x, _ = next(loader)
+        x = x.to(device, non_blocking=True)
+        se_scale = random.choice(se_scales) if args.se_weight > 0 else 0
+        sync = contextlib.nullcontext() if (not dist.ddp or micro == args.grad_accum - 1) else model.no_sync()
+        with sync:
+            with autocast(device, dtype):
+                x_rec, x_rec_se, reg_loss = model(x, se_scale)
+                rec = reconstruction_loss(x, x_rec)
+                if ae_config.regularizer == 'kl':
+                    reg = args.kl_weight * reg_loss / pixels  # KL summed over the latent, per pixel (LDM's balance)
+                else:
+                    reg = reg_loss  # VQ codebook + commitment losses (LDM's codebook_weight 1)
+                loss = rec + reg
+                if se_scale:
+                    se = reconstruction_loss(se_down(x, se_scale), x_rec_se)  # d(down(x), D(down(z)))
+                    loss = loss + args.se_weight * se
+                    terms['se'] = terms.get('se', 0) + se.detach() / args.grad_accum
+                if use_disc:
+                    disc.requires_grad_(False)  # the generator's loss must not train the discriminator
+                    g_loss = -disc(x_rec).mean()
+                    disc.requires_grad_(True)
+                    w = adaptive_weight(rec, g_loss)
+                    loss = loss + w * args.disc_weight * g_loss
+                    terms['g'] = terms.get('g', 0) + g_loss.detach() / args.grad_accum
+                    terms['adaptive_w'] = w
+            scaler.scale(loss / args.grad_accum).backward()
+        terms['loss'] = terms.get('loss', 0) + loss.detach() / args.grad_accum
+        terms['rec'] = terms.get('rec', 0) + rec.detach() / args.grad_accum
+        terms['reg'] = terms.get('reg', 0) + reg.detach() / args.grad_accum
+        batches.append((x, x_rec.detach()))
+    scaler.unscale_(opt_g)
+    terms['grad_norm'] = nn.utils.clip_grad_norm_(ae.parameters(), args.grad_clip if args.grad_clip > 0 else float('inf'))
+    # ---- discriminator step on the same batches (hinge loss)
+    if use_disc:
+        for micro, (x, x_rec) in enumerate(batches):
+            sync = contextlib.nullcontext() if (not dist.ddp or micro == args.grad_accum - 1) else disc_ddp.no_sync()
+            with sync:
+                with autocast(device, dtype):
+                    d_loss = hinge_d_loss(disc_ddp(x), disc_ddp(x_rec))
+                scaler.scale(d_loss / args.grad_accum).backward()
+            terms['d'] = terms.get('d', 0) + d_loss.detach() / args.grad_accum
+        scaler.unscale_(opt_d)
+        if args.grad_clip > 0:
+            nn.utils.clip_grad_norm_(disc.parameters(), args.grad_clip)
+        scaler.step(opt_d)
+    scaler.step(opt_g)
+    scaler.update()  # once, after both optimizers
+    opt_g.zero_grad(set_to_none=True)
+    opt_d.zero_grad(set_to_none=True)
+    if ema is not None:
+        update_ema(ema, ae, args.ema_decay)
+    step += 1
+    progress.update(1)
+
+    # ---- a non-finite loss stops the run before anything is written: the last checkpoint stays good
+    loss_avg = all_reduce_mean(terms['loss'].float(), dist)
+    if not torch.isfinite(loss_avg):
+        progress.close()
+        cleanup_distributed()
+        die(f"the loss became {loss_avg.item()} at step {step}; nothing was saved, so {ckpt_path} still holds the "
+            f"last good state (lower --lr, or try --dtype float32, then --resume).")
+
+    train_time, timed_steps = train_time + time.time() - t0, timed_steps + 1
+    if step % args.log_interval == 0 or step == args.max_steps:
+        dt, train_time, timed_steps = train_time / timed_steps, 0.0, 0
+        images = args.batch_size * args.grad_accum * dist.world_size
+        logger.log(step, **{k: (all_reduce_mean(v.float(), dist) if torch.is_tensor(v) else v) for k, v in terms.items()},
+                   step_time=dt, images_per_sec=images / dt, skipped_images=loader.skipped, lr=args.lr)
+    if step % args.eval_interval == 0 or step == args.max_steps:
+        if dist.master:
+            logger.log(step, **evaluate())
+    if step % args.ckpt_interval == 0 or step == args.max_steps:
+        checkpoint()
+progress.close()
+if dist.ddp:  # DDP must keep every rank's weights identical; check it rather than trust it
+    params = torch.cat([p.detach().float().flatten() for p in ae.parameters()])
+    gathered = [torch.empty_like(params) for _ in range(dist.world_size)]
+    torch.distributed.all_gather(gathered, params)
+    logger.log(step, rank_param_max_diff=max((g - gathered[0]).abs().max().item() for g in gathered))
+cleanup_distributed()
