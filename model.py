@@ -348,13 +348,17 @@ def read_weights(path):
     """A state dict or checkpoint dict from .safetensors, or from a torch file (.pt/.pth/.ckpt)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file {path} does not exist; check the path.")
-    if str(path).endswith('.safetensors'):
-        return load_safetensors(str(path), device='cpu')
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError:
-        # our own train_ae.py checkpoints carry python/numpy RNG states, which the weights-only loader refuses
-        return torch.load(path, map_location='cpu', weights_only=False)
+        if str(path).endswith('.safetensors'):
+            return load_safetensors(str(path), device='cpu')
+        try:
+            return torch.load(path, map_location='cpu', weights_only=True)
+        except pickle.UnpicklingError:
+            # our own train_ae.py checkpoints carry python/numpy RNG states, which the weights-only loader refuses
+            return torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:  # truncated download, wrong file type, ...
+        raise ValueError(f"{path} could not be read as a .safetensors or torch weights file "
+                         f"({type(e).__name__}); check that the file is complete.") from None
 
 
 def load_autoencoder(path, preset=None, device='cpu'):

@@ -149,6 +149,10 @@ def test_loading_errors_are_one_sentence(tmp_path):
         load_autoencoder(str(tmp_path / 'w.safetensors'))
     with pytest.raises(ValueError, match='unknown autoencoder preset'):
         make_ae_config('sdxl')
+    for name in ('truncated.pt', 'truncated.safetensors'):
+        (tmp_path / name).write_bytes(b'not a weights file')
+        with pytest.raises(ValueError, match='could not be read'):
+            load_autoencoder(str(tmp_path / name), preset='tiny')
 
 
 # ---------------------------------------------------------------------------------------------- regularisers
