@@ -190,12 +190,16 @@ def parse_args(argv=None):
     if len(set(args.label)) != len(args.label):
         die(f"labels {args.label} repeat; name each --ckpt with its own --label.")
     for f in args.rgb_pool:
-        if f < 1 or args.image_size % f:
-            die(f"--rgb_pool {f} must be a positive divisor of --image_size {args.image_size}.")
+        if f < 1 or args.image_size % f or args.image_size // f < BLOCK:
+            die(f"--rgb_pool {f} must divide --image_size {args.image_size} and leave at least {BLOCK}x{BLOCK} pixels.")
     if args.num_images < 1 or args.batch_size < 1:
         die("--num_images and --batch_size must be positive.")
+    if args.image_size < BLOCK:
+        die(f"--image_size {args.image_size} is smaller than one {BLOCK}x{BLOCK} DCT block; use {BLOCK} or more.")
     if args.device == 'auto':
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        die(f"--device {args.device} was asked for but no CUDA GPU is visible; use --device cpu.")
     return args
 
 
@@ -207,12 +211,16 @@ def rgb_key(h, w):
 def analyse(args):
     """One pass over the images: every AE encodes each batch, spectra and erasure PSNRs accumulate as exact means."""
     device = torch.device(args.device)
-    dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=False)
+    try:  # a bad --data or --ckpt is the user's to fix: one sentence, no traceback
+        dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=False)
+        aes = {label: load_autoencoder(path, preset=args.preset, device=device)
+               for label, path in zip(args.label, args.ckpt)}
+    except (FileNotFoundError, ValueError) as e:
+        die(str(e))
     n = args.num_images if getattr(dataset, 'infinite', False) else min(args.num_images, len(dataset))
     if n < args.num_images:
         print(f"{args.data} holds {n} images; analysing all of them.")
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=args.batch_size)
-    aes = {label: load_autoencoder(path, preset=args.preset, device=device) for label, path in zip(args.label, args.ckpt)}
 
     rgb_sizes = {(args.image_size, args.image_size)} | {(args.image_size // f,) * 2 for f in args.rgb_pool}
     rgb_amp = {}                                             # (h, w) -> Mean of (3, 64) amplitudes
@@ -225,6 +233,9 @@ def analyse(args):
         B = x.shape[0]
         for label, ae in aes.items():
             z, _ = ae.encode(x, sample=False)  # posterior mean: the latent a diffusion model would be trained on
+            if min(z.shape[-2:]) < BLOCK:
+                die(f"--image_size {args.image_size} gives {label} latents of {z.shape[-2]}x{z.shape[-1]}, smaller than "
+                    f"one {BLOCK}x{BLOCK} DCT block; use --image_size {BLOCK * ae.downsample_factor} or more.")
             ae_amp[label].update(dct_amplitude(z), B)
             latent_size[label] = tuple(z.shape[-2:])
             rgb_sizes.add(latent_size[label])
@@ -285,7 +296,7 @@ def plot(result, out_dir):
     rgb = result['rgb_erasure_psnr']
     lossless = [v < PSNR_MAX for v in rgb]  # erasing nothing from RGB is lossless (infinite PSNR): leave it off the axis
     ax.plot([q for q, ok in zip(pct, lossless) if ok], [v for v, ok in zip(rgb, lossless) if ok], 'o--', color='black',
-            label='RGB (own 8x8 blocks)')
+            label='RGB (own 8x8 blocks; 0% is lossless)')
     ax.set(xlabel='% of DCT coefficients erased (highest frequencies first)', ylabel='PSNR vs input (dB)',
            title='Erasure: reconstruction from low frequencies only')
     ax.legend(fontsize=8)
@@ -303,7 +314,8 @@ def main(argv=None):
         json.dump(result, f, indent=1)
     plot(result, args.out_dir)
 
-    print(f"\n{'':24s} {'latent':>12s} {'hf_ratio':>9s} {'RGB ref':>9s} {'ratio':>7s} {'recon PSNR':>11s}")
+    print(f"\n{'':24s} {'shape':>12s} {'hf_ratio':>9s}" + (f" {'RGB ref':>9s} {'ratio':>7s} {'recon PSNR':>11s}"
+                                                         if result['autoencoders'] else ''))
     for label, r in result['autoencoders'].items():
         shape = f"{len(r['per_channel'])}x{r['latent_resolution'][0]}x{r['latent_resolution'][1]}"
         print(f"{label:24s} {shape:>12s} {r['hf_ratio']:9.4f} {r['rgb_hf_ratio']:9.4f} {r['hf_ratio_vs_rgb']:7.2f} "

@@ -183,6 +183,7 @@ def _save_tiny_ae(path, seed):
     torch.save({'model': ae.state_dict(), 'config': {'preset': 'tiny'}}, path)
 
 
+@pytest.mark.slow  # 2 AEs x 10 erasure levels x 2 batches of decodes: ~10-30 s on a shared CPU
 def test_cli_on_two_tiny_checkpoints_writes_plots_and_consistent_json(tmp_path):
     from data import make_dataset
     from model import load_autoencoder
@@ -225,3 +226,9 @@ def test_cli_on_two_tiny_checkpoints_writes_plots_and_consistent_json(tmp_path):
 def test_cli_rejects_a_label_count_that_does_not_match(tmp_path):
     with pytest.raises(SystemExit, match='one label per checkpoint'):
         spectrum.main(['--ckpt', 'a.pt', '--ckpt', 'b.pt', '--label', 'only_one', '--out_dir', str(tmp_path)])
+
+
+def test_cli_names_a_missing_checkpoint_in_one_sentence(tmp_path):
+    with pytest.raises(SystemExit, match='does not exist'):
+        spectrum.main(['--ckpt', str(tmp_path / 'missing.pt'), '--num_images', '1', '--image_size', '32',
+                       '--device', 'cpu', '--out_dir', str(tmp_path)])
