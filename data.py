@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile
 
+from common import die
+
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
 
 
@@ -144,13 +146,13 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __init__(self, root, image_size, flip=True, random_crop=False):
         if not os.path.isdir(root):
-            raise FileNotFoundError(f"--data {root} is not a folder; point it at a folder of images.")
+            die(f"--data {root} is not a folder; point it at a folder of images.")
         files = []
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             dirnames.sort()
             files += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)]
         if not files:
-            raise FileNotFoundError(f"--data {root} holds no images ({', '.join(IMAGE_EXTENSIONS)}), searched recursively.")
+            die(f"--data {root} holds no images ({', '.join(IMAGE_EXTENSIONS)}), searched recursively.")
         self.root, self.files, self.image_size = root, files, image_size
         self.flip, self.random_crop = flip, random_crop
         top = [os.path.relpath(f, root).split(os.sep) for f in files]
@@ -185,7 +187,7 @@ class ImageFolder(torch.utils.data.Dataset):
             except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
                 continue
         else:
-            raise RuntimeError(f"no image under {self.root} could be read")
+            die(f"none of the {len(self.files)} images under {self.root} could be read.")
         rng = np.random.default_rng([item_seed if item_seed is not None else 0, i])
         img = random_crop(img, self.image_size, rng) if self.random_crop else center_crop(img, self.image_size)
         x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)  # (3, H, W)

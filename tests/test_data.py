@@ -1,0 +1,107 @@
+"""Datasets: the embedded dead-leaves stream and image folders with awkward files."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data import DeadLeaves, ImageFolder, make_dataset, dead_leaves
+from common import Loader, Dist
+from helpers import run, train_rows, TINY_AE
+
+
+def test_dead_leaves_is_deterministic_per_seed_and_index():
+    a, b = DeadLeaves(32, seed=3), DeadLeaves(32, seed=3)
+    assert torch.equal(a[5][0], b[5][0])
+    assert not torch.equal(a[5][0], a[6][0])
+    assert not torch.equal(a[5][0], DeadLeaves(32, seed=4)[5][0])
+    assert not torch.equal(a[5][0], DeadLeaves(32, seed=3, train=False)[5][0])  # held-out stream is disjoint
+    x = a[0][0]
+    assert x.shape == (3, 32, 32) and x.min() >= -1 and x.max() <= 1
+
+
+def test_dead_leaves_spectrum_decays_like_a_photo():
+    """Natural images: block-DCT amplitude falls by more than 10x from the first AC coefficient to the last."""
+    from spectrum import dct_spectrum
+    x = torch.stack([DeadLeaves(64, seed=0)[i][0] for i in range(8)])
+    profile = dct_spectrum(x).mean(0)  # (64,) DC-normalised, zigzag order
+    assert profile[1] > 10 * profile[63]
+    assert (profile[1:8].mean() > profile[8:32].mean() > profile[32:].mean())
+    noise = dct_spectrum(torch.rand(8, 3, 64, 64)).mean(0)  # white noise is flat: no such decay
+    assert noise[1] < 2 * noise[63]
+
+
+def _save(img, path):
+    img.save(path)
+    return path
+
+
+def test_image_folder_handles_awkward_files(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    _save(Image.fromarray(rgb), tmp_path / 'a_rgb.png')
+    _save(Image.fromarray(rgb[..., 0]), tmp_path / 'b_gray.png')
+    _save(Image.fromarray(np.dstack([rgb, np.full((40, 50), 128, np.uint8)])), tmp_path / 'c_rgba.png')
+    _save(Image.fromarray(rgb).convert('P', palette=Image.ADAPTIVE), tmp_path / 'd_palette.png')
+    _save(Image.fromarray((rng.integers(0, 65536, (40, 50))).astype(np.uint16)), tmp_path / 'e_16bit.png')
+    data = (tmp_path / 'a_rgb.png').read_bytes()
+    (tmp_path / 'f_truncated.png').write_bytes(data[:len(data) // 2])
+    (tmp_path / 'g_not_an_image.jpg').write_bytes(b'hello')
+    ds = ImageFolder(str(tmp_path), 16)
+    assert len(ds) == 7 and ds.num_classes == 0
+    skipped = 0
+    for i in range(len(ds)):
+        x, y, s = ds.load((i, 123))
+        assert x.shape == (3, 16, 16) and torch.isfinite(x).all() and -1 <= x.min() and x.max() <= 1
+        skipped += s
+    assert skipped == 2 + 1  # f (1 skip to g, 1 more to a) and g (1 skip to a) were replaced and counted
+    sixteen = ds[4][0]  # 16-bit grey is rescaled, not clipped to white
+    assert sixteen.std() > 0.1 and sixteen.max() < 1
+
+
+def test_image_folder_labels_from_subfolders(tmp_path):
+    for c in ('cat', 'dog'):
+        (tmp_path / c).mkdir()
+        for k in range(2):
+            Image.new('RGB', (20, 20), (k * 100, 0, 0)).save(tmp_path / c / f'{k}.jpg')
+    ds = ImageFolder(str(tmp_path), 8)
+    assert ds.classes == ['cat', 'dog'] and sorted(ds[i][1] for i in range(4)) == [0, 0, 1, 1]
+
+
+def test_random_crop_gives_distinct_crops_deterministically(tmp_path):
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(tmp_path / 'p.png')
+    ds = make_dataset(str(tmp_path), 32, random_crop=True)
+    crops = [ds.load((0, seed))[0] for seed in range(6)]
+    assert all(c.shape == (3, 32, 32) for c in crops)
+    assert len({c.sum().item() for c in crops}) == 6
+    assert torch.equal(ds.load((0, 2))[0], crops[2])
+
+
+def test_loader_shards_are_disjoint_and_cover_the_epoch(tmp_path):
+    for k in range(12):
+        Image.new('RGB', (8, 8), (k * 20, 0, 0)).save(tmp_path / f'{k:02d}.png')
+    ds = ImageFolder(str(tmp_path), 8, flip=False)
+    seen = []
+    for rank in range(2):
+        loader = Loader(ds, 3, seed=0, dist=Dist(True, rank, rank, 2, torch.device('cpu'), rank == 0), num_workers=0)
+        seen += [round(float(v)) for _ in range(2) for v in (next(loader)[0][:, 0, 0, 0] + 1) * 127.5 / 20]
+    assert sorted(seen) == list(range(12))
+
+
+@pytest.mark.parametrize('case', ['missing', 'empty'])
+def test_bad_data_folder_is_one_sentence(tmp_path, case):
+    path = tmp_path / 'nope'
+    if case == 'empty':
+        path.mkdir()
+        (path / 'readme.txt').write_text('no images here')
+    p = run('train_ae.py', *TINY_AE, '--out_dir', tmp_path / 'out', '--max_steps', 1, '--data', path, check=False)
+    assert p.returncode != 0 and 'Traceback' not in p.stderr
+    assert ('is not a folder' if case == 'missing' else 'holds no images') in p.stderr
+
+
+def test_training_counts_unreadable_files(tmp_path):
+    for k in range(4):
+        Image.fromarray(np.random.default_rng(k).integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(tmp_path / f'{k}.png')
+    (tmp_path / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n garbage')
+    run('train_ae.py', *TINY_AE, '--out_dir', tmp_path / 'out', '--max_steps', 3, '--data', tmp_path)
+    rows = train_rows(tmp_path / 'out')
+    assert rows[3]['skipped_images'] >= 1
