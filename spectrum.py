@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import eval_fid
 from common import die
 from data import make_dataset
 from model import load_autoencoder
@@ -141,9 +142,8 @@ def erase_high_frequencies(x, p):
 
 
 def psnr(x, y):
-    """Per-image PSNR in dB of images in [-1, 1] (peak-to-peak 2): 10 log10(2^2 / MSE), capped at PSNR_MAX. (B,)"""
-    mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)
-    return (10 * torch.log10(4 / mse)).clamp(max=PSNR_MAX)
+    """eval_fid.psnr (per image, dB, images in [-1, 1] measured on [0, 1]) with a lossless match capped at PSNR_MAX. (B,)"""
+    return eval_fid.psnr(x, y).clamp(max=PSNR_MAX)
 
 # -----------------------------------------------------------------------------
 # command line
