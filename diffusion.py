@@ -1,0 +1,221 @@
+"""
+Gaussian diffusion in discrete time, as LDM (Rombach et al. 2022) and DiT (Peebles & Xie 2023) use it on latents:
+the noise schedule, the forward process q(x_t | x_0), the training loss, and the two samplers, ancestral DDPM
+(Ho et al. 2020, Algorithm 2) and DDIM (Song et al. 2021), both with classifier-free guidance (Ho & Salimans 2022).
+
+Symbols are the papers': beta_t, alpha_t = 1 - beta_t, abar_t = prod_{s<=t} alpha_s, eps the noise, x0 the clean latent.
+Timesteps are 0-based indices t in [0, T) (index t is the paper's t + 1), which is also what the networks are fed.
+
+The network output is eps (LDM Algorithm 1) or v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022), followed,
+for learn_sigma models (DiT), by C "variance values" v_var in [-1, 1] that interpolate the log variance between beta_t
+and the posterior variance beta~_t (improved DDPM, Nichol & Dhariwal 2021, eq. 15). Those are trained with L_vlb on a
+stopped-gradient mean (L_hybrid = L_simple + L_vlb, their lambda = 0.001 times T = 1000 terms) and used by p_sample.
+DDIM, being deterministic at eta = 0, ignores them.
+
+Samplers take model_fn(x_t, t) -> raw network output, so guidance (cfg_model_fn) and conditioning live outside them.
+Run nothing here directly: train_ldm.py trains with Diffusion.training_loss and sample.py calls the samplers.
+"""
+import math
+
+import torch
+
+# ----------------------------------------------------------------------------------------------
+# schedule
+
+
+def beta_schedule(name, T=1000):
+    """The two schedules of the papers we follow, as float64 (T,)."""
+    if name == "linear":  # DDPM / ADM / DiT
+        return torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+    if name == "scaled_linear":  # LDM / Stable Diffusion: linear in sqrt(beta)
+        return torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, T, dtype=torch.float64) ** 2
+    raise ValueError(f"unknown noise schedule {name!r}; use 'linear' (DiT/ADM) or 'scaled_linear' (LDM).")
+
+
+def spaced_timesteps(T, steps):
+    """`steps` indices spread evenly over [0, T-1], ascending; steps = T gives every index (the full chain)."""
+    if not 1 <= steps <= T:
+        raise ValueError(f"the number of sampling steps must be between 1 and T={T}, got {steps}.")
+    return torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long()
+
+
+def randn(shape, generator, device):
+    """Standard normal noise. generator may be a list with one torch.Generator per sample, so that every sample's
+    noise depends on its own seed only (sample.py's results then do not depend on the batch size or world size)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}; pass one per sample.")
+        return torch.stack([torch.randn(shape[1:], generator=g, device=g.device) for g in generator]).to(device)
+    return torch.randn(shape, generator=generator, device=device if generator is None else generator.device).to(device)
+
+
+def mean_flat(x):  # (B, ...) -> (B,)
+    return x.mean(dim=list(range(1, x.ndim)))
+
+
+class Diffusion:
+    def __init__(self, schedule="linear", T=1000, prediction="eps", learn_sigma=False):
+        if prediction not in ("eps", "v"):
+            raise ValueError(f"unknown prediction {prediction!r}; use 'eps' or 'v'.")
+        self.schedule, self.T, self.prediction, self.learn_sigma = schedule, T, prediction, learn_sigma
+        self.betas = beta_schedule(schedule, T)  # (T,) float64
+        self.abar = torch.cumprod(1.0 - self.betas, dim=0)  # abar_t = prod_{s<=t} (1 - beta_s)
+        self.abar_from_minus_one = torch.cat([torch.ones(1, dtype=torch.float64), self.abar])  # (T + 1,)
+        abar_prev = self.abar_from_minus_one[:-1]
+        var_tilde = self.betas * (1 - abar_prev) / (1 - self.abar)  # beta~_t (DDPM eq. 7); 0 at t = 0
+        # log beta~_t with the t = 0 entry replaced by t = 1's, so that eq. 15 stays finite there (as ADM)
+        self.log_var_tilde_clipped = torch.log(torch.cat([var_tilde[1:2], var_tilde[1:]]))
+
+    # ---- per-timestep coefficients, gathered as (B, 1, 1, 1) in x's dtype and device ----
+
+    def _at(self, a, t, x):
+        return a[t.cpu()].to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.ndim - 1)))
+
+    def _abar(self, t, x):  # abar at t, with abar_{-1} = 1 (the "previous" of the last step is clean data)
+        return self._at(self.abar_from_minus_one, t + 1, x)
+
+    # ---- forward process and the network's parameterisation ----
+
+    def q_sample(self, x0, t, noise):
+        a = self._abar(t, x0)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise  # x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps   (DDPM eq. 4)
+
+    def split_output(self, out):
+        """Raw network output -> (eps or v prediction, variance values or None)."""
+        if self.learn_sigma:
+            return out.chunk(2, dim=1)
+        return out, None
+
+    def eps_x0(self, pred, x_t, t):
+        """The network's prediction -> (eps, x0) at timestep t."""
+        a = self._abar(t, x_t)
+        if self.prediction == "eps":
+            return pred, (x_t - (1 - a).sqrt() * pred) / a.sqrt()  # x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)
+        # v = sqrt(abar) eps - sqrt(1 - abar) x0  =>  eps = sqrt(1 - abar) x_t + sqrt(abar) v,
+        #                                            x0 = sqrt(abar) x_t - sqrt(1 - abar) v
+        return (1 - a).sqrt() * x_t + a.sqrt() * pred, a.sqrt() * x_t - (1 - a).sqrt() * pred
+
+    def q_posterior(self, x0, x_t, t, t_prev):
+        """q(x_prev | x_t, x0) = N(mu~, beta~ I) between any two timesteps t_prev < t of the (respaced) chain.
+        Returns mu~, beta~ and the chain's beta_t = 1 - abar_t / abar_prev (DDPM eq. 6-7)."""
+        a, a_prev = self._abar(t, x_t), self._abar(t_prev, x_t)
+        beta = 1 - a / a_prev
+        mean = a_prev.sqrt() * beta / (1 - a) * x0 + (1 - beta).sqrt() * (1 - a_prev) / (1 - a) * x_t  # mu~_t
+        var = beta * (1 - a_prev) / (1 - a)  # beta~_t
+        return mean, var, beta
+
+    @staticmethod
+    def learned_log_var(var_values, log_beta, log_var_tilde):
+        frac = (var_values + 1) / 2  # network output in [-1, 1] -> [0, 1]
+        return frac * log_beta + (1 - frac) * log_var_tilde  # log Sigma = v log beta + (1 - v) log beta~ (iDDPM 15)
+
+    # ---- training ----
+
+    def training_loss(self, model, x0, y=None, t=None, noise=None):
+        """Per-sample loss (B,). L_simple = ||eps - eps_theta(x_t, t)||^2 (LDM Algorithm 1 / DDPM eq. 14), or the same
+        on v; plus L_vlb for learn_sigma models. t and noise are drawn when not given."""
+        B = x0.shape[0]
+        if t is None:
+            t = torch.randint(0, self.T, (B,), device=x0.device)
+        if noise is None:
+            noise = torch.randn_like(x0)
+        x_t = self.q_sample(x0, t, noise)
+        pred, var_values = self.split_output(model(x_t, t, y))
+        a = self._abar(t, x0)
+        target = noise if self.prediction == "eps" else a.sqrt() * noise - (1 - a).sqrt() * x0  # v target
+        loss = mean_flat((pred.float() - target.float()) ** 2)
+        if var_values is not None:
+            loss = loss + self.vlb_terms(pred.detach(), var_values, x0, x_t, t)
+        return loss
+
+    def vlb_terms(self, pred, var_values, x0, x_t, t):
+        """L_t of the variational bound in bits per dimension, training the variance only (the mean gets a stopped
+        gradient, improved DDPM section 3.1): KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)) for t > 0, and the
+        Gaussian decoder NLL -log p(x0 | x_1) at t = 0 (continuous, as latents are not 8-bit data)."""
+        pred, var_values = pred.to(x0.dtype), var_values.to(x0.dtype)  # mixed-precision output, fp32 latents
+        _, x0_hat = self.eps_x0(pred, x_t, t)
+        mean_p, _, _ = self.q_posterior(x0_hat, x_t, t, t - 1)
+        mean_q, var_q, _ = self.q_posterior(x0, x_t, t, t - 1)
+        log_var_q = self._at(self.log_var_tilde_clipped, t, x0)
+        log_var_p = self.learned_log_var(var_values, self._at(self.betas.log(), t, x0), log_var_q)
+        # KL(N(mu_q, var_q) || N(mu_p, var_p)) = 1/2 (log var_p - log var_q + (var_q + (mu_q - mu_p)^2) / var_p - 1)
+        kl = 0.5 * (log_var_p - log_var_q + (var_q + (mean_q - mean_p) ** 2) * torch.exp(-log_var_p) - 1)
+        # -log N(x0; mu_p, var_p), the decoder term at t = 0
+        nll = 0.5 * (math.log(2 * math.pi) + log_var_p + (x0 - mean_p) ** 2 * torch.exp(-log_var_p))
+        return torch.where(t == 0, mean_flat(nll), mean_flat(kl)) / math.log(2.0)
+
+    # ---- samplers ----
+
+    @torch.no_grad()
+    def p_sample(self, model_fn, x_t, t, t_prev, generator=None):
+        """One ancestral step x_t -> x_{t_prev} (DDPM Algorithm 2 on the respaced chain):
+        x_prev = mu~(x0_theta, x_t) + sigma z, z ~ N(0, I); sigma^2 = beta~ (fixed) or eq. 15 (learned); no noise at the
+        last step, where mu~ = x0_theta."""
+        B = x_t.shape[0]
+        t_b, t_prev_b = torch.full((B,), t, dtype=torch.long), torch.full((B,), t_prev, dtype=torch.long)
+        pred, var_values = self.split_output(model_fn(x_t, t_b.to(x_t.device)))
+        _, x0 = self.eps_x0(pred, x_t, t_b)
+        mean, var, beta = self.q_posterior(x0, x_t, t_b, t_prev_b)
+        if t_prev < 0:
+            return mean
+        log_var = var.log() if var_values is None else self.learned_log_var(var_values, beta.log(), var.log())
+        return mean + (0.5 * log_var).exp() * randn(x_t.shape, generator, x_t.device)
+
+    @torch.no_grad()
+    def ddpm_sample(self, model_fn, x_T, steps=None, generator=None, progress=None):
+        """Ancestral sampling from x_T ~ N(0, I) over `steps` evenly spaced timesteps (all T by default)."""
+        ts = spaced_timesteps(self.T, steps or self.T).tolist()
+        x = x_T
+        for i in (progress or (lambda it: it))(range(len(ts) - 1, -1, -1)):
+            x = self.p_sample(model_fn, x, ts[i], ts[i - 1] if i > 0 else -1, generator)
+        return x
+
+    @torch.no_grad()
+    def ddim_step(self, model_fn, x_t, t, t_prev, eta=0.0, generator=None):
+        """One DDIM step x_t -> x_{t_prev} (Song et al. eq. 12 with sigma of eq. 16):
+        x_prev = sqrt(abar_prev) x0_theta + sqrt(1 - abar_prev - sigma^2) eps_theta + sigma z,
+        sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)."""
+        B = x_t.shape[0]
+        t_b, t_prev_b = torch.full((B,), t, dtype=torch.long), torch.full((B,), t_prev, dtype=torch.long)
+        pred, _ = self.split_output(model_fn(x_t, t_b.to(x_t.device)))
+        eps, x0 = self.eps_x0(pred, x_t, t_b)
+        a, a_prev = self._abar(t_b, x_t), self._abar(t_prev_b, x_t)
+        sigma = eta * ((1 - a_prev) / (1 - a)).sqrt() * (1 - a / a_prev).sqrt()
+        x_prev = a_prev.sqrt() * x0 + (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+        if eta > 0 and t_prev >= 0:
+            x_prev = x_prev + sigma * randn(x_t.shape, generator, x_t.device)
+        return x_prev
+
+    @torch.no_grad()
+    def ddim_sample(self, model_fn, x_T, steps=50, eta=0.0, generator=None, progress=None):
+        """DDIM from x_T ~ N(0, I) over `steps` evenly spaced timesteps; eta = 0 is deterministic, eta = 1 ~ DDPM."""
+        ts = spaced_timesteps(self.T, steps).tolist()
+        x = x_T
+        for i in (progress or (lambda it: it))(range(len(ts) - 1, -1, -1)):
+            x = self.ddim_step(model_fn, x, ts[i], ts[i - 1] if i > 0 else -1, eta, generator)
+        return x
+
+
+# ----------------------------------------------------------------------------------------------
+# conditioning and classifier-free guidance
+
+
+def cfg_model_fn(model, y, cfg_scale):
+    """model_fn(x_t, t) for class-conditional sampling with classifier-free guidance: one doubled batch with the
+    labels and the null class num_classes, then eps~ = eps(x_t, null) + s (eps(x_t, y) - eps(x_t, null)) on the
+    prediction channels (v is linear in eps, so guiding v is the same); variance values come from the conditional half.
+    s = 1 returns the conditional prediction (plain conditional sampling needs no doubled batch: use model(x, t, y))."""
+    num_classes = model.num_classes
+    if num_classes == 0 or model.y_embedder.embedding_table.num_embeddings == num_classes:
+        raise ValueError("classifier-free guidance needs a class-conditional model trained with label dropout "
+                         "(class_dropout_prob > 0); sample this model with --cfg_scale 1.")
+    y_null = torch.full_like(y, num_classes)
+
+    def model_fn(x, t):
+        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, y_null]))
+        cond, uncond = out.chunk(2)
+        C = x.shape[1]
+        guided = uncond[:, :C] + cfg_scale * (cond[:, :C] - uncond[:, :C])  # eps~ = eps_null + s (eps_y - eps_null)
+        return torch.cat([guided, cond[:, C:]], dim=1)
+
+    return model_fn
