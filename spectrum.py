@@ -90,7 +90,7 @@ def dct_amplitude(x):
     """x (B, C, H, W) or (B, C, T, H, W) -> (C, 64): |DCT coefficient| averaged over images and 8x8 blocks, per
     channel, in zigzag order, not normalised. Averages over batches of equal-sized images combine exactly."""
     x = _fold_time(x)
-    x = x if x.dtype == torch.float64 else x.float()  # bf16 under autocast has too few bits for a spectrum
+    x = x.double()  # bf16 from autocast, or TF32 matmuls, would blur the small high-frequency amplitudes
     X = block_dct(x).abs().mean(dim=(0, 2, 3))  # (C, 8, 8)
     return X.flatten(1)[:, zigzag().to(x.device)]  # (C, 64)
 
@@ -104,7 +104,9 @@ def dct_spectrum(x):
     """x (B, C, H, W), or video (B, C, T, H, W) with T folded into B -> (C, 64): per channel, the mean over images
     and 8x8 blocks of |DCT-II coefficient|, divided by the mean |DC coefficient|, in zigzag order. Entry 0 is 1.
     H and W are cropped to multiples of 8. For zero-mean white noise the orthonormal DCT gives i.i.d. coefficients,
-    DC included, so the whole profile is flat at 1; a positive mean lifts only DC and the AC part is flat below 1."""
+    DC included, so the whole profile is flat at 1; a positive mean lifts only DC and the AC part is flat below 1.
+    The DC amplitude is 8 |block mean|, so the profile depends on the signal's offset as well as its shape: images are
+    measured in [-1, 1] as the autoencoder sees them, latents as the encoder emits them (no latent scale or shift)."""
     return normalise(dct_amplitude(x))
 
 
