@@ -531,3 +531,433 @@ class LPIPS(nn.Module):
 
 # ----------------------------------------------------------------------------------------------
 # Diffusion backbones: UNet and DiT
+# Both backbones map (x_t (B, C, H, W), t (B,) long in [0, T), y (B,) long or None) -> (B, C_out, H, W), the raw
+# network output that diffusion.py reads (eps or v, then C variance values when learn_sigma). Class id num_classes is
+# the null class of classifier-free guidance; in train mode LabelEmbedder swaps each label for it with probability
+# class_dropout_prob.
+
+def timestep_embedding(t, dim, max_period=10000):
+    """Sinusoidal features of (possibly fractional) timesteps, as in ADM / LDM / DiT: t (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None].float() * freqs[None]  # w_i = max_period^(-i/half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # [cos(t w), sin(t w)]
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class TimestepEmbedder(nn.Module):
+    """t -> sinusoidal features -> 2-layer MLP (DiT's TimestepEmbedder; the UNet uses it with LDM's widths)."""
+
+    def __init__(self, hidden_size, frequency_embedding_size=256):
+        super().__init__()
+        self.frequency_embedding_size = frequency_embedding_size
+        self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(),
+                                 nn.Linear(hidden_size, hidden_size))
+
+    def forward(self, t):
+        return self.mlp(timestep_embedding(t, self.frequency_embedding_size))
+
+
+class LabelEmbedder(nn.Module):
+    """Class label -> vector. Row num_classes is the learned null ("no label") embedding of classifier-free
+    guidance; it exists only when labels are dropped during training (class_dropout_prob > 0), as in DiT."""
+
+    def __init__(self, num_classes, hidden_size, dropout_prob):
+        super().__init__()
+        self.num_classes, self.dropout_prob = num_classes, dropout_prob
+        self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), hidden_size)
+
+    def forward(self, y):  # (B,) -> (B, hidden_size)
+        if self.training and self.dropout_prob > 0:  # token drop: train the unconditional model jointly (CFG)
+            drop = torch.rand(y.shape[0], device=y.device) < self.dropout_prob
+            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+        return self.embedding_table(y)
+
+
+def check_labels(y, num_classes):
+    """One clear sentence when y does not fit the model's conditioning (a user error, not a torch traceback)."""
+    if num_classes == 0 and y is not None:
+        raise ValueError("this backbone is unconditional (num_classes=0) but class labels y were given; pass y=None.")
+    if num_classes > 0 and y is None:
+        raise ValueError(f"this backbone is class-conditional ({num_classes} classes) but y is None; pass class ids.")
+
+
+# ---- LDM UNet (Rombach et al. 2022, openaimodel.py), ADM-style blocks with FiLM time conditioning ----
+
+def zero_module(module):
+    """Zero-init so that a residual branch starts as the identity and the network starts predicting 0."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> Conv, twice, with FiLM time conditioning after the second GroupNorm (ADM's
+    use_scale_shift_norm)."""
+
+    def __init__(self, in_ch, out_ch, emb_dim, num_groups, dropout=0.0):
+        super().__init__()
+        self.in_layers = nn.Sequential(nn.GroupNorm(num_groups, in_ch), nn.SiLU(),
+                                       nn.Conv2d(in_ch, out_ch, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_ch))
+        self.out_layers = nn.Sequential(nn.GroupNorm(num_groups, out_ch), nn.SiLU(), nn.Dropout(dropout),
+                                        zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1)))
+        self.skip_connection = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x, emb):  # x (B, in_ch, H, W), emb (B, emb_dim)
+        h = self.in_layers(x)
+        scale, shift = self.emb_layers(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.out_layers[0](h) * (1 + scale) + shift  # FiLM: GN(h) * (1 + scale(t)) + shift(t)
+        h = self.out_layers[1:](h)
+        return self.skip_connection(x) + h
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention: queries from x (B, N, dim), keys/values from context (B, M, context_dim) or x itself."""
+
+    def __init__(self, dim, heads, dim_head, context_dim=None):
+        super().__init__()
+        inner, context_dim = heads * dim_head, context_dim or dim
+        self.heads = heads
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim, inner, bias=False)
+        self.to_out = nn.Linear(inner, dim)
+
+    def forward(self, x, context=None):
+        context = x if context is None else context
+        B, N, M = x.shape[0], x.shape[1], context.shape[1]
+        q = self.to_q(x).view(B, N, self.heads, -1).transpose(1, 2)  # (B, heads, N, dim_head)
+        k = self.to_k(context).view(B, M, self.heads, -1).transpose(1, 2)  # (B, heads, M, dim_head)
+        v = self.to_v(context).view(B, M, self.heads, -1).transpose(1, 2)
+        h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(dim_head)) v
+        return self.to_out(h.transpose(1, 2).reshape(B, N, -1))
+
+
+class BasicTransformerBlock(nn.Module):
+    """LDM's transformer block: self-attention, cross-attention to the class context (conditional models only),
+    GEGLU MLP."""
+
+    def __init__(self, dim, heads, dim_head, context_dim=None):
+        super().__init__()
+        self.norm1, self.attn1 = nn.LayerNorm(dim), CrossAttention(dim, heads, dim_head)
+        if context_dim is not None:
+            self.norm2, self.attn2 = nn.LayerNorm(dim), CrossAttention(dim, heads, dim_head, context_dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff_proj = nn.Linear(dim, 2 * 4 * dim)  # GEGLU: (a, g) -> a * gelu(g)
+        self.ff_out = nn.Linear(4 * dim, dim)
+
+    def forward(self, x, context=None):  # x (B, N, dim)
+        x = x + self.attn1(self.norm1(x))
+        if context is not None:
+            x = x + self.attn2(self.norm2(x), context)
+        a, g = self.ff_proj(self.norm3(x)).chunk(2, dim=-1)
+        return x + self.ff_out(a * F.gelu(g))
+
+
+class SpatialTransformer(nn.Module):
+    """Attention on a feature map: GroupNorm -> 1x1 conv -> transformer block on the H*W tokens -> zero-init 1x1
+    conv, added to the input."""
+
+    def __init__(self, ch, num_head_channels, num_groups, context_dim=None):
+        super().__init__()
+        heads = max(ch // num_head_channels, 1)
+        self.norm = nn.GroupNorm(num_groups, ch)
+        self.proj_in = nn.Conv2d(ch, ch, 1)
+        self.transformer_block = BasicTransformerBlock(ch, heads, ch // heads, context_dim)
+        self.proj_out = zero_module(nn.Conv2d(ch, ch, 1))
+
+    def forward(self, x, context=None):  # x (B, ch, H, W), context (B, M, context_dim) or None
+        B, C, H, W = x.shape
+        h = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # (B, H*W, ch)
+        h = self.transformer_block(h, context)
+        return x + self.proj_out(h.transpose(1, 2).reshape(B, C, H, W))
+
+
+class TimestepEmbedSequential(nn.Sequential):
+    """A UNet stage: passes the time embedding to ResBlocks and the class context to SpatialTransformers."""
+
+    def forward(self, x, emb, context=None):
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context)
+            else:
+                x = layer(x)
+        return x
+
+
+class UNet(nn.Module):
+    """The LDM denoiser. attention_resolutions are downsampling rates relative to the input (LDM's convention):
+    rate r puts attention on the (H/r x W/r) feature maps; the middle block always has attention. Class-conditional
+    models (num_classes > 0) attend to a one-token context, the class embedding, through cross-attention."""
+
+    def __init__(self, in_channels=4, model_channels=224, channel_mult=(1, 2, 3, 4), num_res_blocks=2,
+                 attention_resolutions=(1, 2, 4), num_head_channels=32, num_classes=0, class_dropout_prob=0.1,
+                 context_dim=512, learn_sigma=False, dropout=0.0, num_groups=32):
+        super().__init__()
+        self.in_channels, self.num_classes, self.learn_sigma = in_channels, num_classes, learn_sigma
+        self.out_channels = 2 * in_channels if learn_sigma else in_channels
+        self.downsample_factor = 2 ** (len(channel_mult) - 1)
+        for c in {model_channels * m for m in channel_mult}:
+            if c % num_groups:
+                raise ValueError(f"UNet width {c} is not divisible by num_groups={num_groups}; change model_channels, "
+                                 f"channel_mult or num_groups.")
+        emb_dim = 4 * model_channels
+        self.t_embedder = TimestepEmbedder(emb_dim, frequency_embedding_size=model_channels)
+        self.y_embedder = LabelEmbedder(num_classes, context_dim, class_dropout_prob) if num_classes > 0 else None
+        ctx = context_dim if num_classes > 0 else None
+
+        def res(cin, cout):
+            return ResBlock(cin, cout, emb_dim, num_groups, dropout)
+
+        def attn(c):
+            return SpatialTransformer(c, num_head_channels, num_groups, ctx)
+
+        conv_in = nn.Conv2d(in_channels, model_channels, 3, padding=1)
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(conv_in)])
+        chans, ch, ds = [model_channels], model_channels, 1
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers = [res(ch, mult * model_channels)]
+                ch = mult * model_channels
+                if ds in attention_resolutions:
+                    layers.append(attn(ch))
+                self.input_blocks.append(TimestepEmbedSequential(*layers))
+                chans.append(ch)
+            if level != len(channel_mult) - 1:
+                down = nn.Conv2d(ch, ch, 3, stride=2, padding=1)  # strided-conv downsampling, as LDM
+                self.input_blocks.append(TimestepEmbedSequential(down))
+                chans.append(ch)
+                ds *= 2
+        self.middle_block = TimestepEmbedSequential(res(ch, ch), attn(ch), res(ch, ch))
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):  # one more than on the way down: the downsampling conv's skip
+                layers = [res(ch + chans.pop(), mult * model_channels)]
+                ch = mult * model_channels
+                if ds in attention_resolutions:
+                    layers.append(attn(ch))
+                if level and i == num_res_blocks:
+                    layers += [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)]
+                    ds //= 2
+                self.output_blocks.append(TimestepEmbedSequential(*layers))
+        self.out = nn.Sequential(nn.GroupNorm(num_groups, ch), nn.SiLU(),
+                                 zero_module(nn.Conv2d(ch, self.out_channels, 3, padding=1)))
+
+    def forward(self, x, t, y=None):  # x (B, C, H, W), t (B,), y (B,) or None -> (B, out_channels, H, W)
+        check_labels(y, self.num_classes)
+        if x.shape[-2] % self.downsample_factor or x.shape[-1] % self.downsample_factor:
+            raise ValueError(f"UNet input {tuple(x.shape[-2:])} must be divisible by {self.downsample_factor} "
+                             f"(2 ** (len(channel_mult) - 1)); use a latent size that is.")
+        emb = self.t_embedder(t)  # (B, 4 * model_channels)
+        context = self.y_embedder(y)[:, None, :] if y is not None else None  # (B, 1, context_dim)
+        hs, h = [], x
+        for block in self.input_blocks:
+            h = block(h, emb, context)
+            hs.append(h)
+        h = self.middle_block(h, emb, context)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, hs.pop()], dim=1), emb, context)  # skip connection
+        return self.out(h)
+
+
+# ldm-64 is the LDM-4 config of the paper (64x64 latents of an f4 AE): attention on the 32, 16 and 8 px feature
+# maps, i.e. rates 2, 4, 8. ldm-32 keeps attention on those same feature-map sizes for the 32x32 latents of f8 AEs
+# (SD-VAE, FLUX.1-AE): rates 1, 2, 4.
+UNET_PRESETS = {
+    "ldm-64": dict(model_channels=224, channel_mult=(1, 2, 3, 4), num_res_blocks=2, attention_resolutions=(2, 4, 8)),
+    "ldm-32": dict(model_channels=224, channel_mult=(1, 2, 3, 4), num_res_blocks=2, attention_resolutions=(1, 2, 4)),
+    "tiny": dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,), context_dim=64),
+}
+
+
+# ---- DiT (Peebles & Xie 2023), parameter names of facebookresearch/DiT models.py ----
+
+def modulate(x, shift, scale):  # adaLN: LN(x) * (1 + scale(c)) + shift(c), per token
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def get_2d_sincos_pos_embed(embed_dim, grid_h, grid_w):
+    """MAE / DiT fixed 2D sin-cos position embedding -> (grid_h * grid_w, embed_dim), row-major over the patches.
+    The first half of the channels encodes the column (w) index and the second half the row index, as the official
+    code does (its meshgrid puts w first)."""
+    def embed_1d(dim, pos):  # pos (N,) -> (N, dim): [sin(pos w), cos(pos w)], w_i = 10000^(-i/(dim/2))
+        omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
+        out = pos.double()[:, None] * omega[None]
+        return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+    rows, cols = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
+    emb = torch.cat([embed_1d(embed_dim // 2, cols.flatten()), embed_1d(embed_dim // 2, rows.flatten())], dim=1)
+    return emb.float()
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping p x p patches -> tokens (timm's PatchEmbed as used by DiT)."""
+
+    def __init__(self, patch_size, in_channels, hidden_size):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
+
+    def forward(self, x):  # (B, C, H, W) -> (B, H/p * W/p, hidden_size)
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """timm's Attention as used by DiT: fused qkv projection with bias, scaled dot-product attention, projection."""
+
+    def __init__(self, dim, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):  # (B, N, dim)
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, N, d)
+        x = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DiTBlock(nn.Module):
+    """Transformer block with adaLN-Zero: the conditioning c regresses shift, scale and a gate for each branch."""
+
+    def __init__(self, hidden_size, num_heads, mlp_ratio=4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+
+    def forward(self, x, c):  # x (B, N, D), c (B, D)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, hidden_size, patch_size, out_channels):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+
+    def forward(self, x, c):  # (B, N, D) -> (B, N, p * p * out_channels)
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class DiT(nn.Module):
+    """Diffusion Transformer. input_size is the latent size, an int or (H, W) (the position embedding is fixed to it).
+    With learn_sigma the output has 2 * in_channels channels: eps (or v) first, then the variance values."""
+
+    def __init__(self, input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28, num_heads=16,
+                 mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=True):
+        super().__init__()
+        H, W = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        if H % patch_size or W % patch_size or hidden_size % num_heads or hidden_size % 4:
+            raise ValueError(f"DiT needs input_size {(H, W)} divisible by patch_size {patch_size} and hidden_size "
+                             f"{hidden_size} divisible by num_heads {num_heads} and by 4; pick sizes that divide.")
+        self.input_size, self.patch_size, self.in_channels = (H, W), patch_size, in_channels
+        self.num_classes, self.learn_sigma = num_classes, learn_sigma
+        self.out_channels = 2 * in_channels if learn_sigma else in_channels
+        self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
+        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob) if num_classes > 0 else None
+        grid = (H // patch_size, W // patch_size)
+        pos_embed = get_2d_sincos_pos_embed(hidden_size, *grid)[None]  # (1, N, D), fixed as in the official code
+        self.pos_embed = nn.Parameter(pos_embed, requires_grad=False)
+        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        w = self.x_embedder.proj.weight  # initialise the patch projection like a Linear
+        nn.init.xavier_uniform_(w.data.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        if self.y_embedder is not None:
+            nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        # adaLN-Zero: every block starts as the identity and the model starts predicting 0
+        for block in self.blocks:
+            zero_module(block.adaLN_modulation[-1])
+        zero_module(self.final_layer.adaLN_modulation[-1])
+        zero_module(self.final_layer.linear)
+
+    def unpatchify(self, x):  # (B, N, p * p * C_out) -> (B, C_out, H, W)
+        p, c = self.patch_size, self.out_channels
+        h, w = self.input_size[0] // p, self.input_size[1] // p
+        x = x.reshape(x.shape[0], h, w, p, p, c)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
+
+    def forward(self, x, t, y=None):  # x (B, C, H, W), t (B,), y (B,) or None -> (B, out_channels, H, W)
+        check_labels(y, self.num_classes)
+        if tuple(x.shape[-2:]) != self.input_size:
+            raise ValueError(f"DiT was built for {self.input_size} latents but got {tuple(x.shape[-2:])}; "
+                             f"build it with input_size matching the autoencoder's latent size.")
+        x = self.x_embedder(x) + self.pos_embed  # (B, N, D)
+        c = self.t_embedder(t)  # (B, D)
+        if y is not None:
+            c = c + self.y_embedder(y)
+        for block in self.blocks:
+            x = block(x, c)
+        return self.unpatchify(self.final_layer(x, c))
+
+
+def DiT_XL_2(**kw): return DiT(depth=28, hidden_size=1152, patch_size=2, num_heads=16, **kw)
+def DiT_XL_4(**kw): return DiT(depth=28, hidden_size=1152, patch_size=4, num_heads=16, **kw)
+def DiT_XL_8(**kw): return DiT(depth=28, hidden_size=1152, patch_size=8, num_heads=16, **kw)
+def DiT_L_2(**kw): return DiT(depth=24, hidden_size=1024, patch_size=2, num_heads=16, **kw)
+def DiT_L_4(**kw): return DiT(depth=24, hidden_size=1024, patch_size=4, num_heads=16, **kw)
+def DiT_L_8(**kw): return DiT(depth=24, hidden_size=1024, patch_size=8, num_heads=16, **kw)
+def DiT_B_2(**kw): return DiT(depth=12, hidden_size=768, patch_size=2, num_heads=12, **kw)
+def DiT_B_4(**kw): return DiT(depth=12, hidden_size=768, patch_size=4, num_heads=12, **kw)
+def DiT_B_8(**kw): return DiT(depth=12, hidden_size=768, patch_size=8, num_heads=12, **kw)
+def DiT_S_2(**kw): return DiT(depth=12, hidden_size=384, patch_size=2, num_heads=6, **kw)
+def DiT_S_4(**kw): return DiT(depth=12, hidden_size=384, patch_size=4, num_heads=6, **kw)
+def DiT_S_8(**kw): return DiT(depth=12, hidden_size=384, patch_size=8, num_heads=6, **kw)
+def DiT_tiny_2(**kw): return DiT(depth=2, hidden_size=64, patch_size=2, num_heads=2, **kw)  # CPU tests and smoke runs
+
+
+DIT_PRESETS = {
+    "DiT-XL/2": DiT_XL_2, "DiT-XL/4": DiT_XL_4, "DiT-XL/8": DiT_XL_8,
+    "DiT-L/2": DiT_L_2, "DiT-L/4": DiT_L_4, "DiT-L/8": DiT_L_8,
+    "DiT-B/2": DiT_B_2, "DiT-B/4": DiT_B_4, "DiT-B/8": DiT_B_8,
+    "DiT-S/2": DiT_S_2, "DiT-S/4": DiT_S_4, "DiT-S/8": DiT_S_8,
+    "tiny": DiT_tiny_2,
+}
+
+
+def build_backbone(model, preset, latent_size, in_channels, num_classes, learn_sigma, class_dropout_prob=0.1):
+    """The one place train_ldm.py and sample.py build a denoiser: model 'unet' | 'dit', a preset name of that family."""
+    presets = {"unet": UNET_PRESETS, "dit": DIT_PRESETS}.get(model)
+    if presets is None or preset not in presets:
+        names = sorted(presets) if presets else []
+        raise ValueError(f"unknown backbone {model!r} / preset {preset!r}; choose --model unet|dit and a preset "
+                         f"from {names or sorted(UNET_PRESETS) + sorted(DIT_PRESETS)}.")
+    common = dict(in_channels=in_channels, num_classes=num_classes, class_dropout_prob=class_dropout_prob,
+                  learn_sigma=learn_sigma)
+    if model == "unet":
+        return UNet(**presets[preset], **common)
+    return presets[preset](input_size=latent_size, **common)
