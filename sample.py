@@ -1,0 +1,136 @@
+"""
+Sample a trained latent diffusion model: writes out_dir/grid.png, one PNG per sample (out_dir/images/000000.png, ...)
+and out_dir/samples.npz (uint8 N x H x W x 3 under arr_0, the format of ADM's evaluator and of eval_fid.py).
+
+  python sample.py --ckpt out/ldm/ckpt.pt                                     # 16 samples, DDIM 50 steps, EMA weights
+  python sample.py --ckpt out/ldm/ckpt.pt --sampler ddpm --steps 250 --cfg_scale 1.5 --classes 3,7
+  torchrun --nproc_per_node=8 sample.py --ckpt out/ldm/ckpt.pt --num_samples 50000 --cfg_scale 1.5   # FID-50K
+
+Sample i starts from its own seed (seed, i) and, for class-conditional models, gets class classes[i % len(classes)]
+(all classes in turn by default), so the result does not depend on the batch size or the number of processes.
+"""
+import os
+import argparse
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from common import die, setup_distributed, cleanup_distributed, resolve_dtype, autocast, load_checkpoint, save_image_grid
+from diffusion import Diffusion, cfg_model_fn
+from model import build_backbone, load_autoencoder
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument('--ckpt', type=str, default='out/ldm/ckpt.pt', help='a train_ldm.py checkpoint')
+parser.add_argument('--out_dir', type=str, default=None, help="where the samples go; default: a 'samples' folder next to --ckpt")
+parser.add_argument('--ae', type=str, default=None, help='the autoencoder; default: the one the LDM was trained with')
+parser.add_argument('--ae_preset', type=str, default=None, help="architecture of public --ae weights ('sd', 'flux')")
+parser.add_argument('--no_ema', action='store_true', help='use the raw weights instead of the EMA weights')
+parser.add_argument('--num_samples', type=int, default=16, help='how many samples in all (over every process)')
+parser.add_argument('--batch_size', type=int, default=16, help='samples per process per forward pass')
+parser.add_argument('--sampler', type=str, default='ddim', choices=['ddpm', 'ddim'], help='ancestral DDPM or DDIM')
+parser.add_argument('--steps', type=int, default=None, help='denoising steps, evenly spaced over T=1000; default: 50 for ddim, 250 for ddpm')
+parser.add_argument('--eta', type=float, default=0.0, help='DDIM noise: 0 deterministic, 1 ancestral-like (ddim only)')
+parser.add_argument('--cfg_scale', type=float, default=1.0, help='classifier-free guidance scale s; 1 = plain conditional sampling')
+parser.add_argument('--classes', type=str, default=None, help='comma-separated class ids to cycle through; default: all classes')
+parser.add_argument('--seed', type=int, default=0, help='base seed; sample i uses the seed (seed, i)')
+parser.add_argument('--device', type=str, default='auto', help="'auto', 'cpu', 'cuda'")
+parser.add_argument('--dtype', type=str, default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'],
+                    help="autocast dtype; 'auto' = bfloat16 on GPUs that support it, else float32")
+args = parser.parse_args()
+if args.sampler == 'ddpm' and args.eta != 0:
+    die("--eta only applies to --sampler ddim (ancestral DDPM has its own noise).")
+if args.num_samples < 1 or args.batch_size < 1:
+    die("--num_samples and --batch_size must be at least 1.")
+
+dist = setup_distributed(args.device)
+device = dist.device
+dtype = resolve_dtype(args.dtype, device)
+torch.set_grad_enabled(False)
+
+# -----------------------------------------------------------------------------
+# the LDM checkpoint and its autoencoder
+
+if not os.path.isfile(args.ckpt):
+    die(f"LDM checkpoint {args.ckpt} does not exist; pass a train_ldm.py checkpoint with --ckpt.")
+ckpt = load_checkpoint(args.ckpt)
+if 'backbone' not in ckpt.get('config', {}):
+    die(f"{args.ckpt} is not a train_ldm.py checkpoint (it has no backbone config).")
+config = ckpt['config']
+backbone = config['backbone']
+model = build_backbone(**backbone).to(device).eval()
+model.load_state_dict(ckpt['model'] if args.no_ema else ckpt['ema'])
+diffusion = Diffusion(config['schedule'], prediction=config['prediction'], learn_sigma=config['learn_sigma'])
+latent_scale, latent_shift = ckpt['latent_scale'], ckpt['latent_shift']
+del ckpt
+
+ae_path = args.ae or config['ae']
+try:
+    ae = load_autoencoder(ae_path, preset=args.ae_preset or config.get('ae_preset'), device=device)
+except FileNotFoundError:
+    die(f"autoencoder {ae_path}, which this LDM was trained with, does not exist; pass its new location with --ae.")
+except ValueError as e:
+    die(f"{e} (for --ae {ae_path})")
+
+num_classes = backbone['num_classes']
+if num_classes == 0:
+    if args.classes is not None or args.cfg_scale != 1:
+        die("this model is unconditional; --classes and --cfg_scale do not apply.")
+    classes = None
+else:
+    try:
+        classes = [int(c) for c in args.classes.split(',')] if args.classes else list(range(num_classes))
+    except ValueError:
+        die(f"--classes must be comma-separated integers, got '{args.classes}'.")
+    if not classes or any(not 0 <= c < num_classes for c in classes):
+        die(f"--classes must lie in [0, {num_classes - 1}], got '{args.classes}'.")
+steps = args.steps or {'ddim': 50, 'ddpm': 250}[args.sampler]
+C, h = backbone['in_channels'], backbone['latent_size']
+
+out_dir = args.out_dir or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), 'samples')
+image_dir = os.path.join(out_dir, 'images')
+if dist.master:
+    os.makedirs(image_dir, exist_ok=True)
+    print(f"{args.num_samples} samples, {args.sampler} {steps} steps"
+          f"{f', eta {args.eta}' if args.sampler == 'ddim' else ''}, cfg scale {args.cfg_scale}, "
+          f"{'raw' if args.no_ema else 'EMA'} weights, {dist.world_size} process(es) on {device}, {dtype} -> {out_dir}")
+if dist.ddp:
+    torch.distributed.barrier()
+
+# -----------------------------------------------------------------------------
+# sampling: this rank's indices r, r + W, r + 2W, ..., in batches
+
+mine = list(range(dist.rank, args.num_samples, dist.world_size))
+batches = [mine[i:i + args.batch_size] for i in range(0, len(mine), args.batch_size)]
+for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols=True):
+    gens = [torch.Generator().manual_seed(args.seed * 2 ** 32 + i) for i in idx]  # one noise stream per sample
+    x_T = torch.stack([torch.randn(C, h, h, generator=g_) for g_ in gens]).to(device)  # (B, C, h, w)
+    y = torch.tensor([classes[i % len(classes)] for i in idx], device=device) if classes else None
+    if args.cfg_scale != 1:
+        model_fn = cfg_model_fn(model, y, args.cfg_scale)
+    else:
+        model_fn = lambda x, t: model(x, t, y)  # noqa: E731
+    with autocast(device, dtype):
+        if args.sampler == 'ddpm':
+            z = diffusion.ddpm_sample(model_fn, x_T, steps=steps, generator=gens)
+        else:
+            z = diffusion.ddim_sample(model_fn, x_T, steps=steps, eta=args.eta, generator=gens)
+        x = ae.decode(z.float() / latent_scale + latent_shift).float()  # undo the latent normalisation
+    images = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
+    for i, img in zip(idx, images):
+        Image.fromarray(img).save(os.path.join(image_dir, f'{i:06d}.png'))
+
+# -----------------------------------------------------------------------------
+# the master assembles the npz and the grid from every rank's PNGs
+
+if dist.ddp:
+    torch.distributed.barrier()
+if dist.master:
+    arr = np.stack([np.asarray(Image.open(os.path.join(image_dir, f'{i:06d}.png')).convert('RGB'))
+                    for i in range(args.num_samples)])  # (N, H, W, 3) uint8
+    np.savez(os.path.join(out_dir, 'samples.npz'), arr_0=arr)
+    grid = torch.from_numpy(arr[:64]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    save_image_grid(grid, os.path.join(out_dir, 'grid.png'), nrow=max(int(len(grid) ** 0.5), 1))
+    print(f"wrote {out_dir}/samples.npz {arr.shape}, grid.png and {args.num_samples} PNGs")
+cleanup_distributed()
