@@ -54,7 +54,9 @@ def mean_flat(x):  # (B, ...) -> (B,)
 
 
 class Diffusion:
-    def __init__(self, schedule="linear", T=1000, prediction="eps", learn_sigma=False):
+    """The schedule's tables live on `device` (float64), so gathering a timestep's coefficients never syncs a GPU."""
+
+    def __init__(self, schedule="linear", T=1000, prediction="eps", learn_sigma=False, device="cpu"):
         if prediction not in ("eps", "v"):
             raise ValueError(f"unknown prediction {prediction!r}; use 'eps' or 'v'.")
         self.schedule, self.T, self.prediction, self.learn_sigma = schedule, T, prediction, learn_sigma
@@ -65,11 +67,14 @@ class Diffusion:
         var_tilde = self.betas * (1 - abar_prev) / (1 - self.abar)  # beta~_t (DDPM eq. 7); 0 at t = 0
         # log beta~_t with the t = 0 entry replaced by t = 1's, so that eq. 15 stays finite there (as ADM)
         self.log_var_tilde_clipped = torch.log(torch.cat([var_tilde[1:2], var_tilde[1:]]))
+        self.log_betas = self.betas.log()
+        for name in ("betas", "abar", "abar_from_minus_one", "log_var_tilde_clipped", "log_betas"):
+            setattr(self, name, getattr(self, name).to(device))
 
     # ---- per-timestep coefficients, gathered as (B, 1, 1, 1) in x's dtype and device ----
 
     def _at(self, a, t, x):
-        return a[t.cpu()].to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.ndim - 1)))
+        return a[t.to(a.device)].to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.ndim - 1)))
 
     def _abar(self, t, x):  # abar at t, with abar_{-1} = 1 (the "previous" of the last step is clean data)
         return self._at(self.abar_from_minus_one, t + 1, x)
@@ -137,7 +142,7 @@ class Diffusion:
         mean_p, _, _ = self.q_posterior(x0_hat, x_t, t, t - 1)
         mean_q, var_q, _ = self.q_posterior(x0, x_t, t, t - 1)
         log_var_q = self._at(self.log_var_tilde_clipped, t, x0)
-        log_var_p = self.learned_log_var(var_values, self._at(self.betas.log(), t, x0), log_var_q)
+        log_var_p = self.learned_log_var(var_values, self._at(self.log_betas, t, x0), log_var_q)
         # KL(N(mu_q, var_q) || N(mu_p, var_p)) = 1/2 (log var_p - log var_q + (var_q + (mu_q - mu_p)^2) / var_p - 1)
         kl = 0.5 * (log_var_p - log_var_q + (var_q + (mean_q - mean_p) ** 2) * torch.exp(-log_var_p) - 1)
         # -log N(x0; mu_p, var_p), the decoder term at t = 0

@@ -61,7 +61,8 @@ config = ckpt['config']
 backbone = config['backbone']
 model = build_backbone(**backbone).to(device).eval()
 model.load_state_dict(ckpt['model'] if args.no_ema else ckpt['ema'])
-diffusion = Diffusion(config['schedule'], prediction=config['prediction'], learn_sigma=config['learn_sigma'])
+diffusion = Diffusion(config['schedule'], prediction=config['prediction'], learn_sigma=config['learn_sigma'],
+                      device=device)
 latent_scale, latent_shift = ckpt['latent_scale'], ckpt['latent_shift']
 del ckpt
 

@@ -206,7 +206,7 @@ try:
 except ValueError as e:
     die(str(e))
 ema = deepcopy(raw_model).eval().requires_grad_(False)
-diffusion = Diffusion(schedule, prediction=args.prediction, learn_sigma=learn_sigma)
+diffusion = Diffusion(schedule, prediction=args.prediction, learn_sigma=learn_sigma, device=device)
 opt = torch.optim.AdamW(raw_model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 scaler = make_grad_scaler(dtype, device)
 
