@@ -124,6 +124,23 @@ def all_reduce_mean(x, dist):
     return x
 
 
+def stop_if_non_finite(loss, step, ckpt_path, dist):
+    """A NaN/inf loss ends the run before anything is written, so the last checkpoint stays good. `loss` is the
+    all-reduced loss, so every rank stops together."""
+    if not torch.isfinite(loss):
+        cleanup_distributed()
+        die(f"the loss became {loss.item()} at step {step}; nothing was saved, so {ckpt_path} still holds the "
+            f"last good state (lower --lr, or try --dtype float32, then --resume).")
+
+
+def rank_param_max_diff(model, dist):
+    """The largest difference between any rank's parameters and rank 0's: DDP must keep it 0; check, not trust."""
+    params = torch.cat([p.detach().float().flatten() for p in model.parameters()])
+    gathered = [torch.empty_like(params) for _ in range(dist.world_size)]
+    torch_dist.all_gather(gathered, params)
+    return max((g - gathered[0]).abs().max().item() for g in gathered)
+
+
 def unwrap(model):
     """The plain module under DDP and torch.compile wrappers (for state dicts and EMA)."""
     model = getattr(model, 'module', model)

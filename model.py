@@ -15,7 +15,6 @@ from dataclasses import dataclass, fields, replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 from safetensors.torch import load_file as load_safetensors
 
 # ----------------------------------------------------------------------------------------------
@@ -496,7 +495,8 @@ class LPIPS(nn.Module):
     def __init__(self, vgg_weights=None, lin_weights=None, pretrained=True):
         super().__init__()
         self.scaling_layer = ScalingLayer()
-        features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs['D'])  # = vgg16().features
+        from torchvision.models import vgg  # here, not at the top: importing torchvision costs seconds at every start
+        features = vgg.make_layers(vgg.cfgs['D'])  # = vgg16().features
         if vgg_weights is not None or pretrained:
             sd = fetch_lpips_weights(vgg_weights, VGG16_URL, 'vgg16-397923af.pth', '--vgg_weights')
             sd = {k[len('features.'):]: v for k, v in sd.items() if k.startswith('features.')}  # drop the classifier

@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, set_rng_state,
-                    save_checkpoint, load_checkpoint, update_ema, build_loader, save_image_grid, Logger)
+                    save_checkpoint, load_checkpoint, update_ema, build_loader, save_image_grid, Logger,
+                    stop_if_non_finite, rank_param_max_diff)
 from data import make_dataset
 from diffusion import Diffusion
 from model import build_backbone, load_autoencoder
@@ -314,9 +315,7 @@ while step < args.max_steps:
     loss_avg = all_reduce_mean(loss_sum.float(), dist)
     if not torch.isfinite(loss_avg):
         progress.close()
-        cleanup_distributed()
-        die(f"the loss became {loss_avg.item()} at step {step}; nothing was saved, so {ckpt_path} still holds the "
-            f"last good state (lower --lr, or try --dtype float32, then --resume).")
+        stop_if_non_finite(loss_avg, step, ckpt_path, dist)
 
     train_time, timed_steps = train_time + time.time() - t0, timed_steps + 1
     if step % args.log_interval == 0 or step == args.max_steps:
@@ -329,9 +328,6 @@ while step < args.max_steps:
     if step % args.ckpt_interval == 0 or step == args.max_steps:
         checkpoint()
 progress.close()
-if dist.ddp:  # DDP must keep every rank's weights identical; check it rather than trust it
-    params = torch.cat([p.detach().float().flatten() for p in raw_model.parameters()])
-    gathered = [torch.empty_like(params) for _ in range(dist.world_size)]
-    torch.distributed.all_gather(gathered, params)
-    logger.log(step, rank_param_max_diff=max((g - gathered[0]).abs().max().item() for g in gathered))
+if dist.ddp:
+    logger.log(step, rank_param_max_diff=rank_param_max_diff(raw_model, dist))
 cleanup_distributed()
