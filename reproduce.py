@@ -12,7 +12,7 @@ Four autoencoders are trained identically (preset, data, seed, steps) except for
   baseline_ft  baseline + ft_steps more, se_weight 0      (the control for the extra steps)
   se_ft        baseline + ft_steps more, se_weight 0.25   (the paper's fine-tuning recipe)
 Then, for each: the latent spectrum next to RGB's (spectrum.py), reconstruction metrics (eval_fid.py --ae), the same
-LDM trained on its latents (train_ldm.py), the same number of samples with the same sampler and seed (sample.py), and
+LDM trained on its latents of the same cache_size training images (train_ldm.py --cache_latents), the same number of samples with the same sampler and seed (sample.py), and
 the generation metrics (eval_fid.py): SWD per scale, and FID when Inception weights are available.
 Everything goes to out_dir: report.md (table, plots, sample grids), report.json (every number) and, per seed, the
 artefacts of every step. Artefacts that exist are reused, so a killed run resumes where it stopped.
@@ -37,10 +37,10 @@ ARMS = {  # name: (se_weight, initialised from)
     'se_ft': (0.25, 'baseline'),
 }
 SIZES = {  # default: under 30 minutes on 2 CPU cores; smoke: the pipeline end to end in a few minutes
-    'default': dict(image_size=32, ae_steps=600, ft_steps=150, ae_batch_size=8, ldm_steps=1500, ldm_batch_size=32,
-                    num_samples=256, num_eval=256, sample_steps=50),
+    'default': dict(image_size=32, ae_steps=600, ft_steps=150, ae_batch_size=8, ldm_steps=3000, ldm_batch_size=64,
+                    cache_size=2048, num_samples=256, num_eval=256, sample_steps=50),
     'smoke': dict(image_size=32, ae_steps=6, ft_steps=2, ae_batch_size=2, ldm_steps=6, ldm_batch_size=4,
-                  num_samples=16, num_eval=16, sample_steps=5),
+                  cache_size=16, num_samples=16, num_eval=16, sample_steps=5),
 }
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -144,6 +144,7 @@ def experiment(seed):
         train('train_ldm.py', ldm, sizes['ldm_steps'], *common, *data_args, '--ae', os.path.join(ae[arm], 'ckpt.pt'),
               '--model', args.ldm_model, *(['--preset', args.ldm_preset] if args.ldm_preset else []),
               '--batch_size', sizes['ldm_batch_size'], '--num_workers', 1,
+              '--cache_latents', os.path.join(d, f'cache_{arm}'), '--cache_size', sizes['cache_size'],
               '--eval_interval', sizes['ldm_steps'], '--ckpt_interval', max(sizes['ldm_steps'] // 4, 1))
         samples = os.path.join(d, f'samples_{arm}')  # 5. the same samples: sampler, steps, seed
         once(os.path.join(samples, 'samples.npz'), 'sample.py', '--ckpt', os.path.join(ldm, 'ckpt.pt'),

@@ -11,7 +11,8 @@ first batch's latents (LDM's scale_by_std), fixed for the run and kept in the ch
 (eps- or v-prediction MSE, plus L_vlb for learn_sigma models). Class-conditional when the data has labels (ImageFolder
 with class subfolders), with label dropout for classifier-free guidance; unconditional otherwise.
 --cache_latents DIR encodes the data set once, each image and its mirror image, into DIR/latents.npy (a memmap,
-N x 2 x C x h x w) and DIR/labels.npy, and trains from there with the same random flips.
+N x 2 x C x h x w) and DIR/labels.npy, and trains from there with the same random flips; --cache_size N caches only
+the first N images (the embedded dataset needs it, being unlimited), or N random crops with --random_crop.
 """
 import os
 import json
@@ -51,6 +52,7 @@ parser.add_argument('--weight_decay', type=float, default=0.0, help='AdamW weigh
 parser.add_argument('--latent_scale', type=float, default=None, help='override the latent scale (default: 1/std of the first batch, or the checkpoint\'s)')
 parser.add_argument('--latent_shift', type=float, default=None, help='override the latent shift (default: mean of the first batch, or the checkpoint\'s)')
 parser.add_argument('--cache_latents', type=str, default=None, help='folder for the encoded data set (made on first use, then reused)')
+parser.add_argument('--cache_size', type=int, default=None, help='with --cache_latents: encode the first N images, or N random crops with --random_crop (required for the embedded dataset and for crops)')
 parser.add_argument('--num_samples', type=int, default=16, help='images in the periodic sample grid (EMA model, DDIM)')
 parser.add_argument('--sample_steps', type=int, default=50, help='DDIM steps for the periodic sample grid')
 args = parser.parse_args()
@@ -121,9 +123,18 @@ class LatentCache(torch.utils.data.Dataset):
 def build_latent_cache(root):
     """Encode the data set once (ranks split it), mirror images included; meta.json is written last, as the marker
     of a complete cache, and records what was encoded so a stale cache is refused rather than used."""
-    if args.data is None:
-        die("--cache_latents needs a finite --data folder; the embedded dataset is unlimited (train without a cache).")
-    wanted = {'data': os.path.abspath(args.data), 'image_size': args.image_size, 'ae': os.path.abspath(ae_path),
+    if (args.data is None or args.random_crop) and args.cache_size is None:
+        die("--cache_latents with the embedded dataset or --random_crop needs --cache_size N: there is no end to the "
+            "images (or crops) to cache.")
+    images = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop)
+    if args.random_crop:  # N random crops, crop i drawn with its own seed; plain indices would give center crops
+        N = args.cache_size
+        item = lambda i: images.load((i % len(images), args.seed * 1_000_003 + i))[:2]
+    else:
+        N = len(images) if args.cache_size is None else min(args.cache_size, len(images))
+        item = lambda i: images[i]  # a plain index: no flip (the cache holds both), no crop
+    wanted = {'data': os.path.abspath(args.data) if args.data else f'dead leaves, seed {args.seed}', 'num_images': N,
+              'random_crop': args.random_crop, 'image_size': args.image_size, 'ae': os.path.abspath(ae_path),
               'latent_shape': [C, latent_size, latent_size]}
     meta_path = os.path.join(root, 'meta.json')
     if os.path.exists(meta_path):
@@ -132,8 +143,6 @@ def build_latent_cache(root):
             die(f"the latent cache {root} was made for {meta} but this run wants {wanted}; use another "
                 f"--cache_latents folder.")
         return LatentCache(root)
-    images = make_dataset(args.data, args.image_size, seed=args.seed, train=False)  # train=False: no random flips
-    N = len(images)
     if dist.master:
         os.makedirs(root, exist_ok=True)
         np.lib.format.open_memmap(os.path.join(root, 'latents.npy'), mode='w+', dtype=np.float32,
@@ -145,7 +154,7 @@ def build_latent_cache(root):
     mine = range(dist.rank * args.batch_size, N, dist.world_size * args.batch_size)
     for start in tqdm(mine, desc='encoding latents', disable=not dist.master):
         stop = min(start + args.batch_size, N)
-        items = [images[i] for i in range(start, stop)]  # (x, y); an unreadable file is replaced by a neighbour
+        items = [item(i) for i in range(start, stop)]  # (x, y); an unreadable file is replaced by a neighbour
         x = torch.stack([item[0] for item in items]).to(device)
         store[start:stop, 0] = encode(x).cpu().numpy()
         store[start:stop, 1] = encode(x.flip(3)).cpu().numpy()
@@ -159,15 +168,13 @@ def build_latent_cache(root):
     if dist.master:
         np.save(os.path.join(root, 'labels.npy'), labels)
         with open(meta_path, 'w') as fh:
-            json.dump({**wanted, 'num_classes': images.num_classes, 'num_images': N}, fh)
+            json.dump({**wanted, 'num_classes': images.num_classes}, fh)
     if dist.ddp:
         torch.distributed.barrier()
     return LatentCache(root)
 
 
 if args.cache_latents:
-    if args.random_crop:
-        die("--random_crop cannot be combined with --cache_latents, which stores one center crop per image.")
     dataset = build_latent_cache(args.cache_latents)
 else:
     dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop)
