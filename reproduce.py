@@ -37,8 +37,8 @@ ARMS = {  # name: (se_weight, initialised from)
     'se_ft': (0.25, 'baseline'),
 }
 SIZES = {  # default: under 30 minutes on 2 CPU cores; smoke: the pipeline end to end in a few minutes
-    'default': dict(image_size=32, ae_steps=600, ft_steps=150, ae_batch_size=8, ldm_steps=3000, ldm_batch_size=64,
-                    cache_size=2048, num_samples=256, num_eval=256, sample_steps=50),
+    'default': dict(image_size=32, ae_steps=500, ft_steps=125, ae_batch_size=8, ldm_steps=2000, ldm_batch_size=64,
+                    cache_size=1024, num_samples=256, num_eval=256, sample_steps=50),
     'smoke': dict(image_size=32, ae_steps=6, ft_steps=2, ae_batch_size=2, ldm_steps=6, ldm_batch_size=4,
                   cache_size=16, num_samples=16, num_eval=16, sample_steps=5),
 }
@@ -54,6 +54,8 @@ parser.add_argument('--ae_preset', type=str, default='tiny', help='autoencoder p
 parser.add_argument('--ldm_model', type=str, default='dit', choices=['dit', 'unet'], help='diffusion backbone')
 parser.add_argument('--ldm_preset', type=str, default=None, help="backbone preset (default: the script's tiny one)")
 parser.add_argument('--lpips_weight', type=float, default=0.0, help='LPIPS weight in AE training (needs VGG weights)')
+parser.add_argument('--ldm_ema_decay', type=float, default=0.999, help="LDM EMA decay; DiT's 0.9999 suits 400K steps, "
+                    "after a few thousand it is still mostly the initial weights")
 parser.add_argument('--device', type=str, default='auto', help="'auto', 'cpu', 'cuda'")
 parser.add_argument('--nproc', type=int, default=1, help='processes per training/sampling step (torchrun), e.g. GPUs')
 for key, value in SIZES['default'].items():
@@ -143,7 +145,7 @@ def experiment(seed):
         ldm = os.path.join(d, f'ldm_{arm}')  # 4. the same LDM on each autoencoder's latents
         train('train_ldm.py', ldm, sizes['ldm_steps'], *common, *data_args, '--ae', os.path.join(ae[arm], 'ckpt.pt'),
               '--model', args.ldm_model, *(['--preset', args.ldm_preset] if args.ldm_preset else []),
-              '--batch_size', sizes['ldm_batch_size'], '--num_workers', 1,
+              '--batch_size', sizes['ldm_batch_size'], '--num_workers', 1, '--ema_decay', args.ldm_ema_decay,
               '--cache_latents', os.path.join(d, f'cache_{arm}'), '--cache_size', sizes['cache_size'],
               '--eval_interval', sizes['ldm_steps'], '--ckpt_interval', max(sizes['ldm_steps'] // 4, 1))
         samples = os.path.join(d, f'samples_{arm}')  # 5. the same samples: sampler, steps, seed
@@ -208,7 +210,7 @@ def write_report(per_seed, wall):
              f"{args.seeds} seed(s), hardware: {hardware()}, torch {torch.__version__}, wall time {wall / 60:.1f} min.", "",
              "Sizes: " + ', '.join(f"{k} {v}" for k, v in sizes.items()) +
              f"; AE preset {args.ae_preset}, LDM {args.ldm_model} {args.ldm_preset or '(tiny)'}, "
-             f"se_weight {args.se_weight}, lpips_weight {args.lpips_weight}.", "",
+             f"se_weight {args.se_weight}, lpips_weight {args.lpips_weight}, LDM EMA {args.ldm_ema_decay}.", "",
              "Equal compute where it matters: every arm uses the same preset, data order, seed and steps; the two "
              "fine-tuned arms both continue the same baseline for the same steps; every LDM is trained, sampled and "
              "evaluated identically against the same held-out set. The SE arms pay for one extra decoder pass per step.", "",
