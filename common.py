@@ -141,11 +141,6 @@ def rank_param_max_diff(model, dist):
     return max((g - gathered[0]).abs().max().item() for g in gathered)
 
 
-def unwrap(model):
-    """The plain module under DDP and torch.compile wrappers (for state dicts and EMA)."""
-    model = getattr(model, 'module', model)
-    return getattr(model, '_orig_mod', model)
-
 # -----------------------------------------------------------------------------
 # random state, checkpoints, EMA
 
@@ -178,6 +173,15 @@ def gather_rng_states(dist):
     states = [None] * dist.world_size
     torch_dist.all_gather_object(states, state)
     return states
+
+
+def restore_rng_states(states, dist):
+    """This rank's RNG state from a checkpoint's per-rank list; a different world size cannot be matched exactly."""
+    if len(states) == dist.world_size:
+        set_rng_state(states[dist.rank])
+    elif dist.master:
+        print(f"note: the checkpoint was written by {len(states)} processes and this run has {dist.world_size}; "
+              f"the data order continues but random draws will not match an uninterrupted run.")
 
 
 def save_checkpoint(obj, path):

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.models.inception import BasicConv2d, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE
 from tqdm import tqdm
 
-from common import Dist, die, setup_distributed, cleanup_distributed
+from common import die, setup_distributed, cleanup_distributed
 from data import IMAGE_EXTENSIONS, make_dataset
 
 # ----------------------------------------------------------------------------------------------

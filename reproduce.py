@@ -21,7 +21,6 @@ import os
 import sys
 import json
 import time
-import shutil
 import argparse
 import platform
 import statistics

@@ -16,10 +16,8 @@ where down() shrinks x and z by the same factor s drawn from --se_scales. The di
 reconstructions and is trained with the hinge loss.
 """
 import os
-import sys
 import json
 import time
-import math
 import random
 import argparse
 import contextlib
@@ -33,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
-                    make_grad_scaler, all_reduce_mean, unwrap, seed_everything, gather_rng_states, set_rng_state,
+                    make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, restore_rng_states,
                     save_checkpoint, load_checkpoint, update_ema, build_loader, save_image_grid, Logger,
                     stop_if_non_finite, rank_param_max_diff)
 from data import make_dataset
@@ -136,11 +134,7 @@ if args.resume:
         ema.load_state_dict(ckpt['ema'])
     loader.load_state_dict(ckpt['loader'])
     step = ckpt['step']
-    if len(ckpt['rng']) == dist.world_size:
-        set_rng_state(ckpt['rng'][dist.rank])
-    elif dist.master:
-        print(f"note: the checkpoint was written by {len(ckpt['rng'])} processes and this run has {dist.world_size}; "
-              f"the data order continues but random draws will not match an uninterrupted run.")
+    restore_rng_states(ckpt['rng'], dist)
     del ckpt
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data import DeadLeaves, ImageFolder, make_dataset, dead_leaves
+from data import DeadLeaves, ImageFolder, make_dataset
 from common import Loader, Dist
 from helpers import run, train_rows, TINY_AE
 

@@ -9,10 +9,10 @@ from helpers import run, read_log, train_rows, TINY_AE
 
 
 def test_se_weight_zero_adds_nothing_and_nonzero_changes_gradients(tmp_path):
-    base = run('train_ae.py', *TINY_AE, '--out_dir', tmp_path / 'base', '--max_steps', 1, '--se_weight', 0)
-    base_other_scales = run('train_ae.py', *TINY_AE, '--out_dir', tmp_path / 'base2', '--max_steps', 1,
+    run('train_ae.py', *TINY_AE, '--out_dir', tmp_path / 'base', '--max_steps', 1, '--se_weight', 0)
+    run('train_ae.py', *TINY_AE, '--out_dir', tmp_path / 'base2', '--max_steps', 1,
                             '--se_weight', 0, '--se_scales', '2')
-    se = run('train_ae.py', *TINY_AE, '--out_dir', tmp_path / 'se', '--max_steps', 1, '--se_weight', 0.25)
+    run('train_ae.py', *TINY_AE, '--out_dir', tmp_path / 'se', '--max_steps', 1, '--se_weight', 0.25)
     b, b2, s = (train_rows(tmp_path / d)[1] for d in ('base', 'base2', 'se'))
     # se_weight 0: the loss is exactly reconstruction + regulariser, whatever the scales
     assert 'se' not in b and b['loss'] == pytest.approx(b['rec'] + b['reg'], rel=1e-6)
