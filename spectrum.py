@@ -1,21 +1,35 @@
 """
 The spectral diagnosis of Skorokhodov et al. (ICML 2025), "Improving the Diffusability of Autoencoders".
 
-Autoencoder latents carry far more high-frequency energy than RGB images at the same resolution, the more so with
-more latent channels and KL noise, and a diffusion model trained on them spends its capacity on that noise. The
+Autoencoder latents carry more high-frequency energy than RGB images at the same resolution, the more so with more
+latent channels and KL noise, and a diffusion model trained on them spends its capacity on that noise. The
 scale-equivariance loss pulls the latent spectrum back toward RGB's. This file measures it, as the paper does, with
-the JPEG tool kit: an orthonormal DCT-II on 8x8 blocks, coefficients read in zigzag order (low to high frequency).
+the JPEG tool kit: an orthonormal DCT-II on 8x8 blocks, coefficients read in zigzag order k = 0..63 (low to high).
 
-  dct_spectrum(x)  (C, 64) mean |DCT coefficient| per channel, normalised by the DC amplitude, in zigzag order
-  hf_ratio(x)      one scalar: the mean of that profile over the upper half of the zigzag order, over channels
+The definitions. For a set of images or latents x (B, C, H, W), let X_{c,n,k} be coefficient k of block n of channel
+c, over all N blocks of all images, and mu_c = mean_n X_{c,n,0} the channel's mean DC (8 x its mean value). Then
+  E_{c,0} = mean_n (X_{c,n,0} - mu_c)^2,   E_{c,k} = mean_n X_{c,n,k}^2  (k >= 1)      energy per coefficient
+  S_{c,k} = sqrt(E_{c,k} / E_{c,0})                                                    dct_spectrum: 1 at DC
+  hf_share = mean_c  sum_{k=32}^{63} E_{c,k} / sum_{k=1}^{63} E_{c,k}                   the one scalar
+Both are invariant to any per-channel affine map x_c -> a_c x_c + b_c (a_c != 0): an offset b_c moves only the DC
+coefficient (the DCT of a constant), which is centred by mu_c or left out; a scale multiplies every E_{c,k} by a_c^2,
+which cancels in each ratio. That matters because latent offsets and scales are arbitrary (FLUX's are 0.1159 and
+0.3611 and the LDM normalises them away). RGB on the latent grid goes through exactly the same functions.
+Reference values: white noise has E_{c,k} = sigma^2 for every k (an orthonormal transform of i.i.d. noise is i.i.d.),
+so S = 1 and hf_share = 32/63 = 0.508; smooth images put nearly all their AC energy in the first coefficients and score
+near 0. The means are over the whole measured set, so a spectrum accumulated batch by batch (BlockSpectrum) is exact.
+
+  dct_spectrum(x)  (C, 64) S_{c,k} above, zigzag order
+  hf_share(x)      the AC energy share of zigzag coefficients 32..63, averaged over channels
   erase_high_frequencies(x, p)  zero the top fraction p of every block's zigzag coefficients (the erasure test)
 
 Run it on any autoencoder the project can load (train_ae.py checkpoints, or public weights with --preset):
   python spectrum.py --ckpt out/base/ckpt.pt --ckpt out/se/ckpt.pt --label base --label se --out_dir out/spectrum
   python spectrum.py --ckpt sd_vae.safetensors --preset sd --data /path/to/images --image_size 256
   python spectrum.py --data /path/to/photos --image_size 512 --rgb_pool 8     # no --ckpt: the images alone
-It writes spectrum.png (normalised amplitude vs zigzag index, one line per AE plus RGB at the latent resolution),
-erasure.png (PSNR vs % of coefficients erased) and spectrum.json (every number), and prints a table of hf ratios.
+KL autoencoders are measured on their posterior means and on posterior samples (what train_ldm.py trains on; the
+difference is the KL noise). It writes spectrum.png (S vs zigzag index, one line per AE plus RGB at the latent
+resolution), erasure.png (PSNR vs % of coefficients erased) and spectrum.json (every number), and prints a table.
 """
 import os
 import json
@@ -33,6 +47,7 @@ from model import load_autoencoder
 
 BLOCK = 8                                         # JPEG's block size; the zigzag order below is defined for 8x8
 ERASE_FRACTIONS = [k / 10 for k in range(10)]     # p = 0, 0.1, ..., 0.9 of the 64 coefficients erased
+HF_START = 32                                     # hf_share: zigzag coefficients 32..63, the upper half
 PSNR_MAX = 100.0                                  # dB; a lossless match (MSE 0) is reported as this, not inf
 
 # -----------------------------------------------------------------------------
@@ -86,42 +101,55 @@ def _fold_time(x):
     return x
 
 
-def dct_amplitude(x):
-    """x (B, C, H, W) or (B, C, T, H, W) -> (C, 64): |DCT coefficient| averaged over images and 8x8 blocks, per
-    channel, in zigzag order, not normalised. Averages over batches of equal-sized images combine exactly."""
-    x = _fold_time(x)
-    x = x.double()  # bf16 from autocast, or TF32 matmuls, would blur the small high-frequency amplitudes
-    X = block_dct(x).abs().mean(dim=(0, 2, 3))  # (C, 8, 8)
-    return X.flatten(1)[:, zigzag().to(x.device)]  # (C, 64)
+class BlockSpectrum:
+    """Running sums over the 8x8 blocks of a set of images or latents, fed batch by batch; the definitions in the
+    module docstring, computed from them, are exact for any split into batches."""
+    def __init__(self):
+        self.n, self.dc_sum, self.energy_sum = 0, 0.0, 0.0  # blocks per channel, sum_n X_{c,n,0}, sum_n X_{c,n,k}^2
 
+    def update(self, x):
+        """x (B, C, H, W) or video (B, C, T, H, W), cropped to multiples of 8. Returns self."""
+        x = _fold_time(x).double()  # bf16 from autocast, or TF32 matmuls, would blur the small high-frequency energies
+        X = block_dct(x).flatten(-2)[..., zigzag().to(x.device)]  # (B, C, H/8, W/8, 64) in zigzag order
+        X = X.transpose(0, 1).flatten(1, 3)  # (C, N, 64)
+        self.n += X.shape[1]
+        self.dc_sum = self.dc_sum + X[..., 0].sum(1).cpu()
+        self.energy_sum = self.energy_sum + X.pow(2).sum(1).cpu()
+        return self
 
-def normalise(amplitude):
-    """(C, 64) amplitudes -> divided by each channel's DC amplitude, so profiles of channels and models compare."""
-    return amplitude / amplitude[:, :1].clamp_min(torch.finfo(amplitude.dtype).tiny)
+    def energy(self):
+        """(C, 64) E_{c,k}: mean squared coefficient, the DC one centred by the channel's mean DC mu_c."""
+        e = self.energy_sum / self.n
+        e[:, 0] = e[:, 0] - (self.dc_sum / self.n) ** 2  # E_0 = mean X_0^2 - mu^2 = mean (X_0 - mu)^2
+        return e.clamp_min(0)
+
+    def profile(self):
+        """(C, 64) S_{c,k} = sqrt(E_{c,k} / E_{c,0}): RMS amplitude relative to the centred DC, 1 at k = 0."""
+        e = self.energy()
+        return (e / e[:, :1].clamp_min(torch.finfo(e.dtype).tiny)).sqrt()
+
+    def hf_share(self):
+        """mean_c sum_{k>=32} E_{c,k} / sum_{k>=1} E_{c,k}: the AC energy share of the upper half of the zigzag order."""
+        ac = self.energy()[:, 1:]  # (C, 63), k = 1..63
+        return (ac[:, HF_START - 1:].sum(1) / ac.sum(1).clamp_min(torch.finfo(ac.dtype).tiny)).mean().item()
+
+    def stats(self):
+        """The numbers we report: per-channel profiles, their mean and std across channels, and hf_share."""
+        s = self.profile()
+        return dict(per_channel=s.tolist(), mean=s.mean(0).tolist(), std=s.std(0, unbiased=False).tolist(),
+                    hf_share=self.hf_share())
 
 
 def dct_spectrum(x):
-    """x (B, C, H, W), or video (B, C, T, H, W) with T folded into B -> (C, 64): per channel, the mean over images
-    and 8x8 blocks of |DCT-II coefficient|, divided by the mean |DC coefficient|, in zigzag order. Entry 0 is 1.
-    H and W are cropped to multiples of 8. For zero-mean white noise the orthonormal DCT gives i.i.d. coefficients,
-    DC included, so the whole profile is flat at 1; a positive mean lifts only DC and the AC part is flat below 1.
-    The DC amplitude is 8 |block mean|, so the profile depends on the signal's offset as well as its shape: images are
-    measured in [-1, 1] as the autoencoder sees them, latents as the encoder emits them (no latent scale or shift)."""
-    return normalise(dct_amplitude(x))
+    """x (B, C, H, W), or video (B, C, T, H, W) with T folded into B -> (C, 64): S_{c,k} of the module docstring,
+    per channel, in zigzag order; entry 0 is 1. Invariant to per-channel shifts and scales."""
+    return BlockSpectrum().update(x).profile()
 
 
-def hf_ratio(x):
-    """The one scalar: mean of dct_spectrum(x) over zigzag indices 32..63 (the upper half of the order) and over
-    channels. About 1 for white noise, near 0 for smooth images; an RGB image pooled to the latent size is the
-    reference an autoencoder's latents should approach."""
-    return dct_spectrum(x)[:, BLOCK * BLOCK // 2:].mean().item()
-
-
-def profile_stats(spectrum):
-    """(C, 64) profile -> the numbers we report: per-channel rows, mean and std across channels, hf ratio."""
-    return dict(per_channel=spectrum.tolist(), mean=spectrum.mean(0).tolist(),
-                std=spectrum.std(0, unbiased=False).tolist(),
-                hf_ratio=spectrum[:, BLOCK * BLOCK // 2:].mean().item())
+def hf_share(x):
+    """The one scalar: the share of AC energy in zigzag coefficients 32..63, averaged over channels. White noise:
+    32/63; smooth images: near 0; an RGB image pooled to the latent size is the reference for an autoencoder."""
+    return BlockSpectrum().update(x).hf_share()
 
 # -----------------------------------------------------------------------------
 # erasure: how much of the signal lives in the high frequencies
@@ -211,7 +239,7 @@ def rgb_key(h, w):
 
 @torch.no_grad()
 def analyse(args):
-    """One pass over the images: every AE encodes each batch, spectra and erasure PSNRs accumulate as exact means."""
+    """One pass over the images: every AE encodes each batch; spectra and erasure PSNRs accumulate exactly."""
     device = torch.device(args.device)
     try:  # a bad --data or --ckpt is the user's to fix: one sentence, no traceback
         dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=False)
@@ -223,50 +251,55 @@ def analyse(args):
     if n < args.num_images:
         print(f"{args.data} holds {n} images; analysing all of them.")
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=args.batch_size)
+    torch.manual_seed(args.seed)  # posterior samples that repeat from run to run
 
     rgb_sizes = {(args.image_size, args.image_size)} | {(args.image_size // f,) * 2 for f in args.rgb_pool}
-    rgb_amp = {}                                             # (h, w) -> Mean of (3, 64) amplitudes
+    rgb_spec = {}                                            # (h, w) -> BlockSpectrum of the pooled images
     rgb_erasure = [Mean() for _ in ERASE_FRACTIONS]          # PSNR of the erased image vs itself
-    ae_amp = {k: Mean() for k in aes}                        # label -> Mean of (z_channels, 64)
+    ae_spec = {k: BlockSpectrum() for k in aes}              # label -> spectrum of the posterior means
+    ae_spec_sample = {k: BlockSpectrum() for k in aes if aes[k].cfg.regularizer == 'kl'}  # ... of posterior samples
     ae_erasure = {k: [Mean() for _ in ERASE_FRACTIONS] for k in aes}
     latent_size = {}
     for x, _ in tqdm(loader, desc='images', unit='batch'):
         x = x.to(device)  # (B, 3, H, W) in [-1, 1]
         B = x.shape[0]
         for label, ae in aes.items():
-            z, _ = ae.encode(x, sample=False)  # posterior mean: the latent a diffusion model would be trained on
+            z, _ = ae.encode(x, sample=False)  # posterior mean (VQ: the quantised latent)
             if min(z.shape[-2:]) < BLOCK:
                 die(f"--image_size {args.image_size} gives {label} latents of {z.shape[-2]}x{z.shape[-1]}, smaller than "
                     f"one {BLOCK}x{BLOCK} DCT block; use --image_size {BLOCK * ae.downsample_factor} or more.")
-            ae_amp[label].update(dct_amplitude(z), B)
+            ae_spec[label].update(z)
+            if label in ae_spec_sample:  # z + sigma * eps, eps ~ N(0, I): what train_ldm.py caches and learns
+                ae_spec_sample[label].update(ae.encode(x, sample=True)[0])
             latent_size[label] = tuple(z.shape[-2:])
             rgb_sizes.add(latent_size[label])
             for p, meter in zip(ERASE_FRACTIONS, ae_erasure[label]):
                 x_rec = ae.decode(erase_high_frequencies(z, p)).clamp(-1, 1)
                 meter.update(psnr(x_rec, x).mean(), B)
         for size in rgb_sizes:
-            rgb_amp.setdefault(size, Mean()).update(dct_amplitude(pool_to(x, size)), B)
+            rgb_spec.setdefault(size, BlockSpectrum()).update(pool_to(x, size))
         for p, meter in zip(ERASE_FRACTIONS, rgb_erasure):
             meter.update(psnr(erase_high_frequencies(x, p).clamp(-1, 1), x).mean(), B)
 
-    rgb = {rgb_key(*s): dict(resolution=list(s), **profile_stats(normalise(rgb_amp[s].value))) for s in sorted(rgb_amp)}
+    rgb = {rgb_key(*s): dict(resolution=list(s), **rgb_spec[s].stats()) for s in sorted(rgb_spec)}
     result = dict(args=vars(args), num_images=n, erase_fractions=ERASE_FRACTIONS, rgb=rgb,
                   rgb_erasure_psnr=[m.value.item() for m in rgb_erasure], autoencoders={})
     for label, ae in aes.items():
         ref = rgb_key(*latent_size[label])
-        stats = profile_stats(normalise(ae_amp[label].value))
+        stats = ae_spec[label].stats()
         erasure = [m.value.item() for m in ae_erasure[label]]
-        result['autoencoders'][label] = dict(
-            ckpt=args.ckpt[args.label.index(label)], downsample_factor=ae.downsample_factor,
-            latent_channels=len(stats['per_channel']), latent_resolution=list(latent_size[label]),
-            **stats, rgb_reference=ref, rgb_hf_ratio=rgb[ref]['hf_ratio'],
-            hf_ratio_vs_rgb=stats['hf_ratio'] / rgb[ref]['hf_ratio'],  # > 1: latents noisier than the images they encode
-            reconstruction_psnr=erasure[0], erasure_psnr=erasure)
+        r = dict(ckpt=args.ckpt[args.label.index(label)], downsample_factor=ae.downsample_factor,
+                 latent_channels=len(stats['per_channel']), latent_resolution=list(latent_size[label]),
+                 **stats, rgb_reference=ref, rgb_hf_share=rgb[ref]['hf_share'],
+                 hf_share_vs_rgb=stats['hf_share'] / rgb[ref]['hf_share'],  # > 1: latents noisier than the images
+                 reconstruction_psnr=erasure[0], erasure_psnr=erasure)
+        if label in ae_spec_sample:
+            r['posterior_sample'] = ae_spec_sample[label].stats()
+        result['autoencoders'][label] = r
     return result
 
 
 def plot(result, out_dir):
-    # pyplot is imported here, not at the top: train_ae.py imports this file for dct_spectrum and should not pay for it
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -275,18 +308,21 @@ def plot(result, out_dir):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, r in result['autoencoders'].items():
         mean, std = torch.tensor(r['mean']), torch.tensor(r['std'])
-        line, = ax.plot(idx, mean, label=f"{label} ({len(r['per_channel'])} ch, hf {r['hf_ratio']:.3f})")
+        line, = ax.plot(idx, mean, label=f"{label} mean ({len(r['per_channel'])} ch, hf {r['hf_share']:.3f})")
         # a log axis cannot show mean - std <= 0; clip the band at a tenth of the mean
         ax.fill_between(idx, (mean - std).clamp_min(mean.min().item() * 0.1), mean + std, color=line.get_color(), alpha=0.2)
+        if 'posterior_sample' in r:
+            ax.plot(idx, r['posterior_sample']['mean'], ':', color=line.get_color(),
+                    label=f"{label} sample (hf {r['posterior_sample']['hf_share']:.3f})")
     greys = iter(['black', 'dimgray', 'gray', 'darkgray', 'silver'] * 4)
     for key, r in result['rgb'].items():
         mean, std = torch.tensor(r['mean']), torch.tensor(r['std'])
         c = next(greys)
-        ax.plot(idx, mean, '--', color=c, label=f"{key} (hf {r['hf_ratio']:.3f})")
+        ax.plot(idx, mean, '--', color=c, label=f"{key} (hf {r['hf_share']:.3f})")
         ax.fill_between(idx, (mean - std).clamp_min(mean.min().item() * 0.1), mean + std, color=c, alpha=0.1)
-    ax.set(yscale='log', xlabel='zigzag index (low -> high frequency)', ylabel='|DCT coefficient| / |DC|',
+    ax.set(yscale='log', xlabel='zigzag index (low -> high frequency)', ylabel='RMS coefficient / RMS centred DC',
            title=f"8x8 block DCT spectrum, {result['num_images']} images (band: ±std over channels)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, 'spectrum.png'), dpi=150)
     plt.close(fig)
@@ -316,14 +352,15 @@ def main(argv=None):
         json.dump(result, f, indent=1)
     plot(result, args.out_dir)
 
-    print(f"\n{'':24s} {'shape':>12s} {'hf_ratio':>9s}" + (f" {'RGB ref':>9s} {'ratio':>7s} {'recon PSNR':>11s}"
-                                                         if result['autoencoders'] else ''))
+    print(f"\n{'':24s} {'shape':>12s} {'hf_share':>9s}" + (f" {'sampled':>9s} {'RGB ref':>9s} {'ratio':>7s} "
+                                                         f"{'recon PSNR':>11s}" if result['autoencoders'] else ''))
     for label, r in result['autoencoders'].items():
         shape = f"{len(r['per_channel'])}x{r['latent_resolution'][0]}x{r['latent_resolution'][1]}"
-        print(f"{label:24s} {shape:>12s} {r['hf_ratio']:9.4f} {r['rgb_hf_ratio']:9.4f} {r['hf_ratio_vs_rgb']:7.2f} "
-              f"{r['reconstruction_psnr']:11.2f}")
+        sampled = f"{r['posterior_sample']['hf_share']:9.4f}" if 'posterior_sample' in r else f"{'-':>9s}"
+        print(f"{label:24s} {shape:>12s} {r['hf_share']:9.4f} {sampled} {r['rgb_hf_share']:9.4f} "
+              f"{r['hf_share_vs_rgb']:7.2f} {r['reconstruction_psnr']:11.2f}")
     for key, r in result['rgb'].items():
-        print(f"{key:24s} {'3x%dx%d' % tuple(r['resolution']):>12s} {r['hf_ratio']:9.4f}")
+        print(f"{key:24s} {'3x%dx%d' % tuple(r['resolution']):>12s} {r['hf_share']:9.4f}")
     print(f"wrote spectrum.png, erasure.png, spectrum.json to {args.out_dir}")
 
 

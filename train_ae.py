@@ -192,8 +192,8 @@ def adaptive_weight(rec_loss, g_loss):
 
 @torch.no_grad()
 def evaluate():
-    """Reconstruction grid (inputs, reconstructions, SE branch) and the latent vs. RGB high-frequency ratio."""
-    from spectrum import hf_ratio
+    """Reconstruction grid (inputs, reconstructions, SE branch) and spectrum.hf_share of the latent means vs. RGB."""
+    from spectrum import hf_share
     net = ema if ema is not None else ae
     net.eval()
     with autocast(device, dtype):
@@ -209,7 +209,7 @@ def evaluate():
     metrics = {'val_psnr': (10 * torch.log10(1 / mse)).item()}
     if min(z.shape[-2:]) >= 8:  # the spectrum works on 8x8 DCT blocks of the latent
         x_pooled = F.adaptive_avg_pool2d(x_eval, z.shape[-2:])  # RGB on the latent's grid
-        metrics.update(hf_ratio_latent=hf_ratio(z.float()), hf_ratio_rgb=hf_ratio(x_pooled))
+        metrics.update(hf_share_latent=hf_share(z.float()), hf_share_rgb=hf_share(x_pooled))
     return metrics
 
 

@@ -1,4 +1,4 @@
-"""The spectral tools of spectrum.py: the block DCT, the zigzag order, the normalised spectrum and its hf ratio,
+"""The spectral tools of spectrum.py: the block DCT, the zigzag order, the offset-free spectrum and hf_share,
 erasure and PSNR, and the CLI end to end on two tiny random-init autoencoders."""
 import json
 import math
@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import spectrum
-from spectrum import (block_dct, block_idct, dct_amplitude, dct_matrix, dct_spectrum, erase_high_frequencies,
-                      hf_ratio, psnr, zigzag)
+from spectrum import (BlockSpectrum, block_dct, block_idct, dct_matrix, dct_spectrum, erase_high_frequencies,
+                      hf_share, psnr, zigzag)
 
 # libjpeg's jpeg_natural_order: the k-th coefficient in zigzag order is at row-major position JPEG_ZIGZAG[k]
 JPEG_ZIGZAG = [
@@ -72,27 +72,33 @@ def test_zigzag_is_the_jpeg_order():
     assert zigzag().tolist() == JPEG_ZIGZAG
 
 # -----------------------------------------------------------------------------
-# spectrum and hf ratio
+# spectrum and hf_share
 
-def test_zero_mean_white_noise_has_a_flat_profile_at_one():
-    # an orthonormal transform of i.i.d. N(0, 1) is i.i.d. N(0, 1), DC included, so every |coefficient| has the same mean
+def test_white_noise_closed_form():
+    # an orthonormal transform of i.i.d. N(0, s^2) is i.i.d. N(0, s^2): every E_k = s^2, so S = 1 flat and the AC share
+    # of the 32 coefficients 32..63 among the 63 AC ones is 32/63. Centring DC by the sample mean of N blocks leaves
+    # E_0 = s^2 (1 - 1/N) in expectation; with N = 16384 that is within the sampling error.
     torch.manual_seed(0)
-    s = dct_spectrum(torch.randn(64, 3, 128, 128))  # 16384 blocks per channel
-    assert s.shape == (3, 64)
-    assert (s - 1).abs().max() < 0.05
-    assert abs(hf_ratio(torch.randn(64, 3, 128, 128)) - 1) < 0.02
+    x = 3 * torch.randn(64, 3, 128, 128, dtype=torch.float64) + 5  # 16384 blocks per channel, any offset and scale
+    s = dct_spectrum(x)
+    assert s.shape == (3, 64) and s[:, 0].eq(1).all()
+    assert (s[:, 1:] - 1).abs().max() < 0.05  # RMS over 16384 samples: relative error ~ 1/sqrt(2 * 16384) = 0.6%
+    assert hf_share(x) == pytest.approx(32 / 63, abs=0.005)
 
 
-def test_white_noise_with_a_mean_has_flat_ac_at_the_closed_form_level():
-    # DC = 8 mu + N(0, 1) and AC ~ N(0, 1): AC / DC -> E|N(0, 1)| / (8 mu) = sqrt(2 / pi) / (8 mu)
+def test_spectrum_and_hf_share_are_invariant_to_per_channel_affine_maps():
     torch.manual_seed(0)
-    mu = 4.0
-    s = dct_spectrum(torch.randn(64, 2, 128, 128) + mu)
-    assert s[:, 0].eq(1).all()
-    torch.testing.assert_close(s[:, 1:], torch.full_like(s[:, 1:], math.sqrt(2 / math.pi) / (8 * mu)), rtol=0.04, atol=0)
+    x = smooth_images(6, 4, 32).double() + 0.1 * torch.randn(6, 4, 32, 32, dtype=torch.float64)
+    a = torch.tensor([1.0, -3.0, 0.01, 250.0], dtype=torch.float64).view(1, 4, 1, 1)
+    b = torch.tensor([0.0, 7.0, -0.5, 1e3], dtype=torch.float64).view(1, 4, 1, 1)
+    y = a * x + b  # z_c -> a_c z_c + b_c
+    torch.testing.assert_close(dct_spectrum(y), dct_spectrum(x), rtol=1e-7, atol=1e-9)
+    assert hf_share(y) == pytest.approx(hf_share(x), rel=1e-9)
+    # ...while the channels themselves differ, so the test is not vacuous
+    assert not torch.allclose(dct_spectrum(x)[0], dct_spectrum(x)[1])
 
 
-def test_smooth_images_decay_steeply_and_hf_ratio_orders_smooth_mixed_noise():
+def test_smooth_images_decay_steeply_and_hf_share_orders_smooth_mixed_noise():
     torch.manual_seed(0)
     smooth = smooth_images(32, 3, 64)
     profile = dct_spectrum(smooth).mean(0)
@@ -100,9 +106,9 @@ def test_smooth_images_decay_steeply_and_hf_ratio_orders_smooth_mixed_noise():
     low, mid, high = profile[1:6].mean(), profile[6:32].mean(), profile[32:].mean()
     assert low > 3 * mid and mid > 3 * high
     noise = torch.randn_like(smooth)
-    r_smooth, r_mixed, r_noise = hf_ratio(smooth), hf_ratio(smooth + 0.1 * noise), hf_ratio(noise)
+    r_smooth, r_mixed, r_noise = hf_share(smooth), hf_share(smooth + 0.1 * noise), hf_share(noise)
     assert r_smooth < r_mixed < r_noise
-    assert r_smooth < 0.02 and r_noise > 0.95
+    assert r_smooth < 0.01 * r_noise
 
 
 def test_linear_ramp_has_only_odd_horizontal_frequencies():
@@ -120,14 +126,26 @@ def test_video_latents_fold_time_into_batch():
     torch.testing.assert_close(dct_spectrum(z), dct_spectrum(frames))
 
 
-def test_batched_means_combine_to_the_one_shot_spectrum():
-    # the CLI accumulates batch means weighted by batch size; with equal-sized images that is the one-shot mean
+def test_batched_accumulation_equals_the_one_shot_spectrum():
+    # the CLI feeds BlockSpectrum batch by batch; its sums make the centred DC and the shares exact for any split
     torch.manual_seed(0)
-    x = torch.randn(10, 4, 16, 16, dtype=torch.float64) + 0.3
-    m = spectrum.Mean()
+    x = torch.randn(10, 4, 16, 16, dtype=torch.float64) * 2 + 0.3
+    acc = BlockSpectrum()
     for chunk in x.split(4):  # batches of 4, 4, 2
-        m.update(dct_amplitude(chunk), chunk.shape[0])
-    torch.testing.assert_close(spectrum.normalise(m.value), dct_spectrum(x), atol=1e-12, rtol=0)
+        acc.update(chunk)
+    torch.testing.assert_close(acc.profile(), dct_spectrum(x), atol=1e-12, rtol=0)
+    assert acc.hf_share() == pytest.approx(hf_share(x), rel=1e-12)
+
+
+def test_energy_matches_a_direct_computation_with_scipy():
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 16, 8, dtype=torch.float64) + torch.tensor([1.0, -2.0]).view(1, 2, 1, 1)
+    blocks = x.numpy().reshape(3, 2, 2, 8, 1, 8).transpose(1, 0, 2, 4, 3, 5).reshape(2, 6, 8, 8)  # (C, N, 8, 8)
+    X = scipy.fft.dctn(blocks, type=2, norm='ortho', axes=(-2, -1)).reshape(2, 6, 64)[..., JPEG_ZIGZAG]
+    X[..., 0] -= X[..., 0].mean(1, keepdims=True)  # centre DC by the channel's mean over all blocks
+    E = (X ** 2).mean(1)  # (C, 64)
+    np.testing.assert_allclose(BlockSpectrum().update(x).energy().numpy(), E, rtol=1e-10)
+    np.testing.assert_allclose(hf_share(x), (E[:, 32:].sum(1) / E[:, 1:].sum(1)).mean(), rtol=1e-10)
 
 # -----------------------------------------------------------------------------
 # erasure and PSNR
@@ -214,9 +232,11 @@ def test_cli_on_two_tiny_checkpoints_writes_plots_and_consistent_json(tmp_path):
         x_rec = ae.decode(z).clamp(-1, 1)
     r = result['autoencoders']['se']
     assert r['latent_resolution'] == [8, 8] and r['rgb_reference'] == 'RGB 8x8'
-    assert r['hf_ratio'] == pytest.approx(hf_ratio(z), rel=1e-5)
-    assert result['rgb']['RGB 8x8']['hf_ratio'] == pytest.approx(hf_ratio(F.avg_pool2d(x, 4)), rel=1e-5)
-    assert r['hf_ratio_vs_rgb'] == pytest.approx(r['hf_ratio'] / r['rgb_hf_ratio'])
+    assert r['hf_share'] == pytest.approx(hf_share(z), rel=1e-5)
+    assert result['rgb']['RGB 8x8']['hf_share'] == pytest.approx(hf_share(F.avg_pool2d(x, 4)), rel=1e-5)
+    assert r['hf_share_vs_rgb'] == pytest.approx(r['hf_share'] / r['rgb_hf_share'])
+    # posterior samples carry the KL noise on top of the means (at init the noise std is 1: nearly white)
+    assert r['posterior_sample']['hf_share'] > r['hf_share']
     # erasing 0% is the plain reconstruction
     assert r['erasure_psnr'][0] == r['reconstruction_psnr'] == pytest.approx(psnr(x_rec, x).mean().item(), rel=1e-6)
     assert result['rgb_erasure_psnr'][0] == spectrum.PSNR_MAX

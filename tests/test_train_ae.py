@@ -86,3 +86,17 @@ def test_ddp_two_processes_keep_identical_parameters(tmp_path):
     log = read_log(tmp_path)
     assert log[-1]['rank_param_max_diff'] == 0.0
     assert math.isfinite(train_rows(tmp_path)[3]['d'])
+
+
+def test_online_hf_probe_is_spectrum_hf_share_of_the_held_out_latent_means(tmp_path):
+    from data import make_dataset
+    from model import load_autoencoder
+    from spectrum import hf_share
+    run('train_ae.py', *TINY_AE, '--image_size', 32, '--out_dir', tmp_path, '--max_steps', 1, '--eval_interval', 1,
+        '--dtype', 'float32')
+    probe = [r for r in read_log(tmp_path) if 'hf_share_latent' in r][-1]
+    x = torch.stack([make_dataset(None, 32, seed=0, train=False)[i][0] for i in range(2)])  # --num_eval 2
+    with torch.no_grad():
+        z, _ = load_autoencoder(str(tmp_path / 'ckpt.pt')).encode(x, sample=False)  # (2, 4, 8, 8)
+    assert probe['hf_share_latent'] == pytest.approx(hf_share(z), rel=1e-5)
+    assert probe['hf_share_rgb'] == pytest.approx(hf_share(torch.nn.functional.avg_pool2d(x, 4)), rel=1e-6)
