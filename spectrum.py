@@ -183,6 +183,13 @@ def pool_to(x, size):
     return F.adaptive_avg_pool2d(x, size)
 
 
+def bicubic_at_latent_grid(x, f):
+    """The trivial autoencoder an f-times-downsampling one must beat: x (B, 3, H, W) shrunk by f (antialiased bicubic)
+    and blown up again (bicubic), clamped to [-1, 1]. It stores 3 numbers per latent position."""
+    small = F.interpolate(x, scale_factor=1 / f, mode='bicubic', antialias=True, align_corners=False)
+    return F.interpolate(small, size=x.shape[-2:], mode='bicubic', align_corners=False).clamp(-1, 1)
+
+
 class Mean:
     """Running mean of per-batch means, weighted by batch size; exact for (C, 64) amplitudes and (B,) PSNRs alike."""
     def __init__(self):
@@ -259,6 +266,7 @@ def analyse(args):
     ae_spec = {k: BlockSpectrum() for k in aes}              # label -> spectrum of the posterior means
     ae_spec_sample = {k: BlockSpectrum() for k in aes if aes[k].cfg.regularizer == 'kl'}  # ... of posterior samples
     ae_erasure = {k: [Mean() for _ in ERASE_FRACTIONS] for k in aes}
+    bicubic = {f: Mean() for f in {ae.downsample_factor for ae in aes.values()}}  # PSNR of bicubic_at_latent_grid
     latent_size = {}
     for x, _ in tqdm(loader, desc='images', unit='batch'):
         x = x.to(device)  # (B, 3, H, W) in [-1, 1]
@@ -276,6 +284,8 @@ def analyse(args):
             for p, meter in zip(ERASE_FRACTIONS, ae_erasure[label]):
                 x_rec = ae.decode(erase_high_frequencies(z, p)).clamp(-1, 1)
                 meter.update(psnr(x_rec, x).mean(), B)
+        for f, meter in bicubic.items():
+            meter.update(psnr(bicubic_at_latent_grid(x, f), x).mean(), B)
         for size in rgb_sizes:
             rgb_spec.setdefault(size, BlockSpectrum()).update(pool_to(x, size))
         for p, meter in zip(ERASE_FRACTIONS, rgb_erasure):
@@ -292,7 +302,8 @@ def analyse(args):
                  latent_channels=len(stats['per_channel']), latent_resolution=list(latent_size[label]),
                  **stats, rgb_reference=ref, rgb_hf_share=rgb[ref]['hf_share'],
                  hf_share_vs_rgb=stats['hf_share'] / rgb[ref]['hf_share'],  # > 1: latents noisier than the images
-                 reconstruction_psnr=erasure[0], erasure_psnr=erasure)
+                 reconstruction_psnr=erasure[0], bicubic_psnr=bicubic[ae.downsample_factor].value.item(),
+                 erasure_psnr=erasure)
         if label in ae_spec_sample:
             r['posterior_sample'] = ae_spec_sample[label].stats()
         result['autoencoders'][label] = r
@@ -353,12 +364,12 @@ def main(argv=None):
     plot(result, args.out_dir)
 
     print(f"\n{'':24s} {'shape':>12s} {'hf_share':>9s}" + (f" {'sampled':>9s} {'RGB ref':>9s} {'ratio':>7s} "
-                                                         f"{'recon PSNR':>11s}" if result['autoencoders'] else ''))
+                                                         f"{'recon PSNR':>11s} {'bicubic':>8s}" if result['autoencoders'] else ''))
     for label, r in result['autoencoders'].items():
         shape = f"{len(r['per_channel'])}x{r['latent_resolution'][0]}x{r['latent_resolution'][1]}"
         sampled = f"{r['posterior_sample']['hf_share']:9.4f}" if 'posterior_sample' in r else f"{'-':>9s}"
         print(f"{label:24s} {shape:>12s} {r['hf_share']:9.4f} {sampled} {r['rgb_hf_share']:9.4f} "
-              f"{r['hf_share_vs_rgb']:7.2f} {r['reconstruction_psnr']:11.2f}")
+              f"{r['hf_share_vs_rgb']:7.2f} {r['reconstruction_psnr']:11.2f} {r['bicubic_psnr']:8.2f}")
     for key, r in result['rgb'].items():
         print(f"{key:24s} {'3x%dx%d' % tuple(r['resolution']):>12s} {r['hf_share']:9.4f}")
     print(f"wrote spectrum.png, erasure.png, spectrum.json to {args.out_dir}")

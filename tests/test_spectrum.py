@@ -178,6 +178,15 @@ def test_erasing_nothing_is_bitwise_the_input():
     assert torch.equal(erase_high_frequencies(x, 0.0), x)
 
 
+def test_bicubic_reference_keeps_constants_and_loses_fine_detail():
+    flat = torch.full((1, 3, 32, 32), 0.3)
+    torch.testing.assert_close(spectrum.bicubic_at_latent_grid(flat, 4), flat)
+    smooth = smooth_images(2, 3, 32, cells=4).float()
+    noisy = (smooth + 0.3 * torch.randn_like(smooth)).clamp(-1, 1)
+    p = lambda x: psnr(spectrum.bicubic_at_latent_grid(x, 4), x).mean()
+    assert p(smooth) > p(noisy) + 10  # the grid keeps smooth images and drops pixel noise
+
+
 def test_psnr_closed_form():
     x = torch.zeros(2, 3, 8, 8)
     torch.testing.assert_close(psnr(x + 0.02, x), torch.full((2,), 10 * math.log10(4 / 0.02 ** 2), dtype=torch.float64))
@@ -239,6 +248,8 @@ def test_cli_on_two_tiny_checkpoints_writes_plots_and_consistent_json(tmp_path):
     assert r['posterior_sample']['hf_share'] > r['hf_share']
     # erasing 0% is the plain reconstruction
     assert r['erasure_psnr'][0] == r['reconstruction_psnr'] == pytest.approx(psnr(x_rec, x).mean().item(), rel=1e-6)
+    # the trivial reference beside it: bicubic down and up by f = 4 on the same images
+    assert r['bicubic_psnr'] == pytest.approx(psnr(spectrum.bicubic_at_latent_grid(x, 4), x).mean().item(), rel=1e-6)
     assert result['rgb_erasure_psnr'][0] == spectrum.PSNR_MAX
     assert all(a > b for a, b in zip(result['rgb_erasure_psnr'], result['rgb_erasure_psnr'][1:]))
 
