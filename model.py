@@ -37,11 +37,14 @@ class AEConfig:
     n_embed: int = 8192            # VQ codebook size
     vq_beta: float = 0.25          # VQ commitment weight beta
     dropout: float = 0.0           # inside every ResnetBlock (0 in all public first stages)
+    norm_groups: int = 32          # GroupNorm groups (LDM: 32); narrow presets use fewer, see group_norm
 
 
 AE_PRESETS = {
     # f4, 0.95M parameters: CPU tests and smoke runs
-    'tiny': AEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=4),
+    'tiny': AEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=4, norm_groups=8),
+    # f8 with FluxAE's 16 latent channels at a CPU's width: reproduce.py's miniature of FluxAE (64 px -> 8x8x16)
+    'tiny-f8': AEConfig(ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1, z_channels=16, norm_groups=8),
     # f8 with a quarter of SD's width: single-GPU ablations
     'small': AEConfig(ch=64, ch_mult=(1, 2, 4, 4), num_res_blocks=1, z_channels=4),
     # Stable Diffusion's VAE (kl-f8). Public latent scale: diffusion runs on z * 0.18215.
@@ -65,18 +68,21 @@ def make_ae_config(preset, overrides=None):
     return replace(AE_PRESETS[preset], **overrides)
 
 
-def group_norm(channels):
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+def group_norm(channels, groups=32):
+    """LDM's GroupNorm. With as many groups as channels (32 of 32 in a narrow preset) it is an instance norm that erases
+    every channel's per-image mean and contrast; the tiny presets keep 4+ channels per group (norm_groups 8) and learn
+    faster for it. The group count has no parameters, so weights load whatever it is."""
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
     """x + conv2(dropout(silu(norm2(conv1(silu(norm1(x))))))), without the UNet's time embedding."""
 
-    def __init__(self, in_channels, out_channels, dropout=0.0):
+    def __init__(self, in_channels, out_channels, dropout=0.0, groups=32):
         super().__init__()
-        self.norm1 = group_norm(in_channels)
+        self.norm1 = group_norm(in_channels, groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = group_norm(out_channels, groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         # the residual needs a learned 1x1 ("network in network") projection only where the width changes
@@ -91,9 +97,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over the H*W positions: x + proj_out(softmax(q k^T / sqrt(C)) v)."""
 
-    def __init__(self, channels):
+    def __init__(self, channels, groups=32):
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, groups)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -133,11 +139,11 @@ class Upsample(nn.Module):
 class MidBlock(nn.Module):
     """The lowest-resolution stage of both encoder and decoder: ResnetBlock, global self-attention, ResnetBlock."""
 
-    def __init__(self, channels, dropout):
+    def __init__(self, channels, dropout, groups=32):
         super().__init__()
-        self.block_1 = ResnetBlock(channels, channels, dropout)
-        self.attn_1 = AttnBlock(channels)
-        self.block_2 = ResnetBlock(channels, channels, dropout)
+        self.block_1 = ResnetBlock(channels, channels, dropout, groups)
+        self.attn_1 = AttnBlock(channels, groups)
+        self.block_2 = ResnetBlock(channels, channels, dropout, groups)
 
     def forward(self, x):
         return self.block_2(self.attn_1(self.block_1(x)))
@@ -156,13 +162,13 @@ class Encoder(nn.Module):
             level = nn.Module()
             level.block = nn.ModuleList()
             for _ in range(cfg.num_res_blocks):
-                level.block.append(ResnetBlock(c, width, cfg.dropout))
+                level.block.append(ResnetBlock(c, width, cfg.dropout, cfg.norm_groups))
                 c = width
             if i_level != len(widths) - 1:
                 level.downsample = Downsample(c)
             self.down.append(level)
-        self.mid = MidBlock(c, cfg.dropout)
-        self.norm_out = group_norm(c)
+        self.mid = MidBlock(c, cfg.dropout, cfg.norm_groups)
+        self.norm_out = group_norm(c, cfg.norm_groups)
         out_channels = 2 * cfg.z_channels if cfg.regularizer == 'kl' else cfg.z_channels
         self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
 
@@ -185,20 +191,20 @@ class Decoder(nn.Module):
         widths = [cfg.ch * m for m in cfg.ch_mult]
         c = widths[-1]
         self.conv_in = nn.Conv2d(cfg.z_channels, c, 3, padding=1)
-        self.mid = MidBlock(c, cfg.dropout)
+        self.mid = MidBlock(c, cfg.dropout, cfg.norm_groups)
         # built coarse to fine, but stored so that up[i_level] is level i_level, as in LDM's checkpoints
         up = []
         for i_level in reversed(range(len(widths))):
             level = nn.Module()
             level.block = nn.ModuleList()
             for _ in range(cfg.num_res_blocks + 1):
-                level.block.append(ResnetBlock(c, widths[i_level], cfg.dropout))
+                level.block.append(ResnetBlock(c, widths[i_level], cfg.dropout, cfg.norm_groups))
                 c = widths[i_level]
             if i_level != 0:
                 level.upsample = Upsample(c)
             up.insert(0, level)
         self.up = nn.ModuleList(up)
-        self.norm_out = group_norm(c)
+        self.norm_out = group_norm(c, cfg.norm_groups)
         self.conv_out = nn.Conv2d(c, cfg.out_ch, 3, padding=1)
 
     def forward(self, z):
@@ -250,9 +256,9 @@ class Autoencoder(nn.Module):
         super().__init__()
         if cfg.regularizer not in ('kl', 'vq'):
             raise ValueError(f"unknown regularizer {cfg.regularizer!r}; use 'kl' or 'vq'.")
-        if any((cfg.ch * m) % 32 for m in cfg.ch_mult):
-            raise ValueError(f"every level width ch * ch_mult must be a multiple of 32 for GroupNorm(32), "
-                             f"got ch={cfg.ch}, ch_mult={cfg.ch_mult}.")
+        if any((cfg.ch * m) % cfg.norm_groups for m in cfg.ch_mult):
+            raise ValueError(f"every level width ch * ch_mult must be a multiple of norm_groups {cfg.norm_groups} for "
+                             f"GroupNorm, got ch={cfg.ch}, ch_mult={cfg.ch_mult}.")
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)

@@ -43,6 +43,7 @@ from model import AE_PRESETS, Autoencoder, NLayerDiscriminator, LPIPS, hinge_d_l
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 add_common_args(parser, out_dir='out/ae', lr=1e-4)
 parser.add_argument('--regularizer', type=str, default=None, choices=['kl', 'vq'], help="latent regulariser; default: the preset's")
+parser.add_argument('--z_channels', type=int, default=None, help="latent channels; default: the preset's (the paper's Fig. 2 varies it)")
 parser.add_argument('--kl_weight', type=float, default=1e-6, help="weight of the KL term (LDM's convention: KL summed over the latent vs. L1 summed over pixels)")
 parser.add_argument('--lpips_weight', type=float, default=1.0, help='weight of the LPIPS perceptual loss; 0 disables it (no VGG weights needed)')
 parser.add_argument('--disc_weight', type=float, default=0.5, help='weight of the adversarial loss (times the adaptive weight)')
@@ -90,6 +91,12 @@ if args.regularizer is not None and args.regularizer != ae_config.regularizer:
     if args.init_from:
         die(f"--regularizer {args.regularizer} differs from the {ae_config.regularizer} regulariser of --init_from.")
     ae_config = replace(ae_config, regularizer=args.regularizer)
+if args.z_channels is not None and args.z_channels != ae_config.z_channels:
+    if args.init_from:
+        die(f"--z_channels {args.z_channels} differs from the {ae_config.z_channels} latent channels of --init_from.")
+    if args.z_channels < 1:
+        die(f"--z_channels must be at least 1, got {args.z_channels}.")
+    ae_config = replace(ae_config, z_channels=args.z_channels)
 if not args.init_from:
     ae = Autoencoder(ae_config)
 ae.to(device).train()

@@ -1,4 +1,5 @@
-"""The one-command experiment: the smoke run writes a report with every arm and finite numbers."""
+"""The one-command experiment: the smoke run writes figures 1 and 5 with finite numbers, and a rerun reuses exactly the
+artefacts whose settings match and remakes the others."""
 import json
 import math
 
@@ -7,21 +8,45 @@ import pytest
 from helpers import run
 
 
+def numbers(o):
+    if isinstance(o, dict):
+        return [v for v in o.values() for v in numbers(v)]
+    if isinstance(o, list):
+        return [v for e in o for v in numbers(e)]
+    return [o] if isinstance(o, (int, float)) and not isinstance(o, bool) else []
+
+
 @pytest.mark.slow
-def test_smoke_run_writes_a_report_with_every_arm(tmp_path):
-    run('reproduce.py', '--smoke', '--out_dir', tmp_path, timeout=900)
+def test_smoke_run_writes_figures_and_reuses_only_what_matches(tmp_path):
+    args = ['reproduce.py', '--smoke', '--seeds', 1, '--out_dir', tmp_path]
+    run(*args, timeout=900)
     report = json.loads((tmp_path / 'report.json').read_text())
-    summary = report['summary']
-    assert set(summary) == {'baseline', 'se', 'baseline_ft', 'se_ft'}
-    for arm, metrics in summary.items():
-        for key in ('hf_ratio', 'rgb_hf_ratio', 'rec_psnr', 'rec_ssim', 'gen_swd_avg', 'ae_train_seconds'):
-            assert math.isfinite(metrics[key]['mean']), (arm, key)
-    # the arms really differ where they should and agree where they should
-    assert summary['baseline']['rgb_hf_ratio'] == summary['se']['rgb_hf_ratio']  # same evaluation images
-    assert summary['baseline']['hf_ratio'] != summary['se']['hf_ratio']
-    table = (tmp_path / 'report.md').read_text()
-    assert all(f'| {arm} |' in table for arm in summary)
-    # a second run reuses every artefact and reproduces the numbers exactly
-    run('reproduce.py', '--smoke', '--out_dir', tmp_path, timeout=900)
-    again = json.loads((tmp_path / 'report.json').read_text())
-    assert again['per_seed'] == report['per_seed']
+    fig1 = report['fig1']
+    assert set(fig1['ldm']) == set(fig1['autoencoders']) == {'baseline', 'se'}
+    assert all(math.isfinite(v) for v in numbers(fig1) + numbers(report['fig5']))
+    for arm in ('baseline', 'se'):
+        (curve,) = [s['curve'] for s in fig1['ldm'][arm]]
+        assert [p['step'] for p in curve] == [2, 4]  # --ldm_steps 4 scored at --ldm_evals 2 evenly spaced steps
+        assert all('swd_avg' in p for p in curve)
+    base, se = fig1['autoencoders']['baseline'][0], fig1['autoencoders']['se'][0]
+    assert base['hf_share'] != se['hf_share']  # the arms differ in training...
+    assert base['bicubic_psnr'] == se['bicubic_psnr']  # ...and are measured on the same held-out images
+    assert len(report['verdict']) >= 3 and all(isinstance(v, str) for v in report['verdict'])
+    md = (tmp_path / 'report.md').read_text()
+    for name in ('fig1_convergence.png', 'fig5_erasure.png', 'fig5_strip.png'):
+        assert f']({name})' in md and (tmp_path / name).stat().st_size > 0
+    for sub in ('ae_z16_kl1e-06_se0', 'ldm_z16_kl1e-06_se0.25', 'samples_z16_kl1e-06_se0_0000004'):
+        assert (tmp_path / 'seed0' / sub / 'reproduce_settings.json').exists()  # every artefact records its settings
+
+    # a rerun with one sampling setting changed: autoencoders, spectra and LDMs reused, samples and scores remade
+    p = run(*args, '--sample_steps', 2, timeout=900)
+    assert 'making' not in ' '.join(l for l in p.stdout.splitlines() if 'ae_' in l or 'ldm_' in l)
+    assert p.stdout.count('reusing') >= 4 and 'remaking' in p.stdout and 'settings changed' in p.stdout
+    changed = json.loads((tmp_path / 'report.json').read_text())
+    assert changed['fig1']['autoencoders'] == fig1['autoencoders']
+    assert changed['fig1']['ldm']['se'][0]['curve'] != fig1['ldm']['se'][0]['curve']
+
+    # the same command again: everything reused, the same numbers
+    p = run(*args, '--sample_steps', 2, timeout=900)
+    assert 'making' not in p.stdout and '$ ' not in p.stdout  # no script was run
+    assert json.loads((tmp_path / 'report.json').read_text())['fig1'] == changed['fig1']
