@@ -66,12 +66,24 @@ class Dist:
     master: bool
 
 
+def select_device(name):
+    """The one reading of --device: 'auto' (the GPU when there is one), 'cpu', 'cuda' or 'cuda:N'."""
+    if name == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    try:
+        kind = torch.device(name).type
+    except RuntimeError:
+        die(f"--device {name} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    if kind not in ('cpu', 'cuda'):
+        die(f"--device {name} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    if kind == 'cuda' and not torch.cuda.is_available():
+        die(f"--device {name} was asked for but no CUDA GPU is visible; use --device cpu.")
+    return name
+
+
 def setup_distributed(device='auto'):
     """DDP is on when torchrun set RANK; NCCL on GPUs, gloo on CPU. Each process uses the GPU of its local rank."""
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        die(f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu.")
+    device = select_device(device)
     ddp = int(os.environ.get('RANK', -1)) != -1
     rank, local_rank, world_size = 0, 0, 1
     if ddp:
@@ -124,10 +136,12 @@ def all_reduce_mean(x, dist):
     return x
 
 
-def stop_if_non_finite(loss, step, ckpt_path, dist):
+def stop_if_non_finite(loss, step, ckpt_path, dist, progress=None):
     """A NaN/inf loss ends the run before anything is written, so the last checkpoint stays good. `loss` is the
     all-reduced loss, so every rank stops together."""
     if not torch.isfinite(loss):
+        if progress is not None:
+            progress.close()
         cleanup_distributed()
         die(f"the loss became {loss.item()} at step {step}; nothing was saved, so {ckpt_path} still holds the "
             f"last good state (lower --lr, or try --dtype float32, then --resume).")
@@ -263,7 +277,10 @@ class Loader:
                 yield [(first + j, self.seed) for j in range(B)]
                 b += 1
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(len(self.dataset), generator=g).tolist()
+        if hasattr(self.dataset, 'epoch_order'):  # a dataset that is read in chunks (data.LatentCache) orders itself
+            perm = self.dataset.epoch_order(g)
+        else:
+            perm = torch.randperm(len(self.dataset), generator=g).tolist()
         for b in range(start, self.batches_per_epoch):
             first = (b * W + r) * B
             # the item seed mixes seed, epoch and position, so a flip differs from epoch to epoch
@@ -306,14 +323,6 @@ class _Counted(torch.utils.data.Dataset):
     def __getitem__(self, item):
         return self.dataset.load(item)
 
-
-def build_loader(args, dist, dataset=None):
-    """The training loader every script uses; the seed is shared by ranks because the shard, not the seed, differs."""
-    from data import make_dataset
-    if dataset is None:
-        dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=True,
-                               random_crop=getattr(args, 'random_crop', False))
-    return Loader(dataset, args.batch_size, args.seed, dist, num_workers=args.num_workers)
 
 # -----------------------------------------------------------------------------
 # outputs

@@ -167,11 +167,11 @@ class Diffusion:
         return mean + (0.5 * log_var).exp() * randn(x_t.shape, generator, x_t.device)
 
     @torch.no_grad()
-    def ddpm_sample(self, model_fn, x_T, steps=None, generator=None, progress=None):
+    def ddpm_sample(self, model_fn, x_T, steps=None, generator=None):
         """Ancestral sampling from x_T ~ N(0, I) over `steps` evenly spaced timesteps (all T by default)."""
         ts = spaced_timesteps(self.T, steps or self.T).tolist()
         x = x_T
-        for i in (progress or (lambda it: it))(range(len(ts) - 1, -1, -1)):
+        for i in range(len(ts) - 1, -1, -1):
             x = self.p_sample(model_fn, x, ts[i], ts[i - 1] if i > 0 else -1, generator)
         return x
 
@@ -192,11 +192,11 @@ class Diffusion:
         return x_prev
 
     @torch.no_grad()
-    def ddim_sample(self, model_fn, x_T, steps=50, eta=0.0, generator=None, progress=None):
+    def ddim_sample(self, model_fn, x_T, steps=50, eta=0.0, generator=None):
         """DDIM from x_T ~ N(0, I) over `steps` evenly spaced timesteps; eta = 0 is deterministic, eta = 1 ~ DDPM."""
         ts = spaced_timesteps(self.T, steps).tolist()
         x = x_T
-        for i in (progress or (lambda it: it))(range(len(ts) - 1, -1, -1)):
+        for i in range(len(ts) - 1, -1, -1):
             x = self.ddim_step(model_fn, x, ts[i], ts[i - 1] if i > 0 else -1, eta, generator)
         return x
 

@@ -21,7 +21,8 @@ from common import die, setup_distributed, cleanup_distributed, resolve_dtype, a
 from diffusion import Diffusion, cfg_model_fn
 from model import build_backbone, load_autoencoder
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
 parser.add_argument('--ckpt', type=str, default='out/ldm/ckpt.pt', help='a train_ldm.py checkpoint')
 parser.add_argument('--out_dir', type=str, default=None, help="where the samples go; default: a 'samples' folder next to --ckpt")
 parser.add_argument('--ae', type=str, default=None, help='the autoencoder; default: the one the LDM was trained with')
