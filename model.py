@@ -434,6 +434,15 @@ class NLayerDiscriminator(nn.Module):
         return self.main(x)
 
 
+def adaptive_gan_weight(rec_loss, g_loss, last_layer, pixels, max_weight=1e4):
+    """LDM's balance of the adversarial term: lambda = ||grad_w L_rec|| / (||grad_w L_G|| + 1e-4) at the decoder's last
+    layer w, clamped to [0, max_weight]. LDM's L_rec is summed over the 3HW values of an image; ours is their mean, so
+    our lambda is LDM's divided by `pixels` = 3HW, and so is the clamp: LDM's 1e4 is 1e4 / 3HW here (0.051 at 256^2)."""
+    rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
+    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, max_weight / pixels).detach()
+
+
 def hinge_d_loss(logits_real, logits_fake):
     """L_D = 0.5 * (E[relu(1 - D(x))] + E[relu(1 + D(x_rec))])."""
     return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
