@@ -20,7 +20,7 @@ the autoencoder's weights, the data, the image size, the crop mode or the cache 
 Shared flags (common.add_common_args) and their defaults in this script:
   --data (embedded dead leaves)  --image_size 64  --batch_size 32  --grad_accum 1  --max_steps 5000  --lr 0.0001
   --out_dir out/ldm  --preset tiny  --seed 0  --device auto  --dtype auto  --num_workers 2
-  --log_interval 10  --eval_interval 500  --ckpt_interval 500
+  --log_interval 10  --eval_interval 500  --ckpt_interval 2500
   switches: --random_crop  --compile  --resume  --init_from PATH
 """
 import os
@@ -37,10 +37,10 @@ from tqdm import tqdm
 
 from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, restore_rng_states,
-                    save_checkpoint, load_checkpoint, update_ema, Loader, save_image_grid, Logger,
-                    stop_if_non_finite, rank_param_max_diff, peak_memory)
+                    load_checkpoint, CheckpointWriter, update_ema, Loader, save_image_grid, Logger,
+                    note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory)
 from data import make_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
-from diffusion import Diffusion
+from diffusion import SCHEDULES, Diffusion
 from model import build_backbone, load_autoencoder
 
 # -----------------------------------------------------------------------------
@@ -49,11 +49,11 @@ from model import build_backbone, load_autoencoder
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
 add_common_args(parser, out_dir='out/ldm', lr=1e-4, preset='tiny', batch_size=32, max_steps=5000, eval_interval=500,
-                ckpt_interval=500)
+                ckpt_interval=2500)
 parser.add_argument('--ae', type=str, default='out/ae/ckpt.pt', help='the frozen autoencoder: a train_ae.py checkpoint or public weights')
 parser.add_argument('--ae_preset', type=str, default=None, help="architecture of public --ae weights ('sd', 'flux'); not needed for train_ae.py checkpoints")
 parser.add_argument('--model', type=str, default='unet', choices=['unet', 'dit'], help='the denoiser backbone; --preset picks its size (unet: tiny, ldm-32, ldm-64; dit: tiny, DiT-S/2 ... DiT-XL/8)')
-parser.add_argument('--schedule', type=str, default=None, choices=['linear', 'scaled_linear'], help="noise schedule; default: the backbone paper's (unet: scaled_linear as LDM, dit: linear as DiT)")
+parser.add_argument('--schedule', type=str, default=None, choices=SCHEDULES, help="noise schedule (diffusion.beta_schedule); default: the backbone paper's (unet: ldm_linear as LDM, dit: linear as DiT); scaled_linear is Stable Diffusion's")
 parser.add_argument('--prediction', type=str, default='eps', choices=['eps', 'v'], help='what the network predicts')
 parser.add_argument('--learn_sigma', action=argparse.BooleanOptionalAction, default=None, help='also learn the variance (iDDPM, with L_vlb); default: on for dit, off for unet')
 parser.add_argument('--class_dropout_prob', type=float, default=0.1, help='label dropout for classifier-free guidance (class-conditional data only)')
@@ -68,7 +68,7 @@ parser.add_argument('--num_samples', type=int, default=16, help='images in the p
 parser.add_argument('--sample_steps', type=int, default=50, help='DDIM steps for the periodic sample grid')
 args = parser.parse_args()
 learn_sigma = args.learn_sigma if args.learn_sigma is not None else args.model == 'dit'
-schedule = args.schedule or {'unet': 'scaled_linear', 'dit': 'linear'}[args.model]
+schedule = args.schedule or {'unet': 'ldm_linear', 'dit': 'linear'}[args.model]
 
 # -----------------------------------------------------------------------------
 # init: processes, precision, seeds, the frozen autoencoder
@@ -217,13 +217,18 @@ def sample_grid():
 
 
 def checkpoint():
+    """ckpt.pt, everything a resume needs (DiT-XL/2 with AdamW: 11 GB), and ema.pt, the EMA weights and what
+    sample.py needs (2.7 GB), both written on a background thread after a CPU copy."""
+    stop_if_non_finite(first_bad_step, ckpt_path, dist, progress)  # a non-finite loss never reaches a checkpoint
     rng = gather_rng_states(dist)  # collective: every rank calls it
     if dist.master:
-        save_checkpoint({'model': raw_model.state_dict(), 'ema': ema.state_dict(), 'opt': opt.state_dict(),
-                         'scaler': scaler.state_dict(), 'step': step, 'rng': rng, 'loader': loader.state_dict(),
-                         'latent_scale': latent_scale, 'latent_shift': latent_shift,
-                         'config': {**vars(args), 'ae': ae_path, 'backbone': backbone, 'schedule': schedule,
-                                    'learn_sigma': learn_sigma, 'image_size': args.image_size}}, ckpt_path)
+        config = {**vars(args), 'ae': ae_path, 'backbone': backbone, 'schedule': schedule, 'learn_sigma': learn_sigma,
+                  'image_size': args.image_size}
+        export = {'ema': ema.state_dict(), 'step': step, 'latent_scale': latent_scale, 'latent_shift': latent_shift,
+                  'config': config}
+        writer.save({ckpt_path: {**export, 'model': raw_model.state_dict(), 'opt': opt.state_dict(),
+                                 'scaler': scaler.state_dict(), 'rng': rng, 'loader': loader.state_dict()},
+                     os.path.join(args.out_dir, 'ema.pt'): export})
 
 # -----------------------------------------------------------------------------
 # training loop
@@ -241,6 +246,8 @@ if dist.master:
           f"{', learned variance' if learn_sigma else ''}; latent shift {latent_shift:.4g}, scale {latent_scale:.4g}; "
           f"{dist.world_size} process(es) on {device}, {dtype}")
 progress = tqdm(total=args.max_steps, initial=step, disable=not dist.master, dynamic_ncols=True)
+writer = CheckpointWriter()
+first_bad_step = torch.full((), float('inf'), dtype=torch.float64, device=device)  # inf: every loss so far finite
 train_time, timed_steps = 0.0, 0  # wall time of training steps only (no sampling, no checkpointing)
 while step < args.max_steps:
     t0 = time.time()
@@ -263,21 +270,24 @@ while step < args.max_steps:
     step += 1
     progress.update(1)
 
-    # a non-finite loss stops the run before anything is written: the last checkpoint stays good
-    loss_avg = all_reduce_mean(loss_sum.float(), dist)
-    stop_if_non_finite(loss_avg, step, ckpt_path, dist, progress)
+    # a non-finite loss is noted on the device (no host sync); the host checks the note at every log line, sample
+    # grid and checkpoint, and stops before anything is written, so the last checkpoint stays good
+    first_bad_step = note_non_finite(first_bad_step, loss_sum, step)
+    if any(step % i == 0 for i in (args.log_interval, args.eval_interval, args.ckpt_interval)) or step == args.max_steps:
+        stop_if_non_finite(first_bad_step, ckpt_path, dist, progress)  # the host also waits for the GPU here
 
     train_time, timed_steps = train_time + time.time() - t0, timed_steps + 1
     if step % args.log_interval == 0 or step == args.max_steps:
         dt, train_time, timed_steps = train_time / timed_steps, 0.0, 0
         latents = args.batch_size * args.grad_accum * dist.world_size
-        logger.log(step, loss=loss_avg, step_time=dt, latents_per_sec=latents / dt, lr=args.lr,
+        logger.log(step, loss=all_reduce_mean(loss_sum.float(), dist), step_time=dt, latents_per_sec=latents / dt, lr=args.lr,
                    skipped_images=loader.skipped, **peak_memory(device))
     if (step % args.eval_interval == 0 or step == args.max_steps) and dist.master:
         sample_grid()
     if step % args.ckpt_interval == 0 or step == args.max_steps:
         checkpoint()
 progress.close()
+writer.wait()
 if dist.ddp:
-    logger.log(step, rank_param_max_diff=rank_param_max_diff(raw_model, dist))
+    logger.log(step, rank_checksum_diff=rank_checksum_diff(raw_model, dist))
 cleanup_distributed()
