@@ -52,6 +52,7 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.R
                                  allow_abbrev=False)
 add_common_args(parser, out_dir='out/ae', lr=1e-4)
 parser.add_argument('--regularizer', type=str, default=None, choices=['kl', 'vq'], help="latent regulariser; default: the preset's")
+parser.add_argument('--warmup_steps', type=int, default=0, help='linear learning-rate warm-up of the autoencoder over this many steps (0: none)')
 parser.add_argument('--z_channels', type=int, default=None, help="latent channels; default: the preset's (the paper's Fig. 2 varies it)")
 parser.add_argument('--kl_weight', type=float, default=1e-6, help="weight of the KL term (LDM's convention: KL summed over the latent vs. L1 summed over pixels)")
 parser.add_argument('--lpips_weight', type=float, default=1.0, help='weight of the LPIPS perceptual loss; 0 disables it (no VGG weights needed)')
@@ -249,6 +250,9 @@ first_bad_step = torch.full((), float('inf'), dtype=torch.float64, device=device
 train_time, timed_steps = 0.0, 0  # wall time of training steps only (no evaluation, no checkpointing)
 while step < args.max_steps:
     t0 = time.time()
+    lr = args.lr * min(1.0, (step + 1) / args.warmup_steps) if args.warmup_steps > 0 else args.lr
+    for group in opt_g.param_groups:
+        group['lr'] = lr  # a function of the step alone, so a resumed run continues the same schedule
     use_disc = step >= disc_start and args.disc_weight > 0
     batches, terms = [], {}
     # ---- autoencoder (generator) step, with gradient accumulation that syncs only on the last micro-step
@@ -318,7 +322,7 @@ while step < args.max_steps:
         dt, train_time, timed_steps = train_time / timed_steps, 0.0, 0
         images = args.batch_size * args.grad_accum * dist.world_size
         logger.log(step, **{k: (all_reduce_mean(v.float(), dist) if torch.is_tensor(v) else v) for k, v in terms.items()},
-                   step_time=dt, images_per_sec=images / dt, skipped_images=loader.skipped, lr=args.lr,
+                   step_time=dt, images_per_sec=images / dt, skipped_images=loader.skipped, lr=lr,
                    **peak_memory(device))
     if step % args.eval_interval == 0 or step == args.max_steps:
         if dist.master:
