@@ -45,7 +45,7 @@ AE_PRESETS = {
     # f4, 0.95M parameters: CPU tests and smoke runs
     'tiny': AEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=4, norm_groups=8),
     # f8 with FluxAE's 16 latent channels at a CPU's width: reproduce.py's miniature of FluxAE (64 px -> 8x8x16)
-    'tiny-f8': AEConfig(ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1, z_channels=16, norm_groups=8),
+    'tiny-f8': AEConfig(ch=16, ch_mult=(1, 2, 4, 4), num_res_blocks=1, z_channels=16, norm_groups=4),
     # f8 with a quarter of SD's width: single-GPU ablations
     'small': AEConfig(ch=64, ch_mult=(1, 2, 4, 4), num_res_blocks=1, z_channels=4),
     # Stable Diffusion's VAE (kl-f8). Public latent scale: diffusion runs on z * 0.18215.

@@ -61,7 +61,8 @@ parser.add_argument('--se_weight', type=float, default=0.25, help="SE weight of 
 parser.add_argument('--kl_weight', type=float, default=1e-6, help="KL weight of every AE but Fig. 3's (LDM's 1e-6)")
 parser.add_argument('--z_channels', type=int, default=16, help="latent channels of every AE but Fig. 2's (FluxAE: 16)")
 parser.add_argument('--ae_preset', type=str, default='tiny-f8', help='autoencoder preset (model.AE_PRESETS)')
-parser.add_argument('--ae_lr', type=float, default=None, help="AE learning rate; default: train_ae.py's")
+parser.add_argument('--ae_lr', type=float, default=1e-3, help="AE learning rate (the tiny presets learn fastest near 1e-3)")
+parser.add_argument('--ae_warmup', type=int, default=50, help='AE learning-rate warm-up steps')
 parser.add_argument('--ldm_model', type=str, default='dit', choices=['dit', 'unet'], help='diffusion backbone')
 parser.add_argument('--ldm_preset', type=str, default=None, help="backbone preset (default: the script's tiny one)")
 parser.add_argument('--ldm_ema_decay', type=float, default=0.999, help="LDM EMA decay; DiT's 0.9999 suits 400K steps, "
@@ -159,6 +160,8 @@ def train(script, out, steps, settings, script_args):
         print(f"reusing {out} ({done} steps, settings match)")
     else:
         print(f"resuming {out} from step {done} to {steps}" if done else f"making {out}")
+        if not done:
+            shutil.rmtree(out, ignore_errors=True)  # a run killed before its first checkpoint starts afresh
         record(out, settings)  # before training, so that a killed run resumes
         run(script, '--out_dir', out, '--max_steps', steps, *script_args, *(['--resume'] if done else []),
             nproc=args.nproc)
@@ -198,7 +201,7 @@ def autoencoder(seed, z_channels=None, kl_weight=None, se_weight=0.0, parent=Non
     script_args = ['--seed', seed, '--image_size', sizes['image_size'], '--device', args.device, *data_args,
                    '--preset', args.ae_preset, '--kl_weight', kl_weight, '--se_weight', se_weight,
                    '--batch_size', sizes['ae_batch_size'], '--lpips_weight', 0, '--num_workers', 1,
-                   *(['--lr', args.ae_lr] if args.ae_lr else [])]
+                   '--lr', args.ae_lr, '--warmup_steps', args.ae_warmup]
     script_args += ['--init_from', os.path.join(parent[1], 'ckpt.pt')] if parent else ['--z_channels', z_channels]
     steps = sizes['ft_steps'] if parent else sizes['ae_steps']
     settings = train('train_ae.py', out, steps, {'script': 'train_ae.py', 'args': list(map(str, script_args)),
