@@ -15,7 +15,8 @@ the baseline in one setting; each is measured on the same held-out images (spect
 hf_share on posterior means and on posterior samples, RGB on the latent grid beside it, its reconstruction PSNR beside
 bicubic at the latent grid, and its erasure curve. For Fig. 1 the same latent DiT is trained on each arm's latents, and
 at evenly spaced steps it is sampled (sample.py, the same sampler, steps and seed) and scored (eval_fid.py: SWD per
-scale; FID when Inception weights exist). Seeds repeat the whole of Fig. 1, autoencoders included; the sweeps use seed 0.
+scale; FID when Inception weights exist). --seeds repeats Fig. 1's LDMs, --ae_seeds its autoencoders too (by default
+one pair of AEs, as the paper fine-tunes one FluxAE, so that each gets the steps it needs); the sweeps use seed 0.
 
 Everything goes to out_dir: report.md (tables, plots, a verdict computed from the numbers), report.json (every number)
 and the artefacts. Each artefact records the settings it was made with (reproduce_settings.json, including those of the
@@ -56,7 +57,9 @@ parser.add_argument('--se_sweep', action='store_true', help='also Fig. 4: se_wei
 parser.add_argument('--all', action='store_true', help='every figure (1-5)')
 parser.add_argument('--data', type=str, default=None, help='image folder; omitted: the embedded dead-leaves dataset')
 parser.add_argument('--random_crop', action='store_true', help='train on random crops of the images')
-parser.add_argument('--seeds', type=int, default=2, help='Fig. 1 with seeds 0..N-1, autoencoders included')
+parser.add_argument('--seeds', type=int, default=2, help="Fig. 1's LDMs with seeds 0..N-1 (training, data order, sampling)")
+parser.add_argument('--ae_seeds', type=int, default=1, help="Fig. 1's autoencoders with seeds 0..N-1 (<= --seeds); LDM seed "
+                    "s runs on the AEs of seed s %% N, so --ae_seeds equal to --seeds repeats everything")
 parser.add_argument('--se_weight', type=float, default=0.25, help="SE weight of Fig. 1's SE arm (the paper: 0.25)")
 parser.add_argument('--kl_weight', type=float, default=1e-6, help="KL weight of every AE but Fig. 3's (LDM's 1e-6)")
 parser.add_argument('--z_channels', type=int, default=16, help="latent channels of every AE but Fig. 2's (FluxAE: 16)")
@@ -76,8 +79,8 @@ sizes = {k: (getattr(args, k) if getattr(args, k) is not None else v)
          for k, v in SIZES['smoke' if args.smoke else 'default'].items()}
 figures = {'channels': args.channels or args.all, 'kl_sweep': args.kl_sweep or args.all,
            'se_sweep': args.se_sweep or args.all}
-if args.seeds < 1 or args.nproc < 1 or min(sizes.values()) < 1:
-    sys.exit("error: --seeds, --nproc and every size must be at least 1.")
+if min(args.seeds, args.ae_seeds, args.nproc, *sizes.values()) < 1 or args.ae_seeds > args.seeds:
+    sys.exit("error: --seeds, --ae_seeds, --nproc and every size must be at least 1, and --ae_seeds at most --seeds.")
 if sizes['ldm_evals'] > sizes['ldm_steps']:
     sys.exit(f"error: --ldm_evals {sizes['ldm_evals']} asks for more evaluations than --ldm_steps {sizes['ldm_steps']}.")
 os.makedirs(args.out_dir, exist_ok=True)
@@ -429,14 +432,14 @@ t0 = time.time()
 report, md = {'config': {**vars(args), 'sizes': sizes}, 'hardware': hardware(), 'torch': torch.__version__}, []
 
 # Fig. 1: baseline vs SE from scratch, equal steps, seeds 0..N-1 (AEs included), and the LDM convergence on each
-fig1, fig1_ae = {'baseline': [], 'se': []}, {'baseline': [], 'se': []}
-seed0_aes = {}
-for seed in range(args.seeds):
-    arms = {'baseline': autoencoder(seed), 'se': autoencoder(seed, se_weight=args.se_weight)}
-    if seed == 0:
-        seed0_aes = arms
-    for arm, ae in arms.items():
+fig1, fig1_ae, fig1_aes = {'baseline': [], 'se': []}, {'baseline': [], 'se': []}, []
+for seed in range(args.ae_seeds):
+    fig1_aes.append({'baseline': autoencoder(seed), 'se': autoencoder(seed, se_weight=args.se_weight)})
+    for arm, ae in fig1_aes[-1].items():
         fig1_ae[arm].append(measure(ae))
+seed0_aes = fig1_aes[0]
+for seed in range(args.seeds):  # LDM seed s runs on the AEs of seed s % ae_seeds
+    for arm, ae in fig1_aes[seed % args.ae_seeds].items():
         fig1[arm].append(ldm_curve(seed, ae))
 report['fig1'] = {'autoencoders': fig1_ae, 'ldm': fig1}
 final = lambda arm, key: [s['curve'][-1][key] for s in fig1[arm]]
@@ -473,8 +476,8 @@ md += ["# Scale equivariance in miniature: the paper's figures", "",
        f"Both arms: the same preset, recipe, data order and {sizes['ae_steps']} AE steps (the SE arm, se_weight "
        f"{args.se_weight:g}, pays one extra decoder pass per step), then the same DiT, {sizes['ldm_steps']} steps, "
        f"sampled ({sizes['num_samples']} DDIM samples, {sizes['sample_steps']} steps, the same seed) and scored at "
-       f"{sizes['ldm_evals']} evenly spaced steps. Bands: ± std over seeds.", ""]
-for seed in range(args.seeds):
+       f"{sizes['ldm_evals']} evenly spaced steps. Bands: ± std over {args.seeds} LDM seed(s) on {args.ae_seeds} AE seed(s).", ""]
+for seed in range(args.ae_seeds):
     md += ae_table({f"{arm} seed {seed}": fig1_ae[arm][seed] for arm in fig1_ae})[2 if seed else 0:]
 md += ["", ("Every AE beats bicubic at its latent grid by at least 3 dB." if not short_of_target else
             f"Short of the 3 dB target over bicubic: {', '.join(short_of_target)}."), "",
