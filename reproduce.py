@@ -37,7 +37,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SIZES = {  # default: Fig. 1 (2 seeds) and Fig. 5 in under 30 minutes on 2 CPU cores; smoke: the pipeline end to end
-    'default': dict(image_size=64, ae_steps=600, ft_steps=150, ae_batch_size=8, ldm_steps=2000, ldm_evals=4,
+    'default': dict(image_size=64, ae_steps=500, ft_steps=150, ae_batch_size=8, ldm_steps=2000, ldm_evals=3,
                     ldm_batch_size=64, cache_size=1024, num_samples=256, num_eval=256, sample_steps=25),
     'smoke': dict(image_size=64, ae_steps=4, ft_steps=2, ae_batch_size=2, ldm_steps=4, ldm_evals=2, ldm_batch_size=4,
                   cache_size=16, num_samples=16, num_eval=16, sample_steps=3),
