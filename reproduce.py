@@ -431,7 +431,7 @@ def ae_table(rows):
 t0 = time.time()
 report, md = {'config': {**vars(args), 'sizes': sizes}, 'hardware': hardware(), 'torch': torch.__version__}, []
 
-# Fig. 1: baseline vs SE from scratch with equal steps (AE seeds 0..ae_seeds-1), and the LDM convergence on each (seeds 0..seeds-1)
+# Fig. 1: baseline vs SE from scratch, equal steps (AE seeds < ae_seeds); the LDM convergence on each (seeds < seeds)
 fig1, fig1_ae, fig1_aes = {'baseline': [], 'se': []}, {'baseline': [], 'se': []}, []
 for seed in range(args.ae_seeds):
     fig1_aes.append({'baseline': autoencoder(seed), 'se': autoencoder(seed, se_weight=args.se_weight)})
