@@ -1,0 +1,78 @@
+"""Specification of the video parts: VideoDiT is the image DiT when T = 1 (an image checkpoint loads into it), its
+factorised attention attends exactly within frames / across frames, and its (pt, p, p) patches keep frames apart."""
+import pytest
+import torch
+
+from model import (DIT_PRESETS, VIDEO_DIT_PRESETS, DiT, VideoDiT, build_backbone, frame_attention,
+                   get_1d_sincos_pos_embed)
+from test_backbones import perturbed
+
+TINY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=3)
+
+
+def test_image_dit_checkpoint_loads_into_video_dit_and_computes_the_same_function_at_one_frame():
+    torch.manual_seed(0)
+    image = perturbed(DiT(**TINY))
+    video = VideoDiT(num_frames=1, **TINY).eval()
+    missing, unexpected = video.load_state_dict(image.state_dict(), strict=True)  # same names, same shapes
+    assert not missing and not unexpected
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([3, 700]), torch.tensor([0, 3])  # 3: the null class
+    with torch.no_grad():
+        assert torch.allclose(video(x[:, :, None], t, y)[:, :, 0], image(x, t, y), atol=1e-6)
+
+
+def test_temporal_embedding_is_sincos_shifted_to_zero_at_frame_zero():
+    m = VideoDiT(num_frames=5, **TINY)
+    e = get_1d_sincos_pos_embed(32, torch.arange(5))
+    assert torch.allclose(m.temporal_embed[0, :, 0], (e - e[0]).float())
+    assert torch.equal(m.temporal_embed[0, 0], torch.zeros(1, 32))
+    assert "temporal_embed" not in m.state_dict()  # fixed, so image checkpoints need not carry it
+
+
+def test_frame_attention_groups_tokens_within_frames_and_across_frames():
+    torch.manual_seed(0)
+    attn = perturbed(VideoDiT(num_frames=3, **TINY)).blocks[0].attn
+    B, T, S, D = 2, 3, 4, 32
+    x = torch.randn(B, T * S, D)
+    frames = x.view(B, T, S, D)
+    with torch.no_grad():
+        full = frame_attention(attn, x, T, "full")
+        spatial = frame_attention(attn, x, T, "spatial").view(B, T, S, D)
+        temporal = frame_attention(attn, x, T, "temporal").view(B, T, S, D)
+        assert torch.allclose(full, attn(x))
+        for f in range(T):  # spatial: each frame alone
+            assert torch.allclose(spatial[:, f], attn(frames[:, f]), atol=1e-6)
+        for s in range(S):  # temporal: each patch position through time alone
+            assert torch.allclose(temporal[:, :, s], attn(frames[:, :, s]), atol=1e-6)
+
+
+@pytest.mark.parametrize("attention, pt, mixes", [("full", 1, True), ("alternating", 1, False),
+                                                  ("alternating", 2, False)])
+def test_a_frame_chunk_sees_other_frames_only_through_attention_across_frames(attention, pt, mixes):
+    # depth 1: with 'alternating' the only block is spatial, so the first pt output frames (one token chunk) depend on
+    # the first pt input frames alone; full attention mixes them with every frame. Checks the (pt, p, p) fold/unfold.
+    torch.manual_seed(0)
+    m = perturbed(VideoDiT(num_frames=4, temporal_patch_size=pt, attention=attention, **dict(TINY, depth=1)))
+    x, t, y = torch.randn(1, 4, 4, 8, 8), torch.tensor([10]), torch.tensor([1])
+    x2 = x.clone()
+    x2[:, :, pt:] += torch.randn_like(x2[:, :, pt:])  # change every frame after the first chunk
+    with torch.no_grad():
+        out, out2 = m(x, t, y), m(x2, t, y)
+    assert out.shape == (1, 8, 4, 8, 8)  # learn_sigma: eps and variance channels
+    assert (out[:, :, pt:] - out2[:, :, pt:]).abs().max() > 1e-3
+    assert ((out[:, :, :pt] - out2[:, :, :pt]).abs().max() > 1e-3) == mixes
+
+
+def test_every_image_preset_has_a_video_preset_with_the_same_parameters():
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        for name, preset in DIT_PRESETS.items():
+            image = preset(input_size=16, num_classes=10)
+            video = VIDEO_DIT_PRESETS[name](input_size=16, num_frames=5, num_classes=10)
+            assert {k: v.shape for k, v in image.state_dict().items()} == \
+                   {k: v.shape for k, v in video.state_dict().items()}
+    m = build_backbone("dit", "tiny", 8, 4, num_classes=0, learn_sigma=False, num_frames=5)
+    assert isinstance(m, VideoDiT) and m(torch.randn(1, 4, 5, 8, 8), torch.tensor([1])).shape == (1, 4, 5, 8, 8)
+    with pytest.raises(ValueError, match="video latents"):
+        build_backbone("unet", "ldm-32", 8, 4, 0, False, num_frames=5)
+    with pytest.raises(ValueError, match="5-frame latents"):
+        m(torch.randn(1, 4, 4, 8, 8), torch.tensor([1]))
