@@ -1,8 +1,10 @@
 """Specification of the video parts: VideoDiT is the image DiT when T = 1 (an image checkpoint loads into it), its
-factorised attention attends exactly within frames / across frames, and its (pt, p, p) patches keep frames apart."""
+factorised attention attends exactly within frames / across frames, and its (pt, p, p) patches keep frames apart.
+FVD's I3D equals cd-fvd's (piergiaj's port) under identical random weights, with the same preprocessing."""
 import pytest
 import torch
 
+import eval_fid
 from model import (DIT_PRESETS, VIDEO_DIT_PRESETS, DiT, VideoDiT, build_backbone, frame_attention,
                    get_1d_sincos_pos_embed)
 from test_backbones import perturbed
@@ -76,3 +78,50 @@ def test_every_image_preset_has_a_video_preset_with_the_same_parameters():
         build_backbone("unet", "ldm-32", 8, 4, 0, False, num_frames=5)
     with pytest.raises(ValueError, match="5-frame latents"):
         m(torch.randn(1, 4, 4, 8, 8), torch.tensor([1]))
+
+
+def test_i3d_features_equal_cd_fvd_i3d_with_identical_random_weights(tmp_path):
+    pytorch_i3d = pytest.importorskip("cdfvd.third_party.i3d.pytorch_i3d")
+    torch.manual_seed(0)
+    ref = pytorch_i3d.InceptionI3d(400, in_channels=3)
+    with torch.no_grad():  # He init and perturbed BatchNorm statistics keep the 400 logits O(1): a real comparison
+        for m in ref.modules():
+            if isinstance(m, torch.nn.Conv3d):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.8, 1.25)
+                m.weight.uniform_(0.8, 1.2), m.bias.normal_(0, 0.1)
+    torch.save(ref.state_dict(), tmp_path / eval_fid.I3D_WEIGHTS_FILE)
+    ours = eval_fid.load_i3d(str(tmp_path / eval_fid.I3D_WEIGHTS_FILE))  # the same names: loads strictly
+    x = torch.rand(1, 3, eval_fid.FVD_NUM_FRAMES, 224, 224) * 2 - 1
+    with torch.no_grad():
+        expected = ref.eval()(x)
+    got = ours(x)
+    assert got.shape == expected.shape == (1, 400) and expected.std() > 0.5
+    assert (got - expected).abs().max() < 1e-5
+
+
+def test_fvd_preprocessing_equals_cd_fvd_and_crops_the_centre_of_wide_videos():
+    i3d_utils = pytest.importorskip("cdfvd.third_party.i3d.utils")
+    torch.manual_seed(0)
+    videos = torch.randint(0, 256, (2, 17, 24, 24, 3), dtype=torch.uint8)  # (B, T, H, W, 3), one frame too many
+    expected = i3d_utils.preprocess_i3d(videos[:, :16].numpy())  # (B, 3, 16, 224, 224) in [-1, 1]
+    got = eval_fid.fvd_preprocess(videos.permute(0, 1, 4, 2, 3).float() / 127.5 - 1)
+    assert got.shape == expected.shape == (2, 3, 16, 224, 224)
+    assert (got - expected).abs().max() < 1e-5
+    wide = torch.cat([torch.full((1, 16, 3, 24, 12), -1.0), videos[:1, :16].permute(0, 1, 4, 2, 3).float() / 127.5 - 1,
+                      torch.full((1, 16, 3, 24, 12), 1.0)], dim=-1)  # 24 x 48: the square video between two bars
+    inner = (slice(None),) * 4 + (slice(8, -8),)  # away from where the bars bleed in through the bilinear kernel
+    assert (eval_fid.fvd_preprocess(wide)[inner] - got[:1][inner]).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="16-frame clips"):
+        eval_fid.fvd_preprocess(torch.zeros(1, 8, 3, 24, 24))
+
+
+def test_i3d_weights_missing_offline_is_one_sentence_naming_the_file_and_the_flag(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(eval_fid, "I3D_WEIGHTS_URL", "file:///nonexistent/" + eval_fid.I3D_WEIGHTS_FILE)
+    for path in (None, str(tmp_path / "nope.pt")):
+        with pytest.raises(FileNotFoundError) as e:
+            eval_fid.load_i3d(path)
+        msg = str(e.value)
+        assert eval_fid.I3D_WEIGHTS_FILE in msg and "--i3d_weights" in msg and msg.count(". ") == 0
