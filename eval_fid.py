@@ -263,11 +263,13 @@ def swd_descriptors(x, index):
     return out
 
 
-def _normalize_descriptors(desc):
+def _normalize_descriptors(desc, ref=None):
     """(N, C, 7, 7) -> (N, C * 49): each channel to zero mean and unit std over this set (ProGAN's
-    finalize_descriptors); so SWD compares local structure, not global colour or contrast."""
-    mean = desc.mean(dim=(0, 2, 3), keepdim=True)
-    std = desc.std(dim=(0, 2, 3), keepdim=True, unbiased=False)  # np.std: the population std
+    finalize_descriptors); so SWD compares local structure, not global colour or contrast. With ref, the mean and
+    std are those of ref instead."""
+    ref = desc if ref is None else ref
+    mean = ref.mean(dim=(0, 2, 3), keepdim=True)
+    std = ref.std(dim=(0, 2, 3), keepdim=True, unbiased=False)  # np.std: the population std
     return ((desc - mean) / std).flatten(1)
 
 
@@ -290,16 +292,18 @@ def _sort_rows(t):
     return t.sort(dim=1).values
 
 
-def swd_from_descriptors(desc_a, desc_b, resolutions):
+def swd_from_descriptors(desc_a, desc_b, resolutions, joint=False):
     """Per-level descriptor lists of two sets (as swd_descriptors returns, concatenated over the set) ->
-    {'swd_<res>': SWD x 1e3 (ProGAN's scale) per level, 'swd_avg': their mean}."""
+    {'swd_<res>': SWD x 1e3 (ProGAN's scale) per level, 'swd_avg': their mean}. joint normalises both sets by the
+    statistics of their union instead of each by its own, so that the overall scale of the descriptors counts."""
     generator = torch.Generator().manual_seed(SWD_SEED)
     result = {}
     for res, a, b in zip(resolutions, desc_a, desc_b):
         if a.shape != b.shape:
             raise ValueError(f"SWD compares sets of equal size; got {a.shape[0]} and {b.shape[0]} descriptors.")
-        result[f'swd_{res}'] = 1e3 * _sliced_wasserstein_level(_normalize_descriptors(a), _normalize_descriptors(b),
-                                                               generator)
+        union = torch.cat([a, b]) if joint else None
+        a, b = _normalize_descriptors(a, union), _normalize_descriptors(b, union)
+        result[f'swd_{res}'] = 1e3 * _sliced_wasserstein_level(a, b, generator)
     result['swd_avg'] = float(np.mean([result[f'swd_{res}'] for res in resolutions]))
     return result
 
@@ -317,12 +321,38 @@ def sliced_wasserstein(real, fake, batch_size=64):
     """
     if real.shape != fake.shape:
         raise ValueError(f"SWD compares sets of equal size and resolution; got {tuple(real.shape)} and {tuple(fake.shape)}.")
-    descs = []
-    for images in (real, fake):
-        per_batch = [swd_descriptors(images[i:i + batch_size], range(i, min(i + batch_size, len(images))))
-                     for i in range(0, len(images), batch_size)]
-        descs.append([torch.cat(level) for level in zip(*per_batch)])
-    return swd_from_descriptors(descs[0], descs[1], swd_resolutions(*real.shape[-2:]))
+    return swd_from_descriptors(_set_descriptors(real, batch_size), _set_descriptors(fake, batch_size),
+                                swd_resolutions(*real.shape[-2:]))
+
+
+def _set_descriptors(images, batch_size):
+    """swd_descriptors of a whole set (N, 3, H, W), batch by batch, concatenated per level."""
+    per_batch = [swd_descriptors(images[i:i + batch_size], range(i, min(i + batch_size, len(images))))
+                 for i in range(0, len(images), batch_size)]
+    return [torch.cat(level) for level in zip(*per_batch)]
+
+
+@torch.no_grad()
+def video_swd(real, fake, batch_size=64):
+    """
+    A weight-free video metric, for offline runs and as a reference beside FVD. real, fake (N, T, 3, H, W) of one shape
+    (T >= 2, H, W >= 16, any fixed value range). Returns, x 1e3 and 0 for identical sets:
+      'swd_frames': the multi-scale SWD between the sets of all frames, as for images (appearance: blur, colour);
+      'swd_motion': the multi-scale SWD between the sets of frame differences x[t+1] - x[t], normalised by the
+        statistics of both sets together: per set, frozen video (all differences 0) would be 0 / 0, and the size of
+        the motion would not count (temporal structure: frozen, shuffled, too fast or too slow motion);
+      'video_swd': their mean.
+    """
+    if real.shape != fake.shape or real.ndim != 5 or real.shape[1] < 2:
+        raise ValueError(f"video SWD compares two sets of videos (N, T >= 2, 3, H, W) of one shape; got "
+                         f"{tuple(real.shape)} and {tuple(fake.shape)}.")
+    resolutions = swd_resolutions(*real.shape[-2:])
+    frames = [_set_descriptors(v.flatten(0, 1), batch_size) for v in (real, fake)]
+    motion = [_set_descriptors((v[:, 1:] - v[:, :-1]).flatten(0, 1), batch_size) for v in (real.float(), fake.float())]
+    result = {'swd_frames': swd_from_descriptors(*frames, resolutions)['swd_avg'],
+              'swd_motion': swd_from_descriptors(*motion, resolutions, joint=True)['swd_avg']}
+    result['video_swd'] = (result['swd_frames'] + result['swd_motion']) / 2
+    return result
 
 # ----------------------------------------------------------------------------------------------
 # FVD (Unterthiner et al. 2018): the Frechet distance between I3D (Carreira & Zisserman 2017) Kinetics-400 logits of

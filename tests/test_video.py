@@ -125,3 +125,35 @@ def test_i3d_weights_missing_offline_is_one_sentence_naming_the_file_and_the_fla
             eval_fid.load_i3d(path)
         msg = str(e.value)
         assert eval_fid.I3D_WEIGHTS_FILE in msg and "--i3d_weights" in msg and msg.count(". ") == 0
+
+
+def moving_crops(first_index, n=12, frames=6, size=32, seed=0):
+    """n videos (n, T, 3, size, size) in [-1, 1]: a size x size window gliding over a 2 * size px dead-leaves image at
+    a random constant velocity of 1 to 3 px per frame along each axis, so frames share content and move smoothly."""
+    from data import dead_leaves
+    rng = torch.Generator().manual_seed(seed + first_index)
+    videos = []
+    for i in range(first_index, first_index + n):
+        image = torch.from_numpy(dead_leaves(seed, i, 2 * size)).permute(2, 0, 1) * 2 - 1  # (3, 2 size, 2 size)
+        v = torch.randint(1, 4, (2,), generator=rng) * (torch.randint(0, 2, (2,), generator=rng) * 2 - 1)
+        y0, x0 = size // 2 - frames // 2 * v[0], size // 2 - frames // 2 * v[1]  # the window stays inside
+        videos.append(torch.stack([image[:, y0 + t * v[0]:y0 + t * v[0] + size, x0 + t * v[1]:x0 + t * v[1] + size]
+                                   for t in range(frames)]))
+    return torch.stack(videos)
+
+
+def test_video_swd_moves_when_motion_is_broken_and_when_frames_are_blurred():
+    real, other = moving_crops(0), moving_crops(1000)  # two samples of one distribution
+    base = eval_fid.video_swd(real, other)
+    assert eval_fid.video_swd(real[:2], real[:2]) == {"swd_frames": 0.0, "swd_motion": 0.0, "video_swd": 0.0}
+    shuffled = other[:, [0, 3, 1, 4, 2, 5]]  # no two neighbours stay neighbours
+    frozen = other[:, :1].expand_as(other)
+    for name, broken in (("shuffled", shuffled), ("frozen", frozen)):  # the same frames (or a subset), wrong motion
+        d = eval_fid.video_swd(real, broken)
+        assert d["swd_motion"] > 2 * base["swd_motion"], (name, d, base)
+        assert d["swd_frames"] < 1.1 * base["swd_frames"], (name, d, base)  # appearance alone does not change
+    blurred = eval_fid._binomial_blur(eval_fid._binomial_blur(other.flatten(0, 1))).view_as(other)
+    d = eval_fid.video_swd(real, blurred)
+    assert d["swd_frames"] > 1.25 * base["swd_frames"] and d["video_swd"] > 2 * base["video_swd"], (d, base)
+    with pytest.raises(ValueError, match="one shape"):
+        eval_fid.video_swd(real, other[:, :5])
