@@ -6,12 +6,17 @@ Evaluation metrics, in one file, so that every number in the experiments is meas
   - The multi-scale sliced Wasserstein distance (SWD) of Progressive GANs (Karras et al. 2018), which needs no
     pretrained weights and so also works offline: one number per Laplacian-pyramid level.
   - For an autoencoder: PSNR, SSIM, LPIPS and rFID (the FID between images and their reconstructions), plus SWD.
+  - For videos: FVD (Unterthiner et al. 2018) with the Kinetics-400 I3D, as cd-fvd / TATS / VideoGPT measure it, and
+    a weight-free video SWD (frames, and frame differences for motion).
 
 Generated samples against a reference set (a folder, a samples .npz as sample.py writes, or a statistics .npz):
   python eval_fid.py --fake samples.npz --real /path/to/images --image_size 256
   python eval_fid.py --fake samples.npz                          # reference: the embedded dead-leaves set
   python eval_fid.py --real /path/to/images --image_size 256 --save_stats ref.npz   # cache the reference statistics
   torchrun --nproc_per_node=8 eval_fid.py --fake samples.npz --real ref.npz         # feature extraction over 8 GPUs
+Videos (uint8 (N, T, H, W, 3) in arr_0, as sample.py writes them): FVD needs T >= 16, the video SWD T >= 2:
+  python eval_fid.py --fake video_samples.npz --real real_videos.npz
+  python eval_fid.py --real real_videos.npz --save_stats fvd_ref.npz              # then --real fvd_ref.npz
 An autoencoder's reconstructions of a dataset (the embedded one when --data is omitted):
   python eval_fid.py --ae out/ckpt.pt --image_size 64
 Every number printed also goes into a JSON file (--out); a metric that cannot run says why, there and on screen.
@@ -332,11 +337,23 @@ def _set_descriptors(images, batch_size):
     return [torch.cat(level) for level in zip(*per_batch)]
 
 
+def _video_descriptors(videos, batch_size, device):
+    """Per level, the SWD descriptors of all frames and of all frame differences of videos (N, T, 3, H, W), converted
+    to float batch_size videos at a time (so a uint8 set of any size fits); centres are seeded by position in the set."""
+    frames, motion = [], []
+    for i in range(0, len(videos), batch_size):
+        v = videos[i:i + batch_size].to(device).float()  # (b, T, 3, H, W)
+        b, T = v.shape[:2]
+        frames.append(swd_descriptors(v.flatten(0, 1), range(i * T, (i + b) * T)))
+        motion.append(swd_descriptors((v[:, 1:] - v[:, :-1]).flatten(0, 1), range(i * (T - 1), (i + b) * (T - 1))))
+    return [torch.cat(level) for level in zip(*frames)], [torch.cat(level) for level in zip(*motion)]
+
+
 @torch.no_grad()
-def video_swd(real, fake, batch_size=64):
+def video_swd(real, fake, batch_size=16, device='cpu'):
     """
     A weight-free video metric, for offline runs and as a reference beside FVD. real, fake (N, T, 3, H, W) of one shape
-    (T >= 2, H, W >= 16, any fixed value range). Returns, x 1e3 and 0 for identical sets:
+    (T >= 2, H, W >= 16, any fixed value range: descriptors are normalised). Returns, x 1e3 and 0 for identical sets:
       'swd_frames': the multi-scale SWD between the sets of all frames, as for images (appearance: blur, colour);
       'swd_motion': the multi-scale SWD between the sets of frame differences x[t+1] - x[t], normalised by the
         statistics of both sets together: per set, frozen video (all differences 0) would be 0 / 0, and the size of
@@ -347,10 +364,9 @@ def video_swd(real, fake, batch_size=64):
         raise ValueError(f"video SWD compares two sets of videos (N, T >= 2, 3, H, W) of one shape; got "
                          f"{tuple(real.shape)} and {tuple(fake.shape)}.")
     resolutions = swd_resolutions(*real.shape[-2:])
-    frames = [_set_descriptors(v.flatten(0, 1), batch_size) for v in (real, fake)]
-    motion = [_set_descriptors((v[:, 1:] - v[:, :-1]).flatten(0, 1), batch_size) for v in (real.float(), fake.float())]
-    result = {'swd_frames': swd_from_descriptors(*frames, resolutions)['swd_avg'],
-              'swd_motion': swd_from_descriptors(*motion, resolutions, joint=True)['swd_avg']}
+    (frames_r, motion_r), (frames_f, motion_f) = (_video_descriptors(v, batch_size, device) for v in (real, fake))
+    result = {'swd_frames': swd_from_descriptors(frames_r, frames_f, resolutions)['swd_avg'],
+              'swd_motion': swd_from_descriptors(motion_r, motion_f, resolutions, joint=True)['swd_avg']}
     result['video_swd'] = (result['swd_frames'] + result['swd_motion']) / 2
     return result
 
@@ -494,6 +510,18 @@ def i3d_features(i3d, videos):
     device = next(i3d.parameters()).device
     return i3d(fvd_preprocess(videos.to(device))).float()
 
+
+def video_set_features(videos, i3d, dist, batch_size):
+    """FVD features (N, 400) float64 numpy of uint8 videos (N, T, H, W, 3): each rank embeds its block, gathered in
+    set order."""
+    lo, hi, per_rank = _shard(len(videos), dist)
+    features = []
+    for i in tqdm(range(lo, hi, batch_size), desc='I3D', disable=not dist.master, leave=False):
+        v = torch.from_numpy(np.ascontiguousarray(videos[i:min(i + batch_size, hi)])).to(dist.device)
+        features.append(i3d_features(i3d, v.permute(0, 1, 4, 2, 3).float() / 127.5 - 1))
+    local = torch.cat(features) if features else torch.zeros(0, 400, device=dist.device)
+    return _gather_rows(local, per_rank, len(videos), dist).cpu().double().numpy()
+
 # ----------------------------------------------------------------------------------------------
 # PSNR and SSIM
 
@@ -591,7 +619,8 @@ class DatasetImages(Dataset):
 
 
 def open_source(path, image_size, limit):
-    """--real/--fake -> ('stats', (mu, sigma)) for a statistics .npz, else ('images', Dataset) of at most `limit`."""
+    """--real/--fake -> ('stats', (mu, sigma)) for a statistics .npz, ('videos', uint8 (N, T, H, W, 3) array) for a
+    samples .npz of videos, else ('images', Dataset); at most `limit` images or videos."""
     if path.endswith('.npz'):
         if not os.path.isfile(path):
             die(f"{path} does not exist; pass a folder of images, a samples .npz or a statistics .npz.")
@@ -601,8 +630,11 @@ def open_source(path, image_size, limit):
             if 'arr_0' not in f:
                 die(f"{path} holds neither arr_0 (uint8 images) nor mu/sigma (statistics); it is not an evaluation .npz.")
             array = f['arr_0']
+        if array.dtype == np.uint8 and array.ndim == 5 and array.shape[-1] == 3:
+            return 'videos', array[:limit]
         if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
-            die(f"arr_0 of {path} is {array.dtype} {array.shape}, not uint8 (N, H, W, 3) images as sample.py writes.")
+            die(f"arr_0 of {path} is {array.dtype} {array.shape}, not uint8 (N, H, W, 3) images or (N, T, H, W, 3) "
+                f"videos as sample.py writes.")
         images = ImageArray(array)
     elif os.path.isdir(path):
         if image_size is None:
@@ -759,6 +791,12 @@ def evaluate_samples(args, dist):
     fake_kind, fake = open_source(args.fake, args.image_size, None) if args.fake else (None, None)
     if args.real is not None:
         real_kind, real = open_source(args.real, args.image_size, args.num_real)
+        if any(kind == 'videos' or (kind == 'stats' and np.shape(source[0]) == (400,))
+               for kind, source in ((real_kind, real), (fake_kind, fake))):
+            return evaluate_videos(args, dist, real_kind, real, fake_kind, fake)
+    elif fake_kind == 'videos':
+        die("videos are scored against reference videos; pass --real, an .npz of uint8 (N, T, H, W, 3) videos or "
+            "their FVD statistics (--save_stats).")
     else:
         size = args.image_size or (fake.size[0] if fake_kind == 'images' else None)
         if size is None:
@@ -808,6 +846,58 @@ def evaluate_samples(args, dist):
     return results, skipped
 
 
+def evaluate_videos(args, dist, real_kind, real, fake_kind, fake):
+    """FVD (when the I3D weights load) and the weight-free video SWD of --fake videos against --real videos or their
+    FVD statistics; --save_stats writes the FVD statistics of --real. -> (results, skipped)."""
+    sources = (('real', real_kind, real), ('fake', fake_kind, fake))
+    for name, kind, source in sources:
+        if kind == 'images':
+            die(f"--{name} holds images while the other set holds videos (or FVD statistics); pass videos for both.")
+        if kind == 'stats' and np.shape(source[0]) != (400,):
+            die(f"the --{name} statistics are {np.shape(source[0])[0]}-d, not the 400 I3D logits of FVD; save video "
+                f"statistics with --save_stats from an .npz of videos.")
+    results, skipped = {}, {}
+    i3d, skipped['fvd'] = _load_on_rank0_first(lambda: load_i3d(args.i3d_weights, dist.device), dist)
+    short = [f"--{name} has {source.shape[1]}" for name, kind, source in sources
+             if kind == 'videos' and source.shape[1] < FVD_NUM_FRAMES]
+    if i3d is not None and short:
+        i3d, skipped['fvd'] = None, f"FVD is measured on {FVD_NUM_FRAMES}-frame clips and {short[0]} frames."
+    if args.save_stats is not None and i3d is None:
+        die(f"--save_stats needs the I3D network, and {skipped['fvd']}")
+
+    stats = {}
+    for name, kind, source in sources:
+        if kind == 'stats':
+            stats[name] = source
+        elif kind == 'videos':
+            results[f'num_{name}'] = len(source)
+            if i3d is not None:
+                stats[name] = feature_statistics(video_set_features(source, i3d, dist, args.batch_size))
+    if args.save_stats is not None and dist.master:
+        np.savez_compressed(args.save_stats, mu=stats['real'][0], sigma=stats['real'][1])
+        print(f"saved the FVD statistics of {len(real)} reference videos to {args.save_stats}")
+    if fake_kind is not None and 'real' in stats and 'fake' in stats and dist.master:
+        results['fvd'] = frechet_distance(*stats['real'], *stats['fake'])
+
+    if fake_kind == 'videos' and real_kind == 'videos':
+        T, H, W = fake.shape[1:4]
+        if real.shape[1:] != fake.shape[1:]:
+            skipped['video_swd'] = (f"video SWD compares videos of one length and size, and --real is "
+                                    f"{'x'.join(map(str, real.shape[1:4]))} while --fake is {T}x{H}x{W} (T x H x W).")
+        elif min(H, W) < SWD_MIN_RES:
+            skipped['video_swd'] = f"video SWD needs frames of at least {SWD_MIN_RES} pixels, these are {H}x{W}."
+        elif dist.master:
+            n = min(len(real), len(fake), max(2, SWD_MAX_IMAGES // T))  # at most ProGAN's count of frames
+            as_tensor = lambda v: torch.from_numpy(v[:n]).permute(0, 1, 4, 2, 3)  # (n, T, 3, H, W) uint8
+            results['swd_videos'] = n
+            results |= video_swd(as_tensor(real), as_tensor(fake), device=dist.device)
+    elif fake_kind is not None:
+        skipped['video_swd'] = "video SWD needs videos, and one of --real/--fake is a statistics file."
+    if skipped['fvd'] is None:
+        del skipped['fvd']
+    return results, skipped
+
+
 def evaluate_autoencoder_cli(args, dist):
     """PSNR, SSIM, LPIPS, rFID and SWD of --ae's reconstructions of --data. -> (results, skipped)."""
     from model import LPIPS, load_autoencoder
@@ -838,18 +928,19 @@ def evaluate_autoencoder_cli(args, dist):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument('--fake', type=str, default=None, help='generated images: a folder, a samples .npz (uint8 arr_0) or a statistics .npz (mu, sigma)')
+    p.add_argument('--fake', type=str, default=None, help='generated images: a folder, a samples .npz (uint8 arr_0) or a statistics .npz (mu, sigma); or videos: a samples .npz of uint8 (N, T, H, W, 3), scored by FVD and the video SWD')
     p.add_argument('--real', type=str, default=None, help='reference images, the same kinds as --fake; omitted: the embedded dead-leaves set (its held-out stream)')
     p.add_argument('--num_real', type=int, default=None, help='use the first N reference images, or with --ae reconstruct N images (default: all; for the endless dead-leaves set as many as --fake has, else 1000)')
     p.add_argument('--image_size', type=int, default=None, help='center-crop and resize folder images to this size as data.py does; also the dead-leaves resolution (default: folders as they are, dead leaves at the --fake resolution)')
-    p.add_argument('--save_stats', type=str, default=None, help="write the reference set's Inception statistics here (mu, sigma: pytorch-fid's format), to pass as --real later")
+    p.add_argument('--save_stats', type=str, default=None, help="write the reference set's Inception statistics (I3D for videos) here (mu, sigma: pytorch-fid's format), to pass as --real later")
     p.add_argument('--ae', type=str, default=None, help='evaluate this autoencoder (a train_ae.py checkpoint, or public weights with --preset) on reconstructions of --data')
     p.add_argument('--preset', type=str, default=None, help='AE_PRESETS name for an --ae file that is a public state dict')
     p.add_argument('--data', type=str, default=None, help='with --ae: the image folder to reconstruct at --image_size (default: the embedded dead-leaves set)')
     p.add_argument('--vgg_weights', type=str, default=None, help="with --ae: local torchvision VGG16 weights for LPIPS (default: the torch hub cache)")
     p.add_argument('--lpips_lin_weights', type=str, default=None, help="with --ae: local LPIPS v0.1 linear-head weights, vgg.pth (default: the torch hub cache)")
     p.add_argument('--inception_weights', type=str, default=None, help=f'path of {FID_WEIGHTS_FILE} (default: the torch hub cache, downloaded from the pytorch-fid release)')
-    p.add_argument('--batch_size', type=int, default=50, help='images per forward pass per process')
+    p.add_argument('--i3d_weights', type=str, default=None, help=f'for videos: path of the FVD I3D weights {I3D_WEIGHTS_FILE} (default: the torch hub cache, downloaded from {I3D_WEIGHTS_URL})')
+    p.add_argument('--batch_size', type=int, default=50, help='images (or videos) per forward pass per process')
     p.add_argument('--num_workers', type=int, default=2, help='image-decoding worker processes per process')
     p.add_argument('--seed', type=int, default=0, help='seed of the dead-leaves set (SWD neighbourhoods and directions are fixed)')
     p.add_argument('--device', type=str, default='auto', help="'auto', 'cpu' or 'cuda'")

@@ -1,6 +1,7 @@
 """Specification of the video parts: VideoDiT is the image DiT when T = 1 (an image checkpoint loads into it), its
 factorised attention attends exactly within frames / across frames, and its (pt, p, p) patches keep frames apart.
 FVD's I3D equals cd-fvd's (piergiaj's port) under identical random weights, with the same preprocessing."""
+import numpy as np
 import pytest
 import torch
 
@@ -157,3 +158,35 @@ def test_video_swd_moves_when_motion_is_broken_and_when_frames_are_blurred():
     assert d["swd_frames"] > 1.25 * base["swd_frames"] and d["video_swd"] > 2 * base["video_swd"], (d, base)
     with pytest.raises(ValueError, match="one shape"):
         eval_fid.video_swd(real, other[:, :5])
+
+
+def save_videos(path, videos):
+    """(N, T, 3, H, W) in [-1, 1] -> a samples .npz of uint8 (N, T, H, W, 3), as sample.py writes."""
+    np.savez(path, arr_0=eval_fid.to_uint8(videos).permute(0, 1, 3, 4, 2).numpy())
+    return str(path)
+
+
+def test_cli_scores_videos_with_the_video_swd_and_says_why_fvd_is_skipped_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(eval_fid, "I3D_WEIGHTS_URL", "file:///nonexistent/" + eval_fid.I3D_WEIGHTS_FILE)
+    real, fake = moving_crops(0, n=4), moving_crops(1000, n=4)
+    real_npz, fake_npz = save_videos(tmp_path / "real.npz", real), save_videos(tmp_path / "fake.npz", fake)
+    results, skipped = eval_fid.main(["--fake", fake_npz, "--real", real_npz, "--device", "cpu"])
+    assert eval_fid.I3D_WEIGHTS_FILE in skipped["fvd"] and "--i3d_weights" in skipped["fvd"]
+    expected = eval_fid.video_swd(eval_fid.to_uint8(real), eval_fid.to_uint8(fake))  # the CLI reads uint8 files
+    assert results["num_fake"] == results["swd_videos"] == 4
+    assert all(abs(results[k] - expected[k]) < 1e-6 * expected[k] for k in expected)
+
+
+@pytest.mark.slow
+def test_cli_saves_fvd_statistics_once_and_scores_against_them(tmp_path):
+    torch.manual_seed(0)
+    torch.save(eval_fid.I3D().state_dict(), tmp_path / "i3d.pt")  # random weights: the plumbing, not the numbers
+    videos = torch.rand(2, eval_fid.FVD_NUM_FRAMES, 3, 16, 16) * 2 - 1
+    npz, stats = save_videos(tmp_path / "real.npz", videos), str(tmp_path / "fvd_ref.npz")
+    flags = ["--i3d_weights", str(tmp_path / "i3d.pt"), "--device", "cpu"]
+    eval_fid.main(["--real", npz, "--save_stats", stats] + flags)
+    with np.load(stats) as f:
+        assert f["mu"].shape == (400,) and f["sigma"].shape == (400, 400)
+    results, skipped = eval_fid.main(["--fake", stats, "--real", stats])  # 400-d statistics are scored as video
+    assert abs(results["fvd"]) < 1e-6 and "video_swd" in skipped and "fid" not in results
