@@ -86,6 +86,7 @@ def setup_distributed(device='auto'):
     if device.type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN time its conv algorithms once
     return Dist(ddp, rank, local_rank, world_size, device, rank == 0)
 
 
@@ -217,8 +218,8 @@ def load_checkpoint(path, map_location='cpu'):
 @torch.no_grad()
 def update_ema(ema_model, model, decay):
     """ema <- decay * ema + (1 - decay) * theta; buffers (e.g. BatchNorm statistics) are copied."""
-    for p_ema, p in zip(ema_model.parameters(), model.parameters()):
-        p_ema.lerp_(p.detach().to(p_ema.dtype), 1.0 - decay)
+    ema_params, params = list(ema_model.parameters()), [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)  # one fused kernel per group of tensors, not one per tensor
     for b_ema, b in zip(ema_model.buffers(), model.buffers()):
         b_ema.copy_(b)
 
@@ -322,6 +323,11 @@ def save_image_grid(x, path, nrow=8):
     """x (B, 3, H, W) in [-1, 1] -> one PNG grid."""
     import torchvision.utils as vutils
     vutils.save_image(((x.detach().float().cpu() + 1) / 2).clamp(0, 1), path, nrow=nrow, padding=2)
+
+
+def peak_memory(device):
+    """{'peak_mem_gb': the most GPU memory tensors have held so far} on CUDA, {} elsewhere: for the log line."""
+    return {'peak_mem_gb': torch.cuda.max_memory_allocated(device) / 2 ** 30} if device.type == 'cuda' else {}
 
 
 class Logger:
