@@ -1,6 +1,8 @@
 """Specification of the video parts: VideoDiT is the image DiT when T = 1 (an image checkpoint loads into it), its
 factorised attention attends exactly within frames / across frames, and its (pt, p, p) patches keep frames apart.
-FVD's I3D equals cd-fvd's (piergiaj's port) under identical random weights, with the same preprocessing."""
+FVD's I3D equals cd-fvd's (piergiaj's port) under identical random weights, with the same preprocessing; the video
+SWD moves when motion is broken or frames are blurred; eval_fid.py scores video .npz files; the video writers keep
+frames in order."""
 import numpy as np
 import pytest
 import torch
@@ -190,3 +192,30 @@ def test_cli_saves_fvd_statistics_once_and_scores_against_them(tmp_path):
         assert f["mu"].shape == (400,) and f["sigma"].shape == (400, 400)
     results, skipped = eval_fid.main(["--fake", stats, "--real", stats])  # 400-d statistics are scored as video
     assert abs(results["fvd"]) < 1e-6 and "video_swd" in skipped and "fid" not in results
+
+
+def test_video_writers_keep_frames_in_order_and_the_preview_shows_first_and_middle_frames(tmp_path):
+    import av
+    from PIL import Image
+    from common import save_video_previews, tile_videos, write_mp4
+    T, H, W = 6, 18, 23  # odd width: padded to even for yuv420p
+    ramp = np.linspace(0, 1, W)[None, None, :, None] * np.linspace(0.5, 1, H)[None, :, None, None]
+    videos = np.stack([(ramp * (40 + 30 * np.arange(T))[:, None, None, None] + [0, 20 * i, 60]).astype(np.uint8)
+                       for i in range(3)])  # (3, T, H, W, 3): smooth frames that brighten over time
+    write_mp4(videos[0], str(tmp_path / "v.mp4"), fps=4)
+    with av.open(str(tmp_path / "v.mp4")) as container:
+        decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    assert decoded.shape == (T, H, W + 1, 3)
+    assert np.abs(decoded[:, :, :W].astype(float) - videos[0]).mean() < 3  # near-lossless, frames in order
+    assert np.abs(decoded[:, :, W].astype(float) - videos[0][:, :, -1]).mean() < 3  # padding: the last column
+    grid = tile_videos(videos, nrow=2)
+    assert grid.shape == (T, 2 * H + 2, 2 * W + 2, 3)
+    assert np.array_equal(grid[:, H + 2:, :W], videos[2]) and not grid[:, H + 2:, W + 2:].any()  # empty cell black
+    mp4, gif, png = save_video_previews(videos, str(tmp_path), fps=4)
+    column = tile_videos(videos, nrow=1)  # int(sqrt(3)) = 1 clip per row
+    frames = np.asarray(Image.open(png).convert("RGB"))  # PNG: exact
+    assert np.array_equal(frames[:3 * H + 4], column[0]) and np.array_equal(frames[3 * H + 6:], column[T // 2])
+    with Image.open(gif) as g:
+        assert g.n_frames == T and g.size == (W, 3 * H + 4)
+    with av.open(mp4) as container:
+        assert sum(1 for _ in container.decode(video=0)) == T
