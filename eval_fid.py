@@ -832,8 +832,10 @@ def evaluate_videos(args, dist, real_kind, real, fake_kind, fake):
         if kind == 'stats' and np.shape(source[0]) != (400,):
             die(f"the --{name} statistics are {np.shape(source[0])[0]}-d, not the 400 I3D logits of FVD; save video "
                 f"statistics with --save_stats from an .npz of videos.")
-    results, skipped = {}, {}
-    i3d, skipped['fvd'] = _load_on_rank0_first(lambda: load_i3d(args.i3d_weights, dist.device), dist)
+    results, skipped = {}, {'fvd': None}
+    i3d = None
+    if 'videos' in (real_kind, fake_kind):  # two statistics files need no network
+        i3d, skipped['fvd'] = _load_on_rank0_first(lambda: load_i3d(args.i3d_weights, dist.device), dist)
     short = [f"--{name} has {source.shape[1]}" for name, kind, source in sources
              if kind == 'videos' and source.shape[1] < FVD_NUM_FRAMES]
     if i3d is not None and short:
@@ -864,10 +866,10 @@ def evaluate_videos(args, dist, real_kind, real, fake_kind, fake):
             skipped['video_swd'] = f"video SWD needs frames of at least {SWD_MIN_RES} pixels, these are {H}x{W}."
         elif dist.master:
             n = min(len(real), len(fake), max(2, SWD_MAX_IMAGES // T))  # at most ProGAN's count of frames
-            pick = lambda v: v if n == len(v) else v[random_subset(v, n, args.seed)]  # noqa: E731
-            as_tensor = lambda v: torch.from_numpy(pick(v)).permute(0, 1, 4, 2, 3)  # (n, T, 3, H, W) uint8  # noqa: E731
+            def sample(v):  # n videos (a seeded random subset when there are more), (n, T, 3, H, W) uint8
+                return torch.from_numpy(v if n == len(v) else v[random_subset(v, n, args.seed)]).permute(0, 1, 4, 2, 3)
             results['swd_videos'] = n
-            results |= video_swd(as_tensor(real), as_tensor(fake), device=dist.device)
+            results |= video_swd(sample(real), sample(fake), device=dist.device)
     elif fake_kind is not None:
         skipped['video_swd'] = "video SWD needs videos, and one of --real/--fake is a statistics file."
     if skipped['fvd'] is None:
