@@ -420,7 +420,7 @@ def write_mp4(frames, path, fps=8):
         container.mux(stream.encode())  # flush the encoder
 
 
-def save_video_previews(videos, out_dir, fps=8, max_videos=64):
+def save_video_grid(videos, out_dir, fps=8, max_videos=64):
     """Previews of uint8 videos (N, T, H, W, 3): out_dir/grid.mp4 and grid.gif (the first max_videos clips tiled) and
     out_dir/grid_frames.png (their first frames above their middle frames, one grid each). Returns the paths."""
     from PIL import Image

@@ -197,7 +197,7 @@ def test_cli_saves_fvd_statistics_once_and_scores_against_them(tmp_path):
 def test_video_writers_keep_frames_in_order_and_the_preview_shows_first_and_middle_frames(tmp_path):
     import av
     from PIL import Image
-    from common import save_video_previews, tile_videos, write_mp4
+    from common import save_video_grid, tile_videos, write_mp4
     T, H, W = 6, 18, 23  # odd width: padded to even for yuv420p
     ramp = np.linspace(0, 1, W)[None, None, :, None] * np.linspace(0.5, 1, H)[None, :, None, None]
     videos = np.stack([(ramp * (40 + 30 * np.arange(T))[:, None, None, None] + [0, 20 * i, 60]).astype(np.uint8)
@@ -211,7 +211,7 @@ def test_video_writers_keep_frames_in_order_and_the_preview_shows_first_and_midd
     grid = tile_videos(videos, nrow=2)
     assert grid.shape == (T, 2 * H + 2, 2 * W + 2, 3)
     assert np.array_equal(grid[:, H + 2:, :W], videos[2]) and not grid[:, H + 2:, W + 2:].any()  # empty cell black
-    mp4, gif, png = save_video_previews(videos, str(tmp_path), fps=4)
+    mp4, gif, png = save_video_grid(videos, str(tmp_path), fps=4)
     column = tile_videos(videos, nrow=1)  # int(sqrt(3)) = 1 clip per row
     frames = np.asarray(Image.open(png).convert("RGB"))  # PNG: exact
     assert np.array_equal(frames[:3 * H + 4], column[0]) and np.array_equal(frames[3 * H + 6:], column[T // 2])
