@@ -83,6 +83,7 @@ def test_every_image_preset_has_a_video_preset_with_the_same_parameters():
         m(torch.randn(1, 4, 4, 8, 8), torch.tensor([1]))
 
 
+@pytest.mark.slow
 def test_i3d_features_equal_cd_fvd_i3d_with_identical_random_weights(tmp_path):
     pytorch_i3d = pytest.importorskip("cdfvd.third_party.i3d.pytorch_i3d")
     torch.manual_seed(0)
@@ -145,6 +146,7 @@ def moving_crops(first_index, n=12, frames=6, size=32, seed=0):
     return torch.stack(videos)
 
 
+@pytest.mark.slow
 def test_video_swd_moves_when_motion_is_broken_and_when_frames_are_blurred():
     real, other = moving_crops(0), moving_crops(1000)  # two samples of one distribution
     base = eval_fid.video_swd(real, other)
