@@ -78,8 +78,12 @@ def test_train_and_sample_both_backbones(workdir):
     z_score = (torch.from_numpy(latents[position]).float() - mean) / (0.5 * logvar.clamp(-30, 20)).exp()
     assert z_score.abs().max() < 6
 
-    # sample.py: class-conditional DiT with guidance and ancestral DDPM; npz in ADM's format, grid, PNGs
-    run('sample.py', '--ckpt', str(d / 'dit' / 'ckpt.pt'), '--num_samples', '3', '--batch_size', '2', '--device',
+    # sample.py from the EMA-only export: class-conditional DiT with guidance and ancestral DDPM; npz in ADM's
+    # format, grid, PNGs
+    export = torch.load(d / 'dit' / 'ema.pt', weights_only=False)
+    assert set(export) == {'ema', 'step', 'latent_scale', 'latent_shift', 'config'} and export['step'] == 2
+    assert all(torch.equal(export['ema'][k], ckpt['ema'][k]) for k in ckpt['ema'])
+    run('sample.py', '--ckpt', str(d / 'dit' / 'ema.pt'), '--num_samples', '3', '--batch_size', '2', '--device',
         'cpu', '--sampler', 'ddpm', '--steps', '3', '--cfg_scale', '2', '--classes', '1', '--out_dir', str(d / 's1'))
     arr = np.load(d / 's1' / 'samples.npz')['arr_0']
     assert arr.shape == (3, 16, 16, 3) and arr.dtype == np.uint8
