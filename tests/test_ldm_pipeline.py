@@ -68,6 +68,11 @@ def test_train_and_sample_both_backbones(workdir):
     assert latents.shape == (8, 2, 4, 4, 4) and latents.dtype == np.float16
     assert labels.tolist() == [int(i >= 4) for i in order] and sorted(labels.tolist()) == [0] * 4 + [1] * 4
     position = int(np.flatnonzero(order == 6)[0])  # dogs/2.png is image 6
+    # scale_by_std: mean and 1/std of one global batch (4 latents here) drawn at random from the whole cache
+    from data import random_subset
+    z = torch.from_numpy(latents[random_subset(latents, 4, 0), 0].astype(np.float64))
+    assert ckpt['latent_shift'] == pytest.approx(z.mean().item(), rel=1e-9)
+    assert ckpt['latent_scale'] == pytest.approx(1 / z.std(unbiased=False).item(), rel=1e-9)
     from model import load_autoencoder
     model = load_autoencoder(ae)
     x = torch.from_numpy(np.asarray(Image.open(d / 'images' / 'dogs' / '2.png'), np.float32) / 127.5 - 1)
