@@ -105,13 +105,18 @@ class BlockSpectrum:
     """Running sums over the 8x8 blocks of a set of images or latents, fed batch by batch; the definitions in the
     module docstring, computed from them, are exact for any split into batches."""
     def __init__(self):
-        self.n, self.dc_sum, self.energy_sum = 0, 0.0, 0.0  # blocks per channel, sum_n X_{c,n,0}, sum_n X_{c,n,k}^2
+        # blocks per channel; sum_n (X_{c,n,0} - shift_c); sum_n X_{c,n,k}^2 with the DC entry also taken about shift_c,
+        # the first batch's mean DC, so that centring a large offset does not subtract two huge numbers
+        self.n, self.shift, self.dc_sum, self.energy_sum = 0, None, 0.0, 0.0
 
     def update(self, x):
         """x (B, C, H, W) or video (B, C, T, H, W), cropped to multiples of 8. Returns self."""
         x = _fold_time(x).double()  # bf16 from autocast, or TF32 matmuls, would blur the small high-frequency energies
         X = block_dct(x).flatten(-2)[..., zigzag().to(x.device)]  # (B, C, H/8, W/8, 64) in zigzag order
         X = X.transpose(0, 1).flatten(1, 3)  # (C, N, 64)
+        if self.shift is None:
+            self.shift = X[..., 0].mean(1)  # (C,)
+        X = torch.cat([X[..., :1] - self.shift.to(X.device)[:, None, None], X[..., 1:]], dim=-1)
         self.n += X.shape[1]
         self.dc_sum = self.dc_sum + X[..., 0].sum(1).cpu()
         self.energy_sum = self.energy_sum + X.pow(2).sum(1).cpu()
@@ -120,7 +125,7 @@ class BlockSpectrum:
     def energy(self):
         """(C, 64) E_{c,k}: mean squared coefficient, the DC one centred by the channel's mean DC mu_c."""
         e = self.energy_sum / self.n
-        e[:, 0] = e[:, 0] - (self.dc_sum / self.n) ** 2  # E_0 = mean X_0^2 - mu^2 = mean (X_0 - mu)^2
+        e[:, 0] = e[:, 0] - (self.dc_sum / self.n) ** 2  # E_0 = mean (X_0 - s)^2 - (mu - s)^2 = mean (X_0 - mu)^2
         return e.clamp_min(0)
 
     def profile(self):
