@@ -558,7 +558,6 @@ if figures['se_sweep']:  # Fig. 4
 
 wall = time.time() - t0
 md.insert(3, f"Wall time of this invocation: {wall / 60:.1f} min (reused artefacts cost nothing).")
-md.insert(4, "")
 report['wall_seconds'] = wall
 with open(os.path.join(args.out_dir, 'report.md'), 'w') as f:
     f.write('\n'.join(md))
