@@ -19,7 +19,7 @@ def numbers(o):
 @pytest.mark.slow
 def test_smoke_run_writes_figures_and_reuses_only_what_matches(tmp_path):
     args = ['reproduce.py', '--smoke', '--seeds', 1, '--out_dir', tmp_path]
-    run(*args, timeout=900)
+    run(*args, timeout=1800)
     report = json.loads((tmp_path / 'report.json').read_text())
     fig1 = report['fig1']
     assert set(fig1['ldm']) == set(fig1['autoencoders']) == {'baseline', 'se'}
@@ -39,7 +39,7 @@ def test_smoke_run_writes_figures_and_reuses_only_what_matches(tmp_path):
         assert (tmp_path / 'seed0' / sub / 'reproduce_settings.json').exists()  # every artefact records its settings
 
     # a rerun with one sampling setting changed: autoencoders, spectra and LDMs reused, samples and scores remade
-    p = run(*args, '--sample_steps', 2, timeout=900)
+    p = run(*args, '--sample_steps', 2, timeout=1800)
     assert 'making' not in ' '.join(l for l in p.stdout.splitlines() if 'ae_' in l or 'ldm_' in l)
     assert p.stdout.count('reusing') >= 4 and 'remaking' in p.stdout and 'settings changed' in p.stdout
     changed = json.loads((tmp_path / 'report.json').read_text())
@@ -47,6 +47,6 @@ def test_smoke_run_writes_figures_and_reuses_only_what_matches(tmp_path):
     assert changed['fig1']['ldm']['se'][0]['curve'] != fig1['ldm']['se'][0]['curve']
 
     # the same command again: everything reused, the same numbers
-    p = run(*args, '--sample_steps', 2, timeout=900)
+    p = run(*args, '--sample_steps', 2, timeout=1800)
     assert 'making' not in p.stdout and '$ ' not in p.stdout  # no script was run
     assert json.loads((tmp_path / 'report.json').read_text())['fig1'] == changed['fig1']
