@@ -73,6 +73,8 @@ args = parser.parse_args()
 se_scales = [int(s) for s in args.se_scales.split(',') if s]
 if args.se_weight < 0 or any(s < 2 for s in se_scales) or (args.se_weight > 0 and not se_scales):
     die(f"--se_scales must list factors >= 2 (got '{args.se_scales}') and --se_weight must be >= 0.")
+if args.warmup_steps < 0:
+    die(f"--warmup_steps must be >= 0 (0: no warm-up), got {args.warmup_steps}.")
 
 # -----------------------------------------------------------------------------
 # init: processes, precision, seeds
