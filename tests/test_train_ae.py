@@ -140,3 +140,9 @@ def test_online_hf_probe_is_spectrum_hf_share_of_the_held_out_latent_means(tmp_p
         z, _ = load_autoencoder(str(tmp_path / 'ckpt.pt')).encode(x, sample=False)  # (2, 4, 8, 8)
     assert probe['hf_share_latent'] == pytest.approx(hf_share(z), rel=1e-5)
     assert probe['hf_share_rgb'] == pytest.approx(hf_share(torch.nn.functional.avg_pool2d(x, 4)), rel=1e-6)
+
+
+def test_warmup_is_linear_in_the_step(tmp_path):
+    run('train_ae.py', *TINY_AE, '--out_dir', tmp_path, '--max_steps', 2, '--lr', 1e-3, '--warmup_steps', 4)
+    rows = train_rows(tmp_path)
+    assert rows[1]['lr'] == pytest.approx(1e-3 / 4) and rows[2]['lr'] == pytest.approx(2e-3 / 4)  # lr (step + 1) / 4
