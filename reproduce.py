@@ -11,7 +11,8 @@ The paper's figures in miniature, from one command, with the project's own scrip
 
 The shape follows FluxAE's problem, where the paper finds the effect largest: f8 with 16 latent channels (64 px images
 -> 8x8x16 latents, 12x fewer numbers than pixels). Every autoencoder is trained with the same recipe and differs from
-the baseline in one setting; each is measured on the same held-out images (spectrum.py): its offset-free spectrum and
+the baseline in one setting (L1 + KL, plus SE where named; no LPIPS or GAN, which need weights or more steps than a
+CPU has); each is measured on the same held-out images (spectrum.py): its offset-free spectrum and
 hf_share on posterior means and on posterior samples, RGB on the latent grid beside it, its reconstruction PSNR beside
 bicubic at the latent grid, and its erasure curve. For Fig. 1 the same latent DiT is trained on each arm's latents, and
 at evenly spaced steps it is sampled (sample.py, the same sampler, steps and seed) and scored (eval_fid.py: SWD per
@@ -203,7 +204,7 @@ def autoencoder(seed, z_channels=None, kl_weight=None, se_weight=0.0, parent=Non
     out = os.path.join(args.out_dir, f'seed{seed}', f'ae_{name}')
     script_args = ['--seed', seed, '--image_size', sizes['image_size'], '--device', args.device, *data_args,
                    '--preset', args.ae_preset, '--kl_weight', kl_weight, '--se_weight', se_weight,
-                   '--batch_size', sizes['ae_batch_size'], '--lpips_weight', 0, '--num_workers', 1,
+                   '--batch_size', sizes['ae_batch_size'], '--lpips_weight', 0, '--disc_weight', 0, '--num_workers', 1,
                    '--lr', args.ae_lr, '--warmup_steps', args.ae_warmup]
     script_args += ['--init_from', os.path.join(parent[1], 'ckpt.pt')] if parent else ['--z_channels', z_channels]
     steps = sizes['ft_steps'] if parent else sizes['ae_steps']
