@@ -7,7 +7,7 @@ The paper's figures in miniature, from one command, with the project's own scrip
   python reproduce.py --se_sweep       # + Fig. 4: ... and the PSNR cost vs se_weight, from scratch and as a fine-tune
   python reproduce.py --all            # every figure
   python reproduce.py --smoke          # tiny sizes: checks the pipeline, says nothing about SE
-  torchrun-free on GPUs: python reproduce.py --device cuda --nproc 8 --ae_steps 20000 --ldm_steps 100000 ...
+  python reproduce.py --device cuda --nproc 8 --ae_steps 20000 --ldm_steps 100000   # GPUs: it launches torchrun
 
 The shape follows FluxAE's problem, where the paper finds the effect largest: f8 with 16 latent channels (64 px images
 -> 8x8x16 latents, 12x fewer numbers than pixels). Every autoencoder is trained with the same recipe and differs from
