@@ -241,7 +241,7 @@ def ldm_curve(seed, ae):
                    '--ae', os.path.join(ae_dir, 'ckpt.pt'), '--model', args.ldm_model,
                    *(['--preset', args.ldm_preset] if args.ldm_preset else []),
                    '--batch_size', sizes['ldm_batch_size'], '--num_workers', 1, '--ema_decay', args.ldm_ema_decay,
-                   '--cache_latents', os.path.join(d, f'cache_{name}'), '--cache_size', sizes['cache_size']]
+                   '--cache_latents', os.path.join(ldm, 'latent_cache'), '--cache_size', sizes['cache_size']]  # goes with it
     settings = {'script': 'train_ldm.py', 'args': list(map(str, script_args)), 'ae': ae_settings}
     curve = []
     for k in range(1, sizes['ldm_evals'] + 1):
