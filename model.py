@@ -429,7 +429,14 @@ def fetch_lpips_weights(path, url, file_name, flag):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"LPIPS weights file {path} does not exist; fix {flag}, "
                                     f"or disable LPIPS with --lpips_weight 0.")
-        return torch.load(path, map_location='cpu', weights_only=True)
+        try:
+            sd = torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as e:  # random bytes, a truncated download, a pickle that is not a state dict
+            raise ValueError(f"{flag} {path} could not be read as torch weights ({type(e).__name__}); pass the "
+                             f"{file_name} file.") from None
+        if not isinstance(sd, dict):
+            raise ValueError(f"{flag} {path} holds a {type(sd).__name__}, not a state dict; pass the {file_name} file.")
+        return sd
     try:
         return torch.hub.load_state_dict_from_url(url, map_location='cpu', progress=False, file_name=file_name)
     except (OSError, RuntimeError):  # no network (URLError is an OSError) or a broken download
