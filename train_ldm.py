@@ -30,7 +30,7 @@ from common import (add_common_args, checked, die, setup_distributed, cleanup_di
                     make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, restore_rng_states,
                     save_checkpoint, load_checkpoint, update_ema, build_loader, save_image_grid, Logger,
                     stop_if_non_finite, rank_param_max_diff, check_run_dir, prepare_run_dir, truncate_log,
-                    compare_resume_config, weights_hash)
+                    compare_resume_config, weights_hash, peak_memory)
 from data import make_dataset
 from diffusion import Diffusion
 from model import build_backbone, load_autoencoder
@@ -54,6 +54,7 @@ parser.add_argument('--latent_scale', type=checked(float, lo=0, lo_open=True), d
 parser.add_argument('--latent_shift', type=checked(float), default=None, help='override the latent shift (default: mean of the first batch, or the checkpoint\'s)')
 parser.add_argument('--cache_latents', type=str, default=None, help='folder for the encoded data set (made on first use, then reused)')
 parser.add_argument('--cache_size', type=checked(int, lo=1), default=None, help='with --cache_latents: encode the first N images, or N random crops with --random_crop (required for the embedded dataset and for crops)')
+parser.add_argument('--grad_checkpointing', action='store_true', help='DiT: recompute activations in the backward pass (less memory, larger batches)')
 parser.add_argument('--num_samples', type=checked(int, lo=1), default=16, help='images in the periodic sample grid (EMA model, DDIM)')
 parser.add_argument('--sample_steps', type=checked(int, lo=1, hi=1000), default=50, help='DDIM steps for the periodic sample grid')
 args = parser.parse_args()
@@ -199,7 +200,7 @@ loader = build_loader(args, dist, dataset=dataset)
 run_config = {**vars(args), 'num_images': len(dataset)}
 EXACT = ('data', 'num_images', 'image_size', 'random_crop', 'batch_size', 'seed', 'cache_latents', 'cache_size')
 UNSAVED = ('resume', 'overwrite', 'allow_changes', 'max_steps', 'log_interval', 'eval_interval', 'ckpt_interval',
-           'num_workers', 'device', 'compile', 'num_samples', 'sample_steps', 'out_dir', 'ae')
+           'num_workers', 'device', 'compile', 'num_samples', 'sample_steps', 'out_dir', 'ae', 'grad_checkpointing')
 if ckpt is not None:
     compare_resume_config({k: v for k, v in ckpt['config'].items() if k not in UNSAVED},
                           {k: v for k, v in run_config.items() if k not in UNSAVED}, EXACT, args.allow_changes)
@@ -236,9 +237,14 @@ try:
     raw_model = build_backbone(**backbone).to(device)
 except ValueError as e:
     die(str(e))
+if args.grad_checkpointing:
+    if args.model != 'dit':
+        die("--grad_checkpointing is implemented for --model dit only.")
+    raw_model.grad_checkpointing = True
 ema = deepcopy(raw_model).eval().requires_grad_(False)
 diffusion = Diffusion(schedule, prediction=args.prediction, learn_sigma=learn_sigma, device=device)
-opt = torch.optim.AdamW(raw_model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+opt = torch.optim.AdamW(raw_model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                        fused=device.type == 'cuda')  # one kernel for the whole update on GPUs
 scaler = make_grad_scaler(dtype, device)
 
 
@@ -351,7 +357,7 @@ while step < args.max_steps:
         dt, train_time, timed_steps = train_time / timed_steps, 0.0, 0
         latents = args.batch_size * args.grad_accum * dist.world_size
         logger.log(step, loss=loss_avg, step_time=dt, latents_per_sec=latents / dt, lr=args.lr,
-                   skipped_images=loader.skipped)
+                   skipped_images=loader.skipped, **peak_memory(device))
     if step % args.ckpt_interval == 0 or step == args.max_steps:
         checkpoint()  # before the optional sample grid, so that nothing it does can cost the run
     if (step % args.eval_interval == 0 or step == args.max_steps) and dist.master:
