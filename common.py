@@ -502,7 +502,8 @@ def build_loader(args, dist, dataset=None):
 def save_image_grid(x, path, nrow=8):
     """x (B, 3, H, W) in [-1, 1] -> one PNG grid."""
     import torchvision.utils as vutils
-    vutils.save_image(((x.detach().float().cpu() + 1) / 2).clamp(0, 1), path, nrow=nrow, padding=2)
+    with no_space_is_an_error(os.path.dirname(os.path.abspath(path))):
+        vutils.save_image(((x.detach().float().cpu() + 1) / 2).clamp(0, 1), path, nrow=nrow, padding=2)
 
 
 def peak_memory(device):

@@ -1,6 +1,7 @@
 """
 Datasets. dataset[i] is (x, y): x (3, H, W) float in [-1, 1], y the class id (0 when unlabelled). dataset.load(item)
-also returns how many unreadable files were passed over to produce it, for the training loader to count. An item may be
+also returns 1 when the item's file was unreadable and its next readable neighbour stands in (0 otherwise), for the
+loaders to count. An item may be
 `i` or `(i, item_seed)`; the seed drives augmentation, so the Loader in common.py can make every epoch's flips and crops
 reproducible; a plain `i` gives the un-augmented image.
 
@@ -149,12 +150,12 @@ UNREADABLE = (OSError, ValueError, Image.DecompressionBombError, SyntaxError)  #
 
 
 def open_first_readable(files, i, root):
-    """(image, index, skipped): files[i], or when it cannot be read the next readable file, and how many were passed
-    over, so that every reader can count bad files rather than crash on them or hide them."""
+    """(image, index, unreadable): files[i], or when it cannot be read the next readable file, and 1 if files[i] was
+    unreadable (else 0), so that every reader counts bad files, once per pass, rather than crash on them or hide them."""
     for skipped in range(len(files)):
         j = (i + skipped) % len(files)
         try:
-            return open_image(files[j]), j, skipped
+            return open_image(files[j]), j, int(skipped > 0)
         except UNREADABLE:
             continue
     die(f"none of the {len(files)} images under {root} could be read.")
@@ -212,13 +213,13 @@ class ImageFolder(torch.utils.data.Dataset):
     def load(self, item):
         i, item_seed = _split_item(item)
         # unreadable or truncated files are replaced by the next readable one and counted, never a crash mid-epoch
-        img, j, skipped = open_first_readable(self.files, i, self.root)
+        img, j, unreadable = open_first_readable(self.files, i, self.root)
         rng = np.random.default_rng([item_seed if item_seed is not None else 0, i])
         img = random_crop(img, self.image_size, rng) if self.random_crop else center_crop(img, self.image_size)
         x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)  # (3, H, W)
         if self.flip and item_seed is not None and rng.random() < 0.5:
             x = x.flip(2)
-        return x.contiguous(), self.labels[j], skipped
+        return x.contiguous(), self.labels[j], unreadable
 
 
 def make_dataset(data, image_size, seed=0, train=True, random_crop=False):

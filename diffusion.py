@@ -41,10 +41,11 @@ def spaced_timesteps(T, steps):
 
 
 def sample_generators(seed, indices):
-    """One noise generator per sample i: numpy's PCG64 seeded with SeedSequence((seed, i)). Its 128-bit state keeps
-    every (seed, i) pair apart; a torch CPU generator keeps only the low 32 bits of its seed, so a seed formula such
-    as seed * 2**32 + i would give every seed the same noise."""
-    return [np.random.default_rng([seed, i]) for i in indices]
+    """One noise generator per sample i: numpy's PCG64 seeded with SeedSequence(seed, spawn_key=(i,)), numpy's way to
+    make independent streams. Its 128-bit state keeps every (seed, i) pair apart; a torch CPU generator keeps only the
+    low 32 bits of its seed, so a formula such as seed * 2**32 + i gave every seed the same noise. (Not
+    SeedSequence([seed, i]): it drops trailing zero words, so [2**32, 0] and [0, 1] give the same stream.)"""
+    return [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,))) for i in indices]
 
 
 def randn(shape, generator, device):

@@ -424,8 +424,8 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        img, _, skipped = open_first_readable(self.files, i, self.root)
-        return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous(), skipped  # (3, H, W)
+        img, _, unreadable = open_first_readable(self.files, i, self.root)
+        return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous(), unreadable  # (3, H, W)
 
 
 class DatasetImages(Dataset):
@@ -440,8 +440,8 @@ class DatasetImages(Dataset):
         return self.n
 
     def __getitem__(self, i):
-        x, _, skipped = self.dataset.load(i)
-        return to_uint8(x), skipped
+        x, _, unreadable = self.dataset.load(i)
+        return to_uint8(x), unreadable
 
 
 def open_source(path, image_size, limit):
@@ -511,10 +511,10 @@ def sharded_batches(images, dist, batch_size, num_workers, desc):
     loader = DataLoader(Subset(images, range(lo, hi)), batch_size=batch_size, num_workers=num_workers,
                         pin_memory=dist.device.type == 'cuda')
     start, unreadable = lo, torch.zeros((), dtype=torch.long, device=dist.device)
-    for x, skipped in tqdm(loader, desc=desc, disable=not dist.master, leave=False):
+    for x, bad in tqdm(loader, desc=desc, disable=not dist.master, leave=False):
         index = torch.arange(start, start + len(x))
         start += len(x)
-        unreadable += skipped.sum().to(dist.device)
+        unreadable += bad.sum().to(dist.device)
         yield index, x.to(dist.device).float() / 127.5 - 1
     if dist.ddp:
         torch_dist.all_reduce(unreadable)

@@ -6,7 +6,7 @@ and out_dir/samples.npz (uint8 N x H x W x 3 under arr_0, the format of ADM's ev
   python sample.py --ckpt out/ldm/ckpt.pt --sampler ddpm --steps 250 --cfg_scale 1.5 --classes 3,7
   torchrun --nproc_per_node=8 sample.py --ckpt out/ldm/ckpt.pt --num_samples 50000 --cfg_scale 1.5   # FID-50K
 
-Sample i draws all its noise from its own generator, seeded with numpy's SeedSequence((seed, i)), and, for
+Sample i draws all its noise from its own generator, seeded with numpy's SeedSequence(seed, spawn_key=(i,)), and, for
 class-conditional models, gets class classes[i % len(classes)] (all classes in turn by default): the result does not
 depend on the batch size or the number of processes, and no two (seed, i) pairs share noise.
 """

@@ -232,7 +232,7 @@ def analyse(args):
     ae_erasure = {k: [Mean() for _ in ERASE_FRACTIONS] for k in aes}
     latent_size, unreadable = {}, 0
     for start in tqdm(range(0, n, args.batch_size), desc='images', unit='batch'):
-        items = [dataset.load(i) for i in range(start, min(start + args.batch_size, n))]  # (x, y, files passed over)
+        items = [dataset.load(i) for i in range(start, min(start + args.batch_size, n))]  # (x, y, 1 if unreadable)
         unreadable += sum(item[2] for item in items)  # unreadable files, replaced by their neighbours: counted
         x = torch.stack([item[0] for item in items]).to(device)  # (B, 3, H, W) in [-1, 1]
         B = x.shape[0]

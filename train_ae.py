@@ -34,7 +34,7 @@ from common import (add_common_args, checked, int_list, die, setup_distributed, 
                     autocast, make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states,
                     restore_rng_states, save_checkpoint, load_checkpoint, update_ema, build_loader, save_image_grid,
                     Logger, stop_if_non_finite, rank_param_max_diff, check_run_dir, prepare_run_dir,
-                    truncate_log, compare_resume_config, peak_memory)
+                    truncate_log, compare_resume_config, no_space_is_an_error, peak_memory)
 from data import make_dataset
 from model import AE_PRESETS, Autoencoder, NLayerDiscriminator, LPIPS, hinge_d_loss, load_autoencoder
 
@@ -249,7 +249,7 @@ def checkpoint():
 
 logger = Logger(args.out_dir, dist.master)
 if dist.master:
-    with open(os.path.join(args.out_dir, 'config.json'), 'w') as fh:
+    with no_space_is_an_error(args.out_dir), open(os.path.join(args.out_dir, 'config.json'), 'w') as fh:
         json.dump({**run_config, 'ae_config': asdict(ae_config), 'world_size': dist.world_size, 'dtype': dtype}, fh, indent=2)
     n_params = sum(p.numel() for p in ae.parameters())
     print(f"autoencoder {n_params / 1e6:.2f}M params, f={f}, z={ae_config.z_channels}, {ae_config.regularizer}; "

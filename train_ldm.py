@@ -30,7 +30,8 @@ from common import (add_common_args, checked, die, setup_distributed, cleanup_di
                     make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, restore_rng_states,
                     save_checkpoint, load_checkpoint, update_ema, build_loader, save_image_grid, Logger,
                     stop_if_non_finite, rank_param_max_diff, check_run_dir, prepare_run_dir, truncate_log,
-                    compare_resume_config, weights_hash, peak_memory)
+                    compare_resume_config, weights_hash, no_space_is_an_error,
+                    peak_memory)
 from data import make_dataset
 from diffusion import Diffusion
 from model import build_backbone, load_autoencoder
@@ -314,7 +315,7 @@ def checkpoint():
 
 logger = Logger(args.out_dir, dist.master)
 if dist.master:
-    with open(os.path.join(args.out_dir, 'config.json'), 'w') as fh:
+    with no_space_is_an_error(args.out_dir), open(os.path.join(args.out_dir, 'config.json'), 'w') as fh:
         json.dump({**run_config, 'ae': ae_path, **ae_identity, 'backbone': backbone, 'schedule': schedule, 'learn_sigma': learn_sigma,
                    'latent_scale': latent_scale, 'latent_shift': latent_shift, 'world_size': dist.world_size,
                    'dtype': dtype}, fh, indent=2)
