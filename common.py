@@ -224,9 +224,9 @@ def compare_resume_config(saved, current, exact_keys, allow_changes):
         print("resuming with changed settings: " + ', '.join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
     breaking = [k for k in changed if k in exact_keys]
     if breaking and not allow_changes:
-        die(f"--resume with a different {', '.join('--' + k for k in breaking)} cannot continue the run exactly "
-            f"(it was {', '.join(str(changed[k][0]) for k in breaking)}); pass the saved values, or --allow_changes "
-            f"if you mean to continue from the checkpoint anyway.")
+        die(f"--resume cannot continue the run exactly with another data stream ("
+            f"{', '.join(f'{k} {changed[k][0]} -> {changed[k][1]}' for k in breaking)}); pass the saved values, or "
+            f"--allow_changes to continue from the checkpoint anyway.")
     return changed
 
 # -----------------------------------------------------------------------------

@@ -431,10 +431,13 @@ CASES += [
     # item 14: --resume with changed settings: printed; refused where the run cannot continue exactly
     Case('train_ae --resume --batch_size 4', script('train_ae.py', lambda t, r: TINY_AE + [
         '--out_dir', copy_run(r['ae4_dir'], t), '--resume', '--max_steps', 2, '--batch_size', 4]),
-        Error('--resume with a different --batch_size cannot continue the run exactly .*--allow_changes')),
+        Error('--resume cannot continue the run exactly with another data stream \\(batch_size 2 -> 4\\); .*--allow_changes')),
+    Case('train_ae --resume --data folder', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--out_dir', copy_run(r['ae4_dir'], t), '--resume', '--max_steps', 2, '--data', bad_image_folder(t)]),
+        Error(r'another data stream \(data None -> .*images, num_images 2147483647 -> 7\)')),
     Case('train_ldm --resume --seed 1', script('train_ldm.py', lambda t, r: TINY_LDM + [
         '--out_dir', copy_run(r['ldm_dir'], t), '--resume', '--max_steps', 3, '--seed', 1]),
-        Error('different --seed cannot continue')),
+        Error('another data stream \\(seed 0 -> 1\\)')),
     Case('train_ae --resume --batch_size 4 --allow_changes --se_weight 0.25', script('train_ae.py', lambda t, r: TINY_AE + [
         '--out_dir', copy_run(r['ae4_dir'], t), '--resume', '--max_steps', 2, '--batch_size', 4, '--allow_changes',
         '--se_weight', 0.25]), Result(changed_settings_are_printed('batch_size 2 -> 4', 'se_weight 0.0 -> 0.25'))),
