@@ -306,6 +306,24 @@ def on_a_full_disk(owner, name, script_name, argv):
     return fn
 
 
+def sample_grid_crashes_after_training(tmp, runs):
+    """The optional sample grid at the end fails (any bug or fault in it): the finished run's checkpoint is on disk."""
+    class GridFailed(Exception):
+        pass
+
+    def fail(*args, **kwargs):
+        raise GridFailed
+    real, common.save_image_grid = common.save_image_grid, fail
+    try:
+        run_script('train_ldm.py', TINY_LDM + ['--ae', runs['ae4'], '--max_steps', 2, '--out_dir', tmp / 'o'])
+        raise AssertionError('the sample grid did not run')
+    except GridFailed:
+        pass
+    finally:
+        common.save_image_grid = real
+    assert torch.load(tmp / 'o' / 'ckpt.pt', weights_only=False)['step'] == 2
+
+
 def no_space_while_logging(tmp, runs):
     with common.no_space_is_an_error(tmp):
         raise OSError(errno.ENOSPC, 'No space left on device')
@@ -394,6 +412,7 @@ CASES += [
     # item 8: a bad sampling flag stops the run before training, not after it
     Case('train_ldm --num_samples 0', script('train_ldm.py', '--num_samples', 0), Error('argument --num_samples: must be >= 1')),
     Case('train_ldm --sample_steps 0', script('train_ldm.py', '--sample_steps', 0), Error('must be >= 1 and <= 1000')),
+    Case('train_ldm: the final sample grid crashes', call(sample_grid_crashes_after_training), Result()),
     Case('train_ldm --sample_steps 2000', script('train_ldm.py', '--sample_steps', 2000), Error('must be >= 1 and <= 1000')),
     # item 12: --resume with a checkpoint of another kind or another model
     Case('train_ae --resume on an LDM checkpoint', script('train_ae.py', lambda t, r: TINY_AE + [
