@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import eval_fid
-from common import checked, device_name, die, refuse_to_overwrite, no_space_is_an_error
-from data import make_dataset
+import metrics
+from common import checked, die, select_device, refuse_to_overwrite, no_space_is_an_error
+from data import make_dataset, random_subset
 from model import load_autoencoder
 
 BLOCK = 8                                         # JPEG's block size; the zigzag order below is defined for 8x8
@@ -144,8 +144,8 @@ def erase_high_frequencies(x, p):
 
 
 def psnr(x, y):
-    """eval_fid.psnr (per image, dB, images in [-1, 1] measured on [0, 1]) with a lossless match capped at PSNR_MAX. (B,)"""
-    return eval_fid.psnr(x, y).clamp(max=PSNR_MAX)
+    """metrics.psnr (per image, dB, images in [-1, 1] measured on [0, 1]) with a lossless match capped at PSNR_MAX. (B,)"""
+    return metrics.psnr(x, y).clamp(max=PSNR_MAX)
 
 # -----------------------------------------------------------------------------
 # command line
@@ -183,7 +183,7 @@ def parse_args(argv=None):
     p.add_argument('--rgb_pool', type=checked(int, lo=1), action='append', default=[], help='also report the images average-pooled '
                    'by this factor (repeatable), e.g. 8 to compare with f8 latents without an autoencoder')
     p.add_argument('--seed', type=checked(int, lo=0), default=0, help='seed of the dead-leaves stream')
-    p.add_argument('--device', type=device_name, default='auto', help="'auto', 'cpu', 'cuda'")
+    p.add_argument('--device', type=str, default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument('--out_dir', type=str, default='out/spectrum', help='where spectrum.png, erasure.png, spectrum.json go')
     p.add_argument('--overwrite', action='store_true', help='replace the results already in --out_dir')
     args = p.parse_args(argv)
@@ -200,10 +200,7 @@ def parse_args(argv=None):
     for f in args.rgb_pool:
         if f < 1 or args.image_size % f or args.image_size // f < BLOCK:
             die(f"--rgb_pool {f} must divide --image_size {args.image_size} and leave at least {BLOCK}x{BLOCK} pixels.")
-    if args.device == 'auto':
-        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if args.device.startswith('cuda') and not torch.cuda.is_available():
-        die(f"--device {args.device} was asked for but no CUDA GPU is visible; use --device cpu.")
+    args.device = select_device(args.device)
     return args
 
 
@@ -224,6 +221,7 @@ def analyse(args):
     n = args.num_images if getattr(dataset, 'infinite', False) else min(args.num_images, len(dataset))
     if n < args.num_images:
         print(f"{args.data} holds {n} images; analysing all of them.")
+    indices = random_subset(dataset, n, args.seed)  # a seeded random sample of the images, not the first files
 
     rgb_sizes = {(args.image_size, args.image_size)} | {(args.image_size // f,) * 2 for f in args.rgb_pool}
     rgb_amp = {}                                             # (h, w) -> Mean of (3, 64) amplitudes
@@ -232,7 +230,7 @@ def analyse(args):
     ae_erasure = {k: [Mean() for _ in ERASE_FRACTIONS] for k in aes}
     latent_size, unreadable = {}, 0
     for start in tqdm(range(0, n, args.batch_size), desc='images', unit='batch'):
-        items = [dataset.load(i) for i in range(start, min(start + args.batch_size, n))]  # (x, y, 1 if unreadable)
+        items = [dataset.load(i) for i in indices[start:start + args.batch_size]]  # (x, y, 1 if unreadable)
         unreadable += sum(item[2] for item in items)  # unreadable files, replaced by their neighbours: counted
         x = torch.stack([item[0] for item in items]).to(device)  # (B, 3, H, W) in [-1, 1]
         B = x.shape[0]

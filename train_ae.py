@@ -12,8 +12,14 @@ Generator loss (LDM's LPIPSWithDiscriminator, plus SE):
     + kl_weight * KL(q(z|x) || N(0, I))  (or the VQ codebook + commitment losses)
     + adaptive_weight * disc_weight * -D_patch(D(z))                     after disc_start
     + se_weight * (|down(x) - D(down(z))| + lpips_weight * LPIPS(down(x), D(down(z))))
-where down() shrinks x and z by the same factor s drawn from --se_scales. The discriminator sees only full-resolution
-reconstructions and is trained with the hinge loss.
+where down() shrinks x and z by the same factor s drawn from --se_scales (model.scale_equivariance_loss). The
+discriminator sees only full-resolution reconstructions and is trained with the hinge loss.
+
+Shared flags (common.add_common_args) and their defaults in this script:
+  --data (embedded dead leaves)  --image_size 64  --batch_size 16  --grad_accum 1  --max_steps 2000  --lr 0.0001
+  --out_dir out/ae  --preset tiny  --seed 0  --device auto  --dtype auto  --num_workers 2
+  --log_interval 10  --eval_interval 250  --ckpt_interval 250
+  switches: --random_crop  --compile  --resume  --allow_changes  --overwrite  --init_from PATH
 """
 import os
 import json
@@ -30,28 +36,31 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import (add_common_args, checked, int_list, die, setup_distributed, cleanup_distributed, resolve_dtype,
-                    autocast, make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states,
-                    restore_rng_states, save_checkpoint, load_checkpoint, update_ema, build_loader, save_image_grid,
-                    Logger, stop_if_non_finite, rank_param_max_diff, check_run_dir, prepare_run_dir,
-                    truncate_log, compare_resume_config, no_space_is_an_error, peak_memory)
-from data import make_dataset
-from model import AE_PRESETS, Autoencoder, NLayerDiscriminator, LPIPS, hinge_d_loss, load_autoencoder
+from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
+                    make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, restore_rng_states,
+                    load_checkpoint, CheckpointWriter, update_ema, Loader, save_image_grid, Logger,
+                    note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, checked, int_list,
+                    check_run_dir, prepare_run_dir, truncate_log, compare_resume_config, no_space_is_an_error)
+from data import make_dataset, random_subset
+from metrics import psnr
+from model import (AE_PRESETS, SE_DOWNSAMPLING, LPIPS_MIN_SIZE, Autoencoder, NLayerDiscriminator, LPIPS, hinge_d_loss,
+                   adaptive_gan_weight, load_autoencoder, se_downsample, scale_equivariance_loss)
 
 # -----------------------------------------------------------------------------
 # config
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
 add_common_args(parser, out_dir='out/ae', lr=1e-4)
 parser.add_argument('--regularizer', type=str, default=None, choices=['kl', 'vq'], help="latent regulariser; default: the preset's")
 parser.add_argument('--kl_weight', type=checked(float, lo=0), default=1e-6, help="weight of the KL term (LDM's convention: KL summed over the latent vs. L1 summed over pixels)")
 parser.add_argument('--lpips_weight', type=checked(float, lo=0), default=1.0, help='weight of the LPIPS perceptual loss; 0 disables it (no VGG weights needed)')
 parser.add_argument('--disc_weight', type=checked(float, lo=0), default=0.5, help='weight of the adversarial loss (times the adaptive weight)')
-parser.add_argument('--disc_start', type=checked(int, lo=0), default=50001, help='step at which the discriminator and adversarial loss switch on')
+parser.add_argument('--disc_start', type=checked(int, lo=0), default=None, help='step at which the discriminator and adversarial loss switch on; default: 0 when fine-tuning (--init_from, as the paper and EQ-VAE), else 50001 (LDM)')
 parser.add_argument('--disc_lr', type=checked(float, lo=0, lo_open=True), default=None, help='discriminator learning rate; default: --lr')
 parser.add_argument('--se_weight', type=checked(float, lo=0), default=0.0, help='scale-equivariance loss weight (paper: 0.25); 0 = baseline')
 parser.add_argument('--se_scales', type=int_list(2), default='2,4', help='downsampling factors drawn uniformly per step for SE')
-parser.add_argument('--se_down', type=str, default='bilinear', choices=['bilinear', 'avgpool'],
+parser.add_argument('--se_down', type=str, default='bilinear', choices=SE_DOWNSAMPLING,
                     help='how x and z are downsampled for SE: antialiased bilinear (default) or average pooling')
 parser.add_argument('--ema_decay', type=checked(float, lo=0, hi=1, hi_open=True), default=0.0, help='EMA of the autoencoder weights (e.g. 0.999); 0 = off')
 parser.add_argument('--grad_clip', type=checked(float, lo=0), default=1.0, help='clip the global gradient norm; 0 = off')
@@ -108,15 +117,22 @@ if args.image_size % (f * max(se_scales, default=1)) != 0:
     die(f"--image_size {args.image_size} must be divisible by the downsampling factor {f} times the largest SE scale "
         f"{max(se_scales, default=1)}, so that x and z shrink by the same factor.")
 disc = NLayerDiscriminator().to(device).train()
-if args.disc_weight > 0 and args.disc_start < args.max_steps and args.image_size < 32:
+disc_start = args.disc_start if args.disc_start is not None else (0 if args.init_from else 50001)
+if args.disc_weight > 0 and disc_start < args.max_steps and args.image_size < 32:
     die(f"the PatchGAN discriminator needs --image_size of at least 32 (got {args.image_size}); "
         f"raise it, or keep the discriminator off with --disc_start {args.max_steps}.")
 lpips = None
+smallest = args.image_size // max(se_scales) if args.se_weight > 0 else args.image_size  # SE's smallest images
+if args.lpips_weight > 0 and smallest < LPIPS_MIN_SIZE:
+    die(f"LPIPS needs images of at least {LPIPS_MIN_SIZE} pixels (VGG16 halves them four times), and --image_size "
+        f"{args.image_size} with SE factor {max(se_scales)} gives {smallest}; raise --image_size, lower --se_scales, "
+        f"or train without LPIPS with --lpips_weight 0.")
 if args.lpips_weight > 0:
     try:
         lpips = LPIPS(vgg_weights=args.vgg_weights, lin_weights=args.lpips_lin_weights).to(device).eval()
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
-        die(str(e))
+        die(f"{e}; pass local copies with --vgg_weights and --lpips_lin_weights, or train without LPIPS with "
+            f"--lpips_weight 0.")
     lpips.requires_grad_(False)
 ema = deepcopy(ae).eval().requires_grad_(False) if args.ema_decay > 0 else None
 
@@ -125,9 +141,11 @@ opt_g = torch.optim.Adam(ae.parameters(), lr=args.lr, betas=(0.5, 0.9), fused=fu
 opt_d = torch.optim.Adam(disc.parameters(), lr=args.disc_lr or args.lr, betas=(0.5, 0.9), fused=fused)
 scaler = make_grad_scaler(dtype, device)
 
-loader = build_loader(args, dist)
+# the training loader: every rank shares the seed, and takes its own shard of each epoch's permutation
+dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop)
+loader = Loader(dataset, args.batch_size, args.seed, dist, num_workers=args.num_workers)
 # what a resumed run must share with the saved one to continue it exactly: the data stream and what the model is
-run_config = {**vars(args), 'num_images': len(loader.dataset)}
+run_config = {**vars(args), 'num_images': len(dataset)}
 EXACT = ('data', 'num_images', 'image_size', 'random_crop', 'batch_size', 'seed', 'preset', 'regularizer')
 UNSAVED = ('resume', 'overwrite', 'allow_changes', 'max_steps', 'log_interval', 'eval_interval', 'ckpt_interval',
            'num_workers', 'device', 'compile', 'num_eval', 'out_dir')  # they do not change the run's numbers
@@ -158,38 +176,20 @@ if ckpt is not None:
     ckpt = None
 
 
-class AutoencoderWithSE(nn.Module):
-    """The forward pass DDP sees: the reconstruction and, for SE, the decoding of the downsampled latent."""
-    def __init__(self, ae):
-        super().__init__()
-        self.ae = ae
-
-    def forward(self, x, se_scale):
-        z, reg_loss = self.ae.encode(x)  # z (B, C, H/f, W/f), sampled from the posterior for KL
-        x_rec = self.ae.decode(z)
-        x_rec_se = self.ae.decode(se_down(z, se_scale)) if se_scale else None  # D(down(z))
-        return x_rec, x_rec_se, reg_loss
-
-
-def se_down(t, s):
-    """The same downsampling operator for images and latents (the paper uses 2x/4x bilinear)."""
-    if args.se_down == 'avgpool':
-        return F.avg_pool2d(t, s)
-    return F.interpolate(t, scale_factor=1 / s, mode='bilinear', antialias=True, align_corners=False)
-
-
-model = AutoencoderWithSE(ae)
+model = ae
 if args.compile:
     model = torch.compile(model)
 if dist.ddp:
+    # the SE branch decodes through the inner `ae` (model.scale_equivariance_loss) after DDP's forward: its gradients
+    # land in the same parameters in the same backward, so DDP all-reduces them with the rest
     model = DDP(model, device_ids=[dist.local_rank] if device.type == 'cuda' else None)
     disc_ddp = DDP(disc, device_ids=[dist.local_rank] if device.type == 'cuda' else None)
 else:
     disc_ddp = disc
 
-# a fixed held-out batch for the grids and the high-frequency probe
+# a fixed held-out batch for the grids and the high-frequency probe: a seeded random sample, not the first files
 eval_set = make_dataset(args.data, args.image_size, seed=args.seed, train=False)
-x_eval = torch.stack([eval_set[i][0] for i in range(min(args.num_eval, len(eval_set)))]).to(device)
+x_eval = torch.stack([eval_set[i][0] for i in random_subset(eval_set, args.num_eval, args.seed)]).to(device)
 
 # -----------------------------------------------------------------------------
 # losses
@@ -202,12 +202,12 @@ def reconstruction_loss(x, x_rec):
     return loss
 
 
-def adaptive_weight(rec_loss, g_loss):
-    """LDM: lambda = ||grad_L(rec)|| / (||grad_L(gan)|| + 1e-4) at the decoder's last layer, clamped to [0, 1e4]."""
-    last = ae.last_layer()
-    rec_grad = torch.autograd.grad(rec_loss, last, retain_graph=True)[0]
-    g_grad = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
-    return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+def discriminate(net, x, x_rec):
+    """PatchGAN logits of real and reconstructed images from one forward pass of their concatenation: under DDP a
+    second forward before the backward would re-broadcast BatchNorm's buffers in place, which CUDA autograd rejects
+    (pytorch/pytorch#110363). The generator's step uses the same joint batch, so both steps see one BatchNorm."""
+    logits = net(torch.cat([x, x_rec]))  # (2B, 1, h, w)
+    return logits[:len(x)], logits[len(x):]
 
 
 @torch.no_grad()
@@ -222,11 +222,10 @@ def evaluate():
         rows = [x_eval, x_rec]
         for s in se_scales if args.se_weight > 0 else []:
             up = lambda t: F.interpolate(t, size=x_eval.shape[-2:], mode='nearest')  # shown at full size
-            rows += [up(se_down(x_eval, s)), up(net.decode(se_down(z, s)).float())]
+            rows += [up(se_downsample(x_eval, s, args.se_down)), up(net.decode(se_downsample(z, s, args.se_down)).float())]
     ae.train()
     save_image_grid(torch.cat(rows).clamp(-1, 1), os.path.join(args.out_dir, f'recon_{step:07d}.png'), nrow=len(x_eval))
-    mse = F.mse_loss((x_rec.clamp(-1, 1) + 1) / 2, (x_eval + 1) / 2)
-    metrics = {'val_psnr': (10 * torch.log10(1 / mse)).item()}
+    metrics = {'val_psnr': psnr(x_rec.clamp(-1, 1), x_eval).mean().item()}
     if min(z.shape[-2:]) >= 8:  # the spectrum works on 8x8 DCT blocks of the latent
         x_pooled = F.adaptive_avg_pool2d(x_eval, z.shape[-2:])  # RGB on the latent's grid
         metrics.update(hf_ratio_latent=hf_ratio(z.float()), hf_ratio_rgb=hf_ratio(x_pooled))
@@ -234,6 +233,7 @@ def evaluate():
 
 
 def checkpoint():
+    stop_if_non_finite(first_bad_step, ckpt_path, dist, progress)  # a non-finite loss never reaches a checkpoint
     rng = gather_rng_states(dist)  # collective: every rank calls it
     if dist.master:
         ckpt = {'model': ae.state_dict(), 'disc': disc.state_dict(), 'opt_g': opt_g.state_dict(),
@@ -242,7 +242,7 @@ def checkpoint():
                 'config': {**run_config, 'ae_config': asdict(ae_config)}}
         if ema is not None:
             ckpt['ema'] = ema.state_dict()
-        save_checkpoint(ckpt, ckpt_path)
+        writer.save({ckpt_path: ckpt})
 
 # -----------------------------------------------------------------------------
 # training loop
@@ -256,10 +256,12 @@ if dist.master:
           f"{dist.world_size} process(es) on {device}, {dtype}; se_weight {args.se_weight}, scales {se_scales}")
 pixels = 3 * args.image_size ** 2
 progress = tqdm(total=args.max_steps, initial=step, disable=not dist.master, dynamic_ncols=True)
+writer = CheckpointWriter()
+first_bad_step = torch.full((), float('inf'), dtype=torch.float64, device=device)  # inf: every loss so far finite
 train_time, timed_steps = 0.0, 0  # wall time of training steps only (no evaluation, no checkpointing)
 while step < args.max_steps:
     t0 = time.time()
-    use_disc = step >= args.disc_start and args.disc_weight > 0
+    use_disc = step >= disc_start and args.disc_weight > 0
     batches, terms = [], {}
     # ---- autoencoder (generator) step, with gradient accumulation that syncs only on the last micro-step
     for micro in range(args.grad_accum):
@@ -269,7 +271,7 @@ while step < args.max_steps:
         sync = contextlib.nullcontext() if (not dist.ddp or micro == args.grad_accum - 1) else model.no_sync()
         with sync:
             with autocast(device, dtype):
-                x_rec, x_rec_se, reg_loss = model(x, se_scale)
+                x_rec, z, reg_loss = model(x)  # z (B, C, H/f, W/f), a posterior sample for KL
                 rec = reconstruction_loss(x, x_rec)
                 if ae_config.regularizer == 'kl':
                     reg = args.kl_weight * reg_loss / pixels  # KL summed over the latent, per pixel (LDM's balance)
@@ -277,14 +279,14 @@ while step < args.max_steps:
                     reg = reg_loss  # VQ codebook + commitment losses (LDM's codebook_weight 1)
                 loss = rec + reg
                 if se_scale:
-                    se = reconstruction_loss(se_down(x, se_scale), x_rec_se)  # d(down(x), D(down(z)))
+                    se, _ = scale_equivariance_loss(ae, x, z, se_scale, reconstruction_loss, args.se_down)
                     loss = loss + args.se_weight * se
                     terms['se'] = terms.get('se', 0) + se.detach() / args.grad_accum
                 if use_disc:
                     disc.requires_grad_(False)  # the generator's loss must not train the discriminator
-                    g_loss = -disc(x_rec).mean()
+                    g_loss = -discriminate(disc, x, x_rec)[1].mean()
                     disc.requires_grad_(True)
-                    w = adaptive_weight(rec, g_loss)
+                    w = adaptive_gan_weight(rec, g_loss, ae.last_layer(), pixels)  # LDM's lambda in per-pixel units
                     loss = loss + w * args.disc_weight * g_loss
                     terms['g'] = terms.get('g', 0) + g_loss.detach() / args.grad_accum
                     terms['adaptive_w'] = w
@@ -301,7 +303,7 @@ while step < args.max_steps:
             sync = contextlib.nullcontext() if (not dist.ddp or micro == args.grad_accum - 1) else disc_ddp.no_sync()
             with sync:
                 with autocast(device, dtype):
-                    d_loss = hinge_d_loss(disc_ddp(x), disc_ddp(x_rec))
+                    d_loss = hinge_d_loss(*discriminate(disc_ddp, x, x_rec))
                 scaler.scale(d_loss / args.grad_accum).backward()
             terms['d'] = terms.get('d', 0) + d_loss.detach() / args.grad_accum
         scaler.unscale_(opt_d)
@@ -317,11 +319,11 @@ while step < args.max_steps:
     step += 1
     progress.update(1)
 
-    # ---- a non-finite loss stops the run before anything is written: the last checkpoint stays good
-    loss_avg = all_reduce_mean(terms['loss'].float(), dist)
-    if not torch.isfinite(loss_avg):
-        progress.close()
-        stop_if_non_finite(loss_avg, step, ckpt_path, dist)
+    # ---- a non-finite loss is noted on the device (no host sync); the host checks the note at every log line,
+    # evaluation and checkpoint, and stops before anything is written, so the last checkpoint stays good
+    first_bad_step = note_non_finite(first_bad_step, terms['loss'].detach(), step)
+    if any(step % i == 0 for i in (args.log_interval, args.eval_interval, args.ckpt_interval)) or step == args.max_steps:
+        stop_if_non_finite(first_bad_step, ckpt_path, dist, progress)  # the host also waits for the GPU here
 
     train_time, timed_steps = train_time + time.time() - t0, timed_steps + 1
     if step % args.log_interval == 0 or step == args.max_steps:
@@ -336,6 +338,7 @@ while step < args.max_steps:
         if dist.master:
             logger.log(step, **evaluate())
 progress.close()
+writer.wait()
 if dist.ddp:
-    logger.log(step, rank_param_max_diff=rank_param_max_diff(ae, dist))
+    logger.log(step, rank_checksum_diff=max(rank_checksum_diff(ae, dist), rank_checksum_diff(disc, dist)))
 cleanup_distributed()
