@@ -77,7 +77,7 @@ def add_common_args(parser, **defaults):
     p.add_argument('--overwrite', action='store_true', help='start a new run in an --out_dir that holds another run (its ckpt.pt, config.json and log.jsonl are replaced)')
     p.add_argument('--preset', type=str, default=d['preset'], help='model size preset (see model.py)')
     p.add_argument('--seed', type=checked(int, lo=0), default=d['seed'], help='global seed; each rank adds its rank')
-    p.add_argument('--device', type=str, default=d['device'], help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    p.add_argument('--device', type=select_device, default=d['device'], help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument('--dtype', type=str, default=d['dtype'], choices=['auto', 'float32', 'bfloat16', 'float16'],
                    help="autocast dtype; 'auto' = bfloat16 on GPUs that support it, else float32")
     p.add_argument('--compile', action='store_true', help='torch.compile the model')

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.models.inception import BasicConv2d, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE
 from tqdm import tqdm
 
-from common import (checked, die, setup_distributed, cleanup_distributed, refuse_to_overwrite,
+from common import (checked, select_device, die, setup_distributed, cleanup_distributed, refuse_to_overwrite,
                     no_space_is_an_error)
 from data import IMAGE_EXTENSIONS, UNREADABLE, list_images, make_dataset, open_first_readable, random_subset
 from metrics import psnr, ssim
@@ -702,7 +702,7 @@ def main(argv=None):
     p.add_argument('--batch_size', type=checked(int, lo=1), default=50, help='images per forward pass per process')
     p.add_argument('--num_workers', type=checked(int, lo=0), default=2, help='image-decoding worker processes per process')
     p.add_argument('--seed', type=checked(int, lo=0), default=0, help='seed of the dead-leaves set (SWD neighbourhoods and directions are fixed)')
-    p.add_argument('--device', type=str, default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    p.add_argument('--device', type=select_device, default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument('--out', type=str, default=None, help='JSON file for every number printed (default: <--fake, --ae or --save_stats path>_metrics.json)')
     p.add_argument('--overwrite', action='store_true', help='replace an existing --out or --save_stats file')
     args = p.parse_args(argv)

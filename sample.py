@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from common import (checked, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast, load_checkpoint,
+from common import (checked, select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast, load_checkpoint,
                     save_image_grid, weights_hash, refuse_to_overwrite, no_space_is_an_error)
 from diffusion import SPACINGS, Diffusion, cfg_model_fn, spaced_timesteps, sample_generators, randn
 from model import build_backbone, load_autoencoder
@@ -43,7 +43,7 @@ parser.add_argument('--cfg_scale', type=checked(float, lo=0), default=1.0, help=
 parser.add_argument('--cfg_channels', type=checked(int, lo=1), default=None, help="guide only the first N latent channels (DiT's sampler guides 3 of 4: pass 3 to compare with DiT's published FIDs); default: all")
 parser.add_argument('--classes', type=str, default=None, help='comma-separated class ids to cycle through; default: all classes')
 parser.add_argument('--seed', type=checked(int, lo=0), default=0, help='base seed; sample i uses the seed (seed, i)')
-parser.add_argument('--device', type=str, default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+parser.add_argument('--device', type=select_device, default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
 parser.add_argument('--dtype', type=str, default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'],
                     help="autocast dtype; 'auto' = bfloat16 on GPUs that support it, else float32")
 args = parser.parse_args()

@@ -183,7 +183,7 @@ def parse_args(argv=None):
     p.add_argument('--rgb_pool', type=checked(int, lo=1), action='append', default=[], help='also report the images average-pooled '
                    'by this factor (repeatable), e.g. 8 to compare with f8 latents without an autoencoder')
     p.add_argument('--seed', type=checked(int, lo=0), default=0, help='seed of the dead-leaves stream')
-    p.add_argument('--device', type=str, default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    p.add_argument('--device', type=select_device, default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument('--out_dir', type=str, default='out/spectrum', help='where spectrum.png, erasure.png, spectrum.json go')
     p.add_argument('--overwrite', action='store_true', help='replace the results already in --out_dir')
     args = p.parse_args(argv)

@@ -22,6 +22,7 @@ import random
 import runpy
 import shutil
 import subprocess
+import threading
 import zlib
 from contextlib import redirect_stdout, redirect_stderr
 from dataclasses import dataclass
@@ -325,6 +326,9 @@ def sample_grid_crashes_after_training(tmp, runs):
         pass
     finally:
         common.save_image_grid = real
+    for t in threading.enumerate():  # as the interpreter does at exit: the checkpoint writer thread finishes its file
+        if t is not threading.main_thread() and not t.daemon:
+            t.join()
     assert torch.load(tmp / 'o' / 'ckpt.pt', weights_only=False)['step'] == 2
 
 
@@ -338,7 +342,7 @@ def nan_loss(with_checkpoint):
         if with_checkpoint:
             (tmp / 'ckpt.pt').write_bytes(b'x')
         dist = common.Dist(False, 0, 0, 1, torch.device('cpu'), True)
-        common.stop_if_non_finite(torch.tensor(float('nan')), 7, str(tmp / 'ckpt.pt'), dist)
+        common.stop_if_non_finite(torch.tensor(7.0, dtype=torch.float64), str(tmp / 'ckpt.pt'), dist)  # NaN at step 7
     return fn
 
 
@@ -402,7 +406,7 @@ for s in TRAIN:
                                  ('--seed', -1, 'must be >= 0')]:
         CASES.append(Case(f'{s} {flag} {value}', script(s, flag, value), Error(f'argument {flag}: {pattern}')))
 for s in ALL:
-    CASES.append(Case(f'{s} --device nonsense', script(s, '--device', 'nonsense'), Error("'nonsense' is not a device")))
+    CASES.append(Case(f'{s} --device nonsense', script(s, '--device', 'nonsense'), Error('--device nonsense is not a device')))
 CASES += [
     Case('train_ae --se_scales a', script('train_ae.py', '--se_scales', 'a'), Error('argument --se_scales: expected comma-separated integers')),
     Case('train_ae --se_scales 1', script('train_ae.py', '--se_scales', '1'), Error('every value must be >= 2')),
@@ -410,7 +414,7 @@ CASES += [
     Case('train_ae --se_weight -1', script('train_ae.py', '--se_weight', -1), Error('argument --se_weight: must be >= 0')),
     Case('train_ae --disc_lr 0', script('train_ae.py', '--disc_lr', 0), Error('argument --disc_lr: must be > 0')),
     Case('train_ae --vgg_weights garbage', script('train_ae.py', lambda t, r: TINY_AE + [
-        '--lpips_weight', 1, '--vgg_weights', garbage(t, 'vgg.pth'), '--out_dir', t / 'o']), Error('--vgg_weights .* could not be read as torch weights')),
+        '--lpips_weight', 1, '--vgg_weights', garbage(t, 'vgg.pth'), '--out_dir', t / 'o']), Error('LPIPS weights file .*vgg.pth could not be read as torch weights')),
     Case('LPIPS lin weights garbage', call(lpips_lin_weights_garbage), Error('lin.pth could not be read as torch weights')),
     Case('train_ldm --class_dropout_prob 1.5', script('train_ldm.py', '--class_dropout_prob', 1.5), Error('must be >= 0 and < 1')),
     # item 8: a bad sampling flag stops the run before training, not after it
@@ -476,8 +480,8 @@ CASES += [
         Error(r'the disk holding .* is full')),
     Case('train_ae.py on a full disk', call(on_a_full_disk(torch, 'save', 'train_ae.py', lambda t, r: TINY_AE + [
         '--max_steps', 1, '--out_dir', t / 'o'])), Error(r'the disk holding .*/o is full')),
-    Case('NaN loss with a checkpoint', call(nan_loss(True)), Error(r'at step 7; nothing was saved after it, so .*ckpt.pt holds the last checkpoint')),
-    Case('NaN loss before any checkpoint', call(nan_loss(False)), Error('before any checkpoint was written, so there is nothing to resume')),
+    Case('NaN loss with a checkpoint', call(nan_loss(True)), Error(r'non-finite at step 7; nothing was saved after it, so .*ckpt.pt holds the last checkpoint')),
+    Case('NaN loss before any checkpoint', call(nan_loss(False)), Error('non-finite at step 7, before any checkpoint was written, so there is nothing to resume')),
     # item 9: outputs of an earlier run are not overwritten without --overwrite
     Case('train_ae into a finished run', script('train_ae.py', lambda t, r: TINY_AE + ['--out_dir', copy_run(r['ae4_dir'], t)]),
          Error('ckpt.pt already exists; pass --resume to continue that run, --overwrite to replace it')),
