@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from common import (checked, select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast, load_checkpoint,
-                    save_image_grid, weights_hash, refuse_to_overwrite, no_space_is_an_error)
+from common import (checked, select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
+                    load_checkpoint, save_image_grid, weights_hash, refuse_to_overwrite, no_space_is_an_error)
 from diffusion import SPACINGS, Diffusion, cfg_model_fn, spaced_timesteps, sample_generators, randn
 from model import build_backbone, load_autoencoder
 
