@@ -499,7 +499,7 @@ class Loader:
         self._it = None
 
     def _batches(self, epoch, start):
-        """Lists of (index, item_seed) for this rank, from batch `start` of `epoch` on."""
+        """Lists of (index, item_seed) for this rank, from batch `start` of `epoch` on, without end."""
         B, W, r = self.batch_size, self.dist.world_size, self.dist.rank
         if self.infinite:
             b = start
@@ -507,22 +507,25 @@ class Loader:
                 first = (b * W + r) * B
                 yield [(first + j, self.seed) for j in range(B)]
                 b += 1
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        if hasattr(self.dataset, 'epoch_order'):  # a dataset that is read in chunks (data.LatentCache) orders itself
-            perm = self.dataset.epoch_order(g)
-        else:
-            perm = torch.randperm(len(self.dataset), generator=g).tolist()
-        for b in range(start, self.batches_per_epoch):
-            first = (b * W + r) * B
-            # the item seed mixes seed, epoch and position, so a flip differs from epoch to epoch
-            yield [(perm[first + j], (self.seed * 1_000_003 + epoch) * 1_000_033 + first + j) for j in range(B)]
+        while True:  # epoch after epoch, so one DataLoader (and its workers) serves the whole run
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            if hasattr(self.dataset, 'epoch_order'):  # a dataset read in chunks (data.LatentCache) orders itself
+                perm = self.dataset.epoch_order(g)
+            else:
+                perm = torch.randperm(len(self.dataset), generator=g).tolist()
+            for b in range(start, self.batches_per_epoch):
+                first = (b * W + r) * B
+                # the item seed mixes seed, epoch and position, so a flip differs from epoch to epoch
+                yield [(perm[first + j], (self.seed * 1_000_003 + epoch) * 1_000_033 + first + j) for j in range(B)]
+            epoch, start = epoch + 1, 0
 
     def _start(self):
         sampler = self._batches(self.epoch, self.batch_in_epoch)
-        # a private generator: creating workers must not consume the global torch RNG, or a resume would diverge
+        # a private generator: creating workers must not consume the global torch RNG, or a resume would diverge.
+        # The sampler never ends, so the workers live as long as the run: no restart (and GPU stall) at epoch ends.
         dl = DataLoader(_Counted(self.dataset), batch_sampler=sampler, num_workers=self.num_workers,
                         generator=torch.Generator().manual_seed(self.seed),
-                        pin_memory=(self.dist.device.type == 'cuda'), persistent_workers=False,
+                        pin_memory=(self.dist.device.type == 'cuda'),
                         prefetch_factor=4 if self.num_workers > 0 else None)
         self._it = iter(dl)
 
@@ -532,13 +535,10 @@ class Loader:
     def __next__(self):
         if self._it is None:
             self._start()
-        try:
-            x, y, skipped = next(self._it)
-        except StopIteration:
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            self._start()
-            x, y, skipped = next(self._it)
+        x, y, skipped = next(self._it)
         self.batch_in_epoch += 1
+        if self.batch_in_epoch == self.batches_per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         self.skipped += int(skipped.sum())
         return x, y
 
