@@ -403,15 +403,19 @@ def save_checkpoint(obj, path):
         os.close(dir_fd)
 
 
-def cpu_copy(obj):
+def cpu_copy(obj, memo=None):
     """A snapshot of a (nested) state dict with every tensor copied to the CPU, so training may go on changing the
-    originals while the snapshot is written."""
+    originals while the snapshot is written. A tensor that appears twice (ckpt.pt and ema.pt share the EMA) is copied
+    once."""
+    memo = {} if memo is None else memo
     if torch.is_tensor(obj):
-        return obj.detach().to('cpu', copy=True)
+        if id(obj) not in memo:
+            memo[id(obj)] = obj.detach().to('cpu', copy=True)
+        return memo[id(obj)]
     if isinstance(obj, dict):
-        return {k: cpu_copy(v) for k, v in obj.items()}
+        return {k: cpu_copy(v, memo) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(cpu_copy(v) for v in obj)
+        return type(obj)(cpu_copy(v, memo) for v in obj)
     return obj
 
 
@@ -427,7 +431,7 @@ class CheckpointWriter:
     def save(self, files):
         """files: {path: object}."""
         self.wait()
-        snapshot = {path: cpu_copy(obj) for path, obj in files.items()}
+        snapshot = cpu_copy(files)
         self.thread = threading.Thread(target=self._write, args=(snapshot,), daemon=False)
         self.thread.start()
 

@@ -331,7 +331,7 @@ while step < args.max_steps:
     # ---- a non-finite loss is noted on the device (no host sync); the host checks the note at every log line,
     # evaluation and checkpoint, and stops before anything is written, so the last checkpoint stays good
     first_bad_step = note_non_finite(first_bad_step, terms['loss'].detach(), step)
-    if any(step % i == 0 for i in (args.log_interval, args.eval_interval, args.ckpt_interval)) or step == args.max_steps:
+    if step % args.log_interval == 0 or step % args.eval_interval == 0 or step == args.max_steps:  # checkpoint() too
         stop_if_non_finite(first_bad_step, ckpt_path, dist, progress)  # the host also waits for the GPU here
 
     train_time, timed_steps = train_time + time.time() - t0, timed_steps + 1
