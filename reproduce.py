@@ -490,7 +490,9 @@ for arm in fig1:
 md += [""] + [f"- {k} not measured: {why}" for k, why in sorted(skipped.items())]
 md += ["", "Samples at the last step (seed 0):", "", "| baseline | se |", "|---|---|",
        f"| ![baseline]({fig1['baseline'][0]['curve'][-1]['grid']}) | ![se]({fig1['se'][0]['curve'][-1]['grid']}) |", "",
-       "### Verdict (computed from the numbers above)", ""] + [f"- {v}" for v in verdict] + [""]
+       "### Verdict (computed from the numbers above)", "",
+       "A difference counts only when every seed agrees on its sign and the mean paired difference exceeds the larger "
+       "of the two arms' seed standard deviations.", ""] + [f"- {v}" for v in verdict] + [""]
 
 # Fig. 5: erasure, from the seed-0 AEs of Fig. 1
 fig5 = {arm: fig1_ae[arm][0] for arm in fig1_ae}
