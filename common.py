@@ -86,6 +86,7 @@ def setup_distributed(device='auto'):
     if device.type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN time its conv algorithms once
     return Dist(ddp, rank, local_rank, world_size, device, rank == 0)
 
 
@@ -322,6 +323,11 @@ def save_image_grid(x, path, nrow=8):
     """x (B, 3, H, W) in [-1, 1] -> one PNG grid."""
     import torchvision.utils as vutils
     vutils.save_image(((x.detach().float().cpu() + 1) / 2).clamp(0, 1), path, nrow=nrow, padding=2)
+
+
+def peak_memory(device):
+    """{'peak_mem_gb': the most GPU memory tensors have held so far} on CUDA, {} elsewhere: for the log line."""
+    return {'peak_mem_gb': torch.cuda.max_memory_allocated(device) / 2 ** 30} if device.type == 'cuda' else {}
 
 
 class Logger:

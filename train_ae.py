@@ -33,7 +33,7 @@ from tqdm import tqdm
 from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, restore_rng_states,
                     save_checkpoint, load_checkpoint, update_ema, build_loader, save_image_grid, Logger,
-                    stop_if_non_finite, rank_param_max_diff)
+                    stop_if_non_finite, rank_param_max_diff, peak_memory)
 from data import make_dataset
 from model import AE_PRESETS, Autoencoder, NLayerDiscriminator, LPIPS, hinge_d_loss, load_autoencoder
 
@@ -110,8 +110,9 @@ if args.lpips_weight > 0:
     lpips.requires_grad_(False)
 ema = deepcopy(ae).eval().requires_grad_(False) if args.ema_decay > 0 else None
 
-opt_g = torch.optim.Adam(ae.parameters(), lr=args.lr, betas=(0.5, 0.9))  # LDM's betas for GAN training
-opt_d = torch.optim.Adam(disc.parameters(), lr=args.disc_lr or args.lr, betas=(0.5, 0.9))
+fused = device.type == 'cuda'  # one kernel for the whole update on GPUs
+opt_g = torch.optim.Adam(ae.parameters(), lr=args.lr, betas=(0.5, 0.9), fused=fused)  # LDM's betas for GAN training
+opt_d = torch.optim.Adam(disc.parameters(), lr=args.disc_lr or args.lr, betas=(0.5, 0.9), fused=fused)
 scaler = make_grad_scaler(dtype, device)
 
 loader = build_loader(args, dist)
@@ -308,7 +309,8 @@ while step < args.max_steps:
         dt, train_time, timed_steps = train_time / timed_steps, 0.0, 0
         images = args.batch_size * args.grad_accum * dist.world_size
         logger.log(step, **{k: (all_reduce_mean(v.float(), dist) if torch.is_tensor(v) else v) for k, v in terms.items()},
-                   step_time=dt, images_per_sec=images / dt, skipped_images=loader.skipped, lr=args.lr)
+                   step_time=dt, images_per_sec=images / dt, skipped_images=loader.skipped, lr=args.lr,
+                   **peak_memory(device))
     if step % args.eval_interval == 0 or step == args.max_steps:
         if dist.master:
             logger.log(step, **evaluate())

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, restore_rng_states,
                     save_checkpoint, load_checkpoint, update_ema, build_loader, save_image_grid, Logger,
-                    stop_if_non_finite, rank_param_max_diff)
+                    stop_if_non_finite, rank_param_max_diff, peak_memory)
 from data import make_dataset
 from diffusion import Diffusion
 from model import build_backbone, load_autoencoder
@@ -53,6 +53,7 @@ parser.add_argument('--latent_scale', type=float, default=None, help='override t
 parser.add_argument('--latent_shift', type=float, default=None, help='override the latent shift (default: mean of the first batch, or the checkpoint\'s)')
 parser.add_argument('--cache_latents', type=str, default=None, help='folder for the encoded data set (made on first use, then reused)')
 parser.add_argument('--cache_size', type=int, default=None, help='with --cache_latents: encode the first N images, or N random crops with --random_crop (required for the embedded dataset and for crops)')
+parser.add_argument('--grad_checkpointing', action='store_true', help='DiT: recompute activations in the backward pass (less memory, larger batches)')
 parser.add_argument('--num_samples', type=int, default=16, help='images in the periodic sample grid (EMA model, DDIM)')
 parser.add_argument('--sample_steps', type=int, default=50, help='DDIM steps for the periodic sample grid')
 args = parser.parse_args()
@@ -213,9 +214,14 @@ try:
     raw_model = build_backbone(**backbone).to(device)
 except ValueError as e:
     die(str(e))
+if args.grad_checkpointing:
+    if args.model != 'dit':
+        die("--grad_checkpointing is implemented for --model dit only.")
+    raw_model.grad_checkpointing = True
 ema = deepcopy(raw_model).eval().requires_grad_(False)
 diffusion = Diffusion(schedule, prediction=args.prediction, learn_sigma=learn_sigma, device=device)
-opt = torch.optim.AdamW(raw_model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+opt = torch.optim.AdamW(raw_model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                        fused=device.type == 'cuda')  # one kernel for the whole update on GPUs
 scaler = make_grad_scaler(dtype, device)
 
 
@@ -325,7 +331,7 @@ while step < args.max_steps:
         dt, train_time, timed_steps = train_time / timed_steps, 0.0, 0
         latents = args.batch_size * args.grad_accum * dist.world_size
         logger.log(step, loss=loss_avg, step_time=dt, latents_per_sec=latents / dt, lr=args.lr,
-                   skipped_images=loader.skipped)
+                   skipped_images=loader.skipped, **peak_memory(device))
     if (step % args.eval_interval == 0 or step == args.max_steps) and dist.master:
         sample_grid()
     if step % args.ckpt_interval == 0 or step == args.max_steps:

@@ -1,46 +1,74 @@
 """
-Speed of the diffusion backbones, in-process:
-  1. a full training step of train_ldm.py's (Diffusion.training_loss forward + backward + AdamW step) for each
-     backbone and latent size;
-  2. our DiT against diffusers' DiTTransformer2DModel of the same size, forward + backward, the two timed in
+Training speed of the diffusion backbones. Each measurement prints one JSON line: step time, images (latents) per
+second, peak GPU memory and MFU = model FLOPs per step / step time / the device's peak (bench/flops.py).
+
+  1. train_ldm: the real train_ldm.py, run as a subprocess on a latent cache (a random-weight autoencoder of --ae_preset
+     encodes --num_images synthetic JPEGs once), timed from its own log: the code path a user runs, loader included.
+  2. synthetic: the same step (Diffusion.training_loss, backward, AdamW) in-process on one batch held on the device, so
+     the gap to (1) is the cost of the data pipeline and the loop's bookkeeping.
+  3. vs_diffusers: our DiT against diffusers' DiTTransformer2DModel of the same size, forward + backward, timed in
      alternation (A B A B ...) so that drift of a shared machine hits both alike.
 
-  python bench/bench_ldm.py                                   # CPU: DiT-S/2 and the tiny UNet, batch 8, 8x8x4 and 16x16x4
-  python bench/bench_ldm.py --device cuda --dtype bfloat16 --batch_size 64 --latent_sizes 32 --backbones dit:DiT-XL/2
-Prints one JSON object (median seconds per step, latents per second, ours / diffusers time ratio).
+  python bench/bench_ldm.py                                      # CPU: DiT-S/2 on 8x8x4 latents, (2) and (3) only
+  python bench/bench_ldm.py --device cuda --presets DiT-XL/2 --batch_size 128 --compile   # one H100: all three
+  python bench/bench_ldm.py --device cuda --presets DiT-S/2,DiT-B/2,DiT-L/2,DiT-XL/2 --batch_size 128 --compile
 """
 import os
 import sys
 import json
 import time
 import argparse
+import tempfile
 import statistics
+import subprocess
 
+import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'bench'))
 from common import autocast  # noqa: E402
 from diffusion import Diffusion  # noqa: E402
+from flops import dit_flops, dit_config, device_peak_flops  # noqa: E402
 from model import build_backbone, DIT_PRESETS  # noqa: E402
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument('--backbones', default='dit:DiT-S/2,unet:tiny', help='comma-separated model:preset pairs')
-parser.add_argument('--latent_sizes', default='8,16', help='comma-separated latent sizes h = w')
-parser.add_argument('--channels', type=int, default=4, help='latent channels')
-parser.add_argument('--num_classes', type=int, default=1000, help='class-conditional with this many classes (0: unconditional)')
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
+parser.add_argument('--presets', default='DiT-S/2', help='comma-separated DiT presets')
+parser.add_argument('--latent_size', type=int, default=None, help='latent h = w (default: 32 on GPUs, 8 on CPU)')
+parser.add_argument('--ae_preset', default='sd', help='autoencoder of the train_ldm run: sd (f8, 4 ch) or flux (f8, 16 ch)')
+parser.add_argument('--num_classes', type=int, default=1000, help='classes of the synthetic data (0: unconditional)')
 parser.add_argument('--batch_size', type=int, default=8)
 parser.add_argument('--steps', type=int, default=10, help='timed steps per measurement (after --warmup)')
-parser.add_argument('--warmup', type=int, default=2)
+parser.add_argument('--warmup', type=int, default=3)
 parser.add_argument('--device', default='cpu')
-parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'])
-parser.add_argument('--no_diffusers', action='store_true', help='skip the comparison with diffusers')
+parser.add_argument('--dtype', default=None, choices=['float32', 'bfloat16', 'float16'], help='default: bfloat16 on GPUs')
+parser.add_argument('--compile', action='store_true', help='torch.compile the model (as train_ldm.py --compile)')
+parser.add_argument('--grad_checkpointing', action='store_true')
+parser.add_argument('--num_images', type=int, default=2048, help='images in the train_ldm run\'s latent cache')
+parser.add_argument('--parts', default=None, help='comma-separated: train_ldm, synthetic, vs_diffusers (default: all on GPUs; '
+                    'the last two on CPU, where a DiT-size train_ldm run takes minutes per step)')
 args = parser.parse_args()
 device = torch.device(args.device)
-sizes = [int(s) for s in args.latent_sizes.split(',')]
+cuda = device.type == 'cuda'
+dtype = args.dtype or ('bfloat16' if cuda else 'float32')
+h = args.latent_size or (32 if cuda else 8)
+parts = set((args.parts or ('train_ldm,synthetic,vs_diffusers' if cuda else 'synthetic,vs_diffusers')).split(','))
+device_name = torch.cuda.get_device_name(device) if cuda else 'cpu'
+peak = device_peak_flops(device_name, dtype) if cuda else None
+if cuda:
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+C = {'sd': 4, 'flux': 16}[args.ae_preset]
+
+
+def emit(**row):
+    print(json.dumps({'device': device_name, 'dtype': dtype, **row}), flush=True)
 
 
 def sync():
-    if device.type == 'cuda':
+    if cuda:
         torch.cuda.synchronize()
 
 
@@ -52,89 +80,174 @@ def timed(fn):
     return time.perf_counter() - t0
 
 
-def batch(h, seed=0):
+def mfu(flops_per_step, step_time):
+    return round(flops_per_step / step_time / peak, 4) if peak else None
+
+
+def train_flops(preset, batch_size):
+    """3x the forward FLOPs (forward + backward), 4x with gradient checkpointing (the forward runs twice)."""
+    model = build_backbone('dit', preset, h, C, args.num_classes, learn_sigma=True)
+    return (4 if args.grad_checkpointing else 3) * dit_flops(**dit_config(model)) * batch_size
+
+
+def check_flash_attention(model):
+    """Which fused attention kernel scaled_dot_product_attention runs for this model: run one forward allowing only
+    the flash kernel (it raises if the inputs do not fit it), then only the memory-efficient one."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    x = torch.randn(2, C, h, h, device=device)
+    t = torch.randint(0, 1000, (2,), device=device)
+    y = torch.randint(0, args.num_classes, (2,), device=device) if args.num_classes else None
+    for name, backend in (('flash', SDPBackend.FLASH_ATTENTION), ('efficient', SDPBackend.EFFICIENT_ATTENTION)):
+        try:
+            with torch.no_grad(), autocast(device, dtype), sdpa_kernel(backend):
+                model(x, t, y)
+            return name
+        except RuntimeError:
+            continue
+    return 'math'
+
+# -----------------------------------------------------------------------------
+# 1. the real train_ldm.py on a latent cache
+
+
+def write_images(folder, n, size=256):
+    """n synthetic JPEGs (smooth colour fields with noise) in class subfolders, so the run is class-conditional."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        d = os.path.join(folder, f'class{i % max(args.num_classes, 1):04d}' if args.num_classes else '')
+        os.makedirs(d, exist_ok=True)
+        low = rng.random((4, 4, 3))
+        img = np.asarray(Image.fromarray((low * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC), float)
+        img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(os.path.join(d, f'{i:06d}.jpg'), quality=90)
+
+
+def random_autoencoder(path):
+    """Random weights of the preset in the public (LDM) layout: the speed of a step does not depend on the values."""
+    from safetensors.torch import save_file
+    from model import Autoencoder, AE_PRESETS
+    torch.manual_seed(0)
+    save_file(Autoencoder(AE_PRESETS[args.ae_preset]).state_dict(), path)
+
+
+if 'train_ldm' in parts:
+    tmp = tempfile.mkdtemp(dir='/dev/shm' if os.path.isdir('/dev/shm') else None)  # an 11 GB XL/2 checkpoint: RAM
+    data, ae_path = os.path.join(tmp, 'images'), os.path.join(tmp, 'ae.safetensors')
+    write_images(data, args.num_images, size=h * 8)
+    random_autoencoder(ae_path)
+    log_every = 5
+    for preset in args.presets.split(','):
+        out = os.path.join(tmp, preset.replace('/', '_'))
+        cmd = [sys.executable, os.path.join(ROOT, 'train_ldm.py'), '--data', data, '--image_size', str(h * 8),
+               '--ae', ae_path, '--ae_preset', args.ae_preset, '--model', 'dit', '--preset', preset,
+               '--batch_size', str(args.batch_size), '--max_steps', str((args.warmup + args.steps) * log_every),
+               '--log_interval', str(log_every), '--eval_interval', str(10 ** 9), '--ckpt_interval', str(10 ** 9),
+               '--cache_latents', os.path.join(tmp, 'cache'), '--out_dir', out, '--device', args.device,
+               '--dtype', dtype, '--num_samples', '1', '--sample_steps', '1']
+        cmd += ['--compile'] * args.compile + ['--grad_checkpointing'] * args.grad_checkpointing
+        t0 = time.time()
+        run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if run.returncode:
+            emit(bench='train_ldm', preset=preset, error=run.stderr[-2000:])
+            continue
+        with open(os.path.join(out, 'log.jsonl')) as fh:
+            rows = [json.loads(line) for line in fh if '"step_time"' in line]
+        timed_rows = rows[args.warmup:]  # the first intervals hold compilation and cuDNN's autotuning
+        step_time = statistics.median(r['step_time'] for r in timed_rows)
+        emit(bench='train_ldm', preset=preset, latent=[C, h, h], batch_size=args.batch_size, compile=args.compile,
+             grad_checkpointing=args.grad_checkpointing, step_time_s=round(step_time, 4),
+             images_per_sec=round(args.batch_size / step_time, 1),
+             peak_mem_gb=round(max(r.get('peak_mem_gb', 0) for r in rows), 2),
+             tflops=round(train_flops(preset, args.batch_size) / step_time / 1e12, 1),
+             mfu=mfu(train_flops(preset, args.batch_size), step_time), wall_s=round(time.time() - t0, 1))
+        subprocess.run(['rm', '-rf', out])
+
+# -----------------------------------------------------------------------------
+# 2. the same step in-process on one batch that stays on the device
+
+
+def batch(seed=0):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(args.batch_size, args.channels, h, h, generator=g).to(device)
+    x = torch.randn(args.batch_size, C, h, h, generator=g).to(device)
     y = torch.randint(0, args.num_classes, (args.batch_size,), generator=g).to(device) if args.num_classes else None
     return x, y
 
-# -----------------------------------------------------------------------------
-# 1. the training step of train_ldm.py
 
-
-results = {'config': vars(args), 'device_name': torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu',
-           'threads': torch.get_num_threads(), 'train_step': [], 'dit_vs_diffusers': []}
-for spec in args.backbones.split(','):
-    name, preset = spec.split(':')
-    for h in sizes:
+if 'synthetic' in parts:
+    for preset in args.presets.split(','):
         torch.manual_seed(0)
-        learn_sigma = name == 'dit'
-        model = build_backbone(name, preset, h, args.channels, args.num_classes, learn_sigma).to(device).train()
-        diffusion = Diffusion('linear' if name == 'dit' else 'scaled_linear', learn_sigma=learn_sigma)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        z, y = batch(h)
+        raw = build_backbone('dit', preset, h, C, args.num_classes, learn_sigma=True).to(device).train()
+        raw.grad_checkpointing = args.grad_checkpointing
+        backend = check_flash_attention(raw) if cuda else 'cpu'
+        model = torch.compile(raw) if args.compile else raw
+        diffusion = Diffusion('linear', learn_sigma=True, device=device)
+        opt = torch.optim.AdamW(raw.parameters(), lr=1e-4, fused=cuda)
+        z, y = batch()
 
         def step():
-            with autocast(device, args.dtype):
+            with autocast(device, dtype):
                 loss = diffusion.training_loss(model, z, y).mean()
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
 
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
         times = [timed(step) for _ in range(args.warmup + args.steps)][args.warmup:]
         t = statistics.median(times)
-        row = {'backbone': spec, 'latent': [args.channels, h, h], 'batch_size': args.batch_size,
-               'params_M': round(sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, 2),
-               'step_time_s': round(t, 4), 'latents_per_sec': round(args.batch_size / t, 1)}
-        results['train_step'].append(row)
-        print(json.dumps(row), file=sys.stderr)
+        emit(bench='synthetic', preset=preset, latent=[C, h, h], batch_size=args.batch_size, compile=args.compile,
+             grad_checkpointing=args.grad_checkpointing, sdpa_backend=backend, step_time_s=round(t, 4),
+             images_per_sec=round(args.batch_size / t, 1),
+             peak_mem_gb=round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 2) if cuda else None,
+             tflops=round(train_flops(preset, args.batch_size) / t / 1e12, 2),
+             mfu=mfu(train_flops(preset, args.batch_size), t))
+        del raw, model, opt
+        if cuda:
+            torch.cuda.empty_cache()
 
 # -----------------------------------------------------------------------------
-# 2. our DiT vs diffusers' DiTTransformer2DModel, same size, forward + backward, alternating
+# 3. our DiT vs diffusers' DiTTransformer2DModel, same size, forward + backward, alternating
 
 
-if not args.no_diffusers:
+if 'vs_diffusers' in parts:
     from diffusers import DiTTransformer2DModel
-    dit_specs = [s.split(':')[1] for s in args.backbones.split(',') if s.startswith('dit:')]
-    for preset in dit_specs:
-        for h in sizes:
-            torch.manual_seed(0)
-            ours = DIT_PRESETS[preset](input_size=h, in_channels=args.channels, num_classes=max(args.num_classes, 1),
-                                       learn_sigma=True).to(device).train()
-            D, heads = ours.blocks[0].attn.qkv.in_features, ours.blocks[0].attn.num_heads
-            ref = DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=D // heads,
-                                        in_channels=args.channels, out_channels=2 * args.channels,
-                                        num_layers=len(ours.blocks), sample_size=h, patch_size=ours.patch_size,
-                                        num_embeds_ada_norm=max(args.num_classes, 1), norm_eps=1e-6).to(device).train()
-            x, _ = batch(h)
-            t = torch.randint(0, 1000, (args.batch_size,), generator=torch.Generator().manual_seed(1)).to(device)
-            y = torch.randint(0, max(args.num_classes, 1), (args.batch_size,)).to(device)
+    for preset in args.presets.split(','):
+        torch.manual_seed(0)
+        ours = DIT_PRESETS[preset](input_size=h, in_channels=C, num_classes=max(args.num_classes, 1),
+                                   learn_sigma=True).to(device).train()
+        D, heads = ours.blocks[0].attn.qkv.in_features, ours.blocks[0].attn.num_heads
+        ref = DiTTransformer2DModel(num_attention_heads=heads, attention_head_dim=D // heads, in_channels=C,
+                                    out_channels=2 * C, num_layers=len(ours.blocks), sample_size=h,
+                                    patch_size=ours.patch_size, num_embeds_ada_norm=max(args.num_classes, 1),
+                                    norm_eps=1e-6).to(device).train()
+        x, _ = batch()
+        t = torch.randint(0, 1000, (args.batch_size,), generator=torch.Generator().manual_seed(1)).to(device)
+        y = torch.randint(0, max(args.num_classes, 1), (args.batch_size,)).to(device)
 
-            def fwd_bwd_ours():
-                with autocast(device, args.dtype):
-                    out = ours(x, t, y)
-                out.float().square().mean().backward()
-                ours.zero_grad(set_to_none=True)
+        def fwd_bwd_ours():
+            with autocast(device, dtype):
+                out = ours(x, t, y)
+            out.float().square().mean().backward()
+            ours.zero_grad(set_to_none=True)
 
-            def fwd_bwd_ref():
-                with autocast(device, args.dtype):
-                    out = ref(x, timestep=t, class_labels=y).sample
-                out.float().square().mean().backward()
-                ref.zero_grad(set_to_none=True)
+        def fwd_bwd_ref():
+            with autocast(device, dtype):
+                out = ref(x, timestep=t, class_labels=y).sample
+            out.float().square().mean().backward()
+            ref.zero_grad(set_to_none=True)
 
-            t_ours, t_ref = [], []
-            for i in range(args.warmup + args.steps):
-                a, b = timed(fwd_bwd_ours), timed(fwd_bwd_ref)
-                if i >= args.warmup:
-                    t_ours.append(a)
-                    t_ref.append(b)
-            row = {'preset': preset, 'latent': [args.channels, h, h], 'batch_size': args.batch_size,
-                   'ours_fwd_bwd_s': round(statistics.median(t_ours), 4),
-                   'diffusers_fwd_bwd_s': round(statistics.median(t_ref), 4),
-                   'ours_over_diffusers': round(statistics.median(t_ours) / statistics.median(t_ref), 3),
-                   'params_M': {'ours': round(sum(p.numel() for p in ours.parameters()) / 1e6, 2),
-                                'diffusers': round(sum(p.numel() for p in ref.parameters()) / 1e6, 2)}}
-            results['dit_vs_diffusers'].append(row)
-            print(json.dumps(row), file=sys.stderr)
-
-print(json.dumps(results, indent=2))
+        t_ours, t_ref = [], []
+        for i in range(args.warmup + args.steps):
+            a, b = timed(fwd_bwd_ours), timed(fwd_bwd_ref)
+            if i >= args.warmup:
+                t_ours.append(a)
+                t_ref.append(b)
+        emit(bench='vs_diffusers', preset=preset, latent=[C, h, h], batch_size=args.batch_size, compile=False,
+             ours_fwd_bwd_s=round(statistics.median(t_ours), 4), diffusers_fwd_bwd_s=round(statistics.median(t_ref), 4),
+             ours_over_diffusers=round(statistics.median(t_ours) / statistics.median(t_ref), 3),
+             params_M={'ours': round(sum(p.numel() for p in ours.parameters()) / 1e6, 2),
+                       'diffusers': round(sum(p.numel() for p in ref.parameters()) / 1e6, 2)})
+        del ours, ref
+        if cuda:
+            torch.cuda.empty_cache()
