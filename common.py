@@ -325,6 +325,19 @@ def save_image_grid(x, path, nrow=8):
     vutils.save_image(((x.detach().float().cpu() + 1) / 2).clamp(0, 1), path, nrow=nrow, padding=2)
 
 
+def save_video(frames, path, fps=8):
+    """frames (T, 3, H, W) in [-1, 1] -> an animated GIF at `fps`, written with PyAV."""
+    import av
+    x = ((frames.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    x = x.permute(0, 2, 3, 1).numpy()  # (T, H, W, 3)
+    with av.open(path, 'w', format='gif') as out:
+        stream = out.add_stream('gif', rate=fps)
+        stream.width, stream.height, stream.pix_fmt = x.shape[2], x.shape[1], 'rgb8'
+        for frame in x:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')))
+        out.mux(stream.encode())
+
+
 def peak_memory(device):
     """{'peak_mem_gb': the most GPU memory tensors have held so far} on CUDA, {} elsewhere: for the log line."""
     return {'peak_mem_gb': torch.cuda.max_memory_allocated(device) / 2 ** 30} if device.type == 'cuda' else {}

@@ -555,6 +555,7 @@ class VideoAEConfig:
     chunk_frames: int = 8          # encoding: input frames per temporal chunk after the first (CogVideoX: 8)
     chunk_latents: int = 2         # decoding: latent frames per chunk after the first (CogVideoX: 2)
     dropout: float = 0.0
+    regularizer = 'kl'             # not a field: the video AE is KL-regularised only (as the image AE's default)
 
 
 VIDEO_AE_PRESETS = {
@@ -667,6 +668,14 @@ def split_first(x, clip_start):
     return (x[:, :, :1], x[:, :, 1:]) if clip_start else (x[:, :, :0], x)
 
 
+def causal_time_pool(x, clip_start=True):
+    """Halve time as the encoder does: frames 1+2j and 2+2j are averaged and frame 0 kept apart, (B,C,1+2m,H,W) ->
+    (B,C,1+m,H,W); a later chunk (B,C,2m,H,W) -> (B,C,m,H,W). Also the temporal SE operator, for x and z alike."""
+    first, rest = split_first(x, clip_start)
+    B, C, T, H, W = rest.shape
+    return torch.cat([first, rest.reshape(B, C, T // 2, 2, H, W).mean(3)], dim=2)
+
+
 class Downsample3d(nn.Module):
     """Time (if compress_time): frames 1+2j and 2+2j are averaged, frame 0 kept apart (T = 1 + 2m -> 1 + m).
     Space: the image AE's stride-2 3x3 conv, per frame."""
@@ -678,9 +687,7 @@ class Downsample3d(nn.Module):
 
     def forward(self, x, clip_start=True):
         if self.compress_time:
-            first, rest = split_first(x, clip_start)
-            B, C, T, H, W = rest.shape
-            x = torch.cat([first, rest.reshape(B, C, T // 2, 2, H, W).mean(3)], dim=2)
+            x = causal_time_pool(x, clip_start)
         return from_frames(self.conv(F.pad(to_frames(x), (0, 1, 0, 1))), x.shape[0])
 
 

@@ -6,6 +6,9 @@ regulariser of Skorokhodov et al. (ICML 2025), which makes its latents more "dif
   torchrun --nproc_per_node=8 train_ae.py --se_weight 0.25   # the same under DDP
   torchrun --nproc_per_node=8 train_ae.py --data /imagenet/train --image_size 256 --preset flux \
       --init_from flux_ae.safetensors --se_weight 0.25 --max_steps 20000   # the paper's fine-tuning recipe
+  python train_ae.py --num_frames 17 --se_weight 0.25       # tiny causal 3D video AE, embedded moving dead leaves
+  torchrun --nproc_per_node=8 train_ae.py --num_frames 17 --data /kinetics700/train --image_size 256 \
+      --preset cogvideox --init_from cogvideox_vae.safetensors --se_weight 0.25   # the paper's video recipe
 
 Generator loss (LDM's LPIPSWithDiscriminator, plus SE):
   L = |x - D(z)| + lpips_weight * LPIPS(x, D(z))                         reconstruction, z = E(x)
@@ -14,6 +17,11 @@ Generator loss (LDM's LPIPSWithDiscriminator, plus SE):
     + se_weight * (|down(x) - D(down(z))| + lpips_weight * LPIPS(down(x), D(down(z))))
 where down() shrinks x and z by the same factor s drawn from --se_scales. The discriminator sees only full-resolution
 reconstructions and is trained with the hinge loss.
+
+Video (--num_frames N > 1, N = 1 + 4k): the causal 3D autoencoder of model.py (presets tiny, cogvideox) on clips
+(B, 3, N, H, W). L1 is over all pixels of the clip, LPIPS and the PatchGAN discriminator see every frame as an image
+(a frame discriminator), and down() shrinks each frame of x and each latent frame of z; time is untouched, as in the
+paper, unless --se_temporal also halves it in both (pairs of frames averaged, the first frame kept apart).
 """
 import os
 import json
@@ -32,16 +40,27 @@ from tqdm import tqdm
 
 from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, restore_rng_states,
-                    save_checkpoint, load_checkpoint, update_ema, build_loader, save_image_grid, Logger,
+                    save_checkpoint, load_checkpoint, update_ema, build_loader, save_image_grid, save_video, Logger,
                     stop_if_non_finite, rank_param_max_diff, peak_memory)
-from data import make_dataset
-from model import AE_PRESETS, Autoencoder, NLayerDiscriminator, LPIPS, hinge_d_loss, load_autoencoder
+from data import make_dataset, make_video_dataset
+from model import (AE_PRESETS, Autoencoder, NLayerDiscriminator, LPIPS, hinge_d_loss, load_autoencoder,
+                   VIDEO_AE_PRESETS, VideoAutoencoder, load_video_autoencoder, to_frames, from_frames, causal_time_pool)
 
 # -----------------------------------------------------------------------------
 # config
 
+# video runs have their own defaults, sized so that `--num_frames 17` trains on two CPU cores in under ten minutes
+VIDEO_DEFAULTS = dict(out_dir='out/video_ae', image_size=32, batch_size=1, max_steps=200, lr=2e-4,
+                      eval_interval=100, ckpt_interval=100)
+pre = argparse.ArgumentParser(add_help=False)
+pre.add_argument('--num_frames', type=int, default=1)
+video = pre.parse_known_args()[0].num_frames > 1
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-add_common_args(parser, out_dir='out/ae', lr=1e-4)
+add_common_args(parser, **(VIDEO_DEFAULTS if video else dict(out_dir='out/ae', lr=1e-4)))
+parser.add_argument('--num_frames', type=int, default=1, help=f"frames per training clip (1 + 4k); 1 = images. With N > 1 "
+                    f"the video AE presets ({', '.join(VIDEO_AE_PRESETS)}) are used and the defaults become {VIDEO_DEFAULTS}")
+parser.add_argument('--frame_stride', type=int, default=1, help='video: take every n-th frame of the source video')
+parser.add_argument('--se_temporal', action='store_true', help='video: SE also halves time in x and z (needs N = 1 + 8k)')
 parser.add_argument('--regularizer', type=str, default=None, choices=['kl', 'vq'], help="latent regulariser; default: the preset's")
 parser.add_argument('--kl_weight', type=float, default=1e-6, help="weight of the KL term (LDM's convention: KL summed over the latent vs. L1 summed over pixels)")
 parser.add_argument('--lpips_weight', type=float, default=1.0, help='weight of the LPIPS perceptual loss; 0 disables it (no VGG weights needed)')
@@ -62,6 +81,11 @@ args = parser.parse_args()
 se_scales = [int(s) for s in args.se_scales.split(',') if s]
 if args.se_weight < 0 or any(s < 2 for s in se_scales) or (args.se_weight > 0 and not se_scales):
     die(f"--se_scales must list factors >= 2 (got '{args.se_scales}') and --se_weight must be >= 0.")
+if args.num_frames < 1 or args.frame_stride < 1:
+    die(f"--num_frames ({args.num_frames}) and --frame_stride ({args.frame_stride}) must be at least 1.")
+if args.se_temporal and (not video or (args.num_frames - 1) % 8):
+    die(f"--se_temporal halves 1 + 8k frames to 1 + 4k, which the causal layout can encode; "
+        f"--num_frames {args.num_frames} is not of that form.")
 
 # -----------------------------------------------------------------------------
 # init: processes, precision, seeds
@@ -76,22 +100,29 @@ seed_everything(args.seed + dist.rank)  # different noise per rank; the data sha
 # -----------------------------------------------------------------------------
 # models
 
+presets = VIDEO_AE_PRESETS if video else AE_PRESETS
 if args.init_from:
     try:  # our checkpoint (it names its own preset) or public weights made for --preset
-        ae = load_autoencoder(args.init_from, preset=args.preset)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        ae = (load_video_autoencoder if video else load_autoencoder)(args.init_from, preset=args.preset)
+    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as e:
         die(str(e))
     ae_config = ae.cfg
 else:
-    if args.preset not in AE_PRESETS:
-        die(f"--preset {args.preset} is not an autoencoder preset; choose one of {', '.join(AE_PRESETS)}.")
-    ae_config = AE_PRESETS[args.preset]
-if args.regularizer is not None and args.regularizer != ae_config.regularizer:
+    if args.preset not in presets:
+        die(f"--preset {args.preset} is not {'a video' if video else 'an'} autoencoder preset; "
+            f"choose one of {', '.join(presets)}.")
+    ae_config = presets[args.preset]
+if video:
+    if args.regularizer not in (None, 'kl'):
+        die("the video autoencoder is KL-regularised; drop --regularizer vq or train on images (--num_frames 1).")
+    if (args.num_frames - 1) % 2 ** ae_config.temporal_levels:
+        die(f"--num_frames {args.num_frames} must be 1 + {2 ** ae_config.temporal_levels}k for the causal layout.")
+elif args.regularizer is not None and args.regularizer != ae_config.regularizer:
     if args.init_from:
         die(f"--regularizer {args.regularizer} differs from the {ae_config.regularizer} regulariser of --init_from.")
     ae_config = replace(ae_config, regularizer=args.regularizer)
 if not args.init_from:
-    ae = Autoencoder(ae_config)
+    ae = VideoAutoencoder(ae_config) if video else Autoencoder(ae_config)
 ae.to(device).train()
 f = ae.downsample_factor
 if args.image_size % (f * max(se_scales, default=1)) != 0:
@@ -115,7 +146,9 @@ opt_g = torch.optim.Adam(ae.parameters(), lr=args.lr, betas=(0.5, 0.9), fused=fu
 opt_d = torch.optim.Adam(disc.parameters(), lr=args.disc_lr or args.lr, betas=(0.5, 0.9), fused=fused)
 scaler = make_grad_scaler(dtype, device)
 
-loader = build_loader(args, dist)
+loader = build_loader(args, dist, dataset=make_video_dataset(
+    args.data, args.image_size, args.num_frames, args.frame_stride, seed=args.seed, train=True,
+    random_crop=args.random_crop) if video else None)
 step = 0
 if not args.resume and os.path.exists(ckpt_path):
     die(f"{ckpt_path} already exists; pass --resume to continue that run or choose another --out_dir.")
@@ -153,7 +186,11 @@ class AutoencoderWithSE(nn.Module):
 
 
 def se_down(t, s):
-    """The same downsampling operator for images and latents (the paper uses 2x/4x bilinear)."""
+    """The same downsampling operator for images and latents (the paper uses 2x/4x bilinear). Video (B, C, T, H, W):
+    every frame (latent frame) alike, and with --se_temporal time halved as the encoder halves it."""
+    if t.dim() == 5:
+        t = from_frames(se_down(to_frames(t), s), t.shape[0])
+        return causal_time_pool(t) if args.se_temporal else t
     if args.se_down == 'avgpool':
         return F.avg_pool2d(t, s)
     return F.interpolate(t, scale_factor=1 / s, mode='bilinear', antialias=True, align_corners=False)
@@ -169,17 +206,23 @@ else:
     disc_ddp = disc
 
 # a fixed held-out batch for the grids and the high-frequency probe
-eval_set = make_dataset(args.data, args.image_size, seed=args.seed, train=False)
+eval_set = (make_video_dataset(args.data, args.image_size, args.num_frames, args.frame_stride, seed=args.seed,
+                               train=False) if video else make_dataset(args.data, args.image_size, seed=args.seed, train=False))
 x_eval = torch.stack([eval_set[i][0] for i in range(min(args.num_eval, len(eval_set)))]).to(device)
 
 # -----------------------------------------------------------------------------
 # losses
 
+def frames(x):
+    """Images as they are; a video batch (B, C, T, H, W) as B*T images, for LPIPS and the frame discriminator."""
+    return to_frames(x) if x.dim() == 5 else x
+
+
 def reconstruction_loss(x, x_rec):
-    """L1 + lpips_weight * LPIPS, both per pixel, averaged over the batch."""
+    """L1 + lpips_weight * LPIPS, both per pixel (LPIPS per frame for video), averaged over the batch."""
     loss = (x - x_rec).abs().mean()
     if lpips is not None:
-        loss = loss + args.lpips_weight * lpips(x, x_rec).mean()
+        loss = loss + args.lpips_weight * lpips(frames(x), frames(x_rec)).mean()
     return loss
 
 
@@ -202,16 +245,41 @@ def evaluate():
         x_rec = net.decode(z).float()
         rows = [x_eval, x_rec]
         for s in se_scales if args.se_weight > 0 else []:
-            up = lambda t: F.interpolate(t, size=x_eval.shape[-2:], mode='nearest')  # shown at full size
+            up = lambda t: F.interpolate(t, size=x_eval.shape[2:], mode='nearest')  # shown at full size (and length)
             rows += [up(se_down(x_eval, s)), up(net.decode(se_down(z, s)).float())]
     ae.train()
-    save_image_grid(torch.cat(rows).clamp(-1, 1), os.path.join(args.out_dir, f'recon_{step:07d}.png'), nrow=len(x_eval))
+    if video:
+        save_video_previews(rows)
+    else:
+        save_image_grid(torch.cat(rows).clamp(-1, 1), os.path.join(args.out_dir, f'recon_{step:07d}.png'), nrow=len(x_eval))
     mse = F.mse_loss((x_rec.clamp(-1, 1) + 1) / 2, (x_eval + 1) / 2)
     metrics = {'val_psnr': (10 * torch.log10(1 / mse)).item()}
-    if min(z.shape[-2:]) >= 8:  # the spectrum works on 8x8 DCT blocks of the latent
-        x_pooled = F.adaptive_avg_pool2d(x_eval, z.shape[-2:])  # RGB on the latent's grid
+    x_pooled = x_eval
+    if video:
+        # the trivial reference: every frame area-downsampled to the latent grid and bicubic-upsampled back
+        # (generous: it keeps all frames, the latent only 1 in 4)
+        small = F.interpolate(to_frames(x_eval), scale_factor=1 / f, mode='area')
+        ref = F.interpolate(small, scale_factor=f, mode='bicubic', align_corners=False).clamp(-1, 1)
+        mse_ref = F.mse_loss((ref + 1) / 2, (to_frames(x_eval) + 1) / 2)
+        metrics['val_psnr_bicubic'] = (10 * torch.log10(1 / mse_ref)).item()
+        for _ in range(ae_config.temporal_levels):
+            x_pooled = causal_time_pool(x_pooled)  # RGB on the latent's frames; its grid follows below
+    if min(z.shape[-2:]) >= 8:  # the spectrum works on 8x8 DCT blocks of the latent (of every latent frame)
+        x_pooled = F.adaptive_avg_pool2d(frames(x_pooled), z.shape[-2:])  # RGB on the latent's grid
         metrics.update(hf_ratio_latent=hf_ratio(z.float()), hf_ratio_rgb=hf_ratio(x_pooled))
     return metrics
+
+
+def save_video_previews(rows):
+    """rows: clips (B, 3, T, H, W) of inputs, reconstructions and SE branches -> a GIF whose frame t shows every clip
+    (columns) of every row, and a PNG strip of the first two clips, one row of frames per kind."""
+    from torchvision.utils import make_grid
+    T = x_eval.shape[2]
+    grid = torch.stack([make_grid(torch.cat([r[:, :, t] for r in rows]).float(), nrow=len(x_eval), padding=2,
+                                  pad_value=-1) for t in range(T)])
+    save_video(grid, os.path.join(args.out_dir, f'recon_{step:07d}.gif'))
+    strip = torch.cat([r[i].transpose(0, 1) for i in range(min(2, len(x_eval))) for r in rows])  # (2*rows*T, 3, H, W)
+    save_image_grid(strip.clamp(-1, 1), os.path.join(args.out_dir, f'recon_{step:07d}.png'), nrow=T)
 
 
 def checkpoint():
@@ -235,7 +303,7 @@ if dist.master:
     n_params = sum(p.numel() for p in ae.parameters())
     print(f"autoencoder {n_params / 1e6:.2f}M params, f={f}, z={ae_config.z_channels}, {ae_config.regularizer}; "
           f"{dist.world_size} process(es) on {device}, {dtype}; se_weight {args.se_weight}, scales {se_scales}")
-pixels = 3 * args.image_size ** 2
+pixels = 3 * args.num_frames * args.image_size ** 2
 progress = tqdm(total=args.max_steps, initial=step, disable=not dist.master, dynamic_ncols=True)
 train_time, timed_steps = 0.0, 0  # wall time of training steps only (no evaluation, no checkpointing)
 while step < args.max_steps:
@@ -263,7 +331,7 @@ while step < args.max_steps:
                     terms['se'] = terms.get('se', 0) + se.detach() / args.grad_accum
                 if use_disc:
                     disc.requires_grad_(False)  # the generator's loss must not train the discriminator
-                    g_loss = -disc(x_rec).mean()
+                    g_loss = -disc(frames(x_rec)).mean()
                     disc.requires_grad_(True)
                     w = adaptive_weight(rec, g_loss)
                     loss = loss + w * args.disc_weight * g_loss
@@ -282,7 +350,7 @@ while step < args.max_steps:
             sync = contextlib.nullcontext() if (not dist.ddp or micro == args.grad_accum - 1) else disc_ddp.no_sync()
             with sync:
                 with autocast(device, dtype):
-                    d_loss = hinge_d_loss(disc_ddp(x), disc_ddp(x_rec))
+                    d_loss = hinge_d_loss(disc_ddp(frames(x)), disc_ddp(frames(x_rec)))
                 scaler.scale(d_loss / args.grad_accum).backward()
             terms['d'] = terms.get('d', 0) + d_loss.detach() / args.grad_accum
         scaler.unscale_(opt_d)
@@ -307,7 +375,7 @@ while step < args.max_steps:
     train_time, timed_steps = train_time + time.time() - t0, timed_steps + 1
     if step % args.log_interval == 0 or step == args.max_steps:
         dt, train_time, timed_steps = train_time / timed_steps, 0.0, 0
-        images = args.batch_size * args.grad_accum * dist.world_size
+        images = args.batch_size * args.grad_accum * dist.world_size * args.num_frames  # video: frames
         logger.log(step, **{k: (all_reduce_mean(v.float(), dist) if torch.is_tensor(v) else v) for k, v in terms.items()},
                    step_time=dt, images_per_sec=images / dt, skipped_images=loader.skipped, lr=args.lr,
                    **peak_memory(device))
