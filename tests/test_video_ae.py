@@ -75,3 +75,33 @@ def test_an_image_is_a_one_frame_video():
         ae.encode(torch.zeros(1, 3, 8, 16, 16))
     with pytest.raises(ValueError, match='do not fit'):
         load_video_ae_state_dict(ae, {'encoder.conv_in.conv.weight': torch.zeros(1)})
+
+
+def test_temporal_spectrum_is_offset_free_scale_free_and_sees_slow_change():
+    from spectrum import temporal_amplitude, temporal_spectrum, temporal_hf_ratio
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(4, 3, 17, 8, 8, generator=g)
+    slow = noise.cumsum(dim=2)  # a random walk in time: a 1/f^2 power spectrum, like natural video
+    a, b = torch.tensor([3.0, -0.5, 20.0])[None, :, None, None, None], torch.tensor([5.0, -7.0, 100.0])[None, :, None, None, None]
+    for x in (noise, slow):  # a per-channel affine map of the latent changes nothing, neither does channel order
+        ref = temporal_spectrum(temporal_amplitude(x))
+        assert torch.allclose(temporal_spectrum(temporal_amplitude(a * x + b)), ref, atol=1e-9)
+        assert temporal_hf_ratio(temporal_amplitude(x[:, [2, 0, 1]])) == pytest.approx(temporal_hf_ratio(temporal_amplitude(x)))
+    assert temporal_hf_ratio(temporal_amplitude(noise)) == pytest.approx(1.0, abs=0.05)  # white in time: flat
+    assert temporal_hf_ratio(temporal_amplitude(slow)) < 0.5
+
+
+def test_spectrum_cli_on_a_video_autoencoder(tmp_path):
+    import json
+    from dataclasses import asdict
+    import spectrum
+    from model import VIDEO_AE_PRESETS
+    cfg = VIDEO_AE_PRESETS['tiny']
+    torch.save({'model': VideoAutoencoder(cfg).state_dict(), 'config': {'preset': 'tiny', 'ae_config': asdict(cfg)}},
+               tmp_path / 'ckpt.pt')
+    spectrum.main(['--ckpt', str(tmp_path / 'ckpt.pt'), '--label', 'ae', '--num_frames', '9', '--image_size', '32',
+                   '--num_images', '2', '--batch_size', '2', '--device', 'cpu', '--out_dir', str(tmp_path)])
+    r = json.load(open(tmp_path / 'spectrum_video.json'))['video']
+    assert set(r) == {'ae', 'RGB for ae', 'RGB full'}
+    assert len(r['ae']['spatial_hf_ratio_per_frame']) == 3 and len(r['ae']['temporal_spectrum']) == 2  # 9 -> 3 frames
+    assert len(r['RGB full']['temporal_spectrum']) == 8 and 0 < r['RGB full']['temporal_hf_ratio'] < 1
