@@ -218,8 +218,8 @@ def load_checkpoint(path, map_location='cpu'):
 @torch.no_grad()
 def update_ema(ema_model, model, decay):
     """ema <- decay * ema + (1 - decay) * theta; buffers (e.g. BatchNorm statistics) are copied."""
-    for p_ema, p in zip(ema_model.parameters(), model.parameters()):
-        p_ema.lerp_(p.detach().to(p_ema.dtype), 1.0 - decay)
+    ema_params, params = list(ema_model.parameters()), [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)  # one fused kernel per group of tensors, not one per tensor
     for b_ema, b in zip(ema_model.buffers(), model.buffers()):
         b_ema.copy_(b)
 

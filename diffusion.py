@@ -157,8 +157,9 @@ class Diffusion:
         x_prev = mu~(x0_theta, x_t) + sigma z, z ~ N(0, I); sigma^2 = beta~ (fixed) or eq. 15 (learned); no noise at the
         last step, where mu~ = x0_theta."""
         B = x_t.shape[0]
-        t_b, t_prev_b = torch.full((B,), t, dtype=torch.long), torch.full((B,), t_prev, dtype=torch.long)
-        pred, var_values = self.split_output(model_fn(x_t, t_b.to(x_t.device)))
+        # timesteps made on the device: a host-to-device copy here would stall the GPU at every step
+        t_b, t_prev_b = (torch.full((B,), s, dtype=torch.long, device=x_t.device) for s in (t, t_prev))
+        pred, var_values = self.split_output(model_fn(x_t, t_b))
         _, x0 = self.eps_x0(pred, x_t, t_b)
         mean, var, beta = self.q_posterior(x0, x_t, t_b, t_prev_b)
         if t_prev < 0:
@@ -181,8 +182,8 @@ class Diffusion:
         x_prev = sqrt(abar_prev) x0_theta + sqrt(1 - abar_prev - sigma^2) eps_theta + sigma z,
         sigma = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev)."""
         B = x_t.shape[0]
-        t_b, t_prev_b = torch.full((B,), t, dtype=torch.long), torch.full((B,), t_prev, dtype=torch.long)
-        pred, _ = self.split_output(model_fn(x_t, t_b.to(x_t.device)))
+        t_b, t_prev_b = (torch.full((B,), s, dtype=torch.long, device=x_t.device) for s in (t, t_prev))
+        pred, _ = self.split_output(model_fn(x_t, t_b))
         eps, x0 = self.eps_x0(pred, x_t, t_b)
         a, a_prev = self._abar(t_b, x_t), self._abar(t_prev_b, x_t)
         sigma = eta * ((1 - a_prev) / (1 - a)).sqrt() * (1 - a / a_prev).sqrt()

@@ -85,9 +85,10 @@ def mfu(flops_per_step, step_time):
 
 
 def train_flops(preset, batch_size):
-    """3x the forward FLOPs (forward + backward), 4x with gradient checkpointing (the forward runs twice)."""
+    """Model FLOPs of a training step: 3x the forward (forward + backward). Gradient checkpointing's second forward is
+    not counted, as MFU (unlike hardware FLOPs utilisation) counts only the FLOPs the model needs."""
     model = build_backbone('dit', preset, h, C, args.num_classes, learn_sigma=True)
-    return (4 if args.grad_checkpointing else 3) * dit_flops(**dit_config(model)) * batch_size
+    return 3 * dit_flops(**dit_config(model)) * batch_size
 
 
 def check_flash_attention(model):
