@@ -10,6 +10,9 @@ reproducible; a plain `i` gives the un-augmented image.
   Rendered at 4x and box-downsampled (antialiasing), with smooth shading and a little sensor noise per shape.
 - ImageFolder: a folder searched recursively (jpg, jpeg, png, webp, bmp). Class ids come from the first-level
   subfolders when every image sits in one (ImageNet's train folder works as is); otherwise the set is unlabelled.
+- Video (train_ae.py --num_frames N): clips x (3, N, H, W). MovingDeadLeaves, the embedded default (shapes of the
+  still set moving over a panning dead-leaves background), and VideoFolder, videos decoded with PyAV (read_clip seeks
+  to the clip instead of decoding the whole file; bad videos are counted skips).
 """
 import os
 
@@ -312,13 +315,14 @@ def read_clip(path, num_frames, frame_stride, start=None, rng=None):
             raise BadVideo(f"{path} has {n} frames, fewer than the {span} a clip needs")
         if start is None:
             start = int(rng.integers(0, n - span + 1))
+        t0 = stream.start_time or 0  # the first frame's timestamp, in stream.time_base units (often 0)
         if start > 0:
-            container.seek(int(start / rate / stream.time_base), stream=stream, backward=True, any_frame=False)
+            container.seek(t0 + int(start / rate / stream.time_base), stream=stream, backward=True, any_frame=False)
         frames, last = [], None
         for frame in container.decode(stream):
-            if frame.time is None:
+            if frame.pts is None:
                 raise BadVideo(f"{path} has frames without timestamps")
-            index = frame.time * rate  # frame number from the timestamp: it must land on the constant-rate grid
+            index = float((frame.pts - t0) * stream.time_base * rate)  # frame number: on the constant-rate grid
             if abs(index - round(index)) > 0.25 or (last is not None and round(index) != last + 1):
                 raise BadVideo(f"{path} has a variable frame rate")
             last = index = round(index)

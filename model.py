@@ -1,6 +1,7 @@
 """
 Every network of the project, shared by all scripts:
   - the first-stage autoencoder of LDM / Stable Diffusion / FLUX.1 (Encoder, Decoder, KL and VQ regularisers),
+  - the causal 3D video autoencoder of CogVideoX (VideoAutoencoder; an image is a 1-frame video),
   - the PatchGAN discriminator and the LPIPS perceptual loss used to train it,
   - the two diffusion backbones: the LDM UNet and DiT.
 Parameter names follow the original checkpoints so public weights load as they are.
