@@ -8,6 +8,7 @@ import sys
 import json
 import time
 import random
+import threading
 import contextlib
 from dataclasses import dataclass
 
@@ -66,12 +67,24 @@ class Dist:
     master: bool
 
 
+def select_device(name):
+    """The one reading of --device: 'auto' (the GPU when there is one), 'cpu', 'cuda' or 'cuda:N'."""
+    if name == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    try:
+        kind = torch.device(name).type
+    except RuntimeError:
+        die(f"--device {name} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    if kind not in ('cpu', 'cuda'):
+        die(f"--device {name} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    if kind == 'cuda' and not torch.cuda.is_available():
+        die(f"--device {name} was asked for but no CUDA GPU is visible; use --device cpu.")
+    return name
+
+
 def setup_distributed(device='auto'):
     """DDP is on when torchrun set RANK; NCCL on GPUs, gloo on CPU. Each process uses the GPU of its local rank."""
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        die(f"--device {device} was asked for but no CUDA GPU is visible; use --device cpu.")
+    device = select_device(device)
     ddp = int(os.environ.get('RANK', -1)) != -1
     rank, local_rank, world_size = 0, 0, 1
     if ddp:
@@ -125,20 +138,35 @@ def all_reduce_mean(x, dist):
     return x
 
 
-def stop_if_non_finite(loss, step, ckpt_path, dist):
-    """A NaN/inf loss ends the run before anything is written, so the last checkpoint stays good. `loss` is the
-    all-reduced loss, so every rank stops together."""
-    if not torch.isfinite(loss):
+def note_non_finite(first_bad_step, loss, step):
+    """first_bad_step: a float64 tensor on the loss's device, inf while every loss was finite, else the first step whose
+    loss was not. Updated on the device, so checking every step costs no host sync."""
+    return torch.where(torch.isfinite(loss) | torch.isfinite(first_bad_step), first_bad_step,
+                       torch.full_like(first_bad_step, step))
+
+
+def stop_if_non_finite(first_bad_step, ckpt_path, dist, progress=None):
+    """One host sync, before every checkpoint and log line: a NaN/inf loss since the last check ends the run before
+    anything is written, so the last checkpoint stays good. The minimum over ranks, so every rank stops together."""
+    if dist.ddp:
+        first_bad_step = first_bad_step.clone()
+        torch_dist.all_reduce(first_bad_step, op=torch_dist.ReduceOp.MIN)
+    if torch.isfinite(first_bad_step):
+        if progress is not None:
+            progress.close()
         cleanup_distributed()
-        die(f"the loss became {loss.item()} at step {step}; nothing was saved, so {ckpt_path} still holds the "
-            f"last good state (lower --lr, or try --dtype float32, then --resume).")
+        die(f"the loss became non-finite at step {int(first_bad_step)}; nothing was saved after it, so {ckpt_path} "
+            f"still holds the last good state (lower --lr, or try --dtype float32, then --resume).")
 
 
-def rank_param_max_diff(model, dist):
-    """The largest difference between any rank's parameters and rank 0's: DDP must keep it 0; check, not trust."""
-    params = torch.cat([p.detach().float().flatten() for p in model.parameters()])
-    gathered = [torch.empty_like(params) for _ in range(dist.world_size)]
-    torch_dist.all_gather(gathered, params)
+def rank_checksum_diff(model, dist):
+    """The largest difference between any rank's parameter checksums and rank 0's: DDP must keep it 0; check, not
+    trust. Per parameter tensor the float64 sum and sum of squares, so only 16 bytes per tensor cross the network
+    (an all-gather of the weights themselves would be 24 GB for DiT-XL/2 on 8 GPUs)."""
+    sums = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().pow(2).sum()])
+                        for p in model.parameters()])  # (n_tensors, 2)
+    gathered = [torch.empty_like(sums) for _ in range(dist.world_size)]
+    torch_dist.all_gather(gathered, sums)
     return max((g - gathered[0]).abs().max().item() for g in gathered)
 
 
@@ -205,6 +233,50 @@ def save_checkpoint(obj, path):
         os.close(dir_fd)
 
 
+def cpu_copy(obj):
+    """A snapshot of a (nested) state dict with every tensor copied to the CPU, so training may go on changing the
+    originals while the snapshot is written."""
+    if torch.is_tensor(obj):
+        return obj.detach().to('cpu', copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """
+    Checkpoints written on a background thread: save() takes a CPU snapshot (seconds even for DiT-XL/2's 11 GB with
+    AdamW) and returns while the files are written atomically (save_checkpoint), so the GPUs wait for the copy only,
+    not for the disk. One write at a time; wait() before the next and at the end, and it reports a failed write.
+    """
+    def __init__(self):
+        self.thread, self.error = None, None
+
+    def save(self, files):
+        """files: {path: object}."""
+        self.wait()
+        snapshot = {path: cpu_copy(obj) for path, obj in files.items()}
+        self.thread = threading.Thread(target=self._write, args=(snapshot,), daemon=False)
+        self.thread.start()
+
+    def _write(self, snapshot):
+        try:
+            for path, obj in snapshot.items():
+                save_checkpoint(obj, path)
+        except BaseException as e:  # reported on the training thread by wait()
+            self.error = e
+
+    def wait(self):
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            die(f"writing a checkpoint failed ({type(error).__name__}: {error}); the previous one is intact.")
+
+
 def load_checkpoint(path, map_location='cpu'):
     if not os.path.isfile(path):
         die(f"checkpoint {path} does not exist; check the path (or drop --resume to start a new run).")
@@ -264,7 +336,10 @@ class Loader:
                 yield [(first + j, self.seed) for j in range(B)]
                 b += 1
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(len(self.dataset), generator=g).tolist()
+        if hasattr(self.dataset, 'epoch_order'):  # a dataset that is read in chunks (data.LatentCache) orders itself
+            perm = self.dataset.epoch_order(g)
+        else:
+            perm = torch.randperm(len(self.dataset), generator=g).tolist()
         for b in range(start, self.batches_per_epoch):
             first = (b * W + r) * B
             # the item seed mixes seed, epoch and position, so a flip differs from epoch to epoch
@@ -307,14 +382,6 @@ class _Counted(torch.utils.data.Dataset):
     def __getitem__(self, item):
         return self.dataset.load(item)
 
-
-def build_loader(args, dist, dataset=None):
-    """The training loader every script uses; the seed is shared by ranks because the shard, not the seed, differs."""
-    from data import make_dataset
-    if dataset is None:
-        dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=True,
-                               random_crop=getattr(args, 'random_crop', False))
-    return Loader(dataset, args.batch_size, args.seed, dist, num_workers=args.num_workers)
 
 # -----------------------------------------------------------------------------
 # outputs

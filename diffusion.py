@@ -23,20 +23,50 @@ import torch
 # schedule
 
 
+SCHEDULES = ('linear', 'ldm_linear', 'scaled_linear')
+
+
 def beta_schedule(name, T=1000):
-    """The two schedules of the papers we follow, as float64 (T,)."""
-    if name == "linear":  # DDPM / ADM / DiT
+    """The schedules of the papers we follow, as float64 (T,), each under the name of what it is:
+    linear         DDPM / ADM / DiT: beta linear from 1e-4 to 0.02
+    ldm_linear     LDM's own configs (linear_start 0.0015, linear_end 0.0195): linear in sqrt(beta)
+    scaled_linear  Stable Diffusion's (0.00085 .. 0.012, linear in sqrt(beta)), diffusers' name for it"""
+    if name == "linear":
         return torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
-    if name == "scaled_linear":  # LDM / Stable Diffusion: linear in sqrt(beta)
+    if name == "ldm_linear":
+        return torch.linspace(0.0015 ** 0.5, 0.0195 ** 0.5, T, dtype=torch.float64) ** 2
+    if name == "scaled_linear":
         return torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, T, dtype=torch.float64) ** 2
-    raise ValueError(f"unknown noise schedule {name!r}; use 'linear' (DiT/ADM) or 'scaled_linear' (LDM).")
+    raise ValueError(f"unknown noise schedule {name!r}; use 'linear' (DDPM/ADM/DiT), 'ldm_linear' (LDM) or "
+                     f"'scaled_linear' (Stable Diffusion).")
 
 
-def spaced_timesteps(T, steps):
-    """`steps` indices spread evenly over [0, T-1], ascending; steps = T gives every index (the full chain)."""
+SPACINGS = ('even', 'ddim')
+
+
+def spaced_timesteps(T, steps, spacing='even'):
+    """The `steps` timesteps a sampler visits, ascending, as ADM's respacing (space_timesteps) picks them, which DiT
+    uses too, so our numbers at N steps are comparable with theirs:
+    even  ADM's "N": index k is round(k (T-1)/(N-1)), accumulated in float64 as ADM does, so ties round alike;
+          from 0 to T-1, and N = T is the full chain
+    ddim  ADM's "ddimN": every stride-th index from 0, for the integer stride that gives exactly N (0, 20, ..., 980
+          for N = 50 of T = 1000); not every N has one"""
     if not 1 <= steps <= T:
         raise ValueError(f"the number of sampling steps must be between 1 and T={T}, got {steps}.")
-    return torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long()
+    if spacing == 'ddim':
+        for stride in range(1, T + 1):
+            if len(range(0, T, stride)) == steps:
+                return torch.arange(0, T, stride)
+        raise ValueError(f"no integer stride gives exactly {steps} of {T} timesteps (ADM's ddimN spacing); choose "
+                         f"another number of steps or the even spacing.")
+    if spacing != 'even':
+        raise ValueError(f"unknown timestep spacing {spacing!r}; use one of {', '.join(SPACINGS)}.")
+    frac_stride = (T - 1) / (steps - 1) if steps > 1 else 1
+    ts, cur = [], 0.0
+    for _ in range(steps):
+        ts.append(round(cur))  # Python's round: half to even, as ADM's
+        cur += frac_stride
+    return torch.tensor(ts)
 
 
 def randn(shape, generator, device):
@@ -168,11 +198,11 @@ class Diffusion:
         return mean + (0.5 * log_var).exp() * randn(x_t.shape, generator, x_t.device)
 
     @torch.no_grad()
-    def ddpm_sample(self, model_fn, x_T, steps=None, generator=None, progress=None):
-        """Ancestral sampling from x_T ~ N(0, I) over `steps` evenly spaced timesteps (all T by default)."""
-        ts = spaced_timesteps(self.T, steps or self.T).tolist()
+    def ddpm_sample(self, model_fn, x_T, steps=None, generator=None, spacing='even'):
+        """Ancestral sampling from x_T ~ N(0, I) over `steps` timesteps (all T by default), spaced as ADM/DiT do."""
+        ts = spaced_timesteps(self.T, steps or self.T, spacing).tolist()
         x = x_T
-        for i in (progress or (lambda it: it))(range(len(ts) - 1, -1, -1)):
+        for i in range(len(ts) - 1, -1, -1):
             x = self.p_sample(model_fn, x, ts[i], ts[i - 1] if i > 0 else -1, generator)
         return x
 
@@ -193,11 +223,12 @@ class Diffusion:
         return x_prev
 
     @torch.no_grad()
-    def ddim_sample(self, model_fn, x_T, steps=50, eta=0.0, generator=None, progress=None):
-        """DDIM from x_T ~ N(0, I) over `steps` evenly spaced timesteps; eta = 0 is deterministic, eta = 1 ~ DDPM."""
-        ts = spaced_timesteps(self.T, steps).tolist()
+    def ddim_sample(self, model_fn, x_T, steps=50, eta=0.0, generator=None, spacing='even'):
+        """DDIM from x_T ~ N(0, I) over `steps` timesteps spaced as ADM/DiT do; eta = 0 is deterministic, eta = 1 ~
+        DDPM. spacing='ddim' is ADM's ddimN (its DDIM results use it)."""
+        ts = spaced_timesteps(self.T, steps, spacing).tolist()
         x = x_T
-        for i in (progress or (lambda it: it))(range(len(ts) - 1, -1, -1)):
+        for i in range(len(ts) - 1, -1, -1):
             x = self.ddim_step(model_fn, x, ts[i], ts[i - 1] if i > 0 else -1, eta, generator)
         return x
 
@@ -206,10 +237,12 @@ class Diffusion:
 # conditioning and classifier-free guidance
 
 
-def cfg_model_fn(model, y, cfg_scale):
+def cfg_model_fn(model, y, cfg_scale, guided_channels=None):
     """model_fn(x_t, t) for class-conditional sampling with classifier-free guidance: one doubled batch with the
     labels and the null class num_classes, then eps~ = eps(x_t, null) + s (eps(x_t, y) - eps(x_t, null)) on the
     prediction channels (v is linear in eps, so guiding v is the same); variance values come from the conditional half.
+    guided_channels=3 guides only the first 3 latent channels and leaves the rest conditional, as DiT's sampler does
+    (forward_with_cfg, "for exact reproducibility"): needed to compare with DiT's published FIDs, not otherwise.
     s = 1 returns the conditional prediction (plain conditional sampling needs no doubled batch: use model(x, t, y))."""
     num_classes = model.num_classes
     if num_classes == 0 or model.y_embedder.embedding_table.num_embeddings == num_classes:
@@ -220,8 +253,8 @@ def cfg_model_fn(model, y, cfg_scale):
     def model_fn(x, t):
         out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, y_null]))
         cond, uncond = out.chunk(2)
-        C = x.shape[1]
-        guided = uncond[:, :C] + cfg_scale * (cond[:, :C] - uncond[:, :C])  # eps~ = eps_null + s (eps_y - eps_null)
-        return torch.cat([guided, cond[:, C:]], dim=1)
+        G = x.shape[1] if guided_channels is None else min(guided_channels, x.shape[1])
+        guided = uncond[:, :G] + cfg_scale * (cond[:, :G] - uncond[:, :G])  # eps~ = eps_null + s (eps_y - eps_null)
+        return torch.cat([guided, cond[:, G:]], dim=1)
 
     return model_fn

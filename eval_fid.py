@@ -1,5 +1,6 @@
 """
-Evaluation metrics, in one file, so that every number in the experiments is measured the same way:
+Evaluation metrics, in one file with metrics.py (PSNR, SSIM: the light ones training also uses), so that every number
+in the experiments is measured the same way:
 
   - FID (Heusel et al. 2017) with the Inception-v3 of TensorFlow's 2015-12-05 graph as ported by pytorch-fid, the
     network published FIDs are measured with: 2048-d pool3 features after a bilinear resize to 299 x 299.
@@ -32,7 +33,8 @@ from torchvision.models.inception import BasicConv2d, InceptionA, InceptionB, In
 from tqdm import tqdm
 
 from common import die, setup_distributed, cleanup_distributed
-from data import IMAGE_EXTENSIONS, make_dataset
+from data import IMAGE_EXTENSIONS, make_dataset, random_subset
+from metrics import psnr, ssim
 
 # ----------------------------------------------------------------------------------------------
 # FID Inception: the TF 2015-12-05 graph, as pytorch-fid ports it onto torchvision's blocks
@@ -187,7 +189,7 @@ SWD_NHOODS_PER_IMAGE = 128
 SWD_DIR_REPEATS = 4        # 4 x 128 random unit directions = 512 projections per level, as ProGAN
 SWD_DIRS_PER_REPEAT = 128
 SWD_MIN_RES = 16           # the coarsest pyramid level
-SWD_MAX_IMAGES = 16384     # ProGAN's count: 2^21 descriptors per level; the CLI uses the first 16384 images of a set
+SWD_MAX_IMAGES = 16384     # ProGAN's count: 2^21 descriptors per level; a larger set gives a seeded random 16384
 SWD_SEED = 0               # fixed, so neighbourhoods and directions are the same in every run and numbers compare
 
 # the 5-tap binomial filter [1 4 6 4 1] / 16 in 2-D: the Gaussian of cv2.pyrDown / pyrUp and of ProGAN's code
@@ -324,42 +326,6 @@ def sliced_wasserstein(real, fake, batch_size=64):
     return swd_from_descriptors(descs[0], descs[1], swd_resolutions(*real.shape[-2:]))
 
 # ----------------------------------------------------------------------------------------------
-# PSNR and SSIM
-
-def psnr(x, y):
-    """Per-image PSNR in dB, (B,), of x, y (B, C, H, W) in [-1, 1], measured on [0, 1] with peak 1 (the same number as
-    on [0, 255] with peak 255): 10 log10(1 / MSE). Identical images give inf."""
-    mse = ((x.double() - y.double()) / 2).pow(2).flatten(1).mean(1)  # / 2 maps a [-1, 1] difference to [0, 1]
-    return 10 * torch.log10(1 / mse)
-
-
-def _gaussian_window(size=11, sigma=1.5):
-    g = torch.exp(-(torch.arange(size, dtype=torch.float64) - size // 2) ** 2 / (2 * sigma ** 2))
-    g = g / g.sum()
-    return torch.outer(g, g)  # (11, 11), sums to 1
-
-
-def ssim(x, y):
-    """
-    Per-image SSIM (Wang et al. 2004), (B,), of x, y (B, C, H, W) in [-1, 1], computed on [0, 1] (L = 1):
-    SSIM = (2 mu_x mu_y + C1)(2 sigma_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(sigma_x^2 + sigma_y^2 + C2)),
-    C1 = (0.01 L)^2, C2 = (0.03 L)^2, local statistics under an 11 x 11 Gaussian window with sigma 1.5, over 'valid'
-    windows only (no padding, as Wang et al. and scikit-image), averaged over windows and then over channels.
-    """
-    if min(x.shape[-2:]) < 11:
-        raise ValueError(f"SSIM's 11 x 11 window needs images of at least 11 pixels, got {tuple(x.shape[-2:])}.")
-    C1, C2 = 0.01 ** 2, 0.03 ** 2
-    x, y = (x.double() + 1) / 2, (y.double() + 1) / 2  # float64: the variances below are differences of moments
-    C = x.shape[1]
-    window = _gaussian_window().to(x.device).expand(C, 1, 11, 11)
-    filt = lambda t: F.conv2d(t, window, groups=C)  # noqa: E731  local mean under the window
-    mu_x, mu_y = filt(x), filt(y)
-    var_x, var_y = filt(x * x) - mu_x ** 2, filt(y * y) - mu_y ** 2
-    cov_xy = filt(x * y) - mu_x * mu_y
-    ssim_map = ((2 * mu_x * mu_y + C1) * (2 * cov_xy + C2)) / ((mu_x ** 2 + mu_y ** 2 + C1) * (var_x + var_y + C2))
-    return ssim_map.mean(dim=(1, 2, 3))
-
-# ----------------------------------------------------------------------------------------------
 # Image sources: every set is a Dataset of uint8 (3, H, W) images with a known .size (H, W)
 
 def to_uint8(x):
@@ -407,20 +373,22 @@ class ImageFiles(Dataset):
 
 
 class DatasetImages(Dataset):
-    """The first n images of a data.py dataset (the embedded dead-leaves stream or a resized ImageFolder) as uint8."""
-    def __init__(self, dataset, n):
-        self.dataset, self.n = dataset, n
+    """n images of a data.py dataset (the embedded dead-leaves stream or a resized ImageFolder) as uint8: a seeded
+    random sample of the whole set (data.random_subset), never the first n files of a class-sorted folder."""
+    def __init__(self, dataset, n, seed=0):
+        self.dataset, self.index = dataset, random_subset(dataset, n, seed)
         self.size = (dataset.image_size, dataset.image_size)
 
     def __len__(self):
-        return self.n
+        return len(self.index)
 
     def __getitem__(self, i):
-        return to_uint8(self.dataset[i][0])
+        return to_uint8(self.dataset[self.index[i]][0])
 
 
-def open_source(path, image_size, limit):
-    """--real/--fake -> ('stats', (mu, sigma)) for a statistics .npz, else ('images', Dataset) of at most `limit`."""
+def open_source(path, image_size, limit, seed=0):
+    """--real/--fake -> ('stats', (mu, sigma)) for a statistics .npz, else ('images', Dataset) of at most `limit`
+    (a seeded random sample when the source holds more)."""
     if path.endswith('.npz'):
         if not os.path.isfile(path):
             die(f"{path} does not exist; pass a folder of images, a samples .npz or a statistics .npz.")
@@ -442,14 +410,20 @@ def open_source(path, image_size, limit):
     else:
         die(f"{path} is neither a folder nor an .npz file; pass a folder of images, a samples .npz or a statistics .npz.")
     if limit is not None:
-        images = images if limit >= len(images) else _First(images, limit)
+        images = images if limit >= len(images) else _Sample(images, random_subset(images, limit, seed))
     return 'images', images
 
 
-class _First(Subset):
-    def __init__(self, images, n):
-        super().__init__(images, range(n))
+class _Sample(Subset):
+    """The images at `index` of a set, keeping its .size. FID does not depend on the order of a set; SWD takes its first
+    SWD_MAX_IMAGES, so a set is shuffled (all of it, seeded) before that cut."""
+    def __init__(self, images, index):
+        super().__init__(images, index)
         self.size = images.size
+
+
+def shuffled(images, seed):
+    return _Sample(images, np.random.default_rng(seed).permutation(len(images)).tolist())
 
 # ----------------------------------------------------------------------------------------------
 # Sharded feature extraction
@@ -587,13 +561,13 @@ def evaluate_samples(args, dist):
     results, skipped = {}, {}
     fake_kind, fake = open_source(args.fake, args.image_size, None) if args.fake else (None, None)
     if args.real is not None:
-        real_kind, real = open_source(args.real, args.image_size, args.num_real)
+        real_kind, real = open_source(args.real, args.image_size, args.num_real, args.seed)
     else:
         size = args.image_size or (fake.size[0] if fake_kind == 'images' else None)
         if size is None:
             die("the dead-leaves reference set needs a resolution; pass --image_size.")
         n = args.num_real or (len(fake) if fake_kind == 'images' else 1000)
-        real_kind, real = 'images', DatasetImages(make_dataset(None, size, seed=args.seed, train=False), n)
+        real_kind, real = 'images', DatasetImages(make_dataset(None, size, seed=args.seed, train=False), n, args.seed)
 
     inception = None
     if 'images' in (real_kind, fake_kind):  # two statistics files need no network
@@ -621,6 +595,8 @@ def evaluate_samples(args, dist):
             stats[name] = source
         elif kind == 'images':
             results[f'num_{name}'] = len(source)
+            if 0 < swd_count < len(source):  # SWD's cut is then a random sample (FID ignores the order)
+                source = shuffled(source, args.seed)
             features, descriptors[name] = collect(source, dist, args.batch_size, args.num_workers, name,
                                                   inception, swd_count)
             if features is not None:
@@ -647,7 +623,7 @@ def evaluate_autoencoder_cli(args, dist):
     except FileNotFoundError as e:
         die(str(e))
     n = args.num_real or (1000 if args.data is None else len(dataset))
-    images = DatasetImages(dataset, min(n, len(dataset)))
+    images = DatasetImages(dataset, min(n, len(dataset)), args.seed)
     try:
         ae = load_autoencoder(args.ae, preset=args.preset, device=dist.device)
     except (FileNotFoundError, ValueError) as e:
@@ -656,8 +632,8 @@ def evaluate_autoencoder_cli(args, dist):
     inception, skipped['rfid'] = _load_on_rank0_first(lambda: load_inception(args.inception_weights, dist.device), dist)
     lpips, skipped['lpips'] = _load_on_rank0_first(
         lambda: LPIPS(args.vgg_weights, args.lpips_lin_weights).to(dist.device), dist)
-    if skipped['lpips'] is not None:  # the training script's way out of LPIPS does not apply here
-        skipped['lpips'] = skipped['lpips'].replace(', or disable LPIPS with --lpips_weight 0', '')
+    if skipped['lpips'] is not None:
+        skipped['lpips'] += '; pass local copies with --vgg_weights and --lpips_lin_weights.'
     skipped = {name: why for name, why in skipped.items() if why is not None}
     results = {'num_images': len(images)}
     results |= evaluate_autoencoder(ae, images, dist, inception, lpips, args.batch_size, args.num_workers)
@@ -669,7 +645,7 @@ def main(argv=None):
                                 allow_abbrev=False)
     p.add_argument('--fake', type=str, default=None, help='generated images: a folder, a samples .npz (uint8 arr_0) or a statistics .npz (mu, sigma)')
     p.add_argument('--real', type=str, default=None, help='reference images, the same kinds as --fake; omitted: the embedded dead-leaves set (its held-out stream)')
-    p.add_argument('--num_real', type=int, default=None, help='use the first N reference images, or with --ae reconstruct N images (default: all; for the endless dead-leaves set as many as --fake has, else 1000)')
+    p.add_argument('--num_real', type=int, default=None, help='use a seeded random N of the reference images, or with --ae reconstruct N images (default: all; for the endless dead-leaves set as many as --fake has, else 1000)')
     p.add_argument('--image_size', type=int, default=None, help='center-crop and resize folder images to this size as data.py does; also the dead-leaves resolution (default: folders as they are, dead leaves at the --fake resolution)')
     p.add_argument('--save_stats', type=str, default=None, help="write the reference set's Inception statistics here (mu, sigma: pytorch-fid's format), to pass as --real later")
     p.add_argument('--ae', type=str, default=None, help='evaluate this autoencoder (a train_ae.py checkpoint, or public weights with --preset) on reconstructions of --data')

@@ -290,6 +290,36 @@ class Autoencoder(nn.Module):
         z, reg_loss = self.encode(x, sample)
         return self.decode(z), z, reg_loss
 
+# ----------------------------------------------------------------------------------------------
+# Scale equivariance (SE), the regulariser of Skorokhodov et al. (ICML 2025), "Improving the Diffusability of
+# Autoencoders": decoding a downsampled latent should give the downsampled image, D(down_s(E(x))) ~ down_s(x). It ties
+# the latent's spectrum to the image's, so that the latent carries no more high frequency than the image it encodes.
+
+SE_DOWNSAMPLING = ('bilinear', 'avgpool')
+
+
+def se_downsample(t, factor, mode='bilinear', temporal=False):
+    """down_s: the one operator that shrinks images (B, 3, H, W) and latents (B, C, H/f, W/f) alike by `factor`: the
+    paper's antialiased bilinear resize (default) or average pooling. Both are linear and keep constants, so any
+    per-pixel affine map commutes with them. Video (B, C, T, H, W): every frame alike, time untouched as in the paper;
+    temporal=True also halves time as the video encoder does (causal_time_pool), our extension."""
+    if t.dim() == 5:
+        t = from_frames(se_downsample(to_frames(t), factor, mode), t.shape[0])
+        return causal_time_pool(t) if temporal else t
+    if mode == 'avgpool':
+        return F.avg_pool2d(t, factor)
+    if mode == 'bilinear':
+        return F.interpolate(t, scale_factor=1 / factor, mode='bilinear', antialias=True, align_corners=False)
+    raise ValueError(f"unknown SE downsampling {mode!r}; use one of {', '.join(SE_DOWNSAMPLING)}.")
+
+
+def scale_equivariance_loss(ae, x, z, factor, distance, mode='bilinear', temporal=False):
+    """L_SE = d(down_s(x), D(down_s(z))), z = E(x): the SE term of the generator loss, with `distance` the same
+    reconstruction distance as the main term (L1 + LPIPS in train_ae.py) so the two are in the same units. The
+    discriminator never sees the small reconstructions. Returns (loss, D(down_s(z)))."""
+    x_rec_se = ae.decode(se_downsample(z, factor, mode, temporal))  # (B, 3, H/s, W/s), video (B, 3, T, H/s, W/s)
+    return distance(se_downsample(x, factor, mode, temporal), x_rec_se), x_rec_se
+
 
 def diffusers_to_ldm(sd):
     """Rename a diffusers AutoencoderKL state dict to the LDM layout. diffusers stores the decoder levels coarse to
@@ -385,22 +415,15 @@ class NLayerDiscriminator(nn.Module):
     """PatchGAN of pix2pix (Isola et al. 2017) as used by LDM: 4x4 convs, LeakyReLU(0.2); every output logit judges
     one overlapping patch of the input (70x70 pixels for n_layers=3). logits (B, 1, H/2^n - 2, W/2^n - 2)."""
 
-    def __init__(self, input_nc=3, ndf=64, n_layers=3, norm='batch'):
+    def __init__(self, input_nc=3, ndf=64, n_layers=3):
         super().__init__()
-        if norm == 'batch':  # LDM's default
-            make_norm = nn.BatchNorm2d
-        elif norm == 'group':  # independent of the batch composition, e.g. for small per-GPU batches
-            def make_norm(c):
-                return nn.GroupNorm(math.gcd(32, c), c)
-        else:
-            raise ValueError(f"unknown discriminator norm {norm!r}; use 'batch' or 'group'.")
         layers = [nn.Conv2d(input_nc, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
         c = ndf
         for n in range(1, n_layers + 1):
             c_next = ndf * min(2 ** n, 8)
             stride = 2 if n < n_layers else 1  # the last two convs keep the resolution and only widen the patch
-            # no conv bias: the norm's own shift follows
-            layers += [nn.Conv2d(c, c_next, 4, stride=stride, padding=1, bias=False), make_norm(c_next),
+            # no conv bias: BatchNorm's own shift follows (LDM's norm)
+            layers += [nn.Conv2d(c, c_next, 4, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_next),
                        nn.LeakyReLU(0.2, True)]
             c = c_next
         layers += [nn.Conv2d(c, 1, 4, stride=1, padding=1)]
@@ -408,12 +431,21 @@ class NLayerDiscriminator(nn.Module):
         for m in self.modules():  # DCGAN / pix2pix init
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, 0.0, 0.02)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            elif isinstance(m, nn.BatchNorm2d):
                 nn.init.normal_(m.weight, 1.0, 0.02)
                 nn.init.zeros_(m.bias)
 
     def forward(self, x):
         return self.main(x)
+
+
+def adaptive_gan_weight(rec_loss, g_loss, last_layer, pixels, max_weight=1e4):
+    """LDM's balance of the adversarial term: lambda = ||grad_w L_rec|| / (||grad_w L_G|| + 1e-4) at the decoder's last
+    layer w, clamped to [0, max_weight]. LDM's L_rec is summed over the 3HW values of an image; ours is their mean, so
+    our lambda is LDM's divided by `pixels` = 3HW, and so is the clamp: LDM's 1e4 is 1e4 / 3HW here (0.051 at 256^2)."""
+    rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
+    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, max_weight / pixels).detach()
 
 
 def hinge_d_loss(logits_real, logits_fake):
@@ -425,20 +457,19 @@ VGG16_URL = 'https://download.pytorch.org/models/vgg16-397923af.pth'
 LPIPS_LIN_URL = 'https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth'
 
 
-def fetch_lpips_weights(path, url, file_name, flag):
-    """The state dict at `path` if given, else `url` through the torch hub cache (downloaded once)."""
+def fetch_lpips_weights(path, url, file_name):
+    """The state dict at `path` if given, else `url` through the torch hub cache (downloaded once). A missing file is
+    a FileNotFoundError naming it; the scripts add which of their flags to pass."""
     if path is not None:
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"LPIPS weights file {path} does not exist; fix {flag}, "
-                                    f"or disable LPIPS with --lpips_weight 0.")
+            raise FileNotFoundError(f"LPIPS weights file {path} does not exist")
         return torch.load(path, map_location='cpu', weights_only=True)
     try:
         return torch.hub.load_state_dict_from_url(url, map_location='cpu', progress=False, file_name=file_name)
     except (OSError, RuntimeError):  # no network (URLError is an OSError) or a broken download
         cached = os.path.join(torch.hub.get_dir(), 'checkpoints', file_name)
         raise FileNotFoundError(f"LPIPS needs {file_name}, which is not in the torch hub cache ({cached}) and could "
-                                f"not be downloaded from {url}; pass a local copy with {flag} PATH, "
-                                f"or disable LPIPS with --lpips_weight 0.") from None
+                                f"not be downloaded from {url}") from None
 
 
 class ScalingLayer(nn.Module):
@@ -487,6 +518,9 @@ class NetLinLayer(nn.Module):
         return self.model(x)
 
 
+LPIPS_MIN_SIZE = 16  # VGG16 halves the image four times before relu5_3; below 16 px a feature map is empty
+
+
 class LPIPS(nn.Module):
     """LPIPS v0.1 with a VGG16 trunk (Zhang et al. 2018), the perceptual loss of LDM. With unit-normalised features
     f_l (B, C_l, H_l, W_l): d(x, y) = sum_l mean_{h,w} sum_c w_lc (f_l(x) - f_l(y))^2. Frozen and in eval mode.
@@ -500,21 +534,21 @@ class LPIPS(nn.Module):
         from torchvision.models import vgg  # here, not at the top: importing torchvision costs seconds at every start
         features = vgg.make_layers(vgg.cfgs['D'])  # = vgg16().features
         if vgg_weights is not None or pretrained:
-            sd = fetch_lpips_weights(vgg_weights, VGG16_URL, 'vgg16-397923af.pth', '--vgg_weights')
+            sd = fetch_lpips_weights(vgg_weights, VGG16_URL, 'vgg16-397923af.pth')
             sd = {k[len('features.'):]: v for k, v in sd.items() if k.startswith('features.')}  # drop the classifier
             if set(sd) != set(features.state_dict()):
                 raise ValueError(f"{vgg_weights or VGG16_URL} is not a torchvision VGG16 state dict (keys "
-                                 f"features.0.weight ... features.28.bias); check --vgg_weights.")
+                                 f"features.0.weight ... features.28.bias)")
             features.load_state_dict(sd)
         self.net = VGG16Slices(features)
         for l, c in enumerate(self.channels):
             setattr(self, f'lin{l}', NetLinLayer(c))
         if lin_weights is not None or pretrained:
-            sd = fetch_lpips_weights(lin_weights, LPIPS_LIN_URL, 'lpips_v0.1_vgg.pth', '--lpips_lin_weights')
+            sd = fetch_lpips_weights(lin_weights, LPIPS_LIN_URL, 'lpips_v0.1_vgg.pth')
             keys = [f'lin{l}.model.1.weight' for l in range(len(self.channels))]
             if not all(k in sd for k in keys):
                 raise ValueError(f"{lin_weights or LPIPS_LIN_URL} is not an LPIPS v0.1 VGG weight file (keys "
-                                 f"lin0.model.1.weight ... lin4.model.1.weight); check --lpips_lin_weights.")
+                                 f"lin0.model.1.weight ... lin4.model.1.weight)")
             self.load_state_dict({k: sd[k] for k in keys}, strict=False)
         self.requires_grad_(False)
         self.eval()
@@ -1345,8 +1379,8 @@ def build_backbone(model, preset, latent_size, in_channels, num_classes, learn_s
     presets = {"unet": UNET_PRESETS, "dit": DIT_PRESETS}.get(model)
     if presets is None or preset not in presets:
         names = sorted(presets) if presets else []
-        raise ValueError(f"unknown backbone {model!r} / preset {preset!r}; choose --model unet|dit and a preset "
-                         f"from {names or sorted(UNET_PRESETS) + sorted(DIT_PRESETS)}.")
+        raise ValueError(f"unknown backbone {model!r} / preset {preset!r}; choose the model 'unet' or 'dit' and a "
+                         f"preset from {names or sorted(UNET_PRESETS) + sorted(DIT_PRESETS)}.")
     common = dict(in_channels=in_channels, num_classes=num_classes, class_dropout_prob=class_dropout_prob,
                   learn_sigma=learn_sigma)
     if model == "unet":

@@ -42,7 +42,8 @@ SIZES = {  # default: under 30 minutes on 2 CPU cores; smoke: the pipeline end t
                   cache_size=16, num_samples=16, num_eval=16, sample_steps=5),
 }
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
 parser.add_argument('--out_dir', type=str, default='out/reproduce', help='everything goes here')
 parser.add_argument('--smoke', action='store_true', help='tiny sizes: checks the pipeline, says nothing about SE')
 parser.add_argument('--data', type=str, default=None, help='image folder; omitted: the embedded dead-leaves dataset')

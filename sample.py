@@ -4,7 +4,8 @@ and out_dir/samples.npz (uint8 N x H x W x 3 under arr_0, the format of ADM's ev
 
   python sample.py --ckpt out/ldm/ckpt.pt                                     # 16 samples, DDIM 50 steps, EMA weights
   python sample.py --ckpt out/ldm/ckpt.pt --sampler ddpm --steps 250 --cfg_scale 1.5 --classes 3,7
-  torchrun --nproc_per_node=8 sample.py --ckpt out/ldm/ckpt.pt --num_samples 50000 --cfg_scale 1.5   # FID-50K
+  torchrun --nproc_per_node=8 sample.py --ckpt out/ldm/ema.pt --num_samples 50000 --sampler ddpm --steps 250 \
+      --cfg_scale 1.5 --cfg_channels 3          # DiT's FID-50K protocol (ema.pt: the EMA-only export, 1/4 the size)
 
 Sample i starts from its own seed (seed, i) and, for class-conditional models, gets class classes[i % len(classes)]
 (all classes in turn by default), so the result does not depend on the batch size or the number of processes.
@@ -18,11 +19,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from common import die, setup_distributed, cleanup_distributed, resolve_dtype, autocast, load_checkpoint, save_image_grid
-from diffusion import Diffusion, cfg_model_fn
+from diffusion import SPACINGS, Diffusion, cfg_model_fn, spaced_timesteps
 from model import build_backbone, load_autoencoder
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument('--ckpt', type=str, default='out/ldm/ckpt.pt', help='a train_ldm.py checkpoint')
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
+parser.add_argument('--ckpt', type=str, default='out/ldm/ckpt.pt', help='a train_ldm.py checkpoint (ckpt.pt, or ema.pt: its EMA-only export)')
 parser.add_argument('--out_dir', type=str, default=None, help="where the samples go; default: a 'samples' folder next to --ckpt")
 parser.add_argument('--ae', type=str, default=None, help='the autoencoder; default: the one the LDM was trained with')
 parser.add_argument('--ae_preset', type=str, default=None, help="architecture of public --ae weights ('sd', 'flux')")
@@ -30,9 +32,11 @@ parser.add_argument('--no_ema', action='store_true', help='use the raw weights i
 parser.add_argument('--num_samples', type=int, default=16, help='how many samples in all (over every process)')
 parser.add_argument('--batch_size', type=int, default=16, help='samples per process per forward pass')
 parser.add_argument('--sampler', type=str, default='ddim', choices=['ddpm', 'ddim'], help='ancestral DDPM or DDIM')
-parser.add_argument('--steps', type=int, default=None, help='denoising steps, evenly spaced over T=1000; default: 50 for ddim, 250 for ddpm')
+parser.add_argument('--steps', type=int, default=None, help='denoising steps out of T=1000; default: 50 for ddim, 250 for ddpm')
+parser.add_argument('--spacing', type=str, default=None, choices=SPACINGS, help="which timesteps (ADM's respacing, as DiT): 'even' = ADM's \"N\" from 0 to 999, 'ddim' = ADM's \"ddimN\" integer stride from 0; default: ddim for --sampler ddim, even for ddpm")
 parser.add_argument('--eta', type=float, default=0.0, help='DDIM noise: 0 deterministic, 1 ancestral-like (ddim only)')
 parser.add_argument('--cfg_scale', type=float, default=1.0, help='classifier-free guidance scale s; 1 = plain conditional sampling')
+parser.add_argument('--cfg_channels', type=int, default=None, help="guide only the first N latent channels (DiT's sampler guides 3 of 4: pass 3 to compare with DiT's published FIDs); default: all")
 parser.add_argument('--classes', type=str, default=None, help='comma-separated class ids to cycle through; default: all classes')
 parser.add_argument('--seed', type=int, default=0, help='base seed; sample i uses the seed (seed, i)')
 parser.add_argument('--device', type=str, default='auto', help="'auto', 'cpu', 'cuda'")
@@ -60,6 +64,8 @@ if 'backbone' not in ckpt.get('config', {}):
 config = ckpt['config']
 backbone = config['backbone']
 model = build_backbone(**backbone).to(device).eval()
+if args.no_ema and 'model' not in ckpt:
+    die(f"{args.ckpt} holds only the EMA weights (train_ldm.py's ema.pt); drop --no_ema or pass its ckpt.pt.")
 model.load_state_dict(ckpt['model'] if args.no_ema else ckpt['ema'])
 diffusion = Diffusion(config['schedule'], prediction=config['prediction'], learn_sigma=config['learn_sigma'],
                       device=device)
@@ -87,13 +93,18 @@ else:
     if not classes or any(not 0 <= c < num_classes for c in classes):
         die(f"--classes must lie in [0, {num_classes - 1}], got '{args.classes}'.")
 steps = args.steps or {'ddim': 50, 'ddpm': 250}[args.sampler]
+spacing = args.spacing or {'ddim': 'ddim', 'ddpm': 'even'}[args.sampler]
+try:
+    spaced_timesteps(diffusion.T, steps, spacing)
+except ValueError as e:
+    die(f"{e} (--steps {steps}, --spacing {spacing})")
 C, h = backbone['in_channels'], backbone['latent_size']
 
 out_dir = args.out_dir or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), 'samples')
 image_dir = os.path.join(out_dir, 'images')
 if dist.master:
     os.makedirs(image_dir, exist_ok=True)
-    print(f"{args.num_samples} samples, {args.sampler} {steps} steps"
+    print(f"{args.num_samples} samples, {args.sampler} {steps} steps ({spacing} spacing)"
           f"{f', eta {args.eta}' if args.sampler == 'ddim' else ''}, cfg scale {args.cfg_scale}, "
           f"{'raw' if args.no_ema else 'EMA'} weights, {dist.world_size} process(es) on {device}, {dtype} -> {out_dir}")
 if dist.ddp:
@@ -109,14 +120,14 @@ for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols
     x_T = torch.stack([torch.randn(C, h, h, generator=g_) for g_ in gens]).to(device)  # (B, C, h, w)
     y = torch.tensor([classes[i % len(classes)] for i in idx], device=device) if classes else None
     if args.cfg_scale != 1:
-        model_fn = cfg_model_fn(model, y, args.cfg_scale)
+        model_fn = cfg_model_fn(model, y, args.cfg_scale, args.cfg_channels)
     else:
         model_fn = lambda x, t: model(x, t, y)  # noqa: E731
     with autocast(device, dtype):
         if args.sampler == 'ddpm':
-            z = diffusion.ddpm_sample(model_fn, x_T, steps=steps, generator=gens)
+            z = diffusion.ddpm_sample(model_fn, x_T, steps=steps, generator=gens, spacing=spacing)
         else:
-            z = diffusion.ddim_sample(model_fn, x_T, steps=steps, eta=args.eta, generator=gens)
+            z = diffusion.ddim_sample(model_fn, x_T, steps=steps, eta=args.eta, generator=gens, spacing=spacing)
         x = ae.decode(z.float() / latent_scale + latent_shift).float()  # undo the latent normalisation
     images = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
     for i, img in zip(idx, images):

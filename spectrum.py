@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import eval_fid
-from common import die
-from data import make_dataset
+import metrics
+from common import die, select_device
+from data import make_dataset, random_subset
 from model import load_autoencoder
 
 BLOCK = 8                                         # JPEG's block size; the zigzag order below is defined for 8x8
@@ -144,8 +144,8 @@ def erase_high_frequencies(x, p):
 
 
 def psnr(x, y):
-    """eval_fid.psnr (per image, dB, images in [-1, 1] measured on [0, 1]) with a lossless match capped at PSNR_MAX. (B,)"""
-    return eval_fid.psnr(x, y).clamp(max=PSNR_MAX)
+    """metrics.psnr (per image, dB, images in [-1, 1] measured on [0, 1]) with a lossless match capped at PSNR_MAX. (B,)"""
+    return metrics.psnr(x, y).clamp(max=PSNR_MAX)
 
 # -----------------------------------------------------------------------------
 # video: the spatial spectrum per latent frame, and a temporal spectrum along the frames
@@ -275,10 +275,7 @@ def parse_args(argv=None):
         die("--num_images and --batch_size must be positive.")
     if args.image_size < BLOCK:
         die(f"--image_size {args.image_size} is smaller than one {BLOCK}x{BLOCK} DCT block; use {BLOCK} or more.")
-    if args.device == 'auto':
-        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if args.device.startswith('cuda') and not torch.cuda.is_available():
-        die(f"--device {args.device} was asked for but no CUDA GPU is visible; use --device cpu.")
+    args.device = select_device(args.device)
     return args
 
 
@@ -299,7 +296,8 @@ def analyse(args):
     n = args.num_images if getattr(dataset, 'infinite', False) else min(args.num_images, len(dataset))
     if n < args.num_images:
         print(f"{args.data} holds {n} images; analysing all of them.")
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=args.batch_size)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, random_subset(dataset, n, args.seed)),
+                                         batch_size=args.batch_size)
 
     rgb_sizes = {(args.image_size, args.image_size)} | {(args.image_size // f,) * 2 for f in args.rgb_pool}
     rgb_amp = {}                                             # (h, w) -> Mean of (3, 64) amplitudes

@@ -8,20 +8,28 @@ regulariser of Skorokhodov et al. (ICML 2025), which makes its latents more "dif
       --init_from flux_ae.safetensors --se_weight 0.25 --max_steps 20000   # the paper's fine-tuning recipe
   python train_ae.py --num_frames 17 --se_weight 0.25       # tiny causal 3D video AE, embedded moving dead leaves
   torchrun --nproc_per_node=8 train_ae.py --num_frames 17 --data /kinetics700/train --image_size 256 \
-      --preset cogvideox --init_from cogvideox_vae.safetensors --se_weight 0.25   # the paper's video recipe
+      --preset cogvideox --init_from cogvideox_vae.safetensors --se_weight 0.25 --se_scales 2,4   # the paper's video recipe
 
 Generator loss (LDM's LPIPSWithDiscriminator, plus SE):
   L = |x - D(z)| + lpips_weight * LPIPS(x, D(z))                         reconstruction, z = E(x)
     + kl_weight * KL(q(z|x) || N(0, I))  (or the VQ codebook + commitment losses)
     + adaptive_weight * disc_weight * -D_patch(D(z))                     after disc_start
     + se_weight * (|down(x) - D(down(z))| + lpips_weight * LPIPS(down(x), D(down(z))))
-where down() shrinks x and z by the same factor s drawn from --se_scales. The discriminator sees only full-resolution
-reconstructions and is trained with the hinge loss.
+where down() shrinks x and z by the same factor s drawn from --se_scales (model.scale_equivariance_loss). The
+discriminator sees only full-resolution reconstructions and is trained with the hinge loss.
 
 Video (--num_frames N > 1, N = 1 + 4k): the causal 3D autoencoder of model.py (presets tiny, cogvideox) on clips
 (B, 3, N, H, W). L1 is over all pixels of the clip, LPIPS and the PatchGAN discriminator see every frame as an image
 (a frame discriminator), and down() shrinks each frame of x and each latent frame of z; time is untouched, as in the
-paper, unless --se_temporal also halves it in both (pairs of frames averaged, the first frame kept apart).
+paper, unless --se_temporal also halves it in both (pairs of frames averaged, the first frame kept apart). Video runs
+default to --image_size 32 --batch_size 1 --max_steps 200 --lr 0.0002 --se_scales 2 --out_dir out/video_ae
+--eval_interval 100 --ckpt_interval 100 (VIDEO_DEFAULTS), sized for two CPU cores.
+
+Shared flags (common.add_common_args) and their defaults in this script:
+  --data (embedded dead leaves)  --image_size 64  --batch_size 16  --grad_accum 1  --max_steps 2000  --lr 0.0001
+  --out_dir out/ae  --preset tiny  --seed 0  --device auto  --dtype auto  --num_workers 2
+  --log_interval 10  --eval_interval 250  --ckpt_interval 250
+  switches: --random_crop  --compile  --resume  --init_from PATH
 """
 import os
 import json
@@ -40,42 +48,48 @@ from tqdm import tqdm
 
 from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, restore_rng_states,
-                    save_checkpoint, load_checkpoint, update_ema, build_loader, save_image_grid, save_video, Logger,
-                    stop_if_non_finite, rank_param_max_diff, peak_memory)
-from data import make_dataset, make_video_dataset
-from model import (AE_PRESETS, Autoencoder, NLayerDiscriminator, LPIPS, hinge_d_loss, load_autoencoder,
-                   VIDEO_AE_PRESETS, VideoAutoencoder, load_video_autoencoder, to_frames, from_frames, causal_time_pool)
+                    load_checkpoint, CheckpointWriter, update_ema, Loader, save_image_grid, save_video, Logger,
+                    note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory)
+from data import make_dataset, make_video_dataset, random_subset
+from metrics import psnr
+from model import (AE_PRESETS, SE_DOWNSAMPLING, LPIPS_MIN_SIZE, Autoencoder, NLayerDiscriminator, LPIPS, hinge_d_loss,
+                   adaptive_gan_weight, load_autoencoder, se_downsample, scale_equivariance_loss,
+                   VIDEO_AE_PRESETS, VideoAutoencoder, load_video_autoencoder, to_frames, causal_time_pool)
 
 # -----------------------------------------------------------------------------
 # config
 
-# video runs have their own defaults, sized so that `--num_frames 17` trains on two CPU cores in under ten minutes
-VIDEO_DEFAULTS = dict(out_dir='out/video_ae', image_size=32, batch_size=1, max_steps=200, lr=2e-4,
+# video runs have their own defaults, sized so that `--num_frames 17` trains on two CPU cores in under ten minutes;
+# SE factor 2 only, since LPIPS needs 16 px and a 4x smaller 32 px frame has 8
+VIDEO_DEFAULTS = dict(out_dir='out/video_ae', image_size=32, batch_size=1, max_steps=200, lr=2e-4, se_scales='2',
                       eval_interval=100, ckpt_interval=100)
-pre = argparse.ArgumentParser(add_help=False)
+pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
 pre.add_argument('--num_frames', type=int, default=1)
 video = pre.parse_known_args()[0].num_frames > 1
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-add_common_args(parser, **(VIDEO_DEFAULTS if video else dict(out_dir='out/ae', lr=1e-4)))
-parser.add_argument('--num_frames', type=int, default=1, help=f"frames per training clip (1 + 4k); 1 = images. With N > 1 "
-                    f"the video AE presets ({', '.join(VIDEO_AE_PRESETS)}) are used and the defaults become {VIDEO_DEFAULTS}")
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
+add_common_args(parser, out_dir='out/ae', lr=1e-4)
+parser.add_argument('--num_frames', type=int, default=1, help="frames per training clip (1 + 4k); 1 = images. N > 1 "
+                    "trains the video AE presets (tiny, cogvideox) with VIDEO_DEFAULTS (see above)")
 parser.add_argument('--frame_stride', type=int, default=1, help='video: take every n-th frame of the source video')
 parser.add_argument('--se_temporal', action='store_true', help='video: SE also halves time in x and z (needs N = 1 + 8k)')
 parser.add_argument('--regularizer', type=str, default=None, choices=['kl', 'vq'], help="latent regulariser; default: the preset's")
 parser.add_argument('--kl_weight', type=float, default=1e-6, help="weight of the KL term (LDM's convention: KL summed over the latent vs. L1 summed over pixels)")
 parser.add_argument('--lpips_weight', type=float, default=1.0, help='weight of the LPIPS perceptual loss; 0 disables it (no VGG weights needed)')
 parser.add_argument('--disc_weight', type=float, default=0.5, help='weight of the adversarial loss (times the adaptive weight)')
-parser.add_argument('--disc_start', type=int, default=50001, help='step at which the discriminator and adversarial loss switch on')
+parser.add_argument('--disc_start', type=int, default=None, help='step at which the discriminator and adversarial loss switch on; default: 0 when fine-tuning (--init_from, as the paper and EQ-VAE), else 50001 (LDM)')
 parser.add_argument('--disc_lr', type=float, default=None, help='discriminator learning rate; default: --lr')
 parser.add_argument('--se_weight', type=float, default=0.0, help='scale-equivariance loss weight (paper: 0.25); 0 = baseline')
 parser.add_argument('--se_scales', type=str, default='2,4', help='downsampling factors drawn uniformly per step for SE')
-parser.add_argument('--se_down', type=str, default='bilinear', choices=['bilinear', 'avgpool'],
+parser.add_argument('--se_down', type=str, default='bilinear', choices=SE_DOWNSAMPLING,
                     help='how x and z are downsampled for SE: antialiased bilinear (default) or average pooling')
 parser.add_argument('--ema_decay', type=float, default=0.0, help='EMA of the autoencoder weights (e.g. 0.999); 0 = off')
 parser.add_argument('--grad_clip', type=float, default=1.0, help='clip the global gradient norm; 0 = off')
 parser.add_argument('--num_eval', type=int, default=8, help='held-out images in the reconstruction grid and HF-ratio probe')
 parser.add_argument('--vgg_weights', type=str, default=None, help='local VGG16 ImageNet weights (vgg16-397923af.pth) for LPIPS')
 parser.add_argument('--lpips_lin_weights', type=str, default=None, help='local LPIPS v0.1 linear-head weights (vgg.pth)')
+if video:
+    parser.set_defaults(**VIDEO_DEFAULTS)
 args = parser.parse_args()
 
 se_scales = [int(s) for s in args.se_scales.split(',') if s]
@@ -129,15 +143,22 @@ if args.image_size % (f * max(se_scales, default=1)) != 0:
     die(f"--image_size {args.image_size} must be divisible by the downsampling factor {f} times the largest SE scale "
         f"{max(se_scales, default=1)}, so that x and z shrink by the same factor.")
 disc = NLayerDiscriminator().to(device).train()
-if args.disc_weight > 0 and args.disc_start < args.max_steps and args.image_size < 32:
+disc_start = args.disc_start if args.disc_start is not None else (0 if args.init_from else 50001)
+if args.disc_weight > 0 and disc_start < args.max_steps and args.image_size < 32:
     die(f"the PatchGAN discriminator needs --image_size of at least 32 (got {args.image_size}); "
         f"raise it, or keep the discriminator off with --disc_start {args.max_steps}.")
 lpips = None
+smallest = args.image_size // max(se_scales) if args.se_weight > 0 else args.image_size  # SE's smallest images
+if args.lpips_weight > 0 and smallest < LPIPS_MIN_SIZE:
+    die(f"LPIPS needs images of at least {LPIPS_MIN_SIZE} pixels (VGG16 halves them four times), and --image_size "
+        f"{args.image_size} with SE factor {max(se_scales)} gives {smallest}; raise --image_size, lower --se_scales, "
+        f"or train without LPIPS with --lpips_weight 0.")
 if args.lpips_weight > 0:
     try:
         lpips = LPIPS(vgg_weights=args.vgg_weights, lin_weights=args.lpips_lin_weights).to(device).eval()
-    except (FileNotFoundError, RuntimeError, OSError) as e:
-        die(str(e))
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
+        die(f"{e}; pass local copies with --vgg_weights and --lpips_lin_weights, or train without LPIPS with "
+            f"--lpips_weight 0.")
     lpips.requires_grad_(False)
 ema = deepcopy(ae).eval().requires_grad_(False) if args.ema_decay > 0 else None
 
@@ -146,9 +167,13 @@ opt_g = torch.optim.Adam(ae.parameters(), lr=args.lr, betas=(0.5, 0.9), fused=fu
 opt_d = torch.optim.Adam(disc.parameters(), lr=args.disc_lr or args.lr, betas=(0.5, 0.9), fused=fused)
 scaler = make_grad_scaler(dtype, device)
 
-loader = build_loader(args, dist, dataset=make_video_dataset(
-    args.data, args.image_size, args.num_frames, args.frame_stride, seed=args.seed, train=True,
-    random_crop=args.random_crop) if video else None)
+# the training loader: every rank shares the seed, and takes its own shard of each epoch's permutation
+if video:
+    dataset = make_video_dataset(args.data, args.image_size, args.num_frames, args.frame_stride, seed=args.seed,
+                                 train=True, random_crop=args.random_crop)
+else:
+    dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop)
+loader = Loader(dataset, args.batch_size, args.seed, dist, num_workers=args.num_workers)
 step = 0
 if not args.resume and os.path.exists(ckpt_path):
     die(f"{ckpt_path} already exists; pass --resume to continue that run or choose another --out_dir.")
@@ -172,43 +197,21 @@ if args.resume:
     del ckpt
 
 
-class AutoencoderWithSE(nn.Module):
-    """The forward pass DDP sees: the reconstruction and, for SE, the decoding of the downsampled latent."""
-    def __init__(self, ae):
-        super().__init__()
-        self.ae = ae
-
-    def forward(self, x, se_scale):
-        z, reg_loss = self.ae.encode(x)  # z (B, C, H/f, W/f), sampled from the posterior for KL
-        x_rec = self.ae.decode(z)
-        x_rec_se = self.ae.decode(se_down(z, se_scale)) if se_scale else None  # D(down(z))
-        return x_rec, x_rec_se, reg_loss
-
-
-def se_down(t, s):
-    """The same downsampling operator for images and latents (the paper uses 2x/4x bilinear). Video (B, C, T, H, W):
-    every frame (latent frame) alike, and with --se_temporal time halved as the encoder halves it."""
-    if t.dim() == 5:
-        t = from_frames(se_down(to_frames(t), s), t.shape[0])
-        return causal_time_pool(t) if args.se_temporal else t
-    if args.se_down == 'avgpool':
-        return F.avg_pool2d(t, s)
-    return F.interpolate(t, scale_factor=1 / s, mode='bilinear', antialias=True, align_corners=False)
-
-
-model = AutoencoderWithSE(ae)
+model = ae
 if args.compile:
     model = torch.compile(model)
 if dist.ddp:
+    # the SE branch decodes through the inner `ae` (model.scale_equivariance_loss) after DDP's forward: its gradients
+    # land in the same parameters in the same backward, so DDP all-reduces them with the rest
     model = DDP(model, device_ids=[dist.local_rank] if device.type == 'cuda' else None)
     disc_ddp = DDP(disc, device_ids=[dist.local_rank] if device.type == 'cuda' else None)
 else:
     disc_ddp = disc
 
-# a fixed held-out batch for the grids and the high-frequency probe
+# a fixed held-out batch for the grids and the high-frequency probe: a seeded random sample, not the first files
 eval_set = (make_video_dataset(args.data, args.image_size, args.num_frames, args.frame_stride, seed=args.seed,
                                train=False) if video else make_dataset(args.data, args.image_size, seed=args.seed, train=False))
-x_eval = torch.stack([eval_set[i][0] for i in range(min(args.num_eval, len(eval_set)))]).to(device)
+x_eval = torch.stack([eval_set[i][0] for i in random_subset(eval_set, args.num_eval, args.seed)]).to(device)
 
 # -----------------------------------------------------------------------------
 # losses
@@ -226,12 +229,12 @@ def reconstruction_loss(x, x_rec):
     return loss
 
 
-def adaptive_weight(rec_loss, g_loss):
-    """LDM: lambda = ||grad_L(rec)|| / (||grad_L(gan)|| + 1e-4) at the decoder's last layer, clamped to [0, 1e4]."""
-    last = ae.last_layer()
-    rec_grad = torch.autograd.grad(rec_loss, last, retain_graph=True)[0]
-    g_grad = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
-    return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+def discriminate(net, x, x_rec):
+    """PatchGAN logits of real and reconstructed images from one forward pass of their concatenation: under DDP a
+    second forward before the backward would re-broadcast BatchNorm's buffers in place, which CUDA autograd rejects
+    (pytorch/pytorch#110363). The generator's step uses the same joint batch, so both steps see one BatchNorm."""
+    logits = net(torch.cat([x, x_rec]))  # (2B, 1, h, w)
+    return logits[:len(x)], logits[len(x):]
 
 
 @torch.no_grad()
@@ -245,23 +248,22 @@ def evaluate():
         x_rec = net.decode(z).float()
         rows = [x_eval, x_rec]
         for s in se_scales if args.se_weight > 0 else []:
+            down = lambda t: se_downsample(t, s, args.se_down, args.se_temporal)
             up = lambda t: F.interpolate(t, size=x_eval.shape[2:], mode='nearest')  # shown at full size (and length)
-            rows += [up(se_down(x_eval, s)), up(net.decode(se_down(z, s)).float())]
+            rows += [up(down(x_eval)), up(net.decode(down(z)).float())]
     ae.train()
     if video:
         save_video_previews(rows)
     else:
         save_image_grid(torch.cat(rows).clamp(-1, 1), os.path.join(args.out_dir, f'recon_{step:07d}.png'), nrow=len(x_eval))
-    mse = F.mse_loss((x_rec.clamp(-1, 1) + 1) / 2, (x_eval + 1) / 2)
-    metrics = {'val_psnr': (10 * torch.log10(1 / mse)).item()}
+    metrics = {'val_psnr': psnr(frames(x_rec).clamp(-1, 1), frames(x_eval)).mean().item()}
     x_pooled = x_eval
     if video:
         # the trivial reference: every frame area-downsampled to the latent grid and bicubic-upsampled back
         # (generous: it keeps all frames, the latent only 1 in 4)
         small = F.interpolate(to_frames(x_eval), scale_factor=1 / f, mode='area')
         ref = F.interpolate(small, scale_factor=f, mode='bicubic', align_corners=False).clamp(-1, 1)
-        mse_ref = F.mse_loss((ref + 1) / 2, (to_frames(x_eval) + 1) / 2)
-        metrics['val_psnr_bicubic'] = (10 * torch.log10(1 / mse_ref)).item()
+        metrics['val_psnr_bicubic'] = psnr(ref, to_frames(x_eval)).mean().item()
         for _ in range(ae_config.temporal_levels):
             x_pooled = causal_time_pool(x_pooled)  # RGB on the latent's frames; its grid follows below
     if min(z.shape[-2:]) >= 8:  # the spectrum works on 8x8 DCT blocks of the latent (of every latent frame)
@@ -283,6 +285,7 @@ def save_video_previews(rows):
 
 
 def checkpoint():
+    stop_if_non_finite(first_bad_step, ckpt_path, dist, progress)  # a non-finite loss never reaches a checkpoint
     rng = gather_rng_states(dist)  # collective: every rank calls it
     if dist.master:
         ckpt = {'model': ae.state_dict(), 'disc': disc.state_dict(), 'opt_g': opt_g.state_dict(),
@@ -291,7 +294,7 @@ def checkpoint():
                 'config': {**vars(args), 'ae_config': asdict(ae_config)}}
         if ema is not None:
             ckpt['ema'] = ema.state_dict()
-        save_checkpoint(ckpt, ckpt_path)
+        writer.save({ckpt_path: ckpt})
 
 # -----------------------------------------------------------------------------
 # training loop
@@ -305,10 +308,12 @@ if dist.master:
           f"{dist.world_size} process(es) on {device}, {dtype}; se_weight {args.se_weight}, scales {se_scales}")
 pixels = 3 * args.num_frames * args.image_size ** 2
 progress = tqdm(total=args.max_steps, initial=step, disable=not dist.master, dynamic_ncols=True)
+writer = CheckpointWriter()
+first_bad_step = torch.full((), float('inf'), dtype=torch.float64, device=device)  # inf: every loss so far finite
 train_time, timed_steps = 0.0, 0  # wall time of training steps only (no evaluation, no checkpointing)
 while step < args.max_steps:
     t0 = time.time()
-    use_disc = step >= args.disc_start and args.disc_weight > 0
+    use_disc = step >= disc_start and args.disc_weight > 0
     batches, terms = [], {}
     # ---- autoencoder (generator) step, with gradient accumulation that syncs only on the last micro-step
     for micro in range(args.grad_accum):
@@ -318,7 +323,7 @@ while step < args.max_steps:
         sync = contextlib.nullcontext() if (not dist.ddp or micro == args.grad_accum - 1) else model.no_sync()
         with sync:
             with autocast(device, dtype):
-                x_rec, x_rec_se, reg_loss = model(x, se_scale)
+                x_rec, z, reg_loss = model(x)  # z (B, C, H/f, W/f), a posterior sample for KL
                 rec = reconstruction_loss(x, x_rec)
                 if ae_config.regularizer == 'kl':
                     reg = args.kl_weight * reg_loss / pixels  # KL summed over the latent, per pixel (LDM's balance)
@@ -326,14 +331,15 @@ while step < args.max_steps:
                     reg = reg_loss  # VQ codebook + commitment losses (LDM's codebook_weight 1)
                 loss = rec + reg
                 if se_scale:
-                    se = reconstruction_loss(se_down(x, se_scale), x_rec_se)  # d(down(x), D(down(z)))
+                    se, _ = scale_equivariance_loss(ae, x, z, se_scale, reconstruction_loss, args.se_down,
+                                                    args.se_temporal)
                     loss = loss + args.se_weight * se
                     terms['se'] = terms.get('se', 0) + se.detach() / args.grad_accum
                 if use_disc:
                     disc.requires_grad_(False)  # the generator's loss must not train the discriminator
-                    g_loss = -disc(frames(x_rec)).mean()
+                    g_loss = -discriminate(disc, frames(x), frames(x_rec))[1].mean()
                     disc.requires_grad_(True)
-                    w = adaptive_weight(rec, g_loss)
+                    w = adaptive_gan_weight(rec, g_loss, ae.last_layer(), pixels)  # LDM's lambda in per-pixel units
                     loss = loss + w * args.disc_weight * g_loss
                     terms['g'] = terms.get('g', 0) + g_loss.detach() / args.grad_accum
                     terms['adaptive_w'] = w
@@ -350,7 +356,7 @@ while step < args.max_steps:
             sync = contextlib.nullcontext() if (not dist.ddp or micro == args.grad_accum - 1) else disc_ddp.no_sync()
             with sync:
                 with autocast(device, dtype):
-                    d_loss = hinge_d_loss(disc_ddp(frames(x)), disc_ddp(frames(x_rec)))
+                    d_loss = hinge_d_loss(*discriminate(disc_ddp, frames(x), frames(x_rec)))
                 scaler.scale(d_loss / args.grad_accum).backward()
             terms['d'] = terms.get('d', 0) + d_loss.detach() / args.grad_accum
         scaler.unscale_(opt_d)
@@ -366,11 +372,11 @@ while step < args.max_steps:
     step += 1
     progress.update(1)
 
-    # ---- a non-finite loss stops the run before anything is written: the last checkpoint stays good
-    loss_avg = all_reduce_mean(terms['loss'].float(), dist)
-    if not torch.isfinite(loss_avg):
-        progress.close()
-        stop_if_non_finite(loss_avg, step, ckpt_path, dist)
+    # ---- a non-finite loss is noted on the device (no host sync); the host checks the note at every log line,
+    # evaluation and checkpoint, and stops before anything is written, so the last checkpoint stays good
+    first_bad_step = note_non_finite(first_bad_step, terms['loss'].detach(), step)
+    if any(step % i == 0 for i in (args.log_interval, args.eval_interval, args.ckpt_interval)) or step == args.max_steps:
+        stop_if_non_finite(first_bad_step, ckpt_path, dist, progress)  # the host also waits for the GPU here
 
     train_time, timed_steps = train_time + time.time() - t0, timed_steps + 1
     if step % args.log_interval == 0 or step == args.max_steps:
@@ -385,6 +391,7 @@ while step < args.max_steps:
     if step % args.ckpt_interval == 0 or step == args.max_steps:
         checkpoint()
 progress.close()
+writer.wait()
 if dist.ddp:
-    logger.log(step, rank_param_max_diff=rank_param_max_diff(ae, dist))
+    logger.log(step, rank_checksum_diff=max(rank_checksum_diff(ae, dist), rank_checksum_diff(disc, dist)))
 cleanup_distributed()

@@ -7,12 +7,21 @@ Stage 2: train a diffusion model (LDM UNet or DiT) on the latents of a frozen au
       --ae_preset sd --model dit --preset DiT-XL/2 --batch_size 32 --cache_latents /fast/latents   # DiT's recipe
 
 Latents are normalised as z = (E(x) - latent_shift) * latent_scale, with shift and scale the mean and 1/std of the
-first batch's latents (LDM's scale_by_std), fixed for the run and kept in the checkpoint. The loss is diffusion.py's
+latents of one global batch drawn at random from the data and gathered over ranks (LDM's scale_by_std), fixed for the
+run and kept in the checkpoint. The loss is diffusion.py's
 (eps- or v-prediction MSE, plus L_vlb for learn_sigma models). Class-conditional when the data has labels (ImageFolder
 with class subfolders), with label dropout for classifier-free guidance; unconditional otherwise.
 --cache_latents DIR encodes the data set once, each image and its mirror image, into DIR/latents.npy (a memmap,
 N x 2 x C x h x w) and DIR/labels.npy, and trains from there with the same random flips; --cache_size N caches only
-the first N images (the embedded dataset needs it, being unlimited), or N random crops with --random_crop.
+a seeded random N of the images (the embedded dataset needs it, being unlimited), or N random crops with
+--random_crop. The cache is float16, in random order, read in shuffled chunks (data.LatentCache), and is refused when
+the autoencoder's weights, the data, the image size, the crop mode or the cache size differ from what it was made with.
+
+Shared flags (common.add_common_args) and their defaults in this script:
+  --data (embedded dead leaves)  --image_size 64  --batch_size 32  --grad_accum 1  --max_steps 5000  --lr 0.0001
+  --out_dir out/ldm  --preset tiny  --seed 0  --device auto  --dtype auto  --num_workers 2
+  --log_interval 10  --eval_interval 500  --ckpt_interval 2500
+  switches: --random_crop  --compile  --resume  --init_from PATH
 """
 import os
 import json
@@ -28,22 +37,23 @@ from tqdm import tqdm
 
 from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, restore_rng_states,
-                    save_checkpoint, load_checkpoint, update_ema, build_loader, save_image_grid, Logger,
-                    stop_if_non_finite, rank_param_max_diff, peak_memory)
-from data import make_dataset
-from diffusion import Diffusion
+                    load_checkpoint, CheckpointWriter, update_ema, Loader, save_image_grid, Logger,
+                    note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory)
+from data import make_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
+from diffusion import SCHEDULES, Diffusion
 from model import build_backbone, load_autoencoder
 
 # -----------------------------------------------------------------------------
 # config
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
 add_common_args(parser, out_dir='out/ldm', lr=1e-4, preset='tiny', batch_size=32, max_steps=5000, eval_interval=500,
-                ckpt_interval=500)
+                ckpt_interval=2500)
 parser.add_argument('--ae', type=str, default='out/ae/ckpt.pt', help='the frozen autoencoder: a train_ae.py checkpoint or public weights')
 parser.add_argument('--ae_preset', type=str, default=None, help="architecture of public --ae weights ('sd', 'flux'); not needed for train_ae.py checkpoints")
 parser.add_argument('--model', type=str, default='unet', choices=['unet', 'dit'], help='the denoiser backbone; --preset picks its size (unet: tiny, ldm-32, ldm-64; dit: tiny, DiT-S/2 ... DiT-XL/8)')
-parser.add_argument('--schedule', type=str, default=None, choices=['linear', 'scaled_linear'], help="noise schedule; default: the backbone paper's (unet: scaled_linear as LDM, dit: linear as DiT)")
+parser.add_argument('--schedule', type=str, default=None, choices=SCHEDULES, help="noise schedule (diffusion.beta_schedule); default: the backbone paper's (unet: ldm_linear as LDM, dit: linear as DiT); scaled_linear is Stable Diffusion's")
 parser.add_argument('--prediction', type=str, default='eps', choices=['eps', 'v'], help='what the network predicts')
 parser.add_argument('--learn_sigma', action=argparse.BooleanOptionalAction, default=None, help='also learn the variance (iDDPM, with L_vlb); default: on for dit, off for unet')
 parser.add_argument('--class_dropout_prob', type=float, default=0.1, help='label dropout for classifier-free guidance (class-conditional data only)')
@@ -58,7 +68,7 @@ parser.add_argument('--num_samples', type=int, default=16, help='images in the p
 parser.add_argument('--sample_steps', type=int, default=50, help='DDIM steps for the periodic sample grid')
 args = parser.parse_args()
 learn_sigma = args.learn_sigma if args.learn_sigma is not None else args.model == 'dit'
-schedule = args.schedule or {'unet': 'scaled_linear', 'dit': 'linear'}[args.model]
+schedule = args.schedule or {'unet': 'ldm_linear', 'dit': 'linear'}[args.model]
 
 # -----------------------------------------------------------------------------
 # init: processes, precision, seeds, the frozen autoencoder
@@ -96,91 +106,22 @@ def encode(x):  # x (B, 3, H, W) in [-1, 1] -> unnormalised latents (B, C, h, w)
 # -----------------------------------------------------------------------------
 # data: images (encoded on the fly) or the latent cache
 
-
-class LatentCache(torch.utils.data.Dataset):
-    """Encoded data set: latents.npy (N, 2, C, h, w) float32, the image and its mirror image, and labels.npy (N,).
-    load() follows data.py's protocol, so common.Loader shards, orders and resumes it like images, and the per-item
-    seed picks the flip exactly as ImageFolder does."""
-    infinite = False
-
-    def __init__(self, root):
-        meta = json.load(open(os.path.join(root, 'meta.json')))
-        self.latents = np.load(os.path.join(root, 'latents.npy'), mmap_mode='r')
-        self.labels = np.load(os.path.join(root, 'labels.npy'))
-        self.num_classes, self.meta = meta['num_classes'], meta
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, item):
-        return self.load(item)[:2]
-
-    def load(self, item):
-        i, item_seed = item if isinstance(item, tuple) else (item, None)
-        flip = item_seed is not None and np.random.default_rng([item_seed, i]).random() < 0.5
-        return torch.from_numpy(np.array(self.latents[i, int(flip)])), int(self.labels[i]), 0
-
-
-def build_latent_cache(root):
-    """Encode the data set once (ranks split it), mirror images included; meta.json is written last, as the marker
-    of a complete cache, and records what was encoded so a stale cache is refused rather than used."""
+images = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop)
+if args.cache_latents:
     if (args.data is None or args.random_crop) and args.cache_size is None:
         die("--cache_latents with the embedded dataset or --random_crop needs --cache_size N: there is no end to the "
             "images (or crops) to cache.")
-    images = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop)
-    if args.random_crop:  # N random crops, crop i drawn with its own seed; plain indices would give center crops
-        N = args.cache_size
-        item = lambda i: images.load((i % len(images), args.seed * 1_000_003 + i))[:2]
-    else:
-        N = len(images) if args.cache_size is None else min(args.cache_size, len(images))
-        item = lambda i: images[i]  # a plain index: no flip (the cache holds both), no crop
-    wanted = {'data': os.path.abspath(args.data) if args.data else f'dead leaves, seed {args.seed}', 'num_images': N,
-              'random_crop': args.random_crop, 'image_size': args.image_size, 'ae': os.path.abspath(ae_path),
-              'latent_shape': [C, latent_size, latent_size]}
-    meta_path = os.path.join(root, 'meta.json')
-    if os.path.exists(meta_path):
-        meta = json.load(open(meta_path))
-        if {k: meta.get(k) for k in wanted} != wanted:
-            die(f"the latent cache {root} was made for {meta} but this run wants {wanted}; use another "
-                f"--cache_latents folder.")
-        return LatentCache(root)
-    if dist.master:
-        os.makedirs(root, exist_ok=True)
-        np.lib.format.open_memmap(os.path.join(root, 'latents.npy'), mode='w+', dtype=np.float32,
-                                  shape=(N, 2, C, latent_size, latent_size)).flush()
-    if dist.ddp:
-        torch.distributed.barrier()
-    store = np.load(os.path.join(root, 'latents.npy'), mmap_mode='r+')
-    labels = np.zeros(N, dtype=np.int64)
-    mine = range(dist.rank * args.batch_size, N, dist.world_size * args.batch_size)
-    for start in tqdm(mine, desc='encoding latents', disable=not dist.master):
-        stop = min(start + args.batch_size, N)
-        items = [item(i) for i in range(start, stop)]  # (x, y); an unreadable file is replaced by a neighbour
-        x = torch.stack([item[0] for item in items]).to(device)
-        store[start:stop, 0] = encode(x).cpu().numpy()
-        store[start:stop, 1] = encode(x.flip(3)).cpu().numpy()
-        labels[start:stop] = [item[1] for item in items]
-    store.flush()
-    if dist.ddp:  # each rank filled its own label slice: sum them on the master
-        lab = torch.from_numpy(labels).to(device)
-        torch.distributed.all_reduce(lab)
-        labels = lab.cpu().numpy()
-        torch.distributed.barrier()
-    if dist.master:
-        np.save(os.path.join(root, 'labels.npy'), labels)
-        with open(meta_path, 'w') as fh:
-            json.dump({**wanted, 'num_classes': images.num_classes}, fh)
-    if dist.ddp:
-        torch.distributed.barrier()
-    return LatentCache(root)
-
-
-if args.cache_latents:
-    dataset = build_latent_cache(args.cache_latents)
+    num_items = args.cache_size if args.random_crop or args.data is None else min(args.cache_size or len(images), len(images))
+    key = {'ae_sha256': file_sha256(ae_path), 'data': dataset_identity(images, args.data, args.seed),
+           'image_size': args.image_size, 'random_crop': args.random_crop, 'cache_size': num_items,
+           'seed': args.seed, 'latent_shape': [C, latent_size, latent_size]}
+    dataset = build_latent_cache(args.cache_latents, images, encode, (C, latent_size, latent_size), key, num_items,
+                                 args.batch_size, dist, args.seed, args.random_crop, args.num_workers)
 else:
-    dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop)
+    dataset = images
 num_classes = dataset.num_classes
-loader = build_loader(args, dist, dataset=dataset)
+# the training loader: every rank shares the seed, and takes its own shard of each epoch's permutation
+loader = Loader(dataset, args.batch_size, args.seed, dist, num_workers=args.num_workers)
 
 
 def to_latent(x):
@@ -193,13 +134,15 @@ def to_latent(x):
 
 if ckpt is not None:
     latent_shift, latent_scale = ckpt['latent_shift'], ckpt['latent_scale']
-else:  # mean and 1/std of the first batch's latents (LDM uses its first batch); rank 0's posterior sample wins
-    first = torch.stack([dataset[i][0] for i in range(min(args.batch_size, len(dataset)))]).to(device)
-    z = to_latent(first)
-    stats = torch.stack([z.mean(), 1.0 / z.std()])
+else:  # LDM's scale_by_std: mean and 1/std of one global batch, a seeded random sample of the data split over ranks
+    mine = random_subset(dataset, args.batch_size * dist.world_size, args.seed)[dist.rank::dist.world_size]
+    z = to_latent(torch.stack([dataset[i][0] for i in mine]).to(device)).double()
+    moments = torch.stack([torch.tensor(float(z.numel()), dtype=torch.float64, device=device), z.sum(), z.pow(2).sum()])
     if dist.ddp:
-        torch.distributed.broadcast(stats, src=0)
-    latent_shift, latent_scale = stats.tolist()
+        torch.distributed.all_reduce(moments)  # the sums over every rank's images: exact, whatever the world size
+    n, mean = moments[0], moments[1] / moments[0]
+    std = (moments[2] / n - mean ** 2).clamp_min(0).sqrt()
+    latent_shift, latent_scale = mean.item(), 1.0 / std.item()
 latent_shift = args.latent_shift if args.latent_shift is not None else latent_shift
 latent_scale = args.latent_scale if args.latent_scale is not None else latent_scale
 
@@ -274,13 +217,18 @@ def sample_grid():
 
 
 def checkpoint():
+    """ckpt.pt, everything a resume needs (DiT-XL/2 with AdamW: 11 GB), and ema.pt, the EMA weights and what
+    sample.py needs (2.7 GB), both written on a background thread after a CPU copy."""
+    stop_if_non_finite(first_bad_step, ckpt_path, dist, progress)  # a non-finite loss never reaches a checkpoint
     rng = gather_rng_states(dist)  # collective: every rank calls it
     if dist.master:
-        save_checkpoint({'model': raw_model.state_dict(), 'ema': ema.state_dict(), 'opt': opt.state_dict(),
-                         'scaler': scaler.state_dict(), 'step': step, 'rng': rng, 'loader': loader.state_dict(),
-                         'latent_scale': latent_scale, 'latent_shift': latent_shift,
-                         'config': {**vars(args), 'ae': ae_path, 'backbone': backbone, 'schedule': schedule,
-                                    'learn_sigma': learn_sigma, 'image_size': args.image_size}}, ckpt_path)
+        config = {**vars(args), 'ae': ae_path, 'backbone': backbone, 'schedule': schedule, 'learn_sigma': learn_sigma,
+                  'image_size': args.image_size}
+        export = {'ema': ema.state_dict(), 'step': step, 'latent_scale': latent_scale, 'latent_shift': latent_shift,
+                  'config': config}
+        writer.save({ckpt_path: {**export, 'model': raw_model.state_dict(), 'opt': opt.state_dict(),
+                                 'scaler': scaler.state_dict(), 'rng': rng, 'loader': loader.state_dict()},
+                     os.path.join(args.out_dir, 'ema.pt'): export})
 
 # -----------------------------------------------------------------------------
 # training loop
@@ -298,6 +246,8 @@ if dist.master:
           f"{', learned variance' if learn_sigma else ''}; latent shift {latent_shift:.4g}, scale {latent_scale:.4g}; "
           f"{dist.world_size} process(es) on {device}, {dtype}")
 progress = tqdm(total=args.max_steps, initial=step, disable=not dist.master, dynamic_ncols=True)
+writer = CheckpointWriter()
+first_bad_step = torch.full((), float('inf'), dtype=torch.float64, device=device)  # inf: every loss so far finite
 train_time, timed_steps = 0.0, 0  # wall time of training steps only (no sampling, no checkpointing)
 while step < args.max_steps:
     t0 = time.time()
@@ -320,23 +270,24 @@ while step < args.max_steps:
     step += 1
     progress.update(1)
 
-    # a non-finite loss stops the run before anything is written: the last checkpoint stays good
-    loss_avg = all_reduce_mean(loss_sum.float(), dist)
-    if not torch.isfinite(loss_avg):
-        progress.close()
-        stop_if_non_finite(loss_avg, step, ckpt_path, dist)
+    # a non-finite loss is noted on the device (no host sync); the host checks the note at every log line, sample
+    # grid and checkpoint, and stops before anything is written, so the last checkpoint stays good
+    first_bad_step = note_non_finite(first_bad_step, loss_sum, step)
+    if any(step % i == 0 for i in (args.log_interval, args.eval_interval, args.ckpt_interval)) or step == args.max_steps:
+        stop_if_non_finite(first_bad_step, ckpt_path, dist, progress)  # the host also waits for the GPU here
 
     train_time, timed_steps = train_time + time.time() - t0, timed_steps + 1
     if step % args.log_interval == 0 or step == args.max_steps:
         dt, train_time, timed_steps = train_time / timed_steps, 0.0, 0
         latents = args.batch_size * args.grad_accum * dist.world_size
-        logger.log(step, loss=loss_avg, step_time=dt, latents_per_sec=latents / dt, lr=args.lr,
+        logger.log(step, loss=all_reduce_mean(loss_sum.float(), dist), step_time=dt, latents_per_sec=latents / dt, lr=args.lr,
                    skipped_images=loader.skipped, **peak_memory(device))
     if (step % args.eval_interval == 0 or step == args.max_steps) and dist.master:
         sample_grid()
     if step % args.ckpt_interval == 0 or step == args.max_steps:
         checkpoint()
 progress.close()
+writer.wait()
 if dist.ddp:
-    logger.log(step, rank_param_max_diff=rank_param_max_diff(raw_model, dist))
+    logger.log(step, rank_checksum_diff=rank_checksum_diff(raw_model, dist))
 cleanup_distributed()

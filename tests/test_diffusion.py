@@ -13,9 +13,13 @@ from model import DiT
 def test_schedules_closed_form():
     b = beta_schedule("linear", 1000)
     assert b[0].item() == pytest.approx(1e-4) and b[-1].item() == pytest.approx(0.02)
-    s = beta_schedule("scaled_linear", 1000)
-    assert s[0].item() == pytest.approx(0.00085) and s[-1].item() == pytest.approx(0.012)
-    assert torch.allclose(s.sqrt().diff(), s.sqrt().diff()[0].expand(999))  # linear in sqrt(beta)
+    for name, (first, last) in {"ldm_linear": (0.0015, 0.0195), "scaled_linear": (0.00085, 0.012)}.items():
+        s = beta_schedule(name, 1000)  # LDM's configs and Stable Diffusion's, both linear in sqrt(beta)
+        assert s[0].item() == pytest.approx(first) and s[-1].item() == pytest.approx(last)
+        assert torch.allclose(s.sqrt().diff(), s.sqrt().diff()[0].expand(999))
+    # LDM's make_beta_schedule('linear', 1000, 0.0015, 0.0195) as written in its ddpm.py, step by step
+    ldm = torch.linspace(0.0015 ** 0.5, 0.0195 ** 0.5, 1000, dtype=torch.float64) ** 2
+    assert torch.equal(beta_schedule("ldm_linear", 1000), ldm)
     d = Diffusion("linear")
     assert torch.all(d.abar.diff() < 0)
     assert d.abar[-1] < 1e-4  # x_T is (almost) pure noise
@@ -24,13 +28,43 @@ def test_schedules_closed_form():
         beta_schedule("cosine")
 
 
-def test_spaced_timesteps():
+def adm_space_timesteps(T, section_counts):
+    """ADM's respacing rule (guided-diffusion respace.py space_timesteps), restated from its description for this test:
+    "ddimN" is range(0, T, stride) for the first integer stride giving N steps; otherwise T is cut into len(counts)
+    near-equal sections, and section i of `size` steps takes counts[i] indices at a float stride (size-1)/(count-1),
+    accumulated and rounded."""
+    if section_counts.startswith("ddim"):
+        n = int(section_counts[4:])
+        return next(sorted(range(0, T, i)) for i in range(1, T) if len(range(0, T, i)) == n)
+    counts = [int(c) for c in section_counts.split(",")]
+    size_per, extra = divmod(T, len(counts))
+    steps, start = [], 0
+    for i, count in enumerate(counts):
+        size = size_per + (1 if i < extra else 0)
+        stride = (size - 1) / (count - 1) if count > 1 else 1
+        cur = 0.0
+        for _ in range(count):
+            steps.append(start + round(cur))
+            cur += stride
+        start += size
+    return sorted(set(steps))
+
+
+def test_spaced_timesteps_are_adms_and_dits():
     assert torch.equal(spaced_timesteps(1000, 1000), torch.arange(1000))
-    ts = spaced_timesteps(1000, 10)
-    assert ts[0] == 0 and ts[-1] == 999 and len(ts.unique()) == 10
+    # tables DiT and ADM use: DiT samples with "250" (DDPM), ADM's DDIM results with "ddim25", "ddim50", "ddim100"
+    assert spaced_timesteps(1000, 50, "ddim").tolist() == list(range(0, 1000, 20))
+    assert spaced_timesteps(1000, 25, "ddim").tolist() == list(range(0, 1000, 40))
+    assert spaced_timesteps(1000, 10).tolist() == [0, 111, 222, 333, 444, 555, 666, 777, 888, 999]
+    for n in range(1, 1001):  # every count: ADM's "N" exactly, ties and float accumulation included
+        assert spaced_timesteps(1000, n).tolist() == adm_space_timesteps(1000, str(n)), n
+    for n in (10, 20, 25, 27, 50, 100, 200, 250, 500):
+        assert spaced_timesteps(1000, n, "ddim").tolist() == adm_space_timesteps(1000, f"ddim{n}"), n
+    with pytest.raises(ValueError, match="no integer stride"):
+        spaced_timesteps(1000, 400, "ddim")  # strides 2 and 3 give 500 and 334
 
 
-@pytest.mark.parametrize("schedule", ["linear", "scaled_linear"])
+@pytest.mark.parametrize("schedule", ["linear", "ldm_linear", "scaled_linear"])
 def test_q_sample_marginals(schedule):
     # x_t | x0 ~ N(sqrt(abar_t) x0, (1 - abar_t) I) over many draws
     torch.manual_seed(0)
@@ -194,6 +228,11 @@ def test_cfg_guidance_formula():
     assert torch.allclose(s0[:, :4], uncond[:, :4], atol=1e-5)  # scale 0 == unconditional
     assert torch.allclose(s3[:, :4], uncond[:, :4] + 3 * (cond[:, :4] - uncond[:, :4]), atol=1e-5)
     assert torch.allclose(s3[:, 4:], cond[:, 4:], atol=1e-5)  # variance values from the conditional branch
+    # DiT's sampler guides only the first 3 of the 4 channels; the 4th and the variances stay conditional
+    with torch.no_grad():
+        dit = cfg_model_fn(m, y, 3.0, guided_channels=3)(x, t)
+    assert torch.allclose(dit[:, :3], s3[:, :3], atol=1e-6) and torch.allclose(dit[:, 3:], cond[:, 3:], atol=1e-5)
+    assert not torch.allclose(dit[:, 3], s3[:, 3], atol=1e-3)
 
 
 def test_cfg_needs_a_null_class():

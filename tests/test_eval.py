@@ -14,7 +14,8 @@ from PIL import Image
 
 import eval_fid
 from eval_fid import (InceptionV3FID, evaluate_autoencoder, feature_statistics, frechet_distance, laplacian_pyramid,
-                      psnr, sliced_wasserstein, ssim, swd_descriptors)
+                      sliced_wasserstein, swd_descriptors)
+from metrics import psnr, ssim
 from common import Dist
 from tests.helpers import run
 
@@ -289,9 +290,11 @@ def test_cli_npz_against_folder_reports_swd_and_skips_fid_with_its_reason(tmp_pa
     with open(out) as f:
         result = json.load(f)
     assert result['num_fake'] == 10 and result['num_real'] == 12 and result['swd_images'] == 10
-    # SWD through the batched CLI equals the function on the same (8-bit) images, the first 10 of each set
+    # SWD through the batched CLI equals the function on the same (8-bit) images: all 10 fakes, and 10 of the 12
+    # reals drawn by the seeded shuffle (never the first files of a class-sorted folder)
     to_float = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float() / 127.5 - 1  # noqa: E731
-    expected = sliced_wasserstein(to_float(real_u8[:10]), to_float(fake_u8))
+    expected = sliced_wasserstein(to_float(real_u8[np.random.default_rng(0).permutation(12)[:10]]), to_float(fake_u8))
+    assert expected['swd_avg'] != pytest.approx(sliced_wasserstein(to_float(real_u8[:10]), to_float(fake_u8))['swd_avg'])
     for k in ('swd_32', 'swd_16', 'swd_avg'):
         assert result[k] == pytest.approx(expected[k], rel=1e-6)
     assert 'fid' not in result

@@ -61,9 +61,13 @@ def test_train_and_sample_both_backbones(workdir):
     assert ckpt['config']['backbone']['num_classes'] == 2 and ckpt['config']['learn_sigma']
     assert ckpt['latent_scale'] > 0 and ckpt['step'] == 2
 
-    # the cache holds E(x) and E(flip(x)) of every image, and the labels of the class folders
+    # the cache holds E(x) and E(flip(x)) of every image in float16, in a seeded random order (so that a contiguous
+    # chunk is a random sample), with the labels of the class folders
     latents, labels = np.load(d / 'cache' / 'latents.npy'), np.load(d / 'cache' / 'labels.npy')
-    assert latents.shape == (8, 2, 4, 4, 4) and labels.tolist() == [0] * 4 + [1] * 4
+    order = np.random.default_rng(0).permutation(8)  # cache position -> image index (files sorted: cats, dogs)
+    assert latents.shape == (8, 2, 4, 4, 4) and latents.dtype == np.float16
+    assert labels.tolist() == [int(i >= 4) for i in order] and sorted(labels.tolist()) == [0] * 4 + [1] * 4
+    position = int(np.flatnonzero(order == 6)[0])  # dogs/2.png is image 6
     from model import load_autoencoder
     model = load_autoencoder(ae)
     x = torch.from_numpy(np.asarray(Image.open(d / 'images' / 'dogs' / '2.png'), np.float32) / 127.5 - 1)
@@ -71,7 +75,7 @@ def test_train_and_sample_both_backbones(workdir):
     with torch.no_grad():
         h = model.quant_conv(model.encoder(torch.cat([x, x.flip(3)])))
     mean, logvar = h.chunk(2, dim=1)  # the posterior sample lies within a few posterior stds of the mean
-    z_score = (torch.from_numpy(latents[6]) - mean) / (0.5 * logvar.clamp(-30, 20)).exp()
+    z_score = (torch.from_numpy(latents[position]).float() - mean) / (0.5 * logvar.clamp(-30, 20)).exp()
     assert z_score.abs().max() < 6
 
     # sample.py: class-conditional DiT with guidance and ancestral DDPM; npz in ADM's format, grid, PNGs

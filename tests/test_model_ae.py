@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 import model
-from model import (AE_PRESETS, LPIPS, Autoencoder, NLayerDiscriminator, VectorQuantizer, diagonal_gaussian,
+from model import (AE_PRESETS, LPIPS, LPIPS_MIN_SIZE, Autoencoder, adaptive_gan_weight, NLayerDiscriminator, VectorQuantizer, diagonal_gaussian,
                    hinge_d_loss, load_ae_state_dict, load_autoencoder, make_ae_config)
 
 diffusers = pytest.importorskip('diffusers')
@@ -248,6 +248,41 @@ def test_hinge_d_loss_closed_form():
     assert hinge_d_loss(torch.ones(4) * 3, -torch.ones(4) * 3) == 0  # margins met: no loss
 
 
+def test_adaptive_gan_weight_is_ldms_in_per_pixel_units_clamp_included():
+    # taming/LDM's calculate_adaptive_weight on its summed loss, next to ours on the per-pixel mean
+    def ldm_weight(nll_loss, g_loss, last_layer):
+        nll_grads = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
+        g_grads = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+        return torch.clamp(torch.norm(nll_grads) / (torch.norm(g_grads) + 1e-4), 0.0, 1e4).detach()
+
+    torch.manual_seed(0)
+    B, H, W = 2, 8, 8
+    pixels = 3 * H * W
+    conv = torch.nn.Conv2d(4, 3, 3, padding=1).double()  # the decoder's last layer
+    h, x = torch.randn(B, 4, H, W, dtype=torch.float64), torch.randn(B, 3, H, W, dtype=torch.float64)
+    probe = torch.randn(3, H, W, dtype=torch.float64)
+    for g_scale, clamped in ((1.0, False), (1e-9, True)):  # a vanishing GAN gradient hits LDM's 1e4 cap
+        x_rec = conv(h)
+        nll = (x - x_rec).abs().sum() / B            # LDM: summed over the 3HW values, mean over the batch
+        rec = (x - x_rec).abs().mean()               # ours: the per-pixel mean, nll / 3HW
+        g = -g_scale * (x_rec * probe).mean()         # any generator loss, the same in both
+        ours, ldm = adaptive_gan_weight(rec, g, conv.weight, pixels), ldm_weight(nll, g, conv.weight)
+        assert (ldm == 1e4) == clamped
+        assert ours.item() * pixels == pytest.approx(ldm.item(), rel=1e-9)
+        # so the generator's gradient is LDM's divided by 3HW, adversarial part included
+        ours_grad = torch.autograd.grad(rec + ours * 0.5 * g, conv.weight, retain_graph=True)[0]
+        ldm_grad = torch.autograd.grad(nll + ldm * 0.5 * g, conv.weight)[0]
+        torch.testing.assert_close(ours_grad * pixels, ldm_grad, rtol=1e-9, atol=0)
+
+
+def test_lpips_minimum_size():
+    net = LPIPS(pretrained=False)
+    d = net(torch.zeros(1, 3, LPIPS_MIN_SIZE, LPIPS_MIN_SIZE), torch.ones(1, 3, LPIPS_MIN_SIZE, LPIPS_MIN_SIZE))
+    assert d.shape == (1,) and torch.isfinite(d).all() and d != 0
+    with pytest.raises(RuntimeError, match='too small'):  # hence train_ae.py's start-up check
+        net(torch.zeros(1, 3, LPIPS_MIN_SIZE // 2, LPIPS_MIN_SIZE // 2), torch.ones(1, 3, 8, 8))
+
+
 # ---------------------------------------------------------------------------------------------- LPIPS
 
 @pytest.fixture(scope='module')
@@ -300,12 +335,11 @@ def test_lpips_missing_weights_offline_is_one_clear_sentence(lpips_pair, tmp_pat
     try:
         with pytest.raises(FileNotFoundError) as e:
             LPIPS()
-        msg = str(e.value)
-        assert 'vgg16-397923af.pth' in msg and '--vgg_weights' in msg and '--lpips_weight 0' in msg
-        assert '\n' not in msg and msg.endswith('.')
-        with pytest.raises(FileNotFoundError, match='--lpips_lin_weights'):
+        msg = str(e.value)  # names the file and where it was looked for; the scripts add their flags
+        assert 'vgg16-397923af.pth' in msg and str(tmp_path) in msg and '--' not in msg and '\n' not in msg
+        with pytest.raises(FileNotFoundError, match='lpips_v0.1_vgg.pth'):
             LPIPS(vgg_weights=lpips_pair[2])
     finally:
         torch.hub.set_dir(old_dir)
-    with pytest.raises(FileNotFoundError, match='--vgg_weights'):
+    with pytest.raises(FileNotFoundError, match='missing.pth does not exist'):
         LPIPS(vgg_weights=str(tmp_path / 'missing.pth'))
