@@ -1,6 +1,7 @@
 """
 Plumbing shared by every script, written once: distributed setup from torchrun's environment, hand-written mixed
-precision, atomic checkpoints that carry every RNG state, EMA, a resumable data loader, image grids and the run log.
+precision, atomic checkpoints that carry every RNG state, EMA, a resumable data loader, image grids, video files
+(MP4, GIF and PNG previews) and the run log.
 Nothing here knows about a particular model or loss.
 """
 import os
@@ -392,17 +393,47 @@ def save_image_grid(x, path, nrow=8):
     vutils.save_image(((x.detach().float().cpu() + 1) / 2).clamp(0, 1), path, nrow=nrow, padding=2)
 
 
-def save_video(frames, path, fps=8):
-    """frames (T, 3, H, W) in [-1, 1] -> an animated GIF at `fps`, written with PyAV."""
-    import av
-    x = ((frames.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    x = x.permute(0, 2, 3, 1).numpy()  # (T, H, W, 3)
-    with av.open(path, 'w', format='gif') as out:
-        stream = out.add_stream('gif', rate=fps)
-        stream.width, stream.height, stream.pix_fmt = x.shape[2], x.shape[1], 'rgb8'
-        for frame in x:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')))
-        out.mux(stream.encode())
+def tile_videos(videos, nrow, pad=2):
+    """uint8 videos (N, T, H, W, 3) -> one uint8 video (T, rows * (H + pad) - pad, nrow * (W + pad) - pad, 3): the
+    clips side by side, nrow per row, black gaps of pad pixels, empty cells black."""
+    N, T, H, W, _ = videos.shape
+    rows = -(-N // nrow)
+    grid = np.zeros((T, rows * (H + pad) - pad, nrow * (W + pad) - pad, 3), np.uint8)
+    for i, video in enumerate(videos):
+        r, c = divmod(i, nrow)
+        grid[:, r * (H + pad):r * (H + pad) + H, c * (W + pad):c * (W + pad) + W] = video
+    return grid
+
+
+def write_mp4(frames, path, fps=8):
+    """uint8 frames (T, H, W, 3) -> an H.264 MP4 (PyAV; yuv420p at CRF 12, near-lossless, played everywhere). yuv420p
+    needs even sizes, so an odd height or width gets one more row or column, a copy of the last."""
+    import av  # only sampling writes video
+    T, H, W, _ = frames.shape
+    frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode='edge')
+    with av.open(path, mode='w') as container:
+        stream = container.add_stream('libx264', rate=fps)
+        stream.width, stream.height, stream.pix_fmt = W + W % 2, H + H % 2, 'yuv420p'
+        stream.options = {'crf': '12'}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format='rgb24')))
+        container.mux(stream.encode())  # flush the encoder
+
+
+def save_video_grid(videos, out_dir, fps=8, max_videos=64):
+    """Previews of uint8 videos (N, T, H, W, 3): out_dir/grid.mp4 and grid.gif (the first max_videos clips tiled) and
+    out_dir/grid_frames.png (their first frames above their middle frames, one grid each). Returns the paths."""
+    from PIL import Image
+    videos = videos[:max_videos]
+    nrow = max(int(len(videos) ** 0.5), 1)
+    grid = tile_videos(videos, nrow)  # (T, GH, GW, 3)
+    paths = [os.path.join(out_dir, name) for name in ('grid.mp4', 'grid.gif', 'grid_frames.png')]
+    write_mp4(grid, paths[0], fps)
+    gif = [Image.fromarray(frame) for frame in grid]
+    gif[0].save(paths[1], save_all=True, append_images=gif[1:], duration=round(1000 / fps), loop=0)
+    gap = np.zeros((2, grid.shape[2], 3), np.uint8)
+    Image.fromarray(np.concatenate([grid[0], gap, grid[len(grid) // 2]])).save(paths[2])
+    return paths
 
 
 def peak_memory(device):

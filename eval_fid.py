@@ -7,18 +7,24 @@ in the experiments is measured the same way:
   - The multi-scale sliced Wasserstein distance (SWD) of Progressive GANs (Karras et al. 2018), which needs no
     pretrained weights and so also works offline: one number per Laplacian-pyramid level.
   - For an autoencoder: PSNR, SSIM, LPIPS and rFID (the FID between images and their reconstructions), plus SWD.
+  - For videos: FVD (Unterthiner et al. 2018) with the Kinetics-400 I3D, as cd-fvd / TATS / VideoGPT measure it, and
+    a weight-free video SWD (frames, and frame differences for motion).
 
 Generated samples against a reference set (a folder, a samples .npz as sample.py writes, or a statistics .npz):
   python eval_fid.py --fake samples.npz --real /path/to/images --image_size 256
   python eval_fid.py --fake samples.npz                          # reference: the embedded dead-leaves set
   python eval_fid.py --real /path/to/images --image_size 256 --save_stats ref.npz   # cache the reference statistics
   torchrun --nproc_per_node=8 eval_fid.py --fake samples.npz --real ref.npz         # feature extraction over 8 GPUs
+Videos (uint8 (N, T, H, W, 3) in arr_0, as sample.py writes them): FVD needs T >= 16, the video SWD T >= 2:
+  python eval_fid.py --fake video_samples.npz --real real_videos.npz
+  python eval_fid.py --real real_videos.npz --save_stats fvd_ref.npz              # then --real fvd_ref.npz
 An autoencoder's reconstructions of a dataset (the embedded one when --data is omitted):
   python eval_fid.py --ae out/ckpt.pt --image_size 64
 Every number printed also goes into a JSON file (--out); a metric that cannot run says why, there and on screen.
 """
 import os
 import json
+import math
 import argparse
 
 import numpy as np
@@ -264,11 +270,13 @@ def swd_descriptors(x, index):
     return out
 
 
-def _normalize_descriptors(desc):
+def _normalize_descriptors(desc, ref=None):
     """(N, C, 7, 7) -> (N, C * 49): each channel to zero mean and unit std over this set (ProGAN's
-    finalize_descriptors); so SWD compares local structure, not global colour or contrast."""
-    mean = desc.mean(dim=(0, 2, 3), keepdim=True)
-    std = desc.std(dim=(0, 2, 3), keepdim=True, unbiased=False)  # np.std: the population std
+    finalize_descriptors); so SWD compares local structure, not global colour or contrast. With ref, the mean and
+    std are those of ref instead."""
+    ref = desc if ref is None else ref
+    mean = ref.mean(dim=(0, 2, 3), keepdim=True)
+    std = ref.std(dim=(0, 2, 3), keepdim=True, unbiased=False)  # np.std: the population std
     return ((desc - mean) / std).flatten(1)
 
 
@@ -291,16 +299,18 @@ def _sort_rows(t):
     return t.sort(dim=1).values
 
 
-def swd_from_descriptors(desc_a, desc_b, resolutions):
+def swd_from_descriptors(desc_a, desc_b, resolutions, joint=False):
     """Per-level descriptor lists of two sets (as swd_descriptors returns, concatenated over the set) ->
-    {'swd_<res>': SWD x 1e3 (ProGAN's scale) per level, 'swd_avg': their mean}."""
+    {'swd_<res>': SWD x 1e3 (ProGAN's scale) per level, 'swd_avg': their mean}. joint normalises both sets by the
+    statistics of their union instead of each by its own, so that the overall scale of the descriptors counts."""
     generator = torch.Generator().manual_seed(SWD_SEED)
     result = {}
     for res, a, b in zip(resolutions, desc_a, desc_b):
         if a.shape != b.shape:
             raise ValueError(f"SWD compares sets of equal size; got {a.shape[0]} and {b.shape[0]} descriptors.")
-        result[f'swd_{res}'] = 1e3 * _sliced_wasserstein_level(_normalize_descriptors(a), _normalize_descriptors(b),
-                                                               generator)
+        union = torch.cat([a, b]) if joint else None
+        a, b = _normalize_descriptors(a, union), _normalize_descriptors(b, union)
+        result[f'swd_{res}'] = 1e3 * _sliced_wasserstein_level(a, b, generator)
     result['swd_avg'] = float(np.mean([result[f'swd_{res}'] for res in resolutions]))
     return result
 
@@ -318,12 +328,201 @@ def sliced_wasserstein(real, fake, batch_size=64):
     """
     if real.shape != fake.shape:
         raise ValueError(f"SWD compares sets of equal size and resolution; got {tuple(real.shape)} and {tuple(fake.shape)}.")
-    descs = []
-    for images in (real, fake):
-        per_batch = [swd_descriptors(images[i:i + batch_size], range(i, min(i + batch_size, len(images))))
-                     for i in range(0, len(images), batch_size)]
-        descs.append([torch.cat(level) for level in zip(*per_batch)])
-    return swd_from_descriptors(descs[0], descs[1], swd_resolutions(*real.shape[-2:]))
+    return swd_from_descriptors(_set_descriptors(real, batch_size), _set_descriptors(fake, batch_size),
+                                swd_resolutions(*real.shape[-2:]))
+
+
+def _set_descriptors(images, batch_size):
+    """swd_descriptors of a whole set (N, 3, H, W), batch by batch, concatenated per level."""
+    per_batch = [swd_descriptors(images[i:i + batch_size], range(i, min(i + batch_size, len(images))))
+                 for i in range(0, len(images), batch_size)]
+    return [torch.cat(level) for level in zip(*per_batch)]
+
+
+def _video_descriptors(videos, batch_size, device):
+    """Per level, the SWD descriptors of all frames and of all frame differences of videos (N, T, 3, H, W), converted
+    to float batch_size videos at a time (so a uint8 set of any size fits); centres are seeded by position in the set."""
+    frames, motion = [], []
+    for i in range(0, len(videos), batch_size):
+        v = videos[i:i + batch_size].to(device).float()  # (b, T, 3, H, W)
+        b, T = v.shape[:2]
+        frames.append(swd_descriptors(v.flatten(0, 1), range(i * T, (i + b) * T)))
+        motion.append(swd_descriptors((v[:, 1:] - v[:, :-1]).flatten(0, 1), range(i * (T - 1), (i + b) * (T - 1))))
+    return [torch.cat(level) for level in zip(*frames)], [torch.cat(level) for level in zip(*motion)]
+
+
+@torch.no_grad()
+def video_swd(real, fake, batch_size=16, device='cpu'):
+    """
+    A weight-free video metric, for offline runs and as a reference beside FVD. real, fake (N, T, 3, H, W) of one shape
+    (T >= 2, H, W >= 16, any fixed value range: descriptors are normalised). Returns, x 1e3 and 0 for identical sets:
+      'swd_frames': the multi-scale SWD between the sets of all frames, as for images (appearance: blur, colour);
+      'swd_motion': the multi-scale SWD between the sets of frame differences x[t+1] - x[t], normalised by the
+        statistics of both sets together: per set, frozen video (all differences 0) would be 0 / 0, and the size of
+        the motion would not count (temporal structure: frozen, shuffled, too fast or too slow motion);
+      'video_swd': their mean.
+    """
+    if real.shape != fake.shape or real.ndim != 5 or real.shape[1] < 2:
+        raise ValueError(f"video SWD compares two sets of videos (N, T >= 2, 3, H, W) of one shape; got "
+                         f"{tuple(real.shape)} and {tuple(fake.shape)}.")
+    resolutions = swd_resolutions(*real.shape[-2:])
+    (frames_r, motion_r), (frames_f, motion_f) = (_video_descriptors(v, batch_size, device) for v in (real, fake))
+    result = {'swd_frames': swd_from_descriptors(frames_r, frames_f, resolutions)['swd_avg'],
+              'swd_motion': swd_from_descriptors(motion_r, motion_f, resolutions, joint=True)['swd_avg']}
+    result['video_swd'] = (result['swd_frames'] + result['swd_motion']) / 2
+    return result
+
+# ----------------------------------------------------------------------------------------------
+# FVD (Unterthiner et al. 2018): the Frechet distance between I3D (Carreira & Zisserman 2017) Kinetics-400 logits of
+# real and generated 16-frame clips. Network, weights and preprocessing are those of cd-fvd (Ge et al. 2024), TATS and
+# VideoGPT: DeepMind's RGB Kinetics-400 I3D in piergiaj's PyTorch port; the first 16 frames; each frame's shorter side
+# resized bilinearly to 224 and centre-cropped (StyleGAN-V's crop; a plain resize for square videos); values
+# 2 x / 255 - 1 in [-1, 1], as the original TF code; the 400 logits averaged over time are the features.
+
+I3D_WEIGHTS_URL = 'https://github.com/songweige/TATS/raw/main/tats/fvd/i3d_pretrained_400.pt'
+I3D_WEIGHTS_FILE = os.path.basename(I3D_WEIGHTS_URL)
+FVD_NUM_FRAMES = 16
+FVD_RESOLUTION = 224
+
+
+def _pad_same(x, kernel, stride):
+    """TensorFlow's 'SAME' padding of x (B, C, T, H, W) for a kernel and stride over (T, H, W); the odd pixel at the end."""
+    pad = []
+    for size, k, s in reversed(list(zip(x.shape[2:], kernel, stride))):
+        total = max(k - (size % s or s), 0)
+        pad += [total // 2, total - total // 2]
+    return F.pad(x, pad)
+
+
+def _max_pool_same(x, kernel, stride):
+    # zero padding acts as TF's -inf padding here: every pooled tensor comes out of a ReLU
+    return F.max_pool3d(_pad_same(x, kernel, stride), kernel, stride)
+
+
+class Unit3D(nn.Module):
+    """Conv3d with 'SAME' padding, then BatchNorm and ReLU; the logits layer is a biased conv alone."""
+    def __init__(self, in_channels, out_channels, kernel=(1, 1, 1), stride=(1, 1, 1), logits=False):
+        super().__init__()
+        self.kernel, self.stride, self.is_logits = kernel, stride, logits
+        self.conv3d = nn.Conv3d(in_channels, out_channels, kernel, stride, bias=logits)
+        if not logits:
+            self.bn = nn.BatchNorm3d(out_channels, eps=1e-5, momentum=0.001)
+
+    def forward(self, x):
+        x = self.conv3d(_pad_same(x, self.kernel, self.stride))
+        return x if self.is_logits else F.relu(self.bn(x))
+
+
+class InceptionModule3D(nn.Module):
+    """Inception-v1 block inflated to 3-D: 1x1x1 | 1x1x1 -> 3x3x3 | 1x1x1 -> 3x3x3 | 3x3x3 max-pool -> 1x1x1."""
+    def __init__(self, in_channels, widths):  # widths of b0, b1a, b1b, b2a, b2b, b3b
+        super().__init__()
+        w = widths
+        self.b0 = Unit3D(in_channels, w[0])
+        self.b1a, self.b1b = Unit3D(in_channels, w[1]), Unit3D(w[1], w[2], (3, 3, 3))
+        self.b2a, self.b2b = Unit3D(in_channels, w[3]), Unit3D(w[3], w[4], (3, 3, 3))
+        self.b3b = Unit3D(in_channels, w[5])
+
+    def forward(self, x):
+        pooled = _max_pool_same(x, (3, 3, 3), (1, 1, 1))
+        return torch.cat([self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(pooled)], dim=1)
+
+
+class I3D(nn.Module):
+    """Inception-v1 I3D with the module names of piergiaj's port, so i3d_pretrained_400.pt loads as it is:
+    videos (B, 3, T, 224, 224) in [-1, 1], T >= 9 -> (B, 400) Kinetics-400 logits averaged over time."""
+    def __init__(self, num_classes=400):
+        super().__init__()
+        self.Conv3d_1a_7x7 = Unit3D(3, 64, (7, 7, 7), (2, 2, 2))
+        self.Conv3d_2b_1x1 = Unit3D(64, 64)
+        self.Conv3d_2c_3x3 = Unit3D(64, 192, (3, 3, 3))
+        self.Mixed_3b = InceptionModule3D(192, (64, 96, 128, 16, 32, 32))
+        self.Mixed_3c = InceptionModule3D(256, (128, 128, 192, 32, 96, 64))
+        self.Mixed_4b = InceptionModule3D(480, (192, 96, 208, 16, 48, 64))
+        self.Mixed_4c = InceptionModule3D(512, (160, 112, 224, 24, 64, 64))
+        self.Mixed_4d = InceptionModule3D(512, (128, 128, 256, 24, 64, 64))
+        self.Mixed_4e = InceptionModule3D(512, (112, 144, 288, 32, 64, 64))
+        self.Mixed_4f = InceptionModule3D(528, (256, 160, 320, 32, 128, 128))
+        self.Mixed_5b = InceptionModule3D(832, (256, 160, 320, 32, 128, 128))
+        self.Mixed_5c = InceptionModule3D(832, (384, 192, 384, 48, 128, 128))
+        self.logits = Unit3D(1024, num_classes, logits=True)
+
+    def forward(self, x):
+        x = _max_pool_same(self.Conv3d_1a_7x7(x), (1, 3, 3), (1, 2, 2))  # (B, 64, T/2, 56, 56)
+        x = _max_pool_same(self.Conv3d_2c_3x3(self.Conv3d_2b_1x1(x)), (1, 3, 3), (1, 2, 2))  # (B, 192, T/2, 28, 28)
+        x = _max_pool_same(self.Mixed_3c(self.Mixed_3b(x)), (3, 3, 3), (2, 2, 2))  # (B, 480, T/4, 14, 14)
+        for block in (self.Mixed_4b, self.Mixed_4c, self.Mixed_4d, self.Mixed_4e, self.Mixed_4f):
+            x = block(x)
+        x = _max_pool_same(x, (2, 2, 2), (2, 2, 2))  # (B, 832, T/8, 7, 7)
+        x = self.Mixed_5c(self.Mixed_5b(x))  # (B, 1024, T/8, 7, 7)
+        x = F.avg_pool3d(x, (2, 7, 7), stride=1)  # (B, 1024, T/8 - 1, 1, 1); dropout is off at evaluation
+        return self.logits(x).mean(dim=(2, 3, 4))  # logits averaged over time: (B, 400)
+
+
+def fvd_preprocess(videos):
+    """
+    videos (B, T, 3, H, W) in [-1, 1], T >= 16 -> I3D input (B, 3, 16, 224, 224) in [-1, 1]: the first 16 frames,
+    each frame's shorter side resized to 224 (bilinear, no antialiasing, as the TF and PyTorch FVD codes) and
+    centre-cropped. Resizing is linear with weights summing to 1, so it commutes with uint8 -> 2 x / 255 - 1.
+    """
+    B, T, C, H, W = videos.shape
+    if T < FVD_NUM_FRAMES:
+        raise ValueError(f"FVD is measured on {FVD_NUM_FRAMES}-frame clips and these videos have {T} frames; "
+                         f"generate longer videos, or use the weight-free video SWD.")
+    R = FVD_RESOLUTION
+    size = (R, max(R, math.ceil(W * R / H))) if H <= W else (max(R, math.ceil(H * R / W)), R)  # shorter side -> R
+    x = F.interpolate(videos[:, :FVD_NUM_FRAMES].reshape(-1, C, H, W).float(), size=size, mode='bilinear',
+                      align_corners=False)
+    top, left = (size[0] - R) // 2, (size[1] - R) // 2
+    x = x[:, :, top:top + R, left:left + R]
+    return x.reshape(B, FVD_NUM_FRAMES, C, R, R).transpose(1, 2)  # (B, 3, 16, 224, 224)
+
+
+def load_i3d(path=None, device='cpu'):
+    """
+    The FVD I3D with its Kinetics-400 weights, from `path` or else from their canonical URL through torch hub's cache
+    (downloaded once). Raises FileNotFoundError, one sentence naming the file and the flag, when neither works.
+    """
+    if path is None:
+        try:
+            state = torch.hub.load_state_dict_from_url(I3D_WEIGHTS_URL, map_location='cpu', progress=False,
+                                                       weights_only=True)
+        except OSError:  # URLError (offline) is an OSError
+            cache = os.path.join(torch.hub.get_dir(), 'checkpoints')
+            raise FileNotFoundError(
+                f"the FVD I3D weights {I3D_WEIGHTS_FILE} are not in {cache} and could not be downloaded from "
+                f"{I3D_WEIGHTS_URL}; download that file and pass it as --i3d_weights PATH.") from None
+    else:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--i3d_weights {path} does not exist; pass the path of {I3D_WEIGHTS_FILE} "
+                                    f"(from {I3D_WEIGHTS_URL}).")
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    net = I3D()
+    try:
+        net.load_state_dict(state)
+    except RuntimeError:
+        raise ValueError(f"{path or I3D_WEIGHTS_FILE} is not the Kinetics-400 I3D state dict of {I3D_WEIGHTS_URL}; "
+                         f"pass that file as --i3d_weights.") from None
+    return net.eval().requires_grad_(False).to(device)
+
+
+@torch.no_grad()
+def i3d_features(i3d, videos):
+    """videos (B, T, 3, H, W) in [-1, 1] -> (B, 400) float32 FVD features on the network's device."""
+    device = next(i3d.parameters()).device
+    return i3d(fvd_preprocess(videos.to(device))).float()
+
+
+def video_set_features(videos, i3d, dist, batch_size):
+    """FVD features (N, 400) float64 numpy of uint8 videos (N, T, H, W, 3): each rank embeds its block, gathered in
+    set order."""
+    lo, hi, per_rank = _shard(len(videos), dist)
+    features = []
+    for i in tqdm(range(lo, hi, batch_size), desc='I3D', disable=not dist.master, leave=False):
+        v = torch.from_numpy(np.ascontiguousarray(videos[i:min(i + batch_size, hi)])).to(dist.device)
+        features.append(i3d_features(i3d, v.permute(0, 1, 4, 2, 3).float() / 127.5 - 1))
+    local = torch.cat(features) if features else torch.zeros(0, 400, device=dist.device)
+    return _gather_rows(local, per_rank, len(videos), dist).cpu().double().numpy()
 
 # ----------------------------------------------------------------------------------------------
 # Image sources: every set is a Dataset of uint8 (3, H, W) images with a known .size (H, W)
@@ -387,8 +586,9 @@ class DatasetImages(Dataset):
 
 
 def open_source(path, image_size, limit, seed=0):
-    """--real/--fake -> ('stats', (mu, sigma)) for a statistics .npz, else ('images', Dataset) of at most `limit`
-    (a seeded random sample when the source holds more)."""
+    """--real/--fake -> ('stats', (mu, sigma)) for a statistics .npz, ('videos', uint8 (N, T, H, W, 3) array) for a
+    samples .npz of videos, else ('images', Dataset); at most `limit` images or videos (a seeded random sample when
+    the source holds more)."""
     if path.endswith('.npz'):
         if not os.path.isfile(path):
             die(f"{path} does not exist; pass a folder of images, a samples .npz or a statistics .npz.")
@@ -398,8 +598,11 @@ def open_source(path, image_size, limit, seed=0):
             if 'arr_0' not in f:
                 die(f"{path} holds neither arr_0 (uint8 images) nor mu/sigma (statistics); it is not an evaluation .npz.")
             array = f['arr_0']
+        if array.dtype == np.uint8 and array.ndim == 5 and array.shape[-1] == 3:
+            return 'videos', array if limit is None else array[random_subset(array, limit, seed)]
         if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
-            die(f"arr_0 of {path} is {array.dtype} {array.shape}, not uint8 (N, H, W, 3) images as sample.py writes.")
+            die(f"arr_0 of {path} is {array.dtype} {array.shape}, not uint8 (N, H, W, 3) images or (N, T, H, W, 3) "
+                f"videos as sample.py writes.")
         images = ImageArray(array)
     elif os.path.isdir(path):
         if image_size is None:
@@ -562,6 +765,12 @@ def evaluate_samples(args, dist):
     fake_kind, fake = open_source(args.fake, args.image_size, None) if args.fake else (None, None)
     if args.real is not None:
         real_kind, real = open_source(args.real, args.image_size, args.num_real, args.seed)
+        if any(kind == 'videos' or (kind == 'stats' and np.shape(source[0]) == (400,))
+               for kind, source in ((real_kind, real), (fake_kind, fake))):
+            return evaluate_videos(args, dist, real_kind, real, fake_kind, fake)
+    elif fake_kind == 'videos':
+        die("videos are scored against reference videos; pass --real, an .npz of uint8 (N, T, H, W, 3) videos or "
+            "their FVD statistics (--save_stats).")
     else:
         size = args.image_size or (fake.size[0] if fake_kind == 'images' else None)
         if size is None:
@@ -613,6 +822,61 @@ def evaluate_samples(args, dist):
     return results, skipped
 
 
+def evaluate_videos(args, dist, real_kind, real, fake_kind, fake):
+    """FVD (when the I3D weights load) and the weight-free video SWD of --fake videos against --real videos or their
+    FVD statistics; --save_stats writes the FVD statistics of --real. -> (results, skipped)."""
+    sources = (('real', real_kind, real), ('fake', fake_kind, fake))
+    for name, kind, source in sources:
+        if kind == 'images':
+            die(f"--{name} holds images while the other set holds videos (or FVD statistics); pass videos for both.")
+        if kind == 'stats' and np.shape(source[0]) != (400,):
+            die(f"the --{name} statistics are {np.shape(source[0])[0]}-d, not the 400 I3D logits of FVD; save video "
+                f"statistics with --save_stats from an .npz of videos.")
+    results, skipped = {}, {'fvd': None}
+    i3d = None
+    if 'videos' in (real_kind, fake_kind):  # two statistics files need no network
+        i3d, skipped['fvd'] = _load_on_rank0_first(lambda: load_i3d(args.i3d_weights, dist.device), dist)
+    short = [f"--{name} has {source.shape[1]}" for name, kind, source in sources
+             if kind == 'videos' and source.shape[1] < FVD_NUM_FRAMES]
+    if i3d is not None and short:
+        i3d, skipped['fvd'] = None, f"FVD is measured on {FVD_NUM_FRAMES}-frame clips and {short[0]} frames."
+    if args.save_stats is not None and i3d is None:
+        die(f"--save_stats needs the I3D network, and {skipped['fvd']}")
+
+    stats = {}
+    for name, kind, source in sources:
+        if kind == 'stats':
+            stats[name] = source
+        elif kind == 'videos':
+            results[f'num_{name}'] = len(source)
+            if i3d is not None:
+                stats[name] = feature_statistics(video_set_features(source, i3d, dist, args.batch_size))
+    if args.save_stats is not None and dist.master:
+        np.savez_compressed(args.save_stats, mu=stats['real'][0], sigma=stats['real'][1])
+        print(f"saved the FVD statistics of {len(real)} reference videos to {args.save_stats}")
+    if fake_kind is not None and 'real' in stats and 'fake' in stats and dist.master:
+        results['fvd'] = frechet_distance(*stats['real'], *stats['fake'])
+
+    if fake_kind == 'videos' and real_kind == 'videos':
+        T, H, W = fake.shape[1:4]
+        if real.shape[1:] != fake.shape[1:]:
+            skipped['video_swd'] = (f"video SWD compares videos of one length and size, and --real is "
+                                    f"{'x'.join(map(str, real.shape[1:4]))} while --fake is {T}x{H}x{W} (T x H x W).")
+        elif min(H, W) < SWD_MIN_RES:
+            skipped['video_swd'] = f"video SWD needs frames of at least {SWD_MIN_RES} pixels, these are {H}x{W}."
+        elif dist.master:
+            n = min(len(real), len(fake), max(2, SWD_MAX_IMAGES // T))  # at most ProGAN's count of frames
+            def sample(v):  # n videos (a seeded random subset when there are more), (n, T, 3, H, W) uint8
+                return torch.from_numpy(v if n == len(v) else v[random_subset(v, n, args.seed)]).permute(0, 1, 4, 2, 3)
+            results['swd_videos'] = n
+            results |= video_swd(sample(real), sample(fake), device=dist.device)
+    elif fake_kind is not None:
+        skipped['video_swd'] = "video SWD needs videos, and one of --real/--fake is a statistics file."
+    if skipped['fvd'] is None:
+        del skipped['fvd']
+    return results, skipped
+
+
 def evaluate_autoencoder_cli(args, dist):
     """PSNR, SSIM, LPIPS, rFID and SWD of --ae's reconstructions of --data. -> (results, skipped)."""
     from model import LPIPS, load_autoencoder
@@ -643,18 +907,19 @@ def evaluate_autoencoder_cli(args, dist):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument('--fake', type=str, default=None, help='generated images: a folder, a samples .npz (uint8 arr_0) or a statistics .npz (mu, sigma)')
+    p.add_argument('--fake', type=str, default=None, help='generated images: a folder, a samples .npz (uint8 arr_0) or a statistics .npz (mu, sigma); or videos: a samples .npz of uint8 (N, T, H, W, 3), scored by FVD and the video SWD')
     p.add_argument('--real', type=str, default=None, help='reference images, the same kinds as --fake; omitted: the embedded dead-leaves set (its held-out stream)')
     p.add_argument('--num_real', type=int, default=None, help='use a seeded random N of the reference images, or with --ae reconstruct N images (default: all; for the endless dead-leaves set as many as --fake has, else 1000)')
     p.add_argument('--image_size', type=int, default=None, help='center-crop and resize folder images to this size as data.py does; also the dead-leaves resolution (default: folders as they are, dead leaves at the --fake resolution)')
-    p.add_argument('--save_stats', type=str, default=None, help="write the reference set's Inception statistics here (mu, sigma: pytorch-fid's format), to pass as --real later")
+    p.add_argument('--save_stats', type=str, default=None, help="write the reference set's Inception statistics (I3D for videos) here (mu, sigma: pytorch-fid's format), to pass as --real later")
     p.add_argument('--ae', type=str, default=None, help='evaluate this autoencoder (a train_ae.py checkpoint, or public weights with --preset) on reconstructions of --data')
     p.add_argument('--preset', type=str, default=None, help='AE_PRESETS name for an --ae file that is a public state dict')
     p.add_argument('--data', type=str, default=None, help='with --ae: the image folder to reconstruct at --image_size (default: the embedded dead-leaves set)')
     p.add_argument('--vgg_weights', type=str, default=None, help="with --ae: local torchvision VGG16 weights for LPIPS (default: the torch hub cache)")
     p.add_argument('--lpips_lin_weights', type=str, default=None, help="with --ae: local LPIPS v0.1 linear-head weights, vgg.pth (default: the torch hub cache)")
     p.add_argument('--inception_weights', type=str, default=None, help=f'path of {FID_WEIGHTS_FILE} (default: the torch hub cache, downloaded from the pytorch-fid release)')
-    p.add_argument('--batch_size', type=int, default=50, help='images per forward pass per process')
+    p.add_argument('--i3d_weights', type=str, default=None, help=f'for videos: path of the FVD I3D weights {I3D_WEIGHTS_FILE} (default: the torch hub cache, downloaded from {I3D_WEIGHTS_URL})')
+    p.add_argument('--batch_size', type=int, default=50, help='images (or videos) per forward pass per process')
     p.add_argument('--num_workers', type=int, default=2, help='image-decoding worker processes per process')
     p.add_argument('--seed', type=int, default=0, help='seed of the dead-leaves set (SWD neighbourhoods and directions are fixed)')
     p.add_argument('--device', type=str, default='auto', help="'auto', 'cpu' or 'cuda'")

@@ -3,10 +3,11 @@ Every network of the project, shared by all scripts:
   - the first-stage autoencoder of LDM / Stable Diffusion / FLUX.1 (Encoder, Decoder, KL and VQ regularisers),
   - the causal 3D video autoencoder of CogVideoX (VideoAutoencoder; an image is a 1-frame video),
   - the PatchGAN discriminator and the LPIPS perceptual loss used to train it,
-  - the two diffusion backbones: the LDM UNet and DiT.
+  - the two diffusion backbones: the LDM UNet and DiT, and DiT for video latents (VideoDiT).
 Parameter names follow the original checkpoints so public weights load as they are.
 """
 
+import functools
 import math
 import os
 import pickle
@@ -1202,17 +1203,20 @@ def modulate(x, shift, scale):  # adaLN: LN(x) * (1 + scale(c)) + shift(c), per 
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
+def get_1d_sincos_pos_embed(dim, pos):
+    """pos (N,) -> (N, dim) float64: [sin(pos w), cos(pos w)], w_i = 10000^(-i/(dim/2)) (MAE / DiT)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
+    out = pos.double()[:, None] * omega[None]
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
 def get_2d_sincos_pos_embed(embed_dim, grid_h, grid_w):
     """MAE / DiT fixed 2D sin-cos position embedding -> (grid_h * grid_w, embed_dim), row-major over the patches.
     The first half of the channels encodes the column (w) index and the second half the row index, as the official
     code does (its meshgrid puts w first)."""
-    def embed_1d(dim, pos):  # pos (N,) -> (N, dim): [sin(pos w), cos(pos w)], w_i = 10000^(-i/(dim/2))
-        omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
-        out = pos.double()[:, None] * omega[None]
-        return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
-
     rows, cols = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
-    emb = torch.cat([embed_1d(embed_dim // 2, cols.flatten()), embed_1d(embed_dim // 2, rows.flatten())], dim=1)
+    emb = torch.cat([get_1d_sincos_pos_embed(embed_dim // 2, cols.flatten()),
+                     get_1d_sincos_pos_embed(embed_dim // 2, rows.flatten())], dim=1)
     return emb.float()
 
 
@@ -1254,8 +1258,23 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def frame_attention(attn, x, num_frames, axis):
+    """Self-attention over a video's tokens x (B, N, D), N = num_frames * S in frame-major order: over all N tokens
+    ('full'), within each frame ('spatial': B * T groups of S tokens) or across frames at each patch position
+    ('temporal': B * S groups of T tokens), the factorised attention of Latte (Ma et al. 2024)."""
+    if axis == "full":
+        return attn(x)
+    B, N, D = x.shape
+    T, S = num_frames, N // num_frames
+    if axis == "spatial":
+        return attn(x.reshape(B * T, S, D)).reshape(B, N, D)
+    x = x.reshape(B, T, S, D).transpose(1, 2).reshape(B * S, T, D)  # (B * S, T, D)
+    return attn(x).reshape(B, S, T, D).transpose(1, 2).reshape(B, N, D)
+
+
 class DiTBlock(nn.Module):
-    """Transformer block with adaLN-Zero: the conditioning c regresses shift, scale and a gate for each branch."""
+    """Transformer block with adaLN-Zero: the conditioning c regresses shift, scale and a gate for each branch.
+    An image DiT attends over all tokens; VideoDiT sets num_frames and attn_axis for factorised attention."""
 
     def __init__(self, hidden_size, num_heads, mlp_ratio=4.0):
         super().__init__()
@@ -1264,10 +1283,12 @@ class DiTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+        self.num_frames, self.attn_axis = 1, "full"
 
     def forward(self, x, c):  # x (B, N, D), c (B, D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        h = modulate(self.norm1(x), shift_msa, scale_msa)
+        x = x + gate_msa.unsqueeze(1) * frame_attention(self.attn, h, self.num_frames, self.attn_axis)
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x
 
@@ -1333,12 +1354,15 @@ class DiT(nn.Module):
         x = x.reshape(x.shape[0], h, w, p, p, c)
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, h * p, w * p)
 
-    def forward(self, x, t, y=None):  # x (B, C, H, W), t (B,), y (B,) or None -> (B, out_channels, H, W)
-        check_labels(y, self.num_classes)
+    def embed_tokens(self, x):  # (B, C, H, W) -> tokens with their position embedding (B, N, D)
         if tuple(x.shape[-2:]) != self.input_size:
             raise ValueError(f"DiT was built for {self.input_size} latents but got {tuple(x.shape[-2:])}; "
                              f"build it with input_size matching the autoencoder's latent size.")
-        x = self.x_embedder(x) + self.pos_embed  # (B, N, D)
+        return self.x_embedder(x) + self.pos_embed
+
+    def forward(self, x, t, y=None):  # x (B, C, H, W), t (B,), y (B,) or None -> (B, out_channels, H, W)
+        check_labels(y, self.num_classes)
+        x = self.embed_tokens(x)  # (B, N, D)
         c = self.t_embedder(t)  # (B, D)
         if y is not None:
             c = c + self.y_embedder(y)
@@ -1350,19 +1374,65 @@ class DiT(nn.Module):
         return self.unpatchify(self.final_layer(x, c))
 
 
-def DiT_XL_2(**kw): return DiT(depth=28, hidden_size=1152, patch_size=2, num_heads=16, **kw)
-def DiT_XL_4(**kw): return DiT(depth=28, hidden_size=1152, patch_size=4, num_heads=16, **kw)
-def DiT_XL_8(**kw): return DiT(depth=28, hidden_size=1152, patch_size=8, num_heads=16, **kw)
-def DiT_L_2(**kw): return DiT(depth=24, hidden_size=1024, patch_size=2, num_heads=16, **kw)
-def DiT_L_4(**kw): return DiT(depth=24, hidden_size=1024, patch_size=4, num_heads=16, **kw)
-def DiT_L_8(**kw): return DiT(depth=24, hidden_size=1024, patch_size=8, num_heads=16, **kw)
-def DiT_B_2(**kw): return DiT(depth=12, hidden_size=768, patch_size=2, num_heads=12, **kw)
-def DiT_B_4(**kw): return DiT(depth=12, hidden_size=768, patch_size=4, num_heads=12, **kw)
-def DiT_B_8(**kw): return DiT(depth=12, hidden_size=768, patch_size=8, num_heads=12, **kw)
-def DiT_S_2(**kw): return DiT(depth=12, hidden_size=384, patch_size=2, num_heads=6, **kw)
-def DiT_S_4(**kw): return DiT(depth=12, hidden_size=384, patch_size=4, num_heads=6, **kw)
-def DiT_S_8(**kw): return DiT(depth=12, hidden_size=384, patch_size=8, num_heads=6, **kw)
-def DiT_tiny_2(**kw): return DiT(depth=2, hidden_size=64, patch_size=2, num_heads=2, **kw)  # CPU tests and smoke runs
+class VideoDiT(DiT):
+    """DiT on video latents (B, C, T, H, W) with the image DiT's blocks and parameter names. Patches are (pt, p, p):
+    the pt frames of a patch are stacked on the channels, so the default pt = 1 cuts each frame as the image DiT does.
+    Position of a token: the image DiT's 2-D sin-cos embedding of its patch plus a 1-D sin-cos embedding of its frame,
+    shifted so that frame 0 gets zero; the temporal table is fixed and not saved, so an image DiT checkpoint loads
+    (load_state_dict, strict) into the video model with the same latent size and pt = 1, and with T = 1 the two
+    compute the same function. attention='full' attends over all T/pt * H/p * W/p tokens; 'alternating' makes
+    even blocks spatial (within a frame) and odd blocks temporal (across frames), Latte's factorised variant."""
+
+    def __init__(self, input_size=32, num_frames=16, patch_size=2, temporal_patch_size=1, in_channels=4,
+                 learn_sigma=True, attention="full", **kw):
+        pt = temporal_patch_size
+        if pt < 1 or num_frames % pt or attention not in ("full", "alternating"):
+            raise ValueError(f"VideoDiT needs num_frames {num_frames} divisible by temporal_patch_size {pt} and "
+                             f"attention 'full' or 'alternating' (got {attention!r}).")
+        super().__init__(input_size=input_size, patch_size=patch_size, in_channels=in_channels * pt,
+                         learn_sigma=learn_sigma, **kw)  # the pt frames of a patch are its channels
+        self.in_channels, self.out_channels = in_channels, self.out_channels // pt
+        self.num_frames, self.temporal_patch_size, self.attention = num_frames, pt, attention
+        hidden_size = self.pos_embed.shape[-1]
+        frames = num_frames // pt
+        temporal = get_1d_sincos_pos_embed(hidden_size, torch.arange(frames))
+        temporal = (temporal - temporal[:1]).float()  # e(t) - e(0): frame 0 is placed exactly as an image
+        self.register_buffer("temporal_embed", temporal[None, :, None], persistent=False)  # (1, T/pt, 1, D)
+        for i, block in enumerate(self.blocks):
+            block.num_frames = frames
+            block.attn_axis = "full" if attention == "full" else ("spatial", "temporal")[i % 2]
+
+    def embed_tokens(self, x):  # (B, C, T, H, W) -> (B, T/pt * H/p * W/p, D), frame-major
+        if x.ndim != 5 or x.shape[2] != self.num_frames:
+            raise ValueError(f"VideoDiT was built for {self.num_frames}-frame latents (B, C, T, H, W) but got shape "
+                             f"{tuple(x.shape)}; build it with num_frames matching the video latents.")
+        B, C, T, H, W = x.shape
+        pt = self.temporal_patch_size
+        x = x.reshape(B, C, T // pt, pt, H, W).permute(0, 2, 3, 1, 4, 5).reshape(B * T // pt, pt * C, H, W)
+        x = super().embed_tokens(x)  # (B * T/pt, S, D), with the spatial position embedding
+        x = x.reshape(B, T // pt, -1, x.shape[-1]) + self.temporal_embed
+        return x.reshape(B, -1, x.shape[-1])
+
+    def unpatchify(self, x):  # (B, N, p * p * pt * C_out) -> (B, C_out, T, H, W); a token's outputs are (p, p, pt, C)
+        p, pt, c = self.patch_size, self.temporal_patch_size, self.out_channels
+        f, h, w = self.num_frames // pt, self.input_size[0] // p, self.input_size[1] // p
+        x = x.reshape(x.shape[0], f, h, w, p, p, pt, c)
+        return torch.einsum("nfhwpqsc->ncfshpwq", x).reshape(x.shape[0], c, f * pt, h * p, w * p)
+
+
+def DiT_XL_2(cls=DiT, **kw): return cls(depth=28, hidden_size=1152, patch_size=2, num_heads=16, **kw)
+def DiT_XL_4(cls=DiT, **kw): return cls(depth=28, hidden_size=1152, patch_size=4, num_heads=16, **kw)
+def DiT_XL_8(cls=DiT, **kw): return cls(depth=28, hidden_size=1152, patch_size=8, num_heads=16, **kw)
+def DiT_L_2(cls=DiT, **kw): return cls(depth=24, hidden_size=1024, patch_size=2, num_heads=16, **kw)
+def DiT_L_4(cls=DiT, **kw): return cls(depth=24, hidden_size=1024, patch_size=4, num_heads=16, **kw)
+def DiT_L_8(cls=DiT, **kw): return cls(depth=24, hidden_size=1024, patch_size=8, num_heads=16, **kw)
+def DiT_B_2(cls=DiT, **kw): return cls(depth=12, hidden_size=768, patch_size=2, num_heads=12, **kw)
+def DiT_B_4(cls=DiT, **kw): return cls(depth=12, hidden_size=768, patch_size=4, num_heads=12, **kw)
+def DiT_B_8(cls=DiT, **kw): return cls(depth=12, hidden_size=768, patch_size=8, num_heads=12, **kw)
+def DiT_S_2(cls=DiT, **kw): return cls(depth=12, hidden_size=384, patch_size=2, num_heads=6, **kw)
+def DiT_S_4(cls=DiT, **kw): return cls(depth=12, hidden_size=384, patch_size=4, num_heads=6, **kw)
+def DiT_S_8(cls=DiT, **kw): return cls(depth=12, hidden_size=384, patch_size=8, num_heads=6, **kw)
+def DiT_tiny_2(cls=DiT, **kw): return cls(depth=2, hidden_size=64, patch_size=2, num_heads=2, **kw)  # CPU tests and smoke runs
 
 
 DIT_PRESETS = {
@@ -1372,10 +1442,20 @@ DIT_PRESETS = {
     "DiT-S/2": DiT_S_2, "DiT-S/4": DiT_S_4, "DiT-S/8": DiT_S_8,
     "tiny": DiT_tiny_2,
 }
+VIDEO_DIT_PRESETS = {name: functools.partial(preset, VideoDiT) for name, preset in DIT_PRESETS.items()}
 
 
-def build_backbone(model, preset, latent_size, in_channels, num_classes, learn_sigma, class_dropout_prob=0.1):
-    """The one place train_ldm.py and sample.py build a denoiser: model 'unet' | 'dit', a preset name of that family."""
+def build_backbone(model, preset, latent_size, in_channels, num_classes, learn_sigma, class_dropout_prob=0.1,
+                   num_frames=None):
+    """The one place train_ldm.py and sample.py build a denoiser: model 'unet' | 'dit', a preset name of that family;
+    num_frames builds the video DiT of that preset for (B, C, num_frames, H, W) latents."""
+    if num_frames is not None:
+        if model != "dit" or preset not in VIDEO_DIT_PRESETS:
+            raise ValueError(f"video latents (num_frames={num_frames}) need --model dit and a preset from "
+                             f"{sorted(VIDEO_DIT_PRESETS)}; got {model!r} / {preset!r}.")
+        return VIDEO_DIT_PRESETS[preset](input_size=latent_size, num_frames=num_frames, in_channels=in_channels,
+                                         num_classes=num_classes, class_dropout_prob=class_dropout_prob,
+                                         learn_sigma=learn_sigma)
     presets = {"unet": UNET_PRESETS, "dit": DIT_PRESETS}.get(model)
     if presets is None or preset not in presets:
         names = sorted(presets) if presets else []

@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, restore_rng_states,
-                    load_checkpoint, CheckpointWriter, update_ema, Loader, save_image_grid, save_video, Logger,
+                    load_checkpoint, CheckpointWriter, update_ema, Loader, save_image_grid, tile_videos, write_mp4, Logger,
                     note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory)
 from data import make_dataset, make_video_dataset, random_subset
 from metrics import psnr
@@ -273,13 +273,12 @@ def evaluate():
 
 
 def save_video_previews(rows):
-    """rows: clips (B, 3, T, H, W) of inputs, reconstructions and SE branches -> a GIF whose frame t shows every clip
+    """rows: clips (B, 3, T, H, W) of inputs, reconstructions and SE branches -> an MP4 whose frame t shows every clip
     (columns) of every row, and a PNG strip of the first two clips, one row of frames per kind."""
-    from torchvision.utils import make_grid
     T = x_eval.shape[2]
-    grid = torch.stack([make_grid(torch.cat([r[:, :, t] for r in rows]).float(), nrow=len(x_eval), padding=2,
-                                  pad_value=-1) for t in range(T)])
-    save_video(grid, os.path.join(args.out_dir, f'recon_{step:07d}.gif'))
+    clips = ((torch.cat(rows).float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (rows*B, 3, T, H, W)
+    write_mp4(tile_videos(clips.permute(0, 2, 3, 4, 1).cpu().numpy(), nrow=len(x_eval)),
+              os.path.join(args.out_dir, f'recon_{step:07d}.mp4'))
     strip = torch.cat([r[i].transpose(0, 1) for i in range(min(2, len(x_eval))) for r in rows])  # (2*rows*T, 3, H, W)
     save_image_grid(strip.clamp(-1, 1), os.path.join(args.out_dir, f'recon_{step:07d}.png'), nrow=T)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data import DeadLeaves, ImageFolder, make_dataset
+from data import DeadLeaves, ImageFolder, make_dataset, random_subset
 from common import Loader, Dist
 from helpers import run, train_rows, TINY_AE
 
@@ -105,3 +105,48 @@ def test_training_counts_unreadable_files(tmp_path):
     run('train_ae.py', *TINY_AE, '--out_dir', tmp_path / 'out', '--max_steps', 3, '--data', tmp_path)
     rows = train_rows(tmp_path / 'out')
     assert rows[3]['skipped_images'] >= 1
+
+
+# ---------------------------------------------------------------------------------------------- subsets, latent cache
+
+CPU = Dist(ddp=False, rank=0, local_rank=0, world_size=1, device=torch.device('cpu'), master=True)
+
+
+def test_random_subset_is_seeded_and_spread_over_the_whole_set():
+    class Sorted:  # a class-sorted folder: 100 classes of 100 images
+        def __len__(self):
+            return 10_000
+    idx = random_subset(Sorted(), 500, seed=0)
+    assert idx == random_subset(Sorted(), 500, seed=0) and idx != random_subset(Sorted(), 500, seed=1)
+    assert len(set(idx)) == 500 and idx == sorted(idx)
+    assert len({i // 100 for i in idx}) > 95  # nearly every class, where the first 500 files hold 5
+    assert random_subset(DeadLeaves(8), 5, seed=3) == list(range(5))  # every embedded image is already random
+
+
+def test_latent_cache_is_float16_in_random_order_keyed_on_its_inputs_and_read_in_chunks(tmp_path, monkeypatch):
+    import data
+    images = DeadLeaves(8, seed=0)
+    encode = lambda x: torch.nn.functional.avg_pool2d(x, 2) * 3  # noqa: E731  a stand-in autoencoder, f = 2
+    key = {'ae_sha256': 'aaaa', 'image_size': 8, 'cache_size': 10}
+    build = lambda key: data.build_latent_cache(tmp_path / 'c', images, encode, (3, 4, 4), key, 10, 4, CPU,  # noqa: E731
+                                                seed=0, random_crop=False, num_workers=0)
+    cache = build(key)
+    assert cache.latents.dtype == np.float16 and cache.latents.shape == (10, 2, 3, 4, 4)
+    order = np.random.default_rng(0).permutation(10)  # cache position p holds image order[p]
+    for p in (0, 7):
+        x = images[int(order[p])][0][None]
+        torch.testing.assert_close(cache[p][0], encode(x)[0], rtol=2 ** -10, atol=1e-3)  # float16 rounding
+        mirror = torch.from_numpy(cache.latents[p, 1].astype(np.float32))
+        torch.testing.assert_close(mirror, encode(x.flip(3))[0], rtol=2 ** -10, atol=1e-3)
+    assert build(key) is not None  # the same inputs: reused
+    with pytest.raises(SystemExit, match=r"made from other inputs \(ae_sha256 'aaaa' there, 'bbbb' now\)"):
+        build({**key, 'ae_sha256': 'bbbb'})  # e.g. the autoencoder retrained at the same path
+    # an epoch visits every item once, chunk by chunk: shuffled chunks, shuffled inside, each read in one run
+    monkeypatch.setattr(cache, 'chunk', 3)
+    visit = cache.epoch_order(torch.Generator().manual_seed(0))
+    assert sorted(visit) == list(range(10)) and visit != sorted(visit)
+    runs, chunk_of = [], [i // 3 for i in visit]
+    for c in chunk_of:
+        if not runs or runs[-1] != c:
+            runs.append(c)
+    assert sorted(runs) == [0, 1, 2, 3]  # each chunk is one contiguous run of the epoch

@@ -68,6 +68,11 @@ def test_train_and_sample_both_backbones(workdir):
     assert latents.shape == (8, 2, 4, 4, 4) and latents.dtype == np.float16
     assert labels.tolist() == [int(i >= 4) for i in order] and sorted(labels.tolist()) == [0] * 4 + [1] * 4
     position = int(np.flatnonzero(order == 6)[0])  # dogs/2.png is image 6
+    # scale_by_std: mean and 1/std of one global batch (4 latents here) drawn at random from the whole cache
+    from data import random_subset
+    z = torch.from_numpy(latents[random_subset(latents, 4, 0), 0].astype(np.float64))
+    assert ckpt['latent_shift'] == pytest.approx(z.mean().item(), rel=1e-9)
+    assert ckpt['latent_scale'] == pytest.approx(1 / z.std(unbiased=False).item(), rel=1e-9)
     from model import load_autoencoder
     model = load_autoencoder(ae)
     x = torch.from_numpy(np.asarray(Image.open(d / 'images' / 'dogs' / '2.png'), np.float32) / 127.5 - 1)
@@ -78,8 +83,12 @@ def test_train_and_sample_both_backbones(workdir):
     z_score = (torch.from_numpy(latents[position]).float() - mean) / (0.5 * logvar.clamp(-30, 20)).exp()
     assert z_score.abs().max() < 6
 
-    # sample.py: class-conditional DiT with guidance and ancestral DDPM; npz in ADM's format, grid, PNGs
-    run('sample.py', '--ckpt', str(d / 'dit' / 'ckpt.pt'), '--num_samples', '3', '--batch_size', '2', '--device',
+    # sample.py from the EMA-only export: class-conditional DiT with guidance and ancestral DDPM; npz in ADM's
+    # format, grid, PNGs
+    export = torch.load(d / 'dit' / 'ema.pt', weights_only=False)
+    assert set(export) == {'ema', 'step', 'latent_scale', 'latent_shift', 'config'} and export['step'] == 2
+    assert all(torch.equal(export['ema'][k], ckpt['ema'][k]) for k in ckpt['ema'])
+    run('sample.py', '--ckpt', str(d / 'dit' / 'ema.pt'), '--num_samples', '3', '--batch_size', '2', '--device',
         'cpu', '--sampler', 'ddpm', '--steps', '3', '--cfg_scale', '2', '--classes', '1', '--out_dir', str(d / 's1'))
     arr = np.load(d / 's1' / 'samples.npz')['arr_0']
     assert arr.shape == (3, 16, 16, 3) and arr.dtype == np.uint8

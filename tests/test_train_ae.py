@@ -102,6 +102,32 @@ def test_ddp_two_processes_keep_identical_parameters(tmp_path):
     assert math.isfinite(train_rows(tmp_path)[3]['d'])
 
 
+def test_background_checkpoint_is_a_snapshot_and_a_failed_write_is_reported(tmp_path, monkeypatch):
+    from common import CheckpointWriter
+    w, weights = CheckpointWriter(), torch.ones(1000)
+    w.save({tmp_path / 'a.pt': {'w': weights, 'opt': {'state': [weights * 2]}}})
+    weights.zero_()  # training goes on while the file is written: the file must hold the values at save()
+    w.wait()
+    saved = torch.load(tmp_path / 'a.pt')
+    assert torch.equal(saved['w'], torch.ones(1000)) and torch.equal(saved['opt']['state'][0], torch.full((1000,), 2.))
+
+    def full_disk(*a, **k):
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(torch, 'save', full_disk)
+    w.save({tmp_path / 'a.pt': {'w': weights}})
+    with pytest.raises(SystemExit, match='writing a checkpoint failed .* the previous one is intact'):
+        w.wait()
+    assert torch.equal(torch.load(tmp_path / 'a.pt')['w'], torch.ones(1000))
+
+
+def test_non_finite_note_keeps_the_first_bad_step_without_a_host_sync():
+    from common import note_non_finite
+    first = torch.full((), float('inf'), dtype=torch.float64)
+    for step, loss in enumerate([1.0, 2.0, float('nan'), 3.0, float('inf')], start=1):
+        first = note_non_finite(first, torch.tensor(loss), step)
+    assert first.item() == 3
+
+
 def test_video_run_resumes_exactly_and_writes_previews(tmp_path):
     args = [*TINY_AE, '--num_frames', 9, '--image_size', 32, '--batch_size', 1, '--se_weight', 0.25, '--se_temporal',
             '--ema_decay', 0.9, '--disc_start', 2, '--eval_interval', 4]
@@ -118,7 +144,7 @@ def test_video_run_resumes_exactly_and_writes_previews(tmp_path):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), (key, name)
     import av
-    with av.open(str(tmp_path / 'full' / 'recon_0000004.gif')) as gif:
-        assert sum(1 for _ in gif.decode(video=0)) == 9  # one GIF frame per clip frame
+    with av.open(str(tmp_path / 'full' / 'recon_0000004.mp4')) as mp4:
+        assert sum(1 for _ in mp4.decode(video=0)) == 9  # one video frame per clip frame
     evals = [r for r in read_log(tmp_path / 'full') if 'val_psnr' in r]
     assert evals and 'val_psnr_bicubic' in evals[-1] and 'hf_ratio_latent' in evals[-1]
