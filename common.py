@@ -8,7 +8,11 @@ import os
 import sys
 import json
 import time
+import errno
 import random
+import shutil
+import hashlib
+import argparse
 import threading
 import contextlib
 from dataclasses import dataclass
@@ -21,6 +25,40 @@ from torch.utils.data import DataLoader
 # -----------------------------------------------------------------------------
 # command line
 
+def checked(kind, lo=None, hi=None, lo_open=False, hi_open=False):
+    """An argparse type: a number of `kind` (int or float) in [lo, hi] (or open at either end). A bad value stops the
+    script at argument parsing, before anything is built, with argparse's one line: 'argument --x: must be ...'."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got '{text}'")
+        bounds = [f"{'>' if lo_open else '>='} {lo}" if lo is not None else None,
+                  f"{'<' if hi_open else '<='} {hi}" if hi is not None else None]
+        ok = value == value and abs(value) != float('inf')  # NaN and inf are never a setting
+        ok = ok and (lo is None or (value > lo if lo_open else value >= lo))
+        ok = ok and (hi is None or (value < hi if hi_open else value <= hi))
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(b for b in bounds if b)}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def int_list(lo):
+    """An argparse type: comma-separated integers, each >= lo ('2,4' -> [2, 4])."""
+    def parse(text):
+        try:
+            values = [int(v) for v in text.split(',') if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers such as '2,4', got '{text}'")
+        if any(v < lo for v in values):
+            raise argparse.ArgumentTypeError(f"every value must be >= {lo}, got '{text}'")
+        return values
+    parse.__name__ = 'list of integers'
+    return parse
+
+
 def add_common_args(parser, **defaults):
     """The flags every training script shares, with the same names and meanings. `defaults` overrides per script."""
     d = dict(data=None, image_size=64, batch_size=16, max_steps=2000, out_dir='out', preset='tiny', seed=0,
@@ -28,32 +66,159 @@ def add_common_args(parser, **defaults):
              ckpt_interval=250, num_workers=2)
     d.update(defaults)
     p = parser
+    positive = checked(int, lo=1)
     p.add_argument('--data', type=str, default=d['data'], help='image folder (searched recursively); omitted: the embedded dead-leaves dataset')
-    p.add_argument('--image_size', type=int, default=d['image_size'], help='training resolution in pixels')
+    p.add_argument('--image_size', type=positive, default=d['image_size'], help='training resolution in pixels')
     p.add_argument('--random_crop', action='store_true', help='random crops (after a random downscale) instead of resize + center crop')
-    p.add_argument('--batch_size', type=int, default=d['batch_size'], help='images per GPU per micro-step')
-    p.add_argument('--grad_accum', type=int, default=d['grad_accum'], help='micro-steps per optimizer step')
-    p.add_argument('--max_steps', type=int, default=d['max_steps'], help='optimizer steps to train for')
-    p.add_argument('--lr', type=float, default=d['lr'], help='learning rate')
+    p.add_argument('--batch_size', type=positive, default=d['batch_size'], help='images per GPU per micro-step')
+    p.add_argument('--grad_accum', type=positive, default=d['grad_accum'], help='micro-steps per optimizer step')
+    p.add_argument('--max_steps', type=positive, default=d['max_steps'], help='optimizer steps to train for (in all, counting those of a resumed run)')
+    p.add_argument('--lr', type=checked(float, lo=0, lo_open=True), default=d['lr'], help='learning rate')
     p.add_argument('--out_dir', type=str, default=d['out_dir'], help='where checkpoints, logs and images go')
+    p.add_argument('--overwrite', action='store_true', help='start a new run in an --out_dir that holds another run (its ckpt.pt, config.json and log.jsonl are replaced)')
     p.add_argument('--preset', type=str, default=d['preset'], help='model size preset (see model.py)')
-    p.add_argument('--seed', type=int, default=d['seed'], help='global seed; each rank adds its rank')
-    p.add_argument('--device', type=str, default=d['device'], help="'auto', 'cpu', 'cuda'")
+    p.add_argument('--seed', type=checked(int, lo=0), default=d['seed'], help='global seed; each rank adds its rank')
+    p.add_argument('--device', type=select_device, default=d['device'], help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument('--dtype', type=str, default=d['dtype'], choices=['auto', 'float32', 'bfloat16', 'float16'],
                    help="autocast dtype; 'auto' = bfloat16 on GPUs that support it, else float32")
     p.add_argument('--compile', action='store_true', help='torch.compile the model')
     p.add_argument('--resume', action='store_true', help='continue exactly from out_dir/ckpt.pt')
+    p.add_argument('--allow_changes', action='store_true', help='with --resume: accept settings that change the data stream (data, image size, batch size, seed, ...), so the run no longer continues exactly')
     p.add_argument('--init_from', type=str, default=None, help='initial model weights (a checkpoint or public weights)')
-    p.add_argument('--num_workers', type=int, default=d['num_workers'], help='data loader worker processes per rank')
-    p.add_argument('--log_interval', type=int, default=d['log_interval'], help='steps between log lines')
-    p.add_argument('--eval_interval', type=int, default=d['eval_interval'], help='steps between image grids / evaluations')
-    p.add_argument('--ckpt_interval', type=int, default=d['ckpt_interval'], help='steps between checkpoints')
+    p.add_argument('--num_workers', type=checked(int, lo=0), default=d['num_workers'], help='data loader worker processes per rank')
+    p.add_argument('--log_interval', type=positive, default=d['log_interval'], help='steps between log lines')
+    p.add_argument('--eval_interval', type=positive, default=d['eval_interval'], help='steps between image grids / evaluations')
+    p.add_argument('--ckpt_interval', type=positive, default=d['ckpt_interval'], help='steps between checkpoints')
     return p
 
 
 def die(message):
     """A user error: one sentence, no traceback."""
     raise SystemExit(f"error: {message}")
+
+
+def check_run_dir(out_dir, resume, overwrite):
+    """A training run's --out_dir, checked before anything is built: a new run refuses to mix its files with another
+    run's (unless --overwrite), a resumed one needs its checkpoint. -> the checkpoint path."""
+    ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+    if resume and overwrite:
+        die("--resume continues the run in --out_dir and --overwrite replaces it; pass one of them.")
+    if not resume:
+        if os.path.exists(ckpt_path) and not overwrite:
+            die(f"{ckpt_path} already exists; pass --resume to continue that run, --overwrite to replace it, or "
+                f"choose another --out_dir.")
+        refuse_to_overwrite([os.path.join(out_dir, n) for n in ('config.json', 'log.jsonl')], overwrite)
+    return ckpt_path
+
+
+def prepare_run_dir(out_dir, ckpt_path, overwrite, master):
+    """Create --out_dir; the master removes what an interrupted save left, and with --overwrite the old log."""
+    os.makedirs(out_dir, exist_ok=True)
+    if master:
+        remove_stale_temporaries(ckpt_path)
+        if overwrite and os.path.exists(os.path.join(out_dir, 'log.jsonl')):
+            os.remove(os.path.join(out_dir, 'log.jsonl'))  # a new run's log, not appended to the old one
+
+
+def refuse_to_overwrite(paths, overwrite, flag='--out_dir'):
+    """Stop before any work when an output of an earlier run is in the way, unless --overwrite says to replace it."""
+    existing = [p for p in paths if os.path.exists(p)]
+    if existing and not overwrite:
+        die(f"{existing[0]} already exists; pass --overwrite to replace it, or choose another {flag}.")
+
+
+@contextlib.contextmanager
+def no_space_is_an_error(directory, needed_bytes=None):
+    """A full disk ends the script with one sentence naming the directory and the space needed, not ENOSPC's
+    traceback. The writes inside are atomic or redone on the next run, so nothing written before is lost."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        free = shutil.disk_usage(directory).free
+        need = f", about {needed_bytes / 2**20:.0f} MB are needed" if needed_bytes else ""
+        die(f"the disk holding {os.path.abspath(directory)} is full ({free / 2**20:.0f} MB free{need}); "
+            f"free some space there or choose another directory, and run again.")
+
+
+def _nbytes(obj):
+    """Bytes of the tensors and arrays in a (nested) checkpoint object: about the size of its file."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def weights_hash(module):
+    """A short fingerprint of a model's weights (names, shapes, dtypes and values): equal hashes mean the same model."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name} {tuple(t.shape)} {t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b'')
+    return h.hexdigest()[:16]
+
+# -----------------------------------------------------------------------------
+# resuming a run
+
+def remove_stale_temporaries(ckpt_path):
+    """save_checkpoint writes ckpt.pt.tmp.PID first; a save that was killed leaves that file behind. Remove those of
+    processes that no longer run (a live PID may be another run writing into the same folder)."""
+    folder, prefix = os.path.dirname(os.path.abspath(ckpt_path)), os.path.basename(ckpt_path) + '.tmp.'
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        pid = name[len(prefix):]
+        if not (name.startswith(prefix) and pid.isdigit()):
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # running, under another user
+        os.remove(os.path.join(folder, name))
+        print(f"removed {os.path.join(folder, name)}, left by a checkpoint save that was interrupted")
+
+
+def truncate_log(path, step):
+    """Drop log rows after `step`: a resumed run redoes the steps between its checkpoint and the kill, and a plot of
+    the log must show each step once."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    keep = []
+    for line in lines:
+        try:
+            if json.loads(line)['step'] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass  # a line cut short by the kill
+    if len(keep) != len(lines):
+        with open(path + '.tmp', 'w') as f:
+            f.writelines(keep)
+        os.replace(path + '.tmp', path)
+
+
+def compare_resume_config(saved, current, exact_keys, allow_changes):
+    """Print every setting of `current` (a dict of flags) that differs from the resumed run's `saved` one. A change
+    of an `exact_keys` setting (one that changes the data stream or the model) means the run cannot continue as an
+    uninterrupted one would: refuse it unless the user passed --allow_changes."""
+    changed = {k: (saved[k], v) for k, v in current.items() if k in saved and saved[k] != v}
+    if changed:
+        print("resuming with changed settings: " + ', '.join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+    breaking = [k for k in changed if k in exact_keys]
+    if breaking and not allow_changes:
+        die(f"--resume cannot continue the run exactly with another data stream ("
+            f"{', '.join(f'{k} {changed[k][0]} -> {changed[k][1]}' for k in breaking)}); pass the saved values, or "
+            f"--allow_changes to continue from the checkpoint anyway.")
+    return changed
 
 # -----------------------------------------------------------------------------
 # distributed and precision
@@ -156,8 +321,11 @@ def stop_if_non_finite(first_bad_step, ckpt_path, dist, progress=None):
         if progress is not None:
             progress.close()
         cleanup_distributed()
-        die(f"the loss became non-finite at step {int(first_bad_step)}; nothing was saved after it, so {ckpt_path} "
-            f"still holds the last good state (lower --lr, or try --dtype float32, then --resume).")
+        if os.path.exists(ckpt_path):
+            die(f"the loss became non-finite at step {int(first_bad_step)}; nothing was saved after it, so "
+                f"{ckpt_path} holds the last checkpoint before it (lower --lr, or try --dtype float32, then --resume).")
+        die(f"the loss became non-finite at step {int(first_bad_step)}, before any checkpoint was written, so there "
+            f"is nothing to resume (lower --lr, or try --dtype float32, and start again).")
 
 
 def rank_checksum_diff(model, dist):
@@ -219,11 +387,12 @@ def save_checkpoint(obj, path):
     path = os.fspath(path)
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        with open(tmp, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with no_space_is_an_error(os.path.dirname(os.path.abspath(path)), _nbytes(obj)):
+            with open(tmp, 'wb') as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):  # a failed write leaves no debris
             os.remove(tmp)  # atomic on POSIX: readers see the old file or the new one
@@ -234,15 +403,19 @@ def save_checkpoint(obj, path):
         os.close(dir_fd)
 
 
-def cpu_copy(obj):
+def cpu_copy(obj, memo=None):
     """A snapshot of a (nested) state dict with every tensor copied to the CPU, so training may go on changing the
-    originals while the snapshot is written."""
+    originals while the snapshot is written. A tensor that appears twice (ckpt.pt and ema.pt share the EMA) is copied
+    once."""
+    memo = {} if memo is None else memo
     if torch.is_tensor(obj):
-        return obj.detach().to('cpu', copy=True)
+        if id(obj) not in memo:
+            memo[id(obj)] = obj.detach().to('cpu', copy=True)
+        return memo[id(obj)]
     if isinstance(obj, dict):
-        return {k: cpu_copy(v) for k, v in obj.items()}
+        return {k: cpu_copy(v, memo) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(cpu_copy(v) for v in obj)
+        return type(obj)(cpu_copy(v, memo) for v in obj)
     return obj
 
 
@@ -258,7 +431,7 @@ class CheckpointWriter:
     def save(self, files):
         """files: {path: object}."""
         self.wait()
-        snapshot = {path: cpu_copy(obj) for path, obj in files.items()}
+        snapshot = cpu_copy(files)
         self.thread = threading.Thread(target=self._write, args=(snapshot,), daemon=False)
         self.thread.start()
 
@@ -275,6 +448,8 @@ class CheckpointWriter:
             self.thread = None
         if self.error is not None:
             error, self.error = self.error, None
+            if isinstance(error, SystemExit):  # save_checkpoint's own sentence (a full disk)
+                raise error
             die(f"writing a checkpoint failed ({type(error).__name__}: {error}); the previous one is intact.")
 
 
@@ -328,7 +503,7 @@ class Loader:
         self._it = None
 
     def _batches(self, epoch, start):
-        """Lists of (index, item_seed) for this rank, from batch `start` of `epoch` on."""
+        """Lists of (index, item_seed) for this rank, from batch `start` of `epoch` on, without end."""
         B, W, r = self.batch_size, self.dist.world_size, self.dist.rank
         if self.infinite:
             b = start
@@ -336,22 +511,25 @@ class Loader:
                 first = (b * W + r) * B
                 yield [(first + j, self.seed) for j in range(B)]
                 b += 1
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        if hasattr(self.dataset, 'epoch_order'):  # a dataset that is read in chunks (data.LatentCache) orders itself
-            perm = self.dataset.epoch_order(g)
-        else:
-            perm = torch.randperm(len(self.dataset), generator=g).tolist()
-        for b in range(start, self.batches_per_epoch):
-            first = (b * W + r) * B
-            # the item seed mixes seed, epoch and position, so a flip differs from epoch to epoch
-            yield [(perm[first + j], (self.seed * 1_000_003 + epoch) * 1_000_033 + first + j) for j in range(B)]
+        while True:  # epoch after epoch, so one DataLoader (and its workers) serves the whole run
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            if hasattr(self.dataset, 'epoch_order'):  # a dataset read in chunks (data.LatentCache) orders itself
+                perm = self.dataset.epoch_order(g)
+            else:
+                perm = torch.randperm(len(self.dataset), generator=g).tolist()
+            for b in range(start, self.batches_per_epoch):
+                first = (b * W + r) * B
+                # the item seed mixes seed, epoch and position, so a flip differs from epoch to epoch
+                yield [(perm[first + j], (self.seed * 1_000_003 + epoch) * 1_000_033 + first + j) for j in range(B)]
+            epoch, start = epoch + 1, 0
 
     def _start(self):
         sampler = self._batches(self.epoch, self.batch_in_epoch)
-        # a private generator: creating workers must not consume the global torch RNG, or a resume would diverge
+        # a private generator: creating workers must not consume the global torch RNG, or a resume would diverge.
+        # The sampler never ends, so the workers live as long as the run: no restart (and GPU stall) at epoch ends.
         dl = DataLoader(_Counted(self.dataset), batch_sampler=sampler, num_workers=self.num_workers,
                         generator=torch.Generator().manual_seed(self.seed),
-                        pin_memory=(self.dist.device.type == 'cuda'), persistent_workers=False,
+                        pin_memory=(self.dist.device.type == 'cuda'),
                         prefetch_factor=4 if self.num_workers > 0 else None)
         self._it = iter(dl)
 
@@ -361,13 +539,10 @@ class Loader:
     def __next__(self):
         if self._it is None:
             self._start()
-        try:
-            x, y, skipped = next(self._it)
-        except StopIteration:
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            self._start()
-            x, y, skipped = next(self._it)
+        x, y, skipped = next(self._it)
         self.batch_in_epoch += 1
+        if self.batch_in_epoch == self.batches_per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         self.skipped += int(skipped.sum())
         return x, y
 
@@ -390,7 +565,8 @@ class _Counted(torch.utils.data.Dataset):
 def save_image_grid(x, path, nrow=8):
     """x (B, 3, H, W) in [-1, 1] -> one PNG grid."""
     import torchvision.utils as vutils
-    vutils.save_image(((x.detach().float().cpu() + 1) / 2).clamp(0, 1), path, nrow=nrow, padding=2)
+    with no_space_is_an_error(os.path.dirname(os.path.abspath(path))):
+        vutils.save_image(((x.detach().float().cpu() + 1) / 2).clamp(0, 1), path, nrow=nrow, padding=2)
 
 
 def tile_videos(videos, nrow, pad=2):
@@ -452,7 +628,7 @@ class Logger:
             return
         row = {'step': step, 'time': round(time.time(), 3)}
         row.update({k: (float(v) if isinstance(v, (int, float, np.floating, torch.Tensor)) else v) for k, v in scalars.items()})
-        with open(self.path, 'a') as f:
+        with no_space_is_an_error(os.path.dirname(os.path.abspath(self.path))), open(self.path, 'a') as f:
             f.write(json.dumps(row) + '\n')
         text = ' '.join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != 'time')
         try:

@@ -1,6 +1,7 @@
 """
 Datasets. dataset[i] is (x, y): x (3, H, W) float in [-1, 1], y the class id (0 when unlabelled). dataset.load(item)
-also returns how many unreadable files were passed over to produce it, for the training loader to count. An item may be
+also returns 1 when the item's file was unreadable and its next readable neighbour stands in (0 otherwise), for the
+loaders to count. An item may be
 `i` or `(i, item_seed)`; the seed drives augmentation, so the Loader in common.py can make every epoch's flips and crops
 reproducible; a plain `i` gives the un-augmented image.
 
@@ -25,7 +26,7 @@ import hashlib
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 from tqdm import tqdm
 
 from common import die
@@ -115,11 +116,38 @@ class DeadLeaves(torch.utils.data.Dataset):
 # -----------------------------------------------------------------------------
 # image folders
 
-def _to_rgb(img):
-    """Any PIL image -> 8-bit RGB: 16-bit grey is rescaled (not clipped), alpha is composited on white, palettes expanded."""
-    if img.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
-        a = np.asarray(img, dtype=np.float64)
-        a = a / 65535.0 if a.max() > 255 else a / 255.0
+def list_images(root):
+    """Image files under root, searched recursively in sorted order. Symbolic links are followed, but no folder is
+    entered twice (a link loop would otherwise list the data set over and over), and only regular files count (a named
+    pipe called x.png would block the reader forever)."""
+    files, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames.sort()
+        files += [os.path.join(dirpath, f) for f in sorted(filenames)
+                  if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(dirpath, f))]
+    return files
+
+
+# the largest value of each integer image mode: 16-bit PNGs open as I;16, or as I in older Pillow (PNG has no 32-bit)
+_INT_MODE_MAX = {'I;16': 65535, 'I;16B': 65535, 'I;16L': 65535, 'I;16N': 65535}
+
+
+def open_image(path):
+    """An image file -> 8-bit RGB, upright: the EXIF orientation of phone photos is applied; 16-bit grey is rescaled by
+    its bit depth (a dark 16-bit image stays dark); alpha is composited on white; palettes are expanded. Decodes now,
+    so a truncated file fails here, not later."""
+    with open(path, 'rb') as f:
+        img = Image.open(f)
+        img.load()
+    img = ImageOps.exif_transpose(img)
+    if img.mode in _INT_MODE_MAX or img.mode == 'I':
+        top = _INT_MODE_MAX.get(img.mode, 65535 if img.format == 'PNG' else 2 ** 31 - 1)
+        a = np.asarray(img, dtype=np.float64) / top
         img = Image.fromarray((np.clip(a, 0, 1) * 255).round().astype(np.uint8), 'L')
     if img.mode == 'P':
         img = img.convert('RGBA')
@@ -127,6 +155,21 @@ def _to_rgb(img):
         background = Image.new('RGBA', img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img.convert('RGBA'))
     return img.convert('RGB')
+
+
+UNREADABLE = (OSError, ValueError, Image.DecompressionBombError, SyntaxError)  # what PIL raises for a bad file
+
+
+def open_first_readable(files, i, root):
+    """(image, index, unreadable): files[i], or when it cannot be read the next readable file, and 1 if files[i] was
+    unreadable (else 0), so that every reader counts bad files, once per pass, rather than crash on them or hide them."""
+    for skipped in range(len(files)):
+        j = (i + skipped) % len(files)
+        try:
+            return open_image(files[j]), j, int(skipped > 0)
+        except UNREADABLE:
+            continue
+    die(f"none of the {len(files)} images under {root} could be read.")
 
 
 def center_crop(img, size):
@@ -158,10 +201,7 @@ class ImageFolder(torch.utils.data.Dataset):
     def __init__(self, root, image_size, flip=True, random_crop=False):
         if not os.path.isdir(root):
             die(f"--data {root} is not a folder; point it at a folder of images.")
-        files = []
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames.sort()
-            files += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        files = list_images(root)
         if not files:
             die(f"--data {root} holds no images ({', '.join(IMAGE_EXTENSIONS)}), searched recursively.")
         self.root, self.files, self.image_size = root, files, image_size
@@ -178,33 +218,19 @@ class ImageFolder(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.files)
 
-    def _load(self, path):
-        with open(path, 'rb') as f:
-            img = Image.open(f)
-            img.load()  # decode now, so truncated files fail here and not later
-        return _to_rgb(img)
-
     def __getitem__(self, item):
         return self.load(item)[:2]
 
     def load(self, item):
         i, item_seed = _split_item(item)
         # unreadable or truncated files are replaced by the next readable one and counted, never a crash mid-epoch
-        for skipped in range(len(self.files)):
-            j = (i + skipped) % len(self.files)
-            try:
-                img = self._load(self.files[j])
-                break
-            except (OSError, ValueError, Image.DecompressionBombError, SyntaxError):
-                continue
-        else:
-            die(f"none of the {len(self.files)} images under {self.root} could be read.")
+        img, j, unreadable = open_first_readable(self.files, i, self.root)
         rng = np.random.default_rng([item_seed if item_seed is not None else 0, i])
         img = random_crop(img, self.image_size, rng) if self.random_crop else center_crop(img, self.image_size)
         x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)  # (3, H, W)
         if self.flip and item_seed is not None and rng.random() < 0.5:
             x = x.flip(2)
-        return x.contiguous(), self.labels[j], skipped
+        return x.contiguous(), self.labels[j], unreadable
 
 
 def random_subset(dataset, n, seed):

@@ -17,6 +17,7 @@ Run nothing here directly: train_ldm.py trains with Diffusion.training_loss and 
 """
 import math
 
+import numpy as np
 import torch
 
 # ----------------------------------------------------------------------------------------------
@@ -69,13 +70,24 @@ def spaced_timesteps(T, steps, spacing='even'):
     return torch.tensor(ts)
 
 
+def sample_generators(seed, indices):
+    """One noise generator per sample i: numpy's PCG64 seeded with SeedSequence(seed, spawn_key=(i,)), numpy's way to
+    make independent streams. Its 128-bit state keeps every (seed, i) pair apart; a torch CPU generator keeps only the
+    low 32 bits of its seed, so a formula such as seed * 2**32 + i gave every seed the same noise. (Not
+    SeedSequence([seed, i]): it drops trailing zero words, so [2**32, 0] and [0, 1] give the same stream.)"""
+    return [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,))) for i in indices]
+
+
 def randn(shape, generator, device):
-    """Standard normal noise. generator may be a list with one torch.Generator per sample, so that every sample's
-    noise depends on its own seed only (sample.py's results then do not depend on the batch size or world size)."""
+    """Standard normal noise. generator may be a list with one generator per sample (torch.Generator, or numpy's from
+    sample_generators), so that every sample's noise depends on its own seed only (sample.py's results then do not
+    depend on the batch size or world size)."""
     if isinstance(generator, (list, tuple)):
         if len(generator) != shape[0]:
             raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}; pass one per sample.")
-        return torch.stack([torch.randn(shape[1:], generator=g, device=g.device) for g in generator]).to(device)
+        return torch.stack([torch.from_numpy(g.standard_normal(shape[1:], dtype=np.float32))
+                            if isinstance(g, np.random.Generator) else torch.randn(shape[1:], generator=g, device=g.device)
+                            for g in generator]).to(device)
     return torch.randn(shape, generator=generator, device=device if generator is None else generator.device).to(device)
 
 

@@ -38,8 +38,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.models.inception import BasicConv2d, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE
 from tqdm import tqdm
 
-from common import die, setup_distributed, cleanup_distributed
-from data import IMAGE_EXTENSIONS, make_dataset, random_subset
+from common import (checked, select_device, die, setup_distributed, cleanup_distributed, refuse_to_overwrite,
+                    no_space_is_an_error)
+from data import IMAGE_EXTENSIONS, UNREADABLE, list_images, make_dataset, open_first_readable, random_subset
 from metrics import psnr, ssim
 
 # ----------------------------------------------------------------------------------------------
@@ -150,9 +151,17 @@ def load_inception(path=None, device='cpu'):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--inception_weights {path} does not exist; pass the path of pytorch-fid's "
                                     f"{FID_WEIGHTS_FILE} (from {FID_WEIGHTS_URL}).")
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        try:
+            state = torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as e:  # random bytes, a truncated download
+            raise ValueError(f"--inception_weights {path} could not be read as torch weights ({type(e).__name__}); "
+                             f"pass pytorch-fid's {FID_WEIGHTS_FILE}.") from None
     net = InceptionV3FID()
-    net.load_state_dict(state)
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError):
+        raise ValueError(f"{path or FID_WEIGHTS_FILE} does not hold the FID Inception's weights; pass pytorch-fid's "
+                         f"{FID_WEIGHTS_FILE} with --inception_weights.") from None
     return net.eval().requires_grad_(False).to(device)
 
 # ----------------------------------------------------------------------------------------------
@@ -525,7 +534,8 @@ def video_set_features(videos, i3d, dist, batch_size):
     return _gather_rows(local, per_rank, len(videos), dist).cpu().double().numpy()
 
 # ----------------------------------------------------------------------------------------------
-# Image sources: every set is a Dataset of uint8 (3, H, W) images with a known .size (H, W)
+# Image sources: every set is a Dataset of (uint8 (3, H, W) image, 1 if the file was unreadable and a neighbour stands
+# in, else 0) with a known .size (H, W); sharded_batches counts the unreadable files into .unreadable
 
 def to_uint8(x):
     """x (..., 3, H, W) in [-1, 1] -> uint8 in [0, 255], rounded as an 8-bit image file would hold it."""
@@ -534,6 +544,8 @@ def to_uint8(x):
 
 class ImageArray(Dataset):
     """A uint8 (N, H, W, 3) array, as in the arr_0 of the .npz files sample.py (and ADM's evaluator) use."""
+    unreadable = 0
+
     def __init__(self, array):
         self.array = array
         self.size = array.shape[1:3]
@@ -542,20 +554,30 @@ class ImageArray(Dataset):
         return len(self.array)
 
     def __getitem__(self, i):
-        return torch.from_numpy(np.ascontiguousarray(self.array[i])).permute(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(self.array[i])).permute(2, 0, 1), 0
 
 
 class ImageFiles(Dataset):
-    """A folder of images, searched recursively, in sorted order, used at their own size (which must be one size)."""
+    """A folder of images, searched recursively, in sorted order, used at their own size (which must be one size). An
+    unreadable file is replaced by the next readable one and counted, as in training."""
+    unreadable = 0
+
     def __init__(self, root):
-        self.files = sorted(os.path.join(d, f) for d, _, names in os.walk(root, followlinks=True) for f in names
-                            if f.lower().endswith(IMAGE_EXTENSIONS))
+        self.root, self.files = root, list_images(root)
         if not self.files:
             die(f"{root} holds no images ({', '.join(IMAGE_EXTENSIONS)}), searched recursively.")
         sizes = {}
         for f in self.files:  # PIL reads only the header here
-            with Image.open(f) as img:
-                sizes.setdefault(img.size, f)
+            try:
+                with Image.open(f) as img:
+                    w, h = img.size
+                    if img.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that turn the image by 90 degrees
+                        w, h = h, w
+            except UNREADABLE:
+                continue  # counted when it is read
+            sizes.setdefault((w, h), f)
+        if not sizes:
+            die(f"none of the {len(self.files)} images under {root} could be read.")
         if len(sizes) > 1:
             (a, fa), (b, fb) = list(sizes.items())[:2]
             die(f"{root} holds images of different sizes ({fa} is {a[0]}x{a[1]}, {fb} is {b[0]}x{b[1]}); "
@@ -567,13 +589,15 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        with Image.open(self.files[i]) as img:
-            return torch.from_numpy(np.array(img.convert('RGB'))).permute(2, 0, 1).contiguous()  # (3, H, W)
+        img, _, unreadable = open_first_readable(self.files, i, self.root)
+        return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous(), unreadable  # (3, H, W)
 
 
 class DatasetImages(Dataset):
     """n images of a data.py dataset (the embedded dead-leaves stream or a resized ImageFolder) as uint8: a seeded
     random sample of the whole set (data.random_subset), never the first n files of a class-sorted folder."""
+    unreadable = 0
+
     def __init__(self, dataset, n, seed=0):
         self.dataset, self.index = dataset, random_subset(dataset, n, seed)
         self.size = (dataset.image_size, dataset.image_size)
@@ -582,7 +606,8 @@ class DatasetImages(Dataset):
         return len(self.index)
 
     def __getitem__(self, i):
-        return to_uint8(self.dataset[self.index[i]][0])
+        x, _, unreadable = self.dataset.load(self.index[i])
+        return to_uint8(x), unreadable
 
 
 def open_source(path, image_size, limit, seed=0):
@@ -592,12 +617,17 @@ def open_source(path, image_size, limit, seed=0):
     if path.endswith('.npz'):
         if not os.path.isfile(path):
             die(f"{path} does not exist; pass a folder of images, a samples .npz or a statistics .npz.")
-        with np.load(path) as f:
-            if 'mu' in f and 'sigma' in f:
-                return 'stats', (f['mu'], f['sigma'])
-            if 'arr_0' not in f:
-                die(f"{path} holds neither arr_0 (uint8 images) nor mu/sigma (statistics); it is not an evaluation .npz.")
-            array = f['arr_0']
+        try:
+            with np.load(path) as f:
+                contents = {k: f[k] for k in ('mu', 'sigma', 'arr_0') if k in f}
+        except Exception as e:  # random bytes, a cut-off file, a pickle
+            die(f"{path} could not be read as an .npz file ({type(e).__name__}); pass a samples or statistics .npz "
+                f"as sample.py and --save_stats write them.")
+        if 'mu' in contents and 'sigma' in contents:
+            return 'stats', (contents['mu'], contents['sigma'])
+        if 'arr_0' not in contents:
+            die(f"{path} holds neither arr_0 (uint8 images) nor mu/sigma (statistics); it is not an evaluation .npz.")
+        array = contents['arr_0']
         if array.dtype == np.uint8 and array.ndim == 5 and array.shape[-1] == 3:
             return 'videos', array if limit is None else array[random_subset(array, limit, seed)]
         if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
@@ -620,6 +650,8 @@ def open_source(path, image_size, limit, seed=0):
 class _Sample(Subset):
     """The images at `index` of a set, keeping its .size. FID does not depend on the order of a set; SWD takes its first
     SWD_MAX_IMAGES, so a set is shuffled (all of it, seeded) before that cut."""
+    unreadable = 0
+
     def __init__(self, images, index):
         super().__init__(images, index)
         self.size = images.size
@@ -650,15 +682,20 @@ def _gather_rows(t, rows_per_rank, total, dist):
 
 
 def sharded_batches(images, dist, batch_size, num_workers, desc):
-    """This rank's block of `images`: yields (index (B,), x (B, 3, H, W) float on dist.device in [-1, 1])."""
+    """This rank's block of `images`: yields (index (B,), x (B, 3, H, W) float on dist.device in [-1, 1]). When all
+    are done, images.unreadable is the number of unreadable files (replaced by a neighbour) over all ranks."""
     lo, hi, _ = _shard(len(images), dist)
     loader = DataLoader(Subset(images, range(lo, hi)), batch_size=batch_size, num_workers=num_workers,
                         pin_memory=dist.device.type == 'cuda')
-    start = lo
-    for x in tqdm(loader, desc=desc, disable=not dist.master, leave=False):
+    start, unreadable = lo, torch.zeros((), dtype=torch.long, device=dist.device)
+    for x, bad in tqdm(loader, desc=desc, disable=not dist.master, leave=False):
         index = torch.arange(start, start + len(x))
         start += len(x)
+        unreadable += bad.sum().to(dist.device)
         yield index, x.to(dist.device).float() / 127.5 - 1
+    if dist.ddp:
+        torch_dist.all_reduce(unreadable)
+    images.unreadable = int(unreadable)
 
 
 class Collector:
@@ -772,10 +809,10 @@ def evaluate_samples(args, dist):
         die("videos are scored against reference videos; pass --real, an .npz of uint8 (N, T, H, W, 3) videos or "
             "their FVD statistics (--save_stats).")
     else:
-        size = args.image_size or (fake.size[0] if fake_kind == 'images' else None)
+        size = args.image_size if args.image_size is not None else (fake.size[0] if fake_kind == 'images' else None)
         if size is None:
             die("the dead-leaves reference set needs a resolution; pass --image_size.")
-        n = args.num_real or (len(fake) if fake_kind == 'images' else 1000)
+        n = args.num_real if args.num_real is not None else (len(fake) if fake_kind == 'images' else 1000)
         real_kind, real = 'images', DatasetImages(make_dataset(None, size, seed=args.seed, train=False), n, args.seed)
 
     inception = None
@@ -811,8 +848,12 @@ def evaluate_samples(args, dist):
             if features is not None:
                 stats[name] = feature_statistics(features)
 
+    for name, kind, source in (('real', real_kind, real), ('fake', fake_kind, fake)):
+        if kind == 'images':  # unreadable files were replaced by their neighbours: say how many
+            results[f'unreadable_{name}'] = source.unreadable
     if args.save_stats is not None and dist.master:
-        np.savez_compressed(args.save_stats, mu=stats['real'][0], sigma=stats['real'][1])
+        with no_space_is_an_error(os.path.dirname(os.path.abspath(args.save_stats))):
+            np.savez_compressed(args.save_stats, mu=stats['real'][0], sigma=stats['real'][1])
         print(f"saved the Inception statistics of {len(real)} reference images to {args.save_stats}")
     if fake_kind is not None and 'real' in stats and 'fake' in stats and dist.master:
         results['fid'] = frechet_distance(*stats['real'], *stats['fake'])
@@ -852,7 +893,8 @@ def evaluate_videos(args, dist, real_kind, real, fake_kind, fake):
             if i3d is not None:
                 stats[name] = feature_statistics(video_set_features(source, i3d, dist, args.batch_size))
     if args.save_stats is not None and dist.master:
-        np.savez_compressed(args.save_stats, mu=stats['real'][0], sigma=stats['real'][1])
+        with no_space_is_an_error(os.path.dirname(os.path.abspath(args.save_stats))):
+            np.savez_compressed(args.save_stats, mu=stats['real'][0], sigma=stats['real'][1])
         print(f"saved the FVD statistics of {len(real)} reference videos to {args.save_stats}")
     if fake_kind is not None and 'real' in stats and 'fake' in stats and dist.master:
         results['fvd'] = frechet_distance(*stats['real'], *stats['fake'])
@@ -886,12 +928,15 @@ def evaluate_autoencoder_cli(args, dist):
         dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=False)
     except FileNotFoundError as e:
         die(str(e))
-    n = args.num_real or (1000 if args.data is None else len(dataset))
+    n = args.num_real if args.num_real is not None else (1000 if args.data is None else len(dataset))
     images = DatasetImages(dataset, min(n, len(dataset)), args.seed)
     try:
         ae = load_autoencoder(args.ae, preset=args.preset, device=dist.device)
     except (FileNotFoundError, ValueError) as e:
         die(str(e))
+    if args.image_size % ae.downsample_factor:
+        die(f"--image_size {args.image_size} is not divisible by the autoencoder's downsampling factor "
+            f"{ae.downsample_factor}; pass a multiple of it.")
     skipped = {}
     inception, skipped['rfid'] = _load_on_rank0_first(lambda: load_inception(args.inception_weights, dist.device), dist)
     lpips, skipped['lpips'] = _load_on_rank0_first(
@@ -901,6 +946,7 @@ def evaluate_autoencoder_cli(args, dist):
     skipped = {name: why for name, why in skipped.items() if why is not None}
     results = {'num_images': len(images)}
     results |= evaluate_autoencoder(ae, images, dist, inception, lpips, args.batch_size, args.num_workers)
+    results['unreadable_images'] = images.unreadable  # replaced by their neighbours, counted
     return results, skipped
 
 
@@ -909,8 +955,8 @@ def main(argv=None):
                                 allow_abbrev=False)
     p.add_argument('--fake', type=str, default=None, help='generated images: a folder, a samples .npz (uint8 arr_0) or a statistics .npz (mu, sigma); or videos: a samples .npz of uint8 (N, T, H, W, 3), scored by FVD and the video SWD')
     p.add_argument('--real', type=str, default=None, help='reference images, the same kinds as --fake; omitted: the embedded dead-leaves set (its held-out stream)')
-    p.add_argument('--num_real', type=int, default=None, help='use a seeded random N of the reference images, or with --ae reconstruct N images (default: all; for the endless dead-leaves set as many as --fake has, else 1000)')
-    p.add_argument('--image_size', type=int, default=None, help='center-crop and resize folder images to this size as data.py does; also the dead-leaves resolution (default: folders as they are, dead leaves at the --fake resolution)')
+    p.add_argument('--num_real', type=checked(int, lo=1), default=None, help='use a seeded random N of the reference images, or with --ae reconstruct N images (default: all; for the endless dead-leaves set as many as --fake has, else 1000)')
+    p.add_argument('--image_size', type=checked(int, lo=1), default=None, help='center-crop and resize folder images to this size as data.py does; also the dead-leaves resolution (default: folders as they are, dead leaves at the --fake resolution)')
     p.add_argument('--save_stats', type=str, default=None, help="write the reference set's Inception statistics (I3D for videos) here (mu, sigma: pytorch-fid's format), to pass as --real later")
     p.add_argument('--ae', type=str, default=None, help='evaluate this autoencoder (a train_ae.py checkpoint, or public weights with --preset) on reconstructions of --data')
     p.add_argument('--preset', type=str, default=None, help='AE_PRESETS name for an --ae file that is a public state dict')
@@ -919,11 +965,12 @@ def main(argv=None):
     p.add_argument('--lpips_lin_weights', type=str, default=None, help="with --ae: local LPIPS v0.1 linear-head weights, vgg.pth (default: the torch hub cache)")
     p.add_argument('--inception_weights', type=str, default=None, help=f'path of {FID_WEIGHTS_FILE} (default: the torch hub cache, downloaded from the pytorch-fid release)')
     p.add_argument('--i3d_weights', type=str, default=None, help=f'for videos: path of the FVD I3D weights {I3D_WEIGHTS_FILE} (default: the torch hub cache, downloaded from {I3D_WEIGHTS_URL})')
-    p.add_argument('--batch_size', type=int, default=50, help='images (or videos) per forward pass per process')
-    p.add_argument('--num_workers', type=int, default=2, help='image-decoding worker processes per process')
-    p.add_argument('--seed', type=int, default=0, help='seed of the dead-leaves set (SWD neighbourhoods and directions are fixed)')
-    p.add_argument('--device', type=str, default='auto', help="'auto', 'cpu' or 'cuda'")
+    p.add_argument('--batch_size', type=checked(int, lo=1), default=50, help='images (or videos) per forward pass per process')
+    p.add_argument('--num_workers', type=checked(int, lo=0), default=2, help='image-decoding worker processes per process')
+    p.add_argument('--seed', type=checked(int, lo=0), default=0, help='seed of the dead-leaves set (SWD neighbourhoods and directions are fixed)')
+    p.add_argument('--device', type=select_device, default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument('--out', type=str, default=None, help='JSON file for every number printed (default: <--fake, --ae or --save_stats path>_metrics.json)')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing --out or --save_stats file')
     args = p.parse_args(argv)
 
     if args.ae is not None and (args.fake is not None or args.real is not None or args.save_stats is not None):
@@ -933,6 +980,10 @@ def main(argv=None):
             "against a folder, pass it as --real.")
     if args.ae is None and args.fake is None and args.save_stats is None:
         die("nothing to evaluate; pass --fake (generated images), --ae (an autoencoder) or --save_stats (reference statistics).")
+    out = args.out or os.path.splitext((args.fake or args.ae or args.save_stats).rstrip('/'))[0] + '_metrics.json'
+    refuse_to_overwrite([out], args.overwrite, flag='--out')
+    if args.save_stats is not None:
+        refuse_to_overwrite([args.save_stats], args.overwrite, flag='--save_stats')
 
     dist = setup_distributed(args.device)
     # TF32 convolutions round to a 10-bit mantissa; full float32 keeps the features independent of the GPU generation
@@ -944,8 +995,7 @@ def main(argv=None):
             print(f"{name:>12s}  {value:.4f}" if isinstance(value, float) else f"{name:>12s}  {value}")
         for name, why in skipped.items():
             print(f"{name:>12s}  skipped: {why}")
-        out = args.out or os.path.splitext((args.fake or args.ae or args.save_stats).rstrip('/'))[0] + '_metrics.json'
-        with open(out, 'w') as f:
+        with no_space_is_an_error(os.path.dirname(os.path.abspath(out))), open(out, 'w') as f:
             json.dump({**results, 'skipped': skipped, 'args': vars(args)}, f, indent=2)
         print(f"wrote {out}")
     cleanup_distributed()

@@ -464,7 +464,13 @@ def fetch_lpips_weights(path, url, file_name):
     if path is not None:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"LPIPS weights file {path} does not exist")
-        return torch.load(path, map_location='cpu', weights_only=True)
+        try:
+            sd = torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as e:  # random bytes, a truncated download, a pickle that is not a state dict
+            raise ValueError(f"LPIPS weights file {path} could not be read as torch weights ({type(e).__name__})") from None
+        if not isinstance(sd, dict):
+            raise ValueError(f"LPIPS weights file {path} holds a {type(sd).__name__}, not a state dict")
+        return sd
     try:
         return torch.hub.load_state_dict_from_url(url, map_location='cpu', progress=False, file_name=file_name)
     except (OSError, RuntimeError):  # no network (URLError is an OSError) or a broken download

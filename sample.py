@@ -7,10 +7,12 @@ and out_dir/samples.npz (uint8 N x H x W x 3 under arr_0, the format of ADM's ev
   torchrun --nproc_per_node=8 sample.py --ckpt out/ldm/ema.pt --num_samples 50000 --sampler ddpm --steps 250 \
       --cfg_scale 1.5 --cfg_channels 3          # DiT's FID-50K protocol (ema.pt: the EMA-only export, 1/4 the size)
 
-Sample i starts from its own seed (seed, i) and, for class-conditional models, gets class classes[i % len(classes)]
-(all classes in turn by default), so the result does not depend on the batch size or the number of processes.
+Sample i draws all its noise from its own generator, seeded with numpy's SeedSequence(seed, spawn_key=(i,)), and, for
+class-conditional models, gets class classes[i % len(classes)] (all classes in turn by default): the result does not
+depend on the batch size or the number of processes, and no two (seed, i) pairs share noise.
 """
 import os
+import glob
 import argparse
 
 import numpy as np
@@ -18,35 +20,40 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from common import die, setup_distributed, cleanup_distributed, resolve_dtype, autocast, load_checkpoint, save_image_grid
-from diffusion import SPACINGS, Diffusion, cfg_model_fn, spaced_timesteps
+from common import (checked, select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
+                    load_checkpoint, save_image_grid, weights_hash, refuse_to_overwrite, no_space_is_an_error)
+from diffusion import SPACINGS, Diffusion, cfg_model_fn, spaced_timesteps, sample_generators, randn
 from model import build_backbone, load_autoencoder
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
 parser.add_argument('--ckpt', type=str, default='out/ldm/ckpt.pt', help='a train_ldm.py checkpoint (ckpt.pt, or ema.pt: its EMA-only export)')
 parser.add_argument('--out_dir', type=str, default=None, help="where the samples go; default: a 'samples' folder next to --ckpt")
+parser.add_argument('--overwrite', action='store_true', help="replace the samples already in --out_dir (they are deleted first, so two models' images never mix)")
 parser.add_argument('--ae', type=str, default=None, help='the autoencoder; default: the one the LDM was trained with')
 parser.add_argument('--ae_preset', type=str, default=None, help="architecture of public --ae weights ('sd', 'flux')")
 parser.add_argument('--no_ema', action='store_true', help='use the raw weights instead of the EMA weights')
-parser.add_argument('--num_samples', type=int, default=16, help='how many samples in all (over every process)')
-parser.add_argument('--batch_size', type=int, default=16, help='samples per process per forward pass')
+parser.add_argument('--num_samples', type=checked(int, lo=1), default=16, help='how many samples in all (over every process)')
+parser.add_argument('--batch_size', type=checked(int, lo=1), default=16, help='samples per process per forward pass')
 parser.add_argument('--sampler', type=str, default='ddim', choices=['ddpm', 'ddim'], help='ancestral DDPM or DDIM')
-parser.add_argument('--steps', type=int, default=None, help='denoising steps out of T=1000; default: 50 for ddim, 250 for ddpm')
+parser.add_argument('--steps', type=checked(int, lo=1, hi=1000), default=None, help='denoising steps out of T=1000; default: 50 for ddim, 250 for ddpm')
 parser.add_argument('--spacing', type=str, default=None, choices=SPACINGS, help="which timesteps (ADM's respacing, as DiT): 'even' = ADM's \"N\" from 0 to 999, 'ddim' = ADM's \"ddimN\" integer stride from 0; default: ddim for --sampler ddim, even for ddpm")
-parser.add_argument('--eta', type=float, default=0.0, help='DDIM noise: 0 deterministic, 1 ancestral-like (ddim only)')
-parser.add_argument('--cfg_scale', type=float, default=1.0, help='classifier-free guidance scale s; 1 = plain conditional sampling')
-parser.add_argument('--cfg_channels', type=int, default=None, help="guide only the first N latent channels (DiT's sampler guides 3 of 4: pass 3 to compare with DiT's published FIDs); default: all")
+parser.add_argument('--eta', type=checked(float, lo=0, hi=1), default=0.0, help='DDIM noise: 0 deterministic, 1 ancestral-like (ddim only)')
+parser.add_argument('--cfg_scale', type=checked(float, lo=0), default=1.0, help='classifier-free guidance scale s; 1 = plain conditional sampling')
+parser.add_argument('--cfg_channels', type=checked(int, lo=1), default=None, help="guide only the first N latent channels (DiT's sampler guides 3 of 4: pass 3 to compare with DiT's published FIDs); default: all")
 parser.add_argument('--classes', type=str, default=None, help='comma-separated class ids to cycle through; default: all classes')
-parser.add_argument('--seed', type=int, default=0, help='base seed; sample i uses the seed (seed, i)')
-parser.add_argument('--device', type=str, default='auto', help="'auto', 'cpu', 'cuda'")
+parser.add_argument('--seed', type=checked(int, lo=0), default=0, help='base seed; sample i uses the seed (seed, i)')
+parser.add_argument('--device', type=select_device, default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
 parser.add_argument('--dtype', type=str, default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'],
                     help="autocast dtype; 'auto' = bfloat16 on GPUs that support it, else float32")
 args = parser.parse_args()
 if args.sampler == 'ddpm' and args.eta != 0:
     die("--eta only applies to --sampler ddim (ancestral DDPM has its own noise).")
-if args.num_samples < 1 or args.batch_size < 1:
-    die("--num_samples and --batch_size must be at least 1.")
+out_dir = args.out_dir or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), 'samples')
+image_dir = os.path.join(out_dir, 'images')
+# samples of another run in out_dir would mix with these, and eval_fid would score them together
+refuse_to_overwrite([os.path.join(out_dir, 'samples.npz')] + sorted(glob.glob(os.path.join(image_dir, '*.png')))[:1],
+                    args.overwrite)
 
 dist = setup_distributed(args.device)
 device = dist.device
@@ -79,6 +86,15 @@ except FileNotFoundError:
     die(f"autoencoder {ae_path}, which this LDM was trained with, does not exist; pass its new location with --ae.")
 except ValueError as e:
     die(f"{e} (for --ae {ae_path})")
+# the latents must come from the autoencoder the LDM was trained on: its factor, channels and (when recorded) weights
+f, C_ae = ae.downsample_factor, ae.cfg.z_channels
+trained_f = config.get('ae_factor', config['image_size'] // backbone['latent_size'])
+if (f, C_ae) != (trained_f, backbone['in_channels']):
+    die(f"--ae {ae_path} makes f{f} latents with {C_ae} channels, but this LDM was trained on f{trained_f} latents "
+        f"with {backbone['in_channels']} channels; pass the autoencoder it was trained with ({config['ae']}).")
+if config.get('ae_sha') is not None and weights_hash(ae) != config['ae_sha']:
+    die(f"--ae {ae_path} has other weights than the autoencoder this LDM was trained with ({config['ae']}, weights "
+        f"{config['ae_sha']}); its latents would not be the ones the LDM learned, so pass that autoencoder.")
 
 num_classes = backbone['num_classes']
 if num_classes == 0:
@@ -100,10 +116,10 @@ except ValueError as e:
     die(f"{e} (--steps {steps}, --spacing {spacing})")
 C, h = backbone['in_channels'], backbone['latent_size']
 
-out_dir = args.out_dir or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), 'samples')
-image_dir = os.path.join(out_dir, 'images')
 if dist.master:
     os.makedirs(image_dir, exist_ok=True)
+    for old in glob.glob(os.path.join(image_dir, '*.png')):  # only with --overwrite (checked above)
+        os.remove(old)
     print(f"{args.num_samples} samples, {args.sampler} {steps} steps ({spacing} spacing)"
           f"{f', eta {args.eta}' if args.sampler == 'ddim' else ''}, cfg scale {args.cfg_scale}, "
           f"{'raw' if args.no_ema else 'EMA'} weights, {dist.world_size} process(es) on {device}, {dtype} -> {out_dir}")
@@ -116,8 +132,8 @@ if dist.ddp:
 mine = list(range(dist.rank, args.num_samples, dist.world_size))
 batches = [mine[i:i + args.batch_size] for i in range(0, len(mine), args.batch_size)]
 for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols=True):
-    gens = [torch.Generator().manual_seed(args.seed * 2 ** 32 + i) for i in idx]  # one noise stream per sample
-    x_T = torch.stack([torch.randn(C, h, h, generator=g_) for g_ in gens]).to(device)  # (B, C, h, w)
+    gens = sample_generators(args.seed, idx)  # one noise stream per sample, from (seed, i) alone
+    x_T = randn((len(idx), C, h, h), gens, device)  # (B, C, h, w)
     y = torch.tensor([classes[i % len(classes)] for i in idx], device=device) if classes else None
     if args.cfg_scale != 1:
         model_fn = cfg_model_fn(model, y, args.cfg_scale, args.cfg_channels)
@@ -130,8 +146,9 @@ for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols
             z = diffusion.ddim_sample(model_fn, x_T, steps=steps, eta=args.eta, generator=gens, spacing=spacing)
         x = ae.decode(z.float() / latent_scale + latent_shift).float()  # undo the latent normalisation
     images = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
-    for i, img in zip(idx, images):
-        Image.fromarray(img).save(os.path.join(image_dir, f'{i:06d}.png'))
+    with no_space_is_an_error(out_dir):
+        for i, img in zip(idx, images):
+            Image.fromarray(img).save(os.path.join(image_dir, f'{i:06d}.png'))
 
 # -----------------------------------------------------------------------------
 # the master assembles the npz and the grid from every rank's PNGs
@@ -141,8 +158,16 @@ if dist.ddp:
 if dist.master:
     arr = np.stack([np.asarray(Image.open(os.path.join(image_dir, f'{i:06d}.png')).convert('RGB'))
                     for i in range(args.num_samples)])  # (N, H, W, 3) uint8
-    np.savez(os.path.join(out_dir, 'samples.npz'), arr_0=arr)
     grid = torch.from_numpy(arr[:64]).permute(0, 3, 1, 2).float() / 127.5 - 1
-    save_image_grid(grid, os.path.join(out_dir, 'grid.png'), nrow=max(int(len(grid) ** 0.5), 1))
+    npz, tmp = os.path.join(out_dir, 'samples.npz'), os.path.join(out_dir, f'samples.npz.tmp.{os.getpid()}')
+    try:  # written whole or not at all: eval_fid must never read a cut-off npz
+        with no_space_is_an_error(out_dir, arr.nbytes):
+            with open(tmp, 'wb') as fh:
+                np.savez(fh, arr_0=arr)
+            os.replace(tmp, npz)
+            save_image_grid(grid, os.path.join(out_dir, 'grid.png'), nrow=max(int(len(grid) ** 0.5), 1))
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     print(f"wrote {out_dir}/samples.npz {arr.shape}, grid.png and {args.num_samples} PNGs")
 cleanup_distributed()

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import metrics
-from common import die, select_device
+from common import checked, die, select_device, refuse_to_overwrite, no_space_is_an_error
 from data import make_dataset, random_subset
 from model import load_autoencoder
 
@@ -252,17 +252,24 @@ def parse_args(argv=None):
                    'order (default: the file name)')
     p.add_argument('--preset', type=str, default=None, help='AE_PRESETS entry for public weights (e.g. sd, flux)')
     p.add_argument('--data', type=str, default=None, help='image folder; omitted: the held-out dead-leaves stream')
-    p.add_argument('--num_images', type=int, default=256, help='images to analyse (at most the folder size)')
-    p.add_argument('--image_size', type=int, default=256, help='images are resized and center-cropped to this')
-    p.add_argument('--batch_size', type=int, default=16, help='images per forward pass')
-    p.add_argument('--rgb_pool', type=int, action='append', default=[], help='also report the images average-pooled '
+    p.add_argument('--num_images', type=checked(int, lo=1), default=256, help='images to analyse (at most the folder size)')
+    p.add_argument('--image_size', type=checked(int, lo=BLOCK), default=256, help='images are resized and center-cropped to this')
+    p.add_argument('--batch_size', type=checked(int, lo=1), default=16, help='images per forward pass')
+    p.add_argument('--rgb_pool', type=checked(int, lo=1), action='append', default=[], help='also report the images average-pooled '
                    'by this factor (repeatable), e.g. 8 to compare with f8 latents without an autoencoder')
-    p.add_argument('--seed', type=int, default=0, help='seed of the dead-leaves stream')
-    p.add_argument('--device', type=str, default='auto', help="'auto', 'cpu', 'cuda'")
+    p.add_argument('--seed', type=checked(int, lo=0), default=0, help='seed of the dead-leaves stream')
+    p.add_argument('--device', type=select_device, default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument('--out_dir', type=str, default='out/spectrum', help='where spectrum.png, erasure.png, spectrum.json go')
-    p.add_argument('--num_frames', type=int, default=1, help='> 1: video clips of this many frames (1 + 4k) and video '
-                   'AEs (--preset cogvideox for public weights); per-latent-frame spatial and temporal spectra')
+    p.add_argument('--num_frames', type=checked(int, lo=1), default=1, help='> 1: video clips of this many frames '
+                   '(1 + 4k) and video AEs (--preset cogvideox for public weights); per-latent-frame spatial and temporal spectra')
+    p.add_argument('--overwrite', action='store_true', help='replace the results already in --out_dir')
     args = p.parse_args(argv)
+    outputs = ('spectrum.json', 'spectrum.png', 'erasure.png', 'spectrum_video.json')
+    refuse_to_overwrite([os.path.join(args.out_dir, n) for n in outputs],
+                        args.overwrite)
+    if args.image_size % BLOCK:
+        die(f"--image_size {args.image_size} is not a multiple of the {BLOCK}x{BLOCK} DCT block; use "
+            f"{args.image_size // BLOCK * BLOCK} or {(args.image_size // BLOCK + 1) * BLOCK}.")
     if args.label and len(args.label) != len(args.ckpt):
         die(f"got {len(args.label)} --label for {len(args.ckpt)} --ckpt; give one label per checkpoint or none.")
     args.label = args.label or [os.path.splitext(os.path.basename(c))[0] for c in args.ckpt]
@@ -271,10 +278,6 @@ def parse_args(argv=None):
     for f in args.rgb_pool:
         if f < 1 or args.image_size % f or args.image_size // f < BLOCK:
             die(f"--rgb_pool {f} must divide --image_size {args.image_size} and leave at least {BLOCK}x{BLOCK} pixels.")
-    if args.num_images < 1 or args.batch_size < 1:
-        die("--num_images and --batch_size must be positive.")
-    if args.image_size < BLOCK:
-        die(f"--image_size {args.image_size} is smaller than one {BLOCK}x{BLOCK} DCT block; use {BLOCK} or more.")
     args.device = select_device(args.device)
     return args
 
@@ -296,23 +299,24 @@ def analyse(args):
     n = args.num_images if getattr(dataset, 'infinite', False) else min(args.num_images, len(dataset))
     if n < args.num_images:
         print(f"{args.data} holds {n} images; analysing all of them.")
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, random_subset(dataset, n, args.seed)),
-                                         batch_size=args.batch_size)
+    indices = random_subset(dataset, n, args.seed)  # a seeded random sample of the images, not the first files
 
     rgb_sizes = {(args.image_size, args.image_size)} | {(args.image_size // f,) * 2 for f in args.rgb_pool}
     rgb_amp = {}                                             # (h, w) -> Mean of (3, 64) amplitudes
     rgb_erasure = [Mean() for _ in ERASE_FRACTIONS]          # PSNR of the erased image vs itself
     ae_amp = {k: Mean() for k in aes}                        # label -> Mean of (z_channels, 64)
     ae_erasure = {k: [Mean() for _ in ERASE_FRACTIONS] for k in aes}
-    latent_size = {}
-    for x, _ in tqdm(loader, desc='images', unit='batch'):
-        x = x.to(device)  # (B, 3, H, W) in [-1, 1]
+    latent_size, unreadable = {}, 0
+    for start in tqdm(range(0, n, args.batch_size), desc='images', unit='batch'):
+        items = [dataset.load(i) for i in indices[start:start + args.batch_size]]  # (x, y, 1 if unreadable)
+        unreadable += sum(item[2] for item in items)  # unreadable files, replaced by their neighbours: counted
+        x = torch.stack([item[0] for item in items]).to(device)  # (B, 3, H, W) in [-1, 1]
         B = x.shape[0]
         for label, ae in aes.items():
             z, _ = ae.encode(x, sample=False)  # posterior mean: the latent a diffusion model would be trained on
-            if min(z.shape[-2:]) < BLOCK:
-                die(f"--image_size {args.image_size} gives {label} latents of {z.shape[-2]}x{z.shape[-1]}, smaller than "
-                    f"one {BLOCK}x{BLOCK} DCT block; use --image_size {BLOCK * ae.downsample_factor} or more.")
+            if min(z.shape[-2:]) < BLOCK or z.shape[-2] % BLOCK or z.shape[-1] % BLOCK:
+                die(f"--image_size {args.image_size} gives {label} latents of {z.shape[-2]}x{z.shape[-1]}, not whole "
+                    f"{BLOCK}x{BLOCK} DCT blocks; use a multiple of {BLOCK * ae.downsample_factor}.")
             ae_amp[label].update(dct_amplitude(z), B)
             latent_size[label] = tuple(z.shape[-2:])
             rgb_sizes.add(latent_size[label])
@@ -325,7 +329,7 @@ def analyse(args):
             meter.update(psnr(erase_high_frequencies(x, p).clamp(-1, 1), x).mean(), B)
 
     rgb = {rgb_key(*s): dict(resolution=list(s), **profile_stats(normalise(rgb_amp[s].value))) for s in sorted(rgb_amp)}
-    result = dict(args=vars(args), num_images=n, erase_fractions=ERASE_FRACTIONS, rgb=rgb,
+    result = dict(args=vars(args), num_images=n, unreadable_images=unreadable, erase_fractions=ERASE_FRACTIONS, rgb=rgb,
                   rgb_erasure_psnr=[m.value.item() for m in rgb_erasure], autoencoders={})
     for label, ae in aes.items():
         ref = rgb_key(*latent_size[label])
@@ -397,9 +401,10 @@ def main(argv=None):
         return
     result = analyse(args)
     os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, 'spectrum.json'), 'w') as f:
-        json.dump(result, f, indent=1)
-    plot(result, args.out_dir)
+    with no_space_is_an_error(args.out_dir):
+        with open(os.path.join(args.out_dir, 'spectrum.json'), 'w') as f:
+            json.dump(result, f, indent=1)
+        plot(result, args.out_dir)
 
     print(f"\n{'':24s} {'shape':>12s} {'hf_ratio':>9s}" + (f" {'RGB ref':>9s} {'ratio':>7s} {'recon PSNR':>11s}"
                                                          if result['autoencoders'] else ''))
@@ -409,6 +414,8 @@ def main(argv=None):
               f"{r['reconstruction_psnr']:11.2f}")
     for key, r in result['rgb'].items():
         print(f"{key:24s} {'3x%dx%d' % tuple(r['resolution']):>12s} {r['hf_ratio']:9.4f}")
+    if result['unreadable_images']:
+        print(f"{result['unreadable_images']} unreadable image files were replaced by their neighbours")
     print(f"wrote spectrum.png, erasure.png, spectrum.json to {args.out_dir}")
 
 

@@ -29,7 +29,7 @@ Shared flags (common.add_common_args) and their defaults in this script:
   --data (embedded dead leaves)  --image_size 64  --batch_size 16  --grad_accum 1  --max_steps 2000  --lr 0.0001
   --out_dir out/ae  --preset tiny  --seed 0  --device auto  --dtype auto  --num_workers 2
   --log_interval 10  --eval_interval 250  --ckpt_interval 250
-  switches: --random_crop  --compile  --resume  --init_from PATH
+  switches: --random_crop  --compile  --resume  --allow_changes  --overwrite  --init_from PATH
 """
 import os
 import json
@@ -49,7 +49,8 @@ from tqdm import tqdm
 from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, restore_rng_states,
                     load_checkpoint, CheckpointWriter, update_ema, Loader, save_image_grid, tile_videos, write_mp4, Logger,
-                    note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory)
+                    note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, checked, int_list,
+                    check_run_dir, prepare_run_dir, truncate_log, compare_resume_config, no_space_is_an_error)
 from data import make_dataset, make_video_dataset, random_subset
 from metrics import psnr
 from model import (AE_PRESETS, SE_DOWNSAMPLING, LPIPS_MIN_SIZE, Autoencoder, NLayerDiscriminator, LPIPS, hinge_d_loss,
@@ -64,42 +65,46 @@ from model import (AE_PRESETS, SE_DOWNSAMPLING, LPIPS_MIN_SIZE, Autoencoder, NLa
 VIDEO_DEFAULTS = dict(out_dir='out/video_ae', image_size=32, batch_size=1, max_steps=200, lr=2e-4, se_scales='2',
                       eval_interval=100, ckpt_interval=100)
 pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-pre.add_argument('--num_frames', type=int, default=1)
-video = pre.parse_known_args()[0].num_frames > 1
+pre.add_argument('--num_frames', type=str, default='1')  # only which defaults apply; the real parser checks the value
+video = pre.parse_known_args()[0].num_frames.strip() != '1'
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
 add_common_args(parser, out_dir='out/ae', lr=1e-4)
-parser.add_argument('--num_frames', type=int, default=1, help="frames per training clip (1 + 4k); 1 = images. N > 1 "
+parser.add_argument('--num_frames', type=checked(int, lo=1), default=1, help="frames per training clip (1 + 4k); 1 = images. N > 1 "
                     "trains the video AE presets (tiny, cogvideox) with VIDEO_DEFAULTS (see above)")
-parser.add_argument('--frame_stride', type=int, default=1, help='video: take every n-th frame of the source video')
+parser.add_argument('--frame_stride', type=checked(int, lo=1), default=1, help='video: take every n-th frame of the source video')
 parser.add_argument('--se_temporal', action='store_true', help='video: SE also halves time in x and z (needs N = 1 + 8k)')
 parser.add_argument('--regularizer', type=str, default=None, choices=['kl', 'vq'], help="latent regulariser; default: the preset's")
-parser.add_argument('--kl_weight', type=float, default=1e-6, help="weight of the KL term (LDM's convention: KL summed over the latent vs. L1 summed over pixels)")
-parser.add_argument('--lpips_weight', type=float, default=1.0, help='weight of the LPIPS perceptual loss; 0 disables it (no VGG weights needed)')
-parser.add_argument('--disc_weight', type=float, default=0.5, help='weight of the adversarial loss (times the adaptive weight)')
-parser.add_argument('--disc_start', type=int, default=None, help='step at which the discriminator and adversarial loss switch on; default: 0 when fine-tuning (--init_from, as the paper and EQ-VAE), else 50001 (LDM)')
-parser.add_argument('--disc_lr', type=float, default=None, help='discriminator learning rate; default: --lr')
-parser.add_argument('--se_weight', type=float, default=0.0, help='scale-equivariance loss weight (paper: 0.25); 0 = baseline')
-parser.add_argument('--se_scales', type=str, default='2,4', help='downsampling factors drawn uniformly per step for SE')
+parser.add_argument('--kl_weight', type=checked(float, lo=0), default=1e-6, help="weight of the KL term (LDM's convention: KL summed over the latent vs. L1 summed over pixels)")
+parser.add_argument('--lpips_weight', type=checked(float, lo=0), default=1.0, help='weight of the LPIPS perceptual loss; 0 disables it (no VGG weights needed)')
+parser.add_argument('--disc_weight', type=checked(float, lo=0), default=0.5, help='weight of the adversarial loss (times the adaptive weight)')
+parser.add_argument('--disc_start', type=checked(int, lo=0), default=None, help='step at which the discriminator and adversarial loss switch on; default: 0 when fine-tuning (--init_from, as the paper and EQ-VAE), else 50001 (LDM)')
+parser.add_argument('--disc_lr', type=checked(float, lo=0, lo_open=True), default=None, help='discriminator learning rate; default: --lr')
+parser.add_argument('--se_weight', type=checked(float, lo=0), default=0.0, help='scale-equivariance loss weight (paper: 0.25); 0 = baseline')
+parser.add_argument('--se_scales', type=int_list(2), default='2,4', help='downsampling factors drawn uniformly per step for SE')
 parser.add_argument('--se_down', type=str, default='bilinear', choices=SE_DOWNSAMPLING,
                     help='how x and z are downsampled for SE: antialiased bilinear (default) or average pooling')
-parser.add_argument('--ema_decay', type=float, default=0.0, help='EMA of the autoencoder weights (e.g. 0.999); 0 = off')
-parser.add_argument('--grad_clip', type=float, default=1.0, help='clip the global gradient norm; 0 = off')
-parser.add_argument('--num_eval', type=int, default=8, help='held-out images in the reconstruction grid and HF-ratio probe')
+parser.add_argument('--ema_decay', type=checked(float, lo=0, hi=1, hi_open=True), default=0.0, help='EMA of the autoencoder weights (e.g. 0.999); 0 = off')
+parser.add_argument('--grad_clip', type=checked(float, lo=0), default=1.0, help='clip the global gradient norm; 0 = off')
+parser.add_argument('--num_eval', type=checked(int, lo=1), default=8, help='held-out images in the reconstruction grid and HF-ratio probe')
 parser.add_argument('--vgg_weights', type=str, default=None, help='local VGG16 ImageNet weights (vgg16-397923af.pth) for LPIPS')
 parser.add_argument('--lpips_lin_weights', type=str, default=None, help='local LPIPS v0.1 linear-head weights (vgg.pth)')
 if video:
     parser.set_defaults(**VIDEO_DEFAULTS)
 args = parser.parse_args()
 
-se_scales = [int(s) for s in args.se_scales.split(',') if s]
-if args.se_weight < 0 or any(s < 2 for s in se_scales) or (args.se_weight > 0 and not se_scales):
-    die(f"--se_scales must list factors >= 2 (got '{args.se_scales}') and --se_weight must be >= 0.")
-if args.num_frames < 1 or args.frame_stride < 1:
-    die(f"--num_frames ({args.num_frames}) and --frame_stride ({args.frame_stride}) must be at least 1.")
+se_scales = args.se_scales
+if args.se_weight > 0 and not se_scales:
+    die("--se_weight > 0 needs at least one factor in --se_scales, such as '2,4'.")
 if args.se_temporal and (not video or (args.num_frames - 1) % 8):
     die(f"--se_temporal halves 1 + 8k frames to 1 + 4k, which the causal layout can encode; "
         f"--num_frames {args.num_frames} is not of that form.")
+# every output of an earlier run is checked before anything is built, so a mistake costs seconds, not a run
+ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite)
+ckpt = load_checkpoint(ckpt_path) if args.resume else None
+if ckpt is not None and ('disc' not in ckpt or 'ae_config' not in ckpt.get('config', {})):
+    die(f"{ckpt_path} is not a train_ae.py checkpoint (it has no discriminator or autoencoder config); resume an "
+        f"autoencoder run, or choose another --out_dir.")
 
 # -----------------------------------------------------------------------------
 # init: processes, precision, seeds
@@ -107,8 +112,7 @@ if args.se_temporal and (not video or (args.num_frames - 1) % 8):
 dist = setup_distributed(args.device)
 device = dist.device
 dtype = resolve_dtype(args.dtype, device)
-os.makedirs(args.out_dir, exist_ok=True)
-ckpt_path = os.path.join(args.out_dir, 'ckpt.pt')
+prepare_run_dir(args.out_dir, ckpt_path, args.overwrite, dist.master)
 seed_everything(args.seed + dist.rank)  # different noise per rank; the data shard differs by construction
 
 # -----------------------------------------------------------------------------
@@ -135,6 +139,10 @@ elif args.regularizer is not None and args.regularizer != ae_config.regularizer:
     if args.init_from:
         die(f"--regularizer {args.regularizer} differs from the {ae_config.regularizer} regulariser of --init_from.")
     ae_config = replace(ae_config, regularizer=args.regularizer)
+if ckpt is not None and ckpt['config']['ae_config'] != asdict(ae_config):
+    saved = ckpt['config']
+    die(f"{ckpt_path} is a {saved['ae_config'].get('regularizer', 'kl')} autoencoder of preset {saved['preset']}, not the "
+        f"{ae_config.regularizer} one of --preset {args.preset}; resume with the flags it was trained with.")
 if not args.init_from:
     ae = VideoAutoencoder(ae_config) if video else Autoencoder(ae_config)
 ae.to(device).train()
@@ -174,11 +182,19 @@ if video:
 else:
     dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop)
 loader = Loader(dataset, args.batch_size, args.seed, dist, num_workers=args.num_workers)
+# what a resumed run must share with the saved one to continue it exactly: the data stream and what the model is
+run_config = {**vars(args), 'num_images': len(dataset)}
+EXACT = ('data', 'num_images', 'image_size', 'random_crop', 'batch_size', 'seed', 'preset', 'regularizer',
+         'num_frames', 'frame_stride')
+UNSAVED = ('resume', 'overwrite', 'allow_changes', 'max_steps', 'log_interval', 'eval_interval', 'ckpt_interval',
+           'num_workers', 'device', 'compile', 'num_eval', 'out_dir')  # they do not change the run's numbers
 step = 0
-if not args.resume and os.path.exists(ckpt_path):
-    die(f"{ckpt_path} already exists; pass --resume to continue that run or choose another --out_dir.")
-if args.resume:
-    ckpt = load_checkpoint(ckpt_path)
+if ckpt is not None:
+    compare_resume_config({k: v for k, v in ckpt['config'].items() if k not in UNSAVED},
+                          {k: v for k, v in run_config.items() if k not in UNSAVED}, EXACT, args.allow_changes)
+    if ckpt['step'] >= args.max_steps:
+        die(f"{ckpt_path} is already at step {ckpt['step']}, and --max_steps is {args.max_steps}; raise --max_steps "
+            f"to train on.")
     ae.load_state_dict(ckpt['model'])
     disc.load_state_dict(ckpt['disc'])
     opt_g.load_state_dict(ckpt['opt_g'])
@@ -194,7 +210,9 @@ if args.resume:
     loader.load_state_dict(ckpt['loader'])
     step = ckpt['step']
     restore_rng_states(ckpt['rng'], dist)
-    del ckpt
+    if dist.master:
+        truncate_log(os.path.join(args.out_dir, 'log.jsonl'), step)  # the steps after the checkpoint are redone
+    ckpt = None
 
 
 model = ae
@@ -290,7 +308,7 @@ def checkpoint():
         ckpt = {'model': ae.state_dict(), 'disc': disc.state_dict(), 'opt_g': opt_g.state_dict(),
                 'opt_d': opt_d.state_dict(), 'scaler': scaler.state_dict(), 'step': step, 'rng': rng,
                 'loader': loader.state_dict(),
-                'config': {**vars(args), 'ae_config': asdict(ae_config)}}
+                'config': {**run_config, 'ae_config': asdict(ae_config)}}
         if ema is not None:
             ckpt['ema'] = ema.state_dict()
         writer.save({ckpt_path: ckpt})
@@ -300,8 +318,8 @@ def checkpoint():
 
 logger = Logger(args.out_dir, dist.master)
 if dist.master:
-    with open(os.path.join(args.out_dir, 'config.json'), 'w') as fh:
-        json.dump({**vars(args), 'ae_config': asdict(ae_config), 'world_size': dist.world_size, 'dtype': dtype}, fh, indent=2)
+    with no_space_is_an_error(args.out_dir), open(os.path.join(args.out_dir, 'config.json'), 'w') as fh:
+        json.dump({**run_config, 'ae_config': asdict(ae_config), 'world_size': dist.world_size, 'dtype': dtype}, fh, indent=2)
     n_params = sum(p.numel() for p in ae.parameters())
     print(f"autoencoder {n_params / 1e6:.2f}M params, f={f}, z={ae_config.z_channels}, {ae_config.regularizer}; "
           f"{dist.world_size} process(es) on {device}, {dtype}; se_weight {args.se_weight}, scales {se_scales}")
@@ -374,7 +392,7 @@ while step < args.max_steps:
     # ---- a non-finite loss is noted on the device (no host sync); the host checks the note at every log line,
     # evaluation and checkpoint, and stops before anything is written, so the last checkpoint stays good
     first_bad_step = note_non_finite(first_bad_step, terms['loss'].detach(), step)
-    if any(step % i == 0 for i in (args.log_interval, args.eval_interval, args.ckpt_interval)) or step == args.max_steps:
+    if step % args.log_interval == 0 or step % args.eval_interval == 0 or step == args.max_steps:  # checkpoint() too
         stop_if_non_finite(first_bad_step, ckpt_path, dist, progress)  # the host also waits for the GPU here
 
     train_time, timed_steps = train_time + time.time() - t0, timed_steps + 1
@@ -384,11 +402,11 @@ while step < args.max_steps:
         logger.log(step, **{k: (all_reduce_mean(v.float(), dist) if torch.is_tensor(v) else v) for k, v in terms.items()},
                    step_time=dt, images_per_sec=images / dt, skipped_images=loader.skipped, lr=args.lr,
                    **peak_memory(device))
+    if step % args.ckpt_interval == 0 or step == args.max_steps:
+        checkpoint()  # before the optional evaluation, so that nothing it does can cost the run
     if step % args.eval_interval == 0 or step == args.max_steps:
         if dist.master:
             logger.log(step, **evaluate())
-    if step % args.ckpt_interval == 0 or step == args.max_steps:
-        checkpoint()
 progress.close()
 writer.wait()
 if dist.ddp:

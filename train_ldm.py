@@ -21,7 +21,7 @@ Shared flags (common.add_common_args) and their defaults in this script:
   --data (embedded dead leaves)  --image_size 64  --batch_size 32  --grad_accum 1  --max_steps 5000  --lr 0.0001
   --out_dir out/ldm  --preset tiny  --seed 0  --device auto  --dtype auto  --num_workers 2
   --log_interval 10  --eval_interval 500  --ckpt_interval 2500
-  switches: --random_crop  --compile  --resume  --init_from PATH
+  switches: --random_crop  --compile  --resume  --allow_changes  --overwrite  --init_from PATH
 """
 import os
 import json
@@ -38,7 +38,8 @@ from tqdm import tqdm
 from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, restore_rng_states,
                     load_checkpoint, CheckpointWriter, update_ema, Loader, save_image_grid, Logger,
-                    note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory)
+                    note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, checked, check_run_dir,
+                    prepare_run_dir, truncate_log, compare_resume_config, weights_hash, no_space_is_an_error)
 from data import make_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
 from diffusion import SCHEDULES, Diffusion
 from model import build_backbone, load_autoencoder
@@ -56,19 +57,28 @@ parser.add_argument('--model', type=str, default='unet', choices=['unet', 'dit']
 parser.add_argument('--schedule', type=str, default=None, choices=SCHEDULES, help="noise schedule (diffusion.beta_schedule); default: the backbone paper's (unet: ldm_linear as LDM, dit: linear as DiT); scaled_linear is Stable Diffusion's")
 parser.add_argument('--prediction', type=str, default='eps', choices=['eps', 'v'], help='what the network predicts')
 parser.add_argument('--learn_sigma', action=argparse.BooleanOptionalAction, default=None, help='also learn the variance (iDDPM, with L_vlb); default: on for dit, off for unet')
-parser.add_argument('--class_dropout_prob', type=float, default=0.1, help='label dropout for classifier-free guidance (class-conditional data only)')
-parser.add_argument('--ema_decay', type=float, default=0.9999, help='EMA decay of the denoiser weights (samples use the EMA)')
-parser.add_argument('--weight_decay', type=float, default=0.0, help='AdamW weight decay (DiT uses 0)')
-parser.add_argument('--latent_scale', type=float, default=None, help='override the latent scale (default: 1/std of a random global batch, or the checkpoint\'s)')
-parser.add_argument('--latent_shift', type=float, default=None, help='override the latent shift (default: mean of a random global batch, or the checkpoint\'s)')
+parser.add_argument('--class_dropout_prob', type=checked(float, lo=0, hi=1, hi_open=True), default=0.1, help='label dropout for classifier-free guidance (class-conditional data only)')
+parser.add_argument('--ema_decay', type=checked(float, lo=0, hi=1, hi_open=True), default=0.9999, help='EMA decay of the denoiser weights (samples use the EMA)')
+parser.add_argument('--weight_decay', type=checked(float, lo=0), default=0.0, help='AdamW weight decay (DiT uses 0)')
+parser.add_argument('--latent_scale', type=checked(float, lo=0, lo_open=True), default=None, help='override the latent scale (default: 1/std of a random global batch, or the checkpoint\'s)')
+parser.add_argument('--latent_shift', type=checked(float), default=None, help='override the latent shift (default: mean of a random global batch, or the checkpoint\'s)')
 parser.add_argument('--cache_latents', type=str, default=None, help='folder for the encoded data set (made on first use, then reused)')
-parser.add_argument('--cache_size', type=int, default=None, help='with --cache_latents: encode a seeded random N of the images, or N random crops with --random_crop (required for the embedded dataset and for crops)')
+parser.add_argument('--cache_size', type=checked(int, lo=1), default=None, help='with --cache_latents: encode a seeded random N of the images, or N random crops with --random_crop (required for the embedded dataset and for crops)')
 parser.add_argument('--grad_checkpointing', action='store_true', help='DiT: recompute activations in the backward pass (less memory, larger batches)')
-parser.add_argument('--num_samples', type=int, default=16, help='images in the periodic sample grid (EMA model, DDIM)')
-parser.add_argument('--sample_steps', type=int, default=50, help='DDIM steps for the periodic sample grid')
+parser.add_argument('--num_samples', type=checked(int, lo=1), default=16, help='images in the periodic sample grid (EMA model, DDIM)')
+parser.add_argument('--sample_steps', type=checked(int, lo=1, hi=1000), default=50, help='DDIM steps for the periodic sample grid')
 args = parser.parse_args()
 learn_sigma = args.learn_sigma if args.learn_sigma is not None else args.model == 'dit'
 schedule = args.schedule or {'unet': 'ldm_linear', 'dit': 'linear'}[args.model]
+# every output of an earlier run is checked before anything is built, so a mistake costs seconds, not a run
+ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite)
+ckpt = load_checkpoint(ckpt_path) if args.resume else None
+if ckpt is not None and 'latent_scale' not in ckpt:
+    die(f"{ckpt_path} is not a train_ldm.py checkpoint (it has no latent scale); resume a diffusion run, or choose "
+        f"another --out_dir.")
+if ckpt is not None and ckpt['step'] >= args.max_steps:
+    die(f"{ckpt_path} is already at step {ckpt['step']}, and --max_steps is {args.max_steps}; raise --max_steps to "
+        f"train on.")
 
 # -----------------------------------------------------------------------------
 # init: processes, precision, seeds, the frozen autoencoder
@@ -76,12 +86,8 @@ schedule = args.schedule or {'unet': 'ldm_linear', 'dit': 'linear'}[args.model]
 dist = setup_distributed(args.device)
 device = dist.device
 dtype = resolve_dtype(args.dtype, device)
-os.makedirs(args.out_dir, exist_ok=True)
-ckpt_path = os.path.join(args.out_dir, 'ckpt.pt')
-if not args.resume and os.path.exists(ckpt_path):
-    die(f"{ckpt_path} already exists; pass --resume to continue that run or choose another --out_dir.")
+prepare_run_dir(args.out_dir, ckpt_path, args.overwrite, dist.master)
 seed_everything(args.seed + dist.rank)
-ckpt = load_checkpoint(ckpt_path) if args.resume else None
 
 ae_path = ckpt['config']['ae'] if ckpt is not None and args.ae == parser.get_default('ae') else args.ae
 try:
@@ -95,6 +101,15 @@ f, C = ae.downsample_factor, ae.cfg.z_channels
 if args.image_size % f:
     die(f"--image_size {args.image_size} is not divisible by the autoencoder's downsampling factor {f}.")
 latent_size = args.image_size // f
+# the autoencoder's identity goes into the checkpoint; sample.py and --resume refuse another one, whose latents the
+# denoiser and the latent scale were not made for
+ae_identity = {'ae_sha': weights_hash(ae), 'ae_factor': f, 'ae_channels': C}
+if ckpt is not None:
+    saved = {k: ckpt['config'].get(k) for k in ae_identity}
+    if saved['ae_sha'] is not None and saved != ae_identity:
+        die(f"--ae {ae_path} (f{f}, {C} channels, weights {ae_identity['ae_sha']}) is not the autoencoder {ckpt_path} "
+            f"was trained with (f{saved['ae_factor']}, {saved['ae_channels']} channels, weights {saved['ae_sha']}); "
+            f"pass that one with --ae.")
 
 
 @torch.no_grad()
@@ -122,6 +137,14 @@ else:
 num_classes = dataset.num_classes
 # the training loader: every rank shares the seed, and takes its own shard of each epoch's permutation
 loader = Loader(dataset, args.batch_size, args.seed, dist, num_workers=args.num_workers)
+# what a resumed run must share with the saved one to continue it exactly: the data stream
+run_config = {**vars(args), 'num_images': len(dataset)}
+EXACT = ('data', 'num_images', 'image_size', 'random_crop', 'batch_size', 'seed', 'cache_latents', 'cache_size')
+UNSAVED = ('resume', 'overwrite', 'allow_changes', 'max_steps', 'log_interval', 'eval_interval', 'ckpt_interval',
+           'num_workers', 'device', 'compile', 'num_samples', 'sample_steps', 'out_dir', 'ae', 'grad_checkpointing')
+if ckpt is not None:
+    compare_resume_config({k: v for k, v in ckpt['config'].items() if k not in UNSAVED},
+                          {k: v for k, v in run_config.items() if k not in UNSAVED}, EXACT, args.allow_changes)
 
 
 def to_latent(x):
@@ -192,6 +215,8 @@ if ckpt is not None:
     loader.load_state_dict(ckpt['loader'])
     step = ckpt['step']
     restore_rng_states(ckpt['rng'], dist)
+    if dist.master:
+        truncate_log(os.path.join(args.out_dir, 'log.jsonl'), step)  # the steps after the checkpoint are redone
     ckpt = None
 
 model = raw_model
@@ -222,7 +247,7 @@ def checkpoint():
     stop_if_non_finite(first_bad_step, ckpt_path, dist, progress)  # a non-finite loss never reaches a checkpoint
     rng = gather_rng_states(dist)  # collective: every rank calls it
     if dist.master:
-        config = {**vars(args), 'ae': ae_path, 'backbone': backbone, 'schedule': schedule, 'learn_sigma': learn_sigma,
+        config = {**run_config, 'ae': ae_path, **ae_identity, 'backbone': backbone, 'schedule': schedule, 'learn_sigma': learn_sigma,
                   'image_size': args.image_size}
         export = {'ema': ema.state_dict(), 'step': step, 'latent_scale': latent_scale, 'latent_shift': latent_shift,
                   'config': config}
@@ -236,8 +261,8 @@ def checkpoint():
 
 logger = Logger(args.out_dir, dist.master)
 if dist.master:
-    with open(os.path.join(args.out_dir, 'config.json'), 'w') as fh:
-        json.dump({**vars(args), 'ae': ae_path, 'backbone': backbone, 'schedule': schedule, 'learn_sigma': learn_sigma,
+    with no_space_is_an_error(args.out_dir), open(os.path.join(args.out_dir, 'config.json'), 'w') as fh:
+        json.dump({**run_config, 'ae': ae_path, **ae_identity, 'backbone': backbone, 'schedule': schedule, 'learn_sigma': learn_sigma,
                    'latent_scale': latent_scale, 'latent_shift': latent_shift, 'world_size': dist.world_size,
                    'dtype': dtype}, fh, indent=2)
     n_params = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)
@@ -273,7 +298,7 @@ while step < args.max_steps:
     # a non-finite loss is noted on the device (no host sync); the host checks the note at every log line, sample
     # grid and checkpoint, and stops before anything is written, so the last checkpoint stays good
     first_bad_step = note_non_finite(first_bad_step, loss_sum, step)
-    if any(step % i == 0 for i in (args.log_interval, args.eval_interval, args.ckpt_interval)) or step == args.max_steps:
+    if step % args.log_interval == 0 or step % args.eval_interval == 0 or step == args.max_steps:  # checkpoint() too
         stop_if_non_finite(first_bad_step, ckpt_path, dist, progress)  # the host also waits for the GPU here
 
     train_time, timed_steps = train_time + time.time() - t0, timed_steps + 1
@@ -282,10 +307,10 @@ while step < args.max_steps:
         latents = args.batch_size * args.grad_accum * dist.world_size
         logger.log(step, loss=all_reduce_mean(loss_sum.float(), dist), step_time=dt, latents_per_sec=latents / dt, lr=args.lr,
                    skipped_images=loader.skipped, **peak_memory(device))
+    if step % args.ckpt_interval == 0 or step == args.max_steps:
+        checkpoint()  # before the optional sample grid, so that nothing it does can cost the run
     if (step % args.eval_interval == 0 or step == args.max_steps) and dist.master:
         sample_grid()
-    if step % args.ckpt_interval == 0 or step == args.max_steps:
-        checkpoint()
 progress.close()
 writer.wait()
 if dist.ddp:

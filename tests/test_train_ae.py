@@ -111,9 +111,9 @@ def test_background_checkpoint_is_a_snapshot_and_a_failed_write_is_reported(tmp_
     saved = torch.load(tmp_path / 'a.pt')
     assert torch.equal(saved['w'], torch.ones(1000)) and torch.equal(saved['opt']['state'][0], torch.full((1000,), 2.))
 
-    def full_disk(*a, **k):
-        raise OSError(28, 'No space left on device')
-    monkeypatch.setattr(torch, 'save', full_disk)
+    def broken_disk(*a, **k):  # (a full disk has its own sentence, tested with the bad inputs)
+        raise OSError(5, 'Input/output error')
+    monkeypatch.setattr(torch, 'save', broken_disk)
     w.save({tmp_path / 'a.pt': {'w': weights}})
     with pytest.raises(SystemExit, match='writing a checkpoint failed .* the previous one is intact'):
         w.wait()

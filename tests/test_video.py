@@ -192,7 +192,8 @@ def test_cli_saves_fvd_statistics_once_and_scores_against_them(tmp_path):
     eval_fid.main(["--real", npz, "--save_stats", stats] + flags)
     with np.load(stats) as f:
         assert f["mu"].shape == (400,) and f["sigma"].shape == (400, 400)
-    results, skipped = eval_fid.main(["--fake", stats, "--real", stats])  # 400-d statistics are scored as video
+    results, skipped = eval_fid.main(["--fake", stats, "--real", stats,  # 400-d statistics are scored as video
+                                      "--out", str(tmp_path / "scores.json")])
     assert abs(results["fvd"]) < 1e-6 and "video_swd" in skipped and "fid" not in results
 
 

@@ -1,0 +1,551 @@
+"""
+The catalogue of bad inputs and faults (issue 11): what a careless or unlucky user does to the six scripts, and the
+outcome each case must have. One row per case in CASES; to add a case, add a row.
+
+A row is Case(name, run, expect):
+  run     script('train_ae.py', *argv) runs a script as a user would, with `argv` (a list, or a function of
+          (tmp, runs) that prepares files and returns the list); call(fn) runs fn(tmp, runs) for faults that no command
+          line can cause (a full disk, a NaN loss). `runs` holds small real checkpoints made once per session.
+  expect  Error(regex)         the script stops, exit status != 0, with one line that matches regex, no traceback;
+          Skip(file, key, n)   the script finishes and the JSON `file` counts n unreadable files under `key`;
+          Result(check)        the script finishes and check(tmp, runs, output) holds (it asserts).
+Scripts run inside this process (runpy), so a case that stops at argument parsing costs milliseconds, not a torch
+import; every case that is not a training or sampling run stops there.
+"""
+import io
+import os
+import re
+import sys
+import json
+import errno
+import random
+import runpy
+import shutil
+import subprocess
+import threading
+import zlib
+from contextlib import redirect_stdout, redirect_stderr
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import common
+import data
+from diffusion import sample_generators, randn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--image_size', 16, '--batch_size', 2, '--num_workers', 0, '--log_interval', 1, '--device', 'cpu']
+TINY_AE = TINY + ['--lpips_weight', 0, '--eval_interval', 1000, '--num_eval', 2]
+TINY_LDM = TINY + ['--num_samples', 1, '--sample_steps', 1, '--eval_interval', 1000]
+
+# -----------------------------------------------------------------------------
+# running a script in this process
+
+
+@dataclass
+class Outcome:
+    code: object   # exit status: 0, argparse's 2, or die()'s message
+    message: str   # the last line the script printed on stderr, or die()'s message
+    stdout: str
+
+
+def run_script(name, argv):
+    """python name argv..., in this process: global state that scripts change (RNGs, grad mode) is put back. One
+    thread: the models are tiny, and threads fighting over busy cores cost more than they give."""
+    saved = (sys.argv, torch.is_grad_enabled(), torch.get_rng_state(), np.random.get_state(), random.getstate(),
+             torch.get_num_threads())
+    sys.argv = [name, *map(str, argv)]
+    torch.set_num_threads(1)
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            runpy.run_path(os.path.join(ROOT, name), run_name='__main__')
+    except SystemExit as e:
+        code = e.code if e.code is not None else 0
+    finally:
+        sys.argv = saved[0]
+        torch.set_grad_enabled(saved[1])
+        torch.set_rng_state(saved[2])
+        np.random.set_state(saved[3])
+        random.setstate(saved[4])
+        torch.set_num_threads(saved[5])
+    lines = [line for line in err.getvalue().splitlines() if line.strip()]
+    message = code if isinstance(code, str) else (lines[-1] if lines else '')
+    return Outcome(code, message, out.getvalue())
+
+
+def script(name, *argv):
+    def run(tmp, runs):
+        args = argv[0](tmp, runs) if len(argv) == 1 and callable(argv[0]) else list(argv)
+        return run_script(name, args)
+    run.label = name
+    return run
+
+
+def call(fn):
+    def run(tmp, runs):
+        out = io.StringIO()
+        try:
+            with redirect_stdout(out):
+                result = fn(tmp, runs)
+        except SystemExit as e:
+            return Outcome(e.code, str(e.code), out.getvalue())
+        return result if isinstance(result, Outcome) else Outcome(0, '', out.getvalue())
+    run.label = 'function'
+    return run
+
+# -----------------------------------------------------------------------------
+# expected outcomes
+
+
+@dataclass
+class Error:
+    pattern: str
+
+    def check(self, outcome, tmp, runs):
+        assert outcome.code not in (0, None), f"expected an error, but it finished:\n{outcome.stdout[-2000:]}"
+        assert '\n' not in outcome.message and 'Traceback' not in outcome.message
+        assert outcome.message.startswith('error: ') or ': error: argument ' in outcome.message, outcome.message
+        assert re.search(self.pattern, outcome.message), f"{outcome.message!r} does not match {self.pattern!r}"
+
+
+@dataclass
+class Skip:
+    file: str
+    key: str
+    count: int
+
+    def check(self, outcome, tmp, runs):
+        assert outcome.code == 0, outcome.message
+        assert json.load(open(tmp / self.file))[self.key] == self.count
+
+
+@dataclass
+class Result:
+    check_fn: Callable = None  # None: the run (or call, whose own asserts are the check) finished
+
+    def check(self, outcome, tmp, runs):
+        assert outcome.code == 0, outcome.message
+        if self.check_fn is not None:
+            self.check_fn(tmp, runs, outcome)
+
+
+@dataclass
+class Case:
+    name: str
+    run: Callable
+    expect: object
+
+# -----------------------------------------------------------------------------
+# small real checkpoints, made once: tiny AEs (f4 and f8) and an LDM on the f4 one
+
+
+@pytest.fixture(scope='session')
+def runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp('runs')
+    for name, preset in (('ae4', 'tiny'), ('ae8', 'small')):
+        o = run_script('train_ae.py', TINY_AE + ['--preset', preset, '--se_scales', 2, '--max_steps', 1, '--out_dir', d / name])
+        assert o.code == 0, o.message
+    o = run_script('train_ldm.py', TINY_LDM + ['--ae', d / 'ae4' / 'ckpt.pt', '--max_steps', 2, '--ckpt_interval', 1,
+                                               '--ema_decay', 0.5, '--out_dir', d / 'ldm'])
+    assert o.code == 0, o.message
+    other = torch.load(d / 'ae4' / 'ckpt.pt', weights_only=False)  # the same AE but for one weight: another AE
+    first = next(iter(other['model']))
+    other['model'][first] = other['model'][first] + 0.01
+    torch.save(other, d / 'ae4_other.pt')
+    return {'ae4': d / 'ae4' / 'ckpt.pt', 'ae8': d / 'ae8' / 'ckpt.pt', 'ae4_other': d / 'ae4_other.pt',
+            'ldm': d / 'ldm' / 'ckpt.pt', 'ae4_dir': d / 'ae4', 'ldm_dir': d / 'ldm'}
+
+
+def copy_run(src, tmp, name='run'):
+    dst = tmp / name
+    shutil.copytree(src, dst)
+    return dst
+
+
+def garbage(tmp, name, n=3000):
+    path = tmp / name
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8).tobytes())
+    return path
+
+
+def bad_image_folder(tmp, size=32, good=4):
+    """`good` readable images plus three bad files: a text file named .png, a truncated JPEG and a PNG whose header
+    claims a decompression bomb."""
+    folder = tmp / 'images'
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(good):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f'good{i}.png')
+    (folder / 'text.png').write_text('not an image')
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format='JPEG')
+    (folder / 'truncated.jpg').write_bytes(buf.getvalue()[:len(buf.getvalue()) // 2])
+    png = bytearray((folder / 'good0.png').read_bytes())  # IHDR: width, height at bytes 16..24, its CRC at 29..33
+    png[16:24] = (60000).to_bytes(4, 'big') * 2  # 60000 x 60000 pixels: over twice PIL's decompression-bomb limit
+    png[29:33] = zlib.crc32(bytes(png[12:29])).to_bytes(4, 'big')
+    (folder / 'bomb.png').write_bytes(bytes(png))
+    return folder
+
+
+def samples_npz(tmp, n=4, size=16):
+    path = tmp / 'fake.npz'
+    np.savez(path, arr_0=np.random.default_rng(1).integers(0, 256, (n, size, size, 3), dtype=np.uint8))
+    return path
+
+
+def run_without_checkpoint(tmp, runs):
+    run = copy_run(runs['ae4_dir'], tmp)
+    os.remove(run / 'ckpt.pt')  # config.json and log.jsonl of a run killed before its first checkpoint
+    return run
+
+
+def earlier_samples(tmp):
+    os.makedirs(tmp / 'samples' / 'images')
+    (tmp / 'samples' / 'images' / '000007.png').write_bytes(b'an image of another model')
+    return tmp / 'samples'
+
+
+def dead_pid():
+    p = subprocess.Popen([sys.executable, '-c', 'pass'])
+    p.wait()
+    return p.pid
+
+# -----------------------------------------------------------------------------
+# checks of results
+
+
+def different_seeds_differ_and_sample_i_depends_on_seed_and_i(tmp, runs):
+    def samples(seed, n, batch_size):
+        o = run_script('sample.py', ['--ckpt', runs['ldm'], '--num_samples', n, '--batch_size', batch_size, '--steps', 2,
+                                     '--seed', seed, '--device', 'cpu', '--out_dir', tmp / f's{seed}_{n}_{batch_size}'])
+        assert o.code == 0, o.message
+        return np.load(tmp / f's{seed}_{n}_{batch_size}' / 'samples.npz')['arr_0']
+    a, b, c = samples(0, 2, 2), samples(1, 2, 2), samples(0, 3, 1)
+    for i in range(2):
+        assert (a[i] != b[i]).any(), f"sample {i} is the same for seeds 0 and 1"
+    assert (c[:2] == a).all()  # more samples, another batch size: the first two are unchanged
+
+
+def noise_never_shared_between_seed_index_pairs(tmp, runs):
+    # the old rule, seed * 2**32 + i in a torch CPU generator, kept the low 32 bits (i): every seed gave the same noise
+    # SeedSequence([seed, i]) would fail here: it drops trailing zero words, so (2**32, 0) would be (0, 1)
+    pairs = [(s, i) for s in range(4) for i in range(8)] + [(2 ** 32, 0), (0, 2 ** 32), (2 ** 32 + 5, 3), (5, 2 ** 32 + 3)]
+    noise = randn((len(pairs), 4, 4, 4), [sample_generators(s, [i])[0] for s, i in pairs], 'cpu')
+    assert len({tuple(row.tolist()) for row in noise.flatten(1)}) == len(pairs)  # no two pairs share noise
+    batch = randn((8, 4, 4, 4), sample_generators(0, range(8)), 'cpu')
+    assert torch.equal(batch, noise[:8])  # sample i's noise is its own, whatever else is in the batch
+
+
+def changed_settings_are_printed(*expected):
+    def check(tmp, runs, outcome):
+        for text in expected:
+            assert text in outcome.stdout, outcome.stdout[-2000:]
+    return check
+
+
+def resume_cleans_up(tmp, runs, outcome):
+    run = tmp / 'run'
+    assert not [f for f in os.listdir(run) if '.tmp.' in f], os.listdir(run)
+    steps = [r['step'] for r in map(json.loads, open(run / 'log.jsonl')) if 'loss' in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 3 and 99 not in steps, steps
+
+
+def overwrite_starts_a_new_log(tmp, runs, outcome):
+    steps = [r['step'] for r in map(json.loads, open(tmp / 'run' / 'log.jsonl')) if 'loss' in r]
+    assert steps == [1], steps
+
+
+def overwrite_replaces_every_sample(tmp, runs, outcome):
+    images = sorted(os.listdir(tmp / 'samples' / 'images'))
+    assert images == ['000000.png'], images
+
+
+def folder_counted_once(tmp, runs, outcome):
+    assert json.load(open(tmp / 'spec' / 'spectrum.json'))['num_images'] == 4
+
+
+def prepare_resume_with_debris(tmp, runs):
+    run = copy_run(runs['ldm_dir'], tmp)
+    (run / f'ckpt.pt.tmp.{dead_pid()}').write_bytes(b'half a checkpoint')
+    with open(run / 'log.jsonl', 'a') as f:  # the steps a killed run logged after its last checkpoint
+        f.write(json.dumps({'step': 99, 'loss': 1.0}) + '\n' + '{"step": 100, "lo')
+    return TINY_LDM + ['--out_dir', run, '--resume', '--max_steps', 3, '--ckpt_interval', 1]
+
+# -----------------------------------------------------------------------------
+# faults no command line can cause
+
+
+def no_space_during_checkpoint(tmp, runs):
+    path = tmp / 'ckpt.pt'
+    torch.save({'old': 1}, path)
+    real_save = torch.save
+
+    def full_disk(obj, f):
+        f.write(b'partial')
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    torch.save = full_disk
+    try:
+        common.save_checkpoint({'w': torch.zeros(2 ** 19)}, path)  # 2 MB
+    finally:
+        torch.save = real_save
+        assert torch.load(path) == {'old': 1}  # the previous checkpoint is untouched
+        assert os.listdir(tmp) == ['ckpt.pt']  # and no temporary file is left
+
+
+def on_a_full_disk(owner, name, script_name, argv):
+    """Run a script while owner.name (a function that writes files) fails as a full disk does."""
+    def fn(tmp, runs):
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        real = getattr(owner, name)
+        setattr(owner, name, full)
+        try:
+            return run_script(script_name, argv(tmp, runs))
+        finally:
+            setattr(owner, name, real)
+    return fn
+
+
+def sample_grid_crashes_after_training(tmp, runs):
+    """The optional sample grid at the end fails (any bug or fault in it): the finished run's checkpoint is on disk."""
+    class GridFailed(Exception):
+        pass
+
+    def fail(*args, **kwargs):
+        raise GridFailed
+    real, common.save_image_grid = common.save_image_grid, fail
+    try:
+        run_script('train_ldm.py', TINY_LDM + ['--ae', runs['ae4'], '--max_steps', 2, '--out_dir', tmp / 'o'])
+        raise AssertionError('the sample grid did not run')
+    except GridFailed:
+        pass
+    finally:
+        common.save_image_grid = real
+    for t in threading.enumerate():  # as the interpreter does at exit: the checkpoint writer thread finishes its file
+        if t is not threading.main_thread() and not t.daemon:
+            t.join()
+    assert torch.load(tmp / 'o' / 'ckpt.pt', weights_only=False)['step'] == 2
+
+
+def no_space_while_logging(tmp, runs):
+    with common.no_space_is_an_error(tmp):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+
+def nan_loss(with_checkpoint):
+    def fn(tmp, runs):
+        if with_checkpoint:
+            (tmp / 'ckpt.pt').write_bytes(b'x')
+        dist = common.Dist(False, 0, 0, 1, torch.device('cpu'), True)
+        common.stop_if_non_finite(torch.tensor(7.0, dtype=torch.float64), str(tmp / 'ckpt.pt'), dist)  # NaN at step 7
+    return fn
+
+
+def lpips_lin_weights_garbage(tmp, runs):
+    from model import LPIPS
+    try:
+        LPIPS(lin_weights=str(garbage(tmp, 'lin.pth')), pretrained=False)
+    except ValueError as e:
+        common.die(str(e))  # how train_ae.py and eval_fid.py report it
+
+
+def exif_rotated_photo_is_upright(tmp, runs):
+    a = np.zeros((8, 16, 3), np.uint8)  # 16 wide, 8 high, stored sideways with orientation 6 (turn 90 degrees)
+    a[:, :8] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(a).save(tmp / 'phone.jpg', exif=exif, quality=100)
+    img = data.open_image(tmp / 'phone.jpg')
+    assert img.size == (8, 16)  # upright: 8 wide, 16 high
+    top, bottom = np.asarray(img)[:6].mean(), np.asarray(img)[10:].mean()
+    assert top > 200 and bottom < 50  # the white left half of the stored image is the top after the turn
+
+
+def dark_16bit_png_stays_dark(tmp, runs):
+    a = np.full((8, 8), 1000, np.uint16)  # 1000 / 65535 of full scale
+    Image.fromarray(a).save(tmp / 'dark.png')
+    img = data.open_image(tmp / 'dark.png')
+    assert np.asarray(img).max() == round(1000 / 65535 * 255)  # 4, not 255 (1000 read as 8-bit would saturate)
+
+
+def link_loop_and_pipe_are_listed_once(tmp, runs):
+    folder = bad_image_folder(tmp)
+    for bad in ('text.png', 'truncated.jpg', 'bomb.png'):
+        os.remove(folder / bad)
+    os.symlink(folder, folder / 'loop')  # a link to its own folder
+    os.symlink(folder, tmp / 'again')
+    os.symlink(tmp / 'again', folder / 'again')  # the same folder by another path
+    os.mkfifo(folder / 'pipe.png')  # reading it would block forever
+    assert [os.path.basename(f) for f in data.list_images(folder)] == [f'good{i}.png' for i in range(4)]
+
+
+def prepare_loop_folder(tmp, runs):
+    link_loop_and_pipe_are_listed_once(tmp, runs)
+    return ['--data', tmp / 'images', '--image_size', 16, '--num_images', 100, '--device', 'cpu', '--out_dir', tmp / 'spec']
+
+# -----------------------------------------------------------------------------
+# the catalogue
+
+TRAIN = ('train_ae.py', 'train_ldm.py')
+ALL = ('train_ae.py', 'train_ldm.py', 'sample.py', 'eval_fid.py', 'spectrum.py')
+CASES = []
+# item 12: one sentence for every bad flag of the training scripts, before any model is built
+for s in TRAIN:
+    for flag, value, pattern in [('--image_size', 0, 'must be >= 1, got 0'), ('--image_size', -8, 'must be >= 1'),
+                                 ('--batch_size', 0, 'must be >= 1'), ('--lr', -1, 'must be > 0'),
+                                 ('--lr', 'nan', 'must be > 0'), ('--grad_accum', 0, 'must be >= 1'),
+                                 ('--log_interval', 0, 'must be >= 1'), ('--ckpt_interval', 0, 'must be >= 1'),
+                                 ('--eval_interval', 0, 'must be >= 1'), ('--num_workers', -1, 'must be >= 0'),
+                                 ('--max_steps', 0, 'must be >= 1'), ('--batch_size', 'x', 'expected an integer'),
+                                 ('--ema_decay', 1.5, 'must be >= 0 and < 1'), ('--ema_decay', 2, 'must be >= 0 and < 1'),
+                                 ('--seed', -1, 'must be >= 0')]:
+        CASES.append(Case(f'{s} {flag} {value}', script(s, flag, value), Error(f'argument {flag}: {pattern}')))
+for s in ALL:
+    CASES.append(Case(f'{s} --device nonsense', script(s, '--device', 'nonsense'), Error('--device nonsense is not a device')))
+CASES += [
+    Case('train_ae --se_scales a', script('train_ae.py', '--se_scales', 'a'), Error('argument --se_scales: expected comma-separated integers')),
+    Case('train_ae --se_scales 1', script('train_ae.py', '--se_scales', '1'), Error('every value must be >= 2')),
+    Case('train_ae --kl_weight -1', script('train_ae.py', '--kl_weight', -1), Error('argument --kl_weight: must be >= 0')),
+    Case('train_ae --se_weight -1', script('train_ae.py', '--se_weight', -1), Error('argument --se_weight: must be >= 0')),
+    Case('train_ae --disc_lr 0', script('train_ae.py', '--disc_lr', 0), Error('argument --disc_lr: must be > 0')),
+    Case('train_ae --vgg_weights garbage', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--lpips_weight', 1, '--vgg_weights', garbage(t, 'vgg.pth'), '--out_dir', t / 'o']), Error('LPIPS weights file .*vgg.pth could not be read as torch weights')),
+    Case('LPIPS lin weights garbage', call(lpips_lin_weights_garbage), Error('lin.pth could not be read as torch weights')),
+    Case('train_ldm --class_dropout_prob 1.5', script('train_ldm.py', '--class_dropout_prob', 1.5), Error('must be >= 0 and < 1')),
+    # item 8: a bad sampling flag stops the run before training, not after it
+    Case('train_ldm --num_samples 0', script('train_ldm.py', '--num_samples', 0), Error('argument --num_samples: must be >= 1')),
+    Case('train_ldm --sample_steps 0', script('train_ldm.py', '--sample_steps', 0), Error('must be >= 1 and <= 1000')),
+    Case('train_ldm: the final sample grid crashes', call(sample_grid_crashes_after_training), Result()),
+    Case('train_ldm --sample_steps 2000', script('train_ldm.py', '--sample_steps', 2000), Error('must be >= 1 and <= 1000')),
+    # item 12: --resume with a checkpoint of another kind or another model
+    Case('train_ae --resume on an LDM checkpoint', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--out_dir', copy_run(r['ldm_dir'], t), '--resume', '--max_steps', 5]), Error('is not a train_ae.py checkpoint')),
+    Case('train_ldm --resume on an AE checkpoint', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--out_dir', copy_run(r['ae4_dir'], t), '--resume', '--max_steps', 5]), Error('is not a train_ldm.py checkpoint')),
+    Case('train_ae --resume --preset small', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--out_dir', copy_run(r['ae4_dir'], t), '--resume', '--max_steps', 5, '--preset', 'small']),
+        Error('is a kl autoencoder of preset tiny, not the kl one of --preset small')),
+    Case('train_ae --resume --regularizer vq', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--out_dir', copy_run(r['ae4_dir'], t), '--resume', '--max_steps', 5, '--regularizer', 'vq']),
+        Error('not the vq one of --preset tiny')),
+    Case('train_ldm --resume --model dit', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--out_dir', copy_run(r['ldm_dir'], t), '--resume', '--max_steps', 5, '--model', 'dit']),
+        Error('was trained with .*; resume it with the same --model')),
+    Case('train_ae --resume at max_steps', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--out_dir', copy_run(r['ae4_dir'], t), '--resume', '--max_steps', 1]), Error('already at step 1, and --max_steps is 1')),
+    Case('train_ae --resume --overwrite', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--out_dir', copy_run(r['ae4_dir'], t), '--resume', '--overwrite']), Error('pass one of them')),
+    Case('train_ae --resume without a checkpoint', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--out_dir', t / 'empty', '--resume']), Error('does not exist')),
+    # item 5: the autoencoder must be the one the LDM was trained on
+    Case('train_ldm --resume --ae f8', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--out_dir', copy_run(r['ldm_dir'], t), '--resume', '--max_steps', 5, '--ae', r['ae8']]),
+        Error(r'\(f8, 4 channels, .*is not the autoencoder .* was trained with \(f4')),
+    Case('train_ldm --resume --ae other weights', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--out_dir', copy_run(r['ldm_dir'], t), '--resume', '--max_steps', 5, '--ae', r['ae4_other']]),
+        Error('is not the autoencoder .* was trained with')),
+    Case('sample.py --ae f8 for an f4 LDM', script('sample.py', lambda t, r: [
+        '--ckpt', r['ldm'], '--ae', r['ae8'], '--device', 'cpu', '--out_dir', t / 's']),
+        Error('makes f8 latents with 4 channels, but this LDM was trained on f4 latents')),
+    Case('sample.py --ae other weights', script('sample.py', lambda t, r: [
+        '--ckpt', r['ldm'], '--ae', r['ae4_other'], '--device', 'cpu', '--out_dir', t / 's']),
+        Error('has other weights than the autoencoder this LDM was trained with')),
+    # item 14: --resume with changed settings: printed; refused where the run cannot continue exactly
+    Case('train_ae --resume --batch_size 4', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--out_dir', copy_run(r['ae4_dir'], t), '--resume', '--max_steps', 2, '--batch_size', 4]),
+        Error('--resume cannot continue the run exactly with another data stream \\(batch_size 2 -> 4\\); .*--allow_changes')),
+    Case('train_ae --resume --data folder', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--out_dir', copy_run(r['ae4_dir'], t), '--resume', '--max_steps', 2, '--data', bad_image_folder(t)]),
+        Error(r'another data stream \(data None -> .*images, num_images 2147483647 -> 7\)')),
+    Case('train_ldm --resume --seed 1', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--out_dir', copy_run(r['ldm_dir'], t), '--resume', '--max_steps', 3, '--seed', 1]),
+        Error('another data stream \\(seed 0 -> 1\\)')),
+    Case('train_ae --resume --batch_size 4 --allow_changes --se_weight 0.25', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--out_dir', copy_run(r['ae4_dir'], t), '--resume', '--max_steps', 2, '--batch_size', 4, '--allow_changes',
+        '--se_weight', 0.25]), Result(changed_settings_are_printed('batch_size 2 -> 4', 'se_weight 0.0 -> 0.25'))),
+    # item 10: after a kill, the next start removes the half-written checkpoint and the log rows it will redo
+    Case('train_ldm --resume after a kill', script('train_ldm.py', prepare_resume_with_debris), Result(resume_cleans_up)),
+    Case('disk full while saving a checkpoint', call(no_space_during_checkpoint), Error(r'the disk holding .* is full \(\d+ MB free, about 2 MB are needed\)')),
+    Case('disk full while writing', call(no_space_while_logging), Error(r'the disk holding .* is full')),
+    Case('sample.py on a full disk', call(on_a_full_disk(Image.Image, 'save', 'sample.py', lambda t, r: [
+        '--ckpt', r['ldm'], '--num_samples', 1, '--steps', 1, '--device', 'cpu', '--out_dir', t / 's'])),
+        Error(r'the disk holding .*/s is full')),
+    Case('eval_fid.py on a full disk', call(on_a_full_disk(json, 'dump', 'eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t), '--inception_weights', t / 'absent.pth', '--device', 'cpu', '--num_workers', 0])),
+        Error(r'the disk holding .* is full')),
+    Case('train_ae.py on a full disk', call(on_a_full_disk(torch, 'save', 'train_ae.py', lambda t, r: TINY_AE + [
+        '--max_steps', 1, '--out_dir', t / 'o'])), Error(r'the disk holding .*/o is full')),
+    Case('NaN loss with a checkpoint', call(nan_loss(True)), Error(r'non-finite at step 7; nothing was saved after it, so .*ckpt.pt holds the last checkpoint')),
+    Case('NaN loss before any checkpoint', call(nan_loss(False)), Error('non-finite at step 7, before any checkpoint was written, so there is nothing to resume')),
+    # item 9: outputs of an earlier run are not overwritten without --overwrite
+    Case('train_ae into a finished run', script('train_ae.py', lambda t, r: TINY_AE + ['--out_dir', copy_run(r['ae4_dir'], t)]),
+         Error('ckpt.pt already exists; pass --resume to continue that run, --overwrite to replace it')),
+    Case('train_ae into a folder with config.json and log.jsonl', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--out_dir', run_without_checkpoint(t, r)]), Error('config.json already exists; pass --overwrite')),
+    Case('train_ae --overwrite', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--out_dir', copy_run(r['ae4_dir'], t), '--overwrite', '--max_steps', 1]), Result(overwrite_starts_a_new_log)),
+    Case('sample.py into an existing --out_dir', script('sample.py', lambda t, r: [
+        '--ckpt', r['ldm'], '--device', 'cpu', '--out_dir', earlier_samples(t)]), Error('000007.png already exists; pass --overwrite')),
+    Case('sample.py --overwrite', script('sample.py', lambda t, r: [
+        '--ckpt', r['ldm'], '--device', 'cpu', '--num_samples', 1, '--steps', 1, '--overwrite', '--out_dir',
+        earlier_samples(t)]), Result(overwrite_replaces_every_sample)),
+    Case('eval_fid --out existing', script('eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t), '--out', garbage(t, 'm.json')]), Error('m.json already exists; pass --overwrite to replace it, or choose another --out')),
+    Case('eval_fid --save_stats existing', script('eval_fid.py', lambda t, r: [
+        '--save_stats', garbage(t, 'ref.npz'), '--out', t / 'm.json']), Error('ref.npz already exists; .* another --save_stats')),
+    Case('spectrum.py --out_dir with results', script('spectrum.py', lambda t, r: [
+        '--out_dir', garbage(t, 'spectrum.json').parent]), Error('spectrum.json already exists; pass --overwrite')),
+    # item 1: --seed changes the samples; sample i depends only on (seed, i)
+    Case('sample.py --seed 0 / 1', call(different_seeds_differ_and_sample_i_depends_on_seed_and_i), Result()),
+    Case('per-sample noise of (seed, i) pairs', call(noise_never_shared_between_seed_index_pairs), Result()),
+    # items 12, 13: sample.py
+    Case('sample.py --steps -5', script('sample.py', '--steps', -5), Error('argument --steps: must be >= 1 and <= 1000, got -5')),
+    Case('sample.py --steps 0', script('sample.py', '--steps', 0), Error('argument --steps: must be >= 1')),
+    Case('sample.py --steps 2000', script('sample.py', '--steps', 2000), Error('<= 1000, got 2000')),
+    Case('sample.py --eta -3', script('sample.py', '--eta', -3), Error('argument --eta: must be >= 0 and <= 1')),
+    Case('sample.py --cfg_scale -5', script('sample.py', '--cfg_scale', -5), Error('argument --cfg_scale: must be >= 0')),
+    Case('sample.py --num_samples 0', script('sample.py', '--num_samples', 0), Error('argument --num_samples: must be >= 1')),
+    Case('sample.py --seed -1', script('sample.py', '--seed', -1), Error('argument --seed: must be >= 0')),
+    # items 12, 13: eval_fid.py
+    Case('eval_fid random-bytes npz', script('eval_fid.py', lambda t, r: ['--fake', garbage(t, 'x.npz'), '--device', 'cpu']),
+         Error('x.npz could not be read as an .npz file')),
+    Case('eval_fid --batch_size 0', script('eval_fid.py', '--batch_size', 0), Error('argument --batch_size: must be >= 1')),
+    Case('eval_fid --num_real -3', script('eval_fid.py', '--num_real', -3), Error('argument --num_real: must be >= 1')),
+    Case('eval_fid --num_real 0', script('eval_fid.py', '--num_real', 0), Error('argument --num_real: must be >= 1')),
+    Case('eval_fid --image_size -8', script('eval_fid.py', '--image_size', -8), Error('argument --image_size: must be >= 1')),
+    Case('eval_fid --image_size 0', script('eval_fid.py', '--image_size', 0), Error('argument --image_size: must be >= 1')),
+    Case('eval_fid --ae with --image_size 18', script('eval_fid.py', lambda t, r: [
+        '--ae', r['ae4'], '--image_size', 18, '--device', 'cpu', '--out', t / 'm.json']), Error('--image_size 18 is not divisible .* factor 4')),
+    Case('eval_fid random --inception_weights', script('eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t), '--inception_weights', garbage(t, 'inc.pth'), '--device', 'cpu', '--num_workers', 0]),
+        Error('--inception_weights .*inc.pth could not be read as torch weights')),
+    # item 6: unreadable files are counted and reported, in eval_fid.py (with and without resizing) and spectrum.py
+    Case('eval_fid folder with bad files', script('eval_fid.py', lambda t, r: [
+        '--fake', bad_image_folder(t), '--inception_weights', t / 'absent.pth', '--device', 'cpu', '--num_workers', 0,
+        '--out', t / 'm.json']), Skip('m.json', 'unreadable_fake', 3)),
+    Case('eval_fid folder with bad files, resized', script('eval_fid.py', lambda t, r: [
+        '--fake', bad_image_folder(t), '--image_size', 16, '--inception_weights', t / 'absent.pth', '--device', 'cpu',
+        '--num_workers', 0, '--out', t / 'm.json']), Skip('m.json', 'unreadable_fake', 3)),
+    Case('spectrum.py folder with bad files', script('spectrum.py', lambda t, r: [
+        '--data', bad_image_folder(t), '--image_size', 16, '--device', 'cpu', '--out_dir', t / 'spec']),
+        Skip('spec/spectrum.json', 'unreadable_images', 3)),
+    Case('spectrum.py --image_size 34', script('spectrum.py', '--image_size', 34), Error('not a multiple of the 8x8 DCT block; use 32 or 40')),
+    Case('spectrum.py --image_size 4', script('spectrum.py', '--image_size', 4), Error('argument --image_size: must be >= 8')),
+    Case('EXIF-rotated JPEG', call(exif_rotated_photo_is_upright), Result()),
+    Case('dark 16-bit PNG', call(dark_16bit_png_stays_dark), Result()),
+    # items 7, 11: link loops and named pipes
+    Case('link loop, duplicate link, named pipe', call(link_loop_and_pipe_are_listed_once), Result()),
+    Case('spectrum.py on a folder with a link loop and a pipe', script('spectrum.py', prepare_loop_folder), Result(folder_counted_once)),
+]
+
+
+@pytest.mark.parametrize('case', CASES, ids=[c.name for c in CASES])
+def test_bad_input(case, tmp_path, runs, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # default output folders (out/...) land in the test's own folder
+    outcome = case.run(tmp_path, runs)
+    case.expect.check(outcome, tmp_path, runs)
