@@ -400,6 +400,9 @@ def load_autoencoder(path, preset=None, device='cpu'):
     ckpt = read_weights(path)
     if 'model' in ckpt and 'config' in ckpt:  # a train_ae.py checkpoint
         config = ckpt['config']
+        if config.get('num_frames', 1) > 1:
+            raise ValueError(f"{path} is a video autoencoder (train_ae.py --num_frames {config['num_frames']}); use it "
+                             f"with --num_frames, or pass an image autoencoder.")
         cfg = make_ae_config(config['preset'], config.get('ae_config'))
         state = ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model']
     else:
@@ -945,6 +948,9 @@ def load_video_autoencoder(path, preset=None, device='cpu'):
     ckpt = read_weights(path)
     if 'model' in ckpt and 'config' in ckpt:
         config = ckpt['config']
+        if config.get('num_frames', 1) == 1:
+            raise ValueError(f"{path} is an image autoencoder (train_ae.py without --num_frames); a video model needs a "
+                             f"train_ae.py --num_frames checkpoint.")
         cfg = make_video_ae_config(config['preset'], config.get('ae_config'))
         state = ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model']
     else:
