@@ -1,11 +1,13 @@
 """The video LDM end to end: train_ae.py --num_frames 5 -> train_ldm.py --num_frames 5 (video DiT, a labelled folder of
 videos, split by a resume) -> sample.py (MP4s, previews, samples.npz of uint8 clips)."""
 import os
+import json
 
 import numpy as np
 import torch
 
 from common import write_mp4
+from eval_fid import open_source
 from helpers import run, train_rows
 
 TINY = ['--image_size', 16, '--num_workers', 0, '--log_interval', 1]
@@ -59,6 +61,11 @@ def test_video_ldm_trains_resumes_exactly_and_samples(tmp_path):
     assert np.abs(frames.astype(float) - clips[2]).mean() < np.abs(frames.astype(float) - clips[2][::-1]).mean()
     assert sorted(os.listdir(tmp_path / 's2' / 'videos')) == ['000000.mp4', '000001.mp4', '000002.mp4']
     assert all((tmp_path / 's2' / name).exists() for name in ('grid.mp4', 'grid.gif', 'grid_frames.png'))
+    # the samples against the folder of videos (FVD skipped offline and for 5 frames; the video SWD measured)
+    run('eval_fid.py', '--fake', tmp_path / 's2' / 'samples.npz', '--real', tmp_path / 'videos', '--num_frames', 5,
+        '--image_size', 16, '--num_workers', 0, '--out', tmp_path / 'metrics.json')
+    metrics = json.loads((tmp_path / 'metrics.json').read_text())
+    assert metrics['swd_videos'] == 3 and metrics['swd_motion'] > 0, metrics
     # a video autoencoder without --num_frames: one sentence, not a state-dict traceback
     p = run('train_ldm.py', *TINY, '--ae', tmp_path / 'ae' / 'ckpt.pt', '--out_dir', tmp_path / 'img', check=False)
     assert p.returncode != 0 and 'is a video autoencoder' in p.stderr + p.stdout
@@ -69,3 +76,19 @@ def test_video_ldm_bad_inputs_are_one_sentence(tmp_path):
     assert p.returncode != 0 and 'is not implemented for video' in p.stderr + p.stdout
     p = run('train_ldm.py', '--num_frames', 5, '--out_dir', tmp_path / 'o', check=False)
     assert p.returncode != 0 and 'need --model dit' in p.stderr + p.stdout
+
+
+def test_eval_reads_the_middle_clip_of_every_readable_video_in_a_folder(tmp_path):
+    import av
+    make_video_folder(tmp_path)
+    (tmp_path / 'left' / 'bad.mp4').write_bytes(np.random.default_rng(1).bytes(2000))  # counted and left out
+    kind, clips = open_source(str(tmp_path), 16, None, num_frames=5)
+    good = [tmp_path / c / f'{k}.mp4' for c in ('left', 'right') for k in range(2)]
+    decoded = []
+    for path in good:
+        with av.open(str(path)) as f:
+            decoded.append(np.stack([frame.to_ndarray(format='rgb24') for frame in f.decode(video=0)])[1:6])
+    assert kind == 'videos' and clips.dtype == np.uint8
+    assert np.array_equal(clips, np.stack(decoded))  # frames 1..5 of 8: the middle clip, in file order, no duplicate
+    kind, some = open_source(str(tmp_path), 16, 2, seed=3, num_frames=5)
+    assert some.shape == (2, 5, 16, 16, 3) and all(any(np.array_equal(c, d) for d in decoded) for c in some)
