@@ -948,7 +948,7 @@ def load_video_autoencoder(path, preset=None, device='cpu'):
     ckpt = read_weights(path)
     if 'model' in ckpt and 'config' in ckpt:
         config = ckpt['config']
-        if config.get('num_frames', 1) == 1:
+        if config.get('num_frames') == 1:  # train_ae.py records it; a hand-made checkpoint may not
             raise ValueError(f"{path} is an image autoencoder (train_ae.py without --num_frames); a video model needs a "
                              f"train_ae.py --num_frames checkpoint.")
         cfg = make_video_ae_config(config['preset'], config.get('ae_config'))
