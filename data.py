@@ -11,6 +11,9 @@ reproducible; a plain `i` gives the un-augmented image.
   Rendered at 4x and box-downsampled (antialiasing), with smooth shading and a little sensor noise per shape.
 - ImageFolder: a folder searched recursively (jpg, jpeg, png, webp, bmp). Class ids come from the first-level
   subfolders when every image sits in one (ImageNet's train folder works as is); otherwise the set is unlabelled.
+- Video (train_ae.py --num_frames N): clips x (3, N, H, W). MovingDeadLeaves, the embedded default (shapes of the
+  still set moving over a panning dead-leaves background), and VideoFolder, videos decoded with PyAV (read_clip seeks
+  to the clip instead of decoding the whole file; bad videos are counted skips).
 - LatentCache: a data set encoded once by a frozen autoencoder (train_ldm.py --cache_latents), float16, stored in a
   random order and read in shuffled contiguous chunks.
 
@@ -243,6 +246,207 @@ def make_dataset(data, image_size, seed=0, train=True, random_crop=False):
     if data is None:
         return DeadLeaves(image_size, seed=seed, train=train)
     return ImageFolder(data, image_size, flip=train, random_crop=random_crop)
+
+
+# -----------------------------------------------------------------------------
+# video: clips x (3, T, H, W) in [-1, 1]
+
+VIDEO_EXTENSIONS = ('.mp4', '.webm', '.mkv', '.avi', '.mov')
+
+
+def moving_dead_leaves(seed, index, size, num_frames, supersample=4, n_shapes=48):
+    """One clip of moving dead leaves, deterministic in (seed, index). Returns float32 (T, H, W, 3) in [0, 1].
+    A dead-leaves background (the image set's model) pans slowly, as a camera does; in front of it, dead-leaves shapes
+    move, each with its own velocity and, for some, an acceleration, a rotation or a change of scale. Every frame is
+    rendered at `supersample`x and box-downsampled, then gets its own sensor noise, as the image set."""
+    rng = np.random.default_rng([seed, index, 7])  # 7: a stream apart from the image set's (seed, index)
+    S, T = size * supersample, num_frames
+    pan = rng.normal(0, 0.4, 2) * supersample  # background velocity, canvas pixels per frame (0.4 px at output size)
+    margin = int(np.ceil(np.abs(pan).max() * max(T - 1, 0))) + 1
+    # the background is an image of the still set, drawn at canvas resolution (r_min scaled to match), larger by the pan
+    background = dead_leaves(seed, index, S + 2 * margin, supersample=1, r_min=2.0 * supersample)
+    # foreground shapes: the image set's size law p(r) ~ r^-3, front to back in index order
+    n = n_shapes
+    r_min, r_max = 2.0 * supersample, 0.4 * S
+    r = (r_min ** -2 - rng.random(n) * (r_min ** -2 - r_max ** -2)) ** -0.5
+    cx, cy = rng.uniform(-0.2 * S, 1.2 * S, n), rng.uniform(-0.2 * S, 1.2 * S, n)
+    velocity = rng.normal(0, 1.0, (n, 2)) * supersample  # canvas pixels per frame (about 1 px at output size)
+    accel = rng.normal(0, 0.1, (n, 2)) * supersample * (rng.random(n) < 0.3)[:, None]
+    is_disk, angle, aspect = rng.random(n) < 0.5, rng.uniform(0, np.pi, n), rng.uniform(0.25, 1.0, n)
+    spin = rng.normal(0, 0.05, n) * (rng.random(n) < 0.5)        # radians per frame, rectangles only
+    growth = rng.normal(0, 0.02, n) * (rng.random(n) < 0.3)      # log-scale change per frame
+    base_hue, hue_spread = rng.random(), rng.uniform(0.05, 0.4)
+    hue = (base_hue + hue_spread * rng.standard_normal(n)) % 1.0
+    colours = [_hsv_to_rgb(h, s, v) for h, s, v in zip(hue, rng.uniform(0.1, 0.6, n), rng.uniform(0.4, 0.85, n))]
+    gradient = rng.normal(0, 0.3, (n, 2)) / np.maximum(r, 1.0)[:, None]
+    grid_y, grid_x = np.mgrid[0:S, 0:S].astype(np.float32)
+    clip = np.empty((T, size, size, 3), np.float32)
+    for t in range(T):
+        ox, oy = (margin + np.round(pan * t)).astype(int)
+        img = background[oy:oy + S, ox:ox + S].copy()
+        covered = np.zeros((S, S), bool)
+        px, py = cx + velocity[:, 0] * t + 0.5 * accel[:, 0] * t * t, cy + velocity[:, 1] * t + 0.5 * accel[:, 1] * t * t
+        rt = r * np.exp(growth * t)
+        for k in range(n):
+            x0, x1 = max(int(px[k] - rt[k]), 0), min(int(px[k] + rt[k]) + 1, S)
+            y0, y1 = max(int(py[k] - rt[k]), 0), min(int(py[k] + rt[k]) + 1, S)
+            if x0 >= x1 or y0 >= y1:
+                continue
+            dx, dy = grid_x[y0:y1, x0:x1] - px[k], grid_y[y0:y1, x0:x1] - py[k]
+            if is_disk[k]:
+                mask = dx * dx + dy * dy <= rt[k] * rt[k]
+            else:
+                c, s_ = np.cos(angle[k] + spin[k] * t), np.sin(angle[k] + spin[k] * t)
+                mask = (np.abs(dx * c + dy * s_) <= rt[k]) & (np.abs(dy * c - dx * s_) <= rt[k] * aspect[k])
+            mask &= ~covered[y0:y1, x0:x1]
+            if not mask.any():
+                continue
+            shade = 1.0 + gradient[k, 0] * dx[mask] + gradient[k, 1] * dy[mask]  # the shading moves with the shape
+            img[y0:y1, x0:x1][mask] = np.clip(colours[k][None, :] * shade[:, None], 0, 1)
+            covered[y0:y1, x0:x1] |= mask
+        clip[t] = img.reshape(size, supersample, size, supersample, 3).mean(axis=(1, 3))
+    clip += rng.normal(0, 0.01, clip.shape).astype(np.float32)  # sensor noise, new in every frame
+    return np.clip(clip, 0, 1)
+
+
+class MovingDeadLeaves(torch.utils.data.Dataset):
+    """The embedded video set: unlimited, deterministic per (seed, index); held out (train=False) on a disjoint seed."""
+    infinite = True
+    num_classes = 0
+
+    def __init__(self, image_size, num_frames, seed=0, train=True):
+        self.image_size, self.num_frames = image_size, num_frames
+        self.seed = seed if train else seed + 1_000_000_007
+
+    def __len__(self):
+        return 2 ** 31 - 1
+
+    def __getitem__(self, item):
+        return self.load(item)[:2]
+
+    def load(self, item):
+        i, _ = _split_item(item)
+        clip = moving_dead_leaves(self.seed, i, self.image_size, self.num_frames)
+        return torch.from_numpy(clip).permute(3, 0, 1, 2) * 2 - 1, 0, 0  # (3, T, H, W)
+
+
+class BadVideo(ValueError):
+    """A video that cannot give a clip: the loader counts it and takes the next one."""
+
+
+def read_clip(path, num_frames, frame_stride, start=None, rng=None):
+    """`num_frames` consecutive frames, `frame_stride` apart, from `path` as PIL images, decoded with PyAV. The clip
+    starts at frame `start` (None: a random start drawn from `rng`). It seeks to the key frame before the clip and
+    decodes from there, never the whole video. Raises BadVideo for no video stream, a clip longer than the video, or a
+    variable frame rate; PyAV's own errors for undecodable files."""
+    import av
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise BadVideo(f"{path} has no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        if not rate:
+            raise BadVideo(f"{path} has no frame rate")
+        n = stream.frames
+        if not n:  # some containers (webm, mkv) do not store the frame count: the duration tells it
+            duration = (float(stream.duration * stream.time_base) if stream.duration
+                        else (container.duration or 0) / av.time_base)
+            n = int(duration * rate)
+        span = (num_frames - 1) * frame_stride + 1
+        if n < span:
+            raise BadVideo(f"{path} has {n} frames, fewer than the {span} a clip needs")
+        if start is None:
+            start = int(rng.integers(0, n - span + 1))
+        t0 = stream.start_time or 0  # the first frame's timestamp, in stream.time_base units (often 0)
+        if start > 0:
+            container.seek(t0 + int(start / rate / stream.time_base), stream=stream, backward=True, any_frame=False)
+        frames, last = [], None
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                raise BadVideo(f"{path} has frames without timestamps")
+            index = float((frame.pts - t0) * stream.time_base * rate)  # frame number: on the constant-rate grid
+            if abs(index - round(index)) > 0.25 or (last is not None and round(index) != last + 1):
+                raise BadVideo(f"{path} has a variable frame rate")
+            last = index = round(index)
+            if index >= start and (index - start) % frame_stride == 0:
+                frames.append(frame.to_image())
+                if len(frames) == num_frames:
+                    return frames
+    raise BadVideo(f"{path} ended after {len(frames)} of the {num_frames} frames of its clip")
+
+
+class VideoFolder(torch.utils.data.Dataset):
+    """Videos under `root`, searched recursively; class ids from first-level subfolders as ImageFolder (Kinetics'
+    layout works as is). Item i is a clip of the i-th video at a random start (training) or its middle (evaluation)."""
+    infinite = False
+
+    def __init__(self, root, image_size, num_frames, frame_stride=1, train=True, random_crop=False):
+        if not os.path.isdir(root):
+            die(f"--data {root} is not a folder; point it at a folder of videos.")
+        files = []
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames.sort()
+            files += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(VIDEO_EXTENSIONS)]
+        if not files:
+            die(f"--data {root} holds no videos ({', '.join(VIDEO_EXTENSIONS)}), searched recursively.")
+        self.root, self.files, self.image_size = root, files, image_size
+        self.num_frames, self.frame_stride, self.train, self.random_crop = num_frames, frame_stride, train, random_crop
+        top = [os.path.relpath(f, root).split(os.sep) for f in files]
+        if all(len(t) > 1 for t in top) and len({t[0] for t in top}) > 1:
+            self.classes = sorted({t[0] for t in top})
+            self.labels = [self.classes.index(t[0]) for t in top]
+        else:
+            self.classes, self.labels = [], [0] * len(files)
+        self.num_classes = len(self.classes)
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, item):
+        return self.load(item)[:2]
+
+    def clip_start(self, path):
+        """The middle clip of a video (evaluation)."""
+        import av
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            n = stream.frames or int(float(stream.duration * stream.time_base) * (stream.average_rate or 0))
+        return max(0, (n - (self.num_frames - 1) * self.frame_stride - 1) // 2)
+
+    def load(self, item):
+        import av
+        i, item_seed = _split_item(item)
+        seed = item_seed if item_seed is not None else 0
+        # unreadable, too short or variable-rate videos are replaced by the next good one and counted
+        for skipped in range(len(self.files)):
+            j = (i + skipped) % len(self.files)
+            rng = np.random.default_rng([seed, j])
+            try:
+                start = None if self.train and item_seed is not None else self.clip_start(self.files[j])
+                frames = read_clip(self.files[j], self.num_frames, self.frame_stride, start, rng)
+                break
+            except (BadVideo, av.FFmpegError, OSError, ValueError, IndexError, ZeroDivisionError, TypeError):
+                continue
+        else:
+            die(f"none of the {len(self.files)} videos under {self.root} gave a clip of {self.num_frames} frames at "
+                f"stride {self.frame_stride}; check the files, or lower --num_frames or --frame_stride.")
+        crop_seed = int(rng.integers(2 ** 31))
+        if self.random_crop:  # one crop for the whole clip: every frame gets the same generator state
+            frames = [random_crop(f, self.image_size, np.random.default_rng(crop_seed)) for f in frames]
+        else:
+            frames = [center_crop(f, self.image_size) for f in frames]
+        x = torch.from_numpy(np.stack([np.asarray(f, dtype=np.float32) for f in frames]) / 127.5 - 1)  # (T, H, W, 3)
+        x = x.permute(3, 0, 1, 2)  # (3, T, H, W)
+        if self.train and item_seed is not None and rng.random() < 0.5:
+            x = x.flip(3)
+        return x.contiguous(), self.labels[j], skipped
+
+
+def make_video_dataset(data, image_size, num_frames, frame_stride=1, seed=0, train=True, random_crop=False):
+    """data=None -> the embedded MovingDeadLeaves stream; else a VideoFolder."""
+    if data is None:
+        return MovingDeadLeaves(image_size, num_frames, seed=seed, train=train)
+    return VideoFolder(data, image_size, num_frames, frame_stride, train=train, random_crop=random_crop)
 
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error we count, not a silently grey image

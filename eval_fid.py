@@ -18,6 +18,7 @@ Generated samples against a reference set (a folder, a samples .npz as sample.py
 Videos (uint8 (N, T, H, W, 3) in arr_0, as sample.py writes them): FVD needs T >= 16, the video SWD T >= 2:
   python eval_fid.py --fake video_samples.npz --real real_videos.npz
   python eval_fid.py --real real_videos.npz --save_stats fvd_ref.npz              # then --real fvd_ref.npz
+  python eval_fid.py --fake video_samples.npz --real /kinetics/val --image_size 64 --num_frames 17   # a video folder
 An autoencoder's reconstructions of a dataset (the embedded one when --data is omitted):
   python eval_fid.py --ae out/ckpt.pt --image_size 64
 Every number printed also goes into a JSON file (--out); a metric that cannot run says why, there and on screen.
@@ -40,7 +41,8 @@ from tqdm import tqdm
 
 from common import (checked, select_device, die, setup_distributed, cleanup_distributed, refuse_to_overwrite,
                     no_space_is_an_error)
-from data import IMAGE_EXTENSIONS, UNREADABLE, list_images, make_dataset, open_first_readable, random_subset
+from data import (IMAGE_EXTENSIONS, UNREADABLE, VIDEO_EXTENSIONS, VideoFolder, list_images, make_dataset,
+                  open_first_readable, random_subset)
 from metrics import psnr, ssim
 
 # ----------------------------------------------------------------------------------------------
@@ -610,10 +612,36 @@ class DatasetImages(Dataset):
         return to_uint8(x), unreadable
 
 
-def open_source(path, image_size, limit, seed=0):
+def read_video_folder(path, image_size, num_frames, limit, seed):
+    """A folder of videos (searched recursively, decoded by data.py's reader) -> uint8 (N, T, H, W, 3): the middle
+    num_frames-frame clip of each video, centre-cropped to image_size, at most `limit` videos (seeded random). A video
+    that gives no clip is counted and left out (data.VideoFolder would put the next video in its place, twice)."""
+    if image_size is None:
+        die(f"--real/--fake {path} is a folder of videos; pass --image_size (and --num_frames) for its clips.")
+    folder = VideoFolder(path, image_size, num_frames, train=False)
+    index = random_subset(folder, limit, seed) if limit is not None else range(len(folder))
+    clips, unreadable = [], 0
+    for i in tqdm(index, desc=f'reading {path}', dynamic_ncols=True):
+        x, _, skipped = folder.load(i)  # (3, T, H, W) in [-1, 1], made from uint8 / 127.5 - 1: exact round trip
+        if skipped:
+            unreadable += 1
+        else:
+            clips.append(((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0).numpy())
+    if unreadable:
+        print(f"{path}: left out {unreadable} of {len(index)} videos that gave no {num_frames}-frame clip")
+    return np.stack(clips)
+
+
+def is_video_folder(path):
+    """True for a folder with videos and no images in it (searched recursively)."""
+    names = [f.lower() for _, _, files in os.walk(path, followlinks=True) for f in files]
+    return any(f.endswith(VIDEO_EXTENSIONS) for f in names) and not any(f.endswith(IMAGE_EXTENSIONS) for f in names)
+
+
+def open_source(path, image_size, limit, seed=0, num_frames=16):
     """--real/--fake -> ('stats', (mu, sigma)) for a statistics .npz, ('videos', uint8 (N, T, H, W, 3) array) for a
-    samples .npz of videos, else ('images', Dataset); at most `limit` images or videos (a seeded random sample when
-    the source holds more)."""
+    samples .npz of videos or a folder of videos (num_frames-frame clips), else ('images', Dataset); at most `limit`
+    images or videos (a seeded random sample when the source holds more)."""
     if path.endswith('.npz'):
         if not os.path.isfile(path):
             die(f"{path} does not exist; pass a folder of images, a samples .npz or a statistics .npz.")
@@ -634,6 +662,8 @@ def open_source(path, image_size, limit, seed=0):
             die(f"arr_0 of {path} is {array.dtype} {array.shape}, not uint8 (N, H, W, 3) images or (N, T, H, W, 3) "
                 f"videos as sample.py writes.")
         images = ImageArray(array)
+    elif os.path.isdir(path) and is_video_folder(path):
+        return 'videos', read_video_folder(path, image_size, num_frames, limit, seed)
     elif os.path.isdir(path):
         if image_size is None:
             images = ImageFiles(path)
@@ -799,9 +829,9 @@ def _load_on_rank0_first(load, dist):
 def evaluate_samples(args, dist):
     """FID and SWD of --fake against --real (or the dead-leaves set); --save_stats. -> (results, skipped)."""
     results, skipped = {}, {}
-    fake_kind, fake = open_source(args.fake, args.image_size, None) if args.fake else (None, None)
+    fake_kind, fake = open_source(args.fake, args.image_size, None, num_frames=args.num_frames) if args.fake else (None, None)
     if args.real is not None:
-        real_kind, real = open_source(args.real, args.image_size, args.num_real, args.seed)
+        real_kind, real = open_source(args.real, args.image_size, args.num_real, args.seed, args.num_frames)
         if any(kind == 'videos' or (kind == 'stats' and np.shape(source[0]) == (400,))
                for kind, source in ((real_kind, real), (fake_kind, fake))):
             return evaluate_videos(args, dist, real_kind, real, fake_kind, fake)
@@ -953,10 +983,11 @@ def evaluate_autoencoder_cli(args, dist):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument('--fake', type=str, default=None, help='generated images: a folder, a samples .npz (uint8 arr_0) or a statistics .npz (mu, sigma); or videos: a samples .npz of uint8 (N, T, H, W, 3), scored by FVD and the video SWD')
+    p.add_argument('--fake', type=str, default=None, help='generated images: a folder, a samples .npz (uint8 arr_0) or a statistics .npz (mu, sigma); or videos: a samples .npz of uint8 (N, T, H, W, 3) or a folder of videos (--num_frames, --image_size), scored by FVD and the video SWD')
     p.add_argument('--real', type=str, default=None, help='reference images, the same kinds as --fake; omitted: the embedded dead-leaves set (its held-out stream)')
     p.add_argument('--num_real', type=checked(int, lo=1), default=None, help='use a seeded random N of the reference images, or with --ae reconstruct N images (default: all; for the endless dead-leaves set as many as --fake has, else 1000)')
     p.add_argument('--image_size', type=checked(int, lo=1), default=None, help='center-crop and resize folder images to this size as data.py does; also the dead-leaves resolution (default: folders as they are, dead leaves at the --fake resolution)')
+    p.add_argument('--num_frames', type=checked(int, lo=2), default=16, help="frames per clip read from a folder of videos (each video's middle clip; default 16, FVD's clip length)")
     p.add_argument('--save_stats', type=str, default=None, help="write the reference set's Inception statistics (I3D for videos) here (mu, sigma: pytorch-fid's format), to pass as --real later")
     p.add_argument('--ae', type=str, default=None, help='evaluate this autoencoder (a train_ae.py checkpoint, or public weights with --preset) on reconstructions of --data')
     p.add_argument('--preset', type=str, default=None, help='AE_PRESETS name for an --ae file that is a public state dict')

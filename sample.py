@@ -1,6 +1,8 @@
 """
 Sample a trained latent diffusion model: writes out_dir/grid.png, one PNG per sample (out_dir/images/000000.png, ...)
 and out_dir/samples.npz (uint8 N x H x W x 3 under arr_0, the format of ADM's evaluator and of eval_fid.py).
+A video model (train_ldm.py --num_frames) writes one MP4 per sample (out_dir/videos/000000.mp4, ...), the preview
+grid.mp4, grid.gif and grid_frames.png (first frames above middle frames), and samples.npz of uint8 N x T x H x W x 3.
 
   python sample.py --ckpt out/ldm/ckpt.pt                                     # 16 samples, DDIM 50 steps, EMA weights
   python sample.py --ckpt out/ldm/ckpt.pt --sampler ddpm --steps 250 --cfg_scale 1.5 --classes 3,7
@@ -21,9 +23,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from common import (checked, select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
-                    load_checkpoint, save_image_grid, weights_hash, refuse_to_overwrite, no_space_is_an_error)
+                    load_checkpoint, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_to_overwrite,
+                    no_space_is_an_error)
 from diffusion import SPACINGS, Diffusion, cfg_model_fn, spaced_timesteps, sample_generators, randn
-from model import build_backbone, load_autoencoder
+from model import build_backbone, load_autoencoder, load_video_autoencoder
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
@@ -50,10 +53,10 @@ args = parser.parse_args()
 if args.sampler == 'ddpm' and args.eta != 0:
     die("--eta only applies to --sampler ddim (ancestral DDPM has its own noise).")
 out_dir = args.out_dir or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), 'samples')
-image_dir = os.path.join(out_dir, 'images')
+image_dir, video_dir = os.path.join(out_dir, 'images'), os.path.join(out_dir, 'videos')
 # samples of another run in out_dir would mix with these, and eval_fid would score them together
-refuse_to_overwrite([os.path.join(out_dir, 'samples.npz')] + sorted(glob.glob(os.path.join(image_dir, '*.png')))[:1],
-                    args.overwrite)
+refuse_to_overwrite([os.path.join(out_dir, 'samples.npz')] + sorted(glob.glob(os.path.join(image_dir, '*.png')))[:1]
+                    + sorted(glob.glob(os.path.join(video_dir, '*.mp4')))[:1], args.overwrite)
 
 dist = setup_distributed(args.device)
 device = dist.device
@@ -70,6 +73,7 @@ if 'backbone' not in ckpt.get('config', {}):
     die(f"{args.ckpt} is not a train_ldm.py checkpoint (it has no backbone config).")
 config = ckpt['config']
 backbone = config['backbone']
+video = 'num_frames' in backbone  # a video DiT on (B, C, T', h, w) latents
 model = build_backbone(**backbone).to(device).eval()
 if args.no_ema and 'model' not in ckpt:
     die(f"{args.ckpt} holds only the EMA weights (train_ldm.py's ema.pt); drop --no_ema or pass its ckpt.pt.")
@@ -81,7 +85,8 @@ del ckpt
 
 ae_path = args.ae or config['ae']
 try:
-    ae = load_autoencoder(ae_path, preset=args.ae_preset or config.get('ae_preset'), device=device)
+    ae = (load_video_autoencoder if video else load_autoencoder)(ae_path, preset=args.ae_preset or config.get('ae_preset'),
+                                                                 device=device)
 except FileNotFoundError:
     die(f"autoencoder {ae_path}, which this LDM was trained with, does not exist; pass its new location with --ae.")
 except ValueError as e:
@@ -115,11 +120,12 @@ try:
 except ValueError as e:
     die(f"{e} (--steps {steps}, --spacing {spacing})")
 C, h = backbone['in_channels'], backbone['latent_size']
+latent_shape = (C, backbone['num_frames'], h, h) if video else (C, h, h)
 
 if dist.master:
-    os.makedirs(image_dir, exist_ok=True)
-    for old in glob.glob(os.path.join(image_dir, '*.png')):  # only with --overwrite (checked above)
-        os.remove(old)
+    os.makedirs(video_dir if video else image_dir, exist_ok=True)
+    for old in glob.glob(os.path.join(image_dir, '*.png')) + glob.glob(os.path.join(video_dir, '*.mp4')):
+        os.remove(old)  # only with --overwrite (checked above)
     print(f"{args.num_samples} samples, {args.sampler} {steps} steps ({spacing} spacing)"
           f"{f', eta {args.eta}' if args.sampler == 'ddim' else ''}, cfg scale {args.cfg_scale}, "
           f"{'raw' if args.no_ema else 'EMA'} weights, {dist.world_size} process(es) on {device}, {dtype} -> {out_dir}")
@@ -133,7 +139,7 @@ mine = list(range(dist.rank, args.num_samples, dist.world_size))
 batches = [mine[i:i + args.batch_size] for i in range(0, len(mine), args.batch_size)]
 for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols=True):
     gens = sample_generators(args.seed, idx)  # one noise stream per sample, from (seed, i) alone
-    x_T = randn((len(idx), C, h, h), gens, device)  # (B, C, h, w)
+    x_T = randn((len(idx), *latent_shape), gens, device)  # (B, C, [T',] h, w)
     y = torch.tensor([classes[i % len(classes)] for i in idx], device=device) if classes else None
     if args.cfg_scale != 1:
         model_fn = cfg_model_fn(model, y, args.cfg_scale, args.cfg_channels)
@@ -145,10 +151,15 @@ for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols
         else:
             z = diffusion.ddim_sample(model_fn, x_T, steps=steps, eta=args.eta, generator=gens, spacing=spacing)
         x = ae.decode(z.float() / latent_scale + latent_shift).float()  # undo the latent normalisation
-    images = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
+    x = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     with no_space_is_an_error(out_dir):
-        for i, img in zip(idx, images):
-            Image.fromarray(img).save(os.path.join(image_dir, f'{i:06d}.png'))
+        if video:  # the MP4 to watch, and the exact uint8 frames for samples.npz (MP4 is lossy), removed below
+            for i, clip in zip(idx, x.permute(0, 2, 3, 4, 1).cpu().numpy()):  # (T, H, W, 3)
+                write_mp4(clip, os.path.join(video_dir, f'{i:06d}.mp4'))
+                np.save(os.path.join(video_dir, f'{i:06d}.npy'), clip)
+        else:
+            for i, img in zip(idx, x.permute(0, 2, 3, 1).cpu().numpy()):  # (H, W, 3)
+                Image.fromarray(img).save(os.path.join(image_dir, f'{i:06d}.png'))
 
 # -----------------------------------------------------------------------------
 # the master assembles the npz and the grid from every rank's PNGs
@@ -156,18 +167,27 @@ for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols
 if dist.ddp:
     torch.distributed.barrier()
 if dist.master:
-    arr = np.stack([np.asarray(Image.open(os.path.join(image_dir, f'{i:06d}.png')).convert('RGB'))
-                    for i in range(args.num_samples)])  # (N, H, W, 3) uint8
-    grid = torch.from_numpy(arr[:64]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    if video:
+        arr = np.stack([np.load(os.path.join(video_dir, f'{i:06d}.npy')) for i in range(args.num_samples)])  # (N, T, H, W, 3)
+    else:
+        arr = np.stack([np.asarray(Image.open(os.path.join(image_dir, f'{i:06d}.png')).convert('RGB'))
+                        for i in range(args.num_samples)])  # (N, H, W, 3) uint8
     npz, tmp = os.path.join(out_dir, 'samples.npz'), os.path.join(out_dir, f'samples.npz.tmp.{os.getpid()}')
     try:  # written whole or not at all: eval_fid must never read a cut-off npz
         with no_space_is_an_error(out_dir, arr.nbytes):
             with open(tmp, 'wb') as fh:
                 np.savez(fh, arr_0=arr)
             os.replace(tmp, npz)
-            save_image_grid(grid, os.path.join(out_dir, 'grid.png'), nrow=max(int(len(grid) ** 0.5), 1))
+            if video:
+                save_video_grid(arr, out_dir)
+                for i in range(args.num_samples):
+                    os.remove(os.path.join(video_dir, f'{i:06d}.npy'))
+            else:
+                grid = torch.from_numpy(arr[:64]).permute(0, 3, 1, 2).float() / 127.5 - 1
+                save_image_grid(grid, os.path.join(out_dir, 'grid.png'), nrow=max(int(len(grid) ** 0.5), 1))
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    print(f"wrote {out_dir}/samples.npz {arr.shape}, grid.png and {args.num_samples} PNGs")
+    print(f"wrote {out_dir}/samples.npz {arr.shape}, " + (f"grid.mp4/.gif/_frames.png and {args.num_samples} MP4s"
+                                                           if video else f"grid.png and {args.num_samples} PNGs"))
 cleanup_distributed()

@@ -181,6 +181,81 @@ def psnr(x, y):
     return metrics.psnr(x, y).clamp(max=PSNR_MAX)
 
 # -----------------------------------------------------------------------------
+# video: the spatial spectrum per latent frame, and a temporal spectrum along the frames
+
+def temporal_amplitude(x):
+    """x (B, C, T, H, W) -> (C, T-1): mean |DCT-II coefficient| along time, over every batch element and pixel, per
+    channel, for the temporal frequencies k = 1 .. T-1. DC (k = 0) is left out: a channel's offset lives there alone."""
+    x = x.double()
+    D = dct_matrix(x.shape[2], x.device, x.dtype)
+    X = torch.einsum('kt,bcthw->bckhw', D, x)  # DCT-II along time
+    return X[:, :, 1:].abs().mean(dim=(0, 3, 4))  # (C, T-1)
+
+
+def temporal_spectrum(amplitude):
+    """(C, T-1) temporal AC amplitudes -> each channel's profile divided by its mean: invariant to a per-channel affine
+    map a * z + b of the latent (b only moves DC, a cancels), so latents and RGB compare. White noise: flat at 1."""
+    return amplitude / amplitude.mean(dim=1, keepdim=True).clamp_min(torch.finfo(amplitude.dtype).tiny)
+
+
+def temporal_hf_ratio(amplitude):
+    """The temporal scalar: the mean temporal_spectrum over the upper half of the AC frequencies (k > (T-1)/2) and
+    over channels. 1 for white noise in time; below 1 when the signal changes slowly, as natural video does."""
+    profile = temporal_spectrum(amplitude)
+    return profile[:, (profile.shape[1] + 1) // 2:].mean().item()
+
+
+def pool_to_latent_grid(x, z_shape, temporal_levels):
+    """The RGB reference of a video latent: x (B, 3, T, H, W) pooled to the latent's (t, h, w) grid, time halved as
+    the encoder halves it (pairs averaged, the first frame apart), space by average pooling per frame."""
+    from model import causal_time_pool, to_frames, from_frames
+    for _ in range(temporal_levels):
+        x = causal_time_pool(x)
+    return from_frames(F.adaptive_avg_pool2d(to_frames(x), z_shape[-2:]), x.shape[0])
+
+
+@torch.no_grad()
+def analyse_video(args):
+    """Per AE: the spatial hf_share of every latent frame and the temporal spectrum; RGB on the same grid beside it."""
+    from data import make_video_dataset
+    from model import load_video_autoencoder
+    device = torch.device(args.device)
+    try:
+        dataset = make_video_dataset(args.data, args.image_size, args.num_frames, seed=args.seed, train=False)
+        aes = {label: load_video_autoencoder(path, preset=args.preset, device=device)
+               for label, path in zip(args.label, args.ckpt)}
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        die(str(e))
+    n = args.num_images if getattr(dataset, 'infinite', False) else min(args.num_images, len(dataset))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=args.batch_size)
+    meters = {}  # (label, 'temporal') -> Mean of temporal amplitudes; (label, 'spatial', t) -> BlockSpectrum of frame t
+    def add(key, value, B):
+        meters.setdefault(key, Mean()).update(value, B)
+    for x, _ in tqdm(loader, desc='clips', unit='batch'):
+        x = x.to(device)  # (B, 3, T, H, W)
+        B = x.shape[0]
+        add(('RGB full', 'temporal'), temporal_amplitude(x), B)
+        for label, ae in aes.items():
+            z, _ = ae.encode(x, sample=False)  # (B, C, t, h, w)
+            if min(z.shape[-2:]) < BLOCK:
+                die(f"--image_size {args.image_size} gives latents of {z.shape[-2]}x{z.shape[-1]}, smaller than one "
+                    f"{BLOCK}x{BLOCK} DCT block; use --image_size {BLOCK * ae.downsample_factor} or more.")
+            ref = pool_to_latent_grid(x, z.shape, ae.cfg.temporal_levels)
+            for name, t in ((label, z), (f"RGB for {label}", ref)):
+                add((name, 'temporal'), temporal_amplitude(t), B)
+                for i in range(t.shape[2]):
+                    meters.setdefault((name, 'spatial', i), BlockSpectrum()).update(t[:, :, i])
+    result = dict(args=vars(args), num_clips=n, video={})
+    for key, meter in meters.items():
+        row = result['video'].setdefault(key[0], {'spatial_hf_share_per_frame': []})
+        if key[1] == 'temporal':
+            row.update(temporal_spectrum=temporal_spectrum(meter.value).mean(0).tolist(),
+                       temporal_hf_ratio=temporal_hf_ratio(meter.value))
+        else:
+            row['spatial_hf_share_per_frame'].append(meter.hf_share())
+    return result
+
+# -----------------------------------------------------------------------------
 # command line
 
 def pool_to(x, size):
@@ -225,9 +300,12 @@ def parse_args(argv=None):
     p.add_argument('--seed', type=checked(int, lo=0), default=0, help='seed of the dead-leaves stream')
     p.add_argument('--device', type=select_device, default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument('--out_dir', type=str, default='out/spectrum', help='where spectrum.png, erasure.png, spectrum.json go')
+    p.add_argument('--num_frames', type=checked(int, lo=1), default=1, help='> 1: video clips of this many frames '
+                   '(1 + 4k) and video AEs (--preset cogvideox for public weights); per-latent-frame spatial and temporal spectra')
     p.add_argument('--overwrite', action='store_true', help='replace the results already in --out_dir')
     args = p.parse_args(argv)
-    refuse_to_overwrite([os.path.join(args.out_dir, n) for n in ('spectrum.json', 'spectrum.png', 'erasure.png')],
+    outputs = ('spectrum.json', 'spectrum.png', 'erasure.png', 'spectrum_video.json')
+    refuse_to_overwrite([os.path.join(args.out_dir, n) for n in outputs],
                         args.overwrite)
     if args.image_size % BLOCK:
         die(f"--image_size {args.image_size} is not a multiple of the {BLOCK}x{BLOCK} DCT block; use "
@@ -363,6 +441,16 @@ def plot(result, out_dir):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.num_frames > 1:
+        result = analyse_video(args)
+        os.makedirs(args.out_dir, exist_ok=True)
+        with open(os.path.join(args.out_dir, 'spectrum_video.json'), 'w') as f:
+            json.dump(result, f, indent=1)
+        print(f"\n{'':24s} {'temporal hf':>11s}  spatial hf per latent frame")
+        for label, r in result['video'].items():
+            print(f"{label:24s} {r['temporal_hf_ratio']:11.4f}  " + ' '.join(f"{v:.4f}" for v in r['spatial_hf_share_per_frame']))
+        print(f"wrote spectrum_video.json to {args.out_dir}")
+        return
     result = analyse(args)
     os.makedirs(args.out_dir, exist_ok=True)
     with no_space_is_an_error(args.out_dir):

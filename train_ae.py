@@ -6,6 +6,9 @@ regulariser of Skorokhodov et al. (ICML 2025), which makes its latents more "dif
   torchrun --nproc_per_node=8 train_ae.py --se_weight 0.25   # the same under DDP
   torchrun --nproc_per_node=8 train_ae.py --data /imagenet/train --image_size 256 --preset flux \
       --init_from flux_ae.safetensors --se_weight 0.25 --max_steps 20000   # the paper's fine-tuning recipe
+  python train_ae.py --num_frames 17 --se_weight 0.25       # tiny causal 3D video AE, embedded moving dead leaves
+  torchrun --nproc_per_node=8 train_ae.py --num_frames 17 --data /kinetics700/train --image_size 256 \
+      --preset cogvideox --init_from cogvideox_vae.safetensors --se_weight 0.25 --se_scales 2,4   # the paper's video recipe
 
 Generator loss (LDM's LPIPSWithDiscriminator, plus SE):
   L = |x - D(z)| + lpips_weight * LPIPS(x, D(z))                         reconstruction, z = E(x)
@@ -14,6 +17,13 @@ Generator loss (LDM's LPIPSWithDiscriminator, plus SE):
     + se_weight * (|down(x) - D(down(z))| + lpips_weight * LPIPS(down(x), D(down(z))))
 where down() shrinks x and z by the same factor s drawn from --se_scales (model.scale_equivariance_loss). The
 discriminator sees only full-resolution reconstructions and is trained with the hinge loss.
+
+Video (--num_frames N > 1, N = 1 + 4k): the causal 3D autoencoder of model.py (presets tiny, cogvideox) on clips
+(B, 3, N, H, W). L1 is over all pixels of the clip, LPIPS and the PatchGAN discriminator see every frame as an image
+(a frame discriminator), and down() shrinks each frame of x and each latent frame of z; time is untouched, as in the
+paper, unless --se_temporal also halves it in both (pairs of frames averaged, the first frame kept apart). Video runs
+default to --image_size 32 --batch_size 1 --max_steps 200 --lr 0.0002 --se_scales 2 --out_dir out/video_ae
+--eval_interval 100 --ckpt_interval 100 (VIDEO_DEFAULTS), sized for two CPU cores.
 
 Shared flags (common.add_common_args) and their defaults in this script:
   --data (embedded dead leaves)  --image_size 64  --batch_size 16  --grad_accum 1  --max_steps 2000  --lr 0.0001
@@ -38,20 +48,32 @@ from tqdm import tqdm
 
 from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, restore_rng_states,
-                    load_checkpoint, CheckpointWriter, update_ema, Loader, save_image_grid, Logger,
+                    load_checkpoint, CheckpointWriter, update_ema, Loader, save_image_grid, tile_videos, write_mp4, Logger,
                     note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, checked, int_list,
                     check_run_dir, prepare_run_dir, truncate_log, compare_resume_config, no_space_is_an_error)
-from data import make_dataset, random_subset
+from data import make_dataset, make_video_dataset, random_subset
 from metrics import psnr
 from model import (AE_PRESETS, SE_DOWNSAMPLING, LPIPS_MIN_SIZE, Autoencoder, NLayerDiscriminator, LPIPS, hinge_d_loss,
-                   adaptive_gan_weight, load_autoencoder, se_downsample, scale_equivariance_loss)
+                   adaptive_gan_weight, load_autoencoder, se_downsample, scale_equivariance_loss,
+                   VIDEO_AE_PRESETS, VideoAutoencoder, load_video_autoencoder, to_frames, causal_time_pool)
 
 # -----------------------------------------------------------------------------
 # config
 
+# video runs have their own defaults, sized so that `--num_frames 17` trains on two CPU cores in under ten minutes;
+# SE factor 2 only, since LPIPS needs 16 px and a 4x smaller 32 px frame has 8
+VIDEO_DEFAULTS = dict(out_dir='out/video_ae', image_size=32, batch_size=1, max_steps=200, lr=2e-4, se_scales='2',
+                      eval_interval=100, ckpt_interval=100)
+pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+pre.add_argument('--num_frames', type=str, default='1')  # only which defaults apply; the real parser checks the value
+video = pre.parse_known_args()[0].num_frames.strip() != '1'
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
 add_common_args(parser, out_dir='out/ae', lr=1e-4)
+parser.add_argument('--num_frames', type=checked(int, lo=1), default=1, help="frames per training clip (1 + 4k); 1 = images. N > 1 "
+                    "trains the video AE presets (tiny, cogvideox) with VIDEO_DEFAULTS (see above)")
+parser.add_argument('--frame_stride', type=checked(int, lo=1), default=1, help='video: take every n-th frame of the source video')
+parser.add_argument('--se_temporal', action='store_true', help='video: SE also halves time in x and z (needs N = 1 + 8k)')
 parser.add_argument('--regularizer', type=str, default=None, choices=['kl', 'vq'], help="latent regulariser; default: the preset's")
 parser.add_argument('--kl_weight', type=checked(float, lo=0), default=1e-6, help="weight of the KL term (LDM's convention: KL summed over the latent vs. L1 summed over pixels)")
 parser.add_argument('--lpips_weight', type=checked(float, lo=0), default=1.0, help='weight of the LPIPS perceptual loss; 0 disables it (no VGG weights needed)')
@@ -69,11 +91,16 @@ parser.add_argument('--grad_clip', type=checked(float, lo=0), default=1.0, help=
 parser.add_argument('--num_eval', type=checked(int, lo=1), default=8, help='held-out images in the reconstruction grid and HF-ratio probe')
 parser.add_argument('--vgg_weights', type=str, default=None, help='local VGG16 ImageNet weights (vgg16-397923af.pth) for LPIPS')
 parser.add_argument('--lpips_lin_weights', type=str, default=None, help='local LPIPS v0.1 linear-head weights (vgg.pth)')
+if video:
+    parser.set_defaults(**VIDEO_DEFAULTS)
 args = parser.parse_args()
 
 se_scales = args.se_scales
 if args.se_weight > 0 and not se_scales:
     die("--se_weight > 0 needs at least one factor in --se_scales, such as '2,4'.")
+if args.se_temporal and (not video or (args.num_frames - 1) % 8):
+    die(f"--se_temporal halves 1 + 8k frames to 1 + 4k, which the causal layout can encode; "
+        f"--num_frames {args.num_frames} is not of that form.")
 # every output of an earlier run is checked before anything is built, so a mistake costs seconds, not a run
 ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite)
 ckpt = load_checkpoint(ckpt_path) if args.resume else None
@@ -93,17 +120,24 @@ seed_everything(args.seed + dist.rank)  # different noise per rank; the data sha
 # -----------------------------------------------------------------------------
 # models
 
+presets = VIDEO_AE_PRESETS if video else AE_PRESETS
 if args.init_from:
     try:  # our checkpoint (it names its own preset) or public weights made for --preset
-        ae = load_autoencoder(args.init_from, preset=args.preset)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        ae = (load_video_autoencoder if video else load_autoencoder)(args.init_from, preset=args.preset)
+    except (FileNotFoundError, ValueError, RuntimeError, KeyError) as e:
         die(str(e))
     ae_config = ae.cfg
 else:
-    if args.preset not in AE_PRESETS:
-        die(f"--preset {args.preset} is not an autoencoder preset; choose one of {', '.join(AE_PRESETS)}.")
-    ae_config = AE_PRESETS[args.preset]
-if args.regularizer is not None and args.regularizer != ae_config.regularizer:
+    if args.preset not in presets:
+        die(f"--preset {args.preset} is not {'a video' if video else 'an'} autoencoder preset; "
+            f"choose one of {', '.join(presets)}.")
+    ae_config = presets[args.preset]
+if video:
+    if args.regularizer not in (None, 'kl'):
+        die("the video autoencoder is KL-regularised; drop --regularizer vq or train on images (--num_frames 1).")
+    if (args.num_frames - 1) % 2 ** ae_config.temporal_levels:
+        die(f"--num_frames {args.num_frames} must be 1 + {2 ** ae_config.temporal_levels}k for the causal layout.")
+elif args.regularizer is not None and args.regularizer != ae_config.regularizer:
     if args.init_from:
         die(f"--regularizer {args.regularizer} differs from the {ae_config.regularizer} regulariser of --init_from.")
     ae_config = replace(ae_config, regularizer=args.regularizer)
@@ -113,10 +147,10 @@ if args.z_channels is not None and args.z_channels != ae_config.z_channels:
     ae_config = replace(ae_config, z_channels=args.z_channels)
 if ckpt is not None and ckpt['config']['ae_config'] != asdict(ae_config):
     saved = ckpt['config']
-    die(f"{ckpt_path} is a {saved['ae_config']['regularizer']} autoencoder of preset {saved['preset']}, not the "
+    die(f"{ckpt_path} is a {saved['ae_config'].get('regularizer', 'kl')} autoencoder of preset {saved['preset']}, not the "
         f"{ae_config.regularizer} one of --preset {args.preset}; resume with the flags it was trained with.")
 if not args.init_from:
-    ae = Autoencoder(ae_config)
+    ae = VideoAutoencoder(ae_config) if video else Autoencoder(ae_config)
 ae.to(device).train()
 f = ae.downsample_factor
 if args.image_size % (f * max(se_scales, default=1)) != 0:
@@ -148,11 +182,16 @@ opt_d = torch.optim.Adam(disc.parameters(), lr=args.disc_lr or args.lr, betas=(0
 scaler = make_grad_scaler(dtype, device)
 
 # the training loader: every rank shares the seed, and takes its own shard of each epoch's permutation
-dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop)
+if video:
+    dataset = make_video_dataset(args.data, args.image_size, args.num_frames, args.frame_stride, seed=args.seed,
+                                 train=True, random_crop=args.random_crop)
+else:
+    dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop)
 loader = Loader(dataset, args.batch_size, args.seed, dist, num_workers=args.num_workers)
 # what a resumed run must share with the saved one to continue it exactly: the data stream and what the model is
 run_config = {**vars(args), 'num_images': len(dataset)}
-EXACT = ('data', 'num_images', 'image_size', 'random_crop', 'batch_size', 'seed', 'preset', 'regularizer')
+EXACT = ('data', 'num_images', 'image_size', 'random_crop', 'batch_size', 'seed', 'preset', 'regularizer',
+         'num_frames', 'frame_stride')
 UNSAVED = ('resume', 'overwrite', 'allow_changes', 'max_steps', 'log_interval', 'eval_interval', 'ckpt_interval',
            'num_workers', 'device', 'compile', 'num_eval', 'out_dir')  # they do not change the run's numbers
 step = 0
@@ -194,17 +233,23 @@ else:
     disc_ddp = disc
 
 # a fixed held-out batch for the grids and the high-frequency probe: a seeded random sample, not the first files
-eval_set = make_dataset(args.data, args.image_size, seed=args.seed, train=False)
+eval_set = (make_video_dataset(args.data, args.image_size, args.num_frames, args.frame_stride, seed=args.seed,
+                               train=False) if video else make_dataset(args.data, args.image_size, seed=args.seed, train=False))
 x_eval = torch.stack([eval_set[i][0] for i in random_subset(eval_set, args.num_eval, args.seed)]).to(device)
 
 # -----------------------------------------------------------------------------
 # losses
 
+def frames(x):
+    """Images as they are; a video batch (B, C, T, H, W) as B*T images, for LPIPS and the frame discriminator."""
+    return to_frames(x) if x.dim() == 5 else x
+
+
 def reconstruction_loss(x, x_rec):
-    """L1 + lpips_weight * LPIPS, both per pixel, averaged over the batch."""
+    """L1 + lpips_weight * LPIPS, both per pixel (LPIPS per frame for video), averaged over the batch."""
     loss = (x - x_rec).abs().mean()
     if lpips is not None:
-        loss = loss + args.lpips_weight * lpips(x, x_rec).mean()
+        loss = loss + args.lpips_weight * lpips(frames(x), frames(x_rec)).mean()
     return loss
 
 
@@ -227,15 +272,39 @@ def evaluate():
         x_rec = net.decode(z).float()
         rows = [x_eval, x_rec]
         for s in se_scales if args.se_weight > 0 else []:
-            up = lambda t: F.interpolate(t, size=x_eval.shape[-2:], mode='nearest')  # shown at full size
-            rows += [up(se_downsample(x_eval, s, args.se_down)), up(net.decode(se_downsample(z, s, args.se_down)).float())]
+            down = lambda t: se_downsample(t, s, args.se_down, args.se_temporal)
+            up = lambda t: F.interpolate(t, size=x_eval.shape[2:], mode='nearest')  # shown at full size (and length)
+            rows += [up(down(x_eval)), up(net.decode(down(z)).float())]
     ae.train()
-    save_image_grid(torch.cat(rows).clamp(-1, 1), os.path.join(args.out_dir, f'recon_{step:07d}.png'), nrow=len(x_eval))
-    metrics = {'val_psnr': psnr(x_rec.clamp(-1, 1), x_eval).mean().item()}
-    if min(z.shape[-2:]) >= 8:  # the spectrum works on 8x8 DCT blocks of the latent
-        x_pooled = F.adaptive_avg_pool2d(x_eval, z.shape[-2:])  # RGB on the latent's grid
+    if video:
+        save_video_previews(rows)
+    else:
+        save_image_grid(torch.cat(rows).clamp(-1, 1), os.path.join(args.out_dir, f'recon_{step:07d}.png'), nrow=len(x_eval))
+    metrics = {'val_psnr': psnr(frames(x_rec).clamp(-1, 1), frames(x_eval)).mean().item()}
+    x_pooled = x_eval
+    if video:
+        # the trivial reference: every frame area-downsampled to the latent grid and bicubic-upsampled back
+        # (generous: it keeps all frames, the latent only 1 in 4)
+        small = F.interpolate(to_frames(x_eval), scale_factor=1 / f, mode='area')
+        ref = F.interpolate(small, scale_factor=f, mode='bicubic', align_corners=False).clamp(-1, 1)
+        metrics['val_psnr_bicubic'] = psnr(ref, to_frames(x_eval)).mean().item()
+        for _ in range(ae_config.temporal_levels):
+            x_pooled = causal_time_pool(x_pooled)  # RGB on the latent's frames; its grid follows below
+    if min(z.shape[-2:]) >= 8:  # the spectrum works on 8x8 DCT blocks of the latent (of every latent frame)
+        x_pooled = F.adaptive_avg_pool2d(frames(x_pooled), z.shape[-2:])  # RGB on the latent's grid
         metrics.update(hf_share_latent=hf_share(z.float()), hf_share_rgb=hf_share(x_pooled))
     return metrics
+
+
+def save_video_previews(rows):
+    """rows: clips (B, 3, T, H, W) of inputs, reconstructions and SE branches -> an MP4 whose frame t shows every clip
+    (columns) of every row, and a PNG strip of the first two clips, one row of frames per kind."""
+    T = x_eval.shape[2]
+    clips = ((torch.cat(rows).float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (rows*B, 3, T, H, W)
+    write_mp4(tile_videos(clips.permute(0, 2, 3, 4, 1).cpu().numpy(), nrow=len(x_eval)),
+              os.path.join(args.out_dir, f'recon_{step:07d}.mp4'))
+    strip = torch.cat([r[i].transpose(0, 1) for i in range(min(2, len(x_eval))) for r in rows])  # (2*rows*T, 3, H, W)
+    save_image_grid(strip.clamp(-1, 1), os.path.join(args.out_dir, f'recon_{step:07d}.png'), nrow=T)
 
 
 def checkpoint():
@@ -260,7 +329,7 @@ if dist.master:
     n_params = sum(p.numel() for p in ae.parameters())
     print(f"autoencoder {n_params / 1e6:.2f}M params, f={f}, z={ae_config.z_channels}, {ae_config.regularizer}; "
           f"{dist.world_size} process(es) on {device}, {dtype}; se_weight {args.se_weight}, scales {se_scales}")
-pixels = 3 * args.image_size ** 2
+pixels = 3 * args.num_frames * args.image_size ** 2
 progress = tqdm(total=args.max_steps, initial=step, disable=not dist.master, dynamic_ncols=True)
 writer = CheckpointWriter()
 first_bad_step = torch.full((), float('inf'), dtype=torch.float64, device=device)  # inf: every loss so far finite
@@ -288,12 +357,13 @@ while step < args.max_steps:
                     reg = reg_loss  # VQ codebook + commitment losses (LDM's codebook_weight 1)
                 loss = rec + reg
                 if se_scale:
-                    se, _ = scale_equivariance_loss(ae, x, z, se_scale, reconstruction_loss, args.se_down)
+                    se, _ = scale_equivariance_loss(ae, x, z, se_scale, reconstruction_loss, args.se_down,
+                                                    args.se_temporal)
                     loss = loss + args.se_weight * se
                     terms['se'] = terms.get('se', 0) + se.detach() / args.grad_accum
                 if use_disc:
                     disc.requires_grad_(False)  # the generator's loss must not train the discriminator
-                    g_loss = -discriminate(disc, x, x_rec)[1].mean()
+                    g_loss = -discriminate(disc, frames(x), frames(x_rec))[1].mean()
                     disc.requires_grad_(True)
                     w = adaptive_gan_weight(rec, g_loss, ae.last_layer(), pixels)  # LDM's lambda in per-pixel units
                     loss = loss + w * args.disc_weight * g_loss
@@ -312,7 +382,7 @@ while step < args.max_steps:
             sync = contextlib.nullcontext() if (not dist.ddp or micro == args.grad_accum - 1) else disc_ddp.no_sync()
             with sync:
                 with autocast(device, dtype):
-                    d_loss = hinge_d_loss(*discriminate(disc_ddp, x, x_rec))
+                    d_loss = hinge_d_loss(*discriminate(disc_ddp, frames(x), frames(x_rec)))
                 scaler.scale(d_loss / args.grad_accum).backward()
             terms['d'] = terms.get('d', 0) + d_loss.detach() / args.grad_accum
         scaler.unscale_(opt_d)
@@ -337,7 +407,7 @@ while step < args.max_steps:
     train_time, timed_steps = train_time + time.time() - t0, timed_steps + 1
     if step % args.log_interval == 0 or step == args.max_steps:
         dt, train_time, timed_steps = train_time / timed_steps, 0.0, 0
-        images = args.batch_size * args.grad_accum * dist.world_size
+        images = args.batch_size * args.grad_accum * dist.world_size * args.num_frames  # video: frames
         logger.log(step, **{k: (all_reduce_mean(v.float(), dist) if torch.is_tensor(v) else v) for k, v in terms.items()},
                    step_time=dt, images_per_sec=images / dt, skipped_images=loader.skipped, lr=lr,
                    **peak_memory(device))

@@ -17,6 +17,16 @@ a seeded random N of the images (the embedded dataset needs it, being unlimited)
 --random_crop. The cache is float16, in random order, read in shuffled chunks (data.LatentCache), and is refused when
 the autoencoder's weights, the data, the image size, the crop mode or the cache size differ from what it was made with.
 
+Video (--num_frames N > 1, N = 1 + 4k for the tiny and cogvideox presets): the frozen autoencoder is a
+`train_ae.py --num_frames` checkpoint (or CogVideoX's VAE with --ae_preset cogvideox), the data are clips of N frames
+(data.make_video_dataset: the embedded moving dead leaves, or a folder of videos, class-conditional with class
+subfolders as Kinetics), the latents (B, C, T', h, w) with T' = 1 + (N - 1) / 4, and the denoiser is the video DiT
+(--model dit). Shift and scale are the same two scalars as for images. The sample grids are videos
+(samples_STEP/grid.mp4, grid.gif, grid_frames.png). --cache_latents is not implemented for video.
+
+  python train_ae.py --num_frames 17 && python train_ldm.py --num_frames 17 --ae out/video_ae/ckpt.pt --model dit \
+      --image_size 32 --batch_size 8 --out_dir out/video_ldm
+
 Shared flags (common.add_common_args) and their defaults in this script:
   --data (embedded dead leaves)  --image_size 64  --batch_size 32  --grad_accum 1  --max_steps 5000  --lr 0.0001
   --out_dir out/ldm  --preset tiny  --seed 0  --device auto  --dtype auto  --num_workers 2
@@ -37,12 +47,12 @@ from tqdm import tqdm
 
 from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, restore_rng_states,
-                    load_checkpoint, CheckpointWriter, update_ema, Loader, save_image_grid, Logger,
+                    load_checkpoint, CheckpointWriter, update_ema, Loader, save_image_grid, save_video_grid, Logger,
                     note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, checked, check_run_dir,
                     prepare_run_dir, truncate_log, compare_resume_config, weights_hash, no_space_is_an_error)
-from data import make_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
+from data import make_dataset, make_video_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
 from diffusion import SCHEDULES, Diffusion
-from model import build_backbone, load_autoencoder
+from model import build_backbone, load_autoencoder, load_video_autoencoder
 
 # -----------------------------------------------------------------------------
 # config
@@ -66,8 +76,15 @@ parser.add_argument('--cache_latents', type=str, default=None, help='folder for 
 parser.add_argument('--cache_size', type=checked(int, lo=1), default=None, help='with --cache_latents: encode a seeded random N of the images, or N random crops with --random_crop (required for the embedded dataset and for crops)')
 parser.add_argument('--grad_checkpointing', action='store_true', help='DiT: recompute activations in the backward pass (less memory, larger batches)')
 parser.add_argument('--num_samples', type=checked(int, lo=1), default=16, help='images in the periodic sample grid (EMA model, DDIM)')
+parser.add_argument('--num_frames', type=checked(int, lo=1), default=1, help='frames per training clip (1 + 4k for the video AE presets); 1 = images. N > 1 trains the video DiT on the latents of a video autoencoder')
+parser.add_argument('--frame_stride', type=checked(int, lo=1), default=1, help='video: take every n-th frame of the source video')
 parser.add_argument('--sample_steps', type=checked(int, lo=1, hi=1000), default=50, help='DDIM steps for the periodic sample grid')
 args = parser.parse_args()
+video = args.num_frames > 1
+if video and args.cache_latents:
+    die("--cache_latents is not implemented for video (--num_frames > 1); drop it to encode the clips on the fly.")
+if video and args.model != 'dit':
+    die("video latents (--num_frames > 1) need --model dit (the video DiT); the UNet is for images only.")
 learn_sigma = args.learn_sigma if args.learn_sigma is not None else args.model == 'dit'
 schedule = args.schedule or {'unet': 'ldm_linear', 'dit': 'linear'}[args.model]
 # every output of an earlier run is checked before anything is built, so a mistake costs seconds, not a run
@@ -91,7 +108,8 @@ seed_everything(args.seed + dist.rank)
 
 ae_path = ckpt['config']['ae'] if ckpt is not None and args.ae == parser.get_default('ae') else args.ae
 try:
-    ae = load_autoencoder(ae_path, preset=args.ae_preset, device=device).requires_grad_(False)
+    ae = (load_video_autoencoder if video else load_autoencoder)(ae_path, preset=args.ae_preset, device=device)
+    ae.requires_grad_(False)
 except FileNotFoundError:
     die(f"autoencoder {ae_path} does not exist; train one with train_ae.py or pass public weights with --ae PATH "
         f"--ae_preset sd|flux.")
@@ -101,6 +119,12 @@ f, C = ae.downsample_factor, ae.cfg.z_channels
 if args.image_size % f:
     die(f"--image_size {args.image_size} is not divisible by the autoencoder's downsampling factor {f}.")
 latent_size = args.image_size // f
+latent_frames = None  # images; video: the latent clip length T'
+if video:
+    if (args.num_frames - 1) % ae.temporal_factor:
+        die(f"--num_frames {args.num_frames} must be 1 + {ae.temporal_factor}k for the video autoencoder's temporal "
+            f"factor {ae.temporal_factor}.")
+    latent_frames = 1 + (args.num_frames - 1) // ae.temporal_factor
 # the autoencoder's identity goes into the checkpoint; sample.py and --resume refuse another one, whose latents the
 # denoiser and the latent scale were not made for
 ae_identity = {'ae_sha': weights_hash(ae), 'ae_factor': f, 'ae_channels': C}
@@ -113,7 +137,7 @@ if ckpt is not None:
 
 
 @torch.no_grad()
-def encode(x):  # x (B, 3, H, W) in [-1, 1] -> unnormalised latents (B, C, h, w), a posterior sample as LDM and DiT
+def encode(x):  # x (B, 3, [T,] H, W) in [-1, 1] -> unnormalised latents (B, C, [T',] h, w), a posterior sample as LDM, DiT
     with autocast(device, dtype):
         z, _ = ae.encode(x, sample=True)
     return z.float()
@@ -121,7 +145,11 @@ def encode(x):  # x (B, 3, H, W) in [-1, 1] -> unnormalised latents (B, C, h, w)
 # -----------------------------------------------------------------------------
 # data: images (encoded on the fly) or the latent cache
 
-images = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop)
+if video:  # clips (3, T, H, W)
+    images = make_video_dataset(args.data, args.image_size, args.num_frames, args.frame_stride, seed=args.seed,
+                                train=True, random_crop=args.random_crop)
+else:
+    images = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop)
 if args.cache_latents:
     if (args.data is None or args.random_crop) and args.cache_size is None:
         die("--cache_latents with the embedded dataset or --random_crop needs --cache_size N: there is no end to the "
@@ -139,7 +167,8 @@ num_classes = dataset.num_classes
 loader = Loader(dataset, args.batch_size, args.seed, dist, num_workers=args.num_workers)
 # what a resumed run must share with the saved one to continue it exactly: the data stream
 run_config = {**vars(args), 'num_images': len(dataset)}
-EXACT = ('data', 'num_images', 'image_size', 'random_crop', 'batch_size', 'seed', 'cache_latents', 'cache_size')
+EXACT = ('data', 'num_images', 'image_size', 'random_crop', 'batch_size', 'seed', 'cache_latents', 'cache_size',
+         'num_frames', 'frame_stride')
 UNSAVED = ('resume', 'overwrite', 'allow_changes', 'max_steps', 'log_interval', 'eval_interval', 'ckpt_interval',
            'num_workers', 'device', 'compile', 'num_samples', 'sample_steps', 'out_dir', 'ae', 'grad_checkpointing')
 if ckpt is not None:
@@ -171,6 +200,8 @@ latent_scale = args.latent_scale if args.latent_scale is not None else latent_sc
 
 backbone = dict(model=args.model, preset=args.preset, latent_size=latent_size, in_channels=C, num_classes=num_classes,
                 learn_sigma=learn_sigma, class_dropout_prob=args.class_dropout_prob if num_classes > 0 else 0.0)
+if video:
+    backbone['num_frames'] = latent_frames
 if ckpt is not None:
     saved = {k: ckpt['config'][k] for k in ('backbone', 'schedule', 'prediction')}
     if saved != {'backbone': backbone, 'schedule': schedule, 'prediction': args.prediction}:
@@ -227,7 +258,8 @@ if dist.ddp:
 
 # fixed noise and labels for the periodic grids, so that grids from different steps are comparable
 g = torch.Generator().manual_seed(args.seed)
-grid_noise = torch.randn(args.num_samples, C, latent_size, latent_size, generator=g).to(device)
+grid_noise = torch.randn(args.num_samples, C, *([latent_frames] if video else []), latent_size, latent_size,
+                         generator=g).to(device)
 grid_labels = (torch.arange(args.num_samples) % num_classes).to(device) if num_classes > 0 else None
 
 
@@ -237,6 +269,12 @@ def sample_grid():
     with autocast(device, dtype):
         z = diffusion.ddim_sample(lambda x, t: ema(x, t, grid_labels), grid_noise, steps=args.sample_steps)
         x = ae.decode(z.float() / latent_scale + latent_shift).float()
+    if video:  # (B, 3, T, H, W) -> uint8 (B, T, H, W, 3) -> samples_STEP/grid.mp4, grid.gif, grid_frames.png
+        clips = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+        folder = os.path.join(args.out_dir, f'samples_{step:07d}')
+        os.makedirs(folder, exist_ok=True)
+        save_video_grid(clips, folder)
+        return
     nrow = int(args.num_samples ** 0.5)
     save_image_grid(x.clamp(-1, 1), os.path.join(args.out_dir, f'samples_{step:07d}.png'), nrow=max(nrow, 1))
 
@@ -266,7 +304,8 @@ if dist.master:
                    'latent_scale': latent_scale, 'latent_shift': latent_shift, 'world_size': dist.world_size,
                    'dtype': dtype}, fh, indent=2)
     n_params = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)
-    print(f"{args.model} {args.preset}: {n_params / 1e6:.2f}M params on {C}x{latent_size}x{latent_size} latents "
+    frames = f"{latent_frames}x" if video else ''
+    print(f"{args.model} {args.preset}: {n_params / 1e6:.2f}M params on {C}x{frames}{latent_size}x{latent_size} latents "
           f"(f={f}), {num_classes or 'no'} classes, {schedule} schedule, {args.prediction}-prediction"
           f"{', learned variance' if learn_sigma else ''}; latent shift {latent_shift:.4g}, scale {latent_scale:.4g}; "
           f"{dist.world_size} process(es) on {device}, {dtype}")

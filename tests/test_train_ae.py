@@ -128,6 +128,28 @@ def test_non_finite_note_keeps_the_first_bad_step_without_a_host_sync():
     assert first.item() == 3
 
 
+def test_video_run_resumes_exactly_and_writes_previews(tmp_path):
+    args = [*TINY_AE, '--num_frames', 9, '--image_size', 32, '--batch_size', 1, '--se_weight', 0.25, '--se_temporal',
+            '--ema_decay', 0.9, '--disc_start', 2, '--eval_interval', 4]
+    run('train_ae.py', *args, '--out_dir', tmp_path / 'full', '--max_steps', 4)
+    run('train_ae.py', *args, '--out_dir', tmp_path / 'split', '--max_steps', 2)
+    run('train_ae.py', *args, '--out_dir', tmp_path / 'split', '--max_steps', 4, '--resume')
+    full, split = train_rows(tmp_path / 'full'), train_rows(tmp_path / 'split')
+    for step in (3, 4):  # after the resume: frame discriminator on, SE scales drawn, KL noise, all identical
+        for key in ('loss', 'rec', 'reg', 'se', 'd', 'g', 'grad_norm'):
+            assert split[step][key] == full[step][key], (step, key)
+    a = torch.load(tmp_path / 'full' / 'ckpt.pt', weights_only=False)
+    b = torch.load(tmp_path / 'split' / 'ckpt.pt', weights_only=False)
+    for key in ('model', 'ema', 'disc'):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    import av
+    with av.open(str(tmp_path / 'full' / 'recon_0000004.mp4')) as mp4:
+        assert sum(1 for _ in mp4.decode(video=0)) == 9  # one video frame per clip frame
+    evals = [r for r in read_log(tmp_path / 'full') if 'val_psnr' in r]
+    assert evals and 'val_psnr_bicubic' in evals[-1] and 'hf_share_latent' in evals[-1]
+
+
 def test_online_hf_probe_is_spectrum_hf_share_of_the_held_out_latent_means(tmp_path):
     from data import make_dataset
     from model import load_autoencoder

@@ -1,0 +1,94 @@
+"""The video LDM end to end: train_ae.py --num_frames 5 -> train_ldm.py --num_frames 5 (video DiT, a labelled folder of
+videos, split by a resume) -> sample.py (MP4s, previews, samples.npz of uint8 clips)."""
+import os
+import json
+
+import numpy as np
+import torch
+
+from common import write_mp4
+from eval_fid import open_source
+from helpers import run, train_rows
+
+TINY = ['--image_size', 16, '--num_workers', 0, '--log_interval', 1]
+
+
+def make_video_folder(root):
+    """Two classes (Kinetics' layout), two 8-frame clips each: a square gliding over noise, by class direction."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(('left', 'right')):
+        os.makedirs(root / name)
+        for k in range(2):
+            clip = np.repeat(rng.integers(0, 256, (1, 16, 16, 3), dtype=np.uint8), 8, axis=0)
+            for t in range(8):
+                x = 2 + (t if c else 7 - t)
+                clip[t, 5:11, x:x + 6] = 255
+            write_mp4(clip, str(root / name / f'{k}.mp4'))
+
+
+def test_video_ldm_trains_resumes_exactly_and_samples(tmp_path):
+    make_video_folder(tmp_path / 'videos')
+    run('train_ae.py', *TINY, '--num_frames', 5, '--batch_size', 1, '--max_steps', 1, '--lpips_weight', 0,
+        '--eval_interval', 1000, '--ckpt_interval', 1000, '--num_eval', 1, '--out_dir', tmp_path / 'ae')
+    ldm = [*TINY, '--num_frames', 5, '--ae', tmp_path / 'ae' / 'ckpt.pt', '--model', 'dit', '--preset', 'tiny',
+           '--data', tmp_path / 'videos', '--batch_size', 2, '--ckpt_interval', 1, '--eval_interval', 2,
+           '--num_samples', 2, '--sample_steps', 1, '--ema_decay', 0.5]
+    run('train_ldm.py', *ldm, '--max_steps', 2, '--out_dir', tmp_path / 'full')
+    run('train_ldm.py', *ldm, '--max_steps', 1, '--out_dir', tmp_path / 'split')
+    run('train_ldm.py', *ldm, '--max_steps', 2, '--out_dir', tmp_path / 'split', '--resume')
+    assert train_rows(tmp_path / 'split')[2]['loss'] == train_rows(tmp_path / 'full')[2]['loss']
+    a = torch.load(tmp_path / 'full' / 'ckpt.pt', weights_only=False)
+    b = torch.load(tmp_path / 'split' / 'ckpt.pt', weights_only=False)
+    for key in ('model', 'ema'):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    # the class subfolders made it class-conditional, on 5 frames -> 2 latent frames of the 4x temporal AE
+    assert a['config']['backbone']['num_classes'] == 2 and a['config']['backbone']['num_frames'] == 2
+    assert (tmp_path / 'full' / 'samples_0000002' / 'grid.mp4').exists()
+
+    # per-sample seeds: the clips do not depend on the batch size
+    ckpt = tmp_path / 'full' / 'ema.pt'
+    run('sample.py', '--ckpt', ckpt, '--num_samples', 3, '--batch_size', 2, '--steps', 2, '--out_dir', tmp_path / 's2')
+    run('sample.py', '--ckpt', ckpt, '--num_samples', 3, '--batch_size', 3, '--steps', 2, '--out_dir', tmp_path / 's3')
+    clips = np.load(tmp_path / 's2' / 'samples.npz')['arr_0']
+    assert clips.shape == (3, 5, 16, 16, 3) and clips.dtype == np.uint8
+    other = np.load(tmp_path / 's3' / 'samples.npz')['arr_0']
+    assert np.array_equal(clips, other) and not np.array_equal(clips[0], clips[1])
+    import av
+    with av.open(str(tmp_path / 's2' / 'videos' / '000002.mp4')) as mp4:
+        frames = np.stack([f.to_ndarray(format='rgb24') for f in mp4.decode(video=0)])
+    assert frames.shape == clips[2].shape  # the MP4 holds the sample's frames, in order, up to H.264's rounding
+    assert np.abs(frames.astype(float) - clips[2]).mean() < np.abs(frames.astype(float) - clips[2][::-1]).mean()
+    assert sorted(os.listdir(tmp_path / 's2' / 'videos')) == ['000000.mp4', '000001.mp4', '000002.mp4']
+    assert all((tmp_path / 's2' / name).exists() for name in ('grid.mp4', 'grid.gif', 'grid_frames.png'))
+    # the samples against the folder of videos (FVD skipped offline and for 5 frames; the video SWD measured)
+    run('eval_fid.py', '--fake', tmp_path / 's2' / 'samples.npz', '--real', tmp_path / 'videos', '--num_frames', 5,
+        '--image_size', 16, '--num_workers', 0, '--out', tmp_path / 'metrics.json')
+    metrics = json.loads((tmp_path / 'metrics.json').read_text())
+    assert metrics['swd_videos'] == 3 and metrics['swd_motion'] > 0, metrics
+    # a video autoencoder without --num_frames: one sentence, not a state-dict traceback
+    p = run('train_ldm.py', *TINY, '--ae', tmp_path / 'ae' / 'ckpt.pt', '--out_dir', tmp_path / 'img', check=False)
+    assert p.returncode != 0 and 'is a video autoencoder' in p.stderr + p.stdout
+
+
+def test_video_ldm_bad_inputs_are_one_sentence(tmp_path):
+    p = run('train_ldm.py', '--num_frames', 5, '--cache_latents', tmp_path / 'c', '--model', 'dit', check=False)
+    assert p.returncode != 0 and 'is not implemented for video' in p.stderr + p.stdout
+    p = run('train_ldm.py', '--num_frames', 5, '--out_dir', tmp_path / 'o', check=False)
+    assert p.returncode != 0 and 'need --model dit' in p.stderr + p.stdout
+
+
+def test_eval_reads_the_middle_clip_of_every_readable_video_in_a_folder(tmp_path):
+    import av
+    make_video_folder(tmp_path)
+    (tmp_path / 'left' / 'bad.mp4').write_bytes(np.random.default_rng(1).bytes(2000))  # counted and left out
+    kind, clips = open_source(str(tmp_path), 16, None, num_frames=5)
+    good = [tmp_path / c / f'{k}.mp4' for c in ('left', 'right') for k in range(2)]
+    decoded = []
+    for path in good:
+        with av.open(str(path)) as f:
+            decoded.append(np.stack([frame.to_ndarray(format='rgb24') for frame in f.decode(video=0)])[1:6])
+    assert kind == 'videos' and clips.dtype == np.uint8
+    assert np.array_equal(clips, np.stack(decoded))  # frames 1..5 of 8: the middle clip, in file order, no duplicate
+    kind, some = open_source(str(tmp_path), 16, 2, seed=3, num_frames=5)
+    assert some.shape == (2, 5, 16, 16, 3) and all(any(np.array_equal(c, d) for d in decoded) for c in some)
