@@ -116,10 +116,10 @@ class DeadLeaves(torch.utils.data.Dataset):
 # -----------------------------------------------------------------------------
 # image folders
 
-def list_images(root):
-    """Image files under root, searched recursively in sorted order. Symbolic links are followed, but no folder is
-    entered twice (a link loop would otherwise list the data set over and over), and only regular files count (a named
-    pipe called x.png would block the reader forever)."""
+def list_files(root, extensions=IMAGE_EXTENSIONS):
+    """Files under root with one of `extensions`, searched recursively in sorted order. Symbolic links are followed,
+    but no folder is entered twice (a link loop would otherwise list the data set over and over), and only regular
+    files count (a named pipe called x.png would block the reader forever)."""
     files, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         st = os.stat(dirpath)
@@ -129,8 +129,19 @@ def list_images(root):
         seen.add((st.st_dev, st.st_ino))
         dirnames.sort()
         files += [os.path.join(dirpath, f) for f in sorted(filenames)
-                  if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(dirpath, f))]
+                  if f.lower().endswith(extensions) and os.path.isfile(os.path.join(dirpath, f))]
     return files
+
+
+def folder_classes(root, files):
+    """Class names and per-file labels from the first-level subfolders when every file sits in one and there are at
+    least two (ImageNet's and Kinetics' layouts); otherwise ([], all 0): an unlabelled set."""
+    top = [os.path.relpath(f, root).split(os.sep) for f in files]
+    if all(len(t) > 1 for t in top) and len({t[0] for t in top}) > 1:
+        classes = sorted({t[0] for t in top})
+        index = {c: k for k, c in enumerate(classes)}
+        return classes, [index[t[0]] for t in top]
+    return [], [0] * len(files)
 
 
 # the largest value of each integer image mode: 16-bit PNGs open as I;16, or as I in older Pillow (PNG has no 32-bit)
@@ -201,18 +212,12 @@ class ImageFolder(torch.utils.data.Dataset):
     def __init__(self, root, image_size, flip=True, random_crop=False):
         if not os.path.isdir(root):
             die(f"--data {root} is not a folder; point it at a folder of images.")
-        files = list_images(root)
+        files = list_files(root)
         if not files:
             die(f"--data {root} holds no images ({', '.join(IMAGE_EXTENSIONS)}), searched recursively.")
         self.root, self.files, self.image_size = root, files, image_size
         self.flip, self.random_crop = flip, random_crop
-        top = [os.path.relpath(f, root).split(os.sep) for f in files]
-        if all(len(t) > 1 for t in top) and len({t[0] for t in top}) > 1:
-            self.classes = sorted({t[0] for t in top})
-            index = {c: k for k, c in enumerate(self.classes)}
-            self.labels = [index[t[0]] for t in top]
-        else:
-            self.classes, self.labels = [], [0] * len(files)
+        self.classes, self.labels = folder_classes(root, files)
         self.num_classes = len(self.classes)
 
     def __len__(self):
@@ -383,20 +388,12 @@ class VideoFolder(torch.utils.data.Dataset):
     def __init__(self, root, image_size, num_frames, frame_stride=1, train=True, random_crop=False):
         if not os.path.isdir(root):
             die(f"--data {root} is not a folder; point it at a folder of videos.")
-        files = []
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames.sort()
-            files += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(VIDEO_EXTENSIONS)]
+        files = list_files(root, VIDEO_EXTENSIONS)
         if not files:
             die(f"--data {root} holds no videos ({', '.join(VIDEO_EXTENSIONS)}), searched recursively.")
         self.root, self.files, self.image_size = root, files, image_size
         self.num_frames, self.frame_stride, self.train, self.random_crop = num_frames, frame_stride, train, random_crop
-        top = [os.path.relpath(f, root).split(os.sep) for f in files]
-        if all(len(t) > 1 for t in top) and len({t[0] for t in top}) > 1:
-            self.classes = sorted({t[0] for t in top})
-            self.labels = [self.classes.index(t[0]) for t in top]
-        else:
-            self.classes, self.labels = [], [0] * len(files)
+        self.classes, self.labels = folder_classes(root, files)
         self.num_classes = len(self.classes)
 
     def __len__(self):

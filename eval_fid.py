@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from common import (checked, select_device, die, setup_distributed, cleanup_distributed, refuse_to_overwrite,
                     no_space_is_an_error)
-from data import (IMAGE_EXTENSIONS, UNREADABLE, VIDEO_EXTENSIONS, VideoFolder, list_images, make_dataset,
+from data import (IMAGE_EXTENSIONS, UNREADABLE, VIDEO_EXTENSIONS, VideoFolder, list_files, make_dataset,
                   open_first_readable, random_subset)
 from metrics import psnr, ssim
 
@@ -565,7 +565,7 @@ class ImageFiles(Dataset):
     unreadable = 0
 
     def __init__(self, root):
-        self.root, self.files = root, list_images(root)
+        self.root, self.files = root, list_files(root)
         if not self.files:
             die(f"{root} holds no images ({', '.join(IMAGE_EXTENSIONS)}), searched recursively.")
         sizes = {}

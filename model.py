@@ -369,15 +369,20 @@ def load_ae_state_dict(model, state_dict):
     sd = {k: v for k, v in sd.items() if not k.startswith('loss.')}  # LDM's own checkpoints also hold D and LPIPS
     if any('.down_blocks.' in k or '.mid_block.' in k or '.up_blocks.' in k for k in sd):
         sd = diffusers_to_ldm(sd)
+    return load_strictly(model, sd, "the autoencoder weights", "(sd for Stable Diffusion's VAE, flux for FLUX.1's, "
+                         "or the preset of the train_ae.py run)")
+
+
+def load_strictly(model, sd, what, presets):
+    """load_state_dict(strict=True), with every mismatch counted and the first named in one sentence."""
     expected = model.state_dict()
     problems = [f"{k!r} is {tuple(v.shape)} in the file but {tuple(expected[k].shape)} in the model"
                 for k, v in sd.items() if k in expected and v.shape != expected[k].shape]
     problems += [f"{k!r} is missing from the file" for k in expected if k not in sd]
     problems += [f"{k!r} is in the file but not in the model" for k in sd if k not in expected]
     if problems:
-        raise ValueError(f"the autoencoder weights do not fit this architecture ({problems[0]}, {len(problems)} "
-                         f"mismatch(es) in all); pass the preset the weights were made for "
-                         f"(sd for Stable Diffusion's VAE, flux for FLUX.1's, or the preset of the train_ae.py run).")
+        raise ValueError(f"{what} do not fit this architecture ({problems[0]}, {len(problems)} mismatch(es) in all); "
+                         f"pass the preset the weights were made for {presets}.")
     model.load_state_dict(sd, strict=True)
     return model
 
@@ -935,17 +940,8 @@ def load_video_ae_state_dict(model, state_dict):
     sd = {re.sub(r'^(module\.|_orig_mod\.)+', '', k): v for k, v in state_dict.items()}
     if any('.down_blocks.' in k or '.mid_block.' in k or '.up_blocks.' in k for k in sd):
         sd = diffusers_to_video_ae(sd)
-    expected = model.state_dict()
-    problems = [f"{k!r} is {tuple(v.shape)} in the file but {tuple(expected[k].shape)} in the model"
-                for k, v in sd.items() if k in expected and v.shape != expected[k].shape]
-    problems += [f"{k!r} is missing from the file" for k in expected if k not in sd]
-    problems += [f"{k!r} is in the file but not in the model" for k in sd if k not in expected]
-    if problems:
-        raise ValueError(f"the video autoencoder weights do not fit this architecture ({problems[0]}, {len(problems)} "
-                         f"mismatch(es) in all); pass the preset the weights were made for (cogvideox for CogVideoX's "
-                         f"VAE, or the preset of the train_ae.py run).")
-    model.load_state_dict(sd, strict=True)
-    return model
+    return load_strictly(model, sd, "the video autoencoder weights", "(cogvideox for CogVideoX's VAE, or the preset "
+                         "of the train_ae.py run)")
 
 
 def load_video_autoencoder(path, preset=None, device='cpu'):

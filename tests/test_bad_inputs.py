@@ -381,7 +381,7 @@ def link_loop_and_pipe_are_listed_once(tmp, runs):
     os.symlink(folder, tmp / 'again')
     os.symlink(tmp / 'again', folder / 'again')  # the same folder by another path
     os.mkfifo(folder / 'pipe.png')  # reading it would block forever
-    assert [os.path.basename(f) for f in data.list_images(folder)] == [f'good{i}.png' for i in range(4)]
+    assert [os.path.basename(f) for f in data.list_files(folder)] == [f'good{i}.png' for i in range(4)]
 
 
 def prepare_loop_folder(tmp, runs):
