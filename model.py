@@ -404,23 +404,27 @@ def read_weights(path):
                          f"({type(e).__name__}); check that the file is complete.") from None
 
 
+def read_ae_weights(path, preset, presets):
+    """(config, state dict) of a train_ae.py checkpoint (its EMA weights when present), or (None, state dict) of public
+    weights, which need the `preset` (one of `presets`) they were made for."""
+    ckpt = read_weights(path)
+    if 'model' in ckpt and 'config' in ckpt:  # a train_ae.py checkpoint
+        return ckpt['config'], ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model']
+    if preset is None:
+        raise ValueError(f"{path} holds bare weights without a config; pass the preset they were made for "
+                         f"(one of {', '.join(presets)}).")
+    return None, ckpt
+
+
 def load_autoencoder(path, preset=None, device='cpu'):
     """An Autoencoder in eval mode from a train_ae.py checkpoint (its own config decides the architecture and `preset`
     is not needed; EMA weights are used when present) or from public weights (LDM / diffusers layout, .safetensors or
     torch file), whose architecture `preset` names."""
-    ckpt = read_weights(path)
-    if 'model' in ckpt and 'config' in ckpt:  # a train_ae.py checkpoint
-        config = ckpt['config']
-        if config.get('num_frames', 1) > 1:
-            raise ValueError(f"{path} is a video autoencoder (train_ae.py --num_frames {config['num_frames']}); use it "
-                             f"with --num_frames, or pass an image autoencoder.")
-        cfg = make_ae_config(config['preset'], config.get('ae_config'))
-        state = ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model']
-    else:
-        if preset is None:
-            raise ValueError(f"{path} holds bare weights without a config; pass the preset they were made for "
-                             f"(one of {', '.join(AE_PRESETS)}).")
-        cfg, state = make_ae_config(preset), ckpt
+    config, state = read_ae_weights(path, preset, AE_PRESETS)
+    if config is not None and config.get('num_frames', 1) > 1:
+        raise ValueError(f"{path} is a video autoencoder (train_ae.py --num_frames {config['num_frames']}); use it "
+                         f"with --num_frames, or pass an image autoencoder.")
+    cfg = make_ae_config(config['preset'], config.get('ae_config')) if config is not None else make_ae_config(preset)
     model = Autoencoder(cfg)
     load_ae_state_dict(model, state)
     return model.to(device).eval()
@@ -947,19 +951,12 @@ def load_video_ae_state_dict(model, state_dict):
 def load_video_autoencoder(path, preset=None, device='cpu'):
     """A VideoAutoencoder in eval mode from a train_ae.py --num_frames checkpoint (EMA weights when present) or from
     public weights (diffusers' AutoencoderKLCogVideoX, e.g. CogVideoX-2b's vae/diffusion_pytorch_model.safetensors)."""
-    ckpt = read_weights(path)
-    if 'model' in ckpt and 'config' in ckpt:
-        config = ckpt['config']
-        if config.get('num_frames') == 1:  # train_ae.py records it; a hand-made checkpoint may not
-            raise ValueError(f"{path} is an image autoencoder (train_ae.py without --num_frames); a video model needs a "
-                             f"train_ae.py --num_frames checkpoint.")
-        cfg = make_video_ae_config(config['preset'], config.get('ae_config'))
-        state = ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model']
-    else:
-        if preset is None:
-            raise ValueError(f"{path} holds bare weights without a config; pass the preset they were made for "
-                             f"(one of {', '.join(VIDEO_AE_PRESETS)}).")
-        cfg, state = make_video_ae_config(preset), ckpt
+    config, state = read_ae_weights(path, preset, VIDEO_AE_PRESETS)
+    if config is not None and config.get('num_frames') == 1:  # train_ae.py records it; a hand-made one may not
+        raise ValueError(f"{path} is an image autoencoder (train_ae.py without --num_frames); a video model needs a "
+                         f"train_ae.py --num_frames checkpoint.")
+    cfg = (make_video_ae_config(config['preset'], config.get('ae_config')) if config is not None
+           else make_video_ae_config(preset))
     model = VideoAutoencoder(cfg)
     load_video_ae_state_dict(model, state)
     return model.to(device).eval()
