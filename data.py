@@ -456,7 +456,8 @@ CHUNK_BYTES = 64 << 20  # one chunk is read as one sequential 64 MiB run
 
 class LatentCache(torch.utils.data.Dataset):
     """
-    root/latents.npy (N, 2, C, h, w) float16, each image and its mirror image, root/labels.npy (N,) and root/meta.json.
+    root/latents.npy (N, 2, C, h, w) float16, each image and its mirror image (video: (N, 2, C, T', h, w), each clip and
+    its mirror clip), root/labels.npy (N,) and root/meta.json.
     float16 halves float32's disk (ImageNet with FLUX's 16 x 32 x 32 latents: 84 GB instead of 168 GB) at a relative
     rounding error of 2^-11, far below the posterior noise the latents were sampled with. The images were written in a
     seeded random order, so a contiguous chunk is a random sample of the data set: epoch_order() shuffles the chunks and
@@ -492,7 +493,7 @@ class LatentCache(torch.utils.data.Dataset):
     def load(self, item):
         i, item_seed = _split_item(item)
         flip = item_seed is not None and np.random.default_rng([item_seed, i]).random() < 0.5
-        z = torch.from_numpy(self.latents[i, int(flip)].astype(np.float32))  # (C, h, w)
+        z = torch.from_numpy(self.latents[i, int(flip)].astype(np.float32))  # (C, h, w), video (C, T', h, w)
         return z, int(self.labels[i]), 0
 
 
@@ -516,8 +517,8 @@ def dataset_identity(dataset, data, seed):
 def build_latent_cache(root, images, encode, latent_shape, key, num_items, batch_size, dist, seed, random_crop,
                        num_workers=2):
     """
-    LatentCache(root), encoding `num_items` items of `images` with `encode` (x (B, 3, H, W) -> z (B, C, h, w)) first
-    unless root holds a complete cache. `key` is everything the content depends on (the autoencoder's hash, the data,
+    LatentCache(root), encoding `num_items` items of `images` with `encode` (x (B, 3, H, W) -> z (B, C, h, w), or clips
+    x (B, 3, T, H, W) -> z (B, C, T', h, w)) first unless root holds a complete cache. `key` is everything the content depends on (the autoencoder's hash, the data,
     the image size, the crop mode, the cache size); a cache made for another key is refused, never silently reused.
     Ranks split the work; meta.json is written last, as the marker of a complete cache. With random_crop, item i is
     crop i of image i mod len(images), drawn with its own seed; otherwise item i is image i, centre-cropped, unflipped.
@@ -554,7 +555,7 @@ def build_latent_cache(root, images, encode, latent_shape, key, num_items, batch
     for p, x, y in tqdm(loader, desc='encoding latents', disable=not dist.master):
         x = x.to(dist.device)
         for flip in (0, 1):
-            z = encode(x.flip(3) if flip else x).cpu().numpy().astype(np.float16)
+            z = encode(x.flip(-1) if flip else x).cpu().numpy().astype(np.float16)  # the mirror image: W is last
             if not np.isfinite(z).all():
                 die(f"latents beyond float16's range (|z| > 65504) came out of the autoencoder; it is broken or not "
                     f"an autoencoder for images in [-1, 1].")

@@ -22,7 +22,9 @@ Video (--num_frames N > 1, N = 1 + 4k for the tiny and cogvideox presets): the f
 (data.make_video_dataset: the embedded moving dead leaves, or a folder of videos, class-conditional with class
 subfolders as Kinetics), the latents (B, C, T', h, w) with T' = 1 + (N - 1) / 4, and the denoiser is the video DiT
 (--model dit). Shift and scale are the same two scalars as for images. The sample grids are videos
-(samples_STEP/grid.mp4, grid.gif, grid_frames.png). --cache_latents is not implemented for video.
+(samples_STEP/grid.mp4, grid.gif, grid_frames.png). --cache_latents caches clips as it caches images (each clip and
+its mirror clip, (N, 2, C, T', h, w)); on a CPU it is what makes video training fast, since rendering or decoding a clip
+and encoding it cost far more than a step of a small DiT.
 
   python train_ae.py --num_frames 17 && python train_ldm.py --num_frames 17 --ae out/video_ae/ckpt.pt --model dit \
       --image_size 32 --batch_size 8 --out_dir out/video_ldm
@@ -81,8 +83,6 @@ parser.add_argument('--frame_stride', type=checked(int, lo=1), default=1, help='
 parser.add_argument('--sample_steps', type=checked(int, lo=1, hi=1000), default=50, help='DDIM steps for the periodic sample grid')
 args = parser.parse_args()
 video = args.num_frames > 1
-if video and args.cache_latents:
-    die("--cache_latents is not implemented for video (--num_frames > 1); drop it to encode the clips on the fly.")
 if video and args.model != 'dit':
     die("video latents (--num_frames > 1) need --model dit (the video DiT); the UNet is for images only.")
 learn_sigma = args.learn_sigma if args.learn_sigma is not None else args.model == 'dit'
@@ -125,6 +125,7 @@ if video:
         die(f"--num_frames {args.num_frames} must be 1 + {ae.temporal_factor}k for the video autoencoder's temporal "
             f"factor {ae.temporal_factor}.")
     latent_frames = 1 + (args.num_frames - 1) // ae.temporal_factor
+latent_shape = [C, *([latent_frames] if video else []), latent_size, latent_size]  # of one item: (C, [T',] h, w)
 # the autoencoder's identity goes into the checkpoint; sample.py and --resume refuse another one, whose latents the
 # denoiser and the latent scale were not made for
 ae_identity = {'ae_sha': weights_hash(ae), 'ae_factor': f, 'ae_channels': C}
@@ -157,9 +158,11 @@ if args.cache_latents:
     num_items = args.cache_size if args.random_crop or args.data is None else min(args.cache_size or len(images), len(images))
     key = {'ae_sha256': file_sha256(ae_path), 'data': dataset_identity(images, args.data, args.seed),
            'image_size': args.image_size, 'random_crop': args.random_crop, 'cache_size': num_items,
-           'seed': args.seed, 'latent_shape': [C, latent_size, latent_size]}
-    dataset = build_latent_cache(args.cache_latents, images, encode, (C, latent_size, latent_size), key, num_items,
-                                 args.batch_size, dist, args.seed, args.random_crop, args.num_workers)
+           'seed': args.seed, 'latent_shape': latent_shape}
+    if video:
+        key |= {'num_frames': args.num_frames, 'frame_stride': args.frame_stride}
+    dataset = build_latent_cache(args.cache_latents, images, encode, latent_shape, key, num_items, args.batch_size, dist,
+                                 args.seed, args.random_crop, args.num_workers)
 else:
     dataset = images
 num_classes = dataset.num_classes
@@ -258,7 +261,7 @@ if dist.ddp:
 
 # fixed noise and labels for the periodic grids, so that grids from different steps are comparable
 g = torch.Generator().manual_seed(args.seed)
-grid_noise = torch.randn(args.num_samples, C, *([latent_frames] if video else []), latent_size, latent_size,
+grid_noise = torch.randn(args.num_samples, *latent_shape,
                          generator=g).to(device)
 grid_labels = (torch.arange(args.num_samples) % num_classes).to(device) if num_classes > 0 else None
 

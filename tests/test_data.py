@@ -175,3 +175,20 @@ def test_latent_cache_is_float16_in_random_order_keyed_on_its_inputs_and_read_in
         if not runs or runs[-1] != c:
             runs.append(c)
     assert sorted(runs) == [0, 1, 2, 3]  # each chunk is one contiguous run of the epoch
+
+
+def test_video_latent_cache_holds_each_clip_and_its_mirror_clip(tmp_path):
+    import data
+    clips = data.MovingDeadLeaves(8, 5, seed=0)
+    encode = lambda x: torch.nn.functional.avg_pool3d(x, (1, 2, 2)) * 3  # noqa: E731  (B, 3, T, 8, 8) -> (B, 3, T, 4, 4)
+    cache = data.build_latent_cache(tmp_path / 'c', clips, encode, (3, 5, 4, 4), {'cache_size': 4}, 4, 3, CPU, seed=0,
+                                    random_crop=False, num_workers=0)
+    assert cache.latents.shape == (4, 2, 3, 5, 4, 4)
+    order = np.random.default_rng(0).permutation(4)
+    for p in range(4):
+        x = clips[int(order[p])][0][None]  # (1, 3, T, H, W)
+        torch.testing.assert_close(cache[p][0], encode(x)[0], rtol=2 ** -10, atol=1e-3)
+        mirror = torch.from_numpy(cache.latents[p, 1].astype(np.float32))
+        torch.testing.assert_close(mirror, encode(x.flip(-1))[0], rtol=2 ** -10, atol=1e-3)  # mirrored left-right,
+        assert not torch.allclose(mirror, encode(x.flip(-2))[0], atol=1e-2)  # not upside down, nor reversed in time
+        assert not torch.allclose(mirror, encode(x.flip(-3))[0], atol=1e-2)
