@@ -216,9 +216,11 @@ def pool_to_latent_grid(x, z_shape, temporal_levels):
 
 @torch.no_grad()
 def analyse_video(args):
-    """Per AE: the spatial hf_share of every latent frame and the temporal spectrum; RGB on the same grid beside it."""
+    """Per AE: the spatial spectrum of its latent frames (each frame, and all together; posterior means and samples),
+    the temporal spectrum, and the reconstruction PSNR of every frame next to bicubic at the latent grid; RGB on the
+    same (t, h, w) grid beside it."""
     from data import make_video_dataset
-    from model import load_video_autoencoder
+    from model import load_video_autoencoder, to_frames
     device = torch.device(args.device)
     try:
         dataset = make_video_dataset(args.data, args.image_size, args.num_frames, seed=args.seed, train=False)
@@ -228,29 +230,46 @@ def analyse_video(args):
         die(str(e))
     n = args.num_images if getattr(dataset, 'infinite', False) else min(args.num_images, len(dataset))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=args.batch_size)
-    meters = {}  # (label, 'temporal') -> Mean of temporal amplitudes; (label, 'spatial', t) -> BlockSpectrum of frame t
+    torch.manual_seed(args.seed)  # posterior samples that repeat from run to run
+    meters = {}  # (name, 'temporal') -> Mean of temporal amplitudes; (name, 'spatial', t) -> BlockSpectrum of frame t;
+    # (name, 'spatial') -> BlockSpectrum of all frames; (label, 'sample') -> ... of posterior samples; PSNR Means
     def add(key, value, B):
         meters.setdefault(key, Mean()).update(value, B)
     for x, _ in tqdm(loader, desc='clips', unit='batch'):
         x = x.to(device)  # (B, 3, T, H, W)
-        B = x.shape[0]
+        B, frames = x.shape[0], to_frames(x)  # (B*T, 3, H, W)
         add(('RGB full', 'temporal'), temporal_amplitude(x), B)
+        for f in {ae.downsample_factor for ae in aes.values()}:  # the trivial reference, frame by frame
+            add((f'bicubic f{f}', 'psnr'), psnr(bicubic_at_latent_grid(frames, f), frames).mean(), B)
         for label, ae in aes.items():
             z, _ = ae.encode(x, sample=False)  # (B, C, t, h, w)
             if min(z.shape[-2:]) < BLOCK:
                 die(f"--image_size {args.image_size} gives latents of {z.shape[-2]}x{z.shape[-1]}, smaller than one "
                     f"{BLOCK}x{BLOCK} DCT block; use --image_size {BLOCK * ae.downsample_factor} or more.")
+            add((label, 'psnr'), psnr(to_frames(ae.decode(z).clamp(-1, 1)), frames).mean(), B)
+            meters.setdefault((label, 'sample'), BlockSpectrum()).update(ae.encode(x, sample=True)[0])
             ref = pool_to_latent_grid(x, z.shape, ae.cfg.temporal_levels)
             for name, t in ((label, z), (f"RGB for {label}", ref)):
                 add((name, 'temporal'), temporal_amplitude(t), B)
+                meters.setdefault((name, 'spatial'), BlockSpectrum()).update(t)
                 for i in range(t.shape[2]):
                     meters.setdefault((name, 'spatial', i), BlockSpectrum()).update(t[:, :, i])
     result = dict(args=vars(args), num_clips=n, video={})
     for key, meter in meters.items():
+        if key[0].startswith('bicubic'):
+            continue
         row = result['video'].setdefault(key[0], {'spatial_hf_share_per_frame': []})
         if key[1] == 'temporal':
             row.update(temporal_spectrum=temporal_spectrum(meter.value).mean(0).tolist(),
                        temporal_hf_ratio=temporal_hf_ratio(meter.value))
+        elif key[1] == 'psnr':
+            f = aes[key[0]].downsample_factor
+            row.update(reconstruction_psnr=meter.value.item(), bicubic_psnr=meters[(f'bicubic f{f}', 'psnr')].value.item(),
+                       rgb_reference=f"RGB for {key[0]}")
+        elif key[1] == 'sample':
+            row['posterior_sample'] = meter.stats()
+        elif len(key) == 2:  # all frames: the spatial profile and hf_share
+            row.update(meter.stats())
         else:
             row['spatial_hf_share_per_frame'].append(meter.hf_share())
     return result
@@ -446,9 +465,13 @@ def main(argv=None):
         os.makedirs(args.out_dir, exist_ok=True)
         with open(os.path.join(args.out_dir, 'spectrum_video.json'), 'w') as f:
             json.dump(result, f, indent=1)
-        print(f"\n{'':24s} {'temporal hf':>11s}  spatial hf per latent frame")
+        print(f"\n{'':24s} {'temporal hf':>11s} {'hf_share':>9s} {'sampled':>9s} {'PSNR':>6s} {'bicubic':>7s}  "
+              f"spatial hf_share per latent frame")
         for label, r in result['video'].items():
-            print(f"{label:24s} {r['temporal_hf_ratio']:11.4f}  " + ' '.join(f"{v:.4f}" for v in r['spatial_hf_share_per_frame']))
+            sampled = f"{r['posterior_sample']['hf_share']:9.4f}" if 'posterior_sample' in r else f"{'-':>9s}"
+            psnrs = f"{r['reconstruction_psnr']:6.2f} {r['bicubic_psnr']:7.2f}" if 'bicubic_psnr' in r else f"{'-':>6s} {'-':>7s}"
+            print(f"{label:24s} {r['temporal_hf_ratio']:11.4f} {r.get('hf_share', float('nan')):9.4f} {sampled} {psnrs}  "
+                  + ' '.join(f"{v:.4f}" for v in r['spatial_hf_share_per_frame']))
         print(f"wrote spectrum_video.json to {args.out_dir}")
         return
     result = analyse(args)

@@ -105,3 +105,11 @@ def test_spectrum_cli_on_a_video_autoencoder(tmp_path):
     assert set(r) == {'ae', 'RGB for ae', 'RGB full'}
     assert len(r['ae']['spatial_hf_share_per_frame']) == 3 and len(r['ae']['temporal_spectrum']) == 2  # 9 -> 3 frames
     assert len(r['RGB full']['temporal_spectrum']) == 8 and 0 < r['RGB full']['temporal_hf_ratio'] < 1
+    # reconstruction PSNR of every frame, beside bicubic at the latent grid on the same held-out clips
+    from data import MovingDeadLeaves
+    from model import to_frames
+    x = to_frames(torch.stack([MovingDeadLeaves(32, 9, seed=0, train=False)[i][0] for i in range(2)]))
+    bicubic = spectrum.psnr(spectrum.bicubic_at_latent_grid(x, 4), x).mean().item()
+    assert r['ae']['bicubic_psnr'] == pytest.approx(bicubic, rel=1e-5) and r['ae']['reconstruction_psnr'] < bicubic
+    for row in (r['ae'], r['ae']['posterior_sample'], r['RGB for ae']):  # spatial hf_share of all latent frames
+        assert 0 < row['hf_share'] < 1 and len(row['mean']) == 64
