@@ -7,6 +7,7 @@ The paper's figures in miniature, from one command, with the project's own scrip
   python reproduce.py --se_sweep       # + Fig. 4: ... and the PSNR cost vs se_weight, from scratch and as a fine-tune
   python reproduce.py --all            # every figure
   python reproduce.py --smoke          # tiny sizes: checks the pipeline, says nothing about SE
+  python reproduce.py --num_frames 17  # the video experiment: causal 3D video AEs, the video DiT, video SWD (and FVD)
   python reproduce.py --device cuda --nproc 8 --ae_steps 20000 --ldm_steps 100000   # GPUs: it launches torchrun
 
 The shape follows FluxAE's problem, where the paper finds the effect largest: f8 with 16 latent channels (64 px images
@@ -20,7 +21,18 @@ scale; FID when Inception weights exist). --seeds repeats Fig. 1's LDMs, --ae_se
 one pair of AEs, as the paper fine-tunes one FluxAE, so that each gets the steps it needs); the sweeps use seed 0.
 
 Everything goes to out_dir: report.md (tables, plots, a verdict computed from the numbers), report.json (every number)
-and the artefacts. Each artefact records the settings it was made with (reproduce_settings.json, including those of the
+and the artefacts.
+
+Video (--num_frames 17, 1 + 4k): the same pipeline on clips (the embedded moving dead leaves, or --data, a folder of
+videos) with the tiny causal 3D video AE (f4 in space, 4x in time: 17 x 32^2 clips -> 16 x 5 x 8 x 8 latents) and the
+video DiT on each arm's latents. Four arms, as the paper's video experiment fine-tunes CogVideoX-AE: baseline and SE from
+scratch, and the baseline fine-tuned with SE next to its control (the same fine-tune steps with se_weight 0). Measured:
+the spatial spectrum of the latent frames, the temporal spectrum along them (spectrum.py --num_frames), reconstruction
+PSNR next to bicubic at the latent grid frame by frame; the LDMs' samples are scored by the video SWD (frames and frame
+differences, weight-free) and FVD where the I3D weights exist, beside two trivial references: a second draw of real
+clips, and each AE's own reconstructions of it (the floor an LDM on that AE can reach).
+
+Each artefact records the settings it was made with (reproduce_settings.json, including those of the
 artefacts it was made from); a rerun reuses what matches, resumes a training run whose settings match, remakes the rest,
 and says which it did.
 """
@@ -42,6 +54,11 @@ SIZES = {  # default: Fig. 1 (2 seeds) and Fig. 5 in under 30 minutes on 2 CPU c
                     ldm_batch_size=64, cache_size=1024, num_samples=256, num_eval=256, sample_steps=25),
     'smoke': dict(image_size=64, ae_steps=4, ft_steps=2, ae_batch_size=2, ldm_steps=4, ldm_evals=2, ldm_batch_size=4,
                   cache_size=16, num_samples=16, num_eval=16, sample_steps=3),
+    # --num_frames 17: four arms with 2 LDM seeds each in under 45 minutes on 2 CPU cores; clips of 17 x 32 x 32
+    'video': dict(image_size=32, ae_steps=300, ft_steps=100, ae_batch_size=1, ldm_steps=1200, ldm_evals=3,
+                  ldm_batch_size=32, cache_size=256, num_samples=64, num_eval=64, sample_steps=25),
+    'video_smoke': dict(image_size=32, ae_steps=2, ft_steps=1, ae_batch_size=1, ldm_steps=2, ldm_evals=1,
+                        ldm_batch_size=2, cache_size=4, num_samples=4, num_eval=4, sample_steps=2),
 }
 Z_CHANNELS = [4, 8, 16, 32]                  # Fig. 2
 KL_WEIGHTS = [0.0, 1e-6, 1e-4, 1e-2]         # Fig. 3: 0, then four orders of magnitude
@@ -64,7 +81,10 @@ parser.add_argument('--ae_seeds', type=int, default=1, help="Fig. 1's autoencode
 parser.add_argument('--se_weight', type=float, default=0.25, help="SE weight of Fig. 1's SE arm (the paper: 0.25)")
 parser.add_argument('--kl_weight', type=float, default=1e-6, help="KL weight of every AE but Fig. 3's (LDM's 1e-6)")
 parser.add_argument('--z_channels', type=int, default=16, help="latent channels of every AE but Fig. 2's (FluxAE: 16)")
-parser.add_argument('--ae_preset', type=str, default='tiny-f8', help='autoencoder preset (model.AE_PRESETS)')
+parser.add_argument('--ae_preset', type=str, default=None, help="autoencoder preset (default: model.AE_PRESETS' tiny-f8; "
+                    "video: VIDEO_AE_PRESETS' tiny)")
+parser.add_argument('--num_frames', type=int, default=1, help='> 1: the video experiment on clips of this many frames '
+                    '(1 + 4k, e.g. 17)')
 parser.add_argument('--ae_lr', type=float, default=1e-3, help="AE learning rate (the tiny presets learn fastest near 1e-3)")
 parser.add_argument('--ae_warmup', type=int, default=50, help='AE learning-rate warm-up steps')
 parser.add_argument('--ldm_model', type=str, default='dit', choices=['dit', 'unet'], help='diffusion backbone')
@@ -74,19 +94,27 @@ parser.add_argument('--ldm_ema_decay', type=float, default=0.999, help="LDM EMA 
 parser.add_argument('--device', type=str, default='auto', help="'auto', 'cpu', 'cuda'")
 parser.add_argument('--nproc', type=int, default=1, help='processes per training and sampling run (torchrun), e.g. GPUs')
 for key, value in SIZES['default'].items():
-    parser.add_argument(f'--{key}', type=int, default=None, help=f"default {value} ({SIZES['smoke'][key]} with --smoke)")
+    parser.add_argument(f'--{key}', type=int, default=None, help=f"default {value} ({SIZES['smoke'][key]} with --smoke; "
+                        f"video {SIZES['video'][key]}, {SIZES['video_smoke'][key]} with --smoke)")
 args = parser.parse_args()
-sizes = {k: (getattr(args, k) if getattr(args, k) is not None else v)
-         for k, v in SIZES['smoke' if args.smoke else 'default'].items()}
+video = args.num_frames > 1
+size_set = ('video_smoke' if args.smoke else 'video') if video else ('smoke' if args.smoke else 'default')
+sizes = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in SIZES[size_set].items()}
+args.ae_preset = args.ae_preset or ('tiny' if video else 'tiny-f8')
 figures = {'channels': args.channels or args.all, 'kl_sweep': args.kl_sweep or args.all,
            'se_sweep': args.se_sweep or args.all}
-if min(args.seeds, args.ae_seeds, args.nproc, *sizes.values()) < 1 or args.ae_seeds > args.seeds:
-    sys.exit("error: --seeds, --ae_seeds, --nproc and every size must be at least 1, and --ae_seeds at most --seeds.")
+if video and (any(figures.values()) or (args.num_frames - 1) % 4):
+    sys.exit(f"error: the video experiment (--num_frames {args.num_frames}) needs 1 + 4k frames and runs Fig. 1 only; "
+             f"drop --channels, --kl_sweep, --se_sweep and --all, or --num_frames.")
+if min(args.seeds, args.ae_seeds, args.nproc, args.num_frames, *sizes.values()) < 1 or args.ae_seeds > args.seeds:
+    sys.exit("error: --seeds, --ae_seeds, --nproc, --num_frames and every size must be at least 1, and --ae_seeds at "
+             "most --seeds.")
 if sizes['ldm_evals'] > sizes['ldm_steps']:
     sys.exit(f"error: --ldm_evals {sizes['ldm_evals']} asks for more evaluations than --ldm_steps {sizes['ldm_steps']}.")
 os.makedirs(args.out_dir, exist_ok=True)
-data_args = (['--data', args.data] if args.data else []) + (['--random_crop'] if args.random_crop else [])
-eval_data_args = ['--data', args.data] if args.data else []
+frame_args = ['--num_frames', args.num_frames] if video else []
+data_args = (['--data', args.data] if args.data else []) + (['--random_crop'] if args.random_crop else []) + frame_args
+eval_data_args = (['--data', args.data] if args.data else []) + frame_args
 
 # -----------------------------------------------------------------------------
 # running the project's scripts, and remembering what each artefact was made with
@@ -215,7 +243,8 @@ def autoencoder(seed, z_channels=None, kl_weight=None, se_weight=0.0, parent=Non
 
 
 def measure(ae):
-    """spectrum.py on the held-out images: spectra (means and samples), PSNR, bicubic reference, erasure."""
+    """spectrum.py on the held-out images (clips): spectra (means and samples; video: spatial per latent frame and
+    temporal), PSNR, bicubic reference, erasure (images)."""
     name, out, settings = ae
     spec = os.path.join(out, 'spectrum')
     spectrum_args = ['--ckpt', os.path.join(out, 'ckpt.pt'), '--label', name, *eval_data_args,
@@ -223,6 +252,15 @@ def measure(ae):
                      '--device', args.device, '--out_dir', spec]
     once(spec, {'script': 'spectrum.py', 'args': list(map(str, spectrum_args)), 'ae': settings},
          'spectrum.py', *spectrum_args)
+    if video:  # the spatial numbers over all latent frames, and the temporal spectrum along them
+        result = json.load(open(os.path.join(spec, 'spectrum_video.json')))['video']
+        r, rgb = result[name], result[result[name]['rgb_reference']]
+        return {'hf_share': r['hf_share'], 'hf_share_sample': r['posterior_sample']['hf_share'],
+                'rgb_hf_share': rgb['hf_share'], 'psnr': r['reconstruction_psnr'], 'bicubic_psnr': r['bicubic_psnr'],
+                'profile': r['mean'], 'profile_sample': r['posterior_sample']['mean'], 'rgb_profile': rgb['mean'],
+                'hf_share_per_frame': r['spatial_hf_share_per_frame'], 'temporal_hf': r['temporal_hf_ratio'],
+                'rgb_temporal_hf': rgb['temporal_hf_ratio'], 'temporal_profile': r['temporal_spectrum'],
+                'rgb_temporal_profile': rgb['temporal_spectrum'], 'ae_train_seconds': train_time(out)}
     r = json.load(open(os.path.join(spec, 'spectrum.json')))['autoencoders'][name]
     rgb = json.load(open(os.path.join(spec, 'spectrum.json')))['rgb'][r['rgb_reference']]
     return {'hf_share': r['hf_share'], 'hf_share_sample': r.get('posterior_sample', {}).get('hf_share', r['hf_share']),
@@ -260,17 +298,75 @@ def ldm_curve(seed, ae):
                        '--steps', sizes['sample_steps'], '--seed', seed, '--device', args.device, '--out_dir', samples]
         sample_settings = once(samples, {'script': 'sample.py', 'args': list(map(str, sample_args)), 'ldm': ldm_settings},
                                'sample.py', *sample_args, nproc=args.nproc)
-        gen = os.path.join(d, f'gen_{name}_{step:07d}')
-        gen_args = ['--fake', os.path.join(samples, 'samples.npz'), *(['--real', args.data] if args.data else []),
-                    '--image_size', sizes['image_size'], '--num_real', sizes['num_eval'], '--seed', 0,
-                    '--device', args.device, '--out', os.path.join(gen, 'metrics.json')]
-        once(gen, {'script': 'eval_fid.py', 'args': list(map(str, gen_args)), 'samples': sample_settings},
-             'eval_fid.py', *gen_args)
-        metrics = json.load(open(os.path.join(gen, 'metrics.json')))
-        curve.append({'step': step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-                      'skipped': metrics.get('skipped', {}), 'grid': os.path.relpath(os.path.join(samples, 'grid.png'),
-                                                                                      args.out_dir)})
+        metrics = score(os.path.join(d, f'gen_{name}_{step:07d}'), os.path.join(samples, 'samples.npz'),
+                        {'samples': sample_settings})
+        grid = os.path.join(samples, 'grid_frames.png' if video else 'grid.png')
+        curve.append({'step': step, **metrics, 'grid': os.path.relpath(grid, args.out_dir)})
     return {'curve': curve, 'ldm_train_seconds': train_time(ldm)}
+
+
+def score(gen, fake, settings):
+    """eval_fid.py on a samples .npz, against the held-out images (video: the real clips of real_clips())."""
+    real = ['--real', real_clips()[0]] if video else [*(['--real', args.data] if args.data else []),
+                                                       '--image_size', sizes['image_size'], '--num_real', sizes['num_eval']]
+    gen_args = ['--fake', fake, *real, '--seed', 0, '--device', args.device, '--out', os.path.join(gen, 'metrics.json')]
+    once(gen, {'script': 'eval_fid.py', 'args': list(map(str, gen_args)), **settings,
+               **({'real': real_clips()[1]} if video else {})}, 'eval_fid.py', *gen_args)
+    metrics = json.load(open(os.path.join(gen, 'metrics.json')))
+    return {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, 'skipped': metrics.get('skipped', {})}
+
+
+def to_uint8_clips(x):
+    """Clips (B, 3, T, H, W) in [-1, 1] -> uint8 (B, T, H, W, 3), as sample.py writes them."""
+    from eval_fid import to_uint8
+    return to_uint8(x.transpose(1, 2)).permute(0, 1, 3, 4, 2).cpu().numpy()
+
+
+def real_clips():
+    """Video: num_eval held-out clips (the reference every sample set is scored against) and a second, disjoint draw
+    of num_samples clips (the first trivial reference), as uint8 .npz files. Returns (the first's path, settings)."""
+    import numpy as np
+    from data import make_video_dataset, random_subset
+    out = os.path.join(args.out_dir, 'real_clips')
+    settings = {'data': args.data, 'image_size': sizes['image_size'], 'num_frames': args.num_frames,
+                'num_eval': sizes['num_eval'], 'num_samples': sizes['num_samples']}
+    path = os.path.join(out, 'real.npz')
+    if not clear_unless_matching(out, settings):
+        print(f"making {out}")
+        dataset = make_video_dataset(args.data, sizes['image_size'], args.num_frames, seed=0, train=False)
+        n = sizes['num_eval'] + sizes['num_samples']
+        if len(dataset) < n:
+            sys.exit(f"error: {args.data} holds {len(dataset)} videos, and the two real sets need --num_eval + "
+                     f"--num_samples = {n}; lower them.")
+        index = np.random.default_rng(0).permutation(random_subset(dataset, n, 0)).tolist()  # shuffled: no class order
+        clips = np.concatenate([to_uint8_clips(dataset[i][0][None]) for i in index])  # (n, T, H, W, 3)
+        os.makedirs(out, exist_ok=True)
+        np.savez(path, clips[:sizes['num_eval']])
+        np.savez(os.path.join(out, 'real2.npz'), clips[sizes['num_eval']:])
+        record(out, settings)
+    return path, settings
+
+
+@torch.no_grad()
+def reconstructions(seed, ae):
+    """Video: the AE's reconstructions (posterior means, decoded) of the second real draw, as a samples .npz: the
+    floor an LDM on these latents can reach. Returns the .npz path and its settings."""
+    import numpy as np
+    from model import load_video_autoencoder
+    name, ae_dir, ae_settings = ae
+    out = os.path.join(args.out_dir, f'seed{seed}', f'recon_{name}')
+    settings = {'ae': ae_settings, 'real': real_clips()[1]}
+    path = os.path.join(out, 'samples.npz')
+    if not clear_unless_matching(out, settings):
+        print(f"making {out}")
+        model = load_video_autoencoder(os.path.join(ae_dir, 'ckpt.pt'))
+        real2 = np.load(os.path.join(os.path.dirname(real_clips()[0]), 'real2.npz'))['arr_0']
+        x = torch.from_numpy(real2).permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (N, 3, T, H, W)
+        recon = [to_uint8_clips(model.decode(model.encode(b, sample=False)[0]).clamp(-1, 1)) for b in x.split(8)]
+        os.makedirs(out, exist_ok=True)
+        np.savez(path, np.concatenate(recon))
+        record(out, settings)
+    return path, settings
 
 # -----------------------------------------------------------------------------
 # statistics and the verdict: sentences computed from the numbers
@@ -322,14 +418,13 @@ def save(fig, name):
     return name
 
 
-def plot_convergence(fig1):
-    """Fig. 1: SWD (average and per scale) vs LDM steps, mean ± std over seeds as a band."""
-    keys = ['swd_avg'] + sorted((k for k in fig1['baseline'][0]['curve'][0] if k.startswith('swd_') and k[4:].isdigit()),
-                                key=lambda k: -int(k[4:]))
+def plot_convergence(fig1, keys):
+    """Fig. 1: the sample metrics `keys` (SWD average and per scale; video: video SWD, frames, motion) vs LDM steps,
+    mean ± std over seeds as a band, one line per arm."""
     pyplot = plt()
     fig, axes = pyplot.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        for arm, color in (('baseline', 'tab:blue'), ('se', 'tab:orange')):
+        for arm, color in zip(fig1, ('tab:blue', 'tab:orange', 'tab:green', 'tab:red')):
             steps = [p['step'] for p in fig1[arm][0]['curve']]
             values = [[s['curve'][i][key] for s in fig1[arm]] for i in range(len(steps))]
             m = [statistics.mean(v) for v in values]
@@ -354,6 +449,24 @@ def plot_spectra(rows, name, title):
     ax.set(yscale='log', xlabel='zigzag index (low -> high frequency)', ylabel='RMS coefficient / RMS centred DC',
            title=title)
     ax.legend(fontsize=6)
+    return save(fig, name)
+
+
+def plot_temporal(rows, name):
+    """Video: the temporal spectrum of each AE's latents (DCT along the latent frames, each channel's AC profile over
+    its mean) with RGB on the same grid (dashed)."""
+    pyplot = plt()
+    fig, ax = pyplot.subplots(figsize=(5.5, 3.8))
+    for label, m in rows.items():
+        k = range(1, len(m['temporal_profile']) + 1)
+        ax.plot(k, m['temporal_profile'], 'o-', label=f"{label} (temporal hf {m['temporal_hf']:.3f})")
+    first = next(iter(rows.values()))
+    ax.plot(k, first['rgb_temporal_profile'], 'o--', color='black',
+            label=f"RGB on the latent grid (temporal hf {first['rgb_temporal_hf']:.3f})")
+    ax.set(xlabel='temporal DCT frequency k (latent frames)', ylabel='mean |coefficient| / channel mean',
+           title='Temporal spectrum of the latents (white noise: flat at 1)')
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
     return save(fig, name)
 
 
@@ -419,11 +532,14 @@ def hardware():
 
 
 def ae_table(rows):
-    lines = ["| autoencoder | hf_share means | hf_share samples | RGB hf_share | PSNR | bicubic at latent grid | margin | "
-             "AE train s |", "|---" * 8 + "|"]
+    """One row per AE; video adds the temporal hf ratio of the latents and of RGB on their grid."""
+    temporal = ['temporal hf', 'RGB temporal hf'] if video else []
+    lines = ["| autoencoder | hf_share means | hf_share samples | RGB hf_share | " + ''.join(f"{c} | " for c in temporal) +
+             "PSNR | bicubic at latent grid | margin | AE train s |", "|---" * (8 + len(temporal)) + "|"]
     for label, m in rows.items():
         margin = m['psnr'] - m['bicubic_psnr']
-        lines.append(f"| {label} | {m['hf_share']:.4f} | {m['hf_share_sample']:.4f} | {m['rgb_hf_share']:.4f} | "
+        cells = f"{m['temporal_hf']:.4f} | {m['rgb_temporal_hf']:.4f} | " if video else ''
+        lines.append(f"| {label} | {m['hf_share']:.4f} | {m['hf_share_sample']:.4f} | {m['rgb_hf_share']:.4f} | {cells}"
                      f"{m['psnr']:.2f} | {m['bicubic_psnr']:.2f} | {margin:+.2f} dB{'' if margin >= 3 else ' (< 3 dB)'} | "
                      f"{m['ae_train_seconds']:.0f} |")
     return lines
@@ -432,10 +548,16 @@ def ae_table(rows):
 t0 = time.time()
 report, md = {'config': {**vars(args), 'sizes': sizes}, 'hardware': hardware(), 'torch': torch.__version__}, []
 
-# Fig. 1: baseline vs SE from scratch, equal steps (AE seeds < ae_seeds); the LDM convergence on each (seeds < seeds)
-fig1, fig1_ae, fig1_aes = {'baseline': [], 'se': []}, {'baseline': [], 'se': []}, []
+# Fig. 1: baseline vs SE from scratch, equal steps (AE seeds < ae_seeds); video also the SE fine-tune of the baseline
+# and its control; the LDM convergence on each (seeds < seeds)
+PAIRS = [('baseline', 'se', '')] + ([('control', 'se_ft', 'fine-tuned: ')] if video else [])  # (reference, SE, label)
+fig1, fig1_ae, fig1_aes = {arm: [] for pair in PAIRS for arm in pair[:2]}, {arm: [] for pair in PAIRS for arm in pair[:2]}, []
 for seed in range(args.ae_seeds):
-    fig1_aes.append({'baseline': autoencoder(seed), 'se': autoencoder(seed, se_weight=args.se_weight)})
+    base = autoencoder(seed)
+    fig1_aes.append({'baseline': base, 'se': autoencoder(seed, se_weight=args.se_weight)})
+    if video:  # the paper's video recipe: fine-tune the baseline with SE; the same steps without SE are the control
+        fig1_aes[-1] |= {'control': autoencoder(seed, parent=base),
+                         'se_ft': autoencoder(seed, se_weight=args.se_weight, parent=base)}
     for arm, ae in fig1_aes[-1].items():
         fig1_ae[arm].append(measure(ae))
 seed0_aes = fig1_aes[0]
@@ -445,65 +567,106 @@ for seed in range(args.seeds):  # LDM seed s runs on the AEs of seed s % ae_seed
 report['fig1'] = {'autoencoders': fig1_ae, 'ldm': fig1}
 final = lambda arm, key: [s['curve'][-1][key] for s in fig1[arm]]
 average = lambda arm, key: [statistics.mean(p[key] for p in s['curve']) for s in fig1[arm]]
-swd_keys = ['swd_avg'] + sorted((k for k in fig1['baseline'][0]['curve'][-1] if k.startswith('swd_') and k[4:].isdigit()),
-                                key=lambda k: -int(k[4:]))
-gen_keys = swd_keys + (['fid'] if 'fid' in fig1['baseline'][0]['curve'][-1] else [])
-verdict = [compare('hf_share of posterior means', [m['hf_share'] for m in fig1_ae['baseline']],
-                   [m['hf_share'] for m in fig1_ae['se']]),
-           compare('hf_share of posterior samples (what the LDM learns)',
-                   [m['hf_share_sample'] for m in fig1_ae['baseline']], [m['hf_share_sample'] for m in fig1_ae['se']]),
-           compare('reconstruction PSNR', [m['psnr'] for m in fig1_ae['baseline']], [m['psnr'] for m in fig1_ae['se']],
-                   lower_is_better=False)]
-verdict += [compare(f"{k} of samples at the last LDM step", final('baseline', k), final('se', k)) for k in gen_keys]
-verdict += [compare(f"{k} averaged over the {sizes['ldm_evals']} LDM evaluations (convergence)", average('baseline', k),
-                    average('se', k)) for k in gen_keys]
+last = fig1['baseline'][0]['curve'][-1]
+if video:  # the weight-free video SWD (its frame and motion halves), and FVD where the I3D weights exist
+    swd_keys = ['video_swd', 'swd_frames', 'swd_motion']
+    gen_keys = swd_keys + (['fvd'] if 'fvd' in last else [])
+else:
+    swd_keys = ['swd_avg'] + sorted((k for k in last if k.startswith('swd_') and k[4:].isdigit()), key=lambda k: -int(k[4:]))
+    gen_keys = swd_keys + (['fid'] if 'fid' in last else [])
+ae_metric = lambda arm, key: [m[key] for m in fig1_ae[arm]]
+verdict = []
+for ref, se, label in PAIRS:
+    verdict += [compare(f'{label}hf_share of posterior means', ae_metric(ref, 'hf_share'), ae_metric(se, 'hf_share')),
+                compare(f'{label}hf_share of posterior samples (what the LDM learns)', ae_metric(ref, 'hf_share_sample'),
+                        ae_metric(se, 'hf_share_sample'))]
+    if video:
+        verdict.append(compare(f'{label}temporal hf of the latents', ae_metric(ref, 'temporal_hf'),
+                               ae_metric(se, 'temporal_hf')))
+    verdict.append(compare(f'{label}reconstruction PSNR', ae_metric(ref, 'psnr'), ae_metric(se, 'psnr'),
+                           lower_is_better=False))
+    verdict += [compare(f"{label}{k} of samples at the last LDM step", final(ref, k), final(se, k)) for k in gen_keys]
+    verdict += [compare(f"{label}{k} averaged over the {sizes['ldm_evals']} LDM evaluations (convergence)",
+                        average(ref, k), average(se, k)) for k in gen_keys]
 report['verdict'] = verdict
 short_of_target = [f"{arm} seed {s}" for arm in fig1_ae for s, m in enumerate(fig1_ae[arm])
                    if m['psnr'] - m['bicubic_psnr'] < 3]
 skipped = {k: why for arm in fig1 for s in fig1[arm] for p in s['curve'] for k, why in p['skipped'].items()}
+references = {}
+if video:  # the trivial references beside the LDMs' numbers: real clips vs real clips, and each AE's reconstructions
+    real2 = os.path.join(os.path.dirname(real_clips()[0]), 'real2.npz')
+    references['real clips (a second draw)'] = score(os.path.join(args.out_dir, 'real_clips', 'gen'), real2, {})
+    for arm, ae in seed0_aes.items():
+        recon, recon_settings = reconstructions(0, ae)
+        references[f"{arm} AE's reconstructions"] = score(os.path.join(os.path.dirname(recon), 'gen'), recon,
+                                                          {'samples': recon_settings})
+    report['fig1']['references'] = references
+what = 'clips' if video else 'images'
+seed0_rows = {arm: fig1_ae[arm][0] for arm in fig1_ae}  # the AEs of seed 0: spectra plots, Fig. 5
+finetune_text = (f"; se_ft and control: the baseline fine-tuned {sizes['ft_steps']} more steps with and without SE"
+                 if video else '')
 
-md += ["# Scale equivariance in miniature: the paper's figures", "",
+md += ["# Scale equivariance in miniature: " + ("the video experiment" if video else "the paper's figures"), "",
        f"Run: {'smoke sizes (checks the pipeline only; the numbers mean nothing)' if args.smoke else 'default sizes'}, "
        f"data: {args.data or 'embedded dead leaves'}{' (random crops)' if args.random_crop else ''}, "
-       f"{args.seeds} seed(s) for Fig. 1, hardware: {hardware()}, torch {torch.__version__}.", "",
+       f"{args.seeds} seed(s) for Fig. 1{f', {args.num_frames}-frame clips' if video else ''}, hardware: {hardware()}, "
+       f"torch {torch.__version__}.", "",
        "Sizes: " + ', '.join(f"{k} {v}" for k, v in sizes.items()) +
        f"; AE preset {args.ae_preset}, z_channels {args.z_channels}, kl_weight {args.kl_weight:g}, "
        f"LDM {args.ldm_model} {args.ldm_preset or '(tiny)'}, EMA {args.ldm_ema_decay}.", "",
        "hf_share is spectrum.py's offset-free measure: the share of AC energy in zigzag coefficients 32..63 of 8x8 block "
        "DCTs, averaged over channels (white noise 0.508); lower = closer to smooth images. Samples are posterior "
        "samples, what the LDM is trained on; means are the posterior means. Every AE is measured on the same "
-       f"{sizes['num_eval']} held-out images, next to bicubic down-and-up at its latent grid.", "",
-       "## Fig. 1: LDM convergence on baseline vs SE latents", "",
+       f"{sizes['num_eval']} held-out {what}, next to bicubic down-and-up at its latent grid"
+       f"{' (every frame; generous: it keeps all frames, the latent 1 in 4)' if video else ''}.", ""]
+if video:
+    md += ["Video: hf_share is that of every latent frame, over all of them (an 8x8 latent frame is one DCT block); "
+           "temporal hf is spectrum.temporal_hf_ratio, the mean |DCT coefficient| along the latent frames in the upper "
+           "half of the temporal frequencies, over each channel's mean AC amplitude (white noise in time: 1; lower = "
+           "smoother in time). RGB is pooled to the latents' (t, h, w) grid.", ""]
+md += ["## Fig. 1: LDM convergence on baseline vs SE latents", "",
        f"Both arms: the same preset, recipe, data order and {sizes['ae_steps']} AE steps (the SE arm, se_weight "
-       f"{args.se_weight:g}, pays one extra decoder pass per step), then the same DiT, {sizes['ldm_steps']} steps, "
+       f"{args.se_weight:g}, pays one extra decoder pass per step)"
+       f"{finetune_text}, "
+       f"then the same {'video ' if video else ''}DiT, {sizes['ldm_steps']} steps, "
        f"sampled ({sizes['num_samples']} DDIM samples, {sizes['sample_steps']} steps, the same seed) and scored at "
        f"{sizes['ldm_evals']} evenly spaced steps. Bands: ± std over {args.seeds} LDM seed(s) on {args.ae_seeds} AE seed(s).", ""]
 for seed in range(args.ae_seeds):
     md += ae_table({f"{arm} seed {seed}": fig1_ae[arm][seed] for arm in fig1_ae})[2 if seed else 0:]
 md += ["", ("Every AE beats bicubic at its latent grid by at least 3 dB." if not short_of_target else
             f"Short of the 3 dB target over bicubic: {', '.join(short_of_target)}."), "",
-       f"![Fig. 1]({plot_convergence(fig1)})", "",
+       *([f"![spatial spectra]({plot_spectra(seed0_rows, 'spectra_spatial.png', 'Spatial spectrum of the latent frames')})",
+          "", f"![temporal spectra]({plot_temporal(seed0_rows, 'spectra_temporal.png')})", ""] if video else []),
+       f"![Fig. 1]({plot_convergence(fig1, swd_keys)})", "",
        "| arm | " + " | ".join(f"{k} final" for k in gen_keys) + " | LDM train s |", "|---" * (len(gen_keys) + 2) + "|"]
 for arm in fig1:
     cells = [f"{mean_std(final(arm, k))[0]:.2f} ± {mean_std(final(arm, k))[1]:.2f}" for k in gen_keys]
     md.append(f"| {arm} | " + " | ".join(cells) + f" | {statistics.mean(s['ldm_train_seconds'] for s in fig1[arm]):.0f} |")
+for label, m in references.items():  # the same metrics, without an LDM
+    md.append(f"| reference: {label} | " + " | ".join(f"{m[k]:.2f}" if k in m else '-' for k in gen_keys) + " | |")
 md += [""] + [f"- {k} not measured: {why}" for k, why in sorted(skipped.items())]
-md += ["", "Samples at the last step (seed 0):", "", "| baseline | se |", "|---|---|",
-       f"| ![baseline]({fig1['baseline'][0]['curve'][-1]['grid']}) | ![se]({fig1['se'][0]['curve'][-1]['grid']}) |", "",
+if video:
+    md += ["", "The reference rows score a second draw of real clips and each seed-0 AE's reconstructions of it against "
+           "the same real clips, with the same counts: the first is what a perfect generator gets, the second what a "
+           "perfect LDM on that AE's latents can get."]
+md += ["", f"Samples at the last step (seed 0{', first frames above middle frames' if video else ''}):", "",
+       "| " + " | ".join(fig1) + " |", "|---" * len(fig1) + "|",
+       "| " + " | ".join(f"![{arm}]({fig1[arm][0]['curve'][-1]['grid']})" for arm in fig1) + " |", "",
        "### Verdict (computed from the numbers above)", "",
        "A difference counts only when every seed agrees on its sign and the mean paired difference exceeds the larger "
        "of the two arms' seed standard deviations.", ""] + [f"- {v}" for v in verdict] + [""]
 
-# Fig. 5: erasure, from the seed-0 AEs of Fig. 1
-fig5 = {arm: fig1_ae[arm][0] for arm in fig1_ae}
-md += ["## Fig. 5: erasing the latents' high frequencies", "",
+# Fig. 5: erasure, from the seed-0 AEs of Fig. 1 (images)
+fig5 = seed0_rows
+md += [] if video else ["## Fig. 5: erasing the latents' high frequencies", "",
        "PSNR of the decoded image after zeroing the highest p% of every 8x8 latent block's DCT coefficients (seed 0). "
        "Strip: per image, rows RGB (its own blocks), baseline, SE; columns 0, 25, 50, 75% erased.", "",
        f"![Fig. 5 curves]({plot_erasure(fig5)})", "", f"![Fig. 5 strip]({erasure_strip(seed0_aes)})", "",
        "| erased | " + " | ".join(f"{10 * k}%" for k in range(10)) + " |", "|---" * 11 + "|"]
-md += [f"| {arm} | " + " | ".join(f"{v:.2f}" for v in m['erasure_psnr']) + " |" for arm, m in fig5.items()]
-md += [""]
-report['fig5'] = {arm: m['erasure_psnr'] for arm, m in fig5.items()}
+if not video:
+    md += [f"| {arm} | " + " | ".join(f"{v:.2f}" for v in m['erasure_psnr']) + " |" for arm, m in fig5.items()]
+    md += [""]
+    report['fig5'] = {arm: m['erasure_psnr'] for arm, m in fig5.items()}
 
 if figures['channels']:  # Fig. 2
     rows = {f"z{c}": measure(autoencoder(0, z_channels=c)) for c in Z_CHANNELS}
