@@ -1,5 +1,6 @@
 """The one-command experiment: the smoke run writes figures 1 and 5 with finite numbers, and a rerun reuses exactly the
-artefacts whose settings match and remakes the others."""
+artefacts whose settings match and remakes the others. The video smoke run (--num_frames 17) reports the numbers its
+artefacts give when recomputed, with spectra in range and its trivial references beside the samples."""
 import json
 import math
 
@@ -50,3 +51,55 @@ def test_smoke_run_writes_figures_and_reuses_only_what_matches(tmp_path):
     p = run(*args, '--sample_steps', 2, timeout=1800)
     assert 'making' not in p.stdout and '$ ' not in p.stdout  # no script was run
     assert json.loads((tmp_path / 'report.json').read_text())['fig1'] == changed['fig1']
+
+
+@pytest.mark.slow
+def test_video_smoke_run_reports_what_its_artefacts_hold(tmp_path):
+    import numpy as np
+    import torch
+    from eval_fid import video_swd
+    from model import load_video_autoencoder
+    args = ['reproduce.py', '--num_frames', 17, '--smoke', '--seeds', 1, '--out_dir', tmp_path]
+    run(*args, timeout=1800)
+    report = json.loads((tmp_path / 'report.json').read_text())
+    md = (tmp_path / 'report.md').read_text()
+    fig1, arms = report['fig1'], {'baseline', 'se', 'control', 'se_ft'}  # from scratch; the fine-tune and its control
+    assert set(fig1['ldm']) == set(fig1['autoencoders']) == arms
+    for name in ('fig1_convergence.png', 'spectra_spatial.png', 'spectra_temporal.png'):
+        assert f']({name})' in md and (tmp_path / name).stat().st_size > 0
+    base = fig1['autoencoders']['baseline'][0]
+    for arm in arms:
+        (ae,), (ldm,) = fig1['autoencoders'][arm], fig1['ldm'][arm]
+        for key in ('hf_share', 'hf_share_sample', 'rgb_hf_share', 'temporal_hf', 'rgb_temporal_hf'):
+            assert 0 < ae[key] < 2, (arm, key)  # shares in (0, 1); temporal ratios 1 for white noise in time
+        assert 0 < ae['hf_share'] < 1 and len(ae['profile']) == 64 and len(ae['hf_share_per_frame']) == 5
+        # 17 frames -> 5 latent frames -> 4 temporal AC frequencies, each channel's profile divided by its mean
+        assert len(ae['temporal_profile']) == 4 and np.mean(ae['temporal_profile']) == pytest.approx(1, abs=1e-9)
+        assert ae['bicubic_psnr'] == base['bicubic_psnr']  # every arm is measured on the same held-out clips
+        assert [p['step'] for p in ldm['curve']] == [2] and (tmp_path / ldm['curve'][0]['grid']).stat().st_size > 0
+    assert fig1['autoencoders']['se'][0]['hf_share'] != base['hf_share']  # the arms differ in training
+    clips = lambda path: torch.from_numpy(np.load(path)['arr_0']).permute(0, 1, 4, 2, 3)  # noqa: E731 (N, T, 3, H, W)
+    real, real2 = clips(tmp_path / 'real_clips' / 'real.npz'), clips(tmp_path / 'real_clips' / 'real2.npz')
+    assert real.shape == real2.shape == (4, 17, 3, 32, 32) and not any(torch.equal(a, b) for a in real for b in real2)
+
+    # the trivial references, recomputed from the artefacts: a second draw of real clips...
+    ref = fig1['references']['real clips (a second draw)']
+    assert ref['video_swd'] == pytest.approx(video_swd(real, real2)['video_swd'], rel=1e-9)
+    assert f"| reference: real clips (a second draw) | {ref['video_swd']:.2f} |" in md
+    # ...is closer to the real clips than the samples of a 2-step LDM on any arm
+    assert all(fig1['ldm'][arm][0]['curve'][-1]['video_swd'] > ref['video_swd'] for arm in arms)
+    # and the SE AE's reconstructions of that draw are its decoded posterior means
+    ae = load_video_autoencoder(str(tmp_path / 'seed0' / 'ae_z16_kl1e-06_se0.25' / 'ckpt.pt'))
+    with torch.no_grad():
+        x = real2.transpose(1, 2).float() / 127.5 - 1  # (N, 3, T, H, W)
+        recon = ((ae.decode(ae.encode(x, sample=False)[0]).clamp(-1, 1) + 1) * 127.5).round().transpose(1, 2)
+    saved = clips(tmp_path / 'seed0' / 'recon_z16_kl1e-06_se0.25' / 'samples.npz')
+    assert (saved.float() - recon).abs().max() <= 1  # up to a rounding step
+    assert fig1['references']["se AE's reconstructions"]['video_swd'] == pytest.approx(
+        video_swd(real, saved)['video_swd'], rel=1e-9)
+    assert len(report['verdict']) >= 8 and sum(v.startswith('fine-tuned: ') for v in report['verdict']) >= 4
+
+    # the same command again: every artefact reused, the same numbers
+    p = run(*args, timeout=1800)
+    assert 'making' not in p.stdout and '$ ' not in p.stdout
+    assert json.loads((tmp_path / 'report.json').read_text())['fig1'] == fig1
