@@ -289,6 +289,14 @@ def autocast(device, dtype):
     return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
 
 
+def broadcast_latent_norm(value, ndim, device):
+    """train_ldm.py's latent shift or scale as saved, one float (images) or one per channel (video), -> a float or a
+    (C, 1, 1[, 1]) tensor that broadcasts over latents (B, C, [T,] h, w) of `ndim` dimensions."""
+    if isinstance(value, (int, float)):
+        return value
+    return torch.tensor(value, dtype=torch.float32, device=device).view(-1, *[1] * (ndim - 2))
+
+
 def make_grad_scaler(dtype, device):
     """Loss scaling only matters for fp16; for bf16/fp32 the scaler is a pass-through."""
     return torch.amp.GradScaler(device.type, enabled=(dtype == 'float16'))

@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from common import (checked, select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
-                    load_checkpoint, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_to_overwrite,
+                    load_checkpoint, broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_to_overwrite,
                     no_space_is_an_error)
 from diffusion import SPACINGS, Diffusion, cfg_model_fn, spaced_timesteps, sample_generators, randn
 from model import build_backbone, load_autoencoder, load_video_autoencoder
@@ -80,7 +80,7 @@ if args.no_ema and 'model' not in ckpt:
 model.load_state_dict(ckpt['model'] if args.no_ema else ckpt['ema'])
 diffusion = Diffusion(config['schedule'], prediction=config['prediction'], learn_sigma=config['learn_sigma'],
                       device=device)
-latent_scale, latent_shift = ckpt['latent_scale'], ckpt['latent_shift']
+latent_scale, latent_shift = (broadcast_latent_norm(ckpt[k], 5 if video else 4, device) for k in ('latent_scale', 'latent_shift'))
 del ckpt
 
 ae_path = args.ae or config['ae']

@@ -8,7 +8,7 @@ Stage 2: train a diffusion model (LDM UNet or DiT) on the latents of a frozen au
 
 Latents are normalised as z = (E(x) - latent_shift) * latent_scale, with shift and scale the mean and 1/std of the
 latents of one global batch drawn at random from the data and gathered over ranks (LDM's scale_by_std), fixed for the
-run and kept in the checkpoint. The loss is diffusion.py's
+run and kept in the checkpoint: two scalars for images, one pair per latent channel for video (--latent_norm). The loss is diffusion.py's
 (eps- or v-prediction MSE, plus L_vlb for learn_sigma models). Class-conditional when the data has labels (ImageFolder
 with class subfolders), with label dropout for classifier-free guidance; unconditional otherwise.
 --cache_latents DIR encodes the data set once, each image and its mirror image, into DIR/latents.npy (a memmap,
@@ -21,7 +21,8 @@ Video (--num_frames N > 1, N = 1 + 4k for the tiny and cogvideox presets): the f
 `train_ae.py --num_frames` checkpoint (or CogVideoX's VAE with --ae_preset cogvideox), the data are clips of N frames
 (data.make_video_dataset: the embedded moving dead leaves, or a folder of videos, class-conditional with class
 subfolders as Kinetics), the latents (B, C, T', h, w) with T' = 1 + (N - 1) / 4, and the denoiser is the video DiT
-(--model dit). Shift and scale are the same two scalars as for images. The sample grids are videos
+(--model dit). Shift and scale are per channel by default (--latent_norm channel), so that no channel's offset or
+spread dominates the denoiser's loss. The sample grids are videos
 (samples_STEP/grid.mp4, grid.gif, grid_frames.png). --cache_latents caches clips as it caches images (each clip and
 its mirror clip, (N, 2, C, T', h, w)); on a CPU it is what makes video training fast, since rendering or decoding a clip
 and encoding it cost far more than a step of a small DiT.
@@ -48,7 +49,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
-                    make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, restore_rng_states,
+                    make_grad_scaler, broadcast_latent_norm, all_reduce_mean, seed_everything, gather_rng_states, restore_rng_states,
                     load_checkpoint, CheckpointWriter, update_ema, Loader, save_image_grid, save_video_grid, Logger,
                     note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, checked, check_run_dir,
                     prepare_run_dir, truncate_log, compare_resume_config, weights_hash, no_space_is_an_error)
@@ -74,6 +75,7 @@ parser.add_argument('--ema_decay', type=checked(float, lo=0, hi=1, hi_open=True)
 parser.add_argument('--weight_decay', type=checked(float, lo=0), default=0.0, help='AdamW weight decay (DiT uses 0)')
 parser.add_argument('--latent_scale', type=checked(float, lo=0, lo_open=True), default=None, help='override the latent scale (default: 1/std of a random global batch, or the checkpoint\'s)')
 parser.add_argument('--latent_shift', type=checked(float), default=None, help='override the latent shift (default: mean of a random global batch, or the checkpoint\'s)')
+parser.add_argument('--latent_norm', type=str, default=None, choices=['scalar', 'channel'], help="scale_by_std with one mean and std over all latents, or per channel; default: scalar for images (LDM's), channel for video")
 parser.add_argument('--cache_latents', type=str, default=None, help='folder for the encoded data set (made on first use, then reused)')
 parser.add_argument('--cache_size', type=checked(int, lo=1), default=None, help='with --cache_latents: encode a seeded random N of the images, or N random crops with --random_crop (required for the embedded dataset and for crops)')
 parser.add_argument('--grad_checkpointing', action='store_true', help='DiT: recompute activations in the backward pass (less memory, larger batches)')
@@ -83,6 +85,7 @@ parser.add_argument('--frame_stride', type=checked(int, lo=1), default=1, help='
 parser.add_argument('--sample_steps', type=checked(int, lo=1, hi=1000), default=50, help='DDIM steps for the periodic sample grid')
 args = parser.parse_args()
 video = args.num_frames > 1
+latent_norm = args.latent_norm or ('channel' if video else 'scalar')
 if video and args.model != 'dit':
     die("video latents (--num_frames > 1) need --model dit (the video DiT); the UNet is for images only.")
 learn_sigma = args.learn_sigma if args.learn_sigma is not None else args.model == 'dit'
@@ -192,14 +195,20 @@ if ckpt is not None:
 else:  # LDM's scale_by_std: mean and 1/std of one global batch, a seeded random sample of the data split over ranks
     mine = random_subset(dataset, args.batch_size * dist.world_size, args.seed)[dist.rank::dist.world_size]
     z = to_latent(torch.stack([dataset[i][0] for i in mine]).to(device)).double()
-    moments = torch.stack([torch.tensor(float(z.numel()), dtype=torch.float64, device=device), z.sum(), z.pow(2).sum()])
+    if latent_norm == 'channel':  # (B, C, ...) -> (C, N): one mean and std per channel
+        z = z.transpose(0, 1).flatten(1)
+        moments = torch.stack([torch.full((C,), float(z.shape[1]), dtype=torch.float64, device=device), z.sum(1),
+                               z.pow(2).sum(1)])  # (3, C)
+    else:
+        moments = torch.stack([torch.tensor(float(z.numel()), dtype=torch.float64, device=device), z.sum(), z.pow(2).sum()])
     if dist.ddp:
         torch.distributed.all_reduce(moments)  # the sums over every rank's images: exact, whatever the world size
     n, mean = moments[0], moments[1] / moments[0]
     std = (moments[2] / n - mean ** 2).clamp_min(0).sqrt()
-    latent_shift, latent_scale = mean.item(), 1.0 / std.item()
+    latent_shift, latent_scale = mean.tolist(), (1.0 / std).tolist()  # floats, or lists of C floats
 latent_shift = args.latent_shift if args.latent_shift is not None else latent_shift
 latent_scale = args.latent_scale if args.latent_scale is not None else latent_scale
+shift, scale = (broadcast_latent_norm(v, 5 if video else 4, device) for v in (latent_shift, latent_scale))
 
 backbone = dict(model=args.model, preset=args.preset, latent_size=latent_size, in_channels=C, num_classes=num_classes,
                 learn_sigma=learn_sigma, class_dropout_prob=args.class_dropout_prob if num_classes > 0 else 0.0)
@@ -271,7 +280,7 @@ def sample_grid():
     """Samples of the EMA model (DDIM, no guidance), decoded by the autoencoder."""
     with autocast(device, dtype):
         z = diffusion.ddim_sample(lambda x, t: ema(x, t, grid_labels), grid_noise, steps=args.sample_steps)
-        x = ae.decode(z.float() / latent_scale + latent_shift).float()
+        x = ae.decode(z.float() / scale + shift).float()
     if video:  # (B, 3, T, H, W) -> uint8 (B, T, H, W, 3) -> samples_STEP/grid.mp4, grid.gif, grid_frames.png
         clips = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
         folder = os.path.join(args.out_dir, f'samples_{step:07d}')
@@ -307,10 +316,11 @@ if dist.master:
                    'latent_scale': latent_scale, 'latent_shift': latent_shift, 'world_size': dist.world_size,
                    'dtype': dtype}, fh, indent=2)
     n_params = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else f"({', '.join(f'{a:.3g}' for a in v)})"  # noqa: E731
     frames = f"{latent_frames}x" if video else ''
     print(f"{args.model} {args.preset}: {n_params / 1e6:.2f}M params on {C}x{frames}{latent_size}x{latent_size} latents "
           f"(f={f}), {num_classes or 'no'} classes, {schedule} schedule, {args.prediction}-prediction"
-          f"{', learned variance' if learn_sigma else ''}; latent shift {latent_shift:.4g}, scale {latent_scale:.4g}; "
+          f"{', learned variance' if learn_sigma else ''}; latent shift {fmt(latent_shift)}, scale {fmt(latent_scale)}; "
           f"{dist.world_size} process(es) on {device}, {dtype}")
 progress = tqdm(total=args.max_steps, initial=step, disable=not dist.master, dynamic_ncols=True)
 writer = CheckpointWriter()
@@ -322,7 +332,7 @@ while step < args.max_steps:
     # gradient accumulation that all-reduces only on the last micro-step
     for micro in range(args.grad_accum):
         x, y = next(loader)
-        z = (to_latent(x.to(device, non_blocking=True)) - latent_shift) * latent_scale  # (B, C, h, w), ~unit variance
+        z = (to_latent(x.to(device, non_blocking=True)) - shift) * scale  # (B, C, [T',] h, w), ~unit variance
         y = y.to(device) if num_classes > 0 else None
         sync = contextlib.nullcontext() if (not dist.ddp or micro == args.grad_accum - 1) else model.no_sync()
         with sync:

@@ -4,6 +4,7 @@ import os
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from common import write_mp4
@@ -90,3 +91,23 @@ def test_eval_reads_the_middle_clip_of_every_readable_video_in_a_folder(tmp_path
     assert np.array_equal(clips, np.stack(decoded))  # frames 1..5 of 8: the middle clip, in file order, no duplicate
     kind, some = open_source(str(tmp_path), 16, 2, seed=3, num_frames=5)
     assert some.shape == (2, 5, 16, 16, 3) and all(any(np.array_equal(c, d) for d in decoded) for c in some)
+
+
+def test_video_ldm_from_a_latent_cache_normalises_each_channel(tmp_path):
+    from data import random_subset
+    run('train_ae.py', *TINY, '--num_frames', 5, '--batch_size', 1, '--max_steps', 1, '--lpips_weight', 0,
+        '--eval_interval', 1000, '--ckpt_interval', 1000, '--num_eval', 1, '--out_dir', tmp_path / 'ae')
+    run('train_ldm.py', *TINY, '--num_frames', 5, '--ae', tmp_path / 'ae' / 'ckpt.pt', '--model', 'dit', '--batch_size', 3,
+        '--max_steps', 1, '--cache_latents', tmp_path / 'cache', '--cache_size', 6, '--num_samples', 2,
+        '--sample_steps', 1, '--out_dir', tmp_path / 'ldm')
+    latents = np.load(tmp_path / 'cache' / 'latents.npy')
+    assert latents.shape == (6, 2, 16, 2, 4, 4)  # clips and mirror clips: 16 channels, 5 frames -> 2, 16 px -> 4
+    # scale_by_std per channel: mean and 1/std of each channel over one batch drawn at random from the cache
+    z = latents[random_subset(latents, 3, 0), 0].astype(np.float64)  # (3, C, T', h, w)
+    ckpt = torch.load(tmp_path / 'ldm' / 'ckpt.pt', weights_only=False)
+    assert ckpt['latent_shift'] == pytest.approx(z.mean(axis=(0, 2, 3, 4)).tolist(), rel=1e-9)
+    assert ckpt['latent_scale'] == pytest.approx((1 / z.std(axis=(0, 2, 3, 4))).tolist(), rel=1e-9)
+    assert np.std(ckpt['latent_scale']) > 0  # the channels do differ, so one scalar would not have done
+    # samples are decoded with the same per-channel map undone
+    run('sample.py', '--ckpt', tmp_path / 'ldm' / 'ema.pt', '--num_samples', 2, '--steps', 1, '--out_dir', tmp_path / 's')
+    assert np.load(tmp_path / 's' / 'samples.npz')['arr_0'].shape == (2, 5, 16, 16, 3)
