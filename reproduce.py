@@ -352,6 +352,7 @@ def reconstructions(seed, ae):
     """Video: the AE's reconstructions (posterior means, decoded) of the second real draw, as a samples .npz: the
     floor an LDM on these latents can reach. Returns the .npz path and its settings."""
     import numpy as np
+    from common import select_device
     from model import load_video_autoencoder
     name, ae_dir, ae_settings = ae
     out = os.path.join(args.out_dir, f'seed{seed}', f'recon_{name}')
@@ -359,10 +360,12 @@ def reconstructions(seed, ae):
     path = os.path.join(out, 'samples.npz')
     if not clear_unless_matching(out, settings):
         print(f"making {out}")
-        model = load_video_autoencoder(os.path.join(ae_dir, 'ckpt.pt'))
+        device = select_device(args.device)
+        model = load_video_autoencoder(os.path.join(ae_dir, 'ckpt.pt'), device=device)
         real2 = np.load(os.path.join(os.path.dirname(real_clips()[0]), 'real2.npz'))['arr_0']
         x = torch.from_numpy(real2).permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (N, 3, T, H, W)
-        recon = [to_uint8_clips(model.decode(model.encode(b, sample=False)[0]).clamp(-1, 1)) for b in x.split(8)]
+        recon = [to_uint8_clips(model.decode(model.encode(b.to(device), sample=False)[0]).clamp(-1, 1))
+                 for b in x.split(8)]
         os.makedirs(out, exist_ok=True)
         np.savez(path, np.concatenate(recon))
         record(out, settings)
