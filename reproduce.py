@@ -628,7 +628,8 @@ if video:
            "half of the temporal frequencies, over each channel's mean AC amplitude (white noise in time: 1; lower = "
            "smoother in time). RGB is pooled to the latents' (t, h, w) grid.", ""]
 md += ["## Fig. 1: LDM convergence on baseline vs SE latents", "",
-       f"Both arms: the same preset, recipe, data order and {sizes['ae_steps']} AE steps (the SE arm, se_weight "
+       f"{'The two arms from scratch' if video else 'Both arms'}: the same preset, recipe, data order and "
+       f"{sizes['ae_steps']} AE steps (the SE arm, se_weight "
        f"{args.se_weight:g}, pays one extra decoder pass per step)"
        f"{finetune_text}, "
        f"then the same {'video ' if video else ''}DiT, {sizes['ldm_steps']} steps, "
