@@ -272,6 +272,45 @@ def ldm_curve(seed, ae):
                                                                                       args.out_dir)})
     return {'curve': curve, 'ldm_train_seconds': train_time(ldm)}
 
+def swd_references(aes):
+    """The trivial references beside Fig. 1's curves, scored exactly as the LDM's samples are (eval_fid.py against the
+    same held-out images): `real`, a second draw of real images (from the training stream, disjoint from the held-out
+    set), the level no generator can beat but by chance; and each AE's reconstructions of that draw (posterior means),
+    the floor that an LDM on its latents approaches but cannot pass. -> {name: metrics}."""
+    import numpy as np
+    from data import make_dataset, random_subset
+    from model import load_autoencoder
+    n = sizes['num_samples']
+    dataset = make_dataset(args.data, sizes['image_size'], seed=0, train=True, random_crop=args.random_crop)
+    items = random_subset(dataset, n, 0)
+    if args.random_crop:  # n seeded crops, cycling through the images, as the training loader draws them
+        items = [(i, k) for k, i in enumerate((items * n)[:n])]
+    kinds = {'real': None, **{f"{arm} AE reconstructions": ae for arm, ae in aes.items()}}
+    out = {}
+    for name, ae in kinds.items():
+        ref = os.path.join(args.out_dir, 'references', name.split()[0] + ('' if ae is None else '_ae'))
+        settings = {'what': name, 'num_samples': n, 'image_size': sizes['image_size'], 'data': data_args,
+                    'ae': None if ae is None else ae[2]}
+        npz = os.path.join(ref, 'samples.npz')
+        if not clear_unless_matching(ref, settings):
+            print(f"making {ref}")
+            with torch.no_grad():
+                x = torch.stack([dataset[i][0] for i in items])
+                if ae is not None:
+                    model = load_autoencoder(os.path.join(ae[1], 'ckpt.pt'))
+                    x = torch.cat([model.decode(model.encode(b, sample=False)[0]) for b in x.split(64)])
+                images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            np.savez(npz, arr_0=images)
+            record(ref, settings)
+        gen_args = ['--fake', npz, *(['--real', args.data] if args.data else []), '--image_size', sizes['image_size'],
+                    '--num_real', sizes['num_eval'], '--seed', 0, '--device', args.device,
+                    '--out', os.path.join(ref, 'metrics', 'metrics.json')]
+        once(os.path.join(ref, 'metrics'), {'script': 'eval_fid.py', 'args': list(map(str, gen_args)), 'samples': settings},
+             'eval_fid.py', *gen_args)
+        metrics = json.load(open(os.path.join(ref, 'metrics', 'metrics.json')))
+        out[name] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    return out
+
 # -----------------------------------------------------------------------------
 # statistics and the verdict: sentences computed from the numbers
 
@@ -322,8 +361,8 @@ def save(fig, name):
     return name
 
 
-def plot_convergence(fig1):
-    """Fig. 1: SWD (average and per scale) vs LDM steps, mean ± std over seeds as a band."""
+def plot_convergence(fig1, references):
+    """Fig. 1: SWD (average and per scale) vs LDM steps, mean ± std over seeds as a band; the references as lines."""
     keys = ['swd_avg'] + sorted((k for k in fig1['baseline'][0]['curve'][0] if k.startswith('swd_') and k[4:].isdigit()),
                                 key=lambda k: -int(k[4:]))
     pyplot = plt()
@@ -336,6 +375,8 @@ def plot_convergence(fig1):
             sd = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
             ax.plot(steps, m, 'o-', color=color, label=f"{arm} latents")
             ax.fill_between(steps, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], color=color, alpha=0.2)
+            ax.axhline(references[f"{arm} AE reconstructions"][key], color=color, ls=':', label=f"{arm} AE reconstructions")
+        ax.axhline(references['real'][key], color='black', ls='--', label='a second draw of real images')
         ax.set(xlabel='LDM training steps', ylabel=f"{key} (lower is better)", title=key.replace('swd_', 'SWD '))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
@@ -442,7 +483,8 @@ seed0_aes = fig1_aes[0]
 for seed in range(args.seeds):  # LDM seed s runs on the AEs of seed s % ae_seeds
     for arm, ae in fig1_aes[seed % args.ae_seeds].items():
         fig1[arm].append(ldm_curve(seed, ae))
-report['fig1'] = {'autoencoders': fig1_ae, 'ldm': fig1}
+references = swd_references(seed0_aes)
+report['fig1'] = {'autoencoders': fig1_ae, 'ldm': fig1, 'references': references}
 final = lambda arm, key: [s['curve'][-1][key] for s in fig1[arm]]
 average = lambda arm, key: [statistics.mean(p[key] for p in s['curve']) for s in fig1[arm]]
 swd_keys = ['swd_avg'] + sorted((k for k in fig1['baseline'][0]['curve'][-1] if k.startswith('swd_') and k[4:].isdigit()),
@@ -482,11 +524,13 @@ for seed in range(args.ae_seeds):
     md += ae_table({f"{arm} seed {seed}": fig1_ae[arm][seed] for arm in fig1_ae})[2 if seed else 0:]
 md += ["", ("Every AE beats bicubic at its latent grid by at least 3 dB." if not short_of_target else
             f"Short of the 3 dB target over bicubic: {', '.join(short_of_target)}."), "",
-       f"![Fig. 1]({plot_convergence(fig1)})", "",
+       f"![Fig. 1]({plot_convergence(fig1, references)})", "",
        "| arm | " + " | ".join(f"{k} final" for k in gen_keys) + " | LDM train s |", "|---" * (len(gen_keys) + 2) + "|"]
 for arm in fig1:
     cells = [f"{mean_std(final(arm, k))[0]:.2f} ± {mean_std(final(arm, k))[1]:.2f}" for k in gen_keys]
     md.append(f"| {arm} | " + " | ".join(cells) + f" | {statistics.mean(s['ldm_train_seconds'] for s in fig1[arm]):.0f} |")
+for name, m in references.items():  # the same metrics of real images and of the AEs' reconstructions (seed 0)
+    md.append(f"| reference: {name} | " + " | ".join(f"{m[k]:.2f}" if k in m else '-' for k in gen_keys) + " | |")
 md += [""] + [f"- {k} not measured: {why}" for k, why in sorted(skipped.items())]
 md += ["", "Samples at the last step (seed 0):", "", "| baseline | se |", "|---|---|",
        f"| ![baseline]({fig1['baseline'][0]['curve'][-1]['grid']}) | ![se]({fig1['se'][0]['curve'][-1]['grid']}) |", "",

@@ -3,9 +3,13 @@ artefacts whose settings match and remakes the others."""
 import json
 import math
 
+import numpy as np
 import pytest
+import torch
 
+from data import DeadLeaves
 from helpers import run
+from model import load_autoencoder
 
 
 def numbers(o):
@@ -32,6 +36,19 @@ def test_smoke_run_writes_figures_and_reuses_only_what_matches(tmp_path):
     assert base['hf_share'] != se['hf_share']  # the arms differ in training...
     assert base['bicubic_psnr'] == se['bicubic_psnr']  # ...and are measured on the same held-out images
     assert len(report['verdict']) >= 3 and all(isinstance(v, str) for v in report['verdict'])
+    # the references beside the curves: a second draw of real images (the training stream, not the held-out set the
+    # samples are scored against), and that draw through each AE, scored by the same eval_fid.py call
+    refs = fig1['references']
+    assert set(refs) == {'real', 'baseline AE reconstructions', 'se AE reconstructions'}
+    assert all(math.isfinite(m['swd_avg']) for m in refs.values())
+    real = np.load(tmp_path / 'references' / 'real' / 'samples.npz')['arr_0']
+    drawn = torch.stack([DeadLeaves(64, seed=0, train=True)[i][0] for i in range(len(real))])
+    assert np.array_equal(real, ((drawn + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    ae = load_autoencoder(str(tmp_path / 'seed0' / 'ae_z16_kl1e-06_se0' / 'ckpt.pt'))
+    with torch.no_grad():
+        rec = ae.decode(ae.encode(drawn, sample=False)[0]).clamp(-1, 1)
+    made = np.load(tmp_path / 'references' / 'baseline_ae' / 'samples.npz')['arr_0']
+    assert np.abs(made.astype(int) - ((rec + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()).max() <= 1
     md = (tmp_path / 'report.md').read_text()
     for name in ('fig1_convergence.png', 'fig5_erasure.png', 'fig5_strip.png'):
         assert f']({name})' in md and (tmp_path / name).stat().st_size > 0
