@@ -294,6 +294,7 @@ def swd_references(aes):
         npz = os.path.join(ref, 'samples.npz')
         if not clear_unless_matching(ref, settings):
             print(f"making {ref}")
+            os.makedirs(ref, exist_ok=True)
             with torch.no_grad():
                 x = torch.stack([dataset[i][0] for i in items])
                 if ae is not None:
