@@ -306,7 +306,8 @@ def ldm_curve(seed, ae):
 
 
 def score(gen, fake, settings):
-    """eval_fid.py on a samples .npz, against the held-out images (video: the real clips of real_clips())."""
+    """eval_fid.py on a samples .npz against the held-out images (video: the held-out clips of real_clips()), into the
+    folder `gen`, remade when `settings` (what the samples were made from) change. -> the numbers and what was skipped."""
     real = ['--real', real_clips()[0]] if video else [*(['--real', args.data] if args.data else []),
                                                        '--image_size', sizes['image_size'], '--num_real', sizes['num_eval']]
     gen_args = ['--fake', fake, *real, '--seed', 0, '--device', args.device, '--out', os.path.join(gen, 'metrics.json')]
@@ -316,60 +317,72 @@ def score(gen, fake, settings):
     return {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, 'skipped': metrics.get('skipped', {})}
 
 
-def to_uint8_clips(x):
-    """Clips (B, 3, T, H, W) in [-1, 1] -> uint8 (B, T, H, W, 3), as sample.py writes them."""
+def uint8_samples(x):
+    """Images (N, 3, H, W) or clips (N, 3, T, H, W) in [-1, 1] -> uint8 (N, [T,] H, W, 3), as sample.py writes them."""
     from eval_fid import to_uint8
-    return to_uint8(x.transpose(1, 2)).permute(0, 1, 3, 4, 2).cpu().numpy()
+    return to_uint8(x.clamp(-1, 1)).movedim(1, -1).cpu().numpy()
 
 
 def real_clips():
-    """Video: num_eval held-out clips (the reference every sample set is scored against) and a second, disjoint draw
-    of num_samples clips (the first trivial reference), as uint8 .npz files. Returns (the first's path, settings)."""
+    """Video: the held-out clips every set of video samples is scored against (eval_fid.py needs them as a file), a
+    seeded random num_eval of them as a uint8 .npz. -> (its path, the settings it was made with)."""
     import numpy as np
     from data import make_video_dataset, random_subset
     out = os.path.join(args.out_dir, 'real_clips')
     settings = {'data': args.data, 'image_size': sizes['image_size'], 'num_frames': args.num_frames,
-                'num_eval': sizes['num_eval'], 'num_samples': sizes['num_samples']}
+                'num_eval': sizes['num_eval']}
     path = os.path.join(out, 'real.npz')
     if not clear_unless_matching(out, settings):
         print(f"making {out}")
         dataset = make_video_dataset(args.data, sizes['image_size'], args.num_frames, seed=0, train=False)
-        n = sizes['num_eval'] + sizes['num_samples']
-        if len(dataset) < n:
-            sys.exit(f"error: {args.data} holds {len(dataset)} videos, and the two real sets need --num_eval + "
-                     f"--num_samples = {n}; lower them.")
-        index = np.random.default_rng(0).permutation(random_subset(dataset, n, 0)).tolist()  # shuffled: no class order
-        clips = np.concatenate([to_uint8_clips(dataset[i][0][None]) for i in index])  # (n, T, H, W, 3)
+        clips = uint8_samples(torch.stack([dataset[i][0] for i in random_subset(dataset, sizes['num_eval'], 0)]))
         os.makedirs(out, exist_ok=True)
-        np.savez(path, clips[:sizes['num_eval']])
-        np.savez(os.path.join(out, 'real2.npz'), clips[sizes['num_eval']:])
+        np.savez(path, arr_0=clips)  # (num_eval, T, H, W, 3)
         record(out, settings)
     return path, settings
 
 
-@torch.no_grad()
-def reconstructions(seed, ae):
-    """Video: the AE's reconstructions (posterior means, decoded) of the second real draw, as a samples .npz: the
-    floor an LDM on these latents can reach. Returns the .npz path and its settings."""
+def swd_references(aes):
+    """The trivial references beside Fig. 1's curves, scored exactly as the LDM's samples are (eval_fid.py against the
+    same held-out images): `real`, a second draw of real images (from the training stream, disjoint from the held-out
+    set), the level no generator can beat but by chance; and each AE's reconstructions of that draw (posterior means),
+    the floor that an LDM on its latents approaches but cannot pass. Video: clips and the video AEs. -> {name: metrics}."""
     import numpy as np
     from common import select_device
-    from model import load_video_autoencoder
-    name, ae_dir, ae_settings = ae
-    out = os.path.join(args.out_dir, f'seed{seed}', f'recon_{name}')
-    settings = {'ae': ae_settings, 'real': real_clips()[1]}
-    path = os.path.join(out, 'samples.npz')
-    if not clear_unless_matching(out, settings):
-        print(f"making {out}")
-        device = select_device(args.device)
-        model = load_video_autoencoder(os.path.join(ae_dir, 'ckpt.pt'), device=device)
-        real2 = np.load(os.path.join(os.path.dirname(real_clips()[0]), 'real2.npz'))['arr_0']
-        x = torch.from_numpy(real2).permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (N, 3, T, H, W)
-        recon = [to_uint8_clips(model.decode(model.encode(b.to(device), sample=False)[0]).clamp(-1, 1))
-                 for b in x.split(8)]
-        os.makedirs(out, exist_ok=True)
-        np.savez(path, np.concatenate(recon))
-        record(out, settings)
-    return path, settings
+    from data import make_dataset, make_video_dataset, random_subset
+    from model import load_autoencoder, load_video_autoencoder
+    n = sizes['num_samples']
+    if video:
+        dataset = make_video_dataset(args.data, sizes['image_size'], args.num_frames, seed=0, train=True,
+                                     random_crop=args.random_crop)
+    else:
+        dataset = make_dataset(args.data, sizes['image_size'], seed=0, train=True, random_crop=args.random_crop)
+    items = random_subset(dataset, n, 0)
+    if args.random_crop:  # n seeded crops, cycling through the images, as the training loader draws them
+        items = [(i, k) for k, i in enumerate((items * n)[:n])]
+    kinds = {'real': None, **{f"{arm} AE reconstructions": ae for arm, ae in aes.items()}}
+    device = select_device(args.device)
+    out = {}
+    for name, ae in kinds.items():
+        ref = os.path.join(args.out_dir, 'references', name.split()[0] + ('' if ae is None else '_ae'))
+        settings = {'what': name, 'num_samples': n, 'image_size': sizes['image_size'], 'data': data_args,
+                    'ae': None if ae is None else ae[2]}
+        npz = os.path.join(ref, 'samples.npz')
+        if not clear_unless_matching(ref, settings):
+            print(f"making {ref}")
+            os.makedirs(ref, exist_ok=True)
+            with torch.no_grad():
+                x = torch.stack([dataset[i][0] for i in items])  # (n, 3, [T,] H, W)
+                if ae is not None:
+                    model = (load_video_autoencoder if video else load_autoencoder)(os.path.join(ae[1], 'ckpt.pt'),
+                                                                                    device=device)
+                    x = torch.cat([model.decode(model.encode(b.to(device), sample=False)[0]).cpu()
+                                   for b in x.split(8 if video else 64)])
+            np.savez(npz, arr_0=uint8_samples(x))
+            record(ref, settings)
+        metrics = score(os.path.join(ref, 'metrics'), npz, {'samples': settings})
+        out[name] = {k: v for k, v in metrics.items() if k != 'skipped'}
+    return out
 
 # -----------------------------------------------------------------------------
 # statistics and the verdict: sentences computed from the numbers
@@ -421,9 +434,9 @@ def save(fig, name):
     return name
 
 
-def plot_convergence(fig1, keys):
+def plot_convergence(fig1, keys, references):
     """Fig. 1: the sample metrics `keys` (SWD average and per scale; video: video SWD, frames, motion) vs LDM steps,
-    mean ± std over seeds as a band, one line per arm."""
+    mean ± std over seeds as a band, one line per arm; the references as horizontal lines."""
     pyplot = plt()
     fig, axes = pyplot.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
@@ -434,6 +447,8 @@ def plot_convergence(fig1, keys):
             sd = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
             ax.plot(steps, m, 'o-', color=color, label=f"{arm} latents")
             ax.fill_between(steps, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], color=color, alpha=0.2)
+            ax.axhline(references[f"{arm} AE reconstructions"][key], color=color, ls=':', label=f"{arm} AE reconstructions")
+        ax.axhline(references['real'][key], color='black', ls='--', label=f"a second draw of real {what}")
         ax.set(xlabel='LDM training steps', ylabel=f"{key} (lower is better)", title=key.replace('swd_', 'SWD '))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
@@ -567,7 +582,8 @@ seed0_aes = fig1_aes[0]
 for seed in range(args.seeds):  # LDM seed s runs on the AEs of seed s % ae_seeds
     for arm, ae in fig1_aes[seed % args.ae_seeds].items():
         fig1[arm].append(ldm_curve(seed, ae))
-report['fig1'] = {'autoencoders': fig1_ae, 'ldm': fig1}
+references = swd_references(seed0_aes)
+report['fig1'] = {'autoencoders': fig1_ae, 'ldm': fig1, 'references': references}
 final = lambda arm, key: [s['curve'][-1][key] for s in fig1[arm]]
 average = lambda arm, key: [statistics.mean(p[key] for p in s['curve']) for s in fig1[arm]]
 last = fig1['baseline'][0]['curve'][-1]
@@ -595,15 +611,6 @@ report['verdict'] = verdict
 short_of_target = [f"{arm} seed {s}" for arm in fig1_ae for s, m in enumerate(fig1_ae[arm])
                    if m['psnr'] - m['bicubic_psnr'] < 3]
 skipped = {k: why for arm in fig1 for s in fig1[arm] for p in s['curve'] for k, why in p['skipped'].items()}
-references = {}
-if video:  # the trivial references beside the LDMs' numbers: real clips vs real clips, and each AE's reconstructions
-    real2 = os.path.join(os.path.dirname(real_clips()[0]), 'real2.npz')
-    references['real clips (a second draw)'] = score(os.path.join(args.out_dir, 'real_clips', 'gen'), real2, {})
-    for arm, ae in seed0_aes.items():
-        recon, recon_settings = reconstructions(0, ae)
-        references[f"{arm} AE's reconstructions"] = score(os.path.join(os.path.dirname(recon), 'gen'), recon,
-                                                          {'samples': recon_settings})
-    report['fig1']['references'] = references
 what = 'clips' if video else 'images'
 seed0_rows = {arm: fig1_ae[arm][0] for arm in fig1_ae}  # the AEs of seed 0: spectra plots, Fig. 5
 finetune_text = (f"; se_ft and control: the baseline fine-tuned {sizes['ft_steps']} more steps with and without SE"
@@ -641,18 +648,17 @@ md += ["", ("Every AE beats bicubic at its latent grid by at least 3 dB." if not
             f"Short of the 3 dB target over bicubic: {', '.join(short_of_target)}."), "",
        *([f"![spatial spectra]({plot_spectra(seed0_rows, 'spectra_spatial.png', 'Spatial spectrum of the latent frames')})",
           "", f"![temporal spectra]({plot_temporal(seed0_rows, 'spectra_temporal.png')})", ""] if video else []),
-       f"![Fig. 1]({plot_convergence(fig1, swd_keys)})", "",
+       f"![Fig. 1]({plot_convergence(fig1, swd_keys, references)})", "",
        "| arm | " + " | ".join(f"{k} final" for k in gen_keys) + " | LDM train s |", "|---" * (len(gen_keys) + 2) + "|"]
 for arm in fig1:
     cells = [f"{mean_std(final(arm, k))[0]:.2f} ± {mean_std(final(arm, k))[1]:.2f}" for k in gen_keys]
     md.append(f"| {arm} | " + " | ".join(cells) + f" | {statistics.mean(s['ldm_train_seconds'] for s in fig1[arm]):.0f} |")
-for label, m in references.items():  # the same metrics, without an LDM
-    md.append(f"| reference: {label} | " + " | ".join(f"{m[k]:.2f}" if k in m else '-' for k in gen_keys) + " | |")
+for name, m in references.items():  # the same metrics of real images and of the AEs' reconstructions (seed 0)
+    md.append(f"| reference: {name} | " + " | ".join(f"{m[k]:.2f}" if k in m else '-' for k in gen_keys) + " | |")
 md += [""] + [f"- {k} not measured: {why}" for k, why in sorted(skipped.items())]
-if video:
-    md += ["", "The reference rows score a second draw of real clips and each seed-0 AE's reconstructions of it against "
-           "the same real clips, with the same counts: the first is what a perfect generator gets, the second what a "
-           "perfect LDM on that AE's latents can get."]
+md += ["", f"The reference rows score a second draw of real {what} (from the training stream) and each seed-0 AE's "
+       f"reconstructions of it against the same held-out {what}, with the same counts: the first is what a perfect "
+       "generator gets, the second what a perfect LDM on that AE's latents can get."]
 md += ["", f"Samples at the last step (seed 0{', first frames above middle frames' if video else ''}):", "",
        "| " + " | ".join(fig1) + " |", "|---" * len(fig1) + "|",
        "| " + " | ".join(f"![{arm}]({fig1[arm][0]['curve'][-1]['grid']})" for arm in fig1) + " |", "",

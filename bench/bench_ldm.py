@@ -8,10 +8,13 @@ second, peak GPU memory and MFU = model FLOPs per step / step time / the device'
      the gap to (1) is the cost of the data pipeline and the loop's bookkeeping.
   3. vs_diffusers: our DiT against diffusers' DiTTransformer2DModel of the same size, forward + backward, timed in
      alternation (A B A B ...) so that drift of a shared machine hits both alike.
+  4. vs_latte (asked for by name): our VideoDiT on --num_frames latent frames, with full and with alternating
+     attention, against diffusers' LatteTransformer3DModel of the same width and depth, alternated as in (3).
 
   python bench/bench_ldm.py                                      # CPU: DiT-S/2 on 8x8x4 latents, (2) and (3) only
   python bench/bench_ldm.py --device cuda --presets DiT-XL/2 --batch_size 128 --compile   # one H100: all three
   python bench/bench_ldm.py --device cuda --presets DiT-S/2,DiT-B/2,DiT-L/2,DiT-XL/2 --batch_size 128 --compile
+  python bench/bench_ldm.py --parts vs_latte --presets tiny,DiT-S/2 --num_frames 5   # video: 4 x 5 x 8 x 8 latents
 """
 import os
 import sys
@@ -31,7 +34,7 @@ sys.path.insert(0, os.path.join(ROOT, 'bench'))
 from common import autocast  # noqa: E402
 from diffusion import Diffusion  # noqa: E402
 from flops import dit_flops, dit_config, device_peak_flops  # noqa: E402
-from model import build_backbone, DIT_PRESETS  # noqa: E402
+from model import build_backbone, DIT_PRESETS, VIDEO_DIT_PRESETS  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
@@ -47,7 +50,8 @@ parser.add_argument('--dtype', default=None, choices=['float32', 'bfloat16', 'fl
 parser.add_argument('--compile', action='store_true', help='torch.compile the model (as train_ldm.py --compile)')
 parser.add_argument('--grad_checkpointing', action='store_true')
 parser.add_argument('--num_images', type=int, default=2048, help='images in the train_ldm run\'s latent cache')
-parser.add_argument('--parts', default=None, help='comma-separated: train_ldm, synthetic, vs_diffusers (default: all on GPUs; '
+parser.add_argument('--num_frames', type=int, default=5, help='latent frames of the vs_latte part')
+parser.add_argument('--parts', default=None, help='comma-separated: train_ldm, synthetic, vs_diffusers, vs_latte (default: the first three on GPUs; '
                     'the last two on CPU, where a DiT-size train_ldm run takes minutes per step)')
 args = parser.parse_args()
 device = torch.device(args.device)
@@ -249,6 +253,60 @@ if 'vs_diffusers' in parts:
              ours_over_diffusers=round(statistics.median(t_ours) / statistics.median(t_ref), 3),
              params_M={'ours': round(sum(p.numel() for p in ours.parameters()) / 1e6, 2),
                        'diffusers': round(sum(p.numel() for p in ref.parameters()) / 1e6, 2)})
+        del ours, ref
+        if cuda:
+            torch.cuda.empty_cache()
+
+# -----------------------------------------------------------------------------
+# 4. our VideoDiT (full and alternating attention) vs diffusers' Latte, same width and depth, alternating
+
+if 'vs_latte' in parts:
+    from diffusers import LatteTransformer3DModel
+    T = args.num_frames
+    for preset in args.presets.split(','):
+        torch.manual_seed(0)
+        ours = {attention: VIDEO_DIT_PRESETS[preset](input_size=h, num_frames=T, in_channels=C, learn_sigma=True,
+                                                     num_classes=max(args.num_classes, 1), attention=attention)
+                .to(device).train() for attention in ('full', 'alternating')}
+        block = ours['full'].blocks[0]
+        D, heads, depth = block.attn.qkv.in_features, block.attn.num_heads, len(ours['full'].blocks)
+        # Latte stacks num_layers pairs of (spatial block with cross-attention, temporal block): depth/2 pairs give
+        # depth blocks, as our alternating model has. It is text-conditioned: one caption token of width 1 (~free).
+        ref = LatteTransformer3DModel(num_attention_heads=heads, attention_head_dim=D // heads, in_channels=C,
+                                      out_channels=2 * C, num_layers=max(depth // 2, 1), sample_size=h,
+                                      patch_size=ours['full'].patch_size, activation_fn='gelu-approximate',
+                                      norm_type='ada_norm_single', norm_elementwise_affine=False, norm_eps=1e-6,
+                                      caption_channels=1, cross_attention_dim=D, video_length=T).to(device).train()
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(args.batch_size, C, T, h, h, generator=g).to(device)
+        t = torch.randint(0, 1000, (args.batch_size,), generator=g).to(device)
+        y = torch.randint(0, max(args.num_classes, 1), (args.batch_size,), generator=g).to(device)
+        caption = torch.randn(args.batch_size, 1, 1, generator=g).to(device)
+
+        def fwd_bwd(model, call):
+            def f():
+                with autocast(device, dtype):
+                    out = call()
+                out.float().square().mean().backward()
+                model.zero_grad(set_to_none=True)
+            return f
+
+        runs = {'ours_full': fwd_bwd(ours['full'], lambda: ours['full'](x, t, y)),
+                'ours_alternating': fwd_bwd(ours['alternating'], lambda: ours['alternating'](x, t, y)),
+                'latte': fwd_bwd(ref, lambda: ref(x, timestep=t, encoder_hidden_states=caption).sample)}
+        times = {k: [] for k in runs}
+        for i in range(args.warmup + args.steps):
+            for k, f in runs.items():
+                s = timed(f)
+                if i >= args.warmup:
+                    times[k].append(s)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        emit(bench='vs_latte', preset=preset, latent=[C, T, h, h], batch_size=args.batch_size,
+             **{f"{k}_fwd_bwd_s": round(v, 4) for k, v in med.items()},
+             full_over_latte=round(med['ours_full'] / med['latte'], 3),
+             alternating_over_latte=round(med['ours_alternating'] / med['latte'], 3),
+             params_M={'ours': round(sum(p.numel() for p in ours['full'].parameters()) / 1e6, 2),
+                       'latte': round(sum(p.numel() for p in ref.parameters()) / 1e6, 2)})
         del ours, ref
         if cuda:
             torch.cuda.empty_cache()

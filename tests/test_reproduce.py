@@ -4,9 +4,13 @@ artefacts give when recomputed, with spectra in range and its trivial references
 import json
 import math
 
+import numpy as np
 import pytest
+import torch
 
+from data import DeadLeaves, MovingDeadLeaves
 from helpers import run
+from model import load_autoencoder
 
 
 def numbers(o):
@@ -33,6 +37,19 @@ def test_smoke_run_writes_figures_and_reuses_only_what_matches(tmp_path):
     assert base['hf_share'] != se['hf_share']  # the arms differ in training...
     assert base['bicubic_psnr'] == se['bicubic_psnr']  # ...and are measured on the same held-out images
     assert len(report['verdict']) >= 3 and all(isinstance(v, str) for v in report['verdict'])
+    # the references beside the curves: a second draw of real images (the training stream, not the held-out set the
+    # samples are scored against), and that draw through each AE, scored by the same eval_fid.py call
+    refs = fig1['references']
+    assert set(refs) == {'real', 'baseline AE reconstructions', 'se AE reconstructions'}
+    assert all(math.isfinite(m['swd_avg']) for m in refs.values())
+    real = np.load(tmp_path / 'references' / 'real' / 'samples.npz')['arr_0']
+    drawn = torch.stack([DeadLeaves(64, seed=0, train=True)[i][0] for i in range(len(real))])
+    assert np.array_equal(real, ((drawn + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    ae = load_autoencoder(str(tmp_path / 'seed0' / 'ae_z16_kl1e-06_se0' / 'ckpt.pt'))
+    with torch.no_grad():
+        rec = ae.decode(ae.encode(drawn, sample=False)[0]).clamp(-1, 1)
+    made = np.load(tmp_path / 'references' / 'baseline_ae' / 'samples.npz')['arr_0']
+    assert np.abs(made.astype(int) - ((rec + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()).max() <= 1
     md = (tmp_path / 'report.md').read_text()
     for name in ('fig1_convergence.png', 'fig5_erasure.png', 'fig5_strip.png'):
         assert f']({name})' in md and (tmp_path / name).stat().st_size > 0
@@ -55,8 +72,6 @@ def test_smoke_run_writes_figures_and_reuses_only_what_matches(tmp_path):
 
 @pytest.mark.slow
 def test_video_smoke_run_reports_what_its_artefacts_hold(tmp_path):
-    import numpy as np
-    import torch
     from eval_fid import video_swd
     from model import load_video_autoencoder
     args = ['reproduce.py', '--num_frames', 17, '--smoke', '--seeds', 1, '--out_dir', tmp_path]
@@ -79,24 +94,26 @@ def test_video_smoke_run_reports_what_its_artefacts_hold(tmp_path):
         assert [p['step'] for p in ldm['curve']] == [2] and (tmp_path / ldm['curve'][0]['grid']).stat().st_size > 0
     assert fig1['autoencoders']['se'][0]['hf_share'] != base['hf_share']  # the arms differ in training
     clips = lambda path: torch.from_numpy(np.load(path)['arr_0']).permute(0, 1, 4, 2, 3)  # noqa: E731 (N, T, 3, H, W)
-    real, real2 = clips(tmp_path / 'real_clips' / 'real.npz'), clips(tmp_path / 'real_clips' / 'real2.npz')
+    real = clips(tmp_path / 'real_clips' / 'real.npz')  # the held-out clips every set is scored against
+    real2 = clips(tmp_path / 'references' / 'real' / 'samples.npz')  # a second draw, from the training stream
     assert real.shape == real2.shape == (4, 17, 3, 32, 32) and not any(torch.equal(a, b) for a in real for b in real2)
 
     # the trivial references, recomputed from the artefacts: a second draw of real clips...
-    ref = fig1['references']['real clips (a second draw)']
-    assert ref['video_swd'] == pytest.approx(video_swd(real, real2)['video_swd'], rel=1e-9)
-    assert f"| reference: real clips (a second draw) | {ref['video_swd']:.2f} |" in md
+    refs = fig1['references']
+    assert set(refs) == {'real'} | {f"{arm} AE reconstructions" for arm in arms}
+    assert refs['real']['video_swd'] == pytest.approx(video_swd(real, real2)['video_swd'], rel=1e-9)
+    assert f"| reference: real | {refs['real']['video_swd']:.2f} |" in md
     # ...is closer to the real clips than the samples of a 2-step LDM on any arm
-    assert all(fig1['ldm'][arm][0]['curve'][-1]['video_swd'] > ref['video_swd'] for arm in arms)
+    assert all(fig1['ldm'][arm][0]['curve'][-1]['video_swd'] > refs['real']['video_swd'] for arm in arms)
     # and the SE AE's reconstructions of that draw are its decoded posterior means
+    x = torch.stack([MovingDeadLeaves(32, 17, seed=0, train=True)[i][0] for i in range(4)])  # (N, 3, T, H, W)
+    assert torch.equal(((x + 1) * 127.5).round().to(torch.uint8).transpose(1, 2), real2)
     ae = load_video_autoencoder(str(tmp_path / 'seed0' / 'ae_z16_kl1e-06_se0.25' / 'ckpt.pt'))
     with torch.no_grad():
-        x = real2.transpose(1, 2).float() / 127.5 - 1  # (N, 3, T, H, W)
         recon = ((ae.decode(ae.encode(x, sample=False)[0]).clamp(-1, 1) + 1) * 127.5).round().transpose(1, 2)
-    saved = clips(tmp_path / 'seed0' / 'recon_z16_kl1e-06_se0.25' / 'samples.npz')
+    saved = clips(tmp_path / 'references' / 'se_ae' / 'samples.npz')
     assert (saved.float() - recon).abs().max() <= 1  # up to a rounding step
-    assert fig1['references']["se AE's reconstructions"]['video_swd'] == pytest.approx(
-        video_swd(real, saved)['video_swd'], rel=1e-9)
+    assert refs['se AE reconstructions']['video_swd'] == pytest.approx(video_swd(real, saved)['video_swd'], rel=1e-9)
     assert len(report['verdict']) >= 8 and sum(v.startswith('fine-tuned: ') for v in report['verdict']) >= 4
 
     # the same command again: every artefact reused, the same numbers
