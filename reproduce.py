@@ -55,7 +55,7 @@ SIZES = {  # default: Fig. 1 (2 seeds) and Fig. 5 in under 30 minutes on 2 CPU c
     'smoke': dict(image_size=64, ae_steps=4, ft_steps=2, ae_batch_size=2, ldm_steps=4, ldm_evals=2, ldm_batch_size=4,
                   cache_size=16, num_samples=16, num_eval=16, sample_steps=3),
     # --num_frames 17: four arms with 2 LDM seeds each in under 45 minutes on 2 CPU cores; clips of 17 x 32 x 32
-    'video': dict(image_size=32, ae_steps=300, ft_steps=100, ae_batch_size=1, ldm_steps=1200, ldm_evals=3,
+    'video': dict(image_size=32, ae_steps=200, ft_steps=60, ae_batch_size=1, ldm_steps=1000, ldm_evals=3,
                   ldm_batch_size=32, cache_size=256, num_samples=64, num_eval=64, sample_steps=25),
     'video_smoke': dict(image_size=32, ae_steps=2, ft_steps=1, ae_batch_size=1, ldm_steps=2, ldm_evals=1,
                         ldm_batch_size=2, cache_size=4, num_samples=4, num_eval=4, sample_steps=2),
