@@ -101,7 +101,8 @@ def test_video_smoke_run_reports_what_its_artefacts_hold(tmp_path):
     # the trivial references, recomputed from the artefacts: a second draw of real clips...
     refs = fig1['references']
     assert set(refs) == {'real'} | {f"{arm} AE reconstructions" for arm in arms}
-    assert refs['real']['video_swd'] == pytest.approx(video_swd(real, real2)['video_swd'], rel=1e-9)
+    # (rel 1e-5: the subprocess's float32 sums run in another order with other thread counts; 3e-9 was seen in CI)
+    assert refs['real']['video_swd'] == pytest.approx(video_swd(real, real2)['video_swd'], rel=1e-5)
     assert f"| reference: real | {refs['real']['video_swd']:.2f} |" in md
     # ...is closer to the real clips than the samples of a 2-step LDM on any arm
     assert all(fig1['ldm'][arm][0]['curve'][-1]['video_swd'] > refs['real']['video_swd'] for arm in arms)
@@ -113,7 +114,7 @@ def test_video_smoke_run_reports_what_its_artefacts_hold(tmp_path):
         recon = ((ae.decode(ae.encode(x, sample=False)[0]).clamp(-1, 1) + 1) * 127.5).round().transpose(1, 2)
     saved = clips(tmp_path / 'references' / 'se_ae' / 'samples.npz')
     assert (saved.float() - recon).abs().max() <= 1  # up to a rounding step
-    assert refs['se AE reconstructions']['video_swd'] == pytest.approx(video_swd(real, saved)['video_swd'], rel=1e-9)
+    assert refs['se AE reconstructions']['video_swd'] == pytest.approx(video_swd(real, saved)['video_swd'], rel=1e-5)
     assert len(report['verdict']) >= 8 and sum(v.startswith('fine-tuned: ') for v in report['verdict']) >= 4
 
     # the same command again: every artefact reused, the same numbers
