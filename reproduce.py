@@ -261,8 +261,9 @@ def measure(ae):
                 'hf_share_per_frame': r['spatial_hf_share_per_frame'], 'temporal_hf': r['temporal_hf_ratio'],
                 'rgb_temporal_hf': rgb['temporal_hf_ratio'], 'temporal_profile': r['temporal_spectrum'],
                 'rgb_temporal_profile': rgb['temporal_spectrum'], 'ae_train_seconds': train_time(out)}
-    r = json.load(open(os.path.join(spec, 'spectrum.json')))['autoencoders'][name]
-    rgb = json.load(open(os.path.join(spec, 'spectrum.json')))['rgb'][r['rgb_reference']]
+    result = json.load(open(os.path.join(spec, 'spectrum.json')))
+    r = result['autoencoders'][name]
+    rgb = result['rgb'][r['rgb_reference']]
     return {'hf_share': r['hf_share'], 'hf_share_sample': r.get('posterior_sample', {}).get('hf_share', r['hf_share']),
             'rgb_hf_share': r['rgb_hf_share'], 'psnr': r['reconstruction_psnr'], 'bicubic_psnr': r['bicubic_psnr'],
             'erasure_psnr': r['erasure_psnr'], 'profile': r['mean'],
@@ -362,7 +363,7 @@ def swd_references(aes):
         items = [(i, k) for k, i in enumerate((items * n)[:n])]
     kinds = {'real': None, **{f"{arm} AE reconstructions": ae for arm, ae in aes.items()}}
     device = select_device(args.device)
-    out = {}
+    out, real = {}, None
     for name, ae in kinds.items():
         ref = os.path.join(args.out_dir, 'references', name.split()[0] + ('' if ae is None else '_ae'))
         settings = {'what': name, 'num_samples': n, 'image_size': sizes['image_size'], 'data': data_args,
@@ -371,8 +372,10 @@ def swd_references(aes):
         if not clear_unless_matching(ref, settings):
             print(f"making {ref}")
             os.makedirs(ref, exist_ok=True)
+            if real is None:  # the draw is made once, for whichever files need it
+                real = torch.stack([dataset[i][0] for i in items])  # (n, 3, [T,] H, W)
+            x = real
             with torch.no_grad():
-                x = torch.stack([dataset[i][0] for i in items])  # (n, 3, [T,] H, W)
                 if ae is not None:
                     model = (load_video_autoencoder if video else load_autoencoder)(os.path.join(ae[1], 'ckpt.pt'),
                                                                                     device=device)
@@ -407,6 +410,13 @@ def compare(name, base, se, lower_is_better=True):
     good = (ms < mb) == lower_is_better
     return (f"{name}: SE {verb} it by {abs(change):.1f}% ({mb:.4g} ± {sb:.2g} -> {ms:.4g} ± {ss:.2g}; seeds: {seeds}), "
             f"{'better' if good else 'worse'} beyond the seeds' spread.")
+
+
+def hf_series(rows):
+    """hf_share of posterior means, of samples, and of RGB on the latent grid, over a sweep's AEs (in order)."""
+    return {'posterior means': [m['hf_share'] for m in rows.values()],
+            'posterior samples': [m['hf_share_sample'] for m in rows.values()],
+            'RGB on the latent grid': [m['rgb_hf_share'] for m in rows.values()]}
 
 
 def trend(xs, ys):
@@ -681,9 +691,7 @@ if not video:
 if figures['channels']:  # Fig. 2
     rows = {f"z{c}": measure(autoencoder(0, z_channels=c)) for c in Z_CHANNELS}
     report['fig2'] = rows
-    series = {'posterior means': [m['hf_share'] for m in rows.values()],
-              'posterior samples': [m['hf_share_sample'] for m in rows.values()],
-              'RGB on the latent grid': [m['rgb_hf_share'] for m in rows.values()]}
+    series = hf_series(rows)
     md += ["## Fig. 2: latent channels", "", f"AEs identical but for z_channels (seed 0, {sizes['ae_steps']} steps).", "",
            f"![Fig. 2 spectra]({plot_spectra(rows, 'fig2_spectra.png', 'Fig. 2: spectra vs latent channels')})", "",
            f"![Fig. 2]({plot_sweep(Z_CHANNELS, series, 'z_channels', 'fig2_channels.png')})", ""] + ae_table(rows) + [
@@ -695,9 +703,7 @@ if figures['channels']:  # Fig. 2
 if figures['kl_sweep']:  # Fig. 3
     rows = {f"kl {w:g}": measure(autoencoder(0, kl_weight=w)) for w in KL_WEIGHTS}
     report['fig3'] = rows
-    series = {'posterior means': [m['hf_share'] for m in rows.values()],
-              'posterior samples': [m['hf_share_sample'] for m in rows.values()],
-              'RGB on the latent grid': [m['rgb_hf_share'] for m in rows.values()]}
+    series = hf_series(rows)
     md += ["## Fig. 3: KL weight", "", f"AEs identical but for kl_weight (seed 0, {sizes['ae_steps']} steps).", "",
            f"![Fig. 3 spectra]({plot_spectra(rows, 'fig3_spectra.png', 'Fig. 3: spectra vs KL weight')})", "",
            f"![Fig. 3]({plot_sweep(KL_WEIGHTS, series, 'kl_weight', 'fig3_kl.png', log_x=True)})", ""] + ae_table(rows) + [
