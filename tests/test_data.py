@@ -6,7 +6,7 @@ from PIL import Image
 
 from data import DeadLeaves, ImageFolder, make_dataset, random_subset
 from common import Loader, Dist
-from helpers import run, train_rows, TINY_AE
+from tests.helpers import run, train_rows, TINY_AE
 
 
 def test_dead_leaves_is_deterministic_per_seed_and_index():

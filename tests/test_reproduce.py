@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from data import DeadLeaves, MovingDeadLeaves
-from helpers import run
+from tests.helpers import run
 from model import load_autoencoder
 
 

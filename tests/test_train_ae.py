@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from helpers import run, read_log, train_rows, TINY_AE
+from tests.helpers import run, read_log, train_rows, TINY_AE
 
 
 def test_se_weight_zero_adds_nothing_and_nonzero_changes_gradients(tmp_path):
