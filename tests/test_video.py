@@ -10,7 +10,7 @@ import torch
 import eval_fid
 from model import (DIT_PRESETS, VIDEO_DIT_PRESETS, DiT, VideoDiT, build_backbone, frame_attention,
                    get_1d_sincos_pos_embed)
-from test_backbones import perturbed
+from tests.test_backbones import perturbed
 
 TINY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=3)
 
