@@ -265,7 +265,7 @@ def time_shift(t, shift):
     FLUX's time_shift(mu, 1, t) is the same map with s = e^mu). Shifts compose by multiplying,
     time_shift(time_shift(t, a), b) = time_shift(t, a b), so 1 / s undoes s. LightningDiT's timestep_shift 0.3 acts on
     its time 1 - t; here it is s = 1 / 0.3."""
-    return shift * t / (1 + (shift - 1) * t)
+    return shift * t / (shift * t + (1 - t))  # = s t / (1 + (s - 1) t), in the form that gives exactly 1 at t = 1
 
 
 class Flow:
@@ -278,7 +278,8 @@ class Flow:
                    weighs t^2, a noise loss (1 - t)^2)
     time_sampling  the training's time density before the shift: 'uniform' (SiT) or 'logit_normal' (SD3's, with
                    logit_mean m and logit_std s)
-    time_shift     SD3's shift s of every time, in training and in the samplers' grid alike (1: none)"""
+    time_shift     SD3's shift s of every time, in training and in the samplers' grid alike (1: none)
+    The backbone is built without learn_sigma: a flow has no variance to learn."""
 
     TIME_SCALE = 1000.0
 
@@ -421,10 +422,10 @@ class Flow:
 
     @torch.no_grad()
     def sde_step(self, model_fn, x, t, t_next, diffusion_norm=1.0, generator=None):
-        """One Euler-Maruyama step of SiT's reverse-time SDE, written in SiT's time s = 1 - t, which runs to
-        the data: dx = [v_s + w_s grad log p] ds + sqrt(2 w_s) dW with v_s = -v and diffusion coefficient
-        w = norm sigma_t = norm t (SiT's sample.py default, diffusion form 'sigma'). It keeps p_t for any w >= 0.
-        The step to t = 0 is SiT's last_step 'Mean': the drift without the noise."""
+        """One Euler-Maruyama step of SiT's reverse-time SDE, written in SiT's time s = 1 - t, which runs toward the
+        data: dx = [-v + w grad log p_t] ds + sqrt(2 w) dW (-v being the velocity in s), with the diffusion coefficient
+        w = norm sigma_t = norm t (SiT's sample.py default, diffusion form 'sigma'). Any w >= 0 keeps the marginals
+        p_t; w = 0 is the ODE. The step to t = 0 is SiT's last_step 'Mean': the drift without the noise."""
         v, _, eps = self.predict(model_fn, x, t)
         score = -eps / t  # grad log p_t(x) = -E[eps | x_t = x] / t  (Tweedie; sigma_t = t)
         w = diffusion_norm * t  # w_t = norm sigma_t

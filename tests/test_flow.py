@@ -123,8 +123,11 @@ def test_optimal_field_has_the_least_training_loss(prediction):
     g = torch.Generator().manual_seed(1)
     for _ in range(5):  # delta(x, t) = (R x + r)(c0 + c1 t): random, smooth, depending on both
         R, r, c = (torch.randn(*shape, generator=g, dtype=torch.float64) * 0.2 for shape in ((D, D), (D,), (2,)))
-        delta = lambda x, t_in: ((x.flatten(1) @ R.T + r) * (c[0] + c[1] * t_in.view(-1, 1) / 1000)).view_as(x)  # noqa: E731
-        perturbed = lambda x, t_in, y=None: oracle(x, t_in) + delta(x, t_in)  # noqa: E731
+        def delta(x, t_in, R=R, r=r, c=c):
+            return ((x.flatten(1) @ R.T + r) * (c[0] + c[1] * t_in.view(-1, 1) / flow.TIME_SCALE)).view_as(x)
+
+        def perturbed(x, t_in, y=None, delta=delta):
+            return oracle(x, t_in) + delta(x, t_in)
         excess = flow.training_loss(perturbed, x0, t=t, noise=noise) - best
         x_t = flow.q_sample(x0, t, noise)
         expected = (delta(x_t, flow.network_time(t)) ** 2).flatten(1).mean(1)  # ||delta||^2 / D, per sample
@@ -148,7 +151,9 @@ def test_logit_normal_times_follow_sd3s_density():
     m, s = 0.5, 0.8  # not the defaults, so that a swapped or ignored m or s shows
     flow = Flow(time_sampling='logit_normal', logit_mean=m, logit_std=s)
     t = flow.sample_time(200_000, 'cpu', generator=torch.Generator().manual_seed(0)).double().numpy()
-    density = lambda t: np.exp(-(np.log(t / (1 - t)) - m) ** 2 / (2 * s ** 2)) / (s * math.sqrt(2 * math.pi) * t * (1 - t))  # noqa: E731
+
+    def density(t):
+        return np.exp(-(np.log(t / (1 - t)) - m) ** 2 / (2 * s ** 2)) / (s * math.sqrt(2 * math.pi) * t * (1 - t))
     edges = np.linspace(0, 1, 21)
     expected = np.array([scipy.integrate.quad(density, a, b)[0] for a, b in zip(edges[:-1], edges[1:])])
     assert expected.sum() == pytest.approx(1, abs=1e-8)
@@ -172,6 +177,8 @@ def test_time_shift_is_sd3s_and_fluxs():
     assert torch.allclose(time_shift(time_shift(t, s), 1 / s), t)  # so 1 / s undoes s
     # LightningDiT shifts its time 1 - t by 0.3: the same as shifting t by 1 / 0.3
     assert torch.allclose(1 - time_shift(1 - t, 0.3), time_shift(t, 1 / 0.3))
+    for s in (0.1, 0.3, 1 / 0.3, 3.0):  # the ends stay exact in floating point, so a sampler starts on t = 1 itself
+        assert time_shift(torch.tensor(1.0, dtype=torch.float64), s) == 1 and time_shift(torch.tensor(0.0), s) == 0
 
 
 @pytest.mark.parametrize("time_sampling", ["uniform", "logit_normal"])
