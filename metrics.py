@@ -145,6 +145,9 @@ def precision_recall(real, fake, k=3, batch_size=10000, float16=True):
     (pairwise_sq_distances). real (N, D), fake (M, D) -> (precision, recall).
     """
     real, fake = torch.as_tensor(real), torch.as_tensor(fake)
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"precision and recall with k = {k} neighbours need more than {k} samples in each set, got "
+                         f"{len(real)} real and {len(fake)} generated; evaluate more samples.")
     r_real, r_fake = manifold_radii(real, k, batch_size, float16), manifold_radii(fake, k, batch_size, float16)
     real_in = torch.zeros(len(real), dtype=torch.bool, device=real.device)  # real_i on the fake manifold
     fake_in = torch.zeros(len(fake), dtype=torch.bool, device=fake.device)  # fake_j on the real manifold

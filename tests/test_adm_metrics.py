@@ -101,6 +101,8 @@ def test_precision_recall_closed_forms():
     # the fake radii are 1.4^2, 1.4^2 and 3.1^2, and every real point lies within one of them
     real, fake = torch.tensor([[0.], [1.], [2.], [3.]]), torch.tensor([[0.5], [1.9], [5.]])
     assert precision_recall(real, fake, k=1) == pytest.approx((2 / 3, 1.0))
+    with pytest.raises(ValueError, match='need more than 3 samples in each set, got 4 real and 3 generated'):
+        precision_recall(real, fake)
 
 # ---------------------------------------------------------------------------------------------- Inception Score
 
