@@ -76,9 +76,9 @@ def dead_leaves(seed, index, size, supersample=4, r_min=2.0, max_shapes=400, tex
         if not mask.any():
             continue
         colour = _hsv_to_rgb(hue[k], sat[k], val[k])
+        dx, dy = dx[mask], dy[mask]
         # smooth shading: a linear gradient across the shape, like light falling on a surface
-        shade = 1.0 + gradient[k, 0] * dx[mask] + gradient[k, 1] * dy[mask]
-        shade = shade * texture(k, dx[mask], dy[mask])
+        shade = (1.0 + gradient[k, 0] * dx + gradient[k, 1] * dy) * texture(k, dx, dy)
         img[y0:y1, x0:x1][mask] = np.clip(colour[None, :] * shade[:, None], 0, 1)
         covered[y0:y1, x0:x1] |= mask
         if k % 16 == 15 and covered.mean() > 0.995:  # what is left are specks, averaged away below
