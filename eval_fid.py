@@ -951,7 +951,8 @@ def evaluate_videos(args, dist, real_kind, real, fake_kind, fake):
 
 def evaluate_autoencoder_cli(args, dist):
     """PSNR, SSIM, LPIPS, rFID and SWD of --ae's reconstructions of --data. -> (results, skipped)."""
-    from model import LPIPS, load_autoencoder
+    from perceptual import LPIPS
+    from weights import load_autoencoder
     if args.image_size is None:
         die("--ae needs --image_size, the resolution to reconstruct the dataset at.")
     try:

@@ -351,7 +351,7 @@ def swd_references(aes):
     import numpy as np
     from common import select_device
     from data import make_dataset, make_video_dataset, random_subset
-    from model import load_autoencoder, load_video_autoencoder
+    from weights import load_autoencoder, load_video_autoencoder
     n = sizes['num_samples']
     if video:
         dataset = make_video_dataset(args.data, sizes['image_size'], args.num_frames, seed=0, train=True,
@@ -537,7 +537,7 @@ def erasure_strip(aes):
     coefficients erased (RGB in its own blocks, the AEs in their latents, then decoded)."""
     from torchvision.utils import save_image
     from data import make_dataset
-    from model import load_autoencoder
+    from weights import load_autoencoder
     from spectrum import erase_high_frequencies
     dataset = make_dataset(args.data, sizes['image_size'], seed=0, train=False)
     x = torch.stack([dataset[i][0] for i in range(min(4, len(dataset)))])  # (4, 3, H, W)

@@ -26,7 +26,8 @@ from common import (checked, select_device, die, setup_distributed, cleanup_dist
                     load_checkpoint, broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_to_overwrite,
                     no_space_is_an_error)
 from diffusion import SPACINGS, Diffusion, cfg_model_fn, spaced_timesteps, sample_generators, randn
-from model import build_backbone, load_autoencoder, load_video_autoencoder
+from model import build_backbone
+from weights import load_autoencoder, load_video_autoencoder
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)

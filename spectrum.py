@@ -43,7 +43,7 @@ from tqdm import tqdm
 import metrics
 from common import checked, die, select_device, refuse_to_overwrite, no_space_is_an_error
 from data import make_dataset, random_subset
-from model import load_autoencoder
+from weights import load_autoencoder
 
 BLOCK = 8                                         # JPEG's block size; the zigzag order below is defined for 8x8
 ERASE_FRACTIONS = [k / 10 for k in range(10)]     # p = 0, 0.1, ..., 0.9 of the 64 coefficients erased
@@ -220,7 +220,8 @@ def analyse_video(args):
     the temporal spectrum, and the reconstruction PSNR of every frame next to bicubic at the latent grid; RGB on the
     same (t, h, w) grid beside it."""
     from data import make_video_dataset
-    from model import load_video_autoencoder, to_frames
+    from model import to_frames
+    from weights import load_video_autoencoder
     device = torch.device(args.device)
     try:
         dataset = make_video_dataset(args.data, args.image_size, args.num_frames, seed=args.seed, train=False)

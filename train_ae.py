@@ -53,9 +53,11 @@ from common import (add_common_args, die, setup_distributed, cleanup_distributed
                     check_run_dir, prepare_run_dir, truncate_log, compare_resume_config, no_space_is_an_error)
 from data import make_dataset, make_video_dataset, random_subset
 from metrics import psnr
-from model import (AE_PRESETS, SE_DOWNSAMPLING, LPIPS_MIN_SIZE, Autoencoder, NLayerDiscriminator, LPIPS, hinge_d_loss,
-                   adaptive_gan_weight, load_autoencoder, se_downsample, scale_equivariance_loss,
-                   VIDEO_AE_PRESETS, VideoAutoencoder, load_video_autoencoder, to_frames, causal_time_pool)
+from model import (AE_PRESETS, SE_DOWNSAMPLING, Autoencoder, NLayerDiscriminator, hinge_d_loss, adaptive_gan_weight,
+                   se_downsample, scale_equivariance_loss, to_frames, causal_time_pool)
+from perceptual import LPIPS_MIN_SIZE, LPIPS
+from video_model import VIDEO_AE_PRESETS, VideoAutoencoder
+from weights import load_autoencoder, load_video_autoencoder
 
 # -----------------------------------------------------------------------------
 # config

@@ -55,7 +55,8 @@ from common import (add_common_args, die, setup_distributed, cleanup_distributed
                     prepare_run_dir, truncate_log, compare_resume_config, weights_hash, no_space_is_an_error)
 from data import make_dataset, make_video_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
 from diffusion import SCHEDULES, Diffusion
-from model import build_backbone, load_autoencoder, load_video_autoencoder
+from model import build_backbone
+from weights import load_autoencoder, load_video_autoencoder
 
 # -----------------------------------------------------------------------------
 # config

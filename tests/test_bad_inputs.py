@@ -347,7 +347,7 @@ def nan_loss(with_checkpoint):
 
 
 def lpips_lin_weights_garbage(tmp, runs):
-    from model import LPIPS
+    from perceptual import LPIPS
     try:
         LPIPS(lin_weights=str(garbage(tmp, 'lin.pth')), pretrained=False)
     except ValueError as e:

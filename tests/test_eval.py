@@ -323,8 +323,9 @@ def test_cli_user_errors_are_one_sentence(tmp_path):
 
 def test_cli_autoencoder_checkpoint(tmp_path, monkeypatch):
     import model
+    import perceptual
     offline(monkeypatch, tmp_path)
-    monkeypatch.setattr(model, 'VGG16_URL', 'file:///nonexistent/vgg16-397923af.pth')
+    monkeypatch.setattr(perceptual, 'VGG16_URL', 'file:///nonexistent/vgg16-397923af.pth')
     torch.manual_seed(0)
     ae = model.Autoencoder(model.AE_PRESETS['tiny'])
     torch.save({'model': ae.state_dict(), 'config': {'preset': 'tiny'}}, tmp_path / 'ae.pt')

@@ -73,7 +73,7 @@ def test_train_and_sample_both_backbones(workdir):
     z = torch.from_numpy(latents[random_subset(latents, 4, 0), 0].astype(np.float64))
     assert ckpt['latent_shift'] == pytest.approx(z.mean().item(), rel=1e-9)
     assert ckpt['latent_scale'] == pytest.approx(1 / z.std(unbiased=False).item(), rel=1e-9)
-    from model import load_autoencoder
+    from weights import load_autoencoder
     model = load_autoencoder(ae)
     x = torch.from_numpy(np.asarray(Image.open(d / 'images' / 'dogs' / '2.png'), np.float32) / 127.5 - 1)
     x = x.permute(2, 0, 1)[None]

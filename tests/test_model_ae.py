@@ -1,4 +1,4 @@
-"""Specification of the first stage (model.py, "Autoencoder, discriminator, LPIPS"): equality with diffusers'
+"""Specification of the first stage (model.py, weights.py, perceptual.py): equality with diffusers'
 AutoencoderKL and the lpips package, closed forms of the KL / VQ / hinge losses, and the shapes of every preset."""
 import os
 import urllib.error
@@ -9,8 +9,10 @@ import torch
 from safetensors.torch import save_file
 
 import model
-from model import (AE_PRESETS, LPIPS, LPIPS_MIN_SIZE, Autoencoder, adaptive_gan_weight, NLayerDiscriminator, VectorQuantizer, diagonal_gaussian,
-                   hinge_d_loss, load_ae_state_dict, load_autoencoder, make_ae_config)
+from model import (AE_PRESETS, Autoencoder, adaptive_gan_weight, NLayerDiscriminator, VectorQuantizer,
+                   diagonal_gaussian, hinge_d_loss, make_ae_config)
+from perceptual import LPIPS, LPIPS_MIN_SIZE
+from weights import load_ae_state_dict, load_autoencoder
 
 diffusers = pytest.importorskip('diffusers')
 lpips = pytest.importorskip('lpips')

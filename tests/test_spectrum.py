@@ -213,7 +213,7 @@ def _save_tiny_ae(path, seed):
 @pytest.mark.slow  # 2 AEs x 10 erasure levels x 2 batches of decodes: ~10-30 s on a shared CPU
 def test_cli_on_two_tiny_checkpoints_writes_plots_and_consistent_json(tmp_path):
     from data import make_dataset
-    from model import load_autoencoder
+    from weights import load_autoencoder
     a, b = tmp_path / 'a.pt', tmp_path / 'b.pt'
     _save_tiny_ae(a, 0)
     _save_tiny_ae(b, 1)

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from model import VideoAEConfig, VideoAutoencoder, load_video_ae_state_dict
+from video_model import VideoAEConfig, VideoAutoencoder
+from weights import load_video_ae_state_dict
 
 SMALL = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=4)  # CogVideoX's layout with 3 levels: f4, 4x time
 
@@ -95,7 +96,7 @@ def test_spectrum_cli_on_a_video_autoencoder(tmp_path):
     import json
     from dataclasses import asdict
     import spectrum
-    from model import VIDEO_AE_PRESETS
+    from video_model import VIDEO_AE_PRESETS
     cfg = VIDEO_AE_PRESETS['tiny']
     torch.save({'model': VideoAutoencoder(cfg).state_dict(), 'config': {'preset': 'tiny', 'ae_config': asdict(cfg)}},
                tmp_path / 'ckpt.pt')

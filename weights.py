@@ -1,0 +1,162 @@
+"""
+Everything about weight files: reading them (.safetensors or torch files), the renames that load the public layouts
+(diffusers' AutoencoderKL and AutoencoderKLCogVideoX, whole LDM / Stable Diffusion checkpoints) into our modules, a
+strict load whose mismatch is one sentence, and the autoencoder loaders every script uses.
+"""
+import os
+import pickle
+import re
+
+import torch
+from safetensors.torch import load_file as load_safetensors
+
+from model import AE_PRESETS, Autoencoder, make_ae_config
+from video_model import VIDEO_AE_PRESETS, VideoAutoencoder, make_video_ae_config
+
+
+def diffusers_to_ldm(sd):
+    """Rename a diffusers AutoencoderKL state dict to the LDM layout. diffusers stores the decoder levels coarse to
+    fine (up_blocks.0 is the lowest resolution), LDM by level (up.0 is full resolution), and the attention
+    projections as nn.Linear (older files: query/key/value/proj_attn) where LDM has 1x1 convs."""
+    n_up = 1 + max((int(m[1]) for k in sd if (m := re.match(r'decoder\.up_blocks\.(\d+)\.', k))), default=-1)
+    renames = [
+        (r'^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.', lambda m: f'decoder.up.{n_up - 1 - int(m[1])}.block.{m[2]}.'),
+        (r'^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.', lambda m: f'decoder.up.{n_up - 1 - int(m[1])}.upsample.'),
+        (r'^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.', r'encoder.down.\1.block.\2.'),
+        (r'^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.', r'encoder.down.\1.downsample.'),
+        (r'^(encoder|decoder)\.mid_block\.resnets\.0\.', r'\1.mid.block_1.'),
+        (r'^(encoder|decoder)\.mid_block\.resnets\.1\.', r'\1.mid.block_2.'),
+        (r'^(encoder|decoder)\.mid_block\.attentions\.0\.', r'\1.mid.attn_1.'),
+        (r'^(encoder|decoder)\.conv_norm_out\.', r'\1.norm_out.'),
+        (r'\.conv_shortcut\.', '.nin_shortcut.'),
+    ]
+    attn = {'group_norm': 'norm', 'to_q': 'q', 'to_k': 'k', 'to_v': 'v', 'to_out.0': 'proj_out',
+            'query': 'q', 'key': 'k', 'value': 'v', 'proj_attn': 'proj_out'}
+    out = {}
+    for k, v in sd.items():
+        for pattern, repl in renames:
+            k = re.sub(pattern, repl, k)
+        m = re.match(r'^(.*\.mid\.attn_1\.)(.+)\.(weight|bias)$', k)
+        if m and m[2] in attn:
+            k = f'{m[1]}{attn[m[2]]}.{m[3]}'
+            if v.dim() == 2:
+                v = v[:, :, None, None]  # nn.Linear weight (C, C) -> 1x1 conv weight (C, C, 1, 1)
+        out[k] = v
+    return out
+
+
+def load_ae_state_dict(model, state_dict):
+    """Load LDM-layout weights, a whole Stable Diffusion checkpoint (its 'first_stage_model.' part) or a diffusers
+    AutoencoderKL state dict into `model`, strictly."""
+    sd = state_dict.get('state_dict', state_dict)
+    if any(k.startswith('first_stage_model.') for k in sd):
+        sd = {k[len('first_stage_model.'):]: v for k, v in sd.items() if k.startswith('first_stage_model.')}
+    sd = {re.sub(r'^(module\.|_orig_mod\.)+', '', k): v for k, v in sd.items()}  # DDP / torch.compile wrappers
+    sd = {k: v for k, v in sd.items() if not k.startswith('loss.')}  # LDM's own checkpoints also hold D and LPIPS
+    if any('.down_blocks.' in k or '.mid_block.' in k or '.up_blocks.' in k for k in sd):
+        sd = diffusers_to_ldm(sd)
+    return load_strictly(model, sd, "the autoencoder weights", "(sd for Stable Diffusion's VAE, flux for FLUX.1's, "
+                         "or the preset of the train_ae.py run)")
+
+
+def load_strictly(model, sd, what, presets):
+    """load_state_dict(strict=True), with every mismatch counted and the first named in one sentence."""
+    expected = model.state_dict()
+    problems = [f"{k!r} is {tuple(v.shape)} in the file but {tuple(expected[k].shape)} in the model"
+                for k, v in sd.items() if k in expected and v.shape != expected[k].shape]
+    problems += [f"{k!r} is missing from the file" for k in expected if k not in sd]
+    problems += [f"{k!r} is in the file but not in the model" for k in sd if k not in expected]
+    if problems:
+        raise ValueError(f"{what} do not fit this architecture ({problems[0]}, {len(problems)} mismatch(es) in all); "
+                         f"pass the preset the weights were made for {presets}.")
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def read_weights(path):
+    """A state dict or checkpoint dict from .safetensors, or from a torch file (.pt/.pth/.ckpt)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file {path} does not exist; check the path.")
+    try:
+        if str(path).endswith('.safetensors'):
+            return load_safetensors(str(path), device='cpu')
+        try:
+            return torch.load(path, map_location='cpu', weights_only=True)
+        except pickle.UnpicklingError:
+            # our own train_ae.py checkpoints carry python/numpy RNG states, which the weights-only loader refuses
+            return torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:  # truncated download, wrong file type, ...
+        raise ValueError(f"{path} could not be read as a .safetensors or torch weights file "
+                         f"({type(e).__name__}); check that the file is complete.") from None
+
+
+def read_ae_weights(path, preset, presets):
+    """(config, state dict) of a train_ae.py checkpoint (its EMA weights when present), or (None, state dict) of public
+    weights, which need the `preset` (one of `presets`) they were made for."""
+    ckpt = read_weights(path)
+    if 'model' in ckpt and 'config' in ckpt:  # a train_ae.py checkpoint
+        return ckpt['config'], ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model']
+    if preset is None:
+        raise ValueError(f"{path} holds bare weights without a config; pass the preset they were made for "
+                         f"(one of {', '.join(presets)}).")
+    return None, ckpt
+
+
+def load_autoencoder(path, preset=None, device='cpu'):
+    """An Autoencoder in eval mode from a train_ae.py checkpoint (its own config decides the architecture and `preset`
+    is not needed; EMA weights are used when present) or from public weights (LDM / diffusers layout, .safetensors or
+    torch file), whose architecture `preset` names."""
+    config, state = read_ae_weights(path, preset, AE_PRESETS)
+    if config is not None and config.get('num_frames', 1) > 1:
+        raise ValueError(f"{path} is a video autoencoder (train_ae.py --num_frames {config['num_frames']}); use it "
+                         f"with --num_frames, or pass an image autoencoder.")
+    cfg = make_ae_config(config['preset'], config.get('ae_config')) if config is not None else make_ae_config(preset)
+    model = Autoencoder(cfg)
+    load_ae_state_dict(model, state)
+    return model.to(device).eval()
+
+
+def diffusers_to_video_ae(sd):
+    """Rename a diffusers AutoencoderKLCogVideoX state dict to our layout: decoder levels stored coarse to fine there
+    (up_blocks.0 is the lowest resolution), by level here; causal convs of the norms are plain 1x1x1 convs here."""
+    n_up = 1 + max((int(m[1]) for k in sd if (m := re.match(r'decoder\.up_blocks\.(\d+)\.', k))), default=-1)
+    renames = [
+        (r'^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.', lambda m: f'decoder.up.{n_up - 1 - int(m[1])}.block.{m[2]}.'),
+        (r'^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.', lambda m: f'decoder.up.{n_up - 1 - int(m[1])}.upsample.'),
+        (r'^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.', r'encoder.down.\1.block.\2.'),
+        (r'^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.', r'encoder.down.\1.downsample.'),
+        (r'^(encoder|decoder)\.mid_block\.resnets\.0\.', r'\1.mid.block_1.'),
+        (r'^(encoder|decoder)\.mid_block\.resnets\.1\.', r'\1.mid.block_2.'),
+        (r'\.conv_shortcut\.', '.nin_shortcut.'),
+        (r'\.norm_layer\.', '.norm.'),
+        (r'\.conv_(y|b)\.conv\.', r'.conv_\1.'),
+    ]
+    out = {}
+    for k, v in sd.items():
+        for pattern, repl in renames:
+            k = re.sub(pattern, repl, k)
+        out[k] = v
+    return out
+
+
+def load_video_ae_state_dict(model, state_dict):
+    """Load our own or diffusers' AutoencoderKLCogVideoX weights into a VideoAutoencoder, strictly."""
+    sd = {re.sub(r'^(module\.|_orig_mod\.)+', '', k): v for k, v in state_dict.items()}
+    if any('.down_blocks.' in k or '.mid_block.' in k or '.up_blocks.' in k for k in sd):
+        sd = diffusers_to_video_ae(sd)
+    return load_strictly(model, sd, "the video autoencoder weights", "(cogvideox for CogVideoX's VAE, or the preset "
+                         "of the train_ae.py run)")
+
+
+def load_video_autoencoder(path, preset=None, device='cpu'):
+    """A VideoAutoencoder in eval mode from a train_ae.py --num_frames checkpoint (EMA weights when present) or from
+    public weights (diffusers' AutoencoderKLCogVideoX, e.g. CogVideoX-2b's vae/diffusion_pytorch_model.safetensors)."""
+    config, state = read_ae_weights(path, preset, VIDEO_AE_PRESETS)
+    if config is not None and config.get('num_frames') == 1:  # train_ae.py records it; a hand-made one may not
+        raise ValueError(f"{path} is an image autoencoder (train_ae.py without --num_frames); a video model needs a "
+                         f"train_ae.py --num_frames checkpoint.")
+    cfg = (make_video_ae_config(config['preset'], config.get('ae_config')) if config is not None
+           else make_video_ae_config(preset))
+    model = VideoAutoencoder(cfg)
+    load_video_ae_state_dict(model, state)
+    return model.to(device).eval()
