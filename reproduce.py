@@ -320,7 +320,7 @@ def score(gen, fake, settings):
 
 def uint8_samples(x):
     """Images (N, 3, H, W) or clips (N, 3, T, H, W) in [-1, 1] -> uint8 (N, [T,] H, W, 3), as sample.py writes them."""
-    from eval_fid import to_uint8
+    from metrics import to_uint8
     return to_uint8(x.clamp(-1, 1)).movedim(1, -1).cpu().numpy()
 
 

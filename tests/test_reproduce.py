@@ -72,7 +72,7 @@ def test_smoke_run_writes_figures_and_reuses_only_what_matches(tmp_path):
 
 @pytest.mark.slow
 def test_video_smoke_run_reports_what_its_artefacts_hold(tmp_path):
-    from eval_fid import video_swd
+    from swd import video_swd
     from weights import load_video_autoencoder
     args = ['reproduce.py', '--num_frames', 17, '--smoke', '--seeds', 1, '--out_dir', tmp_path]
     run(*args, timeout=1800)
