@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from weights import fetch_weights
+
 # ----------------------------------------------------------------------------------------------
 # FVD (Unterthiner et al. 2018): the Frechet distance between I3D (Carreira & Zisserman 2017) Kinetics-400 logits of
 # real and generated 16-frame clips. Network, weights and preprocessing are those of cd-fvd (Ge et al. 2024), TATS and
@@ -118,22 +120,9 @@ def fvd_preprocess(videos):
 def load_i3d(path=None, device='cpu'):
     """
     The FVD I3D with its Kinetics-400 weights, from `path` or else from their canonical URL through torch hub's cache
-    (downloaded once). Raises FileNotFoundError, one sentence naming the file and the flag, when neither works.
+    (weights.fetch_weights): FileNotFoundError when neither works, ValueError when the file is not those weights.
     """
-    if path is None:
-        try:
-            state = torch.hub.load_state_dict_from_url(I3D_WEIGHTS_URL, map_location='cpu', progress=False,
-                                                       weights_only=True)
-        except OSError:  # URLError (offline) is an OSError
-            cache = os.path.join(torch.hub.get_dir(), 'checkpoints')
-            raise FileNotFoundError(
-                f"the FVD I3D weights {I3D_WEIGHTS_FILE} are not in {cache} and could not be downloaded from "
-                f"{I3D_WEIGHTS_URL}; download that file and pass it as --i3d_weights PATH.") from None
-    else:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"--i3d_weights {path} does not exist; pass the path of {I3D_WEIGHTS_FILE} "
-                                    f"(from {I3D_WEIGHTS_URL}).")
-        state = torch.load(path, map_location='cpu', weights_only=True)
+    state = fetch_weights(path, I3D_WEIGHTS_URL, I3D_WEIGHTS_FILE, 'the FVD I3D', '--i3d_weights')
     net = I3D()
     try:
         net.load_state_dict(state)

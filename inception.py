@@ -10,6 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.inception import BasicConv2d, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE
 
+from weights import fetch_weights
+
 # ----------------------------------------------------------------------------------------------
 # FID Inception: the TF 2015-12-05 graph, as pytorch-fid ports it onto torchvision's blocks
 
@@ -103,26 +105,9 @@ class InceptionV3FID(nn.Module):
 def load_inception(path=None, device='cpu'):
     """
     The FID Inception with pytorch-fid's weights, from `path` or else from the canonical release through torch hub's
-    cache (downloaded once). Raises FileNotFoundError, one sentence naming the file and the flag, when neither works.
+    cache (weights.fetch_weights): FileNotFoundError when neither works, ValueError when the file is not those weights.
     """
-    if path is None:
-        try:
-            state = torch.hub.load_state_dict_from_url(FID_WEIGHTS_URL, map_location='cpu', check_hash=True,
-                                                       progress=False, weights_only=True)
-        except OSError:  # URLError (offline) is an OSError
-            cache = os.path.join(torch.hub.get_dir(), 'checkpoints')
-            raise FileNotFoundError(
-                f"the FID Inception weights {FID_WEIGHTS_FILE} are not in {cache} and could not be downloaded from "
-                f"{FID_WEIGHTS_URL}; download that file and pass it as --inception_weights PATH.") from None
-    else:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"--inception_weights {path} does not exist; pass the path of pytorch-fid's "
-                                    f"{FID_WEIGHTS_FILE} (from {FID_WEIGHTS_URL}).")
-        try:
-            state = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as e:  # random bytes, a truncated download
-            raise ValueError(f"--inception_weights {path} could not be read as torch weights ({type(e).__name__}); "
-                             f"pass pytorch-fid's {FID_WEIGHTS_FILE}.") from None
+    state = fetch_weights(path, FID_WEIGHTS_URL, FID_WEIGHTS_FILE, 'the FID Inception', '--inception_weights')
     net = InceptionV3FID()
     try:
         net.load_state_dict(state)

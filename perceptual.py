@@ -3,35 +3,13 @@ LPIPS v0.1 with a VGG16 trunk (Zhang et al. 2018), the perceptual loss of LDM's 
 autoencoder evaluation. Named perceptual.py, not lpips.py, so that it does not shadow the `lpips` package the tests
 compare it against.
 """
-import os
-
 import torch
 import torch.nn as nn
 
+from weights import fetch_weights
 
 VGG16_URL = 'https://download.pytorch.org/models/vgg16-397923af.pth'
 LPIPS_LIN_URL = 'https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth'
-
-
-def fetch_lpips_weights(path, url, file_name):
-    """The state dict at `path` if given, else `url` through the torch hub cache (downloaded once). A missing file is
-    a FileNotFoundError naming it; the scripts add which of their flags to pass."""
-    if path is not None:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"LPIPS weights file {path} does not exist")
-        try:
-            sd = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as e:  # random bytes, a truncated download, a pickle that is not a state dict
-            raise ValueError(f"LPIPS weights file {path} could not be read as torch weights ({type(e).__name__})") from None
-        if not isinstance(sd, dict):
-            raise ValueError(f"LPIPS weights file {path} holds a {type(sd).__name__}, not a state dict")
-        return sd
-    try:
-        return torch.hub.load_state_dict_from_url(url, map_location='cpu', progress=False, file_name=file_name)
-    except (OSError, RuntimeError):  # no network (URLError is an OSError) or a broken download
-        cached = os.path.join(torch.hub.get_dir(), 'checkpoints', file_name)
-        raise FileNotFoundError(f"LPIPS needs {file_name}, which is not in the torch hub cache ({cached}) and could "
-                                f"not be downloaded from {url}") from None
 
 
 class ScalingLayer(nn.Module):
@@ -96,7 +74,7 @@ class LPIPS(nn.Module):
         from torchvision.models import vgg  # here, not at the top: importing torchvision costs seconds at every start
         features = vgg.make_layers(vgg.cfgs['D'])  # = vgg16().features
         if vgg_weights is not None or pretrained:
-            sd = fetch_lpips_weights(vgg_weights, VGG16_URL, 'vgg16-397923af.pth')
+            sd = fetch_weights(vgg_weights, VGG16_URL, 'vgg16-397923af.pth', 'LPIPS')
             sd = {k[len('features.'):]: v for k, v in sd.items() if k.startswith('features.')}  # drop the classifier
             if set(sd) != set(features.state_dict()):
                 raise ValueError(f"{vgg_weights or VGG16_URL} is not a torchvision VGG16 state dict (keys "
@@ -106,7 +84,7 @@ class LPIPS(nn.Module):
         for l, c in enumerate(self.channels):
             setattr(self, f'lin{l}', NetLinLayer(c))
         if lin_weights is not None or pretrained:
-            sd = fetch_lpips_weights(lin_weights, LPIPS_LIN_URL, 'lpips_v0.1_vgg.pth')
+            sd = fetch_weights(lin_weights, LPIPS_LIN_URL, 'lpips_v0.1_vgg.pth', 'LPIPS')
             keys = [f'lin{l}.model.1.weight' for l in range(len(self.channels))]
             if not all(k in sd for k in keys):
                 raise ValueError(f"{lin_weights or LPIPS_LIN_URL} is not an LPIPS v0.1 VGG weight file (keys "

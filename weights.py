@@ -1,7 +1,8 @@
 """
-Everything about weight files: reading them (.safetensors or torch files), the renames that load the public layouts
+Everything about weight files, in one place: reading them (.safetensors or torch files), the one downloader of public
+weights (a local file, else the canonical URL through the torch hub cache), the renames that load the public layouts
 (diffusers' AutoencoderKL and AutoencoderKLCogVideoX, whole LDM / Stable Diffusion checkpoints) into our modules, a
-strict load whose mismatch is one sentence, and the autoencoder loaders every script uses.
+strict load whose mismatch is one sentence, and the autoencoder loader every script uses.
 """
 import os
 import pickle
@@ -12,6 +13,39 @@ from safetensors.torch import load_file as load_safetensors
 
 from model import AE_PRESETS, Autoencoder, make_ae_config
 from video_model import VIDEO_AE_PRESETS, VideoAutoencoder, make_video_ae_config
+
+
+def fetch_weights(path, url, file_name, what, flag=None):
+    """The state dict in the local file `path` when one is given, else in `url` through the torch hub cache (downloaded
+    once, as `file_name`; its hash is checked when the name carries one, as torchvision's do). Only tensors are read,
+    whichever the source. Weights that cannot be had (a missing file, no network) are a FileNotFoundError and weights
+    that cannot be read a ValueError, each one sentence naming the file, `what` needs it and, for a script, the `flag`
+    that passes a local copy."""
+    name = f"{flag} {path}" if flag else f"{what} weights file {path}"
+    if path is not None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{name} does not exist" + (f"; pass the path of {file_name} (from {url})" if flag else ''))
+        try:
+            sd = torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as e:  # random bytes, a truncated download, a pickle that is not a state dict
+            raise ValueError(f"{name} could not be read as torch weights ({type(e).__name__})"
+                             + (f"; pass {file_name}" if flag else '')) from None
+    else:
+        cached = os.path.join(torch.hub.get_dir(), 'checkpoints', file_name)
+        try:
+            sd = torch.hub.load_state_dict_from_url(url, map_location='cpu', progress=False, file_name=file_name,
+                                                    check_hash=True, weights_only=True)
+        except Exception as e:
+            if not os.path.isfile(cached):  # no network (URLError is an OSError), or a download that failed its hash
+                raise FileNotFoundError(f"{what} needs {file_name}, which is not in the torch hub cache "
+                                        f"({os.path.dirname(cached)}) and could not be downloaded from {url}"
+                                        + (f"; download it and pass it as {flag} PATH" if flag else '')) from None
+            raise ValueError(f"{cached} in the torch hub cache could not be read as torch weights ({type(e).__name__}); "
+                             f"delete it so that it is downloaded again") from None
+        name = f"{what}'s {cached}"
+    if not isinstance(sd, dict):
+        raise ValueError(f"{name} holds a {type(sd).__name__}, not a state dict" + (f"; pass {file_name}" if flag else ''))
+    return sd
 
 
 def diffusers_to_ldm(sd):
