@@ -464,16 +464,6 @@ class CheckpointWriter:
             die(f"writing a checkpoint failed ({type(error).__name__}: {error}); the previous one is intact.")
 
 
-def load_checkpoint(path, map_location='cpu'):
-    if not os.path.isfile(path):
-        die(f"checkpoint {path} does not exist; check the path (or drop --resume to start a new run).")
-    try:
-        # our own checkpoints hold python/numpy RNG states, which weights_only loading refuses
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:
-        die(f"checkpoint {path} could not be read ({type(e).__name__}); it is not a checkpoint written by this project.")
-
-
 @torch.no_grad()
 def update_ema(ema_model, model, decay):
     """ema <- decay * ema + (1 - decay) * theta; buffers (e.g. BatchNorm statistics) are copied."""

@@ -59,18 +59,21 @@ AE_PRESETS = {
 }
 
 
-def make_ae_config(preset, overrides=None):
-    """AE_PRESETS[preset] with the fields in `overrides` (a dict, e.g. a checkpoint's 'ae_config') replaced."""
-    if preset not in AE_PRESETS:
-        raise ValueError(f"unknown autoencoder preset {preset!r}; choose one of {', '.join(AE_PRESETS)}.")
+def make_ae_config(preset, overrides=None, presets=None):
+    """presets[preset] (AE_PRESETS by default, or video_model.VIDEO_AE_PRESETS) with the fields in `overrides` (a dict,
+    e.g. a checkpoint's 'ae_config') replaced."""
+    presets = AE_PRESETS if presets is None else presets
+    if preset not in presets:
+        raise ValueError(f"unknown autoencoder preset {preset!r}; choose one of {', '.join(presets)}.")
+    config = presets[preset]
     overrides = dict(overrides or {})
-    unknown = set(overrides) - {f.name for f in fields(AEConfig)}
+    unknown = set(overrides) - {f.name for f in fields(config)}
     if unknown:
-        raise ValueError(f"unknown AEConfig field(s) {', '.join(sorted(unknown))}; valid fields are "
-                         f"{', '.join(f.name for f in fields(AEConfig))}.")
+        raise ValueError(f"unknown {type(config).__name__} field(s) {', '.join(sorted(unknown))}; valid fields are "
+                         f"{', '.join(f.name for f in fields(config))}.")
     if 'ch_mult' in overrides:
         overrides['ch_mult'] = tuple(overrides['ch_mult'])  # JSON / argparse give lists
-    return replace(AE_PRESETS[preset], **overrides)
+    return replace(config, **overrides)
 
 
 def group_norm(channels, groups=32):

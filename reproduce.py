@@ -178,7 +178,8 @@ def clear_unless_matching(out, settings):
 
 
 def checkpoint_step(path):
-    return torch.load(path, map_location='cpu', weights_only=False)['step'] if os.path.exists(path) else None
+    from weights import load_checkpoint
+    return load_checkpoint(path)['step'] if os.path.exists(path) else None
 
 
 def train(script, out, steps, settings, script_args):
@@ -352,7 +353,7 @@ def swd_references(aes):
     import numpy as np
     from common import select_device
     from data import make_dataset, make_video_dataset, random_subset
-    from weights import load_autoencoder, load_video_autoencoder
+    from weights import load_autoencoder
     n = sizes['num_samples']
     if video:
         dataset = make_video_dataset(args.data, sizes['image_size'], args.num_frames, seed=0, train=True,
@@ -378,8 +379,7 @@ def swd_references(aes):
             x = real
             with torch.no_grad():
                 if ae is not None:
-                    model = (load_video_autoencoder if video else load_autoencoder)(os.path.join(ae[1], 'ckpt.pt'),
-                                                                                    device=device)
+                    model = load_autoencoder(os.path.join(ae[1], 'ckpt.pt'), device=device)
                     x = torch.cat([model.decode(model.encode(b.to(device), sample=False)[0]).cpu()
                                    for b in x.split(8 if video else 64)])
             np.savez(npz, arr_0=uint8_samples(x))

@@ -23,11 +23,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from common import (checked, select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
-                    load_checkpoint, broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_to_overwrite,
+                    broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_to_overwrite,
                     no_space_is_an_error)
 from diffusion import SPACINGS, Diffusion, cfg_model_fn, spaced_timesteps, sample_generators, randn
 from model import build_backbone
-from weights import load_autoencoder, load_video_autoencoder
+from weights import load_autoencoder, load_checkpoint
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
@@ -86,8 +86,7 @@ del ckpt
 
 ae_path = args.ae or config['ae']
 try:
-    ae = (load_video_autoencoder if video else load_autoencoder)(ae_path, preset=args.ae_preset or config.get('ae_preset'),
-                                                                 device=device)
+    ae = load_autoencoder(ae_path, preset=args.ae_preset or config.get('ae_preset'), device=device, video=video)
 except FileNotFoundError:
     die(f"autoencoder {ae_path}, which this LDM was trained with, does not exist; pass its new location with --ae.")
 except ValueError as e:

@@ -221,11 +221,10 @@ def analyse_video(args):
     same (t, h, w) grid beside it."""
     from data import make_video_dataset
     from model import to_frames
-    from weights import load_video_autoencoder
     device = torch.device(args.device)
     try:
         dataset = make_video_dataset(args.data, args.image_size, args.num_frames, seed=args.seed, train=False)
-        aes = {label: load_video_autoencoder(path, preset=args.preset, device=device)
+        aes = {label: load_autoencoder(path, preset=args.preset, device=device, video=True)
                for label, path in zip(args.label, args.ckpt)}
     except (FileNotFoundError, ValueError, KeyError) as e:
         die(str(e))
@@ -352,7 +351,7 @@ def analyse(args):
     device = torch.device(args.device)
     try:  # a bad --data or --ckpt is the user's to fix: one sentence, no traceback
         dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=False)
-        aes = {label: load_autoencoder(path, preset=args.preset, device=device)
+        aes = {label: load_autoencoder(path, preset=args.preset, device=device, video=False)
                for label, path in zip(args.label, args.ckpt)}
     except (FileNotFoundError, ValueError) as e:
         die(str(e))

@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, restore_rng_states,
-                    load_checkpoint, CheckpointWriter, update_ema, Loader, save_image_grid, tile_videos, write_mp4, Logger,
+                    CheckpointWriter, update_ema, Loader, save_image_grid, tile_videos, write_mp4, Logger,
                     note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, checked, int_list,
                     check_run_dir, prepare_run_dir, truncate_log, compare_resume_config, no_space_is_an_error)
 from data import make_dataset, make_video_dataset, random_subset
@@ -57,7 +57,7 @@ from model import (AE_PRESETS, SE_DOWNSAMPLING, Autoencoder, NLayerDiscriminator
                    se_downsample, scale_equivariance_loss, to_frames, causal_time_pool)
 from perceptual import LPIPS_MIN_SIZE, LPIPS
 from video_model import VIDEO_AE_PRESETS, VideoAutoencoder
-from weights import load_autoencoder, load_video_autoencoder
+from weights import load_autoencoder, load_checkpoint
 
 # -----------------------------------------------------------------------------
 # config
@@ -125,7 +125,7 @@ seed_everything(args.seed + dist.rank)  # different noise per rank; the data sha
 presets = VIDEO_AE_PRESETS if video else AE_PRESETS
 if args.init_from:
     try:  # our checkpoint (it names its own preset) or public weights made for --preset
-        ae = (load_video_autoencoder if video else load_autoencoder)(args.init_from, preset=args.preset)
+        ae = load_autoencoder(args.init_from, preset=args.preset, video=video)
     except (FileNotFoundError, ValueError, RuntimeError, KeyError) as e:
         die(str(e))
     ae_config = ae.cfg

@@ -50,13 +50,13 @@ from tqdm import tqdm
 
 from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     make_grad_scaler, broadcast_latent_norm, all_reduce_mean, seed_everything, gather_rng_states, restore_rng_states,
-                    load_checkpoint, CheckpointWriter, update_ema, Loader, save_image_grid, save_video_grid, Logger,
+                    CheckpointWriter, update_ema, Loader, save_image_grid, save_video_grid, Logger,
                     note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, checked, check_run_dir,
                     prepare_run_dir, truncate_log, compare_resume_config, weights_hash, no_space_is_an_error)
 from data import make_dataset, make_video_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
 from diffusion import SCHEDULES, Diffusion
 from model import build_backbone
-from weights import load_autoencoder, load_video_autoencoder
+from weights import load_autoencoder, load_checkpoint
 
 # -----------------------------------------------------------------------------
 # config
@@ -112,7 +112,7 @@ seed_everything(args.seed + dist.rank)
 
 ae_path = ckpt['config']['ae'] if ckpt is not None and args.ae == parser.get_default('ae') else args.ae
 try:
-    ae = (load_video_autoencoder if video else load_autoencoder)(ae_path, preset=args.ae_preset, device=device)
+    ae = load_autoencoder(ae_path, preset=args.ae_preset, device=device, video=video)
     ae.requires_grad_(False)
 except FileNotFoundError:
     die(f"autoencoder {ae_path} does not exist; train one with train_ae.py or pass public weights with --ae PATH "

@@ -3,7 +3,7 @@ The causal 3D video autoencoder of CogVideoX (Yang et al. 2024): VideoAEConfig, 
 CogVideoX's own) and VideoAutoencoder. An image is a 1-frame video, so the same model encodes both; the SE loss and
 the KL regulariser are the image autoencoder's (model.py), weights.py loads CogVideoX's public weights into it.
 """
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -19,7 +19,7 @@ from model import causal_time_pool, diagonal_gaussian, from_frames, split_first,
 # by averaging pairs of frames with the first frame kept apart, so an image is a 1-frame video (1 -> 1 latent frame)
 # and the same model encodes both. Long clips are encoded in temporal chunks that hand each conv its past frames.
 # Module names follow the image AE above; diffusers' AutoencoderKLCogVideoX layout is renamed on load
-# (weights.load_video_ae_state_dict). CogVideoX's VAE has no attention block, and its decoder norms are conditioned on z
+# (weights.load_ae_state_dict). CogVideoX's VAE has no attention block, and its decoder norms are conditioned on z
 # (SpatialNorm3d); we keep both so its public weights load as they are.
 
 @dataclass
@@ -47,19 +47,6 @@ VIDEO_AE_PRESETS = {
     # Its GroupNorms take statistics over the whole chunk, so it is causal chunk by chunk, not frame by frame.
     'cogvideox': VideoAEConfig(ch=128, ch_mult=(1, 2, 2, 4), num_res_blocks=3, z_channels=16, norm='clip'),
 }
-
-
-def make_video_ae_config(preset, overrides=None):
-    """VIDEO_AE_PRESETS[preset] with the fields in `overrides` (a dict, e.g. a checkpoint's 'ae_config') replaced."""
-    if preset not in VIDEO_AE_PRESETS:
-        raise ValueError(f"unknown video autoencoder preset {preset!r}; choose one of {', '.join(VIDEO_AE_PRESETS)}.")
-    overrides = dict(overrides or {})
-    unknown = set(overrides) - {f.name for f in fields(VideoAEConfig)}
-    if unknown:
-        raise ValueError(f"unknown VideoAEConfig field(s) {', '.join(sorted(unknown))}.")
-    if 'ch_mult' in overrides:
-        overrides['ch_mult'] = tuple(overrides['ch_mult'])
-    return replace(VIDEO_AE_PRESETS[preset], **overrides)
 
 
 class CausalConv3d(nn.Module):

@@ -11,8 +11,9 @@ import re
 import torch
 from safetensors.torch import load_file as load_safetensors
 
+from common import die
 from model import AE_PRESETS, Autoencoder, make_ae_config
-from video_model import VIDEO_AE_PRESETS, VideoAutoencoder, make_video_ae_config
+from video_model import VIDEO_AE_PRESETS, VideoAutoencoder
 
 
 def fetch_weights(path, url, file_name, what, flag=None):
@@ -49,9 +50,10 @@ def fetch_weights(path, url, file_name, what, flag=None):
 
 
 def diffusers_to_ldm(sd):
-    """Rename a diffusers AutoencoderKL state dict to the LDM layout. diffusers stores the decoder levels coarse to
-    fine (up_blocks.0 is the lowest resolution), LDM by level (up.0 is full resolution), and the attention
-    projections as nn.Linear (older files: query/key/value/proj_attn) where LDM has 1x1 convs."""
+    """Rename a diffusers AutoencoderKL or AutoencoderKLCogVideoX state dict to our layout, LDM's. diffusers stores the
+    decoder levels coarse to fine (up_blocks.0 is the lowest resolution), LDM by level (up.0 is full resolution); its
+    image attention projections are nn.Linear (older files: query/key/value/proj_attn) where LDM has 1x1 convs; the
+    video decoder's conditioned norms wrap their GroupNorm and their 1x1x1 convs, which ours hold directly."""
     n_up = 1 + max((int(m[1]) for k in sd if (m := re.match(r'decoder\.up_blocks\.(\d+)\.', k))), default=-1)
     renames = [
         (r'^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.', lambda m: f'decoder.up.{n_up - 1 - int(m[1])}.block.{m[2]}.'),
@@ -60,9 +62,11 @@ def diffusers_to_ldm(sd):
         (r'^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.', r'encoder.down.\1.downsample.'),
         (r'^(encoder|decoder)\.mid_block\.resnets\.0\.', r'\1.mid.block_1.'),
         (r'^(encoder|decoder)\.mid_block\.resnets\.1\.', r'\1.mid.block_2.'),
-        (r'^(encoder|decoder)\.mid_block\.attentions\.0\.', r'\1.mid.attn_1.'),
-        (r'^(encoder|decoder)\.conv_norm_out\.', r'\1.norm_out.'),
+        (r'^(encoder|decoder)\.mid_block\.attentions\.0\.', r'\1.mid.attn_1.'),  # images only
+        (r'^(encoder|decoder)\.conv_norm_out\.', r'\1.norm_out.'),  # images (CogVideoX's is norm_out already)
         (r'\.conv_shortcut\.', '.nin_shortcut.'),
+        (r'\.norm_layer\.', '.norm.'),  # video: CogVideoX's SpatialNorm3D
+        (r'\.conv_(y|b)\.conv\.', r'.conv_\1.'),
     ]
     attn = {'group_norm': 'norm', 'to_q': 'q', 'to_k': 'k', 'to_v': 'v', 'to_out.0': 'proj_out',
             'query': 'q', 'key': 'k', 'value': 'v', 'proj_attn': 'proj_out'}
@@ -80,8 +84,8 @@ def diffusers_to_ldm(sd):
 
 
 def load_ae_state_dict(model, state_dict):
-    """Load LDM-layout weights, a whole Stable Diffusion checkpoint (its 'first_stage_model.' part) or a diffusers
-    AutoencoderKL state dict into `model`, strictly."""
+    """Load our own weights, a whole Stable Diffusion checkpoint (its 'first_stage_model.' part) or a diffusers
+    AutoencoderKL / AutoencoderKLCogVideoX state dict into `model` (an image or a video autoencoder), strictly."""
     sd = state_dict.get('state_dict', state_dict)
     if any(k.startswith('first_stage_model.') for k in sd):
         sd = {k[len('first_stage_model.'):]: v for k, v in sd.items() if k.startswith('first_stage_model.')}
@@ -89,6 +93,9 @@ def load_ae_state_dict(model, state_dict):
     sd = {k: v for k, v in sd.items() if not k.startswith('loss.')}  # LDM's own checkpoints also hold D and LPIPS
     if any('.down_blocks.' in k or '.mid_block.' in k or '.up_blocks.' in k for k in sd):
         sd = diffusers_to_ldm(sd)
+    if isinstance(model, VideoAutoencoder):
+        return load_strictly(model, sd, "the video autoencoder weights", "(cogvideox for CogVideoX's VAE, or the "
+                             "preset of the train_ae.py run)")
     return load_strictly(model, sd, "the autoencoder weights", "(sd for Stable Diffusion's VAE, flux for FLUX.1's, "
                          "or the preset of the train_ae.py run)")
 
@@ -124,73 +131,43 @@ def read_weights(path):
                          f"({type(e).__name__}); check that the file is complete.") from None
 
 
-def read_ae_weights(path, preset, presets):
-    """(config, state dict) of a train_ae.py checkpoint (its EMA weights when present), or (None, state dict) of public
-    weights, which need the `preset` (one of `presets`) they were made for."""
+def load_checkpoint(path, map_location='cpu'):
+    """A checkpoint of this project's own (train_ae.py, train_ldm.py), to resume or sample from."""
+    if not os.path.isfile(path):
+        die(f"checkpoint {path} does not exist; check the path (or drop --resume to start a new run).")
+    try:
+        # our own checkpoints hold python/numpy RNG states, which weights_only loading refuses
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:
+        die(f"checkpoint {path} could not be read ({type(e).__name__}); it is not a checkpoint written by this project.")
+
+
+def load_autoencoder(path, preset=None, device='cpu', video=None):
+    """An autoencoder in eval mode, an image one (model.Autoencoder) or a video one (video_model.VideoAutoencoder),
+    whichever the file holds: a train_ae.py checkpoint, whose own config decides the architecture (`preset` is not
+    needed; EMA weights are used when present), or public weights (LDM / diffusers layouts, .safetensors or torch file;
+    3D convolutions make them a video autoencoder), whose architecture `preset` names. `video` True or False refuses
+    the other kind, in one sentence."""
     ckpt = read_weights(path)
-    if 'model' in ckpt and 'config' in ckpt:  # a train_ae.py checkpoint
-        return ckpt['config'], ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model']
-    if preset is None:
+    if 'model' in ckpt and 'config' in ckpt:  # a train_ae.py checkpoint: it records num_frames (a hand-made one may not)
+        config, state = ckpt['config'], ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model']
+        is_video = (config['num_frames'] > 1 if 'num_frames' in config
+                    else 'temporal_levels' in config.get('ae_config', {}))
+        made = f" (train_ae.py --num_frames {config['num_frames']})" if 'num_frames' in config else ''
+    else:
+        config, state, made = None, ckpt, ''
+        is_video = any(torch.is_tensor(v) and v.dim() == 5 for v in state.get('state_dict', state).values())
+    if video is not None and video != is_video:
+        if is_video:
+            raise ValueError(f"{path} is a video autoencoder{made}; use it with --num_frames, or pass an image "
+                             f"autoencoder.")
+        raise ValueError(f"{path} is an image autoencoder{made}; a video model needs a train_ae.py --num_frames "
+                         f"checkpoint, or CogVideoX's weights with the preset cogvideox.")
+    presets = VIDEO_AE_PRESETS if is_video else AE_PRESETS
+    if config is None and preset is None:
         raise ValueError(f"{path} holds bare weights without a config; pass the preset they were made for "
                          f"(one of {', '.join(presets)}).")
-    return None, ckpt
-
-
-def load_autoencoder(path, preset=None, device='cpu'):
-    """An Autoencoder in eval mode from a train_ae.py checkpoint (its own config decides the architecture and `preset`
-    is not needed; EMA weights are used when present) or from public weights (LDM / diffusers layout, .safetensors or
-    torch file), whose architecture `preset` names."""
-    config, state = read_ae_weights(path, preset, AE_PRESETS)
-    if config is not None and config.get('num_frames', 1) > 1:
-        raise ValueError(f"{path} is a video autoencoder (train_ae.py --num_frames {config['num_frames']}); use it "
-                         f"with --num_frames, or pass an image autoencoder.")
-    cfg = make_ae_config(config['preset'], config.get('ae_config')) if config is not None else make_ae_config(preset)
-    model = Autoencoder(cfg)
+    name, overrides = (config['preset'], config.get('ae_config')) if config else (preset, None)
+    model = (VideoAutoencoder if is_video else Autoencoder)(make_ae_config(name, overrides, presets))
     load_ae_state_dict(model, state)
-    return model.to(device).eval()
-
-
-def diffusers_to_video_ae(sd):
-    """Rename a diffusers AutoencoderKLCogVideoX state dict to our layout: decoder levels stored coarse to fine there
-    (up_blocks.0 is the lowest resolution), by level here; causal convs of the norms are plain 1x1x1 convs here."""
-    n_up = 1 + max((int(m[1]) for k in sd if (m := re.match(r'decoder\.up_blocks\.(\d+)\.', k))), default=-1)
-    renames = [
-        (r'^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.', lambda m: f'decoder.up.{n_up - 1 - int(m[1])}.block.{m[2]}.'),
-        (r'^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.', lambda m: f'decoder.up.{n_up - 1 - int(m[1])}.upsample.'),
-        (r'^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.', r'encoder.down.\1.block.\2.'),
-        (r'^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.', r'encoder.down.\1.downsample.'),
-        (r'^(encoder|decoder)\.mid_block\.resnets\.0\.', r'\1.mid.block_1.'),
-        (r'^(encoder|decoder)\.mid_block\.resnets\.1\.', r'\1.mid.block_2.'),
-        (r'\.conv_shortcut\.', '.nin_shortcut.'),
-        (r'\.norm_layer\.', '.norm.'),
-        (r'\.conv_(y|b)\.conv\.', r'.conv_\1.'),
-    ]
-    out = {}
-    for k, v in sd.items():
-        for pattern, repl in renames:
-            k = re.sub(pattern, repl, k)
-        out[k] = v
-    return out
-
-
-def load_video_ae_state_dict(model, state_dict):
-    """Load our own or diffusers' AutoencoderKLCogVideoX weights into a VideoAutoencoder, strictly."""
-    sd = {re.sub(r'^(module\.|_orig_mod\.)+', '', k): v for k, v in state_dict.items()}
-    if any('.down_blocks.' in k or '.mid_block.' in k or '.up_blocks.' in k for k in sd):
-        sd = diffusers_to_video_ae(sd)
-    return load_strictly(model, sd, "the video autoencoder weights", "(cogvideox for CogVideoX's VAE, or the preset "
-                         "of the train_ae.py run)")
-
-
-def load_video_autoencoder(path, preset=None, device='cpu'):
-    """A VideoAutoencoder in eval mode from a train_ae.py --num_frames checkpoint (EMA weights when present) or from
-    public weights (diffusers' AutoencoderKLCogVideoX, e.g. CogVideoX-2b's vae/diffusion_pytorch_model.safetensors)."""
-    config, state = read_ae_weights(path, preset, VIDEO_AE_PRESETS)
-    if config is not None and config.get('num_frames') == 1:  # train_ae.py records it; a hand-made one may not
-        raise ValueError(f"{path} is an image autoencoder (train_ae.py without --num_frames); a video model needs a "
-                         f"train_ae.py --num_frames checkpoint.")
-    cfg = (make_video_ae_config(config['preset'], config.get('ae_config')) if config is not None
-           else make_video_ae_config(preset))
-    model = VideoAutoencoder(cfg)
-    load_video_ae_state_dict(model, state)
     return model.to(device).eval()

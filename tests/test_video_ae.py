@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from video_model import VideoAEConfig, VideoAutoencoder
-from weights import load_video_ae_state_dict
+from weights import load_ae_state_dict
 
 SMALL = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=4)  # CogVideoX's layout with 3 levels: f4, 4x time
 
@@ -17,7 +17,7 @@ def test_loads_diffusers_cogvideox_vae_and_matches_it():
     with torch.no_grad():  # move every norm and bias off its default init, so a mis-mapped key cannot hide
         for p in ref.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    ours = load_video_ae_state_dict(VideoAutoencoder(VideoAEConfig(**SMALL, norm='clip')), ref.state_dict()).eval()
+    ours = load_ae_state_dict(VideoAutoencoder(VideoAEConfig(**SMALL, norm='clip')), ref.state_dict()).eval()
     for T in (9, 17):  # 17 frames: two encoder chunks (9 + 8) and two decoder chunks (3 + 2), with conv caches
         x = torch.rand(1, 3, T, 16, 16) * 2 - 1
         with torch.no_grad():
@@ -75,7 +75,7 @@ def test_an_image_is_a_one_frame_video():
     with pytest.raises(ValueError, match='1 \\+ 4k frames'):
         ae.encode(torch.zeros(1, 3, 8, 16, 16))
     with pytest.raises(ValueError, match='do not fit'):
-        load_video_ae_state_dict(ae, {'encoder.conv_in.conv.weight': torch.zeros(1)})
+        load_ae_state_dict(ae, {'encoder.conv_in.conv.weight': torch.zeros(1)})
 
 
 def test_temporal_spectrum_is_offset_free_scale_free_and_sees_slow_change():
