@@ -678,7 +678,7 @@ def read_video_folder(path, image_size, num_frames, limit, seed):
         if skipped:
             unreadable += 1
         else:
-            clips.append(((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 3, 0).numpy())
+            clips.append(to_uint8(x).permute(1, 2, 3, 0).numpy())
     if unreadable:
         print(f"{path}: left out {unreadable} of {len(index)} videos that gave no {num_frames}-frame clip")
     return np.stack(clips)

@@ -1,19 +1,24 @@
 """
 The light measurements every script shares, one definition each: PSNR and SSIM of images in [-1, 1], the 8-bit
-rounding of an image file (to_uint8), and the statistics and Frechet distance of a feature set (FID, FVD). Only torch
-and numpy at import: training an autoencoder imports this file, while the networks that make features (inception.py,
-i3d.py) stay apart and scipy is imported by the one function that needs it.
+rounding of an image file (to_uint8), the two trivial references of an autoencoder (RGB on its latent grid, and bicubic
+down-and-up at that grid, the reconstruction it must beat), and the statistics and Frechet distance of a feature set
+(FID, FVD). Only torch and numpy at import: training an autoencoder imports this file, while the networks that make
+features (inception.py, i3d.py) stay apart and scipy is imported by the one function that needs it.
 """
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model import causal_time_pool, from_frames, to_frames
+
+PSNR_MAX = 100.0  # dB; a lossless match (MSE 0) is reported as this, not inf, so that means and JSON stay finite
+
 
 def psnr(x, y):
     """Per-image PSNR in dB, (B,), of x, y (B, C, H, W) in [-1, 1], measured on [0, 1] with peak 1 (the same number as
-    on [0, 255] with peak 255): 10 log10(1 / MSE). Identical images give inf."""
+    on [0, 255] with peak 255): 10 log10(1 / MSE). Identical images give PSNR_MAX."""
     mse = ((x.double() - y.double()) / 2).pow(2).flatten(1).mean(1)  # / 2 maps a [-1, 1] difference to [0, 1]
-    return 10 * torch.log10(1 / mse)
+    return (10 * torch.log10(1 / mse)).clamp(max=PSNR_MAX)
 
 
 def _gaussian_window(size=11, sigma=1.5):
@@ -44,8 +49,30 @@ def ssim(x, y):
 
 
 def to_uint8(x):
-    """x (..., 3, H, W) in [-1, 1] -> uint8 in [0, 255], rounded as an 8-bit image file would hold it."""
+    """x in [-1, 1] (images or clips, any layout) -> uint8 in [0, 255], rounded as an 8-bit image file would hold it."""
     return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+# ----------------------------------------------------------------------------------------------
+# The trivial references of an autoencoder with an f-times smaller latent grid
+
+
+def rgb_on_latent_grid(x, latent_shape, temporal_levels=0):
+    """RGB on the grid of a latent of shape (..., [t,] h, w): images x (B, 3, H, W) average-pooled to (h, w); clips
+    x (B, 3, T, H, W) halved in time `temporal_levels` times as the video encoder halves them (causal_time_pool: pairs
+    averaged, the first frame apart), then every frame average-pooled. The RGB reference of every latent spectrum."""
+    if x.dim() == 5:
+        for _ in range(temporal_levels):
+            x = causal_time_pool(x)
+        return from_frames(F.adaptive_avg_pool2d(to_frames(x), tuple(latent_shape[-2:])), x.shape[0])
+    return F.adaptive_avg_pool2d(x, tuple(latent_shape[-2:]))
+
+
+def bicubic_at_latent_grid(x, f):
+    """The trivial autoencoder an f-times-downsampling one must beat: x (B, 3, H, W) shrunk by f (antialiased bicubic)
+    and blown up again (bicubic), clamped to [-1, 1]. It stores 3 numbers per latent position. Clips are measured
+    frame by frame (pass their frames, as (B*T, 3, H, W))."""
+    small = F.interpolate(x, scale_factor=1 / f, mode='bicubic', antialias=True, align_corners=False)
+    return F.interpolate(small, size=x.shape[-2:], mode='bicubic', align_corners=False).clamp(-1, 1)
 
 # ----------------------------------------------------------------------------------------------
 # Frechet distance (FID and FVD)

@@ -26,6 +26,7 @@ from common import (checked, select_device, die, setup_distributed, cleanup_dist
                     broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_to_overwrite,
                     no_space_is_an_error)
 from diffusion import SPACINGS, Diffusion, cfg_model_fn, spaced_timesteps, sample_generators, randn
+from metrics import to_uint8
 from model import build_backbone
 from weights import load_autoencoder, load_checkpoint
 
@@ -151,7 +152,7 @@ for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols
         else:
             z = diffusion.ddim_sample(model_fn, x_T, steps=steps, eta=args.eta, generator=gens, spacing=spacing)
         x = ae.decode(z.float() / latent_scale + latent_shift).float()  # undo the latent normalisation
-    x = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    x = to_uint8(x)
     with no_space_is_an_error(out_dir):
         if video:  # the MP4 to watch, and the exact uint8 frames for samples.npz (MP4 is lossy), removed below
             for i, clip in zip(idx, x.permute(0, 2, 3, 4, 1).cpu().numpy()):  # (T, H, W, 3)

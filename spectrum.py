@@ -37,18 +37,16 @@ import math
 import argparse
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-import metrics
 from common import checked, die, select_device, refuse_to_overwrite, no_space_is_an_error
 from data import make_dataset, random_subset
+from metrics import PSNR_MAX, bicubic_at_latent_grid, psnr, rgb_on_latent_grid
 from weights import load_autoencoder
 
 BLOCK = 8                                         # JPEG's block size; the zigzag order below is defined for 8x8
 ERASE_FRACTIONS = [k / 10 for k in range(10)]     # p = 0, 0.1, ..., 0.9 of the 64 coefficients erased
 HF_START = 32                                     # hf_share: zigzag coefficients 32..63, the upper half
-PSNR_MAX = 100.0                                  # dB; a lossless match (MSE 0) is reported as this, not inf
 
 # -----------------------------------------------------------------------------
 # block DCT and the zigzag order
@@ -176,10 +174,6 @@ def erase_high_frequencies(x, p):
     return out
 
 
-def psnr(x, y):
-    """metrics.psnr (per image, dB, images in [-1, 1] measured on [0, 1]) with a lossless match capped at PSNR_MAX. (B,)"""
-    return metrics.psnr(x, y).clamp(max=PSNR_MAX)
-
 # -----------------------------------------------------------------------------
 # video: the spatial spectrum per latent frame, and a temporal spectrum along the frames
 
@@ -203,15 +197,6 @@ def temporal_hf_ratio(amplitude):
     over channels. 1 for white noise in time; below 1 when the signal changes slowly, as natural video does."""
     profile = temporal_spectrum(amplitude)
     return profile[:, (profile.shape[1] + 1) // 2:].mean().item()
-
-
-def pool_to_latent_grid(x, z_shape, temporal_levels):
-    """The RGB reference of a video latent: x (B, 3, T, H, W) pooled to the latent's (t, h, w) grid, time halved as
-    the encoder halves it (pairs averaged, the first frame apart), space by average pooling per frame."""
-    from model import causal_time_pool, to_frames, from_frames
-    for _ in range(temporal_levels):
-        x = causal_time_pool(x)
-    return from_frames(F.adaptive_avg_pool2d(to_frames(x), z_shape[-2:]), x.shape[0])
 
 
 @torch.no_grad()
@@ -248,7 +233,7 @@ def analyse_video(args):
                     f"{BLOCK}x{BLOCK} DCT block; use --image_size {BLOCK * ae.downsample_factor} or more.")
             add((label, 'psnr'), psnr(to_frames(ae.decode(z).clamp(-1, 1)), frames).mean(), B)
             meters.setdefault((label, 'sample'), BlockSpectrum()).update(ae.encode(x, sample=True)[0])
-            ref = pool_to_latent_grid(x, z.shape, ae.cfg.temporal_levels)
+            ref = rgb_on_latent_grid(x, z.shape, ae.cfg.temporal_levels)
             for name, t in ((label, z), (f"RGB for {label}", ref)):
                 add((name, 'temporal'), temporal_amplitude(t), B)
                 meters.setdefault((name, 'spatial'), BlockSpectrum()).update(t)
@@ -276,18 +261,6 @@ def analyse_video(args):
 
 # -----------------------------------------------------------------------------
 # command line
-
-def pool_to(x, size):
-    """The RGB reference at a latent's resolution: x (B, 3, H, W) average-pooled to (B, 3, h, w)."""
-    return F.adaptive_avg_pool2d(x, size)
-
-
-def bicubic_at_latent_grid(x, f):
-    """The trivial autoencoder an f-times-downsampling one must beat: x (B, 3, H, W) shrunk by f (antialiased bicubic)
-    and blown up again (bicubic), clamped to [-1, 1]. It stores 3 numbers per latent position."""
-    small = F.interpolate(x, scale_factor=1 / f, mode='bicubic', antialias=True, align_corners=False)
-    return F.interpolate(small, size=x.shape[-2:], mode='bicubic', align_corners=False).clamp(-1, 1)
-
 
 class Mean:
     """Running mean of per-batch means, weighted by batch size; exact for (C, 64) amplitudes and (B,) PSNRs alike."""
@@ -390,7 +363,7 @@ def analyse(args):
         for f, meter in bicubic.items():
             meter.update(psnr(bicubic_at_latent_grid(x, f), x).mean(), B)
         for size in rgb_sizes:
-            rgb_spec.setdefault(size, BlockSpectrum()).update(pool_to(x, size))
+            rgb_spec.setdefault(size, BlockSpectrum()).update(rgb_on_latent_grid(x, size))
         for p, meter in zip(ERASE_FRACTIONS, rgb_erasure):
             meter.update(psnr(erase_high_frequencies(x, p).clamp(-1, 1), x).mean(), B)
 

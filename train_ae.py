@@ -52,9 +52,9 @@ from common import (add_common_args, die, setup_distributed, cleanup_distributed
                     note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, checked, int_list,
                     check_run_dir, prepare_run_dir, truncate_log, compare_resume_config, no_space_is_an_error)
 from data import make_dataset, make_video_dataset, random_subset
-from metrics import psnr
+from metrics import bicubic_at_latent_grid, psnr, rgb_on_latent_grid, to_uint8
 from model import (AE_PRESETS, SE_DOWNSAMPLING, Autoencoder, NLayerDiscriminator, hinge_d_loss, adaptive_gan_weight,
-                   se_downsample, scale_equivariance_loss, to_frames, causal_time_pool)
+                   se_downsample, scale_equivariance_loss, to_frames)
 from perceptual import LPIPS_MIN_SIZE, LPIPS
 from video_model import VIDEO_AE_PRESETS, VideoAutoencoder
 from weights import load_autoencoder, load_checkpoint
@@ -282,19 +282,13 @@ def evaluate():
         save_video_previews(rows)
     else:
         save_image_grid(torch.cat(rows).clamp(-1, 1), os.path.join(args.out_dir, f'recon_{step:07d}.png'), nrow=len(x_eval))
-    metrics = {'val_psnr': psnr(frames(x_rec).clamp(-1, 1), frames(x_eval)).mean().item()}
-    x_pooled = x_eval
-    if video:
-        # the trivial reference: every frame area-downsampled to the latent grid and bicubic-upsampled back
-        # (generous: it keeps all frames, the latent only 1 in 4)
-        small = F.interpolate(to_frames(x_eval), scale_factor=1 / f, mode='area')
-        ref = F.interpolate(small, scale_factor=f, mode='bicubic', align_corners=False).clamp(-1, 1)
-        metrics['val_psnr_bicubic'] = psnr(ref, to_frames(x_eval)).mean().item()
-        for _ in range(ae_config.temporal_levels):
-            x_pooled = causal_time_pool(x_pooled)  # RGB on the latent's frames; its grid follows below
+    # beside the reconstruction, the trivial reference of spectrum.py: bicubic down and up at the latent grid (video:
+    # every frame, generous since it keeps all frames and the latent only 1 in 4)
+    metrics = {'val_psnr': psnr(frames(x_rec).clamp(-1, 1), frames(x_eval)).mean().item(),
+               'val_psnr_bicubic': psnr(bicubic_at_latent_grid(frames(x_eval), f), frames(x_eval)).mean().item()}
     if min(z.shape[-2:]) >= 8:  # the spectrum works on 8x8 DCT blocks of the latent (of every latent frame)
-        x_pooled = F.adaptive_avg_pool2d(frames(x_pooled), z.shape[-2:])  # RGB on the latent's grid
-        metrics.update(hf_share_latent=hf_share(z.float()), hf_share_rgb=hf_share(x_pooled))
+        rgb = rgb_on_latent_grid(x_eval, z.shape, getattr(ae_config, 'temporal_levels', 0))
+        metrics.update(hf_share_latent=hf_share(z.float()), hf_share_rgb=hf_share(rgb))
     return metrics
 
 
@@ -302,7 +296,7 @@ def save_video_previews(rows):
     """rows: clips (B, 3, T, H, W) of inputs, reconstructions and SE branches -> an MP4 whose frame t shows every clip
     (columns) of every row, and a PNG strip of the first two clips, one row of frames per kind."""
     T = x_eval.shape[2]
-    clips = ((torch.cat(rows).float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (rows*B, 3, T, H, W)
+    clips = to_uint8(torch.cat(rows).float())  # (rows*B, 3, T, H, W)
     write_mp4(tile_videos(clips.permute(0, 2, 3, 4, 1).cpu().numpy(), nrow=len(x_eval)),
               os.path.join(args.out_dir, f'recon_{step:07d}.mp4'))
     strip = torch.cat([r[i].transpose(0, 1) for i in range(min(2, len(x_eval))) for r in rows])  # (2*rows*T, 3, H, W)

@@ -43,7 +43,6 @@ import argparse
 import contextlib
 from copy import deepcopy
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
@@ -55,6 +54,7 @@ from common import (add_common_args, die, setup_distributed, cleanup_distributed
                     prepare_run_dir, truncate_log, compare_resume_config, weights_hash, no_space_is_an_error)
 from data import make_dataset, make_video_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
 from diffusion import SCHEDULES, Diffusion
+from metrics import to_uint8
 from model import build_backbone
 from weights import load_autoencoder, load_checkpoint
 
@@ -283,7 +283,7 @@ def sample_grid():
         z = diffusion.ddim_sample(lambda x, t: ema(x, t, grid_labels), grid_noise, steps=args.sample_steps)
         x = ae.decode(z.float() / scale + shift).float()
     if video:  # (B, 3, T, H, W) -> uint8 (B, T, H, W, 3) -> samples_STEP/grid.mp4, grid.gif, grid_frames.png
-        clips = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+        clips = to_uint8(x).permute(0, 2, 3, 4, 1).cpu().numpy()
         folder = os.path.join(args.out_dir, f'samples_{step:07d}')
         os.makedirs(folder, exist_ok=True)
         save_video_grid(clips, folder)

@@ -70,10 +70,10 @@ def test_docstring_lists_the_shared_flags_with_their_real_defaults(script):
 
 
 def test_no_import_circle_and_no_evaluation_stack_under_training():
-    # the layers, bottom up: common and metrics import none of the project's modules; data adds common and metrics;
-    # the networks import only networks below them; weight files sit above the networks
+    # the layers, bottom up: common and model import none of the project's modules, metrics only model (the video
+    # AE's time pooling), data adds common and metrics; the video AE builds on model, weight files sit above both
     project = {os.path.splitext(f)[0] for f in os.listdir(ROOT) if f.endswith('.py')}
-    below = {'common': set(), 'metrics': set(), 'data': {'common', 'metrics'}, 'model': set(),
+    below = {'common': set(), 'metrics': {'model'}, 'data': {'common', 'metrics'}, 'model': set(),
              'video_model': {'model'}, 'weights': {'common', 'model', 'video_model'}}
     for name, allowed in below.items():
         assert imported_modules(f'{name}.py') & project <= allowed, name

@@ -95,6 +95,7 @@ def test_temporal_spectrum_is_offset_free_scale_free_and_sees_slow_change():
 def test_spectrum_cli_on_a_video_autoencoder(tmp_path):
     import json
     from dataclasses import asdict
+    import metrics
     import spectrum
     from video_model import VIDEO_AE_PRESETS
     cfg = VIDEO_AE_PRESETS['tiny']
@@ -110,7 +111,7 @@ def test_spectrum_cli_on_a_video_autoencoder(tmp_path):
     from data import MovingDeadLeaves
     from model import to_frames
     x = to_frames(torch.stack([MovingDeadLeaves(32, 9, seed=0, train=False)[i][0] for i in range(2)]))
-    bicubic = spectrum.psnr(spectrum.bicubic_at_latent_grid(x, 4), x).mean().item()
+    bicubic = metrics.psnr(metrics.bicubic_at_latent_grid(x, 4), x).mean().item()
     assert r['ae']['bicubic_psnr'] == pytest.approx(bicubic, rel=1e-5) and r['ae']['reconstruction_psnr'] < bicubic
     for row in (r['ae'], r['ae']['posterior_sample'], r['RGB for ae']):  # spatial hf_share of all latent frames
         assert 0 < row['hf_share'] < 1 and len(row['mean']) == 64
