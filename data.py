@@ -248,8 +248,13 @@ def random_subset(dataset, n, seed):
     return sorted(np.random.default_rng(seed).choice(len(dataset), size=n, replace=False).tolist())
 
 
-def make_dataset(data, image_size, seed=0, train=True, random_crop=False):
-    """data=None -> the embedded DeadLeaves stream; else an ImageFolder (evaluation: no flips)."""
+def make_dataset(data, image_size, seed=0, train=True, random_crop=False, num_frames=1, frame_stride=1):
+    """The data set of every script: images (num_frames 1) or clips of num_frames frames, frame_stride apart. data=None
+    -> the embedded DeadLeaves (MovingDeadLeaves) stream; else an ImageFolder (VideoFolder) (evaluation: no flips)."""
+    if num_frames > 1:
+        if data is None:
+            return MovingDeadLeaves(image_size, num_frames, seed=seed, train=train)
+        return VideoFolder(data, image_size, num_frames, frame_stride, train=train, random_crop=random_crop)
     if data is None:
         return DeadLeaves(image_size, seed=seed, train=train)
     return ImageFolder(data, image_size, flip=train, random_crop=random_crop)
@@ -439,13 +444,6 @@ class VideoFolder(torch.utils.data.Dataset):
         if self.train and item_seed is not None and rng.random() < 0.5:
             x = x.flip(3)
         return x.contiguous(), self.labels[j], skipped
-
-
-def make_video_dataset(data, image_size, num_frames, frame_stride=1, seed=0, train=True, random_crop=False):
-    """data=None -> the embedded MovingDeadLeaves stream; else a VideoFolder."""
-    if data is None:
-        return MovingDeadLeaves(image_size, num_frames, seed=seed, train=train)
-    return VideoFolder(data, image_size, num_frames, frame_stride, train=train, random_crop=random_crop)
 
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error we count, not a silently grey image

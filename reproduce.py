@@ -330,14 +330,14 @@ def real_clips():
     """Video: the held-out clips every set of video samples is scored against (eval_fid.py needs them as a file), a
     seeded random num_eval of them as a uint8 .npz. -> (its path, the settings it was made with)."""
     import numpy as np
-    from data import make_video_dataset, random_subset
+    from data import make_dataset, random_subset
     out = os.path.join(args.out_dir, 'real_clips')
     settings = {'data': args.data, 'image_size': sizes['image_size'], 'num_frames': args.num_frames,
                 'num_eval': sizes['num_eval']}
     path = os.path.join(out, 'real.npz')
     if not clear_unless_matching(out, settings):
         print(f"making {out}")
-        dataset = make_video_dataset(args.data, sizes['image_size'], args.num_frames, seed=0, train=False)
+        dataset = make_dataset(args.data, sizes['image_size'], seed=0, train=False, num_frames=args.num_frames)
         clips = uint8_samples(torch.stack([dataset[i][0] for i in random_subset(dataset, sizes['num_eval'], 0)]))
         os.makedirs(out, exist_ok=True)
         np.savez(path, arr_0=clips)  # (num_eval, T, H, W, 3)
@@ -352,14 +352,11 @@ def swd_references(aes):
     the floor that an LDM on its latents approaches but cannot pass. Video: clips and the video AEs. -> {name: metrics}."""
     import numpy as np
     from common import select_device
-    from data import make_dataset, make_video_dataset, random_subset
+    from data import make_dataset, random_subset
     from weights import load_autoencoder
     n = sizes['num_samples']
-    if video:
-        dataset = make_video_dataset(args.data, sizes['image_size'], args.num_frames, seed=0, train=True,
-                                     random_crop=args.random_crop)
-    else:
-        dataset = make_dataset(args.data, sizes['image_size'], seed=0, train=True, random_crop=args.random_crop)
+    dataset = make_dataset(args.data, sizes['image_size'], seed=0, train=True, random_crop=args.random_crop,
+                           num_frames=args.num_frames)
     items = random_subset(dataset, n, 0)
     if args.random_crop:  # n seeded crops, cycling through the images, as the training loader draws them
         items = [(i, k) for k, i in enumerate((items * n)[:n])]

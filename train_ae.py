@@ -51,7 +51,7 @@ from common import (add_common_args, die, setup_distributed, cleanup_distributed
                     CheckpointWriter, update_ema, Loader, save_image_grid, tile_videos, write_mp4, Logger,
                     note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, checked, int_list,
                     check_run_dir, prepare_run_dir, truncate_log, compare_resume_config, no_space_is_an_error)
-from data import make_dataset, make_video_dataset, random_subset
+from data import make_dataset, random_subset
 from metrics import bicubic_at_latent_grid, psnr, rgb_on_latent_grid, to_uint8
 from model import (AE_PRESETS, SE_DOWNSAMPLING, Autoencoder, NLayerDiscriminator, hinge_d_loss, adaptive_gan_weight,
                    se_downsample, scale_equivariance_loss, to_frames)
@@ -184,11 +184,8 @@ opt_d = torch.optim.Adam(disc.parameters(), lr=args.disc_lr or args.lr, betas=(0
 scaler = make_grad_scaler(dtype, device)
 
 # the training loader: every rank shares the seed, and takes its own shard of each epoch's permutation
-if video:
-    dataset = make_video_dataset(args.data, args.image_size, args.num_frames, args.frame_stride, seed=args.seed,
-                                 train=True, random_crop=args.random_crop)
-else:
-    dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop)
+dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop,
+                       num_frames=args.num_frames, frame_stride=args.frame_stride)
 loader = Loader(dataset, args.batch_size, args.seed, dist, num_workers=args.num_workers)
 # what a resumed run must share with the saved one to continue it exactly: the data stream and what the model is
 run_config = {**vars(args), 'num_images': len(dataset)}
@@ -235,8 +232,8 @@ else:
     disc_ddp = disc
 
 # a fixed held-out batch for the grids and the high-frequency probe: a seeded random sample, not the first files
-eval_set = (make_video_dataset(args.data, args.image_size, args.num_frames, args.frame_stride, seed=args.seed,
-                               train=False) if video else make_dataset(args.data, args.image_size, seed=args.seed, train=False))
+eval_set = make_dataset(args.data, args.image_size, seed=args.seed, train=False, num_frames=args.num_frames,
+                        frame_stride=args.frame_stride)
 x_eval = torch.stack([eval_set[i][0] for i in random_subset(eval_set, args.num_eval, args.seed)]).to(device)
 
 # -----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ the autoencoder's weights, the data, the image size, the crop mode or the cache 
 
 Video (--num_frames N > 1, N = 1 + 4k for the tiny and cogvideox presets): the frozen autoencoder is a
 `train_ae.py --num_frames` checkpoint (or CogVideoX's VAE with --ae_preset cogvideox), the data are clips of N frames
-(data.make_video_dataset: the embedded moving dead leaves, or a folder of videos, class-conditional with class
+(data.make_dataset: the embedded moving dead leaves, or a folder of videos, class-conditional with class
 subfolders as Kinetics), the latents (B, C, T', h, w) with T' = 1 + (N - 1) / 4, and the denoiser is the video DiT
 (--model dit). Shift and scale are per channel by default (--latent_norm channel), so that no channel's offset or
 spread dominates the denoiser's loss. The sample grids are videos
@@ -52,7 +52,7 @@ from common import (add_common_args, die, setup_distributed, cleanup_distributed
                     CheckpointWriter, update_ema, Loader, save_image_grid, save_video_grid, Logger,
                     note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, checked, check_run_dir,
                     prepare_run_dir, truncate_log, compare_resume_config, weights_hash, no_space_is_an_error)
-from data import make_dataset, make_video_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
+from data import make_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
 from diffusion import SCHEDULES, Diffusion
 from metrics import to_uint8
 from model import build_backbone
@@ -150,11 +150,8 @@ def encode(x):  # x (B, 3, [T,] H, W) in [-1, 1] -> unnormalised latents (B, C, 
 # -----------------------------------------------------------------------------
 # data: images (encoded on the fly) or the latent cache
 
-if video:  # clips (3, T, H, W)
-    images = make_video_dataset(args.data, args.image_size, args.num_frames, args.frame_stride, seed=args.seed,
-                                train=True, random_crop=args.random_crop)
-else:
-    images = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop)
+images = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop,
+                      num_frames=args.num_frames, frame_stride=args.frame_stride)  # video: clips (3, T, H, W)
 if args.cache_latents:
     if (args.data is None or args.random_crop) and args.cache_size is None:
         die("--cache_latents with the embedded dataset or --random_crop needs --cache_size N: there is no end to the "
