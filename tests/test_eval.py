@@ -268,7 +268,7 @@ def test_evaluate_autoencoder_on_known_reconstructions():
     x = disk_images(8, 32, seed=0) * 0.7  # inside [-0.7, 0.7] so the offset never clips
     images = data.ImageArray(metrics.to_uint8(x).permute(0, 2, 3, 1).numpy())
     perfect = evaluate_autoencoder(OffsetAE(0.0), images, CPU, batch_size=3)
-    assert perfect['psnr'] == float('inf') and perfect['ssim'] == pytest.approx(1.0, abs=1e-6)
+    assert perfect['psnr'] == metrics.PSNR_MAX and perfect['ssim'] == pytest.approx(1.0, abs=1e-6)  # lossless: capped
     assert perfect['swd_avg'] == 0 and 'lpips' not in perfect and 'rfid' not in perfect
     # an offset of 10 grey levels: MSE = (10 / 255)^2 -> PSNR = 20 log10(25.5) = 28.13 dB
     shifted = evaluate_autoencoder(OffsetAE(2 * 10 / 255), images, CPU, batch_size=3)
