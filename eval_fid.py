@@ -39,8 +39,10 @@ from data import DatasetImages, make_dataset, open_source, random_subset, shuffl
 from i3d import FVD_NUM_FRAMES, I3D_WEIGHTS_FILE, I3D_WEIGHTS_URL, i3d_features, load_i3d
 from inception import FID_WEIGHTS_FILE, load_inception
 from metrics import feature_statistics, frechet_distance, psnr, ssim, to_uint8
+from perceptual import LPIPS
 from swd import (SWD_MAX_IMAGES, SWD_MIN_RES, SWD_NHOOD, SWD_NHOODS_PER_IMAGE, swd_descriptors, swd_from_descriptors,
                  swd_resolutions, video_swd)
+from weights import load_autoencoder
 
 # ----------------------------------------------------------------------------------------------
 # Sharded feature extraction
@@ -172,7 +174,7 @@ def evaluate_autoencoder(ae, images, dist, inception=None, lpips=None, batch_siz
 # ----------------------------------------------------------------------------------------------
 # command line
 
-def _load_on_rank0_first(load, dist):
+def load_on_rank0_first(load, dist):
     """Rank 0 loads (and downloads into the shared cache) before the others, so only one process downloads.
     -> (model or None, the one-sentence reason why the weights could not be had)."""
     model, reason = None, None
@@ -189,31 +191,52 @@ def _load_on_rank0_first(load, dist):
     return model, reason
 
 
-def evaluate_samples(args, dist):
-    """FID and SWD of --fake against --real (or the dead-leaves set); --save_stats. -> (results, skipped)."""
-    results, skipped = {}, {}
-    fake_kind, fake = open_source(args.fake, args.image_size, None, num_frames=args.num_frames) if args.fake else (None, None)
-    if args.real is not None:
-        real_kind, real = open_source(args.real, args.image_size, args.num_real, args.seed, args.num_frames)
-        if any(kind == 'videos' or (kind == 'stats' and np.shape(source[0]) == (400,))
-               for kind, source in ((real_kind, real), (fake_kind, fake))):
-            return evaluate_videos(args, dist, real_kind, real, fake_kind, fake)
-    elif fake_kind == 'videos':
+def frechet(sets, features, save_stats, dist, what, items):
+    """The one Frechet evaluation of FID and FVD. sets: {'real': (kind, source), 'fake': (kind, source)}; a 'stats'
+    source is its own (mu, sigma), the others' statistics are those of their `features` ({name: (N, D) features or
+    None}). --save_stats writes the real set's. -> the distance (on the master), or None when a set has no statistics
+    or there is no fake set."""
+    stats = {name: source if kind == 'stats' else feature_statistics(features[name])
+             for name, (kind, source) in sets.items() if kind == 'stats' or features.get(name) is not None}
+    if save_stats is not None and dist.master:
+        with no_space_is_an_error(os.path.dirname(os.path.abspath(save_stats))):
+            np.savez_compressed(save_stats, mu=stats['real'][0], sigma=stats['real'][1])
+        print(f"saved the {what} statistics of {len(sets['real'][1])} reference {items} to {save_stats}")
+    if sets['fake'][0] is not None and 'real' in stats and 'fake' in stats and dist.master:
+        return frechet_distance(*stats['real'], *stats['fake'])
+    return None
+
+
+def open_sets(fake, real, num_real, image_size, num_frames, seed):
+    """--fake and --real as (kind, source) each (data.open_source); without --real, a seeded sample of the held-out
+    dead-leaves images at --image_size or the fake images' size. -> (fake, real, True when they are videos)."""
+    fake = open_source(fake, image_size, None, num_frames=num_frames) if fake else (None, None)
+    if real is not None:
+        real = open_source(real, image_size, num_real, seed, num_frames)
+    elif fake[0] == 'videos':
         die("videos are scored against reference videos; pass --real, an .npz of uint8 (N, T, H, W, 3) videos or "
             "their FVD statistics (--save_stats).")
     else:
-        size = args.image_size if args.image_size is not None else (fake.size[0] if fake_kind == 'images' else None)
+        size = image_size if image_size is not None else (fake[1].size[0] if fake[0] == 'images' else None)
         if size is None:
             die("the dead-leaves reference set needs a resolution; pass --image_size.")
-        n = args.num_real if args.num_real is not None else (len(fake) if fake_kind == 'images' else 1000)
-        real_kind, real = 'images', DatasetImages(make_dataset(None, size, seed=args.seed, train=False), n, args.seed)
+        n = num_real if num_real is not None else (len(fake[1]) if fake[0] == 'images' else 1000)
+        real = 'images', DatasetImages(make_dataset(None, size, seed=seed, train=False), n, seed)
+    video = any(kind == 'videos' or (kind == 'stats' and np.shape(source[0]) == (400,)) for kind, source in (real, fake))
+    return fake, real, video
 
+
+def evaluate_images(real, fake, dist, inception_weights, save_stats, batch_size, num_workers, seed):
+    """FID (when the Inception weights load) and SWD of the fake images against the real ones or their statistics;
+    save_stats writes the Inception statistics of the real ones. -> (results, skipped)."""
+    (real_kind, real), (fake_kind, fake) = real, fake
+    results, skipped = {}, {}
     inception = None
     if 'images' in (real_kind, fake_kind):  # two statistics files need no network
-        inception, skipped['fid'] = _load_on_rank0_first(lambda: load_inception(args.inception_weights, dist.device), dist)
+        inception, skipped['fid'] = load_on_rank0_first(lambda: load_inception(inception_weights, dist.device), dist)
         if inception is not None or fake_kind is None:
             del skipped['fid']
-    if args.save_stats is not None and inception is None:
+    if save_stats is not None and inception is None:
         die(f"--save_stats needs the Inception network, and {skipped.get('fid') or 'it was not loaded'}")
 
     swd_count = 0
@@ -228,69 +251,57 @@ def evaluate_samples(args, dist):
     elif fake_kind is not None:
         skipped['swd'] = "SWD needs images, and one of --real/--fake is a statistics file."
 
-    stats, descriptors = {}, {}
+    features, descriptors = {}, {}
     for name, kind, source in (('real', real_kind, real), ('fake', fake_kind, fake)):
-        if kind == 'stats':
-            stats[name] = source
-        elif kind == 'images':
+        if kind == 'images':
             results[f'num_{name}'] = len(source)
             if 0 < swd_count < len(source):  # SWD's cut is then a random sample (FID ignores the order)
-                source = shuffled(source, args.seed)
-            features, descriptors[name] = collect(source, dist, args.batch_size, args.num_workers, name,
-                                                  inception, swd_count)
-            if features is not None:
-                stats[name] = feature_statistics(features)
-
+                source = shuffled(source, seed)
+            features[name], descriptors[name] = collect(source, dist, batch_size, num_workers, name, inception,
+                                                        swd_count)
     for name, kind, source in (('real', real_kind, real), ('fake', fake_kind, fake)):
         if kind == 'images':  # unreadable files were replaced by their neighbours: say how many
             results[f'unreadable_{name}'] = source.unreadable
-    if args.save_stats is not None and dist.master:
-        with no_space_is_an_error(os.path.dirname(os.path.abspath(args.save_stats))):
-            np.savez_compressed(args.save_stats, mu=stats['real'][0], sigma=stats['real'][1])
-        print(f"saved the Inception statistics of {len(real)} reference images to {args.save_stats}")
-    if fake_kind is not None and 'real' in stats and 'fake' in stats and dist.master:
-        results['fid'] = frechet_distance(*stats['real'], *stats['fake'])
+    fid = frechet({'real': (real_kind, real), 'fake': (fake_kind, fake)}, features, save_stats, dist, 'Inception', 'images')
+    if fid is not None:
+        results['fid'] = fid
     if swd_count > 0 and dist.master:
         results['swd_images'] = swd_count
         results |= swd_from_descriptors(descriptors['real'], descriptors['fake'], swd_resolutions(*real.size))
     return results, skipped
 
 
-def evaluate_videos(args, dist, real_kind, real, fake_kind, fake):
-    """FVD (when the I3D weights load) and the weight-free video SWD of --fake videos against --real videos or their
-    FVD statistics; --save_stats writes the FVD statistics of --real. -> (results, skipped)."""
-    sources = (('real', real_kind, real), ('fake', fake_kind, fake))
+def evaluate_videos(real, fake, dist, i3d_weights, save_stats, batch_size, seed):
+    """FVD (when the I3D weights load) and the weight-free video SWD of the fake videos against the real ones or their
+    FVD statistics; save_stats writes the FVD statistics of the real ones. -> (results, skipped)."""
+    sources = (('real', *real), ('fake', *fake))
     for name, kind, source in sources:
         if kind == 'images':
             die(f"--{name} holds images while the other set holds videos (or FVD statistics); pass videos for both.")
         if kind == 'stats' and np.shape(source[0]) != (400,):
             die(f"the --{name} statistics are {np.shape(source[0])[0]}-d, not the 400 I3D logits of FVD; save video "
                 f"statistics with --save_stats from an .npz of videos.")
+    (real_kind, real), (fake_kind, fake) = real, fake
     results, skipped = {}, {'fvd': None}
     i3d = None
     if 'videos' in (real_kind, fake_kind):  # two statistics files need no network
-        i3d, skipped['fvd'] = _load_on_rank0_first(lambda: load_i3d(args.i3d_weights, dist.device), dist)
+        i3d, skipped['fvd'] = load_on_rank0_first(lambda: load_i3d(i3d_weights, dist.device), dist)
     short = [f"--{name} has {source.shape[1]}" for name, kind, source in sources
              if kind == 'videos' and source.shape[1] < FVD_NUM_FRAMES]
     if i3d is not None and short:
         i3d, skipped['fvd'] = None, f"FVD is measured on {FVD_NUM_FRAMES}-frame clips and {short[0]} frames."
-    if args.save_stats is not None and i3d is None:
+    if save_stats is not None and i3d is None:
         die(f"--save_stats needs the I3D network, and {skipped['fvd']}")
 
-    stats = {}
+    features = {}
     for name, kind, source in sources:
-        if kind == 'stats':
-            stats[name] = source
-        elif kind == 'videos':
+        if kind == 'videos':
             results[f'num_{name}'] = len(source)
             if i3d is not None:
-                stats[name] = feature_statistics(video_set_features(source, i3d, dist, args.batch_size))
-    if args.save_stats is not None and dist.master:
-        with no_space_is_an_error(os.path.dirname(os.path.abspath(args.save_stats))):
-            np.savez_compressed(args.save_stats, mu=stats['real'][0], sigma=stats['real'][1])
-        print(f"saved the FVD statistics of {len(real)} reference videos to {args.save_stats}")
-    if fake_kind is not None and 'real' in stats and 'fake' in stats and dist.master:
-        results['fvd'] = frechet_distance(*stats['real'], *stats['fake'])
+                features[name] = video_set_features(source, i3d, dist, batch_size)
+    fvd = frechet({'real': (real_kind, real), 'fake': (fake_kind, fake)}, features, save_stats, dist, 'FVD', 'videos')
+    if fvd is not None:
+        results['fvd'] = fvd
 
     if fake_kind == 'videos' and real_kind == 'videos':
         T, H, W = fake.shape[1:4]
@@ -302,7 +313,7 @@ def evaluate_videos(args, dist, real_kind, real, fake_kind, fake):
         elif dist.master:
             n = min(len(real), len(fake), max(2, SWD_MAX_IMAGES // T))  # at most ProGAN's count of frames
             def sample(v):  # n videos (a seeded random subset when there are more), (n, T, 3, H, W) uint8
-                return torch.from_numpy(v if n == len(v) else v[random_subset(v, n, args.seed)]).permute(0, 1, 4, 2, 3)
+                return torch.from_numpy(v if n == len(v) else v[random_subset(v, n, seed)]).permute(0, 1, 4, 2, 3)
             results['swd_videos'] = n
             results |= video_swd(sample(real), sample(fake), device=dist.device)
     elif fake_kind is not None:
@@ -312,36 +323,37 @@ def evaluate_videos(args, dist, real_kind, real, fake_kind, fake):
     return results, skipped
 
 
-def evaluate_autoencoder_cli(args, dist):
-    """PSNR, SSIM, LPIPS, rFID and SWD of --ae's reconstructions of --data. -> (results, skipped)."""
-    from perceptual import LPIPS
-    from weights import load_autoencoder
-    if args.image_size is None:
+def open_autoencoder(path, preset, data, image_size, num_real, seed, device):
+    """--ae and the held-out images of --data it reconstructs (a seeded sample of num_real, or 1000 of the endless
+    dead-leaves stream), each one sentence when it cannot be had. -> (autoencoder, images)."""
+    if image_size is None:
         die("--ae needs --image_size, the resolution to reconstruct the dataset at.")
     try:
-        dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=False)
-    except FileNotFoundError as e:
-        die(str(e))
-    n = args.num_real if args.num_real is not None else (1000 if args.data is None else len(dataset))
-    images = DatasetImages(dataset, min(n, len(dataset)), args.seed)
-    try:
-        ae = load_autoencoder(args.ae, preset=args.preset, device=dist.device)
+        dataset = make_dataset(data, image_size, seed=seed, train=False)
+        ae = load_autoencoder(path, preset=preset, device=device, video=False)
     except (FileNotFoundError, ValueError) as e:
         die(str(e))
-    if args.image_size % ae.downsample_factor:
-        die(f"--image_size {args.image_size} is not divisible by the autoencoder's downsampling factor "
+    if image_size % ae.downsample_factor:
+        die(f"--image_size {image_size} is not divisible by the autoencoder's downsampling factor "
             f"{ae.downsample_factor}; pass a multiple of it.")
-    skipped = {}
-    inception, skipped['rfid'] = _load_on_rank0_first(lambda: load_inception(args.inception_weights, dist.device), dist)
-    lpips, skipped['lpips'] = _load_on_rank0_first(
-        lambda: LPIPS(args.vgg_weights, args.lpips_lin_weights).to(dist.device), dist)
-    if skipped['lpips'] is not None:
-        skipped['lpips'] += '; pass local copies with --vgg_weights and --lpips_lin_weights.'
-    skipped = {name: why for name, why in skipped.items() if why is not None}
-    results = {'num_images': len(images)}
-    results |= evaluate_autoencoder(ae, images, dist, inception, lpips, args.batch_size, args.num_workers)
-    results['unreadable_images'] = images.unreadable  # replaced by their neighbours, counted
-    return results, skipped
+    n = num_real if num_real is not None else (1000 if data is None else len(dataset))
+    return ae, DatasetImages(dataset, min(n, len(dataset)), seed)
+
+
+def check_args(args):
+    """The rules between flags, before anything is built. -> the JSON file the numbers go to."""
+    if args.ae is not None and (args.fake is not None or args.real is not None or args.save_stats is not None):
+        die("--ae scores reconstructions of --data, while --fake/--real/--save_stats are for generated images; pass one or the other.")
+    if args.ae is None and any(v is not None for v in (args.data, args.preset, args.vgg_weights, args.lpips_lin_weights)):
+        die("--data, --preset, --vgg_weights and --lpips_lin_weights go with --ae; to score generated images "
+            "against a folder, pass it as --real.")
+    if args.ae is None and args.fake is None and args.save_stats is None:
+        die("nothing to evaluate; pass --fake (generated images), --ae (an autoencoder) or --save_stats (reference statistics).")
+    out = args.out or os.path.splitext((args.fake or args.ae or args.save_stats).rstrip('/'))[0] + '_metrics.json'
+    refuse_to_overwrite([out], args.overwrite, flag='--out')
+    if args.save_stats is not None:
+        refuse_to_overwrite([args.save_stats], args.overwrite, flag='--save_stats')
+    return out
 
 
 def main(argv=None):
@@ -367,24 +379,34 @@ def main(argv=None):
     p.add_argument('--out', type=str, default=None, help='JSON file for every number printed (default: <--fake, --ae or --save_stats path>_metrics.json)')
     p.add_argument('--overwrite', action='store_true', help='replace an existing --out or --save_stats file')
     args = p.parse_args(argv)
-
-    if args.ae is not None and (args.fake is not None or args.real is not None or args.save_stats is not None):
-        die("--ae scores reconstructions of --data, while --fake/--real/--save_stats are for generated images; pass one or the other.")
-    if args.ae is None and any(v is not None for v in (args.data, args.preset, args.vgg_weights, args.lpips_lin_weights)):
-        die("--data, --preset, --vgg_weights and --lpips_lin_weights go with --ae; to score generated images "
-            "against a folder, pass it as --real.")
-    if args.ae is None and args.fake is None and args.save_stats is None:
-        die("nothing to evaluate; pass --fake (generated images), --ae (an autoencoder) or --save_stats (reference statistics).")
-    out = args.out or os.path.splitext((args.fake or args.ae or args.save_stats).rstrip('/'))[0] + '_metrics.json'
-    refuse_to_overwrite([out], args.overwrite, flag='--out')
-    if args.save_stats is not None:
-        refuse_to_overwrite([args.save_stats], args.overwrite, flag='--save_stats')
+    out = check_args(args)
 
     dist = setup_distributed(args.device)
     # TF32 convolutions round to a 10-bit mantissa; full float32 keeps the features independent of the GPU generation
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    results, skipped = evaluate_autoencoder_cli(args, dist) if args.ae is not None else evaluate_samples(args, dist)
+    if args.ae is not None:  # an autoencoder's reconstructions of --data
+        ae, images = open_autoencoder(args.ae, args.preset, args.data, args.image_size, args.num_real, args.seed,
+                                      dist.device)
+        skipped = {}
+        inception, skipped['rfid'] = load_on_rank0_first(lambda: load_inception(args.inception_weights, dist.device),
+                                                         dist)
+        lpips, skipped['lpips'] = load_on_rank0_first(
+            lambda: LPIPS(args.vgg_weights, args.lpips_lin_weights).to(dist.device), dist)
+        if skipped['lpips'] is not None:
+            skipped['lpips'] += '; pass local copies with --vgg_weights and --lpips_lin_weights.'
+        skipped = {name: why for name, why in skipped.items() if why is not None}
+        results = {'num_images': len(images),
+                   **evaluate_autoencoder(ae, images, dist, inception, lpips, args.batch_size, args.num_workers),
+                   'unreadable_images': images.unreadable}  # replaced by their neighbours, counted
+    else:  # generated images or videos against a reference set
+        fake, real, video = open_sets(args.fake, args.real, args.num_real, args.image_size, args.num_frames, args.seed)
+        if video:
+            results, skipped = evaluate_videos(real, fake, dist, args.i3d_weights, args.save_stats, args.batch_size,
+                                               args.seed)
+        else:
+            results, skipped = evaluate_images(real, fake, dist, args.inception_weights, args.save_stats,
+                                               args.batch_size, args.num_workers, args.seed)
     if dist.master:
         for name, value in results.items():
             print(f"{name:>12s}  {value:.4f}" if isinstance(value, float) else f"{name:>12s}  {value}")
