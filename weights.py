@@ -131,15 +131,20 @@ def read_weights(path):
                          f"({type(e).__name__}); check that the file is complete.") from None
 
 
-def load_checkpoint(path, map_location='cpu'):
-    """A checkpoint of this project's own (train_ae.py, train_ldm.py), to resume or sample from."""
+def load_checkpoint(path, script=None, holds=None):
+    """A checkpoint of this project's own, to resume or sample from; with `script`, one that script wrote (it has the
+    key `holds`), else one sentence says which it is not."""
     if not os.path.isfile(path):
         die(f"checkpoint {path} does not exist; check the path (or drop --resume to start a new run).")
     try:
         # our own checkpoints hold python/numpy RNG states, which weights_only loading refuses
-        return torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = torch.load(path, map_location='cpu', weights_only=False)
     except Exception as e:
         die(f"checkpoint {path} could not be read ({type(e).__name__}); it is not a checkpoint written by this project.")
+    if script is not None and (not isinstance(ckpt, dict) or holds not in ckpt):
+        die(f"{path} is not a {script} checkpoint (it has no {holds!r}); resume a {script} run, or choose another "
+            f"--out_dir.")
+    return ckpt
 
 
 def load_autoencoder(path, preset=None, device='cpu', video=None):
