@@ -1,5 +1,7 @@
 """
-Datasets. dataset[i] is (x, y): x (3, H, W) float in [-1, 1], y the class id (0 when unlabelled). dataset.load(item)
+Every image and clip the project reads or renders: the training data sets (make_dataset, for images and clips), the
+latent cache of train_ldm.py, and the image and video sets the evaluation scores (open_source). Datasets:
+dataset[i] is (x, y): x (3, H, W) float in [-1, 1], y the class id (0 when unlabelled). dataset.load(item)
 also returns 1 when the item's file was unreadable and its next readable neighbour stands in (0 otherwise), for the
 loaders to count. An item may be
 `i` or `(i, item_seed)`; the seed drives augmentation, so the Loader in common.py can make every epoch's flips and crops
@@ -16,6 +18,9 @@ reproducible; a plain `i` gives the un-augmented image.
   to the clip instead of decoding the whole file; bad videos are counted skips).
 - LatentCache: a data set encoded once by a frozen autoencoder (train_ldm.py --cache_latents), float16, stored in a
   random order and read in shuffled contiguous chunks.
+- Evaluation sources (eval_fid.py --fake / --real): a samples .npz (ImageArray, or a uint8 video array), a folder of
+  images at their own size (ImageFiles) or resized (DatasetImages), a folder of videos (read_video_folder), or a
+  statistics .npz; each image set is uint8 with a known .size and counts its unreadable files.
 
 Every subset of a data set (evaluation images, reference sets, the latent statistics) is random_subset(): a seeded
 random sample of the whole set, never "the first N files", which on a class-sorted folder are a handful of classes.

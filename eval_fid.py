@@ -1,6 +1,7 @@
 """
-Evaluation metrics, in one file with metrics.py (PSNR, SSIM: the light ones training also uses), so that every number
-in the experiments is measured the same way:
+The evaluation command line: every number of the experiments measured the same way, over one or many GPUs (sharded
+feature extraction, gathered in set order). The measurements live in their own modules (metrics.py, inception.py,
+swd.py, i3d.py) and the sets in data.py; this file opens the sets, extracts features and scores:
 
   - FID (Heusel et al. 2017) with the Inception-v3 of TensorFlow's 2015-12-05 graph as ported by pytorch-fid, the
     network published FIDs are measured with: 2048-d pool3 features after a bilinear resize to 299 x 299.

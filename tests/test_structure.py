@@ -84,3 +84,14 @@ def test_no_import_circle_and_no_evaluation_stack_under_training():
             "bad = {'scipy', 'eval_fid', 'inception', 'torchvision.models.inception'} & set(sys.modules); "
             "assert not bad, bad")
     subprocess.run([sys.executable, '-c', code], check=True, cwd=ROOT)
+
+
+def test_no_helper_takes_the_whole_args_namespace():
+    # STYLE.md: a helper gets the few values it needs, so a reader sees which flags matter; check_args, a script's
+    # rules between flags right after parsing, is the one function that reads the command line whole
+    files = [f for f in os.listdir(ROOT) if f.endswith('.py')] + [os.path.join('bench', f) for f in os.listdir(
+        os.path.join(ROOT, 'bench')) if f.endswith('.py')]
+    takers = [f"{name}: {node.name}" for name in files for node in ast.walk(tree(name))
+              if isinstance(node, ast.FunctionDef) and node.name != 'check_args'
+              and 'args' in [a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs]]
+    assert not takers, takers
