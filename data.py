@@ -47,8 +47,10 @@ def _split_item(item):
 # -----------------------------------------------------------------------------
 # the embedded dataset
 
-def dead_leaves(seed, index, size, supersample=4, r_min=2.0, max_shapes=400):
-    """One dead-leaves image, deterministic in (seed, index). Returns float32 (H, W, 3) in [0, 1]."""
+def dead_leaves(seed, index, size, supersample=4, r_min=2.0, max_shapes=400, texture_supersample=None):
+    """One dead-leaves image, deterministic in (seed, index). Returns float32 (H, W, 3) in [0, 1]. texture_supersample:
+    the factor by which the caller will shrink this image further (moving_dead_leaves renders its background at canvas
+    resolution), so that leaf textures stay below the final pixel's Nyquist frequency."""
     rng = np.random.default_rng([seed, index])
     S = size * supersample
     r_min, r_max = r_min * supersample, 0.6 * S
@@ -65,6 +67,7 @@ def dead_leaves(seed, index, size, supersample=4, r_min=2.0, max_shapes=400):
     hue = (base_hue + hue_spread * rng.standard_normal(n)) % 1.0
     sat, val = rng.uniform(0.1, 0.6, n), rng.uniform(0.4, 0.85, n)
     gradient = rng.normal(0, 0.3, (n, 2)) / np.maximum(r, 1.0)[:, None]
+    texture = LeafTextures(rng, n, S, supersample * (texture_supersample or 1))
     for k in range(n):
         x0, x1 = max(int(cx[k] - r[k]), 0), min(int(cx[k] + r[k]) + 1, S)
         y0, y1 = max(int(cy[k] - r[k]), 0), min(int(cy[k] + r[k]) + 1, S)
@@ -82,6 +85,7 @@ def dead_leaves(seed, index, size, supersample=4, r_min=2.0, max_shapes=400):
         colour = _hsv_to_rgb(hue[k], sat[k], val[k])
         # smooth shading: a linear gradient across the shape, like light falling on a surface
         shade = 1.0 + gradient[k, 0] * dx[mask] + gradient[k, 1] * dy[mask]
+        shade = shade * texture(k, dx[mask], dy[mask])
         img[y0:y1, x0:x1][mask] = np.clip(colour[None, :] * shade[:, None], 0, 1)
         covered[y0:y1, x0:x1] |= mask
         if k % 16 == 15 and covered.mean() > 0.995:  # what is left are specks, averaged away below
@@ -91,6 +95,40 @@ def dead_leaves(seed, index, size, supersample=4, r_min=2.0, max_shapes=400):
     img = img.reshape(size, supersample, size, supersample, 3).mean(axis=(1, 3))  # box filter = antialiased downsampling
     img += rng.normal(0, 0.01, img.shape).astype(np.float32)  # sensor noise floor of a real camera
     return np.clip(img, 0, 1)
+
+
+class LeafTextures:
+    """The surface of each leaf: a third are plain (shaded only), a third carry a grating (a sinusoid of random
+    frequency, orientation and phase) and a third a patch of 1/f noise (the amplitude spectrum of natural textures).
+    Without texture the leaves are flat colour inside sharp edges, which an autoencoder codes as edges plus a mean;
+    with it, a leaf has detail at every scale up to the pixel, as a photograph does, and the code must carry it.
+    texture(k, dx, dy) -> the multiplicative texture of leaf k at offsets (dx, dy) from its centre, in canvas pixels,
+    so a texture moves and turns with its leaf. Parameters are drawn once for n leaves from rng."""
+
+    def __init__(self, rng, n, S, supersample):
+        self.kind = rng.integers(0, 3, n)                                   # 0 plain, 1 grating, 2 noise
+        self.contrast = rng.uniform(0.1, 0.35, n)
+        # gratings from 1/16 to 1/3 cycles per output pixel, log-uniform; canvas pixels are 1/supersample of one
+        self.frequency = np.exp(rng.uniform(np.log(1 / 16), np.log(1 / 3), n)) / supersample
+        self.orientation, self.phase = rng.uniform(0, np.pi, n), rng.uniform(0, 2 * np.pi, n)
+        self.offset = rng.integers(0, S, (n, 2))                           # where each leaf cuts its noise patch
+        fy, fx = np.fft.fftfreq(S)[:, None], np.fft.rfftfreq(S)[None, :]
+        amplitude = 1.0 / np.maximum(np.hypot(fy, fx), 1.0 / S)             # 1/f, the DC bin capped
+        amplitude[0, 0] = 0.0
+        spectrum = amplitude * np.exp(2j * np.pi * rng.random(amplitude.shape))
+        noise = np.fft.irfft2(spectrum, s=(S, S))                           # (S, S), periodic
+        self.noise = (noise / noise.std()).astype(np.float32)
+        self.S = S
+
+    def __call__(self, k, dx, dy):
+        if self.kind[k] == 1:
+            u = dx * np.cos(self.orientation[k]) + dy * np.sin(self.orientation[k])
+            return 1.0 + self.contrast[k] * np.sin(2 * np.pi * self.frequency[k] * u + self.phase[k])
+        if self.kind[k] == 2:
+            iy = (np.round(dy).astype(np.int64) + self.offset[k, 0]) % self.S
+            ix = (np.round(dx).astype(np.int64) + self.offset[k, 1]) % self.S
+            return 1.0 + self.contrast[k] * np.clip(self.noise[iy, ix], -3, 3)
+        return 1.0
 
 
 def _hsv_to_rgb(h, s, v):
@@ -281,7 +319,8 @@ def moving_dead_leaves(seed, index, size, num_frames, supersample=4, n_shapes=48
     pan = rng.normal(0, 0.4, 2) * supersample  # background velocity, canvas pixels per frame (0.4 px at output size)
     margin = int(np.ceil(np.abs(pan).max() * max(T - 1, 0))) + 1
     # the background is an image of the still set, drawn at canvas resolution (r_min scaled to match), larger by the pan
-    background = dead_leaves(seed, index, S + 2 * margin, supersample=1, r_min=2.0 * supersample)
+    background = dead_leaves(seed, index, S + 2 * margin, supersample=1, r_min=2.0 * supersample,
+                            texture_supersample=supersample)
     # foreground shapes: the image set's size law p(r) ~ r^-3, front to back in index order
     n = n_shapes
     r_min, r_max = 2.0 * supersample, 0.4 * S
@@ -296,6 +335,7 @@ def moving_dead_leaves(seed, index, size, num_frames, supersample=4, n_shapes=48
     hue = (base_hue + hue_spread * rng.standard_normal(n)) % 1.0
     colours = [_hsv_to_rgb(h, s, v) for h, s, v in zip(hue, rng.uniform(0.1, 0.6, n), rng.uniform(0.4, 0.85, n))]
     gradient = rng.normal(0, 0.3, (n, 2)) / np.maximum(r, 1.0)[:, None]
+    texture = LeafTextures(rng, n, S, supersample)
     grid_y, grid_x = np.mgrid[0:S, 0:S].astype(np.float32)
     clip = np.empty((T, size, size, 3), np.float32)
     for t in range(T):
@@ -319,6 +359,11 @@ def moving_dead_leaves(seed, index, size, num_frames, supersample=4, n_shapes=48
             if not mask.any():
                 continue
             shade = 1.0 + gradient[k, 0] * dx[mask] + gradient[k, 1] * dy[mask]  # the shading moves with the shape
+            # the texture turns with a spinning leaf and scales with a growing one
+            turn, scale = spin[k] * t, np.exp(-growth[k] * t)
+            tx = (dx[mask] * np.cos(turn) + dy[mask] * np.sin(turn)) * scale
+            ty = (dy[mask] * np.cos(turn) - dx[mask] * np.sin(turn)) * scale
+            shade = shade * texture(k, tx, ty)
             img[y0:y1, x0:x1][mask] = np.clip(colours[k][None, :] * shade[:, None], 0, 1)
             covered[y0:y1, x0:x1] |= mask
         clip[t] = img.reshape(size, supersample, size, supersample, 3).mean(axis=(1, 3))

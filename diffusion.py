@@ -12,8 +12,14 @@ and the posterior variance beta~_t (improved DDPM, Nichol & Dhariwal 2021, eq. 1
 stopped-gradient mean (L_hybrid = L_simple + L_vlb, their lambda = 0.001 times T = 1000 terms) and used by p_sample.
 DDIM, being deterministic at eta = 0, ignores them.
 
-Samplers take model_fn(x_t, t) -> raw network output, so guidance (cfg_model_fn) and conditioning live outside them.
-Run nothing here directly: train_ldm.py trains with Diffusion.training_loss and sample.py calls the samplers.
+Beside it, rectified flow in continuous time (class Flow), as SiT (Ma et al. 2024), SD3 (Esser et al. 2024) and
+FLUX train the same backbones: x_t = (1 - t) x0 + t eps with t in [0, 1] running from data (t = 0) to noise (t = 1),
+the velocity u = dx_t/dt = eps - x0, the time distributions of SD3 (uniform or logit-normal, with its shift), and
+SiT's samplers: Euler and Heun on the ODE dx/dt = v(x, t) from t = 1 to 0, and Euler-Maruyama on its SDE.
+
+Samplers take model_fn(x_t, t) -> raw network output, so guidance (cfg_model_fn) and conditioning live outside them;
+t is what the network is fed (a timestep index for Diffusion, 1000 t for Flow).
+Run nothing here directly: train_ldm.py trains with training_loss and sample.py calls the samplers.
 """
 import math
 
@@ -246,15 +252,215 @@ class Diffusion:
 
 
 # ----------------------------------------------------------------------------------------------
+# rectified flow
+
+
+FLOW_PREDICTIONS = ('velocity', 'x0', 'noise')
+TIME_SAMPLINGS = ('uniform', 'logit_normal')
+
+
+def time_shift(t, shift):
+    """SD3's resolution-dependent time shift (Esser et al. 2024), t' = s t / (1 + (s - 1) t): it fixes 0 and 1
+    and for s > 1 moves every t toward noise (SD3's s = sqrt(m / n) for m pixels against the n of its base resolution;
+    FLUX's time_shift(mu, 1, t) is the same map with s = e^mu). Shifts compose by multiplying,
+    time_shift(time_shift(t, a), b) = time_shift(t, a b), so 1 / s undoes s. LightningDiT's timestep_shift 0.3 acts on
+    its time 1 - t; here it is s = 1 / 0.3."""
+    return shift * t / (shift * t + (1 - t))  # = s t / (1 + (s - 1) t), in the form that gives exactly 1 at t = 1
+
+
+class Flow:
+    """Rectified flow (SD3; SiT's Linear interpolant) in continuous time t in [0, 1], t = 0 data, t = 1 noise:
+    x_t = (1 - t) x0 + t eps, whose velocity dx_t/dt = eps - x0 the network learns, in expectation:
+    v(x, t) = E[eps - x0 | x_t = x]. Sampling integrates dx/dt = v(x, t) from x_1 ~ N(0, I) at t = 1 down to t = 0.
+
+    prediction     what the network outputs: 'velocity' v (SiT's default), 'x0' or 'noise' eps; the loss is the MSE to
+                   that target, unweighted, as SiT trains its velocity and noise models (in velocity units an x0 loss
+                   weighs t^2, a noise loss (1 - t)^2)
+    time_sampling  the training's time density before the shift: 'uniform' (SiT) or 'logit_normal' (SD3's, with
+                   logit_mean m and logit_std s)
+    time_shift     SD3's shift s of every time, in training and in the samplers' grid alike (1: none)
+    The backbone is built without learn_sigma: a flow has no variance to learn."""
+
+    TIME_SCALE = 1000.0
+
+    def __init__(self, prediction='velocity', time_sampling='uniform', logit_mean=0.0, logit_std=1.0, time_shift=1.0):
+        if prediction not in FLOW_PREDICTIONS:
+            raise ValueError(f"unknown flow prediction {prediction!r}; use one of {', '.join(FLOW_PREDICTIONS)}.")
+        if time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"unknown time sampling {time_sampling!r}; use one of {', '.join(TIME_SAMPLINGS)}.")
+        if not logit_std > 0:
+            raise ValueError(f"the logit-normal's logit_std must be positive, got {logit_std}.")
+        if not time_shift > 0:
+            raise ValueError(f"the time shift must be positive (1 for none), got {time_shift}.")
+        self.prediction, self.time_sampling, self.time_shift = prediction, time_sampling, time_shift
+        self.logit_mean, self.logit_std = logit_mean, logit_std
+        # A noise prediction holds no velocity at t = 1, where x_t = eps makes v = (eps - x_t) / (1 - t) a 0/0: as SiT
+        # does for its non-velocity models (train_eps = sample_eps = 1e-3), times stop 1e-3 short of it, in training
+        # and sampling. (SiT also stops short of t = 0; no sampler here evaluates the network there.)
+        self.t_max = 1 - 1e-3 if prediction == 'noise' else 1.0
+
+    def network_time(self, t):
+        """What the network is fed for time t: 1000 t, as FLUX (timestep_embedding's time_factor) and SD3 (timestep =
+        1000 sigma) feed theirs. The sinusoidal embedders of DiT and the UNet were built for timesteps 0..999: fed
+        1000 t they see the same range under either objective, and the same backbone serves both. (SiT feeds t
+        itself; its fastest frequency then turns by 1 radian over the whole of [0, 1].)"""
+        return self.TIME_SCALE * t
+
+    # ---- the forward process, the parameterisations and the times ----
+
+    @staticmethod
+    def _bc(t, x):  # (B,) -> (B, 1, ..., 1) in x's float type (at least float32), to broadcast against x
+        return t.to(device=x.device, dtype=torch.promote_types(x.dtype, torch.float32)).view(-1, *([1] * (x.ndim - 1)))
+
+    def q_sample(self, x0, t, noise):
+        t = self._bc(t, x0)
+        return (1 - t) * x0 + t * noise  # x_t = (1 - t) x0 + t eps   (SD3's a_t = 1 - t, b_t = t)
+
+    def target(self, x0, noise):
+        """What the network is trained to output."""
+        if self.prediction == 'velocity':
+            return noise - x0  # u = dx_t/dt = eps - x0
+        return x0 if self.prediction == 'x0' else noise
+
+    def velocity_x0_eps(self, pred, x_t, t):
+        """The network's prediction at time t (B,) -> (v, x0, eps), each from x_t = (1 - t) x0 + t eps, v = eps - x0."""
+        t = self._bc(t, x_t)
+        if self.prediction == 'velocity':
+            v = pred
+            return v, x_t - t * v, x_t + (1 - t) * v  # x0 = x_t - t v, eps = x_t + (1 - t) v
+        if self.prediction == 'x0':
+            x0 = pred
+            eps = (x_t - (1 - t) * x0) / t  # eps = (x_t - (1 - t) x0) / t
+            return eps - x0, x0, eps  # v = (x_t - x0) / t
+        eps = pred
+        x0 = (x_t - t * eps) / (1 - t)  # x0 = (x_t - t eps) / (1 - t)
+        return eps - x0, x0, eps  # v = (eps - x_t) / (1 - t)
+
+    def sample_time(self, B, device, generator=None):
+        """Training times t ~ pi(t), (B,) float32: tau uniform on [0, 1], or logit-normal, tau = sigmoid(m + s n) with
+        n ~ N(0, 1), of density pi_ln(tau; m, s) = exp(-(logit(tau) - m)^2 / (2 s^2)) / (s sqrt(2 pi) tau (1 - tau))
+        (SD3's; m = 0, s = 1 was its best); then t = t_max shift(tau), the map the samplers' times go through."""
+        if self.time_sampling == 'uniform':
+            tau = torch.rand(B, device=device, generator=generator)
+        else:
+            tau = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(B, device=device, generator=generator))
+        return self.t_max * time_shift(tau, self.time_shift)
+
+    def timesteps(self, steps, last_step_size=0.0):
+        """The times a sampler visits, (steps + 1,) float64, from t_max down to exactly 0: tau even on [1, 0], then
+        t = t_max shift(tau) as in training, so that the grid's points are the quantiles of training's times (for
+        uniform tau). With last_step_size h > 0 (SiT's SDE) the last step goes from t = h to 0 and the first
+        steps - 1 share what lies above h, evenly in tau."""
+        if steps < 1:
+            raise ValueError(f"the number of sampling steps must be at least 1, got {steps}.")
+        if not 0 <= last_step_size < self.t_max:
+            raise ValueError(f"the last step's size must lie in [0, {self.t_max}), got {last_step_size}.")
+        if last_step_size > 0:
+            tau_h = time_shift(last_step_size / self.t_max, 1 / self.time_shift)  # the tau that lands on t = h
+            tau = torch.cat([torch.linspace(1, tau_h, steps, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+        else:
+            tau = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+        return self.t_max * time_shift(tau, self.time_shift)
+
+    # ---- training ----
+
+    def training_loss(self, model, x0, y=None, t=None, noise=None):
+        """Per-sample loss (B,): ||F_theta(x_t, t) - target||^2 for the target of `prediction` (the conditional flow
+        matching loss of SiT and SD3 with velocity); t and noise are drawn when not given."""
+        if t is None:
+            t = self.sample_time(x0.shape[0], x0.device)
+        if noise is None:
+            noise = torch.randn_like(x0)
+        x_t = self.q_sample(x0, t, noise)
+        pred = model(x_t, self.network_time(t), y)
+        if pred.shape != x0.shape:
+            raise ValueError(f"the network outputs {tuple(pred.shape[1:])} for inputs {tuple(x0.shape[1:])}; flow "
+                             f"matching needs one output per input channel (build the backbone with learn_sigma off).")
+        return mean_flat((pred.float() - self.target(x0, noise).float()) ** 2)
+
+    # ---- samplers: dx/dt = v(x, t) from t = 1 to t = 0 ----
+
+    def predict(self, model_fn, x, t):
+        """The network at time t (a float, the same for the whole batch) -> (v, x0, eps) there."""
+        t_b = torch.full((x.shape[0],), t, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
+        pred = model_fn(x, self.network_time(t_b))
+        if pred.shape != x.shape:
+            raise ValueError(f"the network outputs {tuple(pred.shape[1:])} for inputs {tuple(x.shape[1:])}; flow "
+                             f"sampling needs one output per input channel (a backbone without learn_sigma).")
+        return self.velocity_x0_eps(pred, x, t_b)
+
+    @torch.no_grad()
+    def euler_step(self, model_fn, x, t, t_next):
+        v, _, _ = self.predict(model_fn, x, t)
+        return x + (t_next - t) * v  # x_next = x_t + (t_next - t) v(x_t, t); to t_next = 0 this is x0_theta exactly
+
+    @torch.no_grad()
+    def heun_step(self, model_fn, x, t, t_next):
+        """Heun's second-order step (EDM Algorithm 1): an Euler step to x~, then the mean of the velocities at both
+        ends. The step to t = 0 stays Euler, as in EDM and JiT (still second order overall; 2N - 1 evaluations for N
+        steps), since an x0 prediction has no velocity at t = 0. (SiT's Heun, torchdiffeq's heun2, corrects that
+        step too, with one more evaluation.)"""
+        v, _, _ = self.predict(model_fn, x, t)
+        x_euler = x + (t_next - t) * v  # x~ = x_t + (t_next - t) v(x_t, t)
+        if t_next == 0:
+            return x_euler
+        v_next, _, _ = self.predict(model_fn, x_euler, t_next)
+        return x + (t_next - t) * 0.5 * (v + v_next)  # x_next = x_t + (t_next - t) (v(x_t, t) + v(x~, t_next)) / 2
+
+    @torch.no_grad()
+    def ode_sample(self, model_fn, x_T, steps=50, solver='heun'):
+        """The probability-flow ODE from x_1 = x_T ~ N(0, I) to t = 0 in `steps` steps of `solver` ('euler', 'heun')
+        on the grid of timesteps()."""
+        if solver not in ('euler', 'heun'):
+            raise ValueError(f"unknown ODE solver {solver!r}; use 'euler' or 'heun'.")
+        step = self.euler_step if solver == 'euler' else self.heun_step
+        ts = self.timesteps(steps).tolist()
+        x = x_T
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            x = step(model_fn, x, t, t_next)
+        return x
+
+    @torch.no_grad()
+    def sde_step(self, model_fn, x, t, t_next, diffusion_norm=1.0, generator=None):
+        """One Euler-Maruyama step of SiT's reverse-time SDE, written in SiT's time s = 1 - t, which runs toward the
+        data: dx = [-v + w grad log p_t] ds + sqrt(2 w) dW (-v being the velocity in s), with the diffusion coefficient
+        w = norm sigma_t = norm t (SiT's sample.py default, diffusion form 'sigma'). Any w >= 0 keeps the marginals
+        p_t; w = 0 is the ODE. The step to t = 0 is SiT's last_step 'Mean': the drift without the noise."""
+        v, _, eps = self.predict(model_fn, x, t)
+        score = -eps / t  # grad log p_t(x) = -E[eps | x_t = x] / t  (Tweedie; sigma_t = t)
+        w = diffusion_norm * t  # w_t = norm sigma_t
+        ds = t - t_next  # > 0
+        mean = x + (-v + w * score) * ds  # x + [-v + w grad log p_t] ds
+        if t_next == 0:
+            return mean
+        return mean + (2 * w * ds) ** 0.5 * randn(x.shape, generator, x.device)  # + sqrt(2 w) dW, dW ~ N(0, ds I)
+
+    @torch.no_grad()
+    def sde_sample(self, model_fn, x_T, steps=250, diffusion_norm=1.0, last_step_size=0.04, generator=None):
+        """Euler-Maruyama from x_1 = x_T ~ N(0, I) in `steps` evaluations, as SiT's sample_sde with its defaults (250
+        steps, diffusion form 'sigma' of norm 1, last step 'Mean' of size 0.04): steps - 1 noisy steps down to
+        t = 0.04, then the mean step to t = 0. generator: as for Diffusion's samplers (one per sample)."""
+        ts = self.timesteps(steps, last_step_size).tolist()
+        x = x_T
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            x = self.sde_step(model_fn, x, t, t_next, diffusion_norm, generator)
+        return x
+
+
+# ----------------------------------------------------------------------------------------------
 # conditioning and classifier-free guidance
 
 
-def cfg_model_fn(model, y, cfg_scale, guided_channels=None):
+def cfg_model_fn(model, y, cfg_scale, guided_channels=None, interval=None):
     """model_fn(x_t, t) for class-conditional sampling with classifier-free guidance: one doubled batch with the
     labels and the null class num_classes, then eps~ = eps(x_t, null) + s (eps(x_t, y) - eps(x_t, null)) on the
-    prediction channels (v is linear in eps, so guiding v is the same); variance values come from the conditional half.
+    prediction channels (v, x0 and the flow's velocity are affine in eps at a given x_t and t, so guiding any of them
+    is the same); variance values come from the conditional half.
     guided_channels=3 guides only the first 3 latent channels and leaves the rest conditional, as DiT's sampler does
     (forward_with_cfg, "for exact reproducibility"): needed to compare with DiT's published FIDs, not otherwise.
+    interval=(lo, hi), in the network's time input t (a timestep index, or Flow.network_time of a flow time), guides
+    only where lo <= t <= hi and returns the conditional prediction elsewhere (guidance in a limited interval,
+    Kynkaanniemi et al. 2024; LightningDiT's cfg_interval_start c is the flow interval [0, 1 - c]).
     s = 1 returns the conditional prediction (plain conditional sampling needs no doubled batch: use model(x, t, y))."""
     num_classes = model.num_classes
     if num_classes == 0 or model.y_embedder.embedding_table.num_embeddings == num_classes:
@@ -267,6 +473,9 @@ def cfg_model_fn(model, y, cfg_scale, guided_channels=None):
         cond, uncond = out.chunk(2)
         G = x.shape[1] if guided_channels is None else min(guided_channels, x.shape[1])
         guided = uncond[:, :G] + cfg_scale * (cond[:, :G] - uncond[:, :G])  # eps~ = eps_null + s (eps_y - eps_null)
+        if interval is not None:  # per sample, so no timestep leaves the device
+            inside = ((t >= interval[0]) & (t <= interval[1])).view(-1, *([1] * (x.ndim - 1)))
+            guided = torch.where(inside, guided, cond[:, :G])
         return torch.cat([guided, cond[:, G:]], dim=1)
 
     return model_fn

@@ -9,9 +9,12 @@ grid.mp4, grid.gif and grid_frames.png (first frames above middle frames), and s
   torchrun --nproc_per_node=8 sample.py --ckpt out/ldm/ema.pt --num_samples 50000 --sampler ddpm --steps 250 \
       --cfg_scale 1.5 --cfg_channels 3          # DiT's FID-50K protocol (ema.pt: the EMA-only export, 1/4 the size)
 
-Sample i draws all its noise from its own generator, seeded with numpy's SeedSequence(seed, spawn_key=(i,)), and, for
-class-conditional models, gets class classes[i % len(classes)] (all classes in turn by default): the result does not
-depend on the batch size or the number of processes, and no two (seed, i) pairs share noise.
+Sample i draws all its noise from its own generator, seeded with numpy's SeedSequence(seed, spawn_key=(i,)). A
+class-conditional model's labels follow --labels: 'random' draws each uniformly from --classes (all classes by default),
+as DiT's sample_ddp.py, here all at once from SeedSequence(seed)'s generator; 'balanced' gives sample i the class
+classes[i % len(classes)], equal counts per class as REPA-E and later papers (50 per class for 50K samples). Either way
+the result does not depend on the batch size or the number of processes, and no two (seed, i) pairs share noise.
+samples.npz then also holds the labels (arr_1, as ADM's image_sample.py) and the protocol ('label_protocol').
 """
 import os
 import glob
@@ -46,7 +49,8 @@ parser.add_argument('--spacing', type=str, default=None, choices=SPACINGS, help=
 parser.add_argument('--eta', type=checked(float, lo=0, hi=1), default=0.0, help='DDIM noise: 0 deterministic, 1 ancestral-like (ddim only)')
 parser.add_argument('--cfg_scale', type=checked(float, lo=0), default=1.0, help='classifier-free guidance scale s; 1 = plain conditional sampling')
 parser.add_argument('--cfg_channels', type=checked(int, lo=1), default=None, help="guide only the first N latent channels (DiT's sampler guides 3 of 4: pass 3 to compare with DiT's published FIDs); default: all")
-parser.add_argument('--classes', type=str, default=None, help='comma-separated class ids to cycle through; default: all classes')
+parser.add_argument('--classes', type=str, default=None, help='comma-separated class ids to draw labels from; default: all classes')
+parser.add_argument('--labels', type=str, default=None, choices=['random', 'balanced'], help="class labels: 'random' uniform draws, as DiT's FID-50K protocol (the default); 'balanced' equal counts per class, as REPA-E and later")
 parser.add_argument('--seed', type=checked(int, lo=0), default=0, help='base seed; sample i uses the seed (seed, i)')
 parser.add_argument('--device', type=select_device, default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
 parser.add_argument('--dtype', type=str, default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'],
@@ -104,9 +108,9 @@ if config.get('ae_sha') is not None and weights_hash(ae) != config['ae_sha']:
 
 num_classes = backbone['num_classes']
 if num_classes == 0:
-    if args.classes is not None or args.cfg_scale != 1:
-        die("this model is unconditional; --classes and --cfg_scale do not apply.")
-    classes = None
+    if args.classes is not None or args.labels is not None or args.cfg_scale != 1:
+        die("this model is unconditional; --classes, --labels and --cfg_scale do not apply.")
+    classes = labels = None
 else:
     try:
         classes = [int(c) for c in args.classes.split(',')] if args.classes else list(range(num_classes))
@@ -114,6 +118,11 @@ else:
         die(f"--classes must be comma-separated integers, got '{args.classes}'.")
     if not classes or any(not 0 <= c < num_classes for c in classes):
         die(f"--classes must lie in [0, {num_classes - 1}], got '{args.classes}'.")
+    args.labels = args.labels or 'random'
+    if args.labels == 'balanced':
+        labels = np.array([classes[i % len(classes)] for i in range(args.num_samples)])
+    else:  # every rank draws the same labels, from a stream apart from every sample's noise stream (seed, (i,))
+        labels = np.random.default_rng(np.random.SeedSequence(args.seed)).choice(classes, args.num_samples)
 steps = args.steps or {'ddim': 50, 'ddpm': 250}[args.sampler]
 spacing = args.spacing or {'ddim': 'ddim', 'ddpm': 'even'}[args.sampler]
 try:
@@ -129,7 +138,7 @@ if dist.master:
         os.remove(old)  # only with --overwrite (checked above)
     print(f"{args.num_samples} samples, {args.sampler} {steps} steps ({spacing} spacing)"
           f"{f', eta {args.eta}' if args.sampler == 'ddim' else ''}, cfg scale {args.cfg_scale}, "
-          f"{'raw' if args.no_ema else 'EMA'} weights, {dist.world_size} process(es) on {device}, {dtype} -> {out_dir}")
+          f"{'raw' if args.no_ema else 'EMA'} weights, {'' if labels is None else args.labels + ' labels, '}{dist.world_size} process(es) on {device}, {dtype} -> {out_dir}")
 if dist.ddp:
     torch.distributed.barrier()
 
@@ -141,7 +150,7 @@ batches = [mine[i:i + args.batch_size] for i in range(0, len(mine), args.batch_s
 for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols=True):
     gens = sample_generators(args.seed, idx)  # one noise stream per sample, from (seed, i) alone
     x_T = randn((len(idx), *latent_shape), gens, device)  # (B, C, [T',] h, w)
-    y = torch.tensor([classes[i % len(classes)] for i in idx], device=device) if classes else None
+    y = torch.from_numpy(labels[idx]).to(device) if classes else None
     if args.cfg_scale != 1:
         model_fn = cfg_model_fn(model, y, args.cfg_scale, args.cfg_channels)
     else:
@@ -177,7 +186,7 @@ if dist.master:
     try:  # written whole or not at all: eval_fid must never read a cut-off npz
         with no_space_is_an_error(out_dir, arr.nbytes):
             with open(tmp, 'wb') as fh:
-                np.savez(fh, arr_0=arr)
+                np.savez(fh, arr_0=arr, **({} if labels is None else {'arr_1': labels, 'label_protocol': args.labels}))
             os.replace(tmp, npz)
             if video:
                 save_video_grid(arr, out_dir)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file as load_safetensors
 
 from common import die
 from model import AE_PRESETS, Autoencoder, make_ae_config
-from video_model import VIDEO_AE_PRESETS, VideoAutoencoder
+from video_model import VIDEO_AE_PRESETS, VideoAEConfig, VideoAutoencoder
 
 
 def fetch_weights(path, url, file_name, what, flag=None):
@@ -147,32 +147,39 @@ def load_checkpoint(path, script=None, holds=None):
     return ckpt
 
 
-def load_autoencoder(path, preset=None, device='cpu', video=None):
-    """An autoencoder in eval mode, an image one (model.Autoencoder) or a video one (video_model.VideoAutoencoder),
-    whichever the file holds: a train_ae.py checkpoint, whose own config decides the architecture (`preset` is not
-    needed; EMA weights are used when present), or public weights (LDM / diffusers layouts, .safetensors or torch file;
-    3D convolutions make them a video autoencoder), whose architecture `preset` names. `video` True or False refuses
-    the other kind, in one sentence."""
+def read_autoencoder(path, preset=None):
+    """What an autoencoder file holds, before a network is built: (its architecture, a model.AEConfig or a
+    video_model.VideoAEConfig; its state dict; the train_ae.py run config, or None for public weights). A train_ae.py
+    checkpoint's own config decides the architecture (`preset` is not needed) and its EMA weights are used when present;
+    public weights (LDM / diffusers layouts, .safetensors or torch file; 3D convolutions make them a video autoencoder)
+    need the `preset` they were made for."""
     ckpt = read_weights(path)
     if 'model' in ckpt and 'config' in ckpt:  # a train_ae.py checkpoint: it records num_frames (a hand-made one may not)
         config, state = ckpt['config'], ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model']
-        is_video = (config['num_frames'] > 1 if 'num_frames' in config
-                    else 'temporal_levels' in config.get('ae_config', {}))
-        made = f" (train_ae.py --num_frames {config['num_frames']})" if 'num_frames' in config else ''
+        video = config['num_frames'] > 1 if 'num_frames' in config else 'temporal_levels' in config.get('ae_config', {})
+        name, overrides = config['preset'], config.get('ae_config')
     else:
-        config, state, made = None, ckpt, ''
-        is_video = any(torch.is_tensor(v) and v.dim() == 5 for v in state.get('state_dict', state).values())
+        config, state, name, overrides = None, ckpt, preset, None
+        video = any(torch.is_tensor(v) and v.dim() == 5 for v in state.get('state_dict', state).values())
+    presets = VIDEO_AE_PRESETS if video else AE_PRESETS
+    if name is None:
+        raise ValueError(f"{path} holds bare weights without a config; pass the preset they were made for "
+                         f"(one of {', '.join(presets)}).")
+    return make_ae_config(name, overrides, presets), state, config
+
+
+def load_autoencoder(path, preset=None, device='cpu', video=None):
+    """An autoencoder in eval mode, an image one (model.Autoencoder) or a video one (video_model.VideoAutoencoder),
+    whichever the file holds (read_autoencoder). `video` True or False refuses the other kind, in one sentence."""
+    cfg, state, config = read_autoencoder(path, preset)
+    is_video = isinstance(cfg, VideoAEConfig)
     if video is not None and video != is_video:
+        made = f" (train_ae.py --num_frames {config['num_frames']})" if config and 'num_frames' in config else ''
         if is_video:
             raise ValueError(f"{path} is a video autoencoder{made}; use it with --num_frames, or pass an image "
                              f"autoencoder.")
         raise ValueError(f"{path} is an image autoencoder{made}; a video model needs a train_ae.py --num_frames "
                          f"checkpoint, or CogVideoX's weights with the preset cogvideox.")
-    presets = VIDEO_AE_PRESETS if is_video else AE_PRESETS
-    if config is None and preset is None:
-        raise ValueError(f"{path} holds bare weights without a config; pass the preset they were made for "
-                         f"(one of {', '.join(presets)}).")
-    name, overrides = (config['preset'], config.get('ae_config')) if config else (preset, None)
-    model = (VideoAutoencoder if is_video else Autoencoder)(make_ae_config(name, overrides, presets))
+    model = (VideoAutoencoder if is_video else Autoencoder)(cfg)
     load_ae_state_dict(model, state)
     return model.to(device).eval()

@@ -441,6 +441,9 @@ CASES += [
     Case('sample.py --ae other weights', script('sample.py', lambda t, r: [
         '--ckpt', r['ldm'], '--ae', r['ae4_other'], '--device', 'cpu', '--out_dir', t / 's']),
         Error('has other weights than the autoencoder this LDM was trained with')),
+    Case('sample.py --labels for an unconditional LDM', script('sample.py', lambda t, r: [
+        '--ckpt', r['ldm'], '--labels', 'balanced', '--device', 'cpu', '--out_dir', t / 's']),
+        Error('this model is unconditional; --classes, --labels and --cfg_scale do not apply')),
     # item 14: --resume with changed settings: printed; refused where the run cannot continue exactly
     Case('train_ae --resume --batch_size 4', script('train_ae.py', lambda t, r: TINY_AE + [
         '--out_dir', copy_run(r['ae4_dir'], t), '--resume', '--max_steps', 2, '--batch_size', 4]),

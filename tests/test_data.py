@@ -192,3 +192,22 @@ def test_video_latent_cache_holds_each_clip_and_its_mirror_clip(tmp_path):
         torch.testing.assert_close(mirror, encode(x.flip(-1))[0], rtol=2 ** -10, atol=1e-3)  # mirrored left-right,
         assert not torch.allclose(mirror, encode(x.flip(-2))[0], atol=1e-2)  # not upside down, nor reversed in time
         assert not torch.allclose(mirror, encode(x.flip(-3))[0], atol=1e-2)
+
+
+def test_leaf_textures_are_one_over_f_noise_and_gratings_below_nyquist():
+    """The noise patch has unit variance and a 1/f amplitude spectrum (power ~ f^-2: slope -2 on a log-log plot);
+    gratings stay below the output pixel's Nyquist frequency (1/2 cycle per pixel), so none aliases."""
+    from data import LeafTextures
+    S, supersample = 256, 4
+    tex = LeafTextures(np.random.default_rng(0), 1000, S, supersample)
+    assert abs(tex.noise.std() - 1) < 1e-5 and abs(tex.noise.mean()) < 1e-5
+    power = np.abs(np.fft.rfft2(tex.noise)) ** 2
+    fy, fx = np.fft.fftfreq(S)[:, None], np.fft.rfftfreq(S)[None, :]
+    f = np.hypot(fy, fx)
+    bands = np.exp(np.linspace(np.log(4 / S), np.log(0.4), 8))
+    centres = np.sqrt(bands[:-1] * bands[1:])
+    means = [power[(f >= lo) & (f < hi)].mean() for lo, hi in zip(bands[:-1], bands[1:])]
+    slope = np.polyfit(np.log(centres), np.log(means), 1)[0]
+    assert -2.2 < slope < -1.8
+    assert (tex.frequency * supersample).max() <= 1 / 3 + 1e-9 < 0.5
+    assert set(np.unique(tex.kind)) == {0, 1, 2}  # plain, grating and noise leaves all occur

@@ -110,10 +110,26 @@ def test_sample_py_writes_adms_npz_from_the_ema_export(trained):
     assert all(torch.equal(export['ema'][k], ckpt['ema'][k]) for k in ckpt['ema'])
     run('sample.py', '--ckpt', str(d / 'dit' / 'ema.pt'), '--num_samples', '3', '--batch_size', '2', '--device',
         'cpu', '--sampler', 'ddpm', '--steps', '3', '--cfg_scale', '2', '--classes', '1', '--out_dir', str(d / 's1'))
-    arr = np.load(d / 's1' / 'samples.npz')['arr_0']
+    npz = np.load(d / 's1' / 'samples.npz')
+    arr = npz['arr_0']
     assert arr.shape == (3, 16, 16, 3) and arr.dtype == np.uint8
+    assert npz['arr_1'].tolist() == [1, 1, 1] and npz['label_protocol'] == 'random'  # the labels, as ADM's sampler
     assert os.path.exists(d / 's1' / 'grid.png') and len(os.listdir(d / 's1' / 'images')) == 3
     assert np.array_equal(np.asarray(Image.open(d / 's1' / 'images' / '000002.png')), arr[2])
+
+
+@pytest.mark.slow
+def test_sample_py_labels_are_dits_uniform_draws_or_equal_counts(trained):
+    # --labels: DiT's uniform draws (seeded by --seed alone, so any batch size gives them) or equal counts per class
+    d = trained
+    for protocol in ('random', 'balanced'):
+        run('sample.py', '--ckpt', str(d / 'dit' / 'ema.pt'), '--num_samples', '8', '--batch_size', '3', '--device',
+            'cpu', '--steps', '1', '--seed', '1', '--labels', protocol, '--out_dir', str(d / protocol))
+    random_labels, balanced = (np.load(d / p / 'samples.npz') for p in ('random', 'balanced'))
+    assert random_labels['label_protocol'] == 'random' and balanced['label_protocol'] == 'balanced'
+    uniform = np.random.default_rng(np.random.SeedSequence(1)).choice([0, 1], 8)
+    assert random_labels['arr_1'].tolist() == uniform.tolist() and np.bincount(uniform).tolist() == [3, 5]
+    assert balanced['arr_1'].tolist() == [0, 1] * 4
 
 
 @pytest.mark.slow

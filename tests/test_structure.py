@@ -13,6 +13,7 @@ from common import add_common_args
 from tests.helpers import ROOT
 
 SCRIPTS = ['train_ae.py', 'train_ldm.py', 'sample.py', 'eval_fid.py', 'spectrum.py', 'reproduce.py', 'report.py',
+           'export.py',
            *(os.path.join('bench', f) for f in sorted(os.listdir(os.path.join(ROOT, 'bench'))) if f.startswith('bench_'))]
 
 

@@ -1,0 +1,156 @@
+"""
+Write an autoencoder (a train_ae.py checkpoint, e.g. an SE fine-tune, or public weights) in the formats other tools load:
+  diffusers  diffusers' AutoencoderKL: a folder with config.json and diffusion_pytorch_model.safetensors,
+             for AutoencoderKL.from_pretrained(PATH);
+  flux       FLUX.1's ae.safetensors: LDM's parameter names without quant convs, as FLUX's own AutoEncoder
+             (black-forest-labs/flux, src/flux/modules/autoencoder.py) loads them;
+  cogvideox  a video autoencoder as CogVideoX's VAE: a folder for diffusers' AutoencoderKLCogVideoX.from_pretrained(PATH).
+
+  python export.py --ckpt out/ae/ckpt.pt --format diffusers --out out/ae/diffusers
+  python export.py --ckpt out/flux_se/ckpt.pt --format flux --out out/flux_se/ae.safetensors
+  python export.py --ckpt flux1_ae.safetensors --preset flux --format diffusers --out flux_vae   # public weights
+  python export.py --ckpt out/video_ae/ckpt.pt --format cogvideox --out out/video_ae/cogvideox
+
+A train_ae.py checkpoint is written with its EMA weights when it has them, else its raw weights: the weights that
+load_autoencoder, train_ldm.py and sample.py use. What a format cannot hold (a VQ autoencoder, tiny-f8's linear patch
+path, a GroupNorm or chunking the format fixes otherwise, ...) is refused in one sentence. Dropout only acts in
+training and is in no format. The latent normalisation a diffusion model runs on, (z - shift_factor) * scaling_factor,
+goes into diffusers' config.json, and for FLUX (whose code holds it, in AutoEncoderParams) into the file's metadata;
+by default the published values of the preset the weights are made for, otherwise 1 and no shift.
+"""
+import os
+import re
+import json
+import argparse
+
+from safetensors.torch import save_file
+
+from common import die, refuse_to_overwrite, no_space_is_an_error
+from model import Autoencoder
+from video_model import VideoAEConfig, VideoAutoencoder
+from weights import load_ae_state_dict, read_autoencoder
+
+FORMATS = {'diffusers': "diffusers' AutoencoderKL", 'flux': "FLUX.1's ae.safetensors",
+           'cogvideox': "CogVideoX's VAE (diffusers' AutoencoderKLCogVideoX)"}
+PUBLIC_LATENT_NORM = {'sd': (0.18215, None), 'flux': (0.3611, 0.1159), 'cogvideox': (1.15258426, None)}  # (scale, shift); CogVideoX-2b's
+
+
+def unsupported(cfg, fmt):
+    """Why an autoencoder with config `cfg` cannot be written as `fmt`, in one clause; None when it can."""
+    if cfg.regularizer != 'kl':
+        return "it is a VQ autoencoder, and all three formats hold KL autoencoders"
+    if getattr(cfg, 'linear_skip', False):
+        return "its linear patch path (linear_skip, as in the tiny-f8 preset) exists in no other implementation"
+    if fmt in ('diffusers', 'cogvideox') and cfg.ch_mult[0] != 1:
+        return f"diffusers' first level keeps the width of the input conv, so ch_mult must start with 1, not {cfg.ch_mult}"
+    if fmt == 'flux' and cfg.use_quant_conv:
+        return "FLUX.1's autoencoder has no quant convs (use_quant_conv); write it in the diffusers format instead"
+    if fmt == 'flux' and cfg.norm_groups != 32:
+        return f"FLUX.1's code fixes GroupNorm at 32 groups, and this model has {cfg.norm_groups}"
+    if fmt == 'cogvideox' and cfg.norm != 'clip':
+        return "CogVideoX's norms take statistics over a whole chunk (norm 'clip'), and this model's are per frame"
+    if fmt == 'cogvideox' and cfg.use_quant_conv:
+        return "diffusers' AutoencoderKLCogVideoX sizes its quant convs for 3 channels, not the latent's"
+    if fmt == 'cogvideox' and (cfg.chunk_frames, cfg.chunk_latents) != (8, 2):
+        return (f"diffusers' AutoencoderKLCogVideoX encodes 8 frames and decodes 2 latent frames at a time, and this "
+                f"model {cfg.chunk_frames} and {cfg.chunk_latents}")
+    return None
+
+
+def to_diffusers(sd, levels):
+    """Our LDM-layout names -> diffusers' (AutoencoderKL and AutoencoderKLCogVideoX alike): the inverse of
+    weights.diffusers_to_ldm. diffusers stores decoder levels coarse to fine."""
+    renames = [
+        (r'^decoder\.up\.(\d+)\.block\.(\d+)\.', lambda m: f'decoder.up_blocks.{levels - 1 - int(m[1])}.resnets.{m[2]}.'),
+        (r'^decoder\.up\.(\d+)\.upsample\.', lambda m: f'decoder.up_blocks.{levels - 1 - int(m[1])}.upsamplers.0.'),
+        (r'^encoder\.down\.(\d+)\.block\.(\d+)\.', r'encoder.down_blocks.\1.resnets.\2.'),
+        (r'^encoder\.down\.(\d+)\.downsample\.', r'encoder.down_blocks.\1.downsamplers.0.'),
+        (r'^(encoder|decoder)\.mid\.block_1\.', r'\1.mid_block.resnets.0.'),
+        (r'^(encoder|decoder)\.mid\.block_2\.', r'\1.mid_block.resnets.1.'),
+        (r'\.nin_shortcut\.', '.conv_shortcut.'),
+    ]
+    image = {r'^(encoder|decoder)\.norm_out\.': r'\1.conv_norm_out.'}  # the video VAE keeps norm_out
+    video = {r'\.norm\.': '.norm_layer.', r'\.conv_(y|b)\.': r'.conv_\1.conv.'}  # CogVideoX's spatial norms
+    attn = {'norm': 'group_norm', 'q': 'to_q', 'k': 'to_k', 'v': 'to_v', 'proj_out': 'to_out.0'}
+    is_video = any('.conv_y.' in k for k in sd)
+    out = {}
+    for k, v in sd.items():
+        for pattern, repl in renames + list((video if is_video else image).items()):
+            k = re.sub(pattern, repl, k)
+        m = re.match(r'^(encoder|decoder)\.mid\.attn_1\.(\w+)\.(weight|bias)$', k)
+        if m:  # LDM's 1x1 convs are nn.Linear in diffusers' attention
+            k = f'{m[1]}.mid_block.attentions.0.{attn[m[2]]}.{m[3]}'
+            v = v[:, :, 0, 0] if v.dim() == 4 else v
+        out[k] = v.contiguous()
+    return out
+
+
+def diffusers_config(cfg, video, scale, shift):
+    """config.json of AutoencoderKL (image) or AutoencoderKLCogVideoX (video) for an autoencoder with config `cfg`."""
+    n = len(cfg.ch_mult)
+    common = {'in_channels': cfg.in_channels, 'out_channels': cfg.out_ch, 'block_out_channels': [cfg.ch * m for m in cfg.ch_mult],
+              'layers_per_block': cfg.num_res_blocks, 'latent_channels': cfg.z_channels, 'act_fn': 'silu',
+              'scaling_factor': scale, 'shift_factor': shift,
+              'use_quant_conv': cfg.use_quant_conv, 'use_post_quant_conv': cfg.use_quant_conv}
+    if video:
+        return {'_class_name': 'AutoencoderKLCogVideoX', **common, 'down_block_types': ['CogVideoXDownBlock3D'] * n,
+                'up_block_types': ['CogVideoXUpBlock3D'] * n, 'norm_num_groups': 32, 'norm_eps': 1e-6,
+                'temporal_compression_ratio': 2 ** cfg.temporal_levels}
+    return {'_class_name': 'AutoencoderKL', **common, 'down_block_types': ['DownEncoderBlock2D'] * n,
+            'up_block_types': ['UpDecoderBlock2D'] * n, 'norm_num_groups': cfg.norm_groups, 'mid_block_add_attention': True}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    p.add_argument('--ckpt', type=str, required=True, help='a train_ae.py checkpoint, or public weights with --preset')
+    p.add_argument('--preset', type=str, default=None, help="the architecture of public weights ('sd', 'flux'; 'cogvideox' for --format cogvideox); a train_ae.py checkpoint knows its own")
+    p.add_argument('--format', type=str, required=True, choices=list(FORMATS), help='the format to write')
+    p.add_argument('--out', type=str, required=True, help='the folder to write (diffusers, cogvideox) or the .safetensors file (flux)')
+    p.add_argument('--scaling_factor', type=float, default=None, help="diffusion runs on (z - shift_factor) * scaling_factor; default: the preset's published value, else 1")
+    p.add_argument('--shift_factor', type=float, default=None, help="default: the preset's published value, else none")
+    p.add_argument('--overwrite', action='store_true', help='replace the files already at --out')
+    args = p.parse_args(argv)
+
+    video = args.format == 'cogvideox'
+    try:
+        cfg, state, config = read_autoencoder(args.ckpt, args.preset)
+        if isinstance(cfg, VideoAEConfig) != video:
+            die(f"{args.ckpt} is {'an image' if video else 'a video'} autoencoder; "
+                f"{'pass a train_ae.py --num_frames checkpoint' if video else 'write it with --format cogvideox'}.")
+        preset = config['preset'] if config is not None else args.preset
+        reason = unsupported(cfg, args.format)
+        if reason:
+            die(f"{args.ckpt} cannot be written as {FORMATS[args.format]}: {reason}.")
+        ae = (VideoAutoencoder if video else Autoencoder)(cfg)
+        load_ae_state_dict(ae, state)  # strict: the weights fit cfg
+    except (FileNotFoundError, ValueError) as e:
+        die(f"{e} (--ckpt {args.ckpt})")
+    scale, shift = PUBLIC_LATENT_NORM.get(preset, (1.0, None))
+    scale = args.scaling_factor if args.scaling_factor is not None else scale
+    shift = args.shift_factor if args.shift_factor is not None else shift
+    sd = ae.state_dict()
+
+    if args.format == 'flux':
+        refuse_to_overwrite([args.out], args.overwrite, flag='--out')
+        params = dict(resolution=(config or {}).get('image_size', 256), in_channels=cfg.in_channels, ch=cfg.ch,
+                      out_ch=cfg.out_ch, ch_mult=list(cfg.ch_mult), num_res_blocks=cfg.num_res_blocks,
+                      z_channels=cfg.z_channels, scale_factor=scale, shift_factor=shift or 0.0)  # FLUX's AutoEncoderParams
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with no_space_is_an_error(os.path.dirname(os.path.abspath(args.out))):
+            save_file({k: v.contiguous() for k, v in sd.items()}, args.out, metadata={'ae_params': json.dumps(params)})
+    else:
+        weights, config_json = (os.path.join(args.out, n) for n in ('diffusion_pytorch_model.safetensors', 'config.json'))
+        refuse_to_overwrite([weights, config_json], args.overwrite, flag='--out')
+        os.makedirs(args.out, exist_ok=True)
+        with no_space_is_an_error(args.out):
+            save_file(to_diffusers(sd, len(cfg.ch_mult)), weights)
+            with open(config_json, 'w') as fh:
+                json.dump(diffusers_config(cfg, video, scale, shift), fh, indent=2)
+    n_params = sum(v.numel() for v in sd.values())
+    print(f"wrote {FORMATS[args.format]} ({n_params / 1e6:.2f}M parameters, scaling_factor {scale}, shift_factor "
+          f"{shift}) to {args.out}")
+
+
+if __name__ == '__main__':
+    main()
