@@ -83,6 +83,34 @@ def diffusers_to_ldm(sd):
     return out
 
 
+def ldm_to_diffusers(sd, levels):
+    """Our LDM-layout names -> diffusers' (AutoencoderKL and AutoencoderKLCogVideoX alike): the inverse of
+    diffusers_to_ldm, for export.py. diffusers stores decoder levels coarse to fine."""
+    renames = [
+        (r'^decoder\.up\.(\d+)\.block\.(\d+)\.', lambda m: f'decoder.up_blocks.{levels - 1 - int(m[1])}.resnets.{m[2]}.'),
+        (r'^decoder\.up\.(\d+)\.upsample\.', lambda m: f'decoder.up_blocks.{levels - 1 - int(m[1])}.upsamplers.0.'),
+        (r'^encoder\.down\.(\d+)\.block\.(\d+)\.', r'encoder.down_blocks.\1.resnets.\2.'),
+        (r'^encoder\.down\.(\d+)\.downsample\.', r'encoder.down_blocks.\1.downsamplers.0.'),
+        (r'^(encoder|decoder)\.mid\.block_1\.', r'\1.mid_block.resnets.0.'),
+        (r'^(encoder|decoder)\.mid\.block_2\.', r'\1.mid_block.resnets.1.'),
+        (r'\.nin_shortcut\.', '.conv_shortcut.'),
+    ]
+    image = {r'^(encoder|decoder)\.norm_out\.': r'\1.conv_norm_out.'}  # the video VAE keeps norm_out
+    video = {r'\.norm\.': '.norm_layer.', r'\.conv_(y|b)\.': r'.conv_\1.conv.'}  # CogVideoX's spatial norms
+    attn = {'norm': 'group_norm', 'q': 'to_q', 'k': 'to_k', 'v': 'to_v', 'proj_out': 'to_out.0'}
+    is_video = any('.conv_y.' in k for k in sd)
+    out = {}
+    for k, v in sd.items():
+        for pattern, repl in renames + list((video if is_video else image).items()):
+            k = re.sub(pattern, repl, k)
+        m = re.match(r'^(encoder|decoder)\.mid\.attn_1\.(\w+)\.(weight|bias)$', k)
+        if m:  # LDM's 1x1 convs are nn.Linear in diffusers' attention
+            k = f'{m[1]}.mid_block.attentions.0.{attn[m[2]]}.{m[3]}'
+            v = v[:, :, 0, 0] if v.dim() == 4 else v
+        out[k] = v.contiguous()
+    return out
+
+
 def load_ae_state_dict(model, state_dict):
     """Load our own weights, a whole Stable Diffusion checkpoint (its 'first_stage_model.' part) or a diffusers
     AutoencoderKL / AutoencoderKLCogVideoX state dict into `model` (an image or a video autoencoder), strictly."""
