@@ -1,7 +1,7 @@
 """
-Plumbing shared by every script, written once: distributed setup from torchrun's environment, hand-written mixed
-precision, atomic checkpoints that carry every RNG state, EMA, a resumable data loader, image grids, video files
-(MP4, GIF and PNG previews) and the run log.
+Plumbing shared by every script, written once: strict command lines, distributed setup from torchrun's environment,
+hand-written mixed precision, atomic checkpoints that carry every RNG state and the exact resume of a training run
+(resume_run), EMA, a resumable data loader, image grids, video files (MP4, GIF and PNG previews) and the run log.
 Nothing here knows about a particular model or loss.
 """
 import os
@@ -206,19 +206,54 @@ def truncate_log(path, step):
         os.replace(path + '.tmp', path)
 
 
-def compare_resume_config(saved, current, exact_keys, allow_changes):
-    """Print every setting of `current` (a dict of flags) that differs from the resumed run's `saved` one. A change
-    of an `exact_keys` setting (one that changes the data stream or the model) means the run cannot continue as an
-    uninterrupted one would: refuse it unless the user passed --allow_changes."""
-    changed = {k: (saved[k], v) for k, v in current.items() if k in saved and saved[k] != v}
+# --resume: the flags that change how a run is watched or where it runs but not its numbers (never compared), and those
+# that change its data stream (a change refused unless --allow_changes); each training script adds its own to both
+RESUME_UNSAVED = ('resume', 'overwrite', 'allow_changes', 'max_steps', 'log_interval', 'eval_interval', 'ckpt_interval',
+                  'num_workers', 'device', 'compile', 'out_dir')
+RESUME_EXACT = ('data', 'num_images', 'image_size', 'random_crop', 'batch_size', 'seed', 'num_frames', 'frame_stride')
+
+
+def compare_resume_config(saved, current, allow_changes, exact=(), unsaved=()):
+    """Print every setting of `current` (a dict of flags) that differs from the resumed run's `saved` one, but those of
+    RESUME_UNSAVED + unsaved. A change of a RESUME_EXACT + exact setting (one that changes the data stream or the
+    model) means the run cannot continue as an uninterrupted one would: refuse it unless the user passed
+    --allow_changes."""
+    skip = RESUME_UNSAVED + tuple(unsaved)
+    changed = {k: (saved[k], v) for k, v in current.items() if k in saved and k not in skip and saved[k] != v}
     if changed:
         print("resuming with changed settings: " + ', '.join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
-    breaking = [k for k in changed if k in exact_keys]
+    breaking = [k for k in changed if k in RESUME_EXACT + tuple(exact)]
     if breaking and not allow_changes:
         die(f"--resume cannot continue the run exactly with another data stream ("
             f"{', '.join(f'{k} {changed[k][0]} -> {changed[k][1]}' for k in breaking)}); pass the saved values, or "
             f"--allow_changes to continue from the checkpoint anyway.")
     return changed
+
+
+def check_resume_steps(ckpt, ckpt_path, max_steps):
+    """A run is resumed to train on: its checkpoint must be short of --max_steps."""
+    if ckpt['step'] >= max_steps:
+        die(f"{ckpt_path} is already at step {ckpt['step']}, and --max_steps is {max_steps}; raise --max_steps to "
+            f"train on.")
+
+
+def resume_run(ckpt, run_config, allow_changes, dist, out_dir, states, lrs=None, exact=(), unsaved=()):
+    """Continue the run saved in `ckpt`, exactly where it stopped: its settings are compared with run_config
+    (compare_resume_config), every object of `states` ({checkpoint key: module, optimizer, GradScaler or Loader; None
+    for one the run does not have}) loads its saved state, each optimizer of `lrs` ({key: learning rate}) takes the
+    command line's rate (so a resume can change it), this rank's RNG state is restored, and the log rows after the
+    checkpoint are dropped (the run redoes those steps). -> the step to continue from."""
+    compare_resume_config(ckpt['config'], run_config, allow_changes, exact, unsaved)
+    for key, obj in states.items():
+        if obj is not None:
+            obj.load_state_dict(ckpt[key])
+    for key, lr in (lrs or {}).items():
+        for group in states[key].param_groups:
+            group['lr'] = lr
+    restore_rng_states(ckpt['rng'], dist)
+    if dist.master:
+        truncate_log(os.path.join(out_dir, 'log.jsonl'), ckpt['step'])
+    return ckpt['step']
 
 # -----------------------------------------------------------------------------
 # distributed and precision
@@ -462,16 +497,6 @@ class CheckpointWriter:
             if isinstance(error, SystemExit):  # save_checkpoint's own sentence (a full disk)
                 raise error
             die(f"writing a checkpoint failed ({type(error).__name__}: {error}); the previous one is intact.")
-
-
-def load_checkpoint(path, map_location='cpu'):
-    if not os.path.isfile(path):
-        die(f"checkpoint {path} does not exist; check the path (or drop --resume to start a new run).")
-    try:
-        # our own checkpoints hold python/numpy RNG states, which weights_only loading refuses
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:
-        die(f"checkpoint {path} could not be read ({type(e).__name__}); it is not a checkpoint written by this project.")
 
 
 @torch.no_grad()

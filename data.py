@@ -1,5 +1,7 @@
 """
-Datasets. dataset[i] is (x, y): x (3, H, W) float in [-1, 1], y the class id (0 when unlabelled). dataset.load(item)
+Every image and clip the project reads or renders: the training data sets (make_dataset, for images and clips), the
+latent cache of train_ldm.py, and the image and video sets the evaluation scores (open_source). Datasets:
+dataset[i] is (x, y): x (3, H, W) float in [-1, 1], y the class id (0 when unlabelled). dataset.load(item)
 also returns 1 when the item's file was unreadable and its next readable neighbour stands in (0 otherwise), for the
 loaders to count. An item may be
 `i` or `(i, item_seed)`; the seed drives augmentation, so the Loader in common.py can make every epoch's flips and crops
@@ -16,6 +18,9 @@ reproducible; a plain `i` gives the un-augmented image.
   to the clip instead of decoding the whole file; bad videos are counted skips).
 - LatentCache: a data set encoded once by a frozen autoencoder (train_ldm.py --cache_latents), float16, stored in a
   random order and read in shuffled contiguous chunks.
+- Evaluation sources (eval_fid.py --fake / --real): a samples .npz (ImageArray, or a uint8 video array), a folder of
+  images at their own size (ImageFiles) or resized (DatasetImages), a folder of videos (read_video_folder), or a
+  statistics .npz; each image set is uint8 with a known .size and counts its unreadable files.
 
 Every subset of a data set (evaluation images, reference sets, the latent statistics) is random_subset(): a seeded
 random sample of the whole set, never "the first N files", which on a class-sorted folder are a handful of classes.
@@ -27,9 +32,11 @@ import hashlib
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
+from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from common import die
+from metrics import to_uint8
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
 
@@ -284,8 +291,13 @@ def random_subset(dataset, n, seed):
     return sorted(np.random.default_rng(seed).choice(len(dataset), size=n, replace=False).tolist())
 
 
-def make_dataset(data, image_size, seed=0, train=True, random_crop=False):
-    """data=None -> the embedded DeadLeaves stream; else an ImageFolder (evaluation: no flips)."""
+def make_dataset(data, image_size, seed=0, train=True, random_crop=False, num_frames=1, frame_stride=1):
+    """The data set of every script: images (num_frames 1) or clips of num_frames frames, frame_stride apart. data=None
+    -> the embedded DeadLeaves (MovingDeadLeaves) stream; else an ImageFolder (VideoFolder) (evaluation: no flips)."""
+    if num_frames > 1:
+        if data is None:
+            return MovingDeadLeaves(image_size, num_frames, seed=seed, train=train)
+        return VideoFolder(data, image_size, num_frames, frame_stride, train=train, random_crop=random_crop)
     if data is None:
         return DeadLeaves(image_size, seed=seed, train=train)
     return ImageFolder(data, image_size, flip=train, random_crop=random_crop)
@@ -484,13 +496,6 @@ class VideoFolder(torch.utils.data.Dataset):
         return x.contiguous(), self.labels[j], skipped
 
 
-def make_video_dataset(data, image_size, num_frames, frame_stride=1, seed=0, train=True, random_crop=False):
-    """data=None -> the embedded MovingDeadLeaves stream; else a VideoFolder."""
-    if data is None:
-        return MovingDeadLeaves(image_size, num_frames, seed=seed, train=train)
-    return VideoFolder(data, image_size, num_frames, frame_stride, train=train, random_crop=random_crop)
-
-
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error we count, not a silently grey image
 
 # -----------------------------------------------------------------------------
@@ -632,3 +637,155 @@ class _Positions(torch.utils.data.Dataset):
     def __getitem__(self, k):
         x, y = self.item(self.positions[k])
         return self.positions[k], x, y
+
+
+# ----------------------------------------------------------------------------------------------
+# Image sources: every set is a Dataset of (uint8 (3, H, W) image, 1 if the file was unreadable and a neighbour stands
+# in, else 0) with a known .size (H, W); sharded_batches counts the unreadable files into .unreadable
+
+
+class ImageArray(Dataset):
+    """A uint8 (N, H, W, 3) array, as in the arr_0 of the .npz files sample.py (and ADM's evaluator) use."""
+    unreadable = 0
+
+    def __init__(self, array):
+        self.array = array
+        self.size = array.shape[1:3]
+
+    def __len__(self):
+        return len(self.array)
+
+    def __getitem__(self, i):
+        return torch.from_numpy(np.ascontiguousarray(self.array[i])).permute(2, 0, 1), 0
+
+
+class ImageFiles(Dataset):
+    """A folder of images, searched recursively, in sorted order, used at their own size (which must be one size). An
+    unreadable file is replaced by the next readable one and counted, as in training."""
+    unreadable = 0
+
+    def __init__(self, root):
+        self.root, self.files = root, list_files(root)
+        if not self.files:
+            die(f"{root} holds no images ({', '.join(IMAGE_EXTENSIONS)}), searched recursively.")
+        sizes = {}
+        for f in self.files:  # PIL reads only the header here
+            try:
+                with Image.open(f) as img:
+                    w, h = img.size
+                    if img.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that turn the image by 90 degrees
+                        w, h = h, w
+            except UNREADABLE:
+                continue  # counted when it is read
+            sizes.setdefault((w, h), f)
+        if not sizes:
+            die(f"none of the {len(self.files)} images under {root} could be read.")
+        if len(sizes) > 1:
+            (a, fa), (b, fb) = list(sizes.items())[:2]
+            die(f"{root} holds images of different sizes ({fa} is {a[0]}x{a[1]}, {fb} is {b[0]}x{b[1]}); "
+                f"pass --image_size to center-crop and resize them all.")
+        w, h = next(iter(sizes))
+        self.size = (h, w)
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        img, _, unreadable = open_first_readable(self.files, i, self.root)
+        return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous(), unreadable  # (3, H, W)
+
+
+class DatasetImages(Dataset):
+    """n images of a data.py dataset (the embedded dead-leaves stream or a resized ImageFolder) as uint8: a seeded
+    random sample of the whole set (data.random_subset), never the first n files of a class-sorted folder."""
+    unreadable = 0
+
+    def __init__(self, dataset, n, seed=0):
+        self.dataset, self.index = dataset, random_subset(dataset, n, seed)
+        self.size = (dataset.image_size, dataset.image_size)
+
+    def __len__(self):
+        return len(self.index)
+
+    def __getitem__(self, i):
+        x, _, unreadable = self.dataset.load(self.index[i])
+        return to_uint8(x), unreadable
+
+
+def read_video_folder(path, image_size, num_frames, limit, seed):
+    """A folder of videos (searched recursively, decoded by data.py's reader) -> uint8 (N, T, H, W, 3): the middle
+    num_frames-frame clip of each video, centre-cropped to image_size, at most `limit` videos (seeded random). A video
+    that gives no clip is counted and left out (data.VideoFolder would put the next video in its place, twice)."""
+    if image_size is None:
+        die(f"--real/--fake {path} is a folder of videos; pass --image_size (and --num_frames) for its clips.")
+    folder = VideoFolder(path, image_size, num_frames, train=False)
+    index = random_subset(folder, limit, seed) if limit is not None else range(len(folder))
+    clips, unreadable = [], 0
+    for i in tqdm(index, desc=f'reading {path}', dynamic_ncols=True):
+        x, _, skipped = folder.load(i)  # (3, T, H, W) in [-1, 1], made from uint8 / 127.5 - 1: exact round trip
+        if skipped:
+            unreadable += 1
+        else:
+            clips.append(to_uint8(x).permute(1, 2, 3, 0).numpy())
+    if unreadable:
+        print(f"{path}: left out {unreadable} of {len(index)} videos that gave no {num_frames}-frame clip")
+    return np.stack(clips)
+
+
+def is_video_folder(path):
+    """True for a folder with videos and no images in it (searched recursively)."""
+    names = [f.lower() for _, _, files in os.walk(path, followlinks=True) for f in files]
+    return any(f.endswith(VIDEO_EXTENSIONS) for f in names) and not any(f.endswith(IMAGE_EXTENSIONS) for f in names)
+
+
+def open_source(path, image_size, limit, seed=0, num_frames=16):
+    """--real/--fake -> ('stats', (mu, sigma)) for a statistics .npz, ('videos', uint8 (N, T, H, W, 3) array) for a
+    samples .npz of videos or a folder of videos (num_frames-frame clips), else ('images', Dataset); at most `limit`
+    images or videos (a seeded random sample when the source holds more)."""
+    if path.endswith('.npz'):
+        if not os.path.isfile(path):
+            die(f"{path} does not exist; pass a folder of images, a samples .npz or a statistics .npz.")
+        try:
+            with np.load(path) as f:
+                contents = {k: f[k] for k in ('mu', 'sigma', 'arr_0') if k in f}
+        except Exception as e:  # random bytes, a cut-off file, a pickle
+            die(f"{path} could not be read as an .npz file ({type(e).__name__}); pass a samples or statistics .npz "
+                f"as sample.py and --save_stats write them.")
+        if 'mu' in contents and 'sigma' in contents:
+            return 'stats', (contents['mu'], contents['sigma'])
+        if 'arr_0' not in contents:
+            die(f"{path} holds neither arr_0 (uint8 images) nor mu/sigma (statistics); it is not an evaluation .npz.")
+        array = contents['arr_0']
+        if array.dtype == np.uint8 and array.ndim == 5 and array.shape[-1] == 3:
+            return 'videos', array if limit is None else array[random_subset(array, limit, seed)]
+        if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
+            die(f"arr_0 of {path} is {array.dtype} {array.shape}, not uint8 (N, H, W, 3) images or (N, T, H, W, 3) "
+                f"videos as sample.py writes.")
+        images = ImageArray(array)
+    elif os.path.isdir(path) and is_video_folder(path):
+        return 'videos', read_video_folder(path, image_size, num_frames, limit, seed)
+    elif os.path.isdir(path):
+        if image_size is None:
+            images = ImageFiles(path)
+        else:
+            folder = make_dataset(path, image_size, train=False)
+            images = DatasetImages(folder, len(folder))
+    else:
+        die(f"{path} is neither a folder nor an .npz file; pass a folder of images, a samples .npz or a statistics .npz.")
+    if limit is not None:
+        images = images if limit >= len(images) else _Sample(images, random_subset(images, limit, seed))
+    return 'images', images
+
+
+class _Sample(Subset):
+    """The images at `index` of a set, keeping its .size. FID does not depend on the order of a set; SWD takes its first
+    SWD_MAX_IMAGES, so a set is shuffled (all of it, seeded) before that cut."""
+    unreadable = 0
+
+    def __init__(self, images, index):
+        super().__init__(images, index)
+        self.size = images.size
+
+
+def shuffled(images, seed):
+    return _Sample(images, np.random.default_rng(seed).permutation(len(images)).tolist())

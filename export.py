@@ -19,15 +19,15 @@ goes into diffusers' config.json, and for FLUX (whose code holds it, in AutoEnco
 by default the published values of the preset the weights are made for, otherwise 1 and no shift.
 """
 import os
-import re
 import json
 import argparse
 
 from safetensors.torch import save_file
 
 from common import die, refuse_to_overwrite, no_space_is_an_error
-from model import (AE_PRESETS, VIDEO_AE_PRESETS, Autoencoder, VideoAutoencoder, load_ae_state_dict,
-                   load_video_ae_state_dict, make_ae_config, make_video_ae_config, read_ae_weights)
+from model import Autoencoder
+from video_model import VideoAEConfig, VideoAutoencoder
+from weights import ldm_to_diffusers, load_ae_state_dict, read_autoencoder
 
 FORMATS = {'diffusers': "diffusers' AutoencoderKL", 'flux': "FLUX.1's ae.safetensors",
            'cogvideox': "CogVideoX's VAE (diffusers' AutoencoderKLCogVideoX)"}
@@ -54,34 +54,6 @@ def unsupported(cfg, fmt):
         return (f"diffusers' AutoencoderKLCogVideoX encodes 8 frames and decodes 2 latent frames at a time, and this "
                 f"model {cfg.chunk_frames} and {cfg.chunk_latents}")
     return None
-
-
-def to_diffusers(sd, levels):
-    """Our LDM-layout names -> diffusers' (AutoencoderKL and AutoencoderKLCogVideoX alike): the inverse of
-    model.diffusers_to_ldm and model.diffusers_to_video_ae. diffusers stores decoder levels coarse to fine."""
-    renames = [
-        (r'^decoder\.up\.(\d+)\.block\.(\d+)\.', lambda m: f'decoder.up_blocks.{levels - 1 - int(m[1])}.resnets.{m[2]}.'),
-        (r'^decoder\.up\.(\d+)\.upsample\.', lambda m: f'decoder.up_blocks.{levels - 1 - int(m[1])}.upsamplers.0.'),
-        (r'^encoder\.down\.(\d+)\.block\.(\d+)\.', r'encoder.down_blocks.\1.resnets.\2.'),
-        (r'^encoder\.down\.(\d+)\.downsample\.', r'encoder.down_blocks.\1.downsamplers.0.'),
-        (r'^(encoder|decoder)\.mid\.block_1\.', r'\1.mid_block.resnets.0.'),
-        (r'^(encoder|decoder)\.mid\.block_2\.', r'\1.mid_block.resnets.1.'),
-        (r'\.nin_shortcut\.', '.conv_shortcut.'),
-    ]
-    image = {r'^(encoder|decoder)\.norm_out\.': r'\1.conv_norm_out.'}  # the video VAE keeps norm_out
-    video = {r'\.norm\.': '.norm_layer.', r'\.conv_(y|b)\.': r'.conv_\1.conv.'}  # CogVideoX's spatial norms
-    attn = {'norm': 'group_norm', 'q': 'to_q', 'k': 'to_k', 'v': 'to_v', 'proj_out': 'to_out.0'}
-    is_video = any('.conv_y.' in k for k in sd)
-    out = {}
-    for k, v in sd.items():
-        for pattern, repl in renames + list((video if is_video else image).items()):
-            k = re.sub(pattern, repl, k)
-        m = re.match(r'^(encoder|decoder)\.mid\.attn_1\.(\w+)\.(weight|bias)$', k)
-        if m:  # LDM's 1x1 convs are nn.Linear in diffusers' attention
-            k = f'{m[1]}.mid_block.attentions.0.{attn[m[2]]}.{m[3]}'
-            v = v[:, :, 0, 0] if v.dim() == 4 else v
-        out[k] = v.contiguous()
-    return out
 
 
 def diffusers_config(cfg, video, scale, shift):
@@ -112,19 +84,17 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     video = args.format == 'cogvideox'
-    presets = VIDEO_AE_PRESETS if video else AE_PRESETS
     try:
-        config, state = read_ae_weights(args.ckpt, args.preset, presets)
-        if config is not None and (config.get('num_frames', 1) > 1) != video:
+        cfg, state, config = read_autoencoder(args.ckpt, args.preset)
+        if isinstance(cfg, VideoAEConfig) != video:
             die(f"{args.ckpt} is {'an image' if video else 'a video'} autoencoder; "
                 f"{'pass a train_ae.py --num_frames checkpoint' if video else 'write it with --format cogvideox'}.")
         preset = config['preset'] if config is not None else args.preset
-        cfg = (make_video_ae_config if video else make_ae_config)(preset, config.get('ae_config') if config else None)
         reason = unsupported(cfg, args.format)
         if reason:
             die(f"{args.ckpt} cannot be written as {FORMATS[args.format]}: {reason}.")
         ae = (VideoAutoencoder if video else Autoencoder)(cfg)
-        (load_video_ae_state_dict if video else load_ae_state_dict)(ae, state)  # strict: the weights fit cfg
+        load_ae_state_dict(ae, state)  # strict: the weights fit cfg
     except (FileNotFoundError, ValueError) as e:
         die(f"{e} (--ckpt {args.ckpt})")
     scale, shift = PUBLIC_LATENT_NORM.get(preset, (1.0, None))
@@ -145,7 +115,7 @@ def main(argv=None):
         refuse_to_overwrite([weights, config_json], args.overwrite, flag='--out')
         os.makedirs(args.out, exist_ok=True)
         with no_space_is_an_error(args.out):
-            save_file(to_diffusers(sd, len(cfg.ch_mult)), weights)
+            save_file(ldm_to_diffusers(sd, len(cfg.ch_mult)), weights)
             with open(config_json, 'w') as fh:
                 json.dump(diffusers_config(cfg, video, scale, shift), fh, indent=2)
     n_params = sum(v.numel() for v in sd.values())

@@ -1,31 +1,29 @@
 """
-Every network of the project, shared by all scripts:
-  - the first-stage autoencoder of LDM / Stable Diffusion / FLUX.1 (Encoder, Decoder, KL and VQ regularisers),
-  - the causal 3D video autoencoder of CogVideoX (VideoAutoencoder; an image is a 1-frame video),
-  - the PatchGAN discriminator and the LPIPS perceptual loss used to train it,
-  - the two diffusion backbones: the LDM UNet and DiT, and DiT for video latents (VideoDiT).
-Parameter names follow the original checkpoints so public weights load as they are.
+The networks of the project, as the papers draw them, shared by every script:
+  - the first-stage autoencoder of LDM / Stable Diffusion / FLUX.1 (Encoder, Decoder, KL and VQ regularisers) and the
+    scale-equivariance loss of Skorokhodov et al. (se_downsample, scale_equivariance_loss) that makes its latents
+    diffusable,
+  - the PatchGAN discriminator with LDM's hinge loss and adaptive GAN weight,
+  - the two diffusion backbones: the LDM UNet and DiT, and DiT on video latents (VideoDiT).
+Parameter names follow the original checkpoints so public weights load as they are (weights.py reads them). The causal
+3D video autoencoder is in video_model.py, LPIPS in perceptual.py.
 """
 
 import functools
 import math
-import os
-import pickle
-import re
 from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from safetensors.torch import load_file as load_safetensors
 
 # ----------------------------------------------------------------------------------------------
-# Autoencoder, discriminator, LPIPS
+# The autoencoder
 #
 # LDM's first stage (Rombach et al. 2022; code of CompVis "taming"/"ldm"): x (B,3,H,W) -> z (B,z,H/f,W/f) -> x_rec.
 # Module and parameter names are those of the CompVis checkpoints (SD-VAE, FLUX.1 ae.safetensors), so public
-# weights load unchanged; diffusers' AutoencoderKL layout is renamed on load (load_ae_state_dict).
+# weights load unchanged; diffusers' AutoencoderKL layout is renamed on load (weights.load_ae_state_dict).
 
 @dataclass
 class AEConfig:
@@ -61,18 +59,21 @@ AE_PRESETS = {
 }
 
 
-def make_ae_config(preset, overrides=None):
-    """AE_PRESETS[preset] with the fields in `overrides` (a dict, e.g. a checkpoint's 'ae_config') replaced."""
-    if preset not in AE_PRESETS:
-        raise ValueError(f"unknown autoencoder preset {preset!r}; choose one of {', '.join(AE_PRESETS)}.")
+def make_ae_config(preset, overrides=None, presets=None):
+    """presets[preset] (AE_PRESETS by default, or video_model.VIDEO_AE_PRESETS) with the fields in `overrides` (a dict,
+    e.g. a checkpoint's 'ae_config') replaced."""
+    presets = AE_PRESETS if presets is None else presets
+    if preset not in presets:
+        raise ValueError(f"unknown autoencoder preset {preset!r}; choose one of {', '.join(presets)}.")
+    config = presets[preset]
     overrides = dict(overrides or {})
-    unknown = set(overrides) - {f.name for f in fields(AEConfig)}
+    unknown = set(overrides) - {f.name for f in fields(config)}
     if unknown:
-        raise ValueError(f"unknown AEConfig field(s) {', '.join(sorted(unknown))}; valid fields are "
-                         f"{', '.join(f.name for f in fields(AEConfig))}.")
+        raise ValueError(f"unknown {type(config).__name__} field(s) {', '.join(sorted(unknown))}; valid fields are "
+                         f"{', '.join(f.name for f in fields(config))}.")
     if 'ch_mult' in overrides:
         overrides['ch_mult'] = tuple(overrides['ch_mult'])  # JSON / argparse give lists
-    return replace(AE_PRESETS[preset], **overrides)
+    return replace(config, **overrides)
 
 
 def group_norm(channels, groups=32):
@@ -314,6 +315,35 @@ class Autoencoder(nn.Module):
         return self.decode(z), z, reg_loss
 
 # ----------------------------------------------------------------------------------------------
+# Video tensors: the per-frame view every 2D operator takes, and causal time pooling (the video encoder's, and the
+# temporal SE operator's; video_model.py builds on these)
+
+def to_frames(x):
+    """(B, C, T, H, W) -> (B*T, C, H, W): what every 2D (per-frame) operation sees."""
+    B, C, T, H, W = x.shape
+    return x.transpose(1, 2).reshape(B * T, C, H, W)
+
+
+def from_frames(x, B):
+    """(B*T, C, H, W) -> (B, C, T, H, W)."""
+    return x.reshape(B, -1, *x.shape[1:]).transpose(1, 2)
+
+
+def split_first(x, clip_start):
+    """(first frame, the rest) of a chunk that starts the clip, whose first frame stands alone; (nothing, x) for a
+    later chunk."""
+    return (x[:, :, :1], x[:, :, 1:]) if clip_start else (x[:, :, :0], x)
+
+
+def causal_time_pool(x, clip_start=True):
+    """Halve time as the encoder does: frames 1+2j and 2+2j are averaged and frame 0 kept apart, (B,C,1+2m,H,W) ->
+    (B,C,1+m,H,W); a later chunk (B,C,2m,H,W) -> (B,C,m,H,W). Also the temporal SE operator, for x and z alike."""
+    first, rest = split_first(x, clip_start)
+    B, C, T, H, W = rest.shape
+    return torch.cat([first, rest.reshape(B, C, T // 2, 2, H, W).mean(3)], dim=2)
+
+
+# ----------------------------------------------------------------------------------------------
 # Scale equivariance (SE), the regulariser of Skorokhodov et al. (ICML 2025), "Improving the Diffusability of
 # Autoencoders": decoding a downsampled latent should give the downsampled image, D(down_s(E(x))) ~ down_s(x). It ties
 # the latent's spectrum to the image's, so that the latent carries no more high frequency than the image it encodes.
@@ -344,107 +374,8 @@ def scale_equivariance_loss(ae, x, z, factor, distance, mode='bilinear', tempora
     return distance(se_downsample(x, factor, mode, temporal), x_rec_se), x_rec_se
 
 
-def diffusers_to_ldm(sd):
-    """Rename a diffusers AutoencoderKL state dict to the LDM layout. diffusers stores the decoder levels coarse to
-    fine (up_blocks.0 is the lowest resolution), LDM by level (up.0 is full resolution), and the attention
-    projections as nn.Linear (older files: query/key/value/proj_attn) where LDM has 1x1 convs."""
-    n_up = 1 + max((int(m[1]) for k in sd if (m := re.match(r'decoder\.up_blocks\.(\d+)\.', k))), default=-1)
-    renames = [
-        (r'^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.', lambda m: f'decoder.up.{n_up - 1 - int(m[1])}.block.{m[2]}.'),
-        (r'^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.', lambda m: f'decoder.up.{n_up - 1 - int(m[1])}.upsample.'),
-        (r'^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.', r'encoder.down.\1.block.\2.'),
-        (r'^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.', r'encoder.down.\1.downsample.'),
-        (r'^(encoder|decoder)\.mid_block\.resnets\.0\.', r'\1.mid.block_1.'),
-        (r'^(encoder|decoder)\.mid_block\.resnets\.1\.', r'\1.mid.block_2.'),
-        (r'^(encoder|decoder)\.mid_block\.attentions\.0\.', r'\1.mid.attn_1.'),
-        (r'^(encoder|decoder)\.conv_norm_out\.', r'\1.norm_out.'),
-        (r'\.conv_shortcut\.', '.nin_shortcut.'),
-    ]
-    attn = {'group_norm': 'norm', 'to_q': 'q', 'to_k': 'k', 'to_v': 'v', 'to_out.0': 'proj_out',
-            'query': 'q', 'key': 'k', 'value': 'v', 'proj_attn': 'proj_out'}
-    out = {}
-    for k, v in sd.items():
-        for pattern, repl in renames:
-            k = re.sub(pattern, repl, k)
-        m = re.match(r'^(.*\.mid\.attn_1\.)(.+)\.(weight|bias)$', k)
-        if m and m[2] in attn:
-            k = f'{m[1]}{attn[m[2]]}.{m[3]}'
-            if v.dim() == 2:
-                v = v[:, :, None, None]  # nn.Linear weight (C, C) -> 1x1 conv weight (C, C, 1, 1)
-        out[k] = v
-    return out
-
-
-def load_ae_state_dict(model, state_dict):
-    """Load LDM-layout weights, a whole Stable Diffusion checkpoint (its 'first_stage_model.' part) or a diffusers
-    AutoencoderKL state dict into `model`, strictly."""
-    sd = state_dict.get('state_dict', state_dict)
-    if any(k.startswith('first_stage_model.') for k in sd):
-        sd = {k[len('first_stage_model.'):]: v for k, v in sd.items() if k.startswith('first_stage_model.')}
-    sd = {re.sub(r'^(module\.|_orig_mod\.)+', '', k): v for k, v in sd.items()}  # DDP / torch.compile wrappers
-    sd = {k: v for k, v in sd.items() if not k.startswith('loss.')}  # LDM's own checkpoints also hold D and LPIPS
-    if any('.down_blocks.' in k or '.mid_block.' in k or '.up_blocks.' in k for k in sd):
-        sd = diffusers_to_ldm(sd)
-    return load_strictly(model, sd, "the autoencoder weights", "(sd for Stable Diffusion's VAE, flux for FLUX.1's, "
-                         "or the preset of the train_ae.py run)")
-
-
-def load_strictly(model, sd, what, presets):
-    """load_state_dict(strict=True), with every mismatch counted and the first named in one sentence."""
-    expected = model.state_dict()
-    problems = [f"{k!r} is {tuple(v.shape)} in the file but {tuple(expected[k].shape)} in the model"
-                for k, v in sd.items() if k in expected and v.shape != expected[k].shape]
-    problems += [f"{k!r} is missing from the file" for k in expected if k not in sd]
-    problems += [f"{k!r} is in the file but not in the model" for k in sd if k not in expected]
-    if problems:
-        raise ValueError(f"{what} do not fit this architecture ({problems[0]}, {len(problems)} mismatch(es) in all); "
-                         f"pass the preset the weights were made for {presets}.")
-    model.load_state_dict(sd, strict=True)
-    return model
-
-
-def read_weights(path):
-    """A state dict or checkpoint dict from .safetensors, or from a torch file (.pt/.pth/.ckpt)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file {path} does not exist; check the path.")
-    try:
-        if str(path).endswith('.safetensors'):
-            return load_safetensors(str(path), device='cpu')
-        try:
-            return torch.load(path, map_location='cpu', weights_only=True)
-        except pickle.UnpicklingError:
-            # our own train_ae.py checkpoints carry python/numpy RNG states, which the weights-only loader refuses
-            return torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as e:  # truncated download, wrong file type, ...
-        raise ValueError(f"{path} could not be read as a .safetensors or torch weights file "
-                         f"({type(e).__name__}); check that the file is complete.") from None
-
-
-def read_ae_weights(path, preset, presets):
-    """(config, state dict) of a train_ae.py checkpoint (its EMA weights when present), or (None, state dict) of public
-    weights, which need the `preset` (one of `presets`) they were made for."""
-    ckpt = read_weights(path)
-    if 'model' in ckpt and 'config' in ckpt:  # a train_ae.py checkpoint
-        return ckpt['config'], ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model']
-    if preset is None:
-        raise ValueError(f"{path} holds bare weights without a config; pass the preset they were made for "
-                         f"(one of {', '.join(presets)}).")
-    return None, ckpt
-
-
-def load_autoencoder(path, preset=None, device='cpu'):
-    """An Autoencoder in eval mode from a train_ae.py checkpoint (its own config decides the architecture and `preset`
-    is not needed; EMA weights are used when present) or from public weights (LDM / diffusers layout, .safetensors or
-    torch file), whose architecture `preset` names."""
-    config, state = read_ae_weights(path, preset, AE_PRESETS)
-    if config is not None and config.get('num_frames', 1) > 1:
-        raise ValueError(f"{path} is a video autoencoder (train_ae.py --num_frames {config['num_frames']}); use it "
-                         f"with --num_frames, or pass an image autoencoder.")
-    cfg = make_ae_config(config['preset'], config.get('ae_config')) if config is not None else make_ae_config(preset)
-    model = Autoencoder(cfg)
-    load_ae_state_dict(model, state)
-    return model.to(device).eval()
-
+# ----------------------------------------------------------------------------------------------
+# The PatchGAN discriminator and the adversarial loss of LDM
 
 class NLayerDiscriminator(nn.Module):
     """PatchGAN of pix2pix (Isola et al. 2017) as used by LDM: 4x4 convs, LeakyReLU(0.2); every output logit judges
@@ -486,496 +417,6 @@ def adaptive_gan_weight(rec_loss, g_loss, last_layer, pixels, max_weight=1e4):
 def hinge_d_loss(logits_real, logits_fake):
     """L_D = 0.5 * (E[relu(1 - D(x))] + E[relu(1 + D(x_rec))])."""
     return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
-
-
-VGG16_URL = 'https://download.pytorch.org/models/vgg16-397923af.pth'
-LPIPS_LIN_URL = 'https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth'
-
-
-def fetch_lpips_weights(path, url, file_name):
-    """The state dict at `path` if given, else `url` through the torch hub cache (downloaded once). A missing file is
-    a FileNotFoundError naming it; the scripts add which of their flags to pass."""
-    if path is not None:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"LPIPS weights file {path} does not exist")
-        try:
-            sd = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as e:  # random bytes, a truncated download, a pickle that is not a state dict
-            raise ValueError(f"LPIPS weights file {path} could not be read as torch weights ({type(e).__name__})") from None
-        if not isinstance(sd, dict):
-            raise ValueError(f"LPIPS weights file {path} holds a {type(sd).__name__}, not a state dict")
-        return sd
-    try:
-        return torch.hub.load_state_dict_from_url(url, map_location='cpu', progress=False, file_name=file_name)
-    except (OSError, RuntimeError):  # no network (URLError is an OSError) or a broken download
-        cached = os.path.join(torch.hub.get_dir(), 'checkpoints', file_name)
-        raise FileNotFoundError(f"LPIPS needs {file_name}, which is not in the torch hub cache ({cached}) and could "
-                                f"not be downloaded from {url}") from None
-
-
-class ScalingLayer(nn.Module):
-    """Maps [-1, 1] images to the input statistics of ImageNet VGG ((x - shift) / scale, constants of LPIPS)."""
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer('shift', torch.tensor([-0.030, -0.088, -0.188])[None, :, None, None])
-        self.register_buffer('scale', torch.tensor([0.458, 0.448, 0.450])[None, :, None, None])
-
-    def forward(self, x):
-        return (x - self.shift) / self.scale
-
-
-class VGG16Slices(nn.Module):
-    """vgg16().features cut after relu1_2, relu2_2, relu3_3, relu4_3, relu5_3: the five feature maps LPIPS compares.
-    Submodules keep their index in vgg16().features (slice2.4 is features.4), as in the LPIPS package."""
-
-    cuts = (0, 4, 9, 16, 23, 30)
-
-    def __init__(self, features):
-        super().__init__()
-        for s in range(5):
-            part = nn.Sequential()
-            for i in range(self.cuts[s], self.cuts[s + 1]):
-                part.add_module(str(i), features[i])
-            setattr(self, f'slice{s + 1}', part)
-
-    def forward(self, x):
-        outs = []
-        for s in range(1, 6):
-            x = getattr(self, f'slice{s}')(x)
-            outs.append(x)
-        return outs
-
-
-class NetLinLayer(nn.Module):
-    """LPIPS's learned per-channel weights w_l: a bias-free 1x1 conv to one channel. The conv sits at index 1 so the
-    keys match the v0.1 weight file (lin0.model.1.weight), where index 0 was a training-time Dropout."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.model = nn.Sequential(nn.Identity(), nn.Conv2d(channels, 1, 1, bias=False))
-
-    def forward(self, x):
-        return self.model(x)
-
-
-LPIPS_MIN_SIZE = 16  # VGG16 halves the image four times before relu5_3; below 16 px a feature map is empty
-
-
-class LPIPS(nn.Module):
-    """LPIPS v0.1 with a VGG16 trunk (Zhang et al. 2018), the perceptual loss of LDM. With unit-normalised features
-    f_l (B, C_l, H_l, W_l): d(x, y) = sum_l mean_{h,w} sum_c w_lc (f_l(x) - f_l(y))^2. Frozen and in eval mode.
-    Weights: local files if given, else downloaded / cached (pretrained=True), else random (tests)."""
-
-    channels = (64, 128, 256, 512, 512)
-
-    def __init__(self, vgg_weights=None, lin_weights=None, pretrained=True):
-        super().__init__()
-        self.scaling_layer = ScalingLayer()
-        from torchvision.models import vgg  # here, not at the top: importing torchvision costs seconds at every start
-        features = vgg.make_layers(vgg.cfgs['D'])  # = vgg16().features
-        if vgg_weights is not None or pretrained:
-            sd = fetch_lpips_weights(vgg_weights, VGG16_URL, 'vgg16-397923af.pth')
-            sd = {k[len('features.'):]: v for k, v in sd.items() if k.startswith('features.')}  # drop the classifier
-            if set(sd) != set(features.state_dict()):
-                raise ValueError(f"{vgg_weights or VGG16_URL} is not a torchvision VGG16 state dict (keys "
-                                 f"features.0.weight ... features.28.bias)")
-            features.load_state_dict(sd)
-        self.net = VGG16Slices(features)
-        for l, c in enumerate(self.channels):
-            setattr(self, f'lin{l}', NetLinLayer(c))
-        if lin_weights is not None or pretrained:
-            sd = fetch_lpips_weights(lin_weights, LPIPS_LIN_URL, 'lpips_v0.1_vgg.pth')
-            keys = [f'lin{l}.model.1.weight' for l in range(len(self.channels))]
-            if not all(k in sd for k in keys):
-                raise ValueError(f"{lin_weights or LPIPS_LIN_URL} is not an LPIPS v0.1 VGG weight file (keys "
-                                 f"lin0.model.1.weight ... lin4.model.1.weight)")
-            self.load_state_dict({k: sd[k] for k in keys}, strict=False)
-        self.requires_grad_(False)
-        self.eval()
-
-    def forward(self, x, y):
-        """x, y (B, 3, H, W) in [-1, 1] -> (B,) distances; gradients flow to the inputs only."""
-        B = x.shape[0]
-        d = 0.0
-        for l, f in enumerate(self.net(self.scaling_layer(torch.cat([x, y])))):  # one VGG pass for both images
-            # f / |f| over channels; eps under the sqrt keeps the gradient finite where a ReLU map is all zero
-            f = f * torch.rsqrt(f.pow(2).sum(dim=1, keepdim=True) + 1e-20)
-            diff = (f[:B] - f[B:]).pow(2)  # (B, C_l, H_l, W_l)
-            d = d + getattr(self, f'lin{l}')(diff).mean(dim=(1, 2, 3))  # w_l . diff averaged over positions -> (B,)
-        return d
-
-
-# ----------------------------------------------------------------------------------------------
-# Causal 3D video autoencoder (the VAE of CogVideoX, Yang et al. 2024)
-#
-# x (B,3,T,H,W) in [-1,1] with T = 1 + 4k -> z (B,z,1+k,H/f,W/f) -> x_rec (B,3,T,H,W). Every 3D conv is causal in time
-# (it sees the current and the two previous frames; the first frame is repeated into the past), and time is halved
-# by averaging pairs of frames with the first frame kept apart, so an image is a 1-frame video (1 -> 1 latent frame)
-# and the same model encodes both. Long clips are encoded in temporal chunks that hand each conv its past frames.
-# Module names follow the image AE above; diffusers' AutoencoderKLCogVideoX layout is renamed on load
-# (load_video_ae_state_dict). CogVideoX's VAE has no attention block, and its decoder norms are conditioned on z
-# (SpatialNorm3d); we keep both so its public weights load as they are.
-
-@dataclass
-class VideoAEConfig:
-    in_channels: int = 3
-    out_ch: int = 3
-    ch: int = 128                  # base width: level i has ch * ch_mult[i] channels
-    ch_mult: tuple = (1, 2, 2, 4)  # one entry per resolution; spatial factor f = 2 ** (len(ch_mult) - 1)
-    num_res_blocks: int = 3        # blocks per encoder level (the decoder has one more per level)
-    z_channels: int = 16
-    temporal_levels: int = 2       # the first encoder levels (last decoder levels) also halve (double) time: 4x
-    norm: str = 'frame'            # GroupNorm statistics per frame (strictly causal) | 'clip': over the whole chunk
-    use_quant_conv: bool = False   # 1x1x1 convs on either side of the latent (CogVideoX has none)
-    chunk_frames: int = 8          # encoding: input frames per temporal chunk after the first (CogVideoX: 8)
-    chunk_latents: int = 2         # decoding: latent frames per chunk after the first (CogVideoX: 2)
-    dropout: float = 0.0
-    regularizer = 'kl'             # not a field: the video AE is KL-regularised only (as the image AE's default)
-
-
-VIDEO_AE_PRESETS = {
-    # f4 in space, 4x in time, 16 latent channels (12x compression, as the image `tiny`): CPU tests and smoke runs
-    'tiny': VideoAEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16),
-    # CogVideoX-2b/5b's VAE (8x8 in space, 4x in time, z=16). Public latent scale: diffusion runs on z * 1.15258426
-    # (2b) or z * 0.7 (5b). Weights: huggingface.co/THUDM/CogVideoX-2b, vae/diffusion_pytorch_model.safetensors.
-    # Its GroupNorms take statistics over the whole chunk, so it is causal chunk by chunk, not frame by frame.
-    'cogvideox': VideoAEConfig(ch=128, ch_mult=(1, 2, 2, 4), num_res_blocks=3, z_channels=16, norm='clip'),
-}
-
-
-def make_video_ae_config(preset, overrides=None):
-    """VIDEO_AE_PRESETS[preset] with the fields in `overrides` (a dict, e.g. a checkpoint's 'ae_config') replaced."""
-    if preset not in VIDEO_AE_PRESETS:
-        raise ValueError(f"unknown video autoencoder preset {preset!r}; choose one of {', '.join(VIDEO_AE_PRESETS)}.")
-    overrides = dict(overrides or {})
-    unknown = set(overrides) - {f.name for f in fields(VideoAEConfig)}
-    if unknown:
-        raise ValueError(f"unknown VideoAEConfig field(s) {', '.join(sorted(unknown))}.")
-    if 'ch_mult' in overrides:
-        overrides['ch_mult'] = tuple(overrides['ch_mult'])
-    return replace(VIDEO_AE_PRESETS[preset], **overrides)
-
-
-def to_frames(x):
-    """(B, C, T, H, W) -> (B*T, C, H, W): what every 2D (per-frame) operation sees."""
-    B, C, T, H, W = x.shape
-    return x.transpose(1, 2).reshape(B * T, C, H, W)
-
-
-def from_frames(x, B):
-    """(B*T, C, H, W) -> (B, C, T, H, W)."""
-    return x.reshape(B, -1, *x.shape[1:]).transpose(1, 2)
-
-
-class CausalConv3d(nn.Module):
-    """k x k x k conv, causal in time: the past is padded with the previous chunk's last k-1 frames (from `cache`), or
-    at the start of a clip with k-1 copies of the first frame; space is zero-padded. T frames in, T frames out."""
-
-    def __init__(self, in_channels, out_channels, k=3):
-        super().__init__()
-        self.k = k
-        self.conv = nn.Conv3d(in_channels, out_channels, k, padding=(0, k // 2, k // 2))
-
-    def forward(self, x, cache=None):  # x (B, C, T, H, W)
-        past = cache.get(self) if cache is not None else None
-        if past is None:
-            past = x[:, :, :1].expand(-1, -1, self.k - 1, -1, -1)  # repeat the first frame into the past
-        x = torch.cat([past, x], dim=2)
-        if cache is not None:
-            cache[self] = x[:, :, x.shape[2] - (self.k - 1):]  # what the next chunk sees as its past
-        return self.conv(x)
-
-
-class Norm3d(nn.GroupNorm):
-    """GroupNorm(32) of a video: statistics per frame (causal) or, as CogVideoX, over all frames of the chunk."""
-
-    def __init__(self, channels, per_frame):
-        super().__init__(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
-        self.per_frame = per_frame
-
-    def forward(self, x, z=None):  # z: unused, so that Norm3d and SpatialNorm3d are called alike
-        return from_frames(super().forward(to_frames(x)), x.shape[0]) if self.per_frame else super().forward(x)
-
-
-class SpatialNorm3d(nn.Module):
-    """The decoder's norm in CogVideoX (MoVQ's spatially conditioned norm, Zheng et al. 2022):
-    norm(h) * conv_y(z') + conv_b(z'), with z' the latent resized (nearest) to h's (T, H, W); the first latent frame
-    stands for the first frame alone."""
-
-    def __init__(self, channels, z_channels, per_frame):
-        super().__init__()
-        self.norm = Norm3d(channels, per_frame)
-        self.conv_y = nn.Conv3d(z_channels, channels, 1)
-        self.conv_b = nn.Conv3d(z_channels, channels, 1)
-
-    def forward(self, h, z):
-        T, H, W = h.shape[2:]
-        if T > 1 and T % 2 == 1:
-            z = torch.cat([F.interpolate(z[:, :, :1], size=(1, H, W)), F.interpolate(z[:, :, 1:], size=(T - 1, H, W))], 2)
-        else:
-            z = F.interpolate(z, size=(T, H, W))
-        return self.norm(h) * self.conv_y(z) + self.conv_b(z)
-
-
-class ResnetBlock3d(nn.Module):
-    """x + conv2(dropout(silu(norm2(conv1(silu(norm1(x))))))) with causal 3D convs; decoder norms see z."""
-
-    def __init__(self, in_channels, out_channels, per_frame, z_channels=None, dropout=0.0):
-        super().__init__()
-        def norm(c):
-            return SpatialNorm3d(c, z_channels, per_frame) if z_channels else Norm3d(c, per_frame)
-        self.norm1 = norm(in_channels)
-        self.conv1 = CausalConv3d(in_channels, out_channels)
-        self.norm2 = norm(out_channels)
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = CausalConv3d(out_channels, out_channels)
-        self.nin_shortcut = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
-
-    def forward(self, x, cache=None, z=None):
-        h = self.conv1(F.silu(self.norm1(x, z)), cache)
-        h = self.conv2(self.dropout(F.silu(self.norm2(h, z))), cache)
-        return self.nin_shortcut(x) + h
-
-
-def split_first(x, clip_start):
-    """(first frame, the rest) of a chunk that starts the clip, whose first frame stands alone; (nothing, x) for a
-    later chunk."""
-    return (x[:, :, :1], x[:, :, 1:]) if clip_start else (x[:, :, :0], x)
-
-
-def causal_time_pool(x, clip_start=True):
-    """Halve time as the encoder does: frames 1+2j and 2+2j are averaged and frame 0 kept apart, (B,C,1+2m,H,W) ->
-    (B,C,1+m,H,W); a later chunk (B,C,2m,H,W) -> (B,C,m,H,W). Also the temporal SE operator, for x and z alike."""
-    first, rest = split_first(x, clip_start)
-    B, C, T, H, W = rest.shape
-    return torch.cat([first, rest.reshape(B, C, T // 2, 2, H, W).mean(3)], dim=2)
-
-
-class Downsample3d(nn.Module):
-    """Time (if compress_time): frames 1+2j and 2+2j are averaged, frame 0 kept apart (T = 1 + 2m -> 1 + m).
-    Space: the image AE's stride-2 3x3 conv, per frame."""
-
-    def __init__(self, channels, compress_time):
-        super().__init__()
-        self.compress_time = compress_time
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
-
-    def forward(self, x, clip_start=True):
-        if self.compress_time:
-            x = causal_time_pool(x, clip_start)
-        return from_frames(self.conv(F.pad(to_frames(x), (0, 1, 0, 1))), x.shape[0])
-
-
-class Upsample3d(nn.Module):
-    """Time (if compress_time): every frame but the first is repeated (1 + m -> 1 + 2m). Space: nearest x2 + 3x3 conv."""
-
-    def __init__(self, channels, compress_time):
-        super().__init__()
-        self.compress_time = compress_time
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x, clip_start=True):
-        if self.compress_time:
-            first, rest = split_first(x, clip_start)
-            x = torch.cat([first, rest.repeat_interleave(2, dim=2)], dim=2)
-        h = F.interpolate(to_frames(x), scale_factor=2.0, mode='nearest')
-        return from_frames(self.conv(h), x.shape[0])
-
-
-class MidBlock3d(nn.Module):
-    """Two ResnetBlock3d at the lowest resolution (CogVideoX has no attention here)."""
-
-    def __init__(self, channels, per_frame, z_channels=None, dropout=0.0):
-        super().__init__()
-        self.block_1 = ResnetBlock3d(channels, channels, per_frame, z_channels, dropout)
-        self.block_2 = ResnetBlock3d(channels, channels, per_frame, z_channels, dropout)
-
-    def forward(self, x, cache=None, z=None):
-        return self.block_2(self.block_1(x, cache, z), cache, z)
-
-
-class Encoder3d(nn.Module):
-    """x (B, 3, T, H, W) -> moments (B, 2*z_channels, 1 + (T-1)/4, H/f, W/f)."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        per_frame = cfg.norm == 'frame'
-        widths = [cfg.ch * m for m in cfg.ch_mult]
-        self.conv_in = CausalConv3d(cfg.in_channels, cfg.ch)
-        self.down = nn.ModuleList()
-        c = cfg.ch
-        for i_level, width in enumerate(widths):
-            level = nn.Module()
-            level.block = nn.ModuleList()
-            for _ in range(cfg.num_res_blocks):
-                level.block.append(ResnetBlock3d(c, width, per_frame, dropout=cfg.dropout))
-                c = width
-            if i_level != len(widths) - 1:
-                level.downsample = Downsample3d(c, compress_time=i_level < cfg.temporal_levels)
-            self.down.append(level)
-        self.mid = MidBlock3d(c, per_frame, dropout=cfg.dropout)
-        self.norm_out = Norm3d(c, per_frame)
-        self.conv_out = CausalConv3d(c, 2 * cfg.z_channels)
-
-    def forward(self, x, cache=None):
-        clip_start = not cache  # a chunk without a past starts the clip
-        h = self.conv_in(x, cache)
-        for i_level, level in enumerate(self.down):
-            for block in level.block:
-                h = block(h, cache)
-            if i_level != len(self.down) - 1:
-                h = level.downsample(h, clip_start)
-        h = self.mid(h, cache)
-        return self.conv_out(F.silu(self.norm_out(h)), cache)
-
-
-class Decoder3d(nn.Module):
-    """z (B, z_channels, t, h, w) -> x_rec (B, 3, 1 + 4(t-1), h*f, w*f); every norm is conditioned on z."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        per_frame, zc = cfg.norm == 'frame', cfg.z_channels
-        widths = [cfg.ch * m for m in cfg.ch_mult]
-        c = widths[-1]
-        self.conv_in = CausalConv3d(zc, c)
-        self.mid = MidBlock3d(c, per_frame, zc, cfg.dropout)
-        up = []  # built coarse to fine, stored so that up[i_level] is level i_level, as in the image AE
-        for i_level in reversed(range(len(widths))):
-            level = nn.Module()
-            level.block = nn.ModuleList()
-            for _ in range(cfg.num_res_blocks + 1):
-                level.block.append(ResnetBlock3d(c, widths[i_level], per_frame, zc, cfg.dropout))
-                c = widths[i_level]
-            if i_level != 0:  # the coarsest temporal_levels upsamplers also double time
-                level.upsample = Upsample3d(c, compress_time=len(widths) - 1 - i_level < cfg.temporal_levels)
-            up.insert(0, level)
-        self.up = nn.ModuleList(up)
-        self.norm_out = SpatialNorm3d(c, zc, per_frame)
-        self.conv_out = CausalConv3d(c, cfg.out_ch)
-
-    def forward(self, z, cache=None):
-        clip_start = not cache
-        h = self.mid(self.conv_in(z, cache), cache, z)
-        for i_level in reversed(range(len(self.up))):
-            for block in self.up[i_level].block:
-                h = block(h, cache, z)
-            if i_level != 0:
-                h = self.up[i_level].upsample(h, clip_start)
-        return self.conv_out(F.silu(self.norm_out(h, z)), cache)
-
-
-def temporal_chunks(x, first, size):
-    """Frames [0, first), then `size` at a time: the chunks CogVideoX encodes (first = 1 + 8) and decodes (1 + 2)."""
-    return [x[:, :, :first]] + [x[:, :, s:s + size] for s in range(first, x.shape[2], size)]
-
-
-class VideoAutoencoder(nn.Module):
-    """encode: x (B,3,T,H,W) in [-1,1] with T = 1 + 4k -> (z (B,z,1+k,H/f,W/f), KL); decode: z -> x_rec (B,3,T,H,W).
-    An image (B,3,H,W) is a 1-frame video: it gives z (B,z,H/f,W/f) and decodes back to (B,3,H,W)."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        if cfg.norm not in ('frame', 'clip'):
-            raise ValueError(f"unknown video AE norm {cfg.norm!r}; use 'frame' or 'clip'.")
-        if any((cfg.ch * m) % 32 for m in cfg.ch_mult):
-            raise ValueError(f"every level width ch * ch_mult must be a multiple of 32 for GroupNorm(32), "
-                             f"got ch={cfg.ch}, ch_mult={cfg.ch_mult}.")
-        if not 0 <= cfg.temporal_levels < len(cfg.ch_mult) or cfg.chunk_frames % 2 ** cfg.temporal_levels:
-            raise ValueError(f"temporal_levels must be below the number of levels ({len(cfg.ch_mult)}) and chunk_frames "
-                             f"({cfg.chunk_frames}) a multiple of the temporal factor 2^temporal_levels.")
-        self.cfg = cfg
-        self.encoder = Encoder3d(cfg)
-        self.decoder = Decoder3d(cfg)
-        moments = 2 * cfg.z_channels
-        self.quant_conv = nn.Conv3d(moments, moments, 1) if cfg.use_quant_conv else None
-        self.post_quant_conv = nn.Conv3d(cfg.z_channels, cfg.z_channels, 1) if cfg.use_quant_conv else None
-
-    @property
-    def downsample_factor(self):
-        return 2 ** (len(self.cfg.ch_mult) - 1)
-
-    @property
-    def temporal_factor(self):
-        return 2 ** self.cfg.temporal_levels
-
-    def last_layer(self):
-        return self.decoder.conv_out.conv.weight
-
-    def encode(self, x, sample=True):
-        """A posterior sample (or its mean) and the KL, encoding 1 + chunk_frames frames, then chunk_frames at a time."""
-        if x.dim() == 4:  # an image: a 1-frame video
-            z, kl = self.encode(x[:, :, None], sample)
-            return z[:, :, 0], kl
-        if (x.shape[2] - 1) % self.temporal_factor:
-            raise ValueError(f"a clip needs 1 + {self.temporal_factor}k frames for a temporal factor of "
-                             f"{self.temporal_factor}, got {x.shape[2]}.")
-        cache = {}  # each causal conv's last input frames, handed from one chunk to the next
-        chunks = temporal_chunks(x, 1 + self.cfg.chunk_frames, self.cfg.chunk_frames)
-        h = torch.cat([self.encoder(chunk, cache) for chunk in chunks], dim=2)
-        if self.quant_conv is not None:
-            h = self.quant_conv(h)
-        return diagonal_gaussian(h, sample)
-
-    def decode(self, z):
-        """Decodes 1 + chunk_latents latent frames, then chunk_latents at a time."""
-        if z.dim() == 4:
-            return self.decode(z[:, :, None])[:, :, 0]
-        if self.post_quant_conv is not None:
-            z = self.post_quant_conv(z)
-        cache = {}
-        chunks = temporal_chunks(z, 1 + self.cfg.chunk_latents, self.cfg.chunk_latents)
-        return torch.cat([self.decoder(chunk, cache) for chunk in chunks], dim=2)
-
-    def forward(self, x, sample=True):
-        z, kl = self.encode(x, sample)
-        return self.decode(z), z, kl
-
-
-def diffusers_to_video_ae(sd):
-    """Rename a diffusers AutoencoderKLCogVideoX state dict to our layout: decoder levels stored coarse to fine there
-    (up_blocks.0 is the lowest resolution), by level here; causal convs of the norms are plain 1x1x1 convs here."""
-    n_up = 1 + max((int(m[1]) for k in sd if (m := re.match(r'decoder\.up_blocks\.(\d+)\.', k))), default=-1)
-    renames = [
-        (r'^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.', lambda m: f'decoder.up.{n_up - 1 - int(m[1])}.block.{m[2]}.'),
-        (r'^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.', lambda m: f'decoder.up.{n_up - 1 - int(m[1])}.upsample.'),
-        (r'^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.', r'encoder.down.\1.block.\2.'),
-        (r'^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.', r'encoder.down.\1.downsample.'),
-        (r'^(encoder|decoder)\.mid_block\.resnets\.0\.', r'\1.mid.block_1.'),
-        (r'^(encoder|decoder)\.mid_block\.resnets\.1\.', r'\1.mid.block_2.'),
-        (r'\.conv_shortcut\.', '.nin_shortcut.'),
-        (r'\.norm_layer\.', '.norm.'),
-        (r'\.conv_(y|b)\.conv\.', r'.conv_\1.'),
-    ]
-    out = {}
-    for k, v in sd.items():
-        for pattern, repl in renames:
-            k = re.sub(pattern, repl, k)
-        out[k] = v
-    return out
-
-
-def load_video_ae_state_dict(model, state_dict):
-    """Load our own or diffusers' AutoencoderKLCogVideoX weights into a VideoAutoencoder, strictly."""
-    sd = {re.sub(r'^(module\.|_orig_mod\.)+', '', k): v for k, v in state_dict.items()}
-    if any('.down_blocks.' in k or '.mid_block.' in k or '.up_blocks.' in k for k in sd):
-        sd = diffusers_to_video_ae(sd)
-    return load_strictly(model, sd, "the video autoencoder weights", "(cogvideox for CogVideoX's VAE, or the preset "
-                         "of the train_ae.py run)")
-
-
-def load_video_autoencoder(path, preset=None, device='cpu'):
-    """A VideoAutoencoder in eval mode from a train_ae.py --num_frames checkpoint (EMA weights when present) or from
-    public weights (diffusers' AutoencoderKLCogVideoX, e.g. CogVideoX-2b's vae/diffusion_pytorch_model.safetensors)."""
-    config, state = read_ae_weights(path, preset, VIDEO_AE_PRESETS)
-    if config is not None and config.get('num_frames') == 1:  # train_ae.py records it; a hand-made one may not
-        raise ValueError(f"{path} is an image autoencoder (train_ae.py without --num_frames); a video model needs a "
-                         f"train_ae.py --num_frames checkpoint.")
-    cfg = (make_video_ae_config(config['preset'], config.get('ae_config')) if config is not None
-           else make_video_ae_config(preset))
-    model = VideoAutoencoder(cfg)
-    load_video_ae_state_dict(model, state)
-    return model.to(device).eval()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ at evenly spaced steps it is sampled (sample.py, the same sampler, steps and see
 scale; FID when Inception weights exist). --seeds repeats Fig. 1's LDMs, --ae_seeds its autoencoders too (by default
 one pair of AEs, as the paper fine-tunes one FluxAE, so that each gets the steps it needs); the sweeps use seed 0.
 
-Everything goes to out_dir: report.md (tables, plots, a verdict computed from the numbers), report.json (every number)
-and the artefacts.
+Everything goes to out_dir: report.json (every number) and the artefacts, then report.md (tables, plots, a verdict
+computed from the numbers), which report.py writes from report.json alone (`python report.py out/reproduce` re-plots).
 
 Video (--num_frames 17, 1 + 4k): the same pipeline on clips (the embedded moving dead leaves, or --data, a folder of
 videos) with the tiny causal 3D video AE (f4 in space, 4x in time: 17 x 32^2 clips -> 16 x 5 x 8 x 8 latents) and the
@@ -43,10 +43,11 @@ import time
 import shutil
 import argparse
 import platform
-import statistics
 import subprocess
 
 import torch
+
+from report import verdict, write_report
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SIZES = {  # default: Fig. 1 (2 seeds) and Fig. 5 in under 30 minutes on 2 CPU cores; smoke: the pipeline end to end
@@ -177,7 +178,8 @@ def clear_unless_matching(out, settings):
 
 
 def checkpoint_step(path):
-    return torch.load(path, map_location='cpu', weights_only=False)['step'] if os.path.exists(path) else None
+    from weights import load_checkpoint
+    return load_checkpoint(path)['step'] if os.path.exists(path) else None
 
 
 def train(script, out, steps, settings, script_args):
@@ -320,7 +322,7 @@ def score(gen, fake, settings):
 
 def uint8_samples(x):
     """Images (N, 3, H, W) or clips (N, 3, T, H, W) in [-1, 1] -> uint8 (N, [T,] H, W, 3), as sample.py writes them."""
-    from eval_fid import to_uint8
+    from metrics import to_uint8
     return to_uint8(x.clamp(-1, 1)).movedim(1, -1).cpu().numpy()
 
 
@@ -328,14 +330,14 @@ def real_clips():
     """Video: the held-out clips every set of video samples is scored against (eval_fid.py needs them as a file), a
     seeded random num_eval of them as a uint8 .npz. -> (its path, the settings it was made with)."""
     import numpy as np
-    from data import make_video_dataset, random_subset
+    from data import make_dataset, random_subset
     out = os.path.join(args.out_dir, 'real_clips')
     settings = {'data': args.data, 'image_size': sizes['image_size'], 'num_frames': args.num_frames,
                 'num_eval': sizes['num_eval']}
     path = os.path.join(out, 'real.npz')
     if not clear_unless_matching(out, settings):
         print(f"making {out}")
-        dataset = make_video_dataset(args.data, sizes['image_size'], args.num_frames, seed=0, train=False)
+        dataset = make_dataset(args.data, sizes['image_size'], seed=0, train=False, num_frames=args.num_frames)
         clips = uint8_samples(torch.stack([dataset[i][0] for i in random_subset(dataset, sizes['num_eval'], 0)]))
         os.makedirs(out, exist_ok=True)
         np.savez(path, arr_0=clips)  # (num_eval, T, H, W, 3)
@@ -350,14 +352,11 @@ def swd_references(aes):
     the floor that an LDM on its latents approaches but cannot pass. Video: clips and the video AEs. -> {name: metrics}."""
     import numpy as np
     from common import select_device
-    from data import make_dataset, make_video_dataset, random_subset
-    from model import load_autoencoder, load_video_autoencoder
+    from data import make_dataset, random_subset
+    from weights import load_autoencoder
     n = sizes['num_samples']
-    if video:
-        dataset = make_video_dataset(args.data, sizes['image_size'], args.num_frames, seed=0, train=True,
-                                     random_crop=args.random_crop)
-    else:
-        dataset = make_dataset(args.data, sizes['image_size'], seed=0, train=True, random_crop=args.random_crop)
+    dataset = make_dataset(args.data, sizes['image_size'], seed=0, train=True, random_crop=args.random_crop,
+                           num_frames=args.num_frames)
     items = random_subset(dataset, n, 0)
     if args.random_crop:  # n seeded crops, cycling through the images, as the training loader draws them
         items = [(i, k) for k, i in enumerate((items * n)[:n])]
@@ -377,8 +376,7 @@ def swd_references(aes):
             x = real
             with torch.no_grad():
                 if ae is not None:
-                    model = (load_video_autoencoder if video else load_autoencoder)(os.path.join(ae[1], 'ckpt.pt'),
-                                                                                    device=device)
+                    model = load_autoencoder(os.path.join(ae[1], 'ckpt.pt'), device=device)
                     x = torch.cat([model.decode(model.encode(b.to(device), sample=False)[0]).cpu()
                                    for b in x.split(8 if video else 64)])
             np.savez(npz, arr_0=uint8_samples(x))
@@ -387,149 +385,6 @@ def swd_references(aes):
         out[name] = {k: v for k, v in metrics.items() if k != 'skipped'}
     return out
 
-# -----------------------------------------------------------------------------
-# statistics and the verdict: sentences computed from the numbers
-
-def mean_std(values):
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def compare(name, base, se, lower_is_better=True):
-    """One sentence on a per-seed paired comparison. A difference counts only when every seed agrees on its sign and
-    the mean paired difference exceeds the larger of the two arms' seed spreads (with one seed: never)."""
-    (mb, sb), (ms, ss) = mean_std(base), mean_std(se)
-    diffs = [s - b for b, s in zip(base, se)]
-    change = 100 * (ms - mb) / abs(mb) if mb else float('nan')
-    seeds = ', '.join(f"{b:.4g} -> {s:.4g}" for b, s in zip(base, se))
-    clear = len(diffs) > 1 and (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)) and \
-        abs(statistics.mean(diffs)) > max(sb, ss)
-    if not clear:
-        why = 'one seed cannot show a spread' if len(diffs) == 1 else "no difference beyond the seeds' spread"
-        return f"{name}: baseline {mb:.4g} ± {sb:.2g}, SE {ms:.4g} ± {ss:.2g} ({change:+.1f}%): {why} (seeds: {seeds})."
-    verb = 'lowered' if ms < mb else 'raised'
-    good = (ms < mb) == lower_is_better
-    return (f"{name}: SE {verb} it by {abs(change):.1f}% ({mb:.4g} ± {sb:.2g} -> {ms:.4g} ± {ss:.2g}; seeds: {seeds}), "
-            f"{'better' if good else 'worse'} beyond the seeds' spread.")
-
-
-def hf_series(rows):
-    """hf_share of posterior means, of samples, and of RGB on the latent grid, over a sweep's AEs (in order)."""
-    return {'posterior means': [m['hf_share'] for m in rows.values()],
-            'posterior samples': [m['hf_share_sample'] for m in rows.values()],
-            'RGB on the latent grid': [m['rgb_hf_share'] for m in rows.values()]}
-
-
-def trend(xs, ys):
-    """'rises' / 'falls' when ys is monotone in xs, else 'is not monotone'."""
-    if all(b > a for a, b in zip(ys, ys[1:])):
-        return 'rises'
-    if all(b < a for a, b in zip(ys, ys[1:])):
-        return 'falls'
-    return 'is not monotone'
-
-# -----------------------------------------------------------------------------
-# figures
-
-def plt():
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as pyplot
-    return pyplot
-
-
-def save(fig, name):
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out_dir, name), dpi=120)
-    plt().close(fig)
-    return name
-
-
-def plot_convergence(fig1, keys, references):
-    """Fig. 1: the sample metrics `keys` (SWD average and per scale; video: video SWD, frames, motion) vs LDM steps,
-    mean ± std over seeds as a band, one line per arm; the references as horizontal lines."""
-    pyplot = plt()
-    fig, axes = pyplot.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.4), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        for arm, color in zip(fig1, ('tab:blue', 'tab:orange', 'tab:green', 'tab:red')):
-            steps = [p['step'] for p in fig1[arm][0]['curve']]
-            values = [[s['curve'][i][key] for s in fig1[arm]] for i in range(len(steps))]
-            m = [statistics.mean(v) for v in values]
-            sd = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-            ax.plot(steps, m, 'o-', color=color, label=f"{arm} latents")
-            ax.fill_between(steps, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], color=color, alpha=0.2)
-            ax.axhline(references[f"{arm} AE reconstructions"][key], color=color, ls=':', label=f"{arm} AE reconstructions")
-        ax.axhline(references['real'][key], color='black', ls='--', label=f"a second draw of real {what}")
-        ax.set(xlabel='LDM training steps', ylabel=f"{key} (lower is better)", title=key.replace('swd_', 'SWD '))
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    return save(fig, 'fig1_convergence.png')
-
-
-def plot_spectra(rows, name, title):
-    """Profiles of several AEs (means solid, samples dotted) with RGB on the latent grid (dashed)."""
-    pyplot = plt()
-    fig, ax = pyplot.subplots(figsize=(6.5, 4))
-    for label, m in rows.items():
-        line, = ax.plot(m['profile'], label=f"{label} mean (hf {m['hf_share']:.3f})")
-        ax.plot(m['profile_sample'], ':', color=line.get_color(), label=f"{label} sample (hf {m['hf_share_sample']:.3f})")
-    first = next(iter(rows.values()))
-    ax.plot(first['rgb_profile'], '--', color='black', label=f"RGB on the latent grid (hf {first['rgb_hf_share']:.3f})")
-    ax.set(yscale='log', xlabel='zigzag index (low -> high frequency)', ylabel='RMS coefficient / RMS centred DC',
-           title=title)
-    ax.legend(fontsize=6)
-    return save(fig, name)
-
-
-def plot_temporal(rows, name):
-    """Video: the temporal spectrum of each AE's latents (DCT along the latent frames, each channel's AC profile over
-    its mean) with RGB on the same grid (dashed)."""
-    pyplot = plt()
-    fig, ax = pyplot.subplots(figsize=(5.5, 3.8))
-    for label, m in rows.items():
-        k = range(1, len(m['temporal_profile']) + 1)
-        ax.plot(k, m['temporal_profile'], 'o-', label=f"{label} (temporal hf {m['temporal_hf']:.3f})")
-    first = next(iter(rows.values()))
-    ax.plot(k, first['rgb_temporal_profile'], 'o--', color='black',
-            label=f"RGB on the latent grid (temporal hf {first['rgb_temporal_hf']:.3f})")
-    ax.set(xlabel='temporal DCT frequency k (latent frames)', ylabel='mean |coefficient| / channel mean',
-           title='Temporal spectrum of the latents (white noise: flat at 1)')
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    return save(fig, name)
-
-
-def plot_sweep(xs, series, xlabel, name, log_x=False, psnr=None):
-    """hf_share (and optionally PSNR) against a swept setting."""
-    pyplot = plt()
-    fig, axes = pyplot.subplots(1, 2 if psnr else 1, figsize=(9 if psnr else 5, 3.6), squeeze=False)
-    ax = axes[0][0]
-    for label, ys in series.items():
-        ax.plot(xs, ys, '--' if label.startswith('RGB') else 'o-', label=label)
-    ax.set(xlabel=xlabel, ylabel='hf_share (AC energy in zigzag 32..63)', xscale='symlog' if log_x else 'linear')
-    if log_x:
-        ax.set_xscale('symlog', linthresh=min(x for x in xs if x > 0))
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    if psnr:
-        for label, ys in psnr.items():
-            axes[0][1].plot(xs, ys, '--' if 'bicubic' in label else 'o-', label=label)
-        axes[0][1].set(xlabel=xlabel, ylabel='reconstruction PSNR (dB)')
-        axes[0][1].legend(fontsize=7)
-        axes[0][1].grid(alpha=0.3)
-    return save(fig, name)
-
-
-def plot_erasure(fig5):
-    pyplot = plt()
-    fig, ax = pyplot.subplots(figsize=(5.5, 3.8))
-    pct = [10 * k for k in range(10)]
-    for arm, m in fig5.items():
-        ax.plot(pct, m['erasure_psnr'], 'o-', label=f"{arm} latents")
-    ax.set(xlabel='% of latent DCT coefficients erased (highest first)', ylabel='PSNR vs input (dB)')
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return save(fig, 'fig5_erasure.png')
-
 
 @torch.no_grad()
 def erasure_strip(aes):
@@ -537,7 +392,7 @@ def erasure_strip(aes):
     coefficients erased (RGB in its own blocks, the AEs in their latents, then decoded)."""
     from torchvision.utils import save_image
     from data import make_dataset
-    from model import load_autoencoder
+    from weights import load_autoencoder
     from spectrum import erase_high_frequencies
     dataset = make_dataset(args.data, sizes['image_size'], seed=0, train=False)
     x = torch.stack([dataset[i][0] for i in range(min(4, len(dataset)))])  # (4, 3, H, W)
@@ -548,7 +403,7 @@ def erasure_strip(aes):
         rows.append(torch.cat([ae.decode(erase_high_frequencies(z, p)).clamp(-1, 1) for p in ERASE_STRIP], dim=3))
     grid = torch.cat(rows, dim=2)  # (4, 3, 3H, 4W): per image, rows RGB / baseline / SE, columns the erased fractions
     save_image((grid + 1) / 2, os.path.join(args.out_dir, 'fig5_strip.png'), nrow=len(x), padding=4, pad_value=1)
-    return 'fig5_strip.png'
+
 
 # -----------------------------------------------------------------------------
 # the experiment
@@ -559,27 +414,13 @@ def hardware():
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
 
 
-def ae_table(rows):
-    """One row per AE; video adds the temporal hf ratio of the latents and of RGB on their grid."""
-    temporal = ['temporal hf', 'RGB temporal hf'] if video else []
-    lines = ["| autoencoder | hf_share means | hf_share samples | RGB hf_share | " + ''.join(f"{c} | " for c in temporal) +
-             "PSNR | bicubic at latent grid | margin | AE train s |", "|---" * (8 + len(temporal)) + "|"]
-    for label, m in rows.items():
-        margin = m['psnr'] - m['bicubic_psnr']
-        cells = f"{m['temporal_hf']:.4f} | {m['rgb_temporal_hf']:.4f} | " if video else ''
-        lines.append(f"| {label} | {m['hf_share']:.4f} | {m['hf_share_sample']:.4f} | {m['rgb_hf_share']:.4f} | {cells}"
-                     f"{m['psnr']:.2f} | {m['bicubic_psnr']:.2f} | {margin:+.2f} dB{'' if margin >= 3 else ' (< 3 dB)'} | "
-                     f"{m['ae_train_seconds']:.0f} |")
-    return lines
-
-
 t0 = time.time()
-report, md = {'config': {**vars(args), 'sizes': sizes}, 'hardware': hardware(), 'torch': torch.__version__}, []
+report = {'config': {**vars(args), 'sizes': sizes}, 'hardware': hardware(), 'torch': torch.__version__}
 
 # Fig. 1: baseline vs SE from scratch, equal steps (AE seeds < ae_seeds); video also the SE fine-tune of the baseline
 # and its control; the LDM convergence on each (seeds < seeds)
-PAIRS = [('baseline', 'se', '')] + ([('control', 'se_ft', 'fine-tuned: ')] if video else [])  # (reference, SE, label)
-fig1, fig1_ae, fig1_aes = {arm: [] for pair in PAIRS for arm in pair[:2]}, {arm: [] for pair in PAIRS for arm in pair[:2]}, []
+arms = ['baseline', 'se'] + (['control', 'se_ft'] if video else [])
+fig1, fig1_ae, fig1_aes = {arm: [] for arm in arms}, {arm: [] for arm in arms}, []
 for seed in range(args.ae_seeds):
     base = autoencoder(seed)
     fig1_aes.append({'baseline': base, 'se': autoencoder(seed, se_weight=args.se_weight)})
@@ -592,158 +433,26 @@ seed0_aes = fig1_aes[0]
 for seed in range(args.seeds):  # LDM seed s runs on the AEs of seed s % ae_seeds
     for arm, ae in fig1_aes[seed % args.ae_seeds].items():
         fig1[arm].append(ldm_curve(seed, ae))
-references = swd_references(seed0_aes)
-report['fig1'] = {'autoencoders': fig1_ae, 'ldm': fig1, 'references': references}
-final = lambda arm, key: [s['curve'][-1][key] for s in fig1[arm]]
-average = lambda arm, key: [statistics.mean(p[key] for p in s['curve']) for s in fig1[arm]]
-last = fig1['baseline'][0]['curve'][-1]
-if video:  # the weight-free video SWD (its frame and motion halves), and FVD where the I3D weights exist
-    swd_keys = ['video_swd', 'swd_frames', 'swd_motion']
-    gen_keys = swd_keys + (['fvd'] if 'fvd' in last else [])
-else:
-    swd_keys = ['swd_avg'] + sorted((k for k in last if k.startswith('swd_') and k[4:].isdigit()), key=lambda k: -int(k[4:]))
-    gen_keys = swd_keys + (['fid'] if 'fid' in last else [])
-ae_metric = lambda arm, key: [m[key] for m in fig1_ae[arm]]
-verdict = []
-for ref, se, label in PAIRS:
-    verdict += [compare(f'{label}hf_share of posterior means', ae_metric(ref, 'hf_share'), ae_metric(se, 'hf_share')),
-                compare(f'{label}hf_share of posterior samples (what the LDM learns)', ae_metric(ref, 'hf_share_sample'),
-                        ae_metric(se, 'hf_share_sample'))]
-    if video:
-        verdict.append(compare(f'{label}temporal hf of the latents', ae_metric(ref, 'temporal_hf'),
-                               ae_metric(se, 'temporal_hf')))
-    verdict.append(compare(f'{label}reconstruction PSNR', ae_metric(ref, 'psnr'), ae_metric(se, 'psnr'),
-                           lower_is_better=False))
-    verdict += [compare(f"{label}{k} of samples at the last LDM step", final(ref, k), final(se, k)) for k in gen_keys]
-    verdict += [compare(f"{label}{k} averaged over the {sizes['ldm_evals']} LDM evaluations (convergence)",
-                        average(ref, k), average(se, k)) for k in gen_keys]
-report['verdict'] = verdict
-short_of_target = [f"{arm} seed {s}" for arm in fig1_ae for s, m in enumerate(fig1_ae[arm])
-                   if m['psnr'] - m['bicubic_psnr'] < 3]
-skipped = {k: why for arm in fig1 for s in fig1[arm] for p in s['curve'] for k, why in p['skipped'].items()}
-what = 'clips' if video else 'images'
-seed0_rows = {arm: fig1_ae[arm][0] for arm in fig1_ae}  # the AEs of seed 0: spectra plots, Fig. 5
-finetune_text = (f"; se_ft and control: the baseline fine-tuned {sizes['ft_steps']} more steps with and without SE"
-                 if video else '')
+report['fig1'] = {'autoencoders': fig1_ae, 'ldm': fig1, 'references': swd_references(seed0_aes)}
 
-md += ["# Scale equivariance in miniature: " + ("the video experiment" if video else "the paper's figures"), "",
-       f"Run: {'smoke sizes (checks the pipeline only; the numbers mean nothing)' if args.smoke else 'default sizes'}, "
-       f"data: {args.data or 'embedded dead leaves'}{' (random crops)' if args.random_crop else ''}, "
-       f"{args.seeds} seed(s) for Fig. 1{f', {args.num_frames}-frame clips' if video else ''}, hardware: {hardware()}, "
-       f"torch {torch.__version__}.", "",
-       "Sizes: " + ', '.join(f"{k} {v}" for k, v in sizes.items()) +
-       f"; AE preset {args.ae_preset}, z_channels {args.z_channels}, kl_weight {args.kl_weight:g}, "
-       f"LDM {args.ldm_model} {args.ldm_preset or '(tiny)'}, EMA {args.ldm_ema_decay}.", "",
-       "hf_share is spectrum.py's offset-free measure: the share of AC energy in zigzag coefficients 32..63 of 8x8 block "
-       "DCTs, averaged over channels (white noise 0.508); lower = closer to smooth images. Samples are posterior "
-       "samples, what the LDM is trained on; means are the posterior means. Every AE is measured on the same "
-       f"{sizes['num_eval']} held-out {what}, next to bicubic down-and-up at its latent grid"
-       f"{' (every frame; generous: it keeps all frames, the latent 1 in 4)' if video else ''}.", ""]
-if video:
-    md += ["Video: hf_share is that of every latent frame, over all of them (an 8x8 latent frame is one DCT block); "
-           "temporal hf is spectrum.temporal_hf_ratio, the mean |DCT coefficient| along the latent frames in the upper "
-           "half of the temporal frequencies, over each channel's mean AC amplitude (white noise in time: 1; lower = "
-           "smoother in time). RGB is pooled to the latents' (t, h, w) grid.", ""]
-md += ["## Fig. 1: LDM convergence on baseline vs SE latents", "",
-       f"{'The two arms from scratch' if video else 'Both arms'}: the same preset, recipe, data order and "
-       f"{sizes['ae_steps']} AE steps (the SE arm, se_weight "
-       f"{args.se_weight:g}, pays one extra decoder pass per step)"
-       f"{finetune_text}, "
-       f"then the same {'video ' if video else ''}DiT, {sizes['ldm_steps']} steps, "
-       f"sampled ({sizes['num_samples']} DDIM samples, {sizes['sample_steps']} steps, the same seed) and scored at "
-       f"{sizes['ldm_evals']} evenly spaced steps. Bands: ± std over {args.seeds} LDM seed(s) on {args.ae_seeds} AE seed(s).", ""]
-for seed in range(args.ae_seeds):
-    md += ae_table({f"{arm} seed {seed}": fig1_ae[arm][seed] for arm in fig1_ae})[2 if seed else 0:]
-md += ["", ("Every AE beats bicubic at its latent grid by at least 3 dB." if not short_of_target else
-            f"Short of the 3 dB target over bicubic: {', '.join(short_of_target)}."), "",
-       *([f"![spatial spectra]({plot_spectra(seed0_rows, 'spectra_spatial.png', 'Spatial spectrum of the latent frames')})",
-          "", f"![temporal spectra]({plot_temporal(seed0_rows, 'spectra_temporal.png')})", ""] if video else []),
-       f"![Fig. 1]({plot_convergence(fig1, swd_keys, references)})", "",
-       "| arm | " + " | ".join(f"{k} final" for k in gen_keys) + " | LDM train s |", "|---" * (len(gen_keys) + 2) + "|"]
-for arm in fig1:
-    cells = [f"{mean_std(final(arm, k))[0]:.2f} ± {mean_std(final(arm, k))[1]:.2f}" for k in gen_keys]
-    md.append(f"| {arm} | " + " | ".join(cells) + f" | {statistics.mean(s['ldm_train_seconds'] for s in fig1[arm]):.0f} |")
-for name, m in references.items():  # the same metrics of real images and of the AEs' reconstructions (seed 0)
-    md.append(f"| reference: {name} | " + " | ".join(f"{m[k]:.2f}" if k in m else '-' for k in gen_keys) + " | |")
-md += [""] + [f"- {k} not measured: {why}" for k, why in sorted(skipped.items())]
-md += ["", f"The reference rows score a second draw of real {what} (from the training stream) and each seed-0 AE's "
-       f"reconstructions of it against the same held-out {what}, with the same counts: the first is what a perfect "
-       "generator gets, the second what a perfect LDM on that AE's latents can get."]
-md += ["", f"Samples at the last step (seed 0{', first frames above middle frames' if video else ''}):", "",
-       "| " + " | ".join(fig1) + " |", "|---" * len(fig1) + "|",
-       "| " + " | ".join(f"![{arm}]({fig1[arm][0]['curve'][-1]['grid']})" for arm in fig1) + " |", "",
-       "### Verdict (computed from the numbers above)", "",
-       "A difference counts only when every seed agrees on its sign and the mean paired difference exceeds the larger "
-       "of the two arms' seed standard deviations.", ""] + [f"- {v}" for v in verdict] + [""]
-
-# Fig. 5: erasure, from the seed-0 AEs of Fig. 1 (images)
-fig5 = seed0_rows
-md += [] if video else ["## Fig. 5: erasing the latents' high frequencies", "",
-       "PSNR of the decoded image after zeroing the highest p% of every 8x8 latent block's DCT coefficients (seed 0). "
-       "Strip: per image, rows RGB (its own blocks), baseline, SE; columns 0, 25, 50, 75% erased.", "",
-       f"![Fig. 5 curves]({plot_erasure(fig5)})", "", f"![Fig. 5 strip]({erasure_strip(seed0_aes)})", "",
-       "| erased | " + " | ".join(f"{10 * k}%" for k in range(10)) + " |", "|---" * 11 + "|"]
-if not video:
-    md += [f"| {arm} | " + " | ".join(f"{v:.2f}" for v in m['erasure_psnr']) + " |" for arm, m in fig5.items()]
-    md += [""]
-    report['fig5'] = {arm: m['erasure_psnr'] for arm, m in fig5.items()}
-
+if not video:  # Fig. 5: erasure, from the seed-0 AEs of Fig. 1 (images)
+    report['fig5'] = {arm: fig1_ae[arm][0]['erasure_psnr'] for arm in fig1_ae}
+    erasure_strip(seed0_aes)
 if figures['channels']:  # Fig. 2
-    rows = {f"z{c}": measure(autoencoder(0, z_channels=c)) for c in Z_CHANNELS}
-    report['fig2'] = rows
-    series = hf_series(rows)
-    md += ["## Fig. 2: latent channels", "", f"AEs identical but for z_channels (seed 0, {sizes['ae_steps']} steps).", "",
-           f"![Fig. 2 spectra]({plot_spectra(rows, 'fig2_spectra.png', 'Fig. 2: spectra vs latent channels')})", "",
-           f"![Fig. 2]({plot_sweep(Z_CHANNELS, series, 'z_channels', 'fig2_channels.png')})", ""] + ae_table(rows) + [
-           "", f"- hf_share of posterior means {trend(Z_CHANNELS, series['posterior means'])} with channels "
-           f"({', '.join(f'{v:.4f}' for v in series['posterior means'])}); of samples "
-           f"{trend(Z_CHANNELS, series['posterior samples'])} "
-           f"({', '.join(f'{v:.4f}' for v in series['posterior samples'])}). The paper: it rises.", ""]
-
+    report['fig2'] = {'z_channels': Z_CHANNELS,
+                      'autoencoders': {f"z{c}": measure(autoencoder(0, z_channels=c)) for c in Z_CHANNELS}}
 if figures['kl_sweep']:  # Fig. 3
-    rows = {f"kl {w:g}": measure(autoencoder(0, kl_weight=w)) for w in KL_WEIGHTS}
-    report['fig3'] = rows
-    series = hf_series(rows)
-    md += ["## Fig. 3: KL weight", "", f"AEs identical but for kl_weight (seed 0, {sizes['ae_steps']} steps).", "",
-           f"![Fig. 3 spectra]({plot_spectra(rows, 'fig3_spectra.png', 'Fig. 3: spectra vs KL weight')})", "",
-           f"![Fig. 3]({plot_sweep(KL_WEIGHTS, series, 'kl_weight', 'fig3_kl.png', log_x=True)})", ""] + ae_table(rows) + [
-           "", f"- hf_share of posterior samples {trend(KL_WEIGHTS, series['posterior samples'])} with the KL weight "
-           f"({', '.join(f'{v:.4f}' for v in series['posterior samples'])}); of means "
-           f"{trend(KL_WEIGHTS, series['posterior means'])} ({', '.join(f'{v:.4f}' for v in series['posterior means'])}). "
-           "The paper: KL noise adds high frequencies to the samples.", ""]
-
-if figures['se_sweep']:  # Fig. 4
+    report['fig3'] = {'kl_weights': KL_WEIGHTS,
+                      'autoencoders': {f"kl {w:g}": measure(autoencoder(0, kl_weight=w)) for w in KL_WEIGHTS}}
+if figures['se_sweep']:  # Fig. 4: from scratch, and as the paper's fine-tune of the baseline
     base = autoencoder(0)
-    scratch = {w: measure(autoencoder(0, se_weight=w)) for w in SE_WEIGHTS}
-    tuned = {w: measure(autoencoder(0, se_weight=w, parent=base)) for w in SE_WEIGHTS}
-    report['fig4'] = {'scratch': {str(w): m for w, m in scratch.items()}, 'finetune': {str(w): m for w, m in tuned.items()}}
-    series = {'from scratch (means)': [m['hf_share'] for m in scratch.values()],
-              'from scratch (samples)': [m['hf_share_sample'] for m in scratch.values()],
-              'fine-tuned (means)': [m['hf_share'] for m in tuned.values()],
-              'fine-tuned (samples)': [m['hf_share_sample'] for m in tuned.values()],
-              'RGB on the latent grid': [m['rgb_hf_share'] for m in scratch.values()]}
-    psnr = {'from scratch': [m['psnr'] for m in scratch.values()], 'fine-tuned': [m['psnr'] for m in tuned.values()],
-            'bicubic at latent grid': [m['bicubic_psnr'] for m in scratch.values()]}
-    md += ["## Fig. 4: SE strength", "",
-           f"se_weight swept from scratch ({sizes['ae_steps']} steps) and as the paper's fine-tune of the se_weight-0 "
-           f"baseline ({sizes['ft_steps']} more steps; se_weight 0 is the control for the extra steps). Seed 0.", "",
-           f"![Fig. 4]({plot_sweep(SE_WEIGHTS, series, 'se_weight', 'fig4_se.png', psnr=psnr)})", ""]
-    md += ae_table({**{f"scratch se {w:g}": m for w, m in scratch.items()},
-                    **{f"fine-tune se {w:g}": m for w, m in tuned.items()}})
-    md += ["", f"- From scratch, hf_share of means {trend(SE_WEIGHTS, series['from scratch (means)'])} with se_weight "
-           f"({', '.join(f'{v:.4f}' for v in series['from scratch (means)'])}), PSNR "
-           f"{trend(SE_WEIGHTS, psnr['from scratch'])} ({', '.join(f'{v:.2f}' for v in psnr['from scratch'])} dB).",
-           f"- Fine-tuned, hf_share of means {trend(SE_WEIGHTS, series['fine-tuned (means)'])} "
-           f"({', '.join(f'{v:.4f}' for v in series['fine-tuned (means)'])}), PSNR "
-           f"{trend(SE_WEIGHTS, psnr['fine-tuned'])} ({', '.join(f'{v:.2f}' for v in psnr['fine-tuned'])} dB). "
-           "The paper: SE lowers the high frequencies at a small PSNR cost.", ""]
+    report['fig4'] = {'se_weights': SE_WEIGHTS,
+                      'scratch': {str(w): measure(autoencoder(0, se_weight=w)) for w in SE_WEIGHTS},
+                      'finetune': {str(w): measure(autoencoder(0, se_weight=w, parent=base)) for w in SE_WEIGHTS}}
 
-wall = time.time() - t0
-md.insert(3, f"Wall time of this invocation: {wall / 60:.1f} min (reused artefacts cost nothing).")
-report['wall_seconds'] = wall
-with open(os.path.join(args.out_dir, 'report.md'), 'w') as f:
-    f.write('\n'.join(md))
+report['wall_seconds'] = time.time() - t0
+report['verdict'] = verdict(report)
 with open(os.path.join(args.out_dir, 'report.json'), 'w') as f:
     json.dump(report, f, indent=1)
-print('\n'.join(md))
-print(f"\nwrote {os.path.join(args.out_dir, 'report.md')} and report.json")
+print(write_report(args.out_dir))
+print(f"\nwrote {os.path.join(args.out_dir, 'report.json')} and report.md (python report.py {args.out_dir} re-plots it)")

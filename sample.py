@@ -26,10 +26,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from common import (checked, select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
-                    load_checkpoint, broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_to_overwrite,
+                    broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_to_overwrite,
                     no_space_is_an_error)
 from diffusion import SPACINGS, Diffusion, cfg_model_fn, spaced_timesteps, sample_generators, randn
-from model import build_backbone, load_autoencoder, load_video_autoencoder
+from metrics import to_uint8
+from model import build_backbone
+from weights import load_autoencoder, load_checkpoint
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
@@ -89,8 +91,7 @@ del ckpt
 
 ae_path = args.ae or config['ae']
 try:
-    ae = (load_video_autoencoder if video else load_autoencoder)(ae_path, preset=args.ae_preset or config.get('ae_preset'),
-                                                                 device=device)
+    ae = load_autoencoder(ae_path, preset=args.ae_preset or config.get('ae_preset'), device=device, video=video)
 except FileNotFoundError:
     die(f"autoencoder {ae_path}, which this LDM was trained with, does not exist; pass its new location with --ae.")
 except ValueError as e:
@@ -160,7 +161,7 @@ for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols
         else:
             z = diffusion.ddim_sample(model_fn, x_T, steps=steps, eta=args.eta, generator=gens, spacing=spacing)
         x = ae.decode(z.float() / latent_scale + latent_shift).float()  # undo the latent normalisation
-    x = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    x = to_uint8(x)
     with no_space_is_an_error(out_dir):
         if video:  # the MP4 to watch, and the exact uint8 frames for samples.npz (MP4 is lossy), removed below
             for i, clip in zip(idx, x.permute(0, 2, 3, 4, 1).cpu().numpy()):  # (T, H, W, 3)

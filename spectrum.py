@@ -37,18 +37,16 @@ import math
 import argparse
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-import metrics
 from common import checked, die, select_device, refuse_to_overwrite, no_space_is_an_error
 from data import make_dataset, random_subset
-from model import load_autoencoder
+from metrics import PSNR_MAX, bicubic_at_latent_grid, psnr, rgb_on_latent_grid
+from weights import load_autoencoder
 
 BLOCK = 8                                         # JPEG's block size; the zigzag order below is defined for 8x8
 ERASE_FRACTIONS = [k / 10 for k in range(10)]     # p = 0, 0.1, ..., 0.9 of the 64 coefficients erased
 HF_START = 32                                     # hf_share: zigzag coefficients 32..63, the upper half
-PSNR_MAX = 100.0                                  # dB; a lossless match (MSE 0) is reported as this, not inf
 
 # -----------------------------------------------------------------------------
 # block DCT and the zigzag order
@@ -176,10 +174,6 @@ def erase_high_frequencies(x, p):
     return out
 
 
-def psnr(x, y):
-    """metrics.psnr (per image, dB, images in [-1, 1] measured on [0, 1]) with a lossless match capped at PSNR_MAX. (B,)"""
-    return metrics.psnr(x, y).clamp(max=PSNR_MAX)
-
 # -----------------------------------------------------------------------------
 # video: the spatial spectrum per latent frame, and a temporal spectrum along the frames
 
@@ -205,32 +199,13 @@ def temporal_hf_ratio(amplitude):
     return profile[:, (profile.shape[1] + 1) // 2:].mean().item()
 
 
-def pool_to_latent_grid(x, z_shape, temporal_levels):
-    """The RGB reference of a video latent: x (B, 3, T, H, W) pooled to the latent's (t, h, w) grid, time halved as
-    the encoder halves it (pairs averaged, the first frame apart), space by average pooling per frame."""
-    from model import causal_time_pool, to_frames, from_frames
-    for _ in range(temporal_levels):
-        x = causal_time_pool(x)
-    return from_frames(F.adaptive_avg_pool2d(to_frames(x), z_shape[-2:]), x.shape[0])
-
-
 @torch.no_grad()
-def analyse_video(args):
-    """Per AE: the spatial spectrum of its latent frames (each frame, and all together; posterior means and samples),
-    the temporal spectrum, and the reconstruction PSNR of every frame next to bicubic at the latent grid; RGB on the
-    same (t, h, w) grid beside it."""
-    from data import make_video_dataset
-    from model import load_video_autoencoder, to_frames
-    device = torch.device(args.device)
-    try:
-        dataset = make_video_dataset(args.data, args.image_size, args.num_frames, seed=args.seed, train=False)
-        aes = {label: load_video_autoencoder(path, preset=args.preset, device=device)
-               for label, path in zip(args.label, args.ckpt)}
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        die(str(e))
-    n = args.num_images if getattr(dataset, 'infinite', False) else min(args.num_images, len(dataset))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=args.batch_size)
-    torch.manual_seed(args.seed)  # posterior samples that repeat from run to run
+def analyse_video(dataset, aes, n, batch_size, device):
+    """The first n clips of `dataset`, and per AE ({label: autoencoder}): the spatial spectrum of its latent frames
+    (each frame, and all together; posterior means and samples), the temporal spectrum, and the reconstruction PSNR of
+    every frame next to bicubic at the latent grid; RGB on the same (t, h, w) grid beside it."""
+    from model import to_frames
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch_size)
     meters = {}  # (name, 'temporal') -> Mean of temporal amplitudes; (name, 'spatial', t) -> BlockSpectrum of frame t;
     # (name, 'spatial') -> BlockSpectrum of all frames; (label, 'sample') -> ... of posterior samples; PSNR Means
     def add(key, value, B):
@@ -244,17 +219,17 @@ def analyse_video(args):
         for label, ae in aes.items():
             z, _ = ae.encode(x, sample=False)  # (B, C, t, h, w)
             if min(z.shape[-2:]) < BLOCK:
-                die(f"--image_size {args.image_size} gives latents of {z.shape[-2]}x{z.shape[-1]}, smaller than one "
+                die(f"--image_size {x.shape[-1]} gives latents of {z.shape[-2]}x{z.shape[-1]}, smaller than one "
                     f"{BLOCK}x{BLOCK} DCT block; use --image_size {BLOCK * ae.downsample_factor} or more.")
             add((label, 'psnr'), psnr(to_frames(ae.decode(z).clamp(-1, 1)), frames).mean(), B)
             meters.setdefault((label, 'sample'), BlockSpectrum()).update(ae.encode(x, sample=True)[0])
-            ref = pool_to_latent_grid(x, z.shape, ae.cfg.temporal_levels)
+            ref = rgb_on_latent_grid(x, z.shape, ae.cfg.temporal_levels)
             for name, t in ((label, z), (f"RGB for {label}", ref)):
                 add((name, 'temporal'), temporal_amplitude(t), B)
                 meters.setdefault((name, 'spatial'), BlockSpectrum()).update(t)
                 for i in range(t.shape[2]):
                     meters.setdefault((name, 'spatial', i), BlockSpectrum()).update(t[:, :, i])
-    result = dict(args=vars(args), num_clips=n, video={})
+    result = dict(num_clips=n, video={})
     for key, meter in meters.items():
         if key[0].startswith('bicubic'):
             continue
@@ -276,18 +251,6 @@ def analyse_video(args):
 
 # -----------------------------------------------------------------------------
 # command line
-
-def pool_to(x, size):
-    """The RGB reference at a latent's resolution: x (B, 3, H, W) average-pooled to (B, 3, h, w)."""
-    return F.adaptive_avg_pool2d(x, size)
-
-
-def bicubic_at_latent_grid(x, f):
-    """The trivial autoencoder an f-times-downsampling one must beat: x (B, 3, H, W) shrunk by f (antialiased bicubic)
-    and blown up again (bicubic), clamped to [-1, 1]. It stores 3 numbers per latent position."""
-    small = F.interpolate(x, scale_factor=1 / f, mode='bicubic', antialias=True, align_corners=False)
-    return F.interpolate(small, size=x.shape[-2:], mode='bicubic', align_corners=False).clamp(-1, 1)
-
 
 class Mean:
     """Running mean of per-batch means, weighted by batch size; exact for (C, 64) amplitudes and (B,) PSNRs alike."""
@@ -346,22 +309,10 @@ def rgb_key(h, w):
 
 
 @torch.no_grad()
-def analyse(args):
-    """One pass over the images: every AE encodes each batch; spectra and erasure PSNRs accumulate exactly."""
-    device = torch.device(args.device)
-    try:  # a bad --data or --ckpt is the user's to fix: one sentence, no traceback
-        dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=False)
-        aes = {label: load_autoencoder(path, preset=args.preset, device=device)
-               for label, path in zip(args.label, args.ckpt)}
-    except (FileNotFoundError, ValueError) as e:
-        die(str(e))
-    n = args.num_images if getattr(dataset, 'infinite', False) else min(args.num_images, len(dataset))
-    if n < args.num_images:
-        print(f"{args.data} holds {n} images; analysing all of them.")
-    indices = random_subset(dataset, n, args.seed)  # a seeded random sample of the images, not the first files
-    torch.manual_seed(args.seed)  # posterior samples that repeat from run to run
-
-    rgb_sizes = {(args.image_size, args.image_size)} | {(args.image_size // f,) * 2 for f in args.rgb_pool}
+def analyse(dataset, aes, indices, batch_size, device, rgb_sizes):
+    """One pass over the images `indices` of `dataset`: every AE ({label: autoencoder}) encodes each batch; spectra
+    and erasure PSNRs accumulate exactly. RGB is measured at each of `rgb_sizes` (h, w) and on every latent grid."""
+    n, rgb_sizes = len(indices), set(rgb_sizes)
     rgb_spec = {}                                            # (h, w) -> BlockSpectrum of the pooled images
     rgb_erasure = [Mean() for _ in ERASE_FRACTIONS]          # PSNR of the erased image vs itself
     ae_spec = {k: BlockSpectrum() for k in aes}              # label -> spectrum of the posterior means
@@ -369,15 +320,15 @@ def analyse(args):
     ae_erasure = {k: [Mean() for _ in ERASE_FRACTIONS] for k in aes}
     bicubic = {f: Mean() for f in {ae.downsample_factor for ae in aes.values()}}  # PSNR of bicubic_at_latent_grid
     latent_size, unreadable = {}, 0
-    for start in tqdm(range(0, n, args.batch_size), desc='images', unit='batch'):
-        items = [dataset.load(i) for i in indices[start:start + args.batch_size]]  # (x, y, 1 if unreadable)
+    for start in tqdm(range(0, n, batch_size), desc='images', unit='batch'):
+        items = [dataset.load(i) for i in indices[start:start + batch_size]]  # (x, y, 1 if unreadable)
         unreadable += sum(item[2] for item in items)  # unreadable files, replaced by their neighbours: counted
         x = torch.stack([item[0] for item in items]).to(device)  # (B, 3, H, W) in [-1, 1]
         B = x.shape[0]
         for label, ae in aes.items():
             z, _ = ae.encode(x, sample=False)  # posterior mean (VQ: the quantised latent)
             if min(z.shape[-2:]) < BLOCK or z.shape[-2] % BLOCK or z.shape[-1] % BLOCK:
-                die(f"--image_size {args.image_size} gives {label} latents of {z.shape[-2]}x{z.shape[-1]}, not whole "
+                die(f"--image_size {x.shape[-1]} gives {label} latents of {z.shape[-2]}x{z.shape[-1]}, not whole "
                     f"{BLOCK}x{BLOCK} DCT blocks; use a multiple of {BLOCK * ae.downsample_factor}.")
             ae_spec[label].update(z)
             if label in ae_spec_sample:  # z + sigma * eps, eps ~ N(0, I): what train_ldm.py caches and learns
@@ -390,18 +341,18 @@ def analyse(args):
         for f, meter in bicubic.items():
             meter.update(psnr(bicubic_at_latent_grid(x, f), x).mean(), B)
         for size in rgb_sizes:
-            rgb_spec.setdefault(size, BlockSpectrum()).update(pool_to(x, size))
+            rgb_spec.setdefault(size, BlockSpectrum()).update(rgb_on_latent_grid(x, size))
         for p, meter in zip(ERASE_FRACTIONS, rgb_erasure):
             meter.update(psnr(erase_high_frequencies(x, p).clamp(-1, 1), x).mean(), B)
 
     rgb = {rgb_key(*s): dict(resolution=list(s), **rgb_spec[s].stats()) for s in sorted(rgb_spec)}
-    result = dict(args=vars(args), num_images=n, unreadable_images=unreadable, erase_fractions=ERASE_FRACTIONS, rgb=rgb,
+    result = dict(num_images=n, unreadable_images=unreadable, erase_fractions=ERASE_FRACTIONS, rgb=rgb,
                   rgb_erasure_psnr=[m.value.item() for m in rgb_erasure], autoencoders={})
     for label, ae in aes.items():
         ref = rgb_key(*latent_size[label])
         stats = ae_spec[label].stats()
         erasure = [m.value.item() for m in ae_erasure[label]]
-        r = dict(ckpt=args.ckpt[args.label.index(label)], downsample_factor=ae.downsample_factor,
+        r = dict(downsample_factor=ae.downsample_factor,
                  latent_channels=len(stats['per_channel']), latent_resolution=list(latent_size[label]),
                  **stats, rgb_reference=ref, rgb_hf_share=rgb[ref]['hf_share'],
                  hf_share_vs_rgb=stats['hf_share'] / rgb[ref]['hf_share'],  # > 1: latents noisier than the images
@@ -458,29 +409,29 @@ def plot(result, out_dir):
     plt.close(fig)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.num_frames > 1:
-        result = analyse_video(args)
-        os.makedirs(args.out_dir, exist_ok=True)
-        with open(os.path.join(args.out_dir, 'spectrum_video.json'), 'w') as f:
-            json.dump(result, f, indent=1)
-        print(f"\n{'':24s} {'temporal hf':>11s} {'hf_share':>9s} {'sampled':>9s} {'PSNR':>6s} {'bicubic':>7s}  "
-              f"spatial hf_share per latent frame")
-        for label, r in result['video'].items():
-            sampled = f"{r['posterior_sample']['hf_share']:9.4f}" if 'posterior_sample' in r else f"{'-':>9s}"
-            psnrs = f"{r['reconstruction_psnr']:6.2f} {r['bicubic_psnr']:7.2f}" if 'bicubic_psnr' in r else f"{'-':>6s} {'-':>7s}"
-            print(f"{label:24s} {r['temporal_hf_ratio']:11.4f} {r.get('hf_share', float('nan')):9.4f} {sampled} {psnrs}  "
-                  + ' '.join(f"{v:.4f}" for v in r['spatial_hf_share_per_frame']))
-        print(f"wrote spectrum_video.json to {args.out_dir}")
-        return
-    result = analyse(args)
-    os.makedirs(args.out_dir, exist_ok=True)
-    with no_space_is_an_error(args.out_dir):
-        with open(os.path.join(args.out_dir, 'spectrum.json'), 'w') as f:
-            json.dump(result, f, indent=1)
-        plot(result, args.out_dir)
+def open_inputs(data, image_size, num_frames, seed, ckpts, labels, preset, device):
+    """The held-out images (clips) of --data and the autoencoders {label: model}; a bad --data or --ckpt is the user's
+    to fix: one sentence, no traceback."""
+    try:
+        dataset = make_dataset(data, image_size, seed=seed, train=False, num_frames=num_frames)
+        aes = {label: load_autoencoder(path, preset=preset, device=device, video=num_frames > 1)
+               for label, path in zip(labels, ckpts)}
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        die(str(e))
+    return dataset, aes
 
+
+def print_video_table(result):
+    print(f"\n{'':24s} {'temporal hf':>11s} {'hf_share':>9s} {'sampled':>9s} {'PSNR':>6s} {'bicubic':>7s}  "
+          f"spatial hf_share per latent frame")
+    for label, r in result['video'].items():
+        sampled = f"{r['posterior_sample']['hf_share']:9.4f}" if 'posterior_sample' in r else f"{'-':>9s}"
+        psnrs = f"{r['reconstruction_psnr']:6.2f} {r['bicubic_psnr']:7.2f}" if 'bicubic_psnr' in r else f"{'-':>6s} {'-':>7s}"
+        print(f"{label:24s} {r['temporal_hf_ratio']:11.4f} {r.get('hf_share', float('nan')):9.4f} {sampled} {psnrs}  "
+              + ' '.join(f"{v:.4f}" for v in r['spatial_hf_share_per_frame']))
+
+
+def print_table(result):
     print(f"\n{'':24s} {'shape':>12s} {'hf_share':>9s}" + (f" {'sampled':>9s} {'RGB ref':>9s} {'ratio':>7s} "
                                                          f"{'recon PSNR':>11s} {'bicubic':>8s}" if result['autoencoders'] else ''))
     for label, r in result['autoencoders'].items():
@@ -492,6 +443,36 @@ def main(argv=None):
         print(f"{key:24s} {'3x%dx%d' % tuple(r['resolution']):>12s} {r['hf_share']:9.4f}")
     if result['unreadable_images']:
         print(f"{result['unreadable_images']} unreadable image files were replaced by their neighbours")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    dataset, aes = open_inputs(args.data, args.image_size, args.num_frames, args.seed, args.ckpt, args.label,
+                               args.preset, device)
+    n = args.num_images if getattr(dataset, 'infinite', False) else min(args.num_images, len(dataset))
+    if n < args.num_images:
+        print(f"{args.data} holds {n} {'clips' if args.num_frames > 1 else 'images'}; analysing all of them.")
+    torch.manual_seed(args.seed)  # posterior samples that repeat from run to run
+    if args.num_frames > 1:
+        result = {'args': vars(args), **analyse_video(dataset, aes, n, args.batch_size, device)}
+        os.makedirs(args.out_dir, exist_ok=True)
+        with no_space_is_an_error(args.out_dir), open(os.path.join(args.out_dir, 'spectrum_video.json'), 'w') as f:
+            json.dump(result, f, indent=1)
+        print_video_table(result)
+        print(f"wrote spectrum_video.json to {args.out_dir}")
+        return
+    rgb_sizes = [(args.image_size, args.image_size)] + [(args.image_size // f,) * 2 for f in args.rgb_pool]
+    indices = random_subset(dataset, n, args.seed)  # a seeded random sample of the images, not the first files
+    result = {'args': vars(args), **analyse(dataset, aes, indices, args.batch_size, device, rgb_sizes)}
+    for label, path in zip(args.label, args.ckpt):
+        result['autoencoders'][label]['ckpt'] = path
+    os.makedirs(args.out_dir, exist_ok=True)
+    with no_space_is_an_error(args.out_dir):
+        with open(os.path.join(args.out_dir, 'spectrum.json'), 'w') as f:
+            json.dump(result, f, indent=1)
+        plot(result, args.out_dir)
+    print_table(result)
     print(f"wrote spectrum.png, erasure.png, spectrum.json to {args.out_dir}")
 
 

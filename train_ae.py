@@ -47,15 +47,17 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
-                    make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, restore_rng_states,
-                    load_checkpoint, CheckpointWriter, update_ema, Loader, save_image_grid, tile_videos, write_mp4, Logger,
+                    make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states,
+                    CheckpointWriter, update_ema, Loader, save_image_grid, tile_videos, write_mp4, Logger,
                     note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, checked, int_list,
-                    check_run_dir, prepare_run_dir, truncate_log, compare_resume_config, no_space_is_an_error)
-from data import make_dataset, make_video_dataset, random_subset
-from metrics import psnr
-from model import (AE_PRESETS, SE_DOWNSAMPLING, LPIPS_MIN_SIZE, Autoencoder, NLayerDiscriminator, LPIPS, hinge_d_loss,
-                   adaptive_gan_weight, load_autoencoder, se_downsample, scale_equivariance_loss,
-                   VIDEO_AE_PRESETS, VideoAutoencoder, load_video_autoencoder, to_frames, causal_time_pool)
+                    check_run_dir, prepare_run_dir, check_resume_steps, resume_run, no_space_is_an_error)
+from data import make_dataset, random_subset
+from metrics import bicubic_at_latent_grid, psnr, rgb_on_latent_grid, to_uint8
+from model import (AE_PRESETS, SE_DOWNSAMPLING, Autoencoder, NLayerDiscriminator, hinge_d_loss, adaptive_gan_weight,
+                   se_downsample, scale_equivariance_loss, to_frames)
+from perceptual import LPIPS_MIN_SIZE, LPIPS
+from video_model import VIDEO_AE_PRESETS, VideoAutoencoder
+from weights import load_autoencoder, load_checkpoint
 
 # -----------------------------------------------------------------------------
 # config
@@ -96,17 +98,41 @@ if video:
 args = parser.parse_args()
 
 se_scales = args.se_scales
-if args.se_weight > 0 and not se_scales:
-    die("--se_weight > 0 needs at least one factor in --se_scales, such as '2,4'.")
-if args.se_temporal and (not video or (args.num_frames - 1) % 8):
-    die(f"--se_temporal halves 1 + 8k frames to 1 + 4k, which the causal layout can encode; "
-        f"--num_frames {args.num_frames} is not of that form.")
-# every output of an earlier run is checked before anything is built, so a mistake costs seconds, not a run
-ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite)
-ckpt = load_checkpoint(ckpt_path) if args.resume else None
-if ckpt is not None and ('disc' not in ckpt or 'ae_config' not in ckpt.get('config', {})):
-    die(f"{ckpt_path} is not a train_ae.py checkpoint (it has no discriminator or autoencoder config); resume an "
-        f"autoencoder run, or choose another --out_dir.")
+disc_start = args.disc_start if args.disc_start is not None else (0 if args.init_from else 50001)
+
+
+def check_args(args):
+    """The rules between flags, and every output of an earlier run in --out_dir, checked before anything is built so
+    that a mistake costs seconds, not a run. -> (the checkpoint path, the checkpoint to resume or None)."""
+    presets = VIDEO_AE_PRESETS if video else AE_PRESETS
+    if not args.init_from and args.preset not in presets:
+        die(f"--preset {args.preset} is not {'a video' if video else 'an'} autoencoder preset; "
+            f"choose one of {', '.join(presets)}.")
+    if video and args.regularizer not in (None, 'kl'):
+        die("the video autoencoder is KL-regularised; drop --regularizer vq or train on images (--num_frames 1).")
+    if args.se_weight > 0 and not args.se_scales:
+        die("--se_weight > 0 needs at least one factor in --se_scales, such as '2,4'.")
+    if args.se_temporal and (not video or (args.num_frames - 1) % 8):
+        die(f"--se_temporal halves 1 + 8k frames to 1 + 4k, which the causal layout can encode; "
+            f"--num_frames {args.num_frames} is not of that form.")
+    if args.disc_weight > 0 and disc_start < args.max_steps and args.image_size < 32:
+        die(f"the PatchGAN discriminator needs --image_size of at least 32 (got {args.image_size}); "
+            f"raise it, or keep the discriminator off with --disc_start {args.max_steps}.")
+    smallest = args.image_size // max(args.se_scales) if args.se_weight > 0 else args.image_size  # SE's smallest
+    if args.lpips_weight > 0 and smallest < LPIPS_MIN_SIZE:
+        die(f"LPIPS needs images of at least {LPIPS_MIN_SIZE} pixels (VGG16 halves them four times), and --image_size "
+            f"{args.image_size} with SE factor {max(args.se_scales)} gives {smallest}; raise --image_size, lower "
+            f"--se_scales, or train without LPIPS with --lpips_weight 0.")
+    ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite)
+    ckpt = load_checkpoint(ckpt_path, script='train_ae.py', holds='disc') if args.resume else None
+    if ckpt is not None:
+        check_resume_steps(ckpt, ckpt_path, args.max_steps)
+        if args.ema_decay > 0 and 'ema' not in ckpt:
+            die(f"{ckpt_path} has no EMA weights; resume without --ema_decay or start a new run.")
+    return ckpt_path, ckpt
+
+
+ckpt_path, ckpt = check_args(args)
 
 # -----------------------------------------------------------------------------
 # init: processes, precision, seeds
@@ -118,55 +144,47 @@ prepare_run_dir(args.out_dir, ckpt_path, args.overwrite, dist.master)
 seed_everything(args.seed + dist.rank)  # different noise per rank; the data shard differs by construction
 
 # -----------------------------------------------------------------------------
+# data: the training stream, of which every rank takes its own shard of each epoch's permutation, and a fixed
+# held-out batch for the grids and the high-frequency probe (a seeded random sample, not the first files)
+
+dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop,
+                       num_frames=args.num_frames, frame_stride=args.frame_stride)
+loader = Loader(dataset, args.batch_size, args.seed, dist, num_workers=args.num_workers)
+eval_set = make_dataset(args.data, args.image_size, seed=args.seed, train=False, num_frames=args.num_frames,
+                        frame_stride=args.frame_stride)
+x_eval = torch.stack([eval_set[i][0] for i in random_subset(eval_set, args.num_eval, args.seed)]).to(device)
+
+# -----------------------------------------------------------------------------
 # models
 
-presets = VIDEO_AE_PRESETS if video else AE_PRESETS
 if args.init_from:
     try:  # our checkpoint (it names its own preset) or public weights made for --preset
-        ae = (load_video_autoencoder if video else load_autoencoder)(args.init_from, preset=args.preset)
+        ae = load_autoencoder(args.init_from, preset=args.preset, video=video)
     except (FileNotFoundError, ValueError, RuntimeError, KeyError) as e:
         die(str(e))
     ae_config = ae.cfg
 else:
-    if args.preset not in presets:
-        die(f"--preset {args.preset} is not {'a video' if video else 'an'} autoencoder preset; "
-            f"choose one of {', '.join(presets)}.")
-    ae_config = presets[args.preset]
-if video:
-    if args.regularizer not in (None, 'kl'):
-        die("the video autoencoder is KL-regularised; drop --regularizer vq or train on images (--num_frames 1).")
-    if (args.num_frames - 1) % 2 ** ae_config.temporal_levels:
-        die(f"--num_frames {args.num_frames} must be 1 + {2 ** ae_config.temporal_levels}k for the causal layout.")
-elif args.regularizer is not None and args.regularizer != ae_config.regularizer:
-    if args.init_from:
-        die(f"--regularizer {args.regularizer} differs from the {ae_config.regularizer} regulariser of --init_from.")
-    ae_config = replace(ae_config, regularizer=args.regularizer)
-if args.z_channels is not None and args.z_channels != ae_config.z_channels:
-    if args.init_from:
-        die(f"--z_channels {args.z_channels} differs from the {ae_config.z_channels} latent channels of --init_from.")
-    ae_config = replace(ae_config, z_channels=args.z_channels)
+    ae_config = (VIDEO_AE_PRESETS if video else AE_PRESETS)[args.preset]
+if video and (args.num_frames - 1) % 2 ** ae_config.temporal_levels:
+    die(f"--num_frames {args.num_frames} must be 1 + {2 ** ae_config.temporal_levels}k for the causal layout.")
+for flag, value in (('regularizer', args.regularizer), ('z_channels', args.z_channels)):
+    if value is not None and value != getattr(ae_config, flag):
+        if args.init_from:
+            die(f"--{flag} {value} differs from the {getattr(ae_config, flag)} {flag} of --init_from.")
+        ae_config = replace(ae_config, **{flag: value})
 if ckpt is not None and ckpt['config']['ae_config'] != asdict(ae_config):
     saved = ckpt['config']
     die(f"{ckpt_path} is a {saved['ae_config'].get('regularizer', 'kl')} autoencoder of preset {saved['preset']}, not the "
         f"{ae_config.regularizer} one of --preset {args.preset}; resume with the flags it was trained with.")
 if not args.init_from:
-    ae = VideoAutoencoder(ae_config) if video else Autoencoder(ae_config)
+    ae = (VideoAutoencoder if video else Autoencoder)(ae_config)
 ae.to(device).train()
 f = ae.downsample_factor
 if args.image_size % (f * max(se_scales, default=1)) != 0:
     die(f"--image_size {args.image_size} must be divisible by the downsampling factor {f} times the largest SE scale "
         f"{max(se_scales, default=1)}, so that x and z shrink by the same factor.")
 disc = NLayerDiscriminator().to(device).train()
-disc_start = args.disc_start if args.disc_start is not None else (0 if args.init_from else 50001)
-if args.disc_weight > 0 and disc_start < args.max_steps and args.image_size < 32:
-    die(f"the PatchGAN discriminator needs --image_size of at least 32 (got {args.image_size}); "
-        f"raise it, or keep the discriminator off with --disc_start {args.max_steps}.")
 lpips = None
-smallest = args.image_size // max(se_scales) if args.se_weight > 0 else args.image_size  # SE's smallest images
-if args.lpips_weight > 0 and smallest < LPIPS_MIN_SIZE:
-    die(f"LPIPS needs images of at least {LPIPS_MIN_SIZE} pixels (VGG16 halves them four times), and --image_size "
-        f"{args.image_size} with SE factor {max(se_scales)} gives {smallest}; raise --image_size, lower --se_scales, "
-        f"or train without LPIPS with --lpips_weight 0.")
 if args.lpips_weight > 0:
     try:
         lpips = LPIPS(vgg_weights=args.vgg_weights, lin_weights=args.lpips_lin_weights).to(device).eval()
@@ -181,45 +199,18 @@ opt_g = torch.optim.Adam(ae.parameters(), lr=args.lr, betas=(0.5, 0.9), fused=fu
 opt_d = torch.optim.Adam(disc.parameters(), lr=args.disc_lr or args.lr, betas=(0.5, 0.9), fused=fused)
 scaler = make_grad_scaler(dtype, device)
 
-# the training loader: every rank shares the seed, and takes its own shard of each epoch's permutation
-if video:
-    dataset = make_video_dataset(args.data, args.image_size, args.num_frames, args.frame_stride, seed=args.seed,
-                                 train=True, random_crop=args.random_crop)
-else:
-    dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop)
-loader = Loader(dataset, args.batch_size, args.seed, dist, num_workers=args.num_workers)
-# what a resumed run must share with the saved one to continue it exactly: the data stream and what the model is
+# -----------------------------------------------------------------------------
+# resume: a change of the data stream (common.RESUME_EXACT) or of what the model is cannot continue the run exactly
+
 run_config = {**vars(args), 'num_images': len(dataset)}
-EXACT = ('data', 'num_images', 'image_size', 'random_crop', 'batch_size', 'seed', 'preset', 'regularizer',
-         'num_frames', 'frame_stride')
-UNSAVED = ('resume', 'overwrite', 'allow_changes', 'max_steps', 'log_interval', 'eval_interval', 'ckpt_interval',
-           'num_workers', 'device', 'compile', 'num_eval', 'out_dir')  # they do not change the run's numbers
 step = 0
 if ckpt is not None:
-    compare_resume_config({k: v for k, v in ckpt['config'].items() if k not in UNSAVED},
-                          {k: v for k, v in run_config.items() if k not in UNSAVED}, EXACT, args.allow_changes)
-    if ckpt['step'] >= args.max_steps:
-        die(f"{ckpt_path} is already at step {ckpt['step']}, and --max_steps is {args.max_steps}; raise --max_steps "
-            f"to train on.")
-    ae.load_state_dict(ckpt['model'])
-    disc.load_state_dict(ckpt['disc'])
-    opt_g.load_state_dict(ckpt['opt_g'])
-    opt_d.load_state_dict(ckpt['opt_d'])
-    for opt, lr in ((opt_g, args.lr), (opt_d, args.disc_lr or args.lr)):
-        for group in opt.param_groups:
-            group['lr'] = lr  # the command line wins over the saved state, so a resume can change it
-    scaler.load_state_dict(ckpt['scaler'])
-    if ema is not None:
-        if 'ema' not in ckpt:
-            die(f"{ckpt_path} has no EMA weights; resume without --ema_decay or start a new run.")
-        ema.load_state_dict(ckpt['ema'])
-    loader.load_state_dict(ckpt['loader'])
-    step = ckpt['step']
-    restore_rng_states(ckpt['rng'], dist)
-    if dist.master:
-        truncate_log(os.path.join(args.out_dir, 'log.jsonl'), step)  # the steps after the checkpoint are redone
+    step = resume_run(ckpt, run_config, args.allow_changes, dist, args.out_dir,
+                      states={'model': ae, 'disc': disc, 'ema': ema, 'opt_g': opt_g, 'opt_d': opt_d, 'scaler': scaler,
+                              'loader': loader},
+                      lrs={'opt_g': args.lr, 'opt_d': args.disc_lr or args.lr},
+                      exact=('preset', 'regularizer'), unsaved=('num_eval',))
     ckpt = None
-
 
 model = ae
 if args.compile:
@@ -231,11 +222,6 @@ if dist.ddp:
     disc_ddp = DDP(disc, device_ids=[dist.local_rank] if device.type == 'cuda' else None)
 else:
     disc_ddp = disc
-
-# a fixed held-out batch for the grids and the high-frequency probe: a seeded random sample, not the first files
-eval_set = (make_video_dataset(args.data, args.image_size, args.num_frames, args.frame_stride, seed=args.seed,
-                               train=False) if video else make_dataset(args.data, args.image_size, seed=args.seed, train=False))
-x_eval = torch.stack([eval_set[i][0] for i in random_subset(eval_set, args.num_eval, args.seed)]).to(device)
 
 # -----------------------------------------------------------------------------
 # losses
@@ -280,19 +266,13 @@ def evaluate():
         save_video_previews(rows)
     else:
         save_image_grid(torch.cat(rows).clamp(-1, 1), os.path.join(args.out_dir, f'recon_{step:07d}.png'), nrow=len(x_eval))
-    metrics = {'val_psnr': psnr(frames(x_rec).clamp(-1, 1), frames(x_eval)).mean().item()}
-    x_pooled = x_eval
-    if video:
-        # the trivial reference: every frame area-downsampled to the latent grid and bicubic-upsampled back
-        # (generous: it keeps all frames, the latent only 1 in 4)
-        small = F.interpolate(to_frames(x_eval), scale_factor=1 / f, mode='area')
-        ref = F.interpolate(small, scale_factor=f, mode='bicubic', align_corners=False).clamp(-1, 1)
-        metrics['val_psnr_bicubic'] = psnr(ref, to_frames(x_eval)).mean().item()
-        for _ in range(ae_config.temporal_levels):
-            x_pooled = causal_time_pool(x_pooled)  # RGB on the latent's frames; its grid follows below
+    # beside the reconstruction, the trivial reference of spectrum.py: bicubic down and up at the latent grid (video:
+    # every frame, generous since it keeps all frames and the latent only 1 in 4)
+    metrics = {'val_psnr': psnr(frames(x_rec).clamp(-1, 1), frames(x_eval)).mean().item(),
+               'val_psnr_bicubic': psnr(bicubic_at_latent_grid(frames(x_eval), f), frames(x_eval)).mean().item()}
     if min(z.shape[-2:]) >= 8:  # the spectrum works on 8x8 DCT blocks of the latent (of every latent frame)
-        x_pooled = F.adaptive_avg_pool2d(frames(x_pooled), z.shape[-2:])  # RGB on the latent's grid
-        metrics.update(hf_share_latent=hf_share(z.float()), hf_share_rgb=hf_share(x_pooled))
+        rgb = rgb_on_latent_grid(x_eval, z.shape, getattr(ae_config, 'temporal_levels', 0))
+        metrics.update(hf_share_latent=hf_share(z.float()), hf_share_rgb=hf_share(rgb))
     return metrics
 
 
@@ -300,7 +280,7 @@ def save_video_previews(rows):
     """rows: clips (B, 3, T, H, W) of inputs, reconstructions and SE branches -> an MP4 whose frame t shows every clip
     (columns) of every row, and a PNG strip of the first two clips, one row of frames per kind."""
     T = x_eval.shape[2]
-    clips = ((torch.cat(rows).float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (rows*B, 3, T, H, W)
+    clips = to_uint8(torch.cat(rows).float())  # (rows*B, 3, T, H, W)
     write_mp4(tile_videos(clips.permute(0, 2, 3, 4, 1).cpu().numpy(), nrow=len(x_eval)),
               os.path.join(args.out_dir, f'recon_{step:07d}.mp4'))
     strip = torch.cat([r[i].transpose(0, 1) for i in range(min(2, len(x_eval))) for r in rows])  # (2*rows*T, 3, H, W)

@@ -19,7 +19,7 @@ the autoencoder's weights, the data, the image size, the crop mode or the cache 
 
 Video (--num_frames N > 1, N = 1 + 4k for the tiny and cogvideox presets): the frozen autoencoder is a
 `train_ae.py --num_frames` checkpoint (or CogVideoX's VAE with --ae_preset cogvideox), the data are clips of N frames
-(data.make_video_dataset: the embedded moving dead leaves, or a folder of videos, class-conditional with class
+(data.make_dataset: the embedded moving dead leaves, or a folder of videos, class-conditional with class
 subfolders as Kinetics), the latents (B, C, T', h, w) with T' = 1 + (N - 1) / 4, and the denoiser is the video DiT
 (--model dit). Shift and scale are per channel by default (--latent_norm channel), so that no channel's offset or
 spread dominates the denoiser's loss. The sample grids are videos
@@ -43,19 +43,20 @@ import argparse
 import contextlib
 from copy import deepcopy
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
-                    make_grad_scaler, broadcast_latent_norm, all_reduce_mean, seed_everything, gather_rng_states, restore_rng_states,
-                    load_checkpoint, CheckpointWriter, update_ema, Loader, save_image_grid, save_video_grid, Logger,
+                    make_grad_scaler, broadcast_latent_norm, all_reduce_mean, seed_everything, gather_rng_states,
+                    CheckpointWriter, update_ema, Loader, save_image_grid, save_video_grid, Logger,
                     note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, checked, check_run_dir,
-                    prepare_run_dir, truncate_log, compare_resume_config, weights_hash, no_space_is_an_error)
-from data import make_dataset, make_video_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
+                    prepare_run_dir, check_resume_steps, resume_run, weights_hash, no_space_is_an_error)
+from data import make_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
 from diffusion import SCHEDULES, Diffusion
-from model import build_backbone, load_autoencoder, load_video_autoencoder
+from metrics import to_uint8
+from model import build_backbone
+from weights import load_autoencoder, load_checkpoint
 
 # -----------------------------------------------------------------------------
 # config
@@ -86,19 +87,29 @@ parser.add_argument('--sample_steps', type=checked(int, lo=1, hi=1000), default=
 args = parser.parse_args()
 video = args.num_frames > 1
 latent_norm = args.latent_norm or ('channel' if video else 'scalar')
-if video and args.model != 'dit':
-    die("video latents (--num_frames > 1) need --model dit (the video DiT); the UNet is for images only.")
 learn_sigma = args.learn_sigma if args.learn_sigma is not None else args.model == 'dit'
 schedule = args.schedule or {'unet': 'ldm_linear', 'dit': 'linear'}[args.model]
-# every output of an earlier run is checked before anything is built, so a mistake costs seconds, not a run
-ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite)
-ckpt = load_checkpoint(ckpt_path) if args.resume else None
-if ckpt is not None and 'latent_scale' not in ckpt:
-    die(f"{ckpt_path} is not a train_ldm.py checkpoint (it has no latent scale); resume a diffusion run, or choose "
-        f"another --out_dir.")
-if ckpt is not None and ckpt['step'] >= args.max_steps:
-    die(f"{ckpt_path} is already at step {ckpt['step']}, and --max_steps is {args.max_steps}; raise --max_steps to "
-        f"train on.")
+
+
+def check_args(args):
+    """The rules between flags, and every output of an earlier run in --out_dir, checked before anything is built so
+    that a mistake costs seconds, not a run. -> (the checkpoint path, the checkpoint to resume or None)."""
+    if video and args.model != 'dit':
+        die("video latents (--num_frames > 1) need --model dit (the video DiT); the UNet is for images only.")
+    if args.grad_checkpointing and args.model != 'dit':
+        die("--grad_checkpointing is implemented for --model dit only.")
+    if args.cache_latents and (args.data is None or args.random_crop) and args.cache_size is None:
+        die("--cache_latents with the embedded dataset or --random_crop needs --cache_size N: there is no end to the "
+            "images (or crops) to cache.")
+    ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite)
+    ckpt = load_checkpoint(ckpt_path, script='train_ldm.py', holds='latent_scale') if args.resume else None
+    if ckpt is not None:
+        check_resume_steps(ckpt, ckpt_path, args.max_steps)
+    return ckpt_path, ckpt
+
+
+ckpt_path, ckpt = check_args(args)
+saved = ckpt['config'] if ckpt is not None else None  # the settings of the run to resume
 
 # -----------------------------------------------------------------------------
 # init: processes, precision, seeds, the frozen autoencoder
@@ -109,9 +120,9 @@ dtype = resolve_dtype(args.dtype, device)
 prepare_run_dir(args.out_dir, ckpt_path, args.overwrite, dist.master)
 seed_everything(args.seed + dist.rank)
 
-ae_path = ckpt['config']['ae'] if ckpt is not None and args.ae == parser.get_default('ae') else args.ae
+ae_path = saved['ae'] if saved and args.ae == parser.get_default('ae') else args.ae
 try:
-    ae = (load_video_autoencoder if video else load_autoencoder)(ae_path, preset=args.ae_preset, device=device)
+    ae = load_autoencoder(ae_path, preset=args.ae_preset, device=device, video=video)
     ae.requires_grad_(False)
 except FileNotFoundError:
     die(f"autoencoder {ae_path} does not exist; train one with train_ae.py or pass public weights with --ae PATH "
@@ -132,12 +143,11 @@ latent_shape = [C, *([latent_frames] if video else []), latent_size, latent_size
 # the autoencoder's identity goes into the checkpoint; sample.py and --resume refuse another one, whose latents the
 # denoiser and the latent scale were not made for
 ae_identity = {'ae_sha': weights_hash(ae), 'ae_factor': f, 'ae_channels': C}
-if ckpt is not None:
-    saved = {k: ckpt['config'].get(k) for k in ae_identity}
-    if saved['ae_sha'] is not None and saved != ae_identity:
-        die(f"--ae {ae_path} (f{f}, {C} channels, weights {ae_identity['ae_sha']}) is not the autoencoder {ckpt_path} "
-            f"was trained with (f{saved['ae_factor']}, {saved['ae_channels']} channels, weights {saved['ae_sha']}); "
-            f"pass that one with --ae.")
+trained_with = {k: saved.get(k) for k in ae_identity} if saved else ae_identity
+if trained_with['ae_sha'] is not None and trained_with != ae_identity:
+    die(f"--ae {ae_path} (f{f}, {C} channels, weights {ae_identity['ae_sha']}) is not the autoencoder {ckpt_path} "
+        f"was trained with (f{trained_with['ae_factor']}, {trained_with['ae_channels']} channels, weights "
+        f"{trained_with['ae_sha']}); pass that one with --ae.")
 
 
 @torch.no_grad()
@@ -147,17 +157,12 @@ def encode(x):  # x (B, 3, [T,] H, W) in [-1, 1] -> unnormalised latents (B, C, 
     return z.float()
 
 # -----------------------------------------------------------------------------
-# data: images (encoded on the fly) or the latent cache
+# data: images (encoded on the fly) or the latent cache; every rank shares the seed and takes its own shard of each
+# epoch's permutation
 
-if video:  # clips (3, T, H, W)
-    images = make_video_dataset(args.data, args.image_size, args.num_frames, args.frame_stride, seed=args.seed,
-                                train=True, random_crop=args.random_crop)
-else:
-    images = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop)
+images = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop,
+                      num_frames=args.num_frames, frame_stride=args.frame_stride)  # video: clips (3, T, H, W)
 if args.cache_latents:
-    if (args.data is None or args.random_crop) and args.cache_size is None:
-        die("--cache_latents with the embedded dataset or --random_crop needs --cache_size N: there is no end to the "
-            "images (or crops) to cache.")
     num_items = args.cache_size if args.random_crop or args.data is None else min(args.cache_size or len(images), len(images))
     key = {'ae_sha256': file_sha256(ae_path), 'data': dataset_identity(images, args.data, args.seed),
            'image_size': args.image_size, 'random_crop': args.random_crop, 'cache_size': num_items,
@@ -169,17 +174,8 @@ if args.cache_latents:
 else:
     dataset = images
 num_classes = dataset.num_classes
-# the training loader: every rank shares the seed, and takes its own shard of each epoch's permutation
 loader = Loader(dataset, args.batch_size, args.seed, dist, num_workers=args.num_workers)
-# what a resumed run must share with the saved one to continue it exactly: the data stream
 run_config = {**vars(args), 'num_images': len(dataset)}
-EXACT = ('data', 'num_images', 'image_size', 'random_crop', 'batch_size', 'seed', 'cache_latents', 'cache_size',
-         'num_frames', 'frame_stride')
-UNSAVED = ('resume', 'overwrite', 'allow_changes', 'max_steps', 'log_interval', 'eval_interval', 'ckpt_interval',
-           'num_workers', 'device', 'compile', 'num_samples', 'sample_steps', 'out_dir', 'ae', 'grad_checkpointing')
-if ckpt is not None:
-    compare_resume_config({k: v for k, v in ckpt['config'].items() if k not in UNSAVED},
-                          {k: v for k, v in run_config.items() if k not in UNSAVED}, EXACT, args.allow_changes)
 
 
 def to_latent(x):
@@ -188,7 +184,6 @@ def to_latent(x):
 
 # -----------------------------------------------------------------------------
 # latent normalisation (LDM's scale_by_std), the denoiser, EMA, optimizer
-
 
 if ckpt is not None:
     latent_shift, latent_scale = ckpt['latent_shift'], ckpt['latent_scale']
@@ -214,52 +209,40 @@ backbone = dict(model=args.model, preset=args.preset, latent_size=latent_size, i
                 learn_sigma=learn_sigma, class_dropout_prob=args.class_dropout_prob if num_classes > 0 else 0.0)
 if video:
     backbone['num_frames'] = latent_frames
-if ckpt is not None:
-    saved = {k: ckpt['config'][k] for k in ('backbone', 'schedule', 'prediction')}
-    if saved != {'backbone': backbone, 'schedule': schedule, 'prediction': args.prediction}:
-        die(f"{ckpt_path} was trained with {saved}; resume it with the same --model, --preset, --schedule, "
-            f"--prediction, --learn_sigma, --class_dropout_prob, --image_size and data.")
+denoiser = {'backbone': backbone, 'schedule': schedule, 'prediction': args.prediction}
+if saved and {k: saved[k] for k in denoiser} != denoiser:
+    die(f"{ckpt_path} was trained with {({k: saved[k] for k in denoiser})}; resume it with the same --model, --preset, "
+        f"--schedule, --prediction, --learn_sigma, --class_dropout_prob, --image_size and data.")
 try:
     raw_model = build_backbone(**backbone).to(device)
 except ValueError as e:
     die(str(e))
-if args.grad_checkpointing:
-    if args.model != 'dit':
-        die("--grad_checkpointing is implemented for --model dit only.")
-    raw_model.grad_checkpointing = True
+raw_model.grad_checkpointing = args.grad_checkpointing
 ema = deepcopy(raw_model).eval().requires_grad_(False)
 diffusion = Diffusion(schedule, prediction=args.prediction, learn_sigma=learn_sigma, device=device)
 opt = torch.optim.AdamW(raw_model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                         fused=device.type == 'cuda')  # one kernel for the whole update on GPUs
 scaler = make_grad_scaler(dtype, device)
 
-
-def load_weights(module, state, what):
-    try:
-        module.load_state_dict(state)
-    except RuntimeError:
-        die(f"{what} does not fit --model {args.model} --preset {args.preset} with {C}-channel {latent_size}x"
-            f"{latent_size} latents and {num_classes} classes; pass the flags it was trained with.")
-
+# -----------------------------------------------------------------------------
+# the starting point: a fine-tune's weights (--init_from; optimizer and step start fresh), or the run to resume,
+# exactly where it stopped (a change of the data stream, common.RESUME_EXACT, cannot continue it exactly)
 
 step = 0
-if args.init_from:  # start from another run's denoiser (fine-tuning); optimizer and step start fresh
+if args.init_from:
     init = load_checkpoint(args.init_from)
-    load_weights(raw_model, init['model'], args.init_from)
-    load_weights(ema, init.get('ema', init['model']), args.init_from)
+    for module, state in ((raw_model, init['model']), (ema, init.get('ema', init['model']))):
+        try:
+            module.load_state_dict(state)
+        except RuntimeError:
+            die(f"{args.init_from} does not fit --model {args.model} --preset {args.preset} with {C}-channel "
+                f"{latent_size}x{latent_size} latents and {num_classes} classes; pass the flags it was trained with.")
     del init
 if ckpt is not None:
-    load_weights(raw_model, ckpt['model'], ckpt_path)
-    load_weights(ema, ckpt['ema'], ckpt_path)
-    opt.load_state_dict(ckpt['opt'])
-    for group in opt.param_groups:
-        group['lr'] = args.lr  # the command line wins over the saved state, so a resume can change it
-    scaler.load_state_dict(ckpt['scaler'])
-    loader.load_state_dict(ckpt['loader'])
-    step = ckpt['step']
-    restore_rng_states(ckpt['rng'], dist)
-    if dist.master:
-        truncate_log(os.path.join(args.out_dir, 'log.jsonl'), step)  # the steps after the checkpoint are redone
+    step = resume_run(ckpt, run_config, args.allow_changes, dist, args.out_dir,
+                      states={'model': raw_model, 'ema': ema, 'opt': opt, 'scaler': scaler, 'loader': loader},
+                      lrs={'opt': args.lr}, exact=('cache_latents', 'cache_size'),
+                      unsaved=('num_samples', 'sample_steps', 'ae', 'grad_checkpointing'))
     ckpt = None
 
 model = raw_model
@@ -282,7 +265,7 @@ def sample_grid():
         z = diffusion.ddim_sample(lambda x, t: ema(x, t, grid_labels), grid_noise, steps=args.sample_steps)
         x = ae.decode(z.float() / scale + shift).float()
     if video:  # (B, 3, T, H, W) -> uint8 (B, T, H, W, 3) -> samples_STEP/grid.mp4, grid.gif, grid_frames.png
-        clips = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+        clips = to_uint8(x).permute(0, 2, 3, 4, 1).cpu().numpy()
         folder = os.path.join(args.out_dir, f'samples_{step:07d}')
         os.makedirs(folder, exist_ok=True)
         save_video_grid(clips, folder)

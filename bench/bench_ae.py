@@ -74,7 +74,7 @@ if 'train_ae' in parts:
     lpips_flags = []
     if args.lpips:
         from torchvision.models import vgg16
-        from model import LPIPS
+        from perceptual import LPIPS
         torch.save(vgg16().state_dict(), os.path.join(tmp, 'vgg16.pth'))
         torch.save({f'lin{l}.model.1.weight': torch.rand(1, c, 1, 1) for l, c in enumerate(LPIPS.channels)},
                    os.path.join(tmp, 'lin.pth'))

@@ -1,7 +1,7 @@
 """Specification of the diffusion backbones in model.py: DiT equals diffusers' DiTTransformer2DModel under an explicit
 key mapping, adaLN-Zero and the zero-init convs make the networks start as the identity / predict 0, the sin-cos
 position embedding and timestep features have their closed forms, label dropout swaps in the null class, and both
-backbones keep the shapes of unusual configurations."""
+backbones compute each sample on its own grid in unusual configurations (non-square, not powers of 2)."""
 import math
 
 import pytest
@@ -156,16 +156,32 @@ def test_label_dropout_swaps_in_the_null_class(model_name):
         assert torch.allclose(m(x, t, y), null, atol=1e-6)  # train with p = 1: every label dropped
 
 
-def test_odd_configurations_keep_shapes():
+def test_odd_configurations_compute_each_sample_on_its_own_grid():
+    # non-square latents, sizes that are not powers of 2, channel widths that are not monotone: a reshape that mixes
+    # height and width, or samples of a batch, keeps the shapes but breaks these
     torch.manual_seed(0)
-    u = UNet(in_channels=3, model_channels=48, channel_mult=(1, 3, 2), num_res_blocks=1, attention_resolutions=(2,),
-             num_head_channels=24, num_groups=16, learn_sigma=True, num_classes=0)
-    assert u(torch.randn(2, 3, 12, 20), torch.tensor([1, 2])).shape == (2, 6, 12, 20)  # non-square, not a power of 2
-    d = DiT(input_size=(8, 12), patch_size=4, in_channels=3, hidden_size=48, depth=1, num_heads=3, num_classes=0,
-            learn_sigma=False)
-    assert d(torch.randn(2, 3, 8, 12), torch.tensor([1, 2])).shape == (2, 3, 8, 12)
-    d16 = DIT_PRESETS["DiT-S/8"](input_size=16, in_channels=16, num_classes=7)  # FLUX-AE-like 16-channel latents
-    assert d16(torch.randn(1, 16, 16, 16), torch.tensor([5]), torch.tensor([6])).shape == (1, 32, 16, 16)
+    u = perturbed(UNet(in_channels=3, model_channels=48, channel_mult=(1, 3, 2), num_res_blocks=1,
+                       attention_resolutions=(2,), num_head_channels=24, num_groups=16, learn_sigma=True, num_classes=0))
+    d = perturbed(DiT(input_size=(8, 12), patch_size=4, in_channels=3, hidden_size=48, depth=1, num_heads=3,
+                      num_classes=0, learn_sigma=False))
+    t = torch.tensor([1, 500, 999])
+    with torch.no_grad():
+        for m, x, channels in ((u, torch.randn(3, 3, 12, 20), 6), (d, torch.randn(3, 3, 8, 12), 3)):
+            out = m(x, t)
+            assert out.shape == (3, channels, *x.shape[-2:])  # learn_sigma: eps and the variance values
+            for i in range(3):  # each sample's output is its own: nothing leaks across the batch
+                torch.testing.assert_close(m(x[i:i + 1], t[i:i + 1])[0], out[i], atol=1e-5, rtol=1e-5)
+    # the DiT's (8, 12) latents are a 2 x 3 grid of 4 x 4 patches, row-major: the tokens of one row share the row half
+    # of the position embedding, those of one column the column half, and no two tokens share both
+    col, row = d.pos_embed[0].view(2, 3, 48).split(24, dim=-1)
+    assert torch.equal(row, row[:, :1].expand(2, 3, 24)) and torch.equal(col, col[:1].expand(2, 3, 24))
+    assert len({tuple(e.tolist()) for e in d.pos_embed[0]}) == 6
+    # a 16-channel conditional DiT-S/8 (FLUX-AE latents) reads its label: another class gives another prediction
+    d16 = perturbed(DIT_PRESETS["DiT-S/8"](input_size=16, in_channels=16, num_classes=7))
+    x16 = torch.randn(1, 16, 16, 16)
+    with torch.no_grad():
+        a, b = d16(x16, torch.tensor([5]), torch.tensor([6])), d16(x16, torch.tensor([5]), torch.tensor([2]))
+    assert a.shape == (1, 32, 16, 16) and not torch.allclose(a, b)
 
 
 def test_unpatchify_inverts_patchify():

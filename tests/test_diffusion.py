@@ -17,9 +17,23 @@ def test_schedules_closed_form():
         s = beta_schedule(name, 1000)  # LDM's configs and Stable Diffusion's, both linear in sqrt(beta)
         assert s[0].item() == pytest.approx(first) and s[-1].item() == pytest.approx(last)
         assert torch.allclose(s.sqrt().diff(), s.sqrt().diff()[0].expand(999))
-    # LDM's make_beta_schedule('linear', 1000, 0.0015, 0.0195) as written in its ddpm.py, step by step
-    ldm = torch.linspace(0.0015 ** 0.5, 0.0195 ** 0.5, 1000, dtype=torch.float64) ** 2
-    assert torch.equal(beta_schedule("ldm_linear", 1000), ldm)
+    # every beta in closed form, t by t in Python floats: beta_t = b_0 + t (b_T - b_0) / (T - 1) for DDPM's linear
+    # schedule, beta_t = (sqrt(b_0) + t (sqrt(b_T) - sqrt(b_0)) / (T - 1))^2 for LDM's and Stable Diffusion's
+    for name, (b0, b1, root) in {"linear": (1e-4, 0.02, False), "ldm_linear": (0.0015, 0.0195, True),
+                                  "scaled_linear": (0.00085, 0.012, True)}.items():
+        s = beta_schedule(name, 1000).tolist()
+        for t in (0, 1, 137, 500, 998, 999):
+            if root:
+                expected = (b0 ** 0.5 + t * (b1 ** 0.5 - b0 ** 0.5) / 999) ** 2
+            else:
+                expected = b0 + t * (b1 - b0) / 999
+            assert s[t] == pytest.approx(expected, rel=1e-12), (name, t)
+    # and the reference implementation: diffusers' DDPMScheduler, whose 'scaled_linear' is LDM's rule (in float32)
+    from diffusers import DDPMScheduler
+    for name, (b0, b1, kind) in {"linear": (1e-4, 0.02, "linear"), "ldm_linear": (0.0015, 0.0195, "scaled_linear"),
+                                  "scaled_linear": (0.00085, 0.012, "scaled_linear")}.items():
+        ref = DDPMScheduler(num_train_timesteps=1000, beta_start=b0, beta_end=b1, beta_schedule=kind).betas
+        torch.testing.assert_close(beta_schedule(name, 1000).float(), ref, rtol=1e-5, atol=0)
     d = Diffusion("linear")
     assert torch.all(d.abar.diff() < 0)
     assert d.abar[-1] < 1e-4  # x_T is (almost) pure noise

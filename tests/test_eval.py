@@ -12,9 +12,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import data
 import eval_fid
-from eval_fid import (InceptionV3FID, evaluate_autoencoder, feature_statistics, frechet_distance, laplacian_pyramid,
-                      sliced_wasserstein, swd_descriptors)
+import inception
+import metrics
+import swd
+from eval_fid import evaluate_autoencoder
+from inception import InceptionV3FID
+from metrics import feature_statistics, frechet_distance
+from swd import laplacian_pyramid, sliced_wasserstein, swd_descriptors
 from metrics import psnr, ssim
 from common import Dist
 from tests.helpers import run
@@ -46,7 +52,7 @@ def gaussian_blur(x, sigma=1.0):
 def write_pngs(folder, x):
     """x (N, 3, H, W) in [-1, 1] -> folder/000.png ...; returns the uint8 (N, H, W, 3) array written."""
     os.makedirs(folder, exist_ok=True)
-    array = eval_fid.to_uint8(x).permute(0, 2, 3, 1).numpy()
+    array = metrics.to_uint8(x).permute(0, 2, 3, 1).numpy()
     for i, a in enumerate(array):
         Image.fromarray(a).save(os.path.join(folder, f'{i:03d}.png'))
     return array
@@ -127,8 +133,8 @@ def test_inception_features_and_fid_match_pytorch_fid(tmp_path, monkeypatch):
     write_pngs(tmp_path / 'a', x)
     theirs = get_activations(files, reference, batch_size=6, num_workers=0)  # (6, 2048) float64, from the PNGs
     torch.save(state, tmp_path / 'w.pth')
-    inception = eval_fid.load_inception(str(tmp_path / 'w.pth'))
-    ours, _ = eval_fid.collect(eval_fid.ImageFiles(str(tmp_path / 'a')), CPU, 6, 0, 'test', inception)
+    net = inception.load_inception(str(tmp_path / 'w.pth'))
+    ours, _ = eval_fid.collect(data.ImageFiles(str(tmp_path / 'a')), CPU, 6, 0, 'test', net)
     scale = np.abs(theirs).max()
     assert np.abs(ours - theirs).max() < 1e-5 * scale
 
@@ -156,9 +162,9 @@ def test_inception_parameter_names_are_the_release_files():
 
 def test_missing_inception_weights_is_one_sentence_naming_file_and_flag(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
-        eval_fid.load_inception(str(tmp_path / 'nope.pth'))
+        inception.load_inception(str(tmp_path / 'nope.pth'))
     msg = str(e.value)
-    assert '--inception_weights' in msg and eval_fid.FID_WEIGHTS_FILE in msg and msg.count('. ') == 0
+    assert '--inception_weights' in msg and inception.FID_WEIGHTS_FILE in msg and msg.count('. ') == 0
 
 # -----------------------------------------------------------------------------
 # SWD
@@ -187,7 +193,7 @@ def test_laplacian_pyramid_matches_progan_and_inverts():
     for a, b in zip(ours, progan_laplacian_pyramid(x.numpy().copy(), 2)):  # ProGAN's code writes in place
         assert np.abs(a.numpy() - b).max() < 1e-3  # values up to 255 in float32
     # x = level_0 + up(level_1): the pyramid is a lossless representation
-    recon = ours[0] + eval_fid.pyr_up(ours[1], (32, 32))
+    recon = ours[0] + swd.pyr_up(ours[1], (32, 32))
     assert (recon - x).abs().max() < 1e-3
 
 
@@ -260,9 +266,9 @@ class OffsetAE(torch.nn.Module):
 
 def test_evaluate_autoencoder_on_known_reconstructions():
     x = disk_images(8, 32, seed=0) * 0.7  # inside [-0.7, 0.7] so the offset never clips
-    images = eval_fid.ImageArray(eval_fid.to_uint8(x).permute(0, 2, 3, 1).numpy())
+    images = data.ImageArray(metrics.to_uint8(x).permute(0, 2, 3, 1).numpy())
     perfect = evaluate_autoencoder(OffsetAE(0.0), images, CPU, batch_size=3)
-    assert perfect['psnr'] == float('inf') and perfect['ssim'] == pytest.approx(1.0, abs=1e-6)
+    assert perfect['psnr'] == metrics.PSNR_MAX and perfect['ssim'] == pytest.approx(1.0, abs=1e-6)  # lossless: capped
     assert perfect['swd_avg'] == 0 and 'lpips' not in perfect and 'rfid' not in perfect
     # an offset of 10 grey levels: MSE = (10 / 255)^2 -> PSNR = 20 log10(25.5) = 28.13 dB
     shifted = evaluate_autoencoder(OffsetAE(2 * 10 / 255), images, CPU, batch_size=3)
@@ -275,7 +281,7 @@ def test_evaluate_autoencoder_on_known_reconstructions():
 def offline(monkeypatch, tmp_path):
     """No cached weights and no download, whatever machine the tests run on."""
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
-    monkeypatch.setattr(eval_fid, 'FID_WEIGHTS_URL', 'file:///nonexistent/' + eval_fid.FID_WEIGHTS_FILE)
+    monkeypatch.setattr(inception, 'FID_WEIGHTS_URL', 'file:///nonexistent/' + inception.FID_WEIGHTS_FILE)
 
 
 def test_cli_npz_against_folder_reports_swd_and_skips_fid_with_its_reason(tmp_path, monkeypatch):
@@ -298,12 +304,12 @@ def test_cli_npz_against_folder_reports_swd_and_skips_fid_with_its_reason(tmp_pa
     for k in ('swd_32', 'swd_16', 'swd_avg'):
         assert result[k] == pytest.approx(expected[k], rel=1e-6)
     assert 'fid' not in result
-    assert eval_fid.FID_WEIGHTS_FILE in result['skipped']['fid'] and '--inception_weights' in result['skipped']['fid']
+    assert inception.FID_WEIGHTS_FILE in result['skipped']['fid'] and '--inception_weights' in result['skipped']['fid']
 
 
 def test_cli_reference_defaults_to_the_embedded_dataset(tmp_path, monkeypatch):
     offline(monkeypatch, tmp_path)
-    np.savez(tmp_path / 'samples.npz', arr_0=eval_fid.to_uint8(disk_images(3, 16, seed=0)).permute(0, 2, 3, 1).numpy())
+    np.savez(tmp_path / 'samples.npz', arr_0=metrics.to_uint8(disk_images(3, 16, seed=0)).permute(0, 2, 3, 1).numpy())
     results, skipped = eval_fid.main(['--fake', str(tmp_path / 'samples.npz'), '--num_workers', '0', '--device', 'cpu'])
     assert results['num_real'] == 3 and set(results) >= {'swd_16', 'swd_avg'} and 'fid' in skipped
     assert os.path.isfile(tmp_path / 'samples_metrics.json')
@@ -323,8 +329,9 @@ def test_cli_user_errors_are_one_sentence(tmp_path):
 
 def test_cli_autoencoder_checkpoint(tmp_path, monkeypatch):
     import model
+    import perceptual
     offline(monkeypatch, tmp_path)
-    monkeypatch.setattr(model, 'VGG16_URL', 'file:///nonexistent/vgg16-397923af.pth')
+    monkeypatch.setattr(perceptual, 'VGG16_URL', 'file:///nonexistent/vgg16-397923af.pth')
     torch.manual_seed(0)
     ae = model.Autoencoder(model.AE_PRESETS['tiny'])
     torch.save({'model': ae.state_dict(), 'config': {'preset': 'tiny'}}, tmp_path / 'ae.pt')
@@ -340,8 +347,8 @@ def test_cli_autoencoder_checkpoint(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_cli_two_processes_give_the_single_process_numbers(tmp_path):
     """Sharded extraction + all_gather (gloo on CPU) must reassemble the sets in order, padding and all."""
-    np.savez(tmp_path / 'fake.npz', arr_0=eval_fid.to_uint8(disk_images(7, 32, seed=0)).permute(0, 2, 3, 1).numpy())
-    np.savez(tmp_path / 'real.npz', arr_0=eval_fid.to_uint8(disk_images(9, 32, seed=1)).permute(0, 2, 3, 1).numpy())
+    np.savez(tmp_path / 'fake.npz', arr_0=metrics.to_uint8(disk_images(7, 32, seed=0)).permute(0, 2, 3, 1).numpy())
+    np.savez(tmp_path / 'real.npz', arr_0=metrics.to_uint8(disk_images(9, 32, seed=1)).permute(0, 2, 3, 1).numpy())
     common = ['--fake', tmp_path / 'fake.npz', '--real', tmp_path / 'real.npz', '--batch_size', '2',
               '--num_workers', '0', '--device', 'cpu', '--inception_weights', tmp_path / 'none.pth']
     run('eval_fid.py', *common, '--out', tmp_path / 'one.json')

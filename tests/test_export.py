@@ -10,7 +10,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import export
-from model import (Autoencoder, VideoAutoencoder, load_ae_state_dict, make_ae_config, make_video_ae_config)
+from model import Autoencoder, make_ae_config
+from video_model import VIDEO_AE_PRESETS, VideoAutoencoder
+from weights import load_ae_state_dict
 
 diffusers = pytest.importorskip('diffusers')
 
@@ -25,9 +27,9 @@ def random_weights(module, seed):
 
 
 def write_checkpoint(path, preset, overrides, video=False):
-    """A train_ae.py checkpoint (its keys as read_ae_weights reads them) whose EMA weights differ from its raw ones.
+    """A train_ae.py checkpoint (its keys as weights.read_autoencoder reads them) whose EMA weights differ from its raw ones.
     -> the autoencoder with the EMA weights."""
-    cfg = (make_video_ae_config if video else make_ae_config)(preset, overrides)
+    cfg = make_ae_config(preset, overrides, VIDEO_AE_PRESETS if video else None)
     build = VideoAutoencoder if video else Autoencoder
     raw, ema = random_weights(build(cfg), 0), random_weights(build(cfg), 1)
     torch.save({'model': raw.state_dict(), 'ema': ema.state_dict(), 'config': {

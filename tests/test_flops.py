@@ -9,7 +9,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bench'))
-from flops import dit_flops, dit_config, ae_flops, ae_encoder_flops, ae_decoder_flops, device_peak_flops  # noqa: E402
+from flops import (PEAK_FLOPS, dit_flops, dit_config, ae_flops, ae_encoder_flops, ae_decoder_flops,  # noqa: E402
+                   device_peak_flops)
 from model import DiT, Autoencoder, AEConfig, AE_PRESETS  # noqa: E402
 
 
@@ -55,7 +56,17 @@ def test_ae_flops_equal_flop_counter(cfg):
 
 
 def test_peak_table():
-    assert device_peak_flops('NVIDIA H100 80GB HBM3', 'bfloat16') == 989e12
-    assert device_peak_flops('NVIDIA H100 PCIe', 'bfloat16') == 756e12
-    assert device_peak_flops('NVIDIA H100 80GB HBM3', 'float32') == 494e12  # fp32 training runs in TF32
-    assert device_peak_flops('some other GPU', 'bfloat16') is None
+    # dense tensor-core rates of Ampere and Hopper: fp16 runs at the bf16 rate, TF32 (what float32 training uses) at half
+    for gpu, peak in PEAK_FLOPS.items():
+        assert peak['float16'] == peak['bfloat16'] and peak['tf32'] == pytest.approx(peak['bfloat16'] / 2, rel=2e-3), gpu
+    # the bf16 dense peaks of the data sheets, in TFLOP/s: H100 SXM 989.4, H100 PCIe 756.5, H200 as H100 SXM, A100 312
+    sheets = {'H100 SXM': 989.4e12, 'H100 PCIe': 756.5e12, 'H200': 989.4e12, 'A100': 312e12}
+    assert {gpu: pytest.approx(v, rel=1e-3) for gpu, v in sheets.items()} == {g: p['bfloat16'] for g, p in PEAK_FLOPS.items()}
+    # the names torch.cuda.get_device_name() reports pick their own sheet (a PCIe H100 is not an SXM one), and float32
+    # takes the TF32 rate
+    names = {'NVIDIA H100 80GB HBM3': 'H100 SXM', 'NVIDIA H100 PCIe': 'H100 PCIe', 'NVIDIA H200': 'H200',
+             'NVIDIA A100-SXM4-80GB': 'A100', 'NVIDIA A100 80GB PCIe': 'A100'}
+    for name, gpu in names.items():
+        assert device_peak_flops(name, 'bfloat16') == PEAK_FLOPS[gpu]['bfloat16']
+        assert device_peak_flops(name, 'float32') == PEAK_FLOPS[gpu]['tf32']
+    assert device_peak_flops('some other GPU', 'bfloat16') is None  # no MFU rather than a wrong one

@@ -1,4 +1,4 @@
-"""Specification of the first stage (model.py, "Autoencoder, discriminator, LPIPS"): equality with diffusers'
+"""Specification of the first stage (model.py, weights.py, perceptual.py): equality with diffusers'
 AutoencoderKL and the lpips package, closed forms of the KL / VQ / hinge losses, and the shapes of every preset."""
 import os
 import urllib.error
@@ -9,8 +9,10 @@ import torch
 from safetensors.torch import save_file
 
 import model
-from model import (AE_PRESETS, LPIPS, LPIPS_MIN_SIZE, Autoencoder, adaptive_gan_weight, NLayerDiscriminator, VectorQuantizer, diagonal_gaussian,
-                   hinge_d_loss, load_ae_state_dict, load_autoencoder, make_ae_config)
+from model import (AE_PRESETS, Autoencoder, adaptive_gan_weight, NLayerDiscriminator, VectorQuantizer,
+                   diagonal_gaussian, hinge_d_loss, make_ae_config)
+from perceptual import LPIPS, LPIPS_MIN_SIZE
+from weights import load_ae_state_dict, load_autoencoder
 
 diffusers = pytest.importorskip('diffusers')
 lpips = pytest.importorskip('lpips')
@@ -364,3 +366,24 @@ def test_lpips_missing_weights_offline_is_one_clear_sentence(lpips_pair, tmp_pat
         torch.hub.set_dir(old_dir)
     with pytest.raises(FileNotFoundError, match='missing.pth does not exist'):
         LPIPS(vgg_weights=str(tmp_path / 'missing.pth'))
+
+
+@pytest.mark.parametrize('net', ['lpips', 'inception', 'i3d'])
+def test_every_weight_download_refuses_an_unreadable_file_in_one_sentence(net, tmp_path, monkeypatch):
+    # weights.fetch_weights is the one downloader: a local file and a file in the torch hub cache are both read as
+    # tensors only, and a broken one of either is one sentence naming it (I3D's local file once gave a traceback)
+    import i3d
+    import inception
+    load, file_name = {'lpips': (lambda p: LPIPS(vgg_weights=p, pretrained=p is None), 'vgg16-397923af.pth'),
+                       'inception': (inception.load_inception, inception.FID_WEIGHTS_FILE),
+                       'i3d': (i3d.load_i3d, i3d.I3D_WEIGHTS_FILE)}[net]
+    garbage = np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    (tmp_path / 'w.pth').write_bytes(garbage)
+    with pytest.raises(ValueError, match=r'w\.pth could not be read as torch weights') as e:
+        load(str(tmp_path / 'w.pth'))
+    assert '\n' not in str(e.value)
+    monkeypatch.setattr(torch.hub, '_hub_dir', str(tmp_path / 'hub'))  # a cache holding a cut-off download
+    os.makedirs(tmp_path / 'hub' / 'checkpoints')
+    (tmp_path / 'hub' / 'checkpoints' / file_name).write_bytes(garbage)
+    with pytest.raises(ValueError, match=f'{file_name} in the torch hub cache could not be read .* delete it'):
+        load(None)

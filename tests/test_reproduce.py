@@ -10,7 +10,7 @@ import torch
 
 from data import DeadLeaves, MovingDeadLeaves
 from tests.helpers import run
-from model import load_autoencoder
+from weights import load_autoencoder
 
 
 def numbers(o):
@@ -72,8 +72,7 @@ def test_smoke_run_writes_figures_and_reuses_only_what_matches(tmp_path):
 
 @pytest.mark.slow
 def test_video_smoke_run_reports_what_its_artefacts_hold(tmp_path):
-    from eval_fid import video_swd
-    from model import load_video_autoencoder
+    from swd import video_swd
     args = ['reproduce.py', '--num_frames', 17, '--smoke', '--seeds', 1, '--out_dir', tmp_path]
     run(*args, timeout=1800)
     report = json.loads((tmp_path / 'report.json').read_text())
@@ -109,7 +108,7 @@ def test_video_smoke_run_reports_what_its_artefacts_hold(tmp_path):
     # and the SE AE's reconstructions of that draw are its decoded posterior means
     x = torch.stack([MovingDeadLeaves(32, 17, seed=0, train=True)[i][0] for i in range(4)])  # (N, 3, T, H, W)
     assert torch.equal(((x + 1) * 127.5).round().to(torch.uint8).transpose(1, 2), real2)
-    ae = load_video_autoencoder(str(tmp_path / 'seed0' / 'ae_z16_kl1e-06_se0.25' / 'ckpt.pt'))
+    ae = load_autoencoder(str(tmp_path / 'seed0' / 'ae_z16_kl1e-06_se0.25' / 'ckpt.pt'))
     with torch.no_grad():
         recon = ((ae.decode(ae.encode(x, sample=False)[0]).clamp(-1, 1) + 1) * 127.5).round().transpose(1, 2)
     saved = clips(tmp_path / 'references' / 'se_ae' / 'samples.npz')

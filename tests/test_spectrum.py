@@ -9,9 +9,11 @@ import scipy.fft
 import torch
 import torch.nn.functional as F
 
+import metrics
 import spectrum
+from metrics import psnr
 from spectrum import (BlockSpectrum, block_dct, block_idct, dct_matrix, dct_spectrum, erase_high_frequencies,
-                      hf_share, psnr, zigzag)
+                      hf_share, zigzag)
 
 # libjpeg's jpeg_natural_order: the k-th coefficient in zigzag order is at row-major position JPEG_ZIGZAG[k]
 JPEG_ZIGZAG = [
@@ -180,23 +182,23 @@ def test_erasing_nothing_is_bitwise_the_input():
 
 def test_bicubic_reference_keeps_constants_and_loses_fine_detail():
     flat = torch.full((1, 3, 32, 32), 0.3)
-    torch.testing.assert_close(spectrum.bicubic_at_latent_grid(flat, 4), flat)
+    torch.testing.assert_close(metrics.bicubic_at_latent_grid(flat, 4), flat)
     smooth = smooth_images(2, 3, 32, cells=4).float()
     noisy = (smooth + 0.3 * torch.randn_like(smooth)).clamp(-1, 1)
-    p = lambda x: psnr(spectrum.bicubic_at_latent_grid(x, 4), x).mean()
+    p = lambda x: psnr(metrics.bicubic_at_latent_grid(x, 4), x).mean()
     assert p(smooth) > p(noisy) + 10  # the grid keeps smooth images and drops pixel noise
 
 
 def test_psnr_closed_form():
     x = torch.zeros(2, 3, 8, 8)
     torch.testing.assert_close(psnr(x + 0.02, x), torch.full((2,), 10 * math.log10(4 / 0.02 ** 2), dtype=torch.float64))
-    assert psnr(x, x).eq(spectrum.PSNR_MAX).all()  # lossless is capped, not inf, so JSON stays finite
+    assert psnr(x, x).eq(metrics.PSNR_MAX).all()  # lossless is capped, not inf, so JSON stays finite
 
 
 def test_psnr_falls_strictly_with_the_fraction_erased_for_a_smooth_image():
     x = smooth_images(4, 3, 64, seed=1).float()
     curve = [psnr(erase_high_frequencies(x, p).clamp(-1, 1), x).mean().item() for p in spectrum.ERASE_FRACTIONS]
-    assert curve[0] == spectrum.PSNR_MAX
+    assert curve[0] == metrics.PSNR_MAX
     assert all(a > b for a, b in zip(curve, curve[1:])), curve
     assert curve[-1] > 20  # a smooth image lives in its lowest frequencies
 
@@ -213,7 +215,7 @@ def _save_tiny_ae(path, seed):
 @pytest.mark.slow  # 2 AEs x 10 erasure levels x 2 batches of decodes: ~10-30 s on a shared CPU
 def test_cli_on_two_tiny_checkpoints_writes_plots_and_consistent_json(tmp_path):
     from data import make_dataset
-    from model import load_autoencoder
+    from weights import load_autoencoder
     a, b = tmp_path / 'a.pt', tmp_path / 'b.pt'
     _save_tiny_ae(a, 0)
     _save_tiny_ae(b, 1)
@@ -249,8 +251,8 @@ def test_cli_on_two_tiny_checkpoints_writes_plots_and_consistent_json(tmp_path):
     # erasing 0% is the plain reconstruction
     assert r['erasure_psnr'][0] == r['reconstruction_psnr'] == pytest.approx(psnr(x_rec, x).mean().item(), rel=1e-6)
     # the trivial reference beside it: bicubic down and up by f = 4 on the same images
-    assert r['bicubic_psnr'] == pytest.approx(psnr(spectrum.bicubic_at_latent_grid(x, 4), x).mean().item(), rel=1e-6)
-    assert result['rgb_erasure_psnr'][0] == spectrum.PSNR_MAX
+    assert r['bicubic_psnr'] == pytest.approx(psnr(metrics.bicubic_at_latent_grid(x, 4), x).mean().item(), rel=1e-6)
+    assert result['rgb_erasure_psnr'][0] == metrics.PSNR_MAX
     assert all(a > b for a, b in zip(result['rgb_erasure_psnr'], result['rgb_erasure_psnr'][1:]))
 
 

@@ -12,7 +12,8 @@ import pytest
 from common import add_common_args
 from tests.helpers import ROOT
 
-SCRIPTS = ['train_ae.py', 'train_ldm.py', 'sample.py', 'eval_fid.py', 'spectrum.py', 'reproduce.py', 'export.py',
+SCRIPTS = ['train_ae.py', 'train_ldm.py', 'sample.py', 'eval_fid.py', 'spectrum.py', 'reproduce.py', 'report.py',
+           'export.py',
            *(os.path.join('bench', f) for f in sorted(os.listdir(os.path.join(ROOT, 'bench'))) if f.startswith('bench_'))]
 
 
@@ -70,13 +71,28 @@ def test_docstring_lists_the_shared_flags_with_their_real_defaults(script):
 
 
 def test_no_import_circle_and_no_evaluation_stack_under_training():
-    # common is the bottom of the project: it imports none of the project's modules
+    # the layers, bottom up: common and model import none of the project's modules, metrics only model (the video
+    # AE's time pooling), data adds common and metrics; the video AE builds on model, weight files sit above both
     project = {os.path.splitext(f)[0] for f in os.listdir(ROOT) if f.endswith('.py')}
-    assert not imported_modules('common.py') & project
-    assert not imported_modules('data.py') & project - {'common'}
-    assert imported_modules('train_ae.py') & project <= {'common', 'data', 'metrics', 'model', 'spectrum'}
+    below = {'common': set(), 'metrics': {'model'}, 'data': {'common', 'metrics'}, 'model': set(),
+             'video_model': {'model'}, 'weights': {'common', 'model', 'video_model'}}
+    for name, allowed in below.items():
+        assert imported_modules(f'{name}.py') & project <= allowed, name
+    assert imported_modules('train_ae.py') & project <= {'common', 'data', 'metrics', 'model', 'video_model', 'weights',
+                                                          'perceptual', 'spectrum'}
     # what train_ae.py can import (spectrum lazily) loads neither scipy nor the Inception network nor eval_fid
-    code = ("import sys, common, data, metrics, model, spectrum; "
-            "bad = {'scipy', 'eval_fid', 'torchvision.models.inception'} & set(sys.modules); "
+    code = ("import sys, common, data, metrics, model, video_model, weights, perceptual, spectrum; "
+            "bad = {'scipy', 'eval_fid', 'inception', 'torchvision.models.inception'} & set(sys.modules); "
             "assert not bad, bad")
     subprocess.run([sys.executable, '-c', code], check=True, cwd=ROOT)
+
+
+def test_no_helper_takes_the_whole_args_namespace():
+    # STYLE.md: a helper gets the few values it needs, so a reader sees which flags matter; check_args, a script's
+    # rules between flags right after parsing, is the one function that reads the command line whole
+    files = [f for f in os.listdir(ROOT) if f.endswith('.py')] + [os.path.join('bench', f) for f in os.listdir(
+        os.path.join(ROOT, 'bench')) if f.endswith('.py')]
+    takers = [f"{name}: {node.name}" for name in files for node in ast.walk(tree(name))
+              if isinstance(node, ast.FunctionDef) and node.name != 'check_args'
+              and 'args' in [a.arg for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs]]
+    assert not takers, takers

@@ -152,7 +152,7 @@ def test_video_run_resumes_exactly_and_writes_previews(tmp_path):
 
 def test_online_hf_probe_is_spectrum_hf_share_of_the_held_out_latent_means(tmp_path):
     from data import make_dataset
-    from model import load_autoencoder
+    from weights import load_autoencoder
     from spectrum import hf_share
     run('train_ae.py', *TINY_AE, '--image_size', 32, '--out_dir', tmp_path, '--max_steps', 1, '--eval_interval', 1,
         '--dtype', 'float32')
@@ -168,3 +168,22 @@ def test_warmup_is_linear_in_the_step(tmp_path):
     run('train_ae.py', *TINY_AE, '--out_dir', tmp_path, '--max_steps', 2, '--lr', 1e-3, '--warmup_steps', 4)
     rows = train_rows(tmp_path)
     assert rows[1]['lr'] == pytest.approx(1e-3 / 4) and rows[2]['lr'] == pytest.approx(2e-3 / 4)  # lr (step + 1) / 4
+
+
+@pytest.mark.parametrize('frames', [1, 9])
+def test_logged_bicubic_reference_is_spectrums_on_the_same_images(tmp_path, frames):
+    # "bicubic at the latent grid" has one definition (metrics.bicubic_at_latent_grid): the number train_ae.py logs for
+    # its held-out images (clips) is the one spectrum.py reports for the same images, to the rounding of the sums
+    import json
+    import spectrum
+    video = ['--num_frames', frames, '--batch_size', 1] if frames > 1 else []
+    run('train_ae.py', *TINY_AE, '--image_size', 32, *video, '--out_dir', tmp_path / 'ae', '--max_steps', 1,
+        '--eval_interval', 1, '--dtype', 'float32')
+    logged = [r for r in read_log(tmp_path / 'ae') if 'val_psnr_bicubic' in r][-1]['val_psnr_bicubic']
+    spectrum.main(['--ckpt', str(tmp_path / 'ae' / 'ckpt.pt'), '--label', 'ae', '--image_size', '32', '--num_images', '2',
+                   '--batch_size', '2', '--num_frames', str(frames), '--device', 'cpu', '--out_dir', str(tmp_path / 's')])
+    if frames > 1:
+        measured = json.load(open(tmp_path / 's' / 'spectrum_video.json'))['video']['ae']['bicubic_psnr']
+    else:
+        measured = json.load(open(tmp_path / 's' / 'spectrum.json'))['autoencoders']['ae']['bicubic_psnr']
+    assert logged == pytest.approx(measured, rel=1e-9) and 10 < logged < 40

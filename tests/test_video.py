@@ -8,6 +8,9 @@ import pytest
 import torch
 
 import eval_fid
+import i3d
+import metrics
+import swd
 from model import (DIT_PRESETS, VIDEO_DIT_PRESETS, DiT, VideoDiT, build_backbone, frame_attention,
                    get_1d_sincos_pos_embed)
 from tests.test_backbones import perturbed
@@ -95,9 +98,9 @@ def test_i3d_features_equal_cd_fvd_i3d_with_identical_random_weights(tmp_path):
             if isinstance(m, torch.nn.BatchNorm3d):
                 m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.8, 1.25)
                 m.weight.uniform_(0.8, 1.2), m.bias.normal_(0, 0.1)
-    torch.save(ref.state_dict(), tmp_path / eval_fid.I3D_WEIGHTS_FILE)
-    ours = eval_fid.load_i3d(str(tmp_path / eval_fid.I3D_WEIGHTS_FILE))  # the same names: loads strictly
-    x = torch.rand(1, 3, eval_fid.FVD_NUM_FRAMES, 224, 224) * 2 - 1
+    torch.save(ref.state_dict(), tmp_path / i3d.I3D_WEIGHTS_FILE)
+    ours = i3d.load_i3d(str(tmp_path / i3d.I3D_WEIGHTS_FILE))  # the same names: loads strictly
+    x = torch.rand(1, 3, i3d.FVD_NUM_FRAMES, 224, 224) * 2 - 1
     with torch.no_grad():
         expected = ref.eval()(x)
     got = ours(x)
@@ -110,25 +113,25 @@ def test_fvd_preprocessing_equals_cd_fvd_and_crops_the_centre_of_wide_videos():
     torch.manual_seed(0)
     videos = torch.randint(0, 256, (2, 17, 24, 24, 3), dtype=torch.uint8)  # (B, T, H, W, 3), one frame too many
     expected = i3d_utils.preprocess_i3d(videos[:, :16].numpy())  # (B, 3, 16, 224, 224) in [-1, 1]
-    got = eval_fid.fvd_preprocess(videos.permute(0, 1, 4, 2, 3).float() / 127.5 - 1)
+    got = i3d.fvd_preprocess(videos.permute(0, 1, 4, 2, 3).float() / 127.5 - 1)
     assert got.shape == expected.shape == (2, 3, 16, 224, 224)
     assert (got - expected).abs().max() < 1e-5
     wide = torch.cat([torch.full((1, 16, 3, 24, 12), -1.0), videos[:1, :16].permute(0, 1, 4, 2, 3).float() / 127.5 - 1,
                       torch.full((1, 16, 3, 24, 12), 1.0)], dim=-1)  # 24 x 48: the square video between two bars
     inner = (slice(None),) * 4 + (slice(8, -8),)  # away from where the bars bleed in through the bilinear kernel
-    assert (eval_fid.fvd_preprocess(wide)[inner] - got[:1][inner]).abs().max() < 1e-5
+    assert (i3d.fvd_preprocess(wide)[inner] - got[:1][inner]).abs().max() < 1e-5
     with pytest.raises(ValueError, match="16-frame clips"):
-        eval_fid.fvd_preprocess(torch.zeros(1, 8, 3, 24, 24))
+        i3d.fvd_preprocess(torch.zeros(1, 8, 3, 24, 24))
 
 
 def test_i3d_weights_missing_offline_is_one_sentence_naming_the_file_and_the_flag(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.setattr(eval_fid, "I3D_WEIGHTS_URL", "file:///nonexistent/" + eval_fid.I3D_WEIGHTS_FILE)
+    monkeypatch.setattr(i3d, "I3D_WEIGHTS_URL", "file:///nonexistent/" + i3d.I3D_WEIGHTS_FILE)
     for path in (None, str(tmp_path / "nope.pt")):
         with pytest.raises(FileNotFoundError) as e:
-            eval_fid.load_i3d(path)
+            i3d.load_i3d(path)
         msg = str(e.value)
-        assert eval_fid.I3D_WEIGHTS_FILE in msg and "--i3d_weights" in msg and msg.count(". ") == 0
+        assert i3d.I3D_WEIGHTS_FILE in msg and "--i3d_weights" in msg and msg.count(". ") == 0
 
 
 def moving_crops(first_index, n=12, frames=6, size=32, seed=0):
@@ -149,35 +152,35 @@ def moving_crops(first_index, n=12, frames=6, size=32, seed=0):
 @pytest.mark.slow
 def test_video_swd_moves_when_motion_is_broken_and_when_frames_are_blurred():
     real, other = moving_crops(0), moving_crops(1000)  # two samples of one distribution
-    base = eval_fid.video_swd(real, other)
-    assert eval_fid.video_swd(real[:2], real[:2]) == {"swd_frames": 0.0, "swd_motion": 0.0, "video_swd": 0.0}
+    base = swd.video_swd(real, other)
+    assert swd.video_swd(real[:2], real[:2]) == {"swd_frames": 0.0, "swd_motion": 0.0, "video_swd": 0.0}
     shuffled = other[:, [0, 3, 1, 4, 2, 5]]  # no two neighbours stay neighbours
     frozen = other[:, :1].expand_as(other)
     for name, broken in (("shuffled", shuffled), ("frozen", frozen)):  # the same frames (or a subset), wrong motion
-        d = eval_fid.video_swd(real, broken)
+        d = swd.video_swd(real, broken)
         assert d["swd_motion"] > 2 * base["swd_motion"], (name, d, base)
         assert d["swd_frames"] < 1.1 * base["swd_frames"], (name, d, base)  # appearance alone does not change
-    blurred = eval_fid._binomial_blur(eval_fid._binomial_blur(other.flatten(0, 1))).view_as(other)
-    d = eval_fid.video_swd(real, blurred)
+    blurred = swd._binomial_blur(swd._binomial_blur(other.flatten(0, 1))).view_as(other)
+    d = swd.video_swd(real, blurred)
     assert d["swd_frames"] > 1.25 * base["swd_frames"] and d["video_swd"] > 2 * base["video_swd"], (d, base)
     with pytest.raises(ValueError, match="one shape"):
-        eval_fid.video_swd(real, other[:, :5])
+        swd.video_swd(real, other[:, :5])
 
 
 def save_videos(path, videos):
     """(N, T, 3, H, W) in [-1, 1] -> a samples .npz of uint8 (N, T, H, W, 3), as sample.py writes."""
-    np.savez(path, arr_0=eval_fid.to_uint8(videos).permute(0, 1, 3, 4, 2).numpy())
+    np.savez(path, arr_0=metrics.to_uint8(videos).permute(0, 1, 3, 4, 2).numpy())
     return str(path)
 
 
 def test_cli_scores_videos_with_the_video_swd_and_says_why_fvd_is_skipped_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.setattr(eval_fid, "I3D_WEIGHTS_URL", "file:///nonexistent/" + eval_fid.I3D_WEIGHTS_FILE)
+    monkeypatch.setattr(i3d, "I3D_WEIGHTS_URL", "file:///nonexistent/" + i3d.I3D_WEIGHTS_FILE)
     real, fake = moving_crops(0, n=4), moving_crops(1000, n=4)
     real_npz, fake_npz = save_videos(tmp_path / "real.npz", real), save_videos(tmp_path / "fake.npz", fake)
     results, skipped = eval_fid.main(["--fake", fake_npz, "--real", real_npz, "--device", "cpu"])
-    assert eval_fid.I3D_WEIGHTS_FILE in skipped["fvd"] and "--i3d_weights" in skipped["fvd"]
-    expected = eval_fid.video_swd(eval_fid.to_uint8(real), eval_fid.to_uint8(fake))  # the CLI reads uint8 files
+    assert i3d.I3D_WEIGHTS_FILE in skipped["fvd"] and "--i3d_weights" in skipped["fvd"]
+    expected = swd.video_swd(metrics.to_uint8(real), metrics.to_uint8(fake))  # the CLI reads uint8 files
     assert results["num_fake"] == results["swd_videos"] == 4
     assert all(abs(results[k] - expected[k]) < 1e-6 * expected[k] for k in expected)
 
@@ -185,8 +188,8 @@ def test_cli_scores_videos_with_the_video_swd_and_says_why_fvd_is_skipped_offlin
 @pytest.mark.slow
 def test_cli_saves_fvd_statistics_once_and_scores_against_them(tmp_path):
     torch.manual_seed(0)
-    torch.save(eval_fid.I3D().state_dict(), tmp_path / "i3d.pt")  # random weights: the plumbing, not the numbers
-    videos = torch.rand(2, eval_fid.FVD_NUM_FRAMES, 3, 16, 16) * 2 - 1
+    torch.save(i3d.I3D().state_dict(), tmp_path / "i3d.pt")  # random weights: the plumbing, not the numbers
+    videos = torch.rand(2, i3d.FVD_NUM_FRAMES, 3, 16, 16) * 2 - 1
     npz, stats = save_videos(tmp_path / "real.npz", videos), str(tmp_path / "fvd_ref.npz")
     flags = ["--i3d_weights", str(tmp_path / "i3d.pt"), "--device", "cpu"]
     eval_fid.main(["--real", npz, "--save_stats", stats] + flags)

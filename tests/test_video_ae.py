@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from model import VideoAEConfig, VideoAutoencoder, load_video_ae_state_dict
+from video_model import VideoAEConfig, VideoAutoencoder
+from weights import load_ae_state_dict
 
 SMALL = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=4)  # CogVideoX's layout with 3 levels: f4, 4x time
 
@@ -16,7 +17,7 @@ def test_loads_diffusers_cogvideox_vae_and_matches_it():
     with torch.no_grad():  # move every norm and bias off its default init, so a mis-mapped key cannot hide
         for p in ref.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    ours = load_video_ae_state_dict(VideoAutoencoder(VideoAEConfig(**SMALL, norm='clip')), ref.state_dict()).eval()
+    ours = load_ae_state_dict(VideoAutoencoder(VideoAEConfig(**SMALL, norm='clip')), ref.state_dict()).eval()
     for T in (9, 17):  # 17 frames: two encoder chunks (9 + 8) and two decoder chunks (3 + 2), with conv caches
         x = torch.rand(1, 3, T, 16, 16) * 2 - 1
         with torch.no_grad():
@@ -74,7 +75,7 @@ def test_an_image_is_a_one_frame_video():
     with pytest.raises(ValueError, match='1 \\+ 4k frames'):
         ae.encode(torch.zeros(1, 3, 8, 16, 16))
     with pytest.raises(ValueError, match='do not fit'):
-        load_video_ae_state_dict(ae, {'encoder.conv_in.conv.weight': torch.zeros(1)})
+        load_ae_state_dict(ae, {'encoder.conv_in.conv.weight': torch.zeros(1)})
 
 
 def test_temporal_spectrum_is_offset_free_scale_free_and_sees_slow_change():
@@ -94,8 +95,9 @@ def test_temporal_spectrum_is_offset_free_scale_free_and_sees_slow_change():
 def test_spectrum_cli_on_a_video_autoencoder(tmp_path):
     import json
     from dataclasses import asdict
+    import metrics
     import spectrum
-    from model import VIDEO_AE_PRESETS
+    from video_model import VIDEO_AE_PRESETS
     cfg = VIDEO_AE_PRESETS['tiny']
     torch.save({'model': VideoAutoencoder(cfg).state_dict(), 'config': {'preset': 'tiny', 'ae_config': asdict(cfg)}},
                tmp_path / 'ckpt.pt')
@@ -105,11 +107,21 @@ def test_spectrum_cli_on_a_video_autoencoder(tmp_path):
     assert set(r) == {'ae', 'RGB for ae', 'RGB full'}
     assert len(r['ae']['spatial_hf_share_per_frame']) == 3 and len(r['ae']['temporal_spectrum']) == 2  # 9 -> 3 frames
     assert len(r['RGB full']['temporal_spectrum']) == 8 and 0 < r['RGB full']['temporal_hf_ratio'] < 1
-    # reconstruction PSNR of every frame, beside bicubic at the latent grid on the same held-out clips
+    # every number is what its definition gives on the same held-out clips, recomputed here from the checkpoint
     from data import MovingDeadLeaves
     from model import to_frames
-    x = to_frames(torch.stack([MovingDeadLeaves(32, 9, seed=0, train=False)[i][0] for i in range(2)]))
-    bicubic = spectrum.psnr(spectrum.bicubic_at_latent_grid(x, 4), x).mean().item()
-    assert r['ae']['bicubic_psnr'] == pytest.approx(bicubic, rel=1e-5) and r['ae']['reconstruction_psnr'] < bicubic
-    for row in (r['ae'], r['ae']['posterior_sample'], r['RGB for ae']):  # spatial hf_share of all latent frames
-        assert 0 < row['hf_share'] < 1 and len(row['mean']) == 64
+    from weights import load_autoencoder
+    clips = torch.stack([MovingDeadLeaves(32, 9, seed=0, train=False)[i][0] for i in range(2)])  # (2, 3, 9, 32, 32)
+    with torch.no_grad():
+        ae = load_autoencoder(str(tmp_path / 'ckpt.pt'), video=True)
+        z, _ = ae.encode(clips, sample=False)  # (2, 16, 3, 8, 8)
+        frames, rec = to_frames(clips), to_frames(ae.decode(z).clamp(-1, 1))
+    rgb = metrics.rgb_on_latent_grid(clips, z.shape, temporal_levels=2)  # (2, 3, 3, 8, 8)
+    expected = {'reconstruction_psnr': metrics.psnr(rec, frames).mean().item(),  # every frame of every clip
+                'bicubic_psnr': metrics.psnr(metrics.bicubic_at_latent_grid(frames, 4), frames).mean().item(),
+                'hf_share': spectrum.hf_share(z), 'temporal_hf_ratio': spectrum.temporal_hf_ratio(spectrum.temporal_amplitude(z))}
+    assert {k: r['ae'][k] for k in expected} == {k: pytest.approx(v, rel=1e-6) for k, v in expected.items()}
+    assert r['RGB for ae']['hf_share'] == pytest.approx(spectrum.hf_share(rgb), rel=1e-6)
+    assert r['RGB for ae']['temporal_hf_ratio'] == pytest.approx(spectrum.temporal_hf_ratio(spectrum.temporal_amplitude(rgb)), rel=1e-6)
+    assert r['RGB full']['temporal_hf_ratio'] == pytest.approx(spectrum.temporal_hf_ratio(spectrum.temporal_amplitude(clips)), rel=1e-6)
+    assert r['ae']['spatial_hf_share_per_frame'] == pytest.approx([spectrum.hf_share(z[:, :, t]) for t in range(3)], rel=1e-6)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from common import write_mp4
-from eval_fid import open_source
+from data import open_source
 from tests.helpers import run, train_rows
 
 TINY = ['--image_size', 16, '--num_workers', 0, '--log_interval', 1]

@@ -1,0 +1,213 @@
+"""
+Everything about weight files, in one place: reading them (.safetensors or torch files), the one downloader of public
+weights (a local file, else the canonical URL through the torch hub cache), the renames that load the public layouts
+(diffusers' AutoencoderKL and AutoencoderKLCogVideoX, whole LDM / Stable Diffusion checkpoints) into our modules, a
+strict load whose mismatch is one sentence, and the autoencoder loader every script uses.
+"""
+import os
+import pickle
+import re
+
+import torch
+from safetensors.torch import load_file as load_safetensors
+
+from common import die
+from model import AE_PRESETS, Autoencoder, make_ae_config
+from video_model import VIDEO_AE_PRESETS, VideoAEConfig, VideoAutoencoder
+
+
+def fetch_weights(path, url, file_name, what, flag=None):
+    """The state dict in the local file `path` when one is given, else in `url` through the torch hub cache (downloaded
+    once, as `file_name`; its hash is checked when the name carries one, as torchvision's do). Only tensors are read,
+    whichever the source. Weights that cannot be had (a missing file, no network) are a FileNotFoundError and weights
+    that cannot be read a ValueError, each one sentence naming the file, `what` needs it and, for a script, the `flag`
+    that passes a local copy."""
+    name = f"{flag} {path}" if flag else f"{what} weights file {path}"
+    if path is not None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{name} does not exist" + (f"; pass the path of {file_name} (from {url})" if flag else ''))
+        try:
+            sd = torch.load(path, map_location='cpu', weights_only=True)
+        except Exception as e:  # random bytes, a truncated download, a pickle that is not a state dict
+            raise ValueError(f"{name} could not be read as torch weights ({type(e).__name__})"
+                             + (f"; pass {file_name}" if flag else '')) from None
+    else:
+        cached = os.path.join(torch.hub.get_dir(), 'checkpoints', file_name)
+        try:
+            sd = torch.hub.load_state_dict_from_url(url, map_location='cpu', progress=False, file_name=file_name,
+                                                    check_hash=True, weights_only=True)
+        except Exception as e:
+            if not os.path.isfile(cached):  # no network (URLError is an OSError), or a download that failed its hash
+                raise FileNotFoundError(f"{what} needs {file_name}, which is not in the torch hub cache "
+                                        f"({os.path.dirname(cached)}) and could not be downloaded from {url}"
+                                        + (f"; download it and pass it as {flag} PATH" if flag else '')) from None
+            raise ValueError(f"{cached} in the torch hub cache could not be read as torch weights ({type(e).__name__}); "
+                             f"delete it so that it is downloaded again") from None
+        name = f"{what}'s {cached}"
+    if not isinstance(sd, dict):
+        raise ValueError(f"{name} holds a {type(sd).__name__}, not a state dict" + (f"; pass {file_name}" if flag else ''))
+    return sd
+
+
+def diffusers_to_ldm(sd):
+    """Rename a diffusers AutoencoderKL or AutoencoderKLCogVideoX state dict to our layout, LDM's. diffusers stores the
+    decoder levels coarse to fine (up_blocks.0 is the lowest resolution), LDM by level (up.0 is full resolution); its
+    image attention projections are nn.Linear (older files: query/key/value/proj_attn) where LDM has 1x1 convs; the
+    video decoder's conditioned norms wrap their GroupNorm and their 1x1x1 convs, which ours hold directly."""
+    n_up = 1 + max((int(m[1]) for k in sd if (m := re.match(r'decoder\.up_blocks\.(\d+)\.', k))), default=-1)
+    renames = [
+        (r'^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.', lambda m: f'decoder.up.{n_up - 1 - int(m[1])}.block.{m[2]}.'),
+        (r'^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.', lambda m: f'decoder.up.{n_up - 1 - int(m[1])}.upsample.'),
+        (r'^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.', r'encoder.down.\1.block.\2.'),
+        (r'^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.', r'encoder.down.\1.downsample.'),
+        (r'^(encoder|decoder)\.mid_block\.resnets\.0\.', r'\1.mid.block_1.'),
+        (r'^(encoder|decoder)\.mid_block\.resnets\.1\.', r'\1.mid.block_2.'),
+        (r'^(encoder|decoder)\.mid_block\.attentions\.0\.', r'\1.mid.attn_1.'),  # images only
+        (r'^(encoder|decoder)\.conv_norm_out\.', r'\1.norm_out.'),  # images (CogVideoX's is norm_out already)
+        (r'\.conv_shortcut\.', '.nin_shortcut.'),
+        (r'\.norm_layer\.', '.norm.'),  # video: CogVideoX's SpatialNorm3D
+        (r'\.conv_(y|b)\.conv\.', r'.conv_\1.'),
+    ]
+    attn = {'group_norm': 'norm', 'to_q': 'q', 'to_k': 'k', 'to_v': 'v', 'to_out.0': 'proj_out',
+            'query': 'q', 'key': 'k', 'value': 'v', 'proj_attn': 'proj_out'}
+    out = {}
+    for k, v in sd.items():
+        for pattern, repl in renames:
+            k = re.sub(pattern, repl, k)
+        m = re.match(r'^(.*\.mid\.attn_1\.)(.+)\.(weight|bias)$', k)
+        if m and m[2] in attn:
+            k = f'{m[1]}{attn[m[2]]}.{m[3]}'
+            if v.dim() == 2:
+                v = v[:, :, None, None]  # nn.Linear weight (C, C) -> 1x1 conv weight (C, C, 1, 1)
+        out[k] = v
+    return out
+
+
+def ldm_to_diffusers(sd, levels):
+    """Our LDM-layout names -> diffusers' (AutoencoderKL and AutoencoderKLCogVideoX alike): the inverse of
+    diffusers_to_ldm, for export.py. diffusers stores decoder levels coarse to fine."""
+    renames = [
+        (r'^decoder\.up\.(\d+)\.block\.(\d+)\.', lambda m: f'decoder.up_blocks.{levels - 1 - int(m[1])}.resnets.{m[2]}.'),
+        (r'^decoder\.up\.(\d+)\.upsample\.', lambda m: f'decoder.up_blocks.{levels - 1 - int(m[1])}.upsamplers.0.'),
+        (r'^encoder\.down\.(\d+)\.block\.(\d+)\.', r'encoder.down_blocks.\1.resnets.\2.'),
+        (r'^encoder\.down\.(\d+)\.downsample\.', r'encoder.down_blocks.\1.downsamplers.0.'),
+        (r'^(encoder|decoder)\.mid\.block_1\.', r'\1.mid_block.resnets.0.'),
+        (r'^(encoder|decoder)\.mid\.block_2\.', r'\1.mid_block.resnets.1.'),
+        (r'\.nin_shortcut\.', '.conv_shortcut.'),
+    ]
+    image = {r'^(encoder|decoder)\.norm_out\.': r'\1.conv_norm_out.'}  # the video VAE keeps norm_out
+    video = {r'\.norm\.': '.norm_layer.', r'\.conv_(y|b)\.': r'.conv_\1.conv.'}  # CogVideoX's spatial norms
+    attn = {'norm': 'group_norm', 'q': 'to_q', 'k': 'to_k', 'v': 'to_v', 'proj_out': 'to_out.0'}
+    is_video = any('.conv_y.' in k for k in sd)
+    out = {}
+    for k, v in sd.items():
+        for pattern, repl in renames + list((video if is_video else image).items()):
+            k = re.sub(pattern, repl, k)
+        m = re.match(r'^(encoder|decoder)\.mid\.attn_1\.(\w+)\.(weight|bias)$', k)
+        if m:  # LDM's 1x1 convs are nn.Linear in diffusers' attention
+            k = f'{m[1]}.mid_block.attentions.0.{attn[m[2]]}.{m[3]}'
+            v = v[:, :, 0, 0] if v.dim() == 4 else v
+        out[k] = v.contiguous()
+    return out
+
+
+def load_ae_state_dict(model, state_dict):
+    """Load our own weights, a whole Stable Diffusion checkpoint (its 'first_stage_model.' part) or a diffusers
+    AutoencoderKL / AutoencoderKLCogVideoX state dict into `model` (an image or a video autoencoder), strictly."""
+    sd = state_dict.get('state_dict', state_dict)
+    if any(k.startswith('first_stage_model.') for k in sd):
+        sd = {k[len('first_stage_model.'):]: v for k, v in sd.items() if k.startswith('first_stage_model.')}
+    sd = {re.sub(r'^(module\.|_orig_mod\.)+', '', k): v for k, v in sd.items()}  # DDP / torch.compile wrappers
+    sd = {k: v for k, v in sd.items() if not k.startswith('loss.')}  # LDM's own checkpoints also hold D and LPIPS
+    if any('.down_blocks.' in k or '.mid_block.' in k or '.up_blocks.' in k for k in sd):
+        sd = diffusers_to_ldm(sd)
+    if isinstance(model, VideoAutoencoder):
+        return load_strictly(model, sd, "the video autoencoder weights", "(cogvideox for CogVideoX's VAE, or the "
+                             "preset of the train_ae.py run)")
+    return load_strictly(model, sd, "the autoencoder weights", "(sd for Stable Diffusion's VAE, flux for FLUX.1's, "
+                         "or the preset of the train_ae.py run)")
+
+
+def load_strictly(model, sd, what, presets):
+    """load_state_dict(strict=True), with every mismatch counted and the first named in one sentence."""
+    expected = model.state_dict()
+    problems = [f"{k!r} is {tuple(v.shape)} in the file but {tuple(expected[k].shape)} in the model"
+                for k, v in sd.items() if k in expected and v.shape != expected[k].shape]
+    problems += [f"{k!r} is missing from the file" for k in expected if k not in sd]
+    problems += [f"{k!r} is in the file but not in the model" for k in sd if k not in expected]
+    if problems:
+        raise ValueError(f"{what} do not fit this architecture ({problems[0]}, {len(problems)} mismatch(es) in all); "
+                         f"pass the preset the weights were made for {presets}.")
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def read_weights(path):
+    """A state dict or checkpoint dict from .safetensors, or from a torch file (.pt/.pth/.ckpt)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file {path} does not exist; check the path.")
+    try:
+        if str(path).endswith('.safetensors'):
+            return load_safetensors(str(path), device='cpu')
+        try:
+            return torch.load(path, map_location='cpu', weights_only=True)
+        except pickle.UnpicklingError:
+            # our own train_ae.py checkpoints carry python/numpy RNG states, which the weights-only loader refuses
+            return torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:  # truncated download, wrong file type, ...
+        raise ValueError(f"{path} could not be read as a .safetensors or torch weights file "
+                         f"({type(e).__name__}); check that the file is complete.") from None
+
+
+def load_checkpoint(path, script=None, holds=None):
+    """A checkpoint of this project's own, to resume or sample from; with `script`, one that script wrote (it has the
+    key `holds`), else one sentence says which it is not."""
+    if not os.path.isfile(path):
+        die(f"checkpoint {path} does not exist; check the path (or drop --resume to start a new run).")
+    try:
+        # our own checkpoints hold python/numpy RNG states, which weights_only loading refuses
+        ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    except Exception as e:
+        die(f"checkpoint {path} could not be read ({type(e).__name__}); it is not a checkpoint written by this project.")
+    if script is not None and (not isinstance(ckpt, dict) or holds not in ckpt):
+        die(f"{path} is not a {script} checkpoint (it has no {holds!r}); resume a {script} run, or choose another "
+            f"--out_dir.")
+    return ckpt
+
+
+def read_autoencoder(path, preset=None):
+    """What an autoencoder file holds, before a network is built: (its architecture, a model.AEConfig or a
+    video_model.VideoAEConfig; its state dict; the train_ae.py run config, or None for public weights). A train_ae.py
+    checkpoint's own config decides the architecture (`preset` is not needed) and its EMA weights are used when present;
+    public weights (LDM / diffusers layouts, .safetensors or torch file; 3D convolutions make them a video autoencoder)
+    need the `preset` they were made for."""
+    ckpt = read_weights(path)
+    if 'model' in ckpt and 'config' in ckpt:  # a train_ae.py checkpoint: it records num_frames (a hand-made one may not)
+        config, state = ckpt['config'], ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model']
+        video = config['num_frames'] > 1 if 'num_frames' in config else 'temporal_levels' in config.get('ae_config', {})
+        name, overrides = config['preset'], config.get('ae_config')
+    else:
+        config, state, name, overrides = None, ckpt, preset, None
+        video = any(torch.is_tensor(v) and v.dim() == 5 for v in state.get('state_dict', state).values())
+    presets = VIDEO_AE_PRESETS if video else AE_PRESETS
+    if name is None:
+        raise ValueError(f"{path} holds bare weights without a config; pass the preset they were made for "
+                         f"(one of {', '.join(presets)}).")
+    return make_ae_config(name, overrides, presets), state, config
+
+
+def load_autoencoder(path, preset=None, device='cpu', video=None):
+    """An autoencoder in eval mode, an image one (model.Autoencoder) or a video one (video_model.VideoAutoencoder),
+    whichever the file holds (read_autoencoder). `video` True or False refuses the other kind, in one sentence."""
+    cfg, state, config = read_autoencoder(path, preset)
+    is_video = isinstance(cfg, VideoAEConfig)
+    if video is not None and video != is_video:
+        made = f" (train_ae.py --num_frames {config['num_frames']})" if config and 'num_frames' in config else ''
+        if is_video:
+            raise ValueError(f"{path} is a video autoencoder{made}; use it with --num_frames, or pass an image "
+                             f"autoencoder.")
+        raise ValueError(f"{path} is an image autoencoder{made}; a video model needs a train_ae.py --num_frames "
+                         f"checkpoint, or CogVideoX's weights with the preset cogvideox.")
+    model = (VideoAutoencoder if is_video else Autoencoder)(cfg)
+    load_ae_state_dict(model, state)
+    return model.to(device).eval()
