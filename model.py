@@ -2,7 +2,8 @@
 The networks of the project, as the papers draw them, shared by every script:
   - the first-stage autoencoder of LDM / Stable Diffusion / FLUX.1 (Encoder, Decoder, KL and VQ regularisers) and the
     scale-equivariance loss of Skorokhodov et al. (se_downsample, scale_equivariance_loss) that makes its latents
-    diffusable,
+    diffusable, with the authors' two DCT-based alternatives (dct_cut_equivariance_loss, latent_hf_penalty) and the
+    block DCT they and spectrum.py share,
   - the PatchGAN discriminator with LDM's hinge loss and adaptive GAN weight,
   - the two diffusion backbones: the LDM UNet and DiT, and DiT on video latents (VideoDiT).
 Parameter names follow the original checkpoints so public weights load as they are (weights.py reads them). The causal
@@ -39,17 +40,15 @@ class AEConfig:
     vq_beta: float = 0.25          # VQ commitment weight beta
     dropout: float = 0.0           # inside every ResnetBlock (0 in all public first stages)
     norm_groups: int = 32          # GroupNorm groups (LDM: 32); narrow presets use fewer, see group_norm
-    linear_skip: bool = False      # a learned linear f x f patch path beside the deep encoder and decoder, see Encoder
 
 
 AE_PRESETS = {
     # f4, 0.95M parameters: CPU tests and smoke runs
     'tiny': AEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=4, norm_groups=8),
-    # f8 with FluxAE's 16 latent channels at a CPU's width: reproduce.py's miniature of FluxAE (64 px -> 8x8x16)
-    # (no quant convs, as FLUX.1; a linear patch path, without which a CPU's few hundred steps leave this width at
-    # bicubic quality, see Encoder)
-    'tiny-f8': AEConfig(ch=16, ch_mult=(1, 2, 4, 4), num_res_blocks=1, z_channels=16, norm_groups=4,
-                        use_quant_conv=False, linear_skip=True),
+    # f4 with 8 latent channels, 0.69M parameters: reproduce.py's miniature of FluxAE (64 px -> 16x16x8 latents, 6x fewer
+    # numbers than pixels, several 8x8 DCT blocks per latent; no quant convs, as FLUX.1). A deep network with no
+    # shortcut from pixels to latent, so that what SE acts on is learned coding, as in the paper's autoencoders
+    'mini': AEConfig(ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, z_channels=8, norm_groups=4, use_quant_conv=False),
     # f8 with a quarter of SD's width: single-GPU ablations
     'small': AEConfig(ch=64, ch_mult=(1, 2, 4, 4), num_res_blocks=1, z_channels=4),
     # Stable Diffusion's VAE (kl-f8). Public latent scale: diffusion runs on z * 0.18215.
@@ -158,13 +157,7 @@ class MidBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """x (B, in_channels, H, W) -> moments (B, 2*z_channels, H/f, W/f) for KL (mean, logvar), or z_channels for VQ.
-
-    linear_skip (not in LDM; only the tiny-f8 CPU preset): the moments also get a learned linear map of each f x f patch
-    (a stride-f conv), and the decoder a learned linear map back (a stride-f transposed conv). Alone, that pair is a
-    block PCA: it learns in a few hundred steps what the deep path, at a CPU's width, needs thousands for (64 px dead
-    leaves at f8 z16, held-out PSNR at step 500: the linear pair alone 22.0 dB, the deep path alone 18.0, both 22.8;
-    bicubic at the latent grid 18.0, a block PCA with 16 components 22.4). The deep path learns what is not linear."""
+    """x (B, in_channels, H, W) -> moments (B, 2*z_channels, H/f, W/f) for KL (mean, logvar), or z_channels for VQ."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -185,8 +178,6 @@ class Encoder(nn.Module):
         self.norm_out = group_norm(c, cfg.norm_groups)
         out_channels = 2 * cfg.z_channels if cfg.regularizer == 'kl' else cfg.z_channels
         self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
-        f = 2 ** (len(cfg.ch_mult) - 1)
-        self.skip = nn.Conv2d(cfg.in_channels, out_channels, f, stride=f) if cfg.linear_skip else None
 
     def forward(self, x):
         h = self.conv_in(x)
@@ -197,7 +188,7 @@ class Encoder(nn.Module):
                 h = level.downsample(h)
         h = self.mid(h)
         h = self.conv_out(F.silu(self.norm_out(h)))
-        return h if self.skip is None else h + self.skip(x)
+        return h
 
 
 class Decoder(nn.Module):
@@ -223,8 +214,6 @@ class Decoder(nn.Module):
         self.up = nn.ModuleList(up)
         self.norm_out = group_norm(c, cfg.norm_groups)
         self.conv_out = nn.Conv2d(c, cfg.out_ch, 3, padding=1)
-        f = 2 ** (len(cfg.ch_mult) - 1)
-        self.skip = nn.ConvTranspose2d(cfg.z_channels, cfg.out_ch, f, stride=f) if cfg.linear_skip else None
 
     def forward(self, z):
         h = self.mid(self.conv_in(z))
@@ -234,7 +223,7 @@ class Decoder(nn.Module):
             if i_level != 0:
                 h = self.up[i_level].upsample(h)
         h = self.conv_out(F.silu(self.norm_out(h)))
-        return h if self.skip is None else h + self.skip(z)
+        return h
 
 
 def diagonal_gaussian(moments, sample=True):
@@ -347,31 +336,113 @@ def causal_time_pool(x, clip_start=True):
 # Scale equivariance (SE), the regulariser of Skorokhodov et al. (ICML 2025), "Improving the Diffusability of
 # Autoencoders": decoding a downsampled latent should give the downsampled image, D(down_s(E(x))) ~ down_s(x). It ties
 # the latent's spectrum to the image's, so that the latent carries no more high frequency than the image it encodes.
+# The authors' code is maybe_compute_scale_equiv_reg in snap-research/alphaflow (src/training/loss.py); every operator
+# below says whether it is theirs.
 
-SE_DOWNSAMPLING = ('bilinear', 'avgpool')
+SE_DOWNSAMPLING = ('bilinear', 'mean', 'antialiased')
 
 
-def se_downsample(t, factor, mode='bilinear', temporal=False):
-    """down_s: the one operator that shrinks images (B, 3, H, W) and latents (B, C, H/f, W/f) alike by `factor`: the
-    paper's antialiased bilinear resize (default) or average pooling. Both are linear and keep constants, so any
-    per-pixel affine map commutes with them. Video (B, C, T, H, W): every frame alike, time untouched as in the paper;
-    temporal=True also halves time as the video encoder does (causal_time_pool), our extension."""
+def se_downsample(t, factor, mode='bilinear'):
+    """down_s of images (B, 3, H, W) and latents (B, C, H/f, W/f) alike; a video (B, C, T, H, W) frame by frame.
+      'bilinear'     the authors' default ('bil'): F.interpolate(scale_factor=1/s, mode='bilinear', align_corners=True),
+                     no antialiasing: the bilinear surface sampled on a grid that keeps the four corners;
+      'mean'         the authors' 'mean': the average of every s x s block;
+      'antialiased'  not the authors': a bilinear resize with antialiasing (a triangle filter s pixels wide).
+    All three are linear and keep constants, so a per-channel affine map of z commutes with them."""
     if t.dim() == 5:
-        t = from_frames(se_downsample(to_frames(t), factor, mode), t.shape[0])
-        return causal_time_pool(t) if temporal else t
-    if mode == 'avgpool':
-        return F.avg_pool2d(t, factor)
+        return from_frames(se_downsample(to_frames(t), factor, mode), t.shape[0])
     if mode == 'bilinear':
+        return F.interpolate(t, scale_factor=1 / factor, mode='bilinear', align_corners=True)
+    if mode == 'mean':
+        return F.avg_pool2d(t, factor)
+    if mode == 'antialiased':
         return F.interpolate(t, scale_factor=1 / factor, mode='bilinear', antialias=True, align_corners=False)
     raise ValueError(f"unknown SE downsampling {mode!r}; use one of {', '.join(SE_DOWNSAMPLING)}.")
 
 
-def scale_equivariance_loss(ae, x, z, factor, distance, mode='bilinear', temporal=False):
-    """L_SE = d(down_s(x), D(down_s(z))), z = E(x): the SE term of the generator loss, with `distance` the same
-    reconstruction distance as the main term (L1 + LPIPS in train_ae.py) so the two are in the same units. The
-    discriminator never sees the small reconstructions. Returns (loss, D(down_s(z)))."""
-    x_rec_se = ae.decode(se_downsample(z, factor, mode, temporal))  # (B, 3, H/s, W/s), video (B, 3, T, H/s, W/s)
-    return distance(se_downsample(x, factor, mode, temporal), x_rec_se), x_rec_se
+def se_downsample_time(t, factor):
+    """The authors' temporal SE (their temporal_scale_factors): a clip (B, C, 1 + s*m, H, W) keeps its first frame, which
+    a causal video AE codes alone, and averages the others in groups of s -> (B, C, 1 + m, H, W); x and z alike."""
+    return torch.cat([t[:, :, :1], t[:, :, 1:].unflatten(2, (-1, factor)).mean(3)], dim=2)
+
+
+def scale_equivariance_loss(ae, x, z, factor, distance, mode='bilinear', time_factor=1):
+    """L_SE = d(down_s(x), D(down_s(z))), z = E(x) a posterior sample, with `distance` the reconstruction distance of the
+    main term (L1 + LPIPS in train_ae.py, or L1 alone with --se_ignore_lpips, the authors' ignore_lpips), as the
+    authors apply compute_rec_losses to both. time_factor > 1 also shrinks time in x and z (video). The discriminator
+    never sees the small reconstructions. Returns (loss, D(down_s(z)))."""
+    x_down, z_down = se_downsample(x, factor, mode), se_downsample(z, factor, mode)
+    if time_factor > 1:
+        x_down, z_down = se_downsample_time(x_down, time_factor), se_downsample_time(z_down, time_factor)
+    x_rec_se = ae.decode(z_down)  # (B, 3, H/s, W/s), video (B, 3, T', H/s, W/s)
+    return distance(x_down, x_rec_se), x_rec_se
+
+
+# The block DCT: the paper's 8x8 block-DCT spectrum (spectrum.py), and the authors' two DCT-based alternatives to SE.
+
+def dct_matrix(n, device=None, dtype=torch.float64):
+    """Orthonormal DCT-II matrix D (n, n), so that X = D x and x = D^T X."""
+    k = torch.arange(n, device=device, dtype=dtype)[:, None]  # frequency (row)
+    i = torch.arange(n, device=device, dtype=dtype)[None, :]  # sample (column)
+    D = torch.cos(math.pi * (2 * i + 1) * k / (2 * n))  # D[k, i] = a_k cos(pi (2i + 1) k / 2n)
+    D[0] *= math.sqrt(1 / n)  # a_0 = sqrt(1/n)
+    D[1:] *= math.sqrt(2 / n)  # a_k = sqrt(2/n), k > 0: rows of unit norm, hence D D^T = I
+    return D
+
+
+def block_dct(x, block=8):
+    """2-D DCT-II of every block x block tile: x (..., H, W) -> (..., H//b, W//b, b, b), coefficient [u, v] = (vertical,
+    horizontal) frequency. H and W are cropped to multiples of b at the bottom and right: a partial tile has no spectrum."""
+    H, W = x.shape[-2] // block, x.shape[-1] // block
+    if H == 0 or W == 0:
+        raise ValueError(f"the block DCT needs images of at least {block}x{block} pixels, got {tuple(x.shape[-2:])}.")
+    x = x[..., :H * block, :W * block]
+    x = x.unflatten(-1, (W, block)).unflatten(-3, (H, block)).transpose(-3, -2)  # (..., H, W, b, b)
+    D = dct_matrix(block, x.device, x.dtype)
+    return D @ x @ D.T  # X = D x D^T
+
+
+def block_idct(X):
+    """Inverse of block_dct: X (..., H//b, W//b, b, b) -> (..., H', W') with H', W' the cropped size."""
+    D = dct_matrix(X.shape[-1], X.device, X.dtype)
+    x = D.T @ X @ D  # x = D^T X D
+    return x.transpose(-3, -2).flatten(-2).flatten(-3, -2)  # (..., H, b, W, b) -> (..., H*b, W*b)
+
+
+def zigzag(block=8):
+    """The block^2 row-major indices u*b + v of a tile in JPEG zigzag order: anti-diagonals u + v = s in turn, walked
+    with u rising on odd s and falling on even s, so frequency grows along the order (the authors' zigzag_indices)."""
+    cells = sorted(((u, v) for u in range(block) for v in range(block)),
+                   key=lambda c: (c[0] + c[1], c[0] if (c[0] + c[1]) % 2 else -c[0]))
+    return torch.tensor([u * block + v for u, v in cells])
+
+
+def cut_dct_high_frequencies(x, block, cut_ratio):
+    """Keep the first int((1 - cut_ratio) * b^2) zigzag coefficients of every b x b tile's DCT and zero the rest, as
+    the authors' cut_dct2d_high_freqs(zigzag=True). x (..., H, W) with H, W multiples of b."""
+    keep = int((1 - cut_ratio) * block * block)
+    mask = torch.zeros(block * block, device=x.device, dtype=x.dtype)
+    mask[zigzag(block)[:keep].to(x.device)] = 1
+    return block_idct(block_dct(x, block) * mask.view(block, block))
+
+
+def dct_cut_equivariance_loss(ae, x, z, cut_ratio, distance, block=8):
+    """The authors' DCT-cut alternative to downsampling in SE: cut the same share of high frequencies from z, in tiles
+    of b, and from x, in tiles of b*f (the same region of the image), and ask D(cut(z)) ~ cut(x). train_ae.py draws
+    cut_ratio uniformly in [0, --se_max_cut] every step, as they do. Returns (loss, D(cut(z)))."""
+    f = x.shape[-1] // z.shape[-1]
+    x_rec = ae.decode(cut_dct_high_frequencies(z, block, cut_ratio))
+    return distance(cut_dct_high_frequencies(x, block * f, cut_ratio), x_rec), x_rec
+
+
+def latent_hf_penalty(z, block=8, power=2.0):
+    """The authors' separate high-frequency penalty on the latents (reg_dc_dct2d_high_freqs): the amplitudes |X_uv| of
+    every b x b tile's DCT weighted by ((u + v) / (b - 1))^p / 4 and averaged over all of a sample's coefficients, (B,).
+    0 for a constant latent (it has only DC, whose weight is 0), and larger the higher its energy sits."""
+    amplitude = block_dct(z, block).abs()  # (B, C, [T,] H/b, W/b, b, b)
+    u = torch.linspace(0, 1, block, device=z.device, dtype=amplitude.dtype)  # u / (b - 1)
+    weight = (u[:, None] + u[None, :] + 1e-16).pow(power) / 4  # ((u + v) / (b - 1))^p / 4, (b, b)
+    return (amplitude * weight).flatten(1).mean(1)
 
 
 # ----------------------------------------------------------------------------------------------

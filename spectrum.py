@@ -11,16 +11,21 @@ c, over all N blocks of all images, and mu_c = mean_n X_{c,n,0} the channel's me
   E_{c,0} = mean_n (X_{c,n,0} - mu_c)^2,   E_{c,k} = mean_n X_{c,n,k}^2  (k >= 1)      energy per coefficient
   S_{c,k} = sqrt(E_{c,k} / E_{c,0})                                                    dct_spectrum: 1 at DC
   hf_share = mean_c  sum_{k=32}^{63} E_{c,k} / sum_{k=1}^{63} E_{c,k}                   the one scalar
-Both are invariant to any per-channel affine map x_c -> a_c x_c + b_c (a_c != 0): an offset b_c moves only the DC
-coefficient (the DCT of a constant), which is centred by mu_c or left out; a scale multiplies every E_{c,k} by a_c^2,
-which cancels in each ratio. That matters because latent offsets and scales are arbitrary (FLUX's are 0.1159 and
-0.3611 and the LDM normalises them away). RGB on the latent grid goes through exactly the same functions.
+  hf_energy_share = sum_c sum_{k=32}^{63} E_{c,k} / sum_c sum_{k=1}^{63} E_{c,k}          energy-weighted
+All three are invariant to a per-channel offset x_c -> x_c + b_c: an offset moves only the DC coefficient (the DCT of
+a constant), which is centred by mu_c or left out. S and hf_share are also invariant to a per-channel scale a_c (it
+multiplies every E_{c,k} by a_c^2, which cancels in each ratio), and hf_energy_share to any orthogonal mixing of the
+channels (sum_c E_{c,k} is the squared length of a vector that a rotation keeps) and a common scale: the symmetries of
+an LDM that normalises its latents by one scalar, which sees neither a rotation of the channels nor a common scale but
+does see their relative scales. Latent offsets and scales are arbitrary (FLUX's are 0.1159 and 0.3611). RGB on the
+latent grid goes through exactly the same functions.
 Reference values: white noise has E_{c,k} = sigma^2 for every k (an orthonormal transform of i.i.d. noise is i.i.d.),
 so S = 1 and hf_share = 32/63 = 0.508; smooth images put nearly all their AC energy in the first coefficients and score
 near 0. The means are over the whole measured set, so a spectrum accumulated batch by batch (BlockSpectrum) is exact.
 
   dct_spectrum(x)  (C, 64) S_{c,k} above, zigzag order
   hf_share(x)      the AC energy share of zigzag coefficients 32..63, averaged over channels
+  hf_energy_share(x)  the same share of the energy summed over channels
   erase_high_frequencies(x, p)  zero the top fraction p of every block's zigzag coefficients (the erasure test)
 
 Run it on any autoencoder the project can load (train_ae.py checkpoints, or public weights with --preset):
@@ -42,50 +47,12 @@ from tqdm import tqdm
 from common import checked, die, select_device, refuse_to_overwrite, no_space_is_an_error
 from data import make_dataset, random_subset
 from metrics import PSNR_MAX, bicubic_at_latent_grid, psnr, rgb_on_latent_grid
+from model import block_dct, block_idct, dct_matrix, zigzag
 from weights import load_autoencoder
 
-BLOCK = 8                                         # JPEG's block size; the zigzag order below is defined for 8x8
+BLOCK = 8                                         # JPEG's block size, the paper's
 ERASE_FRACTIONS = [k / 10 for k in range(10)]     # p = 0, 0.1, ..., 0.9 of the 64 coefficients erased
 HF_START = 32                                     # hf_share: zigzag coefficients 32..63, the upper half
-
-# -----------------------------------------------------------------------------
-# block DCT and the zigzag order
-
-def dct_matrix(n, device=None, dtype=torch.float64):
-    """Orthonormal DCT-II matrix D (n, n), so that X = D x and x = D^T X."""
-    k = torch.arange(n, device=device, dtype=dtype)[:, None]  # frequency (row)
-    i = torch.arange(n, device=device, dtype=dtype)[None, :]  # sample (column)
-    D = torch.cos(math.pi * (2 * i + 1) * k / (2 * n))  # D[k, i] = a_k cos(pi (2i + 1) k / 2n)
-    D[0] *= math.sqrt(1 / n)  # a_0 = sqrt(1/n)
-    D[1:] *= math.sqrt(2 / n)  # a_k = sqrt(2/n), k > 0: rows of unit norm, hence D D^T = I
-    return D
-
-
-def block_dct(x):
-    """2-D DCT-II of every 8x8 block: x (..., H, W) -> (..., H//8, W//8, 8, 8), coefficient [u, v] = (vertical, horizontal)
-    frequency. H and W are cropped to multiples of 8 at the bottom and right: a partial block has no 8x8 spectrum."""
-    H, W = x.shape[-2] // BLOCK, x.shape[-1] // BLOCK
-    if H == 0 or W == 0:
-        raise ValueError(f"the block DCT needs images of at least {BLOCK}x{BLOCK} pixels, got {tuple(x.shape[-2:])}.")
-    x = x[..., :H * BLOCK, :W * BLOCK]
-    x = x.unflatten(-1, (W, BLOCK)).unflatten(-3, (H, BLOCK)).transpose(-3, -2)  # (..., H, W, 8, 8)
-    D = dct_matrix(BLOCK, x.device, x.dtype)
-    return D @ x @ D.T  # X = D x D^T
-
-
-def block_idct(X):
-    """Inverse of block_dct: X (..., H//8, W//8, 8, 8) -> (..., H', W') with H', W' the cropped size."""
-    D = dct_matrix(BLOCK, X.device, X.dtype)
-    x = D.T @ X @ D  # x = D^T X D
-    return x.transpose(-3, -2).flatten(-2).flatten(-3, -2)  # (..., H, 8, W, 8) -> (..., H*8, W*8)
-
-
-def zigzag():
-    """The 64 row-major indices u*8 + v of an 8x8 block in JPEG zigzag order: anti-diagonals u + v = s in turn,
-    walked with u rising on odd s and falling on even s, so frequency grows along the order."""
-    cells = sorted(((u, v) for u in range(BLOCK) for v in range(BLOCK)),
-                   key=lambda c: (c[0] + c[1], c[0] if (c[0] + c[1]) % 2 else -c[0]))
-    return torch.tensor([u * BLOCK + v for u, v in cells])
 
 # -----------------------------------------------------------------------------
 # the spectrum and its one scalar
@@ -136,11 +103,17 @@ class BlockSpectrum:
         ac = self.energy()[:, 1:]  # (C, 63), k = 1..63
         return (ac[:, HF_START - 1:].sum(1) / ac.sum(1).clamp_min(torch.finfo(ac.dtype).tiny)).mean().item()
 
+    def hf_energy_share(self):
+        """sum_c sum_{k>=32} E_{c,k} / sum_c sum_{k>=1} E_{c,k}: the same share of the energy summed over channels,
+        unchanged by an orthogonal mixing of the channels (which hf_share's per-channel ratios are not)."""
+        ac = self.energy()[:, 1:].sum(0)  # (63,), k = 1..63, summed over channels
+        return (ac[HF_START - 1:].sum() / ac.sum().clamp_min(torch.finfo(ac.dtype).tiny)).item()
+
     def stats(self):
-        """The numbers we report: per-channel profiles, their mean and std across channels, and hf_share."""
+        """The numbers we report: per-channel profiles, their mean and std across channels, and both HF shares."""
         s = self.profile()
         return dict(per_channel=s.tolist(), mean=s.mean(0).tolist(), std=s.std(0, unbiased=False).tolist(),
-                    hf_share=self.hf_share())
+                    hf_share=self.hf_share(), hf_energy_share=self.hf_energy_share())
 
 
 def dct_spectrum(x):
@@ -154,20 +127,26 @@ def hf_share(x):
     32/63; smooth images: near 0; an RGB image pooled to the latent size is the reference for an autoencoder."""
     return BlockSpectrum().update(x).hf_share()
 
+
+def hf_energy_share(x):
+    """The share of AC energy in zigzag coefficients 32..63 of the energy summed over channels (see BlockSpectrum)."""
+    return BlockSpectrum().update(x).hf_energy_share()
+
 # -----------------------------------------------------------------------------
 # erasure: how much of the signal lives in the high frequencies
 
-def erase_high_frequencies(x, p):
-    """Zero the highest-frequency fraction p of the 64 DCT coefficients of every 8x8 block of x (..., H, W): keep the
-    first 64 - round(64 p) in zigzag order, then invert. Border pixels beyond the last whole block are left as they are."""
+def erase_high_frequencies(x, p, block=BLOCK):
+    """Zero the highest-frequency fraction p of the DCT coefficients of every block x block tile of x (..., H, W): keep
+    the first b^2 - round(b^2 p) in zigzag order, then invert. Pixels beyond the last whole tile are left as they are.
+    Fig. 5 erases a latent in tiles of 8 and the image in tiles of 8 f, so that both lose the same scales."""
     if not 0 <= p < 1:
         raise ValueError(f"the erased fraction must lie in [0, 1), got {p}.")
-    n_keep = BLOCK * BLOCK - round(BLOCK * BLOCK * p)
-    if n_keep == BLOCK * BLOCK:
-        return x  # keeping all 64 coefficients is the identity; skipping the round trip makes p = 0 bitwise exact
-    keep = torch.zeros(BLOCK * BLOCK, device=x.device, dtype=x.dtype)
-    keep[zigzag()[:n_keep].to(x.device)] = 1
-    X = block_dct(x) * keep.view(BLOCK, BLOCK)  # (..., H//8, W//8, 8, 8)
+    n_keep = block * block - round(block * block * p)
+    if n_keep == block * block:
+        return x  # keeping every coefficient is the identity; skipping the round trip makes p = 0 bitwise exact
+    keep = torch.zeros(block * block, device=x.device, dtype=x.dtype)
+    keep[zigzag(block)[:n_keep].to(x.device)] = 1
+    X = block_dct(x, block) * keep.view(block, block)  # (..., H//b, W//b, b, b)
     x_low = block_idct(X)
     out = x.clone()
     out[..., :x_low.shape[-2], :x_low.shape[-1]] = x_low
@@ -314,11 +293,12 @@ def analyse(dataset, aes, indices, batch_size, device, rgb_sizes):
     and erasure PSNRs accumulate exactly. RGB is measured at each of `rgb_sizes` (h, w) and on every latent grid."""
     n, rgb_sizes = len(indices), set(rgb_sizes)
     rgb_spec = {}                                            # (h, w) -> BlockSpectrum of the pooled images
-    rgb_erasure = [Mean() for _ in ERASE_FRACTIONS]          # PSNR of the erased image vs itself
+    factors = {ae.downsample_factor for ae in aes.values()} | {1}
+    rgb_erasure = {f: [Mean() for _ in ERASE_FRACTIONS] for f in factors}  # PSNR of the image erased in 8f tiles
     ae_spec = {k: BlockSpectrum() for k in aes}              # label -> spectrum of the posterior means
     ae_spec_sample = {k: BlockSpectrum() for k in aes if aes[k].cfg.regularizer == 'kl'}  # ... of posterior samples
     ae_erasure = {k: [Mean() for _ in ERASE_FRACTIONS] for k in aes}
-    bicubic = {f: Mean() for f in {ae.downsample_factor for ae in aes.values()}}  # PSNR of bicubic_at_latent_grid
+    bicubic = {f: Mean() for f in factors - {1}}              # PSNR of bicubic_at_latent_grid
     latent_size, unreadable = {}, 0
     for start in tqdm(range(0, n, batch_size), desc='images', unit='batch'):
         items = [dataset.load(i) for i in indices[start:start + batch_size]]  # (x, y, 1 if unreadable)
@@ -342,12 +322,13 @@ def analyse(dataset, aes, indices, batch_size, device, rgb_sizes):
             meter.update(psnr(bicubic_at_latent_grid(x, f), x).mean(), B)
         for size in rgb_sizes:
             rgb_spec.setdefault(size, BlockSpectrum()).update(rgb_on_latent_grid(x, size))
-        for p, meter in zip(ERASE_FRACTIONS, rgb_erasure):
-            meter.update(psnr(erase_high_frequencies(x, p).clamp(-1, 1), x).mean(), B)
+        for f, meters in rgb_erasure.items():
+            for p, meter in zip(ERASE_FRACTIONS, meters):
+                meter.update(psnr(erase_high_frequencies(x, p, BLOCK * f).clamp(-1, 1), x).mean(), B)
 
     rgb = {rgb_key(*s): dict(resolution=list(s), **rgb_spec[s].stats()) for s in sorted(rgb_spec)}
     result = dict(num_images=n, unreadable_images=unreadable, erase_fractions=ERASE_FRACTIONS, rgb=rgb,
-                  rgb_erasure_psnr=[m.value.item() for m in rgb_erasure], autoencoders={})
+                  rgb_erasure_psnr=[m.value.item() for m in rgb_erasure[1]], autoencoders={})
     for label, ae in aes.items():
         ref = rgb_key(*latent_size[label])
         stats = ae_spec[label].stats()
@@ -356,8 +337,10 @@ def analyse(dataset, aes, indices, batch_size, device, rgb_sizes):
                  latent_channels=len(stats['per_channel']), latent_resolution=list(latent_size[label]),
                  **stats, rgb_reference=ref, rgb_hf_share=rgb[ref]['hf_share'],
                  hf_share_vs_rgb=stats['hf_share'] / rgb[ref]['hf_share'],  # > 1: latents noisier than the images
+                 rgb_hf_energy_share=rgb[ref]['hf_energy_share'],
                  reconstruction_psnr=erasure[0], bicubic_psnr=bicubic[ae.downsample_factor].value.item(),
-                 erasure_psnr=erasure)
+                 erasure_psnr=erasure,  # the latent erased in 8x8 tiles, decoded
+                 rgb_erasure_psnr=[m.value.item() for m in rgb_erasure[ae.downsample_factor]])  # image in 8f x 8f tiles
         if label in ae_spec_sample:
             r['posterior_sample'] = ae_spec_sample[label].stats()
         result['autoencoders'][label] = r
@@ -396,10 +379,12 @@ def plot(result, out_dir):
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for label, r in result['autoencoders'].items():
         ax.plot(pct, r['erasure_psnr'], 'o-', label=f"{label} latents")
-    rgb = result['rgb_erasure_psnr']
-    lossless = [v < PSNR_MAX for v in rgb]  # erasing nothing from RGB is lossless (infinite PSNR): leave it off the axis
-    ax.plot([q for q, ok in zip(pct, lossless) if ok], [v for v, ok in zip(rgb, lossless) if ok], 'o--', color='black',
-            label='RGB (own 8x8 blocks; 0% is lossless)')
+    curves = {f"RGB in {BLOCK * r['downsample_factor']}x{BLOCK * r['downsample_factor']} tiles": r['rgb_erasure_psnr']
+              for r in result['autoencoders'].values()} or {f'RGB in {BLOCK}x{BLOCK} tiles': result['rgb_erasure_psnr']}
+    for (name, rgb), c in zip(curves.items(), ['black', 'dimgray', 'gray']):
+        lossless = [v < PSNR_MAX for v in rgb]  # erasing nothing from RGB is lossless: leave it off the axis
+        ax.plot([q for q, ok in zip(pct, lossless) if ok], [v for v, ok in zip(rgb, lossless) if ok], 'o--', color=c,
+                label=f'{name} (the same scales; 0% is lossless)')
     ax.set(xlabel='% of DCT coefficients erased (highest frequencies first)', ylabel='PSNR vs input (dB)',
            title='Erasure: reconstruction from low frequencies only')
     ax.legend(fontsize=8)
@@ -432,15 +417,15 @@ def print_video_table(result):
 
 
 def print_table(result):
-    print(f"\n{'':24s} {'shape':>12s} {'hf_share':>9s}" + (f" {'sampled':>9s} {'RGB ref':>9s} {'ratio':>7s} "
-                                                         f"{'recon PSNR':>11s} {'bicubic':>8s}" if result['autoencoders'] else ''))
+    print(f"\n{'':24s} {'shape':>12s} {'hf_share':>9s} {'hf_energy':>9s}" + (
+        f" {'sampled':>9s} {'RGB ref':>9s} {'ratio':>7s} {'recon PSNR':>11s} {'bicubic':>8s}" if result['autoencoders'] else ''))
     for label, r in result['autoencoders'].items():
         shape = f"{len(r['per_channel'])}x{r['latent_resolution'][0]}x{r['latent_resolution'][1]}"
         sampled = f"{r['posterior_sample']['hf_share']:9.4f}" if 'posterior_sample' in r else f"{'-':>9s}"
-        print(f"{label:24s} {shape:>12s} {r['hf_share']:9.4f} {sampled} {r['rgb_hf_share']:9.4f} "
+        print(f"{label:24s} {shape:>12s} {r['hf_share']:9.4f} {r['hf_energy_share']:9.4f} {sampled} {r['rgb_hf_share']:9.4f} "
               f"{r['hf_share_vs_rgb']:7.2f} {r['reconstruction_psnr']:11.2f} {r['bicubic_psnr']:8.2f}")
     for key, r in result['rgb'].items():
-        print(f"{key:24s} {'3x%dx%d' % tuple(r['resolution']):>12s} {r['hf_share']:9.4f}")
+        print(f"{key:24s} {'3x%dx%d' % tuple(r['resolution']):>12s} {r['hf_share']:9.4f} {r['hf_energy_share']:9.4f}")
     if result['unreadable_images']:
         print(f"{result['unreadable_images']} unreadable image files were replaced by their neighbours")
 

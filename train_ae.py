@@ -15,13 +15,18 @@ Generator loss (LDM's LPIPSWithDiscriminator, plus SE):
     + kl_weight * KL(q(z|x) || N(0, I))  (or the VQ codebook + commitment losses)
     + adaptive_weight * disc_weight * -D_patch(D(z))                     after disc_start
     + se_weight * (|down(x) - D(down(z))| + lpips_weight * LPIPS(down(x), D(down(z))))
-where down() shrinks x and z by the same factor s drawn from --se_scales (model.scale_equivariance_loss). The
-discriminator sees only full-resolution reconstructions and is trained with the hinge loss.
+    + hf_reg_weight * mean |DCT(z)_uv| ((u + v) / 7)^p / 4                 optional, the authors' latent HF penalty
+where down() shrinks x and z by the same factor s drawn from --se_scales (model.scale_equivariance_loss) with the
+authors' operator, bilinear with align_corners=True and no antialiasing (--se_down; 'mean' is their other one,
+'antialiased' ours). --se_ignore_lpips leaves LPIPS off the SE term, as their ignore_lpips; --se_mode dct_cut replaces
+the downsampling by their DCT cut: the same random share, up to --se_max_cut, of the high frequencies cut from z (8x8
+tiles) and from x (8f x 8f tiles). The discriminator sees only full-resolution reconstructions (hinge loss).
 
 Video (--num_frames N > 1, N = 1 + 4k): the causal 3D autoencoder of model.py (presets tiny, cogvideox) on clips
 (B, 3, N, H, W). L1 is over all pixels of the clip, LPIPS and the PatchGAN discriminator see every frame as an image
 (a frame discriminator), and down() shrinks each frame of x and each latent frame of z; time is untouched, as in the
-paper, unless --se_temporal also halves it in both (pairs of frames averaged, the first frame kept apart). Video runs
+paper, unless --se_temporal_scales also shrinks it in both by a factor drawn from that list, as the authors'
+temporal_scale_factors: the first frame kept apart, the others averaged in groups (--se_temporal is '2'). Video runs
 default to --image_size 32 --batch_size 1 --max_steps 200 --lr 0.0002 --se_scales 2 --out_dir out/video_ae
 --eval_interval 100 --ckpt_interval 100 (VIDEO_DEFAULTS), sized for two CPU cores.
 
@@ -54,7 +59,8 @@ from common import (add_common_args, die, setup_distributed, cleanup_distributed
 from data import make_dataset, random_subset
 from metrics import bicubic_at_latent_grid, psnr, rgb_on_latent_grid, to_uint8
 from model import (AE_PRESETS, SE_DOWNSAMPLING, Autoencoder, NLayerDiscriminator, hinge_d_loss, adaptive_gan_weight,
-                   se_downsample, scale_equivariance_loss, to_frames)
+                   dct_cut_equivariance_loss, latent_hf_penalty, se_downsample, se_downsample_time,
+                   scale_equivariance_loss, to_frames)
 from perceptual import LPIPS_MIN_SIZE, LPIPS
 from video_model import VIDEO_AE_PRESETS, VideoAutoencoder
 from weights import load_autoencoder, load_checkpoint
@@ -75,7 +81,8 @@ add_common_args(parser, out_dir='out/ae', lr=1e-4)
 parser.add_argument('--num_frames', type=checked(int, lo=1), default=1, help="frames per training clip (1 + 4k); 1 = images. N > 1 "
                     "trains the video AE presets (tiny, cogvideox) with VIDEO_DEFAULTS (see above)")
 parser.add_argument('--frame_stride', type=checked(int, lo=1), default=1, help='video: take every n-th frame of the source video')
-parser.add_argument('--se_temporal', action='store_true', help='video: SE also halves time in x and z (needs N = 1 + 8k)')
+parser.add_argument('--se_temporal', action='store_true', help="video: SE also halves time in x and z, the authors' temporal SE with factor 2 (the same as --se_temporal_scales 2; needs N = 1 + 8k)")
+parser.add_argument('--se_temporal_scales', type=int_list(2), default='', help="video: temporal factors, one drawn per step, by which SE also shrinks time in x and z (the authors' temporal_scale_factors: the first frame kept, the rest averaged in groups)")
 parser.add_argument('--regularizer', type=str, default=None, choices=['kl', 'vq'], help="latent regulariser; default: the preset's")
 parser.add_argument('--kl_weight', type=checked(float, lo=0), default=1e-6, help="weight of the KL term (LDM's convention: KL summed over the latent vs. L1 summed over pixels)")
 parser.add_argument('--lpips_weight', type=checked(float, lo=0), default=1.0, help='weight of the LPIPS perceptual loss; 0 disables it (no VGG weights needed)')
@@ -83,11 +90,16 @@ parser.add_argument('--disc_weight', type=checked(float, lo=0), default=0.5, hel
 parser.add_argument('--disc_start', type=checked(int, lo=0), default=None, help='step at which the discriminator and adversarial loss switch on; default: 0 when fine-tuning (--init_from, as the paper and EQ-VAE), else 50001 (LDM)')
 parser.add_argument('--disc_lr', type=checked(float, lo=0, lo_open=True), default=None, help='discriminator learning rate; default: --lr')
 parser.add_argument('--se_weight', type=checked(float, lo=0), default=0.0, help='scale-equivariance loss weight (paper: 0.25); 0 = baseline')
-parser.add_argument('--se_scales', type=int_list(2), default='2,4', help='downsampling factors drawn uniformly per step for SE')
+parser.add_argument('--se_scales', type=int_list(2), default='2,4', help="SE's downsampling factors, one drawn uniformly per step (the authors' scale_factors 0.5, 0.25 are 2, 4 here)")
 parser.add_argument('--warmup_steps', type=checked(int, lo=0), default=0, help='linear learning-rate warm-up of the autoencoder over this many steps (0: none)')
 parser.add_argument('--z_channels', type=checked(int, lo=1), default=None, help="latent channels; default: the preset's (the paper's Fig. 2 varies it)")
 parser.add_argument('--se_down', type=str, default='bilinear', choices=SE_DOWNSAMPLING,
-                    help='how x and z are downsampled for SE: antialiased bilinear (default) or average pooling')
+                    help="how SE shrinks x and z: 'bilinear' the authors' default (align_corners=True, no antialiasing), 'mean' their s x s average, 'antialiased' ours (not the paper's)")
+parser.add_argument('--se_mode', type=str, default='downsample', choices=['downsample', 'dct_cut'], help="SE by downsampling (the paper) or by the authors' DCT cut of high frequencies from z and x (--se_max_cut)")
+parser.add_argument('--se_max_cut', type=checked(float, lo=0, hi=1, lo_open=True), default=0.5, help='dct_cut: the share of each tile\'s DCT coefficients cut is drawn uniformly in [0, this] every step')
+parser.add_argument('--se_ignore_lpips', action='store_true', help="leave LPIPS off the SE term (L1 only), as the authors' ignore_lpips")
+parser.add_argument('--hf_reg_weight', type=checked(float, lo=0), default=0.0, help="weight of the authors' high-frequency penalty on the latents' 8x8 block-DCT amplitudes (0: off)")
+parser.add_argument('--hf_reg_power', type=checked(float, lo=0), default=2.0, help='the penalty weighs coefficient (u, v) by ((u + v) / 7)^p / 4')
 parser.add_argument('--ema_decay', type=checked(float, lo=0, hi=1, hi_open=True), default=0.0, help='EMA of the autoencoder weights (e.g. 0.999); 0 = off')
 parser.add_argument('--grad_clip', type=checked(float, lo=0), default=1.0, help='clip the global gradient norm; 0 = off')
 parser.add_argument('--num_eval', type=checked(int, lo=1), default=8, help='held-out images in the reconstruction grid and HF-ratio probe')
@@ -97,7 +109,8 @@ if video:
     parser.set_defaults(**VIDEO_DEFAULTS)
 args = parser.parse_args()
 
-se_scales = args.se_scales
+se_scales = args.se_scales if args.se_mode == 'downsample' else []
+se_time_scales = args.se_temporal_scales or ([2] if args.se_temporal else [])
 disc_start = args.disc_start if args.disc_start is not None else (0 if args.init_from else 50001)
 
 
@@ -112,13 +125,21 @@ def check_args(args):
         die("the video autoencoder is KL-regularised; drop --regularizer vq or train on images (--num_frames 1).")
     if args.se_weight > 0 and not args.se_scales:
         die("--se_weight > 0 needs at least one factor in --se_scales, such as '2,4'.")
-    if args.se_temporal and (not video or (args.num_frames - 1) % 8):
-        die(f"--se_temporal halves 1 + 8k frames to 1 + 4k, which the causal layout can encode; "
-            f"--num_frames {args.num_frames} is not of that form.")
+    if args.se_temporal and args.se_temporal_scales:
+        die("--se_temporal is --se_temporal_scales 2; pass one or the other.")
+    time_scales = args.se_temporal_scales or ([2] if args.se_temporal else [])
+    if time_scales and args.se_mode != 'downsample':
+        die("temporal SE shrinks time as the downsampling SE does; drop --se_temporal(_scales) or --se_mode dct_cut.")
+    for s in time_scales:  # 1 + 4k frames -> 1 + k latent frames; both keep frame 0 and need k divisible by s
+        if not video or (args.num_frames - 1) % (4 * s):
+            die(f"temporal SE by {s} keeps the first frame and averages the other 4k frames (and k latent frames) in "
+                f"groups of {s}, so --num_frames must be 1 + {4 * s}j; --num_frames {args.num_frames} is not.")
     if args.disc_weight > 0 and disc_start < args.max_steps and args.image_size < 32:
         die(f"the PatchGAN discriminator needs --image_size of at least 32 (got {args.image_size}); "
             f"raise it, or keep the discriminator off with --disc_start {args.max_steps}.")
     smallest = args.image_size // max(args.se_scales) if args.se_weight > 0 else args.image_size  # SE's smallest
+    if args.se_ignore_lpips or args.se_mode == 'dct_cut':
+        smallest = args.image_size  # no LPIPS on small images
     if args.lpips_weight > 0 and smallest < LPIPS_MIN_SIZE:
         die(f"LPIPS needs images of at least {LPIPS_MIN_SIZE} pixels (VGG16 halves them four times), and --image_size "
             f"{args.image_size} with SE factor {max(args.se_scales)} gives {smallest}; raise --image_size, lower "
@@ -183,6 +204,12 @@ f = ae.downsample_factor
 if args.image_size % (f * max(se_scales, default=1)) != 0:
     die(f"--image_size {args.image_size} must be divisible by the downsampling factor {f} times the largest SE scale "
         f"{max(se_scales, default=1)}, so that x and z shrink by the same factor.")
+if args.hf_reg_weight > 0 and args.image_size // f < 8:
+    die(f"--hf_reg_weight penalises the latent's 8x8 block-DCT spectrum, and --image_size {args.image_size} gives "
+        f"{args.image_size // f}x{args.image_size // f} latents; use --image_size {8 * f} or more.")
+if args.se_weight > 0 and args.se_mode == 'dct_cut' and args.image_size % (8 * f):
+    die(f"--se_mode dct_cut cuts the latent in 8x8 tiles and the image in {8 * f}x{8 * f} tiles; --image_size "
+        f"{args.image_size} is not a multiple of {8 * f}.")
 disc = NLayerDiscriminator().to(device).train()
 lpips = None
 if args.lpips_weight > 0:
@@ -239,6 +266,11 @@ def reconstruction_loss(x, x_rec):
     return loss
 
 
+def se_distance(x, x_rec):
+    """The SE term's distance: the reconstruction loss, or L1 alone with --se_ignore_lpips."""
+    return (x - x_rec).abs().mean() if args.se_ignore_lpips else reconstruction_loss(x, x_rec)
+
+
 def discriminate(net, x, x_rec):
     """PatchGAN logits of real and reconstructed images from one forward pass of their concatenation: under DDP a
     second forward before the backward would re-broadcast BatchNorm's buffers in place, which CUDA autograd rejects
@@ -258,7 +290,8 @@ def evaluate():
         x_rec = net.decode(z).float()
         rows = [x_eval, x_rec]
         for s in se_scales if args.se_weight > 0 else []:
-            down = lambda t: se_downsample(t, s, args.se_down, args.se_temporal)
+            s_t = max(se_time_scales, default=1)
+            down = lambda t: se_downsample_time(se_downsample(t, s, args.se_down), s_t) if s_t > 1 else se_downsample(t, s, args.se_down)
             up = lambda t: F.interpolate(t, size=x_eval.shape[2:], mode='nearest')  # shown at full size (and length)
             rows += [up(down(x_eval)), up(net.decode(down(z)).float())]
     ae.train()
@@ -325,7 +358,9 @@ while step < args.max_steps:
     for micro in range(args.grad_accum):
         x, _ = next(loader)
         x = x.to(device, non_blocking=True)
-        se_scale = random.choice(se_scales) if args.se_weight > 0 else 0
+        se_scale = random.choice(se_scales) if args.se_weight > 0 and se_scales else 0
+        se_time = random.choice(se_time_scales) if se_scale and se_time_scales else 1
+        cut = random.uniform(0, args.se_max_cut) if args.se_weight > 0 and args.se_mode == 'dct_cut' else None
         sync = contextlib.nullcontext() if (not dist.ddp or micro == args.grad_accum - 1) else model.no_sync()
         with sync:
             with autocast(device, dtype):
@@ -336,11 +371,17 @@ while step < args.max_steps:
                 else:
                     reg = reg_loss  # VQ codebook + commitment losses (LDM's codebook_weight 1)
                 loss = rec + reg
-                if se_scale:
-                    se, _ = scale_equivariance_loss(ae, x, z, se_scale, reconstruction_loss, args.se_down,
-                                                    args.se_temporal)
+                if se_scale or cut is not None:
+                    if cut is None:
+                        se, _ = scale_equivariance_loss(ae, x, z, se_scale, se_distance, args.se_down, se_time)
+                    else:
+                        se, _ = dct_cut_equivariance_loss(ae, x, z, cut, se_distance)
                     loss = loss + args.se_weight * se
                     terms['se'] = terms.get('se', 0) + se.detach() / args.grad_accum
+                if args.hf_reg_weight > 0:
+                    hf_reg = latent_hf_penalty(z.float(), power=args.hf_reg_power).mean()
+                    loss = loss + args.hf_reg_weight * hf_reg
+                    terms['hf_reg'] = terms.get('hf_reg', 0) + hf_reg.detach() / args.grad_accum
                 if use_disc:
                     disc.requires_grad_(False)  # the generator's loss must not train the discriminator
                     g_loss = -discriminate(disc, frames(x), frames(x_rec))[1].mean()

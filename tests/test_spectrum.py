@@ -12,8 +12,8 @@ import torch.nn.functional as F
 import metrics
 import spectrum
 from metrics import psnr
-from spectrum import (BlockSpectrum, block_dct, block_idct, dct_matrix, dct_spectrum, erase_high_frequencies,
-                      hf_share, zigzag)
+from model import block_dct, block_idct, dct_matrix, zigzag
+from spectrum import BlockSpectrum, dct_spectrum, erase_high_frequencies, hf_energy_share, hf_share
 
 # libjpeg's jpeg_natural_order: the k-th coefficient in zigzag order is at row-major position JPEG_ZIGZAG[k]
 JPEG_ZIGZAG = [
