@@ -8,8 +8,8 @@ loaders to count. An item may be
 reproducible; a plain `i` gives the un-augmented image.
 
 - DeadLeaves: the embedded default, a procedural dataset that needs no download and no disk. The dead-leaves model
-  (Matheron; Lee, Mumford & Huang 2001) drops opaque shapes with power-law sizes, p(r) ~ r^-3, on top of each other;
-  the result is scale invariant with the ~1/f amplitude spectrum and sharp occlusion edges of natural photographs.
+  (Matheron; Lee, Mumford & Huang 2001) drops opaque shapes with power-law sizes, p(r) ~ r^-3 from a radius of 4
+  pixels up, on top of each other; the result is scale invariant with the ~1/f amplitude spectrum and sharp occlusion edges of natural photographs.
   Rendered at 4x and box-downsampled (antialiasing), with smooth shading and a little sensor noise per shape.
 - ImageFolder: a folder searched recursively (jpg, jpeg, png, webp, bmp). Class ids come from the first-level
   subfolders when every image sits in one (ImageNet's train folder works as is); otherwise the set is unlabelled.
@@ -47,7 +47,7 @@ def _split_item(item):
 # -----------------------------------------------------------------------------
 # the embedded dataset
 
-def dead_leaves(seed, index, size, supersample=4, r_min=2.0, max_shapes=400, texture_supersample=None):
+def dead_leaves(seed, index, size, supersample=4, r_min=4.0, max_shapes=400, texture_supersample=None):
     """One dead-leaves image, deterministic in (seed, index). Returns float32 (H, W, 3) in [0, 1]. texture_supersample:
     the factor by which the caller will shrink this image further (moving_dead_leaves renders its background at canvas
     resolution), so that leaf textures stay below the final pixel's Nyquist frequency."""

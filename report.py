@@ -1,14 +1,26 @@
 """
 The report of reproduce.py, from its numbers alone: out_dir/report.json (every number the run measured) ->
-out_dir/report.md (tables, plots and a verdict whose sentences are computed from the numbers) and the figures beside
-it. reproduce.py calls it at the end of a run; to re-plot or re-word the report without re-running anything:
+out_dir/report.md (tables, plots, sample grids and a verdict whose sentences are computed from the numbers) and the
+figures beside it. reproduce.py calls it at the end of a run; to re-plot or re-word a report without re-running:
 
   python report.py out/reproduce
+
+The statistics. Every comparison is paired: seed s fine-tunes the same baseline with SE and without (the control),
+with the same data order, and trains the same LDM on each, so d_s = SE_s - control_s removes what the seeds share.
+The verdict on each metric is Student's paired t-test of mean(d) = 0, two-sided, at ALPHA; the report gives its p
+value, the 95% confidence interval of the mean difference, and the exact sign-flip test's p (which cannot go below
+2 / 2^n, so below 0.05 only from 6 seeds). tests/test_report.py simulates the rule on data with no effect (it fires
+5% of the time) and with one (its power grows with the seeds).
 """
 import os
 import json
+import math
 import argparse
+import itertools
 import statistics
+
+ALPHA = 0.05
+ARMS = ('control', 'se')
 
 # -----------------------------------------------------------------------------
 # statistics and the verdict: sentences computed from the numbers
@@ -18,86 +30,77 @@ def mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def compare(name, base, se, lower_is_better=True):
-    """One sentence on a per-seed paired comparison. A difference counts only when every seed agrees on its sign and
-    the mean paired difference exceeds the larger of the two arms' seed spreads (with one seed: never)."""
-    (mb, sb), (ms, ss) = mean_std(base), mean_std(se)
-    diffs = [s - b for b, s in zip(base, se)]
-    change = 100 * (ms - mb) / abs(mb) if mb else float('nan')
-    seeds = ', '.join(f"{b:.4g} -> {s:.4g}" for b, s in zip(base, se))
-    clear = len(diffs) > 1 and (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)) and \
-        abs(statistics.mean(diffs)) > max(sb, ss)
-    if not clear:
-        why = 'one seed cannot show a spread' if len(diffs) == 1 else "no difference beyond the seeds' spread"
-        return f"{name}: baseline {mb:.4g} ± {sb:.2g}, SE {ms:.4g} ± {ss:.2g} ({change:+.1f}%): {why} (seeds: {seeds})."
-    verb = 'lowered' if ms < mb else 'raised'
-    good = (ms < mb) == lower_is_better
-    return (f"{name}: SE {verb} it by {abs(change):.1f}% ({mb:.4g} ± {sb:.2g} -> {ms:.4g} ± {ss:.2g}; seeds: {seeds}), "
-            f"{'better' if good else 'worse'} beyond the seeds' spread.")
+def paired_test(treated, control):
+    """d_i = treated_i - control_i over n seeds. Student's paired t-test: t = mean(d) / (sd(d) / sqrt(n)) with n - 1
+    degrees of freedom, its two-sided p and the 95% confidence interval of mean(d); the exact sign-flip test: the share
+    of the 2^n sign patterns of d whose |mean| reaches the observed one. -> dict."""
+    from scipy.stats import t as student_t
+    d = [a - b for a, b in zip(treated, control)]
+    n, mean = len(d), statistics.mean(d)
+    p_t, ci = float('nan'), (float('nan'), float('nan'))
+    if n >= 2:
+        se = statistics.stdev(d) / math.sqrt(n)
+        p_t = float(2 * student_t.sf(abs(mean) / se, n - 1)) if se > 0 else (0.0 if mean != 0 else 1.0)
+        half = float(student_t.ppf(1 - ALPHA / 2, n - 1)) * se
+        ci = (mean - half, mean + half)
+    flips = [statistics.mean(s * x for s, x in zip(signs, d)) for signs in itertools.product((1, -1), repeat=n)]
+    p_flip = sum(abs(f) >= abs(mean) - 1e-12 * (1 + abs(mean)) for f in flips) / len(flips)
+    base = statistics.mean(control)
+    return {'n': n, 'mean_diff': mean, 'rel_diff': mean / base if base else float('nan'), 'p_t': p_t, 'ci95': ci,
+            'p_signflip': p_flip, 'significant': bool(p_t < ALPHA)}
 
 
-def pairs(video):
-    """Fig. 1's comparisons (reference arm, SE arm, label): video adds the SE fine-tune against its control."""
-    return [('baseline', 'se', '')] + ([('control', 'se_ft', 'fine-tuned: ')] if video else [])
+def compare(name, control, se, lower_is_better=True):
+    """One sentence on a paired comparison of SE with its control over seeds, and the test behind it."""
+    test = paired_test(se, control)
+    (mc, sc), (ms, ss) = mean_std(control), mean_std(se)
+    numbers = (f"control {mc:.4g} ± {sc:.2g} -> SE {ms:.4g} ± {ss:.2g} ({100 * test['rel_diff']:+.1f}%; paired t-test "
+               f"over {test['n']} seeds p = {test['p_t']:.3g}, 95% CI of the difference [{test['ci95'][0]:.3g}, "
+               f"{test['ci95'][1]:.3g}], sign-flip p = {test['p_signflip']:.3g})")
+    if test['n'] < 2:
+        return f"{name}: {numbers}: one seed has no spread to test against.", test
+    if not test['significant']:
+        return f"{name}: no difference at alpha = {ALPHA} ({numbers}).", test
+    verb = 'lowered' if ms < mc else 'raised'
+    good = (ms < mc) == lower_is_better
+    return f"{name}: SE {verb} it, {'better' if good else 'worse'}, at alpha = {ALPHA} ({numbers}).", test
 
 
-def sample_keys(fig1, video):
-    """(the SWD keys, every sample metric) of Fig. 1's curves: SWD average and per scale (video: video SWD, frames,
-    motion), plus FID (FVD) where the weights existed."""
-    last = fig1['ldm']['baseline'][0]['curve'][-1]
-    if video:  # the weight-free video SWD (its frame and motion halves), and FVD where the I3D weights exist
-        swd_keys = ['video_swd', 'swd_frames', 'swd_motion']
-        return swd_keys, swd_keys + (['fvd'] if 'fvd' in last else [])
-    swd_keys = ['swd_avg'] + sorted((k for k in last if k.startswith('swd_') and k[4:].isdigit()), key=lambda k: -int(k[4:]))
-    return swd_keys, swd_keys + (['fid'] if 'fid' in last else [])
+def guard_failures(report):
+    """The LDMs whose samples fail the guard (probe.sample_guard), as 'objective arm seed s' strings."""
+    return [f"{objective} {arm} seed {s}" for objective, runs in report['ldm'].items() for arm in ARMS
+            for s, run in enumerate(runs[arm]) if not run['probe'][-1]['guard']['ok']]
 
 
-def final(fig1, arm, key):
-    return [s['curve'][-1][key] for s in fig1['ldm'][arm]]
-
-
-def average(fig1, arm, key):
-    return [statistics.mean(p[key] for p in s['curve']) for s in fig1['ldm'][arm]]
+def sample_keys(report):
+    """The sample metrics each LDM was scored by: SWD (average, per scale) and FID / KID where Inception existed."""
+    first = next(iter(report['ldm'].values()))['control'][0]['samples']
+    swd = ['swd_avg'] + sorted((k for k in first if k.startswith('swd_') and k[4:].isdigit()), key=lambda k: -int(k[4:]))
+    return swd + [k for k in ('fid', 'kid') if k in first]
 
 
 def verdict(report):
-    """The sentences of the verdict: per pair of Fig. 1's arms, the AE measurements and the sample metrics at the last
-    LDM step and averaged over the evaluations (convergence)."""
-    config, fig1 = report['config'], report['fig1']
-    video = config['num_frames'] > 1
-    _, gen_keys = sample_keys(fig1, video)
-    ae_metric = lambda arm, key: [m[key] for m in fig1['autoencoders'][arm]]  # noqa: E731
-    out = []
-    for ref, se, label in pairs(video):
-        out += [compare(f'{label}hf_share of posterior means', ae_metric(ref, 'hf_share'), ae_metric(se, 'hf_share')),
-                compare(f'{label}hf_share of posterior samples (what the LDM learns)', ae_metric(ref, 'hf_share_sample'),
-                        ae_metric(se, 'hf_share_sample'))]
-        if video:
-            out.append(compare(f'{label}temporal hf of the latents', ae_metric(ref, 'temporal_hf'),
-                               ae_metric(se, 'temporal_hf')))
-        out.append(compare(f'{label}reconstruction PSNR', ae_metric(ref, 'psnr'), ae_metric(se, 'psnr'),
-                           lower_is_better=False))
-        out += [compare(f"{label}{k} of samples at the last LDM step", final(fig1, ref, k), final(fig1, se, k))
-                for k in gen_keys]
-        out += [compare(f"{label}{k} averaged over the {config['sizes']['ldm_evals']} LDM evaluations (convergence)",
-                        average(fig1, ref, k), average(fig1, se, k)) for k in gen_keys]
-    return out
-
-
-def hf_series(rows):
-    """hf_share of posterior means, of samples, and of RGB on the latent grid, over a sweep's AEs (in order)."""
-    return {'posterior means': [m['hf_share'] for m in rows.values()],
-            'posterior samples': [m['hf_share_sample'] for m in rows.values()],
-            'RGB on the latent grid': [m['rgb_hf_share'] for m in rows.values()]}
-
-
-def trend(xs, ys):
-    """'rises' / 'falls' when ys is monotone in xs, else 'is not monotone'."""
-    if all(b > a for a, b in zip(ys, ys[1:])):
-        return 'rises'
-    if all(b < a for a, b in zip(ys, ys[1:])):
-        return 'falls'
-    return 'is not monotone'
+    """The verdict's sentences: the autoencoders' spectra and PSNR, then per objective the probe and the samples (these
+    only when every LDM passes the guard). -> [(sentence, test)]."""
+    aes = report['autoencoders']
+    ae = lambda key: [m[key] for m in aes['control']], [m[key] for m in aes['se']]  # noqa: E731
+    out = [compare('hf_share of posterior means', *ae('hf_share')),
+           compare('hf_share of posterior samples (what the LDM learns)', *ae('hf_share_sample')),
+           compare('hf_energy_share of posterior means', *ae('hf_energy_share')),
+           compare('hf_energy_share of posterior samples', *ae('hf_energy_share_sample')),
+           compare('reconstruction PSNR', *ae('psnr'), lower_is_better=False)]
+    failed = guard_failures(report)
+    for objective, runs in report['ldm'].items():
+        final = lambda arm, key: [run['probe'][-1][key] for run in runs[arm]]  # noqa: E731
+        out += [compare(f"{objective} LDM: probe eps-MSE, mean over noise levels (the primary metric)",
+                        final('control', 'eps_mse_mean'), final('se', 'eps_mse_mean')),
+                compare(f"{objective} LDM: probe pixel MSE of the decoded x0 prediction, mean over noise levels",
+                        final('control', 'pixel_mse_mean'), final('se', 'pixel_mse_mean'))]
+        if not any(f.startswith(objective + ' ') for f in failed):
+            out += [compare(f"{objective} LDM: {k} of its samples", [r['samples'][k] for r in runs['control']],
+                            [r['samples'][k] for r in runs['se']]) for k in sample_keys(report)
+                    if all(k in r['samples'] for arm in ARMS for r in runs[arm])]
+    return [(sentence, test) for sentence, test in out]
 
 # -----------------------------------------------------------------------------
 # figures: each written into out_dir, its file name returned for the markdown
@@ -117,25 +120,33 @@ def save(fig, out_dir, name):
     return name
 
 
-def plot_convergence(fig1, keys, out_dir, what):
-    """Fig. 1: the sample metrics `keys` (SWD average and per scale; video: video SWD, frames, motion) vs LDM steps,
-    mean ± std over seeds as a band, one line per arm; the references as horizontal lines."""
-    curves, references = fig1['ldm'], fig1['references']
-    fig, axes = plt().subplots(1, len(keys), figsize=(3.6 * len(keys), 3.4), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        for arm, color in zip(curves, ('tab:blue', 'tab:orange', 'tab:green', 'tab:red')):
-            steps = [p['step'] for p in curves[arm][0]['curve']]
-            values = [[s['curve'][i][key] for s in curves[arm]] for i in range(len(steps))]
-            m = [statistics.mean(v) for v in values]
-            sd = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-            ax.plot(steps, m, 'o-', color=color, label=f"{arm} latents")
-            ax.fill_between(steps, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], color=color, alpha=0.2)
-            ax.axhline(references[f"{arm} AE reconstructions"][key], color=color, ls=':', label=f"{arm} AE reconstructions")
-        ax.axhline(references['real'][key], color='black', ls='--', label=f"a second draw of real {what}")
-        ax.set(xlabel='LDM training steps', ylabel=f"{key} (lower is better)", title=key.replace('swd_', 'SWD '))
+def band(ax, xs, rows, label, color, style='o-'):
+    """mean ± std over seeds (rows: one list per seed) as a line and a band."""
+    m = [statistics.mean(v) for v in zip(*rows)]
+    sd = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in zip(*rows)]
+    ax.plot(xs, m, style, color=color, label=label)
+    ax.fill_between(xs, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], color=color, alpha=0.2)
+
+
+def plot_probe(report, objective, out_dir):
+    """The probe at the last LDM step against the noise level, per arm (± std over seeds), and its summary against
+    the LDM's training steps (convergence)."""
+    runs = report['ldm'][objective]
+    fig, axes = plt().subplots(1, 3, figsize=(13, 3.6))
+    for arm, color in zip(ARMS, ('tab:blue', 'tab:orange')):
+        levels = runs[arm][0]['probe'][-1]['levels']
+        band(axes[0], levels, [r['probe'][-1]['eps_mse'] for r in runs[arm]], f"{arm} latents", color)
+        band(axes[1], levels, [r['probe'][-1]['pixel_mse'] for r in runs[arm]], f"{arm} latents", color)
+        steps = [p['step'] for p in runs[arm][0]['probe']]
+        band(axes[2], steps, [[p['eps_mse_mean'] for p in r['probe']] for r in runs[arm]], f"{arm} latents", color)
+    xlabel = 'flow time t (1 = noise)' if objective == 'flow' else 'DDPM timestep t'
+    axes[0].set(xlabel=xlabel, ylabel='eps-MSE', yscale='log', title='denoising error on held-out latents')
+    axes[1].set(xlabel=xlabel, ylabel='pixel MSE of decoded x0 prediction', yscale='log', title='in pixels')
+    axes[2].set(xlabel='LDM training steps', ylabel='eps-MSE, mean over levels', title='convergence')
+    for ax in axes:
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    return save(fig, out_dir, 'fig1_convergence.png')
+        ax.legend(fontsize=8)
+    return save(fig, out_dir, f'fig1_probe_{objective}.png')
 
 
 def plot_spectra(rows, out_dir, name, title):
@@ -152,30 +163,13 @@ def plot_spectra(rows, out_dir, name, title):
     return save(fig, out_dir, name)
 
 
-def plot_temporal(rows, out_dir, name):
-    """Video: the temporal spectrum of each AE's latents (DCT along the latent frames, each channel's AC profile over
-    its mean) with RGB on the same grid (dashed)."""
-    fig, ax = plt().subplots(figsize=(5.5, 3.8))
-    for label, m in rows.items():
-        k = range(1, len(m['temporal_profile']) + 1)
-        ax.plot(k, m['temporal_profile'], 'o-', label=f"{label} (temporal hf {m['temporal_hf']:.3f})")
-    first = next(iter(rows.values()))
-    ax.plot(k, first['rgb_temporal_profile'], 'o--', color='black',
-            label=f"RGB on the latent grid (temporal hf {first['rgb_temporal_hf']:.3f})")
-    ax.set(xlabel='temporal DCT frequency k (latent frames)', ylabel='mean |coefficient| / channel mean',
-           title='Temporal spectrum of the latents (white noise: flat at 1)')
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    return save(fig, out_dir, name)
-
-
 def plot_sweep(xs, series, xlabel, out_dir, name, log_x=False, psnr=None):
-    """hf_share (and optionally PSNR) against a swept setting."""
+    """HF shares (and optionally PSNR) against a swept setting."""
     fig, axes = plt().subplots(1, 2 if psnr else 1, figsize=(9 if psnr else 5, 3.6), squeeze=False)
     ax = axes[0][0]
     for label, ys in series.items():
         ax.plot(xs, ys, '--' if label.startswith('RGB') else 'o-', label=label)
-    ax.set(xlabel=xlabel, ylabel='hf_share (AC energy in zigzag 32..63)', xscale='symlog' if log_x else 'linear')
+    ax.set(xlabel=xlabel, ylabel='HF share (AC energy in zigzag 32..63)')
     if log_x:
         ax.set_xscale('symlog', linthresh=min(x for x in xs if x > 0))
     ax.legend(fontsize=7)
@@ -192,9 +186,11 @@ def plot_sweep(xs, series, xlabel, out_dir, name, log_x=False, psnr=None):
 def plot_erasure(fig5, out_dir):
     fig, ax = plt().subplots(figsize=(5.5, 3.8))
     pct = [10 * k for k in range(10)]
-    for arm, values in fig5.items():
-        ax.plot(pct, values, 'o-', label=f"{arm} latents")
-    ax.set(xlabel='% of latent DCT coefficients erased (highest first)', ylabel='PSNR vs input (dB)')
+    for arm, curves in fig5.items():
+        ax.plot(pct, curves['latent'], 'o-', label=f"{arm} latents (8x8 tiles)")
+    rgb = next(iter(fig5.values()))['rgb']
+    ax.plot(pct[1:], rgb[1:], 'o--', color='black', label='RGB (tiles of the same image region)')
+    ax.set(xlabel='% of DCT coefficients erased (highest first)', ylabel='PSNR vs input (dB)')
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return save(fig, out_dir, 'fig5_erasure.png')
@@ -203,149 +199,126 @@ def plot_erasure(fig5, out_dir):
 # the markdown
 
 
-def ae_table(rows, video):
-    """One row per AE; video adds the temporal hf ratio of the latents and of RGB on their grid."""
-    temporal = ['temporal hf', 'RGB temporal hf'] if video else []
-    lines = ["| autoencoder | hf_share means | hf_share samples | RGB hf_share | " + ''.join(f"{c} | " for c in temporal) +
-             "PSNR | bicubic at latent grid | margin | AE train s |", "|---" * (8 + len(temporal)) + "|"]
-    for label, m in rows.items():
-        margin = m['psnr'] - m['bicubic_psnr']
-        cells = f"{m['temporal_hf']:.4f} | {m['rgb_temporal_hf']:.4f} | " if video else ''
-        lines.append(f"| {label} | {m['hf_share']:.4f} | {m['hf_share_sample']:.4f} | {m['rgb_hf_share']:.4f} | {cells}"
-                     f"{m['psnr']:.2f} | {m['bicubic_psnr']:.2f} | {margin:+.2f} dB{'' if margin >= 3 else ' (< 3 dB)'} | "
-                     f"{m['ae_train_seconds']:.0f} |")
+def pm(values, fmt='.4f'):
+    """mean ± std over seeds (the mean alone for one seed)."""
+    m, s = mean_std(values)
+    return f"{m:{fmt}} ± {s:.2g}" if len(values) > 1 else f"{m:{fmt}}"
+
+
+AE_COLUMNS = [('hf_share', 'hf_share means'), ('hf_share_sample', 'hf_share samples'),
+              ('hf_energy_share', 'hf_energy means'), ('hf_energy_share_sample', 'hf_energy samples'),
+              ('rgb_hf_share', 'RGB hf_share'), ('rgb_hf_energy_share', 'RGB hf_energy'), ('psnr', 'PSNR'),
+              ('bicubic_psnr', 'bicubic at latent grid')]
+
+
+def ae_table(rows):
+    """rows: {label: [measurements per seed]} -> markdown lines, mean ± std over seeds, the margin over bicubic."""
+    lines = ["| autoencoder | " + " | ".join(c for _, c in AE_COLUMNS) + " | margin |", "|---" * (len(AE_COLUMNS) + 2) + "|"]
+    for label, ms in rows.items():
+        cells = [pm([m[k] for m in ms], '.2f' if 'psnr' in k else '.4f') for k, _ in AE_COLUMNS]
+        margin = statistics.mean(m['psnr'] - m['bicubic_psnr'] for m in ms)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {margin:+.2f} dB |")
     return lines
 
 
 def fig1_markdown(report, out_dir):
-    c, fig1 = report['config'], report['fig1']
-    sizes, video = c['sizes'], c['num_frames'] > 1
-    what = 'clips' if video else 'images'
-    aes, curves, references = fig1['autoencoders'], fig1['ldm'], fig1['references']
-    swd_keys, gen_keys = sample_keys(fig1, video)
-    short_of_target = [f"{arm} seed {s}" for arm in aes for s, m in enumerate(aes[arm]) if m['psnr'] - m['bicubic_psnr'] < 3]
-    skipped = {k: why for arm in curves for s in curves[arm] for p in s['curve'] for k, why in p['skipped'].items()}
-    seed0_rows = {arm: aes[arm][0] for arm in aes}  # the AEs of seed 0: the spectra plots
-    finetune_text = (f"; se_ft and control: the baseline fine-tuned {sizes['ft_steps']} more steps with and without SE"
-                     if video else '')
-    md = ["## Fig. 1: LDM convergence on baseline vs SE latents", "",
-          f"{'The two arms from scratch' if video else 'Both arms'}: the same preset, recipe, data order and "
-          f"{sizes['ae_steps']} AE steps (the SE arm, se_weight "
-          f"{c['se_weight']:g}, pays one extra decoder pass per step)"
-          f"{finetune_text}, "
-          f"then the same {'video ' if video else ''}DiT, {sizes['ldm_steps']} steps, "
-          f"sampled ({sizes['num_samples']} DDIM samples, {sizes['sample_steps']} steps, the same seed) and scored at "
-          f"{sizes['ldm_evals']} evenly spaced steps. Bands: ± std over {c['seeds']} LDM seed(s) on {c['ae_seeds']} AE "
-          f"seed(s).", ""]
-    for seed in range(c['ae_seeds']):
-        md += ae_table({f"{arm} seed {seed}": aes[arm][seed] for arm in aes}, video)[2 if seed else 0:]
-    md += ["", ("Every AE beats bicubic at its latent grid by at least 3 dB." if not short_of_target else
-                f"Short of the 3 dB target over bicubic: {', '.join(short_of_target)}."), ""]
-    if video:
-        md += [f"![spatial spectra]({plot_spectra(seed0_rows, out_dir, 'spectra_spatial.png', 'Spatial spectrum of the latent frames')})",
-               "", f"![temporal spectra]({plot_temporal(seed0_rows, out_dir, 'spectra_temporal.png')})", ""]
-    md += [f"![Fig. 1]({plot_convergence(fig1, swd_keys, out_dir, what)})", "",
-           "| arm | " + " | ".join(f"{k} final" for k in gen_keys) + " | LDM train s |", "|---" * (len(gen_keys) + 2) + "|"]
-    for arm in curves:
-        cells = [f"{mean_std(final(fig1, arm, k))[0]:.2f} ± {mean_std(final(fig1, arm, k))[1]:.2f}" for k in gen_keys]
-        md.append(f"| {arm} | " + " | ".join(cells) + f" | {statistics.mean(s['ldm_train_seconds'] for s in curves[arm]):.0f} |")
-    for name, m in references.items():  # the same metrics of real images and of the AEs' reconstructions (seed 0)
-        md.append(f"| reference: {name} | " + " | ".join(f"{m[k]:.2f}" if k in m else '-' for k in gen_keys) + " | |")
-    md += [""] + [f"- {k} not measured: {why}" for k, why in sorted(skipped.items())]
-    md += ["", f"The reference rows score a second draw of real {what} (from the training stream) and each seed-0 AE's "
-           f"reconstructions of it against the same held-out {what}, with the same counts: the first is what a perfect "
-           "generator gets, the second what a perfect LDM on that AE's latents can get."]
-    md += ["", f"Samples at the last step (seed 0{', first frames above middle frames' if video else ''}):", "",
-           "| " + " | ".join(curves) + " |", "|---" * len(curves) + "|",
-           "| " + " | ".join(f"![{arm}]({curves[arm][0]['curve'][-1]['grid']})" for arm in curves) + " |", "",
-           "### Verdict (computed from the numbers above)", "",
-           "A difference counts only when every seed agrees on its sign and the mean paired difference exceeds the larger "
-           "of the two arms' seed standard deviations.", ""] + [f"- {v}" for v in verdict(report)] + [""]
+    c, sizes, aes = report['config'], report['config']['sizes'], report['autoencoders']
+    seeds = len(aes['control'])
+    md = ["## Fig. 1: does SE make the latents easier to diffuse?", "",
+          f"The baseline ({os.path.basename(c['baseline'])}, sha256 {c['baseline_sha256']}) fine-tuned {sizes['ft_steps']} "
+          f"steps with SE (se_weight {c['se_weight']:g}, the authors' {c['se_down']} operator) and without (control), "
+          f"{seeds} seeds; each pair shares its data order and seed. Measured on {report['data']['heldout']} held-out "
+          f"images:", ""]
+    md += ae_table({'baseline (before fine-tuning)': [report['baseline']], **{arm: aes[arm] for arm in ARMS}})
+    md += ["", f"![spectra]({plot_spectra({arm: aes[arm][0] for arm in ARMS}, out_dir, 'fig1_spectra.png', 'Latent spectra, seed 0')})", ""]
+    keys = sample_keys(report)
+    for objective, runs in report['ldm'].items():
+        first = runs['control'][0]['probe'][-1]
+        show = sorted({0, len(first['levels']) // 3, 2 * len(first['levels']) // 3, len(first['levels']) - 1})
+        md += [f"### The {objective} LDM on each arm's latents", "",
+               f"{c['ldm_model']} {c['ldm_preset']}, lr {c['ldm_lr']:g}, EMA {c['ldm_ema_decay']} with warm-up, "
+               f"{sizes['ldm_steps']} steps at batch {sizes['ldm_batch_size']}; the probe on {first['num_images']} "
+               f"held-out latents with fixed noise, at the last step:", "",
+               f"![probe]({plot_probe(report, objective, out_dir)})", "",
+               "| probe | " + " | ".join(f"t = {first['levels'][i]:g}" for i in show) + " | mean over levels |",
+               "|---" * (len(show) + 2) + "|"]
+        for key, what in (('eps_mse', 'eps-MSE'), ('pixel_mse', 'pixel MSE')):
+            for arm in ARMS:
+                rows = [r['probe'][-1] for r in runs[arm]]
+                md.append(f"| {what}, {arm} | " + " | ".join(pm([r[key][i] for r in rows]) for i in show) +
+                          f" | {pm([r[key + '_mean'] for r in rows])} |")
+        md += ["", "| samples | " + " | ".join(keys) + " | guard: sample std / data std (min-max) | saturated |",
+               "|---" * (len(keys) + 3) + "|"]
+        for arm in ARMS:
+            guards = [r['probe'][-1]['guard'] for r in runs[arm]]
+            ratios = [x for g in guards for x in g['std_ratio']]
+            md.append(f"| {arm} | " + " | ".join(pm([r['samples'][k] for r in runs[arm]], '.2f') for k in keys) +
+                      f" | {min(ratios):.2f}-{max(ratios):.2f} | {max(g['saturated'] for g in guards):.1%} |")
+        for name, m in report['references'].items():
+            md.append(f"| reference: {'a second draw of held-out images' if name == 'real' else name + ' AE reconstructions'}"
+                      f" | " + " | ".join(f"{m[k]:.2f}" if k in m else '-' for k in keys) + " | | |")
+        md += ["", "Samples at the last step, seed 0 (and the held-out images):", "",
+               "| control | SE | held-out |", "|---|---|---|",
+               f"| ![control]({runs['control'][0]['grid']}) | ![se]({runs['se'][0]['grid']}) | "
+               f"![held-out](references/real/grid.png) |", ""]
+    md += ["### Verdict (paired over seeds, alpha = 0.05)", ""] + [f"- {s}" for s, _ in verdict(report)] + [""]
     return md
 
 
 def sweep_markdown(report, out_dir):
     """Figures 2-5, those the run made."""
-    c, video, md = report['config'], report['config']['num_frames'] > 1, []
-    sizes = c['sizes']
-    if 'fig5' in report:
-        md += ["## Fig. 5: erasing the latents' high frequencies", "",
-               "PSNR of the decoded image after zeroing the highest p% of every 8x8 latent block's DCT coefficients (seed 0). "
-               "Strip: per image, rows RGB (its own blocks), baseline, SE; columns 0, 25, 50, 75% erased.", "",
-               f"![Fig. 5 curves]({plot_erasure(report['fig5'], out_dir)})", "", "![Fig. 5 strip](fig5_strip.png)", "",
-               "| erased | " + " | ".join(f"{10 * k}%" for k in range(10)) + " |", "|---" * 11 + "|"]
-        md += [f"| {arm} | " + " | ".join(f"{v:.2f}" for v in values) + " |" for arm, values in report['fig5'].items()]
+    sizes, md = report['config']['sizes'], []
+    md += ["## Fig. 5: erasing high frequencies", "",
+           "PSNR of the decoded image after zeroing the highest p% of every 8x8 latent tile's DCT coefficients, and of "
+           "the image after the same in tiles of the same region (8f x 8f pixels), seed 0. Strip: per image, rows RGB, "
+           "control, SE; columns 0, 25, 50, 75% erased.", "",
+           f"![Fig. 5]({plot_erasure(report['fig5'], out_dir)})", "", "![Fig. 5 strip](fig5_strip.png)", ""]
+    hf = lambda rows: {'hf_share (means)': [m['hf_share'] for m in rows.values()],  # noqa: E731
+                       'hf_share (samples)': [m['hf_share_sample'] for m in rows.values()],
+                       'hf_energy_share (means)': [m['hf_energy_share'] for m in rows.values()],
+                       'RGB hf_share': [m['rgb_hf_share'] for m in rows.values()]}
+    psnr = lambda rows: {'PSNR': [m['psnr'] for m in rows.values()],  # noqa: E731
+                         'bicubic at the latent grid': [m['bicubic_psnr'] for m in rows.values()]}
+    for key, title, what, xs_key, log_x in (
+            ('fig2', 'Fig. 2: latent channels', f"the baseline's family and recipe from scratch, {sizes['sweep_steps']} "
+             "steps, but for z_channels", 'z_channels', False),
+            ('fig3', 'Fig. 3: KL weight', f"fine-tunes of the baseline ({sizes['ft_steps']} steps) but for kl_weight",
+             'kl_weights', True),
+            ('fig4', 'Fig. 4: SE strength', f"fine-tunes of the baseline ({sizes['ft_steps']} steps) but for se_weight",
+             'se_weights', False)):
+        if key not in report:
+            continue
+        rows = report[key]['autoencoders'] if key != 'fig4' else report[key]['finetune']
+        xs = report[key][xs_key]
+        md += [f"## {title}", "", f"Autoencoders identical but for one setting: {what}. Seed 0.", "",
+               f"![{key}]({plot_sweep(xs, hf(rows), xs_key, out_dir, key + '.png', log_x, psnr(rows))})", "",
+               f"![{key} spectra]({plot_spectra(rows, out_dir, key + '_spectra.png', title)})", ""]
+        md += ae_table({f"{xs_key[:-1] if xs_key.endswith('s') else xs_key} {x:g}": [m] for x, m in zip(xs, rows.values())})
         md += [""]
-    if 'fig2' in report:
-        xs, rows = report['fig2']['z_channels'], report['fig2']['autoencoders']
-        series = hf_series(rows)
-        md += ["## Fig. 2: latent channels", "", f"AEs identical but for z_channels (seed 0, {sizes['ae_steps']} steps).", "",
-               f"![Fig. 2 spectra]({plot_spectra(rows, out_dir, 'fig2_spectra.png', 'Fig. 2: spectra vs latent channels')})", "",
-               f"![Fig. 2]({plot_sweep(xs, series, 'z_channels', out_dir, 'fig2_channels.png')})", ""] + ae_table(rows, video) + [
-               "", f"- hf_share of posterior means {trend(xs, series['posterior means'])} with channels "
-               f"({', '.join(f'{v:.4f}' for v in series['posterior means'])}); of samples "
-               f"{trend(xs, series['posterior samples'])} "
-               f"({', '.join(f'{v:.4f}' for v in series['posterior samples'])}). The paper: it rises.", ""]
-    if 'fig3' in report:
-        xs, rows = report['fig3']['kl_weights'], report['fig3']['autoencoders']
-        series = hf_series(rows)
-        md += ["## Fig. 3: KL weight", "", f"AEs identical but for kl_weight (seed 0, {sizes['ae_steps']} steps).", "",
-               f"![Fig. 3 spectra]({plot_spectra(rows, out_dir, 'fig3_spectra.png', 'Fig. 3: spectra vs KL weight')})", "",
-               f"![Fig. 3]({plot_sweep(xs, series, 'kl_weight', out_dir, 'fig3_kl.png', log_x=True)})", ""] + ae_table(rows, video) + [
-               "", f"- hf_share of posterior samples {trend(xs, series['posterior samples'])} with the KL weight "
-               f"({', '.join(f'{v:.4f}' for v in series['posterior samples'])}); of means "
-               f"{trend(xs, series['posterior means'])} ({', '.join(f'{v:.4f}' for v in series['posterior means'])}). "
-               "The paper: KL noise adds high frequencies to the samples.", ""]
-    if 'fig4' in report:
-        xs = report['fig4']['se_weights']
-        scratch, tuned = report['fig4']['scratch'], report['fig4']['finetune']
-        series = {'from scratch (means)': [m['hf_share'] for m in scratch.values()],
-                  'from scratch (samples)': [m['hf_share_sample'] for m in scratch.values()],
-                  'fine-tuned (means)': [m['hf_share'] for m in tuned.values()],
-                  'fine-tuned (samples)': [m['hf_share_sample'] for m in tuned.values()],
-                  'RGB on the latent grid': [m['rgb_hf_share'] for m in scratch.values()]}
-        psnr = {'from scratch': [m['psnr'] for m in scratch.values()], 'fine-tuned': [m['psnr'] for m in tuned.values()],
-                'bicubic at latent grid': [m['bicubic_psnr'] for m in scratch.values()]}
-        md += ["## Fig. 4: SE strength", "",
-               f"se_weight swept from scratch ({sizes['ae_steps']} steps) and as the paper's fine-tune of the se_weight-0 "
-               f"baseline ({sizes['ft_steps']} more steps; se_weight 0 is the control for the extra steps). Seed 0.", "",
-               f"![Fig. 4]({plot_sweep(xs, series, 'se_weight', out_dir, 'fig4_se.png', psnr=psnr)})", ""]
-        md += ae_table({**{f"scratch se {float(w):g}": m for w, m in scratch.items()},
-                        **{f"fine-tune se {float(w):g}": m for w, m in tuned.items()}}, video)
-        md += ["", f"- From scratch, hf_share of means {trend(xs, series['from scratch (means)'])} with se_weight "
-               f"({', '.join(f'{v:.4f}' for v in series['from scratch (means)'])}), PSNR "
-               f"{trend(xs, psnr['from scratch'])} ({', '.join(f'{v:.2f}' for v in psnr['from scratch'])} dB).",
-               f"- Fine-tuned, hf_share of means {trend(xs, series['fine-tuned (means)'])} "
-               f"({', '.join(f'{v:.4f}' for v in series['fine-tuned (means)'])}), PSNR "
-               f"{trend(xs, psnr['fine-tuned'])} ({', '.join(f'{v:.2f}' for v in psnr['fine-tuned'])} dB). "
-               "The paper: SE lowers the high frequencies at a small PSNR cost.", ""]
     return md
 
 
 def markdown(report, out_dir):
     """report.md's lines; the figures are written into out_dir on the way."""
-    c = report['config']
-    sizes, video = c['sizes'], c['num_frames'] > 1
-    what = 'clips' if video else 'images'
-    clips = f", {c['num_frames']}-frame clips" if video else ''
-    md = ["# Scale equivariance in miniature: " + ("the video experiment" if video else "the paper's figures"), "",
-          f"Run: {'smoke sizes (checks the pipeline only; the numbers mean nothing)' if c['smoke'] else 'default sizes'}, "
-          f"data: {c['data'] or 'embedded dead leaves'}{' (random crops)' if c['random_crop'] else ''}, "
-          f"{c['seeds']} seed(s) for Fig. 1{clips}, hardware: {report['hardware']}, torch {report['torch']}.",
-          f"Wall time of the run: {report['wall_seconds'] / 60:.1f} min (reused artefacts cost nothing).", "",
-          "Sizes: " + ', '.join(f"{k} {v}" for k, v in sizes.items()) +
-          f"; AE preset {c['ae_preset']}, z_channels {c['z_channels']}, kl_weight {c['kl_weight']:g}, "
-          f"LDM {c['ldm_model']} {c['ldm_preset'] or '(tiny)'}, EMA {c['ldm_ema_decay']}.", "",
-          "hf_share is spectrum.py's offset-free measure: the share of AC energy in zigzag coefficients 32..63 of 8x8 block "
-          "DCTs, averaged over channels (white noise 0.508); lower = closer to smooth images. Samples are posterior "
-          "samples, what the LDM is trained on; means are the posterior means. Every AE is measured on the same "
-          f"{sizes['num_eval']} held-out {what}, next to bicubic down-and-up at its latent grid"
-          f"{' (every frame; generous: it keeps all frames, the latent 1 in 4)' if video else ''}.", ""]
-    if video:
-        md += ["Video: hf_share is that of every latent frame, over all of them (an 8x8 latent frame is one DCT block); "
-               "temporal hf is spectrum.temporal_hf_ratio, the mean |DCT coefficient| along the latent frames in the upper "
-               "half of the temporal frequencies, over each channel's mean AC amplitude (white noise in time: 1; lower = "
-               "smoother in time). RGB is pooled to the latents' (t, h, w) grid.", ""]
+    c, sizes = report['config'], report['config']['sizes']
+    failed = guard_failures(report)
+    first = (f"**The LDMs of {', '.join(failed)} have not learned to sample** (sample latent std off by more than 2x, "
+             f"or more than 10% saturated pixels): no comparison is drawn from their samples; the probe still compares "
+             f"their denoisers." if failed else "Every LDM passed the sample guard (sample latent std within 0.5-2x of "
+             "the data's per channel, at most 10% saturated pixels), so their samples are compared too.")
+    md = [first, "", "# Scale equivariance in miniature", "",
+          f"Run: {'smoke sizes (checks the pipeline only; the numbers mean nothing)' if c['smoke'] else 'default sizes'}; "
+          f"data: {c['data'] or 'embedded textured dead leaves'}{' (random crops)' if c['random_crop'] else ''}"
+          f"{', held out: ' + c['val_data'] if c['val_data'] else ''}: {report['data']['train']} training images or files, "
+          f"{report['data']['heldout']} + {report['data']['heldout2']} held-out images (two disjoint draws of one "
+          f"protocol); hardware: {report['hardware']}, {report['jobs']} job(s) at a time, torch {report['torch']}; "
+          f"wall time {report['wall_seconds'] / 60:.1f} min (reused artefacts cost nothing).", "",
+          "Sizes: " + ', '.join(f"{k} {v}" for k, v in sizes.items()) + ". Autoencoders: L1 + KL (1e-6); no LPIPS "
+          "(VGG weights are not assumed) and no GAN (more steps than a CPU budget).", "",
+          "hf_share is spectrum.py's offset- and scale-free measure: the share of AC energy in zigzag coefficients 32..63 "
+          "of 8x8 block DCTs, averaged over channels (white noise 0.508; smooth images near 0); hf_energy_share takes the "
+          "share of the energy summed over channels, which a rotation of the channels (invisible to an LDM that "
+          "normalises by one scalar) cannot change. Samples are posterior samples, what the LDM learns.", ""]
     return md + fig1_markdown(report, out_dir) + sweep_markdown(report, out_dir)
 
 

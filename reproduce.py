@@ -1,140 +1,157 @@
 """
-The paper's figures in miniature, from one command, with the project's own scripts (Skorokhodov et al., ICML 2025).
+Does scale equivariance (SE) make latents more diffusable? The experiment of Skorokhodov et al. (ICML 2025) in
+miniature, from one command, run with the project's own scripts; report.py turns its numbers into report.md.
 
-  python reproduce.py                  # Fig. 1 (LDM convergence on baseline vs SE latents, 2 seeds) and Fig. 5 (erasure)
-  python reproduce.py --channels       # + Fig. 2: latent high frequencies vs z_channels 4, 8, 16, 32, next to RGB
-  python reproduce.py --kl_sweep       # + Fig. 3: ... vs the KL weight (0 and three orders of magnitude), samples and means
-  python reproduce.py --se_sweep       # + Fig. 4: ... and the PSNR cost vs se_weight, from scratch and as a fine-tune
-  python reproduce.py --all            # every figure
-  python reproduce.py --smoke          # tiny sizes: checks the pipeline, says nothing about SE
-  python reproduce.py --num_frames 17  # the video experiment: causal 3D video AEs, the video DiT, video SWD (and FVD)
-  python reproduce.py --device cuda --nproc 8 --ae_steps 20000 --ldm_steps 100000   # GPUs: it launches torchrun
+  python reproduce.py                  # Fig. 1 and 5: the shipped baseline fine-tuned with SE and without, 3 seeds
+  python reproduce.py --pretrain       # make the shipped baseline again (about an hour on 2 CPU cores)
+  python reproduce.py --data ~/photos --random_crop   # a folder of photographs, split into training and held-out files
+  python reproduce.py --channels       # + Fig. 2 (latent channels); --kl_sweep: Fig. 3; --se_sweep: Fig. 4; --all
+  python reproduce.py --objective flow # rectified-flow LDMs instead of DDPM (eps,flow: both, on the same autoencoders)
+  python reproduce.py --num_frames 17  # the video experiment
+  python reproduce.py --smoke          # the pipeline at toy sizes (checks it runs; says nothing about SE)
 
-The shape follows FluxAE's problem, where the paper finds the effect largest: f8 with 16 latent channels (64 px images
--> 8x8x16 latents, 12x fewer numbers than pixels). Every autoencoder is trained with the same recipe and differs from
-the baseline in one setting (L1 + KL, plus SE where named; no LPIPS or GAN, which need weights or more steps than a
-CPU has); each is measured on the same held-out images (spectrum.py): its offset-free spectrum and
-hf_share on posterior means and on posterior samples, RGB on the latent grid beside it, its reconstruction PSNR beside
-bicubic at the latent grid, and its erasure curve. For Fig. 1 the same latent DiT is trained on each arm's latents, and
-at evenly spaced steps it is sampled (sample.py, the same sampler, steps and seed) and scored (eval_fid.py: SWD per
-scale; FID when Inception weights exist). --seeds repeats Fig. 1's LDMs, --ae_seeds its autoencoders too (by default
-one pair of AEs, as the paper fine-tunes one FluxAE, so that each gets the steps it needs); the sweeps use seed 0.
+The protocol. (1) A deep autoencoder (preset mini: f4, 8 channels, no shortcut from pixels to latent) is pretrained
+once, for long, by --pretrain, and shipped in assets/ with its recipe and the commit that made it. (2) As the paper
+fine-tunes FluxAE, each seed s fine-tunes it twice for the same steps, data order and seed: with SE (se_weight 0.25,
+the authors' operator) and without (the control). (3) Each autoencoder is measured on held-out images by spectrum.py:
+hf_share and hf_energy_share of posterior means and samples beside RGB on the latent grid, and reconstruction PSNR
+beside bicubic at the latent grid. (4) The same LDM recipe trains on each autoencoder's latents (seed s for both arms).
+The primary metric is a diffusability probe: on held-out latents, with the same fixed noise for every arm, the LDM's
+eps-MSE and the pixel error of its decoded x0 prediction at each noise level. Secondary: its samples, scored by SWD
+(and FID/KID with Inception weights) beside a second draw of real images and each AE's own reconstructions, after a
+guard that says whether the LDM has learned to sample at all. (5) Every comparison is paired over seeds (SE against
+its own control): a paired t-test and an exact sign-flip test, and a verdict at alpha = 0.05.
 
-Everything goes to out_dir: report.json (every number) and the artefacts, then report.md (tables, plots, a verdict
-computed from the numbers), which report.py writes from report.json alone (`python report.py out/reproduce` re-plots).
-
-Video (--num_frames 17, 1 + 4k): the same pipeline on clips (the embedded moving dead leaves, or --data, a folder of
-videos) with the tiny causal 3D video AE (f4 in space, 4x in time: 17 x 32^2 clips -> 16 x 5 x 8 x 8 latents) and the
-video DiT on each arm's latents. Four arms, as the paper's video experiment fine-tunes CogVideoX-AE: baseline and SE from
-scratch, and the baseline fine-tuned with SE next to its control (the same fine-tune steps with se_weight 0). Measured:
-the spatial spectrum of the latent frames, the temporal spectrum along them (spectrum.py --num_frames), reconstruction
-PSNR next to bicubic at the latent grid frame by frame; the LDMs' samples are scored by the video SWD (frames and frame
-differences, weight-free) and FVD where the I3D weights exist, beside two trivial references: a second draw of real
-clips, and each AE's own reconstructions of it (the floor an LDM on that AE can reach).
-
-Each artefact records the settings it was made with (reproduce_settings.json, including those of the
-artefacts it was made from); a rerun reuses what matches, resumes a training run whose settings match, remakes the rest,
-and says which it did.
+Everything goes to --out_dir; report.json holds every number. Each artefact records the settings it was made with
+(reproduce_settings.json); a rerun reuses what matches, resumes training runs whose settings match and remakes the
+rest. On a CPU, --jobs children run at once, one thread each.
 """
 import os
 import sys
 import json
 import time
 import shutil
+import hashlib
 import argparse
 import platform
 import subprocess
-
-import torch
-
-from report import verdict, write_report
+from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-SIZES = {  # default: Fig. 1 (2 seeds) and Fig. 5 in under 30 minutes on 2 CPU cores; smoke: the pipeline end to end
-    'default': dict(image_size=64, ae_steps=500, ft_steps=150, ae_batch_size=8, ldm_steps=2000, ldm_evals=3,
-                    ldm_batch_size=64, cache_size=1024, num_samples=256, num_eval=256, sample_steps=25),
-    'smoke': dict(image_size=64, ae_steps=4, ft_steps=2, ae_batch_size=2, ldm_steps=4, ldm_evals=2, ldm_batch_size=4,
-                  cache_size=16, num_samples=16, num_eval=16, sample_steps=3),
-    # --num_frames 17: four arms with 2 LDM seeds each in under 45 minutes on 2 CPU cores; clips of 17 x 32 x 32
-    'video': dict(image_size=32, ae_steps=200, ft_steps=60, ae_batch_size=1, ldm_steps=1000, ldm_evals=3,
-                  ldm_batch_size=32, cache_size=256, num_samples=64, num_eval=64, sample_steps=25),
-    'video_smoke': dict(image_size=32, ae_steps=2, ft_steps=1, ae_batch_size=1, ldm_steps=2, ldm_evals=1,
-                        ldm_batch_size=2, cache_size=4, num_samples=4, num_eval=4, sample_steps=2),
+ASSETS = os.path.join(ROOT, 'assets')
+BASELINE = {'image': os.path.join(ASSETS, 'baseline_mini.safetensors')}
+# the recipe of the shipped baseline: train_ae.py from scratch on the embedded data (L1 + KL; no LPIPS, whose VGG
+# weights a fresh machine may not have, and no GAN, which needs more steps than a CPU hour)
+PRETRAIN = {'image': ['--preset', 'mini', '--image_size', 64, '--batch_size', 8, '--lr', 1e-3, '--warmup_steps', 100,
+                      '--kl_weight', 1e-6, '--lpips_weight', 0, '--disc_weight', 0, '--seed', 0, '--max_steps', 6000,
+                      '--eval_interval', 1000, '--ckpt_interval', 500]}
+SIZES = {  # default: Fig. 1 (3 seeds) and Fig. 5 in about 30 minutes on 2 CPU cores; smoke: the pipeline end to end
+    'default': dict(image_size=64, train_images=2000, num_eval=256, ft_steps=300, ft_batch_size=8, ldm_steps=2000,
+                    ldm_evals=2, ldm_batch_size=64, num_samples=256, sample_steps=50, sweep_steps=1500),
+    'smoke': dict(image_size=32, train_images=16, num_eval=16, ft_steps=2, ft_batch_size=2, ldm_steps=4, ldm_evals=2,
+                  ldm_batch_size=4, num_samples=16, sample_steps=3, sweep_steps=2),
 }
-Z_CHANNELS = [4, 8, 16, 32]                  # Fig. 2
-KL_WEIGHTS = [0.0, 1e-6, 1e-4, 1e-2]         # Fig. 3: 0, then four orders of magnitude
-SE_WEIGHTS = [0.0, 0.1, 0.25, 0.5, 1.0]      # Fig. 4
-ERASE_STRIP = [0.0, 0.25, 0.5, 0.75]         # Fig. 5's image strip
+Z_CHANNELS = [4, 8, 16, 32]                  # Fig. 2, from scratch
+KL_WEIGHTS = [0.0, 1e-6, 1e-4, 1e-2]         # Fig. 3, fine-tunes of the baseline
+SE_WEIGHTS = [0.0, 0.1, 0.25, 0.5, 1.0]      # Fig. 4, fine-tunes of the baseline
+PROBE_T = [10, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 990]   # DDPM timesteps of the probe
+PROBE_T_FLOW = [0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.98]  # flow times (t = 1 is noise)
+HELD_OUT = 0.25                              # the share of a --data folder's files held out (a seeded hash of names)
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
 parser.add_argument('--out_dir', type=str, default='out/reproduce', help='everything goes here')
-parser.add_argument('--smoke', action='store_true', help='tiny sizes: checks the pipeline, says nothing about SE')
-parser.add_argument('--channels', action='store_true', help='also Fig. 2: AEs with z_channels 4, 8, 16, 32')
-parser.add_argument('--kl_sweep', action='store_true', help='also Fig. 3: AEs with kl_weight 0, 1e-6, 1e-4, 1e-2')
-parser.add_argument('--se_sweep', action='store_true', help='also Fig. 4: se_weight 0..1, from scratch and fine-tuned')
+parser.add_argument('--pretrain', action='store_true', help=f"train the baseline autoencoder from scratch with the "
+                    f"shipped recipe and write it to --baseline (default {os.path.relpath(BASELINE['image'], ROOT)})")
+parser.add_argument('--baseline', type=str, default=None, help='the pretrained autoencoder that every arm fine-tunes '
+                    '(default: the shipped file)')
+parser.add_argument('--smoke', action='store_true', help='toy sizes: checks that the pipeline runs, says nothing about SE')
+parser.add_argument('--channels', action='store_true', help='also Fig. 2: autoencoders with z_channels 4, 8, 16, 32')
+parser.add_argument('--kl_sweep', action='store_true', help='also Fig. 3: fine-tunes with kl_weight 0, 1e-6, 1e-4, 1e-2')
+parser.add_argument('--se_sweep', action='store_true', help='also Fig. 4: fine-tunes with se_weight 0 .. 1')
 parser.add_argument('--all', action='store_true', help='every figure (1-5)')
-parser.add_argument('--data', type=str, default=None, help='image folder; omitted: the embedded dead-leaves dataset')
-parser.add_argument('--random_crop', action='store_true', help='train on random crops of the images')
-parser.add_argument('--seeds', type=int, default=2, help="Fig. 1's LDMs with seeds 0..N-1 (training, data order, sampling)")
-parser.add_argument('--ae_seeds', type=int, default=1, help="Fig. 1's autoencoders with seeds 0..N-1 (<= --seeds); LDM seed "
-                    "s runs on the AEs of seed s %% N, so --ae_seeds equal to --seeds repeats everything")
-parser.add_argument('--se_weight', type=float, default=0.25, help="SE weight of Fig. 1's SE arm (the paper: 0.25)")
-parser.add_argument('--kl_weight', type=float, default=1e-6, help="KL weight of every AE but Fig. 3's (LDM's 1e-6)")
-parser.add_argument('--z_channels', type=int, default=16, help="latent channels of every AE but Fig. 2's (FluxAE: 16)")
-parser.add_argument('--ae_preset', type=str, default=None, help="autoencoder preset (default: model.AE_PRESETS' tiny-f8; "
-                    "video: VIDEO_AE_PRESETS' tiny)")
-parser.add_argument('--num_frames', type=int, default=1, help='> 1: the video experiment on clips of this many frames '
-                    '(1 + 4k, e.g. 17)')
-parser.add_argument('--ae_lr', type=float, default=1e-3, help="AE learning rate (the tiny presets learn fastest near 1e-3)")
-parser.add_argument('--ae_warmup', type=int, default=50, help='AE learning-rate warm-up steps')
+parser.add_argument('--data', type=str, default=None, help='image folder, split once by a seeded hash of file names into '
+                    f'training and held-out files ({HELD_OUT:.0%} held out); omitted: the embedded dead leaves')
+parser.add_argument('--val_data', type=str, default=None, help='a folder of held-out images; then all of --data trains')
+parser.add_argument('--random_crop', action='store_true', help='random crops of --data (training, and the held-out sets)')
+parser.add_argument('--seeds', type=int, default=3, help='fine-tune + LDM seeds 0..N-1; each is a pair (SE, control)')
+parser.add_argument('--se_weight', type=float, default=0.25, help="the SE arm's weight (the paper: 0.25)")
+parser.add_argument('--se_down', type=str, default='bilinear', help="SE's operator (train_ae.py --se_down; the "
+                    "authors': bilinear)")
+parser.add_argument('--ft_lr', type=float, default=1e-4, help='fine-tuning learning rate')
+parser.add_argument('--objective', type=str, default='eps', help="the LDMs' objective: eps (DDPM), flow, or eps,flow")
 parser.add_argument('--ldm_model', type=str, default='dit', choices=['dit', 'unet'], help='diffusion backbone')
-parser.add_argument('--ldm_preset', type=str, default=None, help="backbone preset (default: the script's tiny one)")
-parser.add_argument('--ldm_ema_decay', type=float, default=0.999, help="LDM EMA decay; DiT's 0.9999 suits 400K steps, "
-                    "after a few thousand it is still mostly the initial weights")
+parser.add_argument('--ldm_preset', type=str, default='tiny', help='backbone preset')
+parser.add_argument('--ldm_lr', type=float, default=1e-3, help='LDM learning rate (tiny DiT: from the sweep in the README)')
+parser.add_argument('--ldm_ema_decay', type=float, default=0.999, help='LDM EMA decay, with a warm-up (train_ldm.py '
+                    '--ema_warmup): min(decay, (1 + n) / (10 + n))')
 parser.add_argument('--device', type=str, default='auto', help="'auto', 'cpu', 'cuda'")
 parser.add_argument('--nproc', type=int, default=1, help='processes per training and sampling run (torchrun), e.g. GPUs')
+parser.add_argument('--jobs', type=int, default=None, help='script runs at a time (default: 2 on a CPU, one thread '
+                    'each; 1 with --nproc > 1)')
 for key, value in SIZES['default'].items():
-    parser.add_argument(f'--{key}', type=int, default=None, help=f"default {value} ({SIZES['smoke'][key]} with --smoke; "
-                        f"video {SIZES['video'][key]}, {SIZES['video_smoke'][key]} with --smoke)")
-args = parser.parse_args()
-video = args.num_frames > 1
-size_set = ('video_smoke' if args.smoke else 'video') if video else ('smoke' if args.smoke else 'default')
-sizes = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in SIZES[size_set].items()}
-args.ae_preset = args.ae_preset or ('tiny' if video else 'tiny-f8')
-figures = {'channels': args.channels or args.all, 'kl_sweep': args.kl_sweep or args.all,
-           'se_sweep': args.se_sweep or args.all}
-if video and (any(figures.values()) or (args.num_frames - 1) % 4):
-    sys.exit(f"error: the video experiment (--num_frames {args.num_frames}) needs 1 + 4k frames and runs Fig. 1 only; "
-             f"drop --channels, --kl_sweep, --se_sweep and --all, or --num_frames.")
-if min(args.seeds, args.ae_seeds, args.nproc, args.num_frames, *sizes.values()) < 1 or args.ae_seeds > args.seeds:
-    sys.exit("error: --seeds, --ae_seeds, --nproc, --num_frames and every size must be at least 1, and --ae_seeds at "
-             "most --seeds.")
-if sizes['ldm_evals'] > sizes['ldm_steps']:
-    sys.exit(f"error: --ldm_evals {sizes['ldm_evals']} asks for more evaluations than --ldm_steps {sizes['ldm_steps']}.")
-os.makedirs(args.out_dir, exist_ok=True)
-frame_args = ['--num_frames', args.num_frames] if video else []
-data_args = (['--data', args.data] if args.data else []) + (['--random_crop'] if args.random_crop else []) + frame_args
-eval_data_args = (['--data', args.data] if args.data else []) + frame_args
+    parser.add_argument(f'--{key}', type=int, default=None, help=f"default {value} ({SIZES['smoke'][key]} with --smoke)")
+
+
+def check_args(args):
+    """Every rule between flags, before anything runs. -> (sizes, figures, objectives)."""
+    sizes = {k: (getattr(args, k) if getattr(args, k) is not None else v)
+             for k, v in SIZES['smoke' if args.smoke else 'default'].items()}
+    objectives = args.objective.split(',')
+    problems = [f"--{k} must be at least 1" for k, v in sizes.items() if v < 1]
+    problems += [f"--{k} must be at least 1" for k in ('seeds', 'nproc') if getattr(args, k) < 1]
+    if args.jobs is not None and args.jobs < 1:
+        problems.append("--jobs must be at least 1")
+    if not 0 <= args.se_weight or not args.se_weight > 0:
+        problems.append(f"--se_weight must be positive (the SE arm), got {args.se_weight}")
+    if set(objectives) - {'eps', 'flow'} or len(set(objectives)) != len(objectives):
+        problems.append(f"--objective must be eps, flow or eps,flow, got {args.objective}")
+    if sizes['ldm_evals'] > sizes['ldm_steps']:
+        problems.append(f"--ldm_evals {sizes['ldm_evals']} asks for more evaluations than --ldm_steps {sizes['ldm_steps']}")
+    if args.val_data is not None and args.data is None:
+        problems.append("--val_data holds the held-out images of --data; pass --data too")
+    for flag in ('data', 'val_data'):
+        if getattr(args, flag) is not None and not os.path.isdir(getattr(args, flag)):
+            problems.append(f"--{flag} {getattr(args, flag)} is not a folder")
+    baseline = args.baseline or BASELINE['image']
+    if not args.pretrain and not os.path.isfile(baseline) and not args.smoke:
+        problems.append(f"the baseline autoencoder {baseline} does not exist; make it with python reproduce.py "
+                        f"--pretrain, or pass one with --baseline")
+    if problems:
+        sys.exit(f"error: {problems[0]}." + (f" ({len(problems) - 1} more problem(s).)" if len(problems) > 1 else ''))
+    figures = {'channels': args.channels or args.all, 'kl_sweep': args.kl_sweep or args.all,
+               'se_sweep': args.se_sweep or args.all}
+    return sizes, figures, objectives
 
 # -----------------------------------------------------------------------------
 # running the project's scripts, and remembering what each artefact was made with
 
-def run(script, *script_args, nproc=1):
+def run(script, *script_args, log=None):
+    """One script run; its output goes to `log` (a file in the artefact's folder), and one line says what ran."""
     cmd = [sys.executable]
-    if nproc > 1:
-        cmd += ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc)]
+    if args.nproc > 1 and script in ('train_ae.py', 'train_ldm.py', 'sample.py'):
+        cmd += ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(args.nproc)]
     cmd += [os.path.join(ROOT, script), *map(str, script_args)]
-    print(f"\n$ {' '.join(cmd[1:] if nproc > 1 else [os.path.basename(script), *map(str, script_args)])}", flush=True)
+    env = dict(os.environ, **({'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'} if jobs > 1 else {}))
     t0 = time.time()
-    p = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    tail = p.stdout.strip().splitlines()[-3:]
-    print('\n'.join('  ' + line[-200:] for line in tail), flush=True)
+    log = log or os.devnull
+    os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
+    with open(log, 'a') as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        p = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+    print(f"  {script} {' '.join(map(str, script_args[:2]))} ... done in {time.time() - t0:.0f} s", flush=True)
     if p.returncode != 0:
-        print(p.stdout[-5000:])
-        sys.exit(f"error: {script} failed (exit {p.returncode}); its output is above. Fix it and rerun: "
+        with open(log) as f:
+            print(f.read()[-4000:])
+        sys.exit(f"error: {script} failed (exit {p.returncode}); its output is above and in {log}. Fix it and rerun: "
                  f"finished steps are reused.")
-    return time.time() - t0
+
+
+def parallel(tasks):
+    """Run the callables `tasks` (each runs its own scripts in order), `jobs` at a time; -> their results."""
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return [f.result() for f in [pool.submit(t) for t in tasks]]
 
 
 def settings_file(out):
@@ -151,28 +168,14 @@ def record(out, settings):
         json.dump(settings, f, indent=1)
 
 
-def differences(old, new, prefix=''):
-    """The setting names (dotted paths) whose values differ between two settings dicts."""
-    keys = sorted(set(old) | set(new))
-    out = []
-    for k in keys:
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += differences(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}")
-    return out
-
-
 def clear_unless_matching(out, settings):
     """True when `out` was made with exactly `settings`; otherwise empties it, saying why."""
     old = recorded(out)
     if old == settings:
         return True
     if old is not None:
-        print(f"remaking {out}: its settings changed ({', '.join(differences(old, settings)[:6])})")
-    elif os.path.exists(out):
-        print(f"remaking {out}: it has no settings record")
+        changed = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+        print(f"remaking {out}: its settings changed ({', '.join(changed[:6])})")
     shutil.rmtree(out, ignore_errors=True)
     return False
 
@@ -184,275 +187,377 @@ def checkpoint_step(path):
 
 def train(script, out, steps, settings, script_args):
     """Train to `steps` under `settings` (which leave out the step count): reuse a finished run, resume a shorter one
-    made with the same settings, remake anything else. Returns the settings with the steps, for what depends on it."""
+    made with the same settings, remake anything else. -> the settings with the steps, for what depends on them."""
     done = checkpoint_step(os.path.join(out, 'ckpt.pt')) if clear_unless_matching(out, settings) else None
     if done is not None and done > steps:
-        print(f"remaking {out}: it was trained for {done} steps, {steps} are asked for")
         shutil.rmtree(out)
         done = None
-    if done == steps:
-        print(f"reusing {out} ({done} steps, settings match)")
-    else:
-        print(f"resuming {out} from step {done} to {steps}" if done else f"making {out}")
+    if done != steps:
         if not done:
             shutil.rmtree(out, ignore_errors=True)  # a run killed before its first checkpoint starts afresh
         record(out, settings)  # before training, so that a killed run resumes
         run(script, '--out_dir', out, '--max_steps', steps, *script_args, *(['--resume'] if done else []),
-            nproc=args.nproc)
+            log=os.path.join(out, 'stdout.log'))
     return {**settings, 'steps': steps}
 
 
-def once(out, settings, script, *script_args, nproc=1):
+def once(out, settings, script, *script_args):
     """Make the artefact folder `out` with one script run, unless it already holds one made with `settings`."""
-    if clear_unless_matching(out, settings):
-        print(f"reusing {out} (settings match)")
-        return settings
-    print(f"making {out}")
-    os.makedirs(out, exist_ok=True)
-    run(script, *script_args, nproc=nproc)
-    record(out, settings)  # after the run: a killed run leaves no record, so it is remade
+    if not clear_unless_matching(out, settings):
+        os.makedirs(out, exist_ok=True)
+        run(script, *script_args, log=os.path.join(out, 'stdout.log'))
+        record(out, settings)  # after the run: a killed run leaves no record, so it is remade
+    return settings
+
+# -----------------------------------------------------------------------------
+# the data: training images, and two disjoint held-out sets drawn by one protocol
+
+def held_out(name, seed=0):
+    """A file is held out when a seeded hash of its path (relative to the folder) falls below HELD_OUT: a split
+    that no file order, file count or rerun changes."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], 'big') / 2 ** 64 < HELD_OUT
+
+
+def write_images(x, folder):
+    """Images (N, 3, H, W) in [-1, 1] -> folder/000000.png, ... (8-bit, as every evaluation reads them)."""
+    from PIL import Image
+    from metrics import to_uint8
+    os.makedirs(folder, exist_ok=True)
+    for i, img in enumerate(to_uint8(x).permute(0, 2, 3, 1).numpy()):
+        Image.fromarray(img).save(os.path.join(folder, f'{i:06d}.png'))
+
+
+def materialise_data():
+    """out_dir/data/{train, heldout, heldout2}: the images every script reads, made once. The embedded set: training
+    images from the training stream, the two held-out sets from the disjoint held-out stream. A --data folder: its
+    training files linked into train/ (the training scripts crop and flip them), its held-out files (a seeded hash of
+    their names, or --val_data) cut into image_size crops, alternately into the two held-out sets; random crops with
+    --random_crop (num_eval per set, cycling through the files), else centre crops. No held-out file is ever in train/.
+    -> ({name: folder}, {name: image count})."""
+    out = os.path.join(args.out_dir, 'data')
+    folders = {k: os.path.join(out, k) for k in ('train', 'heldout', 'heldout2')}
+    settings = {'data': args.data, 'val_data': args.val_data, 'random_crop': args.random_crop, 'held_out': HELD_OUT,
+                'image_size': sizes['image_size'], 'train_images': sizes['train_images'], 'num_eval': sizes['num_eval']}
+    if not clear_unless_matching(out, settings):
+        import torch
+        from data import DeadLeaves, ImageFolder, list_files
+        if args.data is None:
+            train_set, held = DeadLeaves(sizes['image_size'], train=True), DeadLeaves(sizes['image_size'], train=False)
+            write_images(torch.stack([train_set[i][0] for i in range(sizes['train_images'])]), folders['train'])
+            for k, name in enumerate(('heldout', 'heldout2')):
+                n = sizes['num_eval']
+                write_images(torch.stack([held[i][0] for i in range(k * n, (k + 1) * n)]), folders[name])
+        else:
+            files = list_files(args.data)
+            held_files = list_files(args.val_data) if args.val_data else [f for f in files if held_out(os.path.relpath(f, args.data))]
+            train_files = files if args.val_data else [f for f in files if f not in set(held_files)]
+            if len(held_files) < 2 or not train_files:
+                sys.exit(f"error: {args.data} splits into {len(train_files)} training and {len(held_files)} held-out "
+                         f"files; it needs at least one and two. Add images, or pass --val_data.")
+            os.makedirs(folders['train'], exist_ok=True)
+            for i, f in enumerate(train_files):  # links: the training scripts read the originals
+                os.symlink(os.path.abspath(f), os.path.join(folders['train'], f"{i:06d}{os.path.splitext(f)[1]}"))
+            for k, name in enumerate(('heldout', 'heldout2')):
+                half = held_files[k::2]  # alternate files: the two sets share no file
+                tmp = os.path.join(out, f'.{name}_files')
+                os.makedirs(tmp, exist_ok=True)
+                for i, f in enumerate(half):
+                    os.symlink(os.path.abspath(f), os.path.join(tmp, f"{i:06d}{os.path.splitext(f)[1]}"))
+                folder = ImageFolder(tmp, sizes['image_size'], flip=False, random_crop=args.random_crop)
+                items = [(i % len(half), 1000 * k + i) for i in range(sizes['num_eval'])] if args.random_crop \
+                    else range(len(half))  # (index, crop seed): num_eval seeded crops; else one centre crop a file
+                write_images(torch.stack([folder.load(item)[0] for item in items]), folders[name])
+                shutil.rmtree(tmp)
+        record(out, settings)
+    from data import list_files
+    return folders, {k: len(list_files(v)) for k, v in folders.items()}
+
+# -----------------------------------------------------------------------------
+# the autoencoders
+
+def pretrain():
+    """--pretrain: the baseline from scratch with the shipped recipe, written as a safetensors file whose metadata
+    holds its config, the recipe, the commit that made it, its wall time and its held-out PSNR beside bicubic."""
+    from safetensors.torch import save_file
+    from weights import load_checkpoint
+    out = os.path.join(args.out_dir, 'pretrain')
+    recipe = PRETRAIN['image'] + ['--device', args.device, '--num_workers', 1]
+    settings = train('train_ae.py', out, recipe[recipe.index('--max_steps') + 1],
+                     {'script': 'train_ae.py', 'args': list(map(str, recipe))}, recipe)
+    ckpt = load_checkpoint(os.path.join(out, 'ckpt.pt'))
+    log = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
+    evals = [r for r in log if 'val_psnr' in r]
+    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    meta = {'config': json.dumps({'preset': ckpt['config']['preset'], 'ae_config': ckpt['config']['ae_config'],
+                                  'num_frames': 1}),
+            'recipe': 'python train_ae.py ' + ' '.join(map(str, PRETRAIN['image'])), 'commit': commit or 'unknown',
+            'steps': str(ckpt['step']), 'train_seconds': f"{train_seconds(out):.0f}", 'hardware': hardware(),
+            'val_psnr': f"{evals[-1]['val_psnr']:.3f}", 'val_psnr_bicubic': f"{evals[-1]['val_psnr_bicubic']:.3f}"}
+    path = args.baseline or BASELINE['image']
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_file({k: v.contiguous() for k, v in ckpt['model'].items()}, path, metadata=meta)
+    print(f"wrote {path}: {meta['steps']} steps in {float(meta['train_seconds']) / 60:.1f} min, held-out PSNR "
+          f"{meta['val_psnr']} dB (bicubic at the latent grid {meta['val_psnr_bicubic']} dB)")
     return settings
 
 
-def train_time(out_dir):
+def train_seconds(out_dir):
     """Seconds spent in training steps, from the run's log (step_time is averaged over each log interval)."""
-    rows = [json.loads(l) for l in open(os.path.join(out_dir, 'log.jsonl')) if '"step_time"' in l]
+    rows = [json.loads(line) for line in open(os.path.join(out_dir, 'log.jsonl')) if '"step_time"' in line]
     total, last = 0.0, 0
     for r in rows:
         if r['step'] > last:
             total, last = total + r['step_time'] * (r['step'] - last), r['step']
     return total
 
-# -----------------------------------------------------------------------------
-# the steps: an autoencoder, its measurements, an LDM on its latents
 
-def autoencoder(seed, z_channels=None, kl_weight=None, se_weight=0.0, parent=None):
-    """Train one AE (or fine-tune `parent`'s) and measure it. Returns (name, its folder, its settings)."""
-    z_channels = z_channels or args.z_channels
-    kl_weight = args.kl_weight if kl_weight is None else kl_weight
-    name = f"z{z_channels}_kl{kl_weight:g}_se{se_weight:g}" + (f"_ft_{parent[0]}" if parent else '')
+def finetune(seed, name, se_weight=0.0, kl_weight=1e-6, steps=None):
+    """The baseline fine-tuned with se_weight (0: a control) for `steps`, on the training images. -> (name, folder,
+    settings)."""
     out = os.path.join(args.out_dir, f'seed{seed}', f'ae_{name}')
-    script_args = ['--seed', seed, '--image_size', sizes['image_size'], '--device', args.device, *data_args,
-                   '--preset', args.ae_preset, '--kl_weight', kl_weight, '--se_weight', se_weight,
-                   '--batch_size', sizes['ae_batch_size'], '--lpips_weight', 0, '--disc_weight', 0, '--num_workers', 1,
-                   '--lr', args.ae_lr, '--warmup_steps', args.ae_warmup]
-    script_args += ['--init_from', os.path.join(parent[1], 'ckpt.pt')] if parent else ['--z_channels', z_channels]
-    steps = sizes['ft_steps'] if parent else sizes['ae_steps']
+    script_args = ['--init_from', baseline, '--data', data['train'], '--image_size', sizes['image_size'],
+                   *(['--random_crop'] if args.random_crop else []), '--seed', seed, '--device', args.device,
+                   '--batch_size', sizes['ft_batch_size'], '--lr', args.ft_lr, '--kl_weight', kl_weight,
+                   '--se_weight', se_weight, '--se_down', args.se_down, '--lpips_weight', 0, '--disc_weight', 0,
+                   '--num_workers', 1]
+    steps = steps or sizes['ft_steps']
     settings = train('train_ae.py', out, steps, {'script': 'train_ae.py', 'args': list(map(str, script_args)),
-                                                 'init_from': parent[2] if parent else None},
-                     [*script_args, '--eval_interval', steps, '--ckpt_interval', max(steps // 4, 1)])
+                                                 'baseline': baseline_id},
+                     [*script_args, '--eval_interval', steps, '--ckpt_interval', steps])
     return name, out, settings
 
 
-def measure(ae):
-    """spectrum.py on the held-out images (clips): spectra (means and samples; video: spatial per latent frame and
-    temporal), PSNR, bicubic reference, erasure (images)."""
+def scratch(name, z_channels, steps):
+    """Fig. 2: an autoencoder of the baseline's family and recipe but for z_channels, from scratch."""
+    out = os.path.join(args.out_dir, 'seed0', f'ae_{name}')
+    recipe = [a for a in PRETRAIN['image']]
+    recipe[recipe.index('--max_steps'):recipe.index('--max_steps') + 2] = []
+    script_args = [*recipe, '--z_channels', z_channels, '--data', data['train'], '--device', args.device,
+                   '--num_workers', 1, '--image_size', sizes['image_size']]
+    settings = train('train_ae.py', out, steps, {'script': 'train_ae.py', 'args': list(map(str, script_args))},
+                     [*script_args, '--eval_interval', steps, '--ckpt_interval', steps])
+    return name, out, settings
+
+
+def measure(ae, ckpt=None):
+    """spectrum.py on the held-out images: both HF shares of posterior means and samples, RGB beside them, PSNR
+    beside bicubic, erasure in matching tiles. ae: (name, folder, settings); the weights are folder/ckpt.pt or ckpt."""
     name, out, settings = ae
     spec = os.path.join(out, 'spectrum')
-    spectrum_args = ['--ckpt', os.path.join(out, 'ckpt.pt'), '--label', name, *eval_data_args,
-                     '--image_size', sizes['image_size'], '--num_images', sizes['num_eval'], '--seed', 0,
+    spectrum_args = ['--ckpt', ckpt or os.path.join(out, 'ckpt.pt'), '--label', name, '--data', data['heldout'],
+                     '--image_size', sizes['image_size'], '--num_images', counts['heldout'], '--seed', 0,
                      '--device', args.device, '--out_dir', spec]
     once(spec, {'script': 'spectrum.py', 'args': list(map(str, spectrum_args)), 'ae': settings},
          'spectrum.py', *spectrum_args)
-    if video:  # the spatial numbers over all latent frames, and the temporal spectrum along them
-        result = json.load(open(os.path.join(spec, 'spectrum_video.json')))['video']
-        r, rgb = result[name], result[result[name]['rgb_reference']]
-        return {'hf_share': r['hf_share'], 'hf_share_sample': r['posterior_sample']['hf_share'],
-                'rgb_hf_share': rgb['hf_share'], 'psnr': r['reconstruction_psnr'], 'bicubic_psnr': r['bicubic_psnr'],
-                'profile': r['mean'], 'profile_sample': r['posterior_sample']['mean'], 'rgb_profile': rgb['mean'],
-                'hf_share_per_frame': r['spatial_hf_share_per_frame'], 'temporal_hf': r['temporal_hf_ratio'],
-                'rgb_temporal_hf': rgb['temporal_hf_ratio'], 'temporal_profile': r['temporal_spectrum'],
-                'rgb_temporal_profile': rgb['temporal_spectrum'], 'ae_train_seconds': train_time(out)}
     result = json.load(open(os.path.join(spec, 'spectrum.json')))
     r = result['autoencoders'][name]
     rgb = result['rgb'][r['rgb_reference']]
-    return {'hf_share': r['hf_share'], 'hf_share_sample': r.get('posterior_sample', {}).get('hf_share', r['hf_share']),
-            'rgb_hf_share': r['rgb_hf_share'], 'psnr': r['reconstruction_psnr'], 'bicubic_psnr': r['bicubic_psnr'],
-            'erasure_psnr': r['erasure_psnr'], 'profile': r['mean'],
-            'profile_sample': r.get('posterior_sample', {}).get('mean', r['mean']), 'rgb_profile': rgb['mean'],
-            'ae_train_seconds': train_time(out)}
+    sample = r.get('posterior_sample', r)
+    return {'hf_share': r['hf_share'], 'hf_share_sample': sample['hf_share'], 'hf_energy_share': r['hf_energy_share'],
+            'hf_energy_share_sample': sample['hf_energy_share'], 'rgb_hf_share': rgb['hf_share'],
+            'rgb_hf_energy_share': rgb['hf_energy_share'], 'psnr': r['reconstruction_psnr'],
+            'bicubic_psnr': r['bicubic_psnr'], 'erasure_psnr': r['erasure_psnr'], 'rgb_erasure_psnr': r['rgb_erasure_psnr'],
+            'profile': r['mean'], 'profile_sample': sample['mean'], 'rgb_profile': rgb['mean'],
+            'ae_train_seconds': train_seconds(out) if os.path.exists(os.path.join(out, 'log.jsonl')) else 0.0}
 
+# -----------------------------------------------------------------------------
+# the LDM on one autoencoder's latents: training, the probe, samples
 
-def ldm_curve(seed, ae):
-    """Fig. 1 for one arm: the same DiT on the AE's latents, sampled and scored at ldm_evals evenly spaced steps."""
+def ldm(seed, ae, objective):
+    """Train the LDM of one arm and seed, stopping at ldm_evals evenly spaced steps to keep a snapshot of each. ->
+    (folder, [(step, snapshot path, settings)])."""
     name, ae_dir, ae_settings = ae
-    d = os.path.join(args.out_dir, f'seed{seed}')
-    ldm = os.path.join(d, f'ldm_{name}')
-    script_args = ['--seed', seed, '--image_size', sizes['image_size'], '--device', args.device, *data_args,
-                   '--ae', os.path.join(ae_dir, 'ckpt.pt'), '--model', args.ldm_model,
-                   *(['--preset', args.ldm_preset] if args.ldm_preset else []),
-                   '--batch_size', sizes['ldm_batch_size'], '--num_workers', 1, '--ema_decay', args.ldm_ema_decay,
-                   '--cache_latents', os.path.join(ldm, 'latent_cache'), '--cache_size', sizes['cache_size']]  # goes with it
+    out = os.path.join(args.out_dir, f'seed{seed}', f'ldm_{objective}_{name}')
+    script_args = ['--seed', seed, '--image_size', sizes['image_size'], '--device', args.device, '--data', data['train'],
+                   *(['--random_crop'] if args.random_crop else []), '--ae', os.path.join(ae_dir, 'ckpt.pt'),
+                   '--model', args.ldm_model, '--preset', args.ldm_preset, '--lr', args.ldm_lr,
+                   '--batch_size', sizes['ldm_batch_size'], '--num_workers', 0, '--ema_decay', args.ldm_ema_decay,
+                   '--ema_warmup', *(['--objective', 'flow'] if objective == 'flow' else []),
+                   '--cache_latents', os.path.join(out, 'latent_cache'), '--cache_size', counts['train']]
     settings = {'script': 'train_ldm.py', 'args': list(map(str, script_args)), 'ae': ae_settings}
-    curve = []
+    snapshots = []
     for k in range(1, sizes['ldm_evals'] + 1):
         step = round(sizes['ldm_steps'] * k / sizes['ldm_evals'])
-        snapshot = os.path.join(ldm, f'ckpt_{step:07d}.pt')  # the samples of this step can be remade later
-        if not (recorded(ldm) == settings and os.path.exists(snapshot)):
-            ldm_settings = train('train_ldm.py', ldm, step, settings,
-                                 [*script_args, '--eval_interval', sizes['ldm_steps'], '--ckpt_interval', step,
-                                  '--num_samples', 4, '--sample_steps', sizes['sample_steps']])  # a glance; sample.py samples
-            shutil.copyfile(os.path.join(ldm, 'ckpt.pt'), snapshot)
-        else:
-            ldm_settings = {**settings, 'steps': step}
-            print(f"reusing {snapshot} (settings match)")
-        samples = os.path.join(d, f'samples_{name}_{step:07d}')
-        sample_args = ['--ckpt', snapshot, '--num_samples', sizes['num_samples'], '--sampler', 'ddim',
-                       '--steps', sizes['sample_steps'], '--seed', seed, '--device', args.device, '--out_dir', samples]
-        sample_settings = once(samples, {'script': 'sample.py', 'args': list(map(str, sample_args)), 'ldm': ldm_settings},
-                               'sample.py', *sample_args, nproc=args.nproc)
-        metrics = score(os.path.join(d, f'gen_{name}_{step:07d}'), os.path.join(samples, 'samples.npz'),
-                        {'samples': sample_settings})
-        grid = os.path.join(samples, 'grid_frames.png' if video else 'grid.png')
-        curve.append({'step': step, **metrics, 'grid': os.path.relpath(grid, args.out_dir)})
-    return {'curve': curve, 'ldm_train_seconds': train_time(ldm)}
+        snapshot = os.path.join(out, f'ckpt_{step:07d}.pt')
+        if not (recorded(out) == settings and os.path.exists(snapshot)):
+            train('train_ldm.py', out, step, settings, [*script_args, '--eval_interval', sizes['ldm_steps'],
+                                                         '--ckpt_interval', step, '--num_samples', 4,
+                                                         '--sample_steps', sizes['sample_steps']])
+            shutil.copyfile(os.path.join(out, 'ckpt.pt'), snapshot)
+        snapshots.append((step, snapshot, {**settings, 'steps': step}))
+    return out, snapshots
 
 
-def score(gen, fake, settings):
-    """eval_fid.py on a samples .npz against the held-out images (video: the held-out clips of real_clips()), into the
-    folder `gen`, remade when `settings` (what the samples were made from) change. -> the numbers and what was skipped."""
-    real = ['--real', real_clips()[0]] if video else [*(['--real', args.data] if args.data else []),
-                                                       '--image_size', sizes['image_size'], '--num_real', sizes['num_eval']]
-    gen_args = ['--fake', fake, *real, '--seed', 0, '--device', args.device, '--out', os.path.join(gen, 'metrics.json')]
-    once(gen, {'script': 'eval_fid.py', 'args': list(map(str, gen_args)), **settings,
-               **({'real': real_clips()[1]} if video else {})}, 'eval_fid.py', *gen_args)
-    metrics = json.load(open(os.path.join(gen, 'metrics.json')))
+def samples(seed, out, snapshot, settings):
+    """sample.py (DDIM, the seed's noise) and eval_fid.py against the held-out images. -> (metrics, grid path)."""
+    folder = os.path.join(out, 'samples')
+    sample_args = ['--ckpt', snapshot, '--num_samples', sizes['num_samples'], '--seed', seed, '--device', args.device,
+                   '--out_dir', folder, '--overwrite']
+    sample_settings = once(folder, {'script': 'sample.py', 'args': list(map(str, sample_args)), 'ldm': settings},
+                           'sample.py', *sample_args)
+    return score(os.path.join(out, 'scores'), os.path.join(folder, 'samples.npz'), {'samples': sample_settings}), \
+        os.path.join(folder, 'grid.png')
+
+
+def score(folder, fake, settings):
+    """eval_fid.py on a samples .npz against the held-out images. -> the numbers and what was skipped."""
+    gen_args = ['--fake', fake, '--real', data['heldout'], '--seed', 0, '--device', args.device, '--overwrite',
+                '--num_workers', 0, '--out', os.path.join(folder, 'metrics.json')]
+    once(folder, {'script': 'eval_fid.py', 'args': list(map(str, gen_args)), **settings}, 'eval_fid.py', *gen_args)
+    metrics = json.load(open(os.path.join(folder, 'metrics.json')))
     return {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, 'skipped': metrics.get('skipped', {})}
 
 
-def uint8_samples(x):
-    """Images (N, 3, H, W) or clips (N, 3, T, H, W) in [-1, 1] -> uint8 (N, [T,] H, W, 3), as sample.py writes them."""
-    from metrics import to_uint8
-    return to_uint8(x.clamp(-1, 1)).movedim(1, -1).cpu().numpy()
-
-
-def real_clips():
-    """Video: the held-out clips every set of video samples is scored against (eval_fid.py needs them as a file), a
-    seeded random num_eval of them as a uint8 .npz. -> (its path, the settings it was made with)."""
-    import numpy as np
-    from data import make_dataset, random_subset
-    out = os.path.join(args.out_dir, 'real_clips')
-    settings = {'data': args.data, 'image_size': sizes['image_size'], 'num_frames': args.num_frames,
-                'num_eval': sizes['num_eval']}
-    path = os.path.join(out, 'real.npz')
-    if not clear_unless_matching(out, settings):
-        print(f"making {out}")
-        dataset = make_dataset(args.data, sizes['image_size'], seed=0, train=False, num_frames=args.num_frames)
-        clips = uint8_samples(torch.stack([dataset[i][0] for i in random_subset(dataset, sizes['num_eval'], 0)]))
-        os.makedirs(out, exist_ok=True)
-        np.savez(path, arr_0=clips)  # (num_eval, T, H, W, 3)
-        record(out, settings)
-    return path, settings
-
-
-def swd_references(aes):
-    """The trivial references beside Fig. 1's curves, scored exactly as the LDM's samples are (eval_fid.py against the
-    same held-out images): `real`, a second draw of real images (from the training stream, disjoint from the held-out
-    set), the level no generator can beat but by chance; and each AE's reconstructions of that draw (posterior means),
-    the floor that an LDM on its latents approaches but cannot pass. Video: clips and the video AEs. -> {name: metrics}."""
-    import numpy as np
+def probe(snapshot, objective):
+    """The diffusability probe of one LDM snapshot (its EMA weights) on the held-out images, in-process: each image's
+    latent (posterior mean, normalised as the LDM's training data) is noised to every level of PROBE_T with the same
+    fixed noise for every arm, and the LDM's eps-MSE and the pixel MSE of its decoded x0 prediction are averaged over
+    images. Also the guard: the per-channel std of 64 DDIM sample latents over that of the data latents. Cached as
+    probe.json beside the snapshot."""
+    cache = snapshot.replace('.pt', '_probe.json')
+    if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(snapshot):
+        return json.load(open(cache))
     from common import select_device
-    from data import make_dataset, random_subset
+    from probe import diffusability_probe
+    result = diffusability_probe(snapshot, data['heldout'], PROBE_T_FLOW if objective == 'flow' else PROBE_T,
+                                 device=select_device(args.device))
+    with open(cache, 'w') as f:
+        json.dump(result, f)
+    return result
+
+
+def references(aes):
+    """The trivial references beside the samples' scores, by the same eval_fid.py call: the second held-out set (what
+    a perfect generator gets) and each AE's reconstructions of it (what a perfect LDM on its latents gets)."""
+    import numpy as np
+    import torch
+    from common import save_image_grid
+    from data import ImageFolder
+    from metrics import to_uint8
     from weights import load_autoencoder
-    n = sizes['num_samples']
-    dataset = make_dataset(args.data, sizes['image_size'], seed=0, train=True, random_crop=args.random_crop,
-                           num_frames=args.num_frames)
-    items = random_subset(dataset, n, 0)
-    if args.random_crop:  # n seeded crops, cycling through the images, as the training loader draws them
-        items = [(i, k) for k, i in enumerate((items * n)[:n])]
-    kinds = {'real': None, **{f"{arm} AE reconstructions": ae for arm, ae in aes.items()}}
-    device = select_device(args.device)
-    out, real = {}, None
-    for name, ae in kinds.items():
-        ref = os.path.join(args.out_dir, 'references', name.split()[0] + ('' if ae is None else '_ae'))
-        settings = {'what': name, 'num_samples': n, 'image_size': sizes['image_size'], 'data': data_args,
-                    'ae': None if ae is None else ae[2]}
-        npz = os.path.join(ref, 'samples.npz')
-        if not clear_unless_matching(ref, settings):
-            print(f"making {ref}")
-            os.makedirs(ref, exist_ok=True)
-            if real is None:  # the draw is made once, for whichever files need it
-                real = torch.stack([dataset[i][0] for i in items])  # (n, 3, [T,] H, W)
-            x = real
-            with torch.no_grad():
-                if ae is not None:
-                    model = load_autoencoder(os.path.join(ae[1], 'ckpt.pt'), device=device)
-                    x = torch.cat([model.decode(model.encode(b.to(device), sample=False)[0]).cpu()
-                                   for b in x.split(8 if video else 64)])
-            np.savez(npz, arr_0=uint8_samples(x))
-            record(ref, settings)
-        metrics = score(os.path.join(ref, 'metrics'), npz, {'samples': settings})
-        out[name] = {k: v for k, v in metrics.items() if k != 'skipped'}
+    second = ImageFolder(data['heldout2'], sizes['image_size'], flip=False)
+    x = torch.stack([second.load(i)[0] for i in range(len(second))])
+    out = {}
+    for name, ae in [('real', None)] + list(aes.items()):
+        folder = os.path.join(args.out_dir, 'references', name)
+        npz = os.path.join(folder, 'samples.npz')
+        settings = {'what': name, 'data': counts, 'ae': None if ae is None else ae[2]}
+        if recorded(folder) != settings:
+            os.makedirs(folder, exist_ok=True)
+            rec = x
+            if ae is not None:
+                with torch.no_grad():
+                    model = load_autoencoder(os.path.join(ae[1], 'ckpt.pt'))
+                    rec = torch.cat([model.decode(model.encode(b, sample=False)[0]) for b in x.split(64)])
+            np.savez(npz, arr_0=to_uint8(rec.clamp(-1, 1)).permute(0, 2, 3, 1).numpy())
+            save_image_grid(rec[:64].clamp(-1, 1), os.path.join(folder, 'grid.png'), nrow=8)
+            record(folder, settings)
+        out[name] = {k: v for k, v in score(os.path.join(folder, 'scores'), npz, {'samples': settings}).items()
+                     if k != 'skipped'}
     return out
 
 
-@torch.no_grad()
 def erasure_strip(aes):
-    """Fig. 5's image strip: for 4 held-out images, rows RGB, baseline, SE; columns 0/25/50/75% of the 8x8 DCT
-    coefficients erased (RGB in its own blocks, the AEs in their latents, then decoded)."""
+    """Fig. 5's strip: 4 held-out images; rows RGB (erased in 8f x 8f tiles), then each AE (its latent erased in 8x8
+    tiles, decoded); columns 0, 25, 50, 75% of the coefficients erased."""
+    import torch
     from torchvision.utils import save_image
-    from data import make_dataset
-    from weights import load_autoencoder
+    from data import ImageFolder
     from spectrum import erase_high_frequencies
-    dataset = make_dataset(args.data, sizes['image_size'], seed=0, train=False)
-    x = torch.stack([dataset[i][0] for i in range(min(4, len(dataset)))])  # (4, 3, H, W)
+    from weights import load_autoencoder
+    held = ImageFolder(data['heldout'], sizes['image_size'], flip=False)
+    x = torch.stack([held.load(i)[0] for i in range(min(4, len(held)))])
+    fractions = [0.0, 0.25, 0.5, 0.75]
     models = {arm: load_autoencoder(os.path.join(out, 'ckpt.pt')) for arm, (_, out, _) in aes.items()}
-    rows = [torch.cat([erase_high_frequencies(x, p).clamp(-1, 1) for p in ERASE_STRIP], dim=3)]
-    for arm, ae in models.items():
-        z, _ = ae.encode(x, sample=False)
-        rows.append(torch.cat([ae.decode(erase_high_frequencies(z, p)).clamp(-1, 1) for p in ERASE_STRIP], dim=3))
-    grid = torch.cat(rows, dim=2)  # (4, 3, 3H, 4W): per image, rows RGB / baseline / SE, columns the erased fractions
-    save_image((grid + 1) / 2, os.path.join(args.out_dir, 'fig5_strip.png'), nrow=len(x), padding=4, pad_value=1)
-
+    f = next(iter(models.values())).downsample_factor
+    rows = [torch.cat([erase_high_frequencies(x, p, 8 * f).clamp(-1, 1) for p in fractions], dim=3)]
+    with torch.no_grad():
+        for ae in models.values():
+            z, _ = ae.encode(x, sample=False)
+            rows.append(torch.cat([ae.decode(erase_high_frequencies(z, p)).clamp(-1, 1) for p in fractions], dim=3))
+    save_image((torch.cat(rows, dim=2) + 1) / 2, os.path.join(args.out_dir, 'fig5_strip.png'), nrow=len(x), padding=4,
+               pad_value=1)
 
 # -----------------------------------------------------------------------------
 # the experiment
 
 def hardware():
+    import torch
     if torch.cuda.is_available() and args.device != 'cpu':
         return f"{args.nproc}x {torch.cuda.get_device_name(0)}"
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
 
 
-t0 = time.time()
-report = {'config': {**vars(args), 'sizes': sizes}, 'hardware': hardware(), 'torch': torch.__version__}
+def fig1_arm(seed, ae, objective):
+    """One arm of one seed: its LDM, the probe at every snapshot, the samples of the last. -> numbers."""
+    out, snapshots = ldm(seed, ae, objective)
+    curve = [{'step': step, **probe(path, objective)} for step, path, _ in snapshots]
+    metrics, grid = samples(seed, out, *snapshots[-1][1:])
+    return {'probe': curve, 'samples': metrics, 'grid': os.path.relpath(grid, args.out_dir),
+            'ldm_train_seconds': train_seconds(out)}
 
-# Fig. 1: baseline vs SE from scratch, equal steps (AE seeds < ae_seeds); video also the SE fine-tune of the baseline
-# and its control; the LDM convergence on each (seeds < seeds)
-arms = ['baseline', 'se'] + (['control', 'se_ft'] if video else [])
-fig1, fig1_ae, fig1_aes = {arm: [] for arm in arms}, {arm: [] for arm in arms}, []
-for seed in range(args.ae_seeds):
-    base = autoencoder(seed)
-    fig1_aes.append({'baseline': base, 'se': autoencoder(seed, se_weight=args.se_weight)})
-    if video:  # the paper's video recipe: fine-tune the baseline with SE; the same steps without SE are the control
-        fig1_aes[-1] |= {'control': autoencoder(seed, parent=base),
-                         'se_ft': autoencoder(seed, se_weight=args.se_weight, parent=base)}
-    for arm, ae in fig1_aes[-1].items():
-        fig1_ae[arm].append(measure(ae))
-seed0_aes = fig1_aes[0]
-for seed in range(args.seeds):  # LDM seed s runs on the AEs of seed s % ae_seeds
-    for arm, ae in fig1_aes[seed % args.ae_seeds].items():
-        fig1[arm].append(ldm_curve(seed, ae))
-report['fig1'] = {'autoencoders': fig1_ae, 'ldm': fig1, 'references': swd_references(seed0_aes)}
 
-if not video:  # Fig. 5: erasure, from the seed-0 AEs of Fig. 1 (images)
-    report['fig5'] = {arm: fig1_ae[arm][0]['erasure_psnr'] for arm in fig1_ae}
-    erasure_strip(seed0_aes)
-if figures['channels']:  # Fig. 2
-    report['fig2'] = {'z_channels': Z_CHANNELS,
-                      'autoencoders': {f"z{c}": measure(autoencoder(0, z_channels=c)) for c in Z_CHANNELS}}
-if figures['kl_sweep']:  # Fig. 3
-    report['fig3'] = {'kl_weights': KL_WEIGHTS,
-                      'autoencoders': {f"kl {w:g}": measure(autoencoder(0, kl_weight=w)) for w in KL_WEIGHTS}}
-if figures['se_sweep']:  # Fig. 4: from scratch, and as the paper's fine-tune of the baseline
-    base = autoencoder(0)
-    report['fig4'] = {'se_weights': SE_WEIGHTS,
-                      'scratch': {str(w): measure(autoencoder(0, se_weight=w)) for w in SE_WEIGHTS},
-                      'finetune': {str(w): measure(autoencoder(0, se_weight=w, parent=base)) for w in SE_WEIGHTS}}
+if __name__ == '__main__':
+    args = parser.parse_args()
+    sizes, figures, objectives = check_args(args)
+    import torch  # after the checks, so that a mistake is told in a second
+    jobs = args.jobs or (1 if args.nproc > 1 or (args.device != 'cpu' and torch.cuda.is_available()) else 2)
+    os.makedirs(args.out_dir, exist_ok=True)
+    t0 = time.time()
+    if args.pretrain:
+        pretrain()
+        sys.exit(0)
+    data, counts = materialise_data()
+    baseline = args.baseline or BASELINE['image']
+    if args.smoke and not os.path.isfile(baseline):  # the smoke run's stand-in: a 2-step baseline of the same family
+        baseline = os.path.join(args.out_dir, 'smoke_baseline', 'ckpt.pt')
+        train('train_ae.py', os.path.dirname(baseline), 2, {'smoke': 'baseline'},
+              ['--preset', 'mini', '--image_size', sizes['image_size'], '--batch_size', 2, '--lpips_weight', 0,
+               '--disc_weight', 0, '--device', args.device, '--num_workers', 0, '--data', data['train']])
+    with open(baseline, 'rb') as f:
+        baseline_id = hashlib.sha256(f.read()).hexdigest()[:16]
+    report = {'config': {**vars(args), 'sizes': sizes, 'baseline': baseline, 'baseline_sha256': baseline_id},
+              'data': counts, 'hardware': hardware(), 'torch': torch.__version__, 'jobs': jobs}
 
-report['wall_seconds'] = time.time() - t0
-report['verdict'] = verdict(report)
-with open(os.path.join(args.out_dir, 'report.json'), 'w') as f:
-    json.dump(report, f, indent=1)
-print(write_report(args.out_dir))
-print(f"\nwrote {os.path.join(args.out_dir, 'report.json')} and report.md (python report.py {args.out_dir} re-plots it)")
+    # Fig. 1: per seed, the SE fine-tune and its control; the baseline itself measured beside them
+    arms = ('control', 'se')
+    aes = parallel([lambda s=s, arm=arm: finetune(s, arm, args.se_weight if arm == 'se' else 0.0)
+                    for s in range(args.seeds) for arm in arms])
+    aes = {arm: [ae for ae in aes if ae[0] == arm] for arm in arms}
+    measured = parallel([lambda ae=ae: measure(ae) for arm in arms for ae in aes[arm]] +
+                        [lambda: measure(('baseline', os.path.join(args.out_dir, 'baseline'), {'file': baseline_id}),
+                                         baseline)])
+    report['autoencoders'] = {arm: measured[i * args.seeds:(i + 1) * args.seeds] for i, arm in enumerate(arms)}
+    report['baseline'] = measured[-1]
+    for objective in objectives:
+        runs = parallel([lambda s=s, arm=arm: fig1_arm(s, aes[arm][s], objective)
+                         for s in range(args.seeds) for arm in arms])
+        report.setdefault('ldm', {})[objective] = {arm: runs[i::len(arms)] for i, arm in enumerate(arms)}
+    report['references'] = references({arm: aes[arm][0] for arm in arms})
+    report['fig5'] = {arm: {'latent': report['autoencoders'][arm][0]['erasure_psnr'],
+                            'rgb': report['autoencoders'][arm][0]['rgb_erasure_psnr']} for arm in arms}
+    erasure_strip({arm: aes[arm][0] for arm in arms})
+
+    if figures['channels']:  # Fig. 2: the same family from scratch, z_channels swept
+        made = parallel([lambda c=c: scratch(f'z{c}', c, sizes['sweep_steps']) for c in Z_CHANNELS])
+        report['fig2'] = {'z_channels': Z_CHANNELS, 'autoencoders': dict(zip([m[0] for m in made],
+                                                                             parallel([lambda m=m: measure(m) for m in made])))}
+    if figures['kl_sweep']:  # Fig. 3: fine-tunes of the baseline, kl_weight swept
+        made = parallel([lambda w=w: finetune(0, 'control' if w == 1e-6 else f'kl{w:g}', kl_weight=w)
+                         for w in KL_WEIGHTS])
+        report['fig3'] = {'kl_weights': KL_WEIGHTS, 'autoencoders': dict(zip([f"kl {w:g}" for w in KL_WEIGHTS],
+                                                                              parallel([lambda m=m: measure(m) for m in made])))}
+    if figures['se_sweep']:  # Fig. 4: fine-tunes of the baseline, se_weight swept (0 is the control of Fig. 1)
+        made = parallel([lambda w=w: finetune(0, {0: 'control', args.se_weight: 'se'}.get(w, f'se{w:g}'), se_weight=w)
+                         for w in SE_WEIGHTS])
+        report['fig4'] = {'se_weights': SE_WEIGHTS, 'finetune': dict(zip(map(str, SE_WEIGHTS),
+                                                                          parallel([lambda m=m: measure(m) for m in made])))}
+
+    from report import verdict, write_report
+    report['wall_seconds'] = time.time() - t0
+    report['verdict'] = verdict(report)
+    with open(os.path.join(args.out_dir, 'report.json'), 'w') as f:
+        json.dump(report, f, indent=1)
+    print(write_report(args.out_dir))
+    print(f"\nwrote {os.path.join(args.out_dir, 'report.json')} and report.md (python report.py {args.out_dir} "
+          f"re-plots it)")

@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     make_grad_scaler, broadcast_latent_norm, all_reduce_mean, seed_everything, gather_rng_states,
-                    CheckpointWriter, update_ema, Loader, save_image_grid, save_video_grid, Logger,
+                    CheckpointWriter, ema_decay, update_ema, Loader, save_image_grid, save_video_grid, Logger,
                     note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, checked, check_run_dir,
                     prepare_run_dir, check_resume_steps, resume_run, weights_hash, no_space_is_an_error)
 from data import make_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
@@ -73,6 +73,7 @@ parser.add_argument('--prediction', type=str, default='eps', choices=['eps', 'v'
 parser.add_argument('--learn_sigma', action=argparse.BooleanOptionalAction, default=None, help='also learn the variance (iDDPM, with L_vlb); default: on for dit, off for unet')
 parser.add_argument('--class_dropout_prob', type=checked(float, lo=0, hi=1, hi_open=True), default=0.1, help='label dropout for classifier-free guidance (class-conditional data only)')
 parser.add_argument('--ema_decay', type=checked(float, lo=0, hi=1, hi_open=True), default=0.9999, help='EMA decay of the denoiser weights (samples use the EMA)')
+parser.add_argument('--ema_warmup', action='store_true', help='EMA decay min(ema_decay, (1 + n) / (10 + n)) at update n, for short runs (DiT has none)')
 parser.add_argument('--weight_decay', type=checked(float, lo=0), default=0.0, help='AdamW weight decay (DiT uses 0)')
 parser.add_argument('--latent_scale', type=checked(float, lo=0, lo_open=True), default=None, help='override the latent scale (default: 1/std of a random global batch, or the checkpoint\'s)')
 parser.add_argument('--latent_shift', type=checked(float), default=None, help='override the latent shift (default: mean of a random global batch, or the checkpoint\'s)')
@@ -326,7 +327,7 @@ while step < args.max_steps:
     scaler.step(opt)
     scaler.update()
     opt.zero_grad(set_to_none=True)
-    update_ema(ema, raw_model, args.ema_decay)
+    update_ema(ema, raw_model, ema_decay(args.ema_decay, step, args.ema_warmup))
     step += 1
     progress.update(1)
 
