@@ -9,7 +9,8 @@ reproducible; a plain `i` gives the un-augmented image.
 
 - DeadLeaves: the embedded default, a procedural dataset that needs no download and no disk. The dead-leaves model
   (Matheron; Lee, Mumford & Huang 2001) drops opaque shapes with power-law sizes, p(r) ~ r^-3 from a radius of 4
-  pixels up, on top of each other; the result is scale invariant with the ~1/f amplitude spectrum and sharp occlusion edges of natural photographs.
+  pixels up, on top of each other; the result is scale invariant with the ~1/f amplitude spectrum and sharp occlusion
+  edges of natural photographs.
   Rendered at 4x and box-downsampled (antialiasing), with smooth shading and a little sensor noise per shape.
 - ImageFolder: a folder searched recursively (jpg, jpeg, png, webp, bmp). Class ids come from the first-level
   subfolders when every image sits in one (ImageNet's train folder works as is); otherwise the set is unlabelled.
