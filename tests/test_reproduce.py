@@ -1,16 +1,17 @@
-"""The one-command experiment: the smoke run writes figures 1 and 5 with finite numbers, and a rerun reuses exactly the
-artefacts whose settings match and remakes the others. The video smoke run (--num_frames 17) reports the numbers its
-artefacts give when recomputed, with spectra in range and its trivial references beside the samples."""
+"""The one-command experiment as a user runs it: the smoke run fine-tunes a baseline into paired SE and control arms,
+measures and probes them, writes a report whose numbers are those its artefacts give when recomputed, reuses what
+matches on a rerun, and never lets a held-out file reach training."""
 import json
 import math
+import os
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from data import DeadLeaves, MovingDeadLeaves
+from data import DeadLeaves, list_files
 from tests.helpers import run
-from weights import load_autoencoder
 
 
 def numbers(o):
@@ -21,102 +22,86 @@ def numbers(o):
     return [o] if isinstance(o, (int, float)) and not isinstance(o, bool) else []
 
 
-@pytest.mark.slow
-def test_smoke_run_writes_figures_and_reuses_only_what_matches(tmp_path):
-    args = ['reproduce.py', '--smoke', '--seeds', 1, '--out_dir', tmp_path]
-    run(*args, timeout=1800)
-    report = json.loads((tmp_path / 'report.json').read_text())
-    fig1 = report['fig1']
-    assert set(fig1['ldm']) == set(fig1['autoencoders']) == {'baseline', 'se'}
-    assert all(math.isfinite(v) for v in numbers(fig1) + numbers(report['fig5']))
-    for arm in ('baseline', 'se'):
-        (curve,) = [s['curve'] for s in fig1['ldm'][arm]]
-        assert [p['step'] for p in curve] == [2, 4]  # --ldm_steps 4 scored at --ldm_evals 2 evenly spaced steps
-        assert all('swd_avg' in p for p in curve)
-    base, se = fig1['autoencoders']['baseline'][0], fig1['autoencoders']['se'][0]
-    assert base['hf_share'] != se['hf_share']  # the arms differ in training...
-    assert base['bicubic_psnr'] == se['bicubic_psnr']  # ...and are measured on the same held-out images
-    assert len(report['verdict']) >= 3 and all(isinstance(v, str) for v in report['verdict'])
-    # the references beside the curves: a second draw of real images (the training stream, not the held-out set the
-    # samples are scored against), and that draw through each AE, scored by the same eval_fid.py call
-    refs = fig1['references']
-    assert set(refs) == {'real', 'baseline AE reconstructions', 'se AE reconstructions'}
-    assert all(math.isfinite(m['swd_avg']) for m in refs.values())
-    real = np.load(tmp_path / 'references' / 'real' / 'samples.npz')['arr_0']
-    drawn = torch.stack([DeadLeaves(64, seed=0, train=True)[i][0] for i in range(len(real))])
-    assert np.array_equal(real, ((drawn + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
-    ae = load_autoencoder(str(tmp_path / 'seed0' / 'ae_z16_kl1e-06_se0' / 'ckpt.pt'))
-    with torch.no_grad():
-        rec = ae.decode(ae.encode(drawn, sample=False)[0]).clamp(-1, 1)
-    made = np.load(tmp_path / 'references' / 'baseline_ae' / 'samples.npz')['arr_0']
-    assert np.abs(made.astype(int) - ((rec + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()).max() <= 1
-    md = (tmp_path / 'report.md').read_text()
-    for name in ('fig1_convergence.png', 'fig5_erasure.png', 'fig5_strip.png'):
-        assert f']({name})' in md and (tmp_path / name).stat().st_size > 0
-    for sub in ('ae_z16_kl1e-06_se0', 'ldm_z16_kl1e-06_se0.25', 'samples_z16_kl1e-06_se0_0000004'):
-        assert (tmp_path / 'seed0' / sub / 'reproduce_settings.json').exists()  # every artefact records its settings
-
-    # a rerun with one sampling setting changed: autoencoders, spectra and LDMs reused, samples and scores remade
-    p = run(*args, '--sample_steps', 2, timeout=1800)
-    assert 'making' not in ' '.join(l for l in p.stdout.splitlines() if 'ae_' in l or 'ldm_' in l)
-    assert p.stdout.count('reusing') >= 4 and 'remaking' in p.stdout and 'settings changed' in p.stdout
-    changed = json.loads((tmp_path / 'report.json').read_text())
-    assert changed['fig1']['autoencoders'] == fig1['autoencoders']
-    assert changed['fig1']['ldm']['se'][0]['curve'] != fig1['ldm']['se'][0]['curve']
-
-    # the same command again: everything reused, the same numbers
-    p = run(*args, '--sample_steps', 2, timeout=1800)
-    assert 'making' not in p.stdout and '$ ' not in p.stdout  # no script was run
-    assert json.loads((tmp_path / 'report.json').read_text())['fig1'] == changed['fig1']
+def pngs(folder):
+    return np.stack([np.asarray(Image.open(f).convert('RGB')) for f in list_files(str(folder))])
 
 
 @pytest.mark.slow
-def test_video_smoke_run_reports_what_its_artefacts_hold(tmp_path):
-    from swd import video_swd
-    args = ['reproduce.py', '--num_frames', 17, '--smoke', '--seeds', 1, '--out_dir', tmp_path]
+def test_smoke_run_pairs_the_arms_probes_them_and_reuses_what_matches(tmp_path):
+    args = ['reproduce.py', '--smoke', '--seeds', 2, '--out_dir', tmp_path]
     run(*args, timeout=1800)
     report = json.loads((tmp_path / 'report.json').read_text())
-    md = (tmp_path / 'report.md').read_text()
-    fig1, arms = report['fig1'], {'baseline', 'se', 'control', 'se_ft'}  # from scratch; the fine-tune and its control
-    assert set(fig1['ldm']) == set(fig1['autoencoders']) == arms
-    for name in ('fig1_convergence.png', 'spectra_spatial.png', 'spectra_temporal.png'):
-        assert f']({name})' in md and (tmp_path / name).stat().st_size > 0
-    base = fig1['autoencoders']['baseline'][0]
-    for arm in arms:
-        (ae,), (ldm,) = fig1['autoencoders'][arm], fig1['ldm'][arm]
-        for key in ('hf_share', 'hf_share_sample', 'rgb_hf_share', 'temporal_hf', 'rgb_temporal_hf'):
-            assert 0 < ae[key] < 2, (arm, key)  # shares in (0, 1); temporal ratios 1 for white noise in time
-        assert 0 < ae['hf_share'] < 1 and len(ae['profile']) == 64 and len(ae['hf_share_per_frame']) == 5
-        # 17 frames -> 5 latent frames -> 4 temporal AC frequencies, each channel's profile divided by its mean
-        assert len(ae['temporal_profile']) == 4 and np.mean(ae['temporal_profile']) == pytest.approx(1, abs=1e-9)
-        assert ae['bicubic_psnr'] == base['bicubic_psnr']  # every arm is measured on the same held-out clips
-        assert [p['step'] for p in ldm['curve']] == [2] and (tmp_path / ldm['curve'][0]['grid']).stat().st_size > 0
-    assert fig1['autoencoders']['se'][0]['hf_share'] != base['hf_share']  # the arms differ in training
-    clips = lambda path: torch.from_numpy(np.load(path)['arr_0']).permute(0, 1, 4, 2, 3)  # noqa: E731 (N, T, 3, H, W)
-    real = clips(tmp_path / 'real_clips' / 'real.npz')  # the held-out clips every set is scored against
-    real2 = clips(tmp_path / 'references' / 'real' / 'samples.npz')  # a second draw, from the training stream
-    assert real.shape == real2.shape == (4, 17, 3, 32, 32) and not any(torch.equal(a, b) for a in real for b in real2)
-
-    # the trivial references, recomputed from the artefacts: a second draw of real clips...
-    refs = fig1['references']
-    assert set(refs) == {'real'} | {f"{arm} AE reconstructions" for arm in arms}
-    # (rel 1e-5: the subprocess's float32 sums run in another order with other thread counts; 3e-9 was seen in CI)
-    assert refs['real']['video_swd'] == pytest.approx(video_swd(real, real2)['video_swd'], rel=1e-5)
-    assert f"| reference: real | {refs['real']['video_swd']:.2f} |" in md
-    # ...is closer to the real clips than the samples of a 2-step LDM on any arm
-    assert all(fig1['ldm'][arm][0]['curve'][-1]['video_swd'] > refs['real']['video_swd'] for arm in arms)
-    # and the SE AE's reconstructions of that draw are its decoded posterior means
-    x = torch.stack([MovingDeadLeaves(32, 17, seed=0, train=True)[i][0] for i in range(4)])  # (N, 3, T, H, W)
-    assert torch.equal(((x + 1) * 127.5).round().to(torch.uint8).transpose(1, 2), real2)
-    ae = load_autoencoder(str(tmp_path / 'seed0' / 'ae_z16_kl1e-06_se0.25' / 'ckpt.pt'))
+    assert all(math.isfinite(v) for v in numbers({k: v for k, v in report.items() if k != 'verdict'}))
+    aes, ldm = report['autoencoders'], report['ldm']['eps']
+    assert {arm: len(v) for arm, v in aes.items()} == {'control': 2, 'se': 2} == {arm: len(v) for arm, v in ldm.items()}
+    # the held-out sets: two disjoint draws of the embedded held-out stream; training images from the training stream
+    n = report['data']['heldout']
+    held = torch.stack([DeadLeaves(32, train=False)[i][0] for i in range(2 * n)])
+    as_uint8 = lambda x: ((x + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # noqa: E731
+    assert np.array_equal(pngs(tmp_path / 'data' / 'heldout'), as_uint8(held[:n]))
+    assert np.array_equal(pngs(tmp_path / 'data' / 'heldout2'), as_uint8(held[n:]))
+    assert np.array_equal(pngs(tmp_path / 'data' / 'train')[:3], as_uint8(torch.stack([DeadLeaves(32)[i][0] for i in range(3)])))
+    # every arm is measured on the same images, and the pair of a seed differs only by SE
+    assert len({m['bicubic_psnr'] for arm in aes for m in aes[arm]}) == 1
+    assert aes['se'][0]['hf_share'] != aes['control'][0]['hf_share']
+    for arm in ('control', 'se'):
+        for s, runs in enumerate(ldm[arm]):
+            assert [p['step'] for p in runs['probe']] == [2, 4]  # --ldm_steps 4 probed at --ldm_evals 2 steps
+            p = runs['probe'][-1]
+            assert len(p['eps_mse']) == len(p['levels']) == 12 and p['num_images'] == n
+            assert p['eps_mse_mean'] == pytest.approx(np.mean(p['eps_mse']))
+            assert 'swd_avg' in runs['samples'] and os.path.exists(tmp_path / runs['grid'])
+            settings = json.loads((tmp_path / f'seed{s}' / f'ae_{arm}' / 'reproduce_settings.json').read_text())
+            assert settings['args'][settings['args'].index('--seed') + 1] == str(s)  # the pair shares its seed
+    # the probe is the LDM's own loss on held-out latents: recomputed from the last snapshot with the same noise
+    from diffusion import Diffusion
+    from probe import load_ldm
+    from data import ImageFolder
+    model, process, config, shift, scale, ae = load_ldm(str(tmp_path / 'seed1' / 'ldm_eps_se' / 'ckpt_0000004.pt'))
+    x = torch.stack([ImageFolder(str(tmp_path / 'data' / 'heldout'), 32, flip=False).load(i)[0] for i in range(n)])
     with torch.no_grad():
-        recon = ((ae.decode(ae.encode(x, sample=False)[0]).clamp(-1, 1) + 1) * 127.5).round().transpose(1, 2)
-    saved = clips(tmp_path / 'references' / 'se_ae' / 'samples.npz')
-    assert (saved.float() - recon).abs().max() <= 1  # up to a rounding step
-    assert refs['se AE reconstructions']['video_swd'] == pytest.approx(video_swd(real, saved)['video_swd'], rel=1e-5)
-    assert len(report['verdict']) >= 8 and sum(v.startswith('fine-tuned: ') for v in report['verdict']) >= 4
+        z = (ae.encode(x, sample=False)[0] - shift) * scale
+        noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(0))  # the probe's first level
+        t = torch.full((n,), ldm['se'][1]['probe'][-1]['levels'][0], dtype=torch.long)
+        loss = Diffusion(config['schedule'], learn_sigma=False).training_loss(lambda *a: model(*a)[:, :z.shape[1]], z,
+                                                                               None, t=t, noise=noise)
+    assert ldm['se'][1]['probe'][-1]['eps_mse'][0] == pytest.approx(loss.mean().item(), rel=1e-4)
+    # the references, scored as the samples are: a second held-out draw, and each seed-0 AE's reconstructions of it
+    assert set(report['references']) == {'real', 'control', 'se'}
+    # the verdict: sentences with the paired test behind them
+    assert len(report['verdict']) >= 7 and all(0 <= v[1]['p_t'] <= 1 for v in report['verdict'])
+    md = (tmp_path / 'report.md').read_text()
+    for name in ('fig1_probe_eps.png', 'fig1_spectra.png', 'fig5_erasure.png', 'fig5_strip.png'):
+        assert f']({name})' in md and (tmp_path / name).stat().st_size > 0
+    assert md.splitlines()[0].startswith(('**The LDMs of', 'Every LDM passed'))  # the guard speaks first
 
     # the same command again: every artefact reused, the same numbers
     p = run(*args, timeout=1800)
-    assert 'making' not in p.stdout and '$ ' not in p.stdout
-    assert json.loads((tmp_path / 'report.json').read_text())['fig1'] == fig1
+    assert 'done in' not in p.stdout
+    again = json.loads((tmp_path / 'report.json').read_text())
+    assert again['autoencoders'] == report['autoencoders'] and again['ldm'] == report['ldm']
+
+
+@pytest.mark.slow
+def test_a_data_folder_is_split_once_and_no_held_out_file_reaches_training(tmp_path):
+    """--data: a seeded hash of file names holds some files out; train/ links only the others, the two held-out sets
+    are crops of disjoint held-out files, and every training run of the experiment reads train/ alone."""
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    for i in range(24):  # each file one flat colour, so a crop tells which file it came from
+        Image.fromarray(np.full((40, 48, 3), (10 * i, 255 - 10 * i, (37 * i) % 256), np.uint8)).save(folder / f'p{i:02d}.png')
+    out = tmp_path / 'out'
+    run('reproduce.py', '--smoke', '--seeds', 2, '--data', folder, '--out_dir', out, timeout=1800)
+    import reproduce  # noqa: F401  (the split rule itself)
+    held = {f'p{i:02d}.png' for i in range(24) if reproduce.held_out(f'p{i:02d}.png')}
+    assert 0 < len(held) < 24
+    train = {os.path.basename(os.path.realpath(f)) for f in list_files(str(out / 'data' / 'train'))}
+    assert train == {f'p{i:02d}.png' for i in range(24)} - held
+    colour = lambda name: (10 * int(name[1:3]), 255 - 10 * int(name[1:3]))  # noqa: E731
+    seen = [{tuple(img[16, 16, :2]) for img in pngs(out / 'data' / k)} for k in ('heldout', 'heldout2')]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]  # two disjoint sets of held-out files
+    assert seen[0] | seen[1] <= {colour(h) for h in held}  # ...and nothing else
+    for settings in out.glob('seed*/*/reproduce_settings.json'):
+        a = json.loads(settings.read_text()).get('args', [])
+        if '--data' in a and json.loads(settings.read_text())['script'] in ('train_ae.py', 'train_ldm.py'):
+            assert a[a.index('--data') + 1] == str(out / 'data' / 'train')
