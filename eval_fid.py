@@ -25,17 +25,18 @@ An autoencoder's reconstructions of a dataset (the embedded one when --data is o
 Every number printed also goes into a JSON file (--out); a metric that cannot run says why, there and on screen.
 """
 import os
+import sys
 import json
 import argparse
 
 import numpy as np
 import torch
 import torch.distributed as torch_dist
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from common import (checked, select_device, die, setup_distributed, cleanup_distributed, refuse_to_overwrite,
-                    no_space_is_an_error)
+                    no_space_is_an_error, check_output, load_batches, refuse_unused, non_finite)
 from data import DatasetImages, make_dataset, open_source, random_subset, shuffled
 from i3d import FVD_NUM_FRAMES, I3D_WEIGHTS_FILE, I3D_WEIGHTS_URL, i3d_features, load_i3d
 from inception import FID_WEIGHTS_FILE, load_inception
@@ -70,8 +71,8 @@ def sharded_batches(images, dist, batch_size, num_workers, desc):
     """This rank's block of `images`: yields (index (B,), x (B, 3, H, W) float on dist.device in [-1, 1]). When all
     are done, images.unreadable is the number of unreadable files (replaced by a neighbour) over all ranks."""
     lo, hi, _ = _shard(len(images), dist)
-    loader = DataLoader(Subset(images, range(lo, hi)), batch_size=batch_size, num_workers=num_workers,
-                        pin_memory=dist.device.type == 'cuda')
+    loader = load_batches(Subset(images, range(lo, hi)), batch_size=batch_size, num_workers=num_workers,
+                          pin_memory=dist.device.type == 'cuda')
     start, unreadable = lo, torch.zeros((), dtype=torch.long, device=dist.device)
     for x, bad in tqdm(loader, desc=desc, disable=not dist.master, leave=False):
         index = torch.arange(start, start + len(x))
@@ -200,6 +201,11 @@ def frechet(sets, features, save_stats, dist, what, items):
     stats = {name: source if kind == 'stats' else feature_statistics(features[name])
              for name, (kind, source) in sets.items() if kind == 'stats' or features.get(name) is not None}
     if save_stats is not None and dist.master:
+        for name, (mu, sigma) in stats.items():
+            if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+                die(f"the {what} statistics of --{name} are not finite (a set of fewer than 2 {items}, or features that "
+                    f"overflowed); nothing was written.")
+        os.makedirs(os.path.dirname(os.path.abspath(save_stats)), exist_ok=True)
         with no_space_is_an_error(os.path.dirname(os.path.abspath(save_stats))):
             np.savez_compressed(save_stats, mu=stats['real'][0], sigma=stats['real'][1])
         print(f"saved the {what} statistics of {len(sets['real'][1])} reference {items} to {save_stats}")
@@ -230,6 +236,10 @@ def open_sets(fake, real, num_real, image_size, num_frames, seed):
 def evaluate_images(real, fake, dist, inception_weights, save_stats, batch_size, num_workers, seed):
     """FID (when the Inception weights load) and SWD of the fake images against the real ones or their statistics;
     save_stats writes the Inception statistics of the real ones. -> (results, skipped)."""
+    for name, (kind, source) in (('real', real), ('fake', fake)):
+        if kind == 'stats' and np.shape(source[0]) != (2048,):
+            die(f"the --{name} statistics are {np.shape(source[0])[0]}-d, not the 2048 Inception pool3 features of FID; "
+                f"save image statistics with --save_stats from images.")
     (real_kind, real), (fake_kind, fake) = real, fake
     results, skipped = {}, {}
     inception = None
@@ -263,6 +273,8 @@ def evaluate_images(real, fake, dist, inception_weights, save_stats, batch_size,
     for name, kind, source in (('real', real_kind, real), ('fake', fake_kind, fake)):
         if kind == 'images':  # unreadable files were replaced by their neighbours: say how many
             results[f'unreadable_{name}'] = source.unreadable
+            if source.left_out:  # hidden files and files of other types, which were not read
+                results[f'left_out_{name}'] = source.left_out
     fid = frechet({'real': (real_kind, real), 'fake': (fake_kind, fake)}, features, save_stats, dist, 'Inception', 'images')
     if fid is not None:
         results['fid'] = fid
@@ -298,6 +310,9 @@ def evaluate_videos(real, fake, dist, i3d_weights, save_stats, batch_size, seed)
     for name, kind, source in sources:
         if kind == 'videos':
             results[f'num_{name}'] = len(source)
+            results[f'unreadable_{name}'] = getattr(source, 'unreadable', 0)  # a folder's videos that gave no clip
+            if getattr(source, 'left_out', None):
+                results[f'left_out_{name}'] = source.left_out
             if i3d is not None:
                 features[name] = video_set_features(source, i3d, dist, batch_size)
     fvd = frechet({'real': (real_kind, real), 'fake': (fake_kind, fake)}, features, save_stats, dist, 'FVD', 'videos')
@@ -351,10 +366,21 @@ def check_args(args):
     if args.ae is None and args.fake is None and args.save_stats is None:
         die("nothing to evaluate; pass --fake (generated images), --ae (an autoencoder) or --save_stats (reference statistics).")
     out = args.out or os.path.splitext((args.fake or args.ae or args.save_stats).rstrip('/'))[0] + '_metrics.json'
+    check_output(out, '--out' if args.out else f'--out (by default {out})', folder=False)
     refuse_to_overwrite([out], args.overwrite, flag='--out')
     if args.save_stats is not None:
+        check_output(args.save_stats, '--save_stats', folder=False)
         refuse_to_overwrite([args.save_stats], args.overwrite, flag='--save_stats')
     return out
+
+
+def check_results(results):
+    """Every number is finite: a NaN or infinite metric (statistics of one image, a broken set) is an error, never a
+    number in the JSON."""
+    bad = non_finite(results)
+    if bad:
+        die(f"{', '.join(bad)} came out as no finite number for the sets given (a set of fewer than 2 images, or "
+            f"statistics that are not a covariance); nothing was written.")
 
 
 def main(argv=None):
@@ -399,9 +425,13 @@ def main(argv=None):
         skipped = {name: why for name, why in skipped.items() if why is not None}
         results = {'num_images': len(images),
                    **evaluate_autoencoder(ae, images, dist, inception, lpips, args.batch_size, args.num_workers),
-                   'unreadable_images': images.unreadable}  # replaced by their neighbours, counted
+                   'unreadable_images': images.unreadable,  # replaced by their neighbours, counted
+                   **({'left_out_images': images.left_out} if images.left_out else {})}
     else:  # generated images or videos against a reference set
         fake, real, video = open_sets(args.fake, args.real, args.num_real, args.image_size, args.num_frames, args.seed)
+        refuse_unused(argv if argv is not None else sys.argv[1:], [
+            ('--i3d_weights', video, 'only applies to videos (FVD)'),
+            ('--inception_weights', not video, 'only applies to images (FID)')])
         if video:
             results, skipped = evaluate_videos(real, fake, dist, args.i3d_weights, args.save_stats, args.batch_size,
                                                args.seed)
@@ -409,10 +439,12 @@ def main(argv=None):
             results, skipped = evaluate_images(real, fake, dist, args.inception_weights, args.save_stats,
                                                args.batch_size, args.num_workers, args.seed)
     if dist.master:
+        check_results(results)
         for name, value in results.items():
             print(f"{name:>12s}  {value:.4f}" if isinstance(value, float) else f"{name:>12s}  {value}")
         for name, why in skipped.items():
             print(f"{name:>12s}  skipped: {why}")
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with no_space_is_an_error(os.path.dirname(os.path.abspath(out))), open(out, 'w') as f:
             json.dump({**results, 'skipped': skipped, 'args': vars(args)}, f, indent=2)
         print(f"wrote {out}")

@@ -17,6 +17,7 @@ the result does not depend on the batch size or the number of processes, and no 
 samples.npz then also holds the labels (arr_1, as ADM's image_sample.py) and the protocol ('label_protocol').
 """
 import os
+import sys
 import glob
 import argparse
 
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from common import (checked, select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_to_overwrite,
-                    no_space_is_an_error)
+                    no_space_is_an_error, check_output, lock_folder, refuse_unused)
 from diffusion import SPACINGS, Diffusion, cfg_model_fn, spaced_timesteps, sample_generators, randn
 from metrics import to_uint8
 from model import build_backbone
@@ -58,8 +59,12 @@ parser.add_argument('--dtype', type=str, default='auto', choices=['auto', 'float
 args = parser.parse_args()
 if args.sampler == 'ddpm' and args.eta != 0:
     die("--eta only applies to --sampler ddim (ancestral DDPM has its own noise).")
+refuse_unused(sys.argv[1:], [('--cfg_channels', args.cfg_scale != 1, 'only applies with --cfg_scale other than 1')])
 out_dir = args.out_dir or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), 'samples')
 image_dir, video_dir = os.path.join(out_dir, 'images'), os.path.join(out_dir, 'videos')
+check_output(out_dir, '--out_dir', folder=True)  # before any work, and locked: two samplers never mix their files
+if int(os.environ.get('RANK', 0)) == 0:
+    lock_folder(out_dir, '--out_dir')
 # samples of another run in out_dir would mix with these, and eval_fid would score them together
 refuse_to_overwrite([os.path.join(out_dir, 'samples.npz')] + sorted(glob.glob(os.path.join(image_dir, '*.png')))[:1]
                     + sorted(glob.glob(os.path.join(video_dir, '*.mp4')))[:1], args.overwrite)
@@ -74,16 +79,18 @@ torch.set_grad_enabled(False)
 
 if not os.path.isfile(args.ckpt):
     die(f"LDM checkpoint {args.ckpt} does not exist; pass a train_ldm.py checkpoint with --ckpt.")
-ckpt = load_checkpoint(args.ckpt)
-if 'backbone' not in ckpt.get('config', {}):
-    die(f"{args.ckpt} is not a train_ldm.py checkpoint (it has no backbone config).")
+ckpt = load_checkpoint(args.ckpt, 'ldm')
 config = ckpt['config']
 backbone = config['backbone']
 video = 'num_frames' in backbone  # a video DiT on (B, C, T', h, w) latents
-model = build_backbone(**backbone).to(device).eval()
 if args.no_ema and 'model' not in ckpt:
     die(f"{args.ckpt} holds only the EMA weights (train_ldm.py's ema.pt); drop --no_ema or pass its ckpt.pt.")
-model.load_state_dict(ckpt['model'] if args.no_ema else ckpt['ema'])
+try:
+    model = build_backbone(**backbone).to(device).eval()
+    model.load_state_dict(ckpt['model'] if args.no_ema else ckpt['ema'])
+except (ValueError, TypeError, KeyError, RuntimeError) as e:
+    die(f"the weights in {args.ckpt} do not fit the backbone its config describes ({type(e).__name__}: "
+        f"{str(e).splitlines()[0][:160]}); it is not a checkpoint train_ldm.py wrote.")
 diffusion = Diffusion(config['schedule'], prediction=config['prediction'], learn_sigma=config['learn_sigma'],
                       device=device)
 latent_scale, latent_shift = (broadcast_latent_norm(ckpt[k], 5 if video else 4, device) for k in ('latent_scale', 'latent_shift'))
@@ -111,6 +118,12 @@ if num_classes == 0:
     if args.classes is not None or args.labels is not None or args.cfg_scale != 1:
         die("this model is unconditional; --classes, --labels and --cfg_scale do not apply.")
     classes = labels = None
+elif args.cfg_scale != 1 and not backbone['class_dropout_prob'] > 0:
+    die(f"classifier-free guidance needs the null label that label dropout trains, and {args.ckpt} was trained with "
+        f"--class_dropout_prob 0; sample it with --cfg_scale 1.")
+elif args.cfg_channels is not None and args.cfg_channels > backbone['in_channels']:
+    die(f"--cfg_channels {args.cfg_channels} is more than the model's {backbone['in_channels']} latent channels; pass "
+        f"at most {backbone['in_channels']}, or leave it out to guide them all.")
 else:
     try:
         classes = [int(c) for c in args.classes.split(',')] if args.classes else list(range(num_classes))

@@ -32,6 +32,7 @@ Shared flags (common.add_common_args) and their defaults in this script:
   switches: --random_crop  --compile  --resume  --allow_changes  --overwrite  --init_from PATH
 """
 import os
+import sys
 import json
 import time
 import random
@@ -50,7 +51,7 @@ from common import (add_common_args, die, setup_distributed, cleanup_distributed
                     make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states,
                     CheckpointWriter, update_ema, Loader, save_image_grid, tile_videos, write_mp4, Logger,
                     note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, checked, int_list,
-                    check_run_dir, prepare_run_dir, check_resume_steps, resume_run, no_space_is_an_error)
+                    check_run_dir, prepare_run_dir, check_resume_steps, resume_run, no_space_is_an_error, refuse_unused)
 from data import make_dataset, random_subset
 from metrics import bicubic_at_latent_grid, psnr, rgb_on_latent_grid, to_uint8
 from model import (AE_PRESETS, SE_DOWNSAMPLING, Autoencoder, NLayerDiscriminator, hinge_d_loss, adaptive_gan_weight,
@@ -123,8 +124,14 @@ def check_args(args):
         die(f"LPIPS needs images of at least {LPIPS_MIN_SIZE} pixels (VGG16 halves them four times), and --image_size "
             f"{args.image_size} with SE factor {max(args.se_scales)} gives {smallest}; raise --image_size, lower "
             f"--se_scales, or train without LPIPS with --lpips_weight 0.")
+    refuse_unused(sys.argv[1:], [
+        ('--frame_stride', video, 'only applies to video (--num_frames > 1)'),
+        ('--vgg_weights', args.lpips_weight > 0, 'only applies with --lpips_weight > 0'),
+        ('--lpips_lin_weights', args.lpips_weight > 0, 'only applies with --lpips_weight > 0'),
+        ('--disc_lr', args.disc_weight > 0, 'only applies with --disc_weight > 0'),
+        ('--allow_changes', args.resume, 'only applies with --resume')])
     ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite)
-    ckpt = load_checkpoint(ckpt_path, script='train_ae.py', holds='disc') if args.resume else None
+    ckpt = load_checkpoint(ckpt_path, 'train_ae.py') if args.resume else None
     if ckpt is not None:
         check_resume_steps(ckpt, ckpt_path, args.max_steps)
         if args.ema_decay > 0 and 'ema' not in ckpt:
@@ -140,7 +147,7 @@ ckpt_path, ckpt = check_args(args)
 dist = setup_distributed(args.device)
 device = dist.device
 dtype = resolve_dtype(args.dtype, device)
-prepare_run_dir(args.out_dir, ckpt_path, args.overwrite, dist.master)
+prepare_run_dir(args.out_dir, args.overwrite, dist.master)
 seed_everything(args.seed + dist.rank)  # different noise per rank; the data shard differs by construction
 
 # -----------------------------------------------------------------------------
@@ -180,9 +187,10 @@ if not args.init_from:
     ae = (VideoAutoencoder if video else Autoencoder)(ae_config)
 ae.to(device).train()
 f = ae.downsample_factor
-if args.image_size % (f * max(se_scales, default=1)) != 0:
+se_largest = max(se_scales, default=1) if args.se_weight > 0 else 1
+if args.image_size % (f * se_largest) != 0:
     die(f"--image_size {args.image_size} must be divisible by the downsampling factor {f} times the largest SE scale "
-        f"{max(se_scales, default=1)}, so that x and z shrink by the same factor.")
+        f"{se_largest}, so that x and z shrink by the same factor.")
 disc = NLayerDiscriminator().to(device).train()
 lpips = None
 if args.lpips_weight > 0:
@@ -202,7 +210,7 @@ scaler = make_grad_scaler(dtype, device)
 # -----------------------------------------------------------------------------
 # resume: a change of the data stream (common.RESUME_EXACT) or of what the model is cannot continue the run exactly
 
-run_config = {**vars(args), 'num_images': len(dataset)}
+run_config = {**vars(args), 'num_images': len(dataset), 'disc_start': disc_start}  # resolved, as saved
 step = 0
 if ckpt is not None:
     step = resume_run(ckpt, run_config, args.allow_changes, dist, args.out_dir,
@@ -389,7 +397,7 @@ while step < args.max_steps:
         dt, train_time, timed_steps = train_time / timed_steps, 0.0, 0
         images = args.batch_size * args.grad_accum * dist.world_size * args.num_frames  # video: frames
         logger.log(step, **{k: (all_reduce_mean(v.float(), dist) if torch.is_tensor(v) else v) for k, v in terms.items()},
-                   step_time=dt, images_per_sec=images / dt, skipped_images=loader.skipped, lr=lr,
+                   step_time=dt, images_per_sec=images / dt, skipped_images=loader.skipped(), lr=lr,
                    **peak_memory(device))
     if step % args.ckpt_interval == 0 or step == args.max_steps:
         checkpoint()  # before the optional evaluation, so that nothing it does can cost the run

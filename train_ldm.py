@@ -37,6 +37,7 @@ Shared flags (common.add_common_args) and their defaults in this script:
   switches: --random_crop  --compile  --resume  --allow_changes  --overwrite  --init_from PATH
 """
 import os
+import sys
 import json
 import time
 import argparse
@@ -51,7 +52,8 @@ from common import (add_common_args, die, setup_distributed, cleanup_distributed
                     make_grad_scaler, broadcast_latent_norm, all_reduce_mean, seed_everything, gather_rng_states,
                     CheckpointWriter, update_ema, Loader, save_image_grid, save_video_grid, Logger,
                     note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, checked, check_run_dir,
-                    prepare_run_dir, check_resume_steps, resume_run, weights_hash, no_space_is_an_error)
+                    prepare_run_dir, check_resume_steps, resume_run, weights_hash, no_space_is_an_error, refuse_unused,
+                    check_output)
 from data import make_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
 from diffusion import SCHEDULES, Diffusion
 from metrics import to_uint8
@@ -67,7 +69,7 @@ add_common_args(parser, out_dir='out/ldm', lr=1e-4, preset='tiny', batch_size=32
                 ckpt_interval=2500)
 parser.add_argument('--ae', type=str, default='out/ae/ckpt.pt', help='the frozen autoencoder: a train_ae.py checkpoint or public weights')
 parser.add_argument('--ae_preset', type=str, default=None, help="architecture of public --ae weights ('sd', 'flux'); not needed for train_ae.py checkpoints")
-parser.add_argument('--model', type=str, default='unet', choices=['unet', 'dit'], help='the denoiser backbone; --preset picks its size (unet: tiny, ldm-32, ldm-64; dit: tiny, DiT-S/2 ... DiT-XL/8)')
+parser.add_argument('--model', type=str, default=None, choices=['unet', 'dit'], help='the denoiser backbone; --preset picks its size (unet: tiny, ldm-32, ldm-64; dit: tiny, DiT-S/2 ... DiT-XL/8); default: unet for images, dit for video (the only video backbone)')
 parser.add_argument('--schedule', type=str, default=None, choices=SCHEDULES, help="noise schedule (diffusion.beta_schedule); default: the backbone paper's (unet: ldm_linear as LDM, dit: linear as DiT); scaled_linear is Stable Diffusion's")
 parser.add_argument('--prediction', type=str, default='eps', choices=['eps', 'v'], help='what the network predicts')
 parser.add_argument('--learn_sigma', action=argparse.BooleanOptionalAction, default=None, help='also learn the variance (iDDPM, with L_vlb); default: on for dit, off for unet')
@@ -86,6 +88,7 @@ parser.add_argument('--frame_stride', type=checked(int, lo=1), default=1, help='
 parser.add_argument('--sample_steps', type=checked(int, lo=1, hi=1000), default=50, help='DDIM steps for the periodic sample grid')
 args = parser.parse_args()
 video = args.num_frames > 1
+args.model = args.model or ('dit' if video else 'unet')  # as train_ae.py's VIDEO_DEFAULTS: video has one backbone
 latent_norm = args.latent_norm or ('channel' if video else 'scalar')
 learn_sigma = args.learn_sigma if args.learn_sigma is not None else args.model == 'dit'
 schedule = args.schedule or {'unet': 'ldm_linear', 'dit': 'linear'}[args.model]
@@ -101,8 +104,13 @@ def check_args(args):
     if args.cache_latents and (args.data is None or args.random_crop) and args.cache_size is None:
         die("--cache_latents with the embedded dataset or --random_crop needs --cache_size N: there is no end to the "
             "images (or crops) to cache.")
+    refuse_unused(sys.argv[1:], [('--cache_size', args.cache_latents, 'only applies with --cache_latents'),
+                                 ('--frame_stride', video, 'only applies to video (--num_frames > 1)'),
+                                 ('--allow_changes', args.resume, 'only applies with --resume')])
     ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite)
-    ckpt = load_checkpoint(ckpt_path, script='train_ldm.py', holds='latent_scale') if args.resume else None
+    if args.cache_latents and not os.path.isfile(os.path.join(args.cache_latents, 'meta.json')):
+        check_output(args.cache_latents, '--cache_latents', folder=True)  # it will be built (a made one may be read-only)
+    ckpt = load_checkpoint(ckpt_path, 'train_ldm.py') if args.resume else None
     if ckpt is not None:
         check_resume_steps(ckpt, ckpt_path, args.max_steps)
     return ckpt_path, ckpt
@@ -117,7 +125,7 @@ saved = ckpt['config'] if ckpt is not None else None  # the settings of the run 
 dist = setup_distributed(args.device)
 device = dist.device
 dtype = resolve_dtype(args.dtype, device)
-prepare_run_dir(args.out_dir, ckpt_path, args.overwrite, dist.master)
+prepare_run_dir(args.out_dir, args.overwrite, dist.master)
 seed_everything(args.seed + dist.rank)
 
 ae_path = saved['ae'] if saved and args.ae == parser.get_default('ae') else args.ae
@@ -175,7 +183,8 @@ else:
     dataset = images
 num_classes = dataset.num_classes
 loader = Loader(dataset, args.batch_size, args.seed, dist, num_workers=args.num_workers)
-run_config = {**vars(args), 'num_images': len(dataset)}
+run_config = {**vars(args), 'num_images': len(dataset), 'schedule': schedule, 'learn_sigma': learn_sigma,
+              'latent_norm': latent_norm}  # the resolved defaults, as saved: a resume compares like with like
 
 
 def to_latent(x):
@@ -230,8 +239,8 @@ scaler = make_grad_scaler(dtype, device)
 
 step = 0
 if args.init_from:
-    init = load_checkpoint(args.init_from)
-    for module, state in ((raw_model, init['model']), (ema, init.get('ema', init['model']))):
+    init = load_checkpoint(args.init_from, 'ldm')  # ckpt.pt, or ema.pt whose EMA weights start both
+    for module, state in ((raw_model, init.get('model', init['ema'])), (ema, init['ema'])):
         try:
             module.load_state_dict(state)
         except RuntimeError:
@@ -341,7 +350,7 @@ while step < args.max_steps:
         dt, train_time, timed_steps = train_time / timed_steps, 0.0, 0
         latents = args.batch_size * args.grad_accum * dist.world_size
         logger.log(step, loss=all_reduce_mean(loss_sum.float(), dist), step_time=dt, latents_per_sec=latents / dt, lr=args.lr,
-                   skipped_images=loader.skipped, **peak_memory(device))
+                   skipped_images=loader.skipped(), **peak_memory(device))
     if step % args.ckpt_interval == 0 or step == args.max_steps:
         checkpoint()  # before the optional sample grid, so that nothing it does can cost the run
     if (step % args.eval_interval == 0 or step == args.max_steps) and dist.master:

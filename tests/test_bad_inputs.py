@@ -67,6 +67,7 @@ def run_script(name, argv):
     except SystemExit as e:
         code = e.code if e.code is not None else 0
     finally:
+        common.release_locks()  # what the interpreter's exit does for a script run on its own
         sys.argv = saved[0]
         torch.set_grad_enabled(saved[1])
         torch.set_rng_state(saved[2])
@@ -381,7 +382,7 @@ def link_loop_and_pipe_are_listed_once(tmp, runs):
     os.symlink(folder, tmp / 'again')
     os.symlink(tmp / 'again', folder / 'again')  # the same folder by another path
     os.mkfifo(folder / 'pipe.png')  # reading it would block forever
-    assert [os.path.basename(f) for f in data.list_files(folder)] == [f'good{i}.png' for i in range(4)]
+    assert [os.path.basename(f) for f in data.list_files(folder)[0]] == [f'good{i}.png' for i in range(4)]
 
 
 def prepare_loop_folder(tmp, runs):
