@@ -122,7 +122,7 @@ def contents_problem(obj, spec, where='it'):
 
 
 # what each reader of our own checkpoints uses, checked once when the file is read (load_checkpoint)
-_AE = {'model': STATE_DICT, 'ema?': STATE_DICT, 'config': {'preset': str, 'ae_config': dict, 'num_frames?': int}}
+_AE = {'model': STATE_DICT, 'ema?': STATE_DICT, 'config': {'preset': str, 'ae_config?': dict, 'num_frames?': int}}
 _LDM = {'ema': STATE_DICT, 'model?': STATE_DICT, 'step': int, 'latent_scale': (float, list), 'latent_shift': (float, list),
         'config': {'ae': str, 'image_size': int, 'schedule?': (str, type(None)), 'prediction': str, 'learn_sigma': bool,
                    'backbone': {'model': str, 'preset': str, 'latent_size': int, 'in_channels': int, 'num_classes': int,
