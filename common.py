@@ -110,7 +110,8 @@ def refuse_unused(argv, rules):
 def check_run_dir(out_dir, resume, overwrite):
     """A training run's --out_dir, checked and locked before anything is built: it must be a folder this user can
     write (check_output), no other run may be writing into it (lock_folder, rank 0 for all ranks), a new run refuses to
-    mix its files with another run's (unless --overwrite), a resumed one needs its checkpoint. -> the checkpoint path."""
+    mix its files with another run's (unless --overwrite), a resumed one needs its checkpoint. -> the checkpoint
+    path."""
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
     if resume and overwrite:
         die("--resume continues the run in --out_dir and --overwrite replaces it; pass one of them.")
@@ -207,6 +208,8 @@ def check_output(path, flag, folder):
         if len(os.fsencode(name)) > name_max:
             die(f"{flag} {path}: the name '{name[:24]}...' is {len(os.fsencode(name))} bytes long, and the file "
                 f"system allows {name_max}; choose a shorter name.")
+    if os.path.lexists(path) and not os.path.exists(path):
+        die(f"{flag} {path} is a symbolic link to nothing; remove it or choose another path.")
     if os.path.isdir(path) and not folder:
         die(f"{flag} {path} is a folder; pass the path of the file to write.")
     if os.path.exists(path) and not os.path.isdir(path) and folder:
@@ -760,7 +763,9 @@ class Counted(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         x, y, unreadable = self.dataset.load(item)
-        return (x, y, unreadable, item[0] if isinstance(item, tuple) else item) if self.with_index else (x, y, unreadable)
+        if not self.with_index:
+            return x, y, unreadable
+        return x, y, unreadable, item[0] if isinstance(item, tuple) else item
 
 
 class WorkerStopped(Exception):

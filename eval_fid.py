@@ -203,8 +203,8 @@ def frechet(sets, features, save_stats, dist, what, items):
     if save_stats is not None and dist.master:
         for name, (mu, sigma) in stats.items():
             if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-                die(f"the {what} statistics of --{name} are not finite (a set of fewer than 2 {items}, or features that "
-                    f"overflowed); nothing was written.")
+                die(f"the {what} statistics of --{name} are not finite (a set of fewer than 2 {items}, or features "
+                    f"that overflowed); nothing was written.")
         os.makedirs(os.path.dirname(os.path.abspath(save_stats)), exist_ok=True)
         with no_space_is_an_error(os.path.dirname(os.path.abspath(save_stats))):
             np.savez_compressed(save_stats, mu=stats['real'][0], sigma=stats['real'][1])
@@ -238,8 +238,8 @@ def evaluate_images(real, fake, dist, inception_weights, save_stats, batch_size,
     save_stats writes the Inception statistics of the real ones. -> (results, skipped)."""
     for name, (kind, source) in (('real', real), ('fake', fake)):
         if kind == 'stats' and np.shape(source[0]) != (2048,):
-            die(f"the --{name} statistics are {np.shape(source[0])[0]}-d, not the 2048 Inception pool3 features of FID; "
-                f"save image statistics with --save_stats from images.")
+            die(f"the --{name} statistics are {np.shape(source[0])[0]}-d, not the 2048 Inception pool3 features of "
+                f"FID; save image statistics with --save_stats from images.")
     (real_kind, real), (fake_kind, fake) = real, fake
     results, skipped = {}, {}
     inception = None
@@ -446,7 +446,8 @@ def main(argv=None):
             print(f"{name:>12s}  skipped: {why}")
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with no_space_is_an_error(os.path.dirname(os.path.abspath(out))), open(out, 'w') as f:
-            json.dump({**results, 'skipped': skipped, 'args': vars(args)}, f, indent=2)
+            json.dump({**results, 'skipped': skipped, 'args': vars(args)}, f, indent=2,
+                      default=lambda v: v.item() if hasattr(v, 'item') else str(v))  # a numpy number is a number
         print(f"wrote {out}")
     cleanup_distributed()
     return results, skipped

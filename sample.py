@@ -62,7 +62,8 @@ if args.sampler == 'ddpm' and args.eta != 0:
 refuse_unused(sys.argv[1:], [('--cfg_channels', args.cfg_scale != 1, 'only applies with --cfg_scale other than 1')])
 out_dir = args.out_dir or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), 'samples')
 image_dir, video_dir = os.path.join(out_dir, 'images'), os.path.join(out_dir, 'videos')
-check_output(out_dir, '--out_dir', folder=True)  # before any work, and locked: two samplers never mix their files
+# checked before any work, and locked: two samplers never mix their files
+check_output(out_dir, '--out_dir' if args.out_dir else f'--out_dir (by default {out_dir})', folder=True)
 if int(os.environ.get('RANK', 0)) == 0:
     lock_folder(out_dir, '--out_dir')
 # samples of another run in out_dir would mix with these, and eval_fid would score them together

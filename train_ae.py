@@ -131,7 +131,8 @@ def check_args(args):
         ('--disc_lr', args.disc_weight > 0, 'only applies with --disc_weight > 0'),
         ('--allow_changes', args.resume, 'only applies with --resume')])
     ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite)
-    ckpt = load_checkpoint(ckpt_path, 'train_ae.py') if args.resume else None
+    ckpt = (load_checkpoint(ckpt_path, 'train_ae.py', hint='resume a train_ae.py run, or choose another --out_dir')
+            if args.resume else None)
     if ckpt is not None:
         check_resume_steps(ckpt, ckpt_path, args.max_steps)
         if args.ema_decay > 0 and 'ema' not in ckpt:

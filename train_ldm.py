@@ -109,8 +109,9 @@ def check_args(args):
                                  ('--allow_changes', args.resume, 'only applies with --resume')])
     ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite)
     if args.cache_latents and not os.path.isfile(os.path.join(args.cache_latents, 'meta.json')):
-        check_output(args.cache_latents, '--cache_latents', folder=True)  # it will be built (a made one may be read-only)
-    ckpt = load_checkpoint(ckpt_path, 'train_ldm.py') if args.resume else None
+        check_output(args.cache_latents, '--cache_latents', folder=True)  # to be built (a made one may be read-only)
+    ckpt = (load_checkpoint(ckpt_path, 'train_ldm.py', hint='resume a train_ldm.py run, or choose another --out_dir')
+            if args.resume else None)
     if ckpt is not None:
         check_resume_steps(ckpt, ckpt_path, args.max_steps)
     return ckpt_path, ckpt

@@ -62,7 +62,8 @@ def unreadable(name, error, hint=''):
         return (f"{name} was refused: it holds Python objects ({found[1]}), and only tensors, numbers, strings, lists "
                 f"and dicts are read, since loading anything else can run code"
                 f"{hint or '; convert weights you trust to .safetensors'}")
-    return f"{name} could not be read as torch weights ({type(error).__name__}){hint or '; check that the file is complete'}"
+    hint = hint or '; check that the file is complete'
+    return f"{name} could not be read as torch weights ({type(error).__name__}){hint}"
 
 
 def read_file(path, name=None, hint=''):
@@ -88,8 +89,13 @@ def read_file(path, name=None, hint=''):
 STATE_DICT = 'a state dict'  # in a spec: a dict of names -> tensors
 
 
+_NAMES = {int: 'an integer', float: 'a number', str: 'a string', bool: 'True or False', list: 'a list', dict: 'a dict',
+          tuple: 'a tuple', type(None): 'None'}
+
+
 def _a(value):
-    return 'None' if value is None else f"a {type(value).__name__}"
+    """What a value is, in words: 'a list', 'a Tensor', 'None'."""
+    return _NAMES.get(type(value), f"a {type(value).__name__}")
 
 
 def contents_problem(obj, spec, where='it'):
@@ -117,23 +123,25 @@ def contents_problem(obj, spec, where='it'):
     kinds = spec if isinstance(spec, tuple) else (spec,)
     kinds += (int,) if float in kinds else ()
     if not isinstance(obj, kinds) or (isinstance(obj, bool) and bool not in kinds):
-        return f"{where} is {_a(obj)}, not {' or '.join(_a(k()) if k is not type(None) else 'None' for k in kinds[:2])}"
+        return f"{where} is {_a(obj)}, not {' or '.join(_NAMES.get(k, k.__name__) for k in kinds[:2])}"
     return None
 
 
 # what each reader of our own checkpoints uses, checked once when the file is read (load_checkpoint)
 _AE = {'model': STATE_DICT, 'ema?': STATE_DICT, 'config': {'preset': str, 'ae_config?': dict, 'num_frames?': int}}
-_LDM = {'ema': STATE_DICT, 'model?': STATE_DICT, 'step': int, 'latent_scale': (float, list), 'latent_shift': (float, list),
+_LDM = {'ema': STATE_DICT, 'model?': STATE_DICT, 'step': int,
+        'latent_scale': (float, list), 'latent_shift': (float, list),
         'config': {'ae': str, 'image_size': int, 'schedule?': (str, type(None)), 'prediction': str, 'learn_sigma': bool,
                    'backbone': {'model': str, 'preset': str, 'latent_size': int, 'in_channels': int, 'num_classes': int,
                                 'learn_sigma': bool, 'class_dropout_prob': float, 'num_frames?': int}}}
 _RUN = {'step': int, 'rng': list, 'scaler': dict, 'loader': {'epoch': int, 'batch_in_epoch': int, 'unreadable': list}}
-CHECKPOINTS = {  # kind -> (what it is, in words; its spec)
-    'train_ae.py': ('a train_ae.py checkpoint', {**_AE, **_RUN, 'disc': STATE_DICT, 'opt_g': dict, 'opt_d': dict}),
-    'train_ldm.py': ('a train_ldm.py checkpoint', {**_LDM, **_RUN, 'model': STATE_DICT, 'opt': dict}),
-    'ldm': ('a train_ldm.py checkpoint (its ckpt.pt or ema.pt)', _LDM),
-    'autoencoder': ('a train_ae.py checkpoint', _AE),
-    None: ('a checkpoint of this project', {'step': int}),  # where only the step is read (reproduce.py)
+CHECKPOINTS = {  # kind -> (what it is, in words; the script that writes it; its spec)
+    'train_ae.py': ('a train_ae.py checkpoint', 'train_ae.py',
+                    {**_AE, **_RUN, 'disc': STATE_DICT, 'opt_g': dict, 'opt_d': dict}),
+    'train_ldm.py': ('a train_ldm.py checkpoint', 'train_ldm.py', {**_LDM, **_RUN, 'model': STATE_DICT, 'opt': dict}),
+    'ldm': ('a train_ldm.py checkpoint (its ckpt.pt or ema.pt)', 'train_ldm.py', _LDM),
+    'autoencoder': ('a train_ae.py checkpoint', 'train_ae.py', _AE),
+    None: ('a checkpoint of this project', 'a training script', {'step': int}),  # only the step is read (reproduce.py)
 }
 
 
@@ -230,19 +238,20 @@ def load_strictly(model, sd, what, presets):
     return model
 
 
-def load_checkpoint(path, kind=None):
+def load_checkpoint(path, kind=None, hint=None):
     """One of this project's own checkpoints, of `kind` (a key of CHECKPOINTS), read through read_file (tensors only)
     and checked against the structure its readers use; anything else is one sentence, and the script stops. An EMA
     export (train_ldm.py's ema.pt) must be at the step of the ckpt.pt beside it: the two are written one after the
-    other, and a run killed in between leaves an ema.pt of older weights, which would be sampled without a word."""
-    what, spec = CHECKPOINTS[kind]
+    other, and a run killed in between leaves an ema.pt of older weights, which would be sampled without a word.
+    `hint` replaces the advice of the sentence for a file of another kind."""
+    what, script, spec = CHECKPOINTS[kind]
     try:
         ckpt = read_file(path, f"checkpoint {path}")
     except (FileNotFoundError, ValueError) as e:
         die(str(e))
     problem = contents_problem(ckpt, spec)
     if problem:
-        die(f"{path} is not {what}: {problem}; pass one that {what[2:].split(' (')[0]} wrote.")
+        die(f"{path} is not {what}: {problem}; {hint or f'pass a checkpoint that {script} wrote'}.")
     sibling = os.path.join(os.path.dirname(os.path.abspath(path)), 'ckpt.pt')
     if kind == 'ldm' and 'model' not in ckpt and os.path.isfile(sibling):
         try:
@@ -268,7 +277,7 @@ def read_autoencoder(path, preset=None):
         raise ValueError(f"{path} is a train_ldm.py checkpoint (a diffusion model), not an autoencoder; pass the "
                          f"train_ae.py checkpoint or the public weights of one.")
     if isinstance(ckpt, dict) and 'model' in ckpt and 'config' in ckpt:  # a train_ae.py checkpoint
-        problem = contents_problem(ckpt, CHECKPOINTS['autoencoder'][1])
+        problem = contents_problem(ckpt, CHECKPOINTS['autoencoder'][2])
         if problem:
             raise ValueError(f"{path} is not a train_ae.py checkpoint: {problem}.")
         config, state = ckpt['config'], ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model']

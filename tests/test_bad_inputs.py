@@ -931,7 +931,7 @@ CASES += [
         Error(r'l.pt is not a train_ldm.py checkpoint .*: it is a list, not a dict')),
     Case('sample.py --ckpt whose config is a string', script('sample.py', lambda t, r: [
         '--ckpt', edited_checkpoint(r['ldm'], t / 'c.pt', config='x'), '--device', 'cpu', '--out_dir', t / 's']),
-        Error(r"its 'config' is a str, not a dict")),
+        Error(r"its 'config' is a string, not a dict")),
     Case('train_ldm --ae with a list of tensors', script('train_ldm.py', lambda t, r: TINY_LDM + [
         '--ae', saved(t / 'l.pt', [torch.zeros(1)]), '--out_dir', t / 'o']), Error(r'holds no autoencoder weights: it is a list')),
     Case('spectrum.py --ckpt whose model is a list', script('spectrum.py', lambda t, r: [

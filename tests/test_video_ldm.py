@@ -73,8 +73,8 @@ def test_video_ldm_trains_resumes_exactly_and_samples(tmp_path):
 
 
 def test_video_ldm_bad_inputs_are_one_sentence(tmp_path):
-    p = run('train_ldm.py', '--num_frames', 5, '--out_dir', tmp_path / 'o', check=False)
-    assert p.returncode != 0 and 'need --model dit' in p.stderr + p.stdout
+    p = run('train_ldm.py', '--num_frames', 5, '--model', 'unet', '--out_dir', tmp_path / 'o', check=False)
+    assert p.returncode != 0 and 'need --model dit' in p.stderr + p.stdout  # the default for video is DiT
 
 
 def test_eval_reads_the_middle_clip_of_every_readable_video_in_a_folder(tmp_path):
