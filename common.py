@@ -230,32 +230,25 @@ _held_locks = {}  # path -> (the text this process wrote into it, True when lock
 
 def lock_folder(folder, flag):
     """Take `folder` for this run alone, before anything is written there: an exclusive lock file (folder/.lock, made
-    with O_EXCL through a hard link, so it appears whole) that names this process and host. Another run's live lock
-    is one sentence; a lock whose process is gone from this host (a run that was killed) is taken over, with a
-    message. Then the temporary files a killed writer can leave (NAME.tmp, NAME.tmp.PID) are removed: with the lock
-    held, no live writer owns them. The lock goes when the process exits (release_locks)."""
+    with O_EXCL semantics: a hard link of a written file, so that it appears whole) that names this process and host.
+    Another run's live lock is one sentence; a lock whose process is gone from this host (a run that was killed) is
+    taken over, with a message. Then the temporary files a killed writer can leave (NAME.tmp, NAME.tmp.PID) are
+    removed: with the lock held, no live writer owns them. The lock goes when the process exits (release_locks).
+    -> True when this call took the lock, False when this process held it already (a cache inside its --out_dir)."""
     import socket
     path = os.path.join(folder, LOCK_FILE)
     if path in _held_locks:
-        return
+        return False
     made = not os.path.isdir(folder)
+    text = f"{os.getpid()} {socket.gethostname()} {time.time():.6f}\n"
     try:
         os.makedirs(folder, exist_ok=True)
-        text = f"{os.getpid()} {socket.gethostname()} {time.time():.6f}\n"
-        mine = os.path.join(folder, f"{LOCK_FILE}.{os.getpid()}.tmp")
-        with open(mine, 'w') as f:
-            f.write(text)
-        try:
-            for _ in range(10):  # a lost race for a stale lock goes round again
-                try:
-                    os.link(mine, path)  # fails if the lock exists: atomic, with its content in place
-                    break
-                except FileExistsError:
-                    _take_over_if_stale(path, folder, flag)
-            else:
-                die(f"{folder} could not be locked ({path} keeps changing); run again.")
-        finally:
-            os.remove(mine)
+        for _ in range(10):  # a lost race for a stale lock goes round again
+            if _create_lock(path, text):
+                break
+            _take_over_if_stale(path, folder, flag)
+        else:
+            die(f"{folder} could not be locked ({path} keeps changing); run again.")
     except OSError as e:
         die(f"{flag} {folder} cannot be written ({e.strerror.lower()}); choose another folder.")
     if not _held_locks:
@@ -267,25 +260,52 @@ def lock_folder(folder, flag):
                 and os.path.isfile(os.path.join(folder, name))):
             os.remove(os.path.join(folder, name))
             print(f"removed {os.path.join(folder, name)}, left by a write that was interrupted")
+    return True
+
+
+def _create_lock(path, text):
+    """Make the lock file holding `text` unless it exists. -> whether this call made it."""
+    mine = f"{path}.{os.getpid()}.tmp"
+    with open(mine, 'w') as f:
+        f.write(text)
+    try:
+        os.link(mine, path)  # fails if the lock exists: atomic, with its content in place
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links: O_EXCL itself, and the content a moment later
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, 'w') as f:
+            f.write(text)
+        return True
+    finally:
+        os.remove(mine)
 
 
 def _take_over_if_stale(path, folder, flag):
     """The lock at `path` is someone's: refuse, or remove it when its process no longer runs on this host (a pid that is
     this process's own, in a lock it does not hold, is also gone: the same pid running again)."""
     import socket
+    for _ in range(20):  # a lock made by O_EXCL alone is empty for a moment
+        try:
+            with open(path) as f:
+                text = f.read()
+        except FileNotFoundError:
+            return  # released meanwhile: try again
+        if text.strip():
+            break
+        time.sleep(0.05)
     try:
-        with open(path) as f:
-            text = f.read()
         pid, host = int(text.split()[0]), text.split()[1]
-    except FileNotFoundError:
-        return  # released meanwhile: try again
-    except (OSError, ValueError, IndexError):
+    except (ValueError, IndexError):
         die(f"{folder} is locked by {path}, which names no process; if no other run writes there, delete it.")
-    alive = host == socket.gethostname() and pid != os.getpid() and _pid_alive(pid)
     if host != socket.gethostname():
         die(f"{flag} {folder} is in use by another run (process {pid} on {host}); wait for it to end or choose "
             f"another folder (if that run is gone, delete {path}).")
-    if alive:
+    if pid != os.getpid() and _pid_alive(pid):
         die(f"{flag} {folder} is in use by another run (process {pid}); wait for it to end or choose another folder.")
     stale = f"{path}.stale.{os.getpid()}"
     try:
@@ -401,7 +421,11 @@ def resume_run(ckpt, run_config, allow_changes, dist, out_dir, states, lrs=None,
     for key, lr in (lrs or {}).items():
         for group in states[key].param_groups:
             group['lr'] = lr
-    restore_rng_states(ckpt['rng'], dist)
+    try:
+        restore_rng_states(ckpt['rng'], dist)
+    except (ValueError, TypeError, IndexError, RuntimeError) as e:
+        die(f"the RNG states in {os.path.join(out_dir, 'ckpt.pt')} are not ones this project writes ({e}); the run "
+            f"cannot continue exactly from it.")
     if dist.master:
         truncate_log(os.path.join(out_dir, 'log.jsonl'), ckpt['step'])
     return ckpt['step']

@@ -639,10 +639,10 @@ def build_latent_cache(root, images, encode, latent_shape, key, num_items, batch
     if dist.master:
         cache = _open_cache(root, key)
         if cache is None:
-            lock_folder(root, '--cache_latents')
+            locked = lock_folder(root, '--cache_latents')  # False when it is this run's own --out_dir
             cache = _open_cache(root, key)  # made by another run between the look and the lock
             build = cache is None
-            if not build:
+            if not build and locked:
                 release_lock(root)
     if dist.ddp:
         decision = [build]
@@ -703,7 +703,8 @@ def build_latent_cache(root, images, encode, latent_shape, key, num_items, batch
         os.replace(meta_path + '.tmp', meta_path)
         if skipped:
             print(f"the latent cache {root} leaves out {skipped} of {num_items} images, which could not be read")
-        release_lock(root)
+        if locked:
+            release_lock(root)
     if dist.ddp:
         torch.distributed.barrier()
     return LatentCache(root)

@@ -78,7 +78,7 @@ torch.set_grad_enabled(False)
 # -----------------------------------------------------------------------------
 # the LDM checkpoint and its autoencoder
 
-if not os.path.isfile(args.ckpt):
+if not os.path.exists(args.ckpt):
     die(f"LDM checkpoint {args.ckpt} does not exist; pass a train_ldm.py checkpoint with --ckpt.")
 ckpt = load_checkpoint(args.ckpt, 'ldm')
 config = ckpt['config']
@@ -89,7 +89,7 @@ if args.no_ema and 'model' not in ckpt:
 try:
     model = build_backbone(**backbone).to(device).eval()
     model.load_state_dict(ckpt['model'] if args.no_ema else ckpt['ema'])
-except (ValueError, TypeError, KeyError, RuntimeError) as e:
+except Exception as e:  # whatever a config of nonsense makes the constructors raise
     die(f"the weights in {args.ckpt} do not fit the backbone its config describes ({type(e).__name__}: "
         f"{str(e).splitlines()[0][:160]}); it is not a checkpoint train_ldm.py wrote.")
 diffusion = Diffusion(config['schedule'], prediction=config['prediction'], learn_sigma=config['learn_sigma'],

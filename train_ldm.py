@@ -220,8 +220,8 @@ backbone = dict(model=args.model, preset=args.preset, latent_size=latent_size, i
 if video:
     backbone['num_frames'] = latent_frames
 denoiser = {'backbone': backbone, 'schedule': schedule, 'prediction': args.prediction}
-if saved and {k: saved[k] for k in denoiser} != denoiser:
-    die(f"{ckpt_path} was trained with {({k: saved[k] for k in denoiser})}; resume it with the same --model, --preset, "
+if saved and {k: saved.get(k) for k in denoiser} != denoiser:
+    die(f"{ckpt_path} was trained with {({k: saved.get(k) for k in denoiser})}; resume it with the same --model, --preset, "
         f"--schedule, --prediction, --learn_sigma, --class_dropout_prob, --image_size and data.")
 try:
     raw_model = build_backbone(**backbone).to(device)

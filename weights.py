@@ -73,7 +73,7 @@ def read_file(path, name=None, hint=''):
     be (or needs more than that) a ValueError: one sentence each, naming it as `name` (default: its path)."""
     name = name or str(path)
     if os.path.isdir(path):
-        raise FileNotFoundError(f"{name} is a folder; pass the weights or checkpoint file in it.")
+        raise ValueError(f"{name} is a folder; pass the weights or checkpoint file in it.")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{name} does not exist; check the path.")
     try:
@@ -100,8 +100,8 @@ def _a(value):
 
 def contents_problem(obj, spec, where='it'):
     """What in `obj` (read from a file) differs from the structure `spec` describes, in a clause, or None when nothing
-    does. spec: a type or tuple of types (float takes an int too), STATE_DICT, or {key: spec} for a dict, with
-    'key?' for a key that may be absent. One check for every file a script reads, so that a file of the wrong shape (a
+    does. spec: a type (float takes an int too), STATE_DICT, {key: spec} for a dict ('key?' for a key that may be
+    absent), [spec] for a list of such items, or a tuple of alternatives. One check for every file a script reads, so that a file of the wrong shape (a
     tensor, a list, a config without its keys) is one sentence, never an AttributeError deep in a script."""
     if isinstance(spec, str):  # STATE_DICT
         if not isinstance(obj, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
@@ -120,24 +120,37 @@ def contents_problem(obj, spec, where='it'):
             if problem:
                 return problem
         return None
-    kinds = spec if isinstance(spec, tuple) else (spec,)
-    kinds += (int,) if float in kinds else ()
+    if isinstance(spec, list):  # [item spec]: a list of such items
+        if not isinstance(obj, list):
+            return f"{where} is {_a(obj)}, not a list"
+        return next((p for i, item in enumerate(obj) if (p := contents_problem(item, spec[0], f"{where}[{i}]"))), None)
+    alternatives = spec if isinstance(spec, tuple) else (spec,)
+    if any(isinstance(a, (list, dict, str)) for a in alternatives):  # structured alternatives: one must fit
+        problems = [contents_problem(obj, a, where) for a in alternatives]
+        if None in problems:
+            return None
+        inside = [p for p in problems if not p.startswith(f"{where} is ")]  # the one that looked inside says more
+        kinds = [a if isinstance(a, type) else type(a) if not isinstance(a, str) else dict for a in alternatives]
+        return inside[0] if inside else f"{where} is {_a(obj)}, not {' or '.join(_NAMES[k] for k in kinds)}"
+    kinds = alternatives + ((int,) if float in alternatives else ())
     if not isinstance(obj, kinds) or (isinstance(obj, bool) and bool not in kinds):
-        return f"{where} is {_a(obj)}, not {' or '.join(_NAMES.get(k, k.__name__) for k in kinds[:2])}"
+        return f"{where} is {_a(obj)}, not {' or '.join(_NAMES.get(k, k.__name__) for k in alternatives)}"
     return None
 
 
 # what each reader of our own checkpoints uses, checked once when the file is read (load_checkpoint)
 _AE = {'model': STATE_DICT, 'ema?': STATE_DICT, 'config': {'preset': str, 'ae_config?': dict, 'num_frames?': int}}
 _LDM = {'ema': STATE_DICT, 'model?': STATE_DICT, 'step': int,
-        'latent_scale': (float, list), 'latent_shift': (float, list),
+        'latent_scale': (float, [float]), 'latent_shift': (float, [float]),
         'config': {'ae': str, 'image_size': int, 'schedule?': (str, type(None)), 'prediction': str, 'learn_sigma': bool,
                    'backbone': {'model': str, 'preset': str, 'latent_size': int, 'in_channels': int, 'num_classes': int,
                                 'learn_sigma': bool, 'class_dropout_prob': float, 'num_frames?': int}}}
-_RUN = {'step': int, 'rng': list, 'scaler': dict, 'loader': {'epoch': int, 'batch_in_epoch': int, 'unreadable': list}}
+_RUN = {'step': int, 'scaler': dict, 'loader': {'epoch': int, 'batch_in_epoch': int, 'unreadable': [int]},
+        'rng': [{'python': list, 'numpy': list, 'torch': torch.Tensor, 'cuda?': [torch.Tensor]}]}  # common.rng_state
 CHECKPOINTS = {  # kind -> (what it is, in words; the script that writes it; its spec)
     'train_ae.py': ('a train_ae.py checkpoint', 'train_ae.py',
-                    {**_AE, **_RUN, 'disc': STATE_DICT, 'opt_g': dict, 'opt_d': dict}),
+                    {**_AE, **_RUN, 'disc': STATE_DICT, 'opt_g': dict, 'opt_d': dict,
+                     'config': {**_AE['config'], 'ae_config': dict}}),
     'train_ldm.py': ('a train_ldm.py checkpoint', 'train_ldm.py', {**_LDM, **_RUN, 'model': STATE_DICT, 'opt': dict}),
     'ldm': ('a train_ldm.py checkpoint (its ckpt.pt or ema.pt)', 'train_ldm.py', _LDM),
     'autoencoder': ('a train_ae.py checkpoint', 'train_ae.py', _AE),
@@ -304,7 +317,7 @@ def build_autoencoder(cfg, path):
     'x', no levels) is a ValueError naming the file, not a traceback from inside the model."""
     try:
         return (VideoAutoencoder if isinstance(cfg, VideoAEConfig) else Autoencoder)(cfg)
-    except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, RuntimeError) as e:
+    except Exception as e:  # whatever a config of nonsense makes the constructors raise
         raise ValueError(f"the config in {path} describes no autoencoder that can be built ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:160]}).") from None
 
