@@ -872,6 +872,9 @@ def open_source(path, image_size, limit, seed=0, num_frames=16):
                     f"a mean (D,) and a covariance (D, D) as --save_stats writes them.")
             if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
                 die(f"the statistics in {path} hold NaN or infinite values; make them again with --save_stats.")
+            if not (np.allclose(sigma, sigma.T) and (np.diag(sigma) >= 0).all()):
+                die(f"sigma in {path} is no covariance (not symmetric, or a negative variance); make the statistics "
+                    f"again with --save_stats.")
             return 'stats', (mu, sigma)
         if 'arr_0' not in contents:
             die(f"{path} holds neither arr_0 (uint8 images) nor mu/sigma (statistics); it is not an evaluation .npz.")

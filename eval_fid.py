@@ -326,6 +326,8 @@ def evaluate_videos(real, fake, dist, i3d_weights, save_stats, batch_size, seed)
                                     f"{'x'.join(map(str, real.shape[1:4]))} while --fake is {T}x{H}x{W} (T x H x W).")
         elif min(H, W) < SWD_MIN_RES:
             skipped['video_swd'] = f"video SWD needs frames of at least {SWD_MIN_RES} pixels, these are {H}x{W}."
+        elif T < 2:
+            skipped['video_swd'] = "video SWD needs at least 2 frames (its motion term compares frames), these have 1."
         elif dist.master:
             n = min(len(real), len(fake), max(2, SWD_MAX_IMAGES // T))  # at most ProGAN's count of frames
             def sample(v):  # n videos (a seeded random subset when there are more), (n, T, 3, H, W) uint8

@@ -89,11 +89,11 @@ if args.no_ema and 'model' not in ckpt:
 try:
     model = build_backbone(**backbone).to(device).eval()
     model.load_state_dict(ckpt['model'] if args.no_ema else ckpt['ema'])
+    diffusion = Diffusion(config['schedule'], prediction=config['prediction'], learn_sigma=config['learn_sigma'],
+                          device=device)
 except Exception as e:  # whatever a config of nonsense makes the constructors raise
-    die(f"the weights in {args.ckpt} do not fit the backbone its config describes ({type(e).__name__}: "
+    die(f"the config and weights in {args.ckpt} describe no model that can be built ({type(e).__name__}: "
         f"{str(e).splitlines()[0][:160]}); it is not a checkpoint train_ldm.py wrote.")
-diffusion = Diffusion(config['schedule'], prediction=config['prediction'], learn_sigma=config['learn_sigma'],
-                      device=device)
 latent_scale, latent_shift = (broadcast_latent_norm(ckpt[k], 5 if video else 4, device) for k in ('latent_scale', 'latent_shift'))
 del ckpt
 
@@ -106,7 +106,7 @@ except ValueError as e:
     die(f"{e} (for --ae {ae_path})")
 # the latents must come from the autoencoder the LDM was trained on: its factor, channels and (when recorded) weights
 f, C_ae = ae.downsample_factor, ae.cfg.z_channels
-trained_f = config.get('ae_factor', config['image_size'] // backbone['latent_size'])
+trained_f = config['ae_factor'] if 'ae_factor' in config else config['image_size'] // max(backbone['latent_size'], 1)
 if (f, C_ae) != (trained_f, backbone['in_channels']):
     die(f"--ae {ae_path} makes f{f} latents with {C_ae} channels, but this LDM was trained on f{trained_f} latents "
         f"with {backbone['in_channels']} channels; pass the autoencoder it was trained with ({config['ae']}).")

@@ -87,6 +87,7 @@ def read_file(path, name=None, hint=''):
 
 
 STATE_DICT = 'a state dict'  # in a spec: a dict of names -> tensors
+POSITIVE = 'a positive integer'  # in a spec: a size
 
 
 _NAMES = {int: 'an integer', float: 'a number', str: 'a string', bool: 'True or False', list: 'a list', dict: 'a dict',
@@ -100,12 +101,16 @@ def _a(value):
 
 def contents_problem(obj, spec, where='it'):
     """What in `obj` (read from a file) differs from the structure `spec` describes, in a clause, or None when nothing
-    does. spec: a type (float takes an int too), STATE_DICT, {key: spec} for a dict ('key?' for a key that may be
-    absent), [spec] for a list of such items, or a tuple of alternatives. One check for every file a script reads, so that a file of the wrong shape (a
+    does. spec: a type (float takes an int too), STATE_DICT, POSITIVE, {key: spec} for a dict ('key?' for a key that
+    may be absent), [spec] for a list of such items, or a tuple of alternatives. One check for every file a script reads, so that a file of the wrong shape (a
     tensor, a list, a config without its keys) is one sentence, never an AttributeError deep in a script."""
-    if isinstance(spec, str):  # STATE_DICT
+    if spec == STATE_DICT:
         if not isinstance(obj, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
             return f"{where} is {_a(obj)}, not a state dict (names -> tensors)"
+        return None
+    if spec == POSITIVE:
+        if not isinstance(obj, int) or isinstance(obj, bool) or obj < 1:
+            return f"{where} is {obj!r}, not a positive integer"
         return None
     if isinstance(spec, dict):
         if not isinstance(obj, dict):
@@ -130,8 +135,8 @@ def contents_problem(obj, spec, where='it'):
         if None in problems:
             return None
         inside = [p for p in problems if not p.startswith(f"{where} is ")]  # the one that looked inside says more
-        kinds = [a if isinstance(a, type) else type(a) if not isinstance(a, str) else dict for a in alternatives]
-        return inside[0] if inside else f"{where} is {_a(obj)}, not {' or '.join(_NAMES[k] for k in kinds)}"
+        names = [a if isinstance(a, str) else _NAMES.get(a if isinstance(a, type) else type(a)) for a in alternatives]
+        return inside[0] if inside else f"{where} is {_a(obj)}, not {' or '.join(names)}"
     kinds = alternatives + ((int,) if float in alternatives else ())
     if not isinstance(obj, kinds) or (isinstance(obj, bool) and bool not in kinds):
         return f"{where} is {_a(obj)}, not {' or '.join(_NAMES.get(k, k.__name__) for k in alternatives)}"
@@ -142,9 +147,11 @@ def contents_problem(obj, spec, where='it'):
 _AE = {'model': STATE_DICT, 'ema?': STATE_DICT, 'config': {'preset': str, 'ae_config?': dict, 'num_frames?': int}}
 _LDM = {'ema': STATE_DICT, 'model?': STATE_DICT, 'step': int,
         'latent_scale': (float, [float]), 'latent_shift': (float, [float]),
-        'config': {'ae': str, 'image_size': int, 'schedule?': (str, type(None)), 'prediction': str, 'learn_sigma': bool,
-                   'backbone': {'model': str, 'preset': str, 'latent_size': int, 'in_channels': int, 'num_classes': int,
-                                'learn_sigma': bool, 'class_dropout_prob': float, 'num_frames?': int}}}
+        'config': {'ae': str, 'image_size': POSITIVE, 'schedule?': (str, type(None)), 'prediction': str,
+                   'learn_sigma': bool,
+                   'backbone': {'model': str, 'preset': str, 'latent_size': POSITIVE, 'in_channels': POSITIVE,
+                                'num_classes': int, 'learn_sigma': bool, 'class_dropout_prob': float,
+                                'num_frames?': POSITIVE}}}
 _RUN = {'step': int, 'scaler': dict, 'loader': {'epoch': int, 'batch_in_epoch': int, 'unreadable': [int]},
         'rng': [{'python': list, 'numpy': list, 'torch': torch.Tensor, 'cuda?': [torch.Tensor]}]}  # common.rng_state
 CHECKPOINTS = {  # kind -> (what it is, in words; the script that writes it; its spec)
@@ -262,7 +269,7 @@ def load_checkpoint(path, kind=None, hint=None):
         ckpt = read_file(path, f"checkpoint {path}")
     except (FileNotFoundError, ValueError) as e:
         die(str(e))
-    problem = contents_problem(ckpt, spec)
+    problem = contents_problem(ckpt, spec) or ("its 'step' is below 0" if ckpt.get('step', 0) < 0 else None)
     if problem:
         die(f"{path} is not {what}: {problem}; {hint or f'pass a checkpoint that {script} wrote'}.")
     sibling = os.path.join(os.path.dirname(os.path.abspath(path)), 'ckpt.pt')

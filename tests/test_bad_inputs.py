@@ -506,6 +506,18 @@ def edited_checkpoint(src, dst, **changes):
     return saved(dst, ckpt)
 
 
+def edited_run(src, tmp, **changes):
+    """A copy of the run `src` whose ckpt.pt has some keys replaced."""
+    run = copy_run(src, tmp)
+    edited_checkpoint(run / 'ckpt.pt', run / 'ckpt.pt', **changes)
+    return run
+
+
+def backbone_edit(ckpt_path, **changes):
+    config = torch.load(ckpt_path, weights_only=True)['config']
+    return {**config, 'backbone': {**config['backbone'], **changes}}
+
+
 def ldm_with_classes(tmp, runs, dropout):
     """The runs' LDM made class-conditional (2 classes, label dropout `dropout`), as its EMA export."""
     from model import build_backbone
@@ -961,6 +973,32 @@ CASES += [
         '--ae', r['ae4'], '--init_from', r['ldm_dir'] / 'ema.pt', '--max_steps', 1, '--out_dir', t / 'o']), Result()),
     Case('train_ldm --num_frames 5 chooses the video DiT', script('train_ldm.py', lambda t, r: TINY_LDM + [
         '--num_frames', 5, '--ae', r['ae4'], '--out_dir', t / 'o']), Error(r'is an image autoencoder')),
+    Case('sample.py --ckpt whose latent_size is 0', script('sample.py', lambda t, r: [
+        '--ckpt', edited_checkpoint(r['ldm'], t / 'c.pt', config=backbone_edit(r['ldm'], latent_size=0)), '--device',
+        'cpu', '--out_dir', t / 's']), Error(r"its 'config'\['backbone'\]\['latent_size'\] is 0, not a positive integer")),
+    Case('sample.py --ckpt with an unknown schedule', script('sample.py', lambda t, r: [
+        '--ckpt', edited_checkpoint(r['ldm'], t / 'c.pt', config={**torch.load(r['ldm'], weights_only=True)['config'],
+                                                                   'schedule': 'zzz'}), '--device', 'cpu', '--out_dir',
+        t / 's']), Error("describe no model that can be built .*unknown noise schedule 'zzz'")),
+    Case('train_ldm --resume at step -3', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--out_dir', edited_run(r['ldm_dir'], t, step=-3), '--resume', '--max_steps', 5]), Error("its 'step' is below 0")),
+    Case('train_ldm --resume with RNG states of nonsense', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--out_dir', edited_run(r['ldm_dir'], t, rng=[{'python': [1], 'numpy': [], 'torch': torch.zeros(2)}]),
+        '--resume', '--max_steps', 5]), Error('the RNG states in .*ckpt.pt are not ones this project writes')),
+    Case('eval_fid statistics whose sigma is no covariance', script('eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t), '--real', saved_npz(t, mu=np.zeros(2048), sigma=-np.eye(2048)), '--device', 'cpu']),
+        Error('is no covariance')),
+    Case('eval_fid one-frame videos', script('eval_fid.py', lambda t, r: [
+        '--fake', video_npz(t, frames=1), '--real', video_npz(t, 'r.npz', frames=1), '--i3d_weights', t / 'absent.pt',
+        '--device', 'cpu', '--out', t / 'm.json']), Result(lambda t, r, o: json.load(open(t / 'm.json'))['skipped']['video_swd'])),
+    Case('train_ae --data with hidden files only', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--data', folder_with(t, ['.a.png', '.ipynb_checkpoints/b.png'], good=0), '--out_dir', t / 'o']),
+        Error('holds no images .*; it holds 2 hidden files or folders')),
+    Case('train_ldm --cache_latents inside its own --out_dir', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--ae', r['ae4'], '--cache_latents', t / 'o', '--cache_size', 4, '--max_steps', 1, '--out_dir', t / 'o']), Result()),
+    Case('eval_fid --i3d_weights for images', script('eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t), '--i3d_weights', t / 'i3d.pt', '--device', 'cpu']),
+        Error('--i3d_weights only applies to videos')),
     Case('train_ae --frame_stride on images', script('train_ae.py', '--frame_stride', 2),
          Error('--frame_stride only applies to video .*, and this run would ignore it; drop it')),
     Case('sample.py --cfg_channels without guidance', script('sample.py', '--cfg_channels', 3),
