@@ -107,15 +107,17 @@ def refuse_unused(argv, rules):
             die(f"{flag} {when}, and this run would ignore it; drop it.")
 
 
-def check_run_dir(out_dir, resume, overwrite):
+def check_run_dir(out_dir, resume, overwrite, data):
     """A training run's --out_dir, checked and locked before anything is built: it must be a folder this user can
-    write (check_output), no other run may be writing into it (lock_folder, rank 0 for all ranks), a new run refuses to
+    write (check_output) apart from the --data it reads (refuse_overlap), no other run may be writing into it
+    (lock_folder, rank 0 for all ranks), a new run refuses to
     mix its files with another run's (unless --overwrite), a resumed one needs its checkpoint. -> the checkpoint
     path."""
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
     if resume and overwrite:
         die("--resume continues the run in --out_dir and --overwrite replaces it; pass one of them.")
     check_output(out_dir, '--out_dir', folder=True)
+    refuse_overlap(out_dir, '--out_dir', [(data, '--data')])
     if int(os.environ.get('RANK', 0)) == 0:
         lock_folder(out_dir, '--out_dir')
     if not resume:
@@ -222,6 +224,21 @@ def check_output(path, flag, folder):
     if not os.access(existing, os.W_OK | os.X_OK) or (os.path.isfile(path) and not os.access(path, os.W_OK)):
         die(f"{flag} {path} cannot be written: {existing} is read-only for this user (or on a read-only file "
             f"system); choose another path.")
+
+
+def refuse_overlap(output, out_flag, inputs):
+    """An output that is one of the inputs, or lies inside an input folder, would overwrite what the script reads, or
+    put its files among the data (a preview PNG read as a training image next time): refuse it. inputs: [(path or
+    None, flag)]."""
+    out = os.path.realpath(output)
+    for path, flag in inputs:
+        if path is None:
+            continue
+        inp = os.path.realpath(path)
+        if out == inp or (os.path.isdir(inp) and out.startswith(inp + os.sep)):
+            where = 'is' if out == inp else 'lies inside'
+            die(f"{out_flag} {output} {where} {flag} {path}: its files would overwrite or mix with what is read; "
+                f"choose another {out_flag}.")
 
 
 LOCK_FILE = '.lock'

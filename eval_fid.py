@@ -36,7 +36,7 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from common import (checked, select_device, die, setup_distributed, cleanup_distributed, refuse_to_overwrite,
-                    no_space_is_an_error, check_output, load_batches, refuse_unused, non_finite)
+                    no_space_is_an_error, check_output, load_batches, refuse_unused, non_finite, refuse_overlap)
 from data import DatasetImages, make_dataset, open_source, random_subset, shuffled
 from i3d import FVD_NUM_FRAMES, I3D_WEIGHTS_FILE, I3D_WEIGHTS_URL, i3d_features, load_i3d
 from inception import FID_WEIGHTS_FILE, load_inception
@@ -368,10 +368,13 @@ def check_args(args):
     if args.ae is None and args.fake is None and args.save_stats is None:
         die("nothing to evaluate; pass --fake (generated images), --ae (an autoencoder) or --save_stats (reference statistics).")
     out = args.out or os.path.splitext((args.fake or args.ae or args.save_stats).rstrip('/'))[0] + '_metrics.json'
+    inputs = [(args.fake, '--fake'), (args.real, '--real'), (args.ae, '--ae'), (args.data, '--data')]
     check_output(out, '--out' if args.out else f'--out (by default {out})', folder=False)
+    refuse_overlap(out, '--out', inputs + [(args.save_stats, '--save_stats')])
     refuse_to_overwrite([out], args.overwrite, flag='--out')
     if args.save_stats is not None:
         check_output(args.save_stats, '--save_stats', folder=False)
+        refuse_overlap(args.save_stats, '--save_stats', inputs)
         refuse_to_overwrite([args.save_stats], args.overwrite, flag='--save_stats')
     return out
 

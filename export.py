@@ -24,7 +24,7 @@ import argparse
 
 from safetensors.torch import save_file
 
-from common import check_output, checked, die, refuse_to_overwrite, no_space_is_an_error
+from common import check_output, checked, die, refuse_overlap, refuse_to_overwrite, no_space_is_an_error
 from video_model import VideoAEConfig
 from weights import build_autoencoder, ldm_to_diffusers, load_ae_state_dict, read_autoencoder
 
@@ -85,6 +85,7 @@ def main(argv=None):
     video = args.format == 'cogvideox'
     # the outputs first, so that a wrong --out costs nothing
     check_output(args.out, '--out', folder=args.format != 'flux')
+    refuse_overlap(args.out, '--out', [(args.ckpt, '--ckpt')])
     outputs = [args.out] if args.format == 'flux' else [os.path.join(args.out, n) for n in
                                                         ('diffusion_pytorch_model.safetensors', 'config.json')]
     refuse_to_overwrite(outputs, args.overwrite, flag='--out')

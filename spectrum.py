@@ -41,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 from common import (checked, die, select_device, refuse_to_overwrite, no_space_is_an_error, check_output,
-                    lock_folder, load_batches, Counted, refuse_unused, non_finite)
+                    lock_folder, load_batches, Counted, refuse_unused, non_finite, refuse_overlap)
 from data import make_dataset, random_subset
 from metrics import PSNR_MAX, bicubic_at_latent_grid, psnr, rgb_on_latent_grid
 from weights import load_autoencoder
@@ -292,6 +292,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     outputs = ('spectrum.json', 'spectrum.png', 'erasure.png', 'spectrum_video.json')
     check_output(args.out_dir, '--out_dir', folder=True)
+    refuse_overlap(args.out_dir, '--out_dir', [(args.data, '--data')] + [(c, '--ckpt') for c in args.ckpt])
     refuse_to_overwrite([os.path.join(args.out_dir, n) for n in outputs],
                         args.overwrite)
     refuse_unused(argv if argv is not None else sys.argv[1:], [

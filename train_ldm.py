@@ -53,7 +53,7 @@ from common import (add_common_args, die, setup_distributed, cleanup_distributed
                     CheckpointWriter, update_ema, Loader, save_image_grid, save_video_grid, Logger,
                     note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, checked, check_run_dir,
                     prepare_run_dir, check_resume_steps, resume_run, weights_hash, no_space_is_an_error, refuse_unused,
-                    check_output)
+                    check_output, refuse_overlap)
 from data import make_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
 from diffusion import SCHEDULES, Diffusion
 from metrics import to_uint8
@@ -107,9 +107,10 @@ def check_args(args):
     refuse_unused(sys.argv[1:], [('--cache_size', args.cache_latents, 'only applies with --cache_latents'),
                                  ('--frame_stride', video, 'only applies to video (--num_frames > 1)'),
                                  ('--allow_changes', args.resume, 'only applies with --resume')])
-    ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite)
+    ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite, args.data)
     if args.cache_latents and not os.path.isfile(os.path.join(args.cache_latents, 'meta.json')):
         check_output(args.cache_latents, '--cache_latents', folder=True)  # to be built (a made one may be read-only)
+        refuse_overlap(args.cache_latents, '--cache_latents', [(args.data, '--data')])
     ckpt = (load_checkpoint(ckpt_path, 'train_ldm.py', hint='resume a train_ldm.py run, or choose another --out_dir')
             if args.resume else None)
     if ckpt is not None:

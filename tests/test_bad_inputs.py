@@ -928,6 +928,13 @@ CASES += [
         '--ckpt', r['ldm'], '--device', 'cpu', '--out_dir', t / 's'])), Error(r'--out_dir .*/s cannot be written')),
     Case('spectrum.py --out_dir under a file', script('spectrum.py', lambda t, r: [
         '--out_dir', garbage(t, 'f') / 'spec']), Error(r'cannot be made: .*/f is a file, not a folder')),
+    Case('train_ae --out_dir inside --data', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--data', folder_with(t, []), '--out_dir', t / 'images' / 'run']),
+        Error(r'--out_dir .*/images/run lies inside --data .*/images: its files would overwrite or mix with what is read')),
+    Case('eval_fid --out onto its --fake', script('eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t), '--out', t / 'fake.npz', '--overwrite']), Error(r'--out .*fake.npz is --fake')),
+    Case('export.py --out onto its --ckpt', script('export.py', lambda t, r: [
+        '--ckpt', r['ae4'], '--format', 'flux', '--out', r['ae4'], '--overwrite']), Error(r'--out .*ckpt.pt is --ckpt')),
     Case('export.py --out with a 300-character name', script('export.py', lambda t, r: [
         '--ckpt', r['ae4'], '--format', 'diffusers', '--out', t / LONG]), Error('is 300 bytes long')),
 ]
