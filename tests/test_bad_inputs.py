@@ -163,12 +163,16 @@ def runs(tmp_path_factory):
     o = run_script('train_ldm.py', TINY_LDM + ['--ae', d / 'ae4' / 'ckpt.pt', '--max_steps', 2, '--ckpt_interval', 1,
                                                '--ema_decay', 0.5, '--out_dir', d / 'ldm'])
     assert o.code == 0, o.message
+    o = run_script('train_ldm.py', TINY_LDM + ['--ae', d / 'ae4' / 'ckpt.pt', '--max_steps', 2, '--objective', 'flow',
+                                               '--out_dir', d / 'ldm_flow'])
+    assert o.code == 0, o.message
     other = torch.load(d / 'ae4' / 'ckpt.pt', weights_only=False)  # the same AE but for one weight: another AE
     first = next(iter(other['model']))
     other['model'][first] = other['model'][first] + 0.01
     torch.save(other, d / 'ae4_other.pt')
     return {'ae4': d / 'ae4' / 'ckpt.pt', 'ae8': d / 'ae8' / 'ckpt.pt', 'ae4_other': d / 'ae4_other.pt',
-            'ldm': d / 'ldm' / 'ckpt.pt', 'ae4_dir': d / 'ae4', 'ldm_dir': d / 'ldm'}
+            'ldm': d / 'ldm' / 'ckpt.pt', 'ae4_dir': d / 'ae4', 'ldm_dir': d / 'ldm', 'ldm_flow': d / 'ldm_flow' / 'ema.pt',
+            'ldm_flow_dir': d / 'ldm_flow'}
 
 
 def copy_run(src, tmp, name='run'):
@@ -293,6 +297,25 @@ def prepare_resume_with_debris(tmp, runs):
     with open(run / 'log.jsonl', 'a') as f:  # the steps a killed run logged after its last checkpoint
         f.write(json.dumps({'step': 99, 'loss': 1.0}) + '\n' + '{"step": 100, "lo')
     return TINY_LDM + ['--out_dir', run, '--resume', '--max_steps', 3, '--ckpt_interval', 1]
+
+
+def checkpoints_before_flow_are_ddpm(tmp, runs):
+    # train_ldm.py wrote no 'objective' before flow: its 'prediction' (eps here) was the objective. Such a run samples
+    # as DDPM, exactly as the same run with the key does, and resumes
+    old = copy_run(runs['ldm_dir'], tmp, 'old')
+    for name in ('ckpt.pt', 'ema.pt'):
+        ckpt = torch.load(old / name, weights_only=False)
+        for key in ('objective', 'time_sampling', 'logit_mean', 'logit_std', 'time_shift'):
+            del ckpt['config'][key]
+        torch.save(ckpt, old / name)
+    samples = []
+    for ckpt, out in ((old / 'ema.pt', tmp / 's_old'), (runs['ldm_dir'] / 'ema.pt', tmp / 's_new')):
+        o = run_script('sample.py', ['--ckpt', ckpt, '--num_samples', 2, '--steps', 2, '--device', 'cpu', '--out_dir', out])
+        assert o.code == 0 and 'ddim 2 steps' in o.stdout, o.message
+        samples.append(np.load(out / 'samples.npz')['arr_0'])
+    assert np.array_equal(*samples)
+    o = run_script('train_ldm.py', TINY_LDM + ['--out_dir', old, '--resume', '--max_steps', 3])
+    assert o.code == 0, o.message
 
 # -----------------------------------------------------------------------------
 # faults no command line can cause
@@ -729,6 +752,38 @@ CASES += [
     Case('sample.py --labels for an unconditional LDM', script('sample.py', lambda t, r: [
         '--ckpt', r['ldm'], '--labels', 'balanced', '--device', 'cpu', '--out_dir', t / 's']),
         Error('this model is unconditional; --classes, --labels and --cfg_scale do not apply')),
+    # issue 23: the objective's flags belong to one family, and a checkpoint is sampled by its own family's samplers
+    Case('train_ldm --objective flow --learn_sigma', script('train_ldm.py', *TINY_LDM, '--objective', 'flow', '--learn_sigma'),
+         Error('--learn_sigma does not apply to --objective flow')),
+    Case('train_ldm --objective flow --schedule linear', script('train_ldm.py', *TINY_LDM, '--objective', 'flow', '--schedule',
+         'linear'), Error("--schedule is DDPM's noise schedule; --objective flow has its own path")),
+    Case('train_ldm --objective v --prediction x0 --time_shift 3', script('train_ldm.py', *TINY_LDM, '--objective', 'v',
+         '--prediction', 'x0', '--time_shift', 3), Error(r'--prediction, --time_shift are for --objective flow only; .*\(--objective v\)')),
+    Case('train_ldm --objective flow --logit_std 2', script('train_ldm.py', *TINY_LDM, '--objective', 'flow', '--logit_std', 2),
+         Error('pass --time_sampling logit_normal too')),
+    Case('train_ldm --resume --objective flow on a DDPM run', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--out_dir', copy_run(r['ldm_dir'], t), '--resume', '--max_steps', 5, '--objective', 'flow']),
+        Error("was trained with .*'objective': 'eps'.*; resume it with the same --model, --preset, --objective")),
+    Case('train_ldm --resume --time_shift 3 on a flow run', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--out_dir', copy_run(r['ldm_flow_dir'], t), '--resume', '--max_steps', 5, '--objective', 'flow', '--time_shift', 3]),
+        Error(r'cannot continue the run exactly .*\(time_shift 1.0 -> 3.0\)')),
+    Case('sample.py --sampler heun on a DDPM model', script('sample.py', lambda t, r: [
+        '--ckpt', r['ldm'], '--sampler', 'heun', '--device', 'cpu', '--out_dir', t / 's']),
+        Error('--sampler heun is a rectified-flow sampler, but .* was trained with --objective eps; use ddpm or ddim')),
+    Case('sample.py --sampler ddim on a flow model', script('sample.py', lambda t, r: [
+        '--ckpt', r['ldm_flow'], '--sampler', 'ddim', '--device', 'cpu', '--out_dir', t / 's']),
+        Error('--sampler ddim is a DDPM sampler, but .* --objective flow; use euler, heun, sde')),
+    Case('sample.py --eta 0 on a flow model', script('sample.py', lambda t, r: [
+        '--ckpt', r['ldm_flow'], '--eta', 0, '--device', 'cpu', '--out_dir', t / 's']),
+        Error("--eta and --spacing are DDPM's; .* is a rectified-flow model")),
+    Case('sample.py --spacing even on a flow model', script('sample.py', lambda t, r: [
+        '--ckpt', r['ldm_flow'], '--spacing', 'even', '--device', 'cpu', '--out_dir', t / 's']),
+        Error("--eta and --spacing are DDPM's")),
+    Case('sample.py --cfg_interval without guidance', script('sample.py', '--cfg_interval', '0,0.5'),
+         Error('--cfg_interval limits classifier-free guidance; pass a --cfg_scale other than 1')),
+    Case('sample.py --cfg_interval 0.6,0.2', script('sample.py', '--cfg_interval', '0.6,0.2', '--cfg_scale', 2),
+         Error('argument --cfg_interval: must be lo,hi with 0 <= lo <= hi <= 1')),
+    Case('a checkpoint from before flow', call(checkpoints_before_flow_are_ddpm), Result()),
     # item 14: --resume with changed settings: printed; refused where the run cannot continue exactly
     Case('train_ae --resume --batch_size 4', script('train_ae.py', lambda t, r: TINY_AE + [
         '--out_dir', copy_run(r['ae4_dir'], t), '--resume', '--max_steps', 2, '--batch_size', 4]),
