@@ -18,7 +18,7 @@ reproducible; a plain `i` gives the un-augmented image.
   to the clip instead of decoding the whole file; bad videos are counted skips).
 - LatentCache: a data set encoded once by a frozen autoencoder (train_ldm.py --cache_latents), float16, stored in a
   random order and read in shuffled contiguous chunks.
-- Evaluation sources (eval_fid.py --fake / --real): a samples .npz (ImageArray, or a uint8 video array), a folder of
+- Evaluation sources (eval_fid.py --fake / --ref): a samples .npz (ImageArray, or a uint8 video array), a folder of
   images at their own size (ImageFiles) or resized (DatasetImages), a folder of videos (read_video_folder), or a
   statistics .npz; each image set is uint8 with a known .size and counts its unreadable files.
 
@@ -739,31 +739,35 @@ def is_video_folder(path):
 
 
 def open_source(path, image_size, limit, seed=0, num_frames=16):
-    """--real/--fake -> ('stats', (mu, sigma)) for a statistics .npz, ('videos', uint8 (N, T, H, W, 3) array) for a
-    samples .npz of videos or a folder of videos (num_frames-frame clips), else ('images', Dataset); at most `limit`
-    images or videos (a seeded random sample when the source holds more)."""
+    """--ref/--fake -> (kind, source, statistics): ('stats', None) for an .npz of statistics alone, ('videos', uint8
+    (N, T, H, W, 3) array) for a samples .npz of videos or a folder of videos (num_frames-frame clips), else ('images',
+    Dataset); at most `limit` images or videos (a seeded random sample when the source holds more). statistics: the
+    Frechet statistics an .npz holds (mu, sigma: FID or FVD; mu_s, sigma_s: sFID), alone or beside its images as in
+    ADM's reference batches, else {}."""
+    statistics = {}
     if path.endswith('.npz'):
         if not os.path.isfile(path):
             die(f"{path} does not exist; pass a folder of images, a samples .npz or a statistics .npz.")
         try:
             with np.load(path) as f:
-                contents = {k: f[k] for k in ('mu', 'sigma', 'arr_0') if k in f}
+                contents = {k: f[k] for k in ('mu', 'sigma', 'mu_s', 'sigma_s', 'arr_0') if k in f}
         except Exception as e:  # random bytes, a cut-off file, a pickle
             die(f"{path} could not be read as an .npz file ({type(e).__name__}); pass a samples or statistics .npz "
                 f"as sample.py and --save_stats write them.")
-        if 'mu' in contents and 'sigma' in contents:
-            return 'stats', (contents['mu'], contents['sigma'])
+        statistics = {k: v for k, v in contents.items() if k != 'arr_0'}
+        if 'arr_0' not in contents and 'mu' in contents and 'sigma' in contents:
+            return 'stats', None, statistics
         if 'arr_0' not in contents:
             die(f"{path} holds neither arr_0 (uint8 images) nor mu/sigma (statistics); it is not an evaluation .npz.")
         array = contents['arr_0']
         if array.dtype == np.uint8 and array.ndim == 5 and array.shape[-1] == 3:
-            return 'videos', array if limit is None else array[random_subset(array, limit, seed)]
+            return 'videos', array if limit is None else array[random_subset(array, limit, seed)], statistics
         if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
             die(f"arr_0 of {path} is {array.dtype} {array.shape}, not uint8 (N, H, W, 3) images or (N, T, H, W, 3) "
                 f"videos as sample.py writes.")
         images = ImageArray(array)
     elif os.path.isdir(path) and is_video_folder(path):
-        return 'videos', read_video_folder(path, image_size, num_frames, limit, seed)
+        return 'videos', read_video_folder(path, image_size, num_frames, limit, seed), statistics
     elif os.path.isdir(path):
         if image_size is None:
             images = ImageFiles(path)
@@ -774,7 +778,7 @@ def open_source(path, image_size, limit, seed=0, num_frames=16):
         die(f"{path} is neither a folder nor an .npz file; pass a folder of images, a samples .npz or a statistics .npz.")
     if limit is not None:
         images = images if limit >= len(images) else _Sample(images, random_subset(images, limit, seed))
-    return 'images', images
+    return 'images', images, statistics
 
 
 class _Sample(Subset):
