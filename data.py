@@ -717,7 +717,7 @@ def read_video_folder(path, image_size, num_frames, limit, seed):
     num_frames-frame clip of each video, centre-cropped to image_size, at most `limit` videos (seeded random). A video
     that gives no clip is counted and left out (data.VideoFolder would put the next video in its place, twice)."""
     if image_size is None:
-        die(f"--real/--fake {path} is a folder of videos; pass --image_size (and --num_frames) for its clips.")
+        die(f"--ref/--fake {path} is a folder of videos; pass --image_size (and --num_frames) for its clips.")
     folder = VideoFolder(path, image_size, num_frames, train=False)
     index = random_subset(folder, limit, seed) if limit is not None else range(len(folder))
     clips, unreadable = [], 0
