@@ -331,7 +331,8 @@ def evaluate_videos(real, fake, dist, i3d_weights, save_stats, batch_size, seed)
     sets = {'real': real, 'fake': fake}
     for name, (kind, _, precomputed) in sets.items():
         if kind == 'images':
-            die(f"{FLAG[name]} holds images while the other set holds videos (or FVD statistics); pass videos for both.")
+            die(f"{FLAG[name]} holds images while the other set holds videos (or FVD statistics); pass videos for "
+                f"both.")
         if kind == 'stats' and np.shape(precomputed['mu']) != (400,):
             die(f"the {FLAG[name]} statistics are {np.shape(precomputed['mu'])[0]}-d, not the 400 I3D logits of FVD; "
                 f"save video statistics with --save_stats from an .npz of videos.")

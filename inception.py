@@ -20,7 +20,7 @@ from weights import fetch_weights
 FID_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
                    'pt_inception-2015-12-05-6726825d.pth')
 FID_WEIGHTS_FILE = os.path.basename(FID_WEIGHTS_URL)
-INCEPTION_FEATURES = {'pool3': 2048, 'spatial': 7 * 17 * 17, 'logits': 1008}  # what one forward pass returns: name -> size
+INCEPTION_FEATURES = {'pool3': 2048, 'spatial': 7 * 17 * 17, 'logits': 1008}  # one forward pass's outputs and sizes
 
 
 def _avg_pool_3x3(x):
@@ -70,8 +70,9 @@ def resize_bilinear_tf1(x, size):
     """
     TF1's tf.image.resize_bilinear(align_corners=False), the resize inside the FID graph (its ResizeBilinear node, which
     ADM's evaluator and TTUR's FID feed): output pixel i samples the input at s_i = i * (n_in / n_out), computed in
-    float32 as TF does, with no half-pixel offset (torch's align_corners=False samples at (i + 0.5) * n_in / n_out - 0.5,
-    pytorch-fid's resize), so the image shifts by up to half an input pixel; past the last pixel the edge repeats.
+    float32 as TF does, with no half-pixel offset (torch's align_corners=False, pytorch-fid's resize, samples at
+    (i + 0.5) * n_in / n_out - 0.5), so the image shifts by up to half an input pixel; past the last pixel the edge
+    repeats.
     Interpolates along x first, then y, in TF's order. x (B, C, H, W) float -> (B, C, size, size).
     """
     def taps(n_in):  # lower and upper neighbour and the weight of the upper one, for each output position
@@ -136,7 +137,8 @@ def load_inception(path=None, device='cpu'):
     The FID Inception with pytorch-fid's weights, from `path` or else from the canonical release through torch hub's
     cache (weights.fetch_weights): FileNotFoundError when neither works, ValueError when the file is not those weights.
     """
-    state = fetch_weights(path, FID_WEIGHTS_URL, FID_WEIGHTS_FILE, 'the FID Inception', '--inception_weights')
+    state = fetch_weights(path, FID_WEIGHTS_URL, FID_WEIGHTS_FILE,
+                          'the Inception of FID, sFID, IS, precision/recall and KID', '--inception_weights')
     net = InceptionV3FID()
     try:
         net.load_state_dict(state)
