@@ -9,8 +9,8 @@ import torch.nn.functional as F
 import data
 import eval_fid
 from inception import InceptionV3FID, resize_bilinear_tf1
-from metrics import (feature_statistics, frechet_distance, inception_score, kernel_inception_distance,
-                     precision_recall, sfid_features, to_uint8)
+from metrics import (feature_statistics, inception_score, kernel_inception_distance, precision_recall, sfid_features,
+                     to_uint8)
 from tests.test_eval import CPU, disk_images, random_fid_inception_state, spread_logits
 
 fidelity_inception = pytest.importorskip('torch_fidelity.feature_extractor_inceptionv3')
@@ -21,7 +21,7 @@ fidelity_isc = pytest.importorskip('torch_fidelity.metric_isc')
 def test_tf1_resize_samples_at_i_times_scale_and_equals_torch_fidelity():
     """TF1's resize_bilinear (align_corners=False) samples output pixel i at i * n_in / n_out: a ramp comes out as that
     position, held at the last pixel. torch-fidelity's port of it is bit-exact on CPU, and ours equals it bit for bit;
-    pytorch-fid's resize (half-pixel centres) differs by whole grey levels, which is why the protocols differ."""
+    pytorch-fid's resize (half-pixel centres) differs by whole grey levels on noise, which is why the protocols differ."""
     ramp = torch.arange(7.).expand(1, 1, 7, 7)  # x[..., j] = j
     position = torch.arange(299, dtype=torch.float32) * torch.tensor(7 / 299, dtype=torch.float32)
     assert torch.equal(resize_bilinear_tf1(ramp, 299)[0, 0, 5], position.clamp(max=6))
