@@ -90,6 +90,7 @@ def add_common_args(parser, **defaults):
     p.add_argument('--log_interval', type=positive, default=d['log_interval'], help='steps between log lines')
     p.add_argument('--eval_interval', type=positive, default=d['eval_interval'], help='steps between image grids / evaluations')
     p.add_argument('--ckpt_interval', type=positive, default=d['ckpt_interval'], help='steps between checkpoints')
+    p.add_argument('--tensorboard', action='store_true', help='also log the scalars of log.jsonl and the preview grids to TensorBoard, in out_dir/tensorboard (needs the tensorboard package)')
     return p
 
 
@@ -132,8 +133,10 @@ def prepare_run_dir(out_dir, overwrite, master):
     """Create --out_dir (every rank: a node may not share rank 0's disk); with --overwrite the master removes the old
     log. What an interrupted save left there went when the folder was locked (lock_folder)."""
     os.makedirs(out_dir, exist_ok=True)
-    if master and overwrite and os.path.exists(os.path.join(out_dir, 'log.jsonl')):
-        os.remove(os.path.join(out_dir, 'log.jsonl'))  # a new run's log, not appended to the old one
+    if master and overwrite:
+        if os.path.exists(os.path.join(out_dir, 'log.jsonl')):
+            os.remove(os.path.join(out_dir, 'log.jsonl'))  # a new run's log, not appended to the old one
+        shutil.rmtree(os.path.join(out_dir, 'tensorboard'), ignore_errors=True)  # nor its TensorBoard events
 
 
 def refuse_to_overwrite(paths, overwrite, flag='--out_dir'):
@@ -910,10 +913,23 @@ def peak_memory(device):
 
 
 class Logger:
-    """Appends one JSON line per log call to out_dir/log.jsonl and prints it; only the master process writes."""
-    def __init__(self, out_dir, master):
+    """
+    Appends one JSON line per log call to out_dir/log.jsonl and prints it; only the master process writes. With
+    tensorboard=True the same scalars, and the preview images passed to image(), also go to TensorBoard event files in
+    out_dir/tensorboard (torch.utils.tensorboard, imported only then: the tensorboard package stays optional). A run
+    resumed at `step` hides the events logged after that step, as resume_run truncates log.jsonl.
+    """
+    def __init__(self, out_dir, master, tensorboard=False, step=0):
         self.master = master
         self.path = os.path.join(out_dir, 'log.jsonl')
+        self.writer = None
+        if tensorboard:
+            import importlib.util
+            if importlib.util.find_spec('tensorboard') is None:  # on every rank, so that all of them stop
+                die("--tensorboard needs the tensorboard package; pip install tensorboard.")
+            if master:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(os.path.join(out_dir, 'tensorboard'), purge_step=step + 1 if step else None)
 
     def log(self, step, **scalars):
         if not self.master:
@@ -922,6 +938,11 @@ class Logger:
         row.update({k: (float(v) if isinstance(v, (int, float, np.floating, torch.Tensor)) else v) for k, v in scalars.items()})
         with no_space_is_an_error(os.path.dirname(os.path.abspath(self.path))), open(self.path, 'a') as f:
             f.write(json.dumps(row) + '\n')
+        if self.writer is not None:
+            for k, v in row.items():
+                if isinstance(v, float) and k != 'time':
+                    self.writer.add_scalar(k, v, step)
+            self.writer.flush()
         text = ' '.join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != 'time')
         try:
             from tqdm import tqdm
@@ -929,3 +950,10 @@ class Logger:
         except ImportError:
             print(text)
         sys.stdout.flush()
+
+    def image(self, tag, path, step):
+        """The preview grid just written to `path` (a PNG), beside the scalars in TensorBoard."""
+        if self.writer is not None:
+            from PIL import Image
+            self.writer.add_image(tag, np.asarray(Image.open(path).convert('RGB')), step, dataformats='HWC')
+            self.writer.flush()

@@ -18,7 +18,7 @@ reproducible; a plain `i` gives the un-augmented image.
   to the clip instead of decoding the whole file; bad videos are counted skips).
 - LatentCache: a data set encoded once by a frozen autoencoder (train_ldm.py --cache_latents), float16, stored in a
   random order and read in shuffled contiguous chunks.
-- Evaluation sources (eval_fid.py --fake / --real): a samples .npz (ImageArray, or a uint8 video array), a folder of
+- Evaluation sources (eval_fid.py --fake / --ref): a samples .npz (ImageArray, or a uint8 video array), a folder of
   images at their own size (ImageFiles) or resized (DatasetImages), a folder of videos (read_video_folder), or a
   statistics .npz; each image set is uint8 with a known .size and counts its unreadable files.
 
@@ -822,7 +822,7 @@ def read_video_folder(path, image_size, num_frames, limit, seed):
     num_frames-frame clip of each video, centre-cropped to image_size, at most `limit` videos (seeded random). A video
     that gives no clip is counted and left out (data.VideoFolder would put the next video in its place, twice)."""
     if image_size is None:
-        die(f"--real/--fake {path} is a folder of videos; pass --image_size (and --num_frames) for its clips.")
+        die(f"--ref/--fake {path} is a folder of videos; pass --image_size (and --num_frames) for its clips.")
     folder = VideoFolder(path, image_size, num_frames, train=False)
     index = random_subset(folder, limit, seed) if limit is not None else range(len(folder))
     clips, unreadable = [], 0
@@ -852,30 +852,27 @@ def is_video_folder(path):
 
 
 def open_source(path, image_size, limit, seed=0, num_frames=16):
-    """--real/--fake -> ('stats', (mu, sigma)) for a statistics .npz, ('videos', uint8 (N, T, H, W, 3) array) for a
-    samples .npz of videos or a folder of videos (num_frames-frame clips), else ('images', Dataset); at most `limit`
-    images or videos (a seeded random sample when the source holds more)."""
+    """--ref/--fake -> (kind, source, statistics): ('stats', None) for an .npz of statistics alone, ('videos', uint8
+    (N, T, H, W, 3) array) for a samples .npz of videos or a folder of videos (num_frames-frame clips), else ('images',
+    Dataset); at most `limit` images or videos (a seeded random sample when the source holds more). statistics: the
+    Frechet statistics an .npz holds (mu, sigma: FID or FVD; mu_s, sigma_s: sFID), alone or beside its images as in
+    ADM's reference batches, else {}."""
+    statistics = {}
     if path.endswith('.npz'):
         if not os.path.isfile(path):
             die(f"{path} does not exist; pass a folder of images, a samples .npz or a statistics .npz.")
         try:
             with np.load(path) as f:
-                contents = {k: f[k] for k in ('mu', 'sigma', 'arr_0') if k in f}
+                contents = {k: f[k] for k in ('mu', 'sigma', 'mu_s', 'sigma_s', 'arr_0') if k in f}
         except Exception as e:  # random bytes, a cut-off file, a pickle
             die(f"{path} could not be read as an .npz file ({type(e).__name__}); pass a samples or statistics .npz "
                 f"as sample.py and --save_stats write them.")
-        if 'mu' in contents and 'sigma' in contents:
-            mu, sigma = contents['mu'], contents['sigma']
-            if (mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not len(mu)
-                    or not np.issubdtype(mu.dtype, np.number) or not np.issubdtype(sigma.dtype, np.number)):
-                die(f"the statistics in {path} are mu {mu.dtype} {mu.shape} and sigma {sigma.dtype} {sigma.shape}, not "
-                    f"a mean (D,) and a covariance (D, D) as --save_stats writes them.")
-            if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-                die(f"the statistics in {path} hold NaN or infinite values; make them again with --save_stats.")
-            if not (np.allclose(sigma, sigma.T) and (np.diag(sigma) >= 0).all()):
-                die(f"sigma in {path} is no covariance (not symmetric, or a negative variance); make the statistics "
-                    f"again with --save_stats.")
-            return 'stats', (mu, sigma)
+        for mu_key, sigma_key in (('mu', 'sigma'), ('mu_s', 'sigma_s')):
+            if mu_key in contents and sigma_key in contents:
+                statistics[mu_key], statistics[sigma_key] = check_statistics(contents[mu_key], contents[sigma_key],
+                                                                             f"{mu_key}/{sigma_key} in {path}")
+        if 'arr_0' not in contents and 'mu' in statistics:
+            return 'stats', None, statistics
         if 'arr_0' not in contents:
             die(f"{path} holds neither arr_0 (uint8 images) nor mu/sigma (statistics); it is not an evaluation .npz.")
         array = contents['arr_0']
@@ -891,10 +888,10 @@ def open_source(path, image_size, limit, seed=0, num_frames=16):
                 f"--image_size is {image_size} (it resizes folders, never an .npz); pass --image_size "
                 f"{array.shape[-3]} or samples made at {image_size}.")
         if video:
-            return 'videos', array if limit is None else array[random_subset(array, limit, seed)]
+            return 'videos', array if limit is None else array[random_subset(array, limit, seed)], statistics
         images = ImageArray(array)
     elif os.path.isdir(path) and is_video_folder(path):
-        return 'videos', read_video_folder(path, image_size, num_frames, limit, seed)
+        return 'videos', read_video_folder(path, image_size, num_frames, limit, seed), statistics
     elif os.path.isdir(path):
         if image_size is None:
             images = ImageFiles(path)
@@ -905,7 +902,21 @@ def open_source(path, image_size, limit, seed=0, num_frames=16):
         die(f"{path} is neither a folder nor an .npz file; pass a folder of images, a samples .npz or a statistics .npz.")
     if limit is not None:
         images = images if limit >= len(images) else _Sample(images, random_subset(images, limit, seed))
-    return 'images', images
+    return 'images', images, statistics
+
+
+def check_statistics(mu, sigma, what):
+    """A mean (D,) and covariance (D, D) read from a file, or one sentence saying why they are not."""
+    if (mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not len(mu)
+            or not np.issubdtype(mu.dtype, np.number) or not np.issubdtype(sigma.dtype, np.number)):
+        die(f"the statistics {what} are {mu.dtype} {mu.shape} and {sigma.dtype} {sigma.shape}, not "
+            f"a mean (D,) and a covariance (D, D) as --save_stats writes them.")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        die(f"the statistics {what} hold NaN or infinite values; make them again with --save_stats.")
+    if not (np.allclose(sigma, sigma.T) and (np.diag(sigma) >= 0).all()):
+        die(f"the covariance {what} is no covariance (not symmetric, or a negative variance); make the statistics "
+            f"again with --save_stats.")
+    return mu, sigma
 
 
 class _Sample(Subset):

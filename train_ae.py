@@ -275,6 +275,7 @@ def evaluate():
         save_video_previews(rows)
     else:
         save_image_grid(torch.cat(rows).clamp(-1, 1), os.path.join(args.out_dir, f'recon_{step:07d}.png'), nrow=len(x_eval))
+    logger.image('recon', os.path.join(args.out_dir, f'recon_{step:07d}.png'), step)  # video: its frame strip
     # beside the reconstruction, the trivial reference of spectrum.py: bicubic down and up at the latent grid (video:
     # every frame, generous since it keeps all frames and the latent only 1 in 4)
     metrics = {'val_psnr': psnr(frames(x_rec).clamp(-1, 1), frames(x_eval)).mean().item(),
@@ -311,7 +312,7 @@ def checkpoint():
 # -----------------------------------------------------------------------------
 # training loop
 
-logger = Logger(args.out_dir, dist.master)
+logger = Logger(args.out_dir, dist.master, args.tensorboard, step)
 if dist.master:
     with no_space_is_an_error(args.out_dir), open(os.path.join(args.out_dir, 'config.json'), 'w') as fh:
         json.dump({**run_config, 'ae_config': asdict(ae_config), 'world_size': dist.world_size, 'dtype': dtype}, fh, indent=2)

@@ -314,10 +314,11 @@ def sample_grid():
         clips = to_uint8(x).permute(0, 2, 3, 4, 1).cpu().numpy()
         folder = os.path.join(args.out_dir, f'samples_{step:07d}')
         os.makedirs(folder, exist_ok=True)
-        save_video_grid(clips, folder)
+        logger.image('samples', save_video_grid(clips, folder)[2], step)  # grid_frames.png
         return
     nrow = int(args.num_samples ** 0.5)
     save_image_grid(x.clamp(-1, 1), os.path.join(args.out_dir, f'samples_{step:07d}.png'), nrow=max(nrow, 1))
+    logger.image('samples', os.path.join(args.out_dir, f'samples_{step:07d}.png'), step)
 
 
 def checkpoint():
@@ -338,7 +339,7 @@ def checkpoint():
 # training loop
 
 
-logger = Logger(args.out_dir, dist.master)
+logger = Logger(args.out_dir, dist.master, args.tensorboard, step)
 if dist.master:
     with no_space_is_an_error(args.out_dir), open(os.path.join(args.out_dir, 'config.json'), 'w') as fh:
         json.dump({**run_config, 'ae': ae_path, **ae_identity, 'backbone': backbone, 'schedule': schedule, 'learn_sigma': learn_sigma,

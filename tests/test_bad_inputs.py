@@ -847,6 +847,9 @@ CASES += [
     Case('eval_fid folder with bad files, resized', script('eval_fid.py', lambda t, r: [
         '--fake', bad_image_folder(t), '--image_size', 16, '--inception_weights', t / 'absent.pth', '--device', 'cpu',
         '--num_workers', 0, '--out', t / 'm.json']), Skip('m.json', 'unreadable_fake', 3)),
+    Case('eval_fid --ref folder with bad files, larger than --fake (so shuffled for SWD)', script('eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t, size=32), '--ref', bad_image_folder(t), '--inception_weights', t / 'absent.pth',
+        '--device', 'cpu', '--num_workers', 0, '--out', t / 'm.json']), Skip('m.json', 'unreadable_real', 3)),
     Case('spectrum.py folder with bad files', script('spectrum.py', lambda t, r: [
         '--data', bad_image_folder(t), '--image_size', 16, '--device', 'cpu', '--out_dir', t / 'spec']),
         Skip('spec/spectrum.json', 'unreadable_images', 3)),

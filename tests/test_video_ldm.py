@@ -106,7 +106,7 @@ def test_eval_reads_the_middle_clip_of_every_readable_video_in_a_folder(tmp_path
     import av
     make_video_folder(tmp_path)
     (tmp_path / 'left' / 'bad.mp4').write_bytes(np.random.default_rng(1).bytes(2000))  # counted and left out
-    kind, clips = open_source(str(tmp_path), 16, None, num_frames=5)
+    kind, clips, _ = open_source(str(tmp_path), 16, None, num_frames=5)
     good = [tmp_path / c / f'{k}.mp4' for c in ('left', 'right') for k in range(2)]
     decoded = []
     for path in good:
@@ -114,7 +114,7 @@ def test_eval_reads_the_middle_clip_of_every_readable_video_in_a_folder(tmp_path
             decoded.append(np.stack([frame.to_ndarray(format='rgb24') for frame in f.decode(video=0)])[1:6])
     assert kind == 'videos' and clips.dtype == np.uint8
     assert np.array_equal(clips, np.stack(decoded))  # frames 1..5 of 8: the middle clip, in file order, no duplicate
-    kind, some = open_source(str(tmp_path), 16, 2, seed=3, num_frames=5)
+    kind, some, _ = open_source(str(tmp_path), 16, 2, seed=3, num_frames=5)
     assert some.shape == (2, 5, 16, 16, 3) and all(any(np.array_equal(c, d) for d in decoded) for c in some)
 
 
