@@ -5,6 +5,7 @@ hand-written mixed precision, atomic checkpoints that carry every RNG state and 
 Nothing here knows about a particular model or loss.
 """
 import os
+import re
 import sys
 import json
 import time
@@ -89,6 +90,7 @@ def add_common_args(parser, **defaults):
     p.add_argument('--log_interval', type=positive, default=d['log_interval'], help='steps between log lines')
     p.add_argument('--eval_interval', type=positive, default=d['eval_interval'], help='steps between image grids / evaluations')
     p.add_argument('--ckpt_interval', type=positive, default=d['ckpt_interval'], help='steps between checkpoints')
+    p.add_argument('--tensorboard', action='store_true', help='also log the scalars of log.jsonl and the preview grids to TensorBoard, in out_dir/tensorboard (needs the tensorboard package)')
     return p
 
 
@@ -97,12 +99,28 @@ def die(message):
     raise SystemExit(f"error: {message}")
 
 
-def check_run_dir(out_dir, resume, overwrite):
-    """A training run's --out_dir, checked before anything is built: a new run refuses to mix its files with another
-    run's (unless --overwrite), a resumed one needs its checkpoint. -> the checkpoint path."""
+def refuse_unused(argv, rules):
+    """A flag given on the command line (argv) that this run would not read is an error, not a silent no-op. rules:
+    [(flag, whether this run reads it, when it applies)]."""
+    given = {a.split('=', 1)[0] for a in argv if a.startswith('--')}
+    for flag, applies, when in rules:
+        if flag in given and not applies:
+            die(f"{flag} {when}, and this run would ignore it; drop it.")
+
+
+def check_run_dir(out_dir, resume, overwrite, data):
+    """A training run's --out_dir, checked and locked before anything is built: it must be a folder this user can
+    write (check_output) apart from the --data it reads (refuse_overlap), no other run may be writing into it
+    (lock_folder, rank 0 for all ranks), a new run refuses to
+    mix its files with another run's (unless --overwrite), a resumed one needs its checkpoint. -> the checkpoint
+    path."""
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
     if resume and overwrite:
         die("--resume continues the run in --out_dir and --overwrite replaces it; pass one of them.")
+    check_output(out_dir, '--out_dir', folder=True)
+    refuse_overlap(out_dir, '--out_dir', [(data, '--data')])
+    if int(os.environ.get('RANK', 0)) == 0:
+        lock_folder(out_dir, '--out_dir')
     if not resume:
         if os.path.exists(ckpt_path) and not overwrite:
             die(f"{ckpt_path} already exists; pass --resume to continue that run, --overwrite to replace it, or "
@@ -111,13 +129,14 @@ def check_run_dir(out_dir, resume, overwrite):
     return ckpt_path
 
 
-def prepare_run_dir(out_dir, ckpt_path, overwrite, master):
-    """Create --out_dir; the master removes what an interrupted save left, and with --overwrite the old log."""
+def prepare_run_dir(out_dir, overwrite, master):
+    """Create --out_dir (every rank: a node may not share rank 0's disk); with --overwrite the master removes the old
+    log. What an interrupted save left there went when the folder was locked (lock_folder)."""
     os.makedirs(out_dir, exist_ok=True)
-    if master:
-        remove_stale_temporaries(ckpt_path)
-        if overwrite and os.path.exists(os.path.join(out_dir, 'log.jsonl')):
+    if master and overwrite:
+        if os.path.exists(os.path.join(out_dir, 'log.jsonl')):
             os.remove(os.path.join(out_dir, 'log.jsonl'))  # a new run's log, not appended to the old one
+        shutil.rmtree(os.path.join(out_dir, 'tensorboard'), ignore_errors=True)  # nor its TensorBoard events
 
 
 def refuse_to_overwrite(paths, overwrite, flag='--out_dir'):
@@ -129,11 +148,15 @@ def refuse_to_overwrite(paths, overwrite, flag='--out_dir'):
 
 @contextlib.contextmanager
 def no_space_is_an_error(directory, needed_bytes=None):
-    """A full disk ends the script with one sentence naming the directory and the space needed, not ENOSPC's
-    traceback. The writes inside are atomic or redone on the next run, so nothing written before is lost."""
+    """A full disk, or a folder that stopped taking writes (made read-only, or its permissions changed under a running
+    script), ends the script with one sentence naming the directory, not the OSError's traceback. The writes inside
+    are atomic or redone on the next run, so nothing written before is lost."""
     try:
         yield
     except OSError as e:
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            die(f"{os.path.abspath(directory)} cannot be written ({e.strerror.lower()}); make it writable or choose "
+                f"another directory, and run again.")
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         free = shutil.disk_usage(directory).free
@@ -155,6 +178,18 @@ def _nbytes(obj):
     return 0
 
 
+def non_finite(obj, where=''):
+    """The places ('a.b[2]') of every NaN or infinite float in a (nested) result: a metric that is not a number is
+    an error for the script to report, never a value in its JSON."""
+    if isinstance(obj, float):
+        return [] if np.isfinite(obj) else [where or 'the value']
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in non_finite(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(obj, (list, tuple)):
+        return [p for i, v in enumerate(obj) for p in non_finite(v, f"{where}[{i}]")]
+    return []
+
+
 def weights_hash(module):
     """A short fingerprint of a model's weights (names, shapes, dtypes and values): equal hashes mean the same model."""
     h = hashlib.sha256()
@@ -167,23 +202,175 @@ def weights_hash(module):
 # -----------------------------------------------------------------------------
 # resuming a run
 
-def remove_stale_temporaries(ckpt_path):
-    """save_checkpoint writes ckpt.pt.tmp.PID first; a save that was killed leaves that file behind. Remove those of
-    processes that no longer run (a live PID may be another run writing into the same folder)."""
-    folder, prefix = os.path.dirname(os.path.abspath(ckpt_path)), os.path.basename(ckpt_path) + '.tmp.'
-    for name in os.listdir(folder) if os.path.isdir(folder) else []:
-        pid = name[len(prefix):]
-        if not (name.startswith(prefix) and pid.isdigit()):
+def check_output(path, flag, folder):
+    """An output of a script (a folder, or a file when folder=False), checked before any work starts, so that a run
+    never computes for hours and then fails to write: every name in the path fits the file system's limit, nothing in
+    the way is a file where a folder is needed (or a folder where the file goes), and the deepest folder that exists
+    can be written by this user (not read-only). The folders are made later, by the writer."""
+    path = os.path.abspath(path)
+    name_max = os.pathconf('/', 'PC_NAME_MAX') if hasattr(os, 'pathconf') else 255
+    for name in path.split(os.sep):
+        if len(os.fsencode(name)) > name_max:
+            die(f"{flag} {path}: the name '{name[:24]}...' is {len(os.fsencode(name))} bytes long, and the file "
+                f"system allows {name_max}; choose a shorter name.")
+    if os.path.lexists(path) and not os.path.exists(path):
+        die(f"{flag} {path} is a symbolic link to nothing; remove it or choose another path.")
+    if os.path.isdir(path) and not folder:
+        die(f"{flag} {path} is a folder; pass the path of the file to write.")
+    if os.path.exists(path) and not os.path.isdir(path) and folder:
+        die(f"{flag} {path} is a file, and a folder is needed here; pass a folder (it is made if it does not exist).")
+    existing = path if folder else os.path.dirname(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        die(f"{flag} {path} cannot be made: {existing} is a file, not a folder; choose another path.")
+    if not os.access(existing, os.W_OK | os.X_OK) or (os.path.isfile(path) and not os.access(path, os.W_OK)):
+        die(f"{flag} {path} cannot be written: {existing} is read-only for this user (or on a read-only file "
+            f"system); choose another path.")
+
+
+def refuse_overlap(output, out_flag, inputs):
+    """An output that is one of the inputs, or lies inside an input folder, would overwrite what the script reads, or
+    put its files among the data (a preview PNG read as a training image next time): refuse it. inputs: [(path or
+    None, flag)]."""
+    out = os.path.realpath(output)
+    for path, flag in inputs:
+        if path is None:
             continue
+        inp = os.path.realpath(path)
+        if out == inp or (os.path.isdir(inp) and out.startswith(inp + os.sep)):
+            where = 'is' if out == inp else 'lies inside'
+            die(f"{out_flag} {output} {where} {flag} {path}: its files would overwrite or mix with what is read; "
+                f"choose another {out_flag}.")
+
+
+LOCK_FILE = '.lock'
+_held_locks = {}  # path -> (the text this process wrote into it, True when lock_folder made the folder)
+
+
+def lock_folder(folder, flag):
+    """Take `folder` for this run alone, before anything is written there: an exclusive lock file (folder/.lock, made
+    with O_EXCL semantics: a hard link of a written file, so that it appears whole) that names this process and host.
+    Another run's live lock is one sentence; a lock whose process is gone from this host (a run that was killed) is
+    taken over, with a message. Then the temporary files a killed writer can leave (NAME.tmp, NAME.tmp.PID) are
+    removed: with the lock held, no live writer owns them. The lock goes when the process exits (release_locks).
+    -> True when this call took the lock, False when this process held it already (a cache inside its --out_dir)."""
+    import socket
+    path = os.path.join(folder, LOCK_FILE)
+    if path in _held_locks:
+        return False
+    made = not os.path.isdir(folder)
+    text = f"{os.getpid()} {socket.gethostname()} {time.time():.6f}\n"
+    try:
+        os.makedirs(folder, exist_ok=True)
+        for _ in range(10):  # a lost race for a stale lock goes round again
+            if _create_lock(path, text):
+                break
+            _take_over_if_stale(path, folder, flag)
+        else:
+            die(f"{folder} could not be locked ({path} keeps changing); run again.")
+    except OSError as e:
+        die(f"{flag} {folder} cannot be written ({e.strerror.lower()}); choose another folder.")
+    if not _held_locks:
+        import atexit
+        atexit.register(release_locks)
+    _held_locks[path] = (text, made)
+    for name in os.listdir(folder):
+        if (re.search(r'\.tmp(\.\d+)?$', name) and not name.startswith(LOCK_FILE)  # another taker's, in flight
+                and os.path.isfile(os.path.join(folder, name))):
+            os.remove(os.path.join(folder, name))
+            print(f"removed {os.path.join(folder, name)}, left by a write that was interrupted")
+    return True
+
+
+def _create_lock(path, text):
+    """Make the lock file holding `text` unless it exists. -> whether this call made it."""
+    mine = f"{path}.{os.getpid()}.tmp"
+    with open(mine, 'w') as f:
+        f.write(text)
+    try:
+        os.link(mine, path)  # fails if the lock exists: atomic, with its content in place
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links: O_EXCL itself, and the content a moment later
         try:
-            os.kill(int(pid), 0)
-            continue  # still running
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # running, under another user
-        os.remove(os.path.join(folder, name))
-        print(f"removed {os.path.join(folder, name)}, left by a checkpoint save that was interrupted")
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, 'w') as f:
+            f.write(text)
+        return True
+    finally:
+        os.remove(mine)
+
+
+def _take_over_if_stale(path, folder, flag):
+    """The lock at `path` is someone's: refuse, or remove it when its process no longer runs on this host (a pid that is
+    this process's own, in a lock it does not hold, is also gone: the same pid running again)."""
+    import socket
+    for _ in range(20):  # a lock made by O_EXCL alone is empty for a moment
+        try:
+            with open(path) as f:
+                text = f.read()
+        except FileNotFoundError:
+            return  # released meanwhile: try again
+        if text.strip():
+            break
+        time.sleep(0.05)
+    try:
+        pid, host = int(text.split()[0]), text.split()[1]
+    except (ValueError, IndexError):
+        die(f"{folder} is locked by {path}, which names no process; if no other run writes there, delete it.")
+    if host != socket.gethostname():
+        die(f"{flag} {folder} is in use by another run (process {pid} on {host}); wait for it to end or choose "
+            f"another folder (if that run is gone, delete {path}).")
+    if pid != os.getpid() and _pid_alive(pid):
+        die(f"{flag} {folder} is in use by another run (process {pid}); wait for it to end or choose another folder.")
+    stale = f"{path}.stale.{os.getpid()}"
+    try:
+        os.rename(path, stale)  # one taker wins; a loser finds the winner's fresh lock next time round
+    except FileNotFoundError:
+        return
+    with open(stale) as f:
+        if f.read() != text:  # it was replaced by a fresh lock between our read and the rename: put it back
+            with contextlib.suppress(FileExistsError):
+                os.link(stale, path)
+            os.remove(stale)
+            return
+    os.remove(stale)
+    print(f"took over the lock of {folder} from process {pid}, which no longer runs (it was killed or crashed)")
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # running, under another user
+    return True
+
+
+def release_lock(folder):
+    """Give up the lock of `folder` before the process ends (a latent cache, once it is built)."""
+    release_locks([os.path.join(folder, LOCK_FILE)])
+
+
+def release_locks(paths=None):
+    """Remove this process's locks (all at exit; the in-process test runner calls it after each script), and a folder
+    that lock_folder made and nothing was written into."""
+    for path, (text, made) in list(_held_locks.items()):
+        if paths is not None and path not in paths:
+            continue
+        del _held_locks[path]
+        with contextlib.suppress(OSError):
+            with open(path) as f:
+                if f.read() != text:
+                    continue
+            os.remove(path)
+            if made:
+                os.rmdir(os.path.dirname(path))  # fails, as it should, unless the folder is empty
 
 
 def truncate_log(path, step):
@@ -246,11 +433,19 @@ def resume_run(ckpt, run_config, allow_changes, dist, out_dir, states, lrs=None,
     compare_resume_config(ckpt['config'], run_config, allow_changes, exact, unsaved)
     for key, obj in states.items():
         if obj is not None:
-            obj.load_state_dict(ckpt[key])
+            try:
+                obj.load_state_dict(ckpt[key])
+            except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
+                die(f"the {key!r} state in {os.path.join(out_dir, 'ckpt.pt')} does not fit this run "
+                    f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); resume with the flags it was trained with.")
     for key, lr in (lrs or {}).items():
         for group in states[key].param_groups:
             group['lr'] = lr
-    restore_rng_states(ckpt['rng'], dist)
+    try:
+        restore_rng_states(ckpt['rng'], dist)
+    except (ValueError, TypeError, IndexError, RuntimeError) as e:
+        die(f"the RNG states in {os.path.join(out_dir, 'ckpt.pt')} are not ones this project writes ({e}); the run "
+            f"cannot continue exactly from it.")
     if dist.master:
         truncate_log(os.path.join(out_dir, 'log.jsonl'), ckpt['step'])
     return ckpt['step']
@@ -395,15 +590,23 @@ def seed_everything(seed):
 
 
 def rng_state():
-    s = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+    """Every RNG state of this process, as tensors, lists and numbers only: what a checkpoint read with
+    torch.load(weights_only=True) may hold (numpy's key array becomes an int64 tensor)."""
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    s = {'python': [version, list(internal), gauss_next],
+         'numpy': [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached_gaussian],
+         'torch': torch.get_rng_state()}
     if torch.cuda.is_available():
         s['cuda'] = torch.cuda.get_rng_state_all()
     return s
 
 
 def set_rng_state(s):
-    random.setstate(s['python'])
-    np.random.set_state(s['numpy'])
+    version, internal, gauss_next = s['python']
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, pos, has_gauss, cached_gaussian = s['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached_gaussian))
     torch.set_rng_state(s['torch'])
     if 'cuda' in s and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s['cuda'])
@@ -523,7 +726,8 @@ class Loader:
     exactly the batches an uninterrupted run would have seen. Each rank takes every world_size-th batch slice of the
     epoch's permutation (DistributedSampler's rule). Infinite datasets (the embedded one) are read in index order,
     since every index is a fresh random image. Each item carries its own seed for augmentation (flip, crop), so the
-    result does not depend on the number of workers. The state is the number of batches handed out.
+    result does not depend on the number of workers. The state is the number of batches handed out, and the
+    indices of the unreadable files met so far (each replaced by a readable neighbour, and counted once).
     """
     def __init__(self, dataset, batch_size, seed, dist, num_workers=2):
         self.dataset, self.batch_size, self.seed, self.dist = dataset, batch_size, seed, dist
@@ -535,15 +739,25 @@ class Loader:
             die(f"the dataset has {n} images, fewer than one global batch of {batch_size * dist.world_size}; "
                 f"lower --batch_size or add images.")
         self.epoch, self.batch_in_epoch = 0, 0
-        self.skipped = 0  # unreadable images replaced by a neighbour (counted, never a crash)
+        self.unreadable = set()  # indices of the unreadable files met so far (replaced by a neighbour, never a crash)
         self._it = None
 
     def state_dict(self):
-        return {'epoch': self.epoch, 'batch_in_epoch': self.batch_in_epoch, 'skipped': self.skipped}
+        return {'epoch': self.epoch, 'batch_in_epoch': self.batch_in_epoch, 'unreadable': sorted(self.unreadable)}
 
     def load_state_dict(self, s):
-        self.epoch, self.batch_in_epoch, self.skipped = s['epoch'], s['batch_in_epoch'], s['skipped']
+        self.epoch, self.batch_in_epoch, self.unreadable = s['epoch'], s['batch_in_epoch'], set(s['unreadable'])
         self._it = None
+
+    def skipped(self):
+        """The unreadable files met so far, each once, on every rank (a collective under DDP: all ranks call it),
+        plus those the dataset left out when it was made (data.LatentCache's unreadable_left_out)."""
+        seen = self.unreadable
+        if self.dist.ddp:
+            every = [None] * self.dist.world_size
+            torch_dist.all_gather_object(every, sorted(seen))
+            seen = set().union(*map(set, every))
+        return len(seen) + getattr(self.dataset, 'unreadable_left_out', 0)
 
     def _batches(self, epoch, start):
         """Lists of (index, item_seed) for this rank, from batch `start` of `epoch` on, without end."""
@@ -570,11 +784,10 @@ class Loader:
         sampler = self._batches(self.epoch, self.batch_in_epoch)
         # a private generator: creating workers must not consume the global torch RNG, or a resume would diverge.
         # The sampler never ends, so the workers live as long as the run: no restart (and GPU stall) at epoch ends.
-        dl = DataLoader(_Counted(self.dataset), batch_sampler=sampler, num_workers=self.num_workers,
-                        generator=torch.Generator().manual_seed(self.seed),
-                        pin_memory=(self.dist.device.type == 'cuda'),
-                        prefetch_factor=4 if self.num_workers > 0 else None)
-        self._it = iter(dl)
+        self._it = load_batches(Counted(self.dataset, with_index=True), batch_sampler=sampler,
+                                num_workers=self.num_workers, generator=torch.Generator().manual_seed(self.seed),
+                                pin_memory=(self.dist.device.type == 'cuda'),
+                                prefetch_factor=4 if self.num_workers > 0 else None)
 
     def __iter__(self):
         return self
@@ -582,16 +795,36 @@ class Loader:
     def __next__(self):
         if self._it is None:
             self._start()
-        x, y, skipped = next(self._it)
+        x, y, unreadable, index = next(self._it)
         self.batch_in_epoch += 1
         if self.batch_in_epoch == self.batches_per_epoch:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        self.skipped += int(skipped.sum())
+        self.unreadable.update(index[unreadable.bool()].tolist())
         return x, y
 
 
-class _Counted(torch.utils.data.Dataset):
-    """Items as (x, y, skipped), so the loader can count unreadable files across worker processes."""
+class Counted(torch.utils.data.Dataset):
+    """A data.py dataset's items as (x, y, 1 if the item's file was unreadable and a neighbour stands in, else 0),
+    and with_index the item's index after them, so that the loaders count unreadable files across worker processes."""
+    def __init__(self, dataset, with_index=False):
+        self.dataset, self.with_index = dataset, with_index
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        x, y, unreadable = self.dataset.load(item)
+        if not self.with_index:
+            return x, y, unreadable
+        return x, y, unreadable, item[0] if isinstance(item, tuple) else item
+
+
+class WorkerStopped(Exception):
+    """A die() inside a DataLoader worker process: DataLoader re-raises it in the main process (with the worker's
+    traceback in its text), where load_batches ends the script with the sentence alone."""
+
+
+class _Guarded(torch.utils.data.Dataset):
     def __init__(self, dataset):
         self.dataset = dataset
 
@@ -599,7 +832,33 @@ class _Counted(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, item):
-        return self.dataset.load(item)
+        try:
+            return self.dataset[item]
+        except SystemExit as e:  # a SystemExit would end the worker process, and the main one would only learn that
+            raise WorkerStopped(str(e.code)) from None
+
+
+def load_batches(dataset, **dataloader_args):
+    """The batches of DataLoader(dataset, **dataloader_args), the one way the project reads data in worker
+    processes: a user error met in a worker (data.py's die(), such as "none of the images could be read") ends the
+    script with its one sentence, as it would without workers, and a worker killed by the system is one sentence too,
+    not a traceback from the DataLoader's machinery."""
+    it = iter(DataLoader(_Guarded(dataset), **dataloader_args))
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except WorkerStopped as e:  # its text ends with the worker's last line, "WorkerStopped: error: ..."
+            raise SystemExit(str(e).strip().splitlines()[-1].split('WorkerStopped: ', 1)[-1]) from None
+        except RuntimeError as e:
+            if 'DataLoader worker (pid' not in str(e):  # "... exited unexpectedly", "... is killed by signal"
+                raise
+            die(f"a data loader worker process died ({str(e).splitlines()[0][:160]}); it was probably killed for "
+                f"memory: lower --num_workers or --batch_size, and run again.")
+        yield batch
+
+
 
 
 # -----------------------------------------------------------------------------
@@ -661,10 +920,23 @@ def peak_memory(device):
 
 
 class Logger:
-    """Appends one JSON line per log call to out_dir/log.jsonl and prints it; only the master process writes."""
-    def __init__(self, out_dir, master):
+    """
+    Appends one JSON line per log call to out_dir/log.jsonl and prints it; only the master process writes. With
+    tensorboard=True the same scalars, and the preview images passed to image(), also go to TensorBoard event files in
+    out_dir/tensorboard (torch.utils.tensorboard, imported only then: the tensorboard package stays optional). A run
+    resumed at `step` hides the events logged after that step, as resume_run truncates log.jsonl.
+    """
+    def __init__(self, out_dir, master, tensorboard=False, step=0):
         self.master = master
         self.path = os.path.join(out_dir, 'log.jsonl')
+        self.writer = None
+        if tensorboard:
+            import importlib.util
+            if importlib.util.find_spec('tensorboard') is None:  # on every rank, so that all of them stop
+                die("--tensorboard needs the tensorboard package; pip install tensorboard.")
+            if master:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(os.path.join(out_dir, 'tensorboard'), purge_step=step + 1 if step else None)
 
     def log(self, step, **scalars):
         if not self.master:
@@ -673,6 +945,11 @@ class Logger:
         row.update({k: (float(v) if isinstance(v, (int, float, np.floating, torch.Tensor)) else v) for k, v in scalars.items()})
         with no_space_is_an_error(os.path.dirname(os.path.abspath(self.path))), open(self.path, 'a') as f:
             f.write(json.dumps(row) + '\n')
+        if self.writer is not None:
+            for k, v in row.items():
+                if isinstance(v, float) and k != 'time':
+                    self.writer.add_scalar(k, v, step)
+            self.writer.flush()
         text = ' '.join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != 'time')
         try:
             from tqdm import tqdm
@@ -680,3 +957,10 @@ class Logger:
         except ImportError:
             print(text)
         sys.stdout.flush()
+
+    def image(self, tag, path, step):
+        """The preview grid just written to `path` (a PNG), beside the scalars in TensorBoard."""
+        if self.writer is not None:
+            from PIL import Image
+            self.writer.add_image(tag, np.asarray(Image.open(path).convert('RGB')), step, dataformats='HWC')
+            self.writer.flush()

@@ -19,7 +19,7 @@ reproducible; a plain `i` gives the un-augmented image.
   to the clip instead of decoding the whole file; bad videos are counted skips).
 - LatentCache: a data set encoded once by a frozen autoencoder (train_ldm.py --cache_latents), float16, stored in a
   random order and read in shuffled contiguous chunks.
-- Evaluation sources (eval_fid.py --fake / --real): a samples .npz (ImageArray, or a uint8 video array), a folder of
+- Evaluation sources (eval_fid.py --fake / --ref): a samples .npz (ImageArray, or a uint8 video array), a folder of
   images at their own size (ImageFiles) or resized (DatasetImages), a folder of videos (read_video_folder), or a
   statistics .npz; each image set is uint8 with a known .size and counts its unreadable files.
 
@@ -36,7 +36,7 @@ from PIL import Image, ImageFile, ImageOps
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
-from common import die
+from common import die, load_batches, lock_folder, release_lock
 from metrics import to_uint8
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
@@ -163,20 +163,63 @@ class DeadLeaves(torch.utils.data.Dataset):
 # image folders
 
 def list_files(root, extensions=IMAGE_EXTENSIONS):
-    """Files under root with one of `extensions`, searched recursively in sorted order. Symbolic links are followed,
-    but no folder is entered twice (a link loop would otherwise list the data set over and over), and only regular
-    files count (a named pipe called x.png would block the reader forever)."""
-    files, seen = [], set()
+    """(files, left_out): the files under root with one of `extensions` (the types read; any case), searched
+    recursively in sorted order, and what was left out, counted: {'hidden': n} for hidden files and folders (a name
+    that starts with '.', such as .ipynb_checkpoints or .DS_Store; a folder counts once, unopened) and {'.gif': n,
+    ...} for files of other types. Symbolic links are followed, but no folder is entered twice (a link loop would
+    otherwise list the data set over and over), and only regular files count (a named pipe called x.png would block
+    the reader forever)."""
+    files, seen, left_out = [], set(), {}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         st = os.stat(dirpath)
         if (st.st_dev, st.st_ino) in seen:
             dirnames[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
-        dirnames.sort()
-        files += [os.path.join(dirpath, f) for f in sorted(filenames)
-                  if f.lower().endswith(extensions) and os.path.isfile(os.path.join(dirpath, f))]
-    return files
+        hidden = [d for d in dirnames if d.startswith('.')] + [f for f in filenames if f.startswith('.')]
+        if hidden:
+            left_out['hidden'] = left_out.get('hidden', 0) + len(hidden)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+        for f in sorted(filenames):
+            path = os.path.join(dirpath, f)
+            if f.startswith('.') or not os.path.isfile(path):
+                continue
+            if f.lower().endswith(extensions):
+                files.append(path)
+            else:
+                ext = os.path.splitext(f)[1].lower() or 'no extension'
+                left_out[ext] = left_out.get(ext, 0) + 1
+    return files, left_out
+
+
+def describe_left_out(left_out):
+    """{'.gif': 2, 'hidden': 1} -> '2 .gif files and 1 hidden file or folder'."""
+    parts = [f"{n} {ext} file{'s' if n > 1 else ''}" for ext, n in sorted(left_out.items()) if ext != 'hidden']
+    if left_out.get('hidden'):
+        parts.append(f"{left_out['hidden']} hidden file{'s' if left_out['hidden'] > 1 else ''} or folder"
+                     f"{'s' if left_out['hidden'] > 1 else ''}")
+    return ', '.join(parts[:-1]) + (' and ' if len(parts) > 1 else '') + parts[-1] if parts else 'nothing'
+
+
+_announced = set()
+
+
+def read_folder(root, extensions, what):
+    """The one listing of a data folder, for every reader (training, the latent cache, evaluation, the spectrum):
+    `root` must be a folder with `what` ('images', 'videos') in it, and what was left out (hidden files, other types) is
+    said once per folder and returned, never silently ignored. -> (files, left_out)."""
+    if not os.path.isdir(root):
+        die(f"{root} is not a folder; point it at a folder of {what}.")
+    files, left_out = list_files(root, extensions)
+    types = ', '.join(extensions)
+    if not files:
+        die(f"{root} holds no {what} (the types read are {types}), searched recursively"
+            + (f"; it holds {describe_left_out(left_out)}" if left_out else '') + ".")
+    if left_out and root not in _announced and int(os.environ.get('RANK', 0)) == 0:
+        _announced.add(root)
+        print(f"{root}: reading {len(files)} {what}, leaving out {describe_left_out(left_out)} (the types read are "
+              f"{types}; hidden files and folders are skipped)")
+    return files, left_out
 
 
 def folder_classes(root, files):
@@ -256,11 +299,7 @@ class ImageFolder(torch.utils.data.Dataset):
     infinite = False
 
     def __init__(self, root, image_size, flip=True, random_crop=False):
-        if not os.path.isdir(root):
-            die(f"--data {root} is not a folder; point it at a folder of images.")
-        files = list_files(root)
-        if not files:
-            die(f"--data {root} holds no images ({', '.join(IMAGE_EXTENSIONS)}), searched recursively.")
+        files, self.left_out = read_folder(root, IMAGE_EXTENSIONS, 'images')
         self.root, self.files, self.image_size = root, files, image_size
         self.flip, self.random_crop = flip, random_crop
         self.classes, self.labels = folder_classes(root, files)
@@ -444,11 +483,7 @@ class VideoFolder(torch.utils.data.Dataset):
     infinite = False
 
     def __init__(self, root, image_size, num_frames, frame_stride=1, train=True, random_crop=False):
-        if not os.path.isdir(root):
-            die(f"--data {root} is not a folder; point it at a folder of videos.")
-        files = list_files(root, VIDEO_EXTENSIONS)
-        if not files:
-            die(f"--data {root} holds no videos ({', '.join(VIDEO_EXTENSIONS)}), searched recursively.")
+        files, self.left_out = read_folder(root, VIDEO_EXTENSIONS, 'videos')
         self.root, self.files, self.image_size = root, files, image_size
         self.num_frames, self.frame_stride, self.train, self.random_crop = num_frames, frame_stride, train, random_crop
         self.classes, self.labels = folder_classes(root, files)
@@ -494,7 +529,7 @@ class VideoFolder(torch.utils.data.Dataset):
         x = x.permute(3, 0, 1, 2)  # (3, T, H, W)
         if self.train and item_seed is not None and rng.random() < 0.5:
             x = x.flip(3)
-        return x.contiguous(), self.labels[j], skipped
+        return x.contiguous(), self.labels[j], int(skipped > 0)  # this item's own file was bad (as images count)
 
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error we count, not a silently grey image
@@ -508,26 +543,42 @@ CHUNK_BYTES = 64 << 20  # one chunk is read as one sequential 64 MiB run
 class LatentCache(torch.utils.data.Dataset):
     """
     root/latents.npy (N, 2, C, h, w) float16, each image and its mirror image (video: (N, 2, C, T', h, w), each clip and
-    its mirror clip), root/labels.npy (N,) and root/meta.json.
+    its mirror clip), root/labels.npy (N,) (-1 for an item whose file was unreadable: it is left out, not replaced)
+    and root/meta.json, written last, the mark of a complete cache.
     float16 halves float32's disk (ImageNet with FLUX's 16 x 32 x 32 latents: 84 GB instead of 168 GB) at a relative
     rounding error of 2^-11, far below the posterior noise the latents were sampled with. The images were written in a
     seeded random order, so a contiguous chunk is a random sample of the data set: epoch_order() shuffles the chunks and
     the items inside each, and the disk reads one chunk after another instead of seeking for every item.
     load() follows the protocol of the image datasets, so common.Loader shards, orders and resumes it the same way, and
-    the per-item seed picks the flip as ImageFolder's does.
+    the per-item seed picks the flip as ImageFolder's does. Opening checks every file against meta.json
+    (DamagedCache when one is missing, cut short or of another shape).
     """
     infinite = False
 
     def __init__(self, root):
-        with open(os.path.join(root, 'meta.json')) as f:
-            self.meta = json.load(f)
-        self.latents = np.load(os.path.join(root, 'latents.npy'), mmap_mode='r')
-        self.labels = np.load(os.path.join(root, 'labels.npy'))
-        self.num_classes = self.meta['num_classes']
+        try:
+            with open(os.path.join(root, 'meta.json')) as f:
+                self.meta = json.load(f)
+            if not isinstance(self.meta, dict) or not isinstance(self.meta.get('key'), dict):
+                raise ValueError("meta.json is not a cache's")
+            shape = (self.meta['key']['cache_size'], 2, *self.meta['key']['latent_shape'])
+            self.latents = np.load(os.path.join(root, 'latents.npy'), mmap_mode='r')
+            self.labels = np.load(os.path.join(root, 'labels.npy'))
+            if self.latents.shape != shape or self.latents.dtype != np.float16:
+                raise ValueError(f"latents.npy is {self.latents.dtype} {self.latents.shape}, not float16 {shape}")
+            if self.labels.shape != shape[:1] or not np.issubdtype(self.labels.dtype, np.integer):
+                raise ValueError(f"labels.npy is {self.labels.dtype} {self.labels.shape}, not integers {shape[:1]}")
+            self.num_classes = int(self.meta['num_classes'])
+        except (OSError, ValueError, KeyError, TypeError) as e:  # a file missing, cut short, or not ours
+            raise DamagedCache(f"{type(e).__name__}: {e}") from None
+        self.index = np.flatnonzero(self.labels >= 0)  # the items whose files were readable
+        self.unreadable_left_out = len(self.labels) - len(self.index)
+        if not len(self.index):
+            die(f"every image of the latent cache {root} was unreadable; check the data.")
         self.chunk = max(1, CHUNK_BYTES // self.latents[0].nbytes)
 
     def __len__(self):
-        return len(self.labels)
+        return len(self.index)
 
     def epoch_order(self, generator):
         """A permutation of the items: chunks of self.chunk consecutive items in random order, shuffled inside."""
@@ -544,8 +595,13 @@ class LatentCache(torch.utils.data.Dataset):
     def load(self, item):
         i, item_seed = _split_item(item)
         flip = item_seed is not None and np.random.default_rng([item_seed, i]).random() < 0.5
-        z = torch.from_numpy(self.latents[i, int(flip)].astype(np.float32))  # (C, h, w), video (C, T', h, w)
-        return z, int(self.labels[i]), 0
+        p = self.index[i]
+        z = torch.from_numpy(self.latents[p, int(flip)].astype(np.float32))  # (C, h, w), video (C, T', h, w)
+        return z, int(self.labels[p]), 0
+
+
+class DamagedCache(Exception):
+    """A latent cache whose files do not match its meta.json: build_latent_cache makes it again."""
 
 
 def file_sha256(path):
@@ -569,27 +625,44 @@ def build_latent_cache(root, images, encode, latent_shape, key, num_items, batch
                        num_workers=2):
     """
     LatentCache(root), encoding `num_items` items of `images` with `encode` (x (B, 3, H, W) -> z (B, C, h, w), or clips
-    x (B, 3, T, H, W) -> z (B, C, T', h, w)) first unless root holds a complete cache. `key` is everything the content depends on (the autoencoder's hash, the data,
-    the image size, the crop mode, the cache size); a cache made for another key is refused, never silently reused.
-    Ranks split the work; meta.json is written last, as the marker of a complete cache. With random_crop, item i is
-    crop i of image i mod len(images), drawn with its own seed; otherwise item i is image i, centre-cropped, unflipped.
+    x (B, 3, T, H, W) -> z (B, C, T', h, w)) first unless root holds a complete cache. `key` is everything the content
+    depends on (the autoencoder's hash, the data, the image size, the crop mode, the cache size); a cache made for
+    another key is refused, never silently reused, and a damaged one (a file missing or cut short) is made again.
+    The builder holds root's lock (common.lock_folder), so two runs never write one cache; ranks split the work;
+    meta.json is written last, as the marker of a complete cache. An unreadable image is left out (labels -1) and
+    counted (meta.json's skipped_images), never replaced by a copy of its neighbour. With random_crop, item i is crop i
+    of image i mod len(images), drawn with its own seed; otherwise item i is image i, centre-cropped, unflipped. The
+    posterior noise is drawn from its own seed, so building the cache leaves the run's random stream as it was: the
+    same command trains the same whether or not the cache existed.
     """
+    key = {**key, 'latent_shape': list(latent_shape), 'cache_size': num_items}
+    build = False
+    if dist.master:
+        cache = _open_cache(root, key)
+        if cache is None:
+            locked = lock_folder(root, '--cache_latents')  # False when it is this run's own --out_dir
+            cache = _open_cache(root, key)  # made by another run between the look and the lock
+            build = cache is None
+            if not build and locked:
+                release_lock(root)
+    if dist.ddp:
+        decision = [build]
+        torch.distributed.broadcast_object_list(decision, src=0)
+        build = decision[0]
+    if not build:
+        if dist.ddp:
+            torch.distributed.barrier()
+        return cache if dist.master else LatentCache(root)
     meta_path = os.path.join(root, 'meta.json')
-    if os.path.exists(meta_path):
-        with open(meta_path) as f:
-            made_for = json.load(f).get('key', {})
-        changed = '; '.join(f"{k} {made_for.get(k)!r} there, {key[k]!r} now" for k in key if made_for.get(k) != key[k])
-        if changed:
-            die(f"the latent cache {root} was made from other inputs ({changed}); delete it or pass another "
-                f"--cache_latents folder.")
-        return LatentCache(root)
     # cache position p holds item order[p], in random order so that any contiguous chunk is a random sample; without
     # crops, and fewer items than images, the items are a random sample of the images
     rng = np.random.default_rng(seed)
     finite_images = not random_crop and not getattr(images, 'infinite', False)
     order = rng.permutation(len(images))[:num_items] if finite_images else rng.permutation(num_items)
     if dist.master:
-        os.makedirs(root, exist_ok=True)
+        for name in ('meta.json', 'labels.npy'):  # the marker first: a build that is killed leaves none
+            if os.path.exists(os.path.join(root, name)):
+                os.remove(os.path.join(root, name))
         np.lib.format.open_memmap(os.path.join(root, 'latents.npy'), mode='w+', dtype=np.float16,
                                   shape=(num_items, 2, *latent_shape)).flush()
     if dist.ddp:
@@ -599,19 +672,23 @@ def build_latent_cache(root, images, encode, latent_shape, key, num_items, batch
     positions = [p for start in range(dist.rank * batch_size, num_items, dist.world_size * batch_size)
                  for p in range(start, min(start + batch_size, num_items))]
     if random_crop:
-        item = lambda p: images.load((int(order[p]) % len(images), seed * 1_000_003 + int(order[p])))[:2]  # noqa: E731
+        item = lambda p: (int(order[p]) % len(images), seed * 1_000_003 + int(order[p]))  # noqa: E731
     else:
-        item = lambda p: images[int(order[p])]  # noqa: E731  a plain index: no flip (the cache holds both), no crop
-    loader = torch.utils.data.DataLoader(_Positions(positions, item), batch_size=batch_size, num_workers=num_workers)
-    for p, x, y in tqdm(loader, desc='encoding latents', disable=not dist.master):
-        x = x.to(dist.device)
-        for flip in (0, 1):
-            z = encode(x.flip(-1) if flip else x).cpu().numpy().astype(np.float16)  # the mirror image: W is last
-            if not np.isfinite(z).all():
-                die(f"latents beyond float16's range (|z| > 65504) came out of the autoencoder; it is broken or not "
-                    f"an autoencoder for images in [-1, 1].")
-            store[p.numpy(), flip] = z
-        labels[p.numpy()] = y.numpy()
+        item = lambda p: int(order[p])  # noqa: E731  a plain index: no flip (the cache holds both), no crop
+    devices = [dist.device] if dist.device.type == 'cuda' else []
+    with torch.random.fork_rng(devices=devices):  # the run's own random stream is untouched
+        torch.manual_seed(seed * 1_000_003 + dist.rank)
+        for p, x, y, unreadable in tqdm(load_batches(_Positions(positions, item, images), batch_size=batch_size,
+                                                     num_workers=num_workers),
+                                        desc='encoding latents', disable=not dist.master):
+            x = x.to(dist.device)
+            for flip in (0, 1):
+                z = encode(x.flip(-1) if flip else x).cpu().numpy().astype(np.float16)  # the mirror image: W is last
+                if not np.isfinite(z).all():
+                    die(f"latents beyond float16's range (|z| > 65504) came out of the autoencoder; it is broken or "
+                        f"not an autoencoder for images in [-1, 1].")
+                store[p.numpy(), flip] = z
+            labels[p.numpy()] = np.where(unreadable.numpy() > 0, -1, y.numpy())  # an unreadable one is left out
     store.flush()
     if dist.ddp:  # each rank filled its own label positions: sum them
         lab = torch.from_numpy(labels).to(dist.device)
@@ -620,24 +697,52 @@ def build_latent_cache(root, images, encode, latent_shape, key, num_items, batch
         torch.distributed.barrier()
     if dist.master:
         np.save(os.path.join(root, 'labels.npy'), labels)
-        with open(meta_path, 'w') as f:
-            json.dump({'key': key, 'num_classes': images.num_classes, 'dtype': 'float16'}, f, indent=1)
+        skipped = int((labels < 0).sum())
+        with open(meta_path + '.tmp', 'w') as f:  # whole or not at all: it marks the cache complete
+            json.dump({'key': key, 'num_classes': images.num_classes, 'dtype': 'float16', 'skipped_images': skipped},
+                      f, indent=1)
+        os.replace(meta_path + '.tmp', meta_path)
+        if skipped:
+            print(f"the latent cache {root} leaves out {skipped} of {num_items} images, which could not be read")
+        if locked:
+            release_lock(root)
     if dist.ddp:
         torch.distributed.barrier()
     return LatentCache(root)
 
 
+def _open_cache(root, key):
+    """The complete cache at root, or None when there is none (or a damaged one, said and made again); a complete
+    cache made from other inputs is refused."""
+    meta_path = os.path.join(root, 'meta.json')
+    if not os.path.exists(meta_path):
+        return None
+    try:
+        cache = LatentCache(root)
+    except DamagedCache as e:
+        print(f"the latent cache {root} is damaged ({e}); making it again")
+        return None
+    made_for = cache.meta['key']
+    changed = '; '.join(f"{k} {made_for.get(k)!r} there, {key[k]!r} now" for k in key if made_for.get(k) != key[k])
+    if changed:
+        die(f"the latent cache {root} was made from other inputs ({changed}); delete it or pass another "
+            f"--cache_latents folder.")
+    if cache.unreadable_left_out:
+        print(f"the latent cache {root} leaves out {cache.unreadable_left_out} images, which could not be read")
+    return cache
+
+
 class _Positions(torch.utils.data.Dataset):
-    """(cache position, x, y) for the positions one rank encodes."""
-    def __init__(self, positions, item):
-        self.positions, self.item = positions, item
+    """(cache position, x, y, 1 if its file was unreadable) for the positions one rank encodes."""
+    def __init__(self, positions, item, images):
+        self.positions, self.item, self.images = positions, item, images
 
     def __len__(self):
         return len(self.positions)
 
     def __getitem__(self, k):
-        x, y = self.item(self.positions[k])
-        return self.positions[k], x, y
+        x, y, unreadable = self.images.load(self.item(self.positions[k]))
+        return self.positions[k], x, y, unreadable
 
 
 # ----------------------------------------------------------------------------------------------
@@ -647,7 +752,7 @@ class _Positions(torch.utils.data.Dataset):
 
 class ImageArray(Dataset):
     """A uint8 (N, H, W, 3) array, as in the arr_0 of the .npz files sample.py (and ADM's evaluator) use."""
-    unreadable = 0
+    unreadable, left_out = 0, {}
 
     def __init__(self, array):
         self.array = array
@@ -666,9 +771,8 @@ class ImageFiles(Dataset):
     unreadable = 0
 
     def __init__(self, root):
-        self.root, self.files = root, list_files(root)
-        if not self.files:
-            die(f"{root} holds no images ({', '.join(IMAGE_EXTENSIONS)}), searched recursively.")
+        self.root = root
+        self.files, self.left_out = read_folder(root, IMAGE_EXTENSIONS, 'images')
         sizes = {}
         for f in self.files:  # PIL reads only the header here
             try:
@@ -704,6 +808,7 @@ class DatasetImages(Dataset):
     def __init__(self, dataset, n, seed=0):
         self.dataset, self.index = dataset, random_subset(dataset, n, seed)
         self.size = (dataset.image_size, dataset.image_size)
+        self.left_out = getattr(dataset, 'left_out', {})
 
     def __len__(self):
         return len(self.index)
@@ -718,7 +823,7 @@ def read_video_folder(path, image_size, num_frames, limit, seed):
     num_frames-frame clip of each video, centre-cropped to image_size, at most `limit` videos (seeded random). A video
     that gives no clip is counted and left out (data.VideoFolder would put the next video in its place, twice)."""
     if image_size is None:
-        die(f"--real/--fake {path} is a folder of videos; pass --image_size (and --num_frames) for its clips.")
+        die(f"--ref/--fake {path} is a folder of videos; pass --image_size (and --num_frames) for its clips.")
     folder = VideoFolder(path, image_size, num_frames, train=False)
     index = random_subset(folder, limit, seed) if limit is not None else range(len(folder))
     clips, unreadable = [], 0
@@ -730,41 +835,64 @@ def read_video_folder(path, image_size, num_frames, limit, seed):
             clips.append(to_uint8(x).permute(1, 2, 3, 0).numpy())
     if unreadable:
         print(f"{path}: left out {unreadable} of {len(index)} videos that gave no {num_frames}-frame clip")
-    return np.stack(clips)
+    videos = np.stack(clips).view(Videos)
+    videos.unreadable, videos.left_out = unreadable, folder.left_out
+    return videos
+
+
+class Videos(np.ndarray):
+    """uint8 videos (N, T, H, W, 3), as an array, that remember what their folder's reading left out: `unreadable`
+    videos that gave no clip, and the `left_out` files of the listing (read_folder). An .npz's array has neither."""
+    unreadable, left_out = 0, {}
 
 
 def is_video_folder(path):
-    """True for a folder with videos and no images in it (searched recursively)."""
-    names = [f.lower() for _, _, files in os.walk(path, followlinks=True) for f in files]
-    return any(f.endswith(VIDEO_EXTENSIONS) for f in names) and not any(f.endswith(IMAGE_EXTENSIONS) for f in names)
+    """True for a folder with videos and no images in it (searched recursively, hidden files left out)."""
+    left_out = list_files(path, ())[1]
+    return any(left_out.get(e) for e in VIDEO_EXTENSIONS) and not any(left_out.get(e) for e in IMAGE_EXTENSIONS)
 
 
 def open_source(path, image_size, limit, seed=0, num_frames=16):
-    """--real/--fake -> ('stats', (mu, sigma)) for a statistics .npz, ('videos', uint8 (N, T, H, W, 3) array) for a
-    samples .npz of videos or a folder of videos (num_frames-frame clips), else ('images', Dataset); at most `limit`
-    images or videos (a seeded random sample when the source holds more)."""
+    """--ref/--fake -> (kind, source, statistics): ('stats', None) for an .npz of statistics alone, ('videos', uint8
+    (N, T, H, W, 3) array) for a samples .npz of videos or a folder of videos (num_frames-frame clips), else ('images',
+    Dataset); at most `limit` images or videos (a seeded random sample when the source holds more). statistics: the
+    Frechet statistics an .npz holds (mu, sigma: FID or FVD; mu_s, sigma_s: sFID), alone or beside its images as in
+    ADM's reference batches, else {}."""
+    statistics = {}
     if path.endswith('.npz'):
         if not os.path.isfile(path):
             die(f"{path} does not exist; pass a folder of images, a samples .npz or a statistics .npz.")
         try:
             with np.load(path) as f:
-                contents = {k: f[k] for k in ('mu', 'sigma', 'arr_0') if k in f}
+                contents = {k: f[k] for k in ('mu', 'sigma', 'mu_s', 'sigma_s', 'arr_0') if k in f}
         except Exception as e:  # random bytes, a cut-off file, a pickle
             die(f"{path} could not be read as an .npz file ({type(e).__name__}); pass a samples or statistics .npz "
                 f"as sample.py and --save_stats write them.")
-        if 'mu' in contents and 'sigma' in contents:
-            return 'stats', (contents['mu'], contents['sigma'])
+        for mu_key, sigma_key in (('mu', 'sigma'), ('mu_s', 'sigma_s')):
+            if mu_key in contents and sigma_key in contents:
+                statistics[mu_key], statistics[sigma_key] = check_statistics(contents[mu_key], contents[sigma_key],
+                                                                             f"{mu_key}/{sigma_key} in {path}")
+        if 'arr_0' not in contents and 'mu' in statistics:
+            return 'stats', None, statistics
         if 'arr_0' not in contents:
             die(f"{path} holds neither arr_0 (uint8 images) nor mu/sigma (statistics); it is not an evaluation .npz.")
         array = contents['arr_0']
-        if array.dtype == np.uint8 and array.ndim == 5 and array.shape[-1] == 3:
-            return 'videos', array if limit is None else array[random_subset(array, limit, seed)]
-        if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
+        video = array.dtype == np.uint8 and array.ndim == 5 and array.shape[-1] == 3
+        if not video and (array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3):
             die(f"arr_0 of {path} is {array.dtype} {array.shape}, not uint8 (N, H, W, 3) images or (N, T, H, W, 3) "
                 f"videos as sample.py writes.")
+        if len(array) == 0:
+            die(f"{path} holds no {'videos' if video else 'images'} (arr_0 is {array.shape}); a metric of an empty "
+                f"set is no number.")
+        if image_size is not None and tuple(array.shape[-3:-1]) != (image_size, image_size):
+            die(f"{path} holds {array.shape[-3]}x{array.shape[-2]} {'videos' if video else 'images'}, and "
+                f"--image_size is {image_size} (it resizes folders, never an .npz); pass --image_size "
+                f"{array.shape[-3]} or samples made at {image_size}.")
+        if video:
+            return 'videos', array if limit is None else array[random_subset(array, limit, seed)], statistics
         images = ImageArray(array)
     elif os.path.isdir(path) and is_video_folder(path):
-        return 'videos', read_video_folder(path, image_size, num_frames, limit, seed)
+        return 'videos', read_video_folder(path, image_size, num_frames, limit, seed), statistics
     elif os.path.isdir(path):
         if image_size is None:
             images = ImageFiles(path)
@@ -775,7 +903,21 @@ def open_source(path, image_size, limit, seed=0, num_frames=16):
         die(f"{path} is neither a folder nor an .npz file; pass a folder of images, a samples .npz or a statistics .npz.")
     if limit is not None:
         images = images if limit >= len(images) else _Sample(images, random_subset(images, limit, seed))
-    return 'images', images
+    return 'images', images, statistics
+
+
+def check_statistics(mu, sigma, what):
+    """A mean (D,) and covariance (D, D) read from a file, or one sentence saying why they are not."""
+    if (mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not len(mu)
+            or not np.issubdtype(mu.dtype, np.number) or not np.issubdtype(sigma.dtype, np.number)):
+        die(f"the statistics {what} are {mu.dtype} {mu.shape} and {sigma.dtype} {sigma.shape}, not "
+            f"a mean (D,) and a covariance (D, D) as --save_stats writes them.")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        die(f"the statistics {what} hold NaN or infinite values; make them again with --save_stats.")
+    if not (np.allclose(sigma, sigma.T) and (np.diag(sigma) >= 0).all()):
+        die(f"the covariance {what} is no covariance (not symmetric, or a negative variance); make the statistics "
+            f"again with --save_stats.")
+    return mu, sigma
 
 
 class _Sample(Subset):
@@ -785,7 +927,7 @@ class _Sample(Subset):
 
     def __init__(self, images, index):
         super().__init__(images, index)
-        self.size = images.size
+        self.size, self.left_out = images.size, images.left_out
 
 
 def shuffled(images, seed):

@@ -148,6 +148,14 @@ class Diffusion:
         #                                            x0 = sqrt(abar) x_t - sqrt(1 - abar) v
         return (1 - a).sqrt() * x_t + a.sqrt() * pred, a.sqrt() * x_t - (1 - a).sqrt() * pred
 
+    def flow_time(self):
+        """(T,) float64: each timestep's rectified-flow time of the same noise level. Scaled to unit signal, DDPM's
+        x_t / sqrt(abar) = x0 + sigma eps with sigma = sqrt((1 - abar) / abar), and Flow's x_t / (1 - t) = x0 +
+        t / (1 - t) eps, so equal sigma means t = sigma / (1 + sigma) = sqrt(1 - abar) / (sqrt(abar) + sqrt(1 - abar)).
+        It rises with the timestep. sample.py reads --cfg_interval, given in t, through it for DDPM models."""
+        a = self.abar
+        return (1 - a).sqrt() / (a.sqrt() + (1 - a).sqrt())  # t = sigma / (1 + sigma)
+
     def q_posterior(self, x0, x_t, t, t_prev):
         """q(x_prev | x_t, x0) = N(mu~, beta~ I) between any two timesteps t_prev < t of the (respaced) chain.
         Returns mu~, beta~ and the chain's beta_t = 1 - abar_t / abar_prev (DDPM eq. 6-7)."""

@@ -3,43 +3,49 @@ The evaluation command line: every number of the experiments measured the same w
 feature extraction, gathered in set order). The measurements live in their own modules (metrics.py, inception.py,
 swd.py, i3d.py) and the sets in data.py; this file opens the sets, extracts features and scores:
 
-  - FID (Heusel et al. 2017) with the Inception-v3 of TensorFlow's 2015-12-05 graph as ported by pytorch-fid, the
-    network published FIDs are measured with: 2048-d pool3 features after a bilinear resize to 299 x 299.
+  - ADM's suite (openai/guided-diffusion's evaluator, the protocol of DiT, SiT and REPA-E) from one pass of the
+    Inception-v3 of TensorFlow's 2015-12-05 graph (inception.py, with the graph's own TF1 resize to 299 x 299): FID
+    (Heusel et al. 2017) on pool_3, sFID on the spatial features, IS on the logits, precision/recall (k = 3), and KID
+    (Binkowski et al. 2018), which is unbiased and so usable at small sample counts. The equations are in metrics.py.
   - The multi-scale sliced Wasserstein distance (SWD) of Progressive GANs (Karras et al. 2018), which needs no
     pretrained weights and so also works offline: one number per Laplacian-pyramid level.
   - For an autoencoder: PSNR, SSIM, LPIPS and rFID (the FID between images and their reconstructions), plus SWD.
   - For videos: FVD (Unterthiner et al. 2018) with the Kinetics-400 I3D, as cd-fvd / TATS / VideoGPT measure it, and
     a weight-free video SWD (frames, and frame differences for motion).
 
-Generated samples against a reference set (a folder, a samples .npz as sample.py writes, or a statistics .npz):
-  python eval_fid.py --fake samples.npz --real /path/to/images --image_size 256
+Generated samples against a reference set (ADM's reference batch .npz, a folder, a samples .npz as sample.py writes, or
+a statistics .npz):
+  python eval_fid.py --fake samples.npz --ref VIRTUAL_imagenet256_labeled.npz   # ADM's table, as DiT / SiT report it
+  python eval_fid.py --fake samples.npz --ref /path/to/images --image_size 256
   python eval_fid.py --fake samples.npz                          # reference: the embedded dead-leaves set
-  python eval_fid.py --real /path/to/images --image_size 256 --save_stats ref.npz   # cache the reference statistics
-  torchrun --nproc_per_node=8 eval_fid.py --fake samples.npz --real ref.npz         # feature extraction over 8 GPUs
+  python eval_fid.py --ref /path/to/images --image_size 256 --save_stats ref.npz   # cache the reference statistics
+  torchrun --nproc_per_node=8 eval_fid.py --fake samples.npz --ref ref.npz         # feature extraction over 8 GPUs
 Videos (uint8 (N, T, H, W, 3) in arr_0, as sample.py writes them): FVD needs T >= 16, the video SWD T >= 2:
-  python eval_fid.py --fake video_samples.npz --real real_videos.npz
-  python eval_fid.py --real real_videos.npz --save_stats fvd_ref.npz              # then --real fvd_ref.npz
-  python eval_fid.py --fake video_samples.npz --real /kinetics/val --image_size 64 --num_frames 17   # a video folder
+  python eval_fid.py --fake video_samples.npz --ref real_videos.npz
+  python eval_fid.py --ref real_videos.npz --save_stats fvd_ref.npz              # then --ref fvd_ref.npz
+  python eval_fid.py --fake video_samples.npz --ref /kinetics/val --image_size 64 --num_frames 17   # a video folder
 An autoencoder's reconstructions of a dataset (the embedded one when --data is omitted):
   python eval_fid.py --ae out/ckpt.pt --image_size 64
 Every number printed also goes into a JSON file (--out); a metric that cannot run says why, there and on screen.
 """
 import os
+import sys
 import json
 import argparse
 
 import numpy as np
 import torch
 import torch.distributed as torch_dist
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from common import (checked, select_device, die, setup_distributed, cleanup_distributed, refuse_to_overwrite,
-                    no_space_is_an_error)
+                    no_space_is_an_error, check_output, load_batches, refuse_unused, non_finite, refuse_overlap)
 from data import DatasetImages, make_dataset, open_source, random_subset, shuffled
 from i3d import FVD_NUM_FRAMES, I3D_WEIGHTS_FILE, I3D_WEIGHTS_URL, i3d_features, load_i3d
-from inception import FID_WEIGHTS_FILE, load_inception
-from metrics import feature_statistics, frechet_distance, psnr, ssim, to_uint8
+from inception import FID_WEIGHTS_FILE, INCEPTION_FEATURES, load_inception
+from metrics import (feature_statistics, frechet_distance, inception_score, kernel_inception_distance, precision_recall,
+                     psnr, ssim, to_uint8)
 from perceptual import LPIPS
 from swd import (SWD_MAX_IMAGES, SWD_MIN_RES, SWD_NHOOD, SWD_NHOODS_PER_IMAGE, swd_descriptors, swd_from_descriptors,
                  swd_resolutions, video_swd)
@@ -54,9 +60,10 @@ def _shard(n, dist):
     return min(dist.rank * per_rank, n), min((dist.rank + 1) * per_rank, n), per_rank
 
 
-def _gather_rows(t, rows_per_rank, total, dist):
-    """Every rank's rows in rank order, each padded to rows_per_rank for all_gather, padding dropped (it is all at
-    the end, since blocks are contiguous and filled in order)."""
+def _gather_rows(chunks, row_shape, rows_per_rank, total, dist, dtype=torch.float32):
+    """Every rank's rows (its list of chunks, each (B, *row_shape)) in rank order, each padded to rows_per_rank for
+    all_gather, padding dropped (it is all at the end, since blocks are contiguous and filled in order)."""
+    t = torch.cat(chunks) if chunks else torch.zeros(0, *row_shape, dtype=dtype, device=dist.device)
     if not dist.ddp:
         return t
     padded = t.new_zeros((rows_per_rank,) + tuple(t.shape[1:]))
@@ -70,8 +77,8 @@ def sharded_batches(images, dist, batch_size, num_workers, desc):
     """This rank's block of `images`: yields (index (B,), x (B, 3, H, W) float on dist.device in [-1, 1]). When all
     are done, images.unreadable is the number of unreadable files (replaced by a neighbour) over all ranks."""
     lo, hi, _ = _shard(len(images), dist)
-    loader = DataLoader(Subset(images, range(lo, hi)), batch_size=batch_size, num_workers=num_workers,
-                        pin_memory=dist.device.type == 'cuda')
+    loader = load_batches(Subset(images, range(lo, hi)), batch_size=batch_size, num_workers=num_workers,
+                          pin_memory=dist.device.type == 'cuda')
     start, unreadable = lo, torch.zeros((), dtype=torch.long, device=dist.device)
     for x, bad in tqdm(loader, desc=desc, disable=not dist.master, leave=False):
         index = torch.arange(start, start + len(x))
@@ -85,7 +92,7 @@ def sharded_batches(images, dist, batch_size, num_workers, desc):
 
 class Collector:
     """Inception features of all n images of a set and SWD descriptors of its first swd_count, added batch by batch
-    on each rank and gathered in set order by finish()."""
+    on each rank and gathered in set order by finish() (on every rank; the metrics are computed on the master)."""
     def __init__(self, n, size, dist, inception=None, swd_count=0):
         self.n, self.dist, self.inception, self.swd_count = n, dist, inception, swd_count
         self.resolutions = swd_resolutions(*size) if swd_count > 0 else []
@@ -94,26 +101,23 @@ class Collector:
     @torch.no_grad()
     def add(self, index, x):
         if self.inception is not None:
-            self.features.append(self.inception(x).float())
+            self.features.append({name: f.float() for name, f in self.inception(x).items()})
         keep = index < self.swd_count
         if keep.any():
             for level, d in zip(self.descriptors, swd_descriptors(x[keep.to(x.device)], index[keep])):
                 level.append(d)
 
     def finish(self):
-        """-> (features (n, 2048) float64 numpy or None, [descriptors (swd_count * 128, 3, 7, 7) per level] or None)."""
+        """-> (features {'pool3': (n, 2048), 'spatial': (n, 2023), 'logits': (n, 1008)} float32 on the device or None,
+        [descriptors (swd_count * 128, 3, 7, 7) per level] or None)."""
         _, _, per_rank = _shard(self.n, self.dist)
         features = descriptors = None
         if self.inception is not None:
-            local = torch.cat(self.features) if self.features else torch.zeros(0, 2048, device=self.dist.device)
-            features = _gather_rows(local, per_rank, self.n, self.dist).cpu().double().numpy()
+            features = {name: _gather_rows([f[name] for f in self.features], (dim,), per_rank, self.n, self.dist)
+                        for name, dim in INCEPTION_FEATURES.items()}
         if self.swd_count > 0:
-            k = SWD_NHOOD
-            descriptors = []
-            for level in self.descriptors:
-                local = torch.cat(level) if level else torch.zeros(0, 3, k, k, device=self.dist.device)
-                descriptors.append(_gather_rows(local, per_rank * SWD_NHOODS_PER_IMAGE,
-                                                self.swd_count * SWD_NHOODS_PER_IMAGE, self.dist))
+            descriptors = [_gather_rows(level, (3, SWD_NHOOD, SWD_NHOOD), per_rank * SWD_NHOODS_PER_IMAGE,
+                                        self.swd_count * SWD_NHOODS_PER_IMAGE, self.dist) for level in self.descriptors]
         return features, descriptors
 
 
@@ -125,15 +129,14 @@ def collect(images, dist, batch_size, num_workers, desc, inception=None, swd_cou
     return collector.finish()
 
 def video_set_features(videos, i3d, dist, batch_size):
-    """FVD features (N, 400) float64 numpy of uint8 videos (N, T, H, W, 3): each rank embeds its block, gathered in
-    set order."""
+    """FVD features (N, 400) float32 of uint8 videos (N, T, H, W, 3): each rank embeds its block, gathered in set
+    order."""
     lo, hi, per_rank = _shard(len(videos), dist)
     features = []
     for i in tqdm(range(lo, hi, batch_size), desc='I3D', disable=not dist.master, leave=False):
         v = torch.from_numpy(np.ascontiguousarray(videos[i:min(i + batch_size, hi)])).to(dist.device)
         features.append(i3d_features(i3d, v.permute(0, 1, 4, 2, 3).float() / 127.5 - 1))
-    local = torch.cat(features) if features else torch.zeros(0, 400, device=dist.device)
-    return _gather_rows(local, per_rank, len(videos), dist).cpu().double().numpy()
+    return _gather_rows(features, (400,), per_rank, len(videos), dist)
 
 # ----------------------------------------------------------------------------------------------
 # Autoencoder evaluation
@@ -161,14 +164,13 @@ def evaluate_autoencoder(ae, images, dist, inception=None, lpips=None, batch_siz
         inputs.add(index, x)
         recons.add(index, x_rec)
     _, _, per_rank = _shard(n, dist)
-    results = {}
-    for name, values in per_image.items():
-        local = torch.cat(values) if values else torch.zeros(0, dtype=torch.float64, device=dist.device)
-        results[name] = _gather_rows(local, per_rank, n, dist).mean().item()
+    results = {name: _gather_rows(values, (), per_rank, n, dist, torch.float64).mean().item()
+               for name, values in per_image.items()}
     feats_in, desc_in = inputs.finish()
     feats_rec, desc_rec = recons.finish()
     if inception is not None:
-        results['rfid'] = frechet_distance(*feature_statistics(feats_in), *feature_statistics(feats_rec))
+        results['rfid'] = frechet_distance(*feature_statistics(feats_in['pool3'].cpu()),
+                                           *feature_statistics(feats_rec['pool3'].cpu()))
     results |= swd_from_descriptors(desc_in, desc_rec, inputs.resolutions)
     return results
 
@@ -192,45 +194,101 @@ def load_on_rank0_first(load, dist):
     return model, reason
 
 
-def frechet(sets, features, save_stats, dist, what, items):
-    """The one Frechet evaluation of FID and FVD. sets: {'real': (kind, source), 'fake': (kind, source)}; a 'stats'
-    source is its own (mu, sigma), the others' statistics are those of their `features` ({name: (N, D) features or
-    None}). --save_stats writes the real set's. -> the distance (on the master), or None when a set has no statistics
-    or there is no fake set."""
-    stats = {name: source if kind == 'stats' else feature_statistics(features[name])
-             for name, (kind, source) in sets.items() if kind == 'stats' or features.get(name) is not None}
-    if save_stats is not None and dist.master:
+FLAG = {'real': '--ref', 'fake': '--fake'}  # the flag of each set, for messages
+# The Frechet distances: each a metric name -> (the features it is of, the keys of their mu and sigma in an .npz)
+IMAGE_DISTANCES = {'fid': ('pool3', 'mu', 'sigma'), 'sfid': ('spatial', 'mu_s', 'sigma_s')}  # ADM's file keys
+VIDEO_DISTANCES = {'fvd': ('i3d', 'mu', 'sigma')}
+
+
+def frechet(sets, features, distances, save_stats, dist, what, items):
+    """
+    The one Frechet evaluation of FID, sFID and FVD. sets: {'real': (kind, source, precomputed), 'fake': ...}. A set's
+    statistics of each of `distances` are those precomputed in its file when it holds them (as ADM's evaluator reads
+    them), else those of its `features` ({set: {feature: (N, D)} or None}). save_stats writes the real set's in an
+    .npz under the distances' keys. -> {distance: value} (on the master, for every distance both sets have
+    statistics of; none without a fake set).
+    """
+    if not dist.master:
+        return {}
+    stats = {name: {} for name in sets}
+    for name, (_, _, precomputed) in sets.items():
+        for distance, (feature, mu, sigma) in distances.items():
+            if mu in precomputed and sigma in precomputed:
+                stats[name][distance] = precomputed[mu], precomputed[sigma]
+            elif features.get(name) is not None:
+                stats[name][distance] = feature_statistics(features[name][feature].cpu())
+    if save_stats is not None:
+        for distance, (mu, sigma) in stats['real'].items():
+            if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+                die(f"the {what} statistics ({distance}) of --ref are not finite (a set of fewer than 2 {items}, or "
+                    f"features that overflowed); nothing was written.")
+        os.makedirs(os.path.dirname(os.path.abspath(save_stats)), exist_ok=True)
+        arrays = {key: value for distance, (_, *keys) in distances.items() if distance in stats['real']
+                  for key, value in zip(keys, stats['real'][distance])}
         with no_space_is_an_error(os.path.dirname(os.path.abspath(save_stats))):
-            np.savez_compressed(save_stats, mu=stats['real'][0], sigma=stats['real'][1])
-        print(f"saved the {what} statistics of {len(sets['real'][1])} reference {items} to {save_stats}")
-    if sets['fake'][0] is not None and 'real' in stats and 'fake' in stats and dist.master:
-        return frechet_distance(*stats['real'], *stats['fake'])
-    return None
+            np.savez_compressed(save_stats, **arrays)
+        print(f"saved the {what} statistics ({', '.join(arrays)}) of {len(sets['real'][1])} reference {items} to "
+              f"{save_stats}")
+    if sets['fake'][0] is None:
+        return {}
+    try:
+        return {d: frechet_distance(*stats['real'][d], *stats['fake'][d]) for d in distances
+                if d in stats['real'] and d in stats['fake']}
+    except ValueError as e:  # statistics of another layer than the other set's
+        die(str(e))
 
 
 def open_sets(fake, real, num_real, image_size, num_frames, seed):
-    """--fake and --real as (kind, source) each (data.open_source); without --real, a seeded sample of the held-out
-    dead-leaves images at --image_size or the fake images' size. -> (fake, real, True when they are videos)."""
-    fake = open_source(fake, image_size, None, num_frames=num_frames) if fake else (None, None)
+    """--fake and --ref as (kind, source, precomputed statistics) each (data.open_source); without --ref, a seeded
+    sample of the held-out dead-leaves images at --image_size or the fake images' size. -> (fake, real, is video)."""
+    fake = open_source(fake, image_size, None, num_frames=num_frames) if fake else (None, None, {})
     if real is not None:
         real = open_source(real, image_size, num_real, seed, num_frames)
     elif fake[0] == 'videos':
-        die("videos are scored against reference videos; pass --real, an .npz of uint8 (N, T, H, W, 3) videos or "
+        die("videos are scored against reference videos; pass --ref, an .npz of uint8 (N, T, H, W, 3) videos or "
             "their FVD statistics (--save_stats).")
     else:
         size = image_size if image_size is not None else (fake[1].size[0] if fake[0] == 'images' else None)
         if size is None:
             die("the dead-leaves reference set needs a resolution; pass --image_size.")
         n = num_real if num_real is not None else (len(fake[1]) if fake[0] == 'images' else 1000)
-        real = 'images', DatasetImages(make_dataset(None, size, seed=seed, train=False), n, seed)
-    video = any(kind == 'videos' or (kind == 'stats' and np.shape(source[0]) == (400,)) for kind, source in (real, fake))
+        real = 'images', DatasetImages(make_dataset(None, size, seed=seed, train=False), n, seed), {}
+    video = any(kind == 'videos' or np.shape(stats.get('mu')) == (400,) for kind, _, stats in (real, fake))
     return fake, real, video
 
 
+def sample_metrics(real, fake):
+    """ADM's IS of the fake set's logits, and precision/recall (ADM's order: reference, sample) and KID of the two sets'
+    pool_3 features (metrics.py), where the sets allow. real, fake: {feature: (N, D)} or None (a statistics file).
+    -> (results, skipped)."""
+    if fake is None:
+        return {}, dict.fromkeys(('is', 'precision', 'kid'), "IS, precision, recall and KID need the generated images' "
+                                 "features, and --fake is a statistics file.")
+    results, skipped = {'is': inception_score(fake['logits'])}, {}
+    if real is None:
+        return results, dict.fromkeys(('precision', 'kid'), "precision, recall and KID compare the features of both "
+                                      "sets, and --ref is a statistics file.")
+    try:
+        results['precision'], results['recall'] = precision_recall(real['pool3'], fake['pool3'])
+    except ValueError as e:  # too few samples: one sentence
+        skipped['precision'] = str(e)
+    try:
+        results['kid'], results['kid_std'] = kernel_inception_distance(fake['pool3'], real['pool3'])
+    except ValueError as e:
+        skipped['kid'] = str(e)
+    return results, skipped
+
+
 def evaluate_images(real, fake, dist, inception_weights, save_stats, batch_size, num_workers, seed):
-    """FID (when the Inception weights load) and SWD of the fake images against the real ones or their statistics;
-    save_stats writes the Inception statistics of the real ones. -> (results, skipped)."""
-    (real_kind, real), (fake_kind, fake) = real, fake
+    """ADM's suite (FID, sFID, IS, precision/recall) and KID when the Inception weights load, and SWD, of the fake
+    images against the real ones or their statistics; save_stats writes the Inception statistics of the real ones.
+    -> (results, skipped)."""
+    sets = {'real': real, 'fake': fake}
+    for name, (kind, _, precomputed) in sets.items():
+        if kind == 'stats' and np.shape(precomputed['mu']) != (2048,):
+            die(f"the {FLAG[name]} statistics are {np.shape(precomputed['mu'])[0]}-d, not the 2048 Inception pool3 "
+                f"features of FID; save image statistics with --save_stats from images.")
+    (real_kind, real, _), (fake_kind, fake, _) = real, fake
     results, skipped = {}, {}
     inception = None
     if 'images' in (real_kind, fake_kind):  # two statistics files need no network
@@ -239,33 +297,42 @@ def evaluate_images(real, fake, dist, inception_weights, save_stats, batch_size,
             del skipped['fid']
     if save_stats is not None and inception is None:
         die(f"--save_stats needs the Inception network, and {skipped.get('fid') or 'it was not loaded'}")
+    if save_stats is not None and real_kind != 'images':
+        die("--save_stats writes the statistics of reference images, and --ref is a statistics file already.")
 
     swd_count = 0
     if fake_kind == 'images' and real_kind == 'images':
         if tuple(real.size) != tuple(fake.size):
-            skipped['swd'] = (f"SWD compares images of one resolution, and --real is {real.size[0]}x{real.size[1]} "
+            skipped['swd'] = (f"SWD compares images of one resolution, and --ref is {real.size[0]}x{real.size[1]} "
                               f"while --fake is {fake.size[0]}x{fake.size[1]}; pass --image_size.")
         elif min(real.size) < SWD_MIN_RES:
             skipped['swd'] = f"SWD needs images of at least {SWD_MIN_RES} pixels, these are {real.size[0]}x{real.size[1]}."
         else:
             swd_count = min(len(real), len(fake), SWD_MAX_IMAGES)
     elif fake_kind is not None:
-        skipped['swd'] = "SWD needs images, and one of --real/--fake is a statistics file."
+        skipped['swd'] = "SWD needs images, and one of --ref/--fake is a statistics file."
 
     features, descriptors = {}, {}
-    for name, kind, source in (('real', real_kind, real), ('fake', fake_kind, fake)):
+    for name, (kind, source, _) in sets.items():
         if kind == 'images':
             results[f'num_{name}'] = len(source)
             if 0 < swd_count < len(source):  # SWD's cut is then a random sample (FID ignores the order)
                 source = shuffled(source, seed)
             features[name], descriptors[name] = collect(source, dist, batch_size, num_workers, name, inception,
                                                         swd_count)
-    for name, kind, source in (('real', real_kind, real), ('fake', fake_kind, fake)):
+    for name, (kind, source, _) in sets.items():
         if kind == 'images':  # unreadable files were replaced by their neighbours: say how many
             results[f'unreadable_{name}'] = source.unreadable
-    fid = frechet({'real': (real_kind, real), 'fake': (fake_kind, fake)}, features, save_stats, dist, 'Inception', 'images')
-    if fid is not None:
-        results['fid'] = fid
+            if source.left_out:  # hidden files and files of other types, which were not read
+                results[f'left_out_{name}'] = source.left_out
+    distances = frechet(sets, features, IMAGE_DISTANCES, save_stats, dist, 'Inception', 'images')
+    if dist.master and fake_kind is not None and 'fid' not in skipped:
+        if 'sfid' not in distances:
+            skipped['sfid'] = ("sFID needs the spatial statistics of both sets, and a statistics file here holds only "
+                               "mu and sigma (pytorch-fid's format); --save_stats writes mu_s and sigma_s as well.")
+        suite, skipped_suite = sample_metrics(features.get('real'), features.get('fake'))
+        results = distances | suite | results
+        skipped |= skipped_suite
     if swd_count > 0 and dist.master:
         results['swd_images'] = swd_count
         results |= swd_from_descriptors(descriptors['real'], descriptors['fake'], swd_resolutions(*real.size))
@@ -275,19 +342,20 @@ def evaluate_images(real, fake, dist, inception_weights, save_stats, batch_size,
 def evaluate_videos(real, fake, dist, i3d_weights, save_stats, batch_size, seed):
     """FVD (when the I3D weights load) and the weight-free video SWD of the fake videos against the real ones or their
     FVD statistics; save_stats writes the FVD statistics of the real ones. -> (results, skipped)."""
-    sources = (('real', *real), ('fake', *fake))
-    for name, kind, source in sources:
+    sets = {'real': real, 'fake': fake}
+    for name, (kind, _, precomputed) in sets.items():
         if kind == 'images':
-            die(f"--{name} holds images while the other set holds videos (or FVD statistics); pass videos for both.")
-        if kind == 'stats' and np.shape(source[0]) != (400,):
-            die(f"the --{name} statistics are {np.shape(source[0])[0]}-d, not the 400 I3D logits of FVD; save video "
-                f"statistics with --save_stats from an .npz of videos.")
-    (real_kind, real), (fake_kind, fake) = real, fake
+            die(f"{FLAG[name]} holds images while the other set holds videos (or FVD statistics); pass videos for "
+                f"both.")
+        if kind == 'stats' and np.shape(precomputed['mu']) != (400,):
+            die(f"the {FLAG[name]} statistics are {np.shape(precomputed['mu'])[0]}-d, not the 400 I3D logits of FVD; "
+                f"save video statistics with --save_stats from an .npz of videos.")
+    (real_kind, real, _), (fake_kind, fake, _) = real, fake
     results, skipped = {}, {'fvd': None}
     i3d = None
     if 'videos' in (real_kind, fake_kind):  # two statistics files need no network
         i3d, skipped['fvd'] = load_on_rank0_first(lambda: load_i3d(i3d_weights, dist.device), dist)
-    short = [f"--{name} has {source.shape[1]}" for name, kind, source in sources
+    short = [f"{FLAG[name]} has {source.shape[1]}" for name, (kind, source, _) in sets.items()
              if kind == 'videos' and source.shape[1] < FVD_NUM_FRAMES]
     if i3d is not None and short:
         i3d, skipped['fvd'] = None, f"FVD is measured on {FVD_NUM_FRAMES}-frame clips and {short[0]} frames."
@@ -295,22 +363,25 @@ def evaluate_videos(real, fake, dist, i3d_weights, save_stats, batch_size, seed)
         die(f"--save_stats needs the I3D network, and {skipped['fvd']}")
 
     features = {}
-    for name, kind, source in sources:
+    for name, (kind, source, _) in sets.items():
         if kind == 'videos':
             results[f'num_{name}'] = len(source)
+            results[f'unreadable_{name}'] = getattr(source, 'unreadable', 0)  # a folder's videos that gave no clip
+            if getattr(source, 'left_out', None):
+                results[f'left_out_{name}'] = source.left_out
             if i3d is not None:
-                features[name] = video_set_features(source, i3d, dist, batch_size)
-    fvd = frechet({'real': (real_kind, real), 'fake': (fake_kind, fake)}, features, save_stats, dist, 'FVD', 'videos')
-    if fvd is not None:
-        results['fvd'] = fvd
+                features[name] = {'i3d': video_set_features(source, i3d, dist, batch_size)}
+    results |= frechet(sets, features, VIDEO_DISTANCES, save_stats, dist, 'FVD', 'videos')
 
     if fake_kind == 'videos' and real_kind == 'videos':
         T, H, W = fake.shape[1:4]
         if real.shape[1:] != fake.shape[1:]:
-            skipped['video_swd'] = (f"video SWD compares videos of one length and size, and --real is "
+            skipped['video_swd'] = (f"video SWD compares videos of one length and size, and --ref is "
                                     f"{'x'.join(map(str, real.shape[1:4]))} while --fake is {T}x{H}x{W} (T x H x W).")
         elif min(H, W) < SWD_MIN_RES:
             skipped['video_swd'] = f"video SWD needs frames of at least {SWD_MIN_RES} pixels, these are {H}x{W}."
+        elif T < 2:
+            skipped['video_swd'] = "video SWD needs at least 2 frames (its motion term compares frames), these have 1."
         elif dist.master:
             n = min(len(real), len(fake), max(2, SWD_MAX_IMAGES // T))  # at most ProGAN's count of frames
             def sample(v):  # n videos (a seeded random subset when there are more), (n, T, 3, H, W) uint8
@@ -318,7 +389,7 @@ def evaluate_videos(real, fake, dist, i3d_weights, save_stats, batch_size, seed)
             results['swd_videos'] = n
             results |= video_swd(sample(real), sample(fake), device=dist.device)
     elif fake_kind is not None:
-        skipped['video_swd'] = "video SWD needs videos, and one of --real/--fake is a statistics file."
+        skipped['video_swd'] = "video SWD needs videos, and one of --ref/--fake is a statistics file."
     if skipped['fvd'] is None:
         del skipped['fvd']
     return results, skipped
@@ -343,35 +414,49 @@ def open_autoencoder(path, preset, data, image_size, num_real, seed, device):
 
 def check_args(args):
     """The rules between flags, before anything is built. -> the JSON file the numbers go to."""
-    if args.ae is not None and (args.fake is not None or args.real is not None or args.save_stats is not None):
-        die("--ae scores reconstructions of --data, while --fake/--real/--save_stats are for generated images; pass one or the other.")
+    if args.ae is not None and (args.fake is not None or args.ref is not None or args.save_stats is not None):
+        die("--ae scores reconstructions of --data, while --fake/--ref/--save_stats are for generated images; pass one or the other.")
     if args.ae is None and any(v is not None for v in (args.data, args.preset, args.vgg_weights, args.lpips_lin_weights)):
         die("--data, --preset, --vgg_weights and --lpips_lin_weights go with --ae; to score generated images "
-            "against a folder, pass it as --real.")
+            "against a folder, pass it as --ref.")
     if args.ae is None and args.fake is None and args.save_stats is None:
         die("nothing to evaluate; pass --fake (generated images), --ae (an autoencoder) or --save_stats (reference statistics).")
     out = args.out or os.path.splitext((args.fake or args.ae or args.save_stats).rstrip('/'))[0] + '_metrics.json'
+    inputs = [(args.fake, '--fake'), (args.ref, '--ref'), (args.ae, '--ae'), (args.data, '--data')]
+    check_output(out, '--out' if args.out else f'--out (by default {out})', folder=False)
+    refuse_overlap(out, '--out', inputs + [(args.save_stats, '--save_stats')])
     refuse_to_overwrite([out], args.overwrite, flag='--out')
     if args.save_stats is not None:
+        check_output(args.save_stats, '--save_stats', folder=False)
+        refuse_overlap(args.save_stats, '--save_stats', inputs)
         refuse_to_overwrite([args.save_stats], args.overwrite, flag='--save_stats')
     return out
+
+
+def check_results(results):
+    """Every number is finite: a NaN or infinite metric (statistics of one image, a broken set) is an error, never a
+    number in the JSON."""
+    bad = non_finite(results)
+    if bad:
+        die(f"{', '.join(bad)} came out as no finite number for the sets given (a set of fewer than 2 images, or "
+            f"statistics that are not a covariance); nothing was written.")
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument('--fake', type=str, default=None, help='generated images: a folder, a samples .npz (uint8 arr_0) or a statistics .npz (mu, sigma); or videos: a samples .npz of uint8 (N, T, H, W, 3) or a folder of videos (--num_frames, --image_size), scored by FVD and the video SWD')
-    p.add_argument('--real', type=str, default=None, help='reference images, the same kinds as --fake; omitted: the embedded dead-leaves set (its held-out stream)')
-    p.add_argument('--num_real', type=checked(int, lo=1), default=None, help='use a seeded random N of the reference images, or with --ae reconstruct N images (default: all; for the endless dead-leaves set as many as --fake has, else 1000)')
+    p.add_argument('--fake', type=str, default=None, help='generated images: a folder, a samples .npz (uint8 arr_0) or a statistics .npz (mu, sigma[, mu_s, sigma_s]); or videos: a samples .npz of uint8 (N, T, H, W, 3) or a folder of videos (--num_frames, --image_size), scored by FVD and the video SWD')
+    p.add_argument('--ref', '--real', dest='ref', type=str, default=None, help="the reference set, the same kinds as --fake, or ADM's reference batch .npz as distributed (its precomputed mu, sigma, mu_s, sigma_s give FID and sFID, as ADM's evaluator reads them; its images arr_0 give precision, recall and KID); omitted: the embedded dead-leaves set (its held-out stream). --real is the same flag")
+    p.add_argument('--num_real', type=checked(int, lo=1), default=None, help="use a seeded random N of the reference images (precomputed statistics in the file stay those of all of them), or with --ae reconstruct N images (default: all; for the endless dead-leaves set as many as --fake has, else 1000)")
     p.add_argument('--image_size', type=checked(int, lo=1), default=None, help='center-crop and resize folder images to this size as data.py does; also the dead-leaves resolution (default: folders as they are, dead leaves at the --fake resolution)')
     p.add_argument('--num_frames', type=checked(int, lo=2), default=16, help="frames per clip read from a folder of videos (each video's middle clip; default 16, FVD's clip length)")
-    p.add_argument('--save_stats', type=str, default=None, help="write the reference set's Inception statistics (I3D for videos) here (mu, sigma: pytorch-fid's format), to pass as --real later")
+    p.add_argument('--save_stats', type=str, default=None, help="write the reference set's Inception statistics (I3D for videos) here (mu, sigma of pool_3 as pytorch-fid's files, and mu_s, sigma_s of sFID as ADM's), to pass as --ref later")
     p.add_argument('--ae', type=str, default=None, help='evaluate this autoencoder (a train_ae.py checkpoint, or public weights with --preset) on reconstructions of --data')
     p.add_argument('--preset', type=str, default=None, help='AE_PRESETS name for an --ae file that is a public state dict')
     p.add_argument('--data', type=str, default=None, help='with --ae: the image folder to reconstruct at --image_size (default: the embedded dead-leaves set)')
     p.add_argument('--vgg_weights', type=str, default=None, help="with --ae: local torchvision VGG16 weights for LPIPS (default: the torch hub cache)")
     p.add_argument('--lpips_lin_weights', type=str, default=None, help="with --ae: local LPIPS v0.1 linear-head weights, vgg.pth (default: the torch hub cache)")
-    p.add_argument('--inception_weights', type=str, default=None, help=f'path of {FID_WEIGHTS_FILE} (default: the torch hub cache, downloaded from the pytorch-fid release)')
+    p.add_argument('--inception_weights', type=str, default=None, help=f"path of {FID_WEIGHTS_FILE} (pytorch-fid's; torch-fidelity's weights-inception-2015-12-05-6726825d.pth holds the same names) (default: the torch hub cache, downloaded from the pytorch-fid release)")
     p.add_argument('--i3d_weights', type=str, default=None, help=f'for videos: path of the FVD I3D weights {I3D_WEIGHTS_FILE} (default: the torch hub cache, downloaded from {I3D_WEIGHTS_URL})')
     p.add_argument('--batch_size', type=checked(int, lo=1), default=50, help='images (or videos) per forward pass per process')
     p.add_argument('--num_workers', type=checked(int, lo=0), default=2, help='image-decoding worker processes per process')
@@ -399,9 +484,13 @@ def main(argv=None):
         skipped = {name: why for name, why in skipped.items() if why is not None}
         results = {'num_images': len(images),
                    **evaluate_autoencoder(ae, images, dist, inception, lpips, args.batch_size, args.num_workers),
-                   'unreadable_images': images.unreadable}  # replaced by their neighbours, counted
+                   'unreadable_images': images.unreadable,  # replaced by their neighbours, counted
+                   **({'left_out_images': images.left_out} if images.left_out else {})}
     else:  # generated images or videos against a reference set
-        fake, real, video = open_sets(args.fake, args.real, args.num_real, args.image_size, args.num_frames, args.seed)
+        fake, real, video = open_sets(args.fake, args.ref, args.num_real, args.image_size, args.num_frames, args.seed)
+        refuse_unused(argv if argv is not None else sys.argv[1:], [
+            ('--i3d_weights', video, 'only applies to videos (FVD)'),
+            ('--inception_weights', not video, 'only applies to images (FID)')])
         if video:
             results, skipped = evaluate_videos(real, fake, dist, args.i3d_weights, args.save_stats, args.batch_size,
                                                args.seed)
@@ -409,12 +498,15 @@ def main(argv=None):
             results, skipped = evaluate_images(real, fake, dist, args.inception_weights, args.save_stats,
                                                args.batch_size, args.num_workers, args.seed)
     if dist.master:
+        check_results(results)
         for name, value in results.items():
             print(f"{name:>12s}  {value:.4f}" if isinstance(value, float) else f"{name:>12s}  {value}")
         for name, why in skipped.items():
             print(f"{name:>12s}  skipped: {why}")
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with no_space_is_an_error(os.path.dirname(os.path.abspath(out))), open(out, 'w') as f:
-            json.dump({**results, 'skipped': skipped, 'args': vars(args)}, f, indent=2)
+            json.dump({**results, 'skipped': skipped, 'args': vars(args)}, f, indent=2,
+                      default=lambda v: v.item() if hasattr(v, 'item') else str(v))  # a numpy number is a number
         print(f"wrote {out}")
     cleanup_distributed()
     return results, skipped

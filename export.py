@@ -24,10 +24,9 @@ import argparse
 
 from safetensors.torch import save_file
 
-from common import die, refuse_to_overwrite, no_space_is_an_error
-from model import Autoencoder
-from video_model import VideoAEConfig, VideoAutoencoder
-from weights import ldm_to_diffusers, load_ae_state_dict, read_autoencoder
+from common import check_output, checked, die, refuse_overlap, refuse_to_overwrite, no_space_is_an_error
+from video_model import VideoAEConfig
+from weights import build_autoencoder, ldm_to_diffusers, load_ae_state_dict, read_autoencoder
 
 FORMATS = {'diffusers': "diffusers' AutoencoderKL", 'flux': "FLUX.1's ae.safetensors",
            'cogvideox': "CogVideoX's VAE (diffusers' AutoencoderKLCogVideoX)"}
@@ -78,12 +77,18 @@ def main(argv=None):
     p.add_argument('--preset', type=str, default=None, help="the architecture of public weights ('sd', 'flux'; 'cogvideox' for --format cogvideox); a train_ae.py checkpoint knows its own")
     p.add_argument('--format', type=str, required=True, choices=list(FORMATS), help='the format to write')
     p.add_argument('--out', type=str, required=True, help='the folder to write (diffusers, cogvideox) or the .safetensors file (flux)')
-    p.add_argument('--scaling_factor', type=float, default=None, help="diffusion runs on (z - shift_factor) * scaling_factor; default: the preset's published value, else 1")
-    p.add_argument('--shift_factor', type=float, default=None, help="default: the preset's published value, else none")
+    p.add_argument('--scaling_factor', type=checked(float, lo=0, lo_open=True), default=None, help="diffusion runs on (z - shift_factor) * scaling_factor; default: the preset's published value, else 1")
+    p.add_argument('--shift_factor', type=checked(float), default=None, help="default: the preset's published value, else none")
     p.add_argument('--overwrite', action='store_true', help='replace the files already at --out')
     args = p.parse_args(argv)
 
     video = args.format == 'cogvideox'
+    # the outputs first, so that a wrong --out costs nothing
+    check_output(args.out, '--out', folder=args.format != 'flux')
+    refuse_overlap(args.out, '--out', [(args.ckpt, '--ckpt')])
+    outputs = [args.out] if args.format == 'flux' else [os.path.join(args.out, n) for n in
+                                                        ('diffusion_pytorch_model.safetensors', 'config.json')]
+    refuse_to_overwrite(outputs, args.overwrite, flag='--out')
     try:
         cfg, state, config = read_autoencoder(args.ckpt, args.preset)
         if isinstance(cfg, VideoAEConfig) != video:
@@ -93,7 +98,7 @@ def main(argv=None):
         reason = unsupported(cfg, args.format)
         if reason:
             die(f"{args.ckpt} cannot be written as {FORMATS[args.format]}: {reason}.")
-        ae = (VideoAutoencoder if video else Autoencoder)(cfg)
+        ae = build_autoencoder(cfg, args.ckpt)
         load_ae_state_dict(ae, state)  # strict: the weights fit cfg
     except (FileNotFoundError, ValueError) as e:
         die(f"{e} (--ckpt {args.ckpt})")
@@ -103,7 +108,6 @@ def main(argv=None):
     sd = ae.state_dict()
 
     if args.format == 'flux':
-        refuse_to_overwrite([args.out], args.overwrite, flag='--out')
         params = dict(resolution=(config or {}).get('image_size', 256), in_channels=cfg.in_channels, ch=cfg.ch,
                       out_ch=cfg.out_ch, ch_mult=list(cfg.ch_mult), num_res_blocks=cfg.num_res_blocks,
                       z_channels=cfg.z_channels, scale_factor=scale, shift_factor=shift or 0.0)  # FLUX's AutoEncoderParams
@@ -111,8 +115,7 @@ def main(argv=None):
         with no_space_is_an_error(os.path.dirname(os.path.abspath(args.out))):
             save_file({k: v.contiguous() for k, v in sd.items()}, args.out, metadata={'ae_params': json.dumps(params)})
     else:
-        weights, config_json = (os.path.join(args.out, n) for n in ('diffusion_pytorch_model.safetensors', 'config.json'))
-        refuse_to_overwrite([weights, config_json], args.overwrite, flag='--out')
+        weights, config_json = outputs
         os.makedirs(args.out, exist_ok=True)
         with no_space_is_an_error(args.out):
             save_file(ldm_to_diffusers(sd, len(cfg.ch_mult)), weights)

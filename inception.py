@@ -1,7 +1,8 @@
 """
-The Inception-v3 of FID (Heusel et al. 2017): TensorFlow's 2015-12-05 graph as pytorch-fid ports it onto torchvision's
-blocks, the network published FIDs are measured with (2048-d pool3 features after a bilinear resize to 299 x 299),
-and its weights.
+The Inception-v3 of FID (Heusel et al. 2017) and of ADM's evaluator: TensorFlow's 2015-12-05 graph as pytorch-fid ports
+it onto torchvision's blocks, the network published FIDs are measured with, and its weights. One forward pass gives
+what ADM's suite needs: pool_3 (FID, precision/recall, KID), the spatial features of sFID and the 1008-way logits of
+IS, with the graph's own preprocessing (TF1's bilinear resize to 299 x 299, then (x - 128) / 128).
 """
 import os
 
@@ -10,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.inception import BasicConv2d, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE
 
+from metrics import sfid_features
 from weights import fetch_weights
 
 # ----------------------------------------------------------------------------------------------
@@ -18,6 +20,7 @@ from weights import fetch_weights
 FID_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
                    'pt_inception-2015-12-05-6726825d.pth')
 FID_WEIGHTS_FILE = os.path.basename(FID_WEIGHTS_URL)
+INCEPTION_FEATURES = {'pool3': 2048, 'spatial': 7 * 17 * 17, 'logits': 1008}  # one forward pass's outputs and sizes
 
 
 def _avg_pool_3x3(x):
@@ -63,11 +66,32 @@ class FIDInceptionE(InceptionE):
         return torch.cat([branch1x1, branch3x3, branch3x3dbl, branch_pool], 1)
 
 
+def resize_bilinear_tf1(x, size):
+    """
+    TF1's tf.image.resize_bilinear(align_corners=False), the resize inside the FID graph (its ResizeBilinear node, which
+    ADM's evaluator and TTUR's FID feed): output pixel i samples the input at s_i = i * (n_in / n_out), computed in
+    float32 as TF does, with no half-pixel offset (torch's align_corners=False, pytorch-fid's resize, samples at
+    (i + 0.5) * n_in / n_out - 0.5), so the image shifts by up to half an input pixel; past the last pixel the edge
+    repeats.
+    Interpolates along x first, then y, in TF's order. x (B, C, H, W) float -> (B, C, size, size).
+    """
+    def taps(n_in):  # lower and upper neighbour and the weight of the upper one, for each output position
+        s = torch.arange(size, dtype=torch.float32, device=x.device) * torch.tensor(n_in / size, dtype=torch.float32)
+        lo = s.floor()
+        return lo.long(), (lo.long() + 1).clamp(max=n_in - 1), (s - lo).to(x.dtype)
+    (y0, y1, dy), (x0, x1, dx) = taps(x.shape[2]), taps(x.shape[3])
+    top, bottom = x[:, :, y0], x[:, :, y1]  # (B, C, size, W)
+    top = top[..., x0] + (top[..., x1] - top[..., x0]) * dx
+    bottom = bottom[..., x0] + (bottom[..., x1] - bottom[..., x0]) * dx
+    return top + (bottom - top) * dy[:, None]
+
+
 class InceptionV3FID(nn.Module):
     """
     Inception-v3 as frozen in TF's 2015-12-05 graph, the network FID is defined with (1008 classes, the FIDInception
-    blocks above). Attribute names are torchvision's, which are the names in pytorch-fid's weights file, so that file
-    loads with strict=True. forward(x): x (B, 3, H, W) in [-1, 1] -> pool3 features (B, 2048).
+    blocks above). Attribute names are torchvision's, which are the names in pytorch-fid's weights file (and in
+    torch-fidelity's), so that file loads with strict=True.
+    forward(x): x (B, 3, H, W) in [-1, 1] -> {'pool3': (B, 2048), 'spatial': (B, 2023), 'logits': (B, 1008)}.
     """
     def __init__(self):
         super().__init__()
@@ -87,19 +111,25 @@ class InceptionV3FID(nn.Module):
         self.Mixed_7a = InceptionD(768)
         self.Mixed_7b = FIDInceptionE(1280, max_pool=False)
         self.Mixed_7c = FIDInceptionE(2048, max_pool=True)
-        self.fc = nn.Linear(2048, 1008)  # the classifier: FID never uses it, it is here so the released file loads strictly
+        self.fc = nn.Linear(2048, 1008)  # the graph's softmax layer; IS uses its weight, not its bias (as ADM)
 
     def forward(self, x):
-        # pytorch-fid resizes [0, 1] images and then maps them to [-1, 1]; both steps are affine, so the order is free
-        x = F.interpolate(x, size=(299, 299), mode='bilinear', align_corners=False)  # (B, 3, 299, 299)
+        # the graph's input is pixel values in [0, 255]; its first nodes resize to 299 and map to (x - 128) / 128
+        x = resize_bilinear_tf1((x + 1) * 127.5, 299)
+        x = (x - 128) / 128  # (B, 3, 299, 299)
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
         x = F.max_pool2d(x, kernel_size=3, stride=2)  # (B, 192, 35, 35)
         for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c,
-                      self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
+                      self.Mixed_6d):
+            x = block(x)
+        spatial = sfid_features(x)  # ADM's mixed_6/conv[..., :7] from Mixed_6d's output (B, 768, 17, 17)
+        for block in (self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
             x = block(x)  # ends at (B, 2048, 8, 8)
-        return x.mean(dim=(2, 3))  # pool3: (B, 2048)
+        pool3 = x.mean(dim=(2, 3))  # (B, 2048)
+        logits = pool3 @ self.fc.weight.T  # ADM's softmax graph: pool_3 @ W, without the bias
+        return {'pool3': pool3, 'spatial': spatial, 'logits': logits}
 
 
 def load_inception(path=None, device='cpu'):
@@ -107,7 +137,8 @@ def load_inception(path=None, device='cpu'):
     The FID Inception with pytorch-fid's weights, from `path` or else from the canonical release through torch hub's
     cache (weights.fetch_weights): FileNotFoundError when neither works, ValueError when the file is not those weights.
     """
-    state = fetch_weights(path, FID_WEIGHTS_URL, FID_WEIGHTS_FILE, 'the FID Inception', '--inception_weights')
+    state = fetch_weights(path, FID_WEIGHTS_URL, FID_WEIGHTS_FILE,
+                          'the Inception of FID, sFID, IS, precision/recall and KID', '--inception_weights')
     net = InceptionV3FID()
     try:
         net.load_state_dict(state)

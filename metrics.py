@@ -88,11 +88,13 @@ def feature_statistics(features):
 def frechet_distance(mu1, sigma1, mu2, sigma2):
     """
     d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), in float64.
-    The trace of the matrix square root comes from a symmetric eigen-decomposition, not scipy.linalg.sqrtm as in
-    pytorch-fid: S1 S2 = S1^(1/2) (S1^(1/2) S2 S1^(1/2)) S1^(-1/2) is similar to the symmetric PSD matrix
-    M = S1^(1/2) S2 S1^(1/2), so Tr (S1 S2)^(1/2) = sum_i sqrt(lambda_i(M)). This needs no eps offset for near-singular
-    covariances and gives no imaginary parts (eigenvalues that round below zero are clipped to zero); it is the same
-    number as pytorch-fid's, about 5x faster at D = 2048.
+    The trace of the matrix square root comes from symmetric eigen-decompositions, not scipy.linalg.sqrtm as in
+    pytorch-fid: with S1 = V diag(w) V^T, S1 S2 is similar to the symmetric PSD matrix
+    M = diag(w)^(1/2) V^T S2 V diag(w)^(1/2), so Tr (S1 S2)^(1/2) = sum_i sqrt(lambda_i(M)); directions with w <= 0
+    (rounding in the null space of a rank-deficient covariance) contribute nothing and are dropped, which makes M as
+    small as the rank of S1. This needs no eps offset for near-singular covariances and gives no imaginary parts
+    (eigenvalues that round below zero are clipped to zero); it is the same number as pytorch-fid's, about 5x faster at
+    D = 2048.
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
@@ -101,8 +103,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2):
                          f"both must come from the same Inception layer.")
     import scipy.linalg  # here, not at the top: training imports this file and must not load scipy
     w, v = scipy.linalg.eigh(sigma1)
-    sqrt_sigma1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S1^(1/2)
-    m = sqrt_sigma1 @ sigma2 @ sqrt_sigma1
+    w, v = w[w > 0], v[:, w > 0]
+    m = np.sqrt(w)[:, None] * (v.T @ sigma2 @ v) * np.sqrt(w)[None]  # diag(w)^(1/2) V^T S2 V diag(w)^(1/2)
     tr_covmean = np.sqrt(np.clip(scipy.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()  # Tr (S1 S2)^(1/2)
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)

@@ -5,9 +5,16 @@ A video model (train_ldm.py --num_frames) writes one MP4 per sample (out_dir/vid
 grid.mp4, grid.gif and grid_frames.png (first frames above middle frames), and samples.npz of uint8 N x T x H x W x 3.
 
   python sample.py --ckpt out/ldm/ckpt.pt                                     # 16 samples, DDIM 50 steps, EMA weights
+                                                            # (a --objective flow model: Heun 50 steps, 99 evaluations)
   python sample.py --ckpt out/ldm/ckpt.pt --sampler ddpm --steps 250 --cfg_scale 1.5 --classes 3,7
   torchrun --nproc_per_node=8 sample.py --ckpt out/ldm/ema.pt --num_samples 50000 --sampler ddpm --steps 250 \
       --cfg_scale 1.5 --cfg_channels 3          # DiT's FID-50K protocol (ema.pt: the EMA-only export, 1/4 the size)
+
+The checkpoint's objective picks the sampler family: DDPM models (--objective eps, v) sample with ancestral DDPM or
+DDIM over ADM's respaced timesteps, rectified-flow models (--objective flow) with the Euler or Heun ODE solver or SiT's
+Euler-Maruyama SDE (diffusion.Flow), on the time grid of the checkpoint's time shift. --cfg_interval lo,hi guides only
+at times t in [lo, hi] (LightningDiT's interval; t = 0 data, t = 1 noise); for a DDPM model t is the flow time of the
+same noise level, so one interval means one range of noise levels under both families.
 
 Sample i draws all its noise from its own generator, seeded with numpy's SeedSequence(seed, spawn_key=(i,)). A
 class-conditional model's labels follow --labels: 'random' draws each uniformly from --classes (all classes by default),
@@ -17,6 +24,7 @@ the result does not depend on the batch size or the number of processes, and no 
 samples.npz then also holds the labels (arr_1, as ADM's image_sample.py) and the protocol ('label_protocol').
 """
 import os
+import sys
 import glob
 import argparse
 
@@ -27,11 +35,26 @@ from tqdm import tqdm
 
 from common import (checked, select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_to_overwrite,
-                    no_space_is_an_error)
-from diffusion import SPACINGS, Diffusion, cfg_model_fn, spaced_timesteps, sample_generators, randn
+                    no_space_is_an_error, check_output, lock_folder, refuse_unused)
+from diffusion import SPACINGS, Diffusion, Flow, cfg_model_fn, spaced_timesteps, sample_generators, randn
 from metrics import to_uint8
 from model import build_backbone
 from weights import load_autoencoder, load_checkpoint
+
+DDPM_SAMPLERS, FLOW_SAMPLERS = ('ddpm', 'ddim'), ('euler', 'heun', 'sde')
+DEFAULT_STEPS = {'ddim': 50, 'ddpm': 250, 'euler': 50, 'heun': 50, 'sde': 250}  # Heun 50: 99 network evaluations
+
+
+def time_interval(text):
+    """An argparse type: 'lo,hi' with 0 <= lo <= hi <= 1 -> (lo, hi)."""
+    try:
+        lo, hi = (float(v) for v in text.split(','))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two comma-separated times such as '0,0.7', got '{text}'")
+    if not 0 <= lo <= hi <= 1:
+        raise argparse.ArgumentTypeError(f"must be lo,hi with 0 <= lo <= hi <= 1, got '{text}'")
+    return lo, hi
+
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
@@ -43,11 +66,12 @@ parser.add_argument('--ae_preset', type=str, default=None, help="architecture of
 parser.add_argument('--no_ema', action='store_true', help='use the raw weights instead of the EMA weights')
 parser.add_argument('--num_samples', type=checked(int, lo=1), default=16, help='how many samples in all (over every process)')
 parser.add_argument('--batch_size', type=checked(int, lo=1), default=16, help='samples per process per forward pass')
-parser.add_argument('--sampler', type=str, default='ddim', choices=['ddpm', 'ddim'], help='ancestral DDPM or DDIM')
-parser.add_argument('--steps', type=checked(int, lo=1, hi=1000), default=None, help='denoising steps out of T=1000; default: 50 for ddim, 250 for ddpm')
-parser.add_argument('--spacing', type=str, default=None, choices=SPACINGS, help="which timesteps (ADM's respacing, as DiT): 'even' = ADM's \"N\" from 0 to 999, 'ddim' = ADM's \"ddimN\" integer stride from 0; default: ddim for --sampler ddim, even for ddpm")
-parser.add_argument('--eta', type=checked(float, lo=0, hi=1), default=0.0, help='DDIM noise: 0 deterministic, 1 ancestral-like (ddim only)')
+parser.add_argument('--sampler', type=str, default=None, choices=DDPM_SAMPLERS + FLOW_SAMPLERS, help="DDPM models: ancestral 'ddpm' or 'ddim' (the default); flow models: the 'euler' or 'heun' ODE solver (the default) or SiT's Euler-Maruyama 'sde'")
+parser.add_argument('--steps', type=checked(int, lo=1, hi=1000), default=None, help='denoising steps (DDPM: out of T=1000); default: 50 for ddim, euler and heun, 250 for ddpm and sde')
+parser.add_argument('--spacing', type=str, default=None, choices=SPACINGS, help="DDPM: which timesteps (ADM's respacing, as DiT): 'even' = ADM's \"N\" from 0 to 999, 'ddim' = ADM's \"ddimN\" integer stride from 0; default: ddim for --sampler ddim, even for ddpm")
+parser.add_argument('--eta', type=checked(float, lo=0, hi=1), default=None, help='DDIM noise: 0 deterministic (the default), 1 ancestral-like (ddim only)')
 parser.add_argument('--cfg_scale', type=checked(float, lo=0), default=1.0, help='classifier-free guidance scale s; 1 = plain conditional sampling')
+parser.add_argument('--cfg_interval', type=time_interval, default=None, help="guide only at times t in [lo, hi], t = 0 data, 1 noise (LightningDiT's cfg_interval_start c is 0,1-c); for DDPM models t is the flow time of equal noise level, sqrt(1 - abar) / (sqrt(abar) + sqrt(1 - abar)); default: everywhere")
 parser.add_argument('--cfg_channels', type=checked(int, lo=1), default=None, help="guide only the first N latent channels (DiT's sampler guides 3 of 4: pass 3 to compare with DiT's published FIDs); default: all")
 parser.add_argument('--classes', type=str, default=None, help='comma-separated class ids to draw labels from; default: all classes')
 parser.add_argument('--labels', type=str, default=None, choices=['random', 'balanced'], help="class labels: 'random' uniform draws, as DiT's FID-50K protocol (the default); 'balanced' equal counts per class, as REPA-E and later")
@@ -56,10 +80,17 @@ parser.add_argument('--device', type=select_device, default='auto', help="'auto'
 parser.add_argument('--dtype', type=str, default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'],
                     help="autocast dtype; 'auto' = bfloat16 on GPUs that support it, else float32")
 args = parser.parse_args()
-if args.sampler == 'ddpm' and args.eta != 0:
+if args.sampler == 'ddpm' and args.eta not in (None, 0):
     die("--eta only applies to --sampler ddim (ancestral DDPM has its own noise).")
+refuse_unused(sys.argv[1:], [('--cfg_channels', args.cfg_scale != 1, 'only applies with --cfg_scale other than 1')])
+if args.cfg_interval is not None and args.cfg_scale == 1:
+    die("--cfg_interval limits classifier-free guidance; pass a --cfg_scale other than 1 with it.")
 out_dir = args.out_dir or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), 'samples')
 image_dir, video_dir = os.path.join(out_dir, 'images'), os.path.join(out_dir, 'videos')
+# checked before any work, and locked: two samplers never mix their files
+check_output(out_dir, '--out_dir' if args.out_dir else f'--out_dir (by default {out_dir})', folder=True)
+if int(os.environ.get('RANK', 0)) == 0:
+    lock_folder(out_dir, '--out_dir')
 # samples of another run in out_dir would mix with these, and eval_fid would score them together
 refuse_to_overwrite([os.path.join(out_dir, 'samples.npz')] + sorted(glob.glob(os.path.join(image_dir, '*.png')))[:1]
                     + sorted(glob.glob(os.path.join(video_dir, '*.mp4')))[:1], args.overwrite)
@@ -72,20 +103,38 @@ torch.set_grad_enabled(False)
 # -----------------------------------------------------------------------------
 # the LDM checkpoint and its autoencoder
 
-if not os.path.isfile(args.ckpt):
+if not os.path.exists(args.ckpt):
     die(f"LDM checkpoint {args.ckpt} does not exist; pass a train_ldm.py checkpoint with --ckpt.")
-ckpt = load_checkpoint(args.ckpt)
-if 'backbone' not in ckpt.get('config', {}):
-    die(f"{args.ckpt} is not a train_ldm.py checkpoint (it has no backbone config).")
+ckpt = load_checkpoint(args.ckpt, 'ldm')
 config = ckpt['config']
 backbone = config['backbone']
 video = 'num_frames' in backbone  # a video DiT on (B, C, T', h, w) latents
-model = build_backbone(**backbone).to(device).eval()
 if args.no_ema and 'model' not in ckpt:
     die(f"{args.ckpt} holds only the EMA weights (train_ldm.py's ema.pt); drop --no_ema or pass its ckpt.pt.")
-model.load_state_dict(ckpt['model'] if args.no_ema else ckpt['ema'])
-diffusion = Diffusion(config['schedule'], prediction=config['prediction'], learn_sigma=config['learn_sigma'],
-                      device=device)
+try:
+    model = build_backbone(**backbone).to(device).eval()
+    model.load_state_dict(ckpt['model'] if args.no_ema else ckpt['ema'])
+except Exception as e:  # whatever a config of nonsense makes the constructors raise
+    die(f"the config and weights in {args.ckpt} describe no model that can be built ({type(e).__name__}: "
+        f"{str(e).splitlines()[0][:160]}); it is not a checkpoint train_ldm.py wrote.")
+objective = config.get('objective', config['prediction'])  # checkpoints made before flow: their prediction, eps or v
+flow = objective == 'flow'
+sampler = args.sampler or ('heun' if flow else 'ddim')
+if sampler not in (FLOW_SAMPLERS if flow else DDPM_SAMPLERS):
+    die(f"--sampler {sampler} is a {'DDPM' if flow else 'rectified-flow'} sampler, but {args.ckpt} was trained with "
+        f"--objective {objective}; use {', '.join(FLOW_SAMPLERS) if flow else ' or '.join(DDPM_SAMPLERS)}.")
+if flow and (args.eta is not None or args.spacing is not None):
+    die(f"--eta and --spacing are DDPM's; {args.ckpt} is a rectified-flow model, whose times follow its time shift "
+        f"({config['time_shift']:g}).")
+try:  # the time shift, like every Flow argument, is the one the model was trained with
+    if flow:
+        process = Flow(**{k: config[k] for k in ('prediction', 'time_sampling', 'logit_mean', 'logit_std', 'time_shift')})
+    else:
+        process = Diffusion(config['schedule'], prediction=config['prediction'], learn_sigma=config['learn_sigma'],
+                            device=device)
+except Exception as e:
+    die(f"the config in {args.ckpt} describes no diffusion process ({type(e).__name__}: "
+        f"{str(e).splitlines()[0][:160]}); it is not a checkpoint train_ldm.py wrote.")
 latent_scale, latent_shift = (broadcast_latent_norm(ckpt[k], 5 if video else 4, device) for k in ('latent_scale', 'latent_shift'))
 del ckpt
 
@@ -98,7 +147,7 @@ except ValueError as e:
     die(f"{e} (for --ae {ae_path})")
 # the latents must come from the autoencoder the LDM was trained on: its factor, channels and (when recorded) weights
 f, C_ae = ae.downsample_factor, ae.cfg.z_channels
-trained_f = config.get('ae_factor', config['image_size'] // backbone['latent_size'])
+trained_f = config['ae_factor'] if 'ae_factor' in config else config['image_size'] // max(backbone['latent_size'], 1)
 if (f, C_ae) != (trained_f, backbone['in_channels']):
     die(f"--ae {ae_path} makes f{f} latents with {C_ae} channels, but this LDM was trained on f{trained_f} latents "
         f"with {backbone['in_channels']} channels; pass the autoencoder it was trained with ({config['ae']}).")
@@ -111,6 +160,12 @@ if num_classes == 0:
     if args.classes is not None or args.labels is not None or args.cfg_scale != 1:
         die("this model is unconditional; --classes, --labels and --cfg_scale do not apply.")
     classes = labels = None
+elif args.cfg_scale != 1 and not backbone['class_dropout_prob'] > 0:
+    die(f"classifier-free guidance needs the null label that label dropout trains, and {args.ckpt} was trained with "
+        f"--class_dropout_prob 0; sample it with --cfg_scale 1.")
+elif args.cfg_channels is not None and args.cfg_channels > backbone['in_channels']:
+    die(f"--cfg_channels {args.cfg_channels} is more than the model's {backbone['in_channels']} latent channels; pass "
+        f"at most {backbone['in_channels']}, or leave it out to guide them all.")
 else:
     try:
         classes = [int(c) for c in args.classes.split(',')] if args.classes else list(range(num_classes))
@@ -123,12 +178,24 @@ else:
         labels = np.array([classes[i % len(classes)] for i in range(args.num_samples)])
     else:  # every rank draws the same labels, from a stream apart from every sample's noise stream (seed, (i,))
         labels = np.random.default_rng(np.random.SeedSequence(args.seed)).choice(classes, args.num_samples)
-steps = args.steps or {'ddim': 50, 'ddpm': 250}[args.sampler]
-spacing = args.spacing or {'ddim': 'ddim', 'ddpm': 'even'}[args.sampler]
-try:
-    spaced_timesteps(diffusion.T, steps, spacing)
-except ValueError as e:
-    die(f"{e} (--steps {steps}, --spacing {spacing})")
+steps = args.steps or DEFAULT_STEPS[sampler]
+if not flow:
+    spacing = args.spacing or {'ddim': 'ddim', 'ddpm': 'even'}[sampler]
+    try:
+        spaced_timesteps(process.T, steps, spacing)
+    except ValueError as e:
+        die(f"{e} (--steps {steps}, --spacing {spacing})")
+interval = None  # --cfg_interval in what the network is fed: 1000 t for a flow, the timestep indices for DDPM
+if args.cfg_interval is not None and flow:
+    interval = tuple(process.network_time(t) for t in args.cfg_interval)
+elif args.cfg_interval is not None:
+    lo, hi = args.cfg_interval
+    t_of = process.flow_time()  # (T,) the flow time of each timestep's noise level
+    inside = torch.nonzero((t_of >= lo) & (t_of <= hi))
+    if len(inside) == 0:
+        die(f"no timestep of the {config['schedule']} schedule has a noise level in --cfg_interval {lo:g},{hi:g} "
+            f"(its flow times run from {t_of[0]:.4f} to {t_of[-1]:.4f}); widen it.")
+    interval = (inside.min().item(), inside.max().item())  # flow_time rises with t, so the indices inside are a range
 C, h = backbone['in_channels'], backbone['latent_size']
 latent_shape = (C, backbone['num_frames'], h, h) if video else (C, h, h)
 
@@ -136,8 +203,12 @@ if dist.master:
     os.makedirs(video_dir if video else image_dir, exist_ok=True)
     for old in glob.glob(os.path.join(image_dir, '*.png')) + glob.glob(os.path.join(video_dir, '*.mp4')):
         os.remove(old)  # only with --overwrite (checked above)
-    print(f"{args.num_samples} samples, {args.sampler} {steps} steps ({spacing} spacing)"
-          f"{f', eta {args.eta}' if args.sampler == 'ddim' else ''}, cfg scale {args.cfg_scale}, "
+    if flow:
+        how = f"{sampler} {steps} steps ({2 * steps - 1 if sampler == 'heun' else steps} evaluations), time shift {process.time_shift:g}"
+    else:
+        how = f"{sampler} {steps} steps ({spacing} spacing){f', eta {args.eta or 0}' if sampler == 'ddim' else ''}"
+    guidance = '' if args.cfg_interval is None else f" in t {args.cfg_interval[0]:g}..{args.cfg_interval[1]:g}"
+    print(f"{args.num_samples} samples, {how}, cfg scale {args.cfg_scale}{guidance}, "
           f"{'raw' if args.no_ema else 'EMA'} weights, {'' if labels is None else args.labels + ' labels, '}{dist.world_size} process(es) on {device}, {dtype} -> {out_dir}")
 if dist.ddp:
     torch.distributed.barrier()
@@ -152,14 +223,18 @@ for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols
     x_T = randn((len(idx), *latent_shape), gens, device)  # (B, C, [T',] h, w)
     y = torch.from_numpy(labels[idx]).to(device) if classes else None
     if args.cfg_scale != 1:
-        model_fn = cfg_model_fn(model, y, args.cfg_scale, args.cfg_channels)
+        model_fn = cfg_model_fn(model, y, args.cfg_scale, args.cfg_channels, interval)
     else:
         model_fn = lambda x, t: model(x, t, y)  # noqa: E731
     with autocast(device, dtype):
-        if args.sampler == 'ddpm':
-            z = diffusion.ddpm_sample(model_fn, x_T, steps=steps, generator=gens, spacing=spacing)
+        if sampler == 'ddpm':
+            z = process.ddpm_sample(model_fn, x_T, steps=steps, generator=gens, spacing=spacing)
+        elif sampler == 'ddim':
+            z = process.ddim_sample(model_fn, x_T, steps=steps, eta=args.eta or 0.0, generator=gens, spacing=spacing)
+        elif sampler == 'sde':  # SiT's defaults: diffusion coefficient w = t, last step of 0.04 without noise
+            z = process.sde_sample(model_fn, x_T, steps=steps, generator=gens)
         else:
-            z = diffusion.ddim_sample(model_fn, x_T, steps=steps, eta=args.eta, generator=gens, spacing=spacing)
+            z = process.ode_sample(model_fn, x_T, steps=steps, solver=sampler)
         x = ae.decode(z.float() / latent_scale + latent_shift).float()  # undo the latent normalisation
     x = to_uint8(x)
     with no_space_is_an_error(out_dir):

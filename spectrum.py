@@ -37,6 +37,7 @@ difference is the KL noise). It writes spectrum.png (S vs zigzag index, one line
 resolution), erasure.png (PSNR vs % of coefficients erased) and spectrum.json (every number), and prints a table.
 """
 import os
+import sys
 import json
 import math
 import argparse
@@ -44,7 +45,8 @@ import argparse
 import torch
 from tqdm import tqdm
 
-from common import checked, die, select_device, refuse_to_overwrite, no_space_is_an_error
+from common import (checked, die, select_device, refuse_to_overwrite, no_space_is_an_error, check_output,
+                    lock_folder, load_batches, Counted, refuse_unused, non_finite, refuse_overlap)
 from data import make_dataset, random_subset
 from metrics import PSNR_MAX, bicubic_at_latent_grid, psnr, rgb_on_latent_grid
 from model import block_dct, block_idct, dct_matrix, zigzag
@@ -184,12 +186,14 @@ def analyse_video(dataset, aes, n, batch_size, device):
     (each frame, and all together; posterior means and samples), the temporal spectrum, and the reconstruction PSNR of
     every frame next to bicubic at the latent grid; RGB on the same (t, h, w) grid beside it."""
     from model import to_frames
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(n)), batch_size=batch_size)
+    loader = load_batches(torch.utils.data.Subset(Counted(dataset), range(n)), batch_size=batch_size)
+    unreadable = 0  # clips whose file gave none, replaced by a neighbour's: counted
     meters = {}  # (name, 'temporal') -> Mean of temporal amplitudes; (name, 'spatial', t) -> BlockSpectrum of frame t;
     # (name, 'spatial') -> BlockSpectrum of all frames; (label, 'sample') -> ... of posterior samples; PSNR Means
     def add(key, value, B):
         meters.setdefault(key, Mean()).update(value, B)
-    for x, _ in tqdm(loader, desc='clips', unit='batch'):
+    for x, _, bad in tqdm(loader, desc='clips', unit='batch'):
+        unreadable += int(bad.sum())
         x = x.to(device)  # (B, 3, T, H, W)
         B, frames = x.shape[0], to_frames(x)  # (B*T, 3, H, W)
         add(('RGB full', 'temporal'), temporal_amplitude(x), B)
@@ -208,7 +212,7 @@ def analyse_video(dataset, aes, n, batch_size, device):
                 meters.setdefault((name, 'spatial'), BlockSpectrum()).update(t)
                 for i in range(t.shape[2]):
                     meters.setdefault((name, 'spatial', i), BlockSpectrum()).update(t[:, :, i])
-    result = dict(num_clips=n, video={})
+    result = dict(num_clips=n, unreadable_clips=unreadable, video={})
     for key, meter in meters.items():
         if key[0].startswith('bicubic'):
             continue
@@ -266,8 +270,13 @@ def parse_args(argv=None):
     p.add_argument('--overwrite', action='store_true', help='replace the results already in --out_dir')
     args = p.parse_args(argv)
     outputs = ('spectrum.json', 'spectrum.png', 'erasure.png', 'spectrum_video.json')
+    check_output(args.out_dir, '--out_dir', folder=True)
+    refuse_overlap(args.out_dir, '--out_dir', [(args.data, '--data')] + [(c, '--ckpt') for c in args.ckpt])
     refuse_to_overwrite([os.path.join(args.out_dir, n) for n in outputs],
                         args.overwrite)
+    refuse_unused(argv if argv is not None else sys.argv[1:], [
+        ('--rgb_pool', args.num_frames == 1, 'only applies to images (--num_frames 1)'),
+        ('--preset', bool(args.ckpt), 'names the architecture of --ckpt weights')])
     if args.image_size % BLOCK:
         die(f"--image_size {args.image_size} is not a multiple of the {BLOCK}x{BLOCK} DCT block; use "
             f"{args.image_size // BLOCK * BLOCK} or {(args.image_size // BLOCK + 1) * BLOCK}.")
@@ -430,8 +439,20 @@ def print_table(result):
         print(f"{result['unreadable_images']} unreadable image files were replaced by their neighbours")
 
 
+def write_json(result, path):
+    """The results, whole: a NaN or infinite number in them (images of one flat colour have no AC energy to divide by)
+    is an error, never a number in the JSON."""
+    bad = non_finite(result)
+    if bad:
+        die(f"{', '.join(bad[:3])} came out as no finite number (images without texture, such as flat colours, have no "
+            f"spectrum); nothing was written.")
+    with open(path, 'w') as f:
+        json.dump(result, f, indent=1)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    lock_folder(args.out_dir, '--out_dir')
     device = torch.device(args.device)
     dataset, aes = open_inputs(args.data, args.image_size, args.num_frames, args.seed, args.ckpt, args.label,
                                args.preset, device)
@@ -440,22 +461,25 @@ def main(argv=None):
         print(f"{args.data} holds {n} {'clips' if args.num_frames > 1 else 'images'}; analysing all of them.")
     torch.manual_seed(args.seed)  # posterior samples that repeat from run to run
     if args.num_frames > 1:
-        result = {'args': vars(args), **analyse_video(dataset, aes, n, args.batch_size, device)}
+        result = {'args': vars(args), **analyse_video(dataset, aes, n, args.batch_size, device),
+                  'left_out_files': getattr(dataset, 'left_out', {})}  # hidden files and other types, not read
+        if result['unreadable_clips']:
+            print(f"{result['unreadable_clips']} videos gave no clip and were replaced by their neighbours")
         os.makedirs(args.out_dir, exist_ok=True)
-        with no_space_is_an_error(args.out_dir), open(os.path.join(args.out_dir, 'spectrum_video.json'), 'w') as f:
-            json.dump(result, f, indent=1)
+        with no_space_is_an_error(args.out_dir):
+            write_json(result, os.path.join(args.out_dir, 'spectrum_video.json'))
         print_video_table(result)
         print(f"wrote spectrum_video.json to {args.out_dir}")
         return
     rgb_sizes = [(args.image_size, args.image_size)] + [(args.image_size // f,) * 2 for f in args.rgb_pool]
     indices = random_subset(dataset, n, args.seed)  # a seeded random sample of the images, not the first files
-    result = {'args': vars(args), **analyse(dataset, aes, indices, args.batch_size, device, rgb_sizes)}
+    result = {'args': vars(args), **analyse(dataset, aes, indices, args.batch_size, device, rgb_sizes),
+              'left_out_files': getattr(dataset, 'left_out', {})}  # hidden files and other types, not read
     for label, path in zip(args.label, args.ckpt):
         result['autoencoders'][label]['ckpt'] = path
     os.makedirs(args.out_dir, exist_ok=True)
     with no_space_is_an_error(args.out_dir):
-        with open(os.path.join(args.out_dir, 'spectrum.json'), 'w') as f:
-            json.dump(result, f, indent=1)
+        write_json(result, os.path.join(args.out_dir, 'spectrum.json'))
         plot(result, args.out_dir)
     print_table(result)
     print(f"wrote spectrum.png, erasure.png, spectrum.json to {args.out_dir}")

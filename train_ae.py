@@ -37,6 +37,7 @@ Shared flags (common.add_common_args) and their defaults in this script:
   switches: --random_crop  --compile  --resume  --allow_changes  --overwrite  --init_from PATH
 """
 import os
+import sys
 import json
 import time
 import random
@@ -55,7 +56,7 @@ from common import (add_common_args, die, setup_distributed, cleanup_distributed
                     make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states,
                     CheckpointWriter, update_ema, Loader, save_image_grid, tile_videos, write_mp4, Logger,
                     note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, checked, int_list,
-                    check_run_dir, prepare_run_dir, check_resume_steps, resume_run, no_space_is_an_error)
+                    check_run_dir, prepare_run_dir, check_resume_steps, resume_run, no_space_is_an_error, refuse_unused)
 from data import make_dataset, random_subset
 from metrics import bicubic_at_latent_grid, psnr, rgb_on_latent_grid, to_uint8
 from model import (AE_PRESETS, SE_DOWNSAMPLING, Autoencoder, NLayerDiscriminator, hinge_d_loss, adaptive_gan_weight,
@@ -144,8 +145,15 @@ def check_args(args):
         die(f"LPIPS needs images of at least {LPIPS_MIN_SIZE} pixels (VGG16 halves them four times), and --image_size "
             f"{args.image_size} with SE factor {max(args.se_scales)} gives {smallest}; raise --image_size, lower "
             f"--se_scales, or train without LPIPS with --lpips_weight 0.")
-    ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite)
-    ckpt = load_checkpoint(ckpt_path, script='train_ae.py', holds='disc') if args.resume else None
+    refuse_unused(sys.argv[1:], [
+        ('--frame_stride', video, 'only applies to video (--num_frames > 1)'),
+        ('--vgg_weights', args.lpips_weight > 0, 'only applies with --lpips_weight > 0'),
+        ('--lpips_lin_weights', args.lpips_weight > 0, 'only applies with --lpips_weight > 0'),
+        ('--disc_lr', args.disc_weight > 0, 'only applies with --disc_weight > 0'),
+        ('--allow_changes', args.resume, 'only applies with --resume')])
+    ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite, args.data)
+    ckpt = (load_checkpoint(ckpt_path, 'train_ae.py', hint='resume a train_ae.py run, or choose another --out_dir')
+            if args.resume else None)
     if ckpt is not None:
         check_resume_steps(ckpt, ckpt_path, args.max_steps)
         if args.ema_decay > 0 and 'ema' not in ckpt:
@@ -161,7 +169,7 @@ ckpt_path, ckpt = check_args(args)
 dist = setup_distributed(args.device)
 device = dist.device
 dtype = resolve_dtype(args.dtype, device)
-prepare_run_dir(args.out_dir, ckpt_path, args.overwrite, dist.master)
+prepare_run_dir(args.out_dir, args.overwrite, dist.master)
 seed_everything(args.seed + dist.rank)  # different noise per rank; the data shard differs by construction
 
 # -----------------------------------------------------------------------------
@@ -201,9 +209,10 @@ if not args.init_from:
     ae = (VideoAutoencoder if video else Autoencoder)(ae_config)
 ae.to(device).train()
 f = ae.downsample_factor
-if args.image_size % (f * max(se_scales, default=1)) != 0:
+se_largest = max(se_scales, default=1) if args.se_weight > 0 else 1
+if args.image_size % (f * se_largest) != 0:
     die(f"--image_size {args.image_size} must be divisible by the downsampling factor {f} times the largest SE scale "
-        f"{max(se_scales, default=1)}, so that x and z shrink by the same factor.")
+        f"{se_largest}, so that x and z shrink by the same factor.")
 if args.hf_reg_weight > 0 and args.image_size // f < 8:
     die(f"--hf_reg_weight penalises the latent's 8x8 block-DCT spectrum, and --image_size {args.image_size} gives "
         f"{args.image_size // f}x{args.image_size // f} latents; use --image_size {8 * f} or more.")
@@ -229,7 +238,7 @@ scaler = make_grad_scaler(dtype, device)
 # -----------------------------------------------------------------------------
 # resume: a change of the data stream (common.RESUME_EXACT) or of what the model is cannot continue the run exactly
 
-run_config = {**vars(args), 'num_images': len(dataset)}
+run_config = {**vars(args), 'num_images': len(dataset), 'disc_start': disc_start}  # resolved, as saved
 step = 0
 if ckpt is not None:
     step = resume_run(ckpt, run_config, args.allow_changes, dist, args.out_dir,
@@ -299,6 +308,7 @@ def evaluate():
         save_video_previews(rows)
     else:
         save_image_grid(torch.cat(rows).clamp(-1, 1), os.path.join(args.out_dir, f'recon_{step:07d}.png'), nrow=len(x_eval))
+    logger.image('recon', os.path.join(args.out_dir, f'recon_{step:07d}.png'), step)  # video: its frame strip
     # beside the reconstruction, the trivial reference of spectrum.py: bicubic down and up at the latent grid (video:
     # every frame, generous since it keeps all frames and the latent only 1 in 4)
     metrics = {'val_psnr': psnr(frames(x_rec).clamp(-1, 1), frames(x_eval)).mean().item(),
@@ -335,7 +345,7 @@ def checkpoint():
 # -----------------------------------------------------------------------------
 # training loop
 
-logger = Logger(args.out_dir, dist.master)
+logger = Logger(args.out_dir, dist.master, args.tensorboard, step)
 if dist.master:
     with no_space_is_an_error(args.out_dir), open(os.path.join(args.out_dir, 'config.json'), 'w') as fh:
         json.dump({**run_config, 'ae_config': asdict(ae_config), 'world_size': dist.world_size, 'dtype': dtype}, fh, indent=2)
@@ -430,7 +440,7 @@ while step < args.max_steps:
         dt, train_time, timed_steps = train_time / timed_steps, 0.0, 0
         images = args.batch_size * args.grad_accum * dist.world_size * args.num_frames  # video: frames
         logger.log(step, **{k: (all_reduce_mean(v.float(), dist) if torch.is_tensor(v) else v) for k, v in terms.items()},
-                   step_time=dt, images_per_sec=images / dt, skipped_images=loader.skipped, lr=lr,
+                   step_time=dt, images_per_sec=images / dt, skipped_images=loader.skipped(), lr=lr,
                    **peak_memory(device))
     if step % args.ckpt_interval == 0 or step == args.max_steps:
         checkpoint()  # before the optional evaluation, so that nothing it does can cost the run

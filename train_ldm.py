@@ -3,13 +3,17 @@ Stage 2: train a diffusion model (LDM UNet or DiT) on the latents of a frozen au
 
   python train_ae.py && python train_ldm.py                  # tiny AE, then a tiny UNet, embedded dataset, CPU is fine
   python train_ldm.py --model dit --preset tiny               # the same with a DiT
+  python train_ldm.py --model dit --objective flow            # rectified flow (SiT's velocity loss), sampled by Heun
   torchrun --nproc_per_node=8 train_ldm.py --data /imagenet/train --image_size 256 --ae sd-vae.safetensors \
       --ae_preset sd --model dit --preset DiT-XL/2 --batch_size 32 --cache_latents /fast/latents   # DiT's recipe
 
 Latents are normalised as z = (E(x) - latent_shift) * latent_scale, with shift and scale the mean and 1/std of the
 latents of one global batch drawn at random from the data and gathered over ranks (LDM's scale_by_std), fixed for the
-run and kept in the checkpoint: two scalars for images, one pair per latent channel for video (--latent_norm). The loss is diffusion.py's
-(eps- or v-prediction MSE, plus L_vlb for learn_sigma models). Class-conditional when the data has labels (ImageFolder
+run and kept in the checkpoint: two scalars for images, one pair per latent channel for video (--latent_norm). The loss is diffusion.py's:
+--objective eps or v trains DDPM (diffusion.Diffusion: eps- or v-prediction MSE, plus L_vlb for learn_sigma models),
+--objective flow trains rectified flow (diffusion.Flow, as SiT and SD3: --prediction velocity|x0|noise, --time_sampling,
+--time_shift), with the same backbones; the checkpoint records which, and sample.py samples it with that family's
+samplers. Class-conditional when the data has labels (ImageFolder
 with class subfolders), with label dropout for classifier-free guidance; unconditional otherwise.
 --cache_latents DIR encodes the data set once, each image and its mirror image, into DIR/latents.npy (a memmap,
 N x 2 x C x h x w) and DIR/labels.npy, and trains from there with the same random flips; --cache_size N caches only
@@ -37,6 +41,7 @@ Shared flags (common.add_common_args) and their defaults in this script:
   switches: --random_crop  --compile  --resume  --allow_changes  --overwrite  --init_from PATH
 """
 import os
+import sys
 import json
 import time
 import argparse
@@ -51,9 +56,10 @@ from common import (add_common_args, die, setup_distributed, cleanup_distributed
                     make_grad_scaler, broadcast_latent_norm, all_reduce_mean, seed_everything, gather_rng_states,
                     CheckpointWriter, ema_decay, update_ema, Loader, save_image_grid, save_video_grid, Logger,
                     note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, checked, check_run_dir,
-                    prepare_run_dir, check_resume_steps, resume_run, weights_hash, no_space_is_an_error)
+                    prepare_run_dir, check_resume_steps, resume_run, weights_hash, no_space_is_an_error, refuse_unused,
+                    check_output, refuse_overlap)
 from data import make_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
-from diffusion import SCHEDULES, Diffusion
+from diffusion import SCHEDULES, FLOW_PREDICTIONS, TIME_SAMPLINGS, Diffusion, Flow
 from metrics import to_uint8
 from model import build_backbone
 from weights import load_autoencoder, load_checkpoint
@@ -67,10 +73,15 @@ add_common_args(parser, out_dir='out/ldm', lr=1e-4, preset='tiny', batch_size=32
                 ckpt_interval=2500)
 parser.add_argument('--ae', type=str, default='out/ae/ckpt.pt', help='the frozen autoencoder: a train_ae.py checkpoint or public weights')
 parser.add_argument('--ae_preset', type=str, default=None, help="architecture of public --ae weights ('sd', 'flux'); not needed for train_ae.py checkpoints")
-parser.add_argument('--model', type=str, default='unet', choices=['unet', 'dit'], help='the denoiser backbone; --preset picks its size (unet: tiny, ldm-32, ldm-64; dit: tiny, DiT-S/2 ... DiT-XL/8)')
-parser.add_argument('--schedule', type=str, default=None, choices=SCHEDULES, help="noise schedule (diffusion.beta_schedule); default: the backbone paper's (unet: ldm_linear as LDM, dit: linear as DiT); scaled_linear is Stable Diffusion's")
-parser.add_argument('--prediction', type=str, default='eps', choices=['eps', 'v'], help='what the network predicts')
-parser.add_argument('--learn_sigma', action=argparse.BooleanOptionalAction, default=None, help='also learn the variance (iDDPM, with L_vlb); default: on for dit, off for unet')
+parser.add_argument('--model', type=str, default=None, choices=['unet', 'dit'], help='the denoiser backbone; --preset picks its size (unet: tiny, ldm-32, ldm-64; dit: tiny, DiT-S/2 ... DiT-XL/8); default: unet for images, dit for video (the only video backbone)')
+parser.add_argument('--objective', type=str, default='eps', choices=['eps', 'v', 'flow'], help="DDPM with eps- or v-prediction (diffusion.Diffusion), or rectified flow (diffusion.Flow: x_t = (1 - t) x0 + t eps, SiT's and SD3's)")
+parser.add_argument('--schedule', type=str, default=None, choices=SCHEDULES, help="DDPM's noise schedule (diffusion.beta_schedule); default: the backbone paper's (unet: ldm_linear as LDM, dit: linear as DiT); scaled_linear is Stable Diffusion's")
+parser.add_argument('--learn_sigma', action=argparse.BooleanOptionalAction, default=None, help='DDPM: also learn the variance (iDDPM, with L_vlb); default: on for dit, off for unet; never under flow')
+parser.add_argument('--prediction', type=str, default=None, choices=FLOW_PREDICTIONS, help="flow: what the network predicts (default velocity, as SiT); DDPM's eps or v is --objective")
+parser.add_argument('--time_sampling', type=str, default='uniform', choices=TIME_SAMPLINGS, help="flow: the density of training times, uniform (SiT) or logit_normal (SD3)")
+parser.add_argument('--logit_mean', type=checked(float), default=0.0, help="flow with logit_normal: SD3's location m")
+parser.add_argument('--logit_std', type=checked(float, lo=0, lo_open=True), default=1.0, help="flow with logit_normal: SD3's scale s")
+parser.add_argument('--time_shift', type=checked(float, lo=0, lo_open=True), default=1.0, help="flow: SD3's time shift s, t' = s t / (1 + (s - 1) t), in training and (from the checkpoint) in sampling; 1 = none, > 1 toward noise")
 parser.add_argument('--class_dropout_prob', type=checked(float, lo=0, hi=1, hi_open=True), default=0.1, help='label dropout for classifier-free guidance (class-conditional data only)')
 parser.add_argument('--ema_decay', type=checked(float, lo=0, hi=1, hi_open=True), default=0.9999, help='EMA decay of the denoiser weights (samples use the EMA)')
 parser.add_argument('--ema_warmup', action='store_true', help='EMA decay min(ema_decay, (1 + n) / (10 + n)) at update n, for short runs (DiT has none)')
@@ -81,15 +92,22 @@ parser.add_argument('--latent_norm', type=str, default=None, choices=['scalar', 
 parser.add_argument('--cache_latents', type=str, default=None, help='folder for the encoded data set (made on first use, then reused)')
 parser.add_argument('--cache_size', type=checked(int, lo=1), default=None, help='with --cache_latents: encode a seeded random N of the images, or N random crops with --random_crop (required for the embedded dataset and for crops)')
 parser.add_argument('--grad_checkpointing', action='store_true', help='DiT: recompute activations in the backward pass (less memory, larger batches)')
-parser.add_argument('--num_samples', type=checked(int, lo=1), default=16, help='images in the periodic sample grid (EMA model, DDIM)')
+parser.add_argument('--num_samples', type=checked(int, lo=1), default=16, help='images in the periodic sample grid (EMA model; DDIM, or Heun under flow)')
 parser.add_argument('--num_frames', type=checked(int, lo=1), default=1, help='frames per training clip (1 + 4k for the video AE presets); 1 = images. N > 1 trains the video DiT on the latents of a video autoencoder')
 parser.add_argument('--frame_stride', type=checked(int, lo=1), default=1, help='video: take every n-th frame of the source video')
-parser.add_argument('--sample_steps', type=checked(int, lo=1, hi=1000), default=50, help='DDIM steps for the periodic sample grid')
+parser.add_argument('--sample_steps', type=checked(int, lo=1, hi=1000), default=50, help='DDIM (flow: Heun) steps for the periodic sample grid')
 args = parser.parse_args()
 video = args.num_frames > 1
+args.model = args.model or ('dit' if video else 'unet')  # as train_ae.py's VIDEO_DEFAULTS: video has one backbone
 latent_norm = args.latent_norm or ('channel' if video else 'scalar')
-learn_sigma = args.learn_sigma if args.learn_sigma is not None else args.model == 'dit'
-schedule = args.schedule or {'unet': 'ldm_linear', 'dit': 'linear'}[args.model]
+flow = args.objective == 'flow'
+FLOW_ONLY = ('prediction', 'time_sampling', 'logit_mean', 'logit_std', 'time_shift')  # Flow's arguments, by flag
+learn_sigma = args.learn_sigma if args.learn_sigma is not None else args.model == 'dit' and not flow
+schedule = None if flow else args.schedule or {'unet': 'ldm_linear', 'dit': 'linear'}[args.model]
+# what the checkpoint records of the objective: the family, what the network outputs, and Flow's arguments (None under
+# DDPM). 'prediction' keeps its old meaning for DDPM (eps or v; checkpoints made before flow have no 'objective')
+objective = {'objective': args.objective, 'prediction': (args.prediction or 'velocity') if flow else args.objective,
+             **{k: getattr(args, k) if flow else None for k in FLOW_ONLY[1:]}}
 
 
 def check_args(args):
@@ -99,11 +117,29 @@ def check_args(args):
         die("video latents (--num_frames > 1) need --model dit (the video DiT); the UNet is for images only.")
     if args.grad_checkpointing and args.model != 'dit':
         die("--grad_checkpointing is implemented for --model dit only.")
+    if flow and args.learn_sigma:
+        die("--learn_sigma does not apply to --objective flow: a flow has no variance to learn; drop it.")
+    if flow and args.schedule:
+        die("--schedule is DDPM's noise schedule; --objective flow has its own path x_t = (1 - t) x0 + t eps, whose "
+            "times --time_sampling and --time_shift shape.")
+    given = [f'--{k}' for k in FLOW_ONLY if getattr(args, k) != parser.get_default(k)]
+    if given and not flow:
+        die(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for --objective flow only; this run trains DDPM "
+            f"(--objective {args.objective}).")
+    if flow and args.time_sampling == 'uniform' and {'--logit_mean', '--logit_std'} & set(given):
+        die("--logit_mean and --logit_std shape the logit-normal density; pass --time_sampling logit_normal too.")
     if args.cache_latents and (args.data is None or args.random_crop) and args.cache_size is None:
         die("--cache_latents with the embedded dataset or --random_crop needs --cache_size N: there is no end to the "
             "images (or crops) to cache.")
-    ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite)
-    ckpt = load_checkpoint(ckpt_path, script='train_ldm.py', holds='latent_scale') if args.resume else None
+    refuse_unused(sys.argv[1:], [('--cache_size', args.cache_latents, 'only applies with --cache_latents'),
+                                 ('--frame_stride', video, 'only applies to video (--num_frames > 1)'),
+                                 ('--allow_changes', args.resume, 'only applies with --resume')])
+    ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite, args.data)
+    if args.cache_latents and not os.path.isfile(os.path.join(args.cache_latents, 'meta.json')):
+        check_output(args.cache_latents, '--cache_latents', folder=True)  # to be built (a made one may be read-only)
+        refuse_overlap(args.cache_latents, '--cache_latents', [(args.data, '--data')])
+    ckpt = (load_checkpoint(ckpt_path, 'train_ldm.py', hint='resume a train_ldm.py run, or choose another --out_dir')
+            if args.resume else None)
     if ckpt is not None:
         check_resume_steps(ckpt, ckpt_path, args.max_steps)
     return ckpt_path, ckpt
@@ -118,7 +154,7 @@ saved = ckpt['config'] if ckpt is not None else None  # the settings of the run 
 dist = setup_distributed(args.device)
 device = dist.device
 dtype = resolve_dtype(args.dtype, device)
-prepare_run_dir(args.out_dir, ckpt_path, args.overwrite, dist.master)
+prepare_run_dir(args.out_dir, args.overwrite, dist.master)
 seed_everything(args.seed + dist.rank)
 
 ae_path = saved['ae'] if saved and args.ae == parser.get_default('ae') else args.ae
@@ -176,7 +212,8 @@ else:
     dataset = images
 num_classes = dataset.num_classes
 loader = Loader(dataset, args.batch_size, args.seed, dist, num_workers=args.num_workers)
-run_config = {**vars(args), 'num_images': len(dataset)}
+run_config = {**vars(args), **objective, 'num_images': len(dataset), 'schedule': schedule,
+              'learn_sigma': learn_sigma, 'latent_norm': latent_norm}  # the resolved defaults, as saved: a resume compares like with like
 
 
 def to_latent(x):
@@ -210,17 +247,22 @@ backbone = dict(model=args.model, preset=args.preset, latent_size=latent_size, i
                 learn_sigma=learn_sigma, class_dropout_prob=args.class_dropout_prob if num_classes > 0 else 0.0)
 if video:
     backbone['num_frames'] = latent_frames
-denoiser = {'backbone': backbone, 'schedule': schedule, 'prediction': args.prediction}
-if saved and {k: saved[k] for k in denoiser} != denoiser:
-    die(f"{ckpt_path} was trained with {({k: saved[k] for k in denoiser})}; resume it with the same --model, --preset, "
-        f"--schedule, --prediction, --learn_sigma, --class_dropout_prob, --image_size and data.")
+denoiser = {'backbone': backbone, 'objective': args.objective, 'schedule': schedule, 'prediction': objective['prediction']}
+if saved:  # a checkpoint made before flow has no 'objective': its 'prediction' (eps or v) was the objective
+    trained_as = {k: saved[k] for k in denoiser if k in saved} | {'objective': saved.get('objective', saved['prediction'])}
+    if trained_as != denoiser:
+        die(f"{ckpt_path} was trained with {trained_as}; resume it with the same --model, --preset, --objective, "
+            f"--schedule, --prediction, --learn_sigma, --class_dropout_prob, --image_size and data.")
 try:
     raw_model = build_backbone(**backbone).to(device)
 except ValueError as e:
     die(str(e))
 raw_model.grad_checkpointing = args.grad_checkpointing
 ema = deepcopy(raw_model).eval().requires_grad_(False)
-diffusion = Diffusion(schedule, prediction=args.prediction, learn_sigma=learn_sigma, device=device)
+if flow:
+    process = Flow(**{k: objective[k] for k in FLOW_ONLY})
+else:
+    process = Diffusion(schedule, prediction=args.objective, learn_sigma=learn_sigma, device=device)
 opt = torch.optim.AdamW(raw_model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                         fused=device.type == 'cuda')  # one kernel for the whole update on GPUs
 scaler = make_grad_scaler(dtype, device)
@@ -231,8 +273,8 @@ scaler = make_grad_scaler(dtype, device)
 
 step = 0
 if args.init_from:
-    init = load_checkpoint(args.init_from)
-    for module, state in ((raw_model, init['model']), (ema, init.get('ema', init['model']))):
+    init = load_checkpoint(args.init_from, 'ldm')  # ckpt.pt, or ema.pt whose EMA weights start both
+    for module, state in ((raw_model, init.get('model', init['ema'])), (ema, init['ema'])):
         try:
             module.load_state_dict(state)
         except RuntimeError:
@@ -242,7 +284,7 @@ if args.init_from:
 if ckpt is not None:
     step = resume_run(ckpt, run_config, args.allow_changes, dist, args.out_dir,
                       states={'model': raw_model, 'ema': ema, 'opt': opt, 'scaler': scaler, 'loader': loader},
-                      lrs={'opt': args.lr}, exact=('cache_latents', 'cache_size'),
+                      lrs={'opt': args.lr}, exact=('cache_latents', 'cache_size', *FLOW_ONLY[1:]),
                       unsaved=('num_samples', 'sample_steps', 'ae', 'grad_checkpointing'))
     ckpt = None
 
@@ -261,18 +303,23 @@ grid_labels = (torch.arange(args.num_samples) % num_classes).to(device) if num_c
 
 @torch.no_grad()
 def sample_grid():
-    """Samples of the EMA model (DDIM, no guidance), decoded by the autoencoder."""
+    """Samples of the EMA model (DDIM, or Heun under flow; no guidance), decoded by the autoencoder."""
+    model_fn = lambda x, t: ema(x, t, grid_labels)  # noqa: E731
     with autocast(device, dtype):
-        z = diffusion.ddim_sample(lambda x, t: ema(x, t, grid_labels), grid_noise, steps=args.sample_steps)
+        if flow:
+            z = process.ode_sample(model_fn, grid_noise, steps=args.sample_steps, solver='heun')
+        else:
+            z = process.ddim_sample(model_fn, grid_noise, steps=args.sample_steps)
         x = ae.decode(z.float() / scale + shift).float()
     if video:  # (B, 3, T, H, W) -> uint8 (B, T, H, W, 3) -> samples_STEP/grid.mp4, grid.gif, grid_frames.png
         clips = to_uint8(x).permute(0, 2, 3, 4, 1).cpu().numpy()
         folder = os.path.join(args.out_dir, f'samples_{step:07d}')
         os.makedirs(folder, exist_ok=True)
-        save_video_grid(clips, folder)
+        logger.image('samples', save_video_grid(clips, folder)[2], step)  # grid_frames.png
         return
     nrow = int(args.num_samples ** 0.5)
     save_image_grid(x.clamp(-1, 1), os.path.join(args.out_dir, f'samples_{step:07d}.png'), nrow=max(nrow, 1))
+    logger.image('samples', os.path.join(args.out_dir, f'samples_{step:07d}.png'), step)
 
 
 def checkpoint():
@@ -293,7 +340,7 @@ def checkpoint():
 # training loop
 
 
-logger = Logger(args.out_dir, dist.master)
+logger = Logger(args.out_dir, dist.master, args.tensorboard, step)
 if dist.master:
     with no_space_is_an_error(args.out_dir), open(os.path.join(args.out_dir, 'config.json'), 'w') as fh:
         json.dump({**run_config, 'ae': ae_path, **ae_identity, 'backbone': backbone, 'schedule': schedule, 'learn_sigma': learn_sigma,
@@ -302,9 +349,13 @@ if dist.master:
     n_params = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else f"({', '.join(f'{a:.3g}' for a in v)})"  # noqa: E731
     frames = f"{latent_frames}x" if video else ''
+    if flow:
+        times = args.time_sampling + (f' ({args.logit_mean:g}, {args.logit_std:g})' if args.time_sampling != 'uniform' else '')
+        trains = f"rectified flow, {objective['prediction']}-prediction, {times} times, shift {args.time_shift:g}"
+    else:
+        trains = f"{schedule} schedule, {args.objective}-prediction{', learned variance' if learn_sigma else ''}"
     print(f"{args.model} {args.preset}: {n_params / 1e6:.2f}M params on {C}x{frames}{latent_size}x{latent_size} latents "
-          f"(f={f}), {num_classes or 'no'} classes, {schedule} schedule, {args.prediction}-prediction"
-          f"{', learned variance' if learn_sigma else ''}; latent shift {fmt(latent_shift)}, scale {fmt(latent_scale)}; "
+          f"(f={f}), {num_classes or 'no'} classes, {trains}; latent shift {fmt(latent_shift)}, scale {fmt(latent_scale)}; "
           f"{dist.world_size} process(es) on {device}, {dtype}")
 progress = tqdm(total=args.max_steps, initial=step, disable=not dist.master, dynamic_ncols=True)
 writer = CheckpointWriter()
@@ -321,7 +372,7 @@ while step < args.max_steps:
         sync = contextlib.nullcontext() if (not dist.ddp or micro == args.grad_accum - 1) else model.no_sync()
         with sync:
             with autocast(device, dtype):
-                loss = diffusion.training_loss(model, z, y).mean()
+                loss = process.training_loss(model, z, y).mean()
             scaler.scale(loss / args.grad_accum).backward()
         loss_sum += loss.detach() / args.grad_accum
     scaler.step(opt)
@@ -342,7 +393,7 @@ while step < args.max_steps:
         dt, train_time, timed_steps = train_time / timed_steps, 0.0, 0
         latents = args.batch_size * args.grad_accum * dist.world_size
         logger.log(step, loss=all_reduce_mean(loss_sum.float(), dist), step_time=dt, latents_per_sec=latents / dt, lr=args.lr,
-                   skipped_images=loader.skipped, **peak_memory(device))
+                   skipped_images=loader.skipped(), **peak_memory(device))
     if step % args.ckpt_interval == 0 or step == args.max_steps:
         checkpoint()  # before the optional sample grid, so that nothing it does can cost the run
     if (step % args.eval_interval == 0 or step == args.max_steps) and dist.master:

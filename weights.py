@@ -5,8 +5,9 @@ weights (a local file, else the canonical URL through the torch hub cache), the 
 strict load whose mismatch is one sentence, and the autoencoder loader every script uses.
 """
 import os
-import pickle
 import re
+import pickle
+import warnings
 
 import torch
 from safetensors.torch import load_file as load_safetensors
@@ -23,30 +24,145 @@ def fetch_weights(path, url, file_name, what, flag=None):
     that cannot be read a ValueError, each one sentence naming the file, `what` needs it and, for a script, the `flag`
     that passes a local copy."""
     name = f"{flag} {path}" if flag else f"{what} weights file {path}"
+    hint = f"; pass {file_name}" if flag else ''
     if path is not None:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{name} does not exist" + (f"; pass the path of {file_name} (from {url})" if flag else ''))
-        try:
-            sd = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception as e:  # random bytes, a truncated download, a pickle that is not a state dict
-            raise ValueError(f"{name} could not be read as torch weights ({type(e).__name__})"
-                             + (f"; pass {file_name}" if flag else '')) from None
+        sd = read_file(path, name, hint)
     else:
         cached = os.path.join(torch.hub.get_dir(), 'checkpoints', file_name)
         try:
-            sd = torch.hub.load_state_dict_from_url(url, map_location='cpu', progress=False, file_name=file_name,
-                                                    check_hash=True, weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')  # torch's notes on pickle protocols: not the user's business
+                sd = torch.hub.load_state_dict_from_url(url, map_location='cpu', progress=False, file_name=file_name,
+                                                        check_hash=True, weights_only=True)
         except Exception as e:
             if not os.path.isfile(cached):  # no network (URLError is an OSError), or a download that failed its hash
                 raise FileNotFoundError(f"{what} needs {file_name}, which is not in the torch hub cache "
                                         f"({os.path.dirname(cached)}) and could not be downloaded from {url}"
                                         + (f"; download it and pass it as {flag} PATH" if flag else '')) from None
-            raise ValueError(f"{cached} in the torch hub cache could not be read as torch weights ({type(e).__name__}); "
-                             f"delete it so that it is downloaded again") from None
+            raise ValueError(unreadable(f"{cached} in the torch hub cache", e, "; delete it so that it is downloaded "
+                                        "again")) from None
         name = f"{what}'s {cached}"
-    if not isinstance(sd, dict):
-        raise ValueError(f"{name} holds a {type(sd).__name__}, not a state dict" + (f"; pass {file_name}" if flag else ''))
+    problem = contents_problem(sd, STATE_DICT)
+    if problem:
+        raise ValueError(f"{name} is not a weights file: {problem}" + hint)
     return sd
+
+
+# -----------------------------------------------------------------------------
+# reading files: tensors only, and the structure each reader expects
+
+def unreadable(name, error, hint=''):
+    """The one sentence for a file torch.load(weights_only=True) or safetensors would not read. A pickle that needs
+    more than tensors, numbers, strings, lists and dicts (a class, a function, numpy arrays: anything whose loading
+    could run code) is named as refused; anything else is a file that is not what it should be."""
+    found = re.search(r'GLOBAL ([\w.]+)', str(error)) if isinstance(error, pickle.UnpicklingError) else None
+    if found:  # torch's weights-only unpickler names the class or function it would have had to call
+        return (f"{name} was refused: it holds Python objects ({found[1]}), and only tensors, numbers, strings, lists "
+                f"and dicts are read, since loading anything else can run code"
+                f"{hint or '; convert weights you trust to .safetensors'}")
+    hint = hint or '; check that the file is complete'
+    return f"{name} could not be read as torch weights ({type(error).__name__}){hint}"
+
+
+def read_file(path, name=None, hint=''):
+    """The one reader of every weight and checkpoint file: .safetensors, or a torch file through
+    torch.load(weights_only=True), which builds tensors, numbers, strings, lists and dicts and nothing else, so that no
+    file can run code. -> what the file holds. A missing file is a FileNotFoundError, a file that is not what it should
+    be (or needs more than that) a ValueError: one sentence each, naming it as `name` (default: its path)."""
+    name = name or str(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{name} is a folder; pass the weights or checkpoint file in it.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{name} does not exist; check the path.")
+    try:
+        if str(path).endswith('.safetensors'):
+            return load_safetensors(str(path), device='cpu')
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # torch's notes on pickle protocols: not the user's business
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # truncated download, wrong file type, a pickle that needs more than tensors, ...
+        raise ValueError(unreadable(name, e, hint)) from None
+
+
+STATE_DICT = 'a state dict'  # in a spec: a dict of names -> tensors
+POSITIVE = 'a positive integer'  # in a spec: a size
+
+
+_NAMES = {int: 'an integer', float: 'a number', str: 'a string', bool: 'True or False', list: 'a list', dict: 'a dict',
+          tuple: 'a tuple', type(None): 'None'}
+
+
+def _a(value):
+    """What a value is, in words: 'a list', 'a Tensor', 'None'."""
+    return _NAMES.get(type(value), f"a {type(value).__name__}")
+
+
+def contents_problem(obj, spec, where='it'):
+    """What in `obj` (read from a file) differs from the structure `spec` describes, in a clause, or None when nothing
+    does. spec: a type (float takes an int too), STATE_DICT, POSITIVE, {key: spec} for a dict ('key?' for a key that
+    may be absent), [spec] for a list of such items, or a tuple of alternatives. One check for every file a script reads, so that a file of the wrong shape (a
+    tensor, a list, a config without its keys) is one sentence, never an AttributeError deep in a script."""
+    if spec == STATE_DICT:
+        if not isinstance(obj, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
+            return f"{where} is {_a(obj)}, not a state dict (names -> tensors)"
+        return None
+    if spec == POSITIVE:
+        if not isinstance(obj, int) or isinstance(obj, bool) or obj < 1:
+            return f"{where} is {obj!r}, not a positive integer"
+        return None
+    if isinstance(spec, dict):
+        if not isinstance(obj, dict):
+            return f"{where} is {_a(obj)}, not a dict"
+        for key, sub in spec.items():
+            if key.rstrip('?') not in obj:
+                if key.endswith('?'):
+                    continue
+                return f"{where} has no {key.rstrip('?')!r}"
+            inner = f"its {key.rstrip('?')!r}" if where == 'it' else f"{where}[{key.rstrip('?')!r}]"
+            problem = contents_problem(obj[key.rstrip('?')], sub, inner)
+            if problem:
+                return problem
+        return None
+    if isinstance(spec, list):  # [item spec]: a list of such items
+        if not isinstance(obj, list):
+            return f"{where} is {_a(obj)}, not a list"
+        return next((p for i, item in enumerate(obj) if (p := contents_problem(item, spec[0], f"{where}[{i}]"))), None)
+    alternatives = spec if isinstance(spec, tuple) else (spec,)
+    if any(isinstance(a, (list, dict, str)) for a in alternatives):  # structured alternatives: one must fit
+        problems = [contents_problem(obj, a, where) for a in alternatives]
+        if None in problems:
+            return None
+        inside = [p for p in problems if not p.startswith(f"{where} is ")]  # the one that looked inside says more
+        names = [a if isinstance(a, str) else _NAMES.get(a if isinstance(a, type) else type(a)) for a in alternatives]
+        return inside[0] if inside else f"{where} is {_a(obj)}, not {' or '.join(names)}"
+    kinds = alternatives + ((int,) if float in alternatives else ())
+    if not isinstance(obj, kinds) or (isinstance(obj, bool) and bool not in kinds):
+        return f"{where} is {_a(obj)}, not {' or '.join(_NAMES.get(k, k.__name__) for k in alternatives)}"
+    return None
+
+
+# what each reader of our own checkpoints uses, checked once when the file is read (load_checkpoint)
+_AE = {'model': STATE_DICT, 'ema?': STATE_DICT, 'config': {'preset': str, 'ae_config?': dict, 'num_frames?': int}}
+_LDM = {'ema': STATE_DICT, 'model?': STATE_DICT, 'step': int,
+        'latent_scale': (float, [float]), 'latent_shift': (float, [float]),
+        'config': {'ae': str, 'image_size': POSITIVE, 'schedule?': (str, type(None)), 'prediction': str,
+                   'learn_sigma': bool,
+                   'backbone': {'model': str, 'preset': str, 'latent_size': POSITIVE, 'in_channels': POSITIVE,
+                                'num_classes': int, 'learn_sigma': bool, 'class_dropout_prob': float,
+                                'num_frames?': POSITIVE}}}
+_RUN = {'step': int, 'scaler': dict, 'loader': {'epoch': int, 'batch_in_epoch': int, 'unreadable': [int]},
+        'rng': [{'python': list, 'numpy': list, 'torch': torch.Tensor, 'cuda?': [torch.Tensor]}]}  # common.rng_state
+CHECKPOINTS = {  # kind -> (what it is, in words; the script that writes it; its spec)
+    'train_ae.py': ('a train_ae.py checkpoint', 'train_ae.py',
+                    {**_AE, **_RUN, 'disc': STATE_DICT, 'opt_g': dict, 'opt_d': dict,
+                     'config': {**_AE['config'], 'ae_config': dict}}),
+    'train_ldm.py': ('a train_ldm.py checkpoint', 'train_ldm.py', {**_LDM, **_RUN, 'model': STATE_DICT, 'opt': dict}),
+    'ldm': ('a train_ldm.py checkpoint (its ckpt.pt or ema.pt)', 'train_ldm.py', _LDM),
+    'autoencoder': ('a train_ae.py checkpoint', 'train_ae.py', _AE),
+    None: ('a checkpoint of this project', 'a training script', {'step': int}),  # only the step is read (reproduce.py)
+}
 
 
 def diffusers_to_ldm(sd):
@@ -142,36 +258,31 @@ def load_strictly(model, sd, what, presets):
     return model
 
 
-def read_weights(path):
-    """A state dict or checkpoint dict from .safetensors, or from a torch file (.pt/.pth/.ckpt)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file {path} does not exist; check the path.")
+def load_checkpoint(path, kind=None, hint=None):
+    """One of this project's own checkpoints, of `kind` (a key of CHECKPOINTS), read through read_file (tensors only)
+    and checked against the structure its readers use; anything else is one sentence, and the script stops. An EMA
+    export (train_ldm.py's ema.pt) must be at the step of the ckpt.pt beside it: the two are written one after the
+    other, and a run killed in between leaves an ema.pt of older weights, which would be sampled without a word.
+    `hint` replaces the advice of the sentence for a file of another kind."""
+    what, script, spec = CHECKPOINTS[kind]
     try:
-        if str(path).endswith('.safetensors'):
-            return load_safetensors(str(path), device='cpu')
+        ckpt = read_file(path, f"checkpoint {path}")
+    except (FileNotFoundError, ValueError) as e:
+        die(str(e))
+    problem = contents_problem(ckpt, spec) or ("its 'step' is below 0" if ckpt.get('step', 0) < 0 else None)
+    if problem:
+        die(f"{path} is not {what}: {problem}; {hint or f'pass a checkpoint that {script} wrote'}.")
+    sibling = os.path.join(os.path.dirname(os.path.abspath(path)), 'ckpt.pt')
+    if kind == 'ldm' and 'model' not in ckpt and os.path.isfile(sibling):
         try:
-            return torch.load(path, map_location='cpu', weights_only=True)
-        except pickle.UnpicklingError:
-            # our own train_ae.py checkpoints carry python/numpy RNG states, which the weights-only loader refuses
-            return torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as e:  # truncated download, wrong file type, ...
-        raise ValueError(f"{path} could not be read as a .safetensors or torch weights file "
-                         f"({type(e).__name__}); check that the file is complete.") from None
-
-
-def load_checkpoint(path, script=None, holds=None):
-    """A checkpoint of this project's own, to resume or sample from; with `script`, one that script wrote (it has the
-    key `holds`), else one sentence says which it is not."""
-    if not os.path.isfile(path):
-        die(f"checkpoint {path} does not exist; check the path (or drop --resume to start a new run).")
-    try:
-        # our own checkpoints hold python/numpy RNG states, which weights_only loading refuses
-        ckpt = torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as e:
-        die(f"checkpoint {path} could not be read ({type(e).__name__}); it is not a checkpoint written by this project.")
-    if script is not None and (not isinstance(ckpt, dict) or holds not in ckpt):
-        die(f"{path} is not a {script} checkpoint (it has no {holds!r}); resume a {script} run, or choose another "
-            f"--out_dir.")
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                step = torch.load(sibling, map_location='cpu', weights_only=True, mmap=True).get('step')  # no copy
+        except Exception:
+            step = None  # not ours to judge here: it is not the file asked for
+        if isinstance(step, int) and step != ckpt['step']:
+            die(f"{path} holds the EMA weights of step {ckpt['step']}, and {sibling} beside it is at step {step}: the "
+                f"run was stopped between writing the two; sample {sibling}, or resume the run to rewrite both.")
     return ckpt
 
 
@@ -181,19 +292,41 @@ def read_autoencoder(path, preset=None):
     checkpoint's own config decides the architecture (`preset` is not needed) and its EMA weights are used when present;
     public weights (LDM / diffusers layouts, .safetensors or torch file; 3D convolutions make them a video autoencoder)
     need the `preset` they were made for."""
-    ckpt = read_weights(path)
-    if 'model' in ckpt and 'config' in ckpt:  # a train_ae.py checkpoint: it records num_frames (a hand-made one may not)
+    ckpt = read_file(path)
+    if isinstance(ckpt, dict) and 'latent_scale' in ckpt:
+        raise ValueError(f"{path} is a train_ldm.py checkpoint (a diffusion model), not an autoencoder; pass the "
+                         f"train_ae.py checkpoint or the public weights of one.")
+    if isinstance(ckpt, dict) and 'model' in ckpt and 'config' in ckpt:  # a train_ae.py checkpoint
+        problem = contents_problem(ckpt, CHECKPOINTS['autoencoder'][2])
+        if problem:
+            raise ValueError(f"{path} is not a train_ae.py checkpoint: {problem}.")
         config, state = ckpt['config'], ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model']
         video = config['num_frames'] > 1 if 'num_frames' in config else 'temporal_levels' in config.get('ae_config', {})
         name, overrides = config['preset'], config.get('ae_config')
-    else:
+    else:  # public weights: a state dict, or a whole Stable Diffusion checkpoint whose 'state_dict' holds it
+        problem = contents_problem(ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt, STATE_DICT)
+        if problem:
+            raise ValueError(f"{path} holds no autoencoder weights: {problem}.")
         config, state, name, overrides = None, ckpt, preset, None
         video = any(torch.is_tensor(v) and v.dim() == 5 for v in state.get('state_dict', state).values())
     presets = VIDEO_AE_PRESETS if video else AE_PRESETS
     if name is None:
         raise ValueError(f"{path} holds bare weights without a config; pass the preset they were made for "
                          f"(one of {', '.join(presets)}).")
-    return make_ae_config(name, overrides, presets), state, config
+    try:
+        return make_ae_config(name, overrides, presets), state, config
+    except TypeError as e:  # a field of the wrong type in the checkpoint's ae_config
+        raise ValueError(f"the ae_config in {path} is not one this project writes ({e}).") from None
+
+
+def build_autoencoder(cfg, path):
+    """The network a file's config describes (read_autoencoder), image or video; a config of nonsense (a width of
+    'x', no levels) is a ValueError naming the file, not a traceback from inside the model."""
+    try:
+        return (VideoAutoencoder if isinstance(cfg, VideoAEConfig) else Autoencoder)(cfg)
+    except Exception as e:  # whatever a config of nonsense makes the constructors raise
+        raise ValueError(f"the config in {path} describes no autoencoder that can be built ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:160]}).") from None
 
 
 def load_autoencoder(path, preset=None, device='cpu', video=None):
@@ -208,6 +341,6 @@ def load_autoencoder(path, preset=None, device='cpu', video=None):
                              f"autoencoder.")
         raise ValueError(f"{path} is an image autoencoder{made}; a video model needs a train_ae.py --num_frames "
                          f"checkpoint, or CogVideoX's weights with the preset cogvideox.")
-    model = (VideoAutoencoder if is_video else Autoencoder)(cfg)
+    model = build_autoencoder(cfg, path)
     load_ae_state_dict(model, state)
     return model.to(device).eval()

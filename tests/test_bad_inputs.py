@@ -67,6 +67,7 @@ def run_script(name, argv):
     except SystemExit as e:
         code = e.code if e.code is not None else 0
     finally:
+        common.release_locks()  # what the interpreter's exit does for a script run on its own
         sys.argv = saved[0]
         torch.set_grad_enabled(saved[1])
         torch.set_rng_state(saved[2])
@@ -114,6 +115,15 @@ class Error:
 
 
 @dataclass
+class Refused(Error):
+    """Error(pattern), and the payload of evil_pickle never ran: its marker file does not exist."""
+
+    def check(self, outcome, tmp, runs):
+        assert not (tmp / MARKER).exists(), "the pickled payload ran"
+        super().check(outcome, tmp, runs)
+
+
+@dataclass
 class Skip:
     file: str
     key: str
@@ -153,12 +163,16 @@ def runs(tmp_path_factory):
     o = run_script('train_ldm.py', TINY_LDM + ['--ae', d / 'ae4' / 'ckpt.pt', '--max_steps', 2, '--ckpt_interval', 1,
                                                '--ema_decay', 0.5, '--out_dir', d / 'ldm'])
     assert o.code == 0, o.message
+    o = run_script('train_ldm.py', TINY_LDM + ['--ae', d / 'ae4' / 'ckpt.pt', '--max_steps', 2, '--objective', 'flow',
+                                               '--out_dir', d / 'ldm_flow'])
+    assert o.code == 0, o.message
     other = torch.load(d / 'ae4' / 'ckpt.pt', weights_only=False)  # the same AE but for one weight: another AE
     first = next(iter(other['model']))
     other['model'][first] = other['model'][first] + 0.01
     torch.save(other, d / 'ae4_other.pt')
     return {'ae4': d / 'ae4' / 'ckpt.pt', 'ae8': d / 'ae8' / 'ckpt.pt', 'ae4_other': d / 'ae4_other.pt',
-            'ldm': d / 'ldm' / 'ckpt.pt', 'ae4_dir': d / 'ae4', 'ldm_dir': d / 'ldm'}
+            'ldm': d / 'ldm' / 'ckpt.pt', 'ae4_dir': d / 'ae4', 'ldm_dir': d / 'ldm', 'ldm_flow': d / 'ldm_flow' / 'ema.pt',
+            'ldm_flow_dir': d / 'ldm_flow'}
 
 
 def copy_run(src, tmp, name='run'):
@@ -195,6 +209,12 @@ def bad_image_folder(tmp, size=32, good=4):
 def samples_npz(tmp, n=4, size=16):
     path = tmp / 'fake.npz'
     np.savez(path, arr_0=np.random.default_rng(1).integers(0, 256, (n, size, size, 3), dtype=np.uint8))
+    return path
+
+
+def saved_npz(tmp, **arrays):
+    path = tmp / 'saved.npz'
+    np.savez(path, **arrays)
     return path
 
 
@@ -250,7 +270,7 @@ def changed_settings_are_printed(*expected):
 
 def resume_cleans_up(tmp, runs, outcome):
     run = tmp / 'run'
-    assert not [f for f in os.listdir(run) if '.tmp.' in f], os.listdir(run)
+    assert not [f for f in os.listdir(run) if '.tmp' in f], os.listdir(run)
     steps = [r['step'] for r in map(json.loads, open(run / 'log.jsonl')) if 'loss' in r]
     assert steps == sorted(set(steps)) and steps[-1] == 3 and 99 not in steps, steps
 
@@ -272,9 +292,30 @@ def folder_counted_once(tmp, runs, outcome):
 def prepare_resume_with_debris(tmp, runs):
     run = copy_run(runs['ldm_dir'], tmp)
     (run / f'ckpt.pt.tmp.{dead_pid()}').write_bytes(b'half a checkpoint')
+    (run / f'ema.pt.tmp.{dead_pid()}').write_bytes(b'half an EMA export')  # the second file of a checkpoint
+    (run / 'log.jsonl.tmp').write_bytes(b'{"step": 1')  # truncate_log's, killed before its rename
     with open(run / 'log.jsonl', 'a') as f:  # the steps a killed run logged after its last checkpoint
         f.write(json.dumps({'step': 99, 'loss': 1.0}) + '\n' + '{"step": 100, "lo')
     return TINY_LDM + ['--out_dir', run, '--resume', '--max_steps', 3, '--ckpt_interval', 1]
+
+
+def checkpoints_before_flow_are_ddpm(tmp, runs):
+    # train_ldm.py wrote no 'objective' before flow: its 'prediction' (eps here) was the objective. Such a run samples
+    # as DDPM, exactly as the same run with the key does, and resumes
+    old = copy_run(runs['ldm_dir'], tmp, 'old')
+    for name in ('ckpt.pt', 'ema.pt'):
+        ckpt = torch.load(old / name, weights_only=False)
+        for key in ('objective', 'time_sampling', 'logit_mean', 'logit_std', 'time_shift'):
+            del ckpt['config'][key]
+        torch.save(ckpt, old / name)
+    samples = []
+    for ckpt, out in ((old / 'ema.pt', tmp / 's_old'), (runs['ldm_dir'] / 'ema.pt', tmp / 's_new')):
+        o = run_script('sample.py', ['--ckpt', ckpt, '--num_samples', 2, '--steps', 2, '--device', 'cpu', '--out_dir', out])
+        assert o.code == 0 and 'ddim 2 steps' in o.stdout, o.message
+        samples.append(np.load(out / 'samples.npz')['arr_0'])
+    assert np.array_equal(*samples)
+    o = run_script('train_ldm.py', TINY_LDM + ['--out_dir', old, '--resume', '--max_steps', 3])
+    assert o.code == 0, o.message
 
 # -----------------------------------------------------------------------------
 # faults no command line can cause
@@ -381,12 +422,279 @@ def link_loop_and_pipe_are_listed_once(tmp, runs):
     os.symlink(folder, tmp / 'again')
     os.symlink(tmp / 'again', folder / 'again')  # the same folder by another path
     os.mkfifo(folder / 'pipe.png')  # reading it would block forever
-    assert [os.path.basename(f) for f in data.list_files(folder)] == [f'good{i}.png' for i in range(4)]
+    assert [os.path.basename(f) for f in data.list_files(folder)[0]] == [f'good{i}.png' for i in range(4)]
 
 
 def prepare_loop_folder(tmp, runs):
     link_loop_and_pipe_are_listed_once(tmp, runs)
     return ['--data', tmp / 'images', '--image_size', 16, '--num_images', 100, '--device', 'cpu', '--out_dir', tmp / 'spec']
+
+
+# -----------------------------------------------------------------------------
+# issue 19: code in pickles, runs that trample each other, files of other types, late checks, files of the wrong shape
+
+MARKER = 'PAYLOAD_RAN'
+
+
+class Payload:
+    """Unpickling this calls exec, which writes the marker file: what a malicious checkpoint does."""
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def evil_pickle(tmp, name='evil.pt', like=None):
+    """A torch file whose unpickling runs code: `like` (a checkpoint's dict, or a state dict) with the payload inside."""
+    path = tmp / name
+    os.makedirs(path.parent, exist_ok=True)
+    obj = dict(like or {'model': {}, 'config': {'preset': 'tiny', 'ae_config': {}}})
+    obj['payload'] = Payload(tmp / MARKER)
+    torch.save(obj, path)
+    return path
+
+
+def evil_run(src, tmp):
+    """A copy of the run `src` whose ckpt.pt carries the payload."""
+    run = copy_run(src, tmp)
+    evil_pickle(tmp, 'run/ckpt.pt')
+    return run
+
+
+def evil_in_hub_cache(file_name, script_name, argv):
+    """Run a script with the torch hub cache holding the payload under the name of the weights it downloads."""
+    def fn(tmp, runs):
+        old = torch.hub.get_dir()
+        torch.hub.set_dir(str(tmp / 'hub'))
+        try:
+            evil_pickle(tmp, f'hub/checkpoints/{file_name}', like={'w': torch.zeros(1)})
+            return run_script(script_name, argv(tmp, runs))
+        finally:
+            torch.hub.set_dir(old)
+    return fn
+
+
+def evil_in_reproduce_tree(tmp, runs):
+    """reproduce.py records an artefact's settings before it trains it; a ckpt.pt planted beside matching settings is
+    read back (for its step) on the next run. Training is stood in for by a failing subprocess."""
+    real = subprocess.run
+    subprocess.run = lambda *a, **k: subprocess.CompletedProcess(a, 1, stdout='not run', stderr='')
+    try:
+        argv = ['--smoke', '--seeds', 1, '--out_dir', tmp / 'rep']
+        first = run_script('reproduce.py', argv)
+        assert first.code != 0  # the stand-in training failed, after the settings were recorded
+        (settings,) = [root for root, _, files in os.walk(tmp / 'rep') if 'reproduce_settings.json' in files]
+        evil_pickle(tmp, os.path.relpath(os.path.join(settings, 'ckpt.pt'), tmp))
+        return run_script('reproduce.py', argv)
+    finally:
+        subprocess.run = real
+
+
+def video_npz(tmp, name='v.npz', n=2, frames=16, size=16):
+    path = tmp / name
+    np.savez(path, arr_0=np.random.default_rng(2).integers(0, 256, (n, frames, size, size, 3), dtype=np.uint8))
+    return path
+
+
+def live_lock(folder, host=None):
+    """A lock of another process that runs (this process's parent) on this host, or of one on another host."""
+    import socket
+    os.makedirs(folder, exist_ok=True)
+    (folder / '.lock').write_text(f"{os.getppid()} {host or socket.gethostname()} 0\n")
+    return folder
+
+
+def dead_lock(folder):
+    import socket
+    os.makedirs(folder, exist_ok=True)
+    (folder / '.lock').write_text(f"{dead_pid()} {socket.gethostname()} 0\n")
+    return folder
+
+
+def saved(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(obj, path)
+    return path
+
+
+def edited_checkpoint(src, dst, **changes):
+    """A copy of the checkpoint `src` with some keys replaced (a value of None removes the key)."""
+    ckpt = torch.load(src, weights_only=True)
+    for k, v in changes.items():
+        if v is None:
+            ckpt.pop(k, None)
+        else:
+            ckpt[k] = v
+    return saved(dst, ckpt)
+
+
+def edited_run(src, tmp, **changes):
+    """A copy of the run `src` whose ckpt.pt has some keys replaced."""
+    run = copy_run(src, tmp)
+    edited_checkpoint(run / 'ckpt.pt', run / 'ckpt.pt', **changes)
+    return run
+
+
+def backbone_edit(ckpt_path, **changes):
+    config = torch.load(ckpt_path, weights_only=True)['config']
+    return {**config, 'backbone': {**config['backbone'], **changes}}
+
+
+def ldm_with_classes(tmp, runs, dropout):
+    """The runs' LDM made class-conditional (2 classes, label dropout `dropout`), as its EMA export."""
+    from model import build_backbone
+    ckpt = torch.load(runs['ldm'], weights_only=True)
+    backbone = {**ckpt['config']['backbone'], 'num_classes': 2, 'class_dropout_prob': dropout}
+    config = {**ckpt['config'], 'backbone': backbone}
+    export = {'ema': build_backbone(**backbone).state_dict(), 'step': ckpt['step'], 'config': config,
+              'latent_scale': ckpt['latent_scale'], 'latent_shift': ckpt['latent_shift']}
+    return saved(tmp / 'cond' / 'ema.pt', export)
+
+
+def ema_behind_ckpt(tmp, runs):
+    run = copy_run(runs['ldm_dir'], tmp)
+    ema = torch.load(run / 'ema.pt', weights_only=True)
+    saved(run / 'ema.pt', {**ema, 'step': ema['step'] - 1})  # what a kill between the two writes leaves
+    return ['--ckpt', run / 'ema.pt', '--device', 'cpu', '--out_dir', tmp / 's']
+
+
+def folder_with(tmp, names, good=4, size=16):
+    """`good` PNGs plus the files `names` ('x.gif', '.ipynb_checkpoints/y.png', ...), each a readable image."""
+    folder = tmp / 'images'
+    rng = np.random.default_rng(0)
+    for name in [f'good{i}.png' for i in range(good)] + list(names):
+        os.makedirs((folder / name).parent, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+def video_folder(tmp, bad=1):
+    """Two 16-frame clips of 16x16 noise as MP4 files, and `bad` files named .mp4 that are none."""
+    folder = tmp / 'videos'
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        common.write_mp4(rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8), str(folder / f'v{i}.mp4'))
+    for i in range(bad):
+        (folder / f'broken{i}.mp4').write_bytes(b'not a video')
+    return folder
+
+
+def json_has(file, **expected):
+    def check(tmp, runs, outcome):
+        got = json.load(open(tmp / file))
+        for k, v in expected.items():
+            assert got.get(k) == v, (k, got.get(k), v)
+    return check
+
+
+def stdout_has(*texts, absent=()):
+    def check(tmp, runs, outcome):
+        for text in texts:
+            assert text in outcome.stdout, outcome.stdout[-2000:]
+        for text in absent:
+            assert text not in outcome.stdout, outcome.stdout[-2000:]
+    return check
+
+
+def damaged_cache(damage):
+    """A latent cache made by data.build_latent_cache with a stand-in autoencoder, damaged, then asked for again: it
+    is made again, whole, with a message."""
+    def fn(tmp, runs):
+        images = data.DeadLeaves(8, seed=0)
+        encode = lambda x: torch.nn.functional.avg_pool2d(x, 2)  # noqa: E731
+        dist = common.Dist(False, 0, 0, 1, torch.device('cpu'), True)
+        build = lambda: data.build_latent_cache(tmp / 'c', images, encode, (3, 4, 4), {'ae_sha256': 'a'}, 6, 3,  # noqa: E731
+                                                dist, seed=0, random_crop=False, num_workers=0)
+        first = build().latents.copy()
+        damage(tmp / 'c')
+        again = build()
+        assert np.array_equal(again.latents, first) and len(again) == 6
+    return fn
+
+
+def cache_does_not_move_the_run(tmp, runs):
+    """The same command trains the same whether the latent cache had to be built or was there already."""
+    argv = lambda out: TINY_LDM + ['--ae', runs['ae4'], '--max_steps', 2, '--cache_latents', tmp / 'cache',  # noqa: E731
+                                   '--cache_size', 4, '--out_dir', tmp / out]
+    losses = []
+    for out in ('built', 'reused'):
+        o = run_script('train_ldm.py', argv(out))
+        assert o.code == 0, o.message
+        losses.append([r['loss'] for r in map(json.loads, open(tmp / out / 'log.jsonl')) if 'loss' in r])
+    assert losses[0] == losses[1], losses
+
+
+def cache_leaves_unreadable_out(tmp, runs, outcome):
+    meta = json.load(open(tmp / 'cache' / 'meta.json'))
+    labels = np.load(tmp / 'cache' / 'labels.npy')
+    assert meta['skipped_images'] == 3 and (labels < 0).sum() == 3 and len(labels) == 8
+    rows = [r for r in map(json.loads, open(tmp / 'o' / 'log.jsonl')) if 'loss' in r]
+    assert rows[-1]['skipped_images'] == 3
+
+
+def read_only(path_fn, script_name, argv):
+    """Run a script while the folder path_fn(tmp) reads as not writable (os.access: a read-only file system, or a
+    folder of another user; root passes every permission check, so the test cannot make one for real)."""
+    def fn(tmp, runs):
+        locked = str(path_fn(tmp))
+        real = os.access
+        os.access = lambda p, mode, **k: False if str(p) == locked and mode & os.W_OK else real(p, mode, **k)
+        try:
+            return run_script(script_name, argv(tmp, runs))
+        finally:
+            os.access = real
+    return fn
+
+
+def vgg_like(tmp):
+    """A state dict with torchvision VGG16's names and shapes (random values): enough to get past the VGG load."""
+    from torchvision.models import vgg
+    return saved(tmp / 'vgg.pth', {f'features.{k}': v for k, v in vgg.make_layers(vgg.cfgs['D']).state_dict().items()})
+
+
+def unreadable_only(tmp):
+    folder = tmp / 'images'
+    folder.mkdir()
+    for i in range(3):
+        (folder / f'{i}.png').write_text('not an image')
+    return folder
+
+
+def two_runs_then_a_kill(tmp, runs):
+    """A real second run into the folder of a running one is refused; once the first is killed (SIGKILL: no clean-up
+    at all), the next run takes its lock over and removes what its writer left."""
+    first = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train_ae.py'),
+                              *map(str, TINY_AE + ['--max_steps', 100000, '--disc_weight', 0, '--out_dir', tmp / 'o'])],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=dict(os.environ, OMP_NUM_THREADS='1'))
+    try:
+        for _ in range(600):
+            if (tmp / 'o' / '.lock').exists():
+                break
+            assert first.poll() is None, 'the first run ended early'
+            threading.Event().wait(0.1)
+        second = run_script('train_ae.py', TINY_AE + ['--max_steps', 1, '--out_dir', tmp / 'o'])
+        assert second.code != 0 and f'is in use by another run (process {first.pid})' in second.message, second.message
+    finally:
+        first.kill()
+        first.wait()
+    (tmp / 'o' / f'ckpt.pt.tmp.{first.pid}').write_bytes(b'half a checkpoint')  # as a kill during a save leaves it
+    return run_script('train_ae.py', TINY_AE + ['--max_steps', 1, '--out_dir', tmp / 'o', '--overwrite'])
+
+
+def lock_taken_over_and_debris_gone(tmp, runs, outcome):
+    stdout_has('took over the lock of', 'removed')(tmp, runs, outcome)
+    assert not [f for f in os.listdir(tmp / 'o') if '.tmp' in f], os.listdir(tmp / 'o')
+
+
+def make_dir(path):
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+LONG = 'x' * 300  # a path component longer than any file system's NAME_MAX (255 bytes)
 
 # -----------------------------------------------------------------------------
 # the catalogue
@@ -444,6 +752,38 @@ CASES += [
     Case('sample.py --labels for an unconditional LDM', script('sample.py', lambda t, r: [
         '--ckpt', r['ldm'], '--labels', 'balanced', '--device', 'cpu', '--out_dir', t / 's']),
         Error('this model is unconditional; --classes, --labels and --cfg_scale do not apply')),
+    # issue 23: the objective's flags belong to one family, and a checkpoint is sampled by its own family's samplers
+    Case('train_ldm --objective flow --learn_sigma', script('train_ldm.py', *TINY_LDM, '--objective', 'flow', '--learn_sigma'),
+         Error('--learn_sigma does not apply to --objective flow')),
+    Case('train_ldm --objective flow --schedule linear', script('train_ldm.py', *TINY_LDM, '--objective', 'flow', '--schedule',
+         'linear'), Error("--schedule is DDPM's noise schedule; --objective flow has its own path")),
+    Case('train_ldm --objective v --prediction x0 --time_shift 3', script('train_ldm.py', *TINY_LDM, '--objective', 'v',
+         '--prediction', 'x0', '--time_shift', 3), Error(r'--prediction, --time_shift are for --objective flow only; .*\(--objective v\)')),
+    Case('train_ldm --objective flow --logit_std 2', script('train_ldm.py', *TINY_LDM, '--objective', 'flow', '--logit_std', 2),
+         Error('pass --time_sampling logit_normal too')),
+    Case('train_ldm --resume --objective flow on a DDPM run', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--out_dir', copy_run(r['ldm_dir'], t), '--resume', '--max_steps', 5, '--objective', 'flow']),
+        Error("was trained with .*'objective': 'eps'.*; resume it with the same --model, --preset, --objective")),
+    Case('train_ldm --resume --time_shift 3 on a flow run', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--out_dir', copy_run(r['ldm_flow_dir'], t), '--resume', '--max_steps', 5, '--objective', 'flow', '--time_shift', 3]),
+        Error(r'cannot continue the run exactly .*\(time_shift 1.0 -> 3.0\)')),
+    Case('sample.py --sampler heun on a DDPM model', script('sample.py', lambda t, r: [
+        '--ckpt', r['ldm'], '--sampler', 'heun', '--device', 'cpu', '--out_dir', t / 's']),
+        Error('--sampler heun is a rectified-flow sampler, but .* was trained with --objective eps; use ddpm or ddim')),
+    Case('sample.py --sampler ddim on a flow model', script('sample.py', lambda t, r: [
+        '--ckpt', r['ldm_flow'], '--sampler', 'ddim', '--device', 'cpu', '--out_dir', t / 's']),
+        Error('--sampler ddim is a DDPM sampler, but .* --objective flow; use euler, heun, sde')),
+    Case('sample.py --eta 0 on a flow model', script('sample.py', lambda t, r: [
+        '--ckpt', r['ldm_flow'], '--eta', 0, '--device', 'cpu', '--out_dir', t / 's']),
+        Error("--eta and --spacing are DDPM's; .* is a rectified-flow model")),
+    Case('sample.py --spacing even on a flow model', script('sample.py', lambda t, r: [
+        '--ckpt', r['ldm_flow'], '--spacing', 'even', '--device', 'cpu', '--out_dir', t / 's']),
+        Error("--eta and --spacing are DDPM's")),
+    Case('sample.py --cfg_interval without guidance', script('sample.py', '--cfg_interval', '0,0.5'),
+         Error('--cfg_interval limits classifier-free guidance; pass a --cfg_scale other than 1')),
+    Case('sample.py --cfg_interval 0.6,0.2', script('sample.py', '--cfg_interval', '0.6,0.2', '--cfg_scale', 2),
+         Error('argument --cfg_interval: must be lo,hi with 0 <= lo <= hi <= 1')),
+    Case('a checkpoint from before flow', call(checkpoints_before_flow_are_ddpm), Result()),
     # item 14: --resume with changed settings: printed; refused where the run cannot continue exactly
     Case('train_ae --resume --batch_size 4', script('train_ae.py', lambda t, r: TINY_AE + [
         '--out_dir', copy_run(r['ae4_dir'], t), '--resume', '--max_steps', 2, '--batch_size', 4]),
@@ -507,6 +847,9 @@ CASES += [
     Case('eval_fid folder with bad files, resized', script('eval_fid.py', lambda t, r: [
         '--fake', bad_image_folder(t), '--image_size', 16, '--inception_weights', t / 'absent.pth', '--device', 'cpu',
         '--num_workers', 0, '--out', t / 'm.json']), Skip('m.json', 'unreadable_fake', 3)),
+    Case('eval_fid --ref folder with bad files, larger than --fake (so shuffled for SWD)', script('eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t, size=32), '--ref', bad_image_folder(t), '--inception_weights', t / 'absent.pth',
+        '--device', 'cpu', '--num_workers', 0, '--out', t / 'm.json']), Skip('m.json', 'unreadable_real', 3)),
     Case('spectrum.py folder with bad files', script('spectrum.py', lambda t, r: [
         '--data', bad_image_folder(t), '--image_size', 16, '--device', 'cpu', '--out_dir', t / 'spec']),
         Skip('spec/spectrum.json', 'unreadable_images', 3)),
@@ -516,6 +859,215 @@ CASES += [
     # items 7, 11: link loops and named pipes
     Case('link loop, duplicate link, named pipe', call(link_loop_and_pipe_are_listed_once), Result()),
     Case('spectrum.py on a folder with a link loop and a pipe', script('spectrum.py', prepare_loop_folder), Result(folder_counted_once)),
+]
+
+
+# issue 19, class 1: no file runs code. Every flag that names a weight or checkpoint file, the torch hub cache under the
+# names of the three downloads, and a ckpt.pt inside a reproduce.py tree: a pickle that would run code is refused
+REFUSED = 'was refused: it holds Python objects \\((builtins\\.)?exec\\)'
+CASES += [
+    Case('payload: train_ae --resume', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--out_dir', evil_run(r['ae4_dir'], t), '--resume', '--max_steps', 5]), Refused(REFUSED)),
+    Case('payload: train_ae --init_from', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--init_from', evil_pickle(t), '--disc_weight', 0, '--out_dir', t / 'o']), Refused(REFUSED)),
+    Case('payload: train_ae --vgg_weights', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--lpips_weight', 1, '--vgg_weights', evil_pickle(t, like={'w': torch.zeros(1)}), '--out_dir', t / 'o']),
+        Refused(REFUSED)),
+    Case('payload: train_ae --lpips_lin_weights', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--lpips_weight', 1, '--vgg_weights', vgg_like(t), '--lpips_lin_weights', evil_pickle(t, like={'w': torch.zeros(1)}),
+        '--out_dir', t / 'o']),
+        Refused(REFUSED)),
+    Case('payload: train_ldm --ae', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--ae', evil_pickle(t), '--out_dir', t / 'o']), Refused(REFUSED)),
+    Case('payload: train_ldm --resume', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--out_dir', evil_run(r['ldm_dir'], t), '--resume', '--max_steps', 5]), Refused(REFUSED)),
+    Case('payload: train_ldm --init_from', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--ae', r['ae4'], '--init_from', evil_pickle(t), '--out_dir', t / 'o']), Refused(REFUSED)),
+    Case('payload: sample.py --ckpt', script('sample.py', lambda t, r: [
+        '--ckpt', evil_pickle(t), '--device', 'cpu', '--out_dir', t / 's']), Refused(REFUSED)),
+    Case('payload: sample.py --ae', script('sample.py', lambda t, r: [
+        '--ckpt', r['ldm'], '--ae', evil_pickle(t), '--device', 'cpu', '--out_dir', t / 's']), Refused(REFUSED)),
+    Case('payload: eval_fid --ae', script('eval_fid.py', lambda t, r: [
+        '--ae', evil_pickle(t), '--image_size', 16, '--device', 'cpu', '--out', t / 'm.json']), Refused(REFUSED)),
+    Case('payload: eval_fid --inception_weights', script('eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t), '--inception_weights', evil_pickle(t, like={'w': torch.zeros(1)}), '--device', 'cpu',
+        '--num_workers', 0]), Refused(REFUSED)),
+    Case('payload: eval_fid --i3d_weights', script('eval_fid.py', lambda t, r: [
+        '--fake', video_npz(t), '--real', video_npz(t, 'r.npz'), '--i3d_weights', evil_pickle(t, like={'w': torch.zeros(1)}),
+        '--device', 'cpu']), Refused(REFUSED)),
+    Case('payload: spectrum.py --ckpt', script('spectrum.py', lambda t, r: [
+        '--ckpt', evil_pickle(t), '--image_size', 16, '--device', 'cpu', '--out_dir', t / 'spec']), Refused(REFUSED)),
+    Case('payload: export.py --ckpt', script('export.py', lambda t, r: [
+        '--ckpt', evil_pickle(t), '--format', 'diffusers', '--out', t / 'exp']), Refused(REFUSED)),
+    Case('payload: VGG16 in the torch hub cache', call(evil_in_hub_cache('vgg16-397923af.pth', 'train_ae.py', lambda t, r: TINY_AE + [
+        '--lpips_weight', 1, '--out_dir', t / 'o'])), Refused(REFUSED + '.* in the torch hub cache|torch hub cache.*' + REFUSED)),
+    Case('payload: Inception in the torch hub cache', call(evil_in_hub_cache('pt_inception-2015-12-05-6726825d.pth', 'eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t), '--device', 'cpu', '--num_workers', 0])), Refused(REFUSED)),
+    Case('payload: I3D in the torch hub cache', call(evil_in_hub_cache('i3d_pretrained_400.pt', 'eval_fid.py', lambda t, r: [
+        '--fake', video_npz(t), '--real', video_npz(t, 'r.npz'), '--device', 'cpu'])), Refused(REFUSED)),
+    Case('payload: ckpt.pt in a reproduce.py tree', call(evil_in_reproduce_tree), Refused(REFUSED)),
+]
+
+# class 2: one run per folder (an exclusive lock naming pid and host), ckpt.pt and ema.pt at one step, no debris, and
+# a latent cache that neither two runs build at once nor moves the run's random stream
+CASES += [
+    Case('train_ae into a folder another run is writing', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--out_dir', live_lock(t / 'o')]), Error(r'--out_dir .*/o is in use by another run \(process \d+\)')),
+    Case('train_ldm --resume of a run that is still going', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--out_dir', live_lock(copy_run(r['ldm_dir'], t)), '--resume', '--max_steps', 5]), Error('is in use by another run')),
+    Case('train_ldm building a cache another run builds', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--ae', r['ae4'], '--cache_latents', live_lock(t / 'cache'), '--cache_size', 4, '--out_dir', t / 'o']),
+        Error(r'--cache_latents .*/cache is in use by another run')),
+    Case('sample.py into a folder another host writes', script('sample.py', lambda t, r: [
+        '--ckpt', r['ldm'], '--device', 'cpu', '--out_dir', live_lock(t / 's', host='elsewhere')]),
+        Error(r'in use by another run \(process \d+ on elsewhere\); .*delete .*\.lock')),
+    Case('two train_ae runs at once, then the first killed', call(two_runs_then_a_kill),
+         Result(lock_taken_over_and_debris_gone)),
+    Case('train_ae over the lock of a killed run', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--out_dir', dead_lock(t / 'o'), '--max_steps', 1]),
+        Result(stdout_has('took over the lock of', 'which no longer runs'))),
+    Case('sample.py --ckpt ema.pt older than ckpt.pt', script('sample.py', ema_behind_ckpt),
+         Error(r'ema.pt holds the EMA weights of step 1, and .*ckpt.pt beside it is at step 2: the run was stopped')),
+    Case('latent cache built or found: the same training', call(cache_does_not_move_the_run), Result()),
+]
+
+# class 3: one listing of a folder (hidden files and other types left out and counted), unreadable files counted by
+# every reader (the latent cache leaves them out), and no metric of an empty, mismatched or non-finite set
+CASES += [
+    Case('train_ldm --cache_latents with unreadable images', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--ae', r['ae4'], '--data', bad_image_folder(t, good=5), '--cache_latents', t / 'cache', '--max_steps', 1,
+        '--out_dir', t / 'o']), Result(cache_leaves_unreadable_out)),
+    Case('eval_fid folder with a hidden folder, a GIF and a TIFF', script('eval_fid.py', lambda t, r: [
+        '--fake', folder_with(t, ['.ipynb_checkpoints/good0.png', 'x.gif', 'y.tif']), '--inception_weights',
+        t / 'absent.pth', '--device', 'cpu', '--num_workers', 0, '--out', t / 'm.json']),
+        Result(json_has('m.json', num_fake=4, left_out_fake={'.gif': 1, '.tif': 1, 'hidden': 1}))),
+    Case('spectrum.py folder with GIFs beside PNGs', script('spectrum.py', lambda t, r: [
+        '--data', folder_with(t, ['a.gif', 'b.gif']), '--image_size', 16, '--device', 'cpu', '--out_dir', t / 'spec']),
+        Result(json_has('spec/spectrum.json', num_images=4, left_out_files={'.gif': 2}))),
+    Case('train_ae --data with GIFs only', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--data', folder_with(t, ['a.gif', 'b.gif'], good=0), '--out_dir', t / 'o']),
+        Error(r'holds no images \(the types read are .jpg, .*\), searched recursively; it holds 2 .gif files')),
+    Case('eval_fid video folder with a broken video', script('eval_fid.py', lambda t, r: [
+        '--fake', video_folder(t), '--real', video_folder(t / 'x' if make_dir(t / 'x') else t, bad=0),
+        '--image_size', 16, '--num_frames', 4, '--i3d_weights', t / 'absent.pt', '--device', 'cpu', '--out', t / 'm.json']),
+        Result(json_has('m.json', num_fake=2, unreadable_fake=1, unreadable_real=0))),
+    Case('spectrum.py --num_frames with a broken video', script('spectrum.py', lambda t, r: [
+        '--data', video_folder(t), '--num_frames', 5, '--image_size', 16, '--device', 'cpu', '--out_dir', t / 'spec']),
+        Result(json_has('spec/spectrum_video.json', num_clips=3, unreadable_clips=1))),
+    Case('eval_fid statistics with NaN', script('eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t), '--real', saved_npz(t, mu=np.full(2048, np.nan), sigma=np.eye(2048)), '--device', 'cpu']),
+        Error('hold NaN or infinite values; make them again with --save_stats')),
+    Case('eval_fid statistics of another dimension', script('eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t), '--real', saved_npz(t, mu=np.zeros(64), sigma=np.eye(64)), '--device', 'cpu']),
+        Error('the --real statistics are 64-d, not the 2048 Inception pool3 features')),
+    Case('eval_fid empty npz', script('eval_fid.py', lambda t, r: [
+        '--fake', saved_npz(t, arr_0=np.zeros((0, 16, 16, 3), np.uint8)), '--device', 'cpu']),
+        Error(r'holds no images \(arr_0 is \(0, 16, 16, 3\)\)')),
+    Case('eval_fid 64 px npz with --image_size 32', script('eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t, size=64), '--image_size', 32, '--device', 'cpu']),
+        Error(r'holds 64x64 images, and --image_size is 32 \(it resizes folders, never an .npz\)')),
+]
+
+# class 4: every output path is checked before any work
+CASES += [
+    Case('train_ae --out_dir that is a file', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--out_dir', garbage(t, 'f')]), Error(r'--out_dir .*/f is a file, and a folder is needed')),
+    Case('train_ldm --out_dir with a 300-character name', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--out_dir', t / LONG / 'o']), Error(r"the name 'x+\.\.\.' is 300 bytes long, and the file system allows 255")),
+    Case('eval_fid --out in a folder that does not exist', script('eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t), '--inception_weights', t / 'absent.pth', '--device', 'cpu', '--num_workers', 0,
+        '--out', t / 'new' / 'deeper' / 'm.json']), Result(json_has('new/deeper/m.json', num_fake=4))),
+    Case('eval_fid --out in a read-only folder', call(read_only(lambda t: make_dir(t / 'ro'), 'eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t), '--device', 'cpu', '--out', t / 'ro' / 'm.json'])), Error(r'--out .*/ro/m.json cannot be written: .*/ro is read-only')),
+    Case('eval_fid --save_stats under a file', script('eval_fid.py', lambda t, r: [
+        '--real', samples_npz(t), '--save_stats', garbage(t, 'f') / 'ref.npz', '--out', t / 'm.json']),
+        Error(r'--save_stats .*/f/ref.npz cannot be made: .*/f is a file')),
+    Case('sample.py --out_dir on a read-only file system', call(read_only(lambda t: t, 'sample.py', lambda t, r: [
+        '--ckpt', r['ldm'], '--device', 'cpu', '--out_dir', t / 's'])), Error(r'--out_dir .*/s cannot be written')),
+    Case('spectrum.py --out_dir under a file', script('spectrum.py', lambda t, r: [
+        '--out_dir', garbage(t, 'f') / 'spec']), Error(r'cannot be made: .*/f is a file, not a folder')),
+    Case('train_ae --out_dir inside --data', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--data', folder_with(t, []), '--out_dir', t / 'images' / 'run']),
+        Error(r'--out_dir .*/images/run lies inside --data .*/images: its files would overwrite or mix with what is read')),
+    Case('eval_fid --out onto its --fake', script('eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t), '--out', t / 'fake.npz', '--overwrite']), Error(r'--out .*fake.npz is --fake')),
+    Case('export.py --out onto its --ckpt', script('export.py', lambda t, r: [
+        '--ckpt', r['ae4'], '--format', 'flux', '--out', r['ae4'], '--overwrite']), Error(r'--out .*ckpt.pt is --ckpt')),
+    Case('export.py --out with a 300-character name', script('export.py', lambda t, r: [
+        '--ckpt', r['ae4'], '--format', 'diffusers', '--out', t / LONG]), Error('is 300 bytes long')),
+]
+
+# class 5: a file of the wrong shape, a damaged cache, guidance the model cannot do, a die() in a data worker: one
+# sentence each; and what a resume or a video run gets by default
+CASES += [
+    Case('train_ae --resume on a tensor', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--out_dir', t / 'o', '--resume'] if saved(t / 'o' / 'ckpt.pt', torch.zeros(3)) else []),
+        Error(r'ckpt.pt is not a train_ae.py checkpoint: it is a Tensor, not a dict')),
+    Case('sample.py --ckpt holding a list', script('sample.py', lambda t, r: [
+        '--ckpt', saved(t / 'l.pt', [1, 2]), '--device', 'cpu', '--out_dir', t / 's']),
+        Error(r'l.pt is not a train_ldm.py checkpoint .*: it is a list, not a dict')),
+    Case('sample.py --ckpt whose config is a string', script('sample.py', lambda t, r: [
+        '--ckpt', edited_checkpoint(r['ldm'], t / 'c.pt', config='x'), '--device', 'cpu', '--out_dir', t / 's']),
+        Error(r"its 'config' is a string, not a dict")),
+    Case('train_ldm --ae with a list of tensors', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--ae', saved(t / 'l.pt', [torch.zeros(1)]), '--out_dir', t / 'o']), Error(r'holds no autoencoder weights: it is a list')),
+    Case('spectrum.py --ckpt whose model is a list', script('spectrum.py', lambda t, r: [
+        '--ckpt', edited_checkpoint(r['ae4'], t / 'c.pt', model=[1]), '--image_size', 16, '--device', 'cpu',
+        '--out_dir', t / 'spec']), Error(r"is not a train_ae.py checkpoint: its 'model' is a list, not a state dict")),
+    Case('export.py --ckpt whose ae_config is nonsense', script('export.py', lambda t, r: [
+        '--ckpt', edited_checkpoint(r['ae4'], t / 'c.pt', config={'preset': 'tiny', 'ae_config': {'ch': 'x'}}),
+        '--format', 'diffusers', '--out', t / 'exp']), Error('describes no autoencoder that can be built')),
+    Case('latent cache with meta.json cut short', call(damaged_cache(
+        lambda c: (c / 'meta.json').write_text((c / 'meta.json').read_text()[:20]))), Result()),
+    Case('latent cache without labels.npy', call(damaged_cache(lambda c: os.remove(c / 'labels.npy'))), Result()),
+    Case('latent cache with latents.npy cut short', call(damaged_cache(
+        lambda c: os.truncate(c / 'latents.npy', 500))), Result()),
+    Case('sample.py --cfg_scale without label dropout', script('sample.py', lambda t, r: [
+        '--ckpt', ldm_with_classes(t, r, 0.0), '--cfg_scale', 2, '--device', 'cpu', '--out_dir', t / 's']),
+        Error('was trained with --class_dropout_prob 0; sample it with --cfg_scale 1')),
+    Case('sample.py --cfg_channels above the channels', script('sample.py', lambda t, r: [
+        '--ckpt', ldm_with_classes(t, r, 0.1), '--cfg_scale', 2, '--cfg_channels', 10, '--device', 'cpu',
+        '--out_dir', t / 's']), Error(r"--cfg_channels 10 is more than the model's 4 latent channels")),
+    Case('eval_fid: a die() in a data loader worker', script('eval_fid.py', lambda t, r: [
+        '--fake', unreadable_only(t), '--image_size', 16, '--num_workers', 1, '--device', 'cpu',
+        '--out', t / 'm.json']), Error(r'none of the 3 images under .* could be read')),
+    Case('train_ldm --resume prints no unchanged settings', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--out_dir', copy_run(r['ldm_dir'], t), '--resume', '--max_steps', 3, '--ema_decay', 0.5]),
+        Result(stdout_has(absent=['resuming with changed settings']))),
+    Case('train_ldm --init_from ema.pt', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--ae', r['ae4'], '--init_from', r['ldm_dir'] / 'ema.pt', '--max_steps', 1, '--out_dir', t / 'o']), Result()),
+    Case('train_ldm --num_frames 5 chooses the video DiT', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--num_frames', 5, '--ae', r['ae4'], '--out_dir', t / 'o']), Error(r'is an image autoencoder')),
+    Case('sample.py --ckpt whose latent_size is 0', script('sample.py', lambda t, r: [
+        '--ckpt', edited_checkpoint(r['ldm'], t / 'c.pt', config=backbone_edit(r['ldm'], latent_size=0)), '--device',
+        'cpu', '--out_dir', t / 's']), Error(r"its 'config'\['backbone'\]\['latent_size'\] is 0, not a positive integer")),
+    Case('sample.py --ckpt with an unknown schedule', script('sample.py', lambda t, r: [
+        '--ckpt', edited_checkpoint(r['ldm'], t / 'c.pt', config={**torch.load(r['ldm'], weights_only=True)['config'],
+                                                                   'schedule': 'zzz'}), '--device', 'cpu', '--out_dir',
+        t / 's']), Error("describe no model that can be built .*unknown noise schedule 'zzz'")),
+    Case('train_ldm --resume at step -3', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--out_dir', edited_run(r['ldm_dir'], t, step=-3), '--resume', '--max_steps', 5]), Error("its 'step' is below 0")),
+    Case('train_ldm --resume with RNG states of nonsense', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--out_dir', edited_run(r['ldm_dir'], t, rng=[{'python': [1], 'numpy': [], 'torch': torch.zeros(2)}]),
+        '--resume', '--max_steps', 5]), Error('the RNG states in .*ckpt.pt are not ones this project writes')),
+    Case('eval_fid statistics whose sigma is no covariance', script('eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t), '--real', saved_npz(t, mu=np.zeros(2048), sigma=-np.eye(2048)), '--device', 'cpu']),
+        Error('is no covariance')),
+    Case('eval_fid one-frame videos', script('eval_fid.py', lambda t, r: [
+        '--fake', video_npz(t, frames=1), '--real', video_npz(t, 'r.npz', frames=1), '--i3d_weights', t / 'absent.pt',
+        '--device', 'cpu', '--out', t / 'm.json']), Result(lambda t, r, o: json.load(open(t / 'm.json'))['skipped']['video_swd'])),
+    Case('train_ae --data with hidden files only', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--data', folder_with(t, ['.a.png', '.ipynb_checkpoints/b.png'], good=0), '--out_dir', t / 'o']),
+        Error('holds no images .*; it holds 2 hidden files or folders')),
+    Case('train_ldm --cache_latents inside its own --out_dir', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--ae', r['ae4'], '--cache_latents', t / 'o', '--cache_size', 4, '--max_steps', 1, '--out_dir', t / 'o']), Result()),
+    Case('eval_fid --i3d_weights for images', script('eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t), '--i3d_weights', t / 'i3d.pt', '--device', 'cpu']),
+        Error('--i3d_weights only applies to videos')),
+    Case('train_ae --frame_stride on images', script('train_ae.py', '--frame_stride', 2),
+         Error('--frame_stride only applies to video .*, and this run would ignore it; drop it')),
+    Case('sample.py --cfg_channels without guidance', script('sample.py', '--cfg_channels', 3),
+         Error('--cfg_channels only applies with --cfg_scale other than 1')),
 ]
 
 

@@ -103,7 +103,7 @@ def test_loader_runs_across_epochs_and_resumes_anywhere(tmp_path):
     for epoch in range(3):  # each epoch is a fresh permutation of 8 distinct images
         assert len(set(seq[2 * epoch] + seq[2 * epoch + 1])) == 8
     assert seq[0] + seq[1] != seq[2] + seq[3]
-    assert states[5] == {'epoch': 2, 'batch_in_epoch': 1, 'skipped': 0}
+    assert states[5] == {'epoch': 2, 'batch_in_epoch': 1, 'unreadable': []}
     with_workers = Loader(ds, 4, seed=3, dist=one, num_workers=2)
     assert [ids(next(with_workers)[0]) for _ in range(7)] == seq
     for k in (3, 4):  # resume mid-epoch and at an epoch boundary

@@ -1,5 +1,5 @@
-"""The metrics of eval_fid.py as a specification: the Frechet distance in closed form, our FID Inception against
-pytorch-fid's, the Laplacian pyramid against ProGAN's scipy code, SWD's response to blur and noise, PSNR/SSIM closed
+"""The metrics of eval_fid.py as a specification: the Frechet distance in closed form (and against pytorch-fid's), the
+FID Inception's parameter names and missing weights, the Laplacian pyramid against ProGAN's scipy code, SWD's response to blur and noise, PSNR/SSIM closed
 forms, the autoencoder evaluation on stand-in autoencoders, and the CLI end to end (one and two processes)."""
 import os
 import json
@@ -94,6 +94,20 @@ def test_frechet_distance_is_zero_for_identical_statistics_and_symmetric():
     assert frechet_distance(*s1, *s2) > 1.0
 
 
+def test_frechet_distance_of_gaussian_samples_approaches_the_closed_form():
+    """FID as the CLI computes it (feature_statistics of samples, then the distance) converges to the distance between
+    the two Gaussians: with covariances Q diag(a) Q^T and Q diag(b) Q^T, d^2 = |mu1 - mu2|^2 + sum_i (a_i^.5 - b_i^.5)^2."""
+    rng = np.random.default_rng(4)
+    D, N = 8, 200_000
+    q, _ = np.linalg.qr(rng.standard_normal((D, D)))
+    a, b = rng.uniform(0.2, 3, D), rng.uniform(0.2, 3, D)
+    mu1, mu2 = rng.standard_normal(D), rng.standard_normal(D)
+    x1 = mu1 + (rng.standard_normal((N, D)) * np.sqrt(a)) @ q.T  # ~ N(mu1, Q diag(a) Q^T)
+    x2 = mu2 + (rng.standard_normal((N, D)) * np.sqrt(b)) @ q.T
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(*feature_statistics(x1), *feature_statistics(x2)) == pytest.approx(expected, rel=0.02)
+
+
 def test_frechet_distance_matches_pytorch_fid_on_rank_deficient_statistics():
     """Fewer samples than dimensions (singular covariances): pytorch-fid needs its eps offset, we clip eigenvalues."""
     from pytorch_fid.fid_score import calculate_frechet_distance
@@ -103,53 +117,32 @@ def test_frechet_distance_matches_pytorch_fid_on_rank_deficient_statistics():
     assert frechet_distance(*s1, *s2) == pytest.approx(calculate_frechet_distance(*s1, *s2), rel=1e-6)
 
 # -----------------------------------------------------------------------------
-# FID Inception against pytorch-fid
+# FID Inception (against torch-fidelity's: tests/test_adm_suite.py)
 
 def random_fid_inception_state(seed=0):
-    """A random state dict of the FID Inception, BatchNorm statistics included, so every parameter matters."""
+    """Random weights of the FID Inception under which the features depend on the image: He-initialised convolutions
+    (variance 2 / fan_in keeps the activations' scale through the ReLUs; PyTorch's default shrinks them until every
+    image gives the same pool_3) and batch norms near the identity with random statistics, so every parameter matters."""
     torch.manual_seed(seed)
     state = InceptionV3FID().state_dict()
     for k, v in state.items():
-        if k.endswith('running_mean') or k.endswith('bn.bias'):
-            v.normal_(0, 0.1)
+        if k.endswith('conv.weight'):
+            v.normal_(0, np.sqrt(2 / v[0].numel()))
+        elif k.endswith('running_mean') or k.endswith('bn.bias'):
+            v.normal_(0, 0.05)
         elif k.endswith('running_var') or k.endswith('bn.weight'):
-            v.uniform_(0.5, 1.5)
+            v.uniform_(0.8, 1.2)
+        elif k.startswith('fc.'):
+            v.normal_(0, 1)
     return state
 
 
-@pytest.mark.slow
-def test_inception_features_and_fid_match_pytorch_fid(tmp_path, monkeypatch):
-    import pytorch_fid.inception
-    from pytorch_fid.fid_score import calculate_frechet_distance, get_activations
-    state = random_fid_inception_state()
-    # pytorch-fid builds its network and then loads the release weights strictly: hand it ours instead of a download
-    monkeypatch.setattr(pytorch_fid.inception, 'load_state_dict_from_url', lambda *a, **k: state)
-    reference = pytorch_fid.inception.InceptionV3([3]).eval()
-    ours = InceptionV3FID().eval()
-    ours.load_state_dict(state)
-
-    x = disk_images(6, 64, seed=0)
-    files = [str(tmp_path / 'a' / f'{i:03d}.png') for i in range(6)]
-    write_pngs(tmp_path / 'a', x)
-    theirs = get_activations(files, reference, batch_size=6, num_workers=0)  # (6, 2048) float64, from the PNGs
-    torch.save(state, tmp_path / 'w.pth')
-    net = inception.load_inception(str(tmp_path / 'w.pth'))
-    ours, _ = eval_fid.collect(data.ImageFiles(str(tmp_path / 'a')), CPU, 6, 0, 'test', net)
-    scale = np.abs(theirs).max()
-    assert np.abs(ours - theirs).max() < 1e-5 * scale
-
-    # FID of images 0-2 against 3-5; in the first 64 feature dimensions, since scipy's sqrtm at 2048 takes minutes here
-    stats = lambda f: feature_statistics(f[:, :64])  # noqa: E731
-    ref_fid = calculate_frechet_distance(*stats(theirs[:3]), *stats(theirs[3:]))
-    assert frechet_distance(*stats(ours[:3]), *stats(ours[3:])) == pytest.approx(ref_fid, rel=1e-3)
-
-    # --save_stats writes pytorch-fid's format: mu, sigma of the reference set
-    eval_fid.main(['--real', str(tmp_path / 'a'), '--save_stats', str(tmp_path / 'ref.npz'), '--num_workers', '0',
-                   '--device', 'cpu', '--inception_weights', str(tmp_path / 'w.pth'), '--out', str(tmp_path / 'o.json')])
-    with np.load(tmp_path / 'ref.npz') as f:
-        mu, sigma = f['mu'], f['sigma']
-    assert np.abs(mu - theirs.mean(0)).max() < 1e-5 * scale
-    assert np.abs(sigma - np.cov(theirs, rowvar=False)).max() < 1e-5 * scale ** 2
+def spread_logits(state, pool3):
+    """Random pool_3 features share a large common part, which puts every image in one class (IS = 1: a test of
+    nothing); the classifier's rows made orthogonal to the mean of these features (N, 2048) let the logits follow each
+    image's own part."""
+    m = pool3.mean(0) / pool3.mean(0).norm()
+    state['fc.weight'] -= (state['fc.weight'] @ m)[:, None] * m[None]
 
 
 def test_inception_parameter_names_are_the_release_files():
@@ -346,14 +339,16 @@ def test_cli_autoencoder_checkpoint(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_cli_two_processes_give_the_single_process_numbers(tmp_path):
-    """Sharded extraction + all_gather (gloo on CPU) must reassemble the sets in order, padding and all."""
+    """Sharded extraction + all_gather (gloo on CPU) must reassemble the sets in order, padding and all: every number of
+    ADM's suite (random Inception weights) and SWD as one process computes them."""
     np.savez(tmp_path / 'fake.npz', arr_0=metrics.to_uint8(disk_images(7, 32, seed=0)).permute(0, 2, 3, 1).numpy())
     np.savez(tmp_path / 'real.npz', arr_0=metrics.to_uint8(disk_images(9, 32, seed=1)).permute(0, 2, 3, 1).numpy())
-    common = ['--fake', tmp_path / 'fake.npz', '--real', tmp_path / 'real.npz', '--batch_size', '2',
-              '--num_workers', '0', '--device', 'cpu', '--inception_weights', tmp_path / 'none.pth']
+    torch.save(random_fid_inception_state(), tmp_path / 'w.pth')
+    common = ['--fake', tmp_path / 'fake.npz', '--ref', tmp_path / 'real.npz', '--batch_size', '2',
+              '--num_workers', '0', '--device', 'cpu', '--inception_weights', tmp_path / 'w.pth']
     run('eval_fid.py', *common, '--out', tmp_path / 'one.json')
     run('eval_fid.py', *common, '--out', tmp_path / 'two.json', torchrun=2)
     one, two = (json.load(open(tmp_path / f)) for f in ('one.json', 'two.json'))
-    assert one['swd_images'] == 7 and 'fid' in one['skipped']
-    for k in ('swd_32', 'swd_16', 'swd_avg'):
-        assert two[k] == pytest.approx(one[k], rel=1e-6)
+    assert one['swd_images'] == 7 and one['skipped'] == {} and two['skipped'] == {}
+    for k in ('fid', 'sfid', 'is', 'precision', 'recall', 'kid', 'swd_32', 'swd_16', 'swd_avg'):
+        assert two[k] == pytest.approx(one[k], rel=1e-5, abs=1e-9), k

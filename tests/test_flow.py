@@ -339,3 +339,18 @@ def test_cfg_interval_guides_only_inside():
     assert torch.allclose(interval[inside], everywhere[inside], atol=1e-6)
     assert torch.allclose(interval[~inside], cond[~inside], atol=1e-6)
     assert not torch.allclose(everywhere[~inside], cond[~inside], atol=1e-3)
+
+
+@pytest.mark.parametrize('schedule', ['linear', 'ldm_linear', 'scaled_linear'])
+def test_ddpm_timesteps_flow_time_has_the_same_noise_level(schedule):
+    # sample.py's --cfg_interval for DDPM models: timestep k and its flow time t_k, scaled to unit signal, hold the same
+    # mixture x0 + sigma eps: Flow's x_t / (1 - t) equals DDPM's x_t / sqrt(abar), for the same x0 and eps
+    from diffusion import Diffusion
+    d, flow = Diffusion(schedule), Flow()
+    t_k = d.flow_time()
+    x0, eps = torch.randn(6, D, dtype=torch.float64), torch.randn(6, D, dtype=torch.float64)
+    k = torch.tensor([0, 1, 100, 500, 900, 999])
+    ddpm = d.q_sample(x0, k, eps) / d.abar[k, None].sqrt()
+    rf = flow.q_sample(x0, t_k[k], eps) / (1 - t_k[k, None])
+    assert torch.allclose(ddpm, rf, rtol=1e-12, atol=1e-12)
+    assert (t_k.diff() > 0).all() and 0 < t_k[0] < 0.2 and 0.9 < t_k[-1] < 1  # a range of [0, 1], rising with k

@@ -1,8 +1,9 @@
 """The whole second stage on CPU with tiny models and 16 px images, run as a user runs it (subprocesses):
-train_ae.py -> train_ldm.py (UNet on the embedded data, DiT from a latent cache of a labelled folder) -> sample.py.
-Asserted: the files each script promises, the ADM npz format, samples that do not depend on the batch size (hence not
-on the world size), a latent cache equal to encoding the images, and a resumed run that reproduces an uninterrupted
-one exactly."""
+train_ae.py -> train_ldm.py (UNet on the embedded data, DiT from a latent cache of a labelled folder, the same DiT under
+rectified flow) -> sample.py. Asserted: the files each script promises, the ADM npz format, samples that do not depend
+on the batch size (hence not on the world size), a latent cache equal to encoding the images, guidance confined to
+--cfg_interval, and, under either objective, a resumed run that reproduces an uninterrupted one exactly and two DDP
+processes that keep identical weights."""
 import json
 import os
 import subprocess
@@ -13,6 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers import run as run_script, train_rows
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--image_size', '16', '--batch_size', '4', '--num_workers', '0', '--device', 'cpu']
 
@@ -22,6 +25,17 @@ def run(script, *flags):
                           text=True, timeout=300)
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout
+
+
+def with_random_weights(ckpt, out):
+    """A copy of the export `ckpt` whose EMA weights are perturbed at random, so that (unlike a 2-step DiT, whose
+    adaLN-Zero output is still ~0) its output depends on the label and guidance shows."""
+    export = torch.load(ckpt, weights_only=False)
+    g = torch.Generator().manual_seed(0)
+    export['ema'] = {k: v + 0.3 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+                     for k, v in export['ema'].items()}
+    torch.save(export, out)
+    return str(out)
 
 
 def losses(out_dir):
@@ -47,14 +61,17 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def trained(workdir):
-    """Two 2-step LDMs on the workdir's autoencoder: a UNet on the embedded dead-leaves data (unconditional), latents
-    encoded on the fly, and a DiT on the labelled folder (class-conditional) from the latent cache."""
+    """Three 2-step LDMs on the workdir's autoencoder: a UNet on the embedded dead-leaves data (unconditional), latents
+    encoded on the fly, and a DiT on the labelled folder (class-conditional) from the latent cache, trained as DDPM and
+    as a rectified flow (logit-normal times, shift 2)."""
     d, ae = workdir, str(workdir / 'ae' / 'ckpt.pt')
     common = [*TINY, '--ae', ae, '--max_steps', '2', '--num_samples', '4', '--sample_steps', '2', '--log_interval', '1',
               '--eval_interval', '2', '--ckpt_interval', '2']
     run('train_ldm.py', *common, '--out_dir', str(d / 'unet'))
     run('train_ldm.py', *common, '--out_dir', str(d / 'dit'), '--model', 'dit', '--data', str(d / 'images'),
         '--cache_latents', str(d / 'cache'))
+    run('train_ldm.py', *common, '--out_dir', str(d / 'dit_flow'), '--model', 'dit', '--data', str(d / 'images'),
+        '--cache_latents', str(d / 'cache'), '--objective', 'flow', '--time_sampling', 'logit_normal', '--time_shift', '2')
     return d
 
 
@@ -66,6 +83,15 @@ def test_both_backbones_train_and_save_what_they_were_made_with(trained):
     ckpt = torch.load(d / 'dit' / 'ckpt.pt', weights_only=False)
     assert ckpt['config']['backbone']['num_classes'] == 2 and ckpt['config']['learn_sigma'] and ckpt['step'] == 2
     assert torch.load(d / 'unet' / 'ckpt.pt', weights_only=False)['config']['backbone']['num_classes'] == 0
+    # the same DiT as a rectified flow: no learned variance, and the objective and Flow's arguments on record
+    flow = torch.load(d / 'dit_flow' / 'ema.pt', weights_only=False)['config']
+    assert os.path.exists(d / 'dit_flow' / 'samples_0000002.png') and len(losses(d / 'dit_flow')) == 2
+    assert not flow['learn_sigma'] and not flow['backbone']['learn_sigma'] and flow['schedule'] is None
+    assert {k: flow[k] for k in ('objective', 'prediction', 'time_sampling', 'logit_mean', 'logit_std', 'time_shift')} == {
+        'objective': 'flow', 'prediction': 'velocity', 'time_sampling': 'logit_normal', 'logit_mean': 0.0,
+        'logit_std': 1.0, 'time_shift': 2.0}
+    ddpm = torch.load(d / 'dit' / 'ema.pt', weights_only=False)['config']
+    assert ddpm['objective'] == ddpm['prediction'] == 'eps' and ddpm['time_shift'] is None
 
 
 @pytest.mark.slow
@@ -143,17 +169,73 @@ def test_samples_do_not_depend_on_the_batch_size(trained):
 
 
 @pytest.mark.slow
-def test_resume_is_exact(workdir):
+@pytest.mark.parametrize('objective', [[], ['--objective', 'flow', '--time_sampling', 'logit_normal']],
+                         ids=['eps', 'flow'])
+def test_resume_is_exact(workdir, objective):
     # 4 steps in one go == 2 steps, then --resume to 4: the same losses and the same weights. Class-conditional DiT
-    # from images, so label dropout, flips, posterior samples, timesteps and noise all draw random numbers.
+    # from images, so label dropout, flips, posterior samples, timesteps (or flow times) and noise all draw random
+    # numbers.
     d, ae = workdir, str(workdir / 'ae' / 'ckpt.pt')
+    name = objective[1] if objective else 'eps'
     common = [*TINY, '--ae', ae, '--model', 'dit', '--data', str(d / 'images'), '--num_samples', '2',
-              '--sample_steps', '2', '--log_interval', '1', '--eval_interval', '100', '--ckpt_interval', '2']
-    run('train_ldm.py', *common, '--out_dir', str(d / 'full'), '--max_steps', '4')
-    run('train_ldm.py', *common, '--out_dir', str(d / 'half'), '--max_steps', '2')
-    run('train_ldm.py', *common, '--out_dir', str(d / 'half'), '--max_steps', '4', '--resume')
-    full, half = losses(d / 'full'), losses(d / 'half')
+              '--sample_steps', '2', '--log_interval', '1', '--eval_interval', '100', '--ckpt_interval', '2', *objective]
+    run('train_ldm.py', *common, '--out_dir', str(d / f'full_{name}'), '--max_steps', '4')
+    run('train_ldm.py', *common, '--out_dir', str(d / f'half_{name}'), '--max_steps', '2')
+    run('train_ldm.py', *common, '--out_dir', str(d / f'half_{name}'), '--max_steps', '4', '--resume')
+    full, half = losses(d / f'full_{name}'), losses(d / f'half_{name}')
     assert sorted(full) == [1, 2, 3, 4] and full == half
-    a, b = (torch.load(d / n / 'ckpt.pt', weights_only=False) for n in ('full', 'half'))
+    a, b = (torch.load(d / f'{n}_{name}' / 'ckpt.pt', weights_only=False) for n in ('full', 'half'))
     for key in ('model', 'ema'):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+
+
+@pytest.mark.slow
+def test_flow_model_samples_with_its_own_family_and_guides_only_inside_the_interval(trained):
+    # a flow checkpoint is sampled by Heun (the default) or SiT's SDE; guidance over the whole of [0, 1] is
+    # guidance everywhere, and an interval that holds none of the sampler's times is no guidance at all
+    d = trained
+    ckpt = with_random_weights(d / 'dit_flow' / 'ema.pt', d / 'flow_random.pt')
+
+    def sample(name, *flags, num_samples=3, batch_size=3):
+        out = run('sample.py', '--ckpt', ckpt, '--num_samples', str(num_samples), '--batch_size', str(batch_size),
+                  '--device', 'cpu', '--steps', '3', '--classes', '1', '--out_dir', str(d / name), *map(str, flags))
+        return out, np.load(d / name / 'samples.npz')['arr_0']
+    out, heun = sample('f_heun')
+    assert 'heun 3 steps (5 evaluations), time shift 2' in out
+    _, guided = sample('f_cfg', '--cfg_scale', 4)
+    _, whole = sample('f_cfg_all', '--cfg_scale', 4, '--cfg_interval', '0,1')
+    _, nowhere = sample('f_cfg_none', '--cfg_scale', 4, '--cfg_interval', '0,0.01')  # Heun's last time above 0: > 0.01
+    assert np.array_equal(whole, guided) and not np.array_equal(guided, heun)
+    assert np.abs(nowhere.astype(int) - heun).max() <= 1  # the conditional half of a doubled batch: equal up to rounding
+    # the SDE's noise is per sample, so its samples do not depend on the batch size either
+    _, sde1 = sample('f_sde1', '--sampler', 'sde', batch_size=1)
+    _, sde3 = sample('f_sde3', '--sampler', 'sde')
+    assert np.array_equal(sde1, sde3) and not np.array_equal(sde1[0], sde1[1])
+
+
+@pytest.mark.slow
+def test_ddpm_cfg_interval_is_the_same_noise_levels(trained):
+    # for a DDPM model --cfg_interval is read in the flow time of equal noise level: [0, 1] holds every timestep
+    d = trained
+    ckpt = with_random_weights(d / 'dit' / 'ema.pt', d / 'ddpm_random.pt')
+    flags = ['--num_samples', '2', '--device', 'cpu', '--steps', '3', '--cfg_scale', '4']
+    run('sample.py', '--ckpt', ckpt, *flags, '--out_dir', str(d / 'd_cfg'))
+    run('sample.py', '--ckpt', ckpt, *flags, '--cfg_interval', '0,1', '--out_dir', str(d / 'd_cfg_all'))
+    run('sample.py', '--ckpt', ckpt, *flags[:-2], '--out_dir', str(d / 'd_plain'))
+    a, b, plain = (np.load(d / n / 'samples.npz')['arr_0'] for n in ('d_cfg', 'd_cfg_all', 'd_plain'))
+    assert np.array_equal(a, b) and not np.array_equal(a, plain)
+    p = run_script('sample.py', '--ckpt', ckpt, *flags, '--cfg_interval', '0,0.005', '--out_dir', d / 'd_none',
+                   check=False)  # DiT's linear schedule starts at t = 0.0099
+    assert p.returncode != 0 and 'no timestep of the linear schedule has a noise level in --cfg_interval 0,0.005' in p.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('objective', ['eps', 'flow'])
+def test_ddp_two_processes_keep_identical_weights(workdir, tmp_path, objective):
+    # two gloo processes with gradient accumulation, class-conditional DiT: every rank ends with the same weights
+    d, ae = workdir, workdir / 'ae' / 'ckpt.pt'
+    run_script('train_ldm.py', *TINY, '--ae', ae, '--model', 'dit', '--data', d / 'images', '--objective', objective,
+               '--max_steps', 2, '--grad_accum', 2, '--num_samples', 2, '--sample_steps', 2, '--log_interval', 1,
+               '--out_dir', tmp_path, torchrun=2)
+    log = [json.loads(line) for line in open(tmp_path / 'log.jsonl')]
+    assert log[-1]['rank_checksum_diff'] == 0.0 and sorted(train_rows(tmp_path)) == [1, 2]

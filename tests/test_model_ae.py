@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from common import rng_state
 import model
 from model import (AE_PRESETS, Autoencoder, adaptive_gan_weight, NLayerDiscriminator, VectorQuantizer,
                    diagonal_gaussian, hinge_d_loss, make_ae_config)
@@ -152,12 +153,16 @@ def test_train_ae_checkpoint_prefers_ema_and_applies_config(tmp_path):
     net, ema = Autoencoder(cfg), Autoencoder(cfg)
     ckpt = {'model': net.state_dict(), 'ema': ema.state_dict(),
             'config': {'preset': 'tiny', 'ae_config': {'z_channels': 8, 'ch_mult': [1, 2]}}, 'step': 3,
-            'rng': {'numpy': np.random.get_state()}}  # numpy state: not loadable with weights_only=True
+            'rng': [rng_state()]}  # as train_ae.py saves it: tensors and lists, what weights_only=True reads
     torch.save(ckpt, tmp_path / 'ckpt.pt')
     loaded = load_autoencoder(str(tmp_path / 'ckpt.pt'), preset='sd')  # the checkpoint's own config wins
     assert loaded.cfg.z_channels == 8 and loaded.downsample_factor == 2
     for k, v in ema.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
+    # numpy's own state is an object whose unpickling calls numpy: refused, never read with the pickle fallback of old
+    torch.save({**ckpt, 'rng': {'numpy': np.random.get_state()}}, tmp_path / 'old.pt')
+    with pytest.raises(ValueError, match=r'old.pt was refused: it holds Python objects \(numpy.*_reconstruct\)'):
+        load_autoencoder(str(tmp_path / 'old.pt'))
 
 
 def test_loading_errors_are_one_sentence(tmp_path):

@@ -58,10 +58,12 @@ def test_bad_videos_are_counted_skips_and_all_bad_is_one_sentence(tmp_path):
         out.mux(stream.encode())
     ds = VideoFolder(str(root), 16, num_frames=9, train=False)
     assert len(ds) == 6
-    x, _, skipped = ds.load(0)  # a, b, c are bad: the clip comes from d
-    assert skipped == 3 and x.shape == (3, 9, 16, 16) and x.min() >= -1 and x.max() <= 1
+    x, _, skipped = ds.load(0)  # a, b, c are bad: the clip comes from d, and a (this item's own file) is counted
+    assert skipped == 1 and x.shape == (3, 9, 16, 16) and x.min() >= -1 and x.max() <= 1
     x, _, skipped = ds.load(4)  # e and f are bad, and the search wraps around to d
-    assert skipped == 5 and x.shape == (3, 9, 16, 16)
+    assert skipped == 1 and x.shape == (3, 9, 16, 16)
+    # over an epoch each bad file is counted once (counting the files each search passed over gave 3+2+1+0+2+1 = 9)
+    assert [ds.load(i)[2] for i in range(6)] == [1, 1, 1, 0, 1, 1]
     for name, reason in (('a_short.mp4', 'fewer than'), ('b_vfr.mkv', 'variable frame rate'),
                          ('f_audio.mkv', 'no video stream')):  # each skip for its own reason
         with pytest.raises(BadVideo, match=reason):
