@@ -29,12 +29,12 @@ GUARD_STEPS = 50
 def load_ldm(path, device='cpu'):
     """A train_ldm.py checkpoint -> (its EMA denoiser in eval mode, its diffusion process (Diffusion or Flow), its
     config, latent shift, latent scale, its autoencoder)."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, 'ldm')
     config = ckpt['config']
     model = build_backbone(**config['backbone']).to(device).eval()
     model.load_state_dict(ckpt['ema'])
     if config.get('objective') == 'flow':
-        process = Flow(**config['flow'])
+        process = Flow(**{k: config[k] for k in ('prediction', 'time_sampling', 'logit_mean', 'logit_std', 'time_shift')})
     else:
         process = Diffusion(config['schedule'], prediction=config['prediction'], learn_sigma=config['learn_sigma'],
                             device=device)

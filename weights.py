@@ -4,12 +4,14 @@ weights (a local file, else the canonical URL through the torch hub cache), the 
 (diffusers' AutoencoderKL and AutoencoderKLCogVideoX, whole LDM / Stable Diffusion checkpoints) into our modules, a
 strict load whose mismatch is one sentence, and the autoencoder loader every script uses.
 """
+import json
 import os
 import re
 import pickle
 import warnings
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file as load_safetensors
 
 from common import die
@@ -293,11 +295,14 @@ def read_autoencoder(path, preset=None):
     public weights (LDM / diffusers layouts, .safetensors or torch file; 3D convolutions make them a video autoencoder)
     need the `preset` they were made for."""
     ckpt = read_file(path)
+    recorded = safetensors_config(path)
+    if recorded is not None:  # our own .safetensors export (reproduce.py --pretrain): weights, and the config in metadata
+        ckpt = {'model': ckpt, 'config': recorded}
     if isinstance(ckpt, dict) and 'latent_scale' in ckpt:
         raise ValueError(f"{path} is a train_ldm.py checkpoint (a diffusion model), not an autoencoder; pass the "
                          f"train_ae.py checkpoint or the public weights of one.")
     if isinstance(ckpt, dict) and 'model' in ckpt and 'config' in ckpt:  # a train_ae.py checkpoint
-        problem = contents_problem(ckpt, CHECKPOINTS['autoencoder'][2])
+        problem = contents_problem(ckpt, CHECKPOINTS['autoencoder'][2] if recorded is None else {'model': STATE_DICT})
         if problem:
             raise ValueError(f"{path} is not a train_ae.py checkpoint: {problem}.")
         config, state = ckpt['config'], ckpt['ema'] if ckpt.get('ema') is not None else ckpt['model']
@@ -317,6 +322,26 @@ def read_autoencoder(path, preset=None):
         return make_ae_config(name, overrides, presets), state, config
     except TypeError as e:  # a field of the wrong type in the checkpoint's ae_config
         raise ValueError(f"the ae_config in {path} is not one this project writes ({e}).") from None
+
+
+def safetensors_config(path):
+    """The train_ae.py config ({'preset', 'ae_config', 'num_frames'}) that the metadata of a .safetensors file records
+    under 'config', as reproduce.py --pretrain writes it; None for other files (public weights have none)."""
+    if not str(path).endswith('.safetensors'):
+        return None
+    with safe_open(str(path), framework='pt') as f:
+        text = (f.metadata() or {}).get('config')
+    if text is None:
+        return None
+    try:
+        config = json.loads(text)
+    except ValueError:
+        config = None
+    if not (isinstance(config, dict) and isinstance(config.get('preset'), str)
+            and isinstance(config.get('ae_config'), dict) and isinstance(config.get('num_frames', 1), int)):
+        raise ValueError(f"the 'config' in the metadata of {path} is not a train_ae.py config (preset, ae_config, "
+                         f"num_frames); re-export the weights, or drop the metadata and pass --preset.")
+    return config
 
 
 def build_autoencoder(cfg, path):
