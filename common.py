@@ -702,7 +702,6 @@ class CheckpointWriter:
             die(f"writing a checkpoint failed ({type(error).__name__}: {error}); the previous one is intact.")
 
 
-@torch.no_grad()
 def ema_decay(decay, step, warmup=False):
     """The EMA decay at update `step` (0 for the first): `decay`, or with warmup min(decay, (1 + n) / (10 + n)) (the
     num_updates rule of TensorFlow's ExponentialMovingAverage), so that a short run's EMA is not mostly its initial
@@ -710,6 +709,7 @@ def ema_decay(decay, step, warmup=False):
     return min(decay, (1 + step) / (10 + step)) if warmup else decay
 
 
+@torch.no_grad()
 def update_ema(ema_model, model, decay):
     """ema <- decay * ema + (1 - decay) * theta; buffers (e.g. BatchNorm statistics) are copied."""
     ema_params, params = list(ema_model.parameters()), [p.detach() for p in model.parameters()]
