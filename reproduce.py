@@ -248,8 +248,8 @@ def materialise_data():
                 n = sizes['num_eval']
                 write_images(torch.stack([held[i][0] for i in range(k * n, (k + 1) * n)]), folders[name])
         else:
-            files = list_files(args.data)
-            held_files = list_files(args.val_data) if args.val_data else [f for f in files if held_out(os.path.relpath(f, args.data))]
+            files = list_files(args.data)[0]
+            held_files = list_files(args.val_data)[0] if args.val_data else [f for f in files if held_out(os.path.relpath(f, args.data))]
             train_files = files if args.val_data else [f for f in files if f not in set(held_files)]
             if len(held_files) < 2 or not train_files:
                 sys.exit(f"error: {args.data} splits into {len(train_files)} training and {len(held_files)} held-out "
@@ -270,7 +270,7 @@ def materialise_data():
                 shutil.rmtree(tmp)
         record(out, settings)
     from data import list_files
-    return folders, {k: len(list_files(v)) for k, v in folders.items()}
+    return folders, {k: len(list_files(v)[0]) for k, v in folders.items()}
 
 # -----------------------------------------------------------------------------
 # the autoencoders
