@@ -83,7 +83,7 @@ def verdict(report):
     """The verdict's sentences: the autoencoders' spectra and PSNR, then per objective the probe and the samples (these
     only when every LDM passes the guard). -> [(sentence, test)]."""
     aes = report['autoencoders']
-    ae = lambda key: [m[key] for m in aes['control']], [m[key] for m in aes['se']]  # noqa: E731
+    ae = lambda key: ([m[key] for m in aes['control']], [m[key] for m in aes['se']])  # noqa: E731
     out = [compare('hf_share of posterior means', *ae('hf_share')),
            compare('hf_share of posterior samples (what the LDM learns)', *ae('hf_share_sample')),
            compare('hf_energy_share of posterior means', *ae('hf_energy_share')),
