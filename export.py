@@ -12,8 +12,8 @@ Write an autoencoder (a train_ae.py checkpoint, e.g. an SE fine-tune, or public 
   python export.py --ckpt out/video_ae/ckpt.pt --format cogvideox --out out/video_ae/cogvideox
 
 A train_ae.py checkpoint is written with its EMA weights when it has them, else its raw weights: the weights that
-load_autoencoder, train_ldm.py and sample.py use. What a format cannot hold (a VQ autoencoder, tiny-f8's linear patch
-path, a GroupNorm or chunking the format fixes otherwise, ...) is refused in one sentence. Dropout only acts in
+load_autoencoder, train_ldm.py and sample.py use. What a format cannot hold (a VQ autoencoder,
+a GroupNorm or chunking the format fixes otherwise, ...) is refused in one sentence. Dropout only acts in
 training and is in no format. The latent normalisation a diffusion model runs on, (z - shift_factor) * scaling_factor,
 goes into diffusers' config.json, and for FLUX (whose code holds it, in AutoEncoderParams) into the file's metadata;
 by default the published values of the preset the weights are made for, otherwise 1 and no shift.
@@ -37,8 +37,6 @@ def unsupported(cfg, fmt):
     """Why an autoencoder with config `cfg` cannot be written as `fmt`, in one clause; None when it can."""
     if cfg.regularizer != 'kl':
         return "it is a VQ autoencoder, and all three formats hold KL autoencoders"
-    if getattr(cfg, 'linear_skip', False):
-        return "its linear patch path (linear_skip, as in the tiny-f8 preset) exists in no other implementation"
     if fmt in ('diffusers', 'cogvideox') and cfg.ch_mult[0] != 1:
         return f"diffusers' first level keeps the width of the input conv, so ch_mult must start with 1, not {cfg.ch_mult}"
     if fmt == 'flux' and cfg.use_quant_conv:

@@ -69,9 +69,6 @@ def ae_encoder_flops(cfg, H, W):
             total += conv(3, c, c, h, w)  # stride-2 downsampling conv
     moments = 2 * cfg.z_channels if cfg.regularizer == 'kl' else cfg.z_channels
     total += _mid_block(c, h, w) + conv(3, c, moments, h, w)
-    if cfg.linear_skip:
-        f = 2 ** (len(cfg.ch_mult) - 1)
-        total += conv(f, cfg.in_channels, moments, h, w)  # the linear patch path
     if cfg.use_quant_conv:
         total += conv(1, moments, moments, h, w)
     if cfg.regularizer == 'vq':
@@ -85,9 +82,6 @@ def ae_decoder_flops(cfg, h, w):
     c = widths[-1]
     total = conv(1, cfg.z_channels, cfg.z_channels, h, w) if cfg.use_quant_conv else 0
     total += conv(3, cfg.z_channels, c, h, w) + _mid_block(c, h, w)
-    if cfg.linear_skip:
-        f = 2 ** (len(cfg.ch_mult) - 1)
-        total += conv(f, cfg.z_channels, cfg.out_ch, h, w)  # the linear patch path (a transposed conv: same MACs)
     for i in reversed(range(len(widths))):
         for _ in range(cfg.num_res_blocks + 1):
             total += _resnet_block(c, widths[i], h, w)

@@ -142,7 +142,6 @@ def test_cogvideox_round_trip(tmp_path):
 
 @pytest.mark.parametrize('preset, overrides, video, fmt, message', [
     ('tiny', {'regularizer': 'vq'}, False, 'diffusers', 'it is a VQ autoencoder'),
-    ('tiny-f8', None, False, 'flux', r'linear patch path \(linear_skip'),
     ('tiny', None, False, 'flux', "FLUX.1's autoencoder has no quant convs"),
     ('flux', dict(ch=32, ch_mult=(1, 2, 2), norm_groups=8), False, 'flux', 'fixes GroupNorm at 32 groups'),
     ('small', dict(ch_mult=(2, 2)), False, 'diffusers', 'ch_mult must start with 1'),

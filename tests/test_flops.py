@@ -42,7 +42,7 @@ def test_dit_flops_equal_flop_counter(kw):
     assert counted(lambda: model(x, t, y)) == 3 * dit_flops(**dit_config(model))
 
 
-@pytest.mark.parametrize('cfg', [AE_PRESETS['tiny'], AE_PRESETS['tiny-f8'],  # tiny-f8: with the linear patch path
+@pytest.mark.parametrize('cfg', [AE_PRESETS['tiny'], AE_PRESETS['mini'],  # mini: no quant convs
                                  AEConfig(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=2, z_channels=16,
                                           use_quant_conv=False)])
 def test_ae_flops_equal_flop_counter(cfg):

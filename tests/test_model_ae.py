@@ -92,27 +92,6 @@ def test_preset_shapes(name, z_channels, f, n_params):
         assert ae.decode(z).shape == x.shape
 
 
-def test_linear_skip_is_a_linear_map_of_each_patch():
-    """tiny-f8's linear patch path: with the deep path's output convs zeroed, decode(encode(x)) is an affine map that
-    acts on each 8x8 patch alone (changing one patch changes only that patch's output), and the deep path adds to it."""
-    torch.manual_seed(0)
-    ae = Autoencoder(AE_PRESETS['tiny-f8']).eval()
-    assert ae.encoder.skip is not None and ae.decoder.skip is not None and Autoencoder(AE_PRESETS['flux']).encoder.skip is None
-    x, y = torch.rand(2, 3, 32, 32) * 2 - 1
-    rec = lambda t: ae.decode(ae.encode(t[None], sample=False)[0])[0]
-    with torch.no_grad():
-        full = rec(x)
-        for conv in (ae.encoder.conv_out, ae.decoder.conv_out):
-            conv.weight.zero_(), conv.bias.zero_()
-        a, b = rec(x), rec(y)
-        assert torch.allclose(rec(0.3 * x + 0.7 * y), 0.3 * a + 0.7 * b, atol=1e-5)  # affine (weights sum to 1)
-        x2 = x.clone()
-        x2[:, 8:16, 16:24] = y[:, 8:16, 16:24]  # one patch of the 4x4 grid replaced
-        changed = (rec(x2) - a).abs().sum(0) > 1e-6
-        assert changed[8:16, 16:24].all() and changed.sum() == 64
-    assert not torch.allclose(full, a)  # the deep path is part of the output
-
-
 def test_downsample_is_asymmetric_stride_2():
     """Padding (0,1,0,1): output (i, j) sees input rows/cols 2i..2i+2, so output (0, 0) ignores row/col 3 and up."""
     torch.manual_seed(0)
