@@ -320,9 +320,7 @@ def evaluate_images(real, fake, dist, inception_weights, save_stats, batch_size,
                 source = shuffled(source, seed)
             features[name], descriptors[name] = collect(source, dist, batch_size, num_workers, name, inception,
                                                         swd_count)
-    for name, (kind, source, _) in sets.items():
-        if kind == 'images':  # unreadable files were replaced by their neighbours: say how many
-            results[f'unreadable_{name}'] = source.unreadable
+            results[f'unreadable_{name}'] = source.unreadable  # replaced by their neighbours: say how many
             if source.left_out:  # hidden files and files of other types, which were not read
                 results[f'left_out_{name}'] = source.left_out
     distances = frechet(sets, features, IMAGE_DISTANCES, save_stats, dist, 'Inception', 'images')

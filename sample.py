@@ -133,7 +133,7 @@ try:  # the time shift, like every Flow argument, is the one the model was train
         process = Diffusion(config['schedule'], prediction=config['prediction'], learn_sigma=config['learn_sigma'],
                             device=device)
 except Exception as e:
-    die(f"the config in {args.ckpt} describes no diffusion process ({type(e).__name__}: "
+    die(f"the config and weights in {args.ckpt} describe no model that can be built ({type(e).__name__}: "
         f"{str(e).splitlines()[0][:160]}); it is not a checkpoint train_ldm.py wrote.")
 latent_scale, latent_shift = (broadcast_latent_norm(ckpt[k], 5 if video else 4, device) for k in ('latent_scale', 'latent_shift'))
 del ckpt

@@ -959,7 +959,7 @@ CASES += [
         Error('hold NaN or infinite values; make them again with --save_stats')),
     Case('eval_fid statistics of another dimension', script('eval_fid.py', lambda t, r: [
         '--fake', samples_npz(t), '--real', saved_npz(t, mu=np.zeros(64), sigma=np.eye(64)), '--device', 'cpu']),
-        Error('the --real statistics are 64-d, not the 2048 Inception pool3 features')),
+        Error('the --ref statistics are 64-d, not the 2048 Inception pool3 features')),
     Case('eval_fid empty npz', script('eval_fid.py', lambda t, r: [
         '--fake', saved_npz(t, arr_0=np.zeros((0, 16, 16, 3), np.uint8)), '--device', 'cpu']),
         Error(r'holds no images \(arr_0 is \(0, 16, 16, 3\)\)')),
