@@ -1,4 +1,4 @@
-"""
+r"""
 Sample a trained latent diffusion model: writes out_dir/grid.png, one PNG per sample (out_dir/images/000000.png, ...)
 and out_dir/samples.npz (uint8 N x H x W x 3 under arr_0, the format of ADM's evaluator and of eval_fid.py).
 A video model (train_ldm.py --num_frames) writes one MP4 per sample (out_dir/videos/000000.mp4, ...), the preview

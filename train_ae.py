@@ -1,4 +1,4 @@
-"""
+r"""
 Stage 1: train or fine-tune the autoencoder (E, D) of latent diffusion, optionally with the scale-equivariance (SE)
 regulariser of Skorokhodov et al. (ICML 2025), which makes its latents more "diffusable".
 
@@ -451,4 +451,7 @@ progress.close()
 writer.wait()
 if dist.ddp:
     logger.log(step, rank_checksum_diff=max(rank_checksum_diff(ae, dist), rank_checksum_diff(disc, dist)))
+if dist.master:  # where everything went, so that nobody has to look
+    print(f"done at step {step}: checkpoint {ckpt_path}, log {os.path.join(args.out_dir, 'log.jsonl')}, previews "
+          f"{os.path.join(args.out_dir, 'recon_*.' + ('mp4/png' if video else 'png'))}")
 cleanup_distributed()

@@ -1,4 +1,4 @@
-"""
+r"""
 Stage 2: train a diffusion model (LDM UNet or DiT) on the latents of a frozen autoencoder.
 
   python train_ae.py && python train_ldm.py                  # tiny AE, then a tiny UNet, embedded dataset, CPU is fine
@@ -402,4 +402,8 @@ progress.close()
 writer.wait()
 if dist.ddp:
     logger.log(step, rank_checksum_diff=rank_checksum_diff(raw_model, dist))
+if dist.master:  # where everything went, so that nobody has to look
+    print(f"done at step {step}: checkpoint {ckpt_path} (EMA weights for sample.py: "
+          f"{os.path.join(args.out_dir, 'ema.pt')}), log {os.path.join(args.out_dir, 'log.jsonl')}, sample grids "
+          f"{os.path.join(args.out_dir, 'samples_*.png')}")
 cleanup_distributed()
