@@ -100,6 +100,14 @@ def verdict(report):
             out += [compare(f"{objective} LDM: {k} of its samples", [r['samples'][k] for r in runs['control']],
                             [r['samples'][k] for r in runs['se']]) for k in sample_keys(report)
                     if all(k in r['samples'] for arm in ARMS for r in runs[arm])]
+    if len(report['ldm']) > 1:  # the same experiment under DDPM and rectified flow: does SE move the probe one way?
+        probe = {o: next(t for sentence, t in out if sentence.startswith(f"{o} LDM: probe eps-MSE")) for o in report['ldm']}
+        signs = {o: '+' if t['mean_diff'] > 0 else '-' for o, t in probe.items()}
+        agree = len(set(signs.values())) == 1
+        each = ', '.join(f"{o} {100 * t['rel_diff']:+.1f}% (p = {t['p_t']:.3g})" for o, t in probe.items())
+        way = 'the same way' if agree else 'in opposite directions'
+        out.append((f"Across objectives: SE moved the probe eps-MSE {way} ({each}).",
+                    {'same_sign': agree, **{o: t for o, t in probe.items()}}))
     return [(sentence, test) for sentence, test in out]
 
 # -----------------------------------------------------------------------------
