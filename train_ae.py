@@ -34,7 +34,7 @@ Shared flags (common.add_common_args) and their defaults in this script:
   --data (embedded dead leaves)  --image_size 64  --batch_size 16  --grad_accum 1  --max_steps 2000  --lr 0.0001
   --out_dir out/ae  --preset tiny  --seed 0  --device auto  --dtype auto  --num_workers 2
   --log_interval 10  --eval_interval 250  --ckpt_interval 250
-  switches: --random_crop  --compile  --resume  --allow_changes  --overwrite  --init_from PATH
+  switches: --random_crop  --compile  --resume  --allow_changes  --overwrite  --tensorboard  --init_from PATH
 """
 import os
 import sys

@@ -484,7 +484,8 @@ def evil_in_reproduce_tree(tmp, runs):
         argv = ['--smoke', '--seeds', 1, '--out_dir', tmp / 'rep']
         first = run_script('reproduce.py', argv)
         assert first.code != 0  # the stand-in training failed, after the settings were recorded
-        (settings,) = [root for root, _, files in os.walk(tmp / 'rep') if 'reproduce_settings.json' in files]
+        (settings,) = [root for root, _, files in os.walk(tmp / 'rep')  # the training run's, not the data's
+                       if 'reproduce_settings.json' in files and os.path.basename(root) != 'data']
         evil_pickle(tmp, os.path.relpath(os.path.join(settings, 'ckpt.pt'), tmp))
         return run_script('reproduce.py', argv)
     finally:

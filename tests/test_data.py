@@ -124,10 +124,12 @@ def test_bad_data_folder_is_one_sentence(tmp_path, case):
 
 
 def test_training_counts_unreadable_files(tmp_path):
+    data = tmp_path / 'data'  # the run's folder outside it: an --out_dir inside --data is refused
+    data.mkdir()
     for k in range(4):
-        Image.fromarray(np.random.default_rng(k).integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(tmp_path / f'{k}.png')
-    (tmp_path / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n garbage')
-    run('train_ae.py', *TINY_AE, '--out_dir', tmp_path / 'out', '--max_steps', 3, '--data', tmp_path)
+        Image.fromarray(np.random.default_rng(k).integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(data / f'{k}.png')
+    (data / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n garbage')
+    run('train_ae.py', *TINY_AE, '--out_dir', tmp_path / 'out', '--max_steps', 3, '--data', data)
     rows = train_rows(tmp_path / 'out')
     assert rows[3]['skipped_images'] >= 1
 

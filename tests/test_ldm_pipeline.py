@@ -164,8 +164,10 @@ def test_samples_do_not_depend_on_the_batch_size(trained):
     for bs in ('1', '3'):
         run('sample.py', '--ckpt', str(trained / 'unet' / 'ckpt.pt'), '--num_samples', '3', '--batch_size', bs,
             '--device', 'cpu', '--steps', '2', '--eta', '1', '--out_dir', str(trained / f'u{bs}'))
-    a1, a3 = (np.load(trained / f'u{bs}' / 'samples.npz')['arr_0'] for bs in ('1', '3'))
-    assert np.array_equal(a1, a3) and not np.array_equal(a1[0], a1[1])
+    a1, a3 = (np.load(trained / f'u{bs}' / 'samples.npz')['arr_0'].astype(int) for bs in ('1', '3'))
+    # the same images up to the last bit of uint8: a CPU convolution may pick another algorithm for another batch
+    # size, and a float difference of 1e-7 can flip one rounding (seen: 0.04% of the values, by 1 level)
+    assert np.abs(a1 - a3).max() <= 1 and (a1 != a3).mean() < 1e-3 and not np.array_equal(a1[0], a1[1])
 
 
 @pytest.mark.slow

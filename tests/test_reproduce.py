@@ -91,7 +91,7 @@ def test_a_data_folder_is_split_once_and_no_held_out_file_reaches_training(tmp_p
     for i in range(24):  # each file one flat colour, so a crop tells which file it came from
         Image.fromarray(np.full((40, 48, 3), (10 * i, 255 - 10 * i, (37 * i) % 256), np.uint8)).save(folder / f'p{i:02d}.png')
     out = tmp_path / 'out'
-    run('reproduce.py', '--smoke', '--seeds', 1, '--data', folder, '--out_dir', out, timeout=1800)
+    run('reproduce.py', '--smoke', '--seeds', 1, '--data', folder, '--random_crop', '--out_dir', out, timeout=1800)
     import reproduce  # noqa: F401  (the split rule itself)
     held = {f'p{i:02d}.png' for i in range(24) if reproduce.held_out(f'p{i:02d}.png')}
     assert 0 < len(held) < 24
