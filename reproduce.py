@@ -56,6 +56,7 @@ KL_WEIGHTS = [0.0, 1e-6, 1e-4, 1e-2]         # Fig. 3, fine-tunes of the baselin
 SE_WEIGHTS = [0.0, 0.1, 0.25, 0.5, 1.0]      # Fig. 4, fine-tunes of the baseline
 PROBE_T = [10, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 990]   # DDPM timesteps of the probe
 PROBE_T_FLOW = [0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.98]  # flow times (t = 1 is noise)
+PROGRESS_SECONDS = 30                        # how often each running child's progress is shown
 HELD_OUT = 0.25                              # the share of a --data folder's files held out (a seeded hash of names)
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -135,17 +136,37 @@ def run(script, *script_args, log=None):
     env = dict(os.environ, **({'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'} if jobs > 1 else {}))
     t0 = time.time()
     log = log or os.devnull
+    label = f"{script} {os.path.relpath(os.path.dirname(os.path.abspath(log)), args.out_dir)}"
     os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
     with open(log, 'a') as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
-        p = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
-    print(f"  {script} {' '.join(map(str, script_args[:2]))} ... done in {time.time() - t0:.0f} s", flush=True)
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+        while p.poll() is None:  # one line per child every PROGRESS_SECONDS: its latest progress bar or message
+            try:
+                p.wait(PROGRESS_SECONDS)
+            except subprocess.TimeoutExpired:
+                print(f"  {label}: {latest_line(log)} ({time.time() - t0:.0f} s)", flush=True)
+    print(f"  {label} ... done in {time.time() - t0:.0f} s", flush=True)
     if p.returncode != 0:
-        with open(log) as f:
-            print(f.read()[-4000:])
-        sys.exit(f"error: {script} failed (exit {p.returncode}); its output is above and in {log}. Fix it and rerun: "
-                 f"finished steps are reused.")
+        print(''.join(messages(log)[-60:]))
+        sys.exit(f"error: {script} failed (exit {p.returncode}); its messages are above, and its whole output in {log}. "
+                 f"Fix it and rerun: finished steps are reused.")
+
+
+def messages(log):
+    """A child's output without its progress bars' redraws: every line, whole, and of each redrawn line the last."""
+    with open(log, errors='replace') as f:
+        return [line.split('\r')[-1].rstrip() + '\n' for line in f if line.split('\r')[-1].strip()]
+
+
+def latest_line(log):
+    """The last thing a child wrote (a progress bar's latest redraw, or a message), on one line."""
+    with open(log, 'rb') as f:
+        f.seek(max(0, os.path.getsize(log) - 4096))
+        tail = f.read().decode(errors='replace')
+    parts = [p.strip() for p in tail.replace('\n', '\r').split('\r') if p.strip()]
+    return parts[-1][:110] if parts else 'started'
 
 
 def parallel(tasks):
@@ -353,6 +374,9 @@ def measure(ae, ckpt=None):
     r = result['autoencoders'][name]
     rgb = result['rgb'][r['rgb_reference']]
     sample = r.get('posterior_sample', r)
+    print(f"  {name} ({os.path.relpath(out, args.out_dir)}): hf_share {r['hf_share']:.4f} (RGB {rgb['hf_share']:.4f}), "
+          f"hf_energy_share {r['hf_energy_share']:.4f}, PSNR {r['reconstruction_psnr']:.2f} dB (bicubic at the latent "
+          f"grid {r['bicubic_psnr']:.2f})", flush=True)
     return {'hf_share': r['hf_share'], 'hf_share_sample': sample['hf_share'], 'hf_energy_share': r['hf_energy_share'],
             'hf_energy_share_sample': sample['hf_energy_share'], 'rgb_hf_share': rgb['hf_share'],
             'rgb_hf_energy_share': rgb['hf_energy_share'], 'psnr': r['reconstruction_psnr'],
