@@ -171,6 +171,11 @@ device = dist.device
 dtype = resolve_dtype(args.dtype, device)
 prepare_run_dir(args.out_dir, args.overwrite, dist.master)
 seed_everything(args.seed + dist.rank)  # different noise per rank; the data shard differs by construction
+if dist.master:  # a first line at once: what runs and where it goes (the data and the networks take a while)
+    print(f"train_ae.py: {'fine-tuning ' + args.init_from if args.init_from else 'preset ' + args.preset}, "
+          f"{args.image_size} px{f' x {args.num_frames} frames' if video else ''}, {args.data or 'embedded data'}, "
+          f"se_weight {args.se_weight:g}, {args.max_steps} steps of batch {args.batch_size} x {dist.world_size} on "
+          f"{device} ({dtype}) -> {args.out_dir}; preparing the data and the networks ...", flush=True)
 
 # -----------------------------------------------------------------------------
 # data: the training stream, of which every rank takes its own shard of each epoch's permutation, and a fixed

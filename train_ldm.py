@@ -156,6 +156,10 @@ device = dist.device
 dtype = resolve_dtype(args.dtype, device)
 prepare_run_dir(args.out_dir, args.overwrite, dist.master)
 seed_everything(args.seed + dist.rank)
+if dist.master:  # a first line at once: what runs and where it goes (encoding the data takes a while)
+    print(f"train_ldm.py: {args.model} {args.preset}, objective {args.objective}, on the latents of {args.ae}, "
+          f"{args.max_steps} steps of batch {args.batch_size} x {dist.world_size} on {device} -> {args.out_dir}; "
+          f"preparing the data and the networks ...", flush=True)
 
 ae_path = saved['ae'] if saved and args.ae == parser.get_default('ae') else args.ae
 try:
