@@ -478,11 +478,8 @@ def evil_in_hub_cache(file_name, script_name, argv):
 def evil_in_reproduce_tree(tmp, runs):
     """reproduce.py records an artefact's settings before it trains it; a ckpt.pt planted beside matching settings is
     read back (for its step) on the next run. Training is stood in for by a failing subprocess."""
-    class Failed:  # a child that exits 1 at once
+    class Failed:  # a child script that exits 1 at once
         returncode = 1
-
-        def __init__(self, *args, **kwargs):
-            pass
 
         def poll(self):
             return 1
@@ -490,13 +487,14 @@ def evil_in_reproduce_tree(tmp, runs):
         def wait(self, timeout=None):
             return 1
     real = subprocess.Popen
-    subprocess.Popen = Failed
+    subprocess.Popen = lambda cmd, *a, **k: Failed() if any(str(c).endswith('.py') for c in cmd) else real(cmd, *a, **k)
     try:
         argv = ['--smoke', '--seeds', 1, '--out_dir', tmp / 'rep']
         first = run_script('reproduce.py', argv)
         assert first.code != 0  # the stand-in training failed, after the settings were recorded
-        (settings,) = [root for root, _, files in os.walk(tmp / 'rep')  # the training run's, not the data's
-                       if 'reproduce_settings.json' in files and os.path.basename(root) != 'data']
+        # a training run's settings (not the data's): the first one reproduce.py reads back (seed 0's control)
+        settings = sorted(root for root, _, files in os.walk(tmp / 'rep')
+                          if 'reproduce_settings.json' in files and os.path.basename(root) != 'data')[0]
         evil_pickle(tmp, os.path.relpath(os.path.join(settings, 'ckpt.pt'), tmp))
         return run_script('reproduce.py', argv)
     finally:
