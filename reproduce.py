@@ -397,7 +397,8 @@ def ldm(seed, ae, objective):
                    '--model', args.ldm_model, '--preset', args.ldm_preset, '--lr', args.ldm_lr,
                    '--batch_size', sizes['ldm_batch_size'], '--num_workers', 0, '--ema_decay', args.ldm_ema_decay,
                    '--ema_warmup', *(['--objective', 'flow'] if objective == 'flow' else []),
-                   '--cache_latents', os.path.join(out, 'latent_cache'), '--cache_size', counts['train']]
+                   '--cache_latents', os.path.join(out, 'latent_cache'),
+                   '--cache_size', sizes['train_images'] if args.random_crop else counts['train']]  # crops, or each file
     settings = {'script': 'train_ldm.py', 'args': list(map(str, script_args)), 'ae': ae_settings}
     snapshots = []
     for k in range(1, sizes['ldm_evals'] + 1):
