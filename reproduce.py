@@ -72,7 +72,7 @@ parser.add_argument('--kl_sweep', action='store_true', help='also Fig. 3: fine-t
 parser.add_argument('--se_sweep', action='store_true', help='also Fig. 4: fine-tunes with se_weight 0 .. 1')
 parser.add_argument('--all', action='store_true', help='every figure (1-5)')
 parser.add_argument('--data', type=str, default=None, help='image folder, split once by a seeded hash of file names into '
-                    f'training and held-out files ({HELD_OUT:.0%} held out); omitted: the embedded dead leaves')
+                    f'training and held-out files ({HELD_OUT:.0%} held out, at least 2); omitted: the embedded dead leaves')
 parser.add_argument('--val_data', type=str, default=None, help='a folder of held-out images; then all of --data trains')
 parser.add_argument('--random_crop', action='store_true', help='random crops of --data (training, and the held-out sets)')
 parser.add_argument('--seeds', type=int, default=3, help='fine-tune + LDM seeds 0..N-1; each is a pair (SE, control)')
@@ -233,10 +233,13 @@ def once(out, settings, script, *script_args):
 # -----------------------------------------------------------------------------
 # the data: training images, and two disjoint held-out sets drawn by one protocol
 
-def held_out(name, seed=0):
-    """A file is held out when a seeded hash of its path (relative to the folder) falls below HELD_OUT: a split
-    that no file order, file count or rerun changes."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], 'big') / 2 ** 64 < HELD_OUT
+def held_out_files(names, seed=0):
+    """The held-out share of a folder's files: those whose seeded hash ranks among the lowest HELD_OUT of them (at
+    least two, and at least one file left to train). Neither file order nor a rerun changes the split, and adding a
+    file moves at most one other across it; a threshold on the hash instead holds out a share that varies with the
+    draw (2 of Kodak's 24 files, where 6 were asked for)."""
+    rank = sorted(names, key=lambda name: hashlib.sha256(f"{seed}/{name}".encode()).digest())
+    return set(rank[:min(len(names) - 1, max(2, round(HELD_OUT * len(names))))])
 
 
 def write_images(x, folder):
@@ -257,7 +260,7 @@ def materialise_data():
     -> ({name: folder}, {name: image count})."""
     out = os.path.join(args.out_dir, 'data')
     folders = {k: os.path.join(out, k) for k in ('train', 'heldout', 'heldout2')}
-    settings = {'data': args.data, 'val_data': args.val_data, 'random_crop': args.random_crop, 'held_out': HELD_OUT,
+    settings = {'data': args.data, 'val_data': args.val_data, 'random_crop': args.random_crop, 'held_out': [HELD_OUT, 'rank'],
                 'image_size': sizes['image_size'], 'train_images': sizes['train_images'], 'num_eval': sizes['num_eval']}
     if not clear_unless_matching(out, settings):
         import torch
@@ -270,7 +273,9 @@ def materialise_data():
                 write_images(torch.stack([held[i][0] for i in range(k * n, (k + 1) * n)]), folders[name])
         else:
             files = list_files(args.data)[0]
-            held_files = list_files(args.val_data)[0] if args.val_data else [f for f in files if held_out(os.path.relpath(f, args.data))]
+            held = held_out_files([os.path.relpath(f, args.data) for f in files])
+            held_files = list_files(args.val_data)[0] if args.val_data else \
+                [f for f in files if os.path.relpath(f, args.data) in held]
             train_files = files if args.val_data else [f for f in files if f not in set(held_files)]
             if len(held_files) < 2 or not train_files:
                 sys.exit(f"error: {args.data} splits into {len(train_files)} training and {len(held_files)} held-out "

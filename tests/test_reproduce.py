@@ -82,6 +82,17 @@ def test_smoke_run_pairs_the_arms_probes_them_and_reuses_what_matches(tmp_path):
     assert again['autoencoders'] == report['autoencoders'] and again['ldm'] == report['ldm']
 
 
+def test_the_held_out_split_takes_the_share_asked_for_whatever_the_order_and_moves_little_when_a_file_is_added():
+    import reproduce
+    names = [f'img{i:03d}.jpg' for i in range(40)]
+    held = reproduce.held_out_files(names)
+    assert len(held) == 10 and held <= set(names)
+    assert held == reproduce.held_out_files(names[::-1])
+    assert len(held ^ reproduce.held_out_files(names + ['new.jpg'])) <= 2  # at most one file in, one out
+    assert len(reproduce.held_out_files(names[:3])) == 2  # at least two held out (two disjoint held-out sets)...
+    assert len(reproduce.held_out_files(names[:2])) == 1  # ...and at least one left to train
+
+
 @pytest.mark.slow
 def test_a_data_folder_is_split_once_and_no_held_out_file_reaches_training(tmp_path):
     """--data: a seeded hash of file names holds some files out; train/ links only the others, the two held-out sets
@@ -96,8 +107,9 @@ def test_a_data_folder_is_split_once_and_no_held_out_file_reaches_training(tmp_p
     out = tmp_path / 'out'
     run('reproduce.py', '--smoke', '--seeds', 1, '--data', folder, '--random_crop', '--out_dir', out, timeout=1800)
     import reproduce  # noqa: F401  (the split rule itself)
-    held = {f'p{i:02d}.png' for i in range(24) if reproduce.held_out(f'p{i:02d}.png')}
-    assert 0 < len(held) < 24
+    held = reproduce.held_out_files([f'p{i:02d}.png' for i in range(24)])
+    assert len(held) == 6  # exactly the share asked for (25%)
+    assert held == reproduce.held_out_files([f'p{i:02d}.png' for i in reversed(range(24))])  # whatever the order
     train = {os.path.basename(os.path.realpath(f)) for f in list_files(str(out / 'data' / 'train'))[0]}
     assert train == {f'p{i:02d}.png' for i in range(24)} - held
     seen = [{f'p{round((img[..., 0].mean() - 5) / 10):02d}.png' for img in pngs(out / 'data' / k)}
