@@ -321,7 +321,10 @@ def markdown(report, out_dir):
           f"{', held out: ' + c['val_data'] if c['val_data'] else ''}: {report['data']['train']} training images or files, "
           f"{report['data']['heldout']} + {report['data']['heldout2']} held-out images (two disjoint draws of one "
           f"protocol); hardware: {report['hardware']}, {report['jobs']} job(s) at a time, torch {report['torch']}; "
-          f"wall time {report['wall_seconds'] / 60:.1f} min (reused artefacts cost nothing).", "",
+          f"wall time {report['wall_seconds'] / 60:.1f} min (reused artefacts cost nothing)"
+          + (", of which in the scripts (summed over parallel jobs): " + ', '.join(
+              f"{k} {v / 60:.1f} min" for k, v in report['child_seconds'].items()) if report.get('child_seconds') else '')
+          + ".", "",
           "Sizes: " + ', '.join(f"{k} {v}" for k, v in sizes.items()) + ". Autoencoders: L1 + KL (1e-6); no LPIPS "
           "(VGG weights are not assumed) and no GAN (more steps than a CPU budget).", "",
           "hf_share is spectrum.py's offset- and scale-free measure: the share of AC energy in zigzag coefficients 32..63 "

@@ -127,6 +127,9 @@ def check_args(args):
 # -----------------------------------------------------------------------------
 # running the project's scripts, and remembering what each artefact was made with
 
+child_seconds = {}  # seconds spent in each script's runs (summed over parallel jobs), and in the in-process probe
+
+
 def run(script, *script_args, log=None):
     """One script run; its output goes to `log` (a file in the artefact's folder), and one line says what ran."""
     cmd = [sys.executable]
@@ -148,6 +151,7 @@ def run(script, *script_args, log=None):
             except subprocess.TimeoutExpired:
                 print(f"  {label}: {latest_line(log)} ({time.time() - t0:.0f} s)", flush=True)
     print(f"  {label} ... done in {time.time() - t0:.0f} s", flush=True)
+    child_seconds[script] = child_seconds.get(script, 0.0) + time.time() - t0  # where the time went, by script
     if p.returncode != 0:
         print(''.join(messages(log)[-60:]))
         sys.exit(f"error: {script} failed (exit {p.returncode}); its messages are above, and its whole output in {log}. "
@@ -449,8 +453,10 @@ def probe(snapshot, objective):
         return json.load(open(cache))
     from common import select_device
     from probe import diffusability_probe
+    t0 = time.time()
     result = diffusability_probe(snapshot, data['heldout'], PROBE_T_FLOW if objective == 'flow' else PROBE_T,
                                  device=select_device(args.device))
+    child_seconds['probe'] = child_seconds.get('probe', 0.0) + time.time() - t0
     with open(cache, 'w') as f:
         json.dump(result, f)
     return result
@@ -585,6 +591,7 @@ if __name__ == '__main__':
 
     from report import verdict, write_report
     report['wall_seconds'] = time.time() - t0
+    report['child_seconds'] = child_seconds
     report['verdict'] = verdict(report)
     with open(os.path.join(args.out_dir, 'report.json'), 'w') as f:
         json.dump(report, f, indent=1)
