@@ -31,9 +31,11 @@ import sys
 import json
 import time
 import shutil
+import re
 import hashlib
 import argparse
 import platform
+import threading
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
@@ -129,9 +131,93 @@ def check_args(args):
 
 child_seconds = {}  # seconds spent in each script's runs (summed over parallel jobs), and in the in-process probe
 
+# -----------------------------------------------------------------------------
+# what a run shows while it runs: every child's messages whole, a live line per running child, the time left
 
-def run(script, *script_args, log=None):
-    """One script run; its output goes to `log` (a file in the artefact's folder), and one line says what ran."""
+# the seconds one unit of each kind of work took in the default run (2 idle cores, 2 jobs of one thread, 2026-12-01):
+# a training step, a held-out image through spectrum.py or the probe, a sample and sampler step, a sample scored
+REFERENCE_SECONDS = {'train_ae.py': 0.36, 'train_ldm.py': 0.12, 'spectrum.py': 36 / 256, 'probe': 54 / 256,
+                     'sample.py': 17 / (256 * 50), 'eval_fid.py': 8 / 256}
+TQDM = re.compile(r'(\d+)/(\d+) \[([\d:]+)<([\d:?]+)')   # a tqdm bar's "n/total [elapsed<remaining"
+
+
+class Work:
+    """The time left of the whole run: the work planned (in REFERENCE_SECONDS), less what is done or reused, at the
+    pace this machine has shown so far on the work it ran (at the reference pace before it has run any)."""
+
+    def __init__(self, planned, width):
+        self.planned, self.width, self.done, self.ran, self.t0 = planned, width, 0.0, 0.0, time.time()
+        self.running = {}  # label -> (reference seconds of the child, the share of it done)
+
+    def finish(self, kind, units, ran=True):
+        self.done += REFERENCE_SECONDS[kind] * units
+        self.ran += REFERENCE_SECONDS[kind] * units if ran else 0.0
+
+    def left(self):
+        """-> seconds left."""
+        partial = sum(ref * share for ref, share in self.running.values())
+        ran = self.ran + partial
+        pace = (time.time() - self.t0) / (ran / self.width) if ran > 0 else 1.0  # wall s per reference s of a job
+        return max(0.0, self.planned - self.done - partial) / self.width * pace
+
+
+def minutes(seconds):
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+class Display:
+    """Children's messages printed whole as they come, each under its child's name, and one status line per running
+    child (its stage, its step, and the whole run's time left): redrawn in place below the messages on a terminal,
+    else printed every PROGRESS_SECONDS."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.lines, self.printed, self.shown = {}, {}, 0
+        self.tty = sys.stdout.isatty()
+
+    def _draw(self, messages=()):
+        out = '\x1b[F\x1b[2K' * self.shown if self.tty else ''  # erase the status block
+        out += ''.join(m + '\n' for m in messages)
+        if self.tty:
+            width = shutil.get_terminal_size().columns - 1
+            out += ''.join(line[:width] + '\n' for line in self.lines.values())
+            self.shown = len(self.lines)
+        sys.stdout.write(out)
+        sys.stdout.flush()
+
+    def say(self, *messages):
+        with self.lock:
+            self._draw(messages)
+
+    def status(self, label, text):
+        with self.lock:
+            self.lines[label] = f"  {label}: {text}"
+            if self.tty:
+                self._draw()
+            elif time.time() - self.printed.get(label, 0) >= PROGRESS_SECONDS:
+                self.printed[label] = time.time()
+                self._draw([self.lines[label]])
+
+    def remove(self, label):
+        with self.lock:
+            self.lines.pop(label, None)
+            self.printed.pop(label, None)
+            self._draw()
+
+
+display = Display()
+say = display.say
+
+
+def is_message(line):
+    """A line a child wrote for its reader: not a progress bar, not a row of its metrics log (also in log.jsonl)."""
+    return bool(line.strip()) and not line.startswith(('step ', '$ ')) and not re.search(r'\d+%\|', line)
+
+
+def run(script, *script_args, log=None, units=None):
+    """One script run; its output goes to `log` (a file in the artefact's folder). Its messages are shown whole as they
+    come, and a live line shows its progress and the whole run's time left. units: of REFERENCE_SECONDS, if not
+    those of run_units."""
     cmd = [sys.executable]
     if args.nproc > 1 and script in ('train_ae.py', 'train_ldm.py', 'sample.py'):
         cmd += ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(args.nproc)]
@@ -140,37 +226,58 @@ def run(script, *script_args, log=None):
     t0 = time.time()
     log = log or os.devnull
     label = f"{script} {os.path.relpath(os.path.dirname(os.path.abspath(log)), args.out_dir)}"
+    units = run_units(script, script_args) if units is None else units
     os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
     with open(log, 'a') as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
+        start = f.tell()
         p = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
-        while p.poll() is None:  # one line per child every PROGRESS_SECONDS: its latest progress bar or message
-            try:
-                p.wait(PROGRESS_SECONDS)
-            except subprocess.TimeoutExpired:
-                print(f"  {label}: {latest_line(log)} ({time.time() - t0:.0f} s)", flush=True)
-    print(f"  {label} ... done in {time.time() - t0:.0f} s", flush=True)
+    with open(log, 'rb') as reader:
+        reader.seek(start)
+        pending = ''
+        while True:
+            finished = p.poll() is not None
+            pending += reader.read().decode(errors='replace')
+            *lines, pending = pending.split('\n')
+            messages = [m for m in (line.split('\r')[-1].rstrip() for line in lines) if is_message(m)]
+            if messages:
+                say(*[f"  {label}| {m}" for m in messages])
+            if finished:
+                break
+            bar = [part.strip() for part in pending.split('\r') if part.strip()]
+            m = TQDM.search(bar[-1]) if bar else None
+            share = int(m.group(1)) / max(1, int(m.group(2))) if m else 0.0
+            work.running[label] = (REFERENCE_SECONDS[script] * units if script in REFERENCE_SECONDS else 0.0, share)
+            progress = f"{m.group(1)}/{m.group(2)}, {m.group(4)} left" if m else f"running for {time.time() - t0:.0f} s"
+            display.status(label, f"{progress}; the whole run: about {minutes(work.left())} left")
+            time.sleep(1)
+    work.running.pop(label, None)
+    display.remove(label)
     child_seconds[script] = child_seconds.get(script, 0.0) + time.time() - t0  # where the time went, by script
     if p.returncode != 0:
-        print(''.join(messages(log)[-60:]))
+        say(''.join(messages_of(log)[-60:]))
         sys.exit(f"error: {script} failed (exit {p.returncode}); its messages are above, and its whole output in {log}. "
                  f"Fix it and rerun: finished steps are reused.")
+    if script in REFERENCE_SECONDS:
+        work.finish(script, units)
+    say(f"  {label} ... done in {time.time() - t0:.0f} s; the whole run: about {minutes(work.left())} left")
 
 
-def messages(log):
+def run_units(script, script_args):
+    """The units of REFERENCE_SECONDS that one run of spectrum.py, sample.py or eval_fid.py does."""
+    a = list(map(str, script_args))
+    if script == 'spectrum.py':
+        return int(a[a.index('--num_images') + 1])
+    if script == 'sample.py':
+        return int(a[a.index('--num_samples') + 1]) * sizes['sample_steps']
+    return sizes['num_samples']  # eval_fid.py: the samples, or a reference set of the same size
+
+
+def messages_of(log):
     """A child's output without its progress bars' redraws: every line, whole, and of each redrawn line the last."""
     with open(log, errors='replace') as f:
         return [line.split('\r')[-1].rstrip() + '\n' for line in f if line.split('\r')[-1].strip()]
-
-
-def latest_line(log):
-    """The last thing a child wrote (a progress bar's latest redraw, or a message), on one line."""
-    with open(log, 'rb') as f:
-        f.seek(max(0, os.path.getsize(log) - 4096))
-        tail = f.read().decode(errors='replace')
-    parts = [p.strip() for p in tail.replace('\n', '\r').split('\r') if p.strip()]
-    return parts[-1][:110] if parts else 'started'
 
 
 def parallel(tasks):
@@ -200,7 +307,7 @@ def clear_unless_matching(out, settings):
         return True
     if old is not None:
         changed = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
-        print(f"remaking {out}: its settings changed ({', '.join(changed[:6])})")
+        say(f"remaking {out}: its settings changed ({', '.join(changed[:6])})")
     shutil.rmtree(out, ignore_errors=True)
     return False
 
@@ -210,19 +317,21 @@ def checkpoint_step(path):
     return load_checkpoint(path)['step'] if os.path.exists(path) else None
 
 
-def train(script, out, steps, settings, script_args):
+def train(script, out, steps, settings, script_args, start=0):
     """Train to `steps` under `settings` (which leave out the step count): reuse a finished run, resume a shorter one
-    made with the same settings, remake anything else. -> the settings with the steps, for what depends on them."""
+    made with the same settings, remake anything else. start: the step this call's share of the planned work begins
+    at (an LDM trains to each snapshot in turn). -> the settings with the steps, for what depends on them."""
     done = checkpoint_step(os.path.join(out, 'ckpt.pt')) if clear_unless_matching(out, settings) else None
     if done is not None and done > steps:
         shutil.rmtree(out)
         done = None
+    work.finish(script, max(0, (done or 0) - start), ran=False)  # reused steps count as done
     if done != steps:
         if not done:
             shutil.rmtree(out, ignore_errors=True)  # a run killed before its first checkpoint starts afresh
         record(out, settings)  # before training, so that a killed run resumes
         run(script, '--out_dir', out, '--max_steps', steps, *script_args, *(['--resume'] if done else []),
-            log=os.path.join(out, 'stdout.log'))
+            log=os.path.join(out, 'stdout.log'), units=steps - max(done or 0, start))
     return {**settings, 'steps': steps}
 
 
@@ -232,6 +341,8 @@ def once(out, settings, script, *script_args):
         os.makedirs(out, exist_ok=True)
         run(script, *script_args, log=os.path.join(out, 'stdout.log'))
         record(out, settings)  # after the run: a killed run leaves no record, so it is remade
+    else:
+        work.finish(script, run_units(script, script_args), ran=False)
     return settings
 
 # -----------------------------------------------------------------------------
@@ -326,7 +437,7 @@ def pretrain():
     path = args.baseline or BASELINE['image']
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_file({k: v.contiguous() for k, v in ckpt['model'].items()}, path, metadata=meta)
-    print(f"wrote {path}: {meta['steps']} steps in {float(meta['train_seconds']) / 60:.1f} min, held-out PSNR "
+    say(f"wrote {path}: {meta['steps']} steps in {float(meta['train_seconds']) / 60:.1f} min, held-out PSNR "
           f"{meta['val_psnr']} dB (bicubic at the latent grid {meta['val_psnr_bicubic']} dB)")
     return settings
 
@@ -383,9 +494,9 @@ def measure(ae, ckpt=None):
     r = result['autoencoders'][name]
     rgb = result['rgb'][r['rgb_reference']]
     sample = r.get('posterior_sample', r)
-    print(f"  {name} ({os.path.relpath(out, args.out_dir)}): hf_share {r['hf_share']:.4f} (RGB {rgb['hf_share']:.4f}), "
+    say(f"  {name} ({os.path.relpath(out, args.out_dir)}): hf_share {r['hf_share']:.4f} (RGB {rgb['hf_share']:.4f}), "
           f"hf_energy_share {r['hf_energy_share']:.4f}, PSNR {r['reconstruction_psnr']:.2f} dB (bicubic at the latent "
-          f"grid {r['bicubic_psnr']:.2f})", flush=True)
+          f"grid {r['bicubic_psnr']:.2f})")
     return {'hf_share': r['hf_share'], 'hf_share_sample': sample['hf_share'], 'hf_energy_share': r['hf_energy_share'],
             'hf_energy_share_sample': sample['hf_energy_share'], 'rgb_hf_share': rgb['hf_share'],
             'rgb_hf_energy_share': rgb['hf_energy_share'], 'psnr': r['reconstruction_psnr'],
@@ -409,16 +520,19 @@ def ldm(seed, ae, objective):
                    '--cache_latents', os.path.join(out, 'latent_cache'),
                    '--cache_size', sizes['train_images'] if args.random_crop else counts['train']]  # crops, or each file
     settings = {'script': 'train_ldm.py', 'args': list(map(str, script_args)), 'ae': ae_settings}
-    snapshots = []
+    snapshots, previous = [], 0
     for k in range(1, sizes['ldm_evals'] + 1):
         step = round(sizes['ldm_steps'] * k / sizes['ldm_evals'])
         snapshot = os.path.join(out, f'ckpt_{step:07d}.pt')
         if not (recorded(out) == settings and os.path.exists(snapshot)):
             train('train_ldm.py', out, step, settings, [*script_args, '--eval_interval', sizes['ldm_steps'],
                                                          '--ckpt_interval', step, '--num_samples', 4,
-                                                         '--sample_steps', sizes['sample_steps']])
+                                                         '--sample_steps', sizes['sample_steps']], start=previous)
             shutil.copyfile(os.path.join(out, 'ckpt.pt'), snapshot)
+        else:
+            work.finish('train_ldm.py', step - previous, ran=False)
         snapshots.append((step, snapshot, {**settings, 'steps': step}))
+        previous = step
     return out, snapshots
 
 
@@ -450,6 +564,7 @@ def probe(snapshot, objective):
     probe.json beside the snapshot."""
     cache = snapshot.replace('.pt', '_probe.json')
     if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(snapshot):
+        work.finish('probe', counts['heldout'], ran=False)
         return json.load(open(cache))
     from common import select_device
     from probe import diffusability_probe
@@ -457,6 +572,9 @@ def probe(snapshot, objective):
     result = diffusability_probe(snapshot, data['heldout'], PROBE_T_FLOW if objective == 'flow' else PROBE_T,
                                  device=select_device(args.device))
     child_seconds['probe'] = child_seconds.get('probe', 0.0) + time.time() - t0
+    work.finish('probe', counts['heldout'])
+    say(f"  probe {os.path.relpath(snapshot, args.out_dir)} ... done in {time.time() - t0:.0f} s; the whole run: about "
+        f"{minutes(work.left())} left")
     with open(cache, 'w') as f:
         json.dump(result, f)
     return result
@@ -517,6 +635,18 @@ def erasure_strip(aes):
 # -----------------------------------------------------------------------------
 # the experiment
 
+def planned_work():
+    """The REFERENCE_SECONDS of everything this run does; what a rerun reuses counts as done when it is reached."""
+    t, n, images, samples = REFERENCE_SECONDS, 2 * args.seeds, counts['heldout'], sizes['num_samples']
+    finetune = sizes['ft_steps'] * t['train_ae.py'] + images * t['spectrum.py']
+    per_ldm = (sizes['ldm_steps'] * t['train_ldm.py'] + sizes['ldm_evals'] * images * t['probe'] +
+               samples * sizes['sample_steps'] * t['sample.py'] + samples * t['eval_fid.py'])
+    total = n * finetune + images * t['spectrum.py'] + len(objectives) * n * per_ldm + 3 * samples * t['eval_fid.py']
+    total += figures['channels'] * len(Z_CHANNELS) * (sizes['sweep_steps'] * t['train_ae.py'] + images * t['spectrum.py'])
+    total += figures['kl_sweep'] * len(KL_WEIGHTS) * finetune + figures['se_sweep'] * len(SE_WEIGHTS) * finetune
+    return total
+
+
 def hardware():
     import torch
     if torch.cuda.is_available() and args.device != 'cpu':
@@ -541,9 +671,19 @@ if __name__ == '__main__':
     os.makedirs(args.out_dir, exist_ok=True)
     t0 = time.time()
     if args.pretrain:
+        work = Work(PRETRAIN['image'][PRETRAIN['image'].index('--max_steps') + 1] * REFERENCE_SECONDS['train_ae.py'], 1)
+        say(f"reproduce.py --pretrain: the baseline autoencoder from scratch, about {minutes(work.left())} at the pace of "
+            f"2 idle CPU cores; the run goes to {os.path.join(args.out_dir, 'pretrain')}")
         pretrain()
         sys.exit(0)
+    say(f"reproduce.py: {args.seeds} seeds x (SE, control), LDM objective {args.objective}, "
+        f"{'embedded dead leaves' if args.data is None else args.data}; everything goes to {args.out_dir}. Making "
+        f"the data ...")
     data, counts = materialise_data()
+    work = Work(planned_work(), jobs)
+    say(f"the data: {counts['train']} training and {counts['heldout']} + {counts['heldout2']} held-out images in "
+        f"{os.path.join(args.out_dir, 'data')}. The whole run: about {minutes(work.left())} at the pace of the "
+        f"default run on 2 idle CPU cores (the estimate follows this machine's pace as it runs)")
     baseline = args.baseline or BASELINE['image']
     if args.smoke and not os.path.isfile(baseline):  # the smoke run's stand-in: a 2-step baseline of the same family
         baseline = os.path.join(args.out_dir, 'smoke_baseline', 'ckpt.pt')
@@ -595,6 +735,6 @@ if __name__ == '__main__':
     report['verdict'] = verdict(report)
     with open(os.path.join(args.out_dir, 'report.json'), 'w') as f:
         json.dump(report, f, indent=1)
-    print(write_report(args.out_dir))
-    print(f"\nwrote {os.path.join(args.out_dir, 'report.json')} and report.md (python report.py {args.out_dir} "
+    say(write_report(args.out_dir))
+    say(f"\nwrote {os.path.join(args.out_dir, 'report.json')} and report.md (python report.py {args.out_dir} "
           f"re-plots it)")

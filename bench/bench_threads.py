@@ -6,7 +6,7 @@ competing processes, all in one run, so the seconds per step can be read side by
   default   what torch does unasked: one thread a core, OpenMP threads spinning while they wait
   passive   as many threads, with OMP_WAIT_POLICY=PASSIVE (waiting threads sleep)
   one       a single thread
-  auto      the project's policy (cli.cpu_threads): OMP_NUM_THREADS when set, else the cores left idle, measured at start
+  auto      the project's policy (cli.set_cpu_threads): the cores left idle at start, less the data-loader workers'
 
 Competitors: none; 'spin', one pure-Python busy loop; 'torch', another torch process doing matmuls at torch's default
 thread count (what a second training run does). One JSON line per (competitor, setting) with the median seconds a
@@ -84,7 +84,7 @@ for competitor in args.competitors.split(','):
     load = subprocess.Popen(COMPETITORS[competitor], env=environment('default')) if COMPETITORS[competitor] else None
     time.sleep(2)  # the competitor settles (torch's import) before anything is measured
     try:
-        picked = cpu_threads()
+        picked = cpu_threads(reserve=2)  # the command runs 2 data-loader workers
         for setting in args.settings.split(','):
             step, wall, first = measure(setting)
             results[competitor, setting] = step

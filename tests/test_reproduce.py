@@ -29,7 +29,13 @@ def pngs(folder):
 @pytest.mark.slow
 def test_smoke_run_pairs_the_arms_probes_them_and_reuses_what_matches(tmp_path):
     args = ['reproduce.py', '--smoke', '--seeds', 2, '--out_dir', tmp_path]
-    run(*args, timeout=1800)
+    shown = run(*args, timeout=1800).stdout.splitlines()
+    # what a user sees: where everything goes, at once; each child's messages whole (spectrum.py's table, not its last
+    # lines; train_ae.py's closing line naming its checkpoint); a live line per child with the whole run's time left
+    assert shown[0].startswith('reproduce.py: 2 seeds') and str(tmp_path) in shown[0]
+    assert any(line.startswith('  spectrum.py seed0/ae_se/spectrum| se ') for line in shown)
+    assert any(line.startswith('  train_ae.py seed1/ae_control| done at step 2: checkpoint') for line in shown)
+    assert any('train_ldm.py seed0/ldm_eps_se: ' in line and 'the whole run: about' in line for line in shown)
     report = json.loads((tmp_path / 'report.json').read_text())
     assert all(math.isfinite(v) for v in numbers({k: v for k, v in report.items() if k != 'verdict'}))
     aes, ldm = report['autoencoders'], report['ldm']['eps']
@@ -80,6 +86,22 @@ def test_smoke_run_pairs_the_arms_probes_them_and_reuses_what_matches(tmp_path):
     assert 'done in' not in p.stdout
     again = json.loads((tmp_path / 'report.json').read_text())
     assert again['autoencoders'] == report['autoencoders'] and again['ldm'] == report['ldm']
+
+
+def test_the_time_left_counts_reused_work_as_done_and_follows_the_pace_of_the_work_that_ran(monkeypatch):
+    import reproduce
+    clock = [100.0]
+    monkeypatch.setattr(reproduce.time, 'time', lambda: clock[0])
+    step = reproduce.REFERENCE_SECONDS['train_ldm.py']
+    work = reproduce.Work(planned=1000 * step, width=2)
+    assert work.left() == pytest.approx(500 * step)  # before anything ran: the reference pace, 2 jobs at a time
+    work.finish('train_ldm.py', 500, ran=False)  # reused: done, and no evidence of this machine's pace
+    assert work.left() == pytest.approx(250 * step)
+    clock[0] += 200 * step  # 200 steps ran on 2 jobs at half the reference pace
+    work.finish('train_ldm.py', 200)
+    assert work.left() == pytest.approx(300 * step)
+    work.running['child'] = (100 * step, 0.5)  # a running child half done counts by its share
+    assert work.left() == pytest.approx(200 * step)  # 250 left, 2 jobs, at the pace of 250 done in 200
 
 
 def test_the_held_out_split_takes_the_share_asked_for_whatever_the_order_and_moves_little_when_a_file_is_added():
