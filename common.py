@@ -864,11 +864,24 @@ def load_batches(dataset, **dataloader_args):
 # -----------------------------------------------------------------------------
 # outputs
 
-def save_image_grid(x, path, nrow=8):
-    """x (B, 3, H, W) in [-1, 1] -> one PNG grid."""
+def save_image_grid(x, path, nrow=8, row_labels=None):
+    """x (B, 3, H, W) in [-1, 1] -> one PNG grid, nrow images a row; row_labels: a name for each row, written in a
+    white margin on the left, so that a reader can tell the rows apart."""
     import torchvision.utils as vutils
+    from PIL import Image, ImageDraw
+    grid = vutils.make_grid(((x.detach().float().cpu() + 1) / 2).clamp(0, 1), nrow=nrow, padding=2)
+    image = Image.fromarray(grid.mul(255).add(0.5).clamp(0, 255).byte().permute(1, 2, 0).numpy())
+    if row_labels:
+        draw = ImageDraw.Draw(image)
+        width = 8 + max(int(draw.textlength(label)) for label in row_labels)
+        labelled = Image.new('RGB', (image.width + width, image.height), 'white')
+        labelled.paste(image, (width, 0))
+        draw, row = ImageDraw.Draw(labelled), x.shape[2] + 2
+        for i, label in enumerate(row_labels):
+            draw.text((4, 2 + i * row + row // 2), label, fill='black', anchor='lm')
+        image = labelled
     with no_space_is_an_error(os.path.dirname(os.path.abspath(path))):
-        vutils.save_image(((x.detach().float().cpu() + 1) / 2).clamp(0, 1), path, nrow=nrow, padding=2)
+        image.save(path)
 
 
 def tile_videos(videos, nrow, pad=2):

@@ -218,7 +218,7 @@ if dist.ddp:
 
 mine = list(range(dist.rank, args.num_samples, dist.world_size))
 batches = [mine[i:i + args.batch_size] for i in range(0, len(mine), args.batch_size)]
-for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols=True):
+for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols=True, smoothing=0):  # mean pace
     gens = sample_generators(args.seed, idx)  # one noise stream per sample, from (seed, i) alone
     x_T = randn((len(idx), *latent_shape), gens, device)  # (B, C, [T',] h, w)
     y = torch.from_numpy(labels[idx]).to(device) if classes else None

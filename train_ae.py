@@ -302,17 +302,19 @@ def evaluate():
     with autocast(device, dtype):
         z, _ = net.encode(x_eval, sample=False)
         x_rec = net.decode(z).float()
-        rows = [x_eval, x_rec]
+        rows, labels = [x_eval, x_rec], ['input', 'reconstruction']
         for s in se_scales if args.se_weight > 0 else []:
             s_t = max(se_time_scales, default=1)
             down = lambda t: se_downsample_time(se_downsample(t, s, args.se_down), s_t) if s_t > 1 else se_downsample(t, s, args.se_down)
             up = lambda t: F.interpolate(t, size=x_eval.shape[2:], mode='nearest')  # shown at full size (and length)
             rows += [up(down(x_eval)), up(net.decode(down(z)).float())]
+            labels += [f'SE target: down(x), /{s}', f'SE: D(down(z)), /{s}']
     ae.train()
     if video:
-        save_video_previews(rows)
+        save_video_previews(rows, labels)
     else:
-        save_image_grid(torch.cat(rows).clamp(-1, 1), os.path.join(args.out_dir, f'recon_{step:07d}.png'), nrow=len(x_eval))
+        save_image_grid(torch.cat(rows).clamp(-1, 1), os.path.join(args.out_dir, f'recon_{step:07d}.png'),
+                        nrow=len(x_eval), row_labels=labels)
     logger.image('recon', os.path.join(args.out_dir, f'recon_{step:07d}.png'), step)  # video: its frame strip
     # beside the reconstruction, the trivial reference of spectrum.py: bicubic down and up at the latent grid (video:
     # every frame, generous since it keeps all frames and the latent only 1 in 4)
@@ -324,15 +326,17 @@ def evaluate():
     return metrics
 
 
-def save_video_previews(rows):
+def save_video_previews(rows, labels):
     """rows: clips (B, 3, T, H, W) of inputs, reconstructions and SE branches -> an MP4 whose frame t shows every clip
     (columns) of every row, and a PNG strip of the first two clips, one row of frames per kind."""
     T = x_eval.shape[2]
     clips = to_uint8(torch.cat(rows).float())  # (rows*B, 3, T, H, W)
     write_mp4(tile_videos(clips.permute(0, 2, 3, 4, 1).cpu().numpy(), nrow=len(x_eval)),
               os.path.join(args.out_dir, f'recon_{step:07d}.mp4'))
-    strip = torch.cat([r[i].transpose(0, 1) for i in range(min(2, len(x_eval))) for r in rows])  # (2*rows*T, 3, H, W)
-    save_image_grid(strip.clamp(-1, 1), os.path.join(args.out_dir, f'recon_{step:07d}.png'), nrow=T)
+    clips = range(min(2, len(x_eval)))
+    strip = torch.cat([r[i].transpose(0, 1) for i in clips for r in rows])  # (2*rows*T, 3, H, W)
+    save_image_grid(strip.clamp(-1, 1), os.path.join(args.out_dir, f'recon_{step:07d}.png'), nrow=T,
+                    row_labels=[f'clip {i}: {label}' for i in clips for label in labels])
 
 
 def checkpoint():
@@ -358,7 +362,9 @@ if dist.master:
     print(f"autoencoder {n_params / 1e6:.2f}M params, f={f}, z={ae_config.z_channels}, {ae_config.regularizer}; "
           f"{dist.world_size} process(es) on {device}, {dtype}; se_weight {args.se_weight}, scales {se_scales}")
 pixels = 3 * args.num_frames * args.image_size ** 2
-progress = tqdm(total=args.max_steps, initial=step, disable=not dist.master, dynamic_ncols=True)
+# smoothing=0: the time left from the mean time a step has taken so far (evaluations included); tqdm's default, a
+# moving average of the last few steps, swung between 5 min and 2.5 h with each evaluation and each busy second
+progress = tqdm(total=args.max_steps, initial=step, disable=not dist.master, dynamic_ncols=True, smoothing=0)
 writer = CheckpointWriter()
 first_bad_step = torch.full((), float('inf'), dtype=torch.float64, device=device)  # inf: every loss so far finite
 train_time, timed_steps = 0.0, 0  # wall time of training steps only (no evaluation, no checkpointing)

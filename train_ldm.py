@@ -361,7 +361,9 @@ if dist.master:
     print(f"{args.model} {args.preset}: {n_params / 1e6:.2f}M params on {C}x{frames}{latent_size}x{latent_size} latents "
           f"(f={f}), {num_classes or 'no'} classes, {trains}; latent shift {fmt(latent_shift)}, scale {fmt(latent_scale)}; "
           f"{dist.world_size} process(es) on {device}, {dtype}")
-progress = tqdm(total=args.max_steps, initial=step, disable=not dist.master, dynamic_ncols=True)
+# smoothing=0: the time left from the mean time a step has taken so far (evaluations included); tqdm's default, a
+# moving average of the last few steps, swung between 5 min and 2.5 h with each evaluation and each busy second
+progress = tqdm(total=args.max_steps, initial=step, disable=not dist.master, dynamic_ncols=True, smoothing=0)
 writer = CheckpointWriter()
 first_bad_step = torch.full((), float('inf'), dtype=torch.float64, device=device)  # inf: every loss so far finite
 train_time, timed_steps = 0.0, 0  # wall time of training steps only (no sampling, no checkpointing)

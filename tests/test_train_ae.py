@@ -187,3 +187,18 @@ def test_logged_bicubic_reference_is_spectrums_on_the_same_images(tmp_path, fram
     else:
         measured = json.load(open(tmp_path / 's' / 'spectrum.json'))['autoencoders']['ae']['bicubic_psnr']
     assert logged == pytest.approx(measured, rel=1e-9) and 10 < logged < 40
+
+
+def test_a_grid_names_its_rows_in_a_margin_and_leaves_the_images_as_they_were(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from common import save_image_grid
+    x = torch.rand(6, 3, 16, 16) * 2 - 1
+    save_image_grid(x, tmp_path / 'plain.png', nrow=3)
+    save_image_grid(x, tmp_path / 'named.png', nrow=3, row_labels=['input', 'reconstruction'])
+    plain, named = (np.asarray(Image.open(tmp_path / f)) for f in ('plain.png', 'named.png'))
+    assert named.shape[0] == plain.shape[0] and named.shape[1] > plain.shape[1]
+    assert np.array_equal(named[:, -plain.shape[1]:], plain)
+    margin = named[:, :named.shape[1] - plain.shape[1]].min(axis=2)
+    for row in range(2):  # text in each row's band of the margin
+        assert (margin[2 + row * 18:(row + 1) * 18] < 128).any()
