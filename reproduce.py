@@ -668,6 +668,8 @@ if __name__ == '__main__':
     sizes, figures, objectives = check_args(args)
     import torch  # after the checks, so that a mistake is told in a second
     jobs = args.jobs or (1 if args.nproc > 1 or (args.device != 'cpu' and torch.cuda.is_available()) else 2)
+    if jobs > 1:
+        torch.set_num_threads(1)  # the probe runs in this process beside the children: one thread each, as they have
     os.makedirs(args.out_dir, exist_ok=True)
     t0 = time.time()
     if args.pretrain:
