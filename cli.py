@@ -16,7 +16,6 @@ SCHEDULES = ('linear', 'ldm_linear', 'scaled_linear')  # diffusion.beta_schedule
 SPACINGS = ('even', 'ddim')  # diffusion.spaced_timesteps (sample.py --spacing)
 FLOW_PREDICTIONS = ('velocity', 'x0', 'noise')  # diffusion.Flow's outputs (train_ldm.py --prediction)
 TIME_SAMPLINGS = ('uniform', 'logit_normal')  # diffusion.Flow's training times (train_ldm.py --time_sampling)
-DEVICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 
 # the weight files that eval_fid.py's flags name (inception.py and i3d.py load them)
 FID_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
@@ -65,6 +64,9 @@ def int_list(lo):
         return values
     parse.__name__ = 'list of integers'
     return parse
+
+
+DEVICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 
 
 def device(text):
