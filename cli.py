@@ -1,10 +1,124 @@
 """
 The command line, read before torch is imported: every script parses its flags with these torch-free pieces first, so
 that --help and a mistyped flag answer at once, and sets its CPU threads (cpu_threads) while torch can still obey.
+The choices a flag offers are defined here, once, and the modules that implement them import them from here. Nothing
+in this file may import torch, numpy or a project module that does (tests/test_help.py checks it).
 """
 import os
 import time
+import argparse
 
+# -----------------------------------------------------------------------------
+# the choices of the flags, imported by the modules that implement them
+
+SE_DOWNSAMPLING = ('bilinear', 'mean', 'antialiased')  # model.se_downsample's operators (train_ae.py --se_down)
+SCHEDULES = ('linear', 'ldm_linear', 'scaled_linear')  # diffusion.beta_schedule (train_ldm.py --schedule)
+SPACINGS = ('even', 'ddim')  # diffusion.spaced_timesteps (sample.py --spacing)
+FLOW_PREDICTIONS = ('velocity', 'x0', 'noise')  # diffusion.Flow's outputs (train_ldm.py --prediction)
+TIME_SAMPLINGS = ('uniform', 'logit_normal')  # diffusion.Flow's training times (train_ldm.py --time_sampling)
+
+# the weight files that eval_fid.py's flags name (inception.py and i3d.py load them)
+FID_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
+                   'pt_inception-2015-12-05-6726825d.pth')
+FID_WEIGHTS_FILE = os.path.basename(FID_WEIGHTS_URL)
+I3D_WEIGHTS_URL = 'https://github.com/songweige/TATS/raw/main/tats/fvd/i3d_pretrained_400.pt'
+I3D_WEIGHTS_FILE = os.path.basename(I3D_WEIGHTS_URL)
+
+# train_ae.py: video runs have their own defaults, sized so that `--num_frames 17` trains on two CPU cores in under ten
+# minutes; SE factor 2 only, since LPIPS needs 16 px and a 4x smaller 32 px frame has 8
+VIDEO_DEFAULTS = dict(out_dir='out/video_ae', image_size=32, batch_size=1, max_steps=200, lr=2e-4, se_scales='2',
+                      eval_interval=100, ckpt_interval=100)
+
+# -----------------------------------------------------------------------------
+# argparse types and the shared flags
+
+def checked(kind, lo=None, hi=None, lo_open=False, hi_open=False):
+    """An argparse type: a number of `kind` (int or float) in [lo, hi] (or open at either end). A bad value stops the
+    script at argument parsing, before anything is built, with argparse's one line: 'argument --x: must be ...'."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got '{text}'")
+        bounds = [f"{'>' if lo_open else '>='} {lo}" if lo is not None else None,
+                  f"{'<' if hi_open else '<='} {hi}" if hi is not None else None]
+        ok = value == value and abs(value) != float('inf')  # NaN and inf are never a setting
+        ok = ok and (lo is None or (value > lo if lo_open else value >= lo))
+        ok = ok and (hi is None or (value < hi if hi_open else value <= hi))
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(b for b in bounds if b)}, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def int_list(lo):
+    """An argparse type: comma-separated integers, each >= lo ('2,4' -> [2, 4])."""
+    def parse(text):
+        try:
+            values = [int(v) for v in text.split(',') if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers such as '2,4', got '{text}'")
+        if any(v < lo for v in values):
+            raise argparse.ArgumentTypeError(f"every value must be >= {lo}, got '{text}'")
+        return values
+    parse.__name__ = 'list of integers'
+    return parse
+
+
+DEVICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
+
+
+def device(text):
+    """An argparse type: the form of --device, 'auto', 'cpu', 'cuda' or 'cuda:N'. Whether that device is there is
+    common.select_device's question, asked once torch is imported; it also resolves 'auto'."""
+    kind, _, index = text.partition(':')
+    if not (text in ('auto', 'cpu', 'cuda') or (kind == 'cuda' and index.isdigit())):
+        raise argparse.ArgumentTypeError(f"expected {DEVICES}, got '{text}'")
+    return text
+
+
+def add_device_arg(parser, default='auto'):
+    """--device, the same flag in every script."""
+    parser.add_argument('--device', type=device, default=default,
+                        help=f"where to run: {DEVICES} ('auto': the GPU when there is one, else the CPU)")
+
+
+def add_common_args(parser, **defaults):
+    """The flags every training script shares, with the same names and meanings. `defaults` overrides per script."""
+    d = dict(data=None, image_size=64, batch_size=16, max_steps=2000, out_dir='out', preset='tiny', seed=0,
+             device='auto', dtype='auto', lr=1e-4, grad_accum=1, log_interval=10, eval_interval=250,
+             ckpt_interval=250, num_workers=2)
+    d.update(defaults)
+    p = parser
+    positive = checked(int, lo=1)
+    p.add_argument('--data', type=str, default=d['data'], help='image folder (searched recursively); omitted: the embedded dead-leaves dataset')
+    p.add_argument('--image_size', type=positive, default=d['image_size'], help='training resolution in pixels')
+    p.add_argument('--random_crop', action='store_true', help='random crops (after a random downscale) instead of resize + center crop')
+    p.add_argument('--batch_size', type=positive, default=d['batch_size'], help='images per GPU per micro-step')
+    p.add_argument('--grad_accum', type=positive, default=d['grad_accum'], help='micro-steps per optimizer step')
+    p.add_argument('--max_steps', type=positive, default=d['max_steps'], help='optimizer steps to train for (in all, counting those of a resumed run)')
+    p.add_argument('--lr', type=checked(float, lo=0, lo_open=True), default=d['lr'], help='learning rate')
+    p.add_argument('--out_dir', type=str, default=d['out_dir'], help='where checkpoints, logs and images go')
+    p.add_argument('--overwrite', action='store_true', help='start a new run in an --out_dir that holds another run (its ckpt.pt, config.json and log.jsonl are replaced)')
+    p.add_argument('--preset', type=str, default=d['preset'], help='model size preset (see model.py)')
+    p.add_argument('--seed', type=checked(int, lo=0), default=d['seed'], help='global seed; each rank adds its rank')
+    add_device_arg(p, d['device'])
+    p.add_argument('--dtype', type=str, default=d['dtype'], choices=['auto', 'float32', 'bfloat16', 'float16'],
+                   help="autocast dtype; 'auto' = bfloat16 on GPUs that support it, else float32")
+    p.add_argument('--compile', action='store_true', help='torch.compile the model')
+    p.add_argument('--resume', action='store_true', help='continue exactly from out_dir/ckpt.pt')
+    p.add_argument('--allow_changes', action='store_true', help='with --resume: accept settings that change the data stream (data, image size, batch size, seed, ...), so the run no longer continues exactly')
+    p.add_argument('--init_from', type=str, default=None, help='initial model weights (a checkpoint or public weights)')
+    p.add_argument('--num_workers', type=checked(int, lo=0), default=d['num_workers'], help='data loader worker processes per rank')
+    p.add_argument('--log_interval', type=positive, default=d['log_interval'], help='steps between log lines')
+    p.add_argument('--eval_interval', type=positive, default=d['eval_interval'], help='steps between image grids / evaluations')
+    p.add_argument('--ckpt_interval', type=positive, default=d['ckpt_interval'], help='steps between checkpoints')
+    p.add_argument('--tensorboard', action='store_true', help='also log the scalars of log.jsonl and the preview grids to TensorBoard, in out_dir/tensorboard (needs the tensorboard package)')
+    return p
+
+# -----------------------------------------------------------------------------
+# CPU threads
 
 def idle_cores(seconds=0.2):
     """The cores the rest of the machine leaves idle, from two reads of /proc/stat `seconds` apart (this process sleeps

@@ -1,8 +1,9 @@
 """
-Plumbing shared by every script, written once: strict command lines, distributed setup from torchrun's environment,
-hand-written mixed precision, atomic checkpoints that carry every RNG state and the exact resume of a training run
-(resume_run), EMA, a resumable data loader, image grids, video files (MP4, GIF and PNG previews) and the run log.
-Nothing here knows about a particular model or loss.
+Plumbing shared by every script, written once: user errors in one sentence, distributed setup from torchrun's
+environment, hand-written mixed precision, atomic checkpoints that carry every RNG state and the exact resume of a
+training run (resume_run), EMA, a resumable data loader, image grids, video files (MP4, GIF and PNG previews) and the
+run log. The command line is cli.py's, read before torch is imported. Nothing here knows about a particular model or
+loss.
 """
 import os
 import re
@@ -13,7 +14,6 @@ import errno
 import random
 import shutil
 import hashlib
-import argparse
 import threading
 import contextlib
 from dataclasses import dataclass
@@ -24,75 +24,7 @@ import torch.distributed as torch_dist
 from torch.utils.data import DataLoader
 
 # -----------------------------------------------------------------------------
-# command line
-
-def checked(kind, lo=None, hi=None, lo_open=False, hi_open=False):
-    """An argparse type: a number of `kind` (int or float) in [lo, hi] (or open at either end). A bad value stops the
-    script at argument parsing, before anything is built, with argparse's one line: 'argument --x: must be ...'."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got '{text}'")
-        bounds = [f"{'>' if lo_open else '>='} {lo}" if lo is not None else None,
-                  f"{'<' if hi_open else '<='} {hi}" if hi is not None else None]
-        ok = value == value and abs(value) != float('inf')  # NaN and inf are never a setting
-        ok = ok and (lo is None or (value > lo if lo_open else value >= lo))
-        ok = ok and (hi is None or (value < hi if hi_open else value <= hi))
-        if not ok:
-            raise argparse.ArgumentTypeError(f"must be {' and '.join(b for b in bounds if b)}, got {text}")
-        return value
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
-    return parse
-
-
-def int_list(lo):
-    """An argparse type: comma-separated integers, each >= lo ('2,4' -> [2, 4])."""
-    def parse(text):
-        try:
-            values = [int(v) for v in text.split(',') if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated integers such as '2,4', got '{text}'")
-        if any(v < lo for v in values):
-            raise argparse.ArgumentTypeError(f"every value must be >= {lo}, got '{text}'")
-        return values
-    parse.__name__ = 'list of integers'
-    return parse
-
-
-def add_common_args(parser, **defaults):
-    """The flags every training script shares, with the same names and meanings. `defaults` overrides per script."""
-    d = dict(data=None, image_size=64, batch_size=16, max_steps=2000, out_dir='out', preset='tiny', seed=0,
-             device='auto', dtype='auto', lr=1e-4, grad_accum=1, log_interval=10, eval_interval=250,
-             ckpt_interval=250, num_workers=2)
-    d.update(defaults)
-    p = parser
-    positive = checked(int, lo=1)
-    p.add_argument('--data', type=str, default=d['data'], help='image folder (searched recursively); omitted: the embedded dead-leaves dataset')
-    p.add_argument('--image_size', type=positive, default=d['image_size'], help='training resolution in pixels')
-    p.add_argument('--random_crop', action='store_true', help='random crops (after a random downscale) instead of resize + center crop')
-    p.add_argument('--batch_size', type=positive, default=d['batch_size'], help='images per GPU per micro-step')
-    p.add_argument('--grad_accum', type=positive, default=d['grad_accum'], help='micro-steps per optimizer step')
-    p.add_argument('--max_steps', type=positive, default=d['max_steps'], help='optimizer steps to train for (in all, counting those of a resumed run)')
-    p.add_argument('--lr', type=checked(float, lo=0, lo_open=True), default=d['lr'], help='learning rate')
-    p.add_argument('--out_dir', type=str, default=d['out_dir'], help='where checkpoints, logs and images go')
-    p.add_argument('--overwrite', action='store_true', help='start a new run in an --out_dir that holds another run (its ckpt.pt, config.json and log.jsonl are replaced)')
-    p.add_argument('--preset', type=str, default=d['preset'], help='model size preset (see model.py)')
-    p.add_argument('--seed', type=checked(int, lo=0), default=d['seed'], help='global seed; each rank adds its rank')
-    p.add_argument('--device', type=select_device, default=d['device'], help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    p.add_argument('--dtype', type=str, default=d['dtype'], choices=['auto', 'float32', 'bfloat16', 'float16'],
-                   help="autocast dtype; 'auto' = bfloat16 on GPUs that support it, else float32")
-    p.add_argument('--compile', action='store_true', help='torch.compile the model')
-    p.add_argument('--resume', action='store_true', help='continue exactly from out_dir/ckpt.pt')
-    p.add_argument('--allow_changes', action='store_true', help='with --resume: accept settings that change the data stream (data, image size, batch size, seed, ...), so the run no longer continues exactly')
-    p.add_argument('--init_from', type=str, default=None, help='initial model weights (a checkpoint or public weights)')
-    p.add_argument('--num_workers', type=checked(int, lo=0), default=d['num_workers'], help='data loader worker processes per rank')
-    p.add_argument('--log_interval', type=positive, default=d['log_interval'], help='steps between log lines')
-    p.add_argument('--eval_interval', type=positive, default=d['eval_interval'], help='steps between image grids / evaluations')
-    p.add_argument('--ckpt_interval', type=positive, default=d['ckpt_interval'], help='steps between checkpoints')
-    p.add_argument('--tensorboard', action='store_true', help='also log the scalars of log.jsonl and the preview grids to TensorBoard, in out_dir/tensorboard (needs the tensorboard package)')
-    return p
-
+# user errors
 
 def die(message):
     """A user error: one sentence, no traceback."""
@@ -464,16 +396,11 @@ class Dist:
 
 
 def select_device(name):
-    """The one reading of --device: 'auto' (the GPU when there is one), 'cpu', 'cuda' or 'cuda:N'."""
+    """--device, whose form cli.device checked while parsing, resolved now that torch is here: 'auto' is the GPU when
+    there is one, and a GPU asked for must be visible."""
     if name == 'auto':
         return 'cuda' if torch.cuda.is_available() else 'cpu'
-    try:
-        kind = torch.device(name).type
-    except RuntimeError:
-        die(f"--device {name} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
-    if kind not in ('cpu', 'cuda'):
-        die(f"--device {name} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
-    if kind == 'cuda' and not torch.cuda.is_available():
+    if name.startswith('cuda') and not torch.cuda.is_available():
         die(f"--device {name} was asked for but no CUDA GPU is visible; use --device cpu.")
     return name
 

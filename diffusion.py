@@ -26,11 +26,10 @@ import math
 import numpy as np
 import torch
 
+from cli import FLOW_PREDICTIONS, SPACINGS, TIME_SAMPLINGS  # the names the flags offer
+
 # ----------------------------------------------------------------------------------------------
 # schedule
-
-
-SCHEDULES = ('linear', 'ldm_linear', 'scaled_linear')
 
 
 def beta_schedule(name, T=1000):
@@ -46,9 +45,6 @@ def beta_schedule(name, T=1000):
         return torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, T, dtype=torch.float64) ** 2
     raise ValueError(f"unknown noise schedule {name!r}; use 'linear' (DDPM/ADM/DiT), 'ldm_linear' (LDM) or "
                      f"'scaled_linear' (Stable Diffusion).")
-
-
-SPACINGS = ('even', 'ddim')
 
 
 def spaced_timesteps(T, steps, spacing='even'):
@@ -261,10 +257,6 @@ class Diffusion:
 
 # ----------------------------------------------------------------------------------------------
 # rectified flow
-
-
-FLOW_PREDICTIONS = ('velocity', 'x0', 'noise')
-TIME_SAMPLINGS = ('uniform', 'logit_normal')
 
 
 def time_shift(t, shift):

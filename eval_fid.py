@@ -1,17 +1,7 @@
 """
-The evaluation command line: every number of the experiments measured the same way, over one or many GPUs (sharded
-feature extraction, gathered in set order). The measurements live in their own modules (metrics.py, inception.py,
-swd.py, i3d.py) and the sets in data.py; this file opens the sets, extracts features and scores:
-
-  - ADM's suite (openai/guided-diffusion's evaluator, the protocol of DiT, SiT and REPA-E) from one pass of the
-    Inception-v3 of TensorFlow's 2015-12-05 graph (inception.py, with the graph's own TF1 resize to 299 x 299): FID
-    (Heusel et al. 2017) on pool_3, sFID on the spatial features, IS on the logits, precision/recall (k = 3), and KID
-    (Binkowski et al. 2018), which is unbiased and so usable at small sample counts. The equations are in metrics.py.
-  - The multi-scale sliced Wasserstein distance (SWD) of Progressive GANs (Karras et al. 2018), which needs no
-    pretrained weights and so also works offline: one number per Laplacian-pyramid level.
-  - For an autoencoder: PSNR, SSIM, LPIPS and rFID (the FID between images and their reconstructions), plus SWD.
-  - For videos: FVD (Unterthiner et al. 2018) with the Kinetics-400 I3D, as cd-fvd / TATS / VideoGPT measure it, and
-    a weight-free video SWD (frames, and frame differences for motion).
+Score generated images or videos against a reference set, or an autoencoder's reconstructions of a dataset, with the
+metrics the papers report, over one or many GPUs. Every number printed also goes into a JSON file (--out); a metric
+that cannot run says why, there and on screen.
 
 Generated samples against a reference set (ADM's reference batch .npz, a folder, a samples .npz as sample.py writes, or
 a statistics .npz):
@@ -26,12 +16,56 @@ Videos (uint8 (N, T, H, W, 3) in arr_0, as sample.py writes them): FVD needs T >
   python eval_fid.py --fake video_samples.npz --ref /kinetics/val --image_size 64 --num_frames 17   # a video folder
 An autoencoder's reconstructions of a dataset (the embedded one when --data is omitted):
   python eval_fid.py --ae out/ckpt.pt --image_size 64
-Every number printed also goes into a JSON file (--out); a metric that cannot run says why, there and on screen.
+
+Every number of the experiments is measured the same way, here (sharded feature extraction, gathered in set order).
+The measurements live in their own modules (metrics.py, inception.py, swd.py, i3d.py) and the sets in data.py; this
+file opens the sets, extracts features and scores:
+  - ADM's suite (openai/guided-diffusion's evaluator, the protocol of DiT, SiT and REPA-E) from one pass of the
+    Inception-v3 of TensorFlow's 2015-12-05 graph (inception.py, with the graph's own TF1 resize to 299 x 299): FID
+    (Heusel et al. 2017) on pool_3, sFID on the spatial features, IS on the logits, precision/recall (k = 3), and KID
+    (Binkowski et al. 2018), which is unbiased and so usable at small sample counts. The equations are in metrics.py.
+  - The multi-scale sliced Wasserstein distance (SWD) of Progressive GANs (Karras et al. 2018), which needs no
+    pretrained weights and so also works offline: one number per Laplacian-pyramid level.
+  - For an autoencoder: PSNR, SSIM, LPIPS and rFID (the FID between images and their reconstructions), plus SWD.
+  - For videos: FVD (Unterthiner et al. 2018) with the Kinetics-400 I3D, as cd-fvd / TATS / VideoGPT measure it, and
+    a weight-free video SWD (frames, and frame differences for motion).
 """
 import os
 import sys
 import json
 import argparse
+
+from cli import FID_WEIGHTS_FILE, I3D_WEIGHTS_FILE, I3D_WEIGHTS_URL, add_device_arg, checked
+
+
+def parse_args(argv=None):
+    """The command line (sys.argv when argv is None), read without torch: main() reads it again."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    p.add_argument('--fake', type=str, default=None, help='generated images: a folder, a samples .npz (uint8 arr_0) or a statistics .npz (mu, sigma[, mu_s, sigma_s]); or videos: a samples .npz of uint8 (N, T, H, W, 3) or a folder of videos (--num_frames, --image_size), scored by FVD and the video SWD')
+    p.add_argument('--ref', '--real', dest='ref', type=str, default=None, help="the reference set, the same kinds as --fake, or ADM's reference batch .npz as distributed (its precomputed mu, sigma, mu_s, sigma_s give FID and sFID, as ADM's evaluator reads them; its images arr_0 give precision, recall and KID); omitted: the embedded dead-leaves set (its held-out stream). --real is the same flag")
+    p.add_argument('--num_real', type=checked(int, lo=1), default=None, help="use a seeded random N of the reference images (precomputed statistics in the file stay those of all of them), or with --ae reconstruct N images (default: all; for the endless dead-leaves set as many as --fake has, else 1000)")
+    p.add_argument('--image_size', type=checked(int, lo=1), default=None, help='center-crop and resize folder images to this size as data.py does; also the dead-leaves resolution (default: folders as they are, dead leaves at the --fake resolution)')
+    p.add_argument('--num_frames', type=checked(int, lo=2), default=16, help="frames per clip read from a folder of videos (each video's middle clip; default 16, FVD's clip length)")
+    p.add_argument('--save_stats', type=str, default=None, help="write the reference set's Inception statistics (I3D for videos) here (mu, sigma of pool_3 as pytorch-fid's files, and mu_s, sigma_s of sFID as ADM's), to pass as --ref later")
+    p.add_argument('--ae', type=str, default=None, help='evaluate this autoencoder (a train_ae.py checkpoint, or public weights with --preset) on reconstructions of --data')
+    p.add_argument('--preset', type=str, default=None, help='AE_PRESETS name for an --ae file that is a public state dict')
+    p.add_argument('--data', type=str, default=None, help='with --ae: the image folder to reconstruct at --image_size (default: the embedded dead-leaves set)')
+    p.add_argument('--vgg_weights', type=str, default=None, help="with --ae: local torchvision VGG16 weights for LPIPS (default: the torch hub cache)")
+    p.add_argument('--lpips_lin_weights', type=str, default=None, help="with --ae: local LPIPS v0.1 linear-head weights, vgg.pth (default: the torch hub cache)")
+    p.add_argument('--inception_weights', type=str, default=None, help=f"path of {FID_WEIGHTS_FILE} (pytorch-fid's; torch-fidelity's weights-inception-2015-12-05-6726825d.pth holds the same names) (default: the torch hub cache, downloaded from the pytorch-fid release)")
+    p.add_argument('--i3d_weights', type=str, default=None, help=f'for videos: path of the FVD I3D weights {I3D_WEIGHTS_FILE} (default: the torch hub cache, downloaded from {I3D_WEIGHTS_URL})')
+    p.add_argument('--batch_size', type=checked(int, lo=1), default=50, help='images (or videos) per forward pass per process')
+    p.add_argument('--num_workers', type=checked(int, lo=0), default=2, help='image-decoding worker processes per process')
+    p.add_argument('--seed', type=checked(int, lo=0), default=0, help='seed of the dead-leaves set (SWD neighbourhoods and directions are fixed)')
+    add_device_arg(p)
+    p.add_argument('--out', type=str, default=None, help='JSON file for every number printed (default: <--fake, --ae or --save_stats path>_metrics.json)')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing --out or --save_stats file')
+    return p.parse_args(argv)
+
+
+if __name__ == '__main__':
+    parse_args()  # before torch is imported, so that --help and a mistyped flag answer at once
 
 import numpy as np
 import torch
@@ -39,11 +73,11 @@ import torch.distributed as torch_dist
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from common import (checked, select_device, die, setup_distributed, cleanup_distributed, refuse_to_overwrite,
+from common import (select_device, die, setup_distributed, cleanup_distributed, refuse_to_overwrite,
                     no_space_is_an_error, check_output, load_batches, refuse_unused, non_finite, refuse_overlap)
 from data import DatasetImages, make_dataset, open_source, random_subset, shuffled
-from i3d import FVD_NUM_FRAMES, I3D_WEIGHTS_FILE, I3D_WEIGHTS_URL, i3d_features, load_i3d
-from inception import FID_WEIGHTS_FILE, INCEPTION_FEATURES, load_inception
+from i3d import FVD_NUM_FRAMES, i3d_features, load_i3d
+from inception import INCEPTION_FEATURES, load_inception
 from metrics import (feature_statistics, frechet_distance, inception_score, kernel_inception_distance, precision_recall,
                      psnr, ssim, to_uint8)
 from perceptual import LPIPS
@@ -441,28 +475,8 @@ def check_results(results):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
-    p.add_argument('--fake', type=str, default=None, help='generated images: a folder, a samples .npz (uint8 arr_0) or a statistics .npz (mu, sigma[, mu_s, sigma_s]); or videos: a samples .npz of uint8 (N, T, H, W, 3) or a folder of videos (--num_frames, --image_size), scored by FVD and the video SWD')
-    p.add_argument('--ref', '--real', dest='ref', type=str, default=None, help="the reference set, the same kinds as --fake, or ADM's reference batch .npz as distributed (its precomputed mu, sigma, mu_s, sigma_s give FID and sFID, as ADM's evaluator reads them; its images arr_0 give precision, recall and KID); omitted: the embedded dead-leaves set (its held-out stream). --real is the same flag")
-    p.add_argument('--num_real', type=checked(int, lo=1), default=None, help="use a seeded random N of the reference images (precomputed statistics in the file stay those of all of them), or with --ae reconstruct N images (default: all; for the endless dead-leaves set as many as --fake has, else 1000)")
-    p.add_argument('--image_size', type=checked(int, lo=1), default=None, help='center-crop and resize folder images to this size as data.py does; also the dead-leaves resolution (default: folders as they are, dead leaves at the --fake resolution)')
-    p.add_argument('--num_frames', type=checked(int, lo=2), default=16, help="frames per clip read from a folder of videos (each video's middle clip; default 16, FVD's clip length)")
-    p.add_argument('--save_stats', type=str, default=None, help="write the reference set's Inception statistics (I3D for videos) here (mu, sigma of pool_3 as pytorch-fid's files, and mu_s, sigma_s of sFID as ADM's), to pass as --ref later")
-    p.add_argument('--ae', type=str, default=None, help='evaluate this autoencoder (a train_ae.py checkpoint, or public weights with --preset) on reconstructions of --data')
-    p.add_argument('--preset', type=str, default=None, help='AE_PRESETS name for an --ae file that is a public state dict')
-    p.add_argument('--data', type=str, default=None, help='with --ae: the image folder to reconstruct at --image_size (default: the embedded dead-leaves set)')
-    p.add_argument('--vgg_weights', type=str, default=None, help="with --ae: local torchvision VGG16 weights for LPIPS (default: the torch hub cache)")
-    p.add_argument('--lpips_lin_weights', type=str, default=None, help="with --ae: local LPIPS v0.1 linear-head weights, vgg.pth (default: the torch hub cache)")
-    p.add_argument('--inception_weights', type=str, default=None, help=f"path of {FID_WEIGHTS_FILE} (pytorch-fid's; torch-fidelity's weights-inception-2015-12-05-6726825d.pth holds the same names) (default: the torch hub cache, downloaded from the pytorch-fid release)")
-    p.add_argument('--i3d_weights', type=str, default=None, help=f'for videos: path of the FVD I3D weights {I3D_WEIGHTS_FILE} (default: the torch hub cache, downloaded from {I3D_WEIGHTS_URL})')
-    p.add_argument('--batch_size', type=checked(int, lo=1), default=50, help='images (or videos) per forward pass per process')
-    p.add_argument('--num_workers', type=checked(int, lo=0), default=2, help='image-decoding worker processes per process')
-    p.add_argument('--seed', type=checked(int, lo=0), default=0, help='seed of the dead-leaves set (SWD neighbourhoods and directions are fixed)')
-    p.add_argument('--device', type=select_device, default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    p.add_argument('--out', type=str, default=None, help='JSON file for every number printed (default: <--fake, --ae or --save_stats path>_metrics.json)')
-    p.add_argument('--overwrite', action='store_true', help='replace an existing --out or --save_stats file')
-    args = p.parse_args(argv)
+    args = parse_args(argv)
+    args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU
     out = check_args(args)
 
     dist = setup_distributed(args.device)

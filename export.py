@@ -22,14 +22,35 @@ import os
 import json
 import argparse
 
-from safetensors.torch import save_file
-
-from common import check_output, checked, die, refuse_overlap, refuse_to_overwrite, no_space_is_an_error
-from video_model import VideoAEConfig
-from weights import build_autoencoder, ldm_to_diffusers, load_ae_state_dict, read_autoencoder
+from cli import checked
 
 FORMATS = {'diffusers': "diffusers' AutoencoderKL", 'flux': "FLUX.1's ae.safetensors",
            'cogvideox': "CogVideoX's VAE (diffusers' AutoencoderKLCogVideoX)"}
+
+
+def parse_args(argv=None):
+    """The command line (sys.argv when argv is None), read without torch: main() reads it again."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    p.add_argument('--ckpt', type=str, required=True, help='a train_ae.py checkpoint, or public weights with --preset')
+    p.add_argument('--preset', type=str, default=None, help="the architecture of public weights ('sd', 'flux'; 'cogvideox' for --format cogvideox); a train_ae.py checkpoint knows its own")
+    p.add_argument('--format', type=str, required=True, choices=list(FORMATS), help='the format to write')
+    p.add_argument('--out', type=str, required=True, help='the folder to write (diffusers, cogvideox) or the .safetensors file (flux)')
+    p.add_argument('--scaling_factor', type=checked(float, lo=0, lo_open=True), default=None, help="diffusion runs on (z - shift_factor) * scaling_factor; default: the preset's published value, else 1")
+    p.add_argument('--shift_factor', type=checked(float), default=None, help="the latent shift diffusion subtracts before scaling; default: the preset's published value, else none")
+    p.add_argument('--overwrite', action='store_true', help='replace the files already at --out')
+    return p.parse_args(argv)
+
+
+if __name__ == '__main__':
+    parse_args()  # before torch is imported, so that --help and a mistyped flag answer at once
+
+from safetensors.torch import save_file
+
+from common import check_output, die, refuse_overlap, refuse_to_overwrite, no_space_is_an_error
+from video_model import VideoAEConfig
+from weights import build_autoencoder, ldm_to_diffusers, load_ae_state_dict, read_autoencoder
+
 PUBLIC_LATENT_NORM = {'sd': (0.18215, None), 'flux': (0.3611, 0.1159), 'cogvideox': (1.15258426, None)}  # (scale, shift); CogVideoX-2b's
 
 
@@ -69,16 +90,7 @@ def diffusers_config(cfg, video, scale, shift):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
-    p.add_argument('--ckpt', type=str, required=True, help='a train_ae.py checkpoint, or public weights with --preset')
-    p.add_argument('--preset', type=str, default=None, help="the architecture of public weights ('sd', 'flux'; 'cogvideox' for --format cogvideox); a train_ae.py checkpoint knows its own")
-    p.add_argument('--format', type=str, required=True, choices=list(FORMATS), help='the format to write')
-    p.add_argument('--out', type=str, required=True, help='the folder to write (diffusers, cogvideox) or the .safetensors file (flux)')
-    p.add_argument('--scaling_factor', type=checked(float, lo=0, lo_open=True), default=None, help="diffusion runs on (z - shift_factor) * scaling_factor; default: the preset's published value, else 1")
-    p.add_argument('--shift_factor', type=checked(float), default=None, help="default: the preset's published value, else none")
-    p.add_argument('--overwrite', action='store_true', help='replace the files already at --out')
-    args = p.parse_args(argv)
+    args = parse_args(argv)
 
     video = args.format == 'cogvideox'
     # the outputs first, so that a wrong --out costs nothing

@@ -2,13 +2,13 @@
 The I3D network of FVD (Unterthiner et al. 2018), its Kinetics-400 weights and the preprocessing of cd-fvd / TATS /
 VideoGPT, so that our FVD numbers are theirs.
 """
-import os
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cli import I3D_WEIGHTS_FILE, I3D_WEIGHTS_URL
 from weights import fetch_weights
 
 # ----------------------------------------------------------------------------------------------
@@ -18,8 +18,6 @@ from weights import fetch_weights
 # resized bilinearly to 224 and centre-cropped (StyleGAN-V's crop; a plain resize for square videos); values
 # 2 x / 255 - 1 in [-1, 1], as the original TF code; the 400 logits averaged over time are the features.
 
-I3D_WEIGHTS_URL = 'https://github.com/songweige/TATS/raw/main/tats/fvd/i3d_pretrained_400.pt'
-I3D_WEIGHTS_FILE = os.path.basename(I3D_WEIGHTS_URL)
 FVD_NUM_FRAMES = 16
 FVD_RESOLUTION = 224
 

@@ -4,22 +4,18 @@ it onto torchvision's blocks, the network published FIDs are measured with, and 
 what ADM's suite needs: pool_3 (FID, precision/recall, KID), the spatial features of sFID and the 1008-way logits of
 IS, with the graph's own preprocessing (TF1's bilinear resize to 299 x 299, then (x - 128) / 128).
 """
-import os
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.inception import BasicConv2d, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE
 
+from cli import FID_WEIGHTS_FILE, FID_WEIGHTS_URL
 from metrics import sfid_features
 from weights import fetch_weights
 
 # ----------------------------------------------------------------------------------------------
 # FID Inception: the TF 2015-12-05 graph, as pytorch-fid ports it onto torchvision's blocks
 
-FID_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
-                   'pt_inception-2015-12-05-6726825d.pth')
-FID_WEIGHTS_FILE = os.path.basename(FID_WEIGHTS_URL)
 INCEPTION_FEATURES = {'pool3': 2048, 'spatial': 7 * 17 * 17, 'logits': 1008}  # one forward pass's outputs and sizes
 
 

@@ -19,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from cli import SE_DOWNSAMPLING
+
 # ----------------------------------------------------------------------------------------------
 # The autoencoder
 #
@@ -337,9 +339,7 @@ def causal_time_pool(x, clip_start=True):
 # Autoencoders": decoding a downsampled latent should give the downsampled image, D(down_s(E(x))) ~ down_s(x). It ties
 # the latent's spectrum to the image's, so that the latent carries no more high frequency than the image it encodes.
 # The authors' code is maybe_compute_scale_equiv_reg in snap-research/alphaflow (src/training/loss.py); every operator
-# below says whether it is theirs.
-
-SE_DOWNSAMPLING = ('bilinear', 'mean', 'antialiased')
+# below says whether it is theirs. SE_DOWNSAMPLING, their names, is defined in cli.py.
 
 
 def se_downsample(t, factor, mode='bilinear'):

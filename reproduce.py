@@ -7,7 +7,6 @@ miniature, from one command, run with the project's own scripts; report.py turns
   python reproduce.py --data ~/photos --random_crop   # a folder of photographs, split into training and held-out files
   python reproduce.py --channels       # + Fig. 2 (latent channels); --kl_sweep: Fig. 3; --se_sweep: Fig. 4; --all
   python reproduce.py --objective flow # rectified-flow LDMs instead of DDPM (eps,flow: both, on the same autoencoders)
-  python reproduce.py --num_frames 17  # the video experiment
   python reproduce.py --smoke          # the pipeline at toy sizes (checks it runs; says nothing about SE)
 
 The protocol. (1) A deep autoencoder (preset mini: f4, 8 channels, no shortcut from pixels to latent) is pretrained
@@ -39,6 +38,8 @@ import threading
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
+from cli import add_device_arg
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 ASSETS = os.path.join(ROOT, 'assets')
 BASELINE = {'image': os.path.join(ASSETS, 'baseline_mini.safetensors')}
@@ -53,6 +54,25 @@ SIZES = {  # default: Fig. 1 (3 seeds) and Fig. 5 in about 30 minutes on 2 CPU c
     'smoke': dict(image_size=32, train_images=16, num_eval=16, ft_steps=2, ft_batch_size=2, ldm_steps=4, ldm_evals=2,
                   ldm_batch_size=4, num_samples=16, sample_steps=3, sweep_steps=2),
 }
+SIZE_HELP = {  # what each of SIZES sets, for --help
+    'image_size': 'resolution in pixels of every image the experiment trains on and measures',
+    'train_images': 'training images drawn from the embedded data set (a --data folder trains on all its training '
+                    'files); with --random_crop, also the random crops each LDM caches',
+    'num_eval': 'images in each of the two held-out sets, drawn from the embedded data set or cut as random crops from '
+                'the held-out files of --data with --random_crop (else one centre crop a file)',
+    'ft_steps': 'training steps of each fine-tune of the baseline: the SE and control arms (Fig. 1) and the kl_weight '
+                'and se_weight sweeps (Fig. 3, 4)',
+    'ft_batch_size': 'images per step of each fine-tune',
+    'ldm_steps': 'training steps of each LDM (one per arm, seed and objective)',
+    'ldm_evals': "evenly spaced snapshots of each LDM's training at which the diffusability probe runs; the last one "
+                 "is also sampled and scored",
+    'ldm_batch_size': 'latents per step of each LDM',
+    'num_samples': "samples drawn from each LDM's last snapshot and scored by eval_fid.py",
+    'sample_steps': "DDIM steps of the preview grid each LDM training run draws (train_ldm.py --sample_steps); the "
+                    "scored samples take sample.py's default steps",
+    'sweep_steps': 'training steps of each autoencoder trained from scratch for Fig. 2 (--channels); the Fig. 3 and 4 '
+                   'sweeps are fine-tunes, whose steps --ft_steps sets',
+}
 Z_CHANNELS = [4, 8, 16, 32]                  # Fig. 2, from scratch
 KL_WEIGHTS = [0.0, 1e-6, 1e-4, 1e-2]         # Fig. 3, fine-tunes of the baseline
 SE_WEIGHTS = [0.0, 0.1, 0.25, 0.5, 1.0]      # Fig. 4, fine-tunes of the baseline
@@ -63,7 +83,8 @@ HELD_OUT = 0.25                              # the share of a --data folder's fi
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
-parser.add_argument('--out_dir', type=str, default='out/reproduce', help='everything goes here')
+parser.add_argument('--out_dir', type=str, default='out/reproduce', help='the folder every artefact, report.json and '
+                    'report.md go to; a rerun reuses the artefacts in it whose settings match')
 parser.add_argument('--pretrain', action='store_true', help=f"train the baseline autoencoder from scratch with the "
                     f"shipped recipe and write it to --baseline (default {os.path.relpath(BASELINE['image'], ROOT)})")
 parser.add_argument('--baseline', type=str, default=None, help='the pretrained autoencoder that every arm fine-tunes '
@@ -72,28 +93,34 @@ parser.add_argument('--smoke', action='store_true', help='toy sizes: checks that
 parser.add_argument('--channels', action='store_true', help='also Fig. 2: autoencoders with z_channels 4, 8, 16, 32')
 parser.add_argument('--kl_sweep', action='store_true', help='also Fig. 3: fine-tunes with kl_weight 0, 1e-6, 1e-4, 1e-2')
 parser.add_argument('--se_sweep', action='store_true', help='also Fig. 4: fine-tunes with se_weight 0 .. 1')
-parser.add_argument('--all', action='store_true', help='every figure (1-5)')
+parser.add_argument('--all', action='store_true', help='every figure (1-5): --channels, --kl_sweep and --se_sweep too')
 parser.add_argument('--data', type=str, default=None, help='image folder, split once by a seeded hash of file names into '
-                    f'training and held-out files ({HELD_OUT:.0%} held out, at least 2); omitted: the embedded dead leaves')
+                    f'training and held-out files ({HELD_OUT * 100:.0f}%% held out, at least 2); omitted: the embedded '
+                    'dead leaves')
 parser.add_argument('--val_data', type=str, default=None, help='a folder of held-out images; then all of --data trains')
 parser.add_argument('--random_crop', action='store_true', help='random crops of --data (training, and the held-out sets)')
-parser.add_argument('--seeds', type=int, default=3, help='fine-tune + LDM seeds 0..N-1; each is a pair (SE, control)')
+parser.add_argument('--seeds', type=int, default=3, help='how many seeds, 0..N-1: each fine-tunes the baseline twice '
+                    '(SE and control) and trains an LDM on each, a pair the statistics compare')
 parser.add_argument('--se_weight', type=float, default=0.25, help="the SE arm's weight (the paper: 0.25)")
 parser.add_argument('--se_down', type=str, default='bilinear', help="SE's operator (train_ae.py --se_down; the "
                     "authors': bilinear)")
-parser.add_argument('--ft_lr', type=float, default=1e-4, help='fine-tuning learning rate')
+parser.add_argument('--ft_lr', type=float, default=1e-4, help='learning rate of every fine-tune of the baseline')
 parser.add_argument('--objective', type=str, default='eps', help="the LDMs' objective: eps (DDPM), flow, or eps,flow")
-parser.add_argument('--ldm_model', type=str, default='dit', choices=['dit', 'unet'], help='diffusion backbone')
-parser.add_argument('--ldm_preset', type=str, default='tiny', help='backbone preset')
-parser.add_argument('--ldm_lr', type=float, default=1e-3, help='LDM learning rate (tiny DiT: from the sweep in the README)')
-parser.add_argument('--ldm_ema_decay', type=float, default=0.999, help='LDM EMA decay, with a warm-up (train_ldm.py '
-                    '--ema_warmup): min(decay, (1 + n) / (10 + n))')
-parser.add_argument('--device', type=str, default='auto', help="'auto', 'cpu', 'cuda'")
+parser.add_argument('--ldm_model', type=str, default='dit', choices=['dit', 'unet'], help="the LDMs' denoiser backbone "
+                    "(train_ldm.py --model)")
+parser.add_argument('--ldm_preset', type=str, default='tiny', help="the size preset of the LDMs' backbone "
+                    "(train_ldm.py --preset)")
+parser.add_argument('--ldm_lr', type=float, default=1e-3, help="learning rate of every LDM (the tiny DiT's, from the "
+                    "sweep in the README)")
+parser.add_argument('--ldm_ema_decay', type=float, default=0.999, help="EMA decay of the LDMs' weights, with a warm-up "
+                    "(train_ldm.py --ema_warmup): min(decay, (1 + n) / (10 + n))")
+add_device_arg(parser)  # passed on to every script
 parser.add_argument('--nproc', type=int, default=1, help='processes per training and sampling run (torchrun), e.g. GPUs')
 parser.add_argument('--jobs', type=int, default=None, help='script runs at a time (default: 2 on a CPU, one thread '
                     'each; 1 with --nproc > 1)')
 for key, value in SIZES['default'].items():
-    parser.add_argument(f'--{key}', type=int, default=None, help=f"default {value} ({SIZES['smoke'][key]} with --smoke)")
+    parser.add_argument(f'--{key}', type=int, default=None, help=f"{SIZE_HELP[key]}; default {value} "
+                        f"({SIZES['smoke'][key]} with --smoke)")
 
 
 def check_args(args):

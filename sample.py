@@ -28,18 +28,10 @@ import sys
 import glob
 import argparse
 
-import numpy as np
-import torch
-from PIL import Image
-from tqdm import tqdm
+from cli import SPACINGS, add_device_arg, checked
 
-from common import (checked, select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
-                    broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_to_overwrite,
-                    no_space_is_an_error, check_output, lock_folder, refuse_unused)
-from diffusion import SPACINGS, Diffusion, Flow, cfg_model_fn, spaced_timesteps, sample_generators, randn
-from metrics import to_uint8
-from model import build_backbone
-from weights import load_autoencoder, load_checkpoint
+# -----------------------------------------------------------------------------
+# config, read before torch is imported, so that --help and a mistyped flag answer at once
 
 DDPM_SAMPLERS, FLOW_SAMPLERS = ('ddpm', 'ddim'), ('euler', 'heun', 'sde')
 DEFAULT_STEPS = {'ddim': 50, 'ddpm': 250, 'euler': 50, 'heun': 50, 'sde': 250}  # Heun 50: 99 network evaluations
@@ -76,10 +68,27 @@ parser.add_argument('--cfg_channels', type=checked(int, lo=1), default=None, hel
 parser.add_argument('--classes', type=str, default=None, help='comma-separated class ids to draw labels from; default: all classes')
 parser.add_argument('--labels', type=str, default=None, choices=['random', 'balanced'], help="class labels: 'random' uniform draws, as DiT's FID-50K protocol (the default); 'balanced' equal counts per class, as REPA-E and later")
 parser.add_argument('--seed', type=checked(int, lo=0), default=0, help='base seed; sample i uses the seed (seed, i)')
-parser.add_argument('--device', type=select_device, default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+add_device_arg(parser)
 parser.add_argument('--dtype', type=str, default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'],
                     help="autocast dtype; 'auto' = bfloat16 on GPUs that support it, else float32")
 args = parser.parse_args()
+
+# the command line is read: now the heavy imports (torch alone takes over a second)
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from common import (select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
+                    broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_to_overwrite,
+                    no_space_is_an_error, check_output, lock_folder, refuse_unused)
+from diffusion import Diffusion, Flow, cfg_model_fn, spaced_timesteps, sample_generators, randn
+from metrics import to_uint8
+from model import build_backbone
+from weights import load_autoencoder, load_checkpoint
+
+args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU
+
 if args.sampler == 'ddpm' and args.eta not in (None, 0):
     die("--eta only applies to --sampler ddim (ancestral DDPM has its own noise).")
 refuse_unused(sys.argv[1:], [('--cfg_channels', args.cfg_scale != 1, 'only applies with --cfg_scale other than 1')])

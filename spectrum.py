@@ -1,5 +1,14 @@
 """
-The spectral diagnosis of Skorokhodov et al. (ICML 2025), "Improving the Diffusability of Autoencoders".
+The spectral diagnosis of Skorokhodov et al. (ICML 2025), "Improving the Diffusability of Autoencoders": how much
+high-frequency energy an autoencoder's latents carry, beside that of the images at the latent resolution.
+
+Run it on any autoencoder the project can load (train_ae.py checkpoints, or public weights with --preset):
+  python spectrum.py --ckpt out/base/ckpt.pt --ckpt out/se/ckpt.pt --label base --label se --out_dir out/spectrum
+  python spectrum.py --ckpt sd_vae.safetensors --preset sd --data /path/to/images --image_size 256
+  python spectrum.py --data /path/to/photos --image_size 512 --rgb_pool 8     # no --ckpt: the images alone
+KL autoencoders are measured on their posterior means and on posterior samples (what train_ldm.py trains on; the
+difference is the KL noise). It writes spectrum.png (S vs zigzag index, one line per AE plus RGB at the latent
+resolution), erasure.png (PSNR vs % of coefficients erased) and spectrum.json (every number), and prints a table.
 
 Autoencoder latents carry more high-frequency energy than RGB images at the same resolution, the more so with more
 latent channels and KL noise, and a diffusion model trained on them spends its capacity on that noise. The
@@ -27,14 +36,6 @@ near 0. The means are over the whole measured set, so a spectrum accumulated bat
   hf_share(x)      the AC energy share of zigzag coefficients 32..63, averaged over channels
   hf_energy_share(x)  the same share of the energy summed over channels
   erase_high_frequencies(x, p)  zero the top fraction p of every block's zigzag coefficients (the erasure test)
-
-Run it on any autoencoder the project can load (train_ae.py checkpoints, or public weights with --preset):
-  python spectrum.py --ckpt out/base/ckpt.pt --ckpt out/se/ckpt.pt --label base --label se --out_dir out/spectrum
-  python spectrum.py --ckpt sd_vae.safetensors --preset sd --data /path/to/images --image_size 256
-  python spectrum.py --data /path/to/photos --image_size 512 --rgb_pool 8     # no --ckpt: the images alone
-KL autoencoders are measured on their posterior means and on posterior samples (what train_ldm.py trains on; the
-difference is the KL noise). It writes spectrum.png (S vs zigzag index, one line per AE plus RGB at the latent
-resolution), erasure.png (PSNR vs % of coefficients erased) and spectrum.json (every number), and prints a table.
 """
 import os
 import sys
@@ -42,19 +43,49 @@ import json
 import math
 import argparse
 
+from cli import add_device_arg, checked
+
+BLOCK = 8                                         # JPEG's block size, the paper's
+ERASE_FRACTIONS = [k / 10 for k in range(10)]     # p = 0, 0.1, ..., 0.9 of the 64 coefficients erased
+HF_START = 32                                     # hf_share: zigzag coefficients 32..63, the upper half
+
+
+def parse_args(argv=None):
+    """The command line (sys.argv when argv is None), read without torch: main() reads it again."""
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    p.add_argument('--ckpt', action='append', default=[], help='autoencoder to analyse (repeatable): a train_ae.py '
+                   'checkpoint, or public weights (.safetensors / .pt) with --preset; none: analyse the images alone')
+    p.add_argument('--label', action='append', default=[], help='name of each --ckpt in plots and JSON, in the same '
+                   'order (default: the file name)')
+    p.add_argument('--preset', type=str, default=None, help='the architecture of public --ckpt weights, an AE_PRESETS name (e.g. sd, flux)')
+    p.add_argument('--data', type=str, default=None, help='image folder; omitted: the held-out dead-leaves stream')
+    p.add_argument('--num_images', type=checked(int, lo=1), default=256, help='images to analyse (at most the folder size)')
+    p.add_argument('--image_size', type=checked(int, lo=BLOCK), default=256, help='images are resized and center-cropped to this')
+    p.add_argument('--batch_size', type=checked(int, lo=1), default=16, help='images per forward pass')
+    p.add_argument('--rgb_pool', type=checked(int, lo=1), action='append', default=[], help='also report the images average-pooled '
+                   'by this factor (repeatable), e.g. 8 to compare with f8 latents without an autoencoder')
+    p.add_argument('--seed', type=checked(int, lo=0), default=0, help='seed of the dead-leaves stream')
+    add_device_arg(p)
+    p.add_argument('--out_dir', type=str, default='out/spectrum', help='where spectrum.png, erasure.png, spectrum.json go')
+    p.add_argument('--num_frames', type=checked(int, lo=1), default=1, help='> 1: video clips of this many frames '
+                   '(1 + 4k) and video AEs (--preset cogvideox for public weights); per-latent-frame spatial and temporal spectra')
+    p.add_argument('--overwrite', action='store_true', help='replace the results already in --out_dir')
+    return p.parse_args(argv)
+
+
+if __name__ == '__main__':
+    parse_args()  # before torch is imported, so that --help and a mistyped flag answer at once
+
 import torch
 from tqdm import tqdm
 
-from common import (checked, die, select_device, refuse_to_overwrite, no_space_is_an_error, check_output,
+from common import (die, select_device, refuse_to_overwrite, no_space_is_an_error, check_output,
                     lock_folder, load_batches, Counted, refuse_unused, non_finite, refuse_overlap)
 from data import make_dataset, random_subset
 from metrics import PSNR_MAX, bicubic_at_latent_grid, psnr, rgb_on_latent_grid
 from model import block_dct, block_idct, dct_matrix, zigzag
 from weights import load_autoencoder
-
-BLOCK = 8                                         # JPEG's block size, the paper's
-ERASE_FRACTIONS = [k / 10 for k in range(10)]     # p = 0, 0.1, ..., 0.9 of the 64 coefficients erased
-HF_START = 32                                     # hf_share: zigzag coefficients 32..63, the upper half
 
 # -----------------------------------------------------------------------------
 # the spectrum and its one scalar
@@ -248,27 +279,10 @@ class Mean:
         return self.total / self.n
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0].strip(),
-                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    p.add_argument('--ckpt', action='append', default=[], help='autoencoder to analyse (repeatable): a train_ae.py '
-                   'checkpoint, or public weights (.safetensors / .pt) with --preset; none: analyse the images alone')
-    p.add_argument('--label', action='append', default=[], help='name of each --ckpt in plots and JSON, in the same '
-                   'order (default: the file name)')
-    p.add_argument('--preset', type=str, default=None, help='AE_PRESETS entry for public weights (e.g. sd, flux)')
-    p.add_argument('--data', type=str, default=None, help='image folder; omitted: the held-out dead-leaves stream')
-    p.add_argument('--num_images', type=checked(int, lo=1), default=256, help='images to analyse (at most the folder size)')
-    p.add_argument('--image_size', type=checked(int, lo=BLOCK), default=256, help='images are resized and center-cropped to this')
-    p.add_argument('--batch_size', type=checked(int, lo=1), default=16, help='images per forward pass')
-    p.add_argument('--rgb_pool', type=checked(int, lo=1), action='append', default=[], help='also report the images average-pooled '
-                   'by this factor (repeatable), e.g. 8 to compare with f8 latents without an autoencoder')
-    p.add_argument('--seed', type=checked(int, lo=0), default=0, help='seed of the dead-leaves stream')
-    p.add_argument('--device', type=select_device, default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    p.add_argument('--out_dir', type=str, default='out/spectrum', help='where spectrum.png, erasure.png, spectrum.json go')
-    p.add_argument('--num_frames', type=checked(int, lo=1), default=1, help='> 1: video clips of this many frames '
-                   '(1 + 4k) and video AEs (--preset cogvideox for public weights); per-latent-frame spatial and temporal spectra')
-    p.add_argument('--overwrite', action='store_true', help='replace the results already in --out_dir')
-    args = p.parse_args(argv)
+def check_args(args, argv):
+    """The rules between flags, and the outputs, checked before anything is built; resolves --device and fills in the
+    default labels."""
+    args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU
     outputs = ('spectrum.json', 'spectrum.png', 'erasure.png', 'spectrum_video.json')
     check_output(args.out_dir, '--out_dir', folder=True)
     refuse_overlap(args.out_dir, '--out_dir', [(args.data, '--data')] + [(c, '--ckpt') for c in args.ckpt])
@@ -288,8 +302,6 @@ def parse_args(argv=None):
     for f in args.rgb_pool:
         if f < 1 or args.image_size % f or args.image_size // f < BLOCK:
             die(f"--rgb_pool {f} must divide --image_size {args.image_size} and leave at least {BLOCK}x{BLOCK} pixels.")
-    args.device = select_device(args.device)
-    return args
 
 
 def rgb_key(h, w):
@@ -452,6 +464,7 @@ def write_json(result, path):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_args(args, argv)
     lock_folder(args.out_dir, '--out_dir')
     device = torch.device(args.device)
     dataset, aes = open_inputs(args.data, args.image_size, args.num_frames, args.seed, args.ckpt, args.label,

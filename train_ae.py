@@ -30,7 +30,7 @@ temporal_scale_factors: the first frame kept apart, the others averaged in group
 default to --image_size 32 --batch_size 1 --max_steps 200 --lr 0.0002 --se_scales 2 --out_dir out/video_ae
 --eval_interval 100 --ckpt_interval 100 (VIDEO_DEFAULTS), sized for two CPU cores.
 
-Shared flags (common.add_common_args) and their defaults in this script:
+Shared flags (cli.add_common_args) and their defaults in this script:
   --data (embedded dead leaves)  --image_size 64  --batch_size 16  --grad_accum 1  --max_steps 2000  --lr 0.0001
   --out_dir out/ae  --preset tiny  --seed 0  --device auto  --dtype auto  --num_workers 2
   --log_interval 10  --eval_interval 250  --ckpt_interval 250
@@ -46,33 +46,11 @@ import contextlib
 from copy import deepcopy
 from dataclasses import asdict, replace
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
-
-from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
-                    make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states,
-                    CheckpointWriter, update_ema, Loader, save_image_grid, tile_videos, write_mp4, Logger,
-                    note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, checked, int_list,
-                    check_run_dir, prepare_run_dir, check_resume_steps, resume_run, no_space_is_an_error, refuse_unused)
-from data import make_dataset, random_subset
-from metrics import bicubic_at_latent_grid, psnr, rgb_on_latent_grid, to_uint8
-from model import (AE_PRESETS, SE_DOWNSAMPLING, Autoencoder, NLayerDiscriminator, hinge_d_loss, adaptive_gan_weight,
-                   dct_cut_equivariance_loss, latent_hf_penalty, se_downsample, se_downsample_time,
-                   scale_equivariance_loss, to_frames)
-from perceptual import LPIPS_MIN_SIZE, LPIPS
-from video_model import VIDEO_AE_PRESETS, VideoAutoencoder
-from weights import load_autoencoder, load_checkpoint
+from cli import VIDEO_DEFAULTS, SE_DOWNSAMPLING, add_common_args, checked, int_list
 
 # -----------------------------------------------------------------------------
-# config
+# config, read before torch is imported, so that --help and a mistyped flag answer at once
 
-# video runs have their own defaults, sized so that `--num_frames 17` trains on two CPU cores in under ten minutes;
-# SE factor 2 only, since LPIPS needs 16 px and a 4x smaller 32 px frame has 8
-VIDEO_DEFAULTS = dict(out_dir='out/video_ae', image_size=32, batch_size=1, max_steps=200, lr=2e-4, se_scales='2',
-                      eval_interval=100, ckpt_interval=100)
 pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
 pre.add_argument('--num_frames', type=str, default='1')  # only which defaults apply; the real parser checks the value
 video = pre.parse_known_args()[0].num_frames.strip() != '1'
@@ -100,7 +78,7 @@ parser.add_argument('--se_mode', type=str, default='downsample', choices=['downs
 parser.add_argument('--se_max_cut', type=checked(float, lo=0, hi=1, lo_open=True), default=0.5, help='dct_cut: the share of each tile\'s DCT coefficients cut is drawn uniformly in [0, this] every step')
 parser.add_argument('--se_ignore_lpips', action='store_true', help="leave LPIPS off the SE term (L1 only), as the authors' ignore_lpips")
 parser.add_argument('--hf_reg_weight', type=checked(float, lo=0), default=0.0, help="weight of the authors' high-frequency penalty on the latents' 8x8 block-DCT amplitudes (0: off)")
-parser.add_argument('--hf_reg_power', type=checked(float, lo=0), default=2.0, help='the penalty weighs coefficient (u, v) by ((u + v) / 7)^p / 4')
+parser.add_argument('--hf_reg_power', type=checked(float, lo=0), default=2.0, help='the power p of the high-frequency penalty, which weighs coefficient (u, v) by ((u + v) / 7)^p / 4')
 parser.add_argument('--ema_decay', type=checked(float, lo=0, hi=1, hi_open=True), default=0.0, help='EMA of the autoencoder weights (e.g. 0.999); 0 = off')
 parser.add_argument('--grad_clip', type=checked(float, lo=0), default=1.0, help='clip the global gradient norm; 0 = off')
 parser.add_argument('--num_eval', type=checked(int, lo=1), default=8, help='held-out images in the reconstruction grid and HF-ratio probe')
@@ -113,6 +91,29 @@ args = parser.parse_args()
 se_scales = args.se_scales if args.se_mode == 'downsample' else []
 se_time_scales = args.se_temporal_scales or ([2] if args.se_temporal else [])
 disc_start = args.disc_start if args.disc_start is not None else (0 if args.init_from else 50001)
+
+# the command line is read: now the heavy imports (torch alone takes over a second)
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from common import (die, select_device, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
+                    make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states,
+                    CheckpointWriter, update_ema, Loader, save_image_grid, tile_videos, write_mp4, Logger,
+                    note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory,
+                    check_run_dir, prepare_run_dir, check_resume_steps, resume_run, no_space_is_an_error, refuse_unused)
+from data import make_dataset, random_subset
+from metrics import bicubic_at_latent_grid, psnr, rgb_on_latent_grid, to_uint8
+from model import (AE_PRESETS, Autoencoder, NLayerDiscriminator, hinge_d_loss, adaptive_gan_weight,
+                   dct_cut_equivariance_loss, latent_hf_penalty, se_downsample, se_downsample_time,
+                   scale_equivariance_loss, to_frames)
+from perceptual import LPIPS_MIN_SIZE, LPIPS
+from video_model import VIDEO_AE_PRESETS, VideoAutoencoder
+from weights import load_autoencoder, load_checkpoint
+
+args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU, as config.json records it
 
 
 def check_args(args):

@@ -34,7 +34,7 @@ and encoding it cost far more than a step of a small DiT.
   python train_ae.py --num_frames 17 && python train_ldm.py --num_frames 17 --ae out/video_ae/ckpt.pt --model dit \
       --image_size 32 --batch_size 8 --out_dir out/video_ldm
 
-Shared flags (common.add_common_args) and their defaults in this script:
+Shared flags (cli.add_common_args) and their defaults in this script:
   --data (embedded dead leaves)  --image_size 64  --batch_size 32  --grad_accum 1  --max_steps 5000  --lr 0.0001
   --out_dir out/ldm  --preset tiny  --seed 0  --device auto  --dtype auto  --num_workers 2
   --log_interval 10  --eval_interval 500  --ckpt_interval 2500
@@ -48,24 +48,10 @@ import argparse
 import contextlib
 from copy import deepcopy
 
-import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
-
-from common import (add_common_args, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
-                    make_grad_scaler, broadcast_latent_norm, all_reduce_mean, seed_everything, gather_rng_states,
-                    CheckpointWriter, ema_decay, update_ema, Loader, save_image_grid, save_video_grid, Logger,
-                    note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, checked, check_run_dir,
-                    prepare_run_dir, check_resume_steps, resume_run, weights_hash, no_space_is_an_error, refuse_unused,
-                    check_output, refuse_overlap)
-from data import make_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
-from diffusion import SCHEDULES, FLOW_PREDICTIONS, TIME_SAMPLINGS, Diffusion, Flow
-from metrics import to_uint8
-from model import build_backbone
-from weights import load_autoencoder, load_checkpoint
+from cli import FLOW_PREDICTIONS, SCHEDULES, TIME_SAMPLINGS, add_common_args, checked
 
 # -----------------------------------------------------------------------------
-# config
+# config, read before torch is imported, so that --help and a mistyped flag answer at once
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
@@ -108,6 +94,25 @@ schedule = None if flow else args.schedule or {'unet': 'ldm_linear', 'dit': 'lin
 # DDPM). 'prediction' keeps its old meaning for DDPM (eps or v; checkpoints made before flow have no 'objective')
 objective = {'objective': args.objective, 'prediction': (args.prediction or 'velocity') if flow else args.objective,
              **{k: getattr(args, k) if flow else None for k in FLOW_ONLY[1:]}}
+
+# the command line is read: now the heavy imports (torch alone takes over a second)
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from common import (die, select_device, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
+                    make_grad_scaler, broadcast_latent_norm, all_reduce_mean, seed_everything, gather_rng_states,
+                    CheckpointWriter, ema_decay, update_ema, Loader, save_image_grid, save_video_grid, Logger,
+                    note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, check_run_dir,
+                    prepare_run_dir, check_resume_steps, resume_run, weights_hash, no_space_is_an_error, refuse_unused,
+                    check_output, refuse_overlap)
+from data import make_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
+from diffusion import Diffusion, Flow
+from metrics import to_uint8
+from model import build_backbone
+from weights import load_autoencoder, load_checkpoint
+
+args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU, as config.json records it
 
 
 def check_args(args):

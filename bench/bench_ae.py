@@ -1,6 +1,10 @@
 """
 Autoencoder training speed, with and without the scale-equivariance (SE) branch. Each measurement prints one JSON line.
 
+  python bench/bench_ae.py                                               # tiny preset, 64 px, CPU
+  python bench/bench_ae.py --device cuda --presets flux,sd --image_size 256 --batch_size 16
+
+The parts (--parts):
   1. train_ae: the real train_ae.py with every loss on (L1 + LPIPS + KL + PatchGAN from step 0), run as a subprocess
      and timed from its own log; the baseline and SE arms run in alternation (A B A B ...) so that drift of a shared
      machine hits both alike. Reports step time, images/s, peak memory, the SE overhead and MFU. LPIPS runs with
@@ -9,9 +13,6 @@ Autoencoder training speed, with and without the scale-equivariance (SE) branch.
      plus the SE decode); LPIPS and the discriminator are left out, so it understates what the GPU does.
   2. vs_diffusers: our Autoencoder against diffusers' AutoencoderKL of the same configuration, forward + backward of
      the same L1 loss, alternated, in the default and in channels_last memory format.
-
-  python bench/bench_ae.py                                               # tiny preset, 64 px, CPU
-  python bench/bench_ae.py --device cuda --presets flux,sd --image_size 256 --batch_size 16
 """
 import os
 import sys
@@ -22,29 +23,34 @@ import tempfile
 import statistics
 import subprocess
 
-import torch
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'bench'))
-from common import autocast  # noqa: E402
-from flops import ae_flops, ae_decoder_flops, device_peak_flops  # noqa: E402
-from model import AE_PRESETS, Autoencoder  # noqa: E402
+from cli import add_device_arg  # noqa: E402
 
+# the command line is read before torch is imported, so that --help and a mistyped flag answer at once
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
-parser.add_argument('--presets', default='tiny', help='comma-separated autoencoder presets')
-parser.add_argument('--image_size', type=int, default=64)
-parser.add_argument('--batch_size', type=int, default=8)
+parser.add_argument('--presets', default='tiny', help='comma-separated autoencoder presets to measure (model.AE_PRESETS)')
+parser.add_argument('--image_size', type=int, default=64, help='image resolution in pixels')
+parser.add_argument('--batch_size', type=int, default=8, help='images per step')
 parser.add_argument('--steps', type=int, default=30, help='train_ae.py steps per run; the first log interval is warm-up')
 parser.add_argument('--repeats', type=int, default=2, help='alternating train_ae.py runs per arm')
 parser.add_argument('--iters', type=int, default=10, help='timed forward + backward passes per model in part 2')
-parser.add_argument('--device', default='cpu')
-parser.add_argument('--dtype', default=None, choices=['float32', 'bfloat16', 'float16'], help='default: bfloat16 on GPUs')
-parser.add_argument('--compile', action='store_true', help='train_ae.py --compile')
-parser.add_argument('--lpips', action=argparse.BooleanOptionalAction, default=True, help='LPIPS loss on (random weights)')
-parser.add_argument('--parts', default='train_ae,vs_diffusers', help='comma-separated: train_ae, vs_diffusers')
+add_device_arg(parser, default='cpu')
+parser.add_argument('--dtype', default=None, choices=['float32', 'bfloat16', 'float16'], help='autocast dtype; default: bfloat16 on GPUs, float32 on the CPU')
+parser.add_argument('--compile', action='store_true', help='torch.compile the autoencoder (train_ae.py --compile)')
+parser.add_argument('--lpips', action=argparse.BooleanOptionalAction, default=True, help='part 1 with the LPIPS loss on (random VGG16 and linear-head weights)')
+parser.add_argument('--parts', default='train_ae,vs_diffusers', help='the parts to run, comma-separated: train_ae, vs_diffusers')
 args = parser.parse_args()
+
+import torch  # noqa: E402
+
+from common import autocast, select_device  # noqa: E402
+from flops import ae_flops, ae_decoder_flops, device_peak_flops  # noqa: E402
+from model import AE_PRESETS, Autoencoder  # noqa: E402
+
+args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU
 device = torch.device(args.device)
 cuda = device.type == 'cuda'
 dtype = args.dtype or ('bfloat16' if cuda else 'float32')

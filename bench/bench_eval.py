@@ -1,17 +1,18 @@
 """
 The time eval_fid.py takes to score generated images against ADM's reference batch, stage by stage, each measured at a
 size this machine runs in minutes and extrapolated by its cost model to --num_fake samples against --num_ref reference
-images (default: 50K against the 10K images of VIRTUAL_imagenet256_labeled.npz):
+images (default: 50K against the 10K images of VIRTUAL_imagenet256_labeled.npz). One JSON line per stage.
 
+  python bench/bench_eval.py                                     # CPU, one thread per process as eval_fid.py runs
+  python bench/bench_eval.py --device cuda --images 2000 --pr_n 20000
+
+The stages and their cost models:
   - Inception forward: linear in the images (the samples, and the reference images that precision/recall and KID need);
   - precision/recall: k-NN radii within each set and distances across them, (R^2 + F^2 + R F) pairs of 2048-d features;
   - KID: 100 subsets of 1000 whatever the set sizes, measured as it is;
   - FID and sFID: the samples' statistics (covariance: linear in the samples) and two Frechet distances (fixed);
   - IS: measured as it is on num_fake logits.
-One JSON line per stage. Weights, images and features are random: the time does not depend on them.
-
-  python bench/bench_eval.py                                     # CPU, one thread per process as eval_fid.py runs
-  python bench/bench_eval.py --device cuda --images 2000 --pr_n 20000
+Weights, images and features are random: the time does not depend on them.
 """
 import os
 import sys
@@ -19,27 +20,33 @@ import json
 import time
 import argparse
 
-import numpy as np
-import torch
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from cli import add_device_arg  # noqa: E402
+
+# the command line is read before torch is imported, so that --help and a mistyped flag answer at once
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
+add_device_arg(parser, default='cpu')
+parser.add_argument('--image_size', type=int, default=256, help='resolution of the samples (ADM ImageNet 256: 256)')
+parser.add_argument('--batch_size', type=int, default=50, help="images per Inception forward pass (eval_fid.py's default)")
+parser.add_argument('--images', type=int, default=None, help='images to time the Inception on (default: 100 on CPU, 2000 on GPUs)')
+parser.add_argument('--pr_n', type=int, default=None, help='features per set to time precision/recall on (default: 2000 on CPU, 20000 on GPUs)')
+parser.add_argument('--stats_n', type=int, default=5000, help='features to time the covariance on')
+parser.add_argument('--num_fake', type=int, default=50000, help='generated samples to extrapolate the time to')
+parser.add_argument('--num_ref', type=int, default=10000, help='reference images to extrapolate the time to')
+parser.add_argument('--float32_pr', action='store_true', help="precision/recall in float32 (torch-fidelity's) instead of ADM's float16 distances")
+args = parser.parse_args()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from common import select_device  # noqa: E402
 from inception import InceptionV3FID  # noqa: E402
 from metrics import (feature_statistics, frechet_distance, inception_score, kernel_inception_distance,  # noqa: E402
                      precision_recall)
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 allow_abbrev=False)
-parser.add_argument('--device', default='cpu')
-parser.add_argument('--image_size', type=int, default=256, help='resolution of the samples (ADM ImageNet 256: 256)')
-parser.add_argument('--batch_size', type=int, default=50, help="eval_fid.py's default")
-parser.add_argument('--images', type=int, default=None, help='images to time the Inception on (default: 100 on CPU, 2000 on GPUs)')
-parser.add_argument('--pr_n', type=int, default=None, help='features per set to time precision/recall on (default: 2000 on CPU, 20000 on GPUs)')
-parser.add_argument('--stats_n', type=int, default=5000, help='features to time the covariance on')
-parser.add_argument('--num_fake', type=int, default=50000)
-parser.add_argument('--num_ref', type=int, default=10000)
-parser.add_argument('--float32_pr', action='store_true', help="precision/recall in float32 (torch-fidelity's) instead of ADM's float16 distances")
-args = parser.parse_args()
+args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU
 device = torch.device(args.device)
 cuda = device.type == 'cuda'
 torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # as eval_fid.py

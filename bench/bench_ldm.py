@@ -2,6 +2,12 @@
 Training speed of the diffusion backbones. Each measurement prints one JSON line: step time, images (latents) per
 second, peak GPU memory and MFU = model FLOPs per step / step time / the device's peak (bench/flops.py).
 
+  python bench/bench_ldm.py                                      # CPU: DiT-S/2 on 8x8x4 latents, (2) and (3) only
+  python bench/bench_ldm.py --device cuda --presets DiT-XL/2 --batch_size 128 --compile   # one H100: all three
+  python bench/bench_ldm.py --device cuda --presets DiT-S/2,DiT-B/2,DiT-L/2,DiT-XL/2 --batch_size 128 --compile
+  python bench/bench_ldm.py --parts vs_latte --presets tiny,DiT-S/2 --num_frames 5   # video: 4 x 5 x 8 x 8 latents
+
+The parts (--parts):
   1. train_ldm: the real train_ldm.py, run as a subprocess on a latent cache (a random-weight autoencoder of --ae_preset
      encodes --num_images synthetic JPEGs once), timed from its own log: the code path a user runs, loader included.
   2. synthetic: the same step (Diffusion.training_loss, backward, AdamW) in-process on one batch held on the device, so
@@ -10,11 +16,6 @@ second, peak GPU memory and MFU = model FLOPs per step / step time / the device'
      alternation (A B A B ...) so that drift of a shared machine hits both alike.
   4. vs_latte (asked for by name): our VideoDiT on --num_frames latent frames, with full and with alternating
      attention, against diffusers' LatteTransformer3DModel of the same width and depth, alternated as in (3).
-
-  python bench/bench_ldm.py                                      # CPU: DiT-S/2 on 8x8x4 latents, (2) and (3) only
-  python bench/bench_ldm.py --device cuda --presets DiT-XL/2 --batch_size 128 --compile   # one H100: all three
-  python bench/bench_ldm.py --device cuda --presets DiT-S/2,DiT-B/2,DiT-L/2,DiT-XL/2 --batch_size 128 --compile
-  python bench/bench_ldm.py --parts vs_latte --presets tiny,DiT-S/2 --num_frames 5   # video: 4 x 5 x 8 x 8 latents
 """
 import os
 import sys
@@ -25,35 +26,40 @@ import tempfile
 import statistics
 import subprocess
 
-import numpy as np
-import torch
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'bench'))
-from common import autocast  # noqa: E402
-from diffusion import Diffusion  # noqa: E402
-from flops import dit_flops, dit_config, device_peak_flops  # noqa: E402
-from model import build_backbone, DIT_PRESETS, VIDEO_DIT_PRESETS  # noqa: E402
+from cli import add_device_arg  # noqa: E402
 
+# the command line is read before torch is imported, so that --help and a mistyped flag answer at once
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
-parser.add_argument('--presets', default='DiT-S/2', help='comma-separated DiT presets')
+parser.add_argument('--presets', default='DiT-S/2', help='comma-separated DiT presets to measure')
 parser.add_argument('--latent_size', type=int, default=None, help='latent h = w (default: 32 on GPUs, 8 on CPU)')
 parser.add_argument('--ae_preset', default='sd', help='autoencoder of the train_ldm run: sd (f8, 4 ch) or flux (f8, 16 ch)')
 parser.add_argument('--num_classes', type=int, default=1000, help='classes of the synthetic data (0: unconditional)')
-parser.add_argument('--batch_size', type=int, default=8)
+parser.add_argument('--batch_size', type=int, default=8, help='latents per step')
 parser.add_argument('--steps', type=int, default=10, help='timed steps per measurement (after --warmup)')
-parser.add_argument('--warmup', type=int, default=3)
-parser.add_argument('--device', default='cpu')
-parser.add_argument('--dtype', default=None, choices=['float32', 'bfloat16', 'float16'], help='default: bfloat16 on GPUs')
+parser.add_argument('--warmup', type=int, default=3, help='untimed steps (log intervals in part 1) before the timed ones')
+add_device_arg(parser, default='cpu')
+parser.add_argument('--dtype', default=None, choices=['float32', 'bfloat16', 'float16'], help='autocast dtype; default: bfloat16 on GPUs, float32 on the CPU')
 parser.add_argument('--compile', action='store_true', help='torch.compile the model (as train_ldm.py --compile)')
-parser.add_argument('--grad_checkpointing', action='store_true')
+parser.add_argument('--grad_checkpointing', action='store_true', help='recompute activations in the backward pass (train_ldm.py --grad_checkpointing)')
 parser.add_argument('--num_images', type=int, default=2048, help='images in the train_ldm run\'s latent cache')
 parser.add_argument('--num_frames', type=int, default=5, help='latent frames of the vs_latte part')
 parser.add_argument('--parts', default=None, help='comma-separated: train_ldm, synthetic, vs_diffusers, vs_latte (default: the first three on GPUs; '
                     'the last two on CPU, where a DiT-size train_ldm run takes minutes per step)')
 args = parser.parse_args()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from common import autocast, select_device  # noqa: E402
+from diffusion import Diffusion  # noqa: E402
+from flops import dit_flops, dit_config, device_peak_flops  # noqa: E402
+from model import build_backbone, DIT_PRESETS, VIDEO_DIT_PRESETS  # noqa: E402
+
+args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU
 device = torch.device(args.device)
 cuda = device.type == 'cuda'
 dtype = args.dtype or ('bfloat16' if cuda else 'float32')

@@ -1,8 +1,11 @@
 """
 How many CPU threads should a script use when other processes share the machine? The README's first command
 (train_ae.py, mini AE at 64 px) is run for a few steps under each thread setting, on an idle machine and beside
-competing processes, all in one run, so the seconds per step can be read side by side:
+competing processes, all in one run, so the seconds per step can be read side by side.
 
+  python bench/bench_threads.py                      # about 10 minutes on 2 cores; run it on an otherwise idle machine
+
+The thread settings (--settings):
   default   what torch does unasked: one thread a core, OpenMP threads spinning while they wait
   passive   as many threads, with OMP_WAIT_POLICY=PASSIVE (waiting threads sleep)
   one       a single thread
@@ -11,8 +14,6 @@ competing processes, all in one run, so the seconds per step can be read side by
 Competitors: none; 'spin', one pure-Python busy loop; 'torch', another torch process doing matmuls at torch's default
 thread count (what a second training run does). One JSON line per (competitor, setting) with the median seconds a
 step (log.jsonl's step_time, the first interval left out), then a table.
-
-  python bench/bench_threads.py                      # about 10 minutes on 2 cores; run it on an otherwise idle machine
 """
 import os
 import sys

@@ -33,6 +33,7 @@ import pytest
 import torch
 from PIL import Image
 
+import cli
 import common
 import data
 from diffusion import sample_generators, randn
@@ -711,7 +712,7 @@ LONG = 'x' * 300  # a path component longer than any file system's NAME_MAX (255
 
 ALL = ('train_ae.py', 'train_ldm.py', 'sample.py', 'eval_fid.py', 'spectrum.py')
 CASES = []
-# item 12: a bad number stops a script at argument parsing, in argparse's one line: common.checked is specified by
+# item 12: a bad number stops a script at argument parsing, in argparse's one line: cli.checked is specified by
 # test_checked_numbers_are_one_line_at_parsing below, and each script's parser is seen to use it once here
 for s, flag, value, pattern in [('train_ae.py', '--image_size', 0, 'must be >= 1, got 0'),
                                 ('train_ldm.py', '--sample_steps', 2000, 'must be >= 1 and <= 1000'),  # item 8
@@ -720,7 +721,8 @@ for s, flag, value, pattern in [('train_ae.py', '--image_size', 0, 'must be >= 1
                                 ('spectrum.py', '--image_size', 4, 'must be >= 8')]:
     CASES.append(Case(f'{s} {flag} {value}', script(s, flag, value), Error(f'argument {flag}: {pattern}')))
 for s in ALL:
-    CASES.append(Case(f'{s} --device nonsense', script(s, '--device', 'nonsense'), Error('--device nonsense is not a device')))
+    CASES.append(Case(f'{s} --device nonsense', script(s, '--device', 'nonsense'),
+                      Error("argument --device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'nonsense'")))
 CASES += [
     Case('train_ae --vgg_weights garbage', script('train_ae.py', lambda t, r: TINY_AE + [
         '--lpips_weight', 1, '--vgg_weights', garbage(t, 'vgg.pth'), '--out_dir', t / 'o']), Error('LPIPS weights file .*vgg.pth could not be read as torch weights')),
@@ -1089,20 +1091,23 @@ def test_bad_input(case, tmp_path, runs, monkeypatch):
 
 
 def test_checked_numbers_are_one_line_at_parsing():
-    """common.checked and common.int_list, the argparse types of every numeric flag: a value out of its range, NaN,
-    inf or not a number stops the parse with argparse's one line naming the flag and the rule; a good one parses."""
+    """cli.checked and cli.int_list, the argparse types of every numeric flag, and cli.device, that of --device: a value
+    out of its range, NaN, inf, not a number or not a device stops the parse with argparse's one line naming the flag
+    and the rule; a good one parses."""
     import argparse
-    rules = [(common.checked(int, lo=1), [('0', 'must be >= 1, got 0'), ('-8', 'must be >= 1, got -8'),
-                                          ('x', "expected an integer, got 'x'"), ('2.5', 'expected an integer')], ('7', 7)),
-             (common.checked(float, lo=0, lo_open=True), [('0', 'must be > 0, got 0'), ('-1', 'must be > 0'),
-                                                          ('nan', 'must be > 0, got nan'), ('inf', 'must be > 0, got inf')],
+    rules = [(cli.checked(int, lo=1), [('0', 'must be >= 1, got 0'), ('-8', 'must be >= 1, got -8'),
+                                       ('x', "expected an integer, got 'x'"), ('2.5', 'expected an integer')], ('7', 7)),
+             (cli.checked(float, lo=0, lo_open=True), [('0', 'must be > 0, got 0'), ('-1', 'must be > 0'),
+                                                       ('nan', 'must be > 0, got nan'), ('inf', 'must be > 0, got inf')],
               ('1e-4', 1e-4)),
-             (common.checked(float, lo=0, hi=1, hi_open=True), [('1', 'must be >= 0 and < 1, got 1'), ('1.5', '< 1'),
-                                                                ('-0.1', 'must be >= 0')], ('0.9999', 0.9999)),
-             (common.checked(int, lo=1, hi=1000), [('2000', 'must be >= 1 and <= 1000, got 2000'), ('0', '>= 1')],
+             (cli.checked(float, lo=0, hi=1, hi_open=True), [('1', 'must be >= 0 and < 1, got 1'), ('1.5', '< 1'),
+                                                             ('-0.1', 'must be >= 0')], ('0.9999', 0.9999)),
+             (cli.checked(int, lo=1, hi=1000), [('2000', 'must be >= 1 and <= 1000, got 2000'), ('0', '>= 1')],
               ('1000', 1000)),
-             (common.int_list(2), [('a', "expected comma-separated integers such as '2,4', got 'a'"),
-                                   ('2,1', "every value must be >= 2, got '2,1'")], ('2,4', [2, 4]))]
+             (cli.int_list(2), [('a', "expected comma-separated integers such as '2,4', got 'a'"),
+                                ('2,1', "every value must be >= 2, got '2,1'")], ('2,4', [2, 4])),
+             (cli.device, [('nonsense', "expected 'auto', 'cpu', 'cuda' or 'cuda:N', got 'nonsense'"),
+                           ('cuda:x', "got 'cuda:x'"), ('mps', "got 'mps'")], ('cuda:1', 'cuda:1'))]
     for kind, bad, (text, value) in rules:
         parser = argparse.ArgumentParser(prog='script.py', allow_abbrev=False)
         parser.add_argument('--x', type=kind)
