@@ -35,7 +35,7 @@ import sys
 import json
 import argparse
 
-from cli import FID_WEIGHTS_FILE, I3D_WEIGHTS_FILE, I3D_WEIGHTS_URL, add_device_arg, checked
+from cli import FID_WEIGHTS_FILE, I3D_WEIGHTS_FILE, I3D_WEIGHTS_URL, add_device_arg, checked, set_cpu_threads
 
 
 def parse_args(argv=None):
@@ -64,8 +64,8 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-if __name__ == '__main__':
-    parse_args()  # before torch is imported, so that --help and a mistyped flag answer at once
+if __name__ == '__main__':  # before torch is imported: --help and a mistyped flag answer at once, and the threads hold
+    set_cpu_threads(reserve=parse_args().num_workers)  # the decoding workers keep their own cores busy
 
 import numpy as np
 import torch

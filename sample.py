@@ -28,7 +28,7 @@ import sys
 import glob
 import argparse
 
-from cli import SPACINGS, add_device_arg, checked
+from cli import SPACINGS, add_device_arg, checked, set_cpu_threads
 
 # -----------------------------------------------------------------------------
 # config, read before torch is imported, so that --help and a mistyped flag answer at once
@@ -72,6 +72,7 @@ add_device_arg(parser)
 parser.add_argument('--dtype', type=str, default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'],
                     help="autocast dtype; 'auto' = bfloat16 on GPUs that support it, else float32")
 args = parser.parse_args()
+set_cpu_threads()  # the CPU threads this machine can spare, while torch can still obey
 
 # the command line is read: now the heavy imports (torch alone takes over a second)
 import numpy as np

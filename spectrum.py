@@ -43,7 +43,7 @@ import json
 import math
 import argparse
 
-from cli import add_device_arg, checked
+from cli import add_device_arg, checked, set_cpu_threads
 
 BLOCK = 8                                         # JPEG's block size, the paper's
 ERASE_FRACTIONS = [k / 10 for k in range(10)]     # p = 0, 0.1, ..., 0.9 of the 64 coefficients erased
@@ -74,8 +74,9 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-if __name__ == '__main__':
-    parse_args()  # before torch is imported, so that --help and a mistyped flag answer at once
+if __name__ == '__main__':  # before torch is imported: --help and a mistyped flag answer at once, and the threads hold
+    parse_args()
+    set_cpu_threads()
 
 import torch
 from tqdm import tqdm

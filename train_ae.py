@@ -46,7 +46,7 @@ import contextlib
 from copy import deepcopy
 from dataclasses import asdict, replace
 
-from cli import VIDEO_DEFAULTS, SE_DOWNSAMPLING, add_common_args, checked, int_list
+from cli import VIDEO_DEFAULTS, SE_DOWNSAMPLING, add_common_args, checked, int_list, set_cpu_threads
 
 # -----------------------------------------------------------------------------
 # config, read before torch is imported, so that --help and a mistyped flag answer at once
@@ -91,6 +91,14 @@ args = parser.parse_args()
 se_scales = args.se_scales if args.se_mode == 'downsample' else []
 se_time_scales = args.se_temporal_scales or ([2] if args.se_temporal else [])
 disc_start = args.disc_start if args.disc_start is not None else (0 if args.init_from else 50001)
+# the CPU threads this machine can spare, set while torch can still obey (cli.set_cpu_threads), and a first line at once:
+# what runs and where it goes (loading torch, the data and the networks take a while, longer on a busy machine)
+threads = set_cpu_threads(reserve=args.num_workers)  # the data workers keep their own cores busy
+if os.environ.get('RANK', '0') == '0':
+    print(f"train_ae.py: {'fine-tuning ' + args.init_from if args.init_from else 'preset ' + args.preset}, "
+          f"{args.image_size} px{f' x {args.num_frames} frames' if video else ''}, {args.data or 'embedded data'}, "
+          f"se_weight {args.se_weight:g}, {args.max_steps} steps of batch {args.batch_size} -> {args.out_dir}; {threads}; "
+          f"loading torch ...", flush=True)
 
 # the command line is read: now the heavy imports (torch alone takes over a second)
 import torch
@@ -172,11 +180,9 @@ device = dist.device
 dtype = resolve_dtype(args.dtype, device)
 prepare_run_dir(args.out_dir, args.overwrite, dist.master)
 seed_everything(args.seed + dist.rank)  # different noise per rank; the data shard differs by construction
-if dist.master:  # a first line at once: what runs and where it goes (the data and the networks take a while)
-    print(f"train_ae.py: {'fine-tuning ' + args.init_from if args.init_from else 'preset ' + args.preset}, "
-          f"{args.image_size} px{f' x {args.num_frames} frames' if video else ''}, {args.data or 'embedded data'}, "
-          f"se_weight {args.se_weight:g}, {args.max_steps} steps of batch {args.batch_size} x {dist.world_size} on "
-          f"{device} ({dtype}) -> {args.out_dir}; preparing the data and the networks ...", flush=True)
+if dist.master:
+    print(f"train_ae.py: {dist.world_size} process(es) on {device} ({dtype}); preparing the data and the networks ...",
+          flush=True)
 
 # -----------------------------------------------------------------------------
 # data: the training stream, of which every rank takes its own shard of each epoch's permutation, and a fixed

@@ -48,7 +48,7 @@ import argparse
 import contextlib
 from copy import deepcopy
 
-from cli import FLOW_PREDICTIONS, SCHEDULES, TIME_SAMPLINGS, add_common_args, checked
+from cli import FLOW_PREDICTIONS, SCHEDULES, TIME_SAMPLINGS, add_common_args, checked, set_cpu_threads
 
 # -----------------------------------------------------------------------------
 # config, read before torch is imported, so that --help and a mistyped flag answer at once
@@ -94,6 +94,13 @@ schedule = None if flow else args.schedule or {'unet': 'ldm_linear', 'dit': 'lin
 # DDPM). 'prediction' keeps its old meaning for DDPM (eps or v; checkpoints made before flow have no 'objective')
 objective = {'objective': args.objective, 'prediction': (args.prediction or 'velocity') if flow else args.objective,
              **{k: getattr(args, k) if flow else None for k in FLOW_ONLY[1:]}}
+
+# the CPU threads this machine can spare, set while torch can still obey (cli.set_cpu_threads), and a first line at once:
+# what runs and where it goes (loading torch and encoding the data take a while, longer on a busy machine)
+threads = set_cpu_threads(reserve=0 if args.cache_latents else args.num_workers)  # workers decoding images keep cores busy
+if os.environ.get('RANK', '0') == '0':
+    print(f"train_ldm.py: {args.model} {args.preset}, objective {args.objective}, on the latents of {args.ae}, "
+          f"{args.max_steps} steps of batch {args.batch_size} -> {args.out_dir}; {threads}; loading torch ...", flush=True)
 
 # the command line is read: now the heavy imports (torch alone takes over a second)
 import torch
@@ -161,10 +168,8 @@ device = dist.device
 dtype = resolve_dtype(args.dtype, device)
 prepare_run_dir(args.out_dir, args.overwrite, dist.master)
 seed_everything(args.seed + dist.rank)
-if dist.master:  # a first line at once: what runs and where it goes (encoding the data takes a while)
-    print(f"train_ldm.py: {args.model} {args.preset}, objective {args.objective}, on the latents of {args.ae}, "
-          f"{args.max_steps} steps of batch {args.batch_size} x {dist.world_size} on {device} -> {args.out_dir}; "
-          f"preparing the data and the networks ...", flush=True)
+if dist.master:
+    print(f"train_ldm.py: {dist.world_size} process(es) on {device}; preparing the data and the networks ...", flush=True)
 
 ae_path = saved['ae'] if saved and args.ae == parser.get_default('ae') else args.ae
 try:

@@ -131,3 +131,17 @@ def test_every_flag_says_what_it_sets(script, monkeypatch):
     silent = [a.option_strings[0] if a.option_strings else a.dest for a in parser._actions
               if not isinstance(a, argparse._HelpAction) and not (a.help or '').strip()]
     assert not silent, f"{script}: no help text for {silent}"
+
+
+@pytest.mark.parametrize('script, flag', [('train_ae.py', '--init_from'), ('train_ldm.py', '--ae')])
+def test_a_training_script_says_what_it_runs_before_it_loads_torch(script, flag, tmp_path):
+    """The first line comes before torch is imported (the slow part of a start, slower on a busy machine): stdout and
+    -X importtime's stderr share one unbuffered pipe, so their order is the order of events. (A missing checkpoint
+    stops the run soon after, at its checks.)"""
+    p = subprocess.run([sys.executable, '-u', '-X', 'importtime', script, flag, str(tmp_path / 'missing.pt'),
+                        '--out_dir', str(tmp_path / 'out'), '--device', 'cpu'],
+                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    lines = p.stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith(f'{script}: '))
+    torch_loaded = next(i for i, line in enumerate(lines) if line.startswith('import time:') and line.endswith('| torch'))
+    assert first < torch_loaded and str(tmp_path / 'out') in lines[first] and 'thread' in lines[first]
