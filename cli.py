@@ -152,14 +152,17 @@ def cpu_threads(reserve=0):
 
 def set_cpu_threads(reserve=0):
     """The thread policy of every script, applied before torch is imported (torch reads these variables when it
-    loads): OMP_NUM_THREADS and MKL_NUM_THREADS from cpu_threads(reserve), and, where it picks more than one thread,
-    OMP_WAIT_POLICY=PASSIVE, so that threads waiting at a barrier sleep instead of spinning on a core that a process
-    started later may need (0.38 s a step against 0.62 beside a busy process, 9% slower on an idle machine). What the
-    user set is kept. -> a phrase for the script's first line."""
-    given = 'OMP_NUM_THREADS' in os.environ
+    loads). Where the user (or torchrun) set OMP_NUM_THREADS, nothing changes. Otherwise OMP_NUM_THREADS and
+    MKL_NUM_THREADS come from cpu_threads(reserve), and where that is more than one thread, OMP_WAIT_POLICY=PASSIVE
+    (unless set), so that threads waiting at a barrier sleep instead of spinning on a core that a process started later
+    may need: at 2 threads, 0.38 s a step against 0.62 beside a busy process, 0.52 against 2.20 beside a second torch
+    job, and 9% slower on an idle machine (bench/bench_threads.py). -> a phrase for the script's first line."""
+    if 'OMP_NUM_THREADS' in os.environ:
+        threads = cpu_threads()
+        return f"{threads} CPU thread{'s' if threads > 1 else ''} (OMP_NUM_THREADS)"
     threads = cpu_threads(reserve)
-    os.environ.setdefault('OMP_NUM_THREADS', str(threads))
+    os.environ['OMP_NUM_THREADS'] = str(threads)
     os.environ.setdefault('MKL_NUM_THREADS', str(threads))
     if threads > 1:
         os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
-    return f"{threads} CPU thread{'s' if threads > 1 else ''}" + (' (OMP_NUM_THREADS)' if given else '')
+    return f"{threads} CPU thread{'s' if threads > 1 else ''}"

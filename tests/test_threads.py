@@ -29,12 +29,15 @@ def test_threads_are_the_idle_cores_less_the_data_workers_and_at_least_one(clean
     assert os.environ.get('OMP_WAIT_POLICY') == ('PASSIVE' if threads > 1 else None)
 
 
-def test_what_the_user_set_is_kept(clean_env, monkeypatch):
+def test_what_the_user_set_is_kept_and_nothing_is_added_to_it(clean_env, monkeypatch):
     monkeypatch.setattr(cli, 'idle_cores', lambda: 8.0)
     monkeypatch.setenv('OMP_NUM_THREADS', '3')
+    assert cli.set_cpu_threads(reserve=2) == '3 CPU threads (OMP_NUM_THREADS)'
+    assert os.environ['OMP_NUM_THREADS'] == '3' and 'OMP_WAIT_POLICY' not in os.environ
     monkeypatch.setenv('OMP_WAIT_POLICY', 'ACTIVE')
-    assert 'OMP_NUM_THREADS' in cli.set_cpu_threads(reserve=2)
-    assert os.environ['OMP_NUM_THREADS'] == '3' and os.environ['OMP_WAIT_POLICY'] == 'ACTIVE'
+    monkeypatch.delenv('OMP_NUM_THREADS')
+    cli.set_cpu_threads(reserve=2)
+    assert os.environ['OMP_NUM_THREADS'] == '6' and os.environ['OMP_WAIT_POLICY'] == 'ACTIVE'
 
 
 def test_idle_cores_sees_a_busy_process():
