@@ -3,7 +3,7 @@ Does scale equivariance (SE) make latents more diffusable? The experiment of Sko
 miniature, from one command, run with the project's own scripts; report.py turns its numbers into report.md.
 
   python reproduce.py                  # Fig. 1 and 5: the shipped baseline fine-tuned with SE and without, 3 seeds
-  python reproduce.py --pretrain       # make the shipped baseline again (about an hour on 2 CPU cores)
+  python reproduce.py --pretrain       # make the shipped baseline again (about 1.5 hours on 2 CPU cores)
   python reproduce.py --data ~/photos --random_crop   # a folder of photographs, split into training and held-out files
   python reproduce.py --channels       # + Fig. 2 (latent channels); --kl_sweep: Fig. 3; --se_sweep: Fig. 4; --all
   python reproduce.py --objective flow # rectified-flow LDMs instead of DDPM (eps,flow: both, on the same autoencoders)
@@ -162,9 +162,9 @@ child_seconds = {}  # seconds spent in each script's runs (summed over parallel 
 # what a run shows while it runs: every child's messages whole, a live line per running child, the time left
 
 # the seconds one unit of each kind of work took in the default run (2 idle cores, 2 jobs of one thread, 2026-12-01):
-# a training step, a held-out image through spectrum.py or the probe, a sample and sampler step, a sample scored
+# a training step, a held-out image through spectrum.py or the probe, a sample drawn (sample.py's 50 DDIM steps), scored
 REFERENCE_SECONDS = {'train_ae.py': 0.36, 'train_ldm.py': 0.12, 'spectrum.py': 36 / 256, 'probe': 54 / 256,
-                     'sample.py': 17 / (256 * 50), 'eval_fid.py': 8 / 256}
+                     'sample.py': 17 / 256, 'eval_fid.py': 8 / 256}
 TQDM = re.compile(r'(\d+)/(\d+) \[([\d:]+)<([\d:?]+)')   # a tqdm bar's "n/total [elapsed<remaining"
 
 
@@ -297,7 +297,7 @@ def run_units(script, script_args):
     if script == 'spectrum.py':
         return int(a[a.index('--num_images') + 1])
     if script == 'sample.py':
-        return int(a[a.index('--num_samples') + 1]) * sizes['sample_steps']
+        return int(a[a.index('--num_samples') + 1])
     return sizes['num_samples']  # eval_fid.py: the samples, or a reference set of the same size
 
 
@@ -667,7 +667,7 @@ def planned_work():
     t, n, images, samples = REFERENCE_SECONDS, 2 * args.seeds, counts['heldout'], sizes['num_samples']
     finetune = sizes['ft_steps'] * t['train_ae.py'] + images * t['spectrum.py']
     per_ldm = (sizes['ldm_steps'] * t['train_ldm.py'] + sizes['ldm_evals'] * images * t['probe'] +
-               samples * sizes['sample_steps'] * t['sample.py'] + samples * t['eval_fid.py'])
+               samples * t['sample.py'] + samples * t['eval_fid.py'])
     total = n * finetune + images * t['spectrum.py'] + len(objectives) * n * per_ldm + 3 * samples * t['eval_fid.py']
     total += figures['channels'] * len(Z_CHANNELS) * (sizes['sweep_steps'] * t['train_ae.py'] + images * t['spectrum.py'])
     total += figures['kl_sweep'] * len(KL_WEIGHTS) * finetune + figures['se_sweep'] * len(SE_WEIGHTS) * finetune
