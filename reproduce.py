@@ -275,7 +275,7 @@ def run(script, *script_args, log=None, units=None):
             bar = [part.strip() for part in pending.split('\r') if part.strip()]
             m = TQDM.search(bar[-1]) if bar else None
             share = int(m.group(1)) / max(1, int(m.group(2))) if m else 0.0
-            work.running[label] = (REFERENCE_SECONDS[script] * units if script in REFERENCE_SECONDS else 0.0, share)
+            work.running[label] = (REFERENCE_SECONDS[script] * units, share)
             progress = f"{m.group(1)}/{m.group(2)}, {m.group(4)} left" if m else f"running for {time.time() - t0:.0f} s"
             display.status(label, f"{progress}; the whole run: about {minutes(work.left())} left")
             time.sleep(1)
@@ -286,8 +286,7 @@ def run(script, *script_args, log=None, units=None):
         say(''.join(messages_of(log)[-60:]))
         sys.exit(f"error: {script} failed (exit {p.returncode}); its messages are above, and its whole output in {log}. "
                  f"Fix it and rerun: finished steps are reused.")
-    if script in REFERENCE_SECONDS:
-        work.finish(script, units)
+    work.finish(script, units)
     say(f"  {label} ... done in {time.time() - t0:.0f} s; the whole run: about {minutes(work.left())} left")
 
 
@@ -465,7 +464,7 @@ def pretrain():
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_file({k: v.contiguous() for k, v in ckpt['model'].items()}, path, metadata=meta)
     say(f"wrote {path}: {meta['steps']} steps in {float(meta['train_seconds']) / 60:.1f} min, held-out PSNR "
-          f"{meta['val_psnr']} dB (bicubic at the latent grid {meta['val_psnr_bicubic']} dB)")
+        f"{meta['val_psnr']} dB (bicubic at the latent grid {meta['val_psnr_bicubic']} dB)")
     return settings
 
 
@@ -522,8 +521,8 @@ def measure(ae, ckpt=None):
     rgb = result['rgb'][r['rgb_reference']]
     sample = r.get('posterior_sample', r)
     say(f"  {name} ({os.path.relpath(out, args.out_dir)}): hf_share {r['hf_share']:.4f} (RGB {rgb['hf_share']:.4f}), "
-          f"hf_energy_share {r['hf_energy_share']:.4f}, PSNR {r['reconstruction_psnr']:.2f} dB (bicubic at the latent "
-          f"grid {r['bicubic_psnr']:.2f})")
+        f"hf_energy_share {r['hf_energy_share']:.4f}, PSNR {r['reconstruction_psnr']:.2f} dB (bicubic at the latent "
+        f"grid {r['bicubic_psnr']:.2f})")
     return {'hf_share': r['hf_share'], 'hf_share_sample': sample['hf_share'], 'hf_energy_share': r['hf_energy_share'],
             'hf_energy_share_sample': sample['hf_energy_share'], 'rgb_hf_share': rgb['hf_share'],
             'rgb_hf_energy_share': rgb['hf_energy_share'], 'psnr': r['reconstruction_psnr'],
