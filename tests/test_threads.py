@@ -15,7 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture
 def clean_env(monkeypatch):
     for name in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OMP_WAIT_POLICY'):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, '')  # records the original, so that what set_cpu_threads writes is undone after
+        monkeypatch.delenv(name)
     monkeypatch.setattr(cli.os, 'sched_getaffinity', lambda pid: set(range(8)), raising=False)
 
 
