@@ -55,10 +55,11 @@ class Outcome:
 
 
 def run_script(name, argv):
-    """python name argv..., in this process: global state that scripts change (RNGs, grad mode) is put back. One
-    thread: the models are tiny, and threads fighting over busy cores cost more than they give."""
+    """python name argv..., in this process: global state that scripts change (RNGs, grad mode, the environment, where
+    cli.set_cpu_threads writes) is put back. One thread: the models are tiny, and threads fighting over busy cores cost
+    more than they give."""
     saved = (sys.argv, torch.is_grad_enabled(), torch.get_rng_state(), np.random.get_state(), random.getstate(),
-             torch.get_num_threads())
+             torch.get_num_threads(), dict(os.environ))
     sys.argv = [name, *map(str, argv)]
     torch.set_num_threads(1)
     out, err, code = io.StringIO(), io.StringIO(), 0
@@ -75,6 +76,8 @@ def run_script(name, argv):
         np.random.set_state(saved[3])
         random.setstate(saved[4])
         torch.set_num_threads(saved[5])
+        os.environ.clear()
+        os.environ.update(saved[6])
     lines = [line for line in err.getvalue().splitlines() if line.strip()]
     message = code if isinstance(code, str) else (lines[-1] if lines else '')
     return Outcome(code, message, out.getvalue())
