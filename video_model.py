@@ -32,6 +32,7 @@ class VideoAEConfig:
     z_channels: int = 16
     temporal_levels: int = 2       # the first encoder levels (last decoder levels) also halve (double) time: 4x
     norm: str = 'frame'            # GroupNorm statistics per frame (strictly causal) | 'clip': over the whole chunk
+    norm_groups: int = 32          # GroupNorm groups (CogVideoX: 32); narrow presets use fewer, see model.group_norm
     use_quant_conv: bool = False   # 1x1x1 convs on either side of the latent (CogVideoX has none)
     chunk_frames: int = 8          # encoding: input frames per temporal chunk after the first (CogVideoX: 8)
     chunk_latents: int = 2         # decoding: latent frames per chunk after the first (CogVideoX: 2)
@@ -41,7 +42,10 @@ class VideoAEConfig:
 
 VIDEO_AE_PRESETS = {
     # f4 in space, 4x in time, 16 latent channels (12x compression, as the image `tiny`): CPU tests and smoke runs
-    'tiny': VideoAEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16),
+    'tiny': VideoAEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16, norm_groups=8),
+    # the image `mini` in 3D: f4 in space, 4x in time, 8 latent channels, 4 channels per norm group (1.8M parameters):
+    # reproduce.py's miniature of CogVideoX-AE (32 px x 17 frames -> 5 x 8 x 8 x 8 latents), no shortcut to the latent
+    'mini': VideoAEConfig(ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, z_channels=8, norm_groups=4),
     # CogVideoX-2b/5b's VAE (8x8 in space, 4x in time, z=16). Public latent scale: diffusion runs on z * 1.15258426
     # (2b) or z * 0.7 (5b). Weights: huggingface.co/THUDM/CogVideoX-2b, vae/diffusion_pytorch_model.safetensors.
     # Its GroupNorms take statistics over the whole chunk, so it is causal chunk by chunk, not frame by frame.
@@ -69,11 +73,11 @@ class CausalConv3d(nn.Module):
 
 
 class Norm3d(nn.GroupNorm):
-    """GroupNorm(32) of a video: statistics per frame (causal) or, as CogVideoX, over all frames of the chunk."""
+    """GroupNorm of a video: statistics per frame (causal) or, as CogVideoX, over all frames of the chunk."""
 
-    def __init__(self, channels, per_frame):
-        super().__init__(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
-        self.per_frame = per_frame
+    def __init__(self, channels, cfg):
+        super().__init__(num_groups=cfg.norm_groups, num_channels=channels, eps=1e-6, affine=True)
+        self.per_frame = cfg.norm == 'frame'
 
     def forward(self, x, z=None):  # z: unused, so that Norm3d and SpatialNorm3d are called alike
         return from_frames(super().forward(to_frames(x)), x.shape[0]) if self.per_frame else super().forward(x)
@@ -84,11 +88,11 @@ class SpatialNorm3d(nn.Module):
     norm(h) * conv_y(z') + conv_b(z'), with z' the latent resized (nearest) to h's (T, H, W); the first latent frame
     stands for the first frame alone."""
 
-    def __init__(self, channels, z_channels, per_frame):
+    def __init__(self, channels, cfg):
         super().__init__()
-        self.norm = Norm3d(channels, per_frame)
-        self.conv_y = nn.Conv3d(z_channels, channels, 1)
-        self.conv_b = nn.Conv3d(z_channels, channels, 1)
+        self.norm = Norm3d(channels, cfg)
+        self.conv_y = nn.Conv3d(cfg.z_channels, channels, 1)
+        self.conv_b = nn.Conv3d(cfg.z_channels, channels, 1)
 
     def forward(self, h, z):
         T, H, W = h.shape[2:]
@@ -102,14 +106,14 @@ class SpatialNorm3d(nn.Module):
 class ResnetBlock3d(nn.Module):
     """x + conv2(dropout(silu(norm2(conv1(silu(norm1(x))))))) with causal 3D convs; decoder norms see z."""
 
-    def __init__(self, in_channels, out_channels, per_frame, z_channels=None, dropout=0.0):
+    def __init__(self, in_channels, out_channels, cfg, conditioned=False):
         super().__init__()
         def norm(c):
-            return SpatialNorm3d(c, z_channels, per_frame) if z_channels else Norm3d(c, per_frame)
+            return SpatialNorm3d(c, cfg) if conditioned else Norm3d(c, cfg)
         self.norm1 = norm(in_channels)
         self.conv1 = CausalConv3d(in_channels, out_channels)
         self.norm2 = norm(out_channels)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(cfg.dropout)
         self.conv2 = CausalConv3d(out_channels, out_channels)
         self.nin_shortcut = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
@@ -153,10 +157,10 @@ class Upsample3d(nn.Module):
 class MidBlock3d(nn.Module):
     """Two ResnetBlock3d at the lowest resolution (CogVideoX has no attention here)."""
 
-    def __init__(self, channels, per_frame, z_channels=None, dropout=0.0):
+    def __init__(self, channels, cfg, conditioned=False):
         super().__init__()
-        self.block_1 = ResnetBlock3d(channels, channels, per_frame, z_channels, dropout)
-        self.block_2 = ResnetBlock3d(channels, channels, per_frame, z_channels, dropout)
+        self.block_1 = ResnetBlock3d(channels, channels, cfg, conditioned)
+        self.block_2 = ResnetBlock3d(channels, channels, cfg, conditioned)
 
     def forward(self, x, cache=None, z=None):
         return self.block_2(self.block_1(x, cache, z), cache, z)
@@ -167,7 +171,6 @@ class Encoder3d(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        per_frame = cfg.norm == 'frame'
         widths = [cfg.ch * m for m in cfg.ch_mult]
         self.conv_in = CausalConv3d(cfg.in_channels, cfg.ch)
         self.down = nn.ModuleList()
@@ -176,13 +179,13 @@ class Encoder3d(nn.Module):
             level = nn.Module()
             level.block = nn.ModuleList()
             for _ in range(cfg.num_res_blocks):
-                level.block.append(ResnetBlock3d(c, width, per_frame, dropout=cfg.dropout))
+                level.block.append(ResnetBlock3d(c, width, cfg))
                 c = width
             if i_level != len(widths) - 1:
                 level.downsample = Downsample3d(c, compress_time=i_level < cfg.temporal_levels)
             self.down.append(level)
-        self.mid = MidBlock3d(c, per_frame, dropout=cfg.dropout)
-        self.norm_out = Norm3d(c, per_frame)
+        self.mid = MidBlock3d(c, cfg)
+        self.norm_out = Norm3d(c, cfg)
         self.conv_out = CausalConv3d(c, 2 * cfg.z_channels)
 
     def forward(self, x, cache=None):
@@ -202,23 +205,23 @@ class Decoder3d(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        per_frame, zc = cfg.norm == 'frame', cfg.z_channels
+        zc = cfg.z_channels
         widths = [cfg.ch * m for m in cfg.ch_mult]
         c = widths[-1]
         self.conv_in = CausalConv3d(zc, c)
-        self.mid = MidBlock3d(c, per_frame, zc, cfg.dropout)
+        self.mid = MidBlock3d(c, cfg, conditioned=True)
         up = []  # built coarse to fine, stored so that up[i_level] is level i_level, as in the image AE
         for i_level in reversed(range(len(widths))):
             level = nn.Module()
             level.block = nn.ModuleList()
             for _ in range(cfg.num_res_blocks + 1):
-                level.block.append(ResnetBlock3d(c, widths[i_level], per_frame, zc, cfg.dropout))
+                level.block.append(ResnetBlock3d(c, widths[i_level], cfg, conditioned=True))
                 c = widths[i_level]
             if i_level != 0:  # the coarsest temporal_levels upsamplers also double time
                 level.upsample = Upsample3d(c, compress_time=len(widths) - 1 - i_level < cfg.temporal_levels)
             up.insert(0, level)
         self.up = nn.ModuleList(up)
-        self.norm_out = SpatialNorm3d(c, zc, per_frame)
+        self.norm_out = SpatialNorm3d(c, cfg)
         self.conv_out = CausalConv3d(c, cfg.out_ch)
 
     def forward(self, z, cache=None):
@@ -245,9 +248,9 @@ class VideoAutoencoder(nn.Module):
         super().__init__()
         if cfg.norm not in ('frame', 'clip'):
             raise ValueError(f"unknown video AE norm {cfg.norm!r}; use 'frame' or 'clip'.")
-        if any((cfg.ch * m) % 32 for m in cfg.ch_mult):
-            raise ValueError(f"every level width ch * ch_mult must be a multiple of 32 for GroupNorm(32), "
-                             f"got ch={cfg.ch}, ch_mult={cfg.ch_mult}.")
+        if any((cfg.ch * m) % cfg.norm_groups for m in cfg.ch_mult):
+            raise ValueError(f"every level width ch * ch_mult must be a multiple of norm_groups={cfg.norm_groups} for "
+                             f"GroupNorm, got ch={cfg.ch}, ch_mult={cfg.ch_mult}.")
         if not 0 <= cfg.temporal_levels < len(cfg.ch_mult) or cfg.chunk_frames % 2 ** cfg.temporal_levels:
             raise ValueError(f"temporal_levels must be below the number of levels ({len(cfg.ch_mult)}) and chunk_frames "
                              f"({cfg.chunk_frames}) a multiple of the temporal factor 2^temporal_levels.")
