@@ -16,7 +16,10 @@ PSNR_MAX = 100.0  # dB; a lossless match (MSE 0) is reported as this, not inf, s
 
 def psnr(x, y):
     """Per-image PSNR in dB, (B,), of x, y (B, C, H, W) in [-1, 1], measured on [0, 1] with peak 1 (the same number as
-    on [0, 255] with peak 255): 10 log10(1 / MSE). Identical images give PSNR_MAX."""
+    on [0, 255] with peak 255): 10 log10(1 / MSE). Identical images give PSNR_MAX. Clips (B, C, T, H, W): each clip's
+    mean over its frames of the frame PSNR, so that a clip's number is the frames' number whoever measures it."""
+    if x.dim() == 5:
+        return psnr(to_frames(x), to_frames(y)).view(x.shape[0], x.shape[2]).mean(1)
     mse = ((x.double() - y.double()) / 2).pow(2).flatten(1).mean(1)  # / 2 maps a [-1, 1] difference to [0, 1]
     return (10 * torch.log10(1 / mse)).clamp(max=PSNR_MAX)
 
@@ -69,8 +72,11 @@ def rgb_on_latent_grid(x, latent_shape, temporal_levels=0):
 
 def bicubic_at_latent_grid(x, f):
     """The trivial autoencoder an f-times-downsampling one must beat: x (B, 3, H, W) shrunk by f (antialiased bicubic)
-    and blown up again (bicubic), clamped to [-1, 1]. It stores 3 numbers per latent position. Clips are measured
-    frame by frame (pass their frames, as (B*T, 3, H, W))."""
+    and blown up again (bicubic), clamped to [-1, 1]. It stores 3 numbers per latent position. Clips (B, 3, T, H, W)
+    are shrunk frame by frame and keep every frame: generous, since a video latent keeps 1 frame in 4. train_ae.py and
+    spectrum.py both measure psnr(bicubic_at_latent_grid(x, f), x), on images and clips alike."""
+    if x.dim() == 5:
+        return from_frames(bicubic_at_latent_grid(to_frames(x), f), x.shape[0])
     small = F.interpolate(x, scale_factor=1 / f, mode='bicubic', antialias=True, align_corners=False)
     return F.interpolate(small, size=x.shape[-2:], mode='bicubic', align_corners=False).clamp(-1, 1)
 

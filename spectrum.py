@@ -199,6 +199,20 @@ def temporal_amplitude(x):
     return X[:, :, 1:].abs().mean(dim=(0, 3, 4))  # (C, T-1)
 
 
+def temporal_energy(x):
+    """x (B, C, T, H, W) -> (C, T-1): mean squared DCT-II coefficient along time, per channel, k = 1 .. T-1."""
+    x = x.double()
+    X = torch.einsum('kt,bcthw->bckhw', dct_matrix(x.shape[2], x.device, x.dtype), x)
+    return X[:, :, 1:].pow(2).mean(dim=(0, 3, 4))
+
+
+def temporal_hf_energy_share(energy):
+    """(C, T-1) temporal AC energies -> the share of the energy summed over channels in the upper half of the AC
+    frequencies (k > (T-1)/2): the temporal hf_energy_share, unchanged by an orthogonal mixing of the channels."""
+    e = energy.sum(0)
+    return (e[(len(e) + 1) // 2:].sum() / e.sum().clamp_min(torch.finfo(e.dtype).tiny)).item()
+
+
 def temporal_spectrum(amplitude):
     """(C, T-1) temporal AC amplitudes -> each channel's profile divided by its mean: invariant to a per-channel affine
     map a * z + b of the latent (b only moves DC, a cancels), so latents and RGB compare. White noise: flat at 1."""
@@ -217,7 +231,6 @@ def analyse_video(dataset, aes, n, batch_size, device):
     """The first n clips of `dataset`, and per AE ({label: autoencoder}): the spatial spectrum of its latent frames
     (each frame, and all together; posterior means and samples), the temporal spectrum, and the reconstruction PSNR of
     every frame next to bicubic at the latent grid; RGB on the same (t, h, w) grid beside it."""
-    from model import to_frames
     loader = load_batches(torch.utils.data.Subset(Counted(dataset), range(n)), batch_size=batch_size)
     unreadable = 0  # clips whose file gave none, replaced by a neighbour's: counted
     meters = {}  # (name, 'temporal') -> Mean of temporal amplitudes; (name, 'spatial', t) -> BlockSpectrum of frame t;
@@ -227,20 +240,22 @@ def analyse_video(dataset, aes, n, batch_size, device):
     for x, _, bad in tqdm(loader, desc='clips', unit='batch'):
         unreadable += int(bad.sum())
         x = x.to(device)  # (B, 3, T, H, W)
-        B, frames = x.shape[0], to_frames(x)  # (B*T, 3, H, W)
+        B = x.shape[0]
         add(('RGB full', 'temporal'), temporal_amplitude(x), B)
+        add(('RGB full', 'temporal_energy'), temporal_energy(x), B)
         for f in {ae.downsample_factor for ae in aes.values()}:  # the trivial reference, frame by frame
-            add((f'bicubic f{f}', 'psnr'), psnr(bicubic_at_latent_grid(frames, f), frames).mean(), B)
+            add((f'bicubic f{f}', 'psnr'), psnr(bicubic_at_latent_grid(x, f), x).mean(), B)
         for label, ae in aes.items():
             z, _ = ae.encode(x, sample=False)  # (B, C, t, h, w)
             if min(z.shape[-2:]) < BLOCK:
                 die(f"--image_size {x.shape[-1]} gives latents of {z.shape[-2]}x{z.shape[-1]}, smaller than one "
                     f"{BLOCK}x{BLOCK} DCT block; use --image_size {BLOCK * ae.downsample_factor} or more.")
-            add((label, 'psnr'), psnr(to_frames(ae.decode(z).clamp(-1, 1)), frames).mean(), B)
+            add((label, 'psnr'), psnr(ae.decode(z).clamp(-1, 1), x).mean(), B)
             meters.setdefault((label, 'sample'), BlockSpectrum()).update(ae.encode(x, sample=True)[0])
             ref = rgb_on_latent_grid(x, z.shape, ae.cfg.temporal_levels)
             for name, t in ((label, z), (f"RGB for {label}", ref)):
                 add((name, 'temporal'), temporal_amplitude(t), B)
+                add((name, 'temporal_energy'), temporal_energy(t), B)
                 meters.setdefault((name, 'spatial'), BlockSpectrum()).update(t)
                 for i in range(t.shape[2]):
                     meters.setdefault((name, 'spatial', i), BlockSpectrum()).update(t[:, :, i])
@@ -249,7 +264,9 @@ def analyse_video(dataset, aes, n, batch_size, device):
         if key[0].startswith('bicubic'):
             continue
         row = result['video'].setdefault(key[0], {'spatial_hf_share_per_frame': []})
-        if key[1] == 'temporal':
+        if key[1] == 'temporal_energy':
+            row['temporal_hf_energy_share'] = temporal_hf_energy_share(meter.value)
+        elif key[1] == 'temporal':
             row.update(temporal_spectrum=temporal_spectrum(meter.value).mean(0).tolist(),
                        temporal_hf_ratio=temporal_hf_ratio(meter.value))
         elif key[1] == 'psnr':

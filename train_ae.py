@@ -325,8 +325,8 @@ def evaluate():
     logger.image('recon', os.path.join(args.out_dir, f'recon_{step:07d}.png'), step)  # video: its frame strip
     # beside the reconstruction, the trivial reference of spectrum.py: bicubic down and up at the latent grid (video:
     # every frame, generous since it keeps all frames and the latent only 1 in 4)
-    metrics = {'val_psnr': psnr(frames(x_rec).clamp(-1, 1), frames(x_eval)).mean().item(),
-               'val_psnr_bicubic': psnr(bicubic_at_latent_grid(frames(x_eval), f), frames(x_eval)).mean().item()}
+    metrics = {'val_psnr': psnr(x_rec.clamp(-1, 1), x_eval).mean().item(),
+               'val_psnr_bicubic': psnr(bicubic_at_latent_grid(x_eval, f), x_eval).mean().item()}
     if min(z.shape[-2:]) >= 8:  # the spectrum works on 8x8 DCT blocks of the latent (of every latent frame)
         rgb = rgb_on_latent_grid(x_eval, z.shape, getattr(ae_config, 'temporal_levels', 0))
         metrics.update(hf_share_latent=hf_share(z.float()), hf_share_rgb=hf_share(rgb))

@@ -125,3 +125,48 @@ def test_spectrum_cli_on_a_video_autoencoder(tmp_path):
     assert r['RGB for ae']['temporal_hf_ratio'] == pytest.approx(spectrum.temporal_hf_ratio(spectrum.temporal_amplitude(rgb)), rel=1e-6)
     assert r['RGB full']['temporal_hf_ratio'] == pytest.approx(spectrum.temporal_hf_ratio(spectrum.temporal_amplitude(clips)), rel=1e-6)
     assert r['ae']['spatial_hf_share_per_frame'] == pytest.approx([spectrum.hf_share(z[:, :, t]) for t in range(3)], rel=1e-6)
+
+
+def test_temporal_hf_energy_share_is_invariant_to_an_orthogonal_mixing_of_channels_and_orders_slow_and_fast():
+    """The temporal energy-weighted HF share, like the spatial one, sees through a rotation of the channels (which a
+    scalar-normalised LDM cannot see), a common scale and per-channel offsets; white noise in time scores the share of
+    its upper frequencies, a slowly changing signal far less."""
+    from spectrum import temporal_energy, temporal_hf_energy_share
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 6, 9, 4, 4, generator=g, dtype=torch.float64)
+    slow = torch.cumsum(z, dim=2)  # a random walk: energy at low temporal frequencies
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    for x in (z, slow):
+        mixed = 3.0 * torch.einsum('dc,bcthw->bdthw', q, x) + torch.randn(1, 6, 1, 1, 1, generator=g, dtype=torch.float64)
+        assert temporal_hf_energy_share(temporal_energy(mixed)) == pytest.approx(
+            temporal_hf_energy_share(temporal_energy(x)), rel=1e-9)
+    white = temporal_hf_energy_share(temporal_energy(torch.randn(64, 4, 9, 8, 8, generator=g)))
+    assert white == pytest.approx(4 / 8, abs=0.03)  # k = 5..8 of k = 1..8 for T = 9
+    assert temporal_hf_energy_share(temporal_energy(slow)) < 0.5 * white
+
+
+def test_train_ae_and_spectrum_measure_bicubic_on_clips_by_the_one_definition(tmp_path):
+    """train_ae.py's val_psnr_bicubic and spectrum.py's bicubic_psnr are the same number on the same clips: each clip's
+    mean frame PSNR of metrics.bicubic_at_latent_grid, averaged over clips (whatever the batch split)."""
+    import spectrum
+    from data import MovingDeadLeaves, random_subset
+    from metrics import bicubic_at_latent_grid, psnr
+    from tests.helpers import read_log, run
+    from video_model import VIDEO_AE_PRESETS, VideoAutoencoder
+    run('train_ae.py', '--num_frames', 9, '--image_size', 32, '--max_steps', 1, '--num_eval', 3, '--eval_interval', 1,
+        '--batch_size', 1, '--num_workers', 0, '--lpips_weight', 0, '--disc_weight', 0, '--out_dir', tmp_path)
+    logged = [r for r in read_log(tmp_path) if 'val_psnr_bicubic' in r][-1]['val_psnr_bicubic']
+    held = MovingDeadLeaves(32, 9, seed=0, train=False)
+    x = torch.stack([held[i][0] for i in random_subset(held, 3, 0)])
+    frames = torch.stack([psnr(bicubic_at_latent_grid(x[:, :, t], 4), x[:, :, t]) for t in range(9)], 1)
+    assert logged == pytest.approx(frames.mean().item(), abs=1e-5)
+    ae = VideoAutoencoder(VIDEO_AE_PRESETS['mini']).eval()
+    class Clips(torch.utils.data.Dataset):  # the same clips, as a data.py dataset
+        def __len__(self):
+            return len(x)
+
+        def load(self, i):
+            return x[i], 0, 0
+    dataset = Clips()
+    result = spectrum.analyse_video(dataset, {'ae': ae}, 3, batch_size=2, device=torch.device('cpu'))
+    assert result['video']['ae']['bicubic_psnr'] == pytest.approx(logged, abs=1e-5)
