@@ -43,9 +43,10 @@ class VideoAEConfig:
 VIDEO_AE_PRESETS = {
     # f4 in space, 4x in time, 16 latent channels (12x compression, as the image `tiny`): CPU tests and smoke runs
     'tiny': VideoAEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16, norm_groups=8),
-    # the image `mini` in 3D: f4 in space, 4x in time, 8 latent channels, 4 channels per norm group (1.8M parameters):
-    # reproduce.py's miniature of CogVideoX-AE (32 px x 17 frames -> 5 x 8 x 8 x 8 latents), no shortcut to the latent
-    'mini': VideoAEConfig(ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, z_channels=8, norm_groups=4),
+    # the image `mini` in 3D: f4 in space, 4x in time, 16 latent channels as CogVideoX, 4 channels per norm group (1.9M
+    # parameters): reproduce.py's miniature of CogVideoX-AE (32 px x 17 frames -> 16 x 5 x 8 x 8 latents, 10x fewer
+    # numbers than pixels), with no shortcut from pixels to the latent
+    'mini': VideoAEConfig(ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, z_channels=16, norm_groups=4),
     # CogVideoX-2b/5b's VAE (8x8 in space, 4x in time, z=16). Public latent scale: diffusion runs on z * 1.15258426
     # (2b) or z * 0.7 (5b). Weights: huggingface.co/THUDM/CogVideoX-2b, vae/diffusion_pytorch_model.safetensors.
     # Its GroupNorms take statistics over the whole chunk, so it is causal chunk by chunk, not frame by frame.
