@@ -12,8 +12,12 @@ The summary numbers are their means over the probed levels. A guard goes with it
 (flow: Heun) sample latents over that of the data latents, and the share of saturated pixels in their decoding; an LDM
 whose samples are off by more than a factor 2, or more than 10% saturated, has not learned to sample.
 
+Video LDMs (train_ldm.py --num_frames) are probed the same way on held-out clips, given as an .npz of uint8
+(N, T, H, W, 3) as sample.py writes them; every mean is then over all latent (pixel) values of a clip.
+
   from probe import diffusability_probe; diffusability_probe('ldm/ckpt.pt', 'heldout_images/', [10, 100, 500, 900])
 """
+import numpy as np
 import torch
 
 from common import broadcast_latent_norm
@@ -38,9 +42,21 @@ def load_ldm(path, device='cpu'):
     else:
         process = Diffusion(config['schedule'], prediction=config['prediction'], learn_sigma=config['learn_sigma'],
                             device=device)
-    shift, scale = (broadcast_latent_norm(ckpt[k], 4, device) for k in ('latent_shift', 'latent_scale'))
-    ae = load_autoencoder(config['ae'], preset=config.get('ae_preset'), device=device, video=False)
+    video = 'num_frames' in config['backbone']
+    shift, scale = (broadcast_latent_norm(ckpt[k], 5 if video else 4, device) for k in ('latent_shift', 'latent_scale'))
+    ae = load_autoencoder(config['ae'], preset=config.get('ae_preset'), device=device, video=video)
     return model, process, config, shift, scale, ae
+
+
+def held_out(path, image_size):
+    """The held-out set the probe reads: a folder of images -> (N, 3, H, W), or an .npz of uint8 clips (N, T, H, W, 3)
+    -> (N, 3, T, H, W); both in [-1, 1]."""
+    if path.endswith('.npz'):
+        with np.load(path) as f:
+            clips = torch.from_numpy(f['arr_0'])
+        return clips.permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    images = ImageFolder(path, image_size, flip=False)
+    return torch.stack([images.load(i)[0] for i in range(len(images))])
 
 
 def predict(model, process, x_t, t):
@@ -54,12 +70,12 @@ def predict(model, process, x_t, t):
 
 @torch.no_grad()
 def diffusability_probe(ckpt, heldout, levels, device='cpu', batch_size=64, noise_seed=0):
-    """The probe of the LDM checkpoint `ckpt` on the images of the folder `heldout`, at each of `levels`. ->
+    """The probe of the LDM checkpoint `ckpt` on the held-out images or clips `heldout` (see held_out), at each of
+    `levels`. ->
     {'levels', 'eps_mse' (per level), 'pixel_mse' (per level), 'eps_mse_mean', 'pixel_mse_mean', 'guard': {...}}."""
     model, process, config, shift, scale, ae = load_ldm(ckpt, device)
-    images = ImageFolder(heldout, config['image_size'], flip=False)
-    x = torch.stack([images.load(i)[0] for i in range(len(images))]).to(device)  # (N, 3, H, W)
-    z = torch.cat([(ae.encode(b, sample=False)[0] - shift) * scale for b in x.split(batch_size)])  # (N, C, h, w)
+    x = held_out(heldout, config['image_size']).to(device)  # (N, 3, [T,] H, W)
+    z = torch.cat([(ae.encode(b, sample=False)[0] - shift) * scale for b in x.split(batch_size)])  # (N, C, [t,] h, w)
     flow = isinstance(process, Flow)
     generator = torch.Generator().manual_seed(noise_seed)
     eps_mse, pixel_mse = [], []
@@ -69,9 +85,9 @@ def diffusability_probe(ckpt, heldout, levels, device='cpu', batch_size=64, nois
         for zb, nb, xb in zip(z.split(batch_size), noise.split(batch_size), x.split(batch_size)):
             t = torch.full((len(zb),), level, dtype=torch.float32 if flow else torch.long, device=device)
             eps, x0 = predict(model, process, process.q_sample(zb, t, nb), t)
-            errors[0] += (eps.float() - nb).pow(2).mean((1, 2, 3)).sum().item()
+            errors[0] += (eps.float() - nb).pow(2).flatten(1).mean(1).sum().item()
             x_rec = ae.decode(x0.float() / scale + shift).clamp(-1, 1)
-            errors[1] += (x_rec - xb).pow(2).mean((1, 2, 3)).sum().item()
+            errors[1] += (x_rec - xb).pow(2).flatten(1).mean(1).sum().item()
         eps_mse.append(errors[0] / len(z))
         pixel_mse.append(errors[1] / len(z))
     guard = sample_guard(model, process, z, shift, scale, ae, device)
@@ -90,7 +106,8 @@ def sample_guard(model, process, z_data, shift, scale, ae, device):
         z = process.ode_sample(model_fn, x_T, GUARD_STEPS, 'heun')
     else:
         z = process.ddim_sample(model_fn, x_T, steps=GUARD_STEPS)
-    ratio = (z.float().std((0, 2, 3)) / z_data.std((0, 2, 3)).clamp_min(1e-12)).tolist()
+    per_channel = lambda v: v.float().transpose(0, 1).flatten(1).std(1)  # noqa: E731  over all but the channel
+    ratio = (per_channel(z) / per_channel(z_data).clamp_min(1e-12)).tolist()
     img = ae.decode(z.float() / scale + shift)
     saturated = ((img <= -1) | (img >= 1)).float().mean().item()
     return {'std_ratio': ratio, 'saturated': saturated,

@@ -20,7 +20,20 @@ import itertools
 import statistics
 
 ALPHA = 0.05
-ARMS = ('control', 'se')
+ARM_NAMES = {'control': 'control', 'se': 'SE', 'se_st': 'SE in space and time'}  # the video run has both SE arms
+
+
+def arms(report):
+    """The arms of a run, the control first: ('control', 'se'), and 'se_st' in the video run."""
+    return list(report['autoencoders'])
+
+
+def unit(report):
+    return 'clips' if report['config'].get('num_frames', 1) > 1 else 'images'
+
+
+def treated(report):
+    return [arm for arm in arms(report) if arm != 'control']
 
 # -----------------------------------------------------------------------------
 # statistics and the verdict: sentences computed from the numbers
@@ -51,10 +64,11 @@ def paired_test(treated, control):
             'p_signflip': p_flip, 'significant': bool(p_t < ALPHA)}
 
 
-def compare(name, control, se, lower_is_better=True):
-    """One sentence on a paired comparison of SE with its control over seeds, and the test behind it."""
+def compare(name, control, se, lower_is_better=True, arm='se'):
+    """One sentence on a paired comparison of an SE arm with its control over seeds, and the test behind it."""
     test = paired_test(se, control)
     (mc, sc), (ms, ss) = mean_std(control), mean_std(se)
+    name = name if arm == 'se' else f"{ARM_NAMES[arm]}: {name}"
     numbers = (f"control {mc:.4g} ± {sc:.2g} -> SE {ms:.4g} ± {ss:.2g} ({100 * test['rel_diff']:+.1f}%; paired t-test "
                f"over {test['n']} seeds p = {test['p_t']:.3g}, 95% CI of the difference [{test['ci95'][0]:.3g}, "
                f"{test['ci95'][1]:.3g}], sign-flip p = {test['p_signflip']:.3g})")
@@ -69,13 +83,16 @@ def compare(name, control, se, lower_is_better=True):
 
 def guard_failures(report):
     """The LDMs whose samples fail the guard (probe.sample_guard), as 'objective arm seed s' strings."""
-    return [f"{objective} {arm} seed {s}" for objective, runs in report['ldm'].items() for arm in ARMS
+    return [f"{objective} {arm} seed {s}" for objective, runs in report['ldm'].items() for arm in arms(report)
             for s, run in enumerate(runs[arm]) if not run['probe'][-1]['guard']['ok']]
 
 
 def sample_keys(report):
-    """The sample metrics each LDM was scored by: SWD (average, per scale) and FID / KID where Inception existed."""
+    """The sample metrics each LDM was scored by: SWD (average, per scale) and FID / KID where Inception existed; for
+    clips the video SWD and FVD."""
     first = next(iter(report['ldm'].values()))['control'][0]['samples']
+    if 'video_swd' in first:  # clips: eval_fid.py's video SWD (frames and motion), FVD where I3D existed
+        return [k for k in ('video_swd', 'swd_frames', 'swd_motion', 'fvd') if k in first]
     swd = ['swd_avg'] + sorted((k for k in first if k.startswith('swd_') and k[4:].isdigit()), key=lambda k: -int(k[4:]))
     return swd + [k for k in ('fid', 'kid') if k in first]
 
@@ -83,25 +100,27 @@ def sample_keys(report):
 def verdict(report):
     """The verdict's sentences: the autoencoders' spectra and PSNR, then per objective the probe and the samples (these
     only when every LDM passes the guard). -> [(sentence, test)]."""
-    aes = report['autoencoders']
-    ae = lambda key: ([m[key] for m in aes['control']], [m[key] for m in aes['se']])  # noqa: E731
-    out = [compare('hf_share of posterior means', *ae('hf_share')),
-           compare('hf_share of posterior samples (what the LDM learns)', *ae('hf_share_sample')),
-           compare('hf_energy_share of posterior means', *ae('hf_energy_share')),
-           compare('hf_energy_share of posterior samples', *ae('hf_energy_share_sample')),
-           compare('reconstruction PSNR', *ae('psnr'), lower_is_better=False)]
+    aes, out = report['autoencoders'], []
     failed = guard_failures(report)
-    for objective, runs in report['ldm'].items():
-        final = lambda arm, key: [run['probe'][-1][key] for run in runs[arm]]  # noqa: E731
-        out += [compare(f"{objective} LDM: probe eps-MSE, mean over noise levels (the primary metric)",
-                        final('control', 'eps_mse_mean'), final('se', 'eps_mse_mean')),
-                compare(f"{objective} LDM: probe pixel MSE of the decoded x0 prediction, mean over noise levels",
-                        final('control', 'pixel_mse_mean'), final('se', 'pixel_mse_mean'))]
-        if not any(f.startswith(objective + ' ') for f in failed):
-            out += [compare(f"{objective} LDM: {k} of its samples", [r['samples'][k] for r in runs['control']],
-                            [r['samples'][k] for r in runs['se']]) for k in sample_keys(report)
-                    if all(k in r['samples'] for arm in ARMS for r in runs[arm])]
-    if len(report['ldm']) > 1:  # the same experiment under DDPM and rectified flow: does SE move the probe one way?
+    for arm in treated(report):
+        ae = lambda key: ([m[key] for m in aes['control']], [m[key] for m in aes[arm]])  # noqa: E731
+        out += [compare('hf_share of posterior means', *ae('hf_share'), arm=arm),
+                compare('hf_share of posterior samples (what the LDM learns)', *ae('hf_share_sample'), arm=arm),
+                compare('hf_energy_share of posterior means', *ae('hf_energy_share'), arm=arm),
+                compare('hf_energy_share of posterior samples', *ae('hf_energy_share_sample'), arm=arm)]
+        out += [compare(what, *ae(key), arm=arm) for key, what in VIDEO_HF if key in aes['control'][0]]
+        out += [compare('reconstruction PSNR', *ae('psnr'), lower_is_better=False, arm=arm)]
+        for objective, runs in report['ldm'].items():
+            final = lambda a, key: [run['probe'][-1][key] for run in runs[a]]  # noqa: E731
+            out += [compare(f"{objective} LDM: probe eps-MSE, mean over noise levels (the primary metric)",
+                            final('control', 'eps_mse_mean'), final(arm, 'eps_mse_mean'), arm=arm),
+                    compare(f"{objective} LDM: probe pixel MSE of the decoded x0 prediction, mean over noise levels",
+                            final('control', 'pixel_mse_mean'), final(arm, 'pixel_mse_mean'), arm=arm)]
+            if not any(f.startswith(objective + ' ') for f in failed):
+                out += [compare(f"{objective} LDM: {k} of its samples", [r['samples'][k] for r in runs['control']],
+                                [r['samples'][k] for r in runs[arm]], arm=arm) for k in sample_keys(report)
+                        if all(k in r['samples'] for a in arms(report) for r in runs[a])]
+    if len(report['ldm']) > 1 and 'se' in aes:  # the same experiment under DDPM and rectified flow: does SE move the probe one way?
         probe = {o: next(t for sentence, t in out if sentence.startswith(f"{o} LDM: probe eps-MSE")) for o in report['ldm']}
         signs = {o: '+' if t['mean_diff'] > 0 else '-' for o, t in probe.items()}
         agree = len(set(signs.values())) == 1
@@ -142,7 +161,7 @@ def plot_probe(report, objective, out_dir):
     the LDM's training steps (convergence)."""
     runs = report['ldm'][objective]
     fig, axes = plt().subplots(1, 3, figsize=(13, 3.6))
-    for arm, color in zip(ARMS, ('tab:blue', 'tab:orange')):
+    for arm, color in zip(arms(report), ('tab:blue', 'tab:orange', 'tab:green')):
         levels = runs[arm][0]['probe'][-1]['levels']
         band(axes[0], levels, [r['probe'][-1]['eps_mse'] for r in runs[arm]], f"{arm} latents", color)
         band(axes[1], levels, [r['probe'][-1]['pixel_mse'] for r in runs[arm]], f"{arm} latents", color)
@@ -218,13 +237,19 @@ AE_COLUMNS = [('hf_share', 'hf_share means'), ('hf_share_sample', 'hf_share samp
               ('hf_energy_share', 'hf_energy means'), ('hf_energy_share_sample', 'hf_energy samples'),
               ('rgb_hf_share', 'RGB hf_share'), ('rgb_hf_energy_share', 'RGB hf_energy'), ('psnr', 'PSNR'),
               ('bicubic_psnr', 'bicubic at latent grid')]
+# video: the temporal HF measures of spectrum.py, of the latent and of RGB on the latent grid
+VIDEO_HF = [('temporal_hf_ratio', 'temporal hf_ratio of posterior means'),
+            ('temporal_hf_energy_share', 'temporal hf_energy_share of posterior means')]
+VIDEO_COLUMNS = [('temporal_hf_ratio', 'temporal hf_ratio'), ('rgb_temporal_hf_ratio', 'RGB temporal hf_ratio'),
+                 ('temporal_hf_energy_share', 'temporal hf_energy'), ('rgb_temporal_hf_energy_share', 'RGB temporal hf_energy')]
 
 
 def ae_table(rows):
     """rows: {label: [measurements per seed]} -> markdown lines, mean ± std over seeds, the margin over bicubic."""
-    lines = ["| autoencoder | " + " | ".join(c for _, c in AE_COLUMNS) + " | margin |", "|---" * (len(AE_COLUMNS) + 2) + "|"]
+    columns = AE_COLUMNS + [c for c in VIDEO_COLUMNS if c[0] in next(iter(rows.values()))[0]]
+    lines = ["| autoencoder | " + " | ".join(c for _, c in columns) + " | margin |", "|---" * (len(columns) + 2) + "|"]
     for label, ms in rows.items():
-        cells = [pm([m[k] for m in ms], '.2f' if 'psnr' in k else '.4f') for k, _ in AE_COLUMNS]
+        cells = [pm([m[k] for m in ms], '.2f' if 'psnr' in k else '.4f') for k, _ in columns]
         margin = statistics.mean(m['psnr'] - m['bicubic_psnr'] for m in ms)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {margin:+.2f} dB |")
     return lines
@@ -237,9 +262,9 @@ def fig1_markdown(report, out_dir):
           f"The baseline ({os.path.basename(c['baseline'])}, sha256 {c['baseline_sha256']}) fine-tuned {sizes['ft_steps']} "
           f"steps with SE (se_weight {c['se_weight']:g}, the authors' {c['se_down']} operator) and without (control), "
           f"{seeds} seeds; each pair shares its data order and seed. Measured on {report['data']['heldout']} held-out "
-          f"images:", ""]
-    md += ae_table({'baseline (before fine-tuning)': [report['baseline']], **{arm: aes[arm] for arm in ARMS}})
-    md += ["", f"![spectra]({plot_spectra({arm: aes[arm][0] for arm in ARMS}, out_dir, 'fig1_spectra.png', 'Latent spectra, seed 0')})", ""]
+          f"{unit(report)}:", ""]
+    md += ae_table({'baseline (before fine-tuning)': [report['baseline']], **{arm: aes[arm] for arm in arms(report)}})
+    md += ["", f"![spectra]({plot_spectra({arm: aes[arm][0] for arm in arms(report)}, out_dir, 'fig1_spectra.png', 'Latent spectra, seed 0')})", ""]
     keys = sample_keys(report)
     for objective, runs in report['ldm'].items():
         first = runs['control'][0]['probe'][-1]
@@ -252,13 +277,13 @@ def fig1_markdown(report, out_dir):
                "| probe | " + " | ".join(f"t = {first['levels'][i]:g}" for i in show) + " | mean over levels |",
                "|---" * (len(show) + 2) + "|"]
         for key, what in (('eps_mse', 'eps-MSE'), ('pixel_mse', 'pixel MSE')):
-            for arm in ARMS:
+            for arm in arms(report):
                 rows = [r['probe'][-1] for r in runs[arm]]
                 md.append(f"| {what}, {arm} | " + " | ".join(pm([r[key][i] for r in rows]) for i in show) +
                           f" | {pm([r[key + '_mean'] for r in rows])} |")
         md += ["", "| samples | " + " | ".join(keys) + " | guard: sample std / data std (min-max) | saturated |",
                "|---" * (len(keys) + 3) + "|"]
-        for arm in ARMS:
+        for arm in arms(report):
             guards = [r['probe'][-1]['guard'] for r in runs[arm]]
             ratios = [x for g in guards for x in g['std_ratio']]
             md.append(f"| {arm} | " + " | ".join(pm([r['samples'][k] for r in runs[arm]], '.2f') for k in keys) +
@@ -266,10 +291,10 @@ def fig1_markdown(report, out_dir):
         for name, m in report['references'].items():
             md.append(f"| reference: {'a second draw of held-out images' if name == 'real' else name + ' AE reconstructions'}"
                       f" | " + " | ".join(f"{m[k]:.2f}" if k in m else '-' for k in keys) + " | | |")
-        md += ["", "Samples at the last step, seed 0 (and the held-out images):", "",
-               "| control | SE | held-out |", "|---|---|---|",
-               f"| ![control]({runs['control'][0]['grid']}) | ![se]({runs['se'][0]['grid']}) | "
-               f"![held-out](references/real/grid.png) |", ""]
+        real = report.get('references_grid', 'references/real/grid.png')
+        md += ["", "Samples at the last step, seed 0 (and the held-out data):", "",
+               "| " + " | ".join(ARM_NAMES[a] for a in arms(report)) + " | held-out |", "|---" * (len(arms(report)) + 1) + "|",
+               "| " + " | ".join(f"![{a}]({runs[a][0]['grid']})" for a in arms(report)) + f" | ![held-out]({real}) |", ""]
     md += ["### Verdict (paired over seeds, alpha = 0.05)", ""] + [f"- {s}" for s, _ in verdict(report)] + [""]
     return md
 
@@ -277,6 +302,8 @@ def fig1_markdown(report, out_dir):
 def sweep_markdown(report, out_dir):
     """Figures 2-5, those the run made."""
     sizes, md = report['config']['sizes'], []
+    if 'fig5' not in report:  # the video run: Fig. 1 only
+        return md
     md += ["## Fig. 5: erasing high frequencies", "",
            "PSNR of the decoded image after zeroing the highest p% of every 8x8 latent tile's DCT coefficients, and of "
            "the image after the same in tiles of the same region (8f x 8f pixels), seed 0. Strip: per image, rows RGB, "
@@ -317,9 +344,10 @@ def markdown(report, out_dir):
              "the data's per channel, at most 10% saturated pixels), so their samples are compared too.")
     md = [first, "", "# Scale equivariance in miniature", "",
           f"Run: {'smoke sizes (checks the pipeline only; the numbers mean nothing)' if c['smoke'] else 'default sizes'}; "
-          f"data: {c['data'] or 'embedded textured dead leaves'}{' (random crops)' if c['random_crop'] else ''}"
-          f"{', held out: ' + c['val_data'] if c['val_data'] else ''}: {report['data']['train']} training images or files, "
-          f"{report['data']['heldout']} + {report['data']['heldout2']} held-out images (two disjoint draws of one "
+          f"data: {c['data'] or ('embedded textured moving dead leaves, ' + str(c['num_frames']) + ' frames' if unit(report) == 'clips' else 'embedded textured dead leaves')}{' (random crops)' if c['random_crop'] else ''}"
+          f"{', held out: ' + c['val_data'] if c['val_data'] else ''}: {report['data']['train']} "
+          f"{'training clips cached per LDM (the autoencoders train on the endless training stream)' if unit(report) == 'clips' else 'training images or files'}, "
+          f"{report['data']['heldout']} + {report['data']['heldout2']} held-out {unit(report)} (two disjoint draws of one "
           f"protocol); hardware: {report['hardware']}, {report['jobs']} job(s) at a time, torch {report['torch']}; "
           f"wall time {report['wall_seconds'] / 60:.1f} min (reused artefacts cost nothing)"
           + (", of which in the scripts (summed over parallel jobs): " + ', '.join(

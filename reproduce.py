@@ -8,6 +8,7 @@ miniature, from one command, run with the project's own scripts; report.py turns
   python reproduce.py --channels       # + Fig. 2 (latent channels); --kl_sweep: Fig. 3; --se_sweep: Fig. 4; --all
   python reproduce.py --objective flow # rectified-flow LDMs instead of DDPM (eps,flow: both, on the same autoencoders)
   python reproduce.py --smoke          # the pipeline at toy sizes (checks it runs; says nothing about SE)
+  python reproduce.py --num_frames 17  # video: the shipped causal 3D baseline, spatial SE and spatial + temporal SE
 
 The protocol. (1) A deep autoencoder (preset mini: f4, 8 channels, no shortcut from pixels to latent) is pretrained
 once, for long, by --pretrain, and shipped in assets/ with its recipe and the commit that made it. (2) As the paper
@@ -24,6 +25,13 @@ its own control): a paired t-test and an exact sign-flip test, and a verdict at 
 Everything goes to --out_dir; report.json holds every number. Each artefact records the settings it was made with
 (reproduce_settings.json); a rerun reuses what matches, resumes training runs whose settings match and remakes the
 rest. On a CPU, --jobs children run at once, one thread each.
+
+Video (--num_frames 17): the same protocol on clips of the embedded moving dead leaves. The baseline is the causal 3D
+autoencoder (preset mini: f4 in space, 4x in time, 16 channels), shipped in assets/ as the image one; each seed
+fine-tunes it three times: the control, spatial SE, and spatial + temporal SE (--se_temporal: x and z also halved in
+time, the first frame kept apart, as the authors' temporal_scale_factors). The spectra are spatial (per latent frame)
+and temporal; the LDM is the video DiT; the probe runs on held-out clips; samples are scored by the video SWD (and FVD
+with I3D weights). Figures 2-5 are image-only.
 """
 import os
 import sys
@@ -42,17 +50,28 @@ from cli import add_device_arg
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 ASSETS = os.path.join(ROOT, 'assets')
-BASELINE = {'image': os.path.join(ASSETS, 'baseline_mini.safetensors')}
+BASELINE = {'image': os.path.join(ASSETS, 'baseline_mini.safetensors'),
+            'video': os.path.join(ASSETS, 'baseline_video_mini.safetensors')}
 # the recipe of the shipped baseline: train_ae.py from scratch on the embedded data (L1 + KL; no LPIPS, whose VGG
 # weights a fresh machine may not have, and no GAN, which needs more steps than a CPU hour)
 PRETRAIN = {'image': ['--preset', 'mini', '--image_size', 64, '--batch_size', 8, '--lr', 1e-3, '--warmup_steps', 100,
                       '--kl_weight', 1e-6, '--lpips_weight', 0, '--disc_weight', 0, '--seed', 0, '--max_steps', 6000,
-                      '--eval_interval', 1000, '--ckpt_interval', 500]}
+                      '--eval_interval', 1000, '--ckpt_interval', 500],
+            # the causal 3D autoencoder: 16 latent channels as CogVideoX's; batch 2 at a high learning rate with warm-up
+            'video': ['--preset', 'mini', '--z_channels', 16, '--num_frames', 17, '--image_size', 32, '--batch_size', 2,
+                      '--lr', 2e-3, '--warmup_steps', 100, '--kl_weight', 1e-6, '--lpips_weight', 0, '--disc_weight', 0,
+                      '--seed', 0, '--max_steps', 4000, '--eval_interval', 100, '--ckpt_interval', 500]}
 SIZES = {  # default: Fig. 1 (3 seeds) and Fig. 5 in about 30 minutes on 2 CPU cores; smoke: the pipeline end to end
     'default': dict(image_size=64, train_images=2000, num_eval=256, ft_steps=300, ft_batch_size=8, ldm_steps=2000,
                     ldm_evals=2, ldm_batch_size=64, num_samples=256, sample_steps=50, sweep_steps=1500),
     'smoke': dict(image_size=32, train_images=16, num_eval=16, ft_steps=2, ft_batch_size=2, ldm_steps=4, ldm_evals=2,
                   ldm_batch_size=4, num_samples=16, sample_steps=3, sweep_steps=2),
+    # --num_frames: Fig. 1 on clips (3 arms x 3 seeds) in about 45 minutes on 2 CPU cores; train_images are the clips
+    # each LDM caches (the autoencoders train on the endless embedded stream)
+    'video': dict(image_size=32, train_images=512, num_eval=64, ft_steps=150, ft_batch_size=2, ldm_steps=2000,
+                  ldm_evals=2, ldm_batch_size=32, num_samples=64, sample_steps=25, sweep_steps=0),
+    'video_smoke': dict(image_size=32, train_images=4, num_eval=4, ft_steps=2, ft_batch_size=1, ldm_steps=4,
+                        ldm_evals=2, ldm_batch_size=2, num_samples=4, sample_steps=3, sweep_steps=0),
 }
 SIZE_HELP = {  # what each of SIZES sets, for --help
     'image_size': 'resolution in pixels of every image the experiment trains on and measures',
@@ -94,6 +113,8 @@ parser.add_argument('--channels', action='store_true', help='also Fig. 2: autoen
 parser.add_argument('--kl_sweep', action='store_true', help='also Fig. 3: fine-tunes with kl_weight 0, 1e-6, 1e-4, 1e-2')
 parser.add_argument('--se_sweep', action='store_true', help='also Fig. 4: fine-tunes with se_weight 0 .. 1')
 parser.add_argument('--all', action='store_true', help='every figure (1-5): --channels, --kl_sweep and --se_sweep too')
+parser.add_argument('--num_frames', type=int, default=1, help='> 1: the video experiment on clips of this many frames '
+                    '(1 + 8k: 4x temporal compression, and temporal SE halves the latent frames); Fig. 1 only')
 parser.add_argument('--data', type=str, default=None, help='image folder, split once by a seeded hash of file names into '
                     f'training and held-out files ({HELD_OUT * 100:.0f}%% held out, at least 2); omitted: the embedded '
                     'dead leaves')
@@ -120,15 +141,31 @@ parser.add_argument('--jobs', type=int, default=None, help='script runs at a tim
                     'each; 1 with --nproc > 1)')
 for key, value in SIZES['default'].items():
     parser.add_argument(f'--{key}', type=int, default=None, help=f"{SIZE_HELP[key]}; default {value} "
-                        f"({SIZES['smoke'][key]} with --smoke)")
+                        f"({SIZES['smoke'][key]} with --smoke; video {SIZES['video'][key]}, smoke "
+                        f"{SIZES['video_smoke'][key]})")
+
+
+def kind_of(num_frames):
+    """'video' with --num_frames > 1, else 'image': which baseline, recipe and sizes a run takes."""
+    return 'video' if num_frames > 1 else 'image'
 
 
 def check_args(args):
     """Every rule between flags, before anything runs. -> (sizes, figures, objectives)."""
+    video = args.num_frames > 1
+    kind = ('video_' if video else '') + ('smoke' if args.smoke else 'default')
     sizes = {k: (getattr(args, k) if getattr(args, k) is not None else v)
-             for k, v in SIZES['smoke' if args.smoke else 'default'].items()}
+             for k, v in SIZES[kind.replace('video_default', 'video')].items()}
     objectives = args.objective.split(',')
-    problems = [f"--{k} must be at least 1" for k, v in sizes.items() if v < 1]
+    problems = [f"--{k} must be at least 1" for k, v in sizes.items() if v < 1 and not (video and k == 'sweep_steps')]
+    if args.num_frames < 1 or (video and (args.num_frames - 1) % 8):
+        problems.append(f"--num_frames must be 1 (images) or 1 + 8k (clips: the video autoencoder halves time twice, "
+                        f"and temporal SE halves its latent frames once more), got {args.num_frames}")
+    if video and (args.data or args.val_data):
+        problems.append("the video experiment runs on the embedded moving dead leaves; --data and --val_data are for "
+                        "images")
+    if video and (args.channels or args.kl_sweep or args.se_sweep or args.all):
+        problems.append("Figures 2-5 are image-only; drop --channels, --kl_sweep, --se_sweep and --all with --num_frames")
     problems += [f"--{k} must be at least 1" for k in ('seeds', 'nproc') if getattr(args, k) < 1]
     if args.jobs is not None and args.jobs < 1:
         problems.append("--jobs must be at least 1")
@@ -143,7 +180,7 @@ def check_args(args):
     for flag in ('data', 'val_data'):
         if getattr(args, flag) is not None and not os.path.isdir(getattr(args, flag)):
             problems.append(f"--{flag} {getattr(args, flag)} is not a folder")
-    baseline = args.baseline or BASELINE['image']
+    baseline = args.baseline or BASELINE[kind_of(args.num_frames)]
     if not args.pretrain and not os.path.isfile(baseline) and not args.smoke:
         problems.append(f"the baseline autoencoder {baseline} does not exist; make it with python reproduce.py "
                         f"--pretrain, or pass one with --baseline")
@@ -165,6 +202,9 @@ child_seconds = {}  # seconds spent in each script's runs (summed over parallel 
 # a training step, a held-out image through spectrum.py or the probe, a sample drawn (sample.py's 50 DDIM steps), scored
 REFERENCE_SECONDS = {'train_ae.py': 0.36, 'train_ldm.py': 0.12, 'spectrum.py': 36 / 256, 'probe': 54 / 256,
                      'sample.py': 17 / 256, 'eval_fid.py': 8 / 256}
+# the same for the video run (--num_frames 17): a step, a clip
+VIDEO_REFERENCE_SECONDS = {'train_ae.py': 0.7, 'train_ldm.py': 0.12, 'spectrum.py': 0.3, 'probe': 0.5,
+                           'sample.py': 0.3, 'eval_fid.py': 0.05}
 TQDM = re.compile(r'(\d+)/(\d+) \[([\d:]+)<([\d:?]+)')   # a tqdm bar's "n/total [elapsed<remaining"
 
 
@@ -241,10 +281,10 @@ def is_message(line):
     return bool(line.strip()) and not line.startswith(('step ', '$ ')) and not re.search(r'\d+%\|', line)
 
 
-def run(script, *script_args, log=None, units=None):
+def run(script, *script_args, log=None, units=None, first_step=0):
     """One script run; its output goes to `log` (a file in the artefact's folder). Its messages are shown whole as they
     come, and a live line shows its progress and the whole run's time left. units: of REFERENCE_SECONDS, if not
-    those of run_units."""
+    those of run_units; first_step: the step a resumed training run starts from."""
     cmd = [sys.executable]
     if args.nproc > 1 and script in ('train_ae.py', 'train_ldm.py', 'sample.py'):
         cmd += ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(args.nproc)]
@@ -274,7 +314,8 @@ def run(script, *script_args, log=None, units=None):
                 break
             bar = [part.strip() for part in pending.split('\r') if part.strip()]
             m = TQDM.search(bar[-1]) if bar else None
-            share = int(m.group(1)) / max(1, int(m.group(2))) if m else 0.0
+            # a resumed training run's bar starts at first_step: its share done counts from there
+            share = max(0, int(m.group(1)) - first_step) / max(1, int(m.group(2)) - first_step) if m else 0.0
             work.running[label] = (REFERENCE_SECONDS[script] * units, share)
             progress = f"{m.group(1)}/{m.group(2)}, {m.group(4)} left" if m else f"running for {time.time() - t0:.0f} s"
             display.status(label, f"{progress}; the whole run: about {minutes(work.left())} left")
@@ -357,7 +398,7 @@ def train(script, out, steps, settings, script_args, start=0):
             shutil.rmtree(out, ignore_errors=True)  # a run killed before its first checkpoint starts afresh
         record(out, settings)  # before training, so that a killed run resumes
         run(script, '--out_dir', out, '--max_steps', steps, *script_args, *(['--resume'] if done else []),
-            log=os.path.join(out, 'stdout.log'), units=steps - max(done or 0, start))
+            log=os.path.join(out, 'stdout.log'), units=steps - max(done or 0, start), first_step=max(done or 0, start))
     return {**settings, 'steps': steps}
 
 
@@ -400,6 +441,8 @@ def materialise_data():
     --random_crop (num_eval per set, cycling through the files), else centre crops. No held-out file is ever in train/.
     -> ({name: folder}, {name: image count})."""
     out = os.path.join(args.out_dir, 'data')
+    if video:
+        return materialise_clips(out)
     folders = {k: os.path.join(out, k) for k in ('train', 'heldout', 'heldout2')}
     settings = {'data': args.data, 'val_data': args.val_data, 'random_crop': args.random_crop, 'held_out': [HELD_OUT, 'rank'],
                 'image_size': sizes['image_size'], 'train_images': sizes['train_images'], 'num_eval': sizes['num_eval']}
@@ -439,6 +482,26 @@ def materialise_data():
     from data import list_files
     return folders, {k: len(list_files(v)[0]) for k, v in folders.items()}
 
+def materialise_clips(out):
+    """Video: out_dir/data/heldout.npz and heldout2.npz, uint8 clips (N, T, H, W, 3) as sample.py writes them, two
+    disjoint draws of the embedded held-out stream (clips 0..n-1 and n..2n-1; spectrum.py reads the first n from the
+    stream itself). Training runs read the training stream, which shares no clip with it. -> (paths, counts)."""
+    n = sizes['num_eval']
+    paths = {'train': None, 'heldout': os.path.join(out, 'heldout.npz'), 'heldout2': os.path.join(out, 'heldout2.npz')}
+    settings = {'num_frames': args.num_frames, 'image_size': sizes['image_size'], 'num_eval': n}
+    if not clear_unless_matching(out, settings):
+        import numpy as np
+        import torch
+        from data import MovingDeadLeaves
+        from metrics import to_uint8
+        held = MovingDeadLeaves(sizes['image_size'], args.num_frames, train=False)
+        os.makedirs(out, exist_ok=True)
+        for k, name in enumerate(('heldout', 'heldout2')):
+            clips = torch.stack([held[i][0] for i in range(k * n, (k + 1) * n)])  # (n, 3, T, H, W)
+            np.savez(paths[name], arr_0=to_uint8(clips).permute(0, 2, 3, 4, 1).numpy())
+        record(out, settings)
+    return paths, {'train': sizes['train_images'], 'heldout': n, 'heldout2': n}
+
 # -----------------------------------------------------------------------------
 # the autoencoders
 
@@ -447,8 +510,9 @@ def pretrain():
     holds its config, the recipe, the commit that made it, its wall time and its held-out PSNR beside bicubic."""
     from safetensors.torch import save_file
     from weights import load_checkpoint
-    out = os.path.join(args.out_dir, 'pretrain')
-    recipe = PRETRAIN['image'] + ['--device', args.device, '--num_workers', 1]
+    kind = kind_of(args.num_frames)
+    out = os.path.join(args.out_dir, 'pretrain' if kind == 'image' else 'pretrain_video')
+    recipe = PRETRAIN[kind] + ['--device', args.device, '--num_workers', 1]
     settings = train('train_ae.py', out, recipe[recipe.index('--max_steps') + 1],
                      {'script': 'train_ae.py', 'args': list(map(str, recipe))}, recipe)
     ckpt = load_checkpoint(os.path.join(out, 'ckpt.pt'))
@@ -456,11 +520,11 @@ def pretrain():
     evals = [r for r in log if 'val_psnr' in r]
     commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     meta = {'config': json.dumps({'preset': ckpt['config']['preset'], 'ae_config': ckpt['config']['ae_config'],
-                                  'num_frames': 1}),
-            'recipe': 'python train_ae.py ' + ' '.join(map(str, PRETRAIN['image'])), 'commit': commit or 'unknown',
+                                  'num_frames': ckpt['config']['num_frames']}),
+            'recipe': 'python train_ae.py ' + ' '.join(map(str, PRETRAIN[kind])), 'commit': commit or 'unknown',
             'steps': str(ckpt['step']), 'train_seconds': f"{train_seconds(out):.0f}", 'hardware': hardware(),
             'val_psnr': f"{evals[-1]['val_psnr']:.3f}", 'val_psnr_bicubic': f"{evals[-1]['val_psnr_bicubic']:.3f}"}
-    path = args.baseline or BASELINE['image']
+    path = args.baseline or BASELINE[kind_of(args.num_frames)]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_file({k: v.contiguous() for k, v in ckpt['model'].items()}, path, metadata=meta)
     say(f"wrote {path}: {meta['steps']} steps in {float(meta['train_seconds']) / 60:.1f} min, held-out PSNR "
@@ -478,12 +542,19 @@ def train_seconds(out_dir):
     return total
 
 
-def finetune(seed, name, se_weight=0.0, kl_weight=1e-6, steps=None):
-    """The baseline fine-tuned with se_weight (0: a control) for `steps`, on the training images. -> (name, folder,
-    settings)."""
+def training_data():
+    """The data flags of every training run: the training images, or for video the embedded clips' training stream."""
+    if video:
+        return ['--num_frames', args.num_frames]
+    return ['--data', data['train'], *(['--random_crop'] if args.random_crop else [])]
+
+
+def finetune(seed, name, se_weight=0.0, kl_weight=1e-6, steps=None, temporal=False):
+    """The baseline fine-tuned with se_weight (0: a control) for `steps`, on the training images; temporal: SE also
+    halves time (video). -> (name, folder, settings)."""
     out = os.path.join(args.out_dir, f'seed{seed}', f'ae_{name}')
-    script_args = ['--init_from', baseline, '--data', data['train'], '--image_size', sizes['image_size'],
-                   *(['--random_crop'] if args.random_crop else []), '--seed', seed, '--device', args.device,
+    script_args = ['--init_from', baseline, *training_data(), '--image_size', sizes['image_size'],
+                   *(['--se_temporal'] if temporal else []), '--seed', seed, '--device', args.device,
                    '--batch_size', sizes['ft_batch_size'], '--lr', args.ft_lr, '--kl_weight', kl_weight,
                    '--se_weight', se_weight, '--se_down', args.se_down, '--lpips_weight', 0, '--disc_weight', 0,
                    '--num_workers', 1]
@@ -511,24 +582,36 @@ def measure(ae, ckpt=None):
     beside bicubic, erasure in matching tiles. ae: (name, folder, settings); the weights are folder/ckpt.pt or ckpt."""
     name, out, settings = ae
     spec = os.path.join(out, 'spectrum')
-    spectrum_args = ['--ckpt', ckpt or os.path.join(out, 'ckpt.pt'), '--label', name, '--data', data['heldout'],
+    held = ['--num_frames', args.num_frames] if video else ['--data', data['heldout']]  # video: the held-out stream
+    spectrum_args = ['--ckpt', ckpt or os.path.join(out, 'ckpt.pt'), '--label', name, *held,
                      '--image_size', sizes['image_size'], '--num_images', counts['heldout'], '--seed', 0,
                      '--device', args.device, '--out_dir', spec]
     once(spec, {'script': 'spectrum.py', 'args': list(map(str, spectrum_args)), 'ae': settings},
          'spectrum.py', *spectrum_args)
-    result = json.load(open(os.path.join(spec, 'spectrum.json')))
-    r = result['autoencoders'][name]
-    rgb = result['rgb'][r['rgb_reference']]
+    if video:  # spatial spectra over every latent frame, and the temporal measures
+        rows = json.load(open(os.path.join(spec, 'spectrum_video.json')))['video']
+        r = rows[name]
+        rgb = rows[r['rgb_reference']]
+    else:
+        result = json.load(open(os.path.join(spec, 'spectrum.json')))
+        r = result['autoencoders'][name]
+        rgb = result['rgb'][r['rgb_reference']]
     sample = r.get('posterior_sample', r)
     say(f"  {name} ({os.path.relpath(out, args.out_dir)}): hf_share {r['hf_share']:.4f} (RGB {rgb['hf_share']:.4f}), "
         f"hf_energy_share {r['hf_energy_share']:.4f}, PSNR {r['reconstruction_psnr']:.2f} dB (bicubic at the latent "
         f"grid {r['bicubic_psnr']:.2f})")
-    return {'hf_share': r['hf_share'], 'hf_share_sample': sample['hf_share'], 'hf_energy_share': r['hf_energy_share'],
-            'hf_energy_share_sample': sample['hf_energy_share'], 'rgb_hf_share': rgb['hf_share'],
-            'rgb_hf_energy_share': rgb['hf_energy_share'], 'psnr': r['reconstruction_psnr'],
-            'bicubic_psnr': r['bicubic_psnr'], 'erasure_psnr': r['erasure_psnr'], 'rgb_erasure_psnr': r['rgb_erasure_psnr'],
-            'profile': r['mean'], 'profile_sample': sample['mean'], 'rgb_profile': rgb['mean'],
-            'ae_train_seconds': train_seconds(out) if os.path.exists(os.path.join(out, 'log.jsonl')) else 0.0}
+    m = {'hf_share': r['hf_share'], 'hf_share_sample': sample['hf_share'], 'hf_energy_share': r['hf_energy_share'],
+         'hf_energy_share_sample': sample['hf_energy_share'], 'rgb_hf_share': rgb['hf_share'],
+         'rgb_hf_energy_share': rgb['hf_energy_share'], 'psnr': r['reconstruction_psnr'],
+         'bicubic_psnr': r['bicubic_psnr'], 'profile': r['mean'], 'profile_sample': sample['mean'],
+         'rgb_profile': rgb['mean'],
+         'ae_train_seconds': train_seconds(out) if os.path.exists(os.path.join(out, 'log.jsonl')) else 0.0}
+    if video:
+        m.update({k: r[k] for k in ('temporal_hf_ratio', 'temporal_hf_energy_share')},
+                 **{f'rgb_{k}': rgb[k] for k in ('temporal_hf_ratio', 'temporal_hf_energy_share')})
+    else:
+        m.update(erasure_psnr=r['erasure_psnr'], rgb_erasure_psnr=r['rgb_erasure_psnr'])
+    return m
 
 # -----------------------------------------------------------------------------
 # the LDM on one autoencoder's latents: training, the probe, samples
@@ -538,13 +621,13 @@ def ldm(seed, ae, objective):
     (folder, [(step, snapshot path, settings)])."""
     name, ae_dir, ae_settings = ae
     out = os.path.join(args.out_dir, f'seed{seed}', f'ldm_{objective}_{name}')
-    script_args = ['--seed', seed, '--image_size', sizes['image_size'], '--device', args.device, '--data', data['train'],
-                   *(['--random_crop'] if args.random_crop else []), '--ae', os.path.join(ae_dir, 'ckpt.pt'),
+    script_args = ['--seed', seed, '--image_size', sizes['image_size'], '--device', args.device, *training_data(),
+                   '--ae', os.path.join(ae_dir, 'ckpt.pt'),
                    '--model', args.ldm_model, '--preset', args.ldm_preset, '--lr', args.ldm_lr,
                    '--batch_size', sizes['ldm_batch_size'], '--num_workers', 0, '--ema_decay', args.ldm_ema_decay,
                    '--ema_warmup', *(['--objective', 'flow'] if objective == 'flow' else []),
                    '--cache_latents', os.path.join(out, 'latent_cache'),
-                   '--cache_size', sizes['train_images'] if args.random_crop else counts['train']]  # crops, or each file
+                   '--cache_size', sizes['train_images'] if args.random_crop or video else counts['train']]  # crops, or each file
     settings = {'script': 'train_ldm.py', 'args': list(map(str, script_args)), 'ae': ae_settings}
     snapshots, previous = [], 0
     for k in range(1, sizes['ldm_evals'] + 1):
@@ -570,7 +653,7 @@ def samples(seed, out, snapshot, settings):
     sample_settings = once(folder, {'script': 'sample.py', 'args': list(map(str, sample_args)), 'ldm': settings},
                            'sample.py', *sample_args)
     return score(os.path.join(out, 'scores'), os.path.join(folder, 'samples.npz'), {'samples': sample_settings}), \
-        os.path.join(folder, 'grid.png')
+        os.path.join(folder, 'grid_frames.png' if video else 'grid.png')
 
 
 def score(folder, fake, settings):
@@ -611,12 +694,11 @@ def references(aes):
     a perfect generator gets) and each AE's reconstructions of it (what a perfect LDM on its latents gets)."""
     import numpy as np
     import torch
-    from common import save_image_grid
-    from data import ImageFolder
+    from common import save_image_grid, save_video_grid
     from metrics import to_uint8
+    from probe import held_out
     from weights import load_autoencoder
-    second = ImageFolder(data['heldout2'], sizes['image_size'], flip=False)
-    x = torch.stack([second.load(i)[0] for i in range(len(second))])
+    x = held_out(data['heldout2'], sizes['image_size'])  # (N, 3, [T,] H, W)
     out = {}
     for name, ae in [('real', None)] + list(aes.items()):
         folder = os.path.join(args.out_dir, 'references', name)
@@ -628,9 +710,13 @@ def references(aes):
             if ae is not None:
                 with torch.no_grad():
                     model = load_autoencoder(os.path.join(ae[1], 'ckpt.pt'))
-                    rec = torch.cat([model.decode(model.encode(b, sample=False)[0]) for b in x.split(64)])
-            np.savez(npz, arr_0=to_uint8(rec.clamp(-1, 1)).permute(0, 2, 3, 1).numpy())
-            save_image_grid(rec[:64].clamp(-1, 1), os.path.join(folder, 'grid.png'), nrow=8)
+                    rec = torch.cat([model.decode(model.encode(b, sample=False)[0]) for b in x.split(16 if video else 64)])
+            uint8 = to_uint8(rec.clamp(-1, 1))
+            np.savez(npz, arr_0=(uint8.permute(0, 2, 3, 4, 1) if video else uint8.permute(0, 2, 3, 1)).numpy())
+            if video:  # grid.mp4, grid.gif and grid_frames.png, as sample.py writes them
+                save_video_grid(uint8.permute(0, 2, 3, 4, 1).numpy(), folder)
+            else:
+                save_image_grid(rec[:64].clamp(-1, 1), os.path.join(folder, 'grid.png'), nrow=8)
             record(folder, settings)
         out[name] = {k: v for k, v in score(os.path.join(folder, 'scores'), npz, {'samples': settings}).items()
                      if k != 'skipped'}
@@ -663,11 +749,12 @@ def erasure_strip(aes):
 
 def planned_work():
     """The REFERENCE_SECONDS of everything this run does; what a rerun reuses counts as done when it is reached."""
-    t, n, images, samples = REFERENCE_SECONDS, 2 * args.seeds, counts['heldout'], sizes['num_samples']
+    t, n, images, samples = REFERENCE_SECONDS, len(ARMS) * args.seeds, counts['heldout'], sizes['num_samples']
     finetune = sizes['ft_steps'] * t['train_ae.py'] + images * t['spectrum.py']
     per_ldm = (sizes['ldm_steps'] * t['train_ldm.py'] + sizes['ldm_evals'] * images * t['probe'] +
                samples * t['sample.py'] + samples * t['eval_fid.py'])
-    total = n * finetune + images * t['spectrum.py'] + len(objectives) * n * per_ldm + 3 * samples * t['eval_fid.py']
+    total = (n * finetune + images * t['spectrum.py'] + len(objectives) * n * per_ldm +
+             (1 + len(ARMS)) * samples * t['eval_fid.py'])
     total += figures['channels'] * len(Z_CHANNELS) * (sizes['sweep_steps'] * t['train_ae.py'] + images * t['spectrum.py'])
     total += figures['kl_sweep'] * len(KL_WEIGHTS) * finetune + figures['se_sweep'] * len(SE_WEIGHTS) * finetune
     return total
@@ -692,6 +779,10 @@ def fig1_arm(seed, ae, objective):
 if __name__ == '__main__':
     args = parser.parse_args()
     sizes, figures, objectives = check_args(args)
+    video = args.num_frames > 1
+    ARMS = ('control', 'se', 'se_st') if video else ('control', 'se')  # se_st: SE in space and time
+    if video:
+        REFERENCE_SECONDS.update(VIDEO_REFERENCE_SECONDS)
     import torch  # after the checks, so that a mistake is told in a second
     jobs = args.jobs or (1 if args.nproc > 1 or (args.device != 'cpu' and torch.cuda.is_available()) else 2)
     if jobs > 1:
@@ -699,33 +790,37 @@ if __name__ == '__main__':
     os.makedirs(args.out_dir, exist_ok=True)
     t0 = time.time()
     if args.pretrain:
-        work = Work(PRETRAIN['image'][PRETRAIN['image'].index('--max_steps') + 1] * REFERENCE_SECONDS['train_ae.py'], 1)
-        say(f"reproduce.py --pretrain: the baseline autoencoder from scratch, about {minutes(work.left())} at the pace of "
-            f"2 idle CPU cores; the run goes to {os.path.join(args.out_dir, 'pretrain')}")
+        recipe = PRETRAIN[kind_of(args.num_frames)]
+        work = Work(recipe[recipe.index('--max_steps') + 1] * REFERENCE_SECONDS['train_ae.py'], 1)
+        say(f"reproduce.py --pretrain: the {kind_of(args.num_frames)} baseline autoencoder from scratch, about "
+            f"{minutes(work.left())} at the pace of 2 idle CPU cores; the run goes to "
+            f"{os.path.join(args.out_dir, 'pretrain' if not video else 'pretrain_video')}")
         pretrain()
         sys.exit(0)
-    say(f"reproduce.py: {args.seeds} seeds x (SE, control), LDM objective {args.objective}, "
-        f"{'embedded dead leaves' if args.data is None else args.data}; everything goes to {args.out_dir}. Making "
-        f"the data ...")
+    say(f"reproduce.py: {args.seeds} seeds x ({', '.join(ARMS)}), LDM objective {args.objective}, "
+        f"{'embedded moving dead leaves, ' + str(args.num_frames) + ' frames' if video else 'embedded dead leaves' if args.data is None else args.data}"
+        f"; everything goes to {args.out_dir}. Making the data ...")
     data, counts = materialise_data()
     work = Work(planned_work(), jobs)
-    say(f"the data: {counts['train']} training and {counts['heldout']} + {counts['heldout2']} held-out images in "
-        f"{os.path.join(args.out_dir, 'data')}. The whole run: about {minutes(work.left())} at the pace of the "
-        f"default run on 2 idle CPU cores (the estimate follows this machine's pace as it runs)")
-    baseline = args.baseline or BASELINE['image']
+    say(f"the data: {counts['train']} training {'clips cached per LDM' if video else 'images'} and {counts['heldout']} "
+        f"+ {counts['heldout2']} held-out {'clips' if video else 'images'} in {os.path.join(args.out_dir, 'data')}. The "
+        f"whole run: about {minutes(work.left())} at the pace of the default run on 2 idle CPU cores (the estimate "
+        f"follows this machine's pace as it runs)")
+    baseline = args.baseline or BASELINE[kind_of(args.num_frames)]
     if args.smoke and not os.path.isfile(baseline):  # the smoke run's stand-in: a 2-step baseline of the same family
         baseline = os.path.join(args.out_dir, 'smoke_baseline', 'ckpt.pt')
-        train('train_ae.py', os.path.dirname(baseline), 2, {'smoke': 'baseline'},
+        train('train_ae.py', os.path.dirname(baseline), 2, {'smoke': 'baseline', 'num_frames': args.num_frames},
               ['--preset', 'mini', '--image_size', sizes['image_size'], '--batch_size', 2, '--lpips_weight', 0,
-               '--disc_weight', 0, '--device', args.device, '--num_workers', 0, '--data', data['train']])
+               '--disc_weight', 0, '--device', args.device, '--num_workers', 0, *training_data()])
     with open(baseline, 'rb') as f:
         baseline_id = hashlib.sha256(f.read()).hexdigest()[:16]
     report = {'config': {**vars(args), 'sizes': sizes, 'baseline': baseline, 'baseline_sha256': baseline_id},
               'data': counts, 'hardware': hardware(), 'torch': torch.__version__, 'jobs': jobs}
 
-    # Fig. 1: per seed, the SE fine-tune and its control; the baseline itself measured beside them
-    arms = ('control', 'se')
-    aes = parallel([lambda s=s, arm=arm: finetune(s, arm, args.se_weight if arm == 'se' else 0.0)
+    # Fig. 1: per seed, the SE fine-tune(s) and the control; the baseline itself measured beside them
+    arms = ARMS
+    aes = parallel([lambda s=s, arm=arm: finetune(s, arm, args.se_weight if arm != 'control' else 0.0,
+                                                  temporal=arm == 'se_st')
                     for s in range(args.seeds) for arm in arms])
     aes = {arm: [ae for ae in aes if ae[0] == arm] for arm in arms}
     measured = parallel([lambda ae=ae: measure(ae) for arm in arms for ae in aes[arm]] +
@@ -738,9 +833,11 @@ if __name__ == '__main__':
                          for s in range(args.seeds) for arm in arms])
         report.setdefault('ldm', {})[objective] = {arm: runs[i::len(arms)] for i, arm in enumerate(arms)}
     report['references'] = references({arm: aes[arm][0] for arm in arms})
-    report['fig5'] = {arm: {'latent': report['autoencoders'][arm][0]['erasure_psnr'],
-                            'rgb': report['autoencoders'][arm][0]['rgb_erasure_psnr']} for arm in arms}
-    erasure_strip({arm: aes[arm][0] for arm in arms})
+    report['references_grid'] = os.path.join('references', 'real', 'grid_frames.png' if video else 'grid.png')
+    if not video:  # Fig. 5 erases in 8x8 tiles of images
+        report['fig5'] = {arm: {'latent': report['autoencoders'][arm][0]['erasure_psnr'],
+                                'rgb': report['autoencoders'][arm][0]['rgb_erasure_psnr']} for arm in arms}
+        erasure_strip({arm: aes[arm][0] for arm in arms})
 
     if figures['channels']:  # Fig. 2: the same family from scratch, z_channels swept
         made = parallel([lambda c=c: scratch(f'z{c}', c, sizes['sweep_steps']) for c in Z_CHANNELS])
