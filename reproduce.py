@@ -68,7 +68,7 @@ SIZES = {  # default: Fig. 1 (3 seeds) and Fig. 5 in about 30 minutes on 2 CPU c
                   ldm_batch_size=4, num_samples=16, sample_steps=3, sweep_steps=2),
     # --num_frames: Fig. 1 on clips (3 arms x 3 seeds) in about 45 minutes on 2 CPU cores; train_images are the clips
     # each LDM caches (the autoencoders train on the endless embedded stream)
-    'video': dict(image_size=32, train_images=512, num_eval=64, ft_steps=150, ft_batch_size=2, ldm_steps=2000,
+    'video': dict(image_size=32, train_images=512, num_eval=64, ft_steps=300, ft_batch_size=2, ldm_steps=2000,
                   ldm_evals=2, ldm_batch_size=32, num_samples=64, sample_steps=25, sweep_steps=0),
     'video_smoke': dict(image_size=32, train_images=4, num_eval=4, ft_steps=2, ft_batch_size=1, ldm_steps=4,
                         ldm_evals=2, ldm_batch_size=2, num_samples=4, sample_steps=3, sweep_steps=0),
@@ -102,8 +102,9 @@ HELD_OUT = 0.25                              # the share of a --data folder's fi
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  allow_abbrev=False)
-parser.add_argument('--out_dir', type=str, default='out/reproduce', help='the folder every artefact, report.json and '
-                    'report.md go to; a rerun reuses the artefacts in it whose settings match')
+parser.add_argument('--out_dir', type=str, default=None, help='the folder every artefact, report.json and '
+                    'report.md go to (default out/reproduce, out/reproduce_video with --num_frames); a rerun reuses '
+                    'the artefacts in it whose settings match')
 parser.add_argument('--pretrain', action='store_true', help=f"train the baseline autoencoder from scratch with the "
                     f"shipped recipe and write it to --baseline (default {os.path.relpath(BASELINE['image'], ROOT)})")
 parser.add_argument('--baseline', type=str, default=None, help='the pretrained autoencoder that every arm fine-tunes '
@@ -153,6 +154,7 @@ def kind_of(num_frames):
 def check_args(args):
     """Every rule between flags, before anything runs. -> (sizes, figures, objectives)."""
     video = args.num_frames > 1
+    args.out_dir = args.out_dir or ('out/reproduce_video' if video else 'out/reproduce')
     kind = ('video_' if video else '') + ('smoke' if args.smoke else 'default')
     sizes = {k: (getattr(args, k) if getattr(args, k) is not None else v)
              for k, v in SIZES[kind.replace('video_default', 'video')].items()}
@@ -511,7 +513,7 @@ def pretrain():
     from safetensors.torch import save_file
     from weights import load_checkpoint
     kind = kind_of(args.num_frames)
-    out = os.path.join(args.out_dir, 'pretrain' if kind == 'image' else 'pretrain_video')
+    out = os.path.join(args.out_dir, 'pretrain')
     recipe = PRETRAIN[kind] + ['--device', args.device, '--num_workers', 1]
     settings = train('train_ae.py', out, recipe[recipe.index('--max_steps') + 1],
                      {'script': 'train_ae.py', 'args': list(map(str, recipe))}, recipe)
@@ -794,7 +796,7 @@ if __name__ == '__main__':
         work = Work(recipe[recipe.index('--max_steps') + 1] * REFERENCE_SECONDS['train_ae.py'], 1)
         say(f"reproduce.py --pretrain: the {kind_of(args.num_frames)} baseline autoencoder from scratch, about "
             f"{minutes(work.left())} at the pace of 2 idle CPU cores; the run goes to "
-            f"{os.path.join(args.out_dir, 'pretrain' if not video else 'pretrain_video')}")
+            f"{os.path.join(args.out_dir, 'pretrain')}")
         pretrain()
         sys.exit(0)
     say(f"reproduce.py: {args.seeds} seeds x ({', '.join(ARMS)}), LDM objective {args.objective}, "
