@@ -69,31 +69,35 @@ def predict(model, process, x_t, t):
 
 
 @torch.no_grad()
-def diffusability_probe(ckpt, heldout, levels, device='cpu', batch_size=64, noise_seed=0):
+def diffusability_probe(ckpt, heldout, levels, device='cpu', batch_size=64, noise_seed=0, decoded=None):
     """The probe of the LDM checkpoint `ckpt` on the held-out images or clips `heldout` (see held_out), at each of
-    `levels`. ->
+    `levels`; decoded: how many of them the pixel error decodes (default all; decoding clips is the probe's cost). ->
     {'levels', 'eps_mse' (per level), 'pixel_mse' (per level), 'eps_mse_mean', 'pixel_mse_mean', 'guard': {...}}."""
     model, process, config, shift, scale, ae = load_ldm(ckpt, device)
     x = held_out(heldout, config['image_size']).to(device)  # (N, 3, [T,] H, W)
     z = torch.cat([(ae.encode(b, sample=False)[0] - shift) * scale for b in x.split(batch_size)])  # (N, C, [t,] h, w)
     flow = isinstance(process, Flow)
+    n_decoded = len(z) if decoded is None else min(decoded, len(z))
     generator = torch.Generator().manual_seed(noise_seed)
     eps_mse, pixel_mse = [], []
     for level in levels:
         noise = torch.randn(z.shape, generator=generator).to(device)  # the same for every arm: a paired measurement
-        errors = [0.0, 0.0]
+        errors, seen = [0.0, 0.0], 0
         for zb, nb, xb in zip(z.split(batch_size), noise.split(batch_size), x.split(batch_size)):
             t = torch.full((len(zb),), level, dtype=torch.float32 if flow else torch.long, device=device)
             eps, x0 = predict(model, process, process.q_sample(zb, t, nb), t)
             errors[0] += (eps.float() - nb).pow(2).flatten(1).mean(1).sum().item()
-            x_rec = ae.decode(x0.float() / scale + shift).clamp(-1, 1)
-            errors[1] += (x_rec - xb).pow(2).flatten(1).mean(1).sum().item()
+            keep = max(0, min(len(zb), n_decoded - seen))  # the first n_decoded items
+            if keep:
+                x_rec = ae.decode(x0[:keep].float() / scale + shift).clamp(-1, 1)
+                errors[1] += (x_rec - xb[:keep]).pow(2).flatten(1).mean(1).sum().item()
+            seen += len(zb)
         eps_mse.append(errors[0] / len(z))
-        pixel_mse.append(errors[1] / len(z))
+        pixel_mse.append(errors[1] / n_decoded)
     guard = sample_guard(model, process, z, shift, scale, ae, device)
     return {'levels': list(levels), 'eps_mse': eps_mse, 'pixel_mse': pixel_mse,
             'eps_mse_mean': sum(eps_mse) / len(eps_mse), 'pixel_mse_mean': sum(pixel_mse) / len(pixel_mse),
-            'num_images': len(z), 'guard': guard}
+            'num_images': len(z), 'num_decoded': n_decoded, 'guard': guard}
 
 
 def sample_guard(model, process, z_data, shift, scale, ae, device):

@@ -68,8 +68,8 @@ SIZES = {  # default: Fig. 1 (3 seeds) and Fig. 5 in about 30 minutes on 2 CPU c
                   ldm_batch_size=4, num_samples=16, sample_steps=3, sweep_steps=2),
     # --num_frames: Fig. 1 on clips (3 arms x 3 seeds) in about 45 minutes on 2 CPU cores; train_images are the clips
     # each LDM caches (the autoencoders train on the endless embedded stream)
-    'video': dict(image_size=32, train_images=512, num_eval=64, ft_steps=300, ft_batch_size=2, ldm_steps=2000,
-                  ldm_evals=2, ldm_batch_size=32, num_samples=64, sample_steps=25, sweep_steps=0),
+    'video': dict(image_size=32, train_images=256, num_eval=64, ft_steps=200, ft_batch_size=2, ldm_steps=3000,
+                  ldm_evals=1, ldm_batch_size=32, num_samples=64, sample_steps=25, sweep_steps=0),
     'video_smoke': dict(image_size=32, train_images=4, num_eval=4, ft_steps=2, ft_batch_size=1, ldm_steps=4,
                         ldm_evals=2, ldm_batch_size=2, num_samples=4, sample_steps=3, sweep_steps=0),
 }
@@ -97,6 +97,7 @@ KL_WEIGHTS = [0.0, 1e-6, 1e-4, 1e-2]         # Fig. 3, fine-tunes of the baselin
 SE_WEIGHTS = [0.0, 0.1, 0.25, 0.5, 1.0]      # Fig. 4, fine-tunes of the baseline
 PROBE_T = [10, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 990]   # DDPM timesteps of the probe
 PROBE_T_FLOW = [0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.98]  # flow times (t = 1 is noise)
+PROBE_DECODED_CLIPS = 16                     # video: held-out clips whose x0 prediction the probe decodes (its cost)
 PROGRESS_SECONDS = 30                        # how often each running child's progress is shown
 HELD_OUT = 0.25                              # the share of a --data folder's files held out (a seeded hash of names)
 
@@ -132,8 +133,9 @@ parser.add_argument('--ldm_model', type=str, default='dit', choices=['dit', 'une
                     "(train_ldm.py --model)")
 parser.add_argument('--ldm_preset', type=str, default='tiny', help="the size preset of the LDMs' backbone "
                     "(train_ldm.py --preset)")
-parser.add_argument('--ldm_lr', type=float, default=1e-3, help="learning rate of every LDM (the tiny DiT's, from the "
-                    "sweep in the README)")
+parser.add_argument('--ldm_lr', type=float, default=None, help="learning rate of every LDM (default: 1e-3 for the tiny "
+                    "DiT on images, 3e-3 for the tiny video DiT, the best of bench/sweep_ldm_lr.py's sweep; both in the "
+                    "README)")
 parser.add_argument('--ldm_ema_decay', type=float, default=0.999, help="EMA decay of the LDMs' weights, with a warm-up "
                     "(train_ldm.py --ema_warmup): min(decay, (1 + n) / (10 + n))")
 add_device_arg(parser)  # passed on to every script
@@ -155,6 +157,7 @@ def check_args(args):
     """Every rule between flags, before anything runs. -> (sizes, figures, objectives)."""
     video = args.num_frames > 1
     args.out_dir = args.out_dir or ('out/reproduce_video' if video else 'out/reproduce')
+    args.ldm_lr = args.ldm_lr or (3e-3 if video else 1e-3)
     kind = ('video_' if video else '') + ('smoke' if args.smoke else 'default')
     sizes = {k: (getattr(args, k) if getattr(args, k) is not None else v)
              for k, v in SIZES[kind.replace('video_default', 'video')].items()}
@@ -205,7 +208,7 @@ child_seconds = {}  # seconds spent in each script's runs (summed over parallel 
 REFERENCE_SECONDS = {'train_ae.py': 0.36, 'train_ldm.py': 0.12, 'spectrum.py': 36 / 256, 'probe': 54 / 256,
                      'sample.py': 17 / 256, 'eval_fid.py': 8 / 256}
 # the same for the video run (--num_frames 17): a step, a clip
-VIDEO_REFERENCE_SECONDS = {'train_ae.py': 0.7, 'train_ldm.py': 0.12, 'spectrum.py': 0.3, 'probe': 0.5,
+VIDEO_REFERENCE_SECONDS = {'train_ae.py': 0.6, 'train_ldm.py': 0.08, 'spectrum.py': 0.5, 'probe': 0.6,
                            'sample.py': 0.3, 'eval_fid.py': 0.05}
 TQDM = re.compile(r'(\d+)/(\d+) \[([\d:]+)<([\d:?]+)')   # a tqdm bar's "n/total [elapsed<remaining"
 
@@ -681,7 +684,7 @@ def probe(snapshot, objective):
     from probe import diffusability_probe
     t0 = time.time()
     result = diffusability_probe(snapshot, data['heldout'], PROBE_T_FLOW if objective == 'flow' else PROBE_T,
-                                 device=select_device(args.device))
+                                 device=select_device(args.device), decoded=PROBE_DECODED_CLIPS if video else None)
     child_seconds['probe'] = child_seconds.get('probe', 0.0) + time.time() - t0
     work.finish('probe', counts['heldout'])
     say(f"  probe {os.path.relpath(snapshot, args.out_dir)} ... done in {time.time() - t0:.0f} s; the whole run: about "

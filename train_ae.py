@@ -315,7 +315,8 @@ def evaluate():
             down = lambda t: se_downsample_time(se_downsample(t, s, args.se_down), s_t) if s_t > 1 else se_downsample(t, s, args.se_down)
             up = lambda t: F.interpolate(t, size=x_eval.shape[2:], mode='nearest')  # shown at full size (and length)
             rows += [up(down(x_eval)), up(net.decode(down(z)).float())]
-            labels += [f'SE target: down(x), /{s}', f'SE: D(down(z)), /{s}']
+            factor = f'/{s}' + (f', time /{s_t}' if s_t > 1 else '')
+            labels += [f'SE target: down(x), {factor}', f'SE: D(down(z)), {factor}']
     ae.train()
     if video:
         save_video_previews(rows, labels)

@@ -106,7 +106,7 @@ def test_video_smoke_run_fine_tunes_three_arms_and_probes_them_on_held_out_clips
         assert 0 < m['temporal_hf_energy_share'] < 1 and 0 < m['rgb_temporal_hf_energy_share'] < 1
         assert m['temporal_hf_ratio'] > 0 and 'erasure_psnr' not in m
         p = ldm[arm][0]['probe'][-1]
-        assert p['num_images'] == report['data']['heldout'] == 4 and len(p['eps_mse']) == 12
+        assert p['num_images'] == report['data']['heldout'] == p['num_decoded'] == 4 and len(p['eps_mse']) == 12
         assert len(p['guard']['std_ratio']) == 16  # one per latent channel of the video baseline
         assert 'video_swd' in ldm[arm][0]['samples'] and (tmp_path / ldm[arm][0]['grid']).stat().st_size > 0
     with np.load(tmp_path / 'data' / 'heldout.npz') as f:
