@@ -83,7 +83,7 @@ def diffusers_config(cfg, video, scale, shift):
               'use_quant_conv': cfg.use_quant_conv, 'use_post_quant_conv': cfg.use_quant_conv}
     if video:
         return {'_class_name': 'AutoencoderKLCogVideoX', **common, 'down_block_types': ['CogVideoXDownBlock3D'] * n,
-                'up_block_types': ['CogVideoXUpBlock3D'] * n, 'norm_num_groups': 32, 'norm_eps': 1e-6,
+                'up_block_types': ['CogVideoXUpBlock3D'] * n, 'norm_num_groups': cfg.norm_groups, 'norm_eps': 1e-6,
                 'temporal_compression_ratio': 2 ** cfg.temporal_levels}
     return {'_class_name': 'AutoencoderKL', **common, 'down_block_types': ['DownEncoderBlock2D'] * n,
             'up_block_types': ['UpDecoderBlock2D'] * n, 'norm_num_groups': cfg.norm_groups, 'mid_block_add_attention': True}

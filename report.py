@@ -289,7 +289,7 @@ def fig1_markdown(report, out_dir):
             md.append(f"| {arm} | " + " | ".join(pm([r['samples'][k] for r in runs[arm]], '.2f') for k in keys) +
                       f" | {min(ratios):.2f}-{max(ratios):.2f} | {max(g['saturated'] for g in guards):.1%} |")
         for name, m in report['references'].items():
-            md.append(f"| reference: {'a second draw of held-out images' if name == 'real' else name + ' AE reconstructions'}"
+            md.append(f"| reference: {'a second draw of held-out ' + unit(report) if name == 'real' else name + ' AE reconstructions'}"
                       f" | " + " | ".join(f"{m[k]:.2f}" if k in m else '-' for k in keys) + " | | |")
         real = report.get('references_grid', 'references/real/grid.png')
         md += ["", "Samples at the last step, seed 0 (and the held-out data):", "",
