@@ -4,10 +4,11 @@ warm-up, latent cache) at several learning rates on one autoencoder's latents, e
 (probe.py: eps-MSE on held-out latents with fixed noise, mean over noise levels) and by its sample guard, side by side.
 reproduce.py's --ldm_lr defaults come from this sweep (the numbers are in the README).
 
-  python bench/sweep_ldm_lr.py --ae assets/baseline_video_mini.safetensors --num_frames 17 \
-      --heldout out/reproduce_video/data/heldout.npz                       # the video DiT, about 10 min on 2 cores
-  python bench/sweep_ldm_lr.py --ae assets/baseline_mini.safetensors --image_size 64 \
-      --data out/reproduce/data/train --heldout out/reproduce/data/heldout # the image DiT
+  python bench/sweep_ldm_lr.py --ae assets/baseline_video_mini.safetensors --num_frames 17 --heldout H.npz
+  python bench/sweep_ldm_lr.py --ae assets/baseline_mini.safetensors --image_size 64 --data TRAIN --heldout HELD
+
+H.npz: held-out clips, e.g. out/reproduce_video/data/heldout2.npz (the second held-out draw of reproduce.py
+--num_frames 17); the video sweep takes about 8 minutes on 2 cores. TRAIN, HELD: out/reproduce/data/train and heldout2.
 
 Each run goes to --out_dir/lr_<lr>; one JSON line per learning rate, then a table. Runs go two at a time, one thread
 each (as in reproduce.py).
