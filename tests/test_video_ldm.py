@@ -60,14 +60,17 @@ def test_video_ldm_trains_resumes_exactly_and_samples(video_ae, tmp_path):
     assert a['config']['backbone']['num_classes'] == 2 and a['config']['backbone']['num_frames'] == 2
     assert (tmp_path / 'full' / 'samples_0000002' / 'grid.mp4').exists()
 
-    # per-sample seeds: the clips do not depend on the batch size
+    # per-sample seeds: the clips do not depend on the batch size. The CPU's conv kernels do, in the last bits of a float
+    # (about 4e-6 on a decoded clip), which can tip a pixel's 8-bit rounding: at most one level, on a few pixels; a
+    # noise shared across a batch would change every pixel
     ckpt = tmp_path / 'full' / 'ema.pt'
     run('sample.py', '--ckpt', ckpt, '--num_samples', 3, '--batch_size', 2, '--steps', 2, '--out_dir', tmp_path / 's2')
     run('sample.py', '--ckpt', ckpt, '--num_samples', 3, '--batch_size', 3, '--steps', 2, '--out_dir', tmp_path / 's3')
     clips = np.load(tmp_path / 's2' / 'samples.npz')['arr_0']
     assert clips.shape == (3, 5, 16, 16, 3) and clips.dtype == np.uint8
     other = np.load(tmp_path / 's3' / 'samples.npz')['arr_0']
-    assert np.array_equal(clips, other) and not np.array_equal(clips[0], clips[1])
+    diff = np.abs(clips.astype(int) - other.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99 and not np.array_equal(clips[0], clips[1])
     import av
     with av.open(str(tmp_path / 's2' / 'videos' / '000002.mp4')) as mp4:
         frames = np.stack([f.to_ndarray(format='rgb24') for f in mp4.decode(video=0)])
