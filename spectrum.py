@@ -190,20 +190,22 @@ def erase_high_frequencies(x, p, block=BLOCK):
 # -----------------------------------------------------------------------------
 # video: the spatial spectrum per latent frame, and a temporal spectrum along the frames
 
+def temporal_ac(x):
+    """x (B, C, T, H, W) -> its DCT-II along time at the AC frequencies k = 1 .. T-1, (B, C, T-1, H, W), in float64. DC
+    (k = 0) is left out: a channel's offset lives there alone."""
+    x = x.double()
+    return torch.einsum('kt,bcthw->bckhw', dct_matrix(x.shape[2], x.device, x.dtype)[1:], x)
+
+
 def temporal_amplitude(x):
     """x (B, C, T, H, W) -> (C, T-1): mean |DCT-II coefficient| along time, over every batch element and pixel, per
-    channel, for the temporal frequencies k = 1 .. T-1. DC (k = 0) is left out: a channel's offset lives there alone."""
-    x = x.double()
-    D = dct_matrix(x.shape[2], x.device, x.dtype)
-    X = torch.einsum('kt,bcthw->bckhw', D, x)  # DCT-II along time
-    return X[:, :, 1:].abs().mean(dim=(0, 3, 4))  # (C, T-1)
+    channel, for the temporal frequencies k = 1 .. T-1."""
+    return temporal_ac(x).abs().mean(dim=(0, 3, 4))
 
 
 def temporal_energy(x):
     """x (B, C, T, H, W) -> (C, T-1): mean squared DCT-II coefficient along time, per channel, k = 1 .. T-1."""
-    x = x.double()
-    X = torch.einsum('kt,bcthw->bckhw', dct_matrix(x.shape[2], x.device, x.dtype), x)
-    return X[:, :, 1:].pow(2).mean(dim=(0, 3, 4))
+    return temporal_ac(x).pow(2).mean(dim=(0, 3, 4))
 
 
 def temporal_hf_energy_share(energy):
