@@ -158,9 +158,8 @@ def check_args(args):
     video = args.num_frames > 1
     args.out_dir = args.out_dir or ('out/reproduce_video' if video else 'out/reproduce')
     args.ldm_lr = args.ldm_lr or (3e-3 if video else 1e-3)
-    kind = ('video_' if video else '') + ('smoke' if args.smoke else 'default')
-    sizes = {k: (getattr(args, k) if getattr(args, k) is not None else v)
-             for k, v in SIZES[kind.replace('video_default', 'video')].items()}
+    size_set = ('video_smoke' if args.smoke else 'video') if video else ('smoke' if args.smoke else 'default')
+    sizes = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in SIZES[size_set].items()}
     objectives = args.objective.split(',')
     problems = [f"--{k} must be at least 1" for k, v in sizes.items() if v < 1 and not (video and k == 'sweep_steps')]
     if args.num_frames < 1 or (video and (args.num_frames - 1) % 8):
