@@ -171,7 +171,7 @@ def test_warmup_is_linear_in_the_step(tmp_path):
 
 
 @pytest.mark.parametrize('frames', [1, 9])
-def test_logged_bicubic_reference_is_spectrums_on_the_same_images(tmp_path, frames):
+def test_logged_bicubic_reference_is_spectrums_on_the_same_images(tmp_path, frames, capsys):
     # "bicubic at the latent grid" has one definition (metrics.bicubic_at_latent_grid): the number train_ae.py logs for
     # its held-out images (clips) is the one spectrum.py reports for the same images, to the rounding of the sums
     import json
@@ -182,6 +182,7 @@ def test_logged_bicubic_reference_is_spectrums_on_the_same_images(tmp_path, fram
     logged = [r for r in read_log(tmp_path / 'ae') if 'val_psnr_bicubic' in r][-1]['val_psnr_bicubic']
     spectrum.main(['--ckpt', str(tmp_path / 'ae' / 'ckpt.pt'), '--label', 'ae', '--image_size', '32', '--num_images', '2',
                    '--batch_size', '2', '--num_frames', str(frames), '--device', 'cpu', '--out_dir', str(tmp_path / 's')])
+    assert 'nan' not in capsys.readouterr().out  # a row without a measure shows '-' (RGB at full size: temporal only)
     if frames > 1:
         measured = json.load(open(tmp_path / 's' / 'spectrum_video.json'))['video']['ae']['bicubic_psnr']
     else:
