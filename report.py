@@ -318,7 +318,8 @@ def sweep_markdown(report, out_dir):
     for key, title, what, xs_key, log_x in (
             ('fig2', 'Fig. 2: latent channels', f"the baseline's family and recipe from scratch, {sizes['sweep_steps']} "
              "steps, but for z_channels", 'z_channels', False),
-            ('fig3', 'Fig. 3: KL weight', f"fine-tunes of the baseline ({sizes['ft_steps']} steps) but for kl_weight",
+            ('fig3', 'Fig. 3: KL weight', f"the baseline's family and recipe from scratch, {sizes['sweep_steps']} "
+             "steps, but for kl_weight (hf_share of posterior samples against means shows the KL noise)",
              'kl_weights', True),
             ('fig4', 'Fig. 4: SE strength', f"fine-tunes of the baseline ({sizes['ft_steps']} steps) but for se_weight",
              'se_weights', False)):

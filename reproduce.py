@@ -79,8 +79,8 @@ SIZE_HELP = {  # what each of SIZES sets, for --help
                     'files); with --random_crop, also the random crops each LDM caches',
     'num_eval': 'images in each of the two held-out sets, drawn from the embedded data set or cut as random crops from '
                 'the held-out files of --data with --random_crop (else one centre crop a file)',
-    'ft_steps': 'training steps of each fine-tune of the baseline: the SE and control arms (Fig. 1) and the kl_weight '
-                'and se_weight sweeps (Fig. 3, 4)',
+    'ft_steps': 'training steps of each fine-tune of the baseline: the SE and control arms (Fig. 1) and the se_weight '
+                'sweep (Fig. 4)',
     'ft_batch_size': 'images per step of each fine-tune',
     'ldm_steps': 'training steps of each LDM (one per arm, seed and objective)',
     'ldm_evals': "evenly spaced snapshots of each LDM's training at which the diffusability probe runs; the last one "
@@ -89,11 +89,11 @@ SIZE_HELP = {  # what each of SIZES sets, for --help
     'num_samples': "samples drawn from each LDM's last snapshot and scored by eval_fid.py",
     'sample_steps': "DDIM steps of the preview grid each LDM training run draws (train_ldm.py --sample_steps); the "
                     "scored samples take sample.py's default steps",
-    'sweep_steps': 'training steps of each autoencoder trained from scratch for Fig. 2 (--channels); the Fig. 3 and 4 '
-                   'sweeps are fine-tunes, whose steps --ft_steps sets',
+    'sweep_steps': 'training steps of each autoencoder trained from scratch for Fig. 2 and 3 (--channels, --kl_sweep); '
+                   'the Fig. 4 sweep is of fine-tunes, whose steps --ft_steps sets',
 }
 Z_CHANNELS = [4, 8, 16, 32]                  # Fig. 2, from scratch
-KL_WEIGHTS = [0.0, 1e-6, 1e-4, 1e-2]         # Fig. 3, fine-tunes of the baseline
+KL_WEIGHTS = [1e-6, 1e-2, 1e-1, 1.0]         # Fig. 3, from scratch: the posterior noise shows from 1e-1 (std 0.06 at 1e-2)
 SE_WEIGHTS = [0.0, 0.1, 0.25, 0.5, 1.0]      # Fig. 4, fine-tunes of the baseline
 PROBE_T = [10, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 990]   # DDPM timesteps of the probe
 PROBE_T_FLOW = [0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.98]  # flow times (t = 1 is noise)
@@ -437,6 +437,15 @@ def write_images(x, folder):
         Image.fromarray(img).save(os.path.join(folder, f'{i:06d}.png'))
 
 
+def draw(dataset, indices):
+    """dataset[i][0] for i in indices, stacked: made in worker processes, one a core (the embedded generator is
+    deterministic per index, so the images do not depend on the workers; a GPU machine's cores make 20,000 quickly)."""
+    import torch
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, list(indices)), batch_size=32,
+                                         num_workers=os.cpu_count() if (os.cpu_count() or 1) > 1 else 0)
+    return torch.cat([x for x, *_ in loader])
+
+
 def materialise_data():
     """out_dir/data/{train, heldout, heldout2}: the images every script reads, made once. The embedded set: training
     images from the training stream, the two held-out sets from the disjoint held-out stream. A --data folder: its
@@ -455,10 +464,10 @@ def materialise_data():
         from data import DeadLeaves, ImageFolder, list_files
         if args.data is None:
             train_set, held = DeadLeaves(sizes['image_size'], train=True), DeadLeaves(sizes['image_size'], train=False)
-            write_images(torch.stack([train_set[i][0] for i in range(sizes['train_images'])]), folders['train'])
+            write_images(draw(train_set, range(sizes['train_images'])), folders['train'])
             for k, name in enumerate(('heldout', 'heldout2')):
                 n = sizes['num_eval']
-                write_images(torch.stack([held[i][0] for i in range(k * n, (k + 1) * n)]), folders[name])
+                write_images(draw(held, range(k * n, (k + 1) * n)), folders[name])
         else:
             files = list_files(args.data)[0]
             held = held_out_files([os.path.relpath(f, args.data) for f in files])
@@ -569,11 +578,13 @@ def finetune(seed, name, se_weight=0.0, kl_weight=1e-6, steps=None, temporal=Fal
     return name, out, settings
 
 
-def scratch(name, z_channels, steps):
-    """Fig. 2: an autoencoder of the baseline's family and recipe but for z_channels, from scratch."""
+def scratch(name, steps, z_channels=8, kl_weight=1e-6):
+    """Fig. 2 and 3: an autoencoder of the baseline's family and recipe but for z_channels or kl_weight, from scratch
+    (z8 at KL 1e-6 is the same run in both, made once)."""
     out = os.path.join(args.out_dir, 'seed0', f'ae_{name}')
     recipe = [a for a in PRETRAIN['image']]
     recipe[recipe.index('--max_steps'):recipe.index('--max_steps') + 2] = []
+    recipe[recipe.index('--kl_weight') + 1] = kl_weight
     script_args = [*recipe, '--z_channels', z_channels, '--data', data['train'], '--device', args.device,
                    '--num_workers', 1, '--image_size', sizes['image_size']]
     settings = train('train_ae.py', out, steps, {'script': 'train_ae.py', 'args': list(map(str, script_args))},
@@ -760,7 +771,8 @@ def planned_work():
     total = (n * finetune + images * t['spectrum.py'] + len(objectives) * n * per_ldm +
              (1 + len(ARMS)) * samples * t['eval_fid.py'])
     total += figures['channels'] * len(Z_CHANNELS) * (sizes['sweep_steps'] * t['train_ae.py'] + images * t['spectrum.py'])
-    total += figures['kl_sweep'] * len(KL_WEIGHTS) * finetune + figures['se_sweep'] * len(SE_WEIGHTS) * finetune
+    total += figures['kl_sweep'] * len(KL_WEIGHTS) * (sizes['sweep_steps'] * t['train_ae.py'] + images * t['spectrum.py'])
+    total += figures['se_sweep'] * len(SE_WEIGHTS) * finetune
     return total
 
 
@@ -844,11 +856,11 @@ if __name__ == '__main__':
         erasure_strip({arm: aes[arm][0] for arm in arms})
 
     if figures['channels']:  # Fig. 2: the same family from scratch, z_channels swept
-        made = parallel([lambda c=c: scratch(f'z{c}', c, sizes['sweep_steps']) for c in Z_CHANNELS])
+        made = parallel([lambda c=c: scratch(f'z{c}', sizes['sweep_steps'], z_channels=c) for c in Z_CHANNELS])
         report['fig2'] = {'z_channels': Z_CHANNELS, 'autoencoders': dict(zip([m[0] for m in made],
                                                                              parallel([lambda m=m: measure(m) for m in made])))}
-    if figures['kl_sweep']:  # Fig. 3: fine-tunes of the baseline, kl_weight swept
-        made = parallel([lambda w=w: finetune(0, 'control' if w == 1e-6 else f'kl{w:g}', kl_weight=w)
+    if figures['kl_sweep']:  # Fig. 3: the same family from scratch, kl_weight swept (the posterior variance settles)
+        made = parallel([lambda w=w: scratch('z8' if w == 1e-6 else f'kl{w:g}', sizes['sweep_steps'], kl_weight=w)
                          for w in KL_WEIGHTS])
         report['fig3'] = {'kl_weights': KL_WEIGHTS, 'autoencoders': dict(zip([f"kl {w:g}" for w in KL_WEIGHTS],
                                                                               parallel([lambda m=m: measure(m) for m in made])))}

@@ -87,6 +87,19 @@ def test_smoke_run_pairs_the_arms_probes_them_and_reuses_what_matches(tmp_path):
     again = json.loads((tmp_path / 'report.json').read_text())
     assert again['autoencoders'] == report['autoencoders'] and again['ldm'] == report['ldm']
 
+    # the sweeps on top (Fig. 2-4): what Fig. 1 made is reused, and a run two figures share is made once
+    run(*args, '--all', timeout=1800)
+    swept = json.loads((tmp_path / 'report.json').read_text())
+    assert swept['autoencoders'] == report['autoencoders'] and swept['ldm'] == report['ldm']
+    fig2, fig3, fig4 = (swept[k]['autoencoders' if k != 'fig4' else 'finetune'] for k in ('fig2', 'fig3', 'fig4'))
+    assert list(fig2) == ['z4', 'z8', 'z16', 'z32'] and len(fig3) == 4 and len(fig4) == 5
+    assert fig3['kl 1e-06'] == fig2['z8']  # Fig. 3's KL 1e-6 is Fig. 2's z8: the same run, from scratch
+    assert fig4['0.0'] == report['autoencoders']['control'][0] and fig4['0.25'] == report['autoencoders']['se'][0]
+    kl = json.loads((tmp_path / 'seed0' / 'ae_kl0.01' / 'reproduce_settings.json').read_text())['args']
+    assert '--init_from' not in kl and kl[kl.index('--kl_weight') + 1] == '0.01'  # from scratch, but for the weight
+    md = (tmp_path / 'report.md').read_text()
+    assert all(f'## Fig. {i}' in md and (tmp_path / f'fig{i}.png').stat().st_size > 0 for i in (2, 3, 4))
+
 
 @pytest.mark.slow
 def test_video_smoke_run_fine_tunes_three_arms_and_probes_them_on_held_out_clips(tmp_path):
