@@ -198,8 +198,8 @@ def plot_sweep(xs, series, xlabel, out_dir, name, log_x=False, psnr=None):
     for label, ys in series.items():
         ax.plot(xs, ys, '--' if label.startswith('RGB') else 'o-', label=label)
     ax.set(xlabel=xlabel, ylabel='HF share (AC energy in zigzag 32..63)')
-    if log_x:
-        ax.set_xscale('symlog', linthresh=min(x for x in xs if x > 0))
+    for panel in axes[0] if log_x else ():  # both panels on the same axis
+        panel.set_xscale('symlog', linthresh=min(x for x in xs if x > 0))
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     if psnr:
@@ -312,6 +312,7 @@ def sweep_markdown(report, out_dir):
     hf = lambda rows: {'hf_share (means)': [m['hf_share'] for m in rows.values()],  # noqa: E731
                        'hf_share (samples)': [m['hf_share_sample'] for m in rows.values()],
                        'hf_energy_share (means)': [m['hf_energy_share'] for m in rows.values()],
+                       'hf_energy_share (samples)': [m['hf_energy_share_sample'] for m in rows.values()],
                        'RGB hf_share': [m['rgb_hf_share'] for m in rows.values()]}
     psnr = lambda rows: {'PSNR': [m['psnr'] for m in rows.values()],  # noqa: E731
                          'bicubic at the latent grid': [m['bicubic_psnr'] for m in rows.values()]}
