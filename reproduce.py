@@ -112,7 +112,7 @@ parser.add_argument('--baseline', type=str, default=None, help='the pretrained a
                     '(default: the shipped file)')
 parser.add_argument('--smoke', action='store_true', help='toy sizes: checks that the pipeline runs, says nothing about SE')
 parser.add_argument('--channels', action='store_true', help='also Fig. 2: autoencoders with z_channels 4, 8, 16, 32')
-parser.add_argument('--kl_sweep', action='store_true', help='also Fig. 3: fine-tunes with kl_weight 0, 1e-6, 1e-4, 1e-2')
+parser.add_argument('--kl_sweep', action='store_true', help='also Fig. 3: autoencoders from scratch with kl_weight ' + ', '.join(f'{w:g}' for w in KL_WEIGHTS))
 parser.add_argument('--se_sweep', action='store_true', help='also Fig. 4: fine-tunes with se_weight 0 .. 1')
 parser.add_argument('--all', action='store_true', help='every figure (1-5): --channels, --kl_sweep and --se_sweep too')
 parser.add_argument('--num_frames', type=int, default=1, help='> 1: the video experiment on clips of this many frames '
