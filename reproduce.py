@@ -112,7 +112,8 @@ parser.add_argument('--baseline', type=str, default=None, help='the pretrained a
                     '(default: the shipped file)')
 parser.add_argument('--smoke', action='store_true', help='toy sizes: checks that the pipeline runs, says nothing about SE')
 parser.add_argument('--channels', action='store_true', help='also Fig. 2: autoencoders with z_channels 4, 8, 16, 32')
-parser.add_argument('--kl_sweep', action='store_true', help='also Fig. 3: autoencoders from scratch with kl_weight ' + ', '.join(f'{w:g}' for w in KL_WEIGHTS))
+parser.add_argument('--kl_sweep', action='store_true',
+                    help='also Fig. 3: autoencoders from scratch with kl_weight ' + ', '.join(f'{w:g}' for w in KL_WEIGHTS))
 parser.add_argument('--se_sweep', action='store_true', help='also Fig. 4: fine-tunes with se_weight 0 .. 1')
 parser.add_argument('--all', action='store_true', help='every figure (1-5): --channels, --kl_sweep and --se_sweep too')
 parser.add_argument('--num_frames', type=int, default=1, help='> 1: the video experiment on clips of this many frames '
@@ -562,13 +563,13 @@ def training_data():
     return ['--data', data['train'], *(['--random_crop'] if args.random_crop else [])]
 
 
-def finetune(seed, name, se_weight=0.0, kl_weight=1e-6, steps=None, temporal=False):
+def finetune(seed, name, se_weight=0.0, steps=None, temporal=False):
     """The baseline fine-tuned with se_weight (0: a control) for `steps`, on the training images; temporal: SE also
     halves time (video). -> (name, folder, settings)."""
     out = os.path.join(args.out_dir, f'seed{seed}', f'ae_{name}')
     script_args = ['--init_from', baseline, *training_data(), '--image_size', sizes['image_size'],
                    *(['--se_temporal'] if temporal else []), '--seed', seed, '--device', args.device,
-                   '--batch_size', sizes['ft_batch_size'], '--lr', args.ft_lr, '--kl_weight', kl_weight,
+                   '--batch_size', sizes['ft_batch_size'], '--lr', args.ft_lr, '--kl_weight', 1e-6,
                    '--se_weight', se_weight, '--se_down', args.se_down, '--lpips_weight', 0, '--disc_weight', 0,
                    '--num_workers', 1]
     steps = steps or sizes['ft_steps']
@@ -770,8 +771,8 @@ def planned_work():
                samples * t['sample.py'] + samples * t['eval_fid.py'])
     total = (n * finetune + images * t['spectrum.py'] + len(objectives) * n * per_ldm +
              (1 + len(ARMS)) * samples * t['eval_fid.py'])
-    total += figures['channels'] * len(Z_CHANNELS) * (sizes['sweep_steps'] * t['train_ae.py'] + images * t['spectrum.py'])
-    total += figures['kl_sweep'] * len(KL_WEIGHTS) * (sizes['sweep_steps'] * t['train_ae.py'] + images * t['spectrum.py'])
+    from_scratch = sizes['sweep_steps'] * t['train_ae.py'] + images * t['spectrum.py']
+    total += (figures['channels'] * len(Z_CHANNELS) + figures['kl_sweep'] * len(KL_WEIGHTS)) * from_scratch
     total += figures['se_sweep'] * len(SE_WEIGHTS) * finetune
     return total
 
