@@ -587,13 +587,14 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(context_dim, inner, bias=False)
         self.to_out = nn.Linear(inner, dim)
 
-    def forward(self, x, context=None):
+    def forward(self, x, context=None, mask=None):  # mask (B, M) bool, True = a real token, False = padding
         context = x if context is None else context
         B, N, M = x.shape[0], x.shape[1], context.shape[1]
         q = self.to_q(x).view(B, N, self.heads, -1).transpose(1, 2)  # (B, heads, N, dim_head)
         k = self.to_k(context).view(B, M, self.heads, -1).transpose(1, 2)  # (B, heads, M, dim_head)
         v = self.to_v(context).view(B, M, self.heads, -1).transpose(1, 2)
-        h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(dim_head)) v
+        mask = None if mask is None else mask[:, None, None, :]  # padding keys leave the softmax
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # softmax(q k^T / sqrt(dim_head)) v
         return self.to_out(h.transpose(1, 2).reshape(B, N, -1))
 
 
@@ -734,6 +735,46 @@ UNET_PRESETS = {
     "ldm-32": dict(model_channels=224, channel_mult=(1, 2, 3, 4), num_res_blocks=2, attention_resolutions=(1, 2, 4)),
     "tiny": dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,), context_dim=64),
 }
+
+
+# ---- tau_theta: the transformer that encodes tokens (a caption or a layout) for cross-attention (LDM Sec. 3.3) ----
+
+class TextEncoderBlock(nn.Module):
+    """A pre-LN transformer encoder block: x + Attn(LN(x)), then x + MLP(LN(x)) with GELU (x-transformers' Encoder,
+    diffusers' LDMBertEncoderLayer)."""
+
+    def __init__(self, dim, heads, dim_head, mlp_ratio=4):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), CrossAttention(dim, heads, dim_head)
+        self.norm2, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, mlp_ratio * dim), nn.Linear(mlp_ratio * dim, dim)
+
+    def forward(self, x, mask=None):  # x (B, L, dim), mask (B, L) bool or None
+        x = x + self.attn(self.norm1(x), mask=mask)
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class TextEncoder(nn.Module):
+    """tau_theta of LDM's text-to-image (and layout-to-image) models, trained jointly with the UNet: LDM's BERTEmbedder,
+    i.e. x-transformers' TransformerWrapper(Encoder) (diffusers ports it as LDMBertModel; weights.ldmbert_to_ours maps
+    its keys). Token embeddings plus learned positions, depth pre-LN blocks, a final LayerNorm: tokens (B, L) ->
+    (B, L, dim), the context the UNet cross-attends to. LDM-KL-8-G's is dim 1280, depth 32, 8 heads of 64."""
+
+    def __init__(self, vocab_size, max_length=77, dim=1280, depth=32, heads=8, dim_head=64):
+        super().__init__()
+        self.max_length = max_length
+        self.token_embedding = nn.Embedding(vocab_size, dim)
+        self.position_embedding = nn.Embedding(max_length, dim)  # learned absolute positions
+        self.blocks = nn.ModuleList(TextEncoderBlock(dim, heads, dim_head) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens, mask=None):  # tokens (B, L) long, L <= max_length; mask (B, L) bool -> (B, L, dim)
+        if tokens.shape[1] > self.max_length:
+            raise ValueError(f"{tokens.shape[1]} tokens are more than this encoder's {self.max_length} positions; "
+                             f"tokenize with max_length {self.max_length}.")
+        x = self.token_embedding(tokens) + self.position_embedding.weight[:tokens.shape[1]]
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x)
 
 
 # ---- DiT (Peebles & Xie 2023), parameter names of facebookresearch/DiT models.py ----
