@@ -48,10 +48,12 @@ def _split_item(item):
 # -----------------------------------------------------------------------------
 # the embedded dataset
 
-def dead_leaves(seed, index, size, supersample=4, r_min=4.0, max_shapes=400, texture_supersample=None):
+def dead_leaves(seed, index, size, supersample=4, r_min=4.0, max_shapes=400, texture_supersample=None, scene=False):
     """One dead-leaves image, deterministic in (seed, index). Returns float32 (H, W, 3) in [0, 1]. texture_supersample:
     the factor by which the caller will shrink this image further (moving_dead_leaves renders its background at canvas
-    resolution), so that leaf textures stay below the final pixel's Nyquist frequency."""
+    resolution), so that leaf textures stay below the final pixel's Nyquist frequency. scene=True also returns what
+    was drawn (the captions' and layouts' source; the image is the same either way): {'background': its colour name,
+    'shapes': [{'colour', 'kind', 'area' (share of the image seen), 'box' (x0, y0, x1, y1) in [0, 1]}], largest first}."""
     rng = np.random.default_rng([seed, index])
     S = size * supersample
     r_min, r_max = r_min * supersample, 0.6 * S
@@ -69,6 +71,7 @@ def dead_leaves(seed, index, size, supersample=4, r_min=4.0, max_shapes=400, tex
     sat, val = rng.uniform(0.1, 0.6, n), rng.uniform(0.4, 0.85, n)
     gradient = rng.normal(0, 0.3, (n, 2)) / np.maximum(r, 1.0)[:, None]
     texture = LeafTextures(rng, n, S, supersample * (texture_supersample or 1))
+    shapes = []
     for k in range(n):
         x0, x1 = max(int(cx[k] - r[k]), 0), min(int(cx[k] + r[k]) + 1, S)
         y0, y1 = max(int(cy[k] - r[k]), 0), min(int(cy[k] + r[k]) + 1, S)
@@ -89,13 +92,45 @@ def dead_leaves(seed, index, size, supersample=4, r_min=4.0, max_shapes=400, tex
         shade = (1.0 + gradient[k, 0] * dx + gradient[k, 1] * dy) * texture(k, dx, dy)
         img[y0:y1, x0:x1][mask] = np.clip(colour[None, :] * shade[:, None], 0, 1)
         covered[y0:y1, x0:x1] |= mask
+        if scene:  # what is seen of shape k: mask holds only its visible pixels (shapes are painted front to back)
+            ys, xs = np.nonzero(mask)
+            shapes.append({'colour': colour_name(hue[k], sat[k]), 'kind': 'disk' if is_disk[k] else 'rectangle',
+                           'area': len(ys) / S ** 2, 'box': [float(x0 + xs.min()) / S, float(y0 + ys.min()) / S,
+                                                             float(x0 + xs.max() + 1) / S, float(y0 + ys.max() + 1) / S]})
         if k % 16 == 15 and covered.mean() > 0.995:  # what is left are specks, averaged away below
             break
     if not covered.all():  # the rest is far background
         img[~covered] = _hsv_to_rgb(base_hue, 0.3, 0.5)
     img = img.reshape(size, supersample, size, supersample, 3).mean(axis=(1, 3))  # box filter = antialiased downsampling
     img += rng.normal(0, 0.01, img.shape).astype(np.float32)  # sensor noise floor of a real camera
+    if scene:
+        shapes.sort(key=lambda d: -d['area'])
+        return np.clip(img, 0, 1), {'background': colour_name(base_hue, 0.3), 'shapes': shapes}
     return np.clip(img, 0, 1)
+
+
+COLOURS = ('red', 'yellow', 'green', 'cyan', 'blue', 'magenta')  # the six hue sextants, centred on 0, 1/6, ..., 5/6
+LAYOUT_CLASSES = tuple(f'{c} {k}' for c in COLOURS + ('grey',) for k in ('disk', 'rectangle'))
+LAYOUT_MIN_AREA = 0.01  # shapes that cover less of the image are specks, not objects of a layout
+
+
+def colour_name(hue, sat):
+    """A leaf's colour in words: its hue's sextant, or grey when it is too pale (saturation < 0.2) to have one."""
+    return 'grey' if sat < 0.2 else COLOURS[int(hue * 6 + 0.5) % 6]
+
+
+def caption(scene):
+    """The caption of a dead_leaves scene: the colour and kind of its two largest shapes, and its background colour,
+    e.g. 'a red disk and a blue rectangle on a green background'."""
+    named = [f"a {d['colour']} {d['kind']}" for d in scene['shapes'][:2]]
+    return f"{' and '.join(named)} on a {scene['background']} background"
+
+
+def layout(scene, max_objects):
+    """The layout of a dead_leaves scene: (class, x0, y0, x1, y1) of its largest shapes that cover at least
+    LAYOUT_MIN_AREA, class an index of LAYOUT_CLASSES, the box around what is seen of the shape."""
+    return [(LAYOUT_CLASSES.index(f"{d['colour']} {d['kind']}"), *d['box'])
+            for d in scene['shapes'][:max_objects] if d['area'] >= LAYOUT_MIN_AREA]
 
 
 class LeafTextures:
