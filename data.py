@@ -178,9 +178,10 @@ class DeadLeaves(torch.utils.data.Dataset):
     """Unlimited, deterministic per (seed, index). The held-out stream (train=False) uses a disjoint seed."""
     infinite = True
     num_classes = 0
+    layout_classes = LAYOUT_CLASSES
 
-    def __init__(self, image_size, seed=0, train=True):
-        self.image_size = image_size
+    def __init__(self, image_size, seed=0, train=True, annotation=None, max_objects=8):
+        self.image_size, self.annotation, self.max_objects = image_size, annotation, max_objects
         self.seed = seed if train else seed + 1_000_000_007
 
     def __len__(self):
@@ -191,8 +192,27 @@ class DeadLeaves(torch.utils.data.Dataset):
 
     def load(self, item):
         i, _ = _split_item(item)
-        x = torch.from_numpy(dead_leaves(self.seed, i, self.image_size)).permute(2, 0, 1)
-        return x * 2 - 1, 0, 0
+        if self.annotation is None:
+            x = torch.from_numpy(dead_leaves(self.seed, i, self.image_size)).permute(2, 0, 1)
+            return x * 2 - 1, 0, 0
+        img, scene = dead_leaves(self.seed, i, self.image_size, scene=True)
+        x = torch.from_numpy(img).permute(2, 0, 1) * 2 - 1
+        if self.annotation == 'caption':
+            return {'image': x, 'caption': caption(scene)}, 0, 0
+        return {'image': x, 'boxes': boxes_tensor(layout(scene, self.max_objects), self.max_objects)}, 0, 0
+
+
+def boxes_tensor(boxes, max_objects):
+    """A layout as a batchable tensor (max_objects, 5) of (class, x0, y0, x1, y1), class -1 where there is no box."""
+    out = torch.full((max_objects, 5), -1.0)
+    if boxes:
+        out[:min(len(boxes), max_objects)] = torch.tensor(boxes[:max_objects], dtype=torch.float32)
+    return out
+
+
+def boxes_list(boxes):
+    """boxes_tensor's inverse: (max_objects, 5) -> [(class, x0, y0, x1, y1)]."""
+    return [(int(b[0]), *map(float, b[1:])) for b in boxes.tolist() if b[0] >= 0]
 
 # -----------------------------------------------------------------------------
 # image folders
@@ -330,11 +350,83 @@ def random_crop(img, size, rng):
     return img.crop((left, top, left + size, top + size))
 
 
+def read_annotations(root, files, annotation):
+    """-> (files, annotations, layout classes) of the images that have an annotation: a caption from x.txt beside x.jpg
+    or a line {"file", "caption"} of root/captions.jsonl, or a layout from a line {"file", "boxes": [[class, x0, y0, x1,
+    y1], ...]} of root/layout.jsonl, coordinates in [0, 1] of the image (file: the path relative to root). An image
+    without one is left out, counted and named, never trained as empty."""
+    name = 'captions.jsonl' if annotation == 'caption' else 'layout.jsonl'
+    path, found = os.path.join(root, name), {}
+    key = 'caption' if annotation == 'caption' else 'boxes'
+    if os.path.isfile(path):
+        with open(path, encoding='utf-8') as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    found[os.path.normpath(os.path.join(root, row['file']))] = row[key]
+                except (ValueError, KeyError, TypeError):
+                    die(f"{path} line {n} is not a JSON object with 'file' and '{key}'; write one such object a line.")
+    if annotation == 'caption':
+        for f in files:
+            sidecar = os.path.splitext(f)[0] + '.txt'
+            if f not in found and os.path.isfile(sidecar):
+                with open(sidecar, encoding='utf-8') as fh:
+                    found[f] = fh.read().strip()
+    kept = [f for f in files if os.path.normpath(f) in found]
+    missing = [os.path.relpath(f, root) for f in files if os.path.normpath(f) not in found]
+    where = f"x.txt beside x.jpg or a line of {path}" if annotation == 'caption' else f"a line of {path}"
+    if not kept:
+        die(f"no image in {root} has a {annotation}; give each one {where}.")
+    if missing and root not in _announced_missing and int(os.environ.get('RANK', 0)) == 0:
+        _announced_missing.add(root)
+        print(f"{root}: leaving out {len(missing)} of {len(files)} images that have no {annotation} (the first: "
+              f"{', '.join(missing[:3])}); give each one {where}")
+    notes = [found[os.path.normpath(f)] for f in kept]
+    if annotation == 'caption':
+        return kept, [str(c) for c in notes], ()
+    classes = sorted({str(b[0]) for boxes in notes for b in boxes})
+    layouts = []
+    for f, boxes in zip(kept, notes):
+        try:
+            layouts.append([(classes.index(str(b[0])), *(float(v) for v in b[1:5])) for b in boxes if len(b) == 5])
+        except (TypeError, ValueError, IndexError):
+            die(f"{path}: the boxes of {os.path.relpath(f, root)} are not [class, x0, y0, x1, y1] lists.")
+        bad = [b for b in layouts[-1] if not (0 <= b[1] <= b[3] <= 1 and 0 <= b[2] <= b[4] <= 1)]
+        if bad or len(layouts[-1]) != len(boxes):
+            die(f"{path}: a box of {os.path.relpath(f, root)} lies outside the image or is not [class, x0, y0, x1, y1]; "
+                f"give x0 <= x1 and y0 <= y1 in [0, 1] of the image's width and height.")
+    return kept, layouts, tuple(classes)
+
+
+_announced_missing = set()
+
+
+def crop_boxes(boxes, w, h, flip):
+    """A layout in the coordinates of a w x h image -> in those of its centre crop (center_crop), mirrored with the
+    image when flip; boxes left with no area are dropped (taming's filter_annotations)."""
+    s = min(w, h)
+    left, top, fx, fy = (w - s) / 2 / w, (h - s) / 2 / h, w / s, h / s
+    out = []
+    for c, x0, y0, x1, y1 in boxes:
+        x0, x1 = (min(max((v - left) * fx, 0.0), 1.0) for v in (x0, x1))
+        y0, y1 = (min(max((v - top) * fy, 0.0), 1.0) for v in (y0, y1))
+        if x1 > x0 and y1 > y0:
+            out.append((c, 1 - x1, y0, 1 - x0, y1) if flip else (c, x0, y0, x1, y1))  # taming's horizontally_flip_bbox
+    return out
+
+
 class ImageFolder(torch.utils.data.Dataset):
     infinite = False
 
-    def __init__(self, root, image_size, flip=True, random_crop=False):
+    def __init__(self, root, image_size, flip=True, random_crop=False, annotation=None, max_objects=8):
         files, self.left_out = read_folder(root, IMAGE_EXTENSIONS, 'images')
+        self.annotation, self.max_objects, self.annotations, self.layout_classes = annotation, max_objects, None, ()
+        if annotation is not None:
+            if annotation == 'layout' and random_crop:
+                die("--random_crop would cut boxes the layout does not know of; train layouts on centre crops.")
+            files, self.annotations, self.layout_classes = read_annotations(root, files, annotation)
         self.root, self.files, self.image_size = root, files, image_size
         self.flip, self.random_crop = flip, random_crop
         self.classes, self.labels = folder_classes(root, files)
@@ -351,10 +443,17 @@ class ImageFolder(torch.utils.data.Dataset):
         # unreadable or truncated files are replaced by the next readable one and counted, never a crash mid-epoch
         img, j, unreadable = open_first_readable(self.files, i, self.root)
         rng = np.random.default_rng([item_seed if item_seed is not None else 0, i])
+        w, h = img.size
         img = random_crop(img, self.image_size, rng) if self.random_crop else center_crop(img, self.image_size)
         x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)  # (3, H, W)
-        if self.flip and item_seed is not None and rng.random() < 0.5:
+        flip = self.flip and item_seed is not None and rng.random() < 0.5
+        if flip:
             x = x.flip(2)
+        if self.annotation == 'caption':
+            return {'image': x.contiguous(), 'caption': self.annotations[j]}, self.labels[j], unreadable
+        if self.annotation == 'layout':
+            boxes = boxes_tensor(crop_boxes(self.annotations[j], w, h, flip), self.max_objects)
+            return {'image': x.contiguous(), 'boxes': boxes}, self.labels[j], unreadable
         return x.contiguous(), self.labels[j], unreadable
 
 
@@ -366,16 +465,19 @@ def random_subset(dataset, n, seed):
     return sorted(np.random.default_rng(seed).choice(len(dataset), size=n, replace=False).tolist())
 
 
-def make_dataset(data, image_size, seed=0, train=True, random_crop=False, num_frames=1, frame_stride=1):
+def make_dataset(data, image_size, seed=0, train=True, random_crop=False, num_frames=1, frame_stride=1, annotation=None,
+                 max_objects=8):
     """The data set of every script: images (num_frames 1) or clips of num_frames frames, frame_stride apart. data=None
-    -> the embedded DeadLeaves (MovingDeadLeaves) stream; else an ImageFolder (VideoFolder) (evaluation: no flips)."""
+    -> the embedded DeadLeaves (MovingDeadLeaves) stream; else an ImageFolder (VideoFolder) (evaluation: no flips).
+    annotation 'caption' | 'layout': items are {'image', 'caption' or 'boxes' (max_objects, 5)} (images only)."""
     if num_frames > 1:
         if data is None:
             return MovingDeadLeaves(image_size, num_frames, seed=seed, train=train)
         return VideoFolder(data, image_size, num_frames, frame_stride, train=train, random_crop=random_crop)
     if data is None:
-        return DeadLeaves(image_size, seed=seed, train=train)
-    return ImageFolder(data, image_size, flip=train, random_crop=random_crop)
+        return DeadLeaves(image_size, seed=seed, train=train, annotation=annotation, max_objects=max_objects)
+    return ImageFolder(data, image_size, flip=train, random_crop=random_crop, annotation=annotation,
+                       max_objects=max_objects)
 
 
 # -----------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 LDMBertModel, LDM's BERTEmbedder, weight for weight; the tokenizers equal the `tokenizers` / `transformers`
 references; captions and layouts come from the embedded generator without changing its images; caption dropout and
 classifier-free guidance on text follow their formulas."""
+import json
+
+import numpy as np
 import pytest
 import torch
 
@@ -69,3 +72,73 @@ def test_text_encoder_refuses_too_many_tokens():
     enc = TextEncoder(vocab_size=10, max_length=4, dim=8, depth=1, heads=2, dim_head=4)
     with pytest.raises(ValueError, match="more than this encoder's 4 positions"):
         enc(torch.zeros(1, 5, dtype=torch.long))
+
+
+# -----------------------------------------------------------------------------
+# captions and layouts in the data
+
+def test_scene_leaves_the_dead_leaves_image_unchanged():
+    """Captions and layouts read the generator's own parameters: the images the other tests compare stay the same."""
+    from data import DeadLeaves, dead_leaves
+    for seed, index, size in ((0, 0, 16), (3, 7, 32)):
+        img, scene = dead_leaves(seed, index, size, scene=True)
+        assert np.array_equal(img, dead_leaves(seed, index, size))
+        areas = [d['area'] for d in scene['shapes']]
+        assert areas == sorted(areas, reverse=True) and 0.9 < sum(areas) <= 1 + 1e-9  # what is seen, once each
+        for d in scene['shapes']:
+            x0, y0, x1, y1 = d['box']
+            assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 and d['area'] <= (x1 - x0) * (y1 - y0) + 1e-9
+    plain, captioned = DeadLeaves(16), DeadLeaves(16, annotation='caption')
+    item = captioned[5][0]
+    assert torch.equal(item['image'], plain[5][0]) and isinstance(item['caption'], str)
+
+
+def test_caption_and_layout_name_the_largest_shapes():
+    from data import LAYOUT_CLASSES, caption, colour_name, layout
+    assert [colour_name(h, 0.5) for h in (0.0, 0.97, 1 / 6, 1 / 3, 0.5, 2 / 3, 5 / 6)] == \
+        ['red', 'red', 'yellow', 'green', 'cyan', 'blue', 'magenta']
+    assert colour_name(1 / 3, 0.1) == 'grey'
+    shapes = [{'colour': 'red', 'kind': 'disk', 'area': 0.3, 'box': [0, 0, .5, .5]},
+              {'colour': 'blue', 'kind': 'rectangle', 'area': 0.2, 'box': [.5, .5, 1, 1]},
+              {'colour': 'green', 'kind': 'disk', 'area': 0.005, 'box': [.1, .1, .2, .2]}]
+    scene = {'background': 'cyan', 'shapes': shapes}
+    assert caption(scene) == 'a red disk and a blue rectangle on a cyan background'
+    assert layout(scene, 8) == [(LAYOUT_CLASSES.index('red disk'), 0, 0, .5, .5),
+                                (LAYOUT_CLASSES.index('blue rectangle'), .5, .5, 1, 1)]  # the speck is no object
+    assert len(layout(scene, 1)) == 1
+
+
+def write_images(root, names, size=(24, 12)):
+    from PIL import Image
+    for n in names:
+        Image.fromarray(np.full((size[1], size[0], 3), 128, np.uint8)).save(root / n)
+
+
+def test_folder_captions_sidecar_and_jsonl_and_missing_named(tmp_path, capsys):
+    from data import make_dataset
+    write_images(tmp_path, ['a.png', 'b.png', 'c.png'])
+    (tmp_path / 'a.txt').write_text('a red disk\n')
+    (tmp_path / 'captions.jsonl').write_text(json.dumps({'file': 'b.png', 'caption': 'a blue rectangle'}) + '\n')
+    ds = make_dataset(str(tmp_path), 8, annotation='caption')
+    assert [ds[i][0]['caption'] for i in range(len(ds))] == ['a red disk', 'a blue rectangle']
+    assert 'leaving out 1 of 3 images that have no caption (the first: c.png)' in capsys.readouterr().out
+    (tmp_path / 'captions.jsonl').write_text('{"file": "b.png"}\n')
+    with pytest.raises(SystemExit, match=r'captions.jsonl line 1 is not a JSON object with .file. and .caption.'):
+        make_dataset(str(tmp_path), 8, annotation='caption')
+
+
+def test_folder_layout_is_cropped_and_flipped_with_the_image(tmp_path):
+    from data import boxes_list, crop_boxes, make_dataset
+    # a 24 x 12 image: its centre crop is x in [1/4, 3/4]; a box there covers the whole crop
+    assert crop_boxes([(0, 0.25, 0.0, 0.75, 1.0), (1, 0.0, 0.0, 0.1, 1.0)], 24, 12, flip=False) == [(0, 0, 0, 1, 1)]
+    assert crop_boxes([(0, 0.25, 0.0, 0.5, 0.5)], 24, 12, flip=True) == [(0, 0.5, 0.0, 1.0, 0.5)]
+    write_images(tmp_path, ['a.png'])
+    row = {'file': 'a.png', 'boxes': [['dog', 0.25, 0.0, 0.5, 0.5], ['cat', 0.5, 0.5, 0.75, 1.0]]}
+    (tmp_path / 'layout.jsonl').write_text(json.dumps(row) + '\n')
+    ds = make_dataset(str(tmp_path), 8, train=False, annotation='layout', max_objects=3)
+    assert ds.layout_classes == ('cat', 'dog')
+    assert boxes_list(ds[0][0]['boxes']) == [(1, 0.0, 0.0, 0.5, 0.5), (0, 0.5, 0.5, 1.0, 1.0)]
+    row['boxes'][0][3] = 1.5
+    (tmp_path / 'layout.jsonl').write_text(json.dumps(row) + '\n')
+    with pytest.raises(SystemExit, match='a box of a.png lies outside the image'):
+        make_dataset(str(tmp_path), 8, annotation='layout')
