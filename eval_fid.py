@@ -16,6 +16,10 @@ Videos (uint8 (N, T, H, W, 3) in arr_0, as sample.py writes them): FVD needs T >
   python eval_fid.py --fake video_samples.npz --ref /kinetics/val --image_size 64 --num_frames 17   # a video folder
 An autoencoder's reconstructions of a dataset (the embedded one when --data is omitted):
   python eval_fid.py --ae out/ckpt.pt --image_size 64
+Text-to-image, LDM's COCO protocol (Tab. 2): one caption a line in, one sample per caption, FID against the reference
+images (COCO val2014 centre-cropped to --image_size; 30,000 captions drawn at random give COCO-30K):
+  python sample.py --ckpt out/ldm_text/ema.pt --prompt_file coco_captions.txt --n_samples 1 --cfg_scale 1.5
+  python eval_fid.py --fake out/ldm_text/samples/samples.npz --ref /coco/val2014 --image_size 256
 
 Every number of the experiments is measured the same way, here (sharded feature extraction, gathered in set order).
 The measurements live in their own modules (metrics.py, inception.py, swd.py, i3d.py) and the sets in data.py; this

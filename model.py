@@ -717,10 +717,13 @@ class UNet(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(num_groups, ch), nn.SiLU(),
                                  zero_module(nn.Conv2d(ch, self.out_channels, 3, padding=1)))
 
-    def forward(self, x, t, y=None, concat=None, context=None, context_mask=None):
+    def forward(self, x, t, y=None, concat=None, context=None, context_mask=None, tokens=None):
         """x (B, C, H, W), t (B,), y (B,) class ids, concat (B, cond_channels, H, W), context (B, L, context_dim),
-        context_mask (B, L) bool -> (B, out_channels, H, W)."""
+        context_mask (B, L) bool, tokens (B, L) long -> (B, out_channels, H, W). tokens: a caption or a layout, which
+        the model's tau_theta (cond_stage_model, trained with it) turns into the context (learned_conditioning)."""
         check_labels(y, self.num_classes)
+        if tokens is not None:
+            context = learned_conditioning(self, {'tokens': tokens, 'context_mask': context_mask})['context']
         if x.shape[-2] % self.downsample_factor or x.shape[-1] % self.downsample_factor:
             raise ValueError(f"UNet input {tuple(x.shape[-2:])} must be divisible by {self.downsample_factor} "
                              f"(2 ** (len(channel_mult) - 1)); use a latent size that is.")
@@ -747,6 +750,28 @@ class UNet(nn.Module):
             h = block(torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)  # skip connection
         return self.out(h)
 
+
+def learned_conditioning(model, cond):
+    """CompVis' get_learned_conditioning: a condition dict with 'tokens' (B, L) -> the same with 'context' (B, L, d) =
+    tau_theta(tokens) in their place, the padding mask 'context_mask' kept for the UNet's cross-attention. A sampler
+    calls it once, so that the encoder does not run again at every step."""
+    if cond is None or 'tokens' not in cond:
+        return cond
+    if getattr(model, 'cond_stage_model', None) is None:
+        raise ValueError("this model has no text or layout encoder (tau_theta); it was not trained on --task text or "
+                         "layout, so give it no tokens.")
+    cond = dict(cond)
+    cond['context'] = model.cond_stage_model(cond.pop('tokens'), cond.get('context_mask'))
+    return cond
+
+
+# tau_theta's sizes, by the UNet preset it serves: LDM-KL-8-G's BERTEmbedder (n_embed 1280, n_layer 32, x-transformers'
+# 8 heads of 64) for the LDM presets; a small one for tiny, as wide as the tiny UNet's context
+TEXT_ENCODER_PRESETS = {
+    "ldm-64": dict(dim=1280, depth=32, heads=8, dim_head=64),
+    "ldm-32": dict(dim=1280, depth=32, heads=8, dim_head=64),
+    "tiny": dict(dim=64, depth=2, heads=4, dim_head=16),
+}
 
 # ldm-64 is the LDM-4 config of the paper (64x64 latents of an f4 AE): attention on the 32, 16 and 8 px feature
 # maps, i.e. rates 2, 4, 8. ldm-32 keeps attention on those same feature-map sizes for the 32x32 latents of f8 AEs
@@ -1049,11 +1074,15 @@ VIDEO_DIT_PRESETS = {name: functools.partial(preset, VideoDiT) for name, preset 
 
 
 def build_backbone(model, preset, latent_size, in_channels, num_classes, learn_sigma, class_dropout_prob=0.1,
-                   num_frames=None, cond_channels=0, context_dim=None):
+                   num_frames=None, cond_channels=0, context_dim=None, text_encoder=None):
     """The one place train_ldm.py and sample.py build a denoiser: model 'unet' | 'dit', a preset name of that family;
     num_frames builds the video DiT of that preset for (B, C, num_frames, H, W) latents. The UNet takes cond_channels
     of concat beside x_t, and cross-attends to context tokens of width context_dim, or else, when num_classes > 0, to
-    the class token (of the preset's context_dim, or 512 as LDM's ClassEmbedder)."""
+    the class token (of the preset's context_dim, or 512 as LDM's ClassEmbedder). text_encoder {'vocab_size',
+    'max_length'} gives the UNet a tau_theta (TextEncoder, sized by TEXT_ENCODER_PRESETS) whose width is its context's."""
+    if model == "dit" and text_encoder:
+        raise ValueError("DiT has no cross-attention, which text and layouts need (LDM Sec. 3.3; a PixArt-style DiT "
+                         "would be an extension); train --task text or layout with --model unet.")
     if model == "dit" and (cond_channels or context_dim):
         raise ValueError("DiT is conditioned on class labels only; use --model unet for concat or context inputs.")
     if num_frames is not None:
@@ -1072,6 +1101,11 @@ def build_backbone(model, preset, latent_size, in_channels, num_classes, learn_s
                   learn_sigma=learn_sigma)
     if model == "unet":
         cfg = dict(presets[preset], cond_channels=cond_channels)
+        tau = dict(TEXT_ENCODER_PRESETS[preset], **text_encoder) if text_encoder else None
+        context_dim = tau["dim"] if tau else context_dim
         cfg["context_dim"] = context_dim or (cfg.get("context_dim", 512) if num_classes > 0 else None)
-        return UNet(**cfg, **common)
+        net = UNet(**cfg, **common)
+        if tau:
+            net.cond_stage_model = TextEncoder(**tau)  # trained jointly with the UNet (cond_stage_trainable)
+        return net
     return presets[preset](input_size=latent_size, **common)

@@ -142,3 +142,39 @@ def test_folder_layout_is_cropped_and_flipped_with_the_image(tmp_path):
     (tmp_path / 'layout.jsonl').write_text(json.dumps(row) + '\n')
     with pytest.raises(SystemExit, match='a box of a.png lies outside the image'):
         make_dataset(str(tmp_path), 8, annotation='layout')
+
+
+# -----------------------------------------------------------------------------
+# tau_theta inside the denoiser
+
+def text_unet(vocab_size=259, max_length=16):
+    from model import build_backbone
+    torch.manual_seed(0)
+    net = build_backbone('unet', 'tiny', 8, 4, 0, False, text_encoder={'vocab_size': vocab_size, 'max_length': max_length})
+    with torch.no_grad():  # zero-initialised output convs would hide the context
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return net.eval()
+
+
+def test_tokens_reach_the_unet_through_tau():
+    """UNet(tokens) = UNet(context = tau(tokens)), once per sampler (learned_conditioning), and tau trains jointly."""
+    from model import learned_conditioning
+    from tokenizer import ByteTokenizer
+    net = text_unet()
+    tokens, mask = ByteTokenizer().encode(["a red disk", "a blue rectangle on a green background"], 16)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
+    out = net(x, t, tokens=tokens, context_mask=mask)
+    cond = learned_conditioning(net, {'tokens': tokens, 'context_mask': mask})
+    assert set(cond) == {'context', 'context_mask'}
+    torch.testing.assert_close(out, net(x, t, **cond))
+    torch.testing.assert_close(out, net(x, t, context=net.cond_stage_model(tokens, mask), context_mask=mask))
+    assert not torch.allclose(out[1], net(x, t, tokens=tokens.flip(0), context_mask=mask.flip(0))[1])
+    out.square().mean().backward()
+    assert net.cond_stage_model.token_embedding.weight.grad.abs().sum() > 0
+
+
+def test_dit_refuses_text_in_one_sentence():
+    from model import build_backbone
+    with pytest.raises(ValueError, match="DiT has no cross-attention, which text and layouts need"):
+        build_backbone('dit', 'tiny', 8, 4, 0, False, text_encoder={'vocab_size': 259, 'max_length': 16})
