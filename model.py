@@ -985,9 +985,13 @@ VIDEO_DIT_PRESETS = {name: functools.partial(preset, VideoDiT) for name, preset 
 
 
 def build_backbone(model, preset, latent_size, in_channels, num_classes, learn_sigma, class_dropout_prob=0.1,
-                   num_frames=None):
+                   num_frames=None, cond_channels=0):
     """The one place train_ldm.py and sample.py build a denoiser: model 'unet' | 'dit', a preset name of that family;
-    num_frames builds the video DiT of that preset for (B, C, num_frames, H, W) latents."""
+    num_frames builds the video DiT of that preset for (B, C, num_frames, H, W) latents. cond_channels: the channels
+    concatenated to z_t (conditioning.concat_channels), UNets only."""
+    if cond_channels and model != "unet":
+        raise ValueError(f"spatial conditioning (a --task other than none) concatenates its input to the UNet's; "
+                         f"--model {model} has no such input, so train it with --model unet.")
     if num_frames is not None:
         if model != "dit" or preset not in VIDEO_DIT_PRESETS:
             raise ValueError(f"video latents (num_frames={num_frames}) need --model dit and a preset from "
@@ -1003,5 +1007,15 @@ def build_backbone(model, preset, latent_size, in_channels, num_classes, learn_s
     common = dict(in_channels=in_channels, num_classes=num_classes, class_dropout_prob=class_dropout_prob,
                   learn_sigma=learn_sigma)
     if model == "unet":
-        return UNet(**presets[preset], **common)
+        return UNet(**presets[preset], **common, **({'cond_channels': cond_channels} if cond_channels else {}))
     return presets[preset](input_size=latent_size, **common)
+
+
+def apply_model(model, x, t, cond=None):
+    """The one place a condition reaches the denoiser, as CompVis' DiffusionWrapper: cond is conditioning.get_input's
+    dict, whose keys are the backbone's inputs ('concat' -> the UNet's concat, torch.cat([x_t, c_concat], 1); 'y' the
+    class labels); None values are left out. A plain tensor (or None) is the class labels, as before conditioning.
+    training_loss and the samplers call it as model(x_t, t, cond) through functools.partial(apply_model, model)."""
+    if not isinstance(cond, dict):
+        return model(x, t, cond)
+    return model(x, t, **{k: v for k, v in cond.items() if v is not None})
