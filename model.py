@@ -576,7 +576,8 @@ class ResBlock(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Multi-head attention: queries from x (B, N, dim), keys/values from context (B, M, context_dim) or x itself."""
+    """Multi-head attention: queries from x (B, N, dim), keys/values from context (B, M, context_dim) or x itself;
+    mask (B, M) bool, True for a real token: the others (padding) get no weight in the softmax."""
 
     def __init__(self, dim, heads, dim_head, context_dim=None):
         super().__init__()
@@ -587,13 +588,14 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(context_dim, inner, bias=False)
         self.to_out = nn.Linear(inner, dim)
 
-    def forward(self, x, context=None):
+    def forward(self, x, context=None, mask=None):
         context = x if context is None else context
         B, N, M = x.shape[0], x.shape[1], context.shape[1]
         q = self.to_q(x).view(B, N, self.heads, -1).transpose(1, 2)  # (B, heads, N, dim_head)
         k = self.to_k(context).view(B, M, self.heads, -1).transpose(1, 2)  # (B, heads, M, dim_head)
         v = self.to_v(context).view(B, M, self.heads, -1).transpose(1, 2)
-        h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(dim_head)) v
+        mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, M), broadcast over heads and queries
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # softmax(q k^T / sqrt(dim_head)) v
         return self.to_out(h.transpose(1, 2).reshape(B, N, -1))
 
 
@@ -610,10 +612,10 @@ class BasicTransformerBlock(nn.Module):
         self.ff_proj = nn.Linear(dim, 2 * 4 * dim)  # GEGLU: (a, g) -> a * gelu(g)
         self.ff_out = nn.Linear(4 * dim, dim)
 
-    def forward(self, x, context=None):  # x (B, N, dim)
+    def forward(self, x, context=None, mask=None):  # x (B, N, dim)
         x = x + self.attn1(self.norm1(x))
         if context is not None:
-            x = x + self.attn2(self.norm2(x), context)
+            x = x + self.attn2(self.norm2(x), context, mask)
         a, g = self.ff_proj(self.norm3(x)).chunk(2, dim=-1)
         return x + self.ff_out(a * F.gelu(g))
 
@@ -630,22 +632,22 @@ class SpatialTransformer(nn.Module):
         self.transformer_block = BasicTransformerBlock(ch, heads, ch // heads, context_dim)
         self.proj_out = zero_module(nn.Conv2d(ch, ch, 1))
 
-    def forward(self, x, context=None):  # x (B, ch, H, W), context (B, M, context_dim) or None
+    def forward(self, x, context=None, mask=None):  # x (B, ch, H, W), context (B, M, context_dim), mask (B, M)
         B, C, H, W = x.shape
         h = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # (B, H*W, ch)
-        h = self.transformer_block(h, context)
+        h = self.transformer_block(h, context, mask)
         return x + self.proj_out(h.transpose(1, 2).reshape(B, C, H, W))
 
 
 class TimestepEmbedSequential(nn.Sequential):
     """A UNet stage: passes the time embedding to ResBlocks and the class context to SpatialTransformers."""
 
-    def forward(self, x, emb, context=None):
+    def forward(self, x, emb, context=None, mask=None):
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context)
+                x = layer(x, context, mask)
             else:
                 x = layer(x)
         return x
@@ -653,32 +655,38 @@ class TimestepEmbedSequential(nn.Sequential):
 
 class UNet(nn.Module):
     """The LDM denoiser. attention_resolutions are downsampling rates relative to the input (LDM's convention):
-    rate r puts attention on the (H/r x W/r) feature maps; the middle block always has attention. Class-conditional
-    models (num_classes > 0) attend to a one-token context, the class embedding, through cross-attention."""
+    rate r puts attention on the (H/r x W/r) feature maps; the middle block always has attention.
+    Conditioning, as CompVis' DiffusionWrapper feeds it: concat (B, cond_channels, H, W) is stacked onto x_t, and
+    the SpatialTransformers cross-attend to context (B, L, context_dim) (with context_mask (B, L), True = a real
+    token). A class-conditional model (num_classes > 0) makes its context from y: one token, the class embedding."""
 
     def __init__(self, in_channels=4, model_channels=224, channel_mult=(1, 2, 3, 4), num_res_blocks=2,
                  attention_resolutions=(1, 2, 4), num_head_channels=32, num_classes=0, class_dropout_prob=0.1,
-                 context_dim=512, learn_sigma=False, dropout=0.0, num_groups=32):
+                 context_dim=None, cond_channels=0, learn_sigma=False, dropout=0.0, num_groups=32):
         super().__init__()
         self.in_channels, self.num_classes, self.learn_sigma = in_channels, num_classes, learn_sigma
+        self.cond_channels, self.context_dim = cond_channels, context_dim
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.downsample_factor = 2 ** (len(channel_mult) - 1)
         for c in {model_channels * m for m in channel_mult}:
             if c % num_groups:
                 raise ValueError(f"UNet width {c} is not divisible by num_groups={num_groups}; change model_channels, "
                                  f"channel_mult or num_groups.")
+        if num_classes > 0 and context_dim is None:
+            raise ValueError("a class-conditional UNet feeds its label as a context token; give it a context_dim.")
         emb_dim = 4 * model_channels
         self.t_embedder = TimestepEmbedder(emb_dim, frequency_embedding_size=model_channels)
         self.y_embedder = LabelEmbedder(num_classes, context_dim, class_dropout_prob) if num_classes > 0 else None
-        ctx = context_dim if num_classes > 0 else None
 
         def res(cin, cout):
             return ResBlock(cin, cout, emb_dim, num_groups, dropout)
 
         def attn(c):
-            return SpatialTransformer(c, num_head_channels, num_groups, ctx)
+            return SpatialTransformer(c, num_head_channels, num_groups, context_dim)
 
-        conv_in = nn.Conv2d(in_channels, model_channels, 3, padding=1)
+        conv_in = nn.Conv2d(in_channels + cond_channels, model_channels, 3, padding=1)
+        # concat's input channels start at zero: loaded from an unconditional model, it computes the same function
+        nn.init.zeros_(conv_in.weight.data[:, in_channels:])
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(conv_in)])
         chans, ch, ds = [model_channels], model_channels, 1
         for level, mult in enumerate(channel_mult):
@@ -709,20 +717,34 @@ class UNet(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(num_groups, ch), nn.SiLU(),
                                  zero_module(nn.Conv2d(ch, self.out_channels, 3, padding=1)))
 
-    def forward(self, x, t, y=None):  # x (B, C, H, W), t (B,), y (B,) or None -> (B, out_channels, H, W)
+    def forward(self, x, t, y=None, concat=None, context=None, context_mask=None):
+        """x (B, C, H, W), t (B,), y (B,) class ids, concat (B, cond_channels, H, W), context (B, L, context_dim),
+        context_mask (B, L) bool -> (B, out_channels, H, W)."""
         check_labels(y, self.num_classes)
         if x.shape[-2] % self.downsample_factor or x.shape[-1] % self.downsample_factor:
             raise ValueError(f"UNet input {tuple(x.shape[-2:])} must be divisible by {self.downsample_factor} "
                              f"(2 ** (len(channel_mult) - 1)); use a latent size that is.")
+        if (concat is None) != (self.cond_channels == 0) or (concat is not None and concat.shape[1:] != (
+                self.cond_channels, *x.shape[-2:])):
+            raise ValueError(f"this UNet takes a concat of shape (B, {self.cond_channels}, {x.shape[-2]}, "
+                             f"{x.shape[-1]}) beside x_t (cond_channels={self.cond_channels}), but got "
+                             f"{None if concat is None else tuple(concat.shape)}.")
+        if y is not None:
+            if context is not None:
+                raise ValueError("a class-conditional UNet makes its context from y; pass y or context, not both.")
+            context = self.y_embedder(y)[:, None, :]  # (B, 1, context_dim)
+        if (context is None) != (self.context_dim is None) or (context is not None and context.shape[-1] != (
+                self.context_dim)):
+            raise ValueError(f"this UNet cross-attends to context tokens of width {self.context_dim}, but got "
+                             f"{None if context is None else tuple(context.shape)}.")
         emb = self.t_embedder(t)  # (B, 4 * model_channels)
-        context = self.y_embedder(y)[:, None, :] if y is not None else None  # (B, 1, context_dim)
-        hs, h = [], x
+        hs, h = [], x if concat is None else torch.cat([x, concat], dim=1)  # DiffusionWrapper: cat([x] + c_concat)
         for block in self.input_blocks:
-            h = block(h, emb, context)
+            h = block(h, emb, context, context_mask)
             hs.append(h)
-        h = self.middle_block(h, emb, context)
+        h = self.middle_block(h, emb, context, context_mask)
         for block in self.output_blocks:
-            h = block(torch.cat([h, hs.pop()], dim=1), emb, context)  # skip connection
+            h = block(torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)  # skip connection
         return self.out(h)
 
 
@@ -899,7 +921,9 @@ class DiT(nn.Module):
                              f"build it with input_size matching the autoencoder's latent size.")
         return self.x_embedder(x) + self.pos_embed
 
-    def forward(self, x, t, y=None):  # x (B, C, H, W), t (B,), y (B,) or None -> (B, out_channels, H, W)
+    def forward(self, x, t, y=None, concat=None, context=None, context_mask=None):  # (B, C, H, W), (B,), (B,) or None
+        if concat is not None or context is not None:  # the UNet's conditioning inputs; DiT has only y
+            raise ValueError("DiT is conditioned on class labels y only; use the UNet for concat or context inputs.")
         check_labels(y, self.num_classes)
         x = self.embed_tokens(x)  # (B, N, D)
         c = self.t_embedder(t)  # (B, D)
@@ -985,13 +1009,13 @@ VIDEO_DIT_PRESETS = {name: functools.partial(preset, VideoDiT) for name, preset 
 
 
 def build_backbone(model, preset, latent_size, in_channels, num_classes, learn_sigma, class_dropout_prob=0.1,
-                   num_frames=None, cond_channels=0):
+                   num_frames=None, cond_channels=0, context_dim=None):
     """The one place train_ldm.py and sample.py build a denoiser: model 'unet' | 'dit', a preset name of that family;
-    num_frames builds the video DiT of that preset for (B, C, num_frames, H, W) latents. cond_channels: the channels
-    concatenated to z_t (conditioning.concat_channels), UNets only."""
-    if cond_channels and model != "unet":
-        raise ValueError(f"spatial conditioning (a --task other than none) concatenates its input to the UNet's; "
-                         f"--model {model} has no such input, so train it with --model unet.")
+    num_frames builds the video DiT of that preset for (B, C, num_frames, H, W) latents. The UNet takes cond_channels
+    of concat beside x_t, and cross-attends to context tokens of width context_dim, or else, when num_classes > 0, to
+    the class token (of the preset's context_dim, or 512 as LDM's ClassEmbedder)."""
+    if model == "dit" and (cond_channels or context_dim):
+        raise ValueError("DiT is conditioned on class labels only; use --model unet for concat or context inputs.")
     if num_frames is not None:
         if model != "dit" or preset not in VIDEO_DIT_PRESETS:
             raise ValueError(f"video latents (num_frames={num_frames}) need --model dit and a preset from "
@@ -1007,7 +1031,9 @@ def build_backbone(model, preset, latent_size, in_channels, num_classes, learn_s
     common = dict(in_channels=in_channels, num_classes=num_classes, class_dropout_prob=class_dropout_prob,
                   learn_sigma=learn_sigma)
     if model == "unet":
-        return UNet(**presets[preset], **common, **({'cond_channels': cond_channels} if cond_channels else {}))
+        cfg = dict(presets[preset], cond_channels=cond_channels)
+        cfg["context_dim"] = context_dim or (cfg.get("context_dim", 512) if num_classes > 0 else None)
+        return UNet(**cfg, **common)
     return presets[preset](input_size=latent_size, **common)
 
 
