@@ -16,7 +16,7 @@ SCHEDULES = ('linear', 'ldm_linear', 'scaled_linear')  # diffusion.beta_schedule
 SPACINGS = ('even', 'ddim')  # diffusion.spaced_timesteps (sample.py --spacing)
 FLOW_PREDICTIONS = ('velocity', 'x0', 'noise')  # diffusion.Flow's outputs (train_ldm.py --prediction)
 TIME_SAMPLINGS = ('uniform', 'logit_normal')  # diffusion.Flow's training times (train_ldm.py --time_sampling)
-TASKS = ('none', 'sr', 'inpaint', 'semantic')  # conditioning.py's tasks (train_ldm.py and sample.py --task)
+TASKS = ('none', 'sr', 'inpaint', 'semantic', 'text', 'layout')  # conditioning.py's tasks (train_ldm.py and sample.py --task)
 DEGRADATIONS = ('bicubic', 'bsr_light')  # conditioning.degrade (train_ldm.py --degradation)
 MASK_KINDS = ('thick', 'thin', 'box', 'mixed')  # conditioning.random_mask (train_ldm.py --masks)
 

@@ -244,8 +244,8 @@ class LayoutTokenizer(Tokenizer):
             ids[b, :len(seq)] = torch.tensor(seq, dtype=torch.long)
         return ids, self.mask(ids)
 
-    def mask(self, ids):  # by object: a corner at (1, 1) may be the token `none` itself when vocab_size is a square
-        return (ids[:, 0::3] != self.none).repeat_interleave(3, dim=1)
+    def mask(self, ids):  # all True: LDM reads the `none` triples too, and a layout with no box must attend to something
+        return torch.ones_like(ids, dtype=torch.bool)
 
     def decode(self, ids):
         """ids (3 max_objects,) -> [(class, x0, y0, x1, y1)], taming's inverse_build."""
