@@ -55,6 +55,15 @@ def task_config(task, sr_factor=4, degradation='bicubic', masks='mixed', mask_ar
     return {'task': task}
 
 
+def describe(cfg):
+    """A task config for a message: a recorded tokenizer by its kind and size, not its whole vocabulary."""
+    tok = cfg.get('tokenizer')
+    if tok is None:
+        return cfg
+    size = len(tok.get('vocab', tok.get('classes', [])))
+    return {**cfg, 'tokenizer': tok['kind'] + (f" ({size} {'classes' if tok['kind'] == 'layout' else 'tokens'})" if size else '')}
+
+
 def concat_channels(cfg, z_channels):
     """k, the channels a task concatenates to z_t (the UNet's cond_channels)."""
     return {'none': 0, 'sr': 3, 'inpaint': z_channels + 1, 'semantic': cfg.get('num_labels', 0)}[cfg['task']]
