@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 
 
 from cli import DEGRADATIONS, MASK_KINDS, TASKS  # the names the flags offer
-from data import boxes_list
+from data import boxes_list, boxes_tensor
 from tokenizer import from_state
 
 
@@ -287,6 +287,41 @@ def tokenize(cfg, batch, dropout=0.0):
     drop = (torch.rand(len(notes)) < dropout).tolist() if dropout > 0 else [False] * len(notes)
     notes = [('' if text else []) if d else n for n, d in zip(notes, drop)]
     return from_state(cfg['tokenizer']).encode(notes, cfg['max_length'])
+
+
+def read_prompts(cfg, prompts, prompt_file, negative_prompt):
+    """sample.py's prompts for a text or layout model (--prompt, repeatable, then --prompt_file's lines) -> (items, null):
+    one item per prompt, {'caption'} or {'boxes' (data.boxes_tensor), 'prompt'}, and the negative prompt's item."""
+    prompts = list(prompts or [])
+    if prompt_file is not None:
+        if not os.path.isfile(prompt_file):
+            raise ValueError(f"--prompt_file {prompt_file} does not exist; pass a text file of prompts, one a line.")
+        with open(prompt_file, encoding='utf-8') as f:
+            lines = [line.strip() for line in f if line.strip()]
+        if not lines:
+            raise ValueError(f"--prompt_file {prompt_file} holds no prompt; write one prompt a line.")
+        prompts += lines
+    if not prompts:
+        raise ValueError(f"this model was trained on --task {cfg['task']}; give it --prompt \"...\" (repeatable) or "
+                         f"--prompt_file F.")
+    if cfg['task'] == 'text':
+        return [{'caption': p} for p in prompts], {'caption': negative_prompt}
+    tok = from_state(cfg['tokenizer'])
+
+    def item(p):
+        return {'boxes': boxes_tensor(tok.parse(p), tok.max_objects), 'prompt': p}
+    return [item(p) for p in prompts], item(negative_prompt)
+
+
+def prompt_text(item):
+    """The prompt an item of read_prompts was made from."""
+    return item['caption'] if 'caption' in item else item['prompt']
+
+
+def collate(items, device):
+    """Items (dicts) -> one batch on the device: tensors stacked, strings (captions) as a list."""
+    return {k: torch.stack([it[k] for it in items]).to(device) if torch.is_tensor(items[0][k])
+            else [it[k] for it in items] for k in items[0]}
 
 
 class TaskData(torch.utils.data.Dataset):

@@ -27,7 +27,7 @@ BERT_VOCAB_URL = 'https://huggingface.co/google-bert/bert-base-uncased/resolve/m
 class Tokenizer:
     """What every tokenizer shares: ids(text) -> the ids of one text with its special tokens, and encode."""
     pad_id = 0
-    said_truncated = False  # the first truncation is said, once per tokenizer
+    said_truncated = False  # the first truncation is said, once per process (Tokenizer.said_truncated)
 
     def encode(self, texts, max_length):
         """texts (a list of B strings) -> ids (B, max_length) long and mask (B, max_length) bool. A text longer than
@@ -36,10 +36,10 @@ class Tokenizer:
         for b, text in enumerate(texts):
             seq = self.ids(text)
             if len(seq) > max_length:
-                if not self.said_truncated:
+                if not Tokenizer.said_truncated:
                     print(f"note: a caption of {len(seq)} tokens is cut to the encoder's {max_length} (said once): "
                           f"{text[:60]!r}...", file=sys.stderr)
-                    self.said_truncated = True
+                    Tokenizer.said_truncated = True
                 seq = seq[:max_length - 1] + seq[-1:]
             ids[b, :len(seq)] = torch.tensor(seq, dtype=torch.long)
         return ids, self.mask(ids)
@@ -218,7 +218,24 @@ class LayoutTokenizer(Tokenizer):
         if name in self.classes:
             return self.classes.index(name)
         raise ValueError(f"layout class {name!r} is not one of the {len(self.classes)} classes this model knows "
-                         f"({', '.join(map(str, self.classes[:8]))}{', ...' if len(self.classes) > 8 else ''})")
+                         f"({', '.join(map(str, self.classes[:8]))}{', ...' if len(self.classes) > 8 else ''}).")
+
+    def parse(self, text):
+        """A layout written as 'class x0 y0 x1 y1; class x0 y0 x1 y1' (sample.py --prompt) -> [(class id, x0, y0, x1,
+        y1)], checked as ids() checks it; '' is the empty layout."""
+        boxes = []
+        for part in filter(str.strip, text.split(';')):
+            words = part.split()
+            try:
+                coords = [float(v) for v in words[-4:]]
+            except ValueError:
+                coords = []
+            if len(words) < 5 or len(coords) != 4:
+                raise ValueError(f"the layout {part.strip()!r} is not 'class x0 y0 x1 y1' (a class name, then the box's "
+                                 f"corners in [0, 1] of the image); separate boxes with ';'.")
+            boxes.append((self.class_id(' '.join(words[:-4])), *coords))
+        self.ids(boxes)  # the same checks as training's
+        return boxes
 
     def ids(self, boxes):
         seq = []
@@ -226,7 +243,7 @@ class LayoutTokenizer(Tokenizer):
             name, (x0, y0, x1, y1) = box[0], (float(v) for v in box[1:5])
             if not 0 <= x0 <= x1 <= 1 or not 0 <= y0 <= y1 <= 1:
                 raise ValueError(f"the box {list(box)} lies outside the image or is inverted; give x0 <= x1 and y0 <= y1 "
-                                 f"in [0, 1] of the image's width and height")
+                                 f"in [0, 1] of the image's width and height.")
             seq += [self.class_id(name), self.tokenize_coordinates(x0, y0), self.tokenize_coordinates(x1, y1)]
         return seq
 
@@ -236,10 +253,10 @@ class LayoutTokenizer(Tokenizer):
         L = 3 * self.max_objects
         ids = torch.full((len(layouts), L), self.none, dtype=torch.long)
         for b, boxes in enumerate(layouts):
-            if len(boxes) > self.max_objects and not self.said_truncated:
+            if len(boxes) > self.max_objects and not Tokenizer.said_truncated:
                 print(f"note: a layout of {len(boxes)} boxes keeps its first {self.max_objects} (said once)",
                       file=sys.stderr)
-                self.said_truncated = True
+                Tokenizer.said_truncated = True
             seq = self.ids(boxes)
             ids[b, :len(seq)] = torch.tensor(seq, dtype=torch.long)
         return ids, self.mask(ids)
