@@ -160,6 +160,11 @@ def check_args(args):
         die(f"--task {args.task} concatenates its condition to the UNet's input; train it with --model unet on images.")
     if args.task == 'layout' and args.random_crop:
         die("--task layout knows its boxes on the centre crop only; drop --random_crop.")
+    if args.task == 'text':
+        try:  # a missing or unreadable vocabulary costs seconds, not the autoencoder's loading
+            load_tokenizer(args.tokenizer)
+        except ValueError as e:
+            die(str(e))
     if args.task != 'none' and args.cache_latents:
         die(f"--task {args.task} builds its condition from the pixels of each batch (an LR image, a masked image, a label "
             f"map), which the latent cache does not hold; drop --cache_latents.")
@@ -252,11 +257,9 @@ images = make_dataset(args.data, args.image_size, seed=args.seed, train=True, ra
                       num_frames=args.num_frames, frame_stride=args.frame_stride,
                       segmentation=args.task == 'semantic', annotation={'text': 'caption', 'layout': 'layout'}.get(
                           args.task), max_objects=args.max_objects)  # video: clips (3, T, H, W)
-try:  # text and layout: the tokenizer of their captions or boxes, recorded whole in the checkpoint
-    tokenizer = (load_tokenizer(args.tokenizer) if args.task == 'text' else
-                 LayoutTokenizer(images.layout_classes, max_objects=args.max_objects) if args.task == 'layout' else None)
-except ValueError as e:
-    die(str(e))
+# text and layout: the tokenizer of their captions or boxes (checked in check_args), recorded whole in the checkpoint
+tokenizer = (load_tokenizer(args.tokenizer) if args.task == 'text' else
+             LayoutTokenizer(images.layout_classes, max_objects=args.max_objects) if args.task == 'layout' else None)
 # the task: what its condition is made of (recorded in the checkpoint), and the data source that makes it per item
 cond_cfg = conditioning.task_config(args.task, args.sr_factor, args.degradation, args.masks, args.mask_area,
                                     getattr(images, 'num_labels', 0), tokenizer, args.max_length, args.cond_dropout_prob)

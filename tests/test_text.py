@@ -178,3 +178,116 @@ def test_dit_refuses_text_in_one_sentence():
     from model import build_backbone
     with pytest.raises(ValueError, match="DiT has no cross-attention, which text and layouts need"):
         build_backbone('dit', 'tiny', 8, 4, 0, False, text_encoder={'vocab_size': 259, 'max_length': 16})
+
+
+# -----------------------------------------------------------------------------
+# caption dropout
+
+def test_caption_dropout_rate_and_null_sequence():
+    """Each caption is dropped with probability p (the count lies in the binomial's 99.9% interval) and a dropped
+    caption tokenises exactly as "" does, the null condition that guidance subtracts; a dropped layout has no box."""
+    import conditioning
+    from tokenizer import ByteTokenizer, LayoutTokenizer
+    tok, n, p = ByteTokenizer(), 4000, 0.1
+    cfg = conditioning.task_config('text', tokenizer=tok, max_length=24, cond_dropout_prob=p)
+    captions = [f"a red disk number {i}" for i in range(n)]
+    torch.manual_seed(0)
+    tokens, mask = conditioning.tokenize(cfg, {'caption': captions}, dropout=p)
+    null, null_mask = tok.encode([""], 24)
+    dropped = (tokens == null).all(1)
+    mean, sd = n * p, (n * p * (1 - p)) ** 0.5
+    assert abs(dropped.sum().item() - mean) < 3.3 * sd  # a two-sided 99.9% interval
+    assert torch.equal(mask[dropped], null_mask.expand(int(dropped.sum()), -1))
+    kept = ~dropped
+    assert torch.equal(tokens[kept], tok.encode([c for c, k in zip(captions, kept) if k], 24)[0])
+    assert torch.equal(conditioning.tokenize(cfg, {'caption': captions[:50]}, dropout=0.0)[0],
+                       tok.encode(captions[:50], 24)[0])  # sampling drops nothing
+    lay = LayoutTokenizer(['disk', 'rectangle'], max_objects=2)
+    cfg = conditioning.task_config('layout', tokenizer=lay, cond_dropout_prob=p)
+    boxes = torch.tensor([[0, .1, .1, .5, .5], [1, .5, .5, 1, 1]]).expand(n, 2, 5)
+    tokens, _ = conditioning.tokenize(cfg, {'boxes': boxes}, dropout=p)
+    dropped = tokens.eq(lay.none).all(1)
+    assert abs(dropped.sum().item() - mean) < 3.3 * sd
+
+
+# -----------------------------------------------------------------------------
+# the command line: train, resume exactly, sample with --prompt
+
+TINY = ['--image_size', '16', '--batch_size', '4', '--num_workers', '0', '--device', 'cpu']
+
+
+@pytest.fixture(scope='module')
+def tiny_ae(tmp_path_factory):
+    from tests.helpers import run
+    d = tmp_path_factory.mktemp('text')
+    run('train_ae.py', *TINY, '--out_dir', d / 'ae', '--max_steps', '1', '--lpips_weight', '0', '--eval_interval', '1',
+        '--ckpt_interval', '1')
+    return d
+
+
+def losses(out_dir):
+    from tests.helpers import train_rows
+    return {s: r['loss'] for s, r in train_rows(out_dir).items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('task, prompt', [('text', 'a red disk and a blue rectangle on a green background'),
+                                          ('layout', 'red disk 0.1 0.1 0.6 0.6; blue rectangle 0.5 0.5 1 1')])
+def test_cli_train_resume_exactly_and_sample_prompts(tiny_ae, task, prompt):
+    """4 steps in one go == 2 steps then --resume to 4 (caption dropout, flips and noise all draw random numbers), and
+    sample.py writes n samples per prompt with the prompts in sample order."""
+    from tests.helpers import run
+    d = tiny_ae
+    common = [*TINY, '--ae', d / 'ae' / 'ckpt.pt', '--task', task, '--cond_dropout_prob', '0.5', '--num_samples', '2',
+              '--sample_steps', '2', '--log_interval', '1', '--eval_interval', '100', '--ckpt_interval', '2']
+    run('train_ldm.py', *common, '--out_dir', d / f'full_{task}', '--max_steps', '4')
+    run('train_ldm.py', *common, '--out_dir', d / f'half_{task}', '--max_steps', '2')
+    run('train_ldm.py', *common, '--out_dir', d / f'half_{task}', '--max_steps', '4', '--resume')
+    full, half = losses(d / f'full_{task}'), losses(d / f'half_{task}')
+    assert sorted(full) == [1, 2, 3, 4] and full == half
+    a, b = (torch.load(d / f'{n}_{task}' / 'ckpt.pt', weights_only=False) for n in ('full', 'half'))
+    assert any(k.startswith('cond_stage_model.') for k in a['model'])  # tau_theta is trained and saved with the UNet
+    assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
+    assert a['config']['conditioning']['task'] == task
+    out = d / f'samples_{task}'
+    run('sample.py', '--ckpt', d / f'full_{task}' / 'ema.pt', '--prompt', prompt, '--prompt', '', '--n_samples', '2',
+        '--steps', '2', '--cfg_scale', '3', '--device', 'cpu', '--out_dir', out)
+    npz = np.load(out / 'samples.npz')
+    assert npz['arr_0'].shape == (4, 16, 16, 3) and list(npz['prompts']) == [prompt, prompt, '', '']
+    assert (out / 'prompts.txt').read_text().splitlines() == [prompt, prompt, '', '']
+    if task == 'text':  # a checkpoint that records no tokenizer takes no prompt
+        export = torch.load(d / f'full_{task}' / 'ema.pt', weights_only=False)
+        del export['config']['conditioning']
+        torch.save(export, d / 'no_tokenizer.pt')
+        p = run('sample.py', '--ckpt', d / 'no_tokenizer.pt', '--prompt', prompt, '--device', 'cpu', '--out_dir',
+                d / 'refused', check=False)
+        assert p.returncode != 0 and 'records no tokenizer' in p.stderr and 'Traceback' not in p.stderr
+    # another tokenizer (or any task setting) is not the run to resume
+    flag = ['--max_length', '32'] if task == 'text' else ['--max_objects', '4']
+    p = run('train_ldm.py', *common, *flag, '--out_dir', d / f'half_{task}', '--max_steps', '6', '--resume', check=False)
+    assert p.returncode != 0 and 'was trained with the condition' in p.stderr and 'Traceback' not in p.stderr
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--task', 'text', '--model', 'dit'], 'needs cross-attention to its tokens, which only the UNet has'),
+    (['--task', 'text', '--tokenizer', 'missing/vocab.txt'], 'does not exist.*bert-base-uncased'),
+    (['--tokenizer', 'bytes'], '--tokenizer only applies to --task text')])
+def test_cli_refuses_bad_text_flags_in_one_sentence(tmp_path, flags, message):
+    import re
+    from tests.helpers import run
+    p = run('train_ldm.py', *TINY, '--ae', tmp_path / 'no_ae.pt', '--out_dir', tmp_path / 'out', *flags, check=False)
+    assert p.returncode != 0 and re.search(message, p.stderr) and 'Traceback' not in p.stderr
+
+
+def test_prompt_files_that_hold_nothing_are_one_sentence(tmp_path):
+    import conditioning
+    from tokenizer import ByteTokenizer
+    cfg = conditioning.task_config('text', tokenizer=ByteTokenizer())
+    empty = tmp_path / 'prompts.txt'
+    empty.write_text('\n  \n')
+    with pytest.raises(ValueError, match='holds no prompt; write one prompt a line'):
+        conditioning.read_prompts(cfg, None, str(empty), '')
+    with pytest.raises(ValueError, match='give it --prompt'):
+        conditioning.read_prompts(cfg, None, None, '')
+    items, null = conditioning.read_prompts(cfg, ['a'], None, 'b')
+    assert items == [{'caption': 'a'}] and null == {'caption': 'b'}
