@@ -291,3 +291,16 @@ def test_prompt_files_that_hold_nothing_are_one_sentence(tmp_path):
         conditioning.read_prompts(cfg, None, None, '')
     items, null = conditioning.read_prompts(cfg, ['a'], None, 'b')
     assert items == [{'caption': 'a'}] and null == {'caption': 'b'}
+
+
+@pytest.mark.slow
+def test_reproduce_text_smoke(tmp_path):
+    """The miniature at toy sizes: it trains, probes, scores and writes its report (what it measures needs the full
+    size; this checks the pipeline end to end)."""
+    from tests.helpers import run
+    run('reproduce_text.py', '--smoke', '--out_dir', tmp_path, '--cfg_scales', '1,3')
+    report = json.loads((tmp_path / 'report.json').read_text())
+    assert report['probe']['n'] == 8 and 0 <= report['probe']['wilcoxon_p'] <= 1
+    assert set(report['alignment']) == {'real', 'chance', 'samples, cfg 1', 'samples, cfg 3'}
+    assert all(0 <= r['all'] <= 1 for r in report['alignment'].values())
+    assert (tmp_path / 'grid_cfg3.png').is_file() and 'Wilcoxon' in (tmp_path / 'report.md').read_text()
