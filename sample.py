@@ -16,6 +16,14 @@ Euler-Maruyama SDE (diffusion.Flow), on the time grid of the checkpoint's time s
 at times t in [lo, hi] (LightningDiT's interval; t = 0 data, t = 1 noise); for a DDPM model t is the flow time of the
 same noise level, so one interval means one range of noise levels under both families.
 
+A text or layout model (train_ldm.py --task text | layout) samples --n_samples per --prompt (repeatable) or per line of
+--prompt_file, prompt-major as CompVis' txt2img, and guides as eps(x_t, neg) + s (eps(x_t, c) - eps(x_t, neg)) with neg
+the --negative_prompt ("" by default, LDM's null); the prompts go to prompts.txt and samples.npz (prompts), in order:
+
+  python sample.py --ckpt out/ldm_text/ema.pt --prompt "a red disk and a blue rectangle on a green background" \
+      --n_samples 8 --cfg_scale 3
+  python sample.py --ckpt out/ldm_layout/ema.pt --prompt "red disk 0.1 0.1 0.6 0.6; blue rectangle 0.5 0.5 1 1"
+
 Sample i draws all its noise from its own generator, seeded with numpy's SeedSequence(seed, spawn_key=(i,)). A
 class-conditional model's labels follow --labels: 'random' draws each uniformly from --classes (all classes by default),
 as DiT's sample_ddp.py, here all at once from SeedSequence(seed)'s generator; 'balanced' gives sample i the class

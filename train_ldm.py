@@ -34,6 +34,15 @@ and encoding it cost far more than a step of a small DiT.
   python train_ae.py --num_frames 17 && python train_ldm.py --num_frames 17 --ae out/video_ae/ckpt.pt --model dit \
       --image_size 32 --batch_size 8 --out_dir out/video_ldm
 
+Text and layouts (--task text | layout, LDM Sec. 3.3): the UNet cross-attends to the output of tau_theta
+(model.TextEncoder, LDM's BERTEmbedder), trained with it, over the tokens of each image's caption (tokenizer.py: UTF-8
+bytes, or BERT's WordPiece from a vocab.txt) or layout (taming's (class, corner, corner) triples); a share
+--cond_dropout_prob of them is dropped to "" (no box) for guidance. Captions: the embedded data's own (the colour and
+kind of the largest shapes, the background), or --data with x.txt beside x.png or a captions.jsonl; layouts: the
+embedded boxes, or a layout.jsonl. A DiT has no cross-attention, so text and layouts train UNets only.
+
+  python train_ldm.py --task text --ae assets/baseline_mini.safetensors --image_size 32 --out_dir out/ldm_text
+
 Shared flags (cli.add_common_args) and their defaults in this script:
   --data (embedded dead leaves)  --image_size 64  --batch_size 32  --grad_accum 1  --max_steps 5000  --lr 0.0001
   --out_dir out/ldm  --preset tiny  --seed 0  --device auto  --dtype auto  --num_workers 2
