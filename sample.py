@@ -242,7 +242,8 @@ latent_shape = (C, backbone['num_frames'], h, h) if video else (C, h, h)
 # of any DDPM model (--inpaint_mode replace); or a size other than the training size (--H, --W), UNets only
 task, replace = args.task or trained_task['task'], args.inpaint_mode == 'replace'
 refuse_unused(sys.argv[1:], [('--inpaint_mode', task == 'inpaint', 'only applies to --task inpaint'),
-                             ('--num_samples', task == 'none', 'is the number of inputs under --input with a --task'),
+                             ('--num_samples', task == 'none', 'is set by --input, or by the prompts times --n_samples, '
+                              'with a --task'),
                              ('--input', task not in ('none', 'text', 'layout'), 'only applies to --task sr, inpaint '
                               'or semantic')])
 if replace and (trained_task['task'] != 'none' or flow):
