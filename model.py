@@ -12,6 +12,7 @@ Parameter names follow the original checkpoints so public weights load as they a
 
 import functools
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -493,9 +494,9 @@ def hinge_d_loss(logits_real, logits_fake):
 # ----------------------------------------------------------------------------------------------
 # Diffusion backbones: UNet and DiT
 # Both backbones map (x_t (B, C, H, W), t (B,) long in [0, T), y (B,) long or None) -> (B, C_out, H, W), the raw
-# network output that diffusion.py reads (eps or v, then C variance values when learn_sigma). Class id num_classes is
-# the null class of classifier-free guidance; in train mode LabelEmbedder swaps each label for it with probability
-# class_dropout_prob.
+# network output that diffusion.py reads (eps or v, then C variance values when learn_sigma); the UNet also takes
+# concat and context (see UNet). Class id num_classes is the null class of classifier-free guidance; in train mode
+# LabelEmbedder swaps each label for it with probability class_dropout_prob.
 
 def timestep_embedding(t, dim, max_period=10000):
     """Sinusoidal features of (possibly fractional) timesteps, as in ADM / LDM / DiT: t (B,) -> (B, dim)."""
@@ -677,17 +678,6 @@ class SpatialTransformer(nn.Module):
         return x + self.proj_out(h.transpose(1, 2).reshape(B, C, H, W))
 
 
-class StridedConv(nn.Module):
-    """openaimodel's Downsample: a stride-2 3x3 conv padded on all sides (the AE's Downsample pads right and bottom)."""
-
-    def __init__(self, ch):
-        super().__init__()
-        self.op = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
-
-    def forward(self, x):
-        return self.op(x)
-
-
 class TimestepEmbedSequential(nn.Sequential):
     """A UNet stage: passes the time embedding to ResBlocks and the context to SpatialTransformers."""
 
@@ -753,8 +743,9 @@ class UNet(nn.Module):
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 chans.append(ch)
             if level != len(channel_mult) - 1:
-                self.input_blocks.append(TimestepEmbedSequential(res(ch, ch, down=True) if resblock_updown
-                                                                 else StridedConv(ch)))
+                # openaimodel's Downsample, 'op': a stride-2 3x3 conv padded on all sides (the AE's pads right, bottom)
+                down = nn.Sequential(OrderedDict(op=nn.Conv2d(ch, ch, 3, stride=2, padding=1)))
+                self.input_blocks.append(TimestepEmbedSequential(res(ch, ch, down=True) if resblock_updown else down))
                 chans.append(ch)
                 ds *= 2
         self.middle_block = TimestepEmbedSequential(res(ch, ch), attn(ch), res(ch, ch))

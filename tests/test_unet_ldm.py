@@ -4,7 +4,7 @@ UNet2DConditionModel (SpatialTransformer cross-attention) compute, with random w
 import pytest
 import torch
 
-from model import UNET_PRESETS, UNet
+from model import UNET_PRESETS, AttentionBlock, SpatialTransformer, UNet
 from tests.test_backbones import perturbed
 
 # Parameters of CompVis' UNetModel built from each YAML's unet_config (ldm/modules/diffusionmodules/openaimodel.py),
@@ -36,6 +36,22 @@ def test_ldm4_is_the_papers_274m_and_film_costs_one_more_embedding_projection_pe
     emb_dim, widths = 4 * 224, [224 * m for m in (1, 2, 3, 4)]
     out_chs = 2 * widths + [widths[-1]] * 2 + 3 * widths  # 2 ResBlocks down, 2 in the middle, 3 up, per level
     assert count("ldm-64", 3) - count("ldm-4", 3) == sum(emb_dim * c + c for c in out_chs)
+
+
+def test_attention_is_plain_without_context_and_starts_as_the_identity():
+    # LDM: AttentionBlock where the UNet has no context, SpatialTransformer where it has one. The AttentionBlock adds
+    # a zero-init proj_out to x: with every other weight random it is the identity at initialisation
+    torch.manual_seed(0)
+    for context_dim, kind in ((8, SpatialTransformer), (None, AttentionBlock)):  # the last: AttentionBlocks
+        m = UNet(in_channels=4, **dict(UNET_PRESETS["tiny"], context_dim=context_dim))
+        blocks = [b for b in m.modules() if isinstance(b, (AttentionBlock, SpatialTransformer))]
+        assert len(blocks) == 4 and all(isinstance(b, kind) for b in blocks)  # level 1 down, middle, 2 x level 1 up
+    for b in blocks:
+        with torch.no_grad():
+            for name, p in b.named_parameters():
+                p.add_(0 if name.startswith("proj_out") else torch.randn_like(p))
+        x = torch.randn(2, b.norm.num_channels, 4, 6)
+        assert torch.equal(b(x), x)
 
 
 def ours_to_diffusers(model, levels, num_res_blocks):
