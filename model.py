@@ -790,38 +790,34 @@ class UNet(nn.Module):
 
 
 # The project's presets: ldm-64 is the paper's LDM-4 (64x64 latents of an f4 AE, attention on the 32, 16 and 8 px maps)
-# with FiLM, the seed's choice (use_scale_shift_norm; LDM's config adds the embedding: preset ldm-4); ldm-32 keeps
-# attention on the same map sizes for the 32x32 latents of f8 AEs (SD-VAE, FLUX.1-AE): rates 1, 2, 4. tiny: CPU tests.
-# The others are CompVis' configs key for key (configs/latent-diffusion/*.yaml, models/ldm/*/config.yaml); where LDM's
-# in_channels counts a concatenated condition, that is cond_channels here (bsr_sr 3 + 3, inpainting 3 + 4, semantic
-# 3 + 3), and context_dim is the width of the class token or of the text / layout encoder.
-_LDM4 = dict(model_channels=224, channel_mult=(1, 2, 3, 4), num_res_blocks=2, attention_resolutions=(2, 4, 8),
-             num_head_channels=32)
+# with the seed's FiLM (LDM's config adds the embedding: ldm-4); ldm-32 attends on the same map sizes of the 32x32
+# latents of f8 AEs (SD-VAE, FLUX.1-AE); tiny is for CPU tests. The others are CompVis' configs key for key
+# (configs/latent-diffusion/*.yaml, models/ldm/*/config.yaml). Where LDM's in_channels counts a concatenated condition
+# it is cond_channels here (bsr_sr 3 + 3, inpainting_big 3 + 4, semantic_synthesis256 3 + 3); context_dim is the
+# width of the class token (cin) or of the text / layout encoder.
+_LDM = dict(num_res_blocks=2, use_scale_shift_norm=False)  # UNetModel's default: the embedding is added
+_LDM4 = dict(_LDM, model_channels=224, channel_mult=(1, 2, 3, 4), attention_resolutions=(2, 4, 8), num_head_channels=32)
+_HEADS8 = dict(num_heads=8, num_head_channels=-1)
 UNET_PRESETS = {
-    "ldm-64": _LDM4,
-    "ldm-32": dict(_LDM4, attention_resolutions=(1, 2, 4)),
+    "ldm-64": dict(_LDM4, use_scale_shift_norm=True),
+    "ldm-32": dict(_LDM4, use_scale_shift_norm=True, attention_resolutions=(1, 2, 4)),
     "tiny": dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,), context_dim=64),
-    "ldm-4": dict(_LDM4, use_scale_shift_norm=False),  # {celebahq,ffhq,lsun_bedrooms}-ldm-vq-4, models/ldm/celeba256
-    "lsun_churches-ldm-kl-8": dict(model_channels=192, channel_mult=(1, 2, 2, 4, 4), num_res_blocks=2,
-                                   attention_resolutions=(1, 2, 4, 8), num_heads=8, num_head_channels=-1,
-                                   resblock_updown=True),
-    "cin-ldm-vq-f8": dict(model_channels=256, channel_mult=(1, 2, 4), num_res_blocks=2, attention_resolutions=(4, 2, 1),
-                          num_head_channels=32, use_scale_shift_norm=False, context_dim=512),  # = models/ldm/cin256
-    "cin256-v2": dict(model_channels=192, channel_mult=(1, 2, 3, 5), num_res_blocks=2, attention_resolutions=(8, 4, 2),
-                      num_heads=1, num_head_channels=-1, use_scale_shift_norm=False, context_dim=512),
-    "txt2img-1p4B": dict(model_channels=320, channel_mult=(1, 2, 4, 4), num_res_blocks=2, attention_resolutions=(4, 2, 1),
-                         num_heads=8, num_head_channels=-1, use_scale_shift_norm=False, context_dim=1280),
-    "text2img256": dict(model_channels=192, channel_mult=(1, 2, 3, 5), num_res_blocks=2, attention_resolutions=(8, 4, 2),
-                        num_head_channels=32, use_scale_shift_norm=False, context_dim=640),
-    "layout2img-openimages256": dict(_LDM4, model_channels=128, use_scale_shift_norm=False, transformer_depth=3,
-                                     context_dim=512),
-    "bsr_sr": dict(model_channels=160, channel_mult=(1, 2, 2, 4), num_res_blocks=2, attention_resolutions=(16, 8),
-                   num_head_channels=32, use_scale_shift_norm=False),
-    "inpainting_big": dict(_LDM4, model_channels=256, num_heads=8, num_head_channels=-1, use_scale_shift_norm=False,
-                           resblock_updown=True),
-    "semantic_synthesis256": dict(model_channels=128, channel_mult=(1, 4, 8), num_res_blocks=2,
-                                  attention_resolutions=(32, 16, 8), num_heads=8, num_head_channels=-1,
-                                  use_scale_shift_norm=False),
+    "ldm-4": _LDM4,  # {celebahq,ffhq,lsun_bedrooms}-ldm-vq-4.yaml = models/ldm/{celeba256,ffhq256,lsun_beds256}
+    "lsun_churches-ldm-kl-8": dict(_LDM, **_HEADS8, model_channels=192, channel_mult=(1, 2, 2, 4, 4),
+                                   attention_resolutions=(1, 2, 4, 8), use_scale_shift_norm=True, resblock_updown=True),
+    "cin-ldm-vq-f8": dict(_LDM, model_channels=256, channel_mult=(1, 2, 4), attention_resolutions=(1, 2, 4),
+                          num_head_channels=32, context_dim=512),  # = models/ldm/cin256
+    "cin256-v2": dict(_LDM4, model_channels=192, channel_mult=(1, 2, 3, 5), num_heads=1, num_head_channels=-1,
+                      context_dim=512),
+    "txt2img-1p4B": dict(_LDM, **_HEADS8, model_channels=320, channel_mult=(1, 2, 4, 4),
+                         attention_resolutions=(1, 2, 4), context_dim=1280),
+    "text2img256": dict(_LDM4, model_channels=192, channel_mult=(1, 2, 3, 5), context_dim=640),
+    "layout2img-openimages256": dict(_LDM4, model_channels=128, transformer_depth=3, context_dim=512),
+    "bsr_sr": dict(_LDM, model_channels=160, channel_mult=(1, 2, 2, 4), attention_resolutions=(8, 16),
+                   num_head_channels=32),
+    "inpainting_big": dict(_LDM4, **_HEADS8, model_channels=256, resblock_updown=True),
+    "semantic_synthesis256": dict(_LDM, **_HEADS8, model_channels=128, channel_mult=(1, 4, 8),
+                                  attention_resolutions=(8, 16, 32)),
 }
 
 
