@@ -607,7 +607,7 @@ class AttentionBlock(nn.Module):
 
 class CrossAttention(nn.Module):
     """Multi-head attention: queries from x (B, N, dim), keys/values from context (B, M, context_dim) or x itself;
-    mask (B, M) bool, True for a real token: the others (padding) get no weight in the softmax."""
+    mask (B, M) bool, True for a real token (at least one per sample): padding gets no weight in the softmax."""
 
     def __init__(self, dim, heads, dim_head, context_dim=None):
         super().__init__()
