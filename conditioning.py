@@ -73,13 +73,14 @@ def concat_channels(cfg, z_channels):
 
 
 def bicubic_downsample(x, factor):
-    """SR3's degradation: bicubic downsampling by `factor` with PIL's antialiasing kernel (torch's antialiased bicubic
-    is PIL's Image.BICUBIC filter, a = -0.5, widened by the factor). x (..., 3, H, W) in [-1, 1]."""
+    """SR3's degradation, PIL's bicubic downsampling by `factor` (as LDM's ImageNetSR 'pil_bicubic'), on the 8-bit
+    image: torch's antialiased bicubic on uint8 is PIL's separable filter (a = -0.5, widened by the factor), to one
+    8-bit level. The LR image is then what an LR PNG holds. x (..., 3, H, W) in [-1, 1] -> (..., 3, H/s, W/s)."""
     lead = x.shape[:-3]
-    x = x.reshape(-1, *x.shape[-3:]).float()
-    lr = F.interpolate(x, size=(x.shape[-2] // factor, x.shape[-1] // factor), mode='bicubic', antialias=True,
+    u8 = ((x.reshape(-1, *x.shape[-3:]).float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    lr = F.interpolate(u8, size=(x.shape[-2] // factor, x.shape[-1] // factor), mode='bicubic', antialias=True,
                        align_corners=False)
-    return lr.clamp(-1, 1).reshape(*lead, *lr.shape[-3:])
+    return (lr.float() / 127.5 - 1).reshape(*lead, *lr.shape[-3:])
 
 
 def gaussian_kernel(rng, sf):
