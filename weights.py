@@ -235,7 +235,7 @@ def ldmbert_to_ours(sd):
     renames = [(r'^model\.embed_tokens\.', 'token_embedding.'), (r'^model\.embed_positions\.', 'position_embedding.'),
                (r'^model\.layer_norm\.', 'norm.'), (r'^model\.layers\.(\d+)\.', r'blocks.\1.'),
                (r'\.self_attn_layer_norm\.', '.norm1.'), (r'\.final_layer_norm\.', '.norm2.'),
-               (r'\.self_attn\.([qkv])_proj\.', r'.attn.to_\1.'), (r'\.self_attn\.out_proj\.', '.attn.to_out.')]
+               (r'\.self_attn\.([qkv])_proj\.', r'.attn.to_\1.'), (r'\.self_attn\.out_proj\.', '.attn.to_out.0.')]
     out = {}
     for k, v in sd.items():
         if k.startswith('to_logits.'):
