@@ -3,7 +3,7 @@ Is the caption learned? LDM's text-to-image (Sec. 3.3, cross-attention to tau_th
 embedded dead leaves ("a red disk and a blue rectangle on a green background": the colour and kind of the two largest
 shapes and the background colour, read from the generator's own parameters), run with the project's own scripts.
 
-  python reproduce_text.py                 # the miniature: about 30 minutes on 2 idle CPU cores
+  python reproduce_text.py                 # the miniature, sized for about 30 minutes on 2 idle CPU cores
   python reproduce_text.py --smoke         # the pipeline at toy sizes (checks it runs; says nothing about text)
 
 (1) train_ldm.py --task text trains the tiny UNet and its tau_theta jointly on the latents of the shipped baseline
@@ -193,8 +193,8 @@ with open(os.path.join(args.out_dir, 'report.json'), 'w') as f:
     json.dump(report, f, indent=2)
 lines = ["# Text-to-image miniature", "",
          f"Held-out eps-MSE over t in {LEVELS}, n = {probe['n']} images: true caption {probe['eps_mse_true']:.4f}, "
-         f"shuffled {probe['eps_mse_shuffled']:.4f}; shuffled - true = {probe['mean_diff']:.5f} +- "
-         f"{probe['sem_diff']:.5f} (sem), lower with the true caption for {100 * probe['share_true_lower']:.0f}% "
+         f"shuffled {probe['eps_mse_shuffled']:.4f}; shuffled - true = {probe['mean_diff']:.2e} +- "
+         f"{probe['sem_diff']:.1e} (sem), lower with the true caption for {100 * probe['share_true_lower']:.0f}% "
          f"of images, Wilcoxon signed-rank p = {probe['wilcoxon_p']:.3g} (one-sided; the unit is a held-out image "
          f"of one LDM seed).", "",
          "| scored | background | colour | kind | all three | SWD x1e3 vs held-out |", "|---|---|---|---|---|---|"]
