@@ -29,7 +29,8 @@ rest. On a CPU, --jobs children run at once, one thread each.
 Video (--num_frames 17): the same protocol on clips of the embedded moving dead leaves. The baseline is the causal 3D
 autoencoder (preset mini: f4 in space, 4x in time, 16 channels), shipped in assets/ as the image one; each seed
 fine-tunes it three times: the control, spatial SE, and spatial + temporal SE (--se_temporal: x and z also halved in
-time, the first frame kept apart, as the authors' temporal_scale_factors). The spectra are spatial (per latent frame)
+time, the first frame kept apart, as the comment on the authors' temporal_scale_factors intends; their released
+code keeps every frame). The spectra are spatial (per latent frame)
 and temporal; the LDM is the video DiT; the probe runs on held-out clips; samples are scored by the video SWD (and FVD
 with I3D weights). Figures 2-5 are image-only.
 """
@@ -745,18 +746,18 @@ def erasure_strip(aes):
     import torch
     from torchvision.utils import save_image
     from data import ImageFolder
-    from spectrum import erase_high_frequencies
+    from model import cut_dct_high_frequencies
     from weights import load_autoencoder
     held = ImageFolder(data['heldout'], sizes['image_size'], flip=False)
     x = torch.stack([held.load(i)[0] for i in range(min(4, len(held)))])
     fractions = [0.0, 0.25, 0.5, 0.75]
     models = {arm: load_autoencoder(os.path.join(out, 'ckpt.pt')) for arm, (_, out, _) in aes.items()}
     f = next(iter(models.values())).downsample_factor
-    rows = [torch.cat([erase_high_frequencies(x, p, 8 * f).clamp(-1, 1) for p in fractions], dim=3)]
+    rows = [torch.cat([cut_dct_high_frequencies(x, 8 * f, p).clamp(-1, 1) for p in fractions], dim=3)]
     with torch.no_grad():
         for ae in models.values():
             z, _ = ae.encode(x, sample=False)
-            rows.append(torch.cat([ae.decode(erase_high_frequencies(z, p)).clamp(-1, 1) for p in fractions], dim=3))
+            rows.append(torch.cat([ae.decode(cut_dct_high_frequencies(z, 8, p)).clamp(-1, 1) for p in fractions], dim=3))
     save_image((torch.cat(rows, dim=2) + 1) / 2, os.path.join(args.out_dir, 'fig5_strip.png'), nrow=len(x), padding=4,
                pad_value=1)
 
