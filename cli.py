@@ -117,6 +117,14 @@ def add_common_args(parser, **defaults):
     p.add_argument('--tensorboard', action='store_true', help='also log the scalars of log.jsonl and the preview grids to TensorBoard, in out_dir/tensorboard (needs the tensorboard package)')
     return p
 
+def cuda_visible():
+    """Whether an NVIDIA GPU is visible, read from the driver's files without loading torch (which takes seconds), for
+    the defaults a script must choose before torch loads; CUDA_VISIBLE_DEVICES set empty or to -1 hides them."""
+    if os.environ.get('CUDA_VISIBLE_DEVICES', None) in ('', '-1'):
+        return False
+    return os.path.exists('/proc/driver/nvidia/version') or any(
+        name.startswith('nvidia') and name[6:].isdigit() for name in (os.listdir('/dev') if os.path.isdir('/dev') else []))
+
 # -----------------------------------------------------------------------------
 # CPU threads
 

@@ -82,7 +82,7 @@ def compare(name, control, se, lower_is_better=True, arm='se'):
 
 
 def guard_failures(report):
-    """The LDMs whose samples fail the guard (probe.sample_guard), as 'objective arm seed s' strings."""
+    """The LDMs whose samples fail the guard (probe.guard_ldm, metrics.sample_guard), as 'objective arm seed s' strings."""
     return [f"{objective} {arm} seed {s}" for objective, runs in report['ldm'].items() for arm in arms(report)
             for s, run in enumerate(runs[arm]) if not run['probe'][-1]['guard']['ok']]
 

@@ -48,7 +48,7 @@ import argparse
 import contextlib
 from copy import deepcopy
 
-from cli import FLOW_PREDICTIONS, SCHEDULES, TIME_SAMPLINGS, add_common_args, checked, set_cpu_threads
+from cli import FLOW_PREDICTIONS, SCHEDULES, TIME_SAMPLINGS, add_common_args, checked, cuda_visible, set_cpu_threads
 
 # -----------------------------------------------------------------------------
 # config, read before torch is imported, so that --help and a mistyped flag answer at once
@@ -84,6 +84,24 @@ parser.add_argument('--frame_stride', type=checked(int, lo=1), default=1, help='
 parser.add_argument('--sample_steps', type=checked(int, lo=1, hi=1000), default=50, help='DDIM (flow: Heun) steps for the periodic sample grid')
 args = parser.parse_args()
 video = args.num_frames > 1
+# On a CPU the paper's recipe (lr 1e-4, EMA 0.9999, latents encoded every step) learns nothing in a CPU budget: there
+# the run takes the recipe of repro/sweep_ldm_lr.py's sweep for the tiny DiT, flag by flag where the user gave none.
+# The device is known only once torch is loaded; until then the recipe is applied where a CPU is certain.
+given = {a.split('=')[0][2:] for a in sys.argv[1:] if a.startswith('--')}  # the flags on the command line
+CPU_LR = {('dit', 'tiny', False): 1e-3, ('dit', 'tiny', True): 3e-3}  # (model, preset, video): the sweep's best lr
+CPU_RECIPE = dict(model='dit', preset='tiny', ema_decay=0.999, ema_warmup=True, batch_size=32 if video else 64,
+                  cache_latents=os.path.join(args.out_dir, 'latent_cache'), num_workers=0)  # cached: no decoding to do
+cpu = args.device == 'cpu' or (args.device == 'auto' and not cuda_visible())
+recipe = {}  # the flags the CPU recipe set, to be said (the same on a resume, so that its config matches)
+if cpu:
+    backbone_given = {'model', 'preset'} & given  # one of the two: the other keeps its own default
+    recipe = {k: v for k, v in CPU_RECIPE.items() if k not in given and not (k in ('model', 'preset') and backbone_given)}
+    if args.cache_latents is None and 'cache_size' not in given and (args.data is None or args.random_crop):
+        recipe['cache_size'] = 256 if video else 2000  # the embedded set is endless: the miniature's cache sizes
+    vars(args).update(recipe)
+    lr = CPU_LR.get((args.model or ('dit' if video else 'unet'), args.preset, video))
+    if 'lr' not in given and lr is not None:
+        recipe['lr'] = args.lr = lr
 args.model = args.model or ('dit' if video else 'unet')  # as train_ae.py's VIDEO_DEFAULTS: video has one backbone
 latent_norm = args.latent_norm or ('channel' if video else 'scalar')
 flow = args.objective == 'flow'
@@ -101,6 +119,12 @@ threads = set_cpu_threads(reserve=0 if args.cache_latents else args.num_workers)
 if os.environ.get('RANK', '0') == '0':
     print(f"train_ldm.py: {args.model} {args.preset}, objective {args.objective}, on the latents of {args.ae}, "
           f"{args.max_steps} steps of batch {args.batch_size} -> {args.out_dir}; {threads}; loading torch ...", flush=True)
+    if recipe:
+        print("train_ldm.py: on a CPU, the recipe of repro/sweep_ldm_lr.py where no flag says otherwise: " +
+              ' '.join(f"--{k}" if v is True else f"--{k} {v}" for k, v in recipe.items()) +
+              ('' if 'lr' in recipe or 'lr' in given else
+               f"; no CPU sweep covers --model {args.model} --preset {args.preset}, so --lr stays {args.lr:g}"),
+              flush=True)
 
 # the command line is read: now the heavy imports (torch alone takes over a second)
 import torch
@@ -115,11 +139,14 @@ from common import (die, select_device, setup_distributed, cleanup_distributed, 
                     check_output, refuse_overlap)
 from data import make_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
 from diffusion import Diffusion, Flow
-from metrics import to_uint8
+from metrics import GUARD_SATURATED, GUARD_STD_RATIO, sample_guard, to_uint8
 from model import build_backbone
 from weights import load_autoencoder, load_checkpoint
 
 args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU, as config.json records it
+if args.device == 'cpu' and not cpu:
+    print("train_ldm.py: torch finds no GPU, though the driver's files suggested one; this run keeps the GPU recipe "
+          "(pass --device cpu for the CPU recipe).", flush=True)
 
 
 def check_args(args):
@@ -256,6 +283,9 @@ else:  # LDM's scale_by_std: mean and 1/std of one global batch, a seeded random
 latent_shift = args.latent_shift if args.latent_shift is not None else latent_shift
 latent_scale = args.latent_scale if args.latent_scale is not None else latent_scale
 shift, scale = (broadcast_latent_norm(v, 5 if video else 4, device) for v in (latent_shift, latent_scale))
+if dist.master:  # data latents, the guard's reference for the periodic samples (metrics.sample_guard)
+    z_ref = (to_latent(torch.stack([dataset[i][0] for i in random_subset(dataset, 64, args.seed + 1)]).to(device)) -
+             shift) * scale
 
 backbone = dict(model=args.model, preset=args.preset, latent_size=latent_size, in_channels=C, num_classes=num_classes,
                 learn_sigma=learn_sigma, class_dropout_prob=args.class_dropout_prob if num_classes > 0 else 0.0)
@@ -325,6 +355,15 @@ def sample_grid():
         else:
             z = process.ddim_sample(model_fn, grid_noise, steps=args.sample_steps)
         x = ae.decode(z.float() / scale + shift).float()
+    guard = sample_guard(z, z_ref, x)  # do the samples look like data latents, and decode to unsaturated images?
+    logger.log(step, guard_ok=guard['ok'], guard_std_ratio_min=min(guard['std_ratio']),
+               guard_std_ratio_max=max(guard['std_ratio']), guard_saturated=guard['saturated'])
+    if not guard['ok']:
+        lo, hi = GUARD_STD_RATIO
+        tqdm.write(f"train_ldm.py: the samples at step {step} fail the guard: latent std {min(guard['std_ratio']):.2f}-"
+                   f"{max(guard['std_ratio']):.2f} of the data's per channel (ok: {lo:g}-{hi:g}), "
+                   f"{guard['saturated']:.0%} of pixels saturated (ok: at most {GUARD_SATURATED:.0%}); the LDM has not "
+                   f"learned to sample yet.")
     if video:  # (B, 3, T, H, W) -> uint8 (B, T, H, W, 3) -> samples_STEP/grid.mp4, grid.gif, grid_frames.png
         clips = to_uint8(x).permute(0, 2, 3, 4, 1).cpu().numpy()
         folder = os.path.join(args.out_dir, f'samples_{step:07d}')
