@@ -530,6 +530,19 @@ class Flow:
         return x
 
 
+def process_from_config(config, device='cpu'):
+    """The diffusion process, Diffusion or Flow, that a train_ldm.py checkpoint's config was trained with, for the
+    samplers and the probe. A checkpoint older than a key keeps the behaviour of its day: no beta_start/beta_end is the
+    schedule's own endpoints, no diffusion_loss is l2, no objective is DDPM."""
+    loss_type = config.get('diffusion_loss', 'l2')
+    if config.get('objective') == 'flow':
+        return Flow(**{k: config[k] for k in ('prediction', 'time_sampling', 'logit_mean', 'logit_std', 'time_shift')},
+                    loss_type=loss_type)
+    return Diffusion(config['schedule'], prediction=config['prediction'], learn_sigma=config['learn_sigma'],
+                     device=device, beta_start=config.get('beta_start'), beta_end=config.get('beta_end'),
+                     loss_type=loss_type)
+
+
 # ----------------------------------------------------------------------------------------------
 # conditioning and classifier-free guidance
 
