@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from cli import SE_DOWNSAMPLING
+from cli import REC_LOSSES, SE_DOWNSAMPLING
 
 # ----------------------------------------------------------------------------------------------
 # The autoencoder
@@ -488,6 +488,24 @@ def adaptive_gan_weight(rec_loss, g_loss, last_layer, pixels, max_weight=1e4):
 def hinge_d_loss(logits_real, logits_fake):
     """L_D = 0.5 * (E[relu(1 - D(x))] + E[relu(1 + D(x_rec))])."""
     return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+
+
+def vanilla_d_loss(logits_real, logits_fake):
+    """The original GAN's discriminator loss (LDM eq. 3's log D(x) + log(1 - D(x_rec)), negated) on logits, as taming's
+    vanilla_d_loss: L_D = 0.5 * (E[softplus(-D(x))] + E[softplus(D(x_rec))]), softplus(-l) = -log sigmoid(l). The
+    generator's loss stays -E[D(x_rec)] under either, as in taming's VQLPIPSWithDiscriminator."""
+    return 0.5 * (F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean())
+
+
+DISC_LOSSES = {'hinge': hinge_d_loss, 'vanilla': vanilla_d_loss}  # train_ae.py --disc_loss, taming's disc_loss
+
+
+def pixel_loss(x, x_rec, rec_loss='l1'):
+    """The pixel term of L_rec, averaged over pixels: |x - D(z)| ('l1', LDM's and taming's default) or (x - D(z))^2
+    ('l2', LDM eq. 1's L_rec as an MSE; taming's pixelloss 'l2')."""
+    if rec_loss not in REC_LOSSES:
+        raise ValueError(f"unknown reconstruction loss {rec_loss!r}; use one of {', '.join(REC_LOSSES)}.")
+    return ((x - x_rec).abs() if rec_loss == 'l1' else (x - x_rec) ** 2).mean()
 
 
 # ----------------------------------------------------------------------------------------------
