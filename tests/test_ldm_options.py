@@ -174,8 +174,17 @@ def test_train_ldm_betas_loss_and_warmup(tmp_path, monkeypatch):
     assert (config['beta_start'], config['beta_end'], config['diffusion_loss'], config['lr_warmup']) == (
         0.0015, 0.0155, 'l1', 4)
     # what sample.py and probe.py rebuild from it: the schedule the run trained with (bsr_sr's)
-    rebuilt = process_from_config(config).betas
-    assert torch.equal(rebuilt, beta_schedule('ldm_linear', beta_start=0.0015, beta_end=0.0155))
+    bsr_sr = beta_schedule('ldm_linear', beta_start=0.0015, beta_end=0.0155)
+    assert torch.equal(process_from_config(config).betas, bsr_sr)
+    sampled, plms_sample = [], Diffusion.plms_sample  # and sample.py samples with that schedule
+    monkeypatch.setattr(Diffusion, 'plms_sample', lambda self, *a, **k: sampled.append((self.betas, k)) or
+                        plms_sample(self, *a, **k))
+    o = run_script('sample.py', ['--ckpt', out / 'ema.pt', '--sampler', 'plms', '--steps', 4, '--num_samples', 2,
+                                 '--device', 'cpu', '--out_dir', tmp_path / 'samples'])
+    assert o.code == 0, o.message
+    assert 'plms 4 steps (ldm spacing), 5 evaluations' in o.stdout and (tmp_path / 'samples' / 'samples.npz').exists()
+    (betas, kwargs), = sampled
+    assert torch.equal(betas, bsr_sr) and (kwargs['steps'], kwargs['spacing']) == (4, 'ldm')
     for flag, value, change in (('--beta_end', 0.0205, 'beta_end 0.0155 -> 0.0205'),
                                 ('--beta_start', 0.001, 'beta_start 0.0015 -> 0.001'),
                                 ('--diffusion_loss', 'l2', 'diffusion_loss l1 -> l2'),
