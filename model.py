@@ -19,8 +19,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from cli import REC_LOSSES, SE_DOWNSAMPLING
-
 # ----------------------------------------------------------------------------------------------
 # The autoencoder
 #
@@ -310,7 +308,9 @@ class Autoencoder(nn.Module):
 # temporal SE operator's; video_model.py builds on these)
 
 def to_frames(x):
-    """(B, C, T, H, W) -> (B*T, C, H, W): what every 2D (per-frame) operation sees."""
+    """(B, C, T, H, W) -> (B*T, C, H, W): what every 2D (per-frame) operation sees; images (B, C, H, W) pass as they are."""
+    if x.dim() == 4:
+        return x
     B, C, T, H, W = x.shape
     return x.transpose(1, 2).reshape(B * T, C, H, W)
 
@@ -326,12 +326,13 @@ def split_first(x, clip_start):
     return (x[:, :, :1], x[:, :, 1:]) if clip_start else (x[:, :, :0], x)
 
 
-def causal_time_pool(x, clip_start=True):
-    """Halve time as the encoder does: frames 1+2j and 2+2j are averaged and frame 0 kept apart, (B,C,1+2m,H,W) ->
-    (B,C,1+m,H,W); a later chunk (B,C,2m,H,W) -> (B,C,m,H,W). Also the temporal SE operator, for x and z alike."""
+def causal_time_pool(x, clip_start=True, factor=2):
+    """Shrink time by `factor` as a causal video AE does: the first frame of a clip stands alone and the others are
+    averaged in groups, (B,C,1+s*m,H,W) -> (B,C,1+m,H,W); a later chunk (B,C,s*m,H,W) -> (B,C,m,H,W). The encoder's
+    halving (s = 2), and the temporal SE operator for x and z alike. That is what the authors' comment on their
+    temporal_scale_factors intends; their released einops.reduce pattern keeps every frame, so it shrinks no time."""
     first, rest = split_first(x, clip_start)
-    B, C, T, H, W = rest.shape
-    return torch.cat([first, rest.reshape(B, C, T // 2, 2, H, W).mean(3)], dim=2)
+    return torch.cat([first, rest.unflatten(2, (-1, factor)).mean(3)], dim=2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,7 +340,7 @@ def causal_time_pool(x, clip_start=True):
 # Autoencoders": decoding a downsampled latent should give the downsampled image, D(down_s(E(x))) ~ down_s(x). It ties
 # the latent's spectrum to the image's, so that the latent carries no more high frequency than the image it encodes.
 # The authors' code is maybe_compute_scale_equiv_reg in snap-research/alphaflow (src/training/loss.py); every operator
-# below says whether it is theirs. SE_DOWNSAMPLING, their names, is defined in cli.py.
+# below says whether it is theirs; cli.SE_DOWNSAMPLING lists their names for the flags.
 
 
 def se_downsample(t, factor, mode='bilinear'):
@@ -357,13 +358,7 @@ def se_downsample(t, factor, mode='bilinear'):
         return F.avg_pool2d(t, factor)
     if mode == 'antialiased':
         return F.interpolate(t, scale_factor=1 / factor, mode='bilinear', antialias=True, align_corners=False)
-    raise ValueError(f"unknown SE downsampling {mode!r}; use one of {', '.join(SE_DOWNSAMPLING)}.")
-
-
-def se_downsample_time(t, factor):
-    """The authors' temporal SE (their temporal_scale_factors): a clip (B, C, 1 + s*m, H, W) keeps its first frame, which
-    a causal video AE codes alone, and averages the others in groups of s -> (B, C, 1 + m, H, W); x and z alike."""
-    return torch.cat([t[:, :, :1], t[:, :, 1:].unflatten(2, (-1, factor)).mean(3)], dim=2)
+    raise ValueError(f"unknown SE downsampling {mode!r}; use 'bilinear', 'mean' or 'antialiased'.")
 
 
 def scale_equivariance_loss(ae, x, z, factor, distance, mode='bilinear', time_factor=1):
@@ -373,7 +368,7 @@ def scale_equivariance_loss(ae, x, z, factor, distance, mode='bilinear', time_fa
     never sees the small reconstructions. Returns (loss, D(down_s(z)))."""
     x_down, z_down = se_downsample(x, factor, mode), se_downsample(z, factor, mode)
     if time_factor > 1:
-        x_down, z_down = se_downsample_time(x_down, time_factor), se_downsample_time(z_down, time_factor)
+        x_down, z_down = causal_time_pool(x_down, factor=time_factor), causal_time_pool(z_down, factor=time_factor)
     x_rec_se = ae.decode(z_down)  # (B, 3, H/s, W/s), video (B, 3, T', H/s, W/s)
     return distance(x_down, x_rec_se), x_rec_se
 
@@ -418,12 +413,22 @@ def zigzag(block=8):
 
 
 def cut_dct_high_frequencies(x, block, cut_ratio):
-    """Keep the first int((1 - cut_ratio) * b^2) zigzag coefficients of every b x b tile's DCT and zero the rest, as
-    the authors' cut_dct2d_high_freqs(zigzag=True). x (..., H, W) with H, W multiples of b."""
+    """Keep the first int((1 - cut_ratio) * b^2) zigzag coefficients of every b x b tile's DCT and zero the rest, as the
+    authors' cut_dct2d_high_freqs(zigzag=True): the one low-pass of the project, for SE's DCT cut and Fig. 5's erasure.
+    x (..., H, W); pixels beyond the last whole tile are left as they are (the authors need multiples of b)."""
+    if not 0 <= cut_ratio <= 1:
+        raise ValueError(f"the cut ratio must lie in [0, 1], got {cut_ratio}.")
     keep = int((1 - cut_ratio) * block * block)
+    if keep == block * block:
+        return x  # keeping every coefficient is the identity; skipping the round trip makes ratio 0 bitwise exact
     mask = torch.zeros(block * block, device=x.device, dtype=x.dtype)
     mask[zigzag(block)[:keep].to(x.device)] = 1
-    return block_idct(block_dct(x, block) * mask.view(block, block))
+    x_low = block_idct(block_dct(x, block) * mask.view(block, block))
+    if x_low.shape[-2:] == x.shape[-2:]:
+        return x_low
+    out = x.clone()
+    out[..., :x_low.shape[-2], :x_low.shape[-1]] = x_low
+    return out
 
 
 def dct_cut_equivariance_loss(ae, x, z, cut_ratio, distance, block=8):
@@ -503,8 +508,8 @@ DISC_LOSSES = {'hinge': hinge_d_loss, 'vanilla': vanilla_d_loss}  # train_ae.py 
 def pixel_loss(x, x_rec, rec_loss='l1'):
     """The pixel term of L_rec, averaged over pixels: |x - D(z)| ('l1', LDM's and taming's default) or (x - D(z))^2
     ('l2', LDM eq. 1's L_rec as an MSE; taming's pixelloss 'l2')."""
-    if rec_loss not in REC_LOSSES:
-        raise ValueError(f"unknown reconstruction loss {rec_loss!r}; use one of {', '.join(REC_LOSSES)}.")
+    if rec_loss not in ('l1', 'l2'):  # cli.REC_LOSSES, the flag's choices
+        raise ValueError(f"unknown reconstruction loss {rec_loss!r}; use 'l1' or 'l2'.")
     return ((x - x_rec).abs() if rec_loss == 'l1' else (x - x_rec) ** 2).mean()
 
 

@@ -26,8 +26,9 @@ vanilla with --disc_loss vanilla). --rec_loss l2 makes the pixel term |x - D(z)|
 Video (--num_frames N > 1, N = 1 + 4k): the causal 3D autoencoder of model.py (presets tiny, cogvideox) on clips
 (B, 3, N, H, W). L1 is over all pixels of the clip, LPIPS and the PatchGAN discriminator see every frame as an image
 (a frame discriminator), and down() shrinks each frame of x and each latent frame of z; time is untouched, as in the
-paper, unless --se_temporal_scales also shrinks it in both by a factor drawn from that list, as the authors'
-temporal_scale_factors: the first frame kept apart, the others averaged in groups (--se_temporal is '2'). Video runs
+paper, unless --se_temporal_scales also shrinks it in both by a factor drawn from that list: the first frame kept
+apart, the others averaged in groups, as the comment on the authors' temporal_scale_factors intends (their released
+einops.reduce pattern keeps every frame, so it shrinks no time; ours does). --se_temporal is '2'. Video runs
 default to --image_size 32 --batch_size 1 --max_steps 200 --lr 0.0002 --se_scales 2 --out_dir out/video_ae
 --eval_interval 100 --ckpt_interval 100 (VIDEO_DEFAULTS), sized for two CPU cores.
 
@@ -63,7 +64,7 @@ parser.add_argument('--num_frames', type=checked(int, lo=1), default=1, help="fr
                     "trains the video AE presets (tiny, cogvideox) with VIDEO_DEFAULTS (see above)")
 parser.add_argument('--frame_stride', type=checked(int, lo=1), default=1, help='video: take every n-th frame of the source video')
 parser.add_argument('--se_temporal', action='store_true', help="video: SE also halves time in x and z, the authors' temporal SE with factor 2 (the same as --se_temporal_scales 2; needs N = 1 + 8k)")
-parser.add_argument('--se_temporal_scales', type=int_list(2), default='', help="video: temporal factors, one drawn per step, by which SE also shrinks time in x and z (the authors' temporal_scale_factors: the first frame kept, the rest averaged in groups)")
+parser.add_argument('--se_temporal_scales', type=int_list(2), default='', help="video: temporal factors, one drawn per step, by which SE also shrinks time in x and z (first frame kept)")
 parser.add_argument('--regularizer', type=str, default=None, choices=['kl', 'vq'], help="latent regulariser; default: the preset's")
 parser.add_argument('--kl_weight', type=checked(float, lo=0), default=1e-6, help="weight of the KL term (LDM's convention: KL summed over the latent vs. L1 summed over pixels)")
 parser.add_argument('--lpips_weight', type=checked(float, lo=0), default=1.0, help='weight of the LPIPS perceptual loss; 0 disables it (no VGG weights needed)')
@@ -119,9 +120,10 @@ from common import (die, select_device, setup_distributed, cleanup_distributed, 
 from data import make_dataset, random_subset
 from metrics import bicubic_at_latent_grid, psnr, rgb_on_latent_grid, to_uint8
 from model import (AE_PRESETS, DISC_LOSSES, Autoencoder, NLayerDiscriminator, adaptive_gan_weight, pixel_loss,
-                   dct_cut_equivariance_loss, latent_hf_penalty, se_downsample, se_downsample_time,
+                   dct_cut_equivariance_loss, latent_hf_penalty, se_downsample, causal_time_pool,
                    scale_equivariance_loss, to_frames)
 from perceptual import LPIPS_MIN_SIZE, LPIPS
+from spectral import hf_share
 from video_model import VIDEO_AE_PRESETS, VideoAutoencoder
 from weights import load_autoencoder, load_checkpoint
 
@@ -278,17 +280,12 @@ else:
 # -----------------------------------------------------------------------------
 # losses
 
-def frames(x):
-    """Images as they are; a video batch (B, C, T, H, W) as B*T images, for LPIPS and the frame discriminator."""
-    return to_frames(x) if x.dim() == 5 else x
-
-
 def reconstruction_loss(x, x_rec):
     """L1 (or L2, --rec_loss) + lpips_weight * LPIPS, both per pixel (LPIPS per frame for video), averaged over the
     batch."""
     loss = pixel_loss(x, x_rec, args.rec_loss)
     if lpips is not None:
-        loss = loss + args.lpips_weight * lpips(frames(x), frames(x_rec)).mean()
+        loss = loss + args.lpips_weight * lpips(to_frames(x), to_frames(x_rec)).mean()
     return loss
 
 
@@ -307,8 +304,7 @@ def discriminate(net, x, x_rec):
 
 @torch.no_grad()
 def evaluate():
-    """Reconstruction grid (inputs, reconstructions, SE branch) and spectrum.hf_share of the latent means vs. RGB."""
-    from spectrum import hf_share
+    """Reconstruction grid (inputs, reconstructions, SE branch) and spectral.hf_share of the latent means vs. RGB."""
     net = ema if ema is not None else ae
     net.eval()
     with autocast(device, dtype):
@@ -317,7 +313,7 @@ def evaluate():
         rows, labels = [x_eval, x_rec], ['input', 'reconstruction']
         for s in se_scales if args.se_weight > 0 else []:
             s_t = max(se_time_scales, default=1)
-            down = lambda t: se_downsample_time(se_downsample(t, s, args.se_down), s_t) if s_t > 1 else se_downsample(t, s, args.se_down)
+            down = lambda t: causal_time_pool(se_downsample(t, s, args.se_down), factor=s_t) if s_t > 1 else se_downsample(t, s, args.se_down)
             up = lambda t: F.interpolate(t, size=x_eval.shape[2:], mode='nearest')  # shown at full size (and length)
             rows += [up(down(x_eval)), up(net.decode(down(z)).float())]
             factor = f'/{s}' + (f', time /{s_t}' if s_t > 1 else '')
@@ -418,7 +414,7 @@ while step < args.max_steps:
                     terms['hf_reg'] = terms.get('hf_reg', 0) + hf_reg.detach() / args.grad_accum
                 if use_disc:
                     disc.requires_grad_(False)  # the generator's loss must not train the discriminator
-                    g_loss = -discriminate(disc, frames(x), frames(x_rec))[1].mean()
+                    g_loss = -discriminate(disc, to_frames(x), to_frames(x_rec))[1].mean()
                     disc.requires_grad_(True)
                     w = adaptive_gan_weight(rec, g_loss, ae.last_layer(), pixels)  # LDM's lambda in per-pixel units
                     loss = loss + w * args.disc_weight * g_loss
@@ -437,7 +433,7 @@ while step < args.max_steps:
             sync = contextlib.nullcontext() if (not dist.ddp or micro == args.grad_accum - 1) else disc_ddp.no_sync()
             with sync:
                 with autocast(device, dtype):
-                    d_loss = DISC_LOSSES[args.disc_loss](*discriminate(disc_ddp, frames(x), frames(x_rec)))
+                    d_loss = DISC_LOSSES[args.disc_loss](*discriminate(disc_ddp, to_frames(x), to_frames(x_rec)))
                 scaler.scale(d_loss / args.grad_accum).backward()
             terms['d'] = terms.get('d', 0) + d_loss.detach() / args.grad_accum
         scaler.unscale_(opt_d)
