@@ -15,9 +15,9 @@ The checkpoint's objective picks the sampler family: DDPM models (--objective ep
 DDIM over ADM's respaced timesteps, or as LDM does, with DDIM (--spacing ldm) or PLMS over CompVis' timesteps
 1, 21, ..., 981, which end on timestep 0 (diffusers' steps_offset=1, set_alpha_to_one=False); rectified-flow models
 (--objective flow) with the Euler or Heun ODE solver or SiT's Euler-Maruyama SDE (diffusion.Flow), on the time grid of
-the checkpoint's time shift. --cfg_interval lo,hi guides only
-at times t in [lo, hi] (LightningDiT's interval; t = 0 data, t = 1 noise); for a DDPM model t is the flow time of the
-same noise level, so one interval means one range of noise levels under both families.
+the checkpoint's time shift. --cfg_interval lo,hi guides only at times t in [lo, hi] (LightningDiT's interval; t = 0
+data, t = 1 noise); for a DDPM model t is the flow time of the same noise level, so one interval means one range of
+noise levels under both families.
 
 Sample i draws all its noise from its own generator, seeded with numpy's SeedSequence(seed, spawn_key=(i,)). A
 class-conditional model's labels follow --labels: 'random' draws each uniformly from --classes (all classes by default),
@@ -62,7 +62,7 @@ parser.add_argument('--ae_preset', type=str, default=None, help="architecture of
 parser.add_argument('--no_ema', action='store_true', help='use the raw weights instead of the EMA weights')
 parser.add_argument('--num_samples', type=checked(int, lo=1), default=16, help='how many samples in all (over every process)')
 parser.add_argument('--batch_size', type=checked(int, lo=1), default=16, help='samples per process per forward pass')
-parser.add_argument('--sampler', type=str, default=None, choices=DDPM_SAMPLERS + FLOW_SAMPLERS, help="DDPM models: ancestral 'ddpm', 'ddim' (the default) or LDM's 'plms'; flow models: the 'euler' or 'heun' ODE solver (the default) or SiT's Euler-Maruyama 'sde'")
+parser.add_argument('--sampler', type=str, default=None, choices=DDPM_SAMPLERS + FLOW_SAMPLERS, help="DDPM models: 'ddpm', 'ddim' (the default) or LDM's 'plms'; flow models: the ODE's 'euler' or 'heun' (the default), SiT's 'sde'")
 parser.add_argument('--steps', type=checked(int, lo=1, hi=1000), default=None, help='denoising steps (DDPM: out of T=1000); default: 50 for ddim, plms, euler and heun, 250 for ddpm and sde')
 parser.add_argument('--spacing', type=str, default=None, choices=SPACINGS, help="DDPM timesteps: ADM's 'even' (0..999) or 'ddim' (0, 20, ..), LDM's 'ldm' (1, 21, .., 981); default: ddim, ddpm even, plms ldm")
 parser.add_argument('--eta', type=checked(float, lo=0, hi=1), default=None, help='DDIM noise: 0 deterministic (the default), 1 ancestral-like (ddim only)')

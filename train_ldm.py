@@ -11,7 +11,7 @@ Latents are normalised as z = (E(x) - latent_shift) * latent_scale, with shift a
 latents of one global batch drawn at random from the data and gathered over ranks (LDM's scale_by_std), fixed for the
 run and kept in the checkpoint: two scalars for images, one pair per latent channel for video (--latent_norm). The loss is diffusion.py's:
 --objective eps or v trains DDPM (diffusion.Diffusion: eps- or v-prediction MSE, or L1 with --diffusion_loss l1 as LDM's
-inpainting config, plus L_vlb for learn_sigma models; --beta_start/--beta_end move the schedule's ends as LDM's configs do),
+inpainting config, plus L_vlb for learn_sigma models; --beta_start/--beta_end move the schedule's ends as LDM's do),
 --objective flow trains rectified flow (diffusion.Flow, as SiT and SD3: --prediction velocity|x0|noise, --time_sampling,
 --time_shift), with the same backbones; the checkpoint records which, and sample.py samples it with that family's
 samplers. Class-conditional when the data has labels (ImageFolder
@@ -64,8 +64,8 @@ parser.add_argument('--ae_preset', type=str, default=None, help="architecture of
 parser.add_argument('--model', type=str, default=None, choices=['unet', 'dit'], help='the denoiser backbone; --preset picks its size (unet: tiny, ldm-32, ldm-64; dit: tiny, DiT-S/2 ... DiT-XL/8); default: unet for images, dit for video (the only video backbone)')
 parser.add_argument('--objective', type=str, default='eps', choices=['eps', 'v', 'flow'], help="DDPM with eps- or v-prediction (diffusion.Diffusion), or rectified flow (diffusion.Flow: x_t = (1 - t) x0 + t eps, SiT's and SD3's)")
 parser.add_argument('--schedule', type=str, default=None, choices=SCHEDULES, help="DDPM's noise schedule (diffusion.beta_schedule); default: the backbone paper's (unet: ldm_linear as LDM, dit: linear as DiT); scaled_linear is Stable Diffusion's")
-parser.add_argument('--beta_start', type=checked(float, lo=0, hi=1, lo_open=True, hi_open=True), default=None, help="DDPM: beta_1, CompVis' linear_start (0.0015 in LDM's bsr_sr, inpainting, layout, semantic); default: the --schedule's")
-parser.add_argument('--beta_end', type=checked(float, lo=0, hi=1, lo_open=True, hi_open=True), default=None, help="DDPM: beta_T, CompVis' linear_end (0.0155 bsr_sr; 0.0205 inpainting, layout, semantic); default: the --schedule's")
+parser.add_argument('--beta_start', type=checked(float, lo=0, hi=1, lo_open=True, hi_open=True), default=None, help="DDPM's beta_1, CompVis' linear_start (0.0015 in LDM's bsr_sr, inpainting, layout, semantic); default: the --schedule's")
+parser.add_argument('--beta_end', type=checked(float, lo=0, hi=1, lo_open=True, hi_open=True), default=None, help="DDPM's beta_T, CompVis' linear_end (0.0155 LDM's bsr_sr; 0.0205 inpainting, layout, semantic); default: the --schedule's")
 parser.add_argument('--diffusion_loss', type=str, default='l2', choices=DIFFUSION_LOSSES, help="elementwise loss on eps, v or the flow's target: l2 (the default) or l1 (LDM's inpainting config, CompVis' loss_type)")
 parser.add_argument('--lr_warmup', type=checked(int, lo=0), default=0, help="LDM's warm-up (LambdaLinearScheduler): lr linear from 0 to --lr over N steps (10000 in its configs); default 0: none")
 parser.add_argument('--learn_sigma', action=argparse.BooleanOptionalAction, default=None, help='DDPM: also learn the variance (iDDPM, with L_vlb); default: on for dit, off for unet; never under flow')
