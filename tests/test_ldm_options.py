@@ -126,7 +126,7 @@ def test_train_ae_rec_loss_and_disc_loss(tmp_path, monkeypatch):
         return pixel_loss(x, x_rec, rec_loss)
 
     def recording_vanilla(real, fake):
-        disc_calls.append(0.5 * (F.softplus(-real).mean() + F.softplus(fake).mean()).item())
+        disc_calls.append((0.5 * (F.softplus(-real).mean() + F.softplus(fake).mean()).item(), -fake.mean().item()))
         return vanilla_d_loss(real, fake)
 
     monkeypatch.setattr(model, 'pixel_loss', recording_pixel_loss)
@@ -139,7 +139,10 @@ def test_train_ae_rec_loss_and_disc_loss(tmp_path, monkeypatch):
     assert [k for k, _ in pixel_calls] == ['l2', 'l2'] and len(disc_calls) == 2  # one of each per step
     for step in (1, 2):  # without LPIPS, the logged rec term is the MSE; d the vanilla loss
         assert rows[step]['rec'] == pytest.approx(pixel_calls[step - 1][1], rel=1e-5)
-        assert rows[step]['d'] == pytest.approx(disc_calls[step - 1], rel=1e-5)
+        assert rows[step]['d'] == pytest.approx(disc_calls[step - 1][0], rel=1e-5)
+        # the generator's loss stays taming's -E[D(x_rec)] (not the non-saturating E[softplus(-D(x_rec))]): the same
+        # logits, since the discriminator step sees the same joint batch with the same weights
+        assert rows[step]['g'] == pytest.approx(disc_calls[step - 1][1], rel=1e-5)
     config = torch.load(out / 'ckpt.pt', weights_only=False)['config']
     assert (config['rec_loss'], config['disc_loss']) == ('l2', 'vanilla')
     resume = args + ['--resume', '--max_steps', 3]
