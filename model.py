@@ -495,6 +495,24 @@ def hinge_d_loss(logits_real, logits_fake):
     return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
 
 
+def vanilla_d_loss(logits_real, logits_fake):
+    """The original GAN's discriminator loss (LDM eq. 3's log D(x) + log(1 - D(x_rec)), negated) on logits, as taming's
+    vanilla_d_loss: L_D = 0.5 * (E[softplus(-D(x))] + E[softplus(D(x_rec))]), softplus(-l) = -log sigmoid(l). The
+    generator's loss stays -E[D(x_rec)] under either, as in taming's VQLPIPSWithDiscriminator."""
+    return 0.5 * (F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean())
+
+
+DISC_LOSSES = {'hinge': hinge_d_loss, 'vanilla': vanilla_d_loss}  # train_ae.py --disc_loss, taming's disc_loss
+
+
+def pixel_loss(x, x_rec, rec_loss='l1'):
+    """The pixel term of L_rec, averaged over pixels: |x - D(z)| ('l1', LDM's and taming's default) or (x - D(z))^2
+    ('l2', LDM eq. 1's L_rec as an MSE; taming's pixelloss 'l2')."""
+    if rec_loss not in ('l1', 'l2'):  # cli.REC_LOSSES, the flag's choices
+        raise ValueError(f"unknown reconstruction loss {rec_loss!r}; use 'l1' or 'l2'.")
+    return ((x - x_rec).abs() if rec_loss == 'l1' else (x - x_rec) ** 2).mean()
+
+
 # ----------------------------------------------------------------------------------------------
 # Diffusion backbones: UNet and DiT
 # Both backbones map (x_t (B, C, H, W), t (B,) long in [0, T), y (B,) long or None) -> (B, C_out, H, W), the raw

@@ -22,7 +22,7 @@ import torch
 
 from common import broadcast_latent_norm
 from data import ImageFolder
-from diffusion import Diffusion, Flow
+from diffusion import Flow, process_from_config
 from metrics import sample_guard
 from model import build_backbone
 from weights import load_autoencoder, load_checkpoint
@@ -38,11 +38,7 @@ def load_ldm(path, device='cpu'):
     config = ckpt['config']
     model = build_backbone(**config['backbone']).to(device).eval()
     model.load_state_dict(ckpt['ema'])
-    if config.get('objective') == 'flow':
-        process = Flow(**{k: config[k] for k in ('prediction', 'time_sampling', 'logit_mean', 'logit_std', 'time_shift')})
-    else:
-        process = Diffusion(config['schedule'], prediction=config['prediction'], learn_sigma=config['learn_sigma'],
-                            device=device)
+    process = process_from_config(config, device)  # Diffusion or Flow, with the checkpoint's schedule
     video = 'num_frames' in config['backbone']
     shift, scale = (broadcast_latent_norm(ckpt[k], 5 if video else 4, device) for k in ('latent_shift', 'latent_scale'))
     ae = load_autoencoder(config['ae'], preset=config.get('ae_preset'), device=device, video=video)

@@ -10,7 +10,8 @@ Stage 2: train a diffusion model (LDM UNet or DiT) on the latents of a frozen au
 Latents are normalised as z = (E(x) - latent_shift) * latent_scale, with shift and scale the mean and 1/std of the
 latents of one global batch drawn at random from the data and gathered over ranks (LDM's scale_by_std), fixed for the
 run and kept in the checkpoint: two scalars for images, one pair per latent channel for video (--latent_norm). The loss is diffusion.py's:
---objective eps or v trains DDPM (diffusion.Diffusion: eps- or v-prediction MSE, plus L_vlb for learn_sigma models),
+--objective eps or v trains DDPM (diffusion.Diffusion: eps- or v-prediction MSE, or L1 with --diffusion_loss l1 as LDM's
+inpainting config, plus L_vlb for learn_sigma models; --beta_start/--beta_end move the schedule's ends as LDM's do),
 --objective flow trains rectified flow (diffusion.Flow, as SiT and SD3: --prediction velocity|x0|noise, --time_sampling,
 --time_shift), with the same backbones; the checkpoint records which, and sample.py samples it with that family's
 samplers. Class-conditional when the data has labels (ImageFolder
@@ -48,7 +49,8 @@ import argparse
 import contextlib
 from copy import deepcopy
 
-from cli import FLOW_PREDICTIONS, SCHEDULES, TIME_SAMPLINGS, add_common_args, checked, cuda_visible, set_cpu_threads
+from cli import (DIFFUSION_LOSSES, FLOW_PREDICTIONS, SCHEDULE_BETAS, SCHEDULES, TIME_SAMPLINGS, add_common_args, checked,
+                 cuda_visible, set_cpu_threads)
 
 # -----------------------------------------------------------------------------
 # config, read before torch is imported, so that --help and a mistyped flag answer at once
@@ -62,6 +64,10 @@ parser.add_argument('--ae_preset', type=str, default=None, help="architecture of
 parser.add_argument('--model', type=str, default=None, choices=['unet', 'dit'], help='the denoiser backbone; --preset picks its size (unet: tiny, ldm-32, ldm-64; dit: tiny, DiT-S/2 ... DiT-XL/8); default: unet for images, dit for video (the only video backbone)')
 parser.add_argument('--objective', type=str, default='eps', choices=['eps', 'v', 'flow'], help="DDPM with eps- or v-prediction (diffusion.Diffusion), or rectified flow (diffusion.Flow: x_t = (1 - t) x0 + t eps, SiT's and SD3's)")
 parser.add_argument('--schedule', type=str, default=None, choices=SCHEDULES, help="DDPM's noise schedule (diffusion.beta_schedule); default: the backbone paper's (unet: ldm_linear as LDM, dit: linear as DiT); scaled_linear is Stable Diffusion's")
+parser.add_argument('--beta_start', type=checked(float, lo=0, hi=1, lo_open=True, hi_open=True), default=None, help="DDPM's beta_1, CompVis' linear_start (0.0015 in LDM's bsr_sr, inpainting, layout, semantic); default: the --schedule's")
+parser.add_argument('--beta_end', type=checked(float, lo=0, hi=1, lo_open=True, hi_open=True), default=None, help="DDPM's beta_T, CompVis' linear_end (0.0155 LDM's bsr_sr; 0.0205 inpainting, layout, semantic); default: the --schedule's")
+parser.add_argument('--diffusion_loss', type=str, default='l2', choices=DIFFUSION_LOSSES, help="elementwise loss on eps, v or the flow's target: l2 (the default) or l1 (LDM's inpainting config, CompVis' loss_type)")
+parser.add_argument('--lr_warmup', type=checked(int, lo=0), default=0, help="LDM's warm-up (LambdaLinearScheduler): lr linear from 0 to --lr over N steps (10000 in its configs); default 0: none")
 parser.add_argument('--learn_sigma', action=argparse.BooleanOptionalAction, default=None, help='DDPM: also learn the variance (iDDPM, with L_vlb); default: on for dit, off for unet; never under flow')
 parser.add_argument('--prediction', type=str, default=None, choices=FLOW_PREDICTIONS, help="flow: what the network predicts (default velocity, as SiT); DDPM's eps or v is --objective")
 parser.add_argument('--time_sampling', type=str, default='uniform', choices=TIME_SAMPLINGS, help="flow: the density of training times, uniform (SiT) or logit_normal (SD3)")
@@ -108,6 +114,9 @@ flow = args.objective == 'flow'
 FLOW_ONLY = ('prediction', 'time_sampling', 'logit_mean', 'logit_std', 'time_shift')  # Flow's arguments, by flag
 learn_sigma = args.learn_sigma if args.learn_sigma is not None else args.model == 'dit' and not flow
 schedule = None if flow else args.schedule or {'unet': 'ldm_linear', 'dit': 'linear'}[args.model]
+# the endpoints (beta_1, beta_T) of the schedule as the checkpoint records them: the schedule's own unless moved
+betas = (None, None) if flow else tuple(SCHEDULE_BETAS[schedule][i] if v is None else v
+                                        for i, v in enumerate((args.beta_start, args.beta_end)))
 # what the checkpoint records of the objective: the family, what the network outputs, and Flow's arguments (None under
 # DDPM). 'prediction' keeps its old meaning for DDPM (eps or v; checkpoints made before flow have no 'objective')
 objective = {'objective': args.objective, 'prediction': (args.prediction or 'velocity') if flow else args.objective,
@@ -161,6 +170,10 @@ def check_args(args):
     if flow and args.schedule:
         die("--schedule is DDPM's noise schedule; --objective flow has its own path x_t = (1 - t) x0 + t eps, whose "
             "times --time_sampling and --time_shift shape.")
+    if flow and (args.beta_start is not None or args.beta_end is not None):
+        die("--beta_start and --beta_end move DDPM's noise schedule; --objective flow has none.")
+    if not flow and betas[0] > betas[1]:
+        die(f"--beta_start {betas[0]:g} is above --beta_end {betas[1]:g}; the betas of a noise schedule rise.")
     given = [f'--{k}' for k in FLOW_ONLY if getattr(args, k) != parser.get_default(k)]
     if given and not flow:
         die(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for --objective flow only; this run trains DDPM "
@@ -253,7 +266,8 @@ else:
     dataset = images
 num_classes = dataset.num_classes
 loader = Loader(dataset, args.batch_size, args.seed, dist, num_workers=args.num_workers)
-run_config = {**vars(args), **objective, 'num_images': len(dataset), 'schedule': schedule,
+run_config = {**vars(args), **objective, 'num_images': len(dataset), 'schedule': schedule, 'beta_start': betas[0],
+              'beta_end': betas[1],
               'learn_sigma': learn_sigma, 'latent_norm': latent_norm}  # the resolved defaults, as saved: a resume compares like with like
 
 
@@ -304,9 +318,10 @@ except ValueError as e:
 raw_model.grad_checkpointing = args.grad_checkpointing
 ema = deepcopy(raw_model).eval().requires_grad_(False)
 if flow:
-    process = Flow(**{k: objective[k] for k in FLOW_ONLY})
+    process = Flow(**{k: objective[k] for k in FLOW_ONLY}, loss_type=args.diffusion_loss)
 else:
-    process = Diffusion(schedule, prediction=args.objective, learn_sigma=learn_sigma, device=device)
+    process = Diffusion(schedule, prediction=args.objective, learn_sigma=learn_sigma, device=device, beta_start=betas[0],
+                        beta_end=betas[1], loss_type=args.diffusion_loss)
 opt = torch.optim.AdamW(raw_model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                         fused=device.type == 'cuda')  # one kernel for the whole update on GPUs
 scaler = make_grad_scaler(dtype, device)
@@ -328,7 +343,8 @@ if args.init_from:
 if ckpt is not None:
     step = resume_run(ckpt, run_config, args.allow_changes, dist, args.out_dir,
                       states={'model': raw_model, 'ema': ema, 'opt': opt, 'scaler': scaler, 'loader': loader},
-                      lrs={'opt': args.lr}, exact=('cache_latents', 'cache_size', *FLOW_ONLY[1:]),
+                      lrs={'opt': args.lr}, exact=('cache_latents', 'cache_size', *FLOW_ONLY[1:], 'beta_start', 'beta_end',
+                                                     'diffusion_loss', 'lr_warmup'),
                       unsaved=('num_samples', 'sample_steps', 'ae', 'grad_checkpointing'))
     ckpt = None
 
@@ -406,7 +422,9 @@ if dist.master:
         times = args.time_sampling + (f' ({args.logit_mean:g}, {args.logit_std:g})' if args.time_sampling != 'uniform' else '')
         trains = f"rectified flow, {objective['prediction']}-prediction, {times} times, shift {args.time_shift:g}"
     else:
-        trains = f"{schedule} schedule, {args.objective}-prediction{', learned variance' if learn_sigma else ''}"
+        trains = (f"{schedule} schedule (beta {betas[0]:g} to {betas[1]:g}), {args.objective}-prediction"
+                  f"{', learned variance' if learn_sigma else ''}")
+    trains += f", {args.diffusion_loss} loss" + (f", lr warm-up over {args.lr_warmup} steps" if args.lr_warmup else '')
     print(f"{args.model} {args.preset}: {n_params / 1e6:.2f}M params on {C}x{frames}{latent_size}x{latent_size} latents "
           f"(f={f}), {num_classes or 'no'} classes, {trains}; latent shift {fmt(latent_shift)}, scale {fmt(latent_scale)}; "
           f"{dist.world_size} process(es) on {device}, {dtype}")
@@ -418,6 +436,10 @@ first_bad_step = torch.full((), float('inf'), dtype=torch.float64, device=device
 train_time, timed_steps = 0.0, 0  # wall time of training steps only (no sampling, no checkpointing)
 while step < args.max_steps:
     t0 = time.time()
+    # LDM's LambdaLinearScheduler (f_start 1e-6, f_max 1): lr_n = lr (f_start + (1 - f_start) n / N) for n < N, then lr
+    lr = args.lr * (1e-6 + (1 - 1e-6) * step / args.lr_warmup) if step < args.lr_warmup else args.lr
+    for group in opt.param_groups:
+        group['lr'] = lr  # a function of the step alone, so a resumed run continues the same schedule
     loss_sum = 0.0
     # gradient accumulation that all-reduces only on the last micro-step
     for micro in range(args.grad_accum):
@@ -447,7 +469,7 @@ while step < args.max_steps:
     if step % args.log_interval == 0 or step == args.max_steps:
         dt, train_time, timed_steps = train_time / timed_steps, 0.0, 0
         latents = args.batch_size * args.grad_accum * dist.world_size
-        logger.log(step, loss=all_reduce_mean(loss_sum.float(), dist), step_time=dt, latents_per_sec=latents / dt, lr=args.lr,
+        logger.log(step, loss=all_reduce_mean(loss_sum.float(), dist), step_time=dt, latents_per_sec=latents / dt, lr=lr,
                    skipped_images=loader.skipped(), **peak_memory(device))
     if step % args.ckpt_interval == 0 or step == args.max_steps:
         checkpoint()  # before the optional sample grid, so that nothing it does can cost the run
