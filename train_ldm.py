@@ -147,7 +147,7 @@ from common import (die, select_device, setup_distributed, cleanup_distributed, 
                     prepare_run_dir, check_resume_steps, resume_run, weights_hash, no_space_is_an_error, refuse_unused,
                     check_output, refuse_overlap)
 from data import make_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
-from diffusion import Diffusion, Flow
+from diffusion import process_from_config
 from metrics import GUARD_SATURATED, GUARD_STD_RATIO, sample_guard, to_uint8
 from model import build_backbone
 from weights import load_autoencoder, load_checkpoint
@@ -267,8 +267,7 @@ else:
 num_classes = dataset.num_classes
 loader = Loader(dataset, args.batch_size, args.seed, dist, num_workers=args.num_workers)
 run_config = {**vars(args), **objective, 'num_images': len(dataset), 'schedule': schedule, 'beta_start': betas[0],
-              'beta_end': betas[1],
-              'learn_sigma': learn_sigma, 'latent_norm': latent_norm}  # the resolved defaults, as saved: a resume compares like with like
+              'beta_end': betas[1], 'learn_sigma': learn_sigma, 'latent_norm': latent_norm}  # the resolved defaults, as saved: a resume compares like with like
 
 
 def to_latent(x):
@@ -317,11 +316,7 @@ except ValueError as e:
     die(str(e))
 raw_model.grad_checkpointing = args.grad_checkpointing
 ema = deepcopy(raw_model).eval().requires_grad_(False)
-if flow:
-    process = Flow(**{k: objective[k] for k in FLOW_ONLY}, loss_type=args.diffusion_loss)
-else:
-    process = Diffusion(schedule, prediction=args.objective, learn_sigma=learn_sigma, device=device, beta_start=betas[0],
-                        beta_end=betas[1], loss_type=args.diffusion_loss)
+process = process_from_config(run_config, device)  # Diffusion or Flow: the one rebuild, as sample.py's and the probe's
 opt = torch.optim.AdamW(raw_model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                         fused=device.type == 'cuda')  # one kernel for the whole update on GPUs
 scaler = make_grad_scaler(dtype, device)
