@@ -61,7 +61,7 @@ add_common_args(parser, out_dir='out/ldm', lr=1e-4, preset='tiny', batch_size=32
                 ckpt_interval=2500)
 parser.add_argument('--ae', type=str, default='out/ae/ckpt.pt', help='the frozen autoencoder: a train_ae.py checkpoint or public weights')
 parser.add_argument('--ae_preset', type=str, default=None, help="architecture of public --ae weights ('sd', 'flux'); not needed for train_ae.py checkpoints")
-parser.add_argument('--model', type=str, default=None, choices=['unet', 'dit'], help='the denoiser backbone; --preset picks its size (unet: tiny, ldm-32, ldm-64; dit: tiny, DiT-S/2 ... DiT-XL/8); default: unet for images, dit for video (the only video backbone)')
+parser.add_argument('--model', type=str, default=None, choices=['unet', 'dit'], help='the denoiser backbone; --preset picks its size (unet: tiny, ldm-32, ldm-64 or an LDM config, e.g. ldm-4, cin256-v2; dit: tiny, DiT-S/2 ... DiT-XL/8); default: unet for images, dit for video (the only video backbone)')
 parser.add_argument('--objective', type=str, default='eps', choices=['eps', 'v', 'flow'], help="DDPM with eps- or v-prediction (diffusion.Diffusion), or rectified flow (diffusion.Flow: x_t = (1 - t) x0 + t eps, SiT's and SD3's)")
 parser.add_argument('--schedule', type=str, default=None, choices=SCHEDULES, help="DDPM's noise schedule (diffusion.beta_schedule); default: the backbone paper's (unet: ldm_linear as LDM, dit: linear as DiT); scaled_linear is Stable Diffusion's")
 parser.add_argument('--beta_start', type=checked(float, lo=0, hi=1, lo_open=True, hi_open=True), default=None, help="DDPM's beta_1, CompVis' linear_start (0.0015 in LDM's bsr_sr, inpainting, layout, semantic); default: the --schedule's")
