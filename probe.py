@@ -27,6 +27,8 @@ from metrics import sample_guard
 from model import build_backbone
 from weights import load_autoencoder, load_checkpoint
 
+PROBE_T = [10, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 990]   # DDPM timesteps the probe noises to
+PROBE_T_FLOW = [0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.98]  # flow times (t = 1 is noise)
 GUARD_SAMPLES = 64
 GUARD_STEPS = 50
 

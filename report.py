@@ -3,7 +3,7 @@ The report of reproduce.py, from its numbers alone: out_dir/report.json (every n
 out_dir/report.md (tables, plots, sample grids and a verdict whose sentences are computed from the numbers) and the
 figures beside it. reproduce.py calls it at the end of a run; to re-plot or re-word a report without re-running:
 
-  python report.py out/reproduce
+  python reproduce.py --replot --out_dir out/reproduce
 
 The statistics. Every comparison is paired: seed s fine-tunes the same baseline with SE and without (the control),
 with the same data order, and trains the same LDM on each, so d_s = SE_s - control_s removes what the seeds share.
@@ -15,7 +15,6 @@ value, the 95% confidence interval of the mean difference, and the exact sign-fl
 import os
 import json
 import math
-import argparse
 import itertools
 import statistics
 
@@ -382,13 +381,3 @@ def write_report(out_dir):
         f.write(md)
     return md
 
-
-if __name__ == '__main__':
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
-    parser.add_argument('out_dir', nargs='?', default='out/reproduce', help="a reproduce.py run's --out_dir")
-    out_dir = parser.parse_args().out_dir
-    if not os.path.isfile(os.path.join(out_dir, 'report.json')):
-        parser.exit(2, f"error: {out_dir} holds no report.json; pass the --out_dir of a reproduce.py run.\n")
-    print(write_report(out_dir))
-    print(f"\nwrote {os.path.join(out_dir, 'report.md')}")

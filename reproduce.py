@@ -96,8 +96,6 @@ SIZE_HELP = {  # what each of SIZES sets, for --help
 Z_CHANNELS = [4, 8, 16, 32]                  # Fig. 2, from scratch
 KL_WEIGHTS = [1e-6, 1e-2, 1e-1, 1.0]         # Fig. 3, from scratch: the posterior noise shows from 1e-1 (std 0.06 at 1e-2)
 SE_WEIGHTS = [0.0, 0.1, 0.25, 0.5, 1.0]      # Fig. 4, fine-tunes of the baseline
-PROBE_T = [10, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 990]   # DDPM timesteps of the probe
-PROBE_T_FLOW = [0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.98]  # flow times (t = 1 is noise)
 PROBE_DECODED_CLIPS = 16                     # video: held-out clips whose x0 prediction the probe decodes (its cost)
 PROGRESS_SECONDS = 30                        # how often each running child's progress is shown
 HELD_OUT = 0.25                              # the share of a --data folder's files held out (a seeded hash of names)
@@ -112,6 +110,7 @@ parser.add_argument('--pretrain', action='store_true', help=f"train the baseline
 parser.add_argument('--baseline', type=str, default=None, help='the pretrained autoencoder that every arm fine-tunes '
                     '(default: the shipped file)')
 parser.add_argument('--smoke', action='store_true', help='toy sizes: checks that the pipeline runs, says nothing about SE')
+parser.add_argument('--replot', action='store_true', help="only re-write report.md and its figures from --out_dir's report.json")
 parser.add_argument('--channels', action='store_true', help='also Fig. 2: autoencoders with z_channels 4, 8, 16, 32')
 parser.add_argument('--kl_sweep', action='store_true',
                     help='also Fig. 3: autoencoders from scratch with kl_weight ' + ', '.join(f'{w:g}' for w in KL_WEIGHTS))
@@ -697,7 +696,7 @@ def probe(snapshot, objective):
         work.finish('probe', counts['heldout'], ran=False)
         return json.load(open(cache))
     from common import select_device
-    from probe import diffusability_probe
+    from probe import PROBE_T, PROBE_T_FLOW, diffusability_probe
     t0 = time.time()
     result = diffusability_probe(snapshot, data['heldout'], PROBE_T_FLOW if objective == 'flow' else PROBE_T,
                                  device=select_device(args.device), decoded=PROBE_DECODED_CLIPS if video else None)
@@ -805,6 +804,12 @@ def fig1_arm(seed, ae, objective):
 
 if __name__ == '__main__':
     args = parser.parse_args()
+    if args.replot:  # the report from the numbers alone, without re-running anything
+        from report import write_report
+        if not os.path.isfile(os.path.join(args.out_dir, 'report.json')):
+            parser.exit(2, f"error: {args.out_dir} holds no report.json; pass the --out_dir of a reproduce.py run.\n")
+        say(write_report(args.out_dir))
+        sys.exit(0)
     sizes, figures, objectives = check_args(args)
     video = args.num_frames > 1
     ARMS = ('control', 'se', 'se_st') if video else ('control', 'se')  # se_st: SE in space and time
@@ -888,5 +893,5 @@ if __name__ == '__main__':
     with open(os.path.join(args.out_dir, 'report.json'), 'w') as f:
         json.dump(report, f, indent=1)
     say(write_report(args.out_dir))
-    say(f"\nwrote {os.path.join(args.out_dir, 'report.json')} and report.md (python report.py {args.out_dir} "
-          f"re-plots it)")
+    say(f"\nwrote {os.path.join(args.out_dir, 'report.json')} and report.md (--replot re-writes it "
+          f"from report.json)")

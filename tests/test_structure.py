@@ -12,7 +12,7 @@ import pytest
 from cli import add_common_args
 from tests.helpers import ROOT
 
-SCRIPTS = ['train_ae.py', 'train_ldm.py', 'sample.py', 'eval_fid.py', 'spectrum.py', 'reproduce.py', 'report.py',
+SCRIPTS = ['train_ae.py', 'train_ldm.py', 'sample.py', 'eval_fid.py', 'spectrum.py', 'reproduce.py',
            'export.py',
            *(os.path.join('bench', f) for f in sorted(os.listdir(os.path.join(ROOT, 'bench'))) if f.startswith('bench_'))]
 
