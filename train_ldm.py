@@ -90,20 +90,21 @@ parser.add_argument('--frame_stride', type=checked(int, lo=1), default=1, help='
 parser.add_argument('--sample_steps', type=checked(int, lo=1, hi=1000), default=50, help='DDIM (flow: Heun) steps for the periodic sample grid')
 args = parser.parse_args()
 video = args.num_frames > 1
-# On a CPU the paper's recipe (lr 1e-4, EMA 0.9999, latents encoded every step) learns nothing in a CPU budget: there
-# the run takes the recipe of repro/sweep_ldm_lr.py's sweep for the tiny DiT, flag by flag where the user gave none.
-# The device is known only once torch is loaded; until then the recipe is applied where a CPU is certain.
+# On a CPU the paper's recipe (lr 1e-4, EMA 0.9999, latents encoded every step) learns nothing in a CPU budget. Where
+# the device is left to the machine (--device auto) and it is a CPU, the run takes the recipe of repro/sweep_ldm_lr.py's
+# sweep for the tiny DiT, flag by flag where the user gave none; --device cpu keeps the flags' own defaults.
 given = {a.split('=')[0][2:] for a in sys.argv[1:] if a.startswith('--')}  # the flags on the command line
 CPU_LR = {('dit', 'tiny', False): 1e-3, ('dit', 'tiny', True): 3e-3}  # (model, preset, video): the sweep's best lr
 CPU_RECIPE = dict(model='dit', preset='tiny', ema_decay=0.999, ema_warmup=True, batch_size=32 if video else 64,
                   cache_latents=os.path.join(args.out_dir, 'latent_cache'), num_workers=0)  # cached: no decoding to do
-cpu = args.device == 'cpu' or (args.device == 'auto' and not cuda_visible())
+cpu = args.device == 'auto' and not cuda_visible()  # torch, which knows for sure, is not loaded yet
 recipe = {}  # the flags the CPU recipe set, to be said (the same on a resume, so that its config matches)
 if cpu:
     backbone_given = {'model', 'preset'} & given  # one of the two: the other keeps its own default
     recipe = {k: v for k, v in CPU_RECIPE.items() if k not in given and not (k in ('model', 'preset') and backbone_given)}
     if args.cache_latents is None and 'cache_size' not in given and (args.data is None or args.random_crop):
-        recipe['cache_size'] = 256 if video else 2000  # the embedded set is endless: the miniature's cache sizes
+        # the embedded set is endless: the miniature's cache sizes, or the latents the run draws if it draws fewer
+        recipe['cache_size'] = min(256 if video else 2000, args.max_steps * args.batch_size * args.grad_accum)
     vars(args).update(recipe)
     lr = CPU_LR.get((args.model or ('dit' if video else 'unet'), args.preset, video))
     if 'lr' not in given and lr is not None:
@@ -129,7 +130,7 @@ if os.environ.get('RANK', '0') == '0':
     print(f"train_ldm.py: {args.model} {args.preset}, objective {args.objective}, on the latents of {args.ae}, "
           f"{args.max_steps} steps of batch {args.batch_size} -> {args.out_dir}; {threads}; loading torch ...", flush=True)
     if recipe:
-        print("train_ldm.py: on a CPU, the recipe of repro/sweep_ldm_lr.py where no flag says otherwise: " +
+        print("train_ldm.py: on a CPU (--device auto), the recipe of repro/sweep_ldm_lr.py where no flag says otherwise: " +
               ' '.join(f"--{k}" if v is True else f"--{k} {v}" for k, v in recipe.items()) +
               ('' if 'lr' in recipe or 'lr' in given else
                f"; no CPU sweep covers --model {args.model} --preset {args.preset}, so --lr stays {args.lr:g}"),
@@ -152,10 +153,11 @@ from metrics import GUARD_SATURATED, GUARD_STD_RATIO, sample_guard, to_uint8
 from model import build_backbone
 from weights import load_autoencoder, load_checkpoint
 
+auto = args.device == 'auto'
 args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU, as config.json records it
-if args.device == 'cpu' and not cpu:
+if auto and args.device == 'cpu' and not cpu:
     print("train_ldm.py: torch finds no GPU, though the driver's files suggested one; this run keeps the GPU recipe "
-          "(pass --device cpu for the CPU recipe).", flush=True)
+          "(the CPU recipe of repro/sweep_ldm_lr.py takes --device auto on a machine without GPU drivers).", flush=True)
 
 
 def check_args(args):

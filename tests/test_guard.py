@@ -49,23 +49,31 @@ def test_the_readme_cpu_example_takes_the_cpu_recipe_and_says_when_samples_fail_
     out = tmp_path / 'ldm'
     argv[argv.index('--out_dir') + 1] = str(out)
     # the README's command at a smoke size: 2 steps cannot make samples that pass the guard
-    p = run('train_ldm.py', *argv, '--max_steps', 2, '--cache_size', 16, '--batch_size', 8, '--eval_interval', 2,
-            '--num_samples', 4, '--device', 'cpu')
-    recipe = next(line for line in p.stdout.splitlines() if 'on a CPU, the recipe' in line)
+    p = run('train_ldm.py', *argv, '--max_steps', 2, '--batch_size', 8, '--eval_interval', 2, '--num_samples', 4)
+    recipe = next(line for line in p.stdout.splitlines() if 'on a CPU (--device auto), the recipe' in line)
     assert '--model dit --preset tiny' in recipe and '--lr 0.001' in recipe and '--ema_warmup' in recipe
     assert re.search(r'the samples at step 2 fail the guard: latent std [\d.]+-[\d.]+ of the data', p.stdout)
     config = json.loads((out / 'config.json').read_text())
     assert config['lr'] == 1e-3 and config['ema_decay'] == 0.999 and config['cache_latents'] == str(out / 'latent_cache')
+    assert config['cache_size'] == 16  # the latents 2 steps of 8 draw, not the 2000 of a full run
     guard = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines() if 'guard_ok' in line]
     assert len(guard) == 1 and guard[0]['guard_ok'] == 0
 
 
 def test_the_cpu_recipe_yields_to_every_flag_given(tmp_path):
+    # (CI's machines have no GPU: there --device auto is a CPU, as on the machine the README's example targets)
     # --lr given: kept; --model unet given: the DiT preset is not forced on it, and no sweep covers it, which it says
     p = run('train_ldm.py', '--ae', os.path.join(ROOT, 'assets', 'baseline_mini.safetensors'), '--model', 'unet',
-            '--out_dir', tmp_path / 'ldm', '--max_steps', 1, '--cache_size', 8, '--batch_size', 4, '--eval_interval', 5,
-            '--image_size', 32, '--device', 'cpu')
+            '--out_dir', tmp_path / 'ldm', '--max_steps', 1, '--batch_size', 4, '--eval_interval', 5, '--image_size', 32)
     assert 'no CPU sweep covers --model unet --preset tiny, so --lr stays 0.0001' in p.stdout
     config = json.loads((tmp_path / 'ldm' / 'config.json').read_text())
     assert config['model'] == 'unet' and config['preset'] == 'tiny' and config['lr'] == 1e-4
     assert config['ema_decay'] == 0.999 and config['ema_warmup']
+
+
+def test_device_cpu_keeps_the_flags_own_defaults(tmp_path):
+    # the recipe fills in what is left to the machine; --device cpu, asked for by name, runs the defaults as they are
+    run('train_ldm.py', '--ae', os.path.join(ROOT, 'assets', 'baseline_mini.safetensors'), '--out_dir', tmp_path / 'ldm',
+        '--max_steps', 1, '--batch_size', 4, '--eval_interval', 5, '--image_size', 32, '--device', 'cpu')
+    config = json.loads((tmp_path / 'ldm' / 'config.json').read_text())
+    assert config['model'] == 'unet' and config['lr'] == 1e-4 and config['cache_latents'] is None
