@@ -30,6 +30,13 @@ VIDEO_DEFAULTS = dict(out_dir='out/video_ae', image_size=32, batch_size=1, max_s
                       eval_interval=100, ckpt_interval=100)
 
 # -----------------------------------------------------------------------------
+# user errors
+
+def die(message):
+    """A user error: one sentence, no traceback."""
+    raise SystemExit(f"error: {message}")
+
+# -----------------------------------------------------------------------------
 # argparse types and the shared flags
 
 def checked(kind, lo=None, hi=None, lo_open=False, hi_open=False):

@@ -73,8 +73,8 @@ import torch.distributed as torch_dist
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from common import (select_device, die, setup_distributed, cleanup_distributed, refuse_to_overwrite,
-                    no_space_is_an_error, check_output, load_batches, refuse_unused, non_finite, refuse_overlap)
+from common import select_device, die, setup_distributed, cleanup_distributed, load_batches, refuse_unused, non_finite
+from rundir import refuse_to_overwrite, no_space_is_an_error, check_output, refuse_overlap
 from data import DatasetImages, make_dataset, open_source, random_subset, shuffled
 from i3d import FVD_NUM_FRAMES, i3d_features, load_i3d
 from inception import INCEPTION_FEATURES, load_inception

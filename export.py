@@ -47,7 +47,8 @@ if __name__ == '__main__':
 
 from safetensors.torch import save_file
 
-from common import check_output, die, refuse_overlap, refuse_to_overwrite, no_space_is_an_error
+from common import die
+from rundir import check_output, refuse_overlap, refuse_to_overwrite, no_space_is_an_error
 from video_model import VideoAEConfig
 from weights import build_autoencoder, ldm_to_diffusers, load_ae_state_dict, read_autoencoder
 

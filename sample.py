@@ -81,8 +81,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from common import (select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
-                    broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_to_overwrite,
-                    no_space_is_an_error, check_output, lock_folder, refuse_unused)
+                    broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_unused)
+from rundir import refuse_to_overwrite, no_space_is_an_error, check_output, lock_folder
 from diffusion import Diffusion, Flow, cfg_model_fn, spaced_timesteps, sample_generators, randn
 from metrics import to_uint8
 from model import build_backbone

@@ -81,8 +81,8 @@ if __name__ == '__main__':  # before torch is imported: --help and a mistyped fl
 import torch
 from tqdm import tqdm
 
-from common import (die, select_device, refuse_to_overwrite, no_space_is_an_error, check_output,
-                    lock_folder, load_batches, Counted, refuse_unused, non_finite, refuse_overlap)
+from common import die, select_device, load_batches, Counted, refuse_unused, non_finite
+from rundir import refuse_to_overwrite, no_space_is_an_error, check_output, lock_folder, refuse_overlap
 from data import make_dataset, random_subset
 from metrics import PSNR_MAX, bicubic_at_latent_grid, psnr, rgb_on_latent_grid
 from model import block_dct, block_idct, dct_matrix, zigzag

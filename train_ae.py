@@ -108,10 +108,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from common import (die, select_device, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
-                    make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states,
-                    CheckpointWriter, update_ema, Loader, save_image_grid, tile_videos, write_mp4, Logger,
-                    note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory,
-                    check_run_dir, prepare_run_dir, check_resume_steps, resume_run, no_space_is_an_error, refuse_unused)
+                    make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, CheckpointWriter, update_ema,
+                    Loader, save_image_grid, tile_videos, write_mp4, Logger, note_non_finite, stop_if_non_finite,
+                    rank_checksum_diff, peak_memory, check_resume_steps, resume_run, refuse_unused)
+from rundir import check_run_dir, prepare_run_dir, no_space_is_an_error
 from data import make_dataset, random_subset
 from metrics import bicubic_at_latent_grid, psnr, rgb_on_latent_grid, to_uint8
 from model import (AE_PRESETS, Autoencoder, NLayerDiscriminator, hinge_d_loss, adaptive_gan_weight,

@@ -110,9 +110,9 @@ from tqdm import tqdm
 from common import (die, select_device, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     make_grad_scaler, broadcast_latent_norm, all_reduce_mean, seed_everything, gather_rng_states,
                     CheckpointWriter, ema_decay, update_ema, Loader, save_image_grid, save_video_grid, Logger,
-                    note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, check_run_dir,
-                    prepare_run_dir, check_resume_steps, resume_run, weights_hash, no_space_is_an_error, refuse_unused,
-                    check_output, refuse_overlap)
+                    note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, check_resume_steps,
+                    resume_run, weights_hash, refuse_unused)
+from rundir import check_run_dir, prepare_run_dir, no_space_is_an_error, check_output, refuse_overlap
 from data import make_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
 from diffusion import Diffusion, Flow
 from metrics import to_uint8

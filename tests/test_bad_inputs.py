@@ -35,6 +35,7 @@ from PIL import Image
 
 import cli
 import common
+import rundir
 import data
 from diffusion import sample_generators, randn
 
@@ -69,7 +70,7 @@ def run_script(name, argv):
     except SystemExit as e:
         code = e.code if e.code is not None else 0
     finally:
-        common.release_locks()  # what the interpreter's exit does for a script run on its own
+        rundir.release_locks()  # what the interpreter's exit does for a script run on its own
         sys.argv = saved[0]
         torch.set_grad_enabled(saved[1])
         torch.set_rng_state(saved[2])
@@ -378,7 +379,7 @@ def sample_grid_crashes_after_training(tmp, runs):
 
 
 def no_space_while_logging(tmp, runs):
-    with common.no_space_is_an_error(tmp):
+    with rundir.no_space_is_an_error(tmp):
         raise OSError(errno.ENOSPC, 'No space left on device')
 
 
