@@ -21,7 +21,7 @@ import torch.distributed as torch_dist
 from torch.utils.data import DataLoader
 
 from cli import die
-from rundir import no_space_is_an_error
+from rundir import no_space_is_an_error, partial_path
 
 # -----------------------------------------------------------------------------
 # user errors
@@ -87,9 +87,10 @@ def truncate_log(path, step):
         except (ValueError, KeyError, TypeError):
             pass  # a line cut short by the kill
     if len(keep) != len(lines):
-        with open(path + '.tmp', 'w') as f:
+        tmp = partial_path(path)
+        with open(tmp, 'w') as f:
             f.writelines(keep)
-        os.replace(path + '.tmp', path)
+        os.replace(tmp, path)
 
 
 # --resume: the flags that change how a run is watched or where it runs but not its numbers (never compared), and those
@@ -328,7 +329,7 @@ def restore_rng_states(states, dist):
 def save_checkpoint(obj, path):
     """Atomic write: a kill during the save leaves the previous checkpoint untouched, never a truncated file."""
     path = os.fspath(path)
-    tmp = f"{path}.tmp.{os.getpid()}"
+    tmp = partial_path(path)
     try:
         with no_space_is_an_error(os.path.dirname(os.path.abspath(path)), _nbytes(obj)):
             with open(tmp, 'wb') as f:

@@ -37,7 +37,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from common import die, load_batches
-from rundir import lock_folder, release_lock
+from rundir import lock_folder, release_lock, partial_path
 from metrics import to_uint8
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
@@ -699,10 +699,10 @@ def build_latent_cache(root, images, encode, latent_shape, key, num_items, batch
     if dist.master:
         np.save(os.path.join(root, 'labels.npy'), labels)
         skipped = int((labels < 0).sum())
-        with open(meta_path + '.tmp', 'w') as f:  # whole or not at all: it marks the cache complete
+        with open(partial_path(meta_path), 'w') as f:  # whole or not at all: it marks the cache complete
             json.dump({'key': key, 'num_classes': images.num_classes, 'dtype': 'float16', 'skipped_images': skipped},
                       f, indent=1)
-        os.replace(meta_path + '.tmp', meta_path)
+        os.replace(partial_path(meta_path), meta_path)
         if skipped:
             print(f"the latent cache {root} leaves out {skipped} of {num_items} images, which could not be read")
         if locked:

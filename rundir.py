@@ -6,6 +6,7 @@ here imports torch.
 """
 import os
 import re
+import sys
 import time
 import errno
 import shutil
@@ -112,23 +113,64 @@ def refuse_overlap(output, out_flag, inputs):
                 f"choose another {out_flag}.")
 
 
+# -----------------------------------------------------------------------------
+# temporaries: a writer writes NAME as .NAME.PID.partial beside it, then renames it into place (os.replace, atomic), so
+# a reader sees the old file or the new one; a writer killed before the rename leaves its partial, which carries its pid
+
+PARTIAL = re.compile(r'^\.(?P<name>.+)\.(?P<pid>\d+)\.partial$')
+
+
+def partial_path(path):
+    """Where this process writes `path` before it renames it into place: .NAME.PID.partial beside it, a name no user
+    chooses, and the one kind of file a lock's clean-up may remove (remove_dead_partials)."""
+    folder, name = os.path.split(os.fspath(path))
+    return os.path.join(folder, f'.{name}.{os.getpid()}.partial')
+
+
+def remove_dead_partials(folder, name=None):
+    """Remove the partial files (partial_path's names) in `folder` whose writer no longer runs on this host: what a
+    killed writer left. Only of `name` when given; a live writer's partial, and every file of any other name, stay."""
+    for entry in sorted(os.listdir(folder)):
+        m = PARTIAL.match(entry)
+        path = os.path.join(folder, entry)
+        if (m is None or (name is not None and m['name'] != name) or _pid_alive(int(m['pid']))
+                or os.path.islink(path) or not os.path.isfile(path)):
+            continue
+        os.remove(path)
+        print(f"removed {path}, left by process {m['pid']}, whose write of {m['name']} was interrupted")
+
+# -----------------------------------------------------------------------------
+# locks: one run per output
+
 LOCK_FILE = '.lock'
-_held_locks = {}  # path -> (the text this process wrote into it, True when lock_folder made the folder)
+_held_locks = {}  # path -> (the text this process wrote into it, the folder lock_folder made or None)
 
 
 def lock_folder(folder, flag):
     """Take `folder` for this run alone, before anything is written there: an exclusive lock file (folder/.lock, made
-    with O_EXCL semantics: a hard link of a written file, so that it appears whole) that names this process and host.
-    Another run's live lock is one sentence; a lock whose process is gone from this host (a run that was killed) is
-    taken over, with a message. Then the temporary files a killed writer can leave (NAME.tmp, NAME.tmp.PID) are
-    removed: with the lock held, no live writer owns them. The lock goes when the process exits (release_locks).
+    with O_EXCL semantics: a hard link of a written file, so that it appears whole) that names this process, its host
+    and its command line. Another run's live lock is one sentence; a lock whose process is gone from this host (a run
+    that was killed) is taken over, with a message. Then the partial files of dead writers there are removed
+    (remove_dead_partials); nothing else is. The lock goes when the process exits (release_locks).
     -> True when this call took the lock, False when this process held it already (a cache inside its --out_dir)."""
+    return _lock(os.path.join(folder, LOCK_FILE), folder, flag, None)
+
+
+def lock_file(path, flag):
+    """lock_folder for one output file: the lock .NAME.lock beside it, so that runs writing other files of the same
+    folder (two evaluations into one results folder) go on side by side. -> as lock_folder."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return _lock(os.path.join(folder, f'.{name}.lock'), folder, flag, name)
+
+
+def _lock(path, folder, flag, name):
+    """Take the lock file `path` that guards `folder` (name: the one output file it guards, or None for the folder)."""
     import socket
-    path = os.path.join(folder, LOCK_FILE)
     if path in _held_locks:
         return False
-    made = not os.path.isdir(folder)
-    text = f"{os.getpid()} {socket.gethostname()} {time.time():.6f}\n"
+    made = None if os.path.isdir(folder) else folder
+    command = ' '.join(sys.argv)[:160].replace('\n', ' ')
+    text = f"{os.getpid()} {socket.gethostname()} {time.time():.6f} {command}\n"
     try:
         os.makedirs(folder, exist_ok=True)
         for _ in range(10):  # a lost race for a stale lock goes round again
@@ -143,17 +185,13 @@ def lock_folder(folder, flag):
         import atexit
         atexit.register(release_locks)
     _held_locks[path] = (text, made)
-    for name in os.listdir(folder):
-        if (re.search(r'\.tmp(\.\d+)?$', name) and not name.startswith(LOCK_FILE)  # another taker's, in flight
-                and os.path.isfile(os.path.join(folder, name))):
-            os.remove(os.path.join(folder, name))
-            print(f"removed {os.path.join(folder, name)}, left by a write that was interrupted")
+    remove_dead_partials(folder, name)
     return True
 
 
 def _create_lock(path, text):
     """Make the lock file holding `text` unless it exists. -> whether this call made it."""
-    mine = f"{path}.{os.getpid()}.tmp"
+    mine = partial_path(path)
     with open(mine, 'w') as f:
         f.write(text)
     try:
@@ -173,9 +211,19 @@ def _create_lock(path, text):
         os.remove(mine)
 
 
+def _command_of(pid):
+    """The command line of the running process `pid` on this host, or '' where it cannot be read."""
+    try:
+        with open(f'/proc/{pid}/cmdline', 'rb') as f:
+            return f.read().replace(b'\0', b' ').decode(errors='replace').strip()[:160]
+    except OSError:
+        return ''
+
+
 def _take_over_if_stale(path, folder, flag):
-    """The lock at `path` is someone's: refuse, or remove it when its process no longer runs on this host (a pid that is
-    this process's own, in a lock it does not hold, is also gone: the same pid running again)."""
+    """The lock at `path` is someone's: refuse, naming its process, host and command line, or remove it when its process
+    no longer runs on this host (a pid that is this process's own, in a lock it does not hold, is also gone: the same
+    pid running again)."""
     import socket
     for _ in range(20):  # a lock made by O_EXCL alone is empty for a moment
         try:
@@ -190,12 +238,14 @@ def _take_over_if_stale(path, folder, flag):
         pid, host = int(text.split()[0]), text.split()[1]
     except (ValueError, IndexError):
         die(f"{folder} is locked by {path}, which names no process; if no other run writes there, delete it.")
+    locked_by = (text.strip().split(' ', 3)[3:] or ['a command not recorded'])[0]
     if host != socket.gethostname():
-        die(f"{flag} {folder} is in use by another run (process {pid} on {host}); wait for it to end or choose "
-            f"another folder (if that run is gone, delete {path}).")
+        die(f"{flag} {folder} is in use by another run (process {pid} on {host}, which runs `{locked_by}`); wait for it "
+            f"to end or choose another folder (if that run is gone, delete {path}).")
     if pid != os.getpid() and _pid_alive(pid):
-        die(f"{flag} {folder} is in use by another run (process {pid}); wait for it to end or choose another folder.")
-    stale = f"{path}.stale.{os.getpid()}"
+        die(f"{flag} {folder} is in use by another run (process {pid} on {host}, which runs `{_command_of(pid) or locked_by}`"
+            f"); wait for it to end or choose another folder (if process {pid} is no run of this project, delete {path}).")
+    stale = partial_path(path)
     try:
         os.rename(path, stale)  # one taker wins; a loser finds the winner's fresh lock next time round
     except FileNotFoundError:
@@ -221,7 +271,7 @@ def _pid_alive(pid):
 
 
 def release_lock(folder):
-    """Give up the lock of `folder` before the process ends (a latent cache, once it is built)."""
+    """Give up lock_folder's lock of `folder` before the process ends (a latent cache, once it is built)."""
     release_locks([os.path.join(folder, LOCK_FILE)])
 
 
@@ -238,4 +288,4 @@ def release_locks(paths=None):
                     continue
             os.remove(path)
             if made:
-                os.rmdir(os.path.dirname(path))  # fails, as it should, unless the folder is empty
+                os.rmdir(made)  # fails, as it should, unless the folder is empty

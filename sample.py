@@ -24,6 +24,7 @@ the result does not depend on the batch size or the number of processes, and no 
 samples.npz then also holds the labels (arr_1, as ADM's image_sample.py) and the protocol ('label_protocol').
 """
 import os
+import re
 import sys
 import glob
 import argparse
@@ -82,7 +83,7 @@ from tqdm import tqdm
 
 from common import (select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_unused)
-from rundir import refuse_to_overwrite, no_space_is_an_error, check_output, lock_folder
+from rundir import refuse_to_overwrite, no_space_is_an_error, check_output, lock_folder, partial_path
 from diffusion import Diffusion, Flow, cfg_model_fn, spaced_timesteps, sample_generators, randn
 from metrics import to_uint8
 from model import build_backbone
@@ -211,8 +212,10 @@ latent_shape = (C, backbone['num_frames'], h, h) if video else (C, h, h)
 
 if dist.master:
     os.makedirs(video_dir if video else image_dir, exist_ok=True)
-    for old in glob.glob(os.path.join(image_dir, '*.png')) + glob.glob(os.path.join(video_dir, '*.mp4')):
-        os.remove(old)  # only with --overwrite (checked above)
+    for folder in (image_dir, video_dir):  # only with --overwrite (checked above), and only the files this script names
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            if re.fullmatch(r'\d{6}\.(png|mp4|npy)', name) and os.path.isfile(os.path.join(folder, name)):
+                os.remove(os.path.join(folder, name))
     if flow:
         how = f"{sampler} {steps} steps ({2 * steps - 1 if sampler == 'heun' else steps} evaluations), time shift {process.time_shift:g}"
     else:
@@ -267,7 +270,8 @@ if dist.master:
     else:
         arr = np.stack([np.asarray(Image.open(os.path.join(image_dir, f'{i:06d}.png')).convert('RGB'))
                         for i in range(args.num_samples)])  # (N, H, W, 3) uint8
-    npz, tmp = os.path.join(out_dir, 'samples.npz'), os.path.join(out_dir, f'samples.npz.tmp.{os.getpid()}')
+    npz = os.path.join(out_dir, 'samples.npz')
+    tmp = partial_path(npz)
     try:  # written whole or not at all: eval_fid must never read a cut-off npz
         with no_space_is_an_error(out_dir, arr.nbytes):
             with open(tmp, 'wb') as fh:

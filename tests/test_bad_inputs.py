@@ -235,6 +235,19 @@ def earlier_samples(tmp):
     return tmp / 'samples'
 
 
+# files of a user's that are named like temporaries: a lock's clean-up must leave every one of them (issue 33). The
+# last is a writer's partial (rundir.partial_path's name) of a process that runs: this test process's parent
+USER_FILES = ('notes.tmp', 'x.tmp.2', 'thesis.tex.tmp.2', 'ckpt.pt.tmp.3', '.notes.partial',
+              f'.draft.txt.{os.getppid()}.partial')
+
+
+def plant_user_files(folder):
+    os.makedirs(folder, exist_ok=True)
+    for name in USER_FILES:
+        (folder / name).write_text('a file of the user')
+    return folder
+
+
 def dead_pid():
     p = subprocess.Popen([sys.executable, '-c', 'pass'])
     p.wait()
@@ -275,7 +288,8 @@ def changed_settings_are_printed(*expected):
 
 def resume_cleans_up(tmp, runs, outcome):
     run = tmp / 'run'
-    assert not [f for f in os.listdir(run) if '.tmp' in f], os.listdir(run)
+    assert not [f for f in os.listdir(run) if f.endswith('.partial')], os.listdir(run)
+    assert set(USER_FILES) <= set(os.listdir(run)), os.listdir(run)  # the user's files named like temporaries stay
     steps = [r['step'] for r in map(json.loads, open(run / 'log.jsonl')) if 'loss' in r]
     assert steps == sorted(set(steps)) and steps[-1] == 3 and 99 not in steps, steps
 
@@ -296,9 +310,10 @@ def folder_counted_once(tmp, runs, outcome):
 
 def prepare_resume_with_debris(tmp, runs):
     run = copy_run(runs['ldm_dir'], tmp)
-    (run / f'ckpt.pt.tmp.{dead_pid()}').write_bytes(b'half a checkpoint')
-    (run / f'ema.pt.tmp.{dead_pid()}').write_bytes(b'half an EMA export')  # the second file of a checkpoint
-    (run / 'log.jsonl.tmp').write_bytes(b'{"step": 1')  # truncate_log's, killed before its rename
+    (run / f'.ckpt.pt.{dead_pid()}.partial').write_bytes(b'half a checkpoint')
+    (run / f'.ema.pt.{dead_pid()}.partial').write_bytes(b'half an EMA export')  # the second file of a checkpoint
+    (run / f'.log.jsonl.{dead_pid()}.partial').write_bytes(b'{"step": 1')  # truncate_log's, killed before its rename
+    plant_user_files(run)
     with open(run / 'log.jsonl', 'a') as f:  # the steps a killed run logged after its last checkpoint
         f.write(json.dumps({'step': 99, 'loss': 1.0}) + '\n' + '{"step": 100, "lo')
     return TINY_LDM + ['--out_dir', run, '--resume', '--max_steps', 3, '--ckpt_interval', 1]
@@ -691,17 +706,17 @@ def two_runs_then_a_kill(tmp, runs):
             assert first.poll() is None, 'the first run ended early'
             threading.Event().wait(0.1)
         second = run_script('train_ae.py', TINY_AE + ['--max_steps', 1, '--out_dir', tmp / 'o'])
-        assert second.code != 0 and f'is in use by another run (process {first.pid})' in second.message, second.message
+        assert second.code != 0 and f'is in use by another run (process {first.pid} on ' in second.message, second.message
     finally:
         first.kill()
         first.wait()
-    (tmp / 'o' / f'ckpt.pt.tmp.{first.pid}').write_bytes(b'half a checkpoint')  # as a kill during a save leaves it
+    (tmp / 'o' / f'.ckpt.pt.{first.pid}.partial').write_bytes(b'half a checkpoint')  # as a kill during a save leaves it
     return run_script('train_ae.py', TINY_AE + ['--max_steps', 1, '--out_dir', tmp / 'o', '--overwrite'])
 
 
 def lock_taken_over_and_debris_gone(tmp, runs, outcome):
     stdout_has('took over the lock of', 'removed')(tmp, runs, outcome)
-    assert not [f for f in os.listdir(tmp / 'o') if '.tmp' in f], os.listdir(tmp / 'o')
+    assert not [f for f in os.listdir(tmp / 'o') if f.endswith('.partial')], os.listdir(tmp / 'o')
 
 
 def make_dir(path):
@@ -928,7 +943,7 @@ CASES += [
 # a latent cache that neither two runs build at once nor moves the run's random stream
 CASES += [
     Case('train_ae into a folder another run is writing', script('train_ae.py', lambda t, r: TINY_AE + [
-        '--out_dir', live_lock(t / 'o')]), Error(r'--out_dir .*/o is in use by another run \(process \d+\)')),
+        '--out_dir', live_lock(t / 'o')]), Error(r'--out_dir .*/o is in use by another run \(process \d+ on ')),
     Case('train_ldm --resume of a run that is still going', script('train_ldm.py', lambda t, r: TINY_LDM + [
         '--out_dir', live_lock(copy_run(r['ldm_dir'], t)), '--resume', '--max_steps', 5]), Error('is in use by another run')),
     Case('train_ldm building a cache another run builds', script('train_ldm.py', lambda t, r: TINY_LDM + [
@@ -936,7 +951,7 @@ CASES += [
         Error(r'--cache_latents .*/cache is in use by another run')),
     Case('sample.py into a folder another host writes', script('sample.py', lambda t, r: [
         '--ckpt', r['ldm'], '--device', 'cpu', '--out_dir', live_lock(t / 's', host='elsewhere')]),
-        Error(r'in use by another run \(process \d+ on elsewhere\); .*delete .*\.lock')),
+        Error(r'in use by another run \(process \d+ on elsewhere, which runs `a command not recorded`\); .*delete .*\.lock')),
     Case('two train_ae runs at once, then the first killed', call(two_runs_then_a_kill),
          Result(lock_taken_over_and_debris_gone)),
     Case('train_ae over the lock of a killed run', script('train_ae.py', lambda t, r: TINY_AE + [
