@@ -48,7 +48,8 @@ if __name__ == '__main__':
 from safetensors.torch import save_file
 
 from common import die
-from rundir import check_output, refuse_overlap, refuse_to_overwrite, no_space_is_an_error
+from rundir import (check_output, refuse_overlap, refuse_to_overwrite, no_space_is_an_error, lock_folder, lock_file,
+                    atomic_write)
 from video_model import VideoAEConfig
 from weights import build_autoencoder, ldm_to_diffusers, load_ae_state_dict, read_autoencoder
 
@@ -97,6 +98,7 @@ def main(argv=None):
     # the outputs first, so that a wrong --out costs nothing
     check_output(args.out, '--out', folder=args.format != 'flux')
     refuse_overlap(args.out, '--out', [(args.ckpt, '--ckpt')])
+    (lock_file if args.format == 'flux' else lock_folder)(args.out, '--out')  # one export writes there at a time
     outputs = [args.out] if args.format == 'flux' else [os.path.join(args.out, n) for n in
                                                         ('diffusion_pytorch_model.safetensors', 'config.json')]
     refuse_to_overwrite(outputs, args.overwrite, flag='--out')
@@ -122,15 +124,14 @@ def main(argv=None):
         params = dict(resolution=(config or {}).get('image_size', 256), in_channels=cfg.in_channels, ch=cfg.ch,
                       out_ch=cfg.out_ch, ch_mult=list(cfg.ch_mult), num_res_blocks=cfg.num_res_blocks,
                       z_channels=cfg.z_channels, scale_factor=scale, shift_factor=shift or 0.0)  # FLUX's AutoEncoderParams
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with no_space_is_an_error(os.path.dirname(os.path.abspath(args.out))):
-            save_file({k: v.contiguous() for k, v in sd.items()}, args.out, metadata={'ae_params': json.dumps(params)})
+        with no_space_is_an_error(os.path.dirname(os.path.abspath(args.out))), atomic_write(args.out) as tmp:
+            save_file({k: v.contiguous() for k, v in sd.items()}, tmp, metadata={'ae_params': json.dumps(params)})
     else:
         weights, config_json = outputs
-        os.makedirs(args.out, exist_ok=True)
         with no_space_is_an_error(args.out):
-            save_file(ldm_to_diffusers(sd, len(cfg.ch_mult)), weights)
-            with open(config_json, 'w') as fh:
+            with atomic_write(weights) as tmp:  # whole or not at all, with the umask's mode (safetensors writes 0600)
+                save_file(ldm_to_diffusers(sd, len(cfg.ch_mult)), tmp)
+            with atomic_write(config_json) as tmp, open(tmp, 'w') as fh:
                 json.dump(diffusers_config(cfg, video, scale, shift), fh, indent=2)
     n_params = sum(v.numel() for v in sd.values())
     print(f"wrote {FORMATS[args.format]} ({n_params / 1e6:.2f}M parameters, scaling_factor {scale}, shift_factor "

@@ -14,9 +14,9 @@ import contextlib
 
 from cli import die
 
-def check_run_dir(out_dir, resume, overwrite, data):
+def check_run_dir(out_dir, resume, overwrite, inputs):
     """A training run's --out_dir, checked and locked before anything is built: it must be a folder this user can
-    write (check_output) apart from the --data it reads (refuse_overlap), no other run may be writing into it
+    write (check_output) apart from the `inputs` it reads ([(path or None, flag)]: refuse_overlap), no other run may be writing into it
     (lock_folder, rank 0 for all ranks), a new run refuses to
     mix its files with another run's (unless --overwrite), a resumed one needs its checkpoint. -> the checkpoint
     path."""
@@ -24,7 +24,7 @@ def check_run_dir(out_dir, resume, overwrite, data):
     if resume and overwrite:
         die("--resume continues the run in --out_dir and --overwrite replaces it; pass one of them.")
     check_output(out_dir, '--out_dir', folder=True)
-    refuse_overlap(out_dir, '--out_dir', [(data, '--data')])
+    refuse_overlap(out_dir, '--out_dir', inputs)
     if int(os.environ.get('RANK', 0)) == 0:
         lock_folder(out_dir, '--out_dir')
     if not resume:
@@ -99,18 +99,25 @@ def check_output(path, flag, folder):
 
 
 def refuse_overlap(output, out_flag, inputs):
-    """An output that is one of the inputs, or lies inside an input folder, would overwrite what the script reads, or
-    put its files among the data (a preview PNG read as a training image next time): refuse it. inputs: [(path or
-    None, flag)]."""
+    """An output that is one of the inputs (by path, link or hard link), lies inside an input folder, or is a folder that
+    holds an input file, would overwrite what the script reads, or put its files among the data (a preview PNG read as
+    a training image next time): refuse it. inputs: [(path or None, flag)], files and folders."""
     out = os.path.realpath(output)
     for path, flag in inputs:
         if path is None:
             continue
         inp = os.path.realpath(path)
-        if out == inp or (os.path.isdir(inp) and out.startswith(inp + os.sep)):
-            where = 'is' if out == inp else 'lies inside'
-            die(f"{out_flag} {output} {where} {flag} {path}: its files would overwrite or mix with what is read; "
-                f"choose another {out_flag}.")
+        same = out == inp or (os.path.exists(out) and os.path.exists(inp) and os.path.samefile(out, inp))
+        if same:
+            where = 'is'
+        elif os.path.isdir(inp) and out.startswith(inp + os.sep):
+            where = 'lies inside'
+        elif not os.path.isdir(inp) and inp.startswith(out + os.sep):
+            where = 'holds'  # a folder output with an input file inside it
+        else:
+            continue
+        die(f"{out_flag} {output} {where} {flag} {path}: its files would overwrite or mix with what is read; "
+            f"choose another {out_flag}.")
 
 
 # -----------------------------------------------------------------------------
@@ -125,6 +132,23 @@ def partial_path(path):
     chooses, and the one kind of file a lock's clean-up may remove (remove_dead_partials)."""
     folder, name = os.path.split(os.fspath(path))
     return os.path.join(folder, f'.{name}.{os.getpid()}.partial')
+
+
+@contextlib.contextmanager
+def atomic_write(path):
+    """Write `path` whole or not at all: yields partial_path(path) to write to; then the file takes the mode a new file
+    has under the user's umask (a library that writes 0600, as safetensors does, is overruled) and is renamed into
+    place. A failed write leaves no partial behind."""
+    tmp = partial_path(path)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def remove_dead_partials(folder, name=None):

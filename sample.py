@@ -83,7 +83,8 @@ from tqdm import tqdm
 
 from common import (select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_unused)
-from rundir import refuse_to_overwrite, no_space_is_an_error, check_output, lock_folder, partial_path
+from rundir import (refuse_to_overwrite, no_space_is_an_error, check_output, lock_folder, refuse_overlap,
+                    atomic_write)
 from diffusion import Diffusion, Flow, cfg_model_fn, spaced_timesteps, sample_generators, randn
 from metrics import to_uint8
 from model import build_backbone
@@ -100,6 +101,7 @@ out_dir = args.out_dir or os.path.join(os.path.dirname(os.path.abspath(args.ckpt
 image_dir, video_dir = os.path.join(out_dir, 'images'), os.path.join(out_dir, 'videos')
 # checked before any work, and locked: two samplers never mix their files
 check_output(out_dir, '--out_dir' if args.out_dir else f'--out_dir (by default {out_dir})', folder=True)
+refuse_overlap(out_dir, '--out_dir', [(args.ckpt, '--ckpt'), (args.ae, '--ae')])
 if int(os.environ.get('RANK', 0)) == 0:
     lock_folder(out_dir, '--out_dir')
 # samples of another run in out_dir would mix with these, and eval_fid would score them together
@@ -270,23 +272,16 @@ if dist.master:
     else:
         arr = np.stack([np.asarray(Image.open(os.path.join(image_dir, f'{i:06d}.png')).convert('RGB'))
                         for i in range(args.num_samples)])  # (N, H, W, 3) uint8
-    npz = os.path.join(out_dir, 'samples.npz')
-    tmp = partial_path(npz)
-    try:  # written whole or not at all: eval_fid must never read a cut-off npz
-        with no_space_is_an_error(out_dir, arr.nbytes):
-            with open(tmp, 'wb') as fh:
-                np.savez(fh, arr_0=arr, **({} if labels is None else {'arr_1': labels, 'label_protocol': args.labels}))
-            os.replace(tmp, npz)
-            if video:
-                save_video_grid(arr, out_dir)
-                for i in range(args.num_samples):
-                    os.remove(os.path.join(video_dir, f'{i:06d}.npy'))
-            else:
-                grid = torch.from_numpy(arr[:64]).permute(0, 3, 1, 2).float() / 127.5 - 1
-                save_image_grid(grid, os.path.join(out_dir, 'grid.png'), nrow=max(int(len(grid) ** 0.5), 1))
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with no_space_is_an_error(out_dir, arr.nbytes):
+        with atomic_write(os.path.join(out_dir, 'samples.npz')) as tmp, open(tmp, 'wb') as fh:  # eval_fid never reads half
+            np.savez(fh, arr_0=arr, **({} if labels is None else {'arr_1': labels, 'label_protocol': args.labels}))
+        if video:
+            save_video_grid(arr, out_dir)
+            for i in range(args.num_samples):
+                os.remove(os.path.join(video_dir, f'{i:06d}.npy'))
+        else:
+            grid = torch.from_numpy(arr[:64]).permute(0, 3, 1, 2).float() / 127.5 - 1
+            save_image_grid(grid, os.path.join(out_dir, 'grid.png'), nrow=max(int(len(grid) ** 0.5), 1))
     print(f"wrote {out_dir}/samples.npz {arr.shape}, " + (f"grid.mp4/.gif/_frames.png and {args.num_samples} MP4s"
                                                            if video else f"grid.png and {args.num_samples} PNGs"))
 cleanup_distributed()

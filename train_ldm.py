@@ -146,7 +146,8 @@ def check_args(args):
     refuse_unused(sys.argv[1:], [('--cache_size', args.cache_latents, 'only applies with --cache_latents'),
                                  ('--frame_stride', video, 'only applies to video (--num_frames > 1)'),
                                  ('--allow_changes', args.resume, 'only applies with --resume')])
-    ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite, args.data)
+    ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite,
+                              [(args.data, '--data'), (args.ae, '--ae'), (args.init_from, '--init_from')])
     if args.cache_latents and not os.path.isfile(os.path.join(args.cache_latents, 'meta.json')):
         check_output(args.cache_latents, '--cache_latents', folder=True)  # to be built (a made one may be read-only)
         refuse_overlap(args.cache_latents, '--cache_latents', [(args.data, '--data')])
