@@ -294,9 +294,11 @@ def _pid_alive(pid):
     return True
 
 
-def release_lock(folder):
-    """Give up lock_folder's lock of `folder` before the process ends (a latent cache, once it is built)."""
-    release_locks([os.path.join(folder, LOCK_FILE)])
+def release_lock(path):
+    """Give up the lock of `path` (lock_folder's or lock_file's) before the process ends: a latent cache once it is
+    built, an export that main() ended."""
+    folder, name = os.path.split(os.path.abspath(path))
+    release_locks([os.path.join(path, LOCK_FILE), os.path.join(folder, f'.{name}.lock')])
 
 
 def release_locks(paths=None):
