@@ -5,6 +5,7 @@ The choices a flag offers are defined here, once, and the modules that implement
 in this file may import torch, numpy or a project module that does (tests/test_help.py checks it).
 """
 import os
+import sys
 import time
 import argparse
 
@@ -33,6 +34,31 @@ I3D_WEIGHTS_FILE = os.path.basename(I3D_WEIGHTS_URL)
 # minutes; SE factor 2 only, since LPIPS needs 16 px and a 4x smaller 32 px frame has 8
 VIDEO_DEFAULTS = dict(out_dir='out/video_ae', image_size=32, batch_size=1, max_steps=200, lr=2e-4, se_scales='2',
                       eval_interval=100, ckpt_interval=100)
+
+# -----------------------------------------------------------------------------
+# user errors
+
+def die(message):
+    """A user error: one sentence, no traceback."""
+    raise SystemExit(f"error: {message}")
+
+STOPPED = "what was written before is kept (a training run continues from its last checkpoint with --resume)"
+
+
+def stop_on_signals():
+    """Ctrl-C (SIGINT) and SIGTERM end the script with one line, not a KeyboardInterrupt's traceback: the signal
+    becomes a SystemExit in the main thread, so that its locks are released (atexit) and a checkpoint being written
+    on its thread is finished; writes are atomic, so what was saved before stays. Exit status 128 + the signal."""
+    import signal
+
+    def stop(signum, frame):
+        if 'tqdm' in sys.modules:  # a progress bar ends its line now, not after the message at exit
+            for bar in list(getattr(sys.modules['tqdm'].tqdm, '_instances', [])):
+                bar.close()
+        print(f"stopped by {signal.Signals(signum).name}; {STOPPED}.", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
 
 # -----------------------------------------------------------------------------
 # argparse types and the shared flags

@@ -36,7 +36,8 @@ from PIL import Image, ImageFile, ImageOps
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
-from common import die, load_batches, lock_folder, release_lock
+from common import die, load_batches
+from rundir import lock_folder, release_lock, partial_path
 from metrics import to_uint8
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
@@ -628,7 +629,7 @@ def build_latent_cache(root, images, encode, latent_shape, key, num_items, batch
     x (B, 3, T, H, W) -> z (B, C, T', h, w)) first unless root holds a complete cache. `key` is everything the content
     depends on (the autoencoder's hash, the data, the image size, the crop mode, the cache size); a cache made for
     another key is refused, never silently reused, and a damaged one (a file missing or cut short) is made again.
-    The builder holds root's lock (common.lock_folder), so two runs never write one cache; ranks split the work;
+    The builder holds root's lock (rundir.lock_folder), so two runs never write one cache; ranks split the work;
     meta.json is written last, as the marker of a complete cache. An unreadable image is left out (labels -1) and
     counted (meta.json's skipped_images), never replaced by a copy of its neighbour. With random_crop, item i is crop i
     of image i mod len(images), drawn with its own seed; otherwise item i is image i, centre-cropped, unflipped. The
@@ -699,10 +700,10 @@ def build_latent_cache(root, images, encode, latent_shape, key, num_items, batch
     if dist.master:
         np.save(os.path.join(root, 'labels.npy'), labels)
         skipped = int((labels < 0).sum())
-        with open(meta_path + '.tmp', 'w') as f:  # whole or not at all: it marks the cache complete
+        with open(partial_path(meta_path), 'w') as f:  # whole or not at all: it marks the cache complete
             json.dump({'key': key, 'num_classes': images.num_classes, 'dtype': 'float16', 'skipped_images': skipped},
                       f, indent=1)
-        os.replace(meta_path + '.tmp', meta_path)
+        os.replace(partial_path(meta_path), meta_path)
         if skipped:
             print(f"the latent cache {root} leaves out {skipped} of {num_items} images, which could not be read")
         if locked:

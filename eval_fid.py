@@ -35,7 +35,8 @@ import sys
 import json
 import argparse
 
-from cli import FID_WEIGHTS_FILE, I3D_WEIGHTS_FILE, I3D_WEIGHTS_URL, add_device_arg, checked, set_cpu_threads
+from cli import (FID_WEIGHTS_FILE, I3D_WEIGHTS_FILE, I3D_WEIGHTS_URL, add_device_arg, checked, set_cpu_threads,
+                 stop_on_signals)
 
 
 def parse_args(argv=None):
@@ -66,6 +67,7 @@ def parse_args(argv=None):
 
 if __name__ == '__main__':  # before torch is imported: --help and a mistyped flag answer at once, and the threads hold
     set_cpu_threads(reserve=parse_args().num_workers)  # the decoding workers keep their own cores busy
+    stop_on_signals()
 
 import numpy as np
 import torch
@@ -73,8 +75,8 @@ import torch.distributed as torch_dist
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from common import (select_device, die, setup_distributed, cleanup_distributed, refuse_to_overwrite,
-                    no_space_is_an_error, check_output, load_batches, refuse_unused, non_finite, refuse_overlap)
+from common import select_device, die, setup_distributed, cleanup_distributed, load_batches, refuse_unused, non_finite
+from rundir import refuse_to_overwrite, no_space_is_an_error, check_output, refuse_overlap, lock_file, atomic_write
 from data import DatasetImages, make_dataset, open_source, random_subset, shuffled
 from i3d import FVD_NUM_FRAMES, i3d_features, load_i3d
 from inception import INCEPTION_FEATURES, load_inception
@@ -203,6 +205,9 @@ def evaluate_autoencoder(ae, images, dist, inception=None, lpips=None, batch_siz
     feats_in, desc_in = inputs.finish()
     feats_rec, desc_rec = recons.finish()
     if inception is not None:
+        if len(feats_in['pool3']) < 2:
+            die(f"rFID is a Frechet distance, which needs at least 2 images (their covariance), and --num_real gives "
+                f"{len(feats_in['pool3'])}; pass more images.")
         results['rfid'] = frechet_distance(*feature_statistics(feats_in['pool3'].cpu()),
                                            *feature_statistics(feats_rec['pool3'].cpu()))
     results |= swd_from_descriptors(desc_in, desc_rec, inputs.resolutions)
@@ -250,17 +255,21 @@ def frechet(sets, features, distances, save_stats, dist, what, items):
             if mu in precomputed and sigma in precomputed:
                 stats[name][distance] = precomputed[mu], precomputed[sigma]
             elif features.get(name) is not None:
+                n = len(features[name][feature])
+                if n < 2:  # a covariance of one sample is not defined
+                    die(f"{distance.upper()} is a Frechet distance, which needs at least 2 {items} in each set (their "
+                        f"covariance), and {FLAG[name]} has {n}; pass more {items}.")
                 stats[name][distance] = feature_statistics(features[name][feature].cpu())
     if save_stats is not None:
         for distance, (mu, sigma) in stats['real'].items():
             if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
                 die(f"the {what} statistics ({distance}) of --ref are not finite (a set of fewer than 2 {items}, or "
                     f"features that overflowed); nothing was written.")
-        os.makedirs(os.path.dirname(os.path.abspath(save_stats)), exist_ok=True)
         arrays = {key: value for distance, (_, *keys) in distances.items() if distance in stats['real']
                   for key, value in zip(keys, stats['real'][distance])}
-        with no_space_is_an_error(os.path.dirname(os.path.abspath(save_stats))):
-            np.savez_compressed(save_stats, **arrays)
+        with no_space_is_an_error(os.path.dirname(os.path.abspath(save_stats))), atomic_write(save_stats) as tmp:
+            with open(tmp, 'wb') as f:
+                np.savez_compressed(f, **arrays)
         print(f"saved the {what} statistics ({', '.join(arrays)}) of {len(sets['real'][1])} reference {items} to "
               f"{save_stats}")
     if sets['fake'][0] is None:
@@ -457,10 +466,14 @@ def check_args(args):
     inputs = [(args.fake, '--fake'), (args.ref, '--ref'), (args.ae, '--ae'), (args.data, '--data')]
     check_output(out, '--out' if args.out else f'--out (by default {out})', folder=False)
     refuse_overlap(out, '--out', inputs + [(args.save_stats, '--save_stats')])
+    if int(os.environ.get('RANK', 0)) == 0:
+        lock_file(out, '--out')  # one evaluation writes each file at a time (rank 0 for all ranks)
     refuse_to_overwrite([out], args.overwrite, flag='--out')
     if args.save_stats is not None:
         check_output(args.save_stats, '--save_stats', folder=False)
         refuse_overlap(args.save_stats, '--save_stats', inputs)
+        if int(os.environ.get('RANK', 0)) == 0:
+            lock_file(args.save_stats, '--save_stats')
         refuse_to_overwrite([args.save_stats], args.overwrite, flag='--save_stats')
     return out
 
@@ -515,8 +528,7 @@ def main(argv=None):
             print(f"{name:>12s}  {value:.4f}" if isinstance(value, float) else f"{name:>12s}  {value}")
         for name, why in skipped.items():
             print(f"{name:>12s}  skipped: {why}")
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with no_space_is_an_error(os.path.dirname(os.path.abspath(out))), open(out, 'w') as f:
+        with no_space_is_an_error(os.path.dirname(os.path.abspath(out))), atomic_write(out) as tmp, open(tmp, 'w') as f:
             json.dump({**results, 'skipped': skipped, 'args': vars(args)}, f, indent=2,
                       default=lambda v: v.item() if hasattr(v, 'item') else str(v))  # a numpy number is a number
         print(f"wrote {out}")

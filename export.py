@@ -22,7 +22,7 @@ import os
 import json
 import argparse
 
-from cli import checked
+from cli import checked, stop_on_signals
 
 FORMATS = {'diffusers': "diffusers' AutoencoderKL", 'flux': "FLUX.1's ae.safetensors",
            'cogvideox': "CogVideoX's VAE (diffusers' AutoencoderKLCogVideoX)"}
@@ -44,10 +44,13 @@ def parse_args(argv=None):
 
 if __name__ == '__main__':
     parse_args()  # before torch is imported, so that --help and a mistyped flag answer at once
+    stop_on_signals()
 
 from safetensors.torch import save_file
 
-from common import check_output, die, refuse_overlap, refuse_to_overwrite, no_space_is_an_error
+from common import die
+from rundir import (check_output, refuse_overlap, refuse_to_overwrite, no_space_is_an_error, lock_folder, lock_file,
+                    release_lock, atomic_write)
 from video_model import VideoAEConfig
 from weights import build_autoencoder, ldm_to_diffusers, load_ae_state_dict, read_autoencoder
 
@@ -96,45 +99,48 @@ def main(argv=None):
     # the outputs first, so that a wrong --out costs nothing
     check_output(args.out, '--out', folder=args.format != 'flux')
     refuse_overlap(args.out, '--out', [(args.ckpt, '--ckpt')])
-    outputs = [args.out] if args.format == 'flux' else [os.path.join(args.out, n) for n in
-                                                        ('diffusion_pytorch_model.safetensors', 'config.json')]
-    refuse_to_overwrite(outputs, args.overwrite, flag='--out')
+    (lock_file if args.format == 'flux' else lock_folder)(args.out, '--out')  # one export writes there at a time
     try:
-        cfg, state, config = read_autoencoder(args.ckpt, args.preset)
-        if isinstance(cfg, VideoAEConfig) != video:
-            die(f"{args.ckpt} is {'an image' if video else 'a video'} autoencoder; "
-                f"{'pass a train_ae.py --num_frames checkpoint' if video else 'write it with --format cogvideox'}.")
-        preset = config['preset'] if config is not None else args.preset
-        reason = unsupported(cfg, args.format)
-        if reason:
-            die(f"{args.ckpt} cannot be written as {FORMATS[args.format]}: {reason}.")
-        ae = build_autoencoder(cfg, args.ckpt)
-        load_ae_state_dict(ae, state)  # strict: the weights fit cfg
-    except (FileNotFoundError, ValueError) as e:
-        die(f"{e} (--ckpt {args.ckpt})")
-    scale, shift = PUBLIC_LATENT_NORM.get(preset, (1.0, None))
-    scale = args.scaling_factor if args.scaling_factor is not None else scale
-    shift = args.shift_factor if args.shift_factor is not None else shift
-    sd = ae.state_dict()
+        outputs = [args.out] if args.format == 'flux' else [os.path.join(args.out, n) for n in
+                                                            ('diffusion_pytorch_model.safetensors', 'config.json')]
+        refuse_to_overwrite(outputs, args.overwrite, flag='--out')
+        try:
+            cfg, state, config = read_autoencoder(args.ckpt, args.preset)
+            if isinstance(cfg, VideoAEConfig) != video:
+                die(f"{args.ckpt} is {'an image' if video else 'a video'} autoencoder; "
+                    f"{'pass a train_ae.py --num_frames checkpoint' if video else 'write it with --format cogvideox'}.")
+            preset = config['preset'] if config is not None else args.preset
+            reason = unsupported(cfg, args.format)
+            if reason:
+                die(f"{args.ckpt} cannot be written as {FORMATS[args.format]}: {reason}.")
+            ae = build_autoencoder(cfg, args.ckpt)
+            load_ae_state_dict(ae, state)  # strict: the weights fit cfg
+        except (FileNotFoundError, ValueError) as e:
+            die(f"{e} (--ckpt {args.ckpt})")
+        scale, shift = PUBLIC_LATENT_NORM.get(preset, (1.0, None))
+        scale = args.scaling_factor if args.scaling_factor is not None else scale
+        shift = args.shift_factor if args.shift_factor is not None else shift
+        sd = ae.state_dict()
 
-    if args.format == 'flux':
-        params = dict(resolution=(config or {}).get('image_size', 256), in_channels=cfg.in_channels, ch=cfg.ch,
-                      out_ch=cfg.out_ch, ch_mult=list(cfg.ch_mult), num_res_blocks=cfg.num_res_blocks,
-                      z_channels=cfg.z_channels, scale_factor=scale, shift_factor=shift or 0.0)  # FLUX's AutoEncoderParams
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with no_space_is_an_error(os.path.dirname(os.path.abspath(args.out))):
-            save_file({k: v.contiguous() for k, v in sd.items()}, args.out, metadata={'ae_params': json.dumps(params)})
-    else:
-        weights, config_json = outputs
-        os.makedirs(args.out, exist_ok=True)
-        with no_space_is_an_error(args.out):
-            save_file(ldm_to_diffusers(sd, len(cfg.ch_mult)), weights)
-            with open(config_json, 'w') as fh:
-                json.dump(diffusers_config(cfg, video, scale, shift), fh, indent=2)
-    n_params = sum(v.numel() for v in sd.values())
-    print(f"wrote {FORMATS[args.format]} ({n_params / 1e6:.2f}M parameters, scaling_factor {scale}, shift_factor "
-          f"{shift}) to {args.out}")
+        if args.format == 'flux':
+            params = dict(resolution=(config or {}).get('image_size', 256), in_channels=cfg.in_channels, ch=cfg.ch,
+                          out_ch=cfg.out_ch, ch_mult=list(cfg.ch_mult), num_res_blocks=cfg.num_res_blocks,
+                          z_channels=cfg.z_channels, scale_factor=scale, shift_factor=shift or 0.0)  # FLUX's AutoEncoderParams
+            with no_space_is_an_error(os.path.dirname(os.path.abspath(args.out))), atomic_write(args.out) as tmp:
+                save_file({k: v.contiguous() for k, v in sd.items()}, tmp, metadata={'ae_params': json.dumps(params)})
+        else:
+            weights, config_json = outputs
+            with no_space_is_an_error(args.out):
+                with atomic_write(weights) as tmp:  # whole or not at all, in the umask's mode (not 0600)
+                    save_file(ldm_to_diffusers(sd, len(cfg.ch_mult)), tmp)
+                with atomic_write(config_json) as tmp, open(tmp, 'w') as fh:
+                    json.dump(diffusers_config(cfg, video, scale, shift), fh, indent=2)
+        n_params = sum(v.numel() for v in sd.values())
+        print(f"wrote {FORMATS[args.format]} ({n_params / 1e6:.2f}M parameters, scaling_factor {scale}, shift_factor "
+              f"{shift}) to {args.out}")
 
+    finally:
+        release_lock(args.out)  # main() may be called again in this process
 
 if __name__ == '__main__':
     main()

@@ -27,11 +27,12 @@ the result does not depend on the batch size or the number of processes, and no 
 samples.npz then also holds the labels (arr_1, as ADM's image_sample.py) and the protocol ('label_protocol').
 """
 import os
+import re
 import sys
 import glob
 import argparse
 
-from cli import SPACINGS, add_device_arg, checked, set_cpu_threads
+from cli import SPACINGS, add_device_arg, checked, set_cpu_threads, stop_on_signals
 
 # -----------------------------------------------------------------------------
 # config, read before torch is imported, so that --help and a mistyped flag answer at once
@@ -77,6 +78,7 @@ parser.add_argument('--dtype', type=str, default='auto', choices=['auto', 'float
                     help="autocast dtype; 'auto' = bfloat16 on GPUs that support it, else float32")
 args = parser.parse_args()
 set_cpu_threads()  # the CPU threads this machine can spare, while torch can still obey
+stop_on_signals()  # Ctrl-C and SIGTERM: one line, and the last checkpoint kept
 
 # the command line is read: now the heavy imports (torch alone takes over a second)
 import numpy as np
@@ -85,8 +87,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from common import (select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
-                    broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_to_overwrite,
-                    no_space_is_an_error, check_output, lock_folder, refuse_unused)
+                    broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_unused,
+                    all_finite, state_tensors)
+from rundir import (refuse_to_overwrite, no_space_is_an_error, check_output, lock_folder, refuse_overlap,
+                    atomic_write)
 from diffusion import cfg_model_fn, process_from_config, spaced_timesteps, sample_generators, randn
 from metrics import to_uint8
 from model import build_backbone
@@ -108,6 +112,7 @@ out_dir = args.out_dir or os.path.join(os.path.dirname(os.path.abspath(args.ckpt
 image_dir, video_dir = os.path.join(out_dir, 'images'), os.path.join(out_dir, 'videos')
 # checked before any work, and locked: two samplers never mix their files
 check_output(out_dir, '--out_dir' if args.out_dir else f'--out_dir (by default {out_dir})', folder=True)
+refuse_overlap(out_dir, '--out_dir', [(args.ckpt, '--ckpt'), (args.ae, '--ae')])
 if int(os.environ.get('RANK', 0)) == 0:
     lock_folder(out_dir, '--out_dir')
 # samples of another run in out_dir would mix with these, and eval_fid would score them together
@@ -136,6 +141,9 @@ try:
 except Exception as e:  # whatever a config of nonsense makes the constructors raise
     die(f"the config and weights in {args.ckpt} describe no model that can be built ({type(e).__name__}: "
         f"{str(e).splitlines()[0][:160]}); it is not a checkpoint train_ldm.py wrote.")
+if not all_finite(state_tensors(model)):
+    die(f"the {'raw' if args.no_ema else 'EMA'} weights in {args.ckpt} are not finite (NaN or inf): its run diverged, "
+        f"and its samples would be noise or black; sample an earlier checkpoint.")
 objective = config.get('objective', config['prediction'])  # checkpoints made before flow: their prediction, eps or v
 flow = objective == 'flow'
 sampler = args.sampler or ('heun' if flow else 'ddim')
@@ -190,7 +198,11 @@ else:
         die(f"--classes must lie in [0, {num_classes - 1}], got '{args.classes}'.")
     args.labels = args.labels or 'random'
     if args.labels == 'balanced':
-        labels = np.array([classes[i % len(classes)] for i in range(args.num_samples)])
+        K = len(classes)
+        if args.num_samples % K:  # equal counts, as --help promises, or nothing
+            die(f"--labels balanced gives each of the {K} classes the same number of samples, and --num_samples "
+                f"{args.num_samples} is not a multiple of {K}; pass {-(-args.num_samples // K) * K}, or --labels random.")
+        labels = np.array([classes[i % K] for i in range(args.num_samples)])
     else:  # every rank draws the same labels, from a stream apart from every sample's noise stream (seed, (i,))
         labels = np.random.default_rng(np.random.SeedSequence(args.seed)).choice(classes, args.num_samples)
 steps = args.steps or DEFAULT_STEPS[sampler]
@@ -216,8 +228,10 @@ latent_shape = (C, backbone['num_frames'], h, h) if video else (C, h, h)
 
 if dist.master:
     os.makedirs(video_dir if video else image_dir, exist_ok=True)
-    for old in glob.glob(os.path.join(image_dir, '*.png')) + glob.glob(os.path.join(video_dir, '*.mp4')):
-        os.remove(old)  # only with --overwrite (checked above)
+    for folder in (image_dir, video_dir):  # only with --overwrite (checked above), and only the files this script names
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            if re.fullmatch(r'\d{6}\.(png|mp4|npy)', name) and os.path.isfile(os.path.join(folder, name)):
+                os.remove(os.path.join(folder, name))
     if flow:
         how = f"{sampler} {steps} steps ({2 * steps - 1 if sampler == 'heun' else steps} evaluations), time shift {process.time_shift:g}"
     else:
@@ -254,6 +268,9 @@ for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols
         else:
             z = process.ode_sample(model_fn, x_T, steps=steps, solver=sampler)
         x = ae.decode(z.float() / latent_scale + latent_shift).float()  # undo the latent normalisation
+    if not torch.isfinite(x).all():  # to_uint8 would write NaN as black pixels, a result that looks like one
+        die(f"samples {idx[0]}..{idx[-1]} came out non-finite (NaN or inf): the model or its latent normalisation "
+            f"in {args.ckpt} is broken; nothing more was written.")
     x = to_uint8(x)
     with no_space_is_an_error(out_dir):
         if video:  # the MP4 to watch, and the exact uint8 frames for samples.npz (MP4 is lossy), removed below
@@ -275,22 +292,16 @@ if dist.master:
     else:
         arr = np.stack([np.asarray(Image.open(os.path.join(image_dir, f'{i:06d}.png')).convert('RGB'))
                         for i in range(args.num_samples)])  # (N, H, W, 3) uint8
-    npz, tmp = os.path.join(out_dir, 'samples.npz'), os.path.join(out_dir, f'samples.npz.tmp.{os.getpid()}')
-    try:  # written whole or not at all: eval_fid must never read a cut-off npz
-        with no_space_is_an_error(out_dir, arr.nbytes):
-            with open(tmp, 'wb') as fh:
-                np.savez(fh, arr_0=arr, **({} if labels is None else {'arr_1': labels, 'label_protocol': args.labels}))
-            os.replace(tmp, npz)
-            if video:
-                save_video_grid(arr, out_dir)
-                for i in range(args.num_samples):
-                    os.remove(os.path.join(video_dir, f'{i:06d}.npy'))
-            else:
-                grid = torch.from_numpy(arr[:64]).permute(0, 3, 1, 2).float() / 127.5 - 1
-                save_image_grid(grid, os.path.join(out_dir, 'grid.png'), nrow=max(int(len(grid) ** 0.5), 1))
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with no_space_is_an_error(out_dir, arr.nbytes):
+        with atomic_write(os.path.join(out_dir, 'samples.npz')) as tmp, open(tmp, 'wb') as fh:  # eval_fid never reads half
+            np.savez(fh, arr_0=arr, **({} if labels is None else {'arr_1': labels, 'label_protocol': args.labels}))
+        if video:
+            save_video_grid(arr, out_dir)
+            for i in range(args.num_samples):
+                os.remove(os.path.join(video_dir, f'{i:06d}.npy'))
+        else:
+            grid = torch.from_numpy(arr[:64]).permute(0, 3, 1, 2).float() / 127.5 - 1
+            save_image_grid(grid, os.path.join(out_dir, 'grid.png'), nrow=max(int(len(grid) ** 0.5), 1))
     print(f"wrote {out_dir}/samples.npz {arr.shape}, " + (f"grid.mp4/.gif/_frames.png and {args.num_samples} MP4s"
                                                            if video else f"grid.png and {args.num_samples} PNGs"))
 cleanup_distributed()

@@ -22,7 +22,7 @@ import sys
 import json
 import argparse
 
-from cli import add_device_arg, checked, set_cpu_threads
+from cli import add_device_arg, checked, set_cpu_threads, stop_on_signals
 
 ERASE_FRACTIONS = [k / 10 for k in range(10)]     # p = 0, 0.1, ..., 0.9 of the 64 coefficients erased
 
@@ -54,12 +54,13 @@ def parse_args(argv=None):
 if __name__ == '__main__':  # before torch is imported: --help and a mistyped flag answer at once, and the threads hold
     parse_args()
     set_cpu_threads()
+    stop_on_signals()
 
 import torch
 from tqdm import tqdm
 
-from common import (die, select_device, refuse_to_overwrite, no_space_is_an_error, check_output,
-                    lock_folder, load_batches, Counted, refuse_unused, non_finite, refuse_overlap)
+from common import die, select_device, load_batches, Counted, refuse_unused, non_finite
+from rundir import refuse_to_overwrite, no_space_is_an_error, check_output, lock_folder, refuse_overlap
 from data import make_dataset, random_subset
 from metrics import PSNR_MAX, bicubic_at_latent_grid, psnr, rgb_on_latent_grid
 from model import cut_dct_high_frequencies

@@ -44,7 +44,7 @@ def fetch_weights(path, url, file_name, what, flag=None):
                                         f"({os.path.dirname(cached)}) and could not be downloaded from {url}"
                                         + (f"; download it and pass it as {flag} PATH" if flag else '')) from None
             raise ValueError(unreadable(f"{cached} in the torch hub cache", e, "; delete it so that it is downloaded "
-                                        "again")) from None
+                                        "again", cached)) from None
         name = f"{what}'s {cached}"
     problem = contents_problem(sd, STATE_DICT)
     if problem:
@@ -55,7 +55,19 @@ def fetch_weights(path, url, file_name, what, flag=None):
 # -----------------------------------------------------------------------------
 # reading files: tensors only, and the structure each reader expects
 
-def unreadable(name, error, hint=''):
+def is_pickle(path):
+    """Whether the file at `path` is one whole pickle stream (pickletools parses its opcodes; nothing is run)."""
+    import pickletools
+    try:
+        with open(path, 'rb') as f:
+            for _ in pickletools.genops(f):
+                pass
+        return True
+    except Exception:
+        return False
+
+
+def unreadable(name, error, hint='', path=None):
     """The one sentence for a file torch.load(weights_only=True) or safetensors would not read. A pickle that needs
     more than tensors, numbers, strings, lists and dicts (a class, a function, numpy arrays: anything whose loading
     could run code) is named as refused; anything else is a file that is not what it should be."""
@@ -63,6 +75,10 @@ def unreadable(name, error, hint=''):
     if found:  # torch's weights-only unpickler names the class or function it would have had to call
         return (f"{name} was refused: it holds Python objects ({found[1]}), and only tensors, numbers, strings, lists "
                 f"and dicts are read, since loading anything else can run code"
+                f"{hint or '; convert weights you trust to .safetensors'}")
+    if path is not None and isinstance(error, pickle.UnpicklingError) and is_pickle(path):  # not torch.save's zip file
+        return (f"{name} was refused: it is a pickle that torch's safe reader cannot follow (a raw pickle.dump, not a "
+                f"torch.save), and loading it otherwise could run code"
                 f"{hint or '; convert weights you trust to .safetensors'}")
     hint = hint or '; check that the file is complete'
     return f"{name} could not be read as torch weights ({type(error).__name__}){hint}"
@@ -85,11 +101,12 @@ def read_file(path, name=None, hint=''):
             warnings.simplefilter('ignore')  # torch's notes on pickle protocols: not the user's business
             return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # truncated download, wrong file type, a pickle that needs more than tensors, ...
-        raise ValueError(unreadable(name, e, hint)) from None
+        raise ValueError(unreadable(name, e, hint, path)) from None
 
 
 STATE_DICT = 'a state dict'  # in a spec: a dict of names -> tensors
-POSITIVE = 'a positive integer'  # in a spec: a size
+POSITIVE = 'a positive integer'  # in a spec: a size, from 1 to MAX_SIZE
+MAX_SIZE = 2 ** 14  # pixels, latents, frames or channels: beyond any model this project makes, and beyond memory
 
 
 _NAMES = {int: 'an integer', float: 'a number', str: 'a string', bool: 'True or False', list: 'a list', dict: 'a dict',
@@ -113,6 +130,8 @@ def contents_problem(obj, spec, where='it'):
     if spec == POSITIVE:
         if not isinstance(obj, int) or isinstance(obj, bool) or obj < 1:
             return f"{where} is {obj!r}, not a positive integer"
+        if obj > MAX_SIZE:
+            return f"{where} is {obj}, beyond any size this project makes (at most {MAX_SIZE})"
         return None
     if isinstance(spec, dict):
         if not isinstance(obj, dict):
@@ -146,7 +165,8 @@ def contents_problem(obj, spec, where='it'):
 
 
 # what each reader of our own checkpoints uses, checked once when the file is read (load_checkpoint)
-_AE = {'model': STATE_DICT, 'ema?': STATE_DICT, 'config': {'preset': str, 'ae_config?': dict, 'num_frames?': int}}
+_AE = {'model': STATE_DICT, 'ema?': STATE_DICT,
+       'config': {'preset': str, 'ae_config?': dict, 'num_frames?': POSITIVE}}
 _LDM = {'ema': STATE_DICT, 'model?': STATE_DICT, 'step': int,
         'latent_scale': (float, [float]), 'latent_shift': (float, [float]),
         'config': {'ae': str, 'image_size': POSITIVE, 'schedule?': (str, type(None)), 'prediction': str,
@@ -337,10 +357,10 @@ def safetensors_config(path):
         config = json.loads(text)
     except ValueError:
         config = None
-    if not (isinstance(config, dict) and isinstance(config.get('preset'), str)
-            and isinstance(config.get('ae_config'), dict) and isinstance(config.get('num_frames', 1), int)):
+    problem = contents_problem(config, {'preset': str, 'ae_config': dict, 'num_frames?': POSITIVE})
+    if problem:
         raise ValueError(f"the 'config' in the metadata of {path} is not a train_ae.py config (preset, ae_config, "
-                         f"num_frames); re-export the weights, or drop the metadata and pass --preset.")
+                         f"num_frames): {problem}; re-export the weights, or drop the metadata and pass --preset.")
     return config
 
 

@@ -71,18 +71,20 @@ def test_docstring_lists_the_shared_flags_with_their_real_defaults(script):
 
 
 def test_no_import_circle_and_no_evaluation_stack_under_training():
-    # the layers, bottom up: cli (the command line, torch-free) imports none of the project's modules, common none
-    # either, model none, metrics only model (the video AE's time pooling), data
-    # adds common and metrics; the video AE builds on model, weight files sit above both
+    # the layers, bottom up: cli (the command line, torch-free) imports none of the project's modules, rundir (run
+    # folders, torch-free) only cli, common those two, model none, metrics only
+    # model (the video AE's time pooling), data adds common, rundir and metrics; the video AE builds on model, weight
+    # files sit above both
     project = {os.path.splitext(f)[0] for f in os.listdir(ROOT) if f.endswith('.py')}
-    below = {'cli': set(), 'common': set(), 'metrics': {'model'}, 'data': {'common', 'metrics'}, 'model': set(),
-             'video_model': {'model'}, 'weights': {'common', 'model', 'video_model'}, 'spectral': {'model'}}
+    below = {'cli': set(), 'rundir': {'cli'}, 'common': {'cli', 'rundir'}, 'metrics': {'model'},
+             'data': {'common', 'rundir', 'metrics'}, 'model': set(), 'video_model': {'model'},
+             'weights': {'common', 'model', 'video_model'}, 'spectral': {'model'}}
     for name, allowed in below.items():
         assert imported_modules(f'{name}.py') & project <= allowed, name
-    assert imported_modules('train_ae.py') & project <= {'cli', 'common', 'data', 'metrics', 'model', 'video_model',
+    assert imported_modules('train_ae.py') & project <= {'cli', 'rundir', 'common', 'data', 'metrics', 'model', 'video_model',
                                                           'weights', 'perceptual', 'spectral'}
     # what train_ae.py can import loads neither scipy nor the Inception network nor eval_fid
-    code = ("import sys, common, data, metrics, model, video_model, weights, perceptual, spectral; "
+    code = ("import sys, rundir, common, data, metrics, model, video_model, weights, perceptual, spectral; "
             "bad = {'scipy', 'eval_fid', 'inception', 'torchvision.models.inception', 'tensorboard'} & set(sys.modules); "
             "assert not bad, bad")
     subprocess.run([sys.executable, '-c', code], check=True, cwd=ROOT)
