@@ -139,13 +139,13 @@ def add_common_args(parser, **defaults):
                    help="autocast dtype; 'auto' = bfloat16 on GPUs that support it, else float32")
     p.add_argument('--compile', action='store_true', help='torch.compile the model')
     p.add_argument('--resume', action='store_true', help='continue exactly from out_dir/ckpt.pt')
-    p.add_argument('--allow_changes', action='store_true', help='with --resume: accept settings that change the data stream (data, image size, batch size, seed, ...), so the run no longer continues exactly')
+    p.add_argument('--allow_changes', action='store_true', help='with --resume: accept settings that change the data stream (data, image size, batch size, seed); no longer exact')
     p.add_argument('--init_from', type=str, default=None, help='initial model weights (a checkpoint or public weights)')
     p.add_argument('--num_workers', type=checked(int, lo=0), default=d['num_workers'], help='data loader worker processes per rank')
     p.add_argument('--log_interval', type=positive, default=d['log_interval'], help='steps between log lines')
     p.add_argument('--eval_interval', type=positive, default=d['eval_interval'], help='steps between image grids / evaluations')
     p.add_argument('--ckpt_interval', type=positive, default=d['ckpt_interval'], help='steps between checkpoints')
-    p.add_argument('--tensorboard', action='store_true', help='also log the scalars of log.jsonl and the preview grids to TensorBoard, in out_dir/tensorboard (needs the tensorboard package)')
+    p.add_argument('--tensorboard', action='store_true', help='also log the scalars and preview grids to TensorBoard, in out_dir/tensorboard (needs the tensorboard package)')
     return p
 
 def cuda_visible():

@@ -33,7 +33,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument('--ckpt', type=str, required=True, help='a train_ae.py checkpoint, or public weights with --preset')
-    p.add_argument('--preset', type=str, default=None, help="the architecture of public weights ('sd', 'flux'; 'cogvideox' for --format cogvideox); a train_ae.py checkpoint knows its own")
+    p.add_argument('--preset', type=str, default=None, help="the architecture of public weights ('sd', 'flux'; 'cogvideox' for videos); train_ae.py checkpoints know their own")
     p.add_argument('--format', type=str, required=True, choices=list(FORMATS), help='the format to write')
     p.add_argument('--out', type=str, required=True, help='the folder to write (diffusers, cogvideox) or the .safetensors file (flux)')
     p.add_argument('--scaling_factor', type=checked(float, lo=0, lo_open=True), default=None, help="diffusion runs on (z - shift_factor) * scaling_factor; default: the preset's published value, else 1")

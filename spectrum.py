@@ -32,7 +32,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument('--ckpt', action='append', default=[], help='autoencoder to analyse (repeatable): a train_ae.py '
-                   'checkpoint, or public weights (.safetensors / .pt) with --preset; none: analyse the images alone')
+                   'checkpoint, or public weights with --preset; none: the images alone')
     p.add_argument('--label', action='append', default=[], help='name of each --ckpt in plots and JSON, in the same '
                    'order (default: the file name)')
     p.add_argument('--preset', type=str, default=None, help='the architecture of public --ckpt weights, an AE_PRESETS name (e.g. sd, flux)')
@@ -41,12 +41,12 @@ def parse_args(argv=None):
     p.add_argument('--image_size', type=checked(int, lo=8), default=256, help='images are resized and center-cropped to this')
     p.add_argument('--batch_size', type=checked(int, lo=1), default=16, help='images per forward pass')
     p.add_argument('--rgb_pool', type=checked(int, lo=1), action='append', default=[], help='also report the images average-pooled '
-                   'by this factor (repeatable), e.g. 8 to compare with f8 latents without an autoencoder')
+                   'by this factor (repeatable), e.g. 8 to compare with f8 latents')
     p.add_argument('--seed', type=checked(int, lo=0), default=0, help='seed of the dead-leaves stream')
     add_device_arg(p)
     p.add_argument('--out_dir', type=str, default='out/spectrum', help='where spectrum.png, erasure.png, spectrum.json go')
     p.add_argument('--num_frames', type=checked(int, lo=1), default=1, help='> 1: video clips of this many frames '
-                   '(1 + 4k) and video AEs (--preset cogvideox for public weights); per-latent-frame spatial and temporal spectra')
+                   '(1 + 4k) and video AEs (--preset cogvideox for public weights): spatial and temporal spectra')
     p.add_argument('--overwrite', action='store_true', help='replace the results already in --out_dir')
     return p.parse_args(argv)
 

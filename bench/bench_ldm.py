@@ -47,8 +47,8 @@ parser.add_argument('--compile', action='store_true', help='torch.compile the mo
 parser.add_argument('--grad_checkpointing', action='store_true', help='recompute activations in the backward pass (train_ldm.py --grad_checkpointing)')
 parser.add_argument('--num_images', type=int, default=2048, help='images in the train_ldm run\'s latent cache')
 parser.add_argument('--num_frames', type=int, default=5, help='latent frames of the vs_latte part')
-parser.add_argument('--parts', default=None, help='comma-separated: train_ldm, synthetic, vs_diffusers, vs_latte (default: the first three on GPUs; '
-                    'the last two on CPU, where a DiT-size train_ldm run takes minutes per step)')
+parser.add_argument('--parts', default=None, help='comma-separated: train_ldm, synthetic, vs_diffusers, vs_latte '
+                    '(none given: the first three on GPUs, the last two on CPU)')
 args = parser.parse_args()
 
 import numpy as np  # noqa: E402
