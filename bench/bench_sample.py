@@ -27,8 +27,8 @@ parser.add_argument('--latent_size', type=int, default=None, help='latent h = w 
 parser.add_argument('--ae_preset', default='sd', help='the decoder: sd (f8, 4 ch) or flux (f8, 16 ch)')
 parser.add_argument('--batch_size', type=int, default=8, help='samples per batch')
 parser.add_argument('--settings', default=None,
-                    help='comma-separated sampler:steps:cfg_scale (none given: ddpm:250:1,ddpm:250:1.5,ddim:50:1,ddim:50:1.5 '
-                         'on GPUs)')
+                    help='comma-separated sampler:steps:cfg_scale (none given: ddpm 250 and ddim 50 steps at cfg 1 and 1.5 '
+                         'on GPUs, 10 on CPU)')
 add_device_arg(parser, default='cpu')
 parser.add_argument('--dtype', default=None, choices=['float32', 'bfloat16', 'float16'], help='autocast dtype; default: bfloat16 on GPUs, float32 on the CPU')
 parser.add_argument('--compile', action='store_true', help='torch.compile the network')
