@@ -46,7 +46,7 @@ def parse_args(argv=None):
     add_device_arg(p)
     p.add_argument('--out_dir', type=str, default='out/spectrum', help='where spectrum.png, erasure.png, spectrum.json go')
     p.add_argument('--num_frames', type=checked(int, lo=1), default=1, help='> 1: video clips of this many frames '
-                   '(1 + 4k) and video AEs (public ones: --preset cogvideox); spatial and temporal spectra')
+                   '(1 + 4k) and video AEs (public ones: --preset cogvideox); spatial, temporal spectra')
     p.add_argument('--overwrite', action='store_true', help='replace the results already in --out_dir')
     return p.parse_args(argv)
 
