@@ -23,7 +23,7 @@ import torch
 from common import broadcast_latent_norm
 from data import ImageFolder
 from diffusion import Diffusion, Flow
-from model import build_backbone
+from model import build_backbone, decode_first_stage, encode_first_stage
 from weights import load_autoencoder, load_checkpoint
 
 GUARD_SAMPLES = 64
@@ -75,7 +75,8 @@ def diffusability_probe(ckpt, heldout, levels, device='cpu', batch_size=64, nois
     {'levels', 'eps_mse' (per level), 'pixel_mse' (per level), 'eps_mse_mean', 'pixel_mse_mean', 'guard': {...}}."""
     model, process, config, shift, scale, ae = load_ldm(ckpt, device)
     x = held_out(heldout, config['image_size']).to(device)  # (N, 3, [T,] H, W)
-    z = torch.cat([(ae.encode(b, sample=False)[0] - shift) * scale for b in x.split(batch_size)])  # (N, C, [t,] h, w)
+    z = torch.cat([(encode_first_stage(ae, b, sample=False) - shift) * scale for b in x.split(batch_size)])  # (N, C, [t,] h, w)
+    decode = lambda z: decode_first_stage(ae, z, config.get('vq_latents') != 'pre_quantization')  # noqa: E731  as sample.py
     flow = isinstance(process, Flow)
     n_decoded = len(z) if decoded is None else min(decoded, len(z))
     generator = torch.Generator().manual_seed(noise_seed)
@@ -89,18 +90,18 @@ def diffusability_probe(ckpt, heldout, levels, device='cpu', batch_size=64, nois
             errors[0] += (eps.float() - nb).pow(2).flatten(1).mean(1).sum().item()
             keep = max(0, min(len(zb), n_decoded - seen))  # the first n_decoded items
             if keep:
-                x_rec = ae.decode(x0[:keep].float() / scale + shift).clamp(-1, 1)
+                x_rec = decode(x0[:keep].float() / scale + shift).clamp(-1, 1)
                 errors[1] += (x_rec - xb[:keep]).pow(2).flatten(1).mean(1).sum().item()
             seen += len(zb)
         eps_mse.append(errors[0] / len(z))
         pixel_mse.append(errors[1] / n_decoded)
-    guard = sample_guard(model, process, z, shift, scale, ae, device)
+    guard = sample_guard(model, process, z, shift, scale, decode, device)
     return {'levels': list(levels), 'eps_mse': eps_mse, 'pixel_mse': pixel_mse,
             'eps_mse_mean': sum(eps_mse) / len(eps_mse), 'pixel_mse_mean': sum(pixel_mse) / len(pixel_mse),
             'num_images': len(z), 'num_decoded': n_decoded, 'guard': guard}
 
 
-def sample_guard(model, process, z_data, shift, scale, ae, device):
+def sample_guard(model, process, z_data, shift, scale, decode, device):
     """Has the LDM learned to sample? The per-channel std of GUARD_SAMPLES sample latents over the data latents', and
     the share of decoded pixels at or beyond [-1, 1]. ok: every ratio within [0.5, 2] and at most 10% saturated."""
     generator = torch.Generator().manual_seed(0)
@@ -112,7 +113,7 @@ def sample_guard(model, process, z_data, shift, scale, ae, device):
         z = process.ddim_sample(model_fn, x_T, steps=GUARD_STEPS)
     per_channel = lambda v: v.float().transpose(0, 1).flatten(1).std(1)  # noqa: E731  over all but the channel
     ratio = (per_channel(z) / per_channel(z_data).clamp_min(1e-12)).tolist()
-    img = ae.decode(z.float() / scale + shift)
+    img = decode(z.float() / scale + shift)  # (the LDM's own decoding: decode_first_stage)
     saturated = ((img <= -1) | (img >= 1)).float().mean().item()
     return {'std_ratio': ratio, 'saturated': saturated,
             'ok': bool(all(0.5 <= r <= 2 for r in ratio) and saturated <= 0.1)}
