@@ -75,6 +75,13 @@ AE_PRESETS = {
                            attn_resolutions=(32,)),
     'vq-f16': AEConfig(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=8, regularizer='vq',
                        n_embed=16384, attn_resolutions=(16,)),
+    # LDM's f ablation (Sec. 4.1) in miniature, for reproduce.py --f_sweep at 64 px: the mini family (widths 16 * ch_mult,
+    # one ResnetBlock a level, GroupNorm(4)) with CompVis' KL first stages' ch_mult, latent channels and attention
+    # levels (kl-f4 z3, kl-f8 z4, kl-f16 z16, kl-f32 z64; f2 z2 as the paper's f2 first stage); f1 is train_ldm.py --ae none
+    **{f'mini-f{f}': AEConfig(ch=16, ch_mult=mult, num_res_blocks=1, z_channels=z, norm_groups=4, resolution=64,
+                              attn_resolutions=attn)
+       for f, mult, z, attn in [(2, (1, 2), 2, ()), (4, (1, 2, 4), 3, ()), (8, (1, 2, 4, 4), 4, ()),
+                                (16, (1, 1, 2, 2, 4), 16, (4,)), (32, (1, 1, 2, 2, 4, 4), 64, (4, 2))]},
 }
 
 
