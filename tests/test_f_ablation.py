@@ -3,11 +3,15 @@ attn_resolutions) equal diffusers' AutoencoderKL with random weights; train_ae.p
 build that structure; train_ldm.py --ae none diffuses the pixels themselves; and reproduce.py --f_sweep at smoke size
 measures every factor by the project's one definition of each number."""
 import json
+import os
 import re
+import sys
 
 import numpy as np
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from metrics import PSNR_MAX, bicubic_at_latent_grid, psnr
 from model import AE_PRESETS, Autoencoder, make_ae_config
@@ -60,6 +64,24 @@ def test_mini_f_presets_follow_compvis_channels():
         assert (ae.downsample_factor, ae.cfg.z_channels) == (f, z)
     assert (AE_PRESETS['kl-f4'].z_channels, AE_PRESETS['sd'].z_channels, AE_PRESETS['kl-f16'].z_channels,
             AE_PRESETS['kl-f32'].z_channels) == (3, 4, 16, 64)
+
+
+@pytest.mark.parametrize('preset', ['mini-f32', 'vq-f4-noattn'])
+def test_flops_count_attention_where_compvis_puts_it(preset):
+    """bench/flops.py's analytic count equals torch's for attention inside levels (mini-f32: levels 4 and 5) and for
+    none at all (vq-f4-noattn, at a quarter of its width)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bench'))
+    from flops import ae_decoder_flops, ae_encoder_flops
+    cfg = make_ae_config(preset, dict(ch=32, n_embed=64) if preset.startswith('vq') else None)
+    ae = Autoencoder(cfg).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):  # attention as two matmuls, which the counter sees
+        z, _ = ae.encode(x, sample=False)
+        for fn, flops in [(lambda: ae.encode(x, sample=False), ae_encoder_flops(cfg, 64, 64)),
+                          (lambda: ae.decode(z), ae_decoder_flops(cfg, *z.shape[-2:]))]:
+            with FlopCounterMode(display=False) as counter:
+                fn()
+            assert counter.get_total_flops() == flops  # one image
 
 
 def test_train_ae_ch_mult_and_attn_resolutions_build_compvis_levels(tmp_path):

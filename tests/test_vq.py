@@ -3,6 +3,7 @@ quantises (VQModelInterface); CompVis' vq-f4, vq-f4-noattn and vq-f8 layouts equ
 weights; export.py writes a VQModel that diffusers loads; the codebook's perplexity is CompVis' measure_perplexity; and
 train_ae.py -> train_ldm.py -> sample.py on a tiny VQ autoencoder trains on pre-quantisation latents and quantises
 when it decodes."""
+import shutil
 from dataclasses import asdict
 
 import numpy as np
@@ -144,3 +145,18 @@ def test_vq_train_ae_ldm_sample_trains_before_and_decodes_after_quantisation(tmp
         decoded = {q: to_uint8(decode_first_stage(ae, z, force_not_quantize=not q)).permute(0, 2, 3, 1).float().numpy()
                    for q in (True, False)}
     assert np.abs(samples - decoded[True]).mean() < 0.5 < np.abs(samples - decoded[False]).mean()
+    # an LDM of an earlier train_ldm.py learned the quantised latents (its config has no 'vq_latents'): sample.py
+    # decodes its latents as they are, as it did, and train_ldm.py refuses to resume it on other latents
+    shutil.copytree(tmp_path / 'ldm', tmp_path / 'old')
+    for name in ('ckpt.pt', 'ema.pt'):
+        ckpt = torch.load(tmp_path / 'old' / name, weights_only=False)
+        del ckpt['config']['vq_latents']
+        torch.save(ckpt, tmp_path / 'old' / name)
+    run('sample.py', '--ckpt', tmp_path / 'old' / 'ema.pt', '--num_samples', '2', '--sampler', 'ddim', '--steps', '2',
+        '--spacing', 'ddim', '--device', 'cpu', '--out_dir', tmp_path / 'old_samples')
+    samples = np.load(tmp_path / 'old_samples' / 'samples.npz')['arr_0'].astype(np.float32)
+    assert np.abs(samples - decoded[False]).mean() < 0.5 < np.abs(samples - decoded[True]).mean()
+    refused = run('train_ldm.py', '--ae', ae_path, '--image_size', '16', '--batch_size', '4', '--num_workers', '0',
+                  '--device', 'cpu', '--max_steps', '3', '--out_dir', tmp_path / 'old', '--resume', check=False)
+    assert refused.returncode != 0 and 'trained on the quantised latents' in refused.stderr
+    assert 'Traceback' not in refused.stderr
