@@ -9,7 +9,9 @@ Stage 2: train a diffusion model (LDM UNet or DiT) on the latents of a frozen au
 
 Latents are normalised as z = (E(x) - latent_shift) * latent_scale, with shift and scale the mean and 1/std of the
 latents of one global batch drawn at random from the data and gathered over ranks (LDM's scale_by_std), fixed for the
-run and kept in the checkpoint: two scalars for images, one pair per latent channel for video (--latent_norm). The loss is diffusion.py's:
+run and kept in the checkpoint: two scalars for images, one pair per latent channel for video (--latent_norm). A VQ
+autoencoder's latent is taken before quantisation, and decoding quantises (CompVis' VQModelInterface: model.py's
+encode_first_stage / decode_first_stage); --ae none diffuses the pixels themselves (LDM-1). The loss is diffusion.py's:
 --objective eps or v trains DDPM (diffusion.Diffusion: eps- or v-prediction MSE, plus L_vlb for learn_sigma models),
 --objective flow trains rectified flow (diffusion.Flow, as SiT and SD3: --prediction velocity|x0|noise, --time_sampling,
 --time_shift), with the same backbones; the checkpoint records which, and sample.py samples it with that family's
