@@ -125,7 +125,7 @@ parser.add_argument('--all', action='store_true', help='every figure (1-5): --ch
 parser.add_argument('--num_frames', type=int, default=1, help='> 1: the video experiment on clips of this many frames '
                     '(1 + 8k: 4x temporal compression, and temporal SE halves the latent frames); Fig. 1 only')
 parser.add_argument('--f_sweep', action='store_true', help="instead: LDM's Fig. 6/7 in miniature, quality against "
-                    "throughput for each downsampling factor of --f_factors (f_sweep.md)")
+                    "throughput for each factor of --f_factors (f_sweep.md)")
 parser.add_argument('--f_factors', type=int_list(1), default=F_FACTORS, help="--f_sweep's downsampling factors "
                     f"(1: pixels); default {','.join(map(str, F_FACTORS))}")
 parser.add_argument('--data', type=str, default=None, help='image folder, split once by a seeded hash of file names into '
