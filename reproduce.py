@@ -9,6 +9,7 @@ miniature, from one command, run with the project's own scripts; report.py turns
   python reproduce.py --objective flow # rectified-flow LDMs instead of DDPM (eps,flow: both, on the same autoencoders)
   python reproduce.py --smoke          # the pipeline at toy sizes (checks it runs; says nothing about SE)
   python reproduce.py --num_frames 17  # video: the shipped causal 3D baseline, spatial SE and spatial + temporal SE
+  python reproduce.py --f_sweep        # instead, LDM's f ablation (its Fig. 6/7): pixels (f1) and AEs of f2 .. f32
 
 The protocol. (1) A deep autoencoder (preset mini: f4, 8 channels, no shortcut from pixels to latent) is pretrained
 once, for long, by --pretrain, and shipped in assets/ with its recipe and the commit that made it. (2) As the paper
