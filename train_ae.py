@@ -235,8 +235,9 @@ if args.ch_mult == []:
     die("--ch_mult needs at least one level, such as '1,2,4'.")
 sizes = [getattr(ae_config, 'resolution', 0) // 2 ** i for i in range(len(ae_config.ch_mult))]  # each level's feature size
 if not video and set(ae_config.attn_resolutions) - set(sizes):
-    die(f"--attn_resolutions {','.join(map(str, ae_config.attn_resolutions))} names a size no level has: the levels "
-        f"are {', '.join(map(str, sizes))} px at {ae_config.resolution} px.")
+    die(f"attention at {','.join(map(str, ae_config.attn_resolutions))} px (--attn_resolutions, or the preset's) asks "
+        f"for a size no level has: the levels' features are {', '.join(map(str, sizes))} px for "
+        f"{ae_config.resolution} px images; pass sizes from that list.")
 # a checkpoint made before a field existed has the preset's value of it (make_ae_config fills it in)
 if ckpt is not None and asdict(make_ae_config(ckpt['config']['preset'], ckpt['config']['ae_config'],
                                               VIDEO_AE_PRESETS if video else None)) != asdict(ae_config):
