@@ -98,10 +98,10 @@ Z_CHANNELS = [4, 8, 16, 32]                  # Fig. 2, from scratch
 KL_WEIGHTS = [1e-6, 1e-2, 1e-1, 1.0]         # Fig. 3, from scratch: the posterior noise shows from 1e-1 (std 0.06 at 1e-2)
 SE_WEIGHTS = [0.0, 0.1, 0.25, 0.5, 1.0]      # Fig. 4, fine-tunes of the baseline
 # LDM's Sec. 4.1 (Fig. 6, 7): f1 diffuses pixels (train_ldm.py --ae none), f2-f32 the model.py mini-f* autoencoders;
-# every LDM is the same tiny DiT with the same steps and batch. Default sizes: about 25 min on 2 idle cores, estimated
+# every LDM is the same tiny DiT with the same steps and batch. Default sizes: 23-27 min on 2 idle cores, estimated
 # from per-step times measured on a busy machine (2026-12-07) and scaled by Fig. 1's LDM step measured beside them
 F_FACTORS = [1, 2, 4, 8, 16, 32]
-F_SWEEP_SIZES = {'default': dict(ae_steps=600, ldm_steps=1000, ldm_batch_size=16),
+F_SWEEP_SIZES = {'default': dict(ae_steps=500, ldm_steps=1000, ldm_batch_size=16),
                  'smoke': dict(ae_steps=2, ldm_steps=2, ldm_batch_size=2)}
 PROBE_DECODED_CLIPS = 16                     # video: held-out clips whose x0 prediction the probe decodes (its cost)
 PROGRESS_SECONDS = 30                        # how often each running child's progress is shown
