@@ -1,7 +1,7 @@
 """
 Write an autoencoder (a train_ae.py checkpoint, e.g. an SE fine-tune, or public weights) in the formats other tools load:
-  diffusers  diffusers' AutoencoderKL: a folder with config.json and diffusion_pytorch_model.safetensors,
-             for AutoencoderKL.from_pretrained(PATH);
+  diffusers  diffusers' AutoencoderKL (a VQ autoencoder: VQModel): a folder with config.json and
+             diffusion_pytorch_model.safetensors, for AutoencoderKL.from_pretrained(PATH) (VQModel.from_pretrained);
   flux       FLUX.1's ae.safetensors: LDM's parameter names without quant convs, as FLUX's own AutoEncoder
              (black-forest-labs/flux, src/flux/modules/autoencoder.py) loads them;
   cogvideox  a video autoencoder as CogVideoX's VAE: a folder for diffusers' AutoencoderKLCogVideoX.from_pretrained(PATH).
@@ -12,7 +12,7 @@ Write an autoencoder (a train_ae.py checkpoint, e.g. an SE fine-tune, or public 
   python export.py --ckpt out/video_ae/ckpt.pt --format cogvideox --out out/video_ae/cogvideox
 
 A train_ae.py checkpoint is written with its EMA weights when it has them, else its raw weights: the weights that
-load_autoencoder, train_ldm.py and sample.py use. What a format cannot hold (a VQ autoencoder,
+load_autoencoder, train_ldm.py and sample.py use. What a format cannot hold (a VQ autoencoder as FLUX's,
 a GroupNorm or chunking the format fixes otherwise, ...) is refused in one sentence. Dropout only acts in
 training and is in no format. The latent normalisation a diffusion model runs on, (z - shift_factor) * scaling_factor,
 goes into diffusers' config.json, and for FLUX (whose code holds it, in AutoEncoderParams) into the file's metadata;
@@ -24,7 +24,7 @@ import argparse
 
 from cli import checked, stop_on_signals
 
-FORMATS = {'diffusers': "diffusers' AutoencoderKL", 'flux': "FLUX.1's ae.safetensors",
+FORMATS = {'diffusers': "diffusers' AutoencoderKL or VQModel", 'flux': "FLUX.1's ae.safetensors",
            'cogvideox': "CogVideoX's VAE (diffusers' AutoencoderKLCogVideoX)"}
 
 
@@ -59,8 +59,12 @@ PUBLIC_LATENT_NORM = {'sd': (0.18215, None), 'flux': (0.3611, 0.1159), 'cogvideo
 
 def unsupported(cfg, fmt):
     """Why an autoencoder with config `cfg` cannot be written as `fmt`, in one clause; None when it can."""
-    if cfg.regularizer != 'kl':
-        return "it is a VQ autoencoder, and all three formats hold KL autoencoders"
+    if cfg.regularizer != 'kl' and fmt != 'diffusers':
+        return "it is a VQ autoencoder, which only the diffusers format holds (as VQModel)"
+    if cfg.regularizer == 'vq' and not cfg.use_quant_conv:
+        return "diffusers' VQModel always has quant convs, and this model has none (use_quant_conv)"
+    if fmt == 'flux' and (getattr(cfg, 'attn_resolutions', ()) or getattr(cfg, 'attn_type', 'vanilla') != 'vanilla'):
+        return "FLUX.1's autoencoder has attention in the mid-block alone (no attn_resolutions, attn_type 'vanilla')"
     if fmt in ('diffusers', 'cogvideox') and cfg.ch_mult[0] != 1:
         return f"diffusers' first level keeps the width of the input conv, so ch_mult must start with 1, not {cfg.ch_mult}"
     if fmt == 'flux' and cfg.use_quant_conv:
@@ -88,8 +92,15 @@ def diffusers_config(cfg, video, scale, shift):
         return {'_class_name': 'AutoencoderKLCogVideoX', **common, 'down_block_types': ['CogVideoXDownBlock3D'] * n,
                 'up_block_types': ['CogVideoXUpBlock3D'] * n, 'norm_num_groups': cfg.norm_groups, 'norm_eps': 1e-6,
                 'temporal_compression_ratio': 2 ** cfg.temporal_levels}
-    return {'_class_name': 'AutoencoderKL', **common, 'down_block_types': ['DownEncoderBlock2D'] * n,
-            'up_block_types': ['UpDecoderBlock2D'] * n, 'norm_num_groups': cfg.norm_groups, 'mid_block_add_attention': True}
+    attn = [cfg.resolution // 2 ** i in cfg.attn_resolutions for i in range(n)]  # levels with CompVis' attention
+    blocks = {'down_block_types': ['AttnDownEncoderBlock2D' if a else 'DownEncoderBlock2D' for a in attn],
+              'up_block_types': ['AttnUpDecoderBlock2D' if a else 'UpDecoderBlock2D' for a in reversed(attn)],
+              'norm_num_groups': cfg.norm_groups, 'mid_block_add_attention': cfg.attn_type == 'vanilla'}
+    if cfg.regularizer == 'vq':  # VQModel: quant convs always, no shift
+        common = {k: v for k, v in common.items() if k not in ('shift_factor', 'use_quant_conv', 'use_post_quant_conv')}
+        return {'_class_name': 'VQModel', **common, **blocks, 'num_vq_embeddings': cfg.n_embed,
+                'vq_embed_dim': cfg.z_channels}
+    return {'_class_name': 'AutoencoderKL', **common, **blocks}
 
 
 def main(argv=None):

@@ -14,6 +14,7 @@ import functools
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, fields, replace
+from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
@@ -41,6 +42,9 @@ class AEConfig:
     vq_beta: float = 0.25          # VQ commitment weight beta
     dropout: float = 0.0           # inside every ResnetBlock (0 in all public first stages)
     norm_groups: int = 32          # GroupNorm groups (LDM: 32); narrow presets use fewer, see group_norm
+    attn_resolutions: tuple = ()   # CompVis': an AttnBlock after every ResnetBlock of the levels of these feature sizes
+    resolution: int = 256          # CompVis' ddconfig resolution: the image size attn_resolutions count from
+    attn_type: str = 'vanilla'     # CompVis': 'none' drops every AttnBlock, the mid-block's too (vq-f4-noattn)
 
 
 AE_PRESETS = {
@@ -56,6 +60,27 @@ AE_PRESETS = {
     'sd': AEConfig(ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2, z_channels=4, use_quant_conv=True),
     # FLUX.1's autoencoder. Public latent scale and shift: diffusion runs on (z - 0.1159) * 0.3611.
     'flux': AEConfig(ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2, z_channels=16, use_quant_conv=False),
+    # CompVis' first stages (latent-diffusion, models/first_stage_models/*/config.yaml; embed_dim = z_channels in each),
+    # which load their released weights (--ae_preset); kl-f8 is 'sd' above
+    'kl-f4': AEConfig(ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, z_channels=3),
+    'kl-f16': AEConfig(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=16, attn_resolutions=(16,)),
+    'kl-f32': AEConfig(ch=128, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, z_channels=64, attn_resolutions=(16, 8)),
+    'vq-f4': AEConfig(ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, z_channels=3, regularizer='vq', n_embed=8192),
+    'vq-f4-noattn': AEConfig(ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, z_channels=3, regularizer='vq',
+                             n_embed=8192, attn_type='none'),
+    'vq-f8': AEConfig(ch=128, ch_mult=(1, 2, 2, 4), num_res_blocks=2, z_channels=4, regularizer='vq', n_embed=16384,
+                      attn_resolutions=(32,)),
+    'vq-f8-n256': AEConfig(ch=128, ch_mult=(1, 2, 2, 4), num_res_blocks=2, z_channels=4, regularizer='vq', n_embed=256,
+                           attn_resolutions=(32,)),
+    'vq-f16': AEConfig(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=8, regularizer='vq',
+                       n_embed=16384, attn_resolutions=(16,)),
+    # LDM's f ablation (Sec. 4.1) in miniature, for reproduce.py --f_sweep at 64 px: the mini family (widths 16 * ch_mult,
+    # one ResnetBlock a level, GroupNorm(4)) with CompVis' KL first stages' ch_mult, latent channels and attention
+    # levels (kl-f4 z3, kl-f8 z4, kl-f16 z16, kl-f32 z64; f2 z2 as the paper's f2 first stage); f1 is train_ldm.py --ae none
+    **{f'mini-f{f}': AEConfig(ch=16, ch_mult=mult, num_res_blocks=1, z_channels=z, norm_groups=4, resolution=64,
+                              attn_resolutions=attn)
+       for f, mult, z, attn in [(2, (1, 2), 2, ()), (4, (1, 2, 4), 3, ()), (8, (1, 2, 4, 4), 4, ()),
+                                (16, (1, 1, 2, 2, 4), 16, (4,)), (32, (1, 1, 2, 2, 4, 4), 64, (4, 2))]},
 }
 
 
@@ -71,8 +96,9 @@ def make_ae_config(preset, overrides=None, presets=None):
     if unknown:
         raise ValueError(f"unknown {type(config).__name__} field(s) {', '.join(sorted(unknown))}; valid fields are "
                          f"{', '.join(f.name for f in fields(config))}.")
-    if 'ch_mult' in overrides:
-        overrides['ch_mult'] = tuple(overrides['ch_mult'])  # JSON / argparse give lists
+    for key in ('ch_mult', 'attn_resolutions'):
+        if key in overrides:
+            overrides[key] = tuple(overrides[key])  # JSON / argparse give lists
     return replace(config, **overrides)
 
 
@@ -144,13 +170,18 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode='nearest'))
 
 
+def make_attn(channels, groups, attn_type):
+    """CompVis' make_attn: an AttnBlock, or nothing for attn_type 'none'."""
+    return AttnBlock(channels, groups) if attn_type == 'vanilla' else nn.Identity()
+
+
 class MidBlock(nn.Module):
     """The lowest-resolution stage of both encoder and decoder: ResnetBlock, global self-attention, ResnetBlock."""
 
-    def __init__(self, channels, dropout, groups=32):
+    def __init__(self, channels, dropout, groups=32, attn_type='vanilla'):
         super().__init__()
         self.block_1 = ResnetBlock(channels, channels, dropout, groups)
-        self.attn_1 = AttnBlock(channels, groups)
+        self.attn_1 = make_attn(channels, groups, attn_type)
         self.block_2 = ResnetBlock(channels, channels, dropout, groups)
 
     def forward(self, x):
@@ -168,14 +199,16 @@ class Encoder(nn.Module):
         c = cfg.ch
         for i_level, width in enumerate(widths):
             level = nn.Module()
-            level.block = nn.ModuleList()
+            level.block, level.attn = nn.ModuleList(), nn.ModuleList()
             for _ in range(cfg.num_res_blocks):
                 level.block.append(ResnetBlock(c, width, cfg.dropout, cfg.norm_groups))
                 c = width
+                if cfg.resolution // 2 ** i_level in cfg.attn_resolutions:  # CompVis' curr_res in attn_resolutions
+                    level.attn.append(make_attn(c, cfg.norm_groups, cfg.attn_type))
             if i_level != len(widths) - 1:
                 level.downsample = Downsample(c)
             self.down.append(level)
-        self.mid = MidBlock(c, cfg.dropout, cfg.norm_groups)
+        self.mid = MidBlock(c, cfg.dropout, cfg.norm_groups, cfg.attn_type)
         self.norm_out = group_norm(c, cfg.norm_groups)
         out_channels = 2 * cfg.z_channels if cfg.regularizer == 'kl' else cfg.z_channels
         self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
@@ -183,8 +216,10 @@ class Encoder(nn.Module):
     def forward(self, x):
         h = self.conv_in(x)
         for i_level, level in enumerate(self.down):
-            for block in level.block:
+            for i_block, block in enumerate(level.block):
                 h = block(h)
+                if len(level.attn):
+                    h = level.attn[i_block](h)
             if i_level != len(self.down) - 1:
                 h = level.downsample(h)
         h = self.mid(h)
@@ -200,15 +235,17 @@ class Decoder(nn.Module):
         widths = [cfg.ch * m for m in cfg.ch_mult]
         c = widths[-1]
         self.conv_in = nn.Conv2d(cfg.z_channels, c, 3, padding=1)
-        self.mid = MidBlock(c, cfg.dropout, cfg.norm_groups)
+        self.mid = MidBlock(c, cfg.dropout, cfg.norm_groups, cfg.attn_type)
         # built coarse to fine, but stored so that up[i_level] is level i_level, as in LDM's checkpoints
         up = []
         for i_level in reversed(range(len(widths))):
             level = nn.Module()
-            level.block = nn.ModuleList()
+            level.block, level.attn = nn.ModuleList(), nn.ModuleList()
             for _ in range(cfg.num_res_blocks + 1):
                 level.block.append(ResnetBlock(c, widths[i_level], cfg.dropout, cfg.norm_groups))
                 c = widths[i_level]
+                if cfg.resolution // 2 ** i_level in cfg.attn_resolutions:  # the encoder's levels, as CompVis'
+                    level.attn.append(make_attn(c, cfg.norm_groups, cfg.attn_type))
             if i_level != 0:
                 level.upsample = Upsample(c)
             up.insert(0, level)
@@ -219,8 +256,11 @@ class Decoder(nn.Module):
     def forward(self, z):
         h = self.mid(self.conv_in(z))
         for i_level in reversed(range(len(self.up))):
-            for block in self.up[i_level].block:
+            level = self.up[i_level]
+            for i_block, block in enumerate(level.block):
                 h = block(h)
+                if len(level.attn):
+                    h = level.attn[i_block](h)
             if i_level != 0:
                 h = self.up[i_level].upsample(h)
         h = self.conv_out(F.silu(self.norm_out(h)))
@@ -247,16 +287,29 @@ class VectorQuantizer(nn.Module):
         self.embedding = nn.Embedding(n_embed, dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / n_embed, 1.0 / n_embed)  # taming's init
 
-    def forward(self, z):
+    def nearest(self, z):
+        """z (B, C, H, W) -> the index of each latent vector's nearest codebook row, (B, H, W)."""
         B, C, H, W = z.shape
         z_flat = z.permute(0, 2, 3, 1).reshape(-1, C).float()  # (B*H*W, C)
         e = self.embedding.weight.float()  # (n_embed, C)
         dist = z_flat.pow(2).sum(1, keepdim=True) - 2.0 * z_flat @ e.t() + e.pow(2).sum(1)  # ||z - e_k||^2, (BHW, K)
-        z_q = e[dist.argmin(dim=1)].view(B, H, W, C).permute(0, 3, 1, 2)  # (B, C, H, W)
+        return dist.argmin(dim=1).view(B, H, W)
+
+    def forward(self, z):
+        z_q = self.embedding.weight.float()[self.nearest(z)].permute(0, 3, 1, 2)  # (B, C, H, W)
         # taming/LDM's default (legacy=True) puts beta on the codebook term instead; this is the paper's form
         loss = F.mse_loss(z_q, z.detach().float()) + self.beta * F.mse_loss(z.float(), z_q.detach())
         z_q = z + (z_q.to(z.dtype) - z).detach()  # straight-through: forward value z_q, gradient d/dz_q copied to z
         return z_q, loss
+
+
+def codebook_usage(indices, n_embed):
+    """How much of the codebook a batch of code indices uses, as CompVis' measure_perplexity (after karpathy's
+    deep-vector-quantization): p_k the share of the latent vectors that chose code k, perplexity = exp(-sum_k p_k log p_k)
+    (n_embed when every code is used equally, 1 when one code takes all), usage = the number of codes with p_k > 0."""
+    p = torch.bincount(indices.flatten(), minlength=n_embed).double() / indices.numel()  # (n_embed,)
+    entropy = -(p * torch.log(p.clamp_min(1e-300))).sum()  # 0 log 0 = 0
+    return entropy.exp().item(), int((p > 0).sum())
 
 
 class Autoencoder(nn.Module):
@@ -266,6 +319,8 @@ class Autoencoder(nn.Module):
         super().__init__()
         if cfg.regularizer not in ('kl', 'vq'):
             raise ValueError(f"unknown regularizer {cfg.regularizer!r}; use 'kl' or 'vq'.")
+        if cfg.attn_type not in ('vanilla', 'none'):
+            raise ValueError(f"unknown attn_type {cfg.attn_type!r}; use 'vanilla' or 'none'.")
         if any((cfg.ch * m) % cfg.norm_groups for m in cfg.ch_mult):
             raise ValueError(f"every level width ch * ch_mult must be a multiple of norm_groups {cfg.norm_groups} for "
                              f"GroupNorm, got ch={cfg.ch}, ch_mult={cfg.ch_mult}.")
@@ -286,11 +341,14 @@ class Autoencoder(nn.Module):
         """The decoder's output conv weight: LDM balances the GAN loss by gradient norms taken at this tensor."""
         return self.decoder.conv_out.weight
 
+    def encode_moments(self, x):
+        """The encoder and quant_conv: KL's (mean, logvar) moments (B, 2C, h, w), or VQ's latent before quantisation."""
+        h = self.encoder(x)
+        return self.quant_conv(h) if self.quant_conv is not None else h
+
     def encode(self, x, sample=True):
         """KL: a posterior sample (sample=True) or its mean, and the KL; VQ: the quantised z and the VQ loss."""
-        h = self.encoder(x)
-        if self.quant_conv is not None:
-            h = self.quant_conv(h)
+        h = self.encode_moments(x)
         if self.cfg.regularizer == 'kl':
             return diagonal_gaussian(h, sample)
         return self.quantize(h)
@@ -303,6 +361,40 @@ class Autoencoder(nn.Module):
     def forward(self, x, sample=True):
         z, reg_loss = self.encode(x, sample)
         return self.decode(z), z, reg_loss
+
+
+class IdentityFirstStage(nn.Module):
+    """LDM-1, diffusion on pixels (CompVis' IdentityFirstStage): encode and decode are the identity, f = 1, and the
+    'latent' has the image's 3 channels (train_ldm.py --ae none)."""
+    downsample_factor = 1
+
+    def __init__(self, channels=3):
+        super().__init__()
+        self.cfg = SimpleNamespace(z_channels=channels, regularizer='none')
+
+    def encode(self, x, sample=True):
+        return x, torch.zeros((), device=x.device)
+
+    def decode(self, z):
+        return z
+
+
+def encode_first_stage(ae, x, sample=True):
+    """x (B, 3, [T,] H, W) in [-1, 1] -> the latent a diffusion model learns, unnormalised, as CompVis' LatentDiffusion
+    takes it: KL, a posterior sample (or its mean, sample=False); VQ, the latent BEFORE quantisation, as
+    VQModelInterface.encode returns it ("the quantization layer is absorbed into the decoder"); pixels, x itself."""
+    if ae.cfg.regularizer == 'vq':
+        return ae.encode_moments(x)
+    return ae.encode(x, sample)[0]
+
+
+def decode_first_stage(ae, z, force_not_quantize=False):
+    """A diffusion model's latent (unnormalised) -> the image: VQ quantises it first, as CompVis' VQModelInterface.decode
+    with force_not_quantize=False (True: decode z as it is, for LDMs trained on quantised latents); KL and pixels decode
+    it as it is."""
+    if ae.cfg.regularizer == 'vq' and not force_not_quantize:
+        z = ae.quantize(z)[0]
+    return ae.decode(z)
 
 # ----------------------------------------------------------------------------------------------
 # Video tensors: the per-frame view every 2D operator takes, and causal time pooling (the video encoder's, and the

@@ -24,7 +24,7 @@ from common import broadcast_latent_norm
 from data import ImageFolder
 from diffusion import Flow, process_from_config
 from metrics import sample_guard
-from model import build_backbone
+from model import build_backbone, decode_first_stage, encode_first_stage
 from weights import load_autoencoder, load_checkpoint
 
 PROBE_T = [10, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 990]   # DDPM timesteps the probe noises to
@@ -74,7 +74,8 @@ def diffusability_probe(ckpt, heldout, levels, device='cpu', batch_size=64, nois
     {'levels', 'eps_mse' (per level), 'pixel_mse' (per level), 'eps_mse_mean', 'pixel_mse_mean', 'guard': {...}}."""
     model, process, config, shift, scale, ae = load_ldm(ckpt, device)
     x = held_out(heldout, config['image_size']).to(device)  # (N, 3, [T,] H, W)
-    z = torch.cat([(ae.encode(b, sample=False)[0] - shift) * scale for b in x.split(batch_size)])  # (N, C, [t,] h, w)
+    z = torch.cat([(encode_first_stage(ae, b, sample=False) - shift) * scale for b in x.split(batch_size)])  # (N, C, [t,] h, w)
+    decode = lambda z: decode_first_stage(ae, z, config.get('vq_latents') != 'pre_quantization')  # noqa: E731  as sample.py
     flow = isinstance(process, Flow)
     n_decoded = len(z) if decoded is None else min(decoded, len(z))
     generator = torch.Generator().manual_seed(noise_seed)
@@ -88,18 +89,18 @@ def diffusability_probe(ckpt, heldout, levels, device='cpu', batch_size=64, nois
             errors[0] += (eps.float() - nb).pow(2).flatten(1).mean(1).sum().item()
             keep = max(0, min(len(zb), n_decoded - seen))  # the first n_decoded items
             if keep:
-                x_rec = ae.decode(x0[:keep].float() / scale + shift).clamp(-1, 1)
+                x_rec = decode(x0[:keep].float() / scale + shift).clamp(-1, 1)
                 errors[1] += (x_rec - xb[:keep]).pow(2).flatten(1).mean(1).sum().item()
             seen += len(zb)
         eps_mse.append(errors[0] / len(z))
         pixel_mse.append(errors[1] / n_decoded)
-    guard = guard_ldm(model, process, z, shift, scale, ae, device)
+    guard = guard_ldm(model, process, z, shift, scale, decode, device)
     return {'levels': list(levels), 'eps_mse': eps_mse, 'pixel_mse': pixel_mse,
             'eps_mse_mean': sum(eps_mse) / len(eps_mse), 'pixel_mse_mean': sum(pixel_mse) / len(pixel_mse),
             'num_images': len(z), 'num_decoded': n_decoded, 'guard': guard}
 
 
-def guard_ldm(model, process, z_data, shift, scale, ae, device):
+def guard_ldm(model, process, z_data, shift, scale, decode, device):
     """Has the LDM learned to sample? GUARD_SAMPLES samples of it (DDIM, or Heun under flow) against the data latents,
     by metrics.sample_guard: the per-channel std ratio and the share of saturated decoded pixels."""
     generator = torch.Generator().manual_seed(0)
@@ -109,4 +110,4 @@ def guard_ldm(model, process, z_data, shift, scale, ae, device):
         z = process.ode_sample(model_fn, x_T, GUARD_STEPS, 'heun')
     else:
         z = process.ddim_sample(model_fn, x_T, steps=GUARD_STEPS)
-    return sample_guard(z, z_data, ae.decode(z.float() / scale + shift))
+    return sample_guard(z, z_data, decode(z.float() / scale + shift))  # the LDM's own decoding: decode_first_stage

@@ -381,3 +381,65 @@ def write_report(out_dir):
         f.write(md)
     return md
 
+
+def plot_f_sweep(result, out_dir):
+    """LDM's Fig. 7 in miniature: for each factor f one point, sample SWD against sampling throughput and the probe's
+    pixel error against training throughput, with the trivial reference (a second held-out draw) as a line."""
+    rows = result['factors']
+    fig, axes = plt().subplots(1, 2, figsize=(10, 4))
+    panels = [(axes[0], 'sample_images_per_second', lambda r: r['samples'].get('swd_avg'),
+               'sampling throughput (images/s, DDIM 50 steps, decoded)', 'SWD of samples (lower is better)'),
+              (axes[1], 'train_images_per_second', lambda r: r['probe']['pixel_mse_mean'],
+               'training throughput (latents/s)', 'probe: pixel MSE of the decoded x0 prediction')]
+    for ax, x_key, y_of, xlabel, ylabel in panels:
+        points = [(r[x_key], y_of(r), r['f']) for r in rows if y_of(r) is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], 'o-', color='C0')
+        for x, y, f in points:
+            ax.annotate(f'f{f}', (x, y), textcoords='offset points', xytext=(4, 4))
+        ax.set_xscale('log')
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    real = result['references'].get('real', {}).get('swd_avg')
+    if real is not None:
+        axes[0].axhline(real, color='gray', ls='--', label='a second held-out draw')
+        axes[0].legend()
+    return save(fig, out_dir, 'f_sweep.png')
+
+
+def write_f_sweep_report(out_dir):
+    """out_dir/f_sweep.json (reproduce.py --f_sweep) -> out_dir/f_sweep.md and f_sweep.png. Returns the markdown."""
+    with open(os.path.join(out_dir, 'f_sweep.json')) as f:
+        result = json.load(f)
+    c, fs, refs = result['config'], result['config']['f_sweep'], result['references']
+    md = ["# LDM's downsampling factor f in miniature (Rombach et al., Sec. 4.1, Fig. 6 and 7)", "",
+          f"Run: {'smoke sizes (checks the pipeline only; the numbers mean nothing)' if c['smoke'] else 'default sizes'}; "
+          f"{c['data'] or 'embedded textured dead leaves'} at {c['sizes']['image_size']} px: {result['data']['train']} "
+          f"training images, {result['data']['heldout']} + {result['data']['heldout2']} held-out. Each autoencoder "
+          f"(model.py mini-f*, f1: pixels) trained {fs['ae_steps']} steps from scratch (L1 + KL 1e-6, batch 8); each "
+          f"LDM is the tiny DiT (patch 2), {fs['ldm_steps']} steps of batch {fs['ldm_batch_size']} at lr "
+          f"{c['ldm_lr']:g}, the same for every f. Hardware: {result['hardware']}, {result['jobs']} job(s) at a time "
+          f"(throughputs are of one thread beside the other job); wall time {result['wall_seconds'] / 60:.1f} min.", "",
+          f"![quality against throughput]({plot_f_sweep(result, out_dir)})", "",
+          "| f | latent (C x h x w) | pixels / latent numbers | AE PSNR | bicubic at the latent grid | probe eps-MSE | "
+          "probe pixel MSE | guard | SWD of samples | SWD of the AE's reconstructions | train latents/s | "
+          "sampled images/s |", "|" + "---|" * 12]
+    for r in result['factors']:
+        rec = refs.get(f"f{r['f']}", refs.get('real', {})).get('swd_avg') if r['f'] > 1 else refs.get('real', {}).get('swd_avg')
+        swd = r['samples'].get('swd_avg')
+        md.append(f"| f{r['f']} | {' x '.join(map(str, r['latent_shape']))} | {r['compression']:.0f} | "
+                  + ('lossless | - | ' if r['f'] == 1 else f"{r['psnr']:.2f} | {r['bicubic_psnr']:.2f} | ")
+                  + f"{r['probe']['eps_mse_mean']:.4f} | {r['probe']['pixel_mse_mean']:.4f} | "
+                  f"{'ok' if r['probe']['guard']['ok'] else 'failed'} | {'-' if swd is None else f'{swd:.2f}'} | "
+                  f"{'-' if rec is None else f'{rec:.2f}'} | {r['train_images_per_second']:.0f} | "
+                  f"{r['sample_images_per_second']:.1f} |")
+    real = refs.get('real', {}).get('swd_avg')
+    md += ["", f"References: a second held-out draw scores an SWD of {'-' if real is None else f'{real:.2f}'} (a perfect "
+           "generator); each AE's reconstructions of it, what a perfect LDM on its latents would score. The probe's "
+           "eps-MSE is in each latent space (not comparable across f); its pixel MSE, of the decoded x0 prediction "
+           "averaged over 12 noise levels, is. Sample grids:", ""]
+    md += [f"- f{r['f']}: ![f{r['f']}]({r['grid']})" for r in result['factors']]
+    md = '\n'.join(md)
+    with open(os.path.join(out_dir, 'f_sweep.md'), 'w') as f:
+        f.write(md)
+    return md
+

@@ -9,6 +9,7 @@ miniature, from one command, run with the project's own scripts; report.py turns
   python reproduce.py --objective flow # rectified-flow LDMs instead of DDPM (eps,flow: both, on the same autoencoders)
   python reproduce.py --smoke          # the pipeline at toy sizes (checks it runs; says nothing about SE)
   python reproduce.py --num_frames 17  # video: the shipped causal 3D baseline, spatial SE and spatial + temporal SE
+  python reproduce.py --f_sweep        # instead, LDM's f ablation (its Fig. 6/7): pixels (f1) and AEs of f2 .. f32
 
 The protocol. (1) A deep autoencoder (preset mini: f4, 8 channels, no shortcut from pixels to latent) is pretrained
 once, for long, by --pretrain, and shipped in assets/ with its recipe and the commit that made it. (2) As the paper
@@ -48,7 +49,7 @@ import threading
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
-from cli import add_device_arg, die
+from cli import add_device_arg, die, int_list
 from rundir import lock_folder, refuse_overlap
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -98,6 +99,12 @@ SIZE_HELP = {  # what each of SIZES sets, for --help
 Z_CHANNELS = [4, 8, 16, 32]                  # Fig. 2, from scratch
 KL_WEIGHTS = [1e-6, 1e-2, 1e-1, 1.0]         # Fig. 3, from scratch: the posterior noise shows from 1e-1 (std 0.06 at 1e-2)
 SE_WEIGHTS = [0.0, 0.1, 0.25, 0.5, 1.0]      # Fig. 4, fine-tunes of the baseline
+# LDM's Sec. 4.1 (Fig. 6, 7): f1 diffuses pixels (train_ldm.py --ae none), f2-f32 the model.py mini-f* autoencoders;
+# every LDM is the same tiny DiT with the same steps and batch. Default sizes: 23-27 min on 2 idle cores, estimated
+# from per-step times measured on a busy machine (2026-12-07) and scaled by Fig. 1's LDM step measured beside them
+F_FACTORS = [1, 2, 4, 8, 16, 32]
+F_SWEEP_SIZES = {'default': dict(ae_steps=500, ldm_steps=1000, ldm_batch_size=16),
+                 'smoke': dict(ae_steps=2, ldm_steps=2, ldm_batch_size=2)}
 PROBE_DECODED_CLIPS = 16                     # video: held-out clips whose x0 prediction the probe decodes (its cost)
 PROGRESS_SECONDS = 30                        # how often each running child's progress is shown
 HELD_OUT = 0.25                              # the share of a --data folder's files held out (a seeded hash of names)
@@ -120,6 +127,10 @@ parser.add_argument('--se_sweep', action='store_true', help='also Fig. 4: fine-t
 parser.add_argument('--all', action='store_true', help='every figure (1-5): --channels, --kl_sweep and --se_sweep too')
 parser.add_argument('--num_frames', type=int, default=1, help='> 1: the video experiment on clips of this many frames '
                     '(1 + 8k: 4x temporal compression, and temporal SE halves the latent frames); Fig. 1 only')
+parser.add_argument('--f_sweep', action='store_true', help="instead: LDM's Fig. 6/7 in miniature, quality against "
+                    "throughput for each factor of --f_factors (f_sweep.md)")
+parser.add_argument('--f_factors', type=int_list(1), default=F_FACTORS, help="--f_sweep's downsampling factors "
+                    f"(1: pixels); default {','.join(map(str, F_FACTORS))}")
 parser.add_argument('--data', type=str, default=None, help='image folder, split once by a seeded hash of file names into '
                     f'training and held-out files ({HELD_OUT * 100:.0f}%% held out, at least 2); omitted: the embedded '
                     'dead leaves')
@@ -829,6 +840,138 @@ def erasure_strip(aes):
     save_image_grid(grid, os.path.join(args.out_dir, 'fig5_strip.png'), nrow=len(x) * len(fractions), row_labels=labels)
 
 # -----------------------------------------------------------------------------
+# --f_sweep: LDM's downsampling-factor ablation (Rombach et al., Sec. 4.1, Fig. 6 and 7) in miniature
+
+def f_sweep_check():
+    """The rules of --f_sweep, before anything runs. -> its sizes."""
+    problems = [f"--f_factors {f} has no autoencoder; choose from {','.join(map(str, F_FACTORS))}"
+                for f in args.f_factors if f not in F_FACTORS]
+    if video:
+        problems.append("--f_sweep is an image experiment; drop --num_frames")
+    if not args.f_factors:
+        problems.append("--f_factors needs at least one factor")
+    elif sizes['image_size'] % (2 * max(args.f_factors)):  # the DiT's 2x2 patches of the smallest latent
+        problems.append(f"--f_sweep needs --image_size divisible by 2 x {max(args.f_factors)} (the tiny DiT's patches on "
+                        f"the f{max(args.f_factors)} latent), got {sizes['image_size']}")
+    if problems:
+        sys.exit(f"error: {problems[0]}.")
+    return F_SWEEP_SIZES['smoke' if args.smoke else 'default']
+
+
+def f_sweep_planned(fs):
+    """The REFERENCE_SECONDS of the sweep, for the time-left display (an f1 LDM step costs about 10 of f4's)."""
+    t, images, n = REFERENCE_SECONDS, counts['heldout'], sizes['num_samples']
+    per_f = images * t['probe'] + n * (t['sample.py'] + t['eval_fid.py'])
+    aes = sum(f > 1 for f in args.f_factors) * (fs['ae_steps'] * t['train_ae.py'] + n * t['eval_fid.py'])
+    return aes + len(args.f_factors) * (fs['ldm_steps'] * t['train_ldm.py'] * fs['ldm_batch_size'] / 64 + per_f)
+
+
+def f_autoencoder(f, steps):
+    """The sweep's autoencoder of factor f: model.py's mini-f{f} from scratch with the shipped baseline's recipe (L1 +
+    KL 1e-6, Adam 1e-3 after 100 warm-up steps, batch 8) for `steps`. -> (name, folder, settings)."""
+    out = os.path.join(args.out_dir, 'f_sweep', f'ae_f{f}')
+    recipe = [a for a in PRETRAIN['image']]
+    recipe[recipe.index('--max_steps'):recipe.index('--max_steps') + 2] = []
+    recipe[recipe.index('--preset') + 1] = f'mini-f{f}'
+    script_args = [*recipe, '--data', data['train'], '--device', args.device, '--num_workers', 1,
+                   '--image_size', sizes['image_size']]
+    settings = train('train_ae.py', out, steps, {'script': 'train_ae.py', 'args': list(map(str, script_args))},
+                     [*script_args, '--eval_interval', steps, '--ckpt_interval', steps])
+    return f'f{f}', out, settings
+
+
+def f_ldm(ae_path, ae_settings, out, fs):
+    """The sweep's LDM on one first stage (ae_path, or 'none' for pixels): the same tiny DiT recipe as Fig. 1's, for
+    the sweep's steps and batch. -> (its last checkpoint, settings)."""
+    script_args = ['--seed', 0, '--image_size', sizes['image_size'], '--device', args.device, *training_data(),
+                   '--ae', ae_path, '--model', 'dit', '--preset', 'tiny', '--lr', args.ldm_lr,
+                   '--batch_size', fs['ldm_batch_size'], '--num_workers', 0, '--ema_decay', args.ldm_ema_decay,
+                   '--ema_warmup', '--cache_latents', os.path.join(out, 'latent_cache'),
+                   '--cache_size', sizes['train_images'] if args.random_crop else counts['train']]
+    settings = train('train_ldm.py', out, fs['ldm_steps'], {'script': 'train_ldm.py', 'args': list(map(str, script_args)),
+                                                            'ae': ae_settings},
+                     [*script_args, '--eval_interval', fs['ldm_steps'], '--ckpt_interval', fs['ldm_steps'],
+                      '--num_samples', 4, '--sample_steps', sizes['sample_steps']])
+    return os.path.join(out, 'ckpt.pt'), settings
+
+
+def f_reconstruction(ae_path, f):
+    """PSNR of the first stage's reconstructions (posterior means) of the held-out images, and of bicubic at its latent
+    grid (metrics.bicubic_at_latent_grid, the trivial reference train_ae.py and spectrum.py measure)."""
+    import torch
+    from metrics import bicubic_at_latent_grid, psnr
+    from probe import held_out
+    from weights import load_autoencoder
+    x = held_out(data['heldout'], sizes['image_size'])  # (N, 3, H, W)
+    ae = load_autoencoder(ae_path)
+    with torch.no_grad():
+        rec = torch.cat([ae.decode(ae.encode(b, sample=False)[0]) for b in x.split(64)]).clamp(-1, 1)
+    return psnr(rec, x).mean().item(), psnr(bicubic_at_latent_grid(x, f), x).mean().item()
+
+
+def f_sampling_throughput(snapshot, batch=16, steps=50):
+    """Images a second that the LDM draws: DDIM with sample.py's default 50 steps on one batch of 16, decoding included,
+    timed in this process (one thread, beside the other job)."""
+    import torch
+    from model import decode_first_stage
+    from probe import load_ldm
+    model, process, config, shift, scale, ae = load_ldm(snapshot)
+    backbone = config['backbone']
+    x_T = torch.randn(batch, backbone['in_channels'], backbone['latent_size'], backbone['latent_size'],
+                      generator=torch.Generator().manual_seed(0))
+    t0 = time.time()
+    with torch.no_grad():
+        z = process.ddim_sample(lambda x, t: model(x, t, None), x_T, steps=steps)
+        decode_first_stage(ae, z / scale + shift)
+    return batch / (time.time() - t0)
+
+
+def f_arm(f, fs):
+    """One factor: its autoencoder (none for f1) and reconstruction PSNR, its LDM, the probe, samples and scores, and
+    the LDM's training and sampling throughput. -> (numbers, the autoencoder for references())."""
+    if f == 1:
+        ae, ae_path = None, 'none'
+        ae_settings = {'first_stage': 'pixels'}
+    else:
+        ae = f_autoencoder(f, fs['ae_steps'])
+        ae_path, ae_settings = os.path.join(ae[1], 'ckpt.pt'), ae[2]
+    out = os.path.join(args.out_dir, 'f_sweep', f'ldm_f{f}')
+    snapshot, settings = f_ldm(ae_path, ae_settings, out, fs)
+    psnr_ae, psnr_bicubic = f_reconstruction(ae_path, f)
+    probed = probe(snapshot, 'eps')
+    metrics, grid = samples(0, out, snapshot, settings)
+    h = sizes['image_size'] // f
+    channels = 3 if f == 1 else json.load(open(os.path.join(ae[1], 'config.json')))['ae_config']['z_channels']
+    return {'f': f, 'latent_shape': [channels, h, h], 'compression': 3 * sizes['image_size'] ** 2 / (channels * h * h),
+            'psnr': psnr_ae, 'bicubic_psnr': psnr_bicubic,
+            'ae_train_seconds': train_seconds(ae[1]) if ae else 0.0,
+            'probe': probed, 'samples': metrics, 'grid': os.path.relpath(grid, args.out_dir),
+            'train_images_per_second': fs['ldm_steps'] * fs['ldm_batch_size'] / train_seconds(out),
+            'sample_images_per_second': f_sampling_throughput(snapshot)}, ae
+
+
+def f_sweep(fs, t0):
+    """--f_sweep: for each factor of --f_factors, f_arm; the references (a second held-out draw, each autoencoder's
+    reconstructions of it); f_sweep.json and, by report.py, f_sweep.md and its figure."""
+    import torch
+    say(f"reproduce.py --f_sweep: LDM's downsampling factors {', '.join(f'f{f}' for f in args.f_factors)} on the "
+        f"embedded data at {sizes['image_size']} px; everything goes to {os.path.join(args.out_dir, 'f_sweep')}; about "
+        f"{minutes(work.left())} at the pace of 2 idle CPU cores")
+    order = sorted(args.f_factors)  # f1 first: its LDM is the longest job
+    arms = parallel([lambda f=f: f_arm(f, fs) for f in order])
+    refs = references({f"f{r['f']}": ae for r, ae in arms if ae is not None})
+    result = {'config': {**vars(args), 'sizes': sizes, 'f_sweep': fs}, 'data': counts, 'hardware': hardware(),
+              'torch': torch.__version__, 'jobs': jobs, 'factors': [r for r, _ in arms], 'references': refs,
+              'references_grid': os.path.join('references', 'real', 'grid.png'), 'wall_seconds': time.time() - t0,
+              'child_seconds': child_seconds}
+    with open(os.path.join(args.out_dir, 'f_sweep.json'), 'w') as f:
+        json.dump(result, f, indent=1)
+    from report import write_f_sweep_report
+    say(write_f_sweep_report(args.out_dir))
+    say(f"\nwrote {os.path.join(args.out_dir, 'f_sweep.json')} and f_sweep.md (--f_sweep --replot re-writes it "
+        f"from the numbers)")
+
+# -----------------------------------------------------------------------------
 # the experiment
 
 def planned_work():
@@ -863,6 +1006,12 @@ def fig1_arm(seed, ae, objective):
 
 if __name__ == '__main__':
     args = parser.parse_args()
+    if args.replot and args.f_sweep:  # f_sweep.md and its figure from f_sweep.json
+        from report import write_f_sweep_report
+        if not os.path.isfile(os.path.join(args.out_dir, 'f_sweep.json')):
+            parser.exit(2, f"error: {args.out_dir} holds no f_sweep.json; pass the --out_dir of a --f_sweep run.\n")
+        say(write_f_sweep_report(args.out_dir))
+        sys.exit(0)
     if args.replot:  # the report from the numbers alone, without re-running anything
         from report import write_report
         if not os.path.isfile(os.path.join(args.out_dir, 'report.json')):
@@ -889,6 +1038,12 @@ if __name__ == '__main__':
             f"{minutes(work.left())} at the pace of 2 idle CPU cores; the run goes to "
             f"{os.path.join(args.out_dir, 'pretrain')}")
         pretrain()
+        sys.exit(0)
+    if args.f_sweep:  # LDM's f ablation, on its own
+        fs = f_sweep_check()
+        data, counts = materialise_data()
+        work = Work(f_sweep_planned(fs), jobs)
+        f_sweep(fs, t0)
         sys.exit(0)
     say(f"reproduce.py: {args.seeds} seeds x ({', '.join(ARMS)}), LDM objective {args.objective}, "
         f"{'embedded moving dead leaves, ' + str(args.num_frames) + ' frames' if video else 'embedded dead leaves' if args.data is None else args.data}"

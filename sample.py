@@ -93,7 +93,7 @@ from rundir import (refuse_to_overwrite, no_space_is_an_error, check_output, loc
                     atomic_write)
 from diffusion import cfg_model_fn, process_from_config, spaced_timesteps, sample_generators, randn
 from metrics import to_uint8
-from model import build_backbone
+from model import build_backbone, decode_first_stage
 from weights import load_autoencoder, load_checkpoint
 
 args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU
@@ -177,6 +177,9 @@ if (f, C_ae) != (trained_f, backbone['in_channels']):
 if config.get('ae_sha') is not None and weights_hash(ae) != config['ae_sha']:
     die(f"--ae {ae_path} has other weights than the autoencoder this LDM was trained with ({config['ae']}, weights "
         f"{config['ae_sha']}); its latents would not be the ones the LDM learned, so pass that autoencoder.")
+# a VQ LDM learned the latent before quantisation, and decoding quantises (CompVis' VQModelInterface); one trained by an
+# earlier train_ldm.py (no 'vq_latents' in its config) learned the quantised latent, and is decoded as it was
+force_not_quantize = config.get('vq_latents') != 'pre_quantization'
 
 num_classes = backbone['num_classes']
 if num_classes == 0:
@@ -267,7 +270,7 @@ for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols
             z = process.sde_sample(model_fn, x_T, steps=steps, generator=gens)
         else:
             z = process.ode_sample(model_fn, x_T, steps=steps, solver=sampler)
-        x = ae.decode(z.float() / latent_scale + latent_shift).float()  # undo the latent normalisation
+        x = decode_first_stage(ae, z.float() / latent_scale + latent_shift, force_not_quantize).float()  # undo the latent normalisation
     if not torch.isfinite(x).all():  # to_uint8 would write NaN as black pixels, a result that looks like one
         die(f"samples {idx[0]}..{idx[-1]} came out non-finite (NaN or inf): the model or its latent normalisation "
             f"in {args.ckpt} is broken; nothing more was written.")

@@ -77,6 +77,9 @@ parser.add_argument('--se_weight', type=checked(float, lo=0), default=0.0, help=
 parser.add_argument('--se_scales', type=int_list(2), default='2,4', help="SE's downsampling factors, one drawn uniformly per step (the authors' scale_factors 0.5, 0.25 are 2, 4 here)")
 parser.add_argument('--warmup_steps', type=checked(int, lo=0), default=0, help='linear learning-rate warm-up of the autoencoder over this many steps (0: none)')
 parser.add_argument('--z_channels', type=checked(int, lo=1), default=None, help="latent channels; default: the preset's (the paper's Fig. 2 varies it)")
+parser.add_argument('--ch_mult', type=int_list(1), default=None, help="width of each level over ch, e.g. '1,2,4': f = 2^(levels - 1); default: the preset's")
+parser.add_argument('--attn_resolutions', type=int_list(1), default=None, help="CompVis': attention in the levels whose feature size at --image_size is listed ('' none); default: the preset's")
+parser.add_argument('--n_embed', type=checked(int, lo=2), default=None, help="VQ codebook size; default: the preset's")
 parser.add_argument('--se_down', type=str, default='bilinear', choices=SE_DOWNSAMPLING,
                     help="how SE shrinks x and z: 'bilinear' the authors' default (align_corners=True, no antialiasing), 'mean' their s x s average, 'antialiased' ours (not the paper's)")
 parser.add_argument('--se_mode', type=str, default='downsample', choices=['downsample', 'dct_cut'], help="SE by downsampling (the paper) or by the authors' DCT cut of high frequencies from z and x (--se_max_cut)")
@@ -121,8 +124,8 @@ from common import (die, select_device, setup_distributed, cleanup_distributed, 
 from rundir import check_run_dir, prepare_run_dir, no_space_is_an_error
 from data import make_dataset, random_subset
 from metrics import bicubic_at_latent_grid, psnr, rgb_on_latent_grid, to_uint8
-from model import (AE_PRESETS, DISC_LOSSES, Autoencoder, NLayerDiscriminator, adaptive_gan_weight, pixel_loss,
-                   dct_cut_equivariance_loss, latent_hf_penalty, se_downsample, causal_time_pool,
+from model import (AE_PRESETS, DISC_LOSSES, Autoencoder, NLayerDiscriminator, adaptive_gan_weight, codebook_usage,
+                   make_ae_config, pixel_loss, dct_cut_equivariance_loss, latent_hf_penalty, se_downsample, causal_time_pool,
                    scale_equivariance_loss, to_frames)
 from perceptual import LPIPS_MIN_SIZE, LPIPS
 from spectral import hf_share
@@ -141,6 +144,8 @@ def check_args(args):
             f"choose one of {', '.join(presets)}.")
     if video and args.regularizer not in (None, 'kl'):
         die("the video autoencoder is KL-regularised; drop --regularizer vq or train on images (--num_frames 1).")
+    if video and (args.attn_resolutions is not None or args.n_embed is not None):
+        die("--attn_resolutions and --n_embed are for the image autoencoder; drop them or train on images.")
     if args.se_weight > 0 and not args.se_scales:
         die("--se_weight > 0 needs at least one factor in --se_scales, such as '2,4'.")
     if args.se_temporal and args.se_temporal_scales:
@@ -217,19 +222,39 @@ else:
     ae_config = (VIDEO_AE_PRESETS if video else AE_PRESETS)[args.preset]
 if video and (args.num_frames - 1) % 2 ** ae_config.temporal_levels:
     die(f"--num_frames {args.num_frames} must be 1 + {2 ** ae_config.temporal_levels}k for the causal layout.")
-for flag, value in (('regularizer', args.regularizer), ('z_channels', args.z_channels)):
+architecture = {'regularizer': args.regularizer, 'z_channels': args.z_channels, 'n_embed': args.n_embed,
+                'ch_mult': tuple(args.ch_mult) if args.ch_mult is not None else None,
+                'attn_resolutions': tuple(args.attn_resolutions) if args.attn_resolutions is not None else None}
+if args.attn_resolutions is not None:  # the sizes are counted from this run's images (CompVis' ddconfig resolution)
+    architecture['resolution'] = args.image_size
+for flag, value in architecture.items():
     if value is not None and value != getattr(ae_config, flag):
         if args.init_from:
             die(f"--{flag} {value} differs from the {getattr(ae_config, flag)} {flag} of --init_from.")
         ae_config = replace(ae_config, **{flag: value})
-if ckpt is not None and ckpt['config']['ae_config'] != asdict(ae_config):
+if args.n_embed is not None and ae_config.regularizer != 'vq':
+    die("--n_embed is the VQ codebook's size; add --regularizer vq or drop it.")
+if args.ch_mult == []:
+    die("--ch_mult needs at least one level, such as '1,2,4'.")
+sizes = [getattr(ae_config, 'resolution', 0) // 2 ** i for i in range(len(ae_config.ch_mult))]  # each level's feature size
+if not video and set(ae_config.attn_resolutions) - set(sizes):
+    die(f"attention at {','.join(map(str, ae_config.attn_resolutions))} px (--attn_resolutions, or the preset's) asks "
+        f"for a size no level has: the levels' features are {', '.join(map(str, sizes))} px for "
+        f"{ae_config.resolution} px images; pass sizes from that list.")
+# a checkpoint made before a field existed has the preset's value of it (make_ae_config fills it in)
+if ckpt is not None and asdict(make_ae_config(ckpt['config']['preset'], ckpt['config']['ae_config'],
+                                              VIDEO_AE_PRESETS if video else None)) != asdict(ae_config):
     saved, now = ckpt['config'], asdict(ae_config)
-    differ = ', '.join(f"{k} {saved['ae_config'].get(k)} in it, {now.get(k)} here" for k in sorted(set(now) | set(
-        saved['ae_config'])) if saved['ae_config'].get(k) != now.get(k))  # the parameters, named (a preset may change)
+    then = asdict(make_ae_config(saved['preset'], saved['ae_config'], VIDEO_AE_PRESETS if video else None))
+    differ = ', '.join(f"{k} {then.get(k)} in it, {now.get(k)} here" for k in sorted(set(now) | set(then))
+                       if then.get(k) != now.get(k))  # the parameters, named (a preset may change)
     die(f"{ckpt_path} is a {saved['ae_config'].get('regularizer', 'kl')} autoencoder of preset {saved['preset']}, not the "
         f"{ae_config.regularizer} one of --preset {args.preset} ({differ}); resume with the flags it was trained with.")
 if not args.init_from:
-    ae = (VideoAutoencoder if video else Autoencoder)(ae_config)
+    try:
+        ae = (VideoAutoencoder if video else Autoencoder)(ae_config)
+    except ValueError as e:  # e.g. a --ch_mult whose widths GroupNorm cannot split
+        die(str(e))
 ae.to(device).train()
 f = ae.downsample_factor
 se_largest = max(se_scales, default=1) if args.se_weight > 0 else 1
@@ -470,6 +495,9 @@ while step < args.max_steps:
     if step % args.log_interval == 0 or step == args.max_steps:
         dt, train_time, timed_steps = train_time / timed_steps, 0.0, 0
         images = args.batch_size * args.grad_accum * dist.world_size * args.num_frames  # video: frames
+        if ae_config.regularizer == 'vq':  # of the last micro-batch's codes, on this rank (CompVis logs the same)
+            terms['perplexity'], terms['codebook_usage'] = codebook_usage(ae.quantize.nearest(z.detach().float()),
+                                                                          ae_config.n_embed)
         logger.log(step, **{k: (all_reduce_mean(v.float(), dist) if torch.is_tensor(v) else v) for k, v in terms.items()},
                    step_time=dt, images_per_sec=images / dt, skipped_images=loader.skipped(), lr=lr,
                    **peak_memory(device))

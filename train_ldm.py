@@ -9,7 +9,9 @@ Stage 2: train a diffusion model (LDM UNet or DiT) on the latents of a frozen au
 
 Latents are normalised as z = (E(x) - latent_shift) * latent_scale, with shift and scale the mean and 1/std of the
 latents of one global batch drawn at random from the data and gathered over ranks (LDM's scale_by_std), fixed for the
-run and kept in the checkpoint: two scalars for images, one pair per latent channel for video (--latent_norm). The loss is diffusion.py's:
+run and kept in the checkpoint: two scalars for images, one pair per latent channel for video (--latent_norm). A VQ
+autoencoder's latent is taken before quantisation, and decoding quantises (CompVis' VQModelInterface: model.py's
+encode_first_stage / decode_first_stage); --ae none diffuses the pixels themselves (LDM-1). The loss is diffusion.py's:
 --objective eps or v trains DDPM (diffusion.Diffusion: eps- or v-prediction MSE, or L1 with --diffusion_loss l1 as LDM's
 inpainting config, plus L_vlb for learn_sigma models; --beta_start/--beta_end move the schedule's ends as LDM's do),
 --objective flow trains rectified flow (diffusion.Flow, as SiT and SD3: --prediction velocity|x0|noise, --time_sampling,
@@ -59,8 +61,8 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.R
                                  allow_abbrev=False)
 add_common_args(parser, out_dir='out/ldm', lr=1e-4, preset='tiny', batch_size=32, max_steps=5000, eval_interval=500,
                 ckpt_interval=2500)
-parser.add_argument('--ae', type=str, default='out/ae/ckpt.pt', help='the frozen autoencoder: a train_ae.py checkpoint or public weights')
-parser.add_argument('--ae_preset', type=str, default=None, help="architecture of public --ae weights ('sd', 'flux'); not needed for train_ae.py checkpoints")
+parser.add_argument('--ae', type=str, default='out/ae/ckpt.pt', help="the frozen autoencoder: a train_ae.py checkpoint or public weights; 'none' diffuses pixels (LDM-1)")
+parser.add_argument('--ae_preset', type=str, default=None, help="architecture of public --ae weights ('sd', 'flux', CompVis' 'vq-f4', 'kl-f16', ...); not for our checkpoints")
 parser.add_argument('--model', type=str, default=None, choices=['unet', 'dit'], help='the denoiser backbone; --preset picks its size (unet: tiny, ldm-32, ldm-64 or an LDM config, e.g. ldm-4, cin256-v2; dit: tiny, DiT-S/2 ... DiT-XL/8); default: unet for images, dit for video (the only video backbone)')
 parser.add_argument('--objective', type=str, default='eps', choices=['eps', 'v', 'flow'], help="DDPM with eps- or v-prediction (diffusion.Diffusion), or rectified flow (diffusion.Flow: x_t = (1 - t) x0 + t eps, SiT's and SD3's)")
 parser.add_argument('--schedule', type=str, default=None, choices=SCHEDULES, help="DDPM's noise schedule (diffusion.beta_schedule); default: the backbone paper's (unet: ldm_linear as LDM, dit: linear as DiT); scaled_linear is Stable Diffusion's")
@@ -151,8 +153,8 @@ from rundir import check_run_dir, prepare_run_dir, no_space_is_an_error, check_o
 from data import make_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
 from diffusion import process_from_config
 from metrics import GUARD_SATURATED, GUARD_STD_RATIO, sample_guard, to_uint8
-from model import build_backbone
-from weights import load_autoencoder, load_checkpoint
+from model import build_backbone, decode_first_stage, encode_first_stage
+from weights import PIXELS, load_autoencoder, load_checkpoint
 
 auto = args.device == 'auto'
 args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU, as config.json records it
@@ -245,10 +247,18 @@ if trained_with['ae_sha'] is not None and trained_with != ae_identity:
         f"{trained_with['ae_sha']}); pass that one with --ae.")
 
 
+# CompVis' VQModelInterface: the LDM learns a VQ autoencoder's latent before quantisation, and decoding quantises. A run
+# of an earlier train_ldm.py learned the quantised latent: its config has no 'vq_latents', and it is not resumed.
+vq_latents = 'pre_quantization' if ae.cfg.regularizer == 'vq' else None
+if saved and saved.get('vq_latents') != vq_latents:
+    die(f"{ckpt_path} was trained on the quantised latents of its VQ autoencoder by an earlier train_ldm.py, and this "
+        f"one trains on the latents before quantisation, as LDM; start a new run in another --out_dir.")
+
+
 @torch.no_grad()
 def encode(x):  # x (B, 3, [T,] H, W) in [-1, 1] -> unnormalised latents (B, C, [T',] h, w), a posterior sample as LDM, DiT
     with autocast(device, dtype):
-        z, _ = ae.encode(x, sample=True)
+        z = encode_first_stage(ae, x, sample=True)
     return z.float()
 
 # -----------------------------------------------------------------------------
@@ -259,11 +269,13 @@ images = make_dataset(args.data, args.image_size, seed=args.seed, train=True, ra
                       num_frames=args.num_frames, frame_stride=args.frame_stride)  # video: clips (3, T, H, W)
 if args.cache_latents:
     num_items = args.cache_size if args.random_crop or args.data is None else min(args.cache_size or len(images), len(images))
-    key = {'ae_sha256': file_sha256(ae_path), 'data': dataset_identity(images, args.data, args.seed),
+    key = {'ae_sha256': file_sha256(ae_path) if ae_path != PIXELS else PIXELS, 'data': dataset_identity(images, args.data, args.seed),
            'image_size': args.image_size, 'random_crop': args.random_crop, 'cache_size': num_items,
            'seed': args.seed, 'latent_shape': latent_shape}
     if video:
         key |= {'num_frames': args.num_frames, 'frame_stride': args.frame_stride}
+    if vq_latents:  # a cache of quantised latents, made by an earlier train_ldm.py, is not one of these
+        key |= {'vq_latents': vq_latents}
     dataset = build_latent_cache(args.cache_latents, images, encode, latent_shape, key, num_items, args.batch_size, dist,
                                  args.seed, args.random_crop, args.num_workers)
 else:
@@ -271,7 +283,8 @@ else:
 num_classes = dataset.num_classes
 loader = Loader(dataset, args.batch_size, args.seed, dist, num_workers=args.num_workers)
 run_config = {**vars(args), **objective, 'num_images': len(dataset), 'schedule': schedule, 'beta_start': betas[0],
-              'beta_end': betas[1], 'learn_sigma': learn_sigma, 'latent_norm': latent_norm}  # the resolved defaults, as saved: a resume compares like with like
+              'beta_end': betas[1], 'learn_sigma': learn_sigma, 'latent_norm': latent_norm,
+              'vq_latents': vq_latents}  # the resolved defaults, as saved: a resume compares like with like
 
 
 def to_latent(x):
@@ -369,7 +382,7 @@ def sample_grid():
             z = process.ode_sample(model_fn, grid_noise, steps=args.sample_steps, solver='heun')
         else:
             z = process.ddim_sample(model_fn, grid_noise, steps=args.sample_steps)
-        x = ae.decode(z.float() / scale + shift).float()
+        x = decode_first_stage(ae, z.float() / scale + shift).float()
     guard = sample_guard(z, z_ref, x)  # do the samples look like data latents, and decode to unsaturated images?
     logger.log(step, guard_ok=guard['ok'], guard_std_ratio_min=min(guard['std_ratio']),
                guard_std_ratio_max=max(guard['std_ratio']), guard_saturated=guard['saturated'])

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file as load_safetensors
 
 from common import die
-from model import AE_PRESETS, Autoencoder, make_ae_config
+from model import AE_PRESETS, Autoencoder, IdentityFirstStage, make_ae_config
 from video_model import VIDEO_AE_PRESETS, VideoAEConfig, VideoAutoencoder
 
 
@@ -196,7 +196,9 @@ def diffusers_to_ldm(sd):
     renames = [
         (r'^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.', lambda m: f'decoder.up.{n_up - 1 - int(m[1])}.block.{m[2]}.'),
         (r'^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.', lambda m: f'decoder.up.{n_up - 1 - int(m[1])}.upsample.'),
+        (r'^decoder\.up_blocks\.(\d+)\.attentions\.(\d+)\.', lambda m: f'decoder.up.{n_up - 1 - int(m[1])}.attn.{m[2]}.'),
         (r'^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.', r'encoder.down.\1.block.\2.'),
+        (r'^encoder\.down_blocks\.(\d+)\.attentions\.(\d+)\.', r'encoder.down.\1.attn.\2.'),  # CompVis' attn_resolutions
         (r'^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.', r'encoder.down.\1.downsample.'),
         (r'^(encoder|decoder)\.mid_block\.resnets\.0\.', r'\1.mid.block_1.'),
         (r'^(encoder|decoder)\.mid_block\.resnets\.1\.', r'\1.mid.block_2.'),
@@ -212,7 +214,7 @@ def diffusers_to_ldm(sd):
     for k, v in sd.items():
         for pattern, repl in renames:
             k = re.sub(pattern, repl, k)
-        m = re.match(r'^(.*\.mid\.attn_1\.)(.+)\.(weight|bias)$', k)
+        m = re.match(r'^(.*\.(?:mid\.attn_1|(?:down|up)\.\d+\.attn\.\d+)\.)(.+)\.(weight|bias)$', k)
         if m and m[2] in attn:
             k = f'{m[1]}{attn[m[2]]}.{m[3]}'
             if v.dim() == 2:
@@ -229,6 +231,8 @@ def ldm_to_diffusers(sd, levels):
         (r'^decoder\.up\.(\d+)\.upsample\.', lambda m: f'decoder.up_blocks.{levels - 1 - int(m[1])}.upsamplers.0.'),
         (r'^encoder\.down\.(\d+)\.block\.(\d+)\.', r'encoder.down_blocks.\1.resnets.\2.'),
         (r'^encoder\.down\.(\d+)\.downsample\.', r'encoder.down_blocks.\1.downsamplers.0.'),
+        (r'^decoder\.up\.(\d+)\.attn\.(\d+)\.', lambda m: f'decoder.up_blocks.{levels - 1 - int(m[1])}.attentions.{m[2]}.'),
+        (r'^encoder\.down\.(\d+)\.attn\.(\d+)\.', r'encoder.down_blocks.\1.attentions.\2.'),
         (r'^(encoder|decoder)\.mid\.block_1\.', r'\1.mid_block.resnets.0.'),
         (r'^(encoder|decoder)\.mid\.block_2\.', r'\1.mid_block.resnets.1.'),
         (r'\.nin_shortcut\.', '.conv_shortcut.'),
@@ -241,9 +245,10 @@ def ldm_to_diffusers(sd, levels):
     for k, v in sd.items():
         for pattern, repl in renames + list((video if is_video else image).items()):
             k = re.sub(pattern, repl, k)
-        m = re.match(r'^(encoder|decoder)\.mid\.attn_1\.(\w+)\.(weight|bias)$', k)
+        k = re.sub(r'^(encoder|decoder)\.mid\.attn_1\.', r'\1.mid_block.attentions.0.', k)
+        m = re.match(r'^(.*\.attentions\.\d+\.)(norm|q|k|v|proj_out)\.(weight|bias)$', k)
         if m:  # LDM's 1x1 convs are nn.Linear in diffusers' attention
-            k = f'{m[1]}.mid_block.attentions.0.{attn[m[2]]}.{m[3]}'
+            k = f'{m[1]}{attn[m[2]]}.{m[3]}'
             v = v[:, :, 0, 0] if v.dim() == 4 else v
         out[k] = v.contiguous()
     return out
@@ -374,9 +379,17 @@ def build_autoencoder(cfg, path):
                          f"{str(e).splitlines()[0][:160]}).") from None
 
 
+PIXELS = 'none'  # the path that stands for no autoencoder: diffusion on pixels, LDM-1
+
+
 def load_autoencoder(path, preset=None, device='cpu', video=None):
     """An autoencoder in eval mode, an image one (model.Autoencoder) or a video one (video_model.VideoAutoencoder),
-    whichever the file holds (read_autoencoder). `video` True or False refuses the other kind, in one sentence."""
+    whichever the file holds (read_autoencoder), or for path PIXELS the identity (model.IdentityFirstStage). `video`
+    True or False refuses the other kind, in one sentence."""
+    if path == PIXELS:
+        if video:
+            raise ValueError("diffusion on pixels (--ae none) is for images; a video model needs a video autoencoder.")
+        return IdentityFirstStage().to(device).eval()
     cfg, state, config = read_autoencoder(path, preset)
     is_video = isinstance(cfg, VideoAEConfig)
     if video is not None and video != is_video:
