@@ -139,6 +139,9 @@ def test_bad_inputs_of_a_task_are_one_sentence(workdir, tmp_path):
     one_sentence(run('sample.py', '--ckpt', d / 'sr_bad' / 'ema.pt', '--device', 'cpu', '--out_dir', tmp_path / 'o2',
                      check=False), '--input DIR')
     one_sentence(train(d, 'dit_task', '--task', 'sr', '--model', 'dit', '--max_steps', '1', check=False), '--model unet')
+    train(d, 'dit', '--model', 'dit', '--max_steps', '1')
+    one_sentence(run('sample.py', '--ckpt', d / 'dit' / 'ema.pt', '--H', '32', '--device', 'cpu', '--out_dir',
+                     tmp_path / 'o3', check=False), 'position embedding')
     one_sentence(train(d, 'cache_task', '--task', 'inpaint', '--cache_latents', tmp_path / 'cache', '--cache_size', '4',
                        '--max_steps', '1', check=False), '--cache_latents')
     one_sentence(train(d, 'sr_flag', '--sr_factor', '2', '--max_steps', '1', check=False), '--sr_factor', '--task sr')
