@@ -79,18 +79,18 @@ def read(path):  # a PNG -> (3, H, W) in [-1, 1]
     return torch.from_numpy(np.asarray(Image.open(path).convert('RGB'), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)
 
 
-def held_out():
+def held_out(out_dir, data, S, num_eval, seed):
     """The held-out inputs of every task, with their targets and trivial references, written once:
     target/i.png; sr/i.png (the LR image) and bicubic/i.png (PIL's bicubic upsampling of it); inpaint/i.png +
     i_mask.png (a mask of 40-50% of the image) and fill/i.png (the hole filled with the known region's mean colour);
     semantic/i_label.png."""
-    root = os.path.join(args.out_dir, 'heldout')
+    root = os.path.join(out_dir, 'heldout')
     if os.path.isfile(os.path.join(root, 'done')):
         return root
     for sub in ('target', 'sr', 'bicubic', 'inpaint', 'fill', 'semantic'):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
-    images = make_dataset(args.data, S, seed=args.seed, train=False, segmentation=args.data is None)
-    for i in random_subset(images, size['num_eval'], args.seed):
+    images = make_dataset(data, S, seed=seed, train=False, segmentation=data is None)
+    for i in random_subset(images, num_eval, seed):
         item, _, _ = images.load(i)
         x = item['image'] if isinstance(item, dict) else item
         to_png(x, os.path.join(root, 'target', f'{i}.png'))
@@ -98,7 +98,7 @@ def held_out():
         to_png(lr, os.path.join(root, 'sr', f'{i}.png'))
         Image.open(os.path.join(root, 'sr', f'{i}.png')).resize((S, S), Image.BICUBIC).save(
             os.path.join(root, 'bicubic', f'{i}.png'))
-        m = conditioning.random_mask(S, S, 'mixed', [args.seed, i], (0.4, 0.5))  # (1, H, W), 1 = hole
+        m = conditioning.random_mask(S, S, 'mixed', [seed, i], (0.4, 0.5))  # (1, H, W), 1 = hole
         to_png(x, os.path.join(root, 'inpaint', f'{i}.png'))
         Image.fromarray((m[0].numpy() * 255).astype(np.uint8)).save(os.path.join(root, 'inpaint', f'{i}_mask.png'))
         x8 = read(os.path.join(root, 'inpaint', f'{i}.png'))
@@ -111,25 +111,24 @@ def held_out():
     return root
 
 
-def ldm(task):
+def ldm(task, out_dir, data, S, steps, batch, sample_steps, seed, device):
     """A tiny UNet for `task` on the baseline's latents (train_ldm.py --task); reused when made."""
-    out = os.path.join(args.out_dir, f'ldm_{task}')
+    out = os.path.join(out_dir, f'ldm_{task}')
     if not os.path.isfile(os.path.join(out, 'ema.pt')):
         flags = {'sr': ['--sr_factor', 4], 'inpaint': ['--masks', 'mixed', '--mask_area', '0.05,0.6'], 'semantic': []}
         run('train_ldm.py', '--task', task, *flags[task], '--ae', BASELINE, '--model', 'unet', '--preset', 'tiny',
-            '--image_size', S, '--batch_size', size['batch'], '--max_steps', size['steps'], '--lr', 1e-3,
-            '--ema_decay', 0.999, '--ema_warmup', '--num_workers', 1, '--seed', args.seed, '--device', args.device,
-            '--eval_interval', size['steps'], '--ckpt_interval', size['steps'], '--num_samples', 4,
-            '--sample_steps', size['sample_steps'], '--out_dir', out, '--overwrite',
-            *(['--data', args.data] if args.data else []), log=os.path.join(args.out_dir, f'train_{task}.log'))
+            '--image_size', S, '--batch_size', batch, '--max_steps', steps, '--lr', 1e-3, '--ema_decay', 0.999,
+            '--ema_warmup', '--num_workers', 1, '--seed', seed, '--device', device, '--eval_interval', steps,
+            '--ckpt_interval', steps, '--num_samples', 4, '--sample_steps', sample_steps, '--out_dir', out,
+            '--overwrite', *(['--data', data] if data else []), log=os.path.join(out_dir, f'train_{task}.log'))
     return out
 
 
-def paired(fake, ref, name):
+def paired(fake, ref, name, out_dir, device):
     """eval_fid.py --paired of two folders -> its numbers."""
-    out = os.path.join(args.out_dir, f'metrics_{name}.json')
-    run('eval_fid.py', '--paired', '--fake', fake, '--ref', ref, '--num_workers', 0, '--device', args.device,
-        '--out', out, '--overwrite', log=os.path.join(args.out_dir, f'eval_{name}.log'))
+    out = os.path.join(out_dir, f'metrics_{name}.json')
+    run('eval_fid.py', '--paired', '--fake', fake, '--ref', ref, '--num_workers', 0, '--device', device,
+        '--out', out, '--overwrite', log=os.path.join(out_dir, f'eval_{name}.log'))
     with open(out) as f:
         numbers = json.load(f)
     return {k: numbers[k] for k in ('num_pairs', 'paired_psnr', 'paired_ssim', 'paired_lpips', 'swd_avg', 'fid')
@@ -152,16 +151,17 @@ class KindClassifier(torch.nn.Module):
         return self.net(x)
 
 
-def train_classifier():
-    path = os.path.join(args.out_dir, 'kind_classifier.pt')
+def train_classifier(out_dir, S, steps, seed):
+    """KindClassifier trained `steps` Adam steps of 16 embedded images at S px (a stream apart from the held-out one)."""
+    path = os.path.join(out_dir, 'kind_classifier.pt')
     net = KindClassifier()
     if os.path.isfile(path):
         net.load_state_dict(torch.load(path, weights_only=True))
         return net.eval()
-    torch.manual_seed(args.seed)
-    stream = make_dataset(None, S, seed=args.seed + 1, train=True, segmentation=True)
+    torch.manual_seed(seed)
+    stream = make_dataset(None, S, seed=seed + 1, train=True, segmentation=True)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    for step in range(size['classifier_steps']):
+    for step in range(steps):
         items = [stream.load(step * 16 + j)[0] for j in range(16)]
         x, seg = torch.stack([it['image'] for it in items]), torch.stack([it['segmentation'] for it in items])
         loss = F.cross_entropy(net(x), seg)
@@ -183,9 +183,10 @@ def kind_agreement(net, folder, labels):
     return hits / total
 
 
-def grid(task, root, samples):
+def grid(task, root, samples, out_dir):
     """grid_<task>.png: rows of inputs (LR upsampled by nearest / masked image / label map), samples and targets."""
     names = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join(root, 'target')))[:8]
+    S = read(os.path.join(root, 'target', f'{names[0]}.png')).shape[-1]
     rows = {'input': [], 'sample': [], 'target': []}
     for n in names:
         if task == 'sr':
@@ -199,7 +200,7 @@ def grid(task, root, samples):
             rows['input'].append(palette[seg].permute(2, 0, 1))
         rows['sample'].append(read(os.path.join(samples, f'{n}.png')))
         rows['target'].append(read(os.path.join(root, 'target', f'{n}.png')))
-    path = os.path.join(args.out_dir, f'grid_{task}.png')
+    path = os.path.join(out_dir, f'grid_{task}.png')
     save_image_grid(torch.stack(rows['input'] + rows['sample'] + rows['target']), path, nrow=len(names),
                     row_labels=['input', 'sample', 'target'])
     return path
@@ -210,10 +211,11 @@ def grid(task, root, samples):
 
 if not os.path.isfile(BASELINE):
     die(f"the shipped autoencoder {BASELINE} is missing; restore assets/ from the repository.")
-root = held_out()
+root = held_out(args.out_dir, args.data, S, size['num_eval'], args.seed)
 report = {'sizes': size, 'data': args.data or 'embedded dead leaves'}
 for task in tasks:
-    model = ldm(task)
+    model = ldm(task, args.out_dir, args.data, S, size['steps'], size['batch'], size['sample_steps'], args.seed,
+                args.device)
     samples = os.path.join(args.out_dir, f'samples_{task}')
     if not os.path.isfile(os.path.join(samples, 'samples.npz')):
         run('sample.py', '--ckpt', os.path.join(model, 'ema.pt'), '--input', os.path.join(root, task), '--steps',
@@ -222,15 +224,16 @@ for task in tasks:
     images = os.path.join(samples, 'images')
     target = os.path.join(root, 'target')
     if task == 'semantic':
-        net = train_classifier()
+        net = train_classifier(args.out_dir, S, size['classifier_steps'], args.seed)
         labels = {f[:-len('_label.png')]: os.path.join(root, 'semantic', f) for f in os.listdir(os.path.join(root, 'semantic'))}
         chance = np.mean([np.bincount(np.asarray(Image.open(p)).ravel()).max() / (S * S) for p in labels.values()])
         report[task] = {'model': kind_agreement(net, images, labels), 'real': kind_agreement(net, target, labels),
-                        'chance': float(chance), 'swd': paired(images, target, task).get('swd_avg')}
+                        'chance': float(chance), 'swd': paired(images, target, task, args.out_dir, args.device).get('swd_avg')}
     else:
         trivial = 'bicubic' if task == 'sr' else 'fill'
-        report[task] = {'model': paired(images, target, task), trivial: paired(os.path.join(root, trivial), target, trivial)}
-    report[task]['grid'] = grid(task, root, images)
+        report[task] = {'model': paired(images, target, task, args.out_dir, args.device),
+                        trivial: paired(os.path.join(root, trivial), target, trivial, args.out_dir, args.device)}
+    report[task]['grid'] = grid(task, root, images, args.out_dir)
 
 with open(os.path.join(args.out_dir, 'tasks.json'), 'w') as f:
     json.dump(report, f, indent=2)
