@@ -5,8 +5,9 @@ super-resolution x4 (16 -> 64 px, SR3's bicubic degradation), inpainting with La
 image), and semantic synthesis from the dead-leaves shape-kind maps. Each is a tiny UNet trained by train_ldm.py
 --task, sampled by sample.py --task --input on held-out images, scored beside its trivial reference:
 
-  python reproduce_tasks.py                    # the miniature, CPU-sized
-  python reproduce_tasks.py --smoke            # toy sizes: checks that the pipeline runs, says nothing about quality
+  python reproduce_tasks.py                    # the miniature, CPU-sized: 64 px, 3000 steps per task
+  python reproduce_tasks.py --size quick       # 32 px (SR 8 -> 32), 600 steps per task: a first look
+  python reproduce_tasks.py --size smoke       # toy sizes: checks that the pipeline runs, says nothing about quality
   python reproduce_tasks.py --data ~/photos    # SR and inpainting on photographs (semantic needs the embedded data)
 
   sr        PSNR, SSIM, LPIPS (with VGG weights) and SWD of the samples against the targets (eval_fid.py --paired),
@@ -31,6 +32,7 @@ BASELINE = os.path.join(ROOT, 'assets', 'baseline_mini.safetensors')
 TASKS = ('sr', 'inpaint', 'semantic')
 # the sizes: image side, LDM steps, batch, held-out images, sampling steps, classifier steps
 SIZES = {'full': dict(image_size=64, steps=3000, batch=16, num_eval=64, sample_steps=50, classifier_steps=300),
+         'quick': dict(image_size=32, steps=600, batch=8, num_eval=16, sample_steps=25, classifier_steps=150),
          'smoke': dict(image_size=16, steps=2, batch=2, num_eval=3, sample_steps=2, classifier_steps=2)}
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -38,7 +40,7 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.R
 parser.add_argument('--out_dir', type=str, default='out/tasks', help='where every artefact goes; default out/tasks')
 parser.add_argument('--data', type=str, default=None, help='an image folder for sr and inpaint (default: the embedded dead leaves)')
 parser.add_argument('--tasks', type=str, default=','.join(TASKS), help='comma-separated tasks to run; default sr,inpaint,semantic')
-parser.add_argument('--smoke', action='store_true', help='toy sizes: checks that the pipeline runs; default off')
+parser.add_argument('--size', type=str, default='full', choices=list(SIZES), help='full, quick (a first look) or smoke (checks it runs); default full')
 parser.add_argument('--seed', type=int, default=0, help='seed of the runs and of the held-out draw; default 0')
 add_device_arg(parser)
 args = parser.parse_args()
@@ -52,7 +54,7 @@ import conditioning  # noqa: E402
 from common import die, save_image_grid  # noqa: E402
 from data import SHAPE_KINDS, make_dataset, random_subset  # noqa: E402
 
-size = SIZES['smoke' if args.smoke else 'full']
+size = SIZES[args.size]
 S = size['image_size']
 tasks = [t for t in args.tasks.split(',') if t]
 if not tasks or set(tasks) - set(TASKS):

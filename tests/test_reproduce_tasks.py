@@ -1,4 +1,4 @@
-"""reproduce_tasks.py --smoke: the spatial-conditioning miniature at toy sizes runs end to end and writes what it
+"""reproduce_tasks.py --size smoke: the spatial-conditioning miniature at toy sizes runs end to end and writes what it
 promises (each task's numbers beside its trivial reference, and a grid of inputs, samples and targets)."""
 import json
 import os
@@ -10,7 +10,7 @@ from tests.helpers import run
 
 @pytest.mark.slow
 def test_the_tasks_miniature_runs_at_smoke_size_and_reports_each_task_beside_its_trivial_reference(tmp_path):
-    run('reproduce_tasks.py', '--smoke', '--out_dir', tmp_path, '--device', 'cpu')
+    run('reproduce_tasks.py', '--size', 'smoke', '--out_dir', tmp_path, '--device', 'cpu')
     report = json.load(open(tmp_path / 'tasks.json'))
     for task, trivial in (('sr', 'bicubic'), ('inpaint', 'fill')):
         for row in ('model', trivial):

@@ -95,6 +95,13 @@ def test_an_unconditional_unet_samples_beyond_its_training_size_and_inpaints_by_
         run('sample.py', '--ckpt', d / 'uncond32' / 'ema.pt', '--num_samples', '2', '--steps', '2', '--device', 'cpu',
             '--H', H, '--W', W, '--out_dir', out)
         assert np.load(out / 'samples.npz')['arr_0'].shape == (2, H, W, 3)
+    # a checkpoint made before tasks (no 'conditioning' in its config) samples as the unconditional model it is
+    old = torch.load(d / 'uncond32' / 'ema.pt', weights_only=False)
+    del old['config']['conditioning']
+    torch.save(old, d / 'old.pt')
+    for ckpt, out in ((d / 'uncond32' / 'ema.pt', d / 'new_samples'), (d / 'old.pt', d / 'old_samples')):
+        run('sample.py', '--ckpt', ckpt, '--num_samples', '2', '--steps', '2', '--device', 'cpu', '--out_dir', out)
+    assert np.array_equal(*(np.load(d / n / 'samples.npz')['arr_0'] for n in ('new_samples', 'old_samples')))
     out = d / 'replace'
     run('sample.py', '--ckpt', d / 'uncond32' / 'ema.pt', '--task', 'inpaint', '--inpaint_mode', 'replace', '--input',
         d / 'in' / 'inpaint', '--steps', '2', '--sampler', 'ddpm', '--device', 'cpu', '--out_dir', out)
