@@ -12,8 +12,13 @@ import argparse
 # the choices of the flags, imported by the modules that implement them
 
 SE_DOWNSAMPLING = ('bilinear', 'mean', 'antialiased')  # model.se_downsample's operators (train_ae.py --se_down)
+REC_LOSSES = ('l1', 'l2')  # model.pixel_loss (train_ae.py --rec_loss)
+DISC_LOSSES = ('hinge', 'vanilla')  # model.DISC_LOSSES, taming's disc_loss (train_ae.py --disc_loss)
 SCHEDULES = ('linear', 'ldm_linear', 'scaled_linear')  # diffusion.beta_schedule (train_ldm.py --schedule)
-SPACINGS = ('even', 'ddim')  # diffusion.spaced_timesteps (sample.py --spacing)
+# each schedule's (beta_1, beta_T), CompVis' (linear_start, linear_end); train_ldm.py --beta_start/--beta_end move them
+SCHEDULE_BETAS = {'linear': (1e-4, 0.02), 'ldm_linear': (0.0015, 0.0195), 'scaled_linear': (0.00085, 0.012)}
+SPACINGS = ('even', 'ddim', 'ldm')  # diffusion.spaced_timesteps (sample.py --spacing)
+DIFFUSION_LOSSES = ('l2', 'l1')  # Diffusion's and Flow's loss_type, CompVis' (train_ldm.py --diffusion_loss)
 FLOW_PREDICTIONS = ('velocity', 'x0', 'noise')  # diffusion.Flow's outputs (train_ldm.py --prediction)
 TIME_SAMPLINGS = ('uniform', 'logit_normal')  # diffusion.Flow's training times (train_ldm.py --time_sampling)
 TASKS = ('none', 'sr', 'inpaint', 'semantic')  # conditioning.py's tasks (train_ldm.py and sample.py --task)
@@ -130,6 +135,14 @@ def add_common_args(parser, **defaults):
     p.add_argument('--ckpt_interval', type=positive, default=d['ckpt_interval'], help='steps between checkpoints')
     p.add_argument('--tensorboard', action='store_true', help='also log the scalars of log.jsonl and the preview grids to TensorBoard, in out_dir/tensorboard (needs the tensorboard package)')
     return p
+
+def cuda_visible():
+    """Whether an NVIDIA GPU is visible, read from the driver's files without loading torch (which takes seconds), for
+    the defaults a script must choose before torch loads; CUDA_VISIBLE_DEVICES set empty or to -1 hides them."""
+    if os.environ.get('CUDA_VISIBLE_DEVICES', None) in ('', '-1'):
+        return False
+    return os.path.exists('/proc/driver/nvidia/version') or any(
+        name.startswith('nvidia') and name[6:].isdigit() for name in (os.listdir('/dev') if os.path.isdir('/dev') else []))
 
 # -----------------------------------------------------------------------------
 # CPU threads

@@ -752,7 +752,8 @@ def build_latent_cache(root, images, encode, latent_shape, key, num_items, batch
         torch.manual_seed(seed * 1_000_003 + dist.rank)
         for p, x, y, unreadable in tqdm(load_batches(_Positions(positions, item, images), batch_size=batch_size,
                                                      num_workers=num_workers),
-                                        desc='encoding latents', disable=not dist.master):
+                                        desc='encoding latents', total=-(-len(positions) // batch_size),
+                                        disable=not dist.master):
             x = x.to(dist.device)
             for flip in (0, 1):
                 z = encode(x.flip(-1) if flip else x).cpu().numpy().astype(np.float16)  # the mirror image: W is last

@@ -12,14 +12,13 @@ Parameter names follow the original checkpoints so public weights load as they a
 
 import functools
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
-
-from cli import SE_DOWNSAMPLING
 
 # ----------------------------------------------------------------------------------------------
 # The autoencoder
@@ -310,7 +309,9 @@ class Autoencoder(nn.Module):
 # temporal SE operator's; video_model.py builds on these)
 
 def to_frames(x):
-    """(B, C, T, H, W) -> (B*T, C, H, W): what every 2D (per-frame) operation sees."""
+    """(B, C, T, H, W) -> (B*T, C, H, W): what every 2D (per-frame) operation sees; images (B, C, H, W) pass as they are."""
+    if x.dim() == 4:
+        return x
     B, C, T, H, W = x.shape
     return x.transpose(1, 2).reshape(B * T, C, H, W)
 
@@ -326,12 +327,13 @@ def split_first(x, clip_start):
     return (x[:, :, :1], x[:, :, 1:]) if clip_start else (x[:, :, :0], x)
 
 
-def causal_time_pool(x, clip_start=True):
-    """Halve time as the encoder does: frames 1+2j and 2+2j are averaged and frame 0 kept apart, (B,C,1+2m,H,W) ->
-    (B,C,1+m,H,W); a later chunk (B,C,2m,H,W) -> (B,C,m,H,W). Also the temporal SE operator, for x and z alike."""
+def causal_time_pool(x, clip_start=True, factor=2):
+    """Shrink time by `factor` as a causal video AE does: the first frame of a clip stands alone and the others are
+    averaged in groups, (B,C,1+s*m,H,W) -> (B,C,1+m,H,W); a later chunk (B,C,s*m,H,W) -> (B,C,m,H,W). The encoder's
+    halving (s = 2), and the temporal SE operator for x and z alike. That is what the authors' comment on their
+    temporal_scale_factors intends; their released einops.reduce pattern keeps every frame, so it shrinks no time."""
     first, rest = split_first(x, clip_start)
-    B, C, T, H, W = rest.shape
-    return torch.cat([first, rest.reshape(B, C, T // 2, 2, H, W).mean(3)], dim=2)
+    return torch.cat([first, rest.unflatten(2, (-1, factor)).mean(3)], dim=2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,7 +341,7 @@ def causal_time_pool(x, clip_start=True):
 # Autoencoders": decoding a downsampled latent should give the downsampled image, D(down_s(E(x))) ~ down_s(x). It ties
 # the latent's spectrum to the image's, so that the latent carries no more high frequency than the image it encodes.
 # The authors' code is maybe_compute_scale_equiv_reg in snap-research/alphaflow (src/training/loss.py); every operator
-# below says whether it is theirs. SE_DOWNSAMPLING, their names, is defined in cli.py.
+# below says whether it is theirs; cli.SE_DOWNSAMPLING lists their names for the flags.
 
 
 def se_downsample(t, factor, mode='bilinear'):
@@ -357,13 +359,7 @@ def se_downsample(t, factor, mode='bilinear'):
         return F.avg_pool2d(t, factor)
     if mode == 'antialiased':
         return F.interpolate(t, scale_factor=1 / factor, mode='bilinear', antialias=True, align_corners=False)
-    raise ValueError(f"unknown SE downsampling {mode!r}; use one of {', '.join(SE_DOWNSAMPLING)}.")
-
-
-def se_downsample_time(t, factor):
-    """The authors' temporal SE (their temporal_scale_factors): a clip (B, C, 1 + s*m, H, W) keeps its first frame, which
-    a causal video AE codes alone, and averages the others in groups of s -> (B, C, 1 + m, H, W); x and z alike."""
-    return torch.cat([t[:, :, :1], t[:, :, 1:].unflatten(2, (-1, factor)).mean(3)], dim=2)
+    raise ValueError(f"unknown SE downsampling {mode!r}; use 'bilinear', 'mean' or 'antialiased'.")
 
 
 def scale_equivariance_loss(ae, x, z, factor, distance, mode='bilinear', time_factor=1):
@@ -373,7 +369,7 @@ def scale_equivariance_loss(ae, x, z, factor, distance, mode='bilinear', time_fa
     never sees the small reconstructions. Returns (loss, D(down_s(z)))."""
     x_down, z_down = se_downsample(x, factor, mode), se_downsample(z, factor, mode)
     if time_factor > 1:
-        x_down, z_down = se_downsample_time(x_down, time_factor), se_downsample_time(z_down, time_factor)
+        x_down, z_down = causal_time_pool(x_down, factor=time_factor), causal_time_pool(z_down, factor=time_factor)
     x_rec_se = ae.decode(z_down)  # (B, 3, H/s, W/s), video (B, 3, T', H/s, W/s)
     return distance(x_down, x_rec_se), x_rec_se
 
@@ -418,12 +414,22 @@ def zigzag(block=8):
 
 
 def cut_dct_high_frequencies(x, block, cut_ratio):
-    """Keep the first int((1 - cut_ratio) * b^2) zigzag coefficients of every b x b tile's DCT and zero the rest, as
-    the authors' cut_dct2d_high_freqs(zigzag=True). x (..., H, W) with H, W multiples of b."""
+    """Keep the first int((1 - cut_ratio) * b^2) zigzag coefficients of every b x b tile's DCT and zero the rest, as the
+    authors' cut_dct2d_high_freqs(zigzag=True): the one low-pass of the project, for SE's DCT cut and Fig. 5's erasure.
+    x (..., H, W); pixels beyond the last whole tile are left as they are (the authors need multiples of b)."""
+    if not 0 <= cut_ratio <= 1:
+        raise ValueError(f"the cut ratio must lie in [0, 1], got {cut_ratio}.")
     keep = int((1 - cut_ratio) * block * block)
+    if keep == block * block:
+        return x  # keeping every coefficient is the identity; skipping the round trip makes ratio 0 bitwise exact
     mask = torch.zeros(block * block, device=x.device, dtype=x.dtype)
     mask[zigzag(block)[:keep].to(x.device)] = 1
-    return block_idct(block_dct(x, block) * mask.view(block, block))
+    x_low = block_idct(block_dct(x, block) * mask.view(block, block))
+    if x_low.shape[-2:] == x.shape[-2:]:
+        return x_low
+    out = x.clone()
+    out[..., :x_low.shape[-2], :x_low.shape[-1]] = x_low
+    return out
 
 
 def dct_cut_equivariance_loss(ae, x, z, cut_ratio, distance, block=8):
@@ -490,12 +496,30 @@ def hinge_d_loss(logits_real, logits_fake):
     return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
 
 
+def vanilla_d_loss(logits_real, logits_fake):
+    """The original GAN's discriminator loss (LDM eq. 3's log D(x) + log(1 - D(x_rec)), negated) on logits, as taming's
+    vanilla_d_loss: L_D = 0.5 * (E[softplus(-D(x))] + E[softplus(D(x_rec))]), softplus(-l) = -log sigmoid(l). The
+    generator's loss stays -E[D(x_rec)] under either, as in taming's VQLPIPSWithDiscriminator."""
+    return 0.5 * (F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean())
+
+
+DISC_LOSSES = {'hinge': hinge_d_loss, 'vanilla': vanilla_d_loss}  # train_ae.py --disc_loss, taming's disc_loss
+
+
+def pixel_loss(x, x_rec, rec_loss='l1'):
+    """The pixel term of L_rec, averaged over pixels: |x - D(z)| ('l1', LDM's and taming's default) or (x - D(z))^2
+    ('l2', LDM eq. 1's L_rec as an MSE; taming's pixelloss 'l2')."""
+    if rec_loss not in ('l1', 'l2'):  # cli.REC_LOSSES, the flag's choices
+        raise ValueError(f"unknown reconstruction loss {rec_loss!r}; use 'l1' or 'l2'.")
+    return ((x - x_rec).abs() if rec_loss == 'l1' else (x - x_rec) ** 2).mean()
+
+
 # ----------------------------------------------------------------------------------------------
 # Diffusion backbones: UNet and DiT
 # Both backbones map (x_t (B, C, H, W), t (B,) long in [0, T), y (B,) long or None) -> (B, C_out, H, W), the raw
-# network output that diffusion.py reads (eps or v, then C variance values when learn_sigma). Class id num_classes is
-# the null class of classifier-free guidance; in train mode LabelEmbedder swaps each label for it with probability
-# class_dropout_prob.
+# network output that diffusion.py reads (eps or v, then C variance values when learn_sigma); the UNet also takes
+# concat and context (see UNet). Class id num_classes is the null class of classifier-free guidance; in train mode
+# LabelEmbedder swaps each label for it with probability class_dropout_prob.
 
 def timestep_embedding(t, dim, max_period=10000):
     """Sinusoidal features of (possibly fractional) timesteps, as in ADM / LDM / DiT: t (B,) -> (B, dim)."""
@@ -545,7 +569,8 @@ def check_labels(y, num_classes):
         raise ValueError(f"this backbone is class-conditional ({num_classes} classes) but y is None; pass class ids.")
 
 
-# ---- LDM UNet (Rombach et al. 2022, openaimodel.py), ADM-style blocks with FiLM time conditioning ----
+# ---- LDM UNet (Rombach et al. 2022): CompVis' openaimodel.py UNetModel and attention.py SpatialTransformer, with
+# their module names ----
 
 def zero_module(module):
     """Zero-init so that a residual branch starts as the identity and the network starts predicting 0."""
@@ -555,29 +580,57 @@ def zero_module(module):
 
 
 class ResBlock(nn.Module):
-    """GroupNorm -> SiLU -> Conv, twice, with FiLM time conditioning after the second GroupNorm (ADM's
-    use_scale_shift_norm)."""
+    """GroupNorm -> SiLU -> conv, the time embedding, GroupNorm -> SiLU -> dropout -> zero-init conv, plus the input.
+    use_scale_shift_norm: FiLM after the second GroupNorm (ADM); otherwise the embedding is added before it (most LDM
+    configs). up / down (LDM's resblock_updown) resample h and x by nearest x2 / 2x2 mean before the first conv."""
 
-    def __init__(self, in_ch, out_ch, emb_dim, num_groups, dropout=0.0):
+    def __init__(self, in_ch, out_ch, emb_dim, num_groups, dropout=0.0, use_scale_shift_norm=True, up=False,
+                 down=False):
         super().__init__()
+        self.use_scale_shift_norm, self.up, self.down = use_scale_shift_norm, up, down
         self.in_layers = nn.Sequential(nn.GroupNorm(num_groups, in_ch), nn.SiLU(),
                                        nn.Conv2d(in_ch, out_ch, 3, padding=1))
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_ch))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, (1 + use_scale_shift_norm) * out_ch))
         self.out_layers = nn.Sequential(nn.GroupNorm(num_groups, out_ch), nn.SiLU(), nn.Dropout(dropout),
                                         zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1)))
         self.skip_connection = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x, emb):  # x (B, in_ch, H, W), emb (B, emb_dim)
-        h = self.in_layers(x)
-        scale, shift = self.emb_layers(emb)[:, :, None, None].chunk(2, dim=1)
-        h = self.out_layers[0](h) * (1 + scale) + shift  # FiLM: GN(h) * (1 + scale(t)) + shift(t)
-        h = self.out_layers[1:](h)
+        h = self.in_layers[:-1](x)
+        if self.up or self.down:  # openaimodel's Upsample / Downsample with use_conv=False, on both paths
+            h, x = ((F.interpolate(v, scale_factor=2.0, mode="nearest") if self.up else F.avg_pool2d(v, 2))
+                    for v in (h, x))
+        h = self.in_layers[-1](h)
+        e = self.emb_layers(emb)[:, :, None, None]
+        if self.use_scale_shift_norm:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.out_layers[1:](self.out_layers[0](h) * (1 + scale) + shift)  # FiLM: GN(h) (1 + scale) + shift
+        else:
+            h = self.out_layers(h + e)  # GN(h + emb)
         return self.skip_connection(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the H*W positions, where the UNet has no context: x + proj_out(attention(qkv(
+    GN(x)))). The fused qkv's output rows are split head by head, then into q, k, v (QKVAttentionLegacy)."""
+
+    def __init__(self, ch, heads, num_groups):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(num_groups, ch)
+        self.qkv = nn.Conv1d(ch, 3 * ch, 1)
+        self.proj_out = zero_module(nn.Conv1d(ch, ch, 1))
+
+    def forward(self, x):  # (B, ch, H, W)
+        B, C, H, W = x.shape
+        qkv = self.qkv(self.norm(x.flatten(2))).view(B, self.heads, -1, H * W).transpose(2, 3)  # (B, heads, HW, 3d)
+        h = F.scaled_dot_product_attention(*qkv.chunk(3, dim=-1))  # softmax(q k^T / sqrt(d)) v, (B, heads, HW, d)
+        return x + self.proj_out(h.transpose(2, 3).reshape(B, C, H * W)).view(B, C, H, W)
 
 
 class CrossAttention(nn.Module):
     """Multi-head attention: queries from x (B, N, dim), keys/values from context (B, M, context_dim) or x itself;
-    mask (B, M) bool, True for a real token: the others (padding) get no weight in the softmax."""
+    mask (B, M) bool, True for a real token (at least one per sample): padding gets no weight in the softmax."""
 
     def __init__(self, dim, heads, dim_head, context_dim=None):
         super().__init__()
@@ -586,7 +639,7 @@ class CrossAttention(nn.Module):
         self.to_q = nn.Linear(dim, inner, bias=False)
         self.to_k = nn.Linear(context_dim, inner, bias=False)
         self.to_v = nn.Linear(context_dim, inner, bias=False)
-        self.to_out = nn.Linear(inner, dim)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim))
 
     def forward(self, x, context=None, mask=None):
         context = x if context is None else context
@@ -599,48 +652,57 @@ class CrossAttention(nn.Module):
         return self.to_out(h.transpose(1, 2).reshape(B, N, -1))
 
 
-class BasicTransformerBlock(nn.Module):
-    """LDM's transformer block: self-attention, cross-attention to the class context (conditional models only),
-    GEGLU MLP."""
+class GEGLU(nn.Module):
+    """a * gelu(g), (a, g) = proj(x) (Shazeer 2020): the first half of the transformer blocks' MLP."""
 
-    def __init__(self, dim, heads, dim_head, context_dim=None):
+    def __init__(self, dim_in, dim_out):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, 2 * dim_out)
+
+    def forward(self, x):
+        a, g = self.proj(x).chunk(2, dim=-1)
+        return a * F.gelu(g)
+
+
+class BasicTransformerBlock(nn.Module):
+    """LDM's transformer block: self-attention, cross-attention to the context, GEGLU MLP, each pre-LayerNorm and
+    residual."""
+
+    def __init__(self, dim, heads, dim_head, context_dim):
         super().__init__()
         self.norm1, self.attn1 = nn.LayerNorm(dim), CrossAttention(dim, heads, dim_head)
-        if context_dim is not None:
-            self.norm2, self.attn2 = nn.LayerNorm(dim), CrossAttention(dim, heads, dim_head, context_dim)
-        self.norm3 = nn.LayerNorm(dim)
-        self.ff_proj = nn.Linear(dim, 2 * 4 * dim)  # GEGLU: (a, g) -> a * gelu(g)
-        self.ff_out = nn.Linear(4 * dim, dim)
+        self.norm2, self.attn2 = nn.LayerNorm(dim), CrossAttention(dim, heads, dim_head, context_dim)
+        self.norm3, self.ff = nn.LayerNorm(dim), nn.Module()
+        self.ff.net = nn.Sequential(GEGLU(dim, 4 * dim), nn.Dropout(0.0), nn.Linear(4 * dim, dim))  # LDM's FeedForward
 
-    def forward(self, x, context=None, mask=None):  # x (B, N, dim)
+    def forward(self, x, context, mask=None):  # x (B, N, dim)
         x = x + self.attn1(self.norm1(x))
-        if context is not None:
-            x = x + self.attn2(self.norm2(x), context, mask)
-        a, g = self.ff_proj(self.norm3(x)).chunk(2, dim=-1)
-        return x + self.ff_out(a * F.gelu(g))
+        x = x + self.attn2(self.norm2(x), context, mask)
+        return x + self.ff.net(self.norm3(x))
 
 
 class SpatialTransformer(nn.Module):
-    """Attention on a feature map: GroupNorm -> 1x1 conv -> transformer block on the H*W tokens -> zero-init 1x1
-    conv, added to the input."""
+    """Cross-attention on a feature map, where the UNet has a context: GroupNorm -> 1x1 conv -> `depth` transformer
+    blocks on the H*W tokens -> zero-init 1x1 conv, added to the input."""
 
-    def __init__(self, ch, num_head_channels, num_groups, context_dim=None):
+    def __init__(self, ch, heads, num_groups, context_dim, depth=1):
         super().__init__()
-        heads = max(ch // num_head_channels, 1)
-        self.norm = nn.GroupNorm(num_groups, ch)
+        self.norm = nn.GroupNorm(num_groups, ch, eps=1e-6)
         self.proj_in = nn.Conv2d(ch, ch, 1)
-        self.transformer_block = BasicTransformerBlock(ch, heads, ch // heads, context_dim)
+        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(ch, heads, ch // heads, context_dim)
+                                                 for _ in range(depth)])
         self.proj_out = zero_module(nn.Conv2d(ch, ch, 1))
 
-    def forward(self, x, context=None, mask=None):  # x (B, ch, H, W), context (B, M, context_dim), mask (B, M)
+    def forward(self, x, context, mask=None):  # x (B, ch, H, W), context (B, M, context_dim), mask (B, M)
         B, C, H, W = x.shape
         h = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # (B, H*W, ch)
-        h = self.transformer_block(h, context, mask)
+        for block in self.transformer_blocks:
+            h = block(h, context, mask)
         return x + self.proj_out(h.transpose(1, 2).reshape(B, C, H, W))
 
 
 class TimestepEmbedSequential(nn.Sequential):
-    """A UNet stage: passes the time embedding to ResBlocks and the class context to SpatialTransformers."""
+    """A UNet stage: passes the time embedding to ResBlocks and the context to SpatialTransformers."""
 
     def forward(self, x, emb, context=None, mask=None):
         for layer in self:
@@ -654,35 +716,41 @@ class TimestepEmbedSequential(nn.Sequential):
 
 
 class UNet(nn.Module):
-    """The LDM denoiser. attention_resolutions are downsampling rates relative to the input (LDM's convention):
-    rate r puts attention on the (H/r x W/r) feature maps; the middle block always has attention.
+    """The LDM denoiser, with the config keys of LDM's YAMLs. attention_resolutions are downsampling rates (rate r:
+    attention on the H/r x W/r maps; the middle block always has it): an AttentionBlock, or with a context_dim a
+    SpatialTransformer of transformer_depth blocks. Heads: num_heads, or ch // num_head_channels where that is set.
     Conditioning, as CompVis' DiffusionWrapper feeds it: concat (B, cond_channels, H, W) is stacked onto x_t, and
-    the SpatialTransformers cross-attend to context (B, L, context_dim) (with context_mask (B, L), True = a real
-    token). A class-conditional model (num_classes > 0) makes its context from y: one token, the class embedding."""
+    context (B, L, context_dim) is cross-attended (context_mask (B, L): True = a real token). A class-conditional
+    model (num_classes > 0) makes its context from y: one token, the class embedding (LDM's ClassEmbedder)."""
 
     def __init__(self, in_channels=4, model_channels=224, channel_mult=(1, 2, 3, 4), num_res_blocks=2,
-                 attention_resolutions=(1, 2, 4), num_head_channels=32, num_classes=0, class_dropout_prob=0.1,
-                 context_dim=None, cond_channels=0, learn_sigma=False, dropout=0.0, num_groups=32):
+                 attention_resolutions=(2, 4, 8), num_heads=-1, num_head_channels=32, use_scale_shift_norm=True,
+                 resblock_updown=False, transformer_depth=1, context_dim=None, cond_channels=0, num_classes=0,
+                 class_dropout_prob=0.1, learn_sigma=False, dropout=0.0, num_groups=32):
         super().__init__()
         self.in_channels, self.num_classes, self.learn_sigma = in_channels, num_classes, learn_sigma
         self.cond_channels, self.context_dim = cond_channels, context_dim
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.downsample_factor = 2 ** (len(channel_mult) - 1)
-        for c in {model_channels * m for m in channel_mult}:
-            if c % num_groups:
-                raise ValueError(f"UNet width {c} is not divisible by num_groups={num_groups}; change model_channels, "
-                                 f"channel_mult or num_groups.")
+        heads = {c: num_heads if num_head_channels == -1 else c // max(num_head_channels, 1)
+                 for c in {model_channels * m for m in channel_mult}}
+        for c, n in heads.items():
+            if c % num_groups or n < 1 or c % n:
+                raise ValueError(f"UNet width {c} must divide into num_groups={num_groups} groups and into heads "
+                                 f"(num_heads={num_heads}, num_head_channels={num_head_channels}); change them.")
         if num_classes > 0 and context_dim is None:
             raise ValueError("a class-conditional UNet feeds its label as a context token; give it a context_dim.")
         emb_dim = 4 * model_channels
         self.t_embedder = TimestepEmbedder(emb_dim, frequency_embedding_size=model_channels)
         self.y_embedder = LabelEmbedder(num_classes, context_dim, class_dropout_prob) if num_classes > 0 else None
 
-        def res(cin, cout):
-            return ResBlock(cin, cout, emb_dim, num_groups, dropout)
+        def res(cin, cout, **updown):
+            return ResBlock(cin, cout, emb_dim, num_groups, dropout, use_scale_shift_norm, **updown)
 
         def attn(c):
-            return SpatialTransformer(c, num_head_channels, num_groups, context_dim)
+            if context_dim is None:
+                return AttentionBlock(c, heads[c], num_groups)
+            return SpatialTransformer(c, heads[c], num_groups, context_dim, transformer_depth)
 
         conv_in = nn.Conv2d(in_channels + cond_channels, model_channels, 3, padding=1)
         # concat's input channels start at zero: loaded from an unconditional model, it computes the same function
@@ -698,20 +766,21 @@ class UNet(nn.Module):
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 chans.append(ch)
             if level != len(channel_mult) - 1:
-                down = nn.Conv2d(ch, ch, 3, stride=2, padding=1)  # strided-conv downsampling, as LDM
-                self.input_blocks.append(TimestepEmbedSequential(down))
+                # openaimodel's Downsample, 'op': a stride-2 3x3 conv padded on all sides (the AE's pads right, bottom)
+                down = nn.Sequential(OrderedDict(op=nn.Conv2d(ch, ch, 3, stride=2, padding=1)))
+                self.input_blocks.append(TimestepEmbedSequential(res(ch, ch, down=True) if resblock_updown else down))
                 chans.append(ch)
                 ds *= 2
         self.middle_block = TimestepEmbedSequential(res(ch, ch), attn(ch), res(ch, ch))
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
-            for i in range(num_res_blocks + 1):  # one more than on the way down: the downsampling conv's skip
+            for i in range(num_res_blocks + 1):  # one more than on the way down: the downsampling's skip
                 layers = [res(ch + chans.pop(), mult * model_channels)]
                 ch = mult * model_channels
                 if ds in attention_resolutions:
                     layers.append(attn(ch))
-                if level and i == num_res_blocks:
-                    layers += [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)]
+                if level and i == num_res_blocks:  # the AE's Upsample is openaimodel's: nearest x2, 3x3 conv
+                    layers.append(res(ch, ch, up=True) if resblock_updown else Upsample(ch))
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
         self.out = nn.Sequential(nn.GroupNorm(num_groups, ch), nn.SiLU(),
@@ -724,21 +793,16 @@ class UNet(nn.Module):
         if x.shape[-2] % self.downsample_factor or x.shape[-1] % self.downsample_factor:
             raise ValueError(f"UNet input {tuple(x.shape[-2:])} must be divisible by {self.downsample_factor} "
                              f"(2 ** (len(channel_mult) - 1)); use a latent size that is.")
-        if (concat is None) != (self.cond_channels == 0) or (concat is not None and concat.shape[1:] != (
-                self.cond_channels, *x.shape[-2:])):
-            raise ValueError(f"this UNet takes a concat of shape (B, {self.cond_channels}, {x.shape[-2]}, "
-                             f"{x.shape[-1]}) beside x_t (cond_channels={self.cond_channels}), but got "
-                             f"{None if concat is None else tuple(concat.shape)}.")
-        if y is not None:
-            if context is not None:
-                raise ValueError("a class-conditional UNet makes its context from y; pass y or context, not both.")
-            context = self.y_embedder(y)[:, None, :]  # (B, 1, context_dim)
-        if (context is None) != (self.context_dim is None) or (context is not None and context.shape[-1] != (
-                self.context_dim)):
-            raise ValueError(f"this UNet cross-attends to context tokens of width {self.context_dim}, but got "
-                             f"{None if context is None else tuple(context.shape)}.")
+        if y is not None and context is not None:
+            raise ValueError("a class-conditional UNet makes its context from y; pass y or context, not both.")
+        context = self.y_embedder(y)[:, None, :] if y is not None else context  # the class token, (B, 1, context_dim)
+        got = (None if concat is None else tuple(concat.shape[1:]), None if context is None else context.shape[-1])
+        if got != ((self.cond_channels, *x.shape[-2:]) if self.cond_channels else None, self.context_dim):
+            raise ValueError(f"this UNet takes concat (B, {self.cond_channels}, H, W) on x_t's grid and context (B, L, "
+                             f"{self.context_dim}) (none where 0 / None), but got {got[0]} and width {got[1]}.")
         emb = self.t_embedder(t)  # (B, 4 * model_channels)
-        hs, h = [], x if concat is None else torch.cat([x, concat], dim=1)  # DiffusionWrapper: cat([x] + c_concat)
+        h = x if concat is None else torch.cat([x, concat], dim=1)  # DiffusionWrapper's cat([x] + c_concat, 1)
+        hs = []
         for block in self.input_blocks:
             h = block(h, emb, context, context_mask)
             hs.append(h)
@@ -748,13 +812,35 @@ class UNet(nn.Module):
         return self.out(h)
 
 
-# ldm-64 is the LDM-4 config of the paper (64x64 latents of an f4 AE): attention on the 32, 16 and 8 px feature
-# maps, i.e. rates 2, 4, 8. ldm-32 keeps attention on those same feature-map sizes for the 32x32 latents of f8 AEs
-# (SD-VAE, FLUX.1-AE): rates 1, 2, 4.
+# The project's presets: ldm-64 is the paper's LDM-4 (64x64 latents of an f4 AE, attention on the 32, 16 and 8 px maps)
+# with the seed's FiLM (LDM's config adds the embedding: ldm-4); ldm-32 attends on the same map sizes of the 32x32
+# latents of f8 AEs (SD-VAE, FLUX.1-AE); tiny is for CPU tests. The others are CompVis' configs key for key
+# (configs/latent-diffusion/*.yaml, models/ldm/*/config.yaml). Where LDM's in_channels counts a concatenated condition
+# it is cond_channels here (bsr_sr 3 + 3, inpainting_big 3 + 4, semantic_synthesis256 3 + 3); context_dim is the
+# width of the class token (cin) or of the text / layout encoder.
+_LDM = dict(num_res_blocks=2, use_scale_shift_norm=False)  # UNetModel's default: the embedding is added
+_LDM4 = dict(_LDM, model_channels=224, channel_mult=(1, 2, 3, 4), attention_resolutions=(2, 4, 8), num_head_channels=32)
+_HEADS8 = dict(num_heads=8, num_head_channels=-1)
 UNET_PRESETS = {
-    "ldm-64": dict(model_channels=224, channel_mult=(1, 2, 3, 4), num_res_blocks=2, attention_resolutions=(2, 4, 8)),
-    "ldm-32": dict(model_channels=224, channel_mult=(1, 2, 3, 4), num_res_blocks=2, attention_resolutions=(1, 2, 4)),
+    "ldm-64": dict(_LDM4, use_scale_shift_norm=True),
+    "ldm-32": dict(_LDM4, use_scale_shift_norm=True, attention_resolutions=(1, 2, 4)),
     "tiny": dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,), context_dim=64),
+    "ldm-4": _LDM4,  # {celebahq,ffhq,lsun_bedrooms}-ldm-vq-4.yaml = models/ldm/{celeba256,ffhq256,lsun_beds256}
+    "lsun_churches-ldm-kl-8": dict(_LDM, **_HEADS8, model_channels=192, channel_mult=(1, 2, 2, 4, 4),
+                                   attention_resolutions=(1, 2, 4, 8), use_scale_shift_norm=True, resblock_updown=True),
+    "cin-ldm-vq-f8": dict(_LDM, model_channels=256, channel_mult=(1, 2, 4), attention_resolutions=(1, 2, 4),
+                          num_head_channels=32, context_dim=512),  # = models/ldm/cin256
+    "cin256-v2": dict(_LDM4, model_channels=192, channel_mult=(1, 2, 3, 5), num_heads=1, num_head_channels=-1,
+                      context_dim=512),
+    "txt2img-1p4B": dict(_LDM, **_HEADS8, model_channels=320, channel_mult=(1, 2, 4, 4),
+                         attention_resolutions=(1, 2, 4), context_dim=1280),
+    "text2img256": dict(_LDM4, model_channels=192, channel_mult=(1, 2, 3, 5), context_dim=640),
+    "layout2img-openimages256": dict(_LDM4, model_channels=128, transformer_depth=3, context_dim=512),
+    "bsr_sr": dict(_LDM, model_channels=160, channel_mult=(1, 2, 2, 4), attention_resolutions=(8, 16),
+                   num_head_channels=32),
+    "inpainting_big": dict(_LDM4, **_HEADS8, model_channels=256, resblock_updown=True),
+    "semantic_synthesis256": dict(_LDM, **_HEADS8, model_channels=128, channel_mult=(1, 4, 8),
+                                  attention_resolutions=(8, 16, 32)),
 }
 
 

@@ -29,7 +29,8 @@ rest. On a CPU, --jobs children run at once, one thread each.
 Video (--num_frames 17): the same protocol on clips of the embedded moving dead leaves. The baseline is the causal 3D
 autoencoder (preset mini: f4 in space, 4x in time, 16 channels), shipped in assets/ as the image one; each seed
 fine-tunes it three times: the control, spatial SE, and spatial + temporal SE (--se_temporal: x and z also halved in
-time, the first frame kept apart, as the authors' temporal_scale_factors). The spectra are spatial (per latent frame)
+time, the first frame kept apart, as the comment on the authors' temporal_scale_factors intends; their released
+code keeps every frame). The spectra are spatial (per latent frame)
 and temporal; the LDM is the video DiT; the probe runs on held-out clips; samples are scored by the video SWD (and FVD
 with I3D weights). Figures 2-5 are image-only.
 """
@@ -95,8 +96,6 @@ SIZE_HELP = {  # what each of SIZES sets, for --help
 Z_CHANNELS = [4, 8, 16, 32]                  # Fig. 2, from scratch
 KL_WEIGHTS = [1e-6, 1e-2, 1e-1, 1.0]         # Fig. 3, from scratch: the posterior noise shows from 1e-1 (std 0.06 at 1e-2)
 SE_WEIGHTS = [0.0, 0.1, 0.25, 0.5, 1.0]      # Fig. 4, fine-tunes of the baseline
-PROBE_T = [10, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 990]   # DDPM timesteps of the probe
-PROBE_T_FLOW = [0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.98]  # flow times (t = 1 is noise)
 PROBE_DECODED_CLIPS = 16                     # video: held-out clips whose x0 prediction the probe decodes (its cost)
 PROGRESS_SECONDS = 30                        # how often each running child's progress is shown
 HELD_OUT = 0.25                              # the share of a --data folder's files held out (a seeded hash of names)
@@ -111,6 +110,7 @@ parser.add_argument('--pretrain', action='store_true', help=f"train the baseline
 parser.add_argument('--baseline', type=str, default=None, help='the pretrained autoencoder that every arm fine-tunes '
                     '(default: the shipped file)')
 parser.add_argument('--smoke', action='store_true', help='toy sizes: checks that the pipeline runs, says nothing about SE')
+parser.add_argument('--replot', action='store_true', help="only re-write report.md and its figures from --out_dir's report.json")
 parser.add_argument('--channels', action='store_true', help='also Fig. 2: autoencoders with z_channels 4, 8, 16, 32')
 parser.add_argument('--kl_sweep', action='store_true',
                     help='also Fig. 3: autoencoders from scratch with kl_weight ' + ', '.join(f'{w:g}' for w in KL_WEIGHTS))
@@ -213,9 +213,13 @@ VIDEO_REFERENCE_SECONDS = {'train_ae.py': 0.6, 'train_ldm.py': 0.08, 'spectrum.p
 TQDM = re.compile(r'(\d+)/(\d+) \[([\d:]+)<([\d:?]+)')   # a tqdm bar's "n/total [elapsed<remaining"
 
 
+PACE_PRIOR = 120.0  # s: the reference pace counts as this much work already seen, so a few first steps move it little
+
+
 class Work:
     """The time left of the whole run: the work planned (in REFERENCE_SECONDS), less what is done or reused, at the
-    pace this machine has shown so far on the work it ran (at the reference pace before it has run any)."""
+    pace this machine has shown on the work it ran, shrunk toward the reference pace while little has run (the first
+    steps of a run include start-up and say little of its pace)."""
 
     def __init__(self, planned, width):
         self.planned, self.width, self.done, self.ran, self.t0 = planned, width, 0.0, 0.0, time.time()
@@ -229,7 +233,7 @@ class Work:
         """-> seconds left."""
         partial = sum(ref * share for ref, share in self.running.values())
         ran = self.ran + partial
-        pace = (time.time() - self.t0) / (ran / self.width) if ran > 0 else 1.0  # wall s per reference s of a job
+        pace = (PACE_PRIOR + time.time() - self.t0) / (PACE_PRIOR + ran / self.width)  # wall s per reference s of a job
         return max(0.0, self.planned - self.done - partial) / self.width * pace
 
 
@@ -692,7 +696,7 @@ def probe(snapshot, objective):
         work.finish('probe', counts['heldout'], ran=False)
         return json.load(open(cache))
     from common import select_device
-    from probe import diffusability_probe
+    from probe import PROBE_T, PROBE_T_FLOW, diffusability_probe
     t0 = time.time()
     result = diffusability_probe(snapshot, data['heldout'], PROBE_T_FLOW if objective == 'flow' else PROBE_T,
                                  device=select_device(args.device), decoded=PROBE_DECODED_CLIPS if video else None)
@@ -740,25 +744,30 @@ def references(aes):
 
 
 def erasure_strip(aes):
-    """Fig. 5's strip: 4 held-out images; rows RGB (erased in 8f x 8f tiles), then each AE (its latent erased in 8x8
-    tiles, decoded); columns 0, 25, 50, 75% of the coefficients erased."""
+    """Fig. 5's strip: 4 held-out images, each shown with 0, 25, 50 and 75% of its coefficients erased; one labelled row
+    for RGB (erased in 8f x 8f tiles), then one for each AE (its latent erased in 8x8 tiles, decoded)."""
     import torch
-    from torchvision.utils import save_image
+    import torch.nn.functional as F
+    from common import save_image_grid
     from data import ImageFolder
-    from spectrum import erase_high_frequencies
+    from model import cut_dct_high_frequencies
     from weights import load_autoencoder
     held = ImageFolder(data['heldout'], sizes['image_size'], flip=False)
     x = torch.stack([held.load(i)[0] for i in range(min(4, len(held)))])
     fractions = [0.0, 0.25, 0.5, 0.75]
     models = {arm: load_autoencoder(os.path.join(out, 'ckpt.pt')) for arm, (_, out, _) in aes.items()}
     f = next(iter(models.values())).downsample_factor
-    rows = [torch.cat([erase_high_frequencies(x, p, 8 * f).clamp(-1, 1) for p in fractions], dim=3)]
+    per_image = lambda erase: torch.stack([erase(p) for p in fractions], 1).flatten(0, 1)  # (N*4, 3, H, W)  # noqa: E731
+    rows, labels = [per_image(lambda p: cut_dct_high_frequencies(x, 8 * f, p))], [f'RGB, {8 * f}px tiles']
     with torch.no_grad():
-        for ae in models.values():
+        for arm, ae in models.items():
             z, _ = ae.encode(x, sample=False)
-            rows.append(torch.cat([ae.decode(erase_high_frequencies(z, p)).clamp(-1, 1) for p in fractions], dim=3))
-    save_image((torch.cat(rows, dim=2) + 1) / 2, os.path.join(args.out_dir, 'fig5_strip.png'), nrow=len(x), padding=4,
-               pad_value=1)
+            rows.append(per_image(lambda p: ae.decode(cut_dct_high_frequencies(z, 8, p))))
+            labels.append(f'{arm}, latent 8px tiles')
+    grid = torch.cat(rows).clamp(-1, 1)
+    grid = F.interpolate(grid, scale_factor=max(1, 96 // grid.shape[-1]), mode='nearest')  # legible at small sizes
+    labels[0] += ' (each image: 0/25/50/75% erased)'
+    save_image_grid(grid, os.path.join(args.out_dir, 'fig5_strip.png'), nrow=len(x) * len(fractions), row_labels=labels)
 
 # -----------------------------------------------------------------------------
 # the experiment
@@ -795,6 +804,12 @@ def fig1_arm(seed, ae, objective):
 
 if __name__ == '__main__':
     args = parser.parse_args()
+    if args.replot:  # the report from the numbers alone, without re-running anything
+        from report import write_report
+        if not os.path.isfile(os.path.join(args.out_dir, 'report.json')):
+            parser.exit(2, f"error: {args.out_dir} holds no report.json; pass the --out_dir of a reproduce.py run.\n")
+        say(write_report(args.out_dir))
+        sys.exit(0)
     sizes, figures, objectives = check_args(args)
     video = args.num_frames > 1
     ARMS = ('control', 'se', 'se_st') if video else ('control', 'se')  # se_st: SE in space and time
@@ -874,9 +889,9 @@ if __name__ == '__main__':
     from report import verdict, write_report
     report['wall_seconds'] = time.time() - t0
     report['child_seconds'] = child_seconds
-    report['verdict'] = verdict(report)
+    report['verdict'] = None if args.smoke else verdict(report)  # toy sizes support no claim
     with open(os.path.join(args.out_dir, 'report.json'), 'w') as f:
         json.dump(report, f, indent=1)
     say(write_report(args.out_dir))
-    say(f"\nwrote {os.path.join(args.out_dir, 'report.json')} and report.md (python report.py {args.out_dir} "
-          f"re-plots it)")
+    say(f"\nwrote {os.path.join(args.out_dir, 'report.json')} and report.md (--replot re-writes it "
+          f"from report.json)")

@@ -7,14 +7,17 @@ grid.mp4, grid.gif and grid_frames.png (first frames above middle frames), and s
   python sample.py --ckpt out/ldm/ckpt.pt                                     # 16 samples, DDIM 50 steps, EMA weights
                                                             # (a --objective flow model: Heun 50 steps, 99 evaluations)
   python sample.py --ckpt out/ldm/ckpt.pt --sampler ddpm --steps 250 --cfg_scale 1.5 --classes 3,7
+  python sample.py --ckpt out/ldm/ckpt.pt --sampler plms --steps 50       # LDM's txt2img --plms: timesteps 981, ..., 1
   torchrun --nproc_per_node=8 sample.py --ckpt out/ldm/ema.pt --num_samples 50000 --sampler ddpm --steps 250 \
       --cfg_scale 1.5 --cfg_channels 3          # DiT's FID-50K protocol (ema.pt: the EMA-only export, 1/4 the size)
 
 The checkpoint's objective picks the sampler family: DDPM models (--objective eps, v) sample with ancestral DDPM or
-DDIM over ADM's respaced timesteps, rectified-flow models (--objective flow) with the Euler or Heun ODE solver or SiT's
-Euler-Maruyama SDE (diffusion.Flow), on the time grid of the checkpoint's time shift. --cfg_interval lo,hi guides only
-at times t in [lo, hi] (LightningDiT's interval; t = 0 data, t = 1 noise); for a DDPM model t is the flow time of the
-same noise level, so one interval means one range of noise levels under both families.
+DDIM over ADM's respaced timesteps, or as LDM does, with DDIM (--spacing ldm) or PLMS over CompVis' timesteps
+1, 21, ..., 981, which end on timestep 0 (diffusers' steps_offset=1, set_alpha_to_one=False); rectified-flow models
+(--objective flow) with the Euler or Heun ODE solver or SiT's Euler-Maruyama SDE (diffusion.Flow), on the time grid of
+the checkpoint's time shift. --cfg_interval lo,hi guides only at times t in [lo, hi] (LightningDiT's interval; t = 0
+data, t = 1 noise); for a DDPM model t is the flow time of the same noise level, so one interval means one range of
+noise levels under both families.
 
 Sample i draws all its noise from its own generator, seeded with numpy's SeedSequence(seed, spawn_key=(i,)). A
 class-conditional model's labels follow --labels: 'random' draws each uniformly from --classes (all classes by default),
@@ -34,8 +37,9 @@ from cli import SPACINGS, TASKS, add_device_arg, checked, set_cpu_threads
 # -----------------------------------------------------------------------------
 # config, read before torch is imported, so that --help and a mistyped flag answer at once
 
-DDPM_SAMPLERS, FLOW_SAMPLERS = ('ddpm', 'ddim'), ('euler', 'heun', 'sde')
-DEFAULT_STEPS = {'ddim': 50, 'ddpm': 250, 'euler': 50, 'heun': 50, 'sde': 250}  # Heun 50: 99 network evaluations
+DDPM_SAMPLERS, FLOW_SAMPLERS = ('ddpm', 'ddim', 'plms'), ('euler', 'heun', 'sde')
+DEFAULT_STEPS = {'ddim': 50, 'ddpm': 250, 'plms': 50, 'euler': 50, 'heun': 50, 'sde': 250}  # Heun 50: 99 evaluations
+DEFAULT_SPACING = {'ddim': 'ddim', 'ddpm': 'even', 'plms': 'ldm'}  # ADM's for its samplers, LDM's for PLMS
 
 
 def time_interval(text):
@@ -59,9 +63,9 @@ parser.add_argument('--ae_preset', type=str, default=None, help="architecture of
 parser.add_argument('--no_ema', action='store_true', help='use the raw weights instead of the EMA weights')
 parser.add_argument('--num_samples', type=checked(int, lo=1), default=16, help='how many samples in all (over every process)')
 parser.add_argument('--batch_size', type=checked(int, lo=1), default=16, help='samples per process per forward pass')
-parser.add_argument('--sampler', type=str, default=None, choices=DDPM_SAMPLERS + FLOW_SAMPLERS, help="DDPM models: ancestral 'ddpm' or 'ddim' (the default); flow models: the 'euler' or 'heun' ODE solver (the default) or SiT's Euler-Maruyama 'sde'")
-parser.add_argument('--steps', type=checked(int, lo=1, hi=1000), default=None, help='denoising steps (DDPM: out of T=1000); default: 50 for ddim, euler and heun, 250 for ddpm and sde')
-parser.add_argument('--spacing', type=str, default=None, choices=SPACINGS, help="DDPM: which timesteps (ADM's respacing, as DiT): 'even' = ADM's \"N\" from 0 to 999, 'ddim' = ADM's \"ddimN\" integer stride from 0; default: ddim for --sampler ddim, even for ddpm")
+parser.add_argument('--sampler', type=str, default=None, choices=DDPM_SAMPLERS + FLOW_SAMPLERS, help="DDPM models: 'ddpm', 'ddim' (the default) or LDM's 'plms'; flow models: the ODE's 'euler' or 'heun' (the default), SiT's 'sde'")
+parser.add_argument('--steps', type=checked(int, lo=1, hi=1000), default=None, help='denoising steps (DDPM: out of T=1000); default: 50 for ddim, plms, euler and heun, 250 for ddpm and sde')
+parser.add_argument('--spacing', type=str, default=None, choices=SPACINGS, help="DDPM timesteps: ADM's 'even' (0..999) or 'ddim' (0, 20, ..), LDM's 'ldm' (1, 21, .., 981); default: ddim, ddpm even, plms ldm")
 parser.add_argument('--eta', type=checked(float, lo=0, hi=1), default=None, help='DDIM noise: 0 deterministic (the default), 1 ancestral-like (ddim only)')
 parser.add_argument('--cfg_scale', type=checked(float, lo=0), default=1.0, help='classifier-free guidance scale s; 1 = plain conditional sampling')
 parser.add_argument('--cfg_interval', type=time_interval, default=None, help="guide only at times t in [lo, hi], t = 0 data, 1 noise (LightningDiT's cfg_interval_start c is 0,1-c); for DDPM models t is the flow time of equal noise level, sqrt(1 - abar) / (sqrt(abar) + sqrt(1 - abar)); default: everywhere")
@@ -89,7 +93,7 @@ from tqdm import tqdm
 from common import (select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_to_overwrite,
                     no_space_is_an_error, check_output, lock_folder, refuse_unused)
-from diffusion import Diffusion, Flow, cfg_model_fn, spaced_timesteps, sample_generators, randn
+from diffusion import cfg_model_fn, process_from_config, spaced_timesteps, sample_generators, randn
 from metrics import to_uint8
 from model import apply_model, build_backbone
 import conditioning
@@ -97,8 +101,13 @@ from weights import load_autoencoder, load_checkpoint
 
 args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU
 
-if args.sampler == 'ddpm' and args.eta not in (None, 0):
-    die("--eta only applies to --sampler ddim (ancestral DDPM has its own noise).")
+if args.sampler in ('ddpm', 'plms') and args.eta not in (None, 0):
+    why = {'ddpm': 'ancestral DDPM has its own noise', 'plms': 'PLMS is deterministic: CompVis requires ddim_eta 0'}
+    die(f"--eta only applies to --sampler ddim ({why[args.sampler]}).")
+if args.sampler == 'ddpm' and args.spacing == 'ldm':
+    die("--spacing ldm is LDM's for its DDIM and PLMS samplers; sample --sampler ddpm with --spacing even or ddim.")
+if args.sampler == 'plms' and args.steps == 1:
+    die("--sampler plms needs at least 2 --steps: its first step evaluates the network at the next timestep too.")
 refuse_unused(sys.argv[1:], [('--cfg_channels', args.cfg_scale != 1, 'only applies with --cfg_scale other than 1')])
 if args.cfg_interval is not None and args.cfg_scale == 1:
     die("--cfg_interval limits classifier-free guidance; pass a --cfg_scale other than 1 with it.")
@@ -143,12 +152,8 @@ if sampler not in (FLOW_SAMPLERS if flow else DDPM_SAMPLERS):
 if flow and (args.eta is not None or args.spacing is not None):
     die(f"--eta and --spacing are DDPM's; {args.ckpt} is a rectified-flow model, whose times follow its time shift "
         f"({config['time_shift']:g}).")
-try:  # the time shift, like every Flow argument, is the one the model was trained with
-    if flow:
-        process = Flow(**{k: config[k] for k in ('prediction', 'time_sampling', 'logit_mean', 'logit_std', 'time_shift')})
-    else:
-        process = Diffusion(config['schedule'], prediction=config['prediction'], learn_sigma=config['learn_sigma'],
-                            device=device)
+try:  # the time shift, like every Flow argument, and the betas are the ones the model was trained with
+    process = process_from_config(config, device)
 except Exception as e:
     die(f"the config and weights in {args.ckpt} describe no model that can be built ({type(e).__name__}: "
         f"{str(e).splitlines()[0][:160]}); it is not a checkpoint train_ldm.py wrote.")
@@ -197,7 +202,7 @@ else:
         labels = np.random.default_rng(np.random.SeedSequence(args.seed)).choice(classes, args.num_samples)
 steps = args.steps or DEFAULT_STEPS[sampler]
 if not flow:
-    spacing = args.spacing or {'ddim': 'ddim', 'ddpm': 'even'}[sampler]
+    spacing = args.spacing or DEFAULT_SPACING[sampler]
     try:
         spaced_timesteps(process.T, steps, spacing)
     except ValueError as e:
@@ -226,6 +231,9 @@ refuse_unused(sys.argv[1:], [('--inpaint_mode', task == 'inpaint', 'only applies
 if replace and (trained_task['task'] != 'none' or flow):
     die(f"--inpaint_mode replace inpaints with a DDPM model that has no task of its own; {args.ckpt} is "
         f"{'a rectified flow' if flow else 'trained for --task ' + trained_task['task']}, so drop it.")
+if replace and sampler == 'plms':
+    die("--inpaint_mode replace replaces the known region at each step of --sampler ddim or ddpm; PLMS's multistep "
+        "update has no such step here, so choose one of those.")
 if task != trained_task['task'] and not replace:
     die(f"{args.ckpt} was trained for --task {trained_task['task']}, not {task}; pass its own task (or, for inpainting "
         f"with a model of no task, --inpaint_mode replace).")
@@ -264,6 +272,7 @@ if dist.master:
         how = f"{sampler} {steps} steps ({2 * steps - 1 if sampler == 'heun' else steps} evaluations), time shift {process.time_shift:g}"
     else:
         how = f"{sampler} {steps} steps ({spacing} spacing){f', eta {args.eta or 0}' if sampler == 'ddim' else ''}"
+        how += f", {steps + 1} evaluations" if sampler == 'plms' else ''  # the warm-up's second evaluation
     guidance = '' if args.cfg_interval is None else f" in t {args.cfg_interval[0]:g}..{args.cfg_interval[1]:g}"
     print(f"{args.num_samples} samples, {how}, cfg scale {args.cfg_scale}{guidance}, "
           f"{'raw' if args.no_ema else 'EMA'} weights, {'' if labels is None else args.labels + ' labels, '}{dist.world_size} process(es) on {device}, {dtype} -> {out_dir}")
@@ -302,6 +311,8 @@ for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols
         elif sampler == 'ddim':
             z = process.ddim_sample(model_fn, x_T, steps=steps, eta=args.eta or 0.0, generator=gens, spacing=spacing,
                                     known=known)
+        elif sampler == 'plms':
+            z = process.plms_sample(model_fn, x_T, steps=steps, spacing=spacing)
         elif sampler == 'sde':  # SiT's defaults: diffusion coefficient w = t, last step of 0.04 without noise
             z = process.sde_sample(model_fn, x_T, steps=steps, generator=gens)
         else:

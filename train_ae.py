@@ -20,13 +20,15 @@ where down() shrinks x and z by the same factor s drawn from --se_scales (model.
 authors' operator, bilinear with align_corners=True and no antialiasing (--se_down; 'mean' is their other one,
 'antialiased' ours). --se_ignore_lpips leaves LPIPS off the SE term, as their ignore_lpips; --se_mode dct_cut replaces
 the downsampling by their DCT cut: the same random share, up to --se_max_cut, of the high frequencies cut from z (8x8
-tiles) and from x (8f x 8f tiles). The discriminator sees only full-resolution reconstructions (hinge loss).
+tiles) and from x (8f x 8f tiles). The discriminator sees only full-resolution reconstructions (hinge loss, or taming's
+vanilla with --disc_loss vanilla). --rec_loss l2 makes the pixel term |x - D(z)| a squared error, in L_rec and in SE.
 
 Video (--num_frames N > 1, N = 1 + 4k): the causal 3D autoencoder of model.py (presets tiny, cogvideox) on clips
 (B, 3, N, H, W). L1 is over all pixels of the clip, LPIPS and the PatchGAN discriminator see every frame as an image
 (a frame discriminator), and down() shrinks each frame of x and each latent frame of z; time is untouched, as in the
-paper, unless --se_temporal_scales also shrinks it in both by a factor drawn from that list, as the authors'
-temporal_scale_factors: the first frame kept apart, the others averaged in groups (--se_temporal is '2'). Video runs
+paper, unless --se_temporal_scales also shrinks it in both by a factor drawn from that list: the first frame kept
+apart, the others averaged in groups, as the comment on the authors' temporal_scale_factors intends (their released
+einops.reduce pattern keeps every frame, so it shrinks no time; ours does). --se_temporal is '2'. Video runs
 default to --image_size 32 --batch_size 1 --max_steps 200 --lr 0.0002 --se_scales 2 --out_dir out/video_ae
 --eval_interval 100 --ckpt_interval 100 (VIDEO_DEFAULTS), sized for two CPU cores.
 
@@ -46,7 +48,8 @@ import contextlib
 from copy import deepcopy
 from dataclasses import asdict, replace
 
-from cli import VIDEO_DEFAULTS, SE_DOWNSAMPLING, add_common_args, checked, int_list, set_cpu_threads
+from cli import (VIDEO_DEFAULTS, DISC_LOSSES, REC_LOSSES, SE_DOWNSAMPLING, add_common_args, checked, int_list,
+                 set_cpu_threads)
 
 # -----------------------------------------------------------------------------
 # config, read before torch is imported, so that --help and a mistyped flag answer at once
@@ -61,10 +64,12 @@ parser.add_argument('--num_frames', type=checked(int, lo=1), default=1, help="fr
                     "trains the video AE presets (tiny, cogvideox) with VIDEO_DEFAULTS (see above)")
 parser.add_argument('--frame_stride', type=checked(int, lo=1), default=1, help='video: take every n-th frame of the source video')
 parser.add_argument('--se_temporal', action='store_true', help="video: SE also halves time in x and z, the authors' temporal SE with factor 2 (the same as --se_temporal_scales 2; needs N = 1 + 8k)")
-parser.add_argument('--se_temporal_scales', type=int_list(2), default='', help="video: temporal factors, one drawn per step, by which SE also shrinks time in x and z (the authors' temporal_scale_factors: the first frame kept, the rest averaged in groups)")
+parser.add_argument('--se_temporal_scales', type=int_list(2), default='', help="video: temporal factors, one drawn per step, by which SE also shrinks time in x and z (first frame kept)")
 parser.add_argument('--regularizer', type=str, default=None, choices=['kl', 'vq'], help="latent regulariser; default: the preset's")
 parser.add_argument('--kl_weight', type=checked(float, lo=0), default=1e-6, help="weight of the KL term (LDM's convention: KL summed over the latent vs. L1 summed over pixels)")
 parser.add_argument('--lpips_weight', type=checked(float, lo=0), default=1.0, help='weight of the LPIPS perceptual loss; 0 disables it (no VGG weights needed)')
+parser.add_argument('--rec_loss', type=str, default='l1', choices=REC_LOSSES, help="the pixel term of L_rec (and of SE's distance): l1 (LDM's, the default) or l2 (eq. 1 as an MSE)")
+parser.add_argument('--disc_loss', type=str, default='hinge', choices=DISC_LOSSES, help="the discriminator's loss: hinge (LDM's, the default) or vanilla (taming's vanilla_d_loss, the GAN of eq. 3)")
 parser.add_argument('--disc_weight', type=checked(float, lo=0), default=0.5, help='weight of the adversarial loss (times the adaptive weight)')
 parser.add_argument('--disc_start', type=checked(int, lo=0), default=None, help='step at which the discriminator and adversarial loss switch on; default: 0 when fine-tuning (--init_from, as the paper and EQ-VAE), else 50001 (LDM)')
 parser.add_argument('--disc_lr', type=checked(float, lo=0, lo_open=True), default=None, help='discriminator learning rate; default: --lr')
@@ -114,10 +119,11 @@ from common import (die, select_device, setup_distributed, cleanup_distributed, 
                     check_run_dir, prepare_run_dir, check_resume_steps, resume_run, no_space_is_an_error, refuse_unused)
 from data import make_dataset, random_subset
 from metrics import bicubic_at_latent_grid, psnr, rgb_on_latent_grid, to_uint8
-from model import (AE_PRESETS, Autoencoder, NLayerDiscriminator, hinge_d_loss, adaptive_gan_weight,
-                   dct_cut_equivariance_loss, latent_hf_penalty, se_downsample, se_downsample_time,
+from model import (AE_PRESETS, DISC_LOSSES, Autoencoder, NLayerDiscriminator, adaptive_gan_weight, pixel_loss,
+                   dct_cut_equivariance_loss, latent_hf_penalty, se_downsample, causal_time_pool,
                    scale_equivariance_loss, to_frames)
 from perceptual import LPIPS_MIN_SIZE, LPIPS
+from spectral import hf_share
 from video_model import VIDEO_AE_PRESETS, VideoAutoencoder
 from weights import load_autoencoder, load_checkpoint
 
@@ -257,7 +263,7 @@ if ckpt is not None:
                       states={'model': ae, 'disc': disc, 'ema': ema, 'opt_g': opt_g, 'opt_d': opt_d, 'scaler': scaler,
                               'loader': loader},
                       lrs={'opt_g': args.lr, 'opt_d': args.disc_lr or args.lr},
-                      exact=('preset', 'regularizer'), unsaved=('num_eval',))
+                      exact=('preset', 'regularizer', 'rec_loss', 'disc_loss'), unsaved=('num_eval',))
     ckpt = None
 
 model = ae
@@ -274,22 +280,18 @@ else:
 # -----------------------------------------------------------------------------
 # losses
 
-def frames(x):
-    """Images as they are; a video batch (B, C, T, H, W) as B*T images, for LPIPS and the frame discriminator."""
-    return to_frames(x) if x.dim() == 5 else x
-
-
 def reconstruction_loss(x, x_rec):
-    """L1 + lpips_weight * LPIPS, both per pixel (LPIPS per frame for video), averaged over the batch."""
-    loss = (x - x_rec).abs().mean()
+    """L1 (or L2, --rec_loss) + lpips_weight * LPIPS, both per pixel (LPIPS per frame for video), averaged over the
+    batch."""
+    loss = pixel_loss(x, x_rec, args.rec_loss)
     if lpips is not None:
-        loss = loss + args.lpips_weight * lpips(frames(x), frames(x_rec)).mean()
+        loss = loss + args.lpips_weight * lpips(to_frames(x), to_frames(x_rec)).mean()
     return loss
 
 
 def se_distance(x, x_rec):
-    """The SE term's distance: the reconstruction loss, or L1 alone with --se_ignore_lpips."""
-    return (x - x_rec).abs().mean() if args.se_ignore_lpips else reconstruction_loss(x, x_rec)
+    """The SE term's distance: the reconstruction loss, or its pixel term alone with --se_ignore_lpips."""
+    return pixel_loss(x, x_rec, args.rec_loss) if args.se_ignore_lpips else reconstruction_loss(x, x_rec)
 
 
 def discriminate(net, x, x_rec):
@@ -302,8 +304,7 @@ def discriminate(net, x, x_rec):
 
 @torch.no_grad()
 def evaluate():
-    """Reconstruction grid (inputs, reconstructions, SE branch) and spectrum.hf_share of the latent means vs. RGB."""
-    from spectrum import hf_share
+    """Reconstruction grid (inputs, reconstructions, SE branch) and spectral.hf_share of the latent means vs. RGB."""
     net = ema if ema is not None else ae
     net.eval()
     with autocast(device, dtype):
@@ -312,7 +313,7 @@ def evaluate():
         rows, labels = [x_eval, x_rec], ['input', 'reconstruction']
         for s in se_scales if args.se_weight > 0 else []:
             s_t = max(se_time_scales, default=1)
-            down = lambda t: se_downsample_time(se_downsample(t, s, args.se_down), s_t) if s_t > 1 else se_downsample(t, s, args.se_down)
+            down = lambda t: causal_time_pool(se_downsample(t, s, args.se_down), factor=s_t) if s_t > 1 else se_downsample(t, s, args.se_down)
             up = lambda t: F.interpolate(t, size=x_eval.shape[2:], mode='nearest')  # shown at full size (and length)
             rows += [up(down(x_eval)), up(net.decode(down(z)).float())]
             factor = f'/{s}' + (f', time /{s_t}' if s_t > 1 else '')
@@ -413,7 +414,7 @@ while step < args.max_steps:
                     terms['hf_reg'] = terms.get('hf_reg', 0) + hf_reg.detach() / args.grad_accum
                 if use_disc:
                     disc.requires_grad_(False)  # the generator's loss must not train the discriminator
-                    g_loss = -discriminate(disc, frames(x), frames(x_rec))[1].mean()
+                    g_loss = -discriminate(disc, to_frames(x), to_frames(x_rec))[1].mean()
                     disc.requires_grad_(True)
                     w = adaptive_gan_weight(rec, g_loss, ae.last_layer(), pixels)  # LDM's lambda in per-pixel units
                     loss = loss + w * args.disc_weight * g_loss
@@ -426,13 +427,13 @@ while step < args.max_steps:
         batches.append((x, x_rec.detach()))
     scaler.unscale_(opt_g)
     terms['grad_norm'] = nn.utils.clip_grad_norm_(ae.parameters(), args.grad_clip if args.grad_clip > 0 else float('inf'))
-    # ---- discriminator step on the same batches (hinge loss)
+    # ---- discriminator step on the same batches (hinge or vanilla loss, --disc_loss)
     if use_disc:
         for micro, (x, x_rec) in enumerate(batches):
             sync = contextlib.nullcontext() if (not dist.ddp or micro == args.grad_accum - 1) else disc_ddp.no_sync()
             with sync:
                 with autocast(device, dtype):
-                    d_loss = hinge_d_loss(*discriminate(disc_ddp, frames(x), frames(x_rec)))
+                    d_loss = DISC_LOSSES[args.disc_loss](*discriminate(disc_ddp, to_frames(x), to_frames(x_rec)))
                 scaler.scale(d_loss / args.grad_accum).backward()
             terms['d'] = terms.get('d', 0) + d_loss.detach() / args.grad_accum
         scaler.unscale_(opt_d)

@@ -57,8 +57,7 @@ def one(lr):
         subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=True)
     import torch
     torch.set_num_threads(1)
-    from probe import diffusability_probe
-    from reproduce import PROBE_T
+    from probe import PROBE_T, diffusability_probe
     p = diffusability_probe(os.path.join(out, 'ckpt.pt'), args.heldout, PROBE_T)
     row = {'lr': float(lr), 'steps': args.steps, 'eps_mse_mean': p['eps_mse_mean'], 'pixel_mse_mean': p['pixel_mse_mean'],
            'guard_ok': p['guard']['ok'], 'std_ratio_min': min(p['guard']['std_ratio']),

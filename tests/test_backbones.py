@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from model import (DIT_PRESETS, UNET_PRESETS, DiT, ResBlock, SpatialTransformer, UNet, build_backbone,
-                   get_2d_sincos_pos_embed, timestep_embedding)
+from model import (DIT_PRESETS, UNET_PRESETS, AttentionBlock, DiT, ResBlock, SpatialTransformer, UNet,
+                   build_backbone, get_2d_sincos_pos_embed, timestep_embedding)
 
 
 def perturbed(module, std=0.05):
@@ -111,7 +111,7 @@ def test_unet_attention_resolutions_are_downsampling_rates():
     m = UNet(in_channels=4, **cfg).eval()
     sizes = []
     for mod in m.modules():
-        if isinstance(mod, SpatialTransformer):
+        if isinstance(mod, (AttentionBlock, SpatialTransformer)):  # unconditional: AttentionBlocks
             mod.register_forward_hook(lambda _m, inp, _o: sizes.append(inp[0].shape[-1]))
     with torch.no_grad():
         m(torch.randn(1, 4, 32, 32), torch.tensor([10]))

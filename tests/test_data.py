@@ -21,7 +21,7 @@ def test_dead_leaves_is_deterministic_per_seed_and_index():
 
 def test_dead_leaves_spectrum_decays_like_a_photo():
     """Natural images: block-DCT amplitude falls by more than 10x from the first AC coefficient to the last."""
-    from spectrum import dct_spectrum
+    from spectral import dct_spectrum
     x = torch.stack([DeadLeaves(64, seed=0)[i][0] for i in range(8)])
     profile = dct_spectrum(x).mean(0)  # (64,) DC-normalised, zigzag order
     assert profile[1] > 10 * profile[63]

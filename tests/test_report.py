@@ -62,7 +62,7 @@ def test_hf_energy_share_is_invariant_to_rotating_channels_while_hf_share_is_not
     """An LDM that normalises its latents by one scalar cannot see an orthogonal mixing of the channels; the
     energy-weighted share cannot either. The per-channel mean hf_share changes, as the issue measured on a rotated
     block PCA."""
-    from spectrum import hf_energy_share, hf_share
+    from spectral import hf_energy_share, hf_share
     g = torch.Generator().manual_seed(0)
     smooth = torch.nn.functional.avg_pool2d(torch.randn(8, 2, 40, 40, generator=g, dtype=torch.float64), 9, 1)
     z = torch.cat([smooth * 3, torch.randn(8, 2, 32, 32, generator=g, dtype=torch.float64) * 0.5], 1)  # 2 smooth, 2 rough

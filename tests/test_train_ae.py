@@ -153,7 +153,7 @@ def test_video_run_resumes_exactly_and_writes_previews(tmp_path):
 def test_online_hf_probe_is_spectrum_hf_share_of_the_held_out_latent_means(tmp_path):
     from data import make_dataset
     from weights import load_autoencoder
-    from spectrum import hf_share
+    from spectral import hf_share
     run('train_ae.py', *TINY_AE, '--image_size', 32, '--out_dir', tmp_path, '--max_steps', 1, '--eval_interval', 1,
         '--dtype', 'float32')
     probe = [r for r in read_log(tmp_path) if 'hf_share_latent' in r][-1]

@@ -79,7 +79,7 @@ def test_an_image_is_a_one_frame_video():
 
 
 def test_temporal_spectrum_is_offset_free_scale_free_and_sees_slow_change():
-    from spectrum import temporal_amplitude, temporal_spectrum, temporal_hf_ratio
+    from spectral import temporal_amplitude, temporal_spectrum, temporal_hf_ratio
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(4, 3, 17, 8, 8, generator=g)
     slow = noise.cumsum(dim=2)  # a random walk in time: a 1/f^2 power spectrum, like natural video
@@ -97,6 +97,7 @@ def test_spectrum_cli_on_a_video_autoencoder(tmp_path):
     from dataclasses import asdict
     import metrics
     import spectrum
+    import spectral
     from video_model import VIDEO_AE_PRESETS
     cfg = VIDEO_AE_PRESETS['tiny']
     torch.save({'model': VideoAutoencoder(cfg).state_dict(), 'config': {'preset': 'tiny', 'ae_config': asdict(cfg)}},
@@ -119,19 +120,19 @@ def test_spectrum_cli_on_a_video_autoencoder(tmp_path):
     rgb = metrics.rgb_on_latent_grid(clips, z.shape, temporal_levels=2)  # (2, 3, 3, 8, 8)
     expected = {'reconstruction_psnr': metrics.psnr(rec, frames).mean().item(),  # every frame of every clip
                 'bicubic_psnr': metrics.psnr(metrics.bicubic_at_latent_grid(frames, 4), frames).mean().item(),
-                'hf_share': spectrum.hf_share(z), 'temporal_hf_ratio': spectrum.temporal_hf_ratio(spectrum.temporal_amplitude(z))}
+                'hf_share': spectral.hf_share(z), 'temporal_hf_ratio': spectral.temporal_hf_ratio(spectral.temporal_amplitude(z))}
     assert {k: r['ae'][k] for k in expected} == {k: pytest.approx(v, rel=1e-6) for k, v in expected.items()}
-    assert r['RGB for ae']['hf_share'] == pytest.approx(spectrum.hf_share(rgb), rel=1e-6)
-    assert r['RGB for ae']['temporal_hf_ratio'] == pytest.approx(spectrum.temporal_hf_ratio(spectrum.temporal_amplitude(rgb)), rel=1e-6)
-    assert r['RGB full']['temporal_hf_ratio'] == pytest.approx(spectrum.temporal_hf_ratio(spectrum.temporal_amplitude(clips)), rel=1e-6)
-    assert r['ae']['spatial_hf_share_per_frame'] == pytest.approx([spectrum.hf_share(z[:, :, t]) for t in range(3)], rel=1e-6)
+    assert r['RGB for ae']['hf_share'] == pytest.approx(spectral.hf_share(rgb), rel=1e-6)
+    assert r['RGB for ae']['temporal_hf_ratio'] == pytest.approx(spectral.temporal_hf_ratio(spectral.temporal_amplitude(rgb)), rel=1e-6)
+    assert r['RGB full']['temporal_hf_ratio'] == pytest.approx(spectral.temporal_hf_ratio(spectral.temporal_amplitude(clips)), rel=1e-6)
+    assert r['ae']['spatial_hf_share_per_frame'] == pytest.approx([spectral.hf_share(z[:, :, t]) for t in range(3)], rel=1e-6)
 
 
 def test_temporal_hf_energy_share_is_invariant_to_an_orthogonal_mixing_of_channels_and_orders_slow_and_fast():
     """The temporal energy-weighted HF share, like the spatial one, sees through a rotation of the channels (which a
     scalar-normalised LDM cannot see), a common scale and per-channel offsets; white noise in time scores the share of
     its upper frequencies, a slowly changing signal far less."""
-    from spectrum import temporal_energy, temporal_hf_energy_share
+    from spectral import temporal_energy, temporal_hf_energy_share
     g = torch.Generator().manual_seed(0)
     z = torch.randn(4, 6, 9, 4, 4, generator=g, dtype=torch.float64)
     slow = torch.cumsum(z, dim=2)  # a random walk: energy at low temporal frequencies
@@ -149,6 +150,7 @@ def test_train_ae_and_spectrum_measure_bicubic_on_clips_by_the_one_definition(tm
     """train_ae.py's val_psnr_bicubic and spectrum.py's bicubic_psnr are the same number on the same clips: each clip's
     mean frame PSNR of metrics.bicubic_at_latent_grid, averaged over clips (whatever the batch split)."""
     import spectrum
+    import spectral
     from data import MovingDeadLeaves, random_subset
     from metrics import bicubic_at_latent_grid, psnr
     from tests.helpers import read_log, run
