@@ -88,8 +88,8 @@ def test_each_task_trains_resumes_exactly_samples_and_is_scored(workdir, task):
 @pytest.mark.slow
 def test_an_unconditional_unet_samples_beyond_its_training_size_and_inpaints_by_replacement(workdir):
     d = workdir
-    run('train_ldm.py', *TINY[:1], '32', *TINY[2:], '--ae', d / 'ae' / 'ckpt.pt', '--max_steps', '1', '--num_samples',
-        '1', '--sample_steps', '1', '--eval_interval', '100', '--out_dir', d / 'uncond32')
+    run('train_ldm.py', *TINY[:1], '32', *TINY[2:], '--model', 'unet', '--ae', d / 'ae' / 'ckpt.pt', '--max_steps', '1',
+        '--num_samples', '1', '--sample_steps', '1', '--eval_interval', '100', '--out_dir', d / 'uncond32')
     for H, W in ((64, 64), (96, 64)):
         out = d / f'uncond_{H}x{W}'
         run('sample.py', '--ckpt', d / 'uncond32' / 'ema.pt', '--num_samples', '2', '--steps', '2', '--device', 'cpu',
