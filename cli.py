@@ -22,6 +22,9 @@ SPACINGS = ('even', 'ddim', 'ldm')  # diffusion.spaced_timesteps (sample.py --sp
 DIFFUSION_LOSSES = ('l2', 'l1')  # Diffusion's and Flow's loss_type, CompVis' (train_ldm.py --diffusion_loss)
 FLOW_PREDICTIONS = ('velocity', 'x0', 'noise')  # diffusion.Flow's outputs (train_ldm.py --prediction)
 TIME_SAMPLINGS = ('uniform', 'logit_normal')  # diffusion.Flow's training times (train_ldm.py --time_sampling)
+TASKS = ('none', 'sr', 'inpaint', 'semantic')  # conditioning.py's tasks (train_ldm.py and sample.py --task)
+DEGRADATIONS = ('bicubic', 'bsr_light')  # conditioning.degrade (train_ldm.py --degradation)
+MASK_KINDS = ('thick', 'thin', 'box', 'mixed')  # conditioning.random_mask (train_ldm.py --masks)
 
 # the weight files that eval_fid.py's flags name (inception.py and i3d.py load them)
 FID_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
@@ -81,6 +84,17 @@ def checked(kind, lo=None, hi=None, lo_open=False, hi_open=False):
         return value
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
+
+
+def unit_interval(text):
+    """An argparse type: 'lo,hi' with 0 <= lo <= hi <= 1 -> (lo, hi), such as a share of an image's area."""
+    try:
+        lo, hi = (float(v) for v in text.split(','))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two comma-separated numbers such as '0.4,0.5', got '{text}'")
+    if not 0 <= lo <= hi <= 1:
+        raise argparse.ArgumentTypeError(f"must be lo,hi with 0 <= lo <= hi <= 1, got '{text}'")
+    return lo, hi
 
 
 def int_list(lo):

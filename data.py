@@ -49,10 +49,13 @@ def _split_item(item):
 # -----------------------------------------------------------------------------
 # the embedded dataset
 
-def dead_leaves(seed, index, size, supersample=4, r_min=4.0, max_shapes=400, texture_supersample=None):
+def dead_leaves(seed, index, size, supersample=4, r_min=4.0, max_shapes=400, texture_supersample=None,
+                segmentation=False):
     """One dead-leaves image, deterministic in (seed, index). Returns float32 (H, W, 3) in [0, 1]. texture_supersample:
     the factor by which the caller will shrink this image further (moving_dead_leaves renders its background at canvas
-    resolution), so that leaf textures stay below the final pixel's Nyquist frequency."""
+    resolution), so that leaf textures stay below the final pixel's Nyquist frequency. segmentation=True also returns
+    the label map (H, W) int64 of the shape kind that covers each pixel (SHAPE_KINDS: the far background or a leaf's
+    texture), the kind covering most of the pixel's supersampled area; the image is the same either way."""
     rng = np.random.default_rng([seed, index])
     S = size * supersample
     r_min, r_max = r_min * supersample, 0.6 * S
@@ -70,6 +73,7 @@ def dead_leaves(seed, index, size, supersample=4, r_min=4.0, max_shapes=400, tex
     sat, val = rng.uniform(0.1, 0.6, n), rng.uniform(0.4, 0.85, n)
     gradient = rng.normal(0, 0.3, (n, 2)) / np.maximum(r, 1.0)[:, None]
     texture = LeafTextures(rng, n, S, supersample * (texture_supersample or 1))
+    kind = np.zeros((S, S), np.int64) if segmentation else None  # 0: far background, 1 + the leaf's texture kind
     for k in range(n):
         x0, x1 = max(int(cx[k] - r[k]), 0), min(int(cx[k] + r[k]) + 1, S)
         y0, y1 = max(int(cy[k] - r[k]), 0), min(int(cy[k] + r[k]) + 1, S)
@@ -90,13 +94,21 @@ def dead_leaves(seed, index, size, supersample=4, r_min=4.0, max_shapes=400, tex
         shade = (1.0 + gradient[k, 0] * dx + gradient[k, 1] * dy) * texture(k, dx, dy)
         img[y0:y1, x0:x1][mask] = np.clip(colour[None, :] * shade[:, None], 0, 1)
         covered[y0:y1, x0:x1] |= mask
+        if kind is not None:
+            kind[y0:y1, x0:x1][mask] = 1 + texture.kind[k]
         if k % 16 == 15 and covered.mean() > 0.995:  # what is left are specks, averaged away below
             break
     if not covered.all():  # the rest is far background
         img[~covered] = _hsv_to_rgb(base_hue, 0.3, 0.5)
     img = img.reshape(size, supersample, size, supersample, 3).mean(axis=(1, 3))  # box filter = antialiased downsampling
     img += rng.normal(0, 0.01, img.shape).astype(np.float32)  # sensor noise floor of a real camera
+    if kind is not None:  # the majority kind of each output pixel's supersample x supersample block
+        votes = np.eye(len(SHAPE_KINDS), dtype=np.int64)[kind].reshape(size, supersample, size, supersample, -1)
+        return np.clip(img, 0, 1), votes.sum(axis=(1, 3)).argmax(-1)
     return np.clip(img, 0, 1)
+
+
+SHAPE_KINDS = ('background', 'plain', 'grating', 'noise')  # the label ids of dead_leaves(segmentation=True)
 
 
 class LeafTextures:
@@ -141,12 +153,14 @@ def _hsv_to_rgb(h, s, v):
 
 
 class DeadLeaves(torch.utils.data.Dataset):
-    """Unlimited, deterministic per (seed, index). The held-out stream (train=False) uses a disjoint seed."""
+    """Unlimited, deterministic per (seed, index). The held-out stream (train=False) uses a disjoint seed.
+    segmentation=True: items are {'image', 'segmentation' (H, W) int64, ids of SHAPE_KINDS}, for semantic synthesis."""
     infinite = True
     num_classes = 0
 
-    def __init__(self, image_size, seed=0, train=True):
-        self.image_size = image_size
+    def __init__(self, image_size, seed=0, train=True, segmentation=False):
+        self.image_size, self.segmentation = image_size, segmentation
+        self.num_labels = len(SHAPE_KINDS)
         self.seed = seed if train else seed + 1_000_000_007
 
     def __len__(self):
@@ -157,6 +171,9 @@ class DeadLeaves(torch.utils.data.Dataset):
 
     def load(self, item):
         i, _ = _split_item(item)
+        if self.segmentation:
+            img, seg = dead_leaves(self.seed, i, self.image_size, segmentation=True)
+            return {'image': torch.from_numpy(img).permute(2, 0, 1) * 2 - 1, 'segmentation': torch.from_numpy(seg)}, 0, 0
         x = torch.from_numpy(dead_leaves(self.seed, i, self.image_size)).permute(2, 0, 1)
         return x * 2 - 1, 0, 0
 
@@ -324,6 +341,56 @@ class ImageFolder(torch.utils.data.Dataset):
         return x.contiguous(), self.labels[j], unreadable
 
 
+def label_pairs(files, root):
+    """x.png + x_label.png pairs of a folder's files -> (image paths, label paths). An image without its label map is
+    named in one sentence, never dropped in silence."""
+    stems = {os.path.splitext(f)[0]: f for f in files}
+    images = [f for s, f in stems.items() if not s.endswith('_label')]
+    alone = [f for f in images if os.path.splitext(f)[0] + '_label' not in stems]
+    if alone:
+        die(f"{len(alone)} of the {len(images)} images under {root} have no label map beside them (first: {alone[0]}; "
+            f"x.png needs x_label.png); add them or remove those images.")
+    return images, [stems[os.path.splitext(f)[0] + '_label'] for f in images]
+
+
+class LabelledFolder(torch.utils.data.Dataset):
+    """Images with their label maps (x.png + x_label.png, class ids as 8-bit grey values), for semantic synthesis:
+    the short side resized to image_size (the image bicubic, the labels nearest), the centre cropped, and both flipped
+    together. num_labels is one more than the largest id of any map."""
+    infinite = False
+    num_classes = 0
+
+    def __init__(self, root, image_size, flip=True):
+        files, self.left_out = read_folder(root, IMAGE_EXTENSIONS, 'images')
+        self.root, self.image_size, self.flip = root, image_size, flip
+        self.files, self.label_files = label_pairs(files, root)
+        self.num_labels = 1 + max(int(np.asarray(Image.open(os.path.join(root, f))).max()) for f in self.label_files)
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, item):
+        return self.load(item)[:2]
+
+    def load(self, item):
+        i, item_seed = _split_item(item)
+        img = Image.open(os.path.join(self.root, self.files[i])).convert('RGB')
+        lab = Image.open(os.path.join(self.root, self.label_files[i]))
+        if lab.mode not in ('L', 'P') or lab.size != img.size:
+            die(f"{self.label_files[i]} under {self.root} is not a one-channel label map of its image's size "
+                f"{img.size[0]}x{img.size[1]}; write class ids as an 8-bit grey image of that size.")
+        scale = self.image_size / min(img.size)
+        size = tuple(max(self.image_size, round(v * scale)) for v in img.size)
+        img, lab = img.resize(size, resample=Image.BICUBIC), lab.resize(size, resample=Image.NEAREST)
+        left, top = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
+        box = (left, top, left + self.image_size, top + self.image_size)
+        x = torch.from_numpy(np.asarray(img.crop(box), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)  # (3, H, W)
+        seg = torch.from_numpy(np.asarray(lab.crop(box), dtype=np.int64))  # (H, W)
+        if self.flip and item_seed is not None and np.random.default_rng([item_seed, i]).random() < 0.5:
+            x, seg = x.flip(2), seg.flip(1)
+        return {'image': x.contiguous(), 'segmentation': seg.contiguous()}, 0, 0
+
+
 def random_subset(dataset, n, seed):
     """n indices of `dataset` drawn without replacement, seeded, sorted (disk order). Every item of the embedded
     dataset is already an independent random image, so there the first n are a random sample."""
@@ -332,9 +399,14 @@ def random_subset(dataset, n, seed):
     return sorted(np.random.default_rng(seed).choice(len(dataset), size=n, replace=False).tolist())
 
 
-def make_dataset(data, image_size, seed=0, train=True, random_crop=False, num_frames=1, frame_stride=1):
+def make_dataset(data, image_size, seed=0, train=True, random_crop=False, num_frames=1, frame_stride=1,
+                 segmentation=False):
     """The data set of every script: images (num_frames 1) or clips of num_frames frames, frame_stride apart. data=None
-    -> the embedded DeadLeaves (MovingDeadLeaves) stream; else an ImageFolder (VideoFolder) (evaluation: no flips)."""
+    -> the embedded DeadLeaves (MovingDeadLeaves) stream; else an ImageFolder (VideoFolder) (evaluation: no flips).
+    segmentation=True: images with their label maps (DeadLeaves' shape kinds, or a LabelledFolder)."""
+    if segmentation:
+        return (DeadLeaves(image_size, seed=seed, train=train, segmentation=True) if data is None
+                else LabelledFolder(data, image_size, flip=train))
     if num_frames > 1:
         if data is None:
             return MovingDeadLeaves(image_size, num_frames, seed=seed, train=train)

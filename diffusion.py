@@ -256,15 +256,27 @@ class Diffusion:
         log_var = var.log() if var_values is None else self.learned_log_var(var_values, beta.log(), var.log())
         return mean + (0.5 * log_var).exp() * randn(x_t.shape, generator, x_t.device)
 
+    def replace_known(self, x_t, t, known, generator=None):
+        """LDM's p_sample_loop(mask, x0), the training-free inpainting of any model: before each step the known region
+        of x_t is replaced by a fresh draw of q(x_t | x0), x_t <- k q_sample(x0, t, eps) + (1 - k) x_t, eps ~ N(0, I).
+        known: None (nothing replaced) or (x0, k), k = 1 where x0 is known."""
+        if known is None:
+            return x_t
+        x0, keep = known
+        t_b = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+        return keep * self.q_sample(x0, t_b, randn(x_t.shape, generator, x_t.device)) + (1 - keep) * x_t
+
     @torch.no_grad()
-    def ddpm_sample(self, model_fn, x_T, steps=None, generator=None, spacing='even'):
-        """Ancestral sampling from x_T ~ N(0, I) over `steps` timesteps (all T by default), spaced as ADM/DiT do."""
+    def ddpm_sample(self, model_fn, x_T, steps=None, generator=None, spacing='even', known=None):
+        """Ancestral sampling from x_T ~ N(0, I) over `steps` timesteps (all T by default), spaced as ADM/DiT do.
+        known: inpaint by replacement (replace_known)."""
         if spacing == 'ldm':  # CompVis' ancestral sampler walks the whole chain; 'ldm' is its DDIM's and PLMS's
             raise ValueError("LDM's spacing is for the DDIM and PLMS samplers; sample DDPM with the even or ddim "
                              "spacing.")
         ts = spaced_timesteps(self.T, steps or self.T, spacing).tolist()
         x = x_T
         for i in range(len(ts) - 1, -1, -1):
+            x = self.replace_known(x, ts[i], known, generator)
             x = self.p_sample(model_fn, x, ts[i], ts[i - 1] if i > 0 else -1, generator)
         return x
 
@@ -285,12 +297,14 @@ class Diffusion:
         return x_prev
 
     @torch.no_grad()
-    def ddim_sample(self, model_fn, x_T, steps=50, eta=0.0, generator=None, spacing='even'):
+    def ddim_sample(self, model_fn, x_T, steps=50, eta=0.0, generator=None, spacing='even', known=None):
         """DDIM from x_T ~ N(0, I) over `steps` timesteps spaced as ADM/DiT do; eta = 0 is deterministic, eta = 1 ~
         DDPM. spacing='ddim' is ADM's ddimN (its DDIM results use it), 'ldm' LDM's DDIMSampler (diffusers'
-        DDIMScheduler(steps_offset=1, set_alpha_to_one=False)), which ends on timestep 0."""
+        DDIMScheduler(steps_offset=1, set_alpha_to_one=False)), which ends on timestep 0. known: inpaint by replacement
+        (replace_known), as CompVis' DDIMSampler with mask and x0."""
         x = x_T
         for t, t_prev in sampling_steps(self.T, steps, spacing):
+            x = self.replace_known(x, t, known, generator)
             x = self.ddim_step(model_fn, x, t, t_prev, eta, generator)
         return x
 
@@ -557,15 +571,18 @@ def cfg_model_fn(model, y, cfg_scale, guided_channels=None, interval=None):
     interval=(lo, hi), in the network's time input t (a timestep index, or Flow.network_time of a flow time), guides
     only where lo <= t <= hi and returns the conditional prediction elsewhere (guidance in a limited interval,
     Kynkaanniemi et al. 2024; LightningDiT's cfg_interval_start c is the flow interval [0, 1 - c]).
-    s = 1 returns the conditional prediction (plain conditional sampling needs no doubled batch: use model(x, t, y))."""
+    s = 1 returns the conditional prediction (plain conditional sampling needs no doubled batch: use model(x, t, y)).
+    y: the labels (B,), or a condition dict with them under 'y', whose other inputs both halves share."""
     num_classes = model.num_classes
     if num_classes == 0 or model.y_embedder.embedding_table.num_embeddings == num_classes:
         raise ValueError("classifier-free guidance needs a class-conditional model trained with label dropout "
                          "(class_dropout_prob > 0); sample this model with --cfg_scale 1.")
-    y_null = torch.full_like(y, num_classes)
+    cond = dict(y) if isinstance(y, dict) else {'y': y}  # a condition dict (conditioning.get_input's) or the labels
+    null = {**cond, 'y': torch.full_like(cond['y'], num_classes)}  # spatial inputs ('concat') stay: only y is dropped
+    both = {k: torch.cat([cond[k], null[k]]) for k in cond if cond[k] is not None}
 
     def model_fn(x, t):
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, y_null]))
+        out = model(torch.cat([x, x]), torch.cat([t, t]), **both)  # as model.apply_model feeds a condition dict
         cond, uncond = out.chunk(2)
         G = x.shape[1] if guided_channels is None else min(guided_channels, x.shape[1])
         guided = uncond[:, :G] + cfg_scale * (cond[:, :G] - uncond[:, :G])  # eps~ = eps_null + s (eps_y - eps_null)

@@ -14,6 +14,9 @@ Videos (uint8 (N, T, H, W, 3) in arr_0, as sample.py writes them): FVD needs T >
   python eval_fid.py --fake video_samples.npz --ref real_videos.npz
   python eval_fid.py --ref real_videos.npz --save_stats fvd_ref.npz              # then --ref fvd_ref.npz
   python eval_fid.py --fake video_samples.npz --ref /kinetics/val --image_size 64 --num_frames 17   # a video folder
+A conditional model's outputs against their targets, pair by pair (sample.py --task writes x.png for input x): PSNR,
+SSIM and LPIPS per pair (LDM's Tab. 5 columns), beside the distribution metrics of the two folders:
+  python eval_fid.py --paired --fake out/sr/samples/images --ref /path/to/hr_images
 An autoencoder's reconstructions of a dataset (the embedded one when --data is omitted):
   python eval_fid.py --ae out/ckpt.pt --image_size 64
 
@@ -61,6 +64,7 @@ def parse_args(argv=None):
     p.add_argument('--seed', type=checked(int, lo=0), default=0, help='seed of the dead-leaves set (SWD neighbourhoods and directions are fixed)')
     add_device_arg(p)
     p.add_argument('--out', type=str, default=None, help='JSON file for every number printed (default: <--fake, --ae or --save_stats path>_metrics.json)')
+    p.add_argument('--paired', action='store_true', help='--fake and --ref are folders of pairs by file name: add PSNR, SSIM, LPIPS per pair; default off')
     p.add_argument('--overwrite', action='store_true', help='replace an existing --out or --save_stats file')
     return p.parse_args(argv)
 
@@ -77,7 +81,7 @@ from tqdm import tqdm
 
 from common import select_device, die, setup_distributed, cleanup_distributed, load_batches, refuse_unused, non_finite
 from rundir import refuse_to_overwrite, no_space_is_an_error, check_output, refuse_overlap, lock_file, atomic_write
-from data import DatasetImages, make_dataset, open_source, random_subset, shuffled
+from data import IMAGE_EXTENSIONS, DatasetImages, make_dataset, open_image, open_source, random_subset, shuffled
 from i3d import FVD_NUM_FRAMES, i3d_features, load_i3d
 from inception import INCEPTION_FEATURES, load_inception
 from metrics import (feature_statistics, frechet_distance, inception_score, kernel_inception_distance, precision_recall,
@@ -212,6 +216,31 @@ def evaluate_autoencoder(ae, images, dist, inception=None, lpips=None, batch_siz
                                            *feature_statistics(feats_rec['pool3'].cpu()))
     results |= swd_from_descriptors(desc_in, desc_rec, inputs.resolutions)
     return results
+
+def evaluate_pairs(fake_dir, ref_dir, lpips, device):
+    """PSNR, SSIM (metrics.py) and LPIPS (when the network is given) of each image of fake_dir against the image of the
+    same name in ref_dir, averaged over the pairs (LDM's Tab. 5). A file without its partner, or a pair of two sizes, is
+    counted and named in one sentence, never dropped."""
+    def stems(folder):
+        return {os.path.splitext(f)[0]: os.path.join(folder, f) for f in sorted(os.listdir(folder))
+                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith('.')}
+    fake, ref = stems(fake_dir), stems(ref_dir)
+    alone = sorted(set(fake) ^ set(ref))
+    if alone:
+        die(f"{len(alone)} file(s) of --fake {fake_dir} and --ref {ref_dir} have no partner of the same name (first: "
+            f"{alone[0]}); --paired compares x.png with x.png, so add or remove them.")
+    per_pair = {'psnr': [], 'ssim': []} | ({'lpips': []} if lpips is not None else {})
+    for name in tqdm(sorted(fake), desc='pairs', dynamic_ncols=True):
+        x, y = (torch.from_numpy(np.asarray(open_image(p), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+                for p in (fake[name], ref[name]))
+        if x.shape != y.shape:
+            die(f"the pair {name} is {x.shape[-1]}x{x.shape[-2]} in --fake but {y.shape[-1]}x{y.shape[-2]} in --ref; "
+                f"a pair must share its size.")
+        per_pair['psnr'].append(psnr(x, y).item())
+        per_pair['ssim'].append(ssim(x, y).item())
+        if lpips is not None:
+            per_pair['lpips'].append(lpips(x.to(device), y.to(device)).item())
+    return {'num_pairs': len(fake), **{f'paired_{k}': float(np.mean(v)) for k, v in per_pair.items()}}
 
 # ----------------------------------------------------------------------------------------------
 # command line
@@ -453,13 +482,22 @@ def open_autoencoder(path, preset, data, image_size, num_real, seed, device):
     return ae, DatasetImages(dataset, min(n, len(dataset)), seed)
 
 
+def LPIPS_or_why(vgg_weights, lin_weights, dist):
+    """-> (the LPIPS network, None), or (None, why it could not load)."""
+    lpips, why = load_on_rank0_first(lambda: LPIPS(vgg_weights, lin_weights).to(dist.device), dist)
+    return lpips, None if why is None else why + '; pass local copies with --vgg_weights and --lpips_lin_weights.'
+
+
 def check_args(args):
     """The rules between flags, before anything is built. -> the JSON file the numbers go to."""
     if args.ae is not None and (args.fake is not None or args.ref is not None or args.save_stats is not None):
         die("--ae scores reconstructions of --data, while --fake/--ref/--save_stats are for generated images; pass one or the other.")
-    if args.ae is None and any(v is not None for v in (args.data, args.preset, args.vgg_weights, args.lpips_lin_weights)):
-        die("--data, --preset, --vgg_weights and --lpips_lin_weights go with --ae; to score generated images "
-            "against a folder, pass it as --ref.")
+    if args.paired and not (args.fake and args.ref and os.path.isdir(args.fake) and os.path.isdir(args.ref)):
+        die("--paired compares two folders file by file; pass both as folders with --fake and --ref.")
+    if args.ae is None and any(v is not None for v in (args.data, args.preset)):
+        die("--data and --preset go with --ae; to score generated images against a folder, pass it as --ref.")
+    if args.ae is None and not args.paired and (args.vgg_weights or args.lpips_lin_weights):
+        die("--vgg_weights and --lpips_lin_weights are for LPIPS, which --ae and --paired compute; pass one of them.")
     if args.ae is None and args.fake is None and args.save_stats is None:
         die("nothing to evaluate; pass --fake (generated images), --ae (an autoencoder) or --save_stats (reference statistics).")
     out = args.out or os.path.splitext((args.fake or args.ae or args.save_stats).rstrip('/'))[0] + '_metrics.json'
@@ -502,10 +540,7 @@ def main(argv=None):
         skipped = {}
         inception, skipped['rfid'] = load_on_rank0_first(lambda: load_inception(args.inception_weights, dist.device),
                                                          dist)
-        lpips, skipped['lpips'] = load_on_rank0_first(
-            lambda: LPIPS(args.vgg_weights, args.lpips_lin_weights).to(dist.device), dist)
-        if skipped['lpips'] is not None:
-            skipped['lpips'] += '; pass local copies with --vgg_weights and --lpips_lin_weights.'
+        lpips, skipped['lpips'] = LPIPS_or_why(args.vgg_weights, args.lpips_lin_weights, dist)
         skipped = {name: why for name, why in skipped.items() if why is not None}
         results = {'num_images': len(images),
                    **evaluate_autoencoder(ae, images, dist, inception, lpips, args.batch_size, args.num_workers),
@@ -522,6 +557,12 @@ def main(argv=None):
         else:
             results, skipped = evaluate_images(real, fake, dist, args.inception_weights, args.save_stats,
                                                args.batch_size, args.num_workers, args.seed)
+        if args.paired:  # per pair, beside the distribution metrics (loaded on every rank, scored on rank 0)
+            lpips, why = LPIPS_or_why(args.vgg_weights, args.lpips_lin_weights, dist)
+            if dist.master:
+                results |= evaluate_pairs(args.fake, args.ref, lpips, dist.device)
+            if why is not None:
+                skipped['paired_lpips'] = why
     if dist.master:
         check_results(results)
         for name, value in results.items():

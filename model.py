@@ -1213,3 +1213,13 @@ def build_backbone(model, preset, latent_size, in_channels, num_classes, learn_s
         cfg["context_dim"] = context_dim or (cfg.get("context_dim", 512) if num_classes > 0 else None)
         return UNet(**cfg, **common)
     return presets[preset](input_size=latent_size, **common)
+
+
+def apply_model(model, x, t, cond=None):
+    """The one place a condition reaches the denoiser, as CompVis' DiffusionWrapper: cond is conditioning.get_input's
+    dict, whose keys are the backbone's inputs ('concat' -> the UNet's concat, torch.cat([x_t, c_concat], 1); 'y' the
+    class labels); None values are left out. A plain tensor (or None) is the class labels, as before conditioning.
+    training_loss and the samplers call it as model(x_t, t, cond) through functools.partial(apply_model, model)."""
+    if not isinstance(cond, dict):
+        return model(x, t, cond)
+    return model(x, t, **{k: v for k, v in cond.items() if v is not None})

@@ -31,8 +31,9 @@ import re
 import sys
 import glob
 import argparse
+import functools
 
-from cli import SPACINGS, add_device_arg, checked, set_cpu_threads, stop_on_signals
+from cli import SPACINGS, TASKS, add_device_arg, checked, set_cpu_threads, stop_on_signals
 
 # -----------------------------------------------------------------------------
 # config, read before torch is imported, so that --help and a mistyped flag answer at once
@@ -73,6 +74,11 @@ parser.add_argument('--cfg_channels', type=checked(int, lo=1), default=None, hel
 parser.add_argument('--classes', type=str, default=None, help='comma-separated class ids to draw labels from; default: all classes')
 parser.add_argument('--labels', type=str, default=None, choices=['random', 'balanced'], help="class labels: 'random' uniform draws, as DiT's FID-50K protocol (the default); 'balanced' equal counts per class, as REPA-E and later")
 parser.add_argument('--seed', type=checked(int, lo=0), default=0, help='base seed; sample i uses the seed (seed, i)')
+parser.add_argument('--task', type=str, default=None, choices=TASKS, help="the model's task (default: the checkpoint's); inpaint with --inpaint_mode replace for any model")
+parser.add_argument('--input', type=str, default=None, help='--task sr|inpaint|semantic: a folder of LR images, x.png + x_mask.png, or x_label.png; default none')
+parser.add_argument('--inpaint_mode', type=str, default='concat', choices=['concat', 'replace'], help="concat (the default): an inpainting model; replace: any DDPM model, LDM's p_sample_loop(mask, x0)")
+parser.add_argument('--H', type=checked(int, lo=1), default=None, help='sample height in pixels, UNets only (convolutional sampling); default: the training size')
+parser.add_argument('--W', type=checked(int, lo=1), default=None, help='sample width in pixels, UNets only; default: the training size')
 add_device_arg(parser)
 parser.add_argument('--dtype', type=str, default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'],
                     help="autocast dtype; 'auto' = bfloat16 on GPUs that support it, else float32")
@@ -93,7 +99,8 @@ from rundir import (refuse_to_overwrite, no_space_is_an_error, check_output, loc
                     atomic_write)
 from diffusion import cfg_model_fn, process_from_config, spaced_timesteps, sample_generators, randn
 from metrics import to_uint8
-from model import build_backbone, decode_first_stage
+from model import apply_model, build_backbone, decode_first_stage, encode_first_stage
+import conditioning
 from weights import load_autoencoder, load_checkpoint
 
 args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU
@@ -229,6 +236,49 @@ elif args.cfg_interval is not None:
 C, h = backbone['in_channels'], backbone['latent_size']
 latent_shape = (C, backbone['num_frames'], h, h) if video else (C, h, h)
 
+# the task: the checkpoint's (older ones have none), one sample per input of --input; or the training-free inpainting
+# of any DDPM model (--inpaint_mode replace); or a size other than the training size (--H, --W), UNets only
+trained_task = config.get('conditioning', {'task': 'none'})
+task, replace = args.task or trained_task['task'], args.inpaint_mode == 'replace'
+refuse_unused(sys.argv[1:], [('--inpaint_mode', task == 'inpaint', 'only applies to --task inpaint'),
+                             ('--num_samples', task == 'none', 'is the number of inputs under --input with a --task'),
+                             ('--input', task != 'none', 'only applies with a --task other than none')])
+if replace and (trained_task['task'] != 'none' or flow):
+    die(f"--inpaint_mode replace inpaints with a DDPM model that has no task of its own; {args.ckpt} is "
+        f"{'a rectified flow' if flow else 'trained for --task ' + trained_task['task']}, so drop it.")
+if replace and sampler == 'plms':
+    die("--inpaint_mode replace replaces the known region at each step of --sampler ddim or ddpm; PLMS's multistep "
+        "update has no such step here, so choose one of those.")
+if task != trained_task['task'] and not replace:
+    die(f"{args.ckpt} was trained for --task {trained_task['task']}, not {task}; pass its own task (or, for inpainting "
+        f"with a model of no task, --inpaint_mode replace).")
+if task != 'none' and args.input is None:
+    die(f"--task {task} samples one image per input; pass the folder of inputs with --input DIR.")
+if args.input is not None and not os.path.isdir(args.input):
+    die(f"--input {args.input} is not a folder; pass the folder that holds the inputs.")
+if (args.H or args.W) and (task != 'none' or video or backbone['model'] != 'unet'):
+    die("--H and --W set the size of a UNet's unconditional or class-conditional samples; a DiT's position embedding "
+        "is fixed to its training size, and a task's size comes from its inputs." if backbone['model'] != 'unet' or
+        video else "--H and --W do not apply with a --task: each sample takes its input's size.")
+multiple = f * getattr(model, 'downsample_factor', 1)  # a UNet halves its latents downsample_factor times
+if args.H or args.W:
+    H_px, W_px = args.H or config['image_size'], args.W or config['image_size']
+    if H_px % multiple or W_px % multiple:
+        die(f"--H {H_px} --W {W_px}: each must be a multiple of {multiple} (the autoencoder's factor {f} times the "
+            f"UNet's downsampling {multiple // f}).")
+    latent_shape = (C, H_px // f, W_px // f)
+items = None  # a task's inputs: [(name, item)], sample i for items[i]
+if task != 'none':
+    try:
+        items = conditioning.read_inputs(trained_task if not replace else {'task': 'inpaint'}, args.input, multiple)
+    except ValueError as e:
+        die(str(e))
+    args.num_samples = len(items)
+
+
+def encode(x):  # pixels (B, 3, H, W) -> the normalised latent of the posterior mean, (z - shift) * scale
+    return (encode_first_stage(ae, x, sample=False).float() - latent_shift) * latent_scale  # VQ: before quantising
+
 if dist.master:
     os.makedirs(video_dir if video else image_dir, exist_ok=True)
     for folder in (image_dir, video_dir):  # only with --overwrite (checked above), and only the files this script names
@@ -251,19 +301,33 @@ if dist.ddp:
 
 mine = list(range(dist.rank, args.num_samples, dist.world_size))
 batches = [mine[i:i + args.batch_size] for i in range(0, len(mine), args.batch_size)]
+if items is not None:  # a batch holds inputs of one size
+    size_of = lambda i: conditioning.output_size(trained_task if not replace else {'task': 'inpaint'}, items[i][1])  # noqa: E731
+    batches = [[i for i in b if size_of(i) == s] for b in batches for s in dict.fromkeys(map(size_of, b))]
+names = [n for n, _ in items] if items is not None else [f'{i:06d}' for i in range(args.num_samples)]
 for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols=True, smoothing=0):  # mean pace
     gens = sample_generators(args.seed, idx)  # one noise stream per sample, from (seed, i) alone
-    x_T = randn((len(idx), *latent_shape), gens, device)  # (B, C, [T',] h, w)
-    y = torch.from_numpy(labels[idx]).to(device) if classes else None
+    cond, known, batch = {'y': torch.from_numpy(labels[idx]).to(device) if classes else None}, None, None
+    shape = latent_shape
+    if items is not None:
+        batch = {k: torch.stack([items[i][1][k] for i in idx]).to(device) for k in items[0][1]}
+        shape = (C, *(s // f for s in size_of(idx[0])))
+    x_T = randn((len(idx), *shape), gens, device)  # (B, C, [T',] h, w)
+    with autocast(device, dtype):
+        if replace:  # the known latent cells: those with no hole pixel (a max-pool of the mask over each f x f cell)
+            known = (encode(batch['image']), 1 - torch.nn.functional.max_pool2d(batch['mask'], f))
+        elif task != 'none':
+            cond |= conditioning.get_input(trained_task, batch, encode, shape[-2:])
     if args.cfg_scale != 1:
-        model_fn = cfg_model_fn(model, y, args.cfg_scale, args.cfg_channels, interval)
+        model_fn = cfg_model_fn(model, cond, args.cfg_scale, args.cfg_channels, interval)
     else:
-        model_fn = lambda x, t: model(x, t, y)  # noqa: E731
+        model_fn = functools.partial(apply_model, model, cond=cond)
     with autocast(device, dtype):
         if sampler == 'ddpm':
-            z = process.ddpm_sample(model_fn, x_T, steps=steps, generator=gens, spacing=spacing)
+            z = process.ddpm_sample(model_fn, x_T, steps=steps, generator=gens, spacing=spacing, known=known)
         elif sampler == 'ddim':
-            z = process.ddim_sample(model_fn, x_T, steps=steps, eta=args.eta or 0.0, generator=gens, spacing=spacing)
+            z = process.ddim_sample(model_fn, x_T, steps=steps, eta=args.eta or 0.0, generator=gens, spacing=spacing,
+                                    known=known)
         elif sampler == 'plms':
             z = process.plms_sample(model_fn, x_T, steps=steps, spacing=spacing)
         elif sampler == 'sde':  # SiT's defaults: diffusion coefficient w = t, last step of 0.04 without noise
@@ -275,6 +339,8 @@ for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols
         die(f"samples {idx[0]}..{idx[-1]} came out non-finite (NaN or inf): the model or its latent normalisation "
             f"in {args.ckpt} is broken; nothing more was written.")
     x = to_uint8(x)
+    if task == 'inpaint':  # the composite (1 - m) x + m x_hat, with the known pixels exactly the input's
+        x = torch.where(batch['mask'].bool(), x, to_uint8(batch['image']))
     with no_space_is_an_error(out_dir):
         if video:  # the MP4 to watch, and the exact uint8 frames for samples.npz (MP4 is lossy), removed below
             for i, clip in zip(idx, x.permute(0, 2, 3, 4, 1).cpu().numpy()):  # (T, H, W, 3)
@@ -282,7 +348,7 @@ for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols
                 np.save(os.path.join(video_dir, f'{i:06d}.npy'), clip)
         else:
             for i, img in zip(idx, x.permute(0, 2, 3, 1).cpu().numpy()):  # (H, W, 3)
-                Image.fromarray(img).save(os.path.join(image_dir, f'{i:06d}.png'))
+                Image.fromarray(img).save(os.path.join(image_dir, f'{names[i]}.png'))
 
 # -----------------------------------------------------------------------------
 # the master assembles the npz and the grid from every rank's PNGs
@@ -293,18 +359,21 @@ if dist.master:
     if video:
         arr = np.stack([np.load(os.path.join(video_dir, f'{i:06d}.npy')) for i in range(args.num_samples)])  # (N, T, H, W, 3)
     else:
-        arr = np.stack([np.asarray(Image.open(os.path.join(image_dir, f'{i:06d}.png')).convert('RGB'))
-                        for i in range(args.num_samples)])  # (N, H, W, 3) uint8
-    with no_space_is_an_error(out_dir, arr.nbytes):
-        with atomic_write(os.path.join(out_dir, 'samples.npz')) as tmp, open(tmp, 'wb') as fh:  # eval_fid never reads half
-            np.savez(fh, arr_0=arr, **({} if labels is None else {'arr_1': labels, 'label_protocol': args.labels}))
-        if video:
-            save_video_grid(arr, out_dir)
-            for i in range(args.num_samples):
-                os.remove(os.path.join(video_dir, f'{i:06d}.npy'))
-        else:
-            grid = torch.from_numpy(arr[:64]).permute(0, 3, 1, 2).float() / 127.5 - 1
-            save_image_grid(grid, os.path.join(out_dir, 'grid.png'), nrow=max(int(len(grid) ** 0.5), 1))
-    print(f"wrote {out_dir}/samples.npz {arr.shape}, " + (f"grid.mp4/.gif/_frames.png and {args.num_samples} MP4s"
-                                                           if video else f"grid.png and {args.num_samples} PNGs"))
+        arr = [np.asarray(Image.open(os.path.join(image_dir, f'{n}.png')).convert('RGB')) for n in names]
+        arr = np.stack(arr) if len({a.shape for a in arr}) == 1 else None  # (N, H, W, 3) uint8; None: several sizes
+    if arr is None:  # a task's inputs of several sizes: the PNGs are the result, as no npz holds them
+        print(f"wrote {args.num_samples} PNGs of several sizes to {image_dir} (no samples.npz: its images share a size)")
+    else:
+        with no_space_is_an_error(out_dir, arr.nbytes):
+            with atomic_write(os.path.join(out_dir, 'samples.npz')) as tmp, open(tmp, 'wb') as fh:  # eval_fid never reads half
+                np.savez(fh, arr_0=arr, **({} if labels is None else {'arr_1': labels, 'label_protocol': args.labels}))
+            if video:
+                save_video_grid(arr, out_dir)
+                for i in range(args.num_samples):
+                    os.remove(os.path.join(video_dir, f'{i:06d}.npy'))
+            else:
+                grid = torch.from_numpy(arr[:64]).permute(0, 3, 1, 2).float() / 127.5 - 1
+                save_image_grid(grid, os.path.join(out_dir, 'grid.png'), nrow=max(int(len(grid) ** 0.5), 1))
+        print(f"wrote {out_dir}/samples.npz {arr.shape}, " + (f"grid.mp4/.gif/_frames.png and {args.num_samples} MP4s"
+                                                               if video else f"grid.png and {args.num_samples} PNGs"))
 cleanup_distributed()

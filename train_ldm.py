@@ -48,11 +48,12 @@ import sys
 import json
 import time
 import argparse
+import functools
 import contextlib
 from copy import deepcopy
 
-from cli import (DIFFUSION_LOSSES, FLOW_PREDICTIONS, SCHEDULE_BETAS, SCHEDULES, TIME_SAMPLINGS, add_common_args, checked,
-                 cuda_visible, set_cpu_threads, stop_on_signals)
+from cli import (DEGRADATIONS, DIFFUSION_LOSSES, FLOW_PREDICTIONS, MASK_KINDS, SCHEDULE_BETAS, SCHEDULES, TASKS,
+                 TIME_SAMPLINGS, add_common_args, checked, cuda_visible, set_cpu_threads, stop_on_signals, unit_interval)
 
 # -----------------------------------------------------------------------------
 # config, read before torch is imported, so that --help and a mistyped flag answer at once
@@ -89,6 +90,11 @@ parser.add_argument('--grad_checkpointing', action='store_true', help='DiT: reco
 parser.add_argument('--num_samples', type=checked(int, lo=1), default=16, help='images in the periodic sample grid (EMA model; DDIM, or Heun under flow)')
 parser.add_argument('--num_frames', type=checked(int, lo=1), default=1, help='frames per training clip (1 + 4k for the video AE presets); 1 = images. N > 1 trains the video DiT on the latents of a video autoencoder')
 parser.add_argument('--frame_stride', type=checked(int, lo=1), default=1, help='video: take every n-th frame of the source video')
+parser.add_argument('--task', type=str, default='none', choices=TASKS, help="spatial conditioning concatenated to z_t (conditioning.py): super-resolution, inpainting, label maps; default none")
+parser.add_argument('--sr_factor', type=checked(int, lo=2), default=4, help='--task sr: the upsampling factor, LR size = image_size / factor; default 4')
+parser.add_argument('--degradation', type=str, default='bicubic', choices=DEGRADATIONS, help="--task sr: SR3's bicubic (the default) or bsr_light, LDM's lighter BSR chain (blur, resize, noise, JPEG)")
+parser.add_argument('--masks', type=str, default='mixed', choices=MASK_KINDS, help='--task inpaint: LaMa-like masks, thick or thin strokes, boxes, or a mix; default mixed')
+parser.add_argument('--mask_area', type=unit_interval, default=(0.05, 0.5), help='--task inpaint: lo,hi, the share of the image a mask covers; default 0.05,0.5')
 parser.add_argument('--sample_steps', type=checked(int, lo=1, hi=1000), default=50, help='DDIM (flow: Heun) steps for the periodic sample grid')
 args = parser.parse_args()
 video = args.num_frames > 1
@@ -104,7 +110,9 @@ recipe = {}  # the flags the CPU recipe set, to be said (the same on a resume, s
 if cpu:
     backbone_given = {'model', 'preset'} & given  # one of the two: the other keeps its own default
     recipe = {k: v for k, v in CPU_RECIPE.items() if k not in given and not (k in ('model', 'preset') and backbone_given)}
-    if args.cache_latents is None and 'cache_size' not in given and (args.data is None or args.random_crop):
+    if args.task != 'none':  # a task conditions the UNet on each batch's pixels: no DiT, no latent cache, its own batch
+        recipe = {k: v for k, v in recipe.items() if k not in ('model', 'preset', 'cache_latents', 'batch_size', 'num_workers')}
+    if 'cache_latents' in recipe and 'cache_size' not in given and (args.data is None or args.random_crop):
         # the embedded set is endless: the miniature's cache sizes, or the latents the run draws if it draws fewer
         recipe['cache_size'] = min(256 if video else 2000, args.max_steps * args.batch_size * args.grad_accum)
     vars(args).update(recipe)
@@ -153,7 +161,8 @@ from rundir import check_run_dir, prepare_run_dir, no_space_is_an_error, check_o
 from data import make_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
 from diffusion import process_from_config
 from metrics import GUARD_SATURATED, GUARD_STD_RATIO, sample_guard, to_uint8
-from model import build_backbone, decode_first_stage, encode_first_stage
+from model import apply_model, build_backbone, decode_first_stage, encode_first_stage
+import conditioning
 from weights import PIXELS, load_autoencoder, load_checkpoint
 
 auto = args.device == 'auto'
@@ -185,12 +194,26 @@ def check_args(args):
             f"(--objective {args.objective}).")
     if flow and args.time_sampling == 'uniform' and {'--logit_mean', '--logit_std'} & set(given):
         die("--logit_mean and --logit_std shape the logit-normal density; pass --time_sampling logit_normal too.")
+    if args.task != 'none' and (video or args.model != 'unet'):
+        die(f"--task {args.task} concatenates its condition to the UNet's input; train it with --model unet on images.")
+    if args.task != 'none' and args.cache_latents:
+        die(f"--task {args.task} builds its condition from the pixels of each batch (an LR image, a masked image, a label "
+            f"map), which the latent cache does not hold; drop --cache_latents.")
+    if args.task == 'sr' and args.image_size % args.sr_factor:
+        die(f"--image_size {args.image_size} is not a multiple of --sr_factor {args.sr_factor}; the LR image would not "
+            f"be a whole number of pixels.")
+    if args.task == 'semantic' and args.random_crop:
+        die("--task semantic crops the image and its label map alike from the centre; drop --random_crop.")
     if args.cache_latents and (args.data is None or args.random_crop) and args.cache_size is None:
         die("--cache_latents with the embedded dataset or --random_crop needs --cache_size N: there is no end to the "
             "images (or crops) to cache.")
     refuse_unused(sys.argv[1:], [('--cache_size', args.cache_latents, 'only applies with --cache_latents'),
                                  ('--frame_stride', video, 'only applies to video (--num_frames > 1)'),
-                                 ('--allow_changes', args.resume, 'only applies with --resume')])
+                                 ('--allow_changes', args.resume, 'only applies with --resume'),
+                                 ('--sr_factor', args.task == 'sr', 'only applies to --task sr'),
+                                 ('--degradation', args.task == 'sr', 'only applies to --task sr'),
+                                 ('--masks', args.task == 'inpaint', 'only applies to --task inpaint'),
+                                 ('--mask_area', args.task == 'inpaint', 'only applies to --task inpaint')])
     ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite,
                               [(args.data, '--data'), (args.ae, '--ae'), (args.init_from, '--init_from')])
     if args.cache_latents and not os.path.isfile(os.path.join(args.cache_latents, 'meta.json')):
@@ -266,8 +289,18 @@ def encode(x):  # x (B, 3, [T,] H, W) in [-1, 1] -> unnormalised latents (B, C, 
 # epoch's permutation
 
 images = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop,
-                      num_frames=args.num_frames, frame_stride=args.frame_stride)  # video: clips (3, T, H, W)
-if args.cache_latents:
+                      num_frames=args.num_frames, frame_stride=args.frame_stride,
+                      segmentation=args.task == 'semantic')  # video: clips (3, T, H, W)
+# the task: what its condition is made of (recorded in the checkpoint), and the data source that makes it per item
+cond_cfg = conditioning.task_config(args.task, args.sr_factor, args.degradation, args.masks, args.mask_area,
+                                    getattr(images, 'num_labels', 0))
+trained_task = saved.get('conditioning', {'task': 'none'}) if saved else cond_cfg  # older checkpoints: no task
+if trained_task != cond_cfg:
+    die(f"{ckpt_path} was trained with the condition {trained_task}, not {cond_cfg}; resume it with the same --task, "
+        f"its settings and data.")
+if args.task != 'none':
+    dataset = conditioning.TaskData(images, cond_cfg, args.seed)  # items {'image', 'LR_image' | 'mask' | 'segmentation'}
+elif args.cache_latents:
     num_items = args.cache_size if args.random_crop or args.data is None else min(args.cache_size or len(images), len(images))
     key = {'ae_sha256': file_sha256(ae_path) if ae_path != PIXELS else PIXELS, 'data': dataset_identity(images, args.data, args.seed),
            'image_size': args.image_size, 'random_crop': args.random_crop, 'cache_size': num_items,
@@ -287,9 +320,22 @@ run_config = {**vars(args), **objective, 'num_images': len(dataset), 'schedule':
               'vq_latents': vq_latents}  # the resolved defaults, as saved: a resume compares like with like
 
 
+def pixels(x):  # an item's images: a task's items are dicts (conditioning.TaskData)
+    return x['image'] if isinstance(x, dict) else x
+
+
 def to_latent(x):
     """A loader batch -> unnormalised latents: cached batches already are latents."""
     return x if args.cache_latents else encode(x)
+
+
+def get_input(x, y):
+    """A loader batch -> (z, cond), as CompVis' get_input: the normalised latents (B, C, [T',] h, w) of its images and
+    the condition dict that model.apply_model feeds to the denoiser (conditioning.get_input, plus the labels)."""
+    batch = {k: v.to(device, non_blocking=True) for k, v in (x if isinstance(x, dict) else {'image': x}).items()}
+    z = (to_latent(batch['image']) - shift) * scale
+    cond = conditioning.get_input(cond_cfg, batch, lambda v: (encode(v) - shift) * scale, z.shape[-2:])
+    return z, {**cond, 'y': y.to(device) if num_classes > 0 else None}
 
 # -----------------------------------------------------------------------------
 # latent normalisation (LDM's scale_by_std), the denoiser, EMA, optimizer
@@ -298,7 +344,7 @@ if ckpt is not None:
     latent_shift, latent_scale = ckpt['latent_shift'], ckpt['latent_scale']
 else:  # LDM's scale_by_std: mean and 1/std of one global batch, a seeded random sample of the data split over ranks
     mine = random_subset(dataset, args.batch_size * dist.world_size, args.seed)[dist.rank::dist.world_size]
-    z = to_latent(torch.stack([dataset[i][0] for i in mine]).to(device)).double()
+    z = to_latent(torch.stack([pixels(dataset[i][0]) for i in mine]).to(device)).double()
     if latent_norm == 'channel':  # (B, C, ...) -> (C, N): one mean and std per channel
         z = z.transpose(0, 1).flatten(1)
         moments = torch.stack([torch.full((C,), float(z.shape[1]), dtype=torch.float64, device=device), z.sum(1),
@@ -314,11 +360,13 @@ latent_shift = args.latent_shift if args.latent_shift is not None else latent_sh
 latent_scale = args.latent_scale if args.latent_scale is not None else latent_scale
 shift, scale = (broadcast_latent_norm(v, 5 if video else 4, device) for v in (latent_shift, latent_scale))
 if dist.master:  # data latents, the guard's reference for the periodic samples (metrics.sample_guard)
-    z_ref = (to_latent(torch.stack([dataset[i][0] for i in random_subset(dataset, 64, args.seed + 1)]).to(device)) -
+    z_ref = (to_latent(torch.stack([pixels(dataset[i][0]) for i in random_subset(dataset, 64, args.seed + 1)]).to(device)) -
              shift) * scale
 
 backbone = dict(model=args.model, preset=args.preset, latent_size=latent_size, in_channels=C, num_classes=num_classes,
                 learn_sigma=learn_sigma, class_dropout_prob=args.class_dropout_prob if num_classes > 0 else 0.0)
+if args.task != 'none':  # the channels concatenated to z_t; unconditional backbones keep their old config
+    backbone['cond_channels'] = conditioning.concat_channels(cond_cfg, C)
 if video:
     backbone['num_frames'] = latent_frames
 denoiser = {'backbone': backbone, 'objective': args.objective, 'schedule': schedule, 'prediction': objective['prediction']}
@@ -371,13 +419,19 @@ g = torch.Generator().manual_seed(args.seed)
 grid_noise = torch.randn(args.num_samples, *latent_shape,
                          generator=g).to(device)
 grid_labels = (torch.arange(args.num_samples) % num_classes).to(device) if num_classes > 0 else None
+if args.task != 'none':  # a task's grid: the conditions of a fixed seeded set of items, and their images beside
+    grid_items = [dataset[i][0] for i in random_subset(dataset, args.num_samples, args.seed)]
+    grid_batch = {k: torch.stack([it[k] for it in grid_items]).to(device) for k in grid_items[0]}
 
 
 @torch.no_grad()
 def sample_grid():
     """Samples of the EMA model (DDIM, or Heun under flow; no guidance), decoded by the autoencoder."""
-    model_fn = lambda x, t: ema(x, t, grid_labels)  # noqa: E731
+    cond = {'y': grid_labels}
     with autocast(device, dtype):
+        if args.task != 'none':
+            cond |= conditioning.get_input(cond_cfg, grid_batch, lambda v: (encode(v) - shift) * scale, latent_shape[-2:])
+        model_fn = functools.partial(apply_model, ema, cond=cond)
         if flow:
             z = process.ode_sample(model_fn, grid_noise, steps=args.sample_steps, solver='heun')
         else:
@@ -399,6 +453,8 @@ def sample_grid():
         logger.image('samples', save_video_grid(clips, folder)[2], step)  # grid_frames.png
         return
     nrow = int(args.num_samples ** 0.5)
+    if args.task != 'none':  # the targets' rows above the samples' rows
+        nrow, x = max(nrow, 1), torch.cat([grid_batch['image'], x])
     save_image_grid(x.clamp(-1, 1), os.path.join(args.out_dir, f'samples_{step:07d}.png'), nrow=max(nrow, 1))
     logger.image('samples', os.path.join(args.out_dir, f'samples_{step:07d}.png'), step)
 
@@ -412,7 +468,7 @@ def checkpoint():
     rng = gather_rng_states(dist)  # collective: every rank calls it
     if dist.master:
         config = {**run_config, 'ae': ae_path, **ae_identity, 'backbone': backbone, 'schedule': schedule, 'learn_sigma': learn_sigma,
-                  'image_size': args.image_size}
+                  'image_size': args.image_size, 'conditioning': cond_cfg}
         export = {'ema': ema.state_dict(), 'step': step, 'latent_scale': latent_scale, 'latent_shift': latent_shift,
                   'config': config}
         writer.save({ckpt_path: {**export, 'model': raw_model.state_dict(), 'opt': opt.state_dict(),
@@ -428,6 +484,7 @@ logger = Logger(args.out_dir, dist.master, args.tensorboard, step)
 if dist.master:
     with no_space_is_an_error(args.out_dir), open(os.path.join(args.out_dir, 'config.json'), 'w') as fh:
         json.dump({**run_config, 'ae': ae_path, **ae_identity, 'backbone': backbone, 'schedule': schedule, 'learn_sigma': learn_sigma,
+                   'conditioning': cond_cfg,
                    'latent_scale': latent_scale, 'latent_shift': latent_shift, 'world_size': dist.world_size,
                    'dtype': dtype}, fh, indent=2)
     n_params = sum(p.numel() for p in raw_model.parameters() if p.requires_grad)
@@ -459,13 +516,11 @@ while step < args.max_steps:
     loss_sum = 0.0
     # gradient accumulation that all-reduces only on the last micro-step
     for micro in range(args.grad_accum):
-        x, y = next(loader)
-        z = (to_latent(x.to(device, non_blocking=True)) - shift) * scale  # (B, C, [T',] h, w), ~unit variance
-        y = y.to(device) if num_classes > 0 else None
+        z, cond = get_input(*next(loader))  # z (B, C, [T',] h, w), ~unit variance
         sync = contextlib.nullcontext() if (not dist.ddp or micro == args.grad_accum - 1) else model.no_sync()
         with sync:
             with autocast(device, dtype):
-                loss = process.training_loss(model, z, y).mean()
+                loss = process.training_loss(functools.partial(apply_model, model), z, cond).mean()
             scaler.scale(loss / args.grad_accum).backward()
         loss_sum += loss.detach() / args.grad_accum
     scaler.step(opt)
