@@ -22,7 +22,7 @@ SPACINGS = ('even', 'ddim', 'ldm')  # diffusion.spaced_timesteps (sample.py --sp
 DIFFUSION_LOSSES = ('l2', 'l1')  # Diffusion's and Flow's loss_type, CompVis' (train_ldm.py --diffusion_loss)
 FLOW_PREDICTIONS = ('velocity', 'x0', 'noise')  # diffusion.Flow's outputs (train_ldm.py --prediction)
 TIME_SAMPLINGS = ('uniform', 'logit_normal')  # diffusion.Flow's training times (train_ldm.py --time_sampling)
-TASKS = ('none', 'sr', 'inpaint', 'semantic')  # conditioning.py's tasks (train_ldm.py and sample.py --task)
+TASKS = ('none', 'sr', 'inpaint', 'semantic', 'text', 'layout')  # conditioning.py's tasks (train_ldm.py and sample.py --task)
 DEGRADATIONS = ('bicubic', 'bsr_light')  # conditioning.degrade (train_ldm.py --degradation)
 MASK_KINDS = ('thick', 'thin', 'box', 'mixed')  # conditioning.random_mask (train_ldm.py --masks)
 

@@ -6,14 +6,19 @@ dict the denoiser is fed (model.apply_model, CompVis' DiffusionWrapper):
 
   'concat'  (B, k, h, w) spatially aligned with z_t, concatenated to its channels (LDM Sec. 3.3, c_concat)
   'y'       (B,) class labels, or None
+  'tokens'  (B, L) a caption or a layout, which the UNet's tau_theta encodes into the context it cross-attends to
+            (LDM Sec. 3.3, c_crossattn), with 'context_mask' (B, L), True = a real token
 
   none      unconditional, or class-conditional through 'y'
   sr        super-resolution: the low-resolution image, resized to the latent grid (LDM-SR; for f4 at x4 it already is)
   inpaint   the latent of the masked image, normalised like z, and the mask at the latent grid (CompVis' inpaint.py)
   semantic  the one-hot label map, rescaled to the latent grid as CompVis' SpatialRescaler does
+  text      the caption's tokens (tokenizer.py), "" with probability cond_dropout_prob in training (for guidance)
+  layout    the boxes' tokens (tokenizer.LayoutTokenizer, taming's triples), no box with probability cond_dropout_prob
 
 A batch is a dict with CompVis' keys: 'image' (B, 3, H, W) in [-1, 1], 'LR_image' (B, 3, H/s, W/s) in [-1, 1],
-'mask' (B, 1, H, W) with 1 = hole (CompVis: mask >= 0.5 is the hole), 'segmentation' (B, H, W) int64 class ids.
+'mask' (B, 1, H, W) with 1 = hole (CompVis: mask >= 0.5 is the hole), 'segmentation' (B, H, W) int64 class ids,
+'caption' (a list of B strings), 'boxes' (B, max_objects, 5) of data.boxes_tensor.
 Every random draw (a degradation, a mask) is seeded per item, so a resumed run sees the same conditions.
 Run nothing here directly: train_ldm.py and sample.py import it.
 """
@@ -27,10 +32,14 @@ from PIL import Image, ImageDraw
 
 
 from cli import DEGRADATIONS, MASK_KINDS, TASKS  # the names the flags offer
+from data import boxes_list, boxes_tensor
+from tokenizer import from_state
 
 
-def task_config(task, sr_factor=4, degradation='bicubic', masks='mixed', mask_area=(0.0, 1.0), num_labels=0):
-    """What a checkpoint records of its task: the task and only the settings that task reads."""
+def task_config(task, sr_factor=4, degradation='bicubic', masks='mixed', mask_area=(0.0, 1.0), num_labels=0,
+                tokenizer=None, max_length=77, cond_dropout_prob=0.1):
+    """What a checkpoint records of its task: the task and only the settings that task reads. text and layout record
+    their tokenizer whole (tokenizer.state(), a BERT vocabulary included), so that sampling needs no file."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}.")
     if task == 'sr':
@@ -39,7 +48,20 @@ def task_config(task, sr_factor=4, degradation='bicubic', masks='mixed', mask_ar
         return {'task': task, 'masks': masks, 'mask_area': list(mask_area)}
     if task == 'semantic':
         return {'task': task, 'num_labels': num_labels}
+    if task in ('text', 'layout'):
+        max_length = 3 * tokenizer.max_objects if task == 'layout' else max_length
+        return {'task': task, 'tokenizer': tokenizer.state(), 'max_length': max_length,
+                'cond_dropout_prob': cond_dropout_prob}
     return {'task': task}
+
+
+def describe(cfg):
+    """A task config for a message: a recorded tokenizer by its kind and size, not its whole vocabulary."""
+    tok = cfg.get('tokenizer')
+    if tok is None:
+        return cfg
+    size = len(tok.get('vocab', tok.get('classes', [])))
+    return {**cfg, 'tokenizer': tok['kind'] + (f" ({size} {'classes' if tok['kind'] == 'layout' else 'tokens'})" if size else '')}
 
 
 def concat_channels(cfg, z_channels):
@@ -236,9 +258,10 @@ def spatial_rescale(onehot, size):
 # the condition of a batch
 
 
-def get_input(cfg, batch, encode, latent_size):
+def get_input(cfg, batch, encode, latent_size, dropout=0.0, device='cpu'):
     """CompVis' get_input: a batch (the dict above, on the device) -> the condition dict the denoiser is fed.
-    encode(x) -> the normalised latent (z - shift) * scale of pixels x; latent_size (h, w) the grid of z."""
+    encode(x) -> the normalised latent (z - shift) * scale of pixels x; latent_size (h, w) the grid of z. dropout:
+    text and layout, the share of conditions dropped (training: cfg's cond_dropout_prob)."""
     task, cond = cfg['task'], {}
     if task == 'sr':
         lr = batch['LR_image'].float()
@@ -251,7 +274,55 @@ def get_input(cfg, batch, encode, latent_size):
     elif task == 'semantic':
         onehot = F.one_hot(batch['segmentation'].long(), cfg['num_labels']).permute(0, 3, 1, 2)
         cond['concat'] = spatial_rescale(onehot, latent_size)  # (B, K, h, w)
+    elif task in ('text', 'layout'):
+        cond['tokens'], cond['context_mask'] = (v.to(device) for v in tokenize(cfg, batch, dropout))
     return cond
+
+
+def tokenize(cfg, batch, dropout=0.0):
+    """A batch's captions or layouts -> tokens (B, L) and mask (B, L). Each is dropped with probability `dropout` for
+    classifier-free guidance: a dropped caption is "" (LDM's unconditional c = get_learned_conditioning([""])), a
+    dropped layout has no box; the draw is torch's global RNG, which a resume restores."""
+    text = cfg['task'] == 'text'
+    notes = list(batch['caption']) if text else [boxes_list(b) for b in batch['boxes'].cpu()]
+    drop = (torch.rand(len(notes)) < dropout).tolist() if dropout > 0 else [False] * len(notes)
+    notes = [('' if text else []) if d else n for n, d in zip(notes, drop)]
+    return from_state(cfg['tokenizer']).encode(notes, cfg['max_length'])
+
+
+def read_prompts(cfg, prompts, prompt_file, negative_prompt):
+    """sample.py's prompts for a text or layout model (--prompt, repeatable, then --prompt_file's lines) -> (items, null):
+    one item per prompt, {'caption'} or {'boxes' (data.boxes_tensor), 'prompt'}, and the negative prompt's item."""
+    prompts = list(prompts or [])
+    if prompt_file is not None:
+        if not os.path.isfile(prompt_file):
+            raise ValueError(f"--prompt_file {prompt_file} does not exist; pass a text file of prompts, one a line.")
+        with open(prompt_file, encoding='utf-8') as f:
+            lines = [line.strip() for line in f if line.strip()]
+        if not lines:
+            raise ValueError(f"--prompt_file {prompt_file} holds no prompt; write one prompt a line.")
+        prompts += lines
+    if not prompts:
+        raise ValueError(f"this model was trained on --task {cfg['task']}; give it --prompt \"...\" (repeatable) or "
+                         f"--prompt_file F.")
+    if cfg['task'] == 'text':
+        return [{'caption': p} for p in prompts], {'caption': negative_prompt}
+    tok = from_state(cfg['tokenizer'])
+
+    def item(p):
+        return {'boxes': boxes_tensor(tok.parse(p), tok.max_objects), 'prompt': p}
+    return [item(p) for p in prompts], item(negative_prompt)
+
+
+def prompt_text(item):
+    """The prompt an item of read_prompts was made from."""
+    return item['caption'] if 'caption' in item else item['prompt']
+
+
+def collate(items, device):
+    """Items (dicts) -> one batch on the device: tensors stacked, strings (captions) as a list."""
+    return {k: torch.stack([it[k] for it in items]).to(device) if torch.is_tensor(items[0][k])
+            else [it[k] for it in items] for k in items[0]}
 
 
 class TaskData(torch.utils.data.Dataset):

@@ -50,12 +50,14 @@ def _split_item(item):
 # the embedded dataset
 
 def dead_leaves(seed, index, size, supersample=4, r_min=4.0, max_shapes=400, texture_supersample=None,
-                segmentation=False):
+                segmentation=False, scene=False):
     """One dead-leaves image, deterministic in (seed, index). Returns float32 (H, W, 3) in [0, 1]. texture_supersample:
     the factor by which the caller will shrink this image further (moving_dead_leaves renders its background at canvas
     resolution), so that leaf textures stay below the final pixel's Nyquist frequency. segmentation=True also returns
     the label map (H, W) int64 of the shape kind that covers each pixel (SHAPE_KINDS: the far background or a leaf's
-    texture), the kind covering most of the pixel's supersampled area; the image is the same either way."""
+    texture), the kind covering most of the pixel's supersampled area. scene=True also returns (last) what was drawn,
+    the captions' and layouts' source: {'background': its colour name, 'shapes': [{'colour', 'kind', 'area' (share
+    of the image seen), 'box' (x0, y0, x1, y1) in [0, 1]}], largest first}. The image is the same either way."""
     rng = np.random.default_rng([seed, index])
     S = size * supersample
     r_min, r_max = r_min * supersample, 0.6 * S
@@ -74,6 +76,7 @@ def dead_leaves(seed, index, size, supersample=4, r_min=4.0, max_shapes=400, tex
     gradient = rng.normal(0, 0.3, (n, 2)) / np.maximum(r, 1.0)[:, None]
     texture = LeafTextures(rng, n, S, supersample * (texture_supersample or 1))
     kind = np.zeros((S, S), np.int64) if segmentation else None  # 0: far background, 1 + the leaf's texture kind
+    shapes = []
     for k in range(n):
         x0, x1 = max(int(cx[k] - r[k]), 0), min(int(cx[k] + r[k]) + 1, S)
         y0, y1 = max(int(cy[k] - r[k]), 0), min(int(cy[k] + r[k]) + 1, S)
@@ -94,6 +97,11 @@ def dead_leaves(seed, index, size, supersample=4, r_min=4.0, max_shapes=400, tex
         shade = (1.0 + gradient[k, 0] * dx + gradient[k, 1] * dy) * texture(k, dx, dy)
         img[y0:y1, x0:x1][mask] = np.clip(colour[None, :] * shade[:, None], 0, 1)
         covered[y0:y1, x0:x1] |= mask
+        if scene:  # what is seen of shape k: mask holds only its visible pixels (shapes are painted front to back)
+            ys, xs = np.nonzero(mask)
+            shapes.append({'colour': colour_name(hue[k], sat[k]), 'kind': 'disk' if is_disk[k] else 'rectangle',
+                           'area': len(ys) / S ** 2, 'box': [float(x0 + xs.min()) / S, float(y0 + ys.min()) / S,
+                                                             float(x0 + xs.max() + 1) / S, float(y0 + ys.max() + 1) / S]})
         if kind is not None:
             kind[y0:y1, x0:x1][mask] = 1 + texture.kind[k]
         if k % 16 == 15 and covered.mean() > 0.995:  # what is left are specks, averaged away below
@@ -102,13 +110,41 @@ def dead_leaves(seed, index, size, supersample=4, r_min=4.0, max_shapes=400, tex
         img[~covered] = _hsv_to_rgb(base_hue, 0.3, 0.5)
     img = img.reshape(size, supersample, size, supersample, 3).mean(axis=(1, 3))  # box filter = antialiased downsampling
     img += rng.normal(0, 0.01, img.shape).astype(np.float32)  # sensor noise floor of a real camera
+    out = [np.clip(img, 0, 1)]
     if kind is not None:  # the majority kind of each output pixel's supersample x supersample block
         votes = np.eye(len(SHAPE_KINDS), dtype=np.int64)[kind].reshape(size, supersample, size, supersample, -1)
-        return np.clip(img, 0, 1), votes.sum(axis=(1, 3)).argmax(-1)
-    return np.clip(img, 0, 1)
+        out.append(votes.sum(axis=(1, 3)).argmax(-1))
+    if scene:
+        shapes.sort(key=lambda d: -d['area'])
+        out.append({'background': colour_name(base_hue, 0.3), 'shapes': shapes})
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 SHAPE_KINDS = ('background', 'plain', 'grating', 'noise')  # the label ids of dead_leaves(segmentation=True)
+
+
+COLOURS = ('red', 'yellow', 'green', 'cyan', 'blue', 'magenta')  # the six hue sextants, centred on 0, 1/6, ..., 5/6
+LAYOUT_CLASSES = tuple(f'{c} {k}' for c in COLOURS + ('grey',) for k in ('disk', 'rectangle'))
+LAYOUT_MIN_AREA = 0.01  # shapes that cover less of the image are specks, not objects of a layout
+
+
+def colour_name(hue, sat):
+    """A leaf's colour in words: its hue's sextant, or grey when it is too pale (saturation < 0.2) to have one."""
+    return 'grey' if sat < 0.2 else COLOURS[int(hue * 6 + 0.5) % 6]
+
+
+def caption(scene):
+    """The caption of a dead_leaves scene: the colour and kind of its two largest shapes, and its background colour,
+    e.g. 'a red disk and a blue rectangle on a green background'."""
+    named = [f"a {d['colour']} {d['kind']}" for d in scene['shapes'][:2]]
+    return f"{' and '.join(named)} on a {scene['background']} background"
+
+
+def layout(scene, max_objects):
+    """The layout of a dead_leaves scene: (class, x0, y0, x1, y1) of its largest shapes that cover at least
+    LAYOUT_MIN_AREA, class an index of LAYOUT_CLASSES, the box around what is seen of the shape."""
+    return [(LAYOUT_CLASSES.index(f"{d['colour']} {d['kind']}"), *d['box'])
+            for d in scene['shapes'][:max_objects] if d['area'] >= LAYOUT_MIN_AREA]
 
 
 class LeafTextures:
@@ -154,13 +190,16 @@ def _hsv_to_rgb(h, s, v):
 
 class DeadLeaves(torch.utils.data.Dataset):
     """Unlimited, deterministic per (seed, index). The held-out stream (train=False) uses a disjoint seed.
-    segmentation=True: items are {'image', 'segmentation' (H, W) int64, ids of SHAPE_KINDS}, for semantic synthesis."""
+    segmentation=True: items are {'image', 'segmentation' (H, W) int64, ids of SHAPE_KINDS}, for semantic synthesis;
+    annotation 'caption' | 'layout': {'image', 'caption'} or {'image', 'boxes' (max_objects, 5)}, from the scene."""
     infinite = True
     num_classes = 0
+    layout_classes = LAYOUT_CLASSES
 
-    def __init__(self, image_size, seed=0, train=True, segmentation=False):
+    def __init__(self, image_size, seed=0, train=True, segmentation=False, annotation=None, max_objects=8):
         self.image_size, self.segmentation = image_size, segmentation
         self.num_labels = len(SHAPE_KINDS)
+        self.annotation, self.max_objects = annotation, max_objects
         self.seed = seed if train else seed + 1_000_000_007
 
     def __len__(self):
@@ -174,8 +213,27 @@ class DeadLeaves(torch.utils.data.Dataset):
         if self.segmentation:
             img, seg = dead_leaves(self.seed, i, self.image_size, segmentation=True)
             return {'image': torch.from_numpy(img).permute(2, 0, 1) * 2 - 1, 'segmentation': torch.from_numpy(seg)}, 0, 0
-        x = torch.from_numpy(dead_leaves(self.seed, i, self.image_size)).permute(2, 0, 1)
-        return x * 2 - 1, 0, 0
+        if self.annotation is None:
+            x = torch.from_numpy(dead_leaves(self.seed, i, self.image_size)).permute(2, 0, 1)
+            return x * 2 - 1, 0, 0
+        img, scene = dead_leaves(self.seed, i, self.image_size, scene=True)
+        x = torch.from_numpy(img).permute(2, 0, 1) * 2 - 1
+        if self.annotation == 'caption':
+            return {'image': x, 'caption': caption(scene)}, 0, 0
+        return {'image': x, 'boxes': boxes_tensor(layout(scene, self.max_objects), self.max_objects)}, 0, 0
+
+
+def boxes_tensor(boxes, max_objects):
+    """A layout as a batchable tensor (max_objects, 5) of (class, x0, y0, x1, y1), class -1 where there is no box."""
+    out = torch.full((max_objects, 5), -1.0)
+    if boxes:
+        out[:min(len(boxes), max_objects)] = torch.tensor(boxes[:max_objects], dtype=torch.float32)
+    return out
+
+
+def boxes_list(boxes):
+    """boxes_tensor's inverse: (max_objects, 5) -> [(class, x0, y0, x1, y1)]."""
+    return [(int(b[0]), *map(float, b[1:])) for b in boxes.tolist() if b[0] >= 0]
 
 # -----------------------------------------------------------------------------
 # image folders
@@ -313,11 +371,83 @@ def random_crop(img, size, rng):
     return img.crop((left, top, left + size, top + size))
 
 
+def read_annotations(root, files, annotation):
+    """-> (files, annotations, layout classes) of the images that have an annotation: a caption from x.txt beside x.jpg
+    or a line {"file", "caption"} of root/captions.jsonl, or a layout from a line {"file", "boxes": [[class, x0, y0, x1,
+    y1], ...]} of root/layout.jsonl, coordinates in [0, 1] of the image (file: the path relative to root). An image
+    without one is left out, counted and named, never trained as empty."""
+    name = 'captions.jsonl' if annotation == 'caption' else 'layout.jsonl'
+    path, found = os.path.join(root, name), {}
+    key = 'caption' if annotation == 'caption' else 'boxes'
+    if os.path.isfile(path):
+        with open(path, encoding='utf-8') as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    found[os.path.normpath(os.path.join(root, row['file']))] = row[key]
+                except (ValueError, KeyError, TypeError):
+                    die(f"{path} line {n} is not a JSON object with 'file' and '{key}'; write one such object a line.")
+    if annotation == 'caption':
+        for f in files:
+            sidecar = os.path.splitext(f)[0] + '.txt'
+            if f not in found and os.path.isfile(sidecar):
+                with open(sidecar, encoding='utf-8') as fh:
+                    found[f] = fh.read().strip()
+    kept = [f for f in files if os.path.normpath(f) in found]
+    missing = [os.path.relpath(f, root) for f in files if os.path.normpath(f) not in found]
+    where = f"x.txt beside x.jpg or a line of {path}" if annotation == 'caption' else f"a line of {path}"
+    if not kept:
+        die(f"no image in {root} has a {annotation}; give each one {where}.")
+    if missing and root not in _announced_missing and int(os.environ.get('RANK', 0)) == 0:
+        _announced_missing.add(root)
+        print(f"{root}: leaving out {len(missing)} of {len(files)} images that have no {annotation} (the first: "
+              f"{', '.join(missing[:3])}); give each one {where}")
+    notes = [found[os.path.normpath(f)] for f in kept]
+    if annotation == 'caption':
+        return kept, [str(c) for c in notes], ()
+    classes = sorted({str(b[0]) for boxes in notes for b in boxes})
+    layouts = []
+    for f, boxes in zip(kept, notes):
+        try:
+            layouts.append([(classes.index(str(b[0])), *(float(v) for v in b[1:5])) for b in boxes if len(b) == 5])
+        except (TypeError, ValueError, IndexError):
+            die(f"{path}: the boxes of {os.path.relpath(f, root)} are not [class, x0, y0, x1, y1] lists.")
+        bad = [b for b in layouts[-1] if not (0 <= b[1] <= b[3] <= 1 and 0 <= b[2] <= b[4] <= 1)]
+        if bad or len(layouts[-1]) != len(boxes):
+            die(f"{path}: a box of {os.path.relpath(f, root)} lies outside the image or is not [class, x0, y0, x1, y1]; "
+                f"give x0 <= x1 and y0 <= y1 in [0, 1] of the image's width and height.")
+    return kept, layouts, tuple(classes)
+
+
+_announced_missing = set()
+
+
+def crop_boxes(boxes, w, h, flip):
+    """A layout in the coordinates of a w x h image -> in those of its centre crop (center_crop), mirrored with the
+    image when flip; boxes left with no area are dropped (taming's filter_annotations)."""
+    s = min(w, h)
+    left, top, fx, fy = (w - s) / 2 / w, (h - s) / 2 / h, w / s, h / s
+    out = []
+    for c, x0, y0, x1, y1 in boxes:
+        x0, x1 = (min(max((v - left) * fx, 0.0), 1.0) for v in (x0, x1))
+        y0, y1 = (min(max((v - top) * fy, 0.0), 1.0) for v in (y0, y1))
+        if x1 > x0 and y1 > y0:
+            out.append((c, 1 - x1, y0, 1 - x0, y1) if flip else (c, x0, y0, x1, y1))  # taming's horizontally_flip_bbox
+    return out
+
+
 class ImageFolder(torch.utils.data.Dataset):
     infinite = False
 
-    def __init__(self, root, image_size, flip=True, random_crop=False):
+    def __init__(self, root, image_size, flip=True, random_crop=False, annotation=None, max_objects=8):
         files, self.left_out = read_folder(root, IMAGE_EXTENSIONS, 'images')
+        self.annotation, self.max_objects, self.annotations, self.layout_classes = annotation, max_objects, None, ()
+        if annotation is not None:
+            if annotation == 'layout' and random_crop:
+                die("--random_crop would cut boxes the layout does not know of; train layouts on centre crops.")
+            files, self.annotations, self.layout_classes = read_annotations(root, files, annotation)
         self.root, self.files, self.image_size = root, files, image_size
         self.flip, self.random_crop = flip, random_crop
         self.classes, self.labels = folder_classes(root, files)
@@ -334,10 +464,17 @@ class ImageFolder(torch.utils.data.Dataset):
         # unreadable or truncated files are replaced by the next readable one and counted, never a crash mid-epoch
         img, j, unreadable = open_first_readable(self.files, i, self.root)
         rng = np.random.default_rng([item_seed if item_seed is not None else 0, i])
+        w, h = img.size
         img = random_crop(img, self.image_size, rng) if self.random_crop else center_crop(img, self.image_size)
         x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)  # (3, H, W)
-        if self.flip and item_seed is not None and rng.random() < 0.5:
+        flip = self.flip and item_seed is not None and rng.random() < 0.5
+        if flip:
             x = x.flip(2)
+        if self.annotation == 'caption':
+            return {'image': x.contiguous(), 'caption': self.annotations[j]}, self.labels[j], unreadable
+        if self.annotation == 'layout':
+            boxes = boxes_tensor(crop_boxes(self.annotations[j], w, h, flip), self.max_objects)
+            return {'image': x.contiguous(), 'boxes': boxes}, self.labels[j], unreadable
         return x.contiguous(), self.labels[j], unreadable
 
 
@@ -400,10 +537,11 @@ def random_subset(dataset, n, seed):
 
 
 def make_dataset(data, image_size, seed=0, train=True, random_crop=False, num_frames=1, frame_stride=1,
-                 segmentation=False):
+                 segmentation=False, annotation=None, max_objects=8):
     """The data set of every script: images (num_frames 1) or clips of num_frames frames, frame_stride apart. data=None
     -> the embedded DeadLeaves (MovingDeadLeaves) stream; else an ImageFolder (VideoFolder) (evaluation: no flips).
-    segmentation=True: images with their label maps (DeadLeaves' shape kinds, or a LabelledFolder)."""
+    segmentation=True: images with their label maps (DeadLeaves' shape kinds, or a LabelledFolder). annotation
+    'caption' | 'layout': items are {'image', 'caption' or 'boxes' (max_objects, 5)} (images only)."""
     if segmentation:
         return (DeadLeaves(image_size, seed=seed, train=train, segmentation=True) if data is None
                 else LabelledFolder(data, image_size, flip=train))
@@ -412,8 +550,9 @@ def make_dataset(data, image_size, seed=0, train=True, random_crop=False, num_fr
             return MovingDeadLeaves(image_size, num_frames, seed=seed, train=train)
         return VideoFolder(data, image_size, num_frames, frame_stride, train=train, random_crop=random_crop)
     if data is None:
-        return DeadLeaves(image_size, seed=seed, train=train)
-    return ImageFolder(data, image_size, flip=train, random_crop=random_crop)
+        return DeadLeaves(image_size, seed=seed, train=train, annotation=annotation, max_objects=max_objects)
+    return ImageFolder(data, image_size, flip=train, random_crop=random_crop, annotation=annotation,
+                       max_objects=max_objects)
 
 
 # -----------------------------------------------------------------------------

@@ -561,7 +561,7 @@ def process_from_config(config, device='cpu'):
 # conditioning and classifier-free guidance
 
 
-def cfg_model_fn(model, y, cfg_scale, guided_channels=None, interval=None):
+def cfg_model_fn(model, y, cfg_scale, guided_channels=None, interval=None, null=None):
     """model_fn(x_t, t) for class-conditional sampling with classifier-free guidance: one doubled batch with the
     labels and the null class num_classes, then eps~ = eps(x_t, null) + s (eps(x_t, y) - eps(x_t, null)) on the
     prediction channels (v, x0 and the flow's velocity are affine in eps at a given x_t and t, so guiding any of them
@@ -572,13 +572,17 @@ def cfg_model_fn(model, y, cfg_scale, guided_channels=None, interval=None):
     only where lo <= t <= hi and returns the conditional prediction elsewhere (guidance in a limited interval,
     Kynkaanniemi et al. 2024; LightningDiT's cfg_interval_start c is the flow interval [0, 1 - c]).
     s = 1 returns the conditional prediction (plain conditional sampling needs no doubled batch: use model(x, t, y)).
-    y: the labels (B,), or a condition dict with them under 'y', whose other inputs both halves share."""
-    num_classes = model.num_classes
-    if num_classes == 0 or model.y_embedder.embedding_table.num_embeddings == num_classes:
-        raise ValueError("classifier-free guidance needs a class-conditional model trained with label dropout "
-                         "(class_dropout_prob > 0); sample this model with --cfg_scale 1.")
+    y: the labels (B,), or a condition dict with them under 'y', whose other inputs both halves share.
+    null: the unconditional inputs that replace cond's, for text and layouts the context (and mask) of "" or of a
+    negative prompt, eps~ = eps(x_t, "") + s (eps(x_t, c) - eps(x_t, "")) as LDM's txt2img; default: y's null class."""
     cond = dict(y) if isinstance(y, dict) else {'y': y}  # a condition dict (conditioning.get_input's) or the labels
-    null = {**cond, 'y': torch.full_like(cond['y'], num_classes)}  # spatial inputs ('concat') stay: only y is dropped
+    if null is None:
+        num_classes = model.num_classes
+        if num_classes == 0 or model.y_embedder.embedding_table.num_embeddings == num_classes:
+            raise ValueError("classifier-free guidance needs a class-conditional model trained with label dropout "
+                             "(class_dropout_prob > 0); sample this model with --cfg_scale 1.")
+        null = {'y': torch.full_like(cond['y'], num_classes)}
+    null = {**cond, **null}  # spatial inputs ('concat') stay: only y, or the text's context, is replaced
     both = {k: torch.cat([cond[k], null[k]]) for k in cond if cond[k] is not None}
 
     def model_fn(x, t):

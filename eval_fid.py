@@ -19,6 +19,10 @@ SSIM and LPIPS per pair (LDM's Tab. 5 columns), beside the distribution metrics 
   python eval_fid.py --paired --fake out/sr/samples/images --ref /path/to/hr_images
 An autoencoder's reconstructions of a dataset (the embedded one when --data is omitted):
   python eval_fid.py --ae out/ckpt.pt --image_size 64
+Text-to-image, LDM's COCO protocol (Tab. 2): one caption a line in, one sample per caption, FID against the reference
+images (COCO val2014 centre-cropped to --image_size; 30,000 captions drawn at random give COCO-30K):
+  python sample.py --ckpt out/ldm_text/ema.pt --prompt_file coco_captions.txt --n_samples 1 --cfg_scale 1.5
+  python eval_fid.py --fake out/ldm_text/samples/samples.npz --ref /coco/val2014 --image_size 256
 
 Every number of the experiments is measured the same way, here (sharded feature extraction, gathered in set order).
 The measurements live in their own modules (metrics.py, inception.py, swd.py, i3d.py) and the sets in data.py; this

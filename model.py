@@ -878,10 +878,13 @@ class UNet(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(num_groups, ch), nn.SiLU(),
                                  zero_module(nn.Conv2d(ch, self.out_channels, 3, padding=1)))
 
-    def forward(self, x, t, y=None, concat=None, context=None, context_mask=None):
+    def forward(self, x, t, y=None, concat=None, context=None, context_mask=None, tokens=None):
         """x (B, C, H, W), t (B,), y (B,) class ids, concat (B, cond_channels, H, W), context (B, L, context_dim),
-        context_mask (B, L) bool -> (B, out_channels, H, W)."""
+        context_mask (B, L) bool, tokens (B, L) long -> (B, out_channels, H, W). tokens: a caption or a layout, which
+        the model's tau_theta (cond_stage_model, trained with it) turns into the context (learned_conditioning)."""
         check_labels(y, self.num_classes)
+        if tokens is not None:
+            context = learned_conditioning(self, {'tokens': tokens, 'context_mask': context_mask})['context']
         if x.shape[-2] % self.downsample_factor or x.shape[-1] % self.downsample_factor:
             raise ValueError(f"UNet input {tuple(x.shape[-2:])} must be divisible by {self.downsample_factor} "
                              f"(2 ** (len(channel_mult) - 1)); use a latent size that is.")
@@ -903,6 +906,29 @@ class UNet(nn.Module):
             h = block(torch.cat([h, hs.pop()], dim=1), emb, context, context_mask)  # skip connection
         return self.out(h)
 
+
+def learned_conditioning(model, cond):
+    """CompVis' get_learned_conditioning: a condition dict with 'tokens' (B, L) -> the same with 'context' (B, L, d) =
+    tau_theta(tokens) in their place, the padding mask 'context_mask' kept for the UNet's cross-attention. A sampler
+    calls it once, so that the encoder does not run again at every step."""
+    if cond is None or 'tokens' not in cond:
+        return cond
+    if getattr(model, 'cond_stage_model', None) is None:
+        raise ValueError("this model has no text or layout encoder (tau_theta); it was not trained on --task text or "
+                         "layout, so give it no tokens.")
+    cond = dict(cond)
+    cond['context'] = model.cond_stage_model(cond.pop('tokens'), cond.get('context_mask'))
+    return cond
+
+
+# tau_theta's sizes, by the UNet preset it serves: the BERTEmbedder of LDM's configs (n_embed, n_layer; x-transformers'
+# 8 heads of 64), LDM-KL-8-G's (txt2img-1p4B) for presets that name none; a small one for tiny, as wide as its context
+TEXT_ENCODER_PRESETS = {
+    "txt2img-1p4B": dict(dim=1280, depth=32),
+    "text2img256": dict(dim=640, depth=32),
+    "layout2img-openimages256": dict(dim=512, depth=16),
+    "tiny": dict(dim=64, depth=2, heads=4, dim_head=16),
+}
 
 # The project's presets: ldm-64 is the paper's LDM-4 (64x64 latents of an f4 AE, attention on the 32, 16 and 8 px maps)
 # with the seed's FiLM (LDM's config adds the embedding: ldm-4); ldm-32 attends on the same map sizes of the 32x32
@@ -934,6 +960,46 @@ UNET_PRESETS = {
     "semantic_synthesis256": dict(_LDM, **_HEADS8, model_channels=128, channel_mult=(1, 4, 8),
                                   attention_resolutions=(8, 16, 32)),
 }
+
+
+# ---- tau_theta: the transformer that encodes tokens (a caption or a layout) for cross-attention (LDM Sec. 3.3) ----
+
+class TextEncoderBlock(nn.Module):
+    """A pre-LN transformer encoder block: x + Attn(LN(x)), then x + MLP(LN(x)) with GELU (x-transformers' Encoder,
+    diffusers' LDMBertEncoderLayer)."""
+
+    def __init__(self, dim, heads, dim_head, mlp_ratio=4):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), CrossAttention(dim, heads, dim_head)
+        self.norm2, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, mlp_ratio * dim), nn.Linear(mlp_ratio * dim, dim)
+
+    def forward(self, x, mask=None):  # x (B, L, dim), mask (B, L) bool or None
+        x = x + self.attn(self.norm1(x), mask=mask)
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class TextEncoder(nn.Module):
+    """tau_theta of LDM's text-to-image (and layout-to-image) models, trained jointly with the UNet: LDM's BERTEmbedder,
+    i.e. x-transformers' TransformerWrapper(Encoder) (diffusers ports it as LDMBertModel; weights.ldmbert_to_ours maps
+    its keys). Token embeddings plus learned positions, depth pre-LN blocks, a final LayerNorm: tokens (B, L) ->
+    (B, L, dim), the context the UNet cross-attends to. LDM-KL-8-G's is dim 1280, depth 32, 8 heads of 64."""
+
+    def __init__(self, vocab_size, max_length=77, dim=1280, depth=32, heads=8, dim_head=64):
+        super().__init__()
+        self.max_length = max_length
+        self.token_embedding = nn.Embedding(vocab_size, dim)
+        self.position_embedding = nn.Embedding(max_length, dim)  # learned absolute positions
+        self.blocks = nn.ModuleList(TextEncoderBlock(dim, heads, dim_head) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens, mask=None):  # tokens (B, L) long, L <= max_length; mask (B, L) bool -> (B, L, dim)
+        if tokens.shape[1] > self.max_length:
+            raise ValueError(f"{tokens.shape[1]} tokens are more than this encoder's {self.max_length} positions; "
+                             f"tokenize with max_length {self.max_length}.")
+        x = self.token_embedding(tokens) + self.position_embedding.weight[:tokens.shape[1]]
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x)
 
 
 # ---- DiT (Peebles & Xie 2023), parameter names of facebookresearch/DiT models.py ----
@@ -1187,11 +1253,15 @@ VIDEO_DIT_PRESETS = {name: functools.partial(preset, VideoDiT) for name, preset 
 
 
 def build_backbone(model, preset, latent_size, in_channels, num_classes, learn_sigma, class_dropout_prob=0.1,
-                   num_frames=None, cond_channels=0, context_dim=None):
+                   num_frames=None, cond_channels=0, context_dim=None, text_encoder=None):
     """The one place train_ldm.py and sample.py build a denoiser: model 'unet' | 'dit', a preset name of that family;
     num_frames builds the video DiT of that preset for (B, C, num_frames, H, W) latents. The UNet takes cond_channels
     of concat beside x_t, and cross-attends to context tokens of width context_dim, or else, when num_classes > 0, to
-    the class token (of the preset's context_dim, or 512 as LDM's ClassEmbedder)."""
+    the class token (of the preset's context_dim, or 512 as LDM's ClassEmbedder). text_encoder {'vocab_size',
+    'max_length'} gives the UNet a tau_theta (TextEncoder, sized by TEXT_ENCODER_PRESETS) whose width is its context's."""
+    if model == "dit" and text_encoder:
+        raise ValueError("DiT has no cross-attention, which text and layouts need (LDM Sec. 3.3; a PixArt-style DiT "
+                         "would be an extension); train --task text or layout with --model unet.")
     if model == "dit" and (cond_channels or context_dim):
         raise ValueError("DiT is conditioned on class labels only; use --model unet for concat or context inputs.")
     if num_frames is not None:
@@ -1210,8 +1280,14 @@ def build_backbone(model, preset, latent_size, in_channels, num_classes, learn_s
                   learn_sigma=learn_sigma)
     if model == "unet":
         cfg = dict(presets[preset], cond_channels=cond_channels)
+        tau = dict(TEXT_ENCODER_PRESETS.get(preset, TEXT_ENCODER_PRESETS["txt2img-1p4B"]), **text_encoder) \
+            if text_encoder else None
+        context_dim = tau["dim"] if tau else context_dim
         cfg["context_dim"] = context_dim or (cfg.get("context_dim", 512) if num_classes > 0 else None)
-        return UNet(**cfg, **common)
+        net = UNet(**cfg, **common)
+        if tau:
+            net.cond_stage_model = TextEncoder(**tau)  # trained jointly with the UNet (cond_stage_trainable)
+        return net
     return presets[preset](input_size=latent_size, **common)
 
 

@@ -19,6 +19,14 @@ the checkpoint's time shift. --cfg_interval lo,hi guides only at times t in [lo,
 data, t = 1 noise); for a DDPM model t is the flow time of the same noise level, so one interval means one range of
 noise levels under both families.
 
+A text or layout model (train_ldm.py --task text | layout) samples --n_samples per --prompt (repeatable) or per line of
+--prompt_file, prompt-major as CompVis' txt2img, and guides as eps(x_t, neg) + s (eps(x_t, c) - eps(x_t, neg)) with neg
+the --negative_prompt ("" by default, LDM's null); the prompts go to prompts.txt and samples.npz (prompts), in order:
+
+  python sample.py --ckpt out/ldm_text/ema.pt --prompt "a red disk and a blue rectangle on a green background" \
+      --n_samples 8 --cfg_scale 3
+  python sample.py --ckpt out/ldm_layout/ema.pt --prompt "red disk 0.1 0.1 0.6 0.6; blue rectangle 0.5 0.5 1 1"
+
 Sample i draws all its noise from its own generator, seeded with numpy's SeedSequence(seed, spawn_key=(i,)). A
 class-conditional model's labels follow --labels: 'random' draws each uniformly from --classes (all classes by default),
 as DiT's sample_ddp.py, here all at once from SeedSequence(seed)'s generator; 'balanced' gives sample i the class
@@ -79,6 +87,10 @@ parser.add_argument('--input', type=str, default=None, help='--task sr|inpaint|s
 parser.add_argument('--inpaint_mode', type=str, default='concat', choices=['concat', 'replace'], help="concat (the default): an inpainting model; replace: any DDPM model, LDM's p_sample_loop(mask, x0)")
 parser.add_argument('--H', type=checked(int, lo=1), default=None, help='sample height in pixels, UNets only (convolutional sampling); default: the training size')
 parser.add_argument('--W', type=checked(int, lo=1), default=None, help='sample width in pixels, UNets only; default: the training size')
+parser.add_argument('--prompt', type=str, action='append', default=None, help="text/layout models: a caption, or 'class x0 y0 x1 y1; ...'; repeatable; default none")
+parser.add_argument('--prompt_file', type=str, default=None, help='text/layout models: a file of prompts, one a line (the COCO protocol); default none')
+parser.add_argument('--negative_prompt', type=str, default='', help="text/layout models: the prompt guidance moves away from; default '' (LDM's null)")
+parser.add_argument('--n_samples', type=checked(int, lo=1), default=4, help="text/layout models: samples per prompt (CompVis txt2img's --n_samples); default 4")
 add_device_arg(parser)
 parser.add_argument('--dtype', type=str, default='auto', choices=['auto', 'float32', 'bfloat16', 'float16'],
                     help="autocast dtype; 'auto' = bfloat16 on GPUs that support it, else float32")
@@ -99,7 +111,7 @@ from rundir import (refuse_to_overwrite, no_space_is_an_error, check_output, loc
                     atomic_write)
 from diffusion import cfg_model_fn, process_from_config, spaced_timesteps, sample_generators, randn
 from metrics import to_uint8
-from model import apply_model, build_backbone, decode_first_stage, encode_first_stage
+from model import apply_model, build_backbone, decode_first_stage, encode_first_stage, learned_conditioning
 import conditioning
 from weights import load_autoencoder, load_checkpoint
 
@@ -189,8 +201,18 @@ if config.get('ae_sha') is not None and weights_hash(ae) != config['ae_sha']:
 force_not_quantize = config.get('vq_latents') != 'pre_quantization'
 
 num_classes = backbone['num_classes']
+trained_task = config.get('conditioning', {'task': 'none'})
+text = trained_task['task'] in ('text', 'layout')  # prompts, through the model's tau_theta
+if text and args.cfg_scale != 1 and not trained_task['cond_dropout_prob'] > 0:
+    die(f"classifier-free guidance needs the null caption that caption dropout trains, and {args.ckpt} was trained with "
+        f"--cond_dropout_prob 0; sample it with --cfg_scale 1.")
+if (args.prompt or args.prompt_file) and not text:
+    die(f"{args.ckpt} records no tokenizer: it was trained without --task text or layout, so --prompt and "
+        f"--prompt_file do not apply.")
+refuse_unused(sys.argv[1:], [(f, text, 'only applies to a --task text or layout model')
+                             for f in ('--negative_prompt', '--n_samples')])
 if num_classes == 0:
-    if args.classes is not None or args.labels is not None or args.cfg_scale != 1:
+    if args.classes is not None or args.labels is not None or (args.cfg_scale != 1 and not text):
         die("this model is unconditional; --classes, --labels and --cfg_scale do not apply.")
     classes = labels = None
 elif args.cfg_scale != 1 and not backbone['class_dropout_prob'] > 0:
@@ -238,11 +260,12 @@ latent_shape = (C, backbone['num_frames'], h, h) if video else (C, h, h)
 
 # the task: the checkpoint's (older ones have none), one sample per input of --input; or the training-free inpainting
 # of any DDPM model (--inpaint_mode replace); or a size other than the training size (--H, --W), UNets only
-trained_task = config.get('conditioning', {'task': 'none'})
 task, replace = args.task or trained_task['task'], args.inpaint_mode == 'replace'
 refuse_unused(sys.argv[1:], [('--inpaint_mode', task == 'inpaint', 'only applies to --task inpaint'),
-                             ('--num_samples', task == 'none', 'is the number of inputs under --input with a --task'),
-                             ('--input', task != 'none', 'only applies with a --task other than none')])
+                             ('--num_samples', task == 'none', 'is set by --input, or by the prompts times --n_samples, '
+                              'with a --task'),
+                             ('--input', task not in ('none', 'text', 'layout'), 'only applies to --task sr, inpaint '
+                              'or semantic')])
 if replace and (trained_task['task'] != 'none' or flow):
     die(f"--inpaint_mode replace inpaints with a DDPM model that has no task of its own; {args.ckpt} is "
         f"{'a rectified flow' if flow else 'trained for --task ' + trained_task['task']}, so drop it.")
@@ -252,11 +275,11 @@ if replace and sampler == 'plms':
 if task != trained_task['task'] and not replace:
     die(f"{args.ckpt} was trained for --task {trained_task['task']}, not {task}; pass its own task (or, for inpainting "
         f"with a model of no task, --inpaint_mode replace).")
-if task != 'none' and args.input is None:
+if task not in ('none', 'text', 'layout') and args.input is None:
     die(f"--task {task} samples one image per input; pass the folder of inputs with --input DIR.")
 if args.input is not None and not os.path.isdir(args.input):
     die(f"--input {args.input} is not a folder; pass the folder that holds the inputs.")
-if (args.H or args.W) and (task != 'none' or video or backbone['model'] != 'unet'):
+if (args.H or args.W) and (task not in ('none', 'text', 'layout') or video or backbone['model'] != 'unet'):
     die("--H and --W set the size of a UNet's unconditional or class-conditional samples; a DiT's position embedding "
         "is fixed to its training size, and a task's size comes from its inputs." if backbone['model'] != 'unet' or
         video else "--H and --W do not apply with a --task: each sample takes its input's size.")
@@ -268,7 +291,14 @@ if args.H or args.W:
             f"UNet's downsampling {multiple // f}).")
     latent_shape = (C, H_px // f, W_px // f)
 items = None  # a task's inputs: [(name, item)], sample i for items[i]
-if task != 'none':
+if text:  # n_samples per prompt, prompt-major (txt2img's order); the prompts are written beside the samples
+    try:
+        prompts, null = conditioning.read_prompts(trained_task, args.prompt, args.prompt_file, args.negative_prompt)
+    except ValueError as e:
+        die(str(e))
+    items = [(f'{i:06d}', prompts[i // args.n_samples]) for i in range(len(prompts) * args.n_samples)]
+    args.num_samples = len(items)
+elif task != 'none':
     try:
         items = conditioning.read_inputs(trained_task if not replace else {'task': 'inpaint'}, args.input, multiple)
     except ValueError as e:
@@ -301,7 +331,7 @@ if dist.ddp:
 
 mine = list(range(dist.rank, args.num_samples, dist.world_size))
 batches = [mine[i:i + args.batch_size] for i in range(0, len(mine), args.batch_size)]
-if items is not None:  # a batch holds inputs of one size
+if items is not None and not text:  # a batch holds inputs of one size
     size_of = lambda i: conditioning.output_size(trained_task if not replace else {'task': 'inpaint'}, items[i][1])  # noqa: E731
     batches = [[i for i in b if size_of(i) == s] for b in batches for s in dict.fromkeys(map(size_of, b))]
 names = [n for n, _ in items] if items is not None else [f'{i:06d}' for i in range(args.num_samples)]
@@ -310,16 +340,21 @@ for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols
     cond, known, batch = {'y': torch.from_numpy(labels[idx]).to(device) if classes else None}, None, None
     shape = latent_shape
     if items is not None:
-        batch = {k: torch.stack([items[i][1][k] for i in idx]).to(device) for k in items[0][1]}
-        shape = (C, *(s // f for s in size_of(idx[0])))
+        batch = conditioning.collate([items[i][1] for i in idx], device)
+        shape = latent_shape if text else (C, *(s // f for s in size_of(idx[0])))
     x_T = randn((len(idx), *shape), gens, device)  # (B, C, [T',] h, w)
     with autocast(device, dtype):
         if replace:  # the known latent cells: those with no hole pixel (a max-pool of the mask over each f x f cell)
             known = (encode(batch['image']), 1 - torch.nn.functional.max_pool2d(batch['mask'], f))
         elif task != 'none':
-            cond |= conditioning.get_input(trained_task, batch, encode, shape[-2:])
+            cond |= conditioning.get_input(trained_task, batch, encode, shape[-2:], device=device)
+        if text:  # tau_theta once per batch: the prompts' context, and that of the negative prompt (LDM's uc)
+            cond = learned_conditioning(model, cond)
+            uc = learned_conditioning(model, conditioning.get_input(
+                trained_task, conditioning.collate([null] * len(idx), device), encode, shape[-2:], device=device)
+            ) if args.cfg_scale != 1 else None
     if args.cfg_scale != 1:
-        model_fn = cfg_model_fn(model, cond, args.cfg_scale, args.cfg_channels, interval)
+        model_fn = cfg_model_fn(model, cond, args.cfg_scale, args.cfg_channels, interval, null=uc if text else None)
     else:
         model_fn = functools.partial(apply_model, model, cond=cond)
     with autocast(device, dtype):
@@ -361,12 +396,16 @@ if dist.master:
     else:
         arr = [np.asarray(Image.open(os.path.join(image_dir, f'{n}.png')).convert('RGB')) for n in names]
         arr = np.stack(arr) if len({a.shape for a in arr}) == 1 else None  # (N, H, W, 3) uint8; None: several sizes
+    if text:  # the prompt of each sample, in sample order
+        with open(os.path.join(out_dir, 'prompts.txt'), 'w', encoding='utf-8') as fh:
+            fh.writelines(conditioning.prompt_text(it).replace('\n', ' ') + '\n' for _, it in items)
     if arr is None:  # a task's inputs of several sizes: the PNGs are the result, as no npz holds them
         print(f"wrote {args.num_samples} PNGs of several sizes to {image_dir} (no samples.npz: its images share a size)")
     else:
         with no_space_is_an_error(out_dir, arr.nbytes):
             with atomic_write(os.path.join(out_dir, 'samples.npz')) as tmp, open(tmp, 'wb') as fh:  # eval_fid never reads half
-                np.savez(fh, arr_0=arr, **({} if labels is None else {'arr_1': labels, 'label_protocol': args.labels}))
+                np.savez(fh, arr_0=arr, **({} if labels is None else {'arr_1': labels, 'label_protocol': args.labels}),
+                         **({'prompts': np.array([conditioning.prompt_text(it) for _, it in items])} if text else {}))
             if video:
                 save_video_grid(arr, out_dir)
                 for i in range(args.num_samples):

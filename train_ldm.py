@@ -37,6 +37,15 @@ and encoding it cost far more than a step of a small DiT.
   python train_ae.py --num_frames 17 && python train_ldm.py --num_frames 17 --ae out/video_ae/ckpt.pt --model dit \
       --image_size 32 --batch_size 8 --out_dir out/video_ldm
 
+Text and layouts (--task text | layout, LDM Sec. 3.3): the UNet cross-attends to the output of tau_theta
+(model.TextEncoder, LDM's BERTEmbedder), trained with it, over the tokens of each image's caption (tokenizer.py: UTF-8
+bytes, or BERT's WordPiece from a vocab.txt) or layout (taming's (class, corner, corner) triples); a share
+--cond_dropout_prob of them is dropped to "" (no box) for guidance. Captions: the embedded data's own (the colour and
+kind of the largest shapes, the background), or --data with x.txt beside x.png or a captions.jsonl; layouts: the
+embedded boxes, or a layout.jsonl. A DiT has no cross-attention, so text and layouts train UNets only.
+
+  python train_ldm.py --task text --ae assets/baseline_mini.safetensors --image_size 32 --out_dir out/ldm_text
+
 Shared flags (cli.add_common_args) and their defaults in this script:
   --data (embedded dead leaves)  --image_size 64  --batch_size 32  --grad_accum 1  --max_steps 5000  --lr 0.0001
   --out_dir out/ldm  --preset tiny  --seed 0  --device auto  --dtype auto  --num_workers 2
@@ -90,11 +99,15 @@ parser.add_argument('--grad_checkpointing', action='store_true', help='DiT: reco
 parser.add_argument('--num_samples', type=checked(int, lo=1), default=16, help='images in the periodic sample grid (EMA model; DDIM, or Heun under flow)')
 parser.add_argument('--num_frames', type=checked(int, lo=1), default=1, help='frames per training clip (1 + 4k for the video AE presets); 1 = images. N > 1 trains the video DiT on the latents of a video autoencoder')
 parser.add_argument('--frame_stride', type=checked(int, lo=1), default=1, help='video: take every n-th frame of the source video')
-parser.add_argument('--task', type=str, default='none', choices=TASKS, help="spatial conditioning concatenated to z_t (conditioning.py): super-resolution, inpainting, label maps; default none")
+parser.add_argument('--task', type=str, default='none', choices=TASKS, help="conditioning.py: sr, inpaint, semantic concatenate to z_t; text, layout are tokens cross-attended to; default none")
 parser.add_argument('--sr_factor', type=checked(int, lo=2), default=4, help='--task sr: the upsampling factor, LR size = image_size / factor; default 4')
 parser.add_argument('--degradation', type=str, default='bicubic', choices=DEGRADATIONS, help="--task sr: SR3's bicubic (the default) or bsr_light, LDM's lighter BSR chain (blur, resize, noise, JPEG)")
 parser.add_argument('--masks', type=str, default='mixed', choices=MASK_KINDS, help='--task inpaint: LaMa-like masks, thick or thin strokes, boxes, or a mix; default mixed')
 parser.add_argument('--mask_area', type=unit_interval, default=(0.05, 0.5), help='--task inpaint: lo,hi, the share of the image a mask covers; default 0.05,0.5')
+parser.add_argument('--tokenizer', type=str, default='bytes', help="--task text: 'bytes' (UTF-8, no download; the default) or a BERT vocab.txt or tokenizers JSON (LDM's)")
+parser.add_argument('--max_length', type=checked(int, lo=3), default=77, help="--task text: tokens per caption, tau_theta's positions; longer captions are cut; default 77 (LDM's)")
+parser.add_argument('--max_objects', type=checked(int, lo=1), default=8, help="--task layout: boxes per image, 3 tokens each; default 8 (LDM's OpenImages model: 30)")
+parser.add_argument('--cond_dropout_prob', type=checked(float, lo=0, hi=1, hi_open=True), default=0.1, help='--task text, layout: share of captions dropped to "" (no box) in training, for guidance; default 0.1')
 parser.add_argument('--sample_steps', type=checked(int, lo=1, hi=1000), default=50, help='DDIM (flow: Heun) steps for the periodic sample grid')
 args = parser.parse_args()
 video = args.num_frames > 1
@@ -161,7 +174,8 @@ from rundir import check_run_dir, prepare_run_dir, no_space_is_an_error, check_o
 from data import make_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
 from diffusion import process_from_config
 from metrics import GUARD_SATURATED, GUARD_STD_RATIO, sample_guard, to_uint8
-from model import apply_model, build_backbone, decode_first_stage, encode_first_stage
+from model import apply_model, build_backbone, decode_first_stage, encode_first_stage, learned_conditioning
+from tokenizer import LayoutTokenizer, load_tokenizer
 import conditioning
 from weights import PIXELS, load_autoencoder, load_checkpoint
 
@@ -194,8 +208,18 @@ def check_args(args):
             f"(--objective {args.objective}).")
     if flow and args.time_sampling == 'uniform' and {'--logit_mean', '--logit_std'} & set(given):
         die("--logit_mean and --logit_std shape the logit-normal density; pass --time_sampling logit_normal too.")
+    if args.task in ('text', 'layout') and (video or args.model != 'unet'):
+        die(f"--task {args.task} needs cross-attention to its tokens, which only the UNet has (a DiT would need "
+            f"PixArt-style blocks, not built here); train it with --model unet on images.")
     if args.task != 'none' and (video or args.model != 'unet'):
         die(f"--task {args.task} concatenates its condition to the UNet's input; train it with --model unet on images.")
+    if args.task == 'layout' and args.random_crop:
+        die("--task layout knows its boxes on the centre crop only; drop --random_crop.")
+    if args.task == 'text':
+        try:  # a missing or unreadable vocabulary costs seconds, not the autoencoder's loading
+            load_tokenizer(args.tokenizer)
+        except ValueError as e:
+            die(str(e))
     if args.task != 'none' and args.cache_latents:
         die(f"--task {args.task} builds its condition from the pixels of each batch (an LR image, a masked image, a label "
             f"map), which the latent cache does not hold; drop --cache_latents.")
@@ -213,7 +237,12 @@ def check_args(args):
                                  ('--sr_factor', args.task == 'sr', 'only applies to --task sr'),
                                  ('--degradation', args.task == 'sr', 'only applies to --task sr'),
                                  ('--masks', args.task == 'inpaint', 'only applies to --task inpaint'),
-                                 ('--mask_area', args.task == 'inpaint', 'only applies to --task inpaint')])
+                                 ('--mask_area', args.task == 'inpaint', 'only applies to --task inpaint'),
+                                 ('--tokenizer', args.task == 'text', 'only applies to --task text'),
+                                 ('--max_length', args.task == 'text', 'only applies to --task text'),
+                                 ('--max_objects', args.task == 'layout', 'only applies to --task layout'),
+                                 ('--cond_dropout_prob', args.task in ('text', 'layout'), 'only applies to --task text '
+                                  'or layout')])
     ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite,
                               [(args.data, '--data'), (args.ae, '--ae'), (args.init_from, '--init_from')])
     if args.cache_latents and not os.path.isfile(os.path.join(args.cache_latents, 'meta.json')):
@@ -290,13 +319,18 @@ def encode(x):  # x (B, 3, [T,] H, W) in [-1, 1] -> unnormalised latents (B, C, 
 
 images = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop,
                       num_frames=args.num_frames, frame_stride=args.frame_stride,
-                      segmentation=args.task == 'semantic')  # video: clips (3, T, H, W)
+                      segmentation=args.task == 'semantic', annotation={'text': 'caption', 'layout': 'layout'}.get(
+                          args.task), max_objects=args.max_objects)  # video: clips (3, T, H, W)
+# text and layout: the tokenizer of their captions or boxes (checked in check_args), recorded whole in the checkpoint
+tokenizer = (load_tokenizer(args.tokenizer) if args.task == 'text' else
+             LayoutTokenizer(images.layout_classes, max_objects=args.max_objects) if args.task == 'layout' else None)
 # the task: what its condition is made of (recorded in the checkpoint), and the data source that makes it per item
 cond_cfg = conditioning.task_config(args.task, args.sr_factor, args.degradation, args.masks, args.mask_area,
-                                    getattr(images, 'num_labels', 0))
+                                    getattr(images, 'num_labels', 0), tokenizer, args.max_length, args.cond_dropout_prob)
 trained_task = saved.get('conditioning', {'task': 'none'}) if saved else cond_cfg  # older checkpoints: no task
 if trained_task != cond_cfg:
-    die(f"{ckpt_path} was trained with the condition {trained_task}, not {cond_cfg}; resume it with the same --task, "
+    die(f"{ckpt_path} was trained with the condition {conditioning.describe(trained_task)}, not "
+        f"{conditioning.describe(cond_cfg)}; resume it with the same --task, "
         f"its settings and data.")
 if args.task != 'none':
     dataset = conditioning.TaskData(images, cond_cfg, args.seed)  # items {'image', 'LR_image' | 'mask' | 'segmentation'}
@@ -332,9 +366,11 @@ def to_latent(x):
 def get_input(x, y):
     """A loader batch -> (z, cond), as CompVis' get_input: the normalised latents (B, C, [T',] h, w) of its images and
     the condition dict that model.apply_model feeds to the denoiser (conditioning.get_input, plus the labels)."""
-    batch = {k: v.to(device, non_blocking=True) for k, v in (x if isinstance(x, dict) else {'image': x}).items()}
+    batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v  # captions stay strings
+             for k, v in (x if isinstance(x, dict) else {'image': x}).items()}
     z = (to_latent(batch['image']) - shift) * scale
-    cond = conditioning.get_input(cond_cfg, batch, lambda v: (encode(v) - shift) * scale, z.shape[-2:])
+    cond = conditioning.get_input(cond_cfg, batch, lambda v: (encode(v) - shift) * scale, z.shape[-2:],
+                                  dropout=cond_cfg.get('cond_dropout_prob', 0.0), device=device)
     return z, {**cond, 'y': y.to(device) if num_classes > 0 else None}
 
 # -----------------------------------------------------------------------------
@@ -365,7 +401,9 @@ if dist.master:  # data latents, the guard's reference for the periodic samples 
 
 backbone = dict(model=args.model, preset=args.preset, latent_size=latent_size, in_channels=C, num_classes=num_classes,
                 learn_sigma=learn_sigma, class_dropout_prob=args.class_dropout_prob if num_classes > 0 else 0.0)
-if args.task != 'none':  # the channels concatenated to z_t; unconditional backbones keep their old config
+if args.task in ('text', 'layout'):  # the UNet's tau_theta over the tokenizer's vocabulary
+    backbone['text_encoder'] = {'vocab_size': tokenizer.vocab_size, 'max_length': cond_cfg['max_length']}
+elif args.task != 'none':  # the channels concatenated to z_t; unconditional backbones keep their old config
     backbone['cond_channels'] = conditioning.concat_channels(cond_cfg, C)
 if video:
     backbone['num_frames'] = latent_frames
@@ -421,7 +459,8 @@ grid_noise = torch.randn(args.num_samples, *latent_shape,
 grid_labels = (torch.arange(args.num_samples) % num_classes).to(device) if num_classes > 0 else None
 if args.task != 'none':  # a task's grid: the conditions of a fixed seeded set of items, and their images beside
     grid_items = [dataset[i][0] for i in random_subset(dataset, args.num_samples, args.seed)]
-    grid_batch = {k: torch.stack([it[k] for it in grid_items]).to(device) for k in grid_items[0]}
+    grid_batch = {k: torch.stack([it[k] for it in grid_items]).to(device) if torch.is_tensor(grid_items[0][k])
+                  else [it[k] for it in grid_items] for k in grid_items[0]}  # captions: a list of strings
 
 
 @torch.no_grad()
@@ -430,7 +469,9 @@ def sample_grid():
     cond = {'y': grid_labels}
     with autocast(device, dtype):
         if args.task != 'none':
-            cond |= conditioning.get_input(cond_cfg, grid_batch, lambda v: (encode(v) - shift) * scale, latent_shape[-2:])
+            cond |= conditioning.get_input(cond_cfg, grid_batch, lambda v: (encode(v) - shift) * scale, latent_shape[-2:],
+                                           device=device)
+            cond = learned_conditioning(ema, cond)  # text and layout: tau_theta once, not at every step
         model_fn = functools.partial(apply_model, ema, cond=cond)
         if flow:
             z = process.ode_sample(model_fn, grid_noise, steps=args.sample_steps, solver='heun')

@@ -254,6 +254,23 @@ def ldm_to_diffusers(sd, levels):
     return out
 
 
+def ldmbert_to_ours(sd):
+    """Rename a diffusers LDMBertModel state dict (LDM's BERTEmbedder, as diffusers ports it) to model.TextEncoder's
+    names; its to_logits head (unused by LDM's conditioning) is dropped."""
+    renames = [(r'^model\.embed_tokens\.', 'token_embedding.'), (r'^model\.embed_positions\.', 'position_embedding.'),
+               (r'^model\.layer_norm\.', 'norm.'), (r'^model\.layers\.(\d+)\.', r'blocks.\1.'),
+               (r'\.self_attn_layer_norm\.', '.norm1.'), (r'\.final_layer_norm\.', '.norm2.'),
+               (r'\.self_attn\.([qkv])_proj\.', r'.attn.to_\1.'), (r'\.self_attn\.out_proj\.', '.attn.to_out.0.')]
+    out = {}
+    for k, v in sd.items():
+        if k.startswith('to_logits.'):
+            continue
+        for pattern, repl in renames:
+            k = re.sub(pattern, repl, k)
+        out[k] = v
+    return out
+
+
 def load_ae_state_dict(model, state_dict):
     """Load our own weights, a whole Stable Diffusion checkpoint (its 'first_stage_model.' part) or a diffusers
     AutoencoderKL / AutoencoderKLCogVideoX state dict into `model` (an image or a video autoencoder), strictly."""

@@ -249,6 +249,30 @@ def test_cfg_guidance_formula():
     assert not torch.allclose(dit[:, 3], s3[:, 3], atol=1e-3)
 
 
+def test_cfg_guidance_formula_on_text():
+    """Guidance on text: eps~ = eps(x_t, "") + s (eps(x_t, c) - eps(x_t, "")), with the null context that of the empty
+    caption (LDM's txt2img), fed as tau_theta's context once (model.learned_conditioning) or as tokens."""
+    from model import build_backbone, learned_conditioning
+    from tokenizer import ByteTokenizer
+    torch.manual_seed(0)
+    m = build_backbone('unet', 'tiny', 8, 4, 0, False, text_encoder={'vocab_size': 259, 'max_length': 16})
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # zero-initialised output convs would make every branch equal
+    m.eval()
+    tok = ByteTokenizer()
+    c = dict(zip(('tokens', 'context_mask'), tok.encode(["a red disk", "a blue rectangle", "x"], 16)))
+    u = dict(zip(('tokens', 'context_mask'), tok.encode([""] * 3, 16)))
+    x, t = torch.randn(3, 4, 8, 8), torch.tensor([3, 400, 999])
+    with torch.no_grad():
+        cond, uncond = m(x, t, **c), m(x, t, **u)
+        for s in (0.0, 1.0, 4.0):
+            guided = cfg_model_fn(m, learned_conditioning(m, c), s, null=learned_conditioning(m, u))(x, t)
+            assert torch.allclose(guided, uncond + s * (cond - uncond), atol=1e-5)
+            assert torch.allclose(cfg_model_fn(m, c, s, null=u)(x, t), guided, atol=1e-5)
+    assert not torch.allclose(cond, uncond, atol=1e-3)
+
+
 def test_cfg_needs_a_null_class():
     m = tiny_conditional_dit(class_dropout_prob=0.0)
     with pytest.raises(ValueError, match="label dropout"):
