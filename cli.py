@@ -66,6 +66,11 @@ def stop_on_signals():
 # -----------------------------------------------------------------------------
 # argparse types and the shared flags
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows the script's docstring as written, and after every flag's help its default, so that the two can
+    never disagree and a new flag is written in one place."""
+
+
 def checked(kind, lo=None, hi=None, lo_open=False, hi_open=False):
     """An argparse type: a number of `kind` (int or float) in [lo, hi] (or open at either end). A bad value stops the
     script at argument parsing, before anything is built, with argparse's one line: 'argument --x: must be ...'."""

@@ -42,27 +42,27 @@ import sys
 import json
 import argparse
 
-from cli import (FID_WEIGHTS_FILE, I3D_WEIGHTS_FILE, I3D_WEIGHTS_URL, add_device_arg, checked, set_cpu_threads,
+from cli import (HelpFormatter, FID_WEIGHTS_FILE, I3D_WEIGHTS_FILE, add_device_arg, checked, set_cpu_threads,
                  stop_on_signals)
 
 
 def parse_args(argv=None):
     """The command line (sys.argv when argv is None), read without torch: main() reads it again."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument('--fake', type=str, default=None, help='generated images: a folder, a samples .npz (uint8 arr_0) or a statistics .npz (mu, sigma[, mu_s, sigma_s]); or videos: a samples .npz of uint8 (N, T, H, W, 3) or a folder of videos (--num_frames, --image_size), scored by FVD and the video SWD')
-    p.add_argument('--ref', '--real', dest='ref', type=str, default=None, help="the reference set, the same kinds as --fake, or ADM's reference batch .npz as distributed (its precomputed mu, sigma, mu_s, sigma_s give FID and sFID, as ADM's evaluator reads them; its images arr_0 give precision, recall and KID); omitted: the embedded dead-leaves set (its held-out stream). --real is the same flag")
-    p.add_argument('--num_real', type=checked(int, lo=1), default=None, help="use a seeded random N of the reference images (precomputed statistics in the file stay those of all of them), or with --ae reconstruct N images (default: all; for the endless dead-leaves set as many as --fake has, else 1000)")
-    p.add_argument('--image_size', type=checked(int, lo=1), default=None, help='center-crop and resize folder images to this size as data.py does; also the dead-leaves resolution (default: folders as they are, dead leaves at the --fake resolution)')
+    p.add_argument('--fake', type=str, default=None, help='generated images: a folder, a samples .npz (uint8 arr_0) or statistics .npz; or videos (.npz or a folder)')
+    p.add_argument('--ref', '--real', dest='ref', type=str, default=None, help="the reference: the kinds --fake takes, or ADM's reference batch .npz; omitted: the embedded held-out stream")
+    p.add_argument('--num_real', type=checked(int, lo=1), default=None, help='a seeded random N of the reference images, or with --ae of the images reconstructed (none: all, or 1000)')
+    p.add_argument('--image_size', type=checked(int, lo=1), default=None, help='center-crop and resize folder images to this size; also the dead-leaves size (none: as they are)')
     p.add_argument('--num_frames', type=checked(int, lo=2), default=16, help="frames per clip read from a folder of videos (each video's middle clip; default 16, FVD's clip length)")
-    p.add_argument('--save_stats', type=str, default=None, help="write the reference set's Inception statistics (I3D for videos) here (mu, sigma of pool_3 as pytorch-fid's files, and mu_s, sigma_s of sFID as ADM's), to pass as --ref later")
+    p.add_argument('--save_stats', type=str, default=None, help="write the reference set's statistics here (FID's mu, sigma; sFID's mu_s, sigma_s), to pass as --ref")
     p.add_argument('--ae', type=str, default=None, help='evaluate this autoencoder (a train_ae.py checkpoint, or public weights with --preset) on reconstructions of --data')
     p.add_argument('--preset', type=str, default=None, help='AE_PRESETS name for an --ae file that is a public state dict')
     p.add_argument('--data', type=str, default=None, help='with --ae: the image folder to reconstruct at --image_size (default: the embedded dead-leaves set)')
     p.add_argument('--vgg_weights', type=str, default=None, help="with --ae: local torchvision VGG16 weights for LPIPS (default: the torch hub cache)")
     p.add_argument('--lpips_lin_weights', type=str, default=None, help="with --ae: local LPIPS v0.1 linear-head weights, vgg.pth (default: the torch hub cache)")
-    p.add_argument('--inception_weights', type=str, default=None, help=f"path of {FID_WEIGHTS_FILE} (pytorch-fid's; torch-fidelity's weights-inception-2015-12-05-6726825d.pth holds the same names) (default: the torch hub cache, downloaded from the pytorch-fid release)")
-    p.add_argument('--i3d_weights', type=str, default=None, help=f'for videos: path of the FVD I3D weights {I3D_WEIGHTS_FILE} (default: the torch hub cache, downloaded from {I3D_WEIGHTS_URL})')
+    p.add_argument('--inception_weights', type=str, default=None, help=f"path of {FID_WEIGHTS_FILE}, pytorch-fid's (none: the torch hub cache, downloaded once)")
+    p.add_argument('--i3d_weights', type=str, default=None, help=f'for videos: path of the FVD I3D weights {I3D_WEIGHTS_FILE} (none: the torch hub cache)')
     p.add_argument('--batch_size', type=checked(int, lo=1), default=50, help='images (or videos) per forward pass per process')
     p.add_argument('--num_workers', type=checked(int, lo=0), default=2, help='image-decoding worker processes per process')
     p.add_argument('--seed', type=checked(int, lo=0), default=0, help='seed of the dead-leaves set (SWD neighbourhoods and directions are fixed)')

@@ -22,7 +22,7 @@ import os
 import json
 import argparse
 
-from cli import checked, stop_on_signals
+from cli import HelpFormatter, checked, stop_on_signals
 
 FORMATS = {'diffusers': "diffusers' AutoencoderKL or VQModel", 'flux': "FLUX.1's ae.safetensors",
            'cogvideox': "CogVideoX's VAE (diffusers' AutoencoderKLCogVideoX)"}
@@ -30,7 +30,7 @@ FORMATS = {'diffusers': "diffusers' AutoencoderKL or VQModel", 'flux': "FLUX.1's
 
 def parse_args(argv=None):
     """The command line (sys.argv when argv is None), read without torch: main() reads it again."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                 allow_abbrev=False)
     p.add_argument('--ckpt', type=str, required=True, help='a train_ae.py checkpoint, or public weights with --preset')
     p.add_argument('--preset', type=str, default=None, help="the architecture of public weights ('sd', 'flux'; 'cogvideox' for videos); train_ae.py checkpoints know their own")

@@ -49,7 +49,7 @@ import threading
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
-from cli import add_device_arg, die, int_list
+from cli import HelpFormatter, add_device_arg, die, int_list
 from rundir import lock_folder, refuse_overlap
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -78,23 +78,17 @@ SIZES = {  # default: Fig. 1 (3 seeds) and Fig. 5 in about 30 minutes on 2 CPU c
                         ldm_evals=2, ldm_batch_size=2, num_samples=4, sample_steps=3, sweep_steps=0),
 }
 SIZE_HELP = {  # what each of SIZES sets, for --help
-    'image_size': 'resolution in pixels of every image the experiment trains on and measures',
-    'train_images': 'training images drawn from the embedded data set (a --data folder trains on all its training '
-                    'files); with --random_crop, also the random crops each LDM caches',
-    'num_eval': 'images in each of the two held-out sets, drawn from the embedded data set or cut as random crops from '
-                'the held-out files of --data with --random_crop (else one centre crop a file)',
-    'ft_steps': 'training steps of each fine-tune of the baseline: the SE and control arms (Fig. 1) and the se_weight '
-                'sweep (Fig. 4)',
+    'image_size': 'resolution of every image trained on and measured',
+    'train_images': "training images (or, with --random_crop, each LDM's cached crops)",
+    'num_eval': 'images in each of the two held-out sets',
+    'ft_steps': 'steps of each fine-tune of the baseline (Fig. 1, Fig. 4)',
     'ft_batch_size': 'images per step of each fine-tune',
-    'ldm_steps': 'training steps of each LDM (one per arm, seed and objective)',
-    'ldm_evals': "evenly spaced snapshots of each LDM's training at which the diffusability probe runs; the last one "
-                 "is also sampled and scored",
+    'ldm_steps': 'training steps of each LDM',
+    'ldm_evals': "evenly spaced LDM snapshots probed; the last is sampled",
     'ldm_batch_size': 'latents per step of each LDM',
-    'num_samples': "samples drawn from each LDM's last snapshot and scored by eval_fid.py",
-    'sample_steps': "DDIM steps of the preview grid each LDM training run draws (train_ldm.py --sample_steps); the "
-                    "scored samples take sample.py's default steps",
-    'sweep_steps': 'training steps of each autoencoder trained from scratch for Fig. 2 and 3 (--channels, --kl_sweep); '
-                   'the Fig. 4 sweep is of fine-tunes, whose steps --ft_steps sets',
+    'num_samples': "samples scored from each LDM's last snapshot",
+    'sample_steps': "DDIM steps of each LDM's preview grid",
+    'sweep_steps': 'steps of each autoencoder trained from scratch (Fig. 2, 3)',
 }
 Z_CHANNELS = [4, 8, 16, 32]                  # Fig. 2, from scratch
 KL_WEIGHTS = [1e-6, 1e-2, 1e-1, 1.0]         # Fig. 3, from scratch: the posterior noise shows from 1e-1 (std 0.06 at 1e-2)
@@ -109,13 +103,10 @@ PROBE_DECODED_CLIPS = 16                     # video: held-out clips whose x0 pr
 PROGRESS_SECONDS = 30                        # how often each running child's progress is shown
 HELD_OUT = 0.25                              # the share of a --data folder's files held out (a seeded hash of names)
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
-parser.add_argument('--out_dir', type=str, default=None, help='the folder every artefact, report.json and '
-                    'report.md go to (default out/reproduce, out/reproduce_video with --num_frames); a rerun reuses '
-                    'the artefacts in it whose settings match')
-parser.add_argument('--pretrain', action='store_true', help=f"train the baseline autoencoder from scratch with the "
-                    f"shipped recipe and write it to --baseline (default {os.path.relpath(BASELINE['image'], ROOT)})")
+parser.add_argument('--out_dir', type=str, default=None, help='where every artefact and report.md go (none: out/reproduce, or out/reproduce_video); reruns reuse what matches')
+parser.add_argument('--pretrain', action='store_true', help='train the baseline autoencoder from scratch with the shipped recipe and write it to --baseline')
 parser.add_argument('--baseline', type=str, default=None, help='the pretrained autoencoder that every arm fine-tunes '
                     '(default: the shipped file)')
 parser.add_argument('--smoke', action='store_true', help='toy sizes: checks that the pipeline runs, says nothing about SE')
@@ -125,19 +116,15 @@ parser.add_argument('--kl_sweep', action='store_true',
                     help='also Fig. 3: autoencoders from scratch with kl_weight ' + ', '.join(f'{w:g}' for w in KL_WEIGHTS))
 parser.add_argument('--se_sweep', action='store_true', help='also Fig. 4: fine-tunes with se_weight 0 .. 1')
 parser.add_argument('--all', action='store_true', help='every figure (1-5): --channels, --kl_sweep and --se_sweep too')
-parser.add_argument('--num_frames', type=int, default=1, help='> 1: the video experiment on clips of this many frames '
-                    '(1 + 8k: 4x temporal compression, and temporal SE halves the latent frames); Fig. 1 only')
+parser.add_argument('--num_frames', type=int, default=1, help='> 1: the video experiment on clips of this many frames (1 + 8k); Fig. 1 only')
 parser.add_argument('--f_sweep', action='store_true', help="instead: LDM's Fig. 6/7 in miniature, quality against "
                     "throughput for each factor of --f_factors (f_sweep.md)")
 parser.add_argument('--f_factors', type=int_list(1), default=F_FACTORS, help="--f_sweep's downsampling factors "
                     f"(1: pixels); default {','.join(map(str, F_FACTORS))}")
-parser.add_argument('--data', type=str, default=None, help='image folder, split once by a seeded hash of file names into '
-                    f'training and held-out files ({HELD_OUT * 100:.0f}%% held out, at least 2); omitted: the embedded '
-                    'dead leaves')
+parser.add_argument('--data', type=str, default=None, help='image folder, split once by a seeded hash of file names into training and held-out files; none: dead leaves')
 parser.add_argument('--val_data', type=str, default=None, help='a folder of held-out images; then all of --data trains')
 parser.add_argument('--random_crop', action='store_true', help='random crops of --data (training, and the held-out sets)')
-parser.add_argument('--seeds', type=int, default=3, help='how many seeds, 0..N-1: each fine-tunes the baseline twice '
-                    '(SE and control) and trains an LDM on each, a pair the statistics compare')
+parser.add_argument('--seeds', type=int, default=3, help='seeds 0..N-1: each fine-tunes the baseline with SE and without and trains an LDM on each, a pair')
 parser.add_argument('--se_weight', type=float, default=0.25, help="the SE arm's weight (the paper: 0.25)")
 parser.add_argument('--se_down', type=str, default='bilinear', help="SE's operator (train_ae.py --se_down; the "
                     "authors': bilinear)")
@@ -147,9 +134,7 @@ parser.add_argument('--ldm_model', type=str, default='dit', choices=['dit', 'une
                     "(train_ldm.py --model)")
 parser.add_argument('--ldm_preset', type=str, default='tiny', help="the size preset of the LDMs' backbone "
                     "(train_ldm.py --preset)")
-parser.add_argument('--ldm_lr', type=float, default=None, help="learning rate of every LDM (default: 1e-3 for the tiny "
-                    "DiT on images, 3e-3 for the tiny video DiT, the best of bench/sweep_ldm_lr.py's sweep; both in the "
-                    "README)")
+parser.add_argument('--ldm_lr', type=float, default=None, help="learning rate of every LDM (none: 1e-3 on images, 3e-3 on video, the best of repro's LR sweep)")
 parser.add_argument('--ldm_ema_decay', type=float, default=0.999, help="EMA decay of the LDMs' weights, with a warm-up "
                     "(train_ldm.py --ema_warmup): min(decay, (1 + n) / (10 + n))")
 add_device_arg(parser)  # passed on to every script
@@ -157,9 +142,8 @@ parser.add_argument('--nproc', type=int, default=1, help='processes per training
 parser.add_argument('--jobs', type=int, default=None, help='script runs at a time (default: 2 on a CPU, one thread '
                     'each; 1 with --nproc > 1)')
 for key, value in SIZES['default'].items():
-    parser.add_argument(f'--{key}', type=int, default=None, help=f"{SIZE_HELP[key]}; default {value} "
-                        f"({SIZES['smoke'][key]} with --smoke; video {SIZES['video'][key]}, smoke "
-                        f"{SIZES['video_smoke'][key]})")
+    parser.add_argument(f'--{key}', type=int, default=None, help=f"{SIZE_HELP[key]}; none: {value} (smoke "
+                        f"{SIZES['smoke'][key]}; video {SIZES['video'][key]}, smoke {SIZES['video_smoke'][key]})")
 
 
 def kind_of(num_frames):

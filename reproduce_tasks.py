@@ -25,7 +25,7 @@ import json
 import argparse
 import subprocess
 
-from cli import add_device_arg
+from cli import HelpFormatter, add_device_arg
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 BASELINE = os.path.join(ROOT, 'assets', 'baseline_mini.safetensors')
@@ -35,7 +35,7 @@ SIZES = {'full': dict(image_size=64, steps=3000, batch=16, num_eval=64, sample_s
          'quick': dict(image_size=32, steps=600, batch=8, num_eval=16, sample_steps=25, classifier_steps=150),
          'smoke': dict(image_size=16, steps=2, batch=2, num_eval=3, sample_steps=2, classifier_steps=2)}
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
 parser.add_argument('--out_dir', type=str, default='out/tasks', help='where every artefact goes; default out/tasks')
 parser.add_argument('--data', type=str, default=None, help='an image folder for sr and inpaint (default: the embedded dead leaves)')

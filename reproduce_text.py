@@ -23,9 +23,9 @@ import json
 import argparse
 import subprocess
 
-from cli import checked, set_cpu_threads
+from cli import HelpFormatter, checked, set_cpu_threads
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
 parser.add_argument('--out_dir', type=str, default='out/reproduce_text', help='where everything goes; default out/reproduce_text')
 parser.add_argument('--smoke', action='store_true', help='toy sizes: checks that the pipeline runs (the tests use it)')

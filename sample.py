@@ -41,7 +41,7 @@ import glob
 import argparse
 import functools
 
-from cli import SPACINGS, TASKS, add_device_arg, checked, set_cpu_threads, stop_on_signals
+from cli import HelpFormatter, SPACINGS, TASKS, add_device_arg, checked, set_cpu_threads, stop_on_signals
 
 # -----------------------------------------------------------------------------
 # config, read before torch is imported, so that --help and a mistyped flag answer at once
@@ -62,7 +62,7 @@ def time_interval(text):
     return lo, hi
 
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
 parser.add_argument('--ckpt', type=str, default='out/ldm/ckpt.pt', help='a train_ldm.py checkpoint (ckpt.pt, or ema.pt: its EMA-only export)')
 parser.add_argument('--out_dir', type=str, default=None, help="where the samples go; default: a 'samples' folder next to --ckpt")
@@ -72,15 +72,15 @@ parser.add_argument('--ae_preset', type=str, default=None, help="architecture of
 parser.add_argument('--no_ema', action='store_true', help='use the raw weights instead of the EMA weights')
 parser.add_argument('--num_samples', type=checked(int, lo=1), default=16, help='how many samples in all (over every process)')
 parser.add_argument('--batch_size', type=checked(int, lo=1), default=16, help='samples per process per forward pass')
-parser.add_argument('--sampler', type=str, default=None, choices=DDPM_SAMPLERS + FLOW_SAMPLERS, help="DDPM models: 'ddpm', 'ddim' (the default) or LDM's 'plms'; flow models: the ODE's 'euler' or 'heun' (the default), SiT's 'sde'")
+parser.add_argument('--sampler', type=str, default=None, choices=DDPM_SAMPLERS + FLOW_SAMPLERS, help="DDPM models: 'ddpm', 'ddim' or LDM's 'plms'; flow models: 'euler', 'heun' or SiT's 'sde' (none: ddim, heun)")
 parser.add_argument('--steps', type=checked(int, lo=1, hi=1000), default=None, help='denoising steps (DDPM: out of T=1000); default: 50 for ddim, plms, euler and heun, 250 for ddpm and sde')
-parser.add_argument('--spacing', type=str, default=None, choices=SPACINGS, help="DDPM timesteps: ADM's 'even' (0..999) or 'ddim' (0, 20, ..), LDM's 'ldm' (1, 21, .., 981); default: ddim, ddpm even, plms ldm")
+parser.add_argument('--spacing', type=str, default=None, choices=SPACINGS, help="DDPM timesteps: ADM's 'even' or 'ddim' (0, 20, ..), LDM's 'ldm' (1, 21, ..); none: ddim, ddpm even, plms ldm")
 parser.add_argument('--eta', type=checked(float, lo=0, hi=1), default=None, help='DDIM noise: 0 deterministic (the default), 1 ancestral-like (ddim only)')
 parser.add_argument('--cfg_scale', type=checked(float, lo=0), default=1.0, help='classifier-free guidance scale s; 1 = plain conditional sampling')
-parser.add_argument('--cfg_interval', type=time_interval, default=None, help="guide only at times t in [lo, hi], t = 0 data, 1 noise (LightningDiT's cfg_interval_start c is 0,1-c); for DDPM models t is the flow time of equal noise level, sqrt(1 - abar) / (sqrt(abar) + sqrt(1 - abar)); default: everywhere")
-parser.add_argument('--cfg_channels', type=checked(int, lo=1), default=None, help="guide only the first N latent channels (DiT's sampler guides 3 of 4: pass 3 to compare with DiT's published FIDs); default: all")
+parser.add_argument('--cfg_interval', type=time_interval, default=None, help='guide only at flow times t in [lo, hi] (0 data, 1 noise; DDPM: the flow time of equal noise); none: all')
+parser.add_argument('--cfg_channels', type=checked(int, lo=1), default=None, help="guide only the first N latent channels (DiT's sampler guides 3 of 4, for its published FIDs); none: all")
 parser.add_argument('--classes', type=str, default=None, help='comma-separated class ids to draw labels from; default: all classes')
-parser.add_argument('--labels', type=str, default=None, choices=['random', 'balanced'], help="class labels: 'random' uniform draws, as DiT's FID-50K protocol (the default); 'balanced' equal counts per class, as REPA-E and later")
+parser.add_argument('--labels', type=str, default=None, choices=['random', 'balanced'], help="class labels: 'random' uniform, as DiT's FID-50K protocol, or 'balanced' equal counts per class, as REPA-E")
 parser.add_argument('--seed', type=checked(int, lo=0), default=0, help='base seed; sample i uses the seed (seed, i)')
 parser.add_argument('--task', type=str, default=None, choices=TASKS, help="the model's task (default: the checkpoint's); inpaint with --inpaint_mode replace for any model")
 parser.add_argument('--input', type=str, default=None, help='--task sr|inpaint|semantic: a folder of LR images, x.png + x_mask.png, or x_label.png; default none')

@@ -22,7 +22,7 @@ import sys
 import json
 import argparse
 
-from cli import add_device_arg, checked, set_cpu_threads, stop_on_signals
+from cli import HelpFormatter, add_device_arg, checked, set_cpu_threads, stop_on_signals
 
 ERASE_FRACTIONS = [k / 10 for k in range(10)]     # p = 0, 0.1, ..., 0.9 of the 64 coefficients erased
 
@@ -30,7 +30,7 @@ ERASE_FRACTIONS = [k / 10 for k in range(10)]     # p = 0, 0.1, ..., 0.9 of the 
 def parse_args(argv=None):
     """The command line (sys.argv when argv is None), read without torch: main() reads it again."""
     p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+                                formatter_class=HelpFormatter, allow_abbrev=False)
     p.add_argument('--ckpt', action='append', default=[], help='autoencoder to analyse (repeatable): a train_ae.py '
                    'checkpoint, or public weights with --preset; none: the images alone')
     p.add_argument('--label', action='append', default=[], help='name of each --ckpt in plots and JSON, in the same '

@@ -48,7 +48,7 @@ import contextlib
 from copy import deepcopy
 from dataclasses import asdict, replace
 
-from cli import (VIDEO_DEFAULTS, DISC_LOSSES, REC_LOSSES, SE_DOWNSAMPLING, add_common_args, checked, int_list,
+from cli import (HelpFormatter, VIDEO_DEFAULTS, DISC_LOSSES, REC_LOSSES, SE_DOWNSAMPLING, add_common_args, checked, int_list,
                  set_cpu_threads, stop_on_signals)
 
 # -----------------------------------------------------------------------------
@@ -57,13 +57,12 @@ from cli import (VIDEO_DEFAULTS, DISC_LOSSES, REC_LOSSES, SE_DOWNSAMPLING, add_c
 pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
 pre.add_argument('--num_frames', type=str, default='1')  # only which defaults apply; the real parser checks the value
 video = pre.parse_known_args()[0].num_frames.strip() != '1'
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
 add_common_args(parser, out_dir='out/ae', lr=1e-4)
-parser.add_argument('--num_frames', type=checked(int, lo=1), default=1, help="frames per training clip (1 + 4k); 1 = images. N > 1 "
-                    "trains the video AE presets (tiny, cogvideox) with VIDEO_DEFAULTS (see above)")
+parser.add_argument('--num_frames', type=checked(int, lo=1), default=1, help='frames per training clip (1 + 4k); 1 = images. N > 1 trains the video AE presets with VIDEO_DEFAULTS')
 parser.add_argument('--frame_stride', type=checked(int, lo=1), default=1, help='video: take every n-th frame of the source video')
-parser.add_argument('--se_temporal', action='store_true', help="video: SE also halves time in x and z, the authors' temporal SE with factor 2 (the same as --se_temporal_scales 2; needs N = 1 + 8k)")
+parser.add_argument('--se_temporal', action='store_true', help='video: SE also halves time in x and z, as --se_temporal_scales 2 (needs N = 1 + 8k)')
 parser.add_argument('--se_temporal_scales', type=int_list(2), default='', help="video: temporal factors, one drawn per step, by which SE also shrinks time in x and z (first frame kept)")
 parser.add_argument('--regularizer', type=str, default=None, choices=['kl', 'vq'], help="latent regulariser; default: the preset's")
 parser.add_argument('--kl_weight', type=checked(float, lo=0), default=1e-6, help="weight of the KL term (LDM's convention: KL summed over the latent vs. L1 summed over pixels)")
@@ -71,7 +70,7 @@ parser.add_argument('--lpips_weight', type=checked(float, lo=0), default=1.0, he
 parser.add_argument('--rec_loss', type=str, default='l1', choices=REC_LOSSES, help="the pixel term of L_rec (and of SE's distance): l1 (LDM's, the default) or l2 (eq. 1 as an MSE)")
 parser.add_argument('--disc_loss', type=str, default='hinge', choices=DISC_LOSSES, help="the discriminator's loss: hinge (LDM's, the default) or vanilla (taming's vanilla_d_loss, the GAN of eq. 3)")
 parser.add_argument('--disc_weight', type=checked(float, lo=0), default=0.5, help='weight of the adversarial loss (times the adaptive weight)')
-parser.add_argument('--disc_start', type=checked(int, lo=0), default=None, help='step at which the discriminator and adversarial loss switch on; default: 0 when fine-tuning (--init_from, as the paper and EQ-VAE), else 50001 (LDM)')
+parser.add_argument('--disc_start', type=checked(int, lo=0), default=None, help='step at which the adversarial loss switches on; none: 0 when fine-tuning (--init_from), else 50001 (LDM)')
 parser.add_argument('--disc_lr', type=checked(float, lo=0, lo_open=True), default=None, help='discriminator learning rate; default: --lr')
 parser.add_argument('--se_weight', type=checked(float, lo=0), default=0.0, help='scale-equivariance loss weight (paper: 0.25); 0 = baseline')
 parser.add_argument('--se_scales', type=int_list(2), default='2,4', help="SE's downsampling factors, one drawn uniformly per step (the authors' scale_factors 0.5, 0.25 are 2, 4 here)")
@@ -81,7 +80,7 @@ parser.add_argument('--ch_mult', type=int_list(1), default=None, help="width of 
 parser.add_argument('--attn_resolutions', type=int_list(1), default=None, help="CompVis': attention in the levels whose feature size at --image_size is listed ('' none); default: the preset's")
 parser.add_argument('--n_embed', type=checked(int, lo=2), default=None, help="VQ codebook size; default: the preset's")
 parser.add_argument('--se_down', type=str, default='bilinear', choices=SE_DOWNSAMPLING,
-                    help="how SE shrinks x and z: 'bilinear' the authors' default (align_corners=True, no antialiasing), 'mean' their s x s average, 'antialiased' ours (not the paper's)")
+                    help="how SE shrinks x and z: the authors' 'bilinear' (align_corners, no antialiasing) or 'mean'; 'antialiased' is ours")
 parser.add_argument('--se_mode', type=str, default='downsample', choices=['downsample', 'dct_cut'], help="SE by downsampling (the paper) or by the authors' DCT cut of high frequencies from z and x (--se_max_cut)")
 parser.add_argument('--se_max_cut', type=checked(float, lo=0, hi=1, lo_open=True), default=0.5, help='dct_cut: the share of each tile\'s DCT coefficients cut is drawn uniformly in [0, this] every step')
 parser.add_argument('--se_ignore_lpips', action='store_true', help="leave LPIPS off the SE term (L1 only), as the authors' ignore_lpips")

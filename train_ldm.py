@@ -61,21 +61,21 @@ import functools
 import contextlib
 from copy import deepcopy
 
-from cli import (DEGRADATIONS, DIFFUSION_LOSSES, FLOW_PREDICTIONS, MASK_KINDS, SCHEDULE_BETAS, SCHEDULES, TASKS,
+from cli import (HelpFormatter, DEGRADATIONS, DIFFUSION_LOSSES, FLOW_PREDICTIONS, MASK_KINDS, SCHEDULE_BETAS, SCHEDULES, TASKS,
                  TIME_SAMPLINGS, add_common_args, checked, cuda_visible, set_cpu_threads, stop_on_signals, unit_interval)
 
 # -----------------------------------------------------------------------------
 # config, read before torch is imported, so that --help and a mistyped flag answer at once
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
 add_common_args(parser, out_dir='out/ldm', lr=1e-4, preset='tiny', batch_size=32, max_steps=5000, eval_interval=500,
                 ckpt_interval=2500)
 parser.add_argument('--ae', type=str, default='out/ae/ckpt.pt', help="the frozen autoencoder: a train_ae.py checkpoint or public weights; 'none' diffuses pixels (LDM-1)")
 parser.add_argument('--ae_preset', type=str, default=None, help="architecture of public --ae weights ('sd', 'flux', CompVis' 'vq-f4', 'kl-f16', ...); not for our checkpoints")
-parser.add_argument('--model', type=str, default=None, choices=['unet', 'dit'], help='the denoiser backbone; --preset picks its size (unet: tiny, ldm-32, ldm-64 or an LDM config, e.g. ldm-4, cin256-v2; dit: tiny, DiT-S/2 ... DiT-XL/8); default: unet for images, dit for video (the only video backbone)')
-parser.add_argument('--objective', type=str, default='eps', choices=['eps', 'v', 'flow'], help="DDPM with eps- or v-prediction (diffusion.Diffusion), or rectified flow (diffusion.Flow: x_t = (1 - t) x0 + t eps, SiT's and SD3's)")
-parser.add_argument('--schedule', type=str, default=None, choices=SCHEDULES, help="DDPM's noise schedule (diffusion.beta_schedule); default: the backbone paper's (unet: ldm_linear as LDM, dit: linear as DiT); scaled_linear is Stable Diffusion's")
+parser.add_argument('--model', type=str, default=None, choices=['unet', 'dit'], help='the denoiser backbone, sized by --preset (unet: tiny, ldm-64, ldm-4, cin256-v2, ...; dit: tiny, DiT-S/2 ...)')
+parser.add_argument('--objective', type=str, default='eps', choices=['eps', 'v', 'flow'], help="DDPM with eps- or v-prediction (diffusion.Diffusion), or rectified flow (diffusion.Flow, SiT's and SD3's)")
+parser.add_argument('--schedule', type=str, default=None, choices=SCHEDULES, help="DDPM's noise schedule (none: the backbone paper's, unet ldm_linear, dit linear); scaled_linear is SD's")
 parser.add_argument('--beta_start', type=checked(float, lo=0, hi=1, lo_open=True, hi_open=True), default=None, help="DDPM's beta_1, CompVis' linear_start (0.0015 in LDM's bsr_sr, inpainting, layout, semantic); default: the --schedule's")
 parser.add_argument('--beta_end', type=checked(float, lo=0, hi=1, lo_open=True, hi_open=True), default=None, help="DDPM's beta_T, CompVis' linear_end (0.0155 LDM's bsr_sr; 0.0205 inpainting, layout, semantic); default: the --schedule's")
 parser.add_argument('--diffusion_loss', type=str, default='l2', choices=DIFFUSION_LOSSES, help="elementwise loss on eps, v or the flow's target: l2 (the default) or l1 (LDM's inpainting config, CompVis' loss_type)")
@@ -85,19 +85,19 @@ parser.add_argument('--prediction', type=str, default=None, choices=FLOW_PREDICT
 parser.add_argument('--time_sampling', type=str, default='uniform', choices=TIME_SAMPLINGS, help="flow: the density of training times, uniform (SiT) or logit_normal (SD3)")
 parser.add_argument('--logit_mean', type=checked(float), default=0.0, help="flow with logit_normal: SD3's location m")
 parser.add_argument('--logit_std', type=checked(float, lo=0, lo_open=True), default=1.0, help="flow with logit_normal: SD3's scale s")
-parser.add_argument('--time_shift', type=checked(float, lo=0, lo_open=True), default=1.0, help="flow: SD3's time shift s, t' = s t / (1 + (s - 1) t), in training and (from the checkpoint) in sampling; 1 = none, > 1 toward noise")
+parser.add_argument('--time_shift', type=checked(float, lo=0, lo_open=True), default=1.0, help="flow: SD3's time shift s, t' = s t / (1 + (s - 1) t), in training and sampling; 1 = none, > 1 toward noise")
 parser.add_argument('--class_dropout_prob', type=checked(float, lo=0, hi=1, hi_open=True), default=0.1, help='label dropout for classifier-free guidance (class-conditional data only)')
 parser.add_argument('--ema_decay', type=checked(float, lo=0, hi=1, hi_open=True), default=0.9999, help='EMA decay of the denoiser weights (samples use the EMA)')
 parser.add_argument('--ema_warmup', action='store_true', help='EMA decay min(ema_decay, (1 + n) / (10 + n)) at update n, for short runs (DiT has none)')
 parser.add_argument('--weight_decay', type=checked(float, lo=0), default=0.0, help='AdamW weight decay (DiT uses 0)')
 parser.add_argument('--latent_scale', type=checked(float, lo=0, lo_open=True), default=None, help='override the latent scale (default: 1/std of a random global batch, or the checkpoint\'s)')
 parser.add_argument('--latent_shift', type=checked(float), default=None, help='override the latent shift (default: mean of a random global batch, or the checkpoint\'s)')
-parser.add_argument('--latent_norm', type=str, default=None, choices=['scalar', 'channel'], help="scale_by_std with one mean and std over all latents, or per channel; default: scalar for images (LDM's), channel for video")
+parser.add_argument('--latent_norm', type=str, default=None, choices=['scalar', 'channel'], help='scale_by_std with one mean and std over all latents, or per channel (none: scalar for images, channel for video)')
 parser.add_argument('--cache_latents', type=str, default=None, help='folder for the encoded data set (made on first use, then reused)')
-parser.add_argument('--cache_size', type=checked(int, lo=1), default=None, help='with --cache_latents: encode a seeded random N of the images, or N random crops with --random_crop (required for the embedded dataset and for crops)')
+parser.add_argument('--cache_size', type=checked(int, lo=1), default=None, help='with --cache_latents: encode a seeded random N images, or N random crops (needed for endless data and crops)')
 parser.add_argument('--grad_checkpointing', action='store_true', help='DiT: recompute activations in the backward pass (less memory, larger batches)')
 parser.add_argument('--num_samples', type=checked(int, lo=1), default=16, help='images in the periodic sample grid (EMA model; DDIM, or Heun under flow)')
-parser.add_argument('--num_frames', type=checked(int, lo=1), default=1, help='frames per training clip (1 + 4k for the video AE presets); 1 = images. N > 1 trains the video DiT on the latents of a video autoencoder')
+parser.add_argument('--num_frames', type=checked(int, lo=1), default=1, help="frames per training clip (1 + 4k); 1 = images. N > 1 trains the video DiT on a video autoencoder's latents")
 parser.add_argument('--frame_stride', type=checked(int, lo=1), default=1, help='video: take every n-th frame of the source video')
 parser.add_argument('--task', type=str, default='none', choices=TASKS, help="conditioning.py: sr, inpaint, semantic concatenate to z_t; text, layout are tokens cross-attended to; default none")
 parser.add_argument('--sr_factor', type=checked(int, lo=2), default=4, help='--task sr: the upsampling factor, LR size = image_size / factor; default 4')

@@ -26,10 +26,10 @@ import subprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'bench'))
-from cli import add_device_arg  # noqa: E402
+from cli import HelpFormatter, add_device_arg  # noqa: E402
 
 # the command line is read before torch is imported, so that --help and a mistyped flag answer at once
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
 parser.add_argument('--presets', default='tiny', help='comma-separated autoencoder presets to measure (model.AE_PRESETS)')
 parser.add_argument('--image_size', type=int, default=64, help='image resolution in pixels')

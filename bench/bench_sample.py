@@ -17,10 +17,10 @@ import argparse
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'bench'))
-from cli import add_device_arg  # noqa: E402
+from cli import HelpFormatter, add_device_arg  # noqa: E402
 
 # the command line is read before torch is imported, so that --help and a mistyped flag answer at once
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
 parser.add_argument('--preset', default='DiT-S/2', help='the DiT preset to sample with (random weights)')
 parser.add_argument('--latent_size', type=int, default=None, help='latent h = w (default: 32 on GPUs, 8 on CPU)')

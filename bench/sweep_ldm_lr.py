@@ -22,8 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from cli import HelpFormatter  # noqa: E402
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
 parser.add_argument('--ae', required=True, help='the autoencoder whose latents the LDMs train on')
 parser.add_argument('--heldout', required=True, help='held-out images (a folder) or clips (an .npz of uint8 clips)')
