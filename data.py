@@ -14,7 +14,7 @@ reproducible; a plain `i` gives the un-augmented image.
   Rendered at 4x and box-downsampled (antialiasing), with smooth shading and a little sensor noise per shape.
 - ImageFolder: a folder searched recursively (jpg, jpeg, png, webp, bmp). Class ids come from the first-level
   subfolders when every image sits in one (ImageNet's train folder works as is); otherwise the set is unlabelled.
-- Video (train_ae.py --num_frames N): clips x (3, N, H, W). MovingDeadLeaves, the embedded default (shapes of the
+- Video (train_ae.py --num_frames N): clips x (3, N, H, W). DeadLeaves(num_frames=N), the embedded default (shapes of the
   still set moving over a panning dead-leaves background), and VideoFolder, videos decoded with PyAV (read_clip seeks
   to the clip instead of decoding the whole file; bad videos are counted skips).
 - LatentCache: a data set encoded once by a frozen autoencoder (train_ldm.py --cache_latents), float16, stored in a
@@ -189,15 +189,18 @@ def _hsv_to_rgb(h, s, v):
 
 
 class DeadLeaves(torch.utils.data.Dataset):
-    """Unlimited, deterministic per (seed, index). The held-out stream (train=False) uses a disjoint seed.
+    """The embedded data set: unlimited, deterministic per (seed, index); the held-out stream (train=False) uses a
+    disjoint seed. Images (3, H, W), or with num_frames > 1 clips of moving dead leaves (3, T, H, W).
     segmentation=True: items are {'image', 'segmentation' (H, W) int64, ids of SHAPE_KINDS}, for semantic synthesis;
     annotation 'caption' | 'layout': {'image', 'caption'} or {'image', 'boxes' (max_objects, 5)}, from the scene."""
     infinite = True
     num_classes = 0
     layout_classes = LAYOUT_CLASSES
 
-    def __init__(self, image_size, seed=0, train=True, segmentation=False, annotation=None, max_objects=8):
-        self.image_size, self.segmentation = image_size, segmentation
+    def __init__(self, image_size, seed=0, train=True, num_frames=1, segmentation=False, annotation=None, max_objects=8):
+        if num_frames > 1 and (segmentation or annotation):
+            raise ValueError("the moving dead leaves (num_frames > 1) have no label maps, captions or layouts.")
+        self.image_size, self.num_frames, self.segmentation = image_size, num_frames, segmentation
         self.num_labels = len(SHAPE_KINDS)
         self.annotation, self.max_objects = annotation, max_objects
         self.seed = seed if train else seed + 1_000_000_007
@@ -210,6 +213,9 @@ class DeadLeaves(torch.utils.data.Dataset):
 
     def load(self, item):
         i, _ = _split_item(item)
+        if self.num_frames > 1:
+            clip = moving_dead_leaves(self.seed, i, self.image_size, self.num_frames)
+            return torch.from_numpy(clip).permute(3, 0, 1, 2) * 2 - 1, 0, 0  # (3, T, H, W)
         if self.segmentation:
             img, seg = dead_leaves(self.seed, i, self.image_size, segmentation=True)
             return {'image': torch.from_numpy(img).permute(2, 0, 1) * 2 - 1, 'segmentation': torch.from_numpy(seg)}, 0, 0
@@ -539,7 +545,7 @@ def random_subset(dataset, n, seed):
 def make_dataset(data, image_size, seed=0, train=True, random_crop=False, num_frames=1, frame_stride=1,
                  segmentation=False, annotation=None, max_objects=8):
     """The data set of every script: images (num_frames 1) or clips of num_frames frames, frame_stride apart. data=None
-    -> the embedded DeadLeaves (MovingDeadLeaves) stream; else an ImageFolder (VideoFolder) (evaluation: no flips).
+    -> the embedded DeadLeaves stream (of clips with num_frames > 1); else an ImageFolder (VideoFolder) (evaluation: no flips).
     segmentation=True: images with their label maps (DeadLeaves' shape kinds, or a LabelledFolder). annotation
     'caption' | 'layout': items are {'image', 'caption' or 'boxes' (max_objects, 5)} (images only)."""
     if segmentation:
@@ -547,7 +553,7 @@ def make_dataset(data, image_size, seed=0, train=True, random_crop=False, num_fr
                 else LabelledFolder(data, image_size, flip=train))
     if num_frames > 1:
         if data is None:
-            return MovingDeadLeaves(image_size, num_frames, seed=seed, train=train)
+            return DeadLeaves(image_size, seed=seed, train=train, num_frames=num_frames)
         return VideoFolder(data, image_size, num_frames, frame_stride, train=train, random_crop=random_crop)
     if data is None:
         return DeadLeaves(image_size, seed=seed, train=train, annotation=annotation, max_objects=max_objects)
@@ -621,27 +627,6 @@ def moving_dead_leaves(seed, index, size, num_frames, supersample=4, n_shapes=48
         clip[t] = img.reshape(size, supersample, size, supersample, 3).mean(axis=(1, 3))
     clip += rng.normal(0, 0.01, clip.shape).astype(np.float32)  # sensor noise, new in every frame
     return np.clip(clip, 0, 1)
-
-
-class MovingDeadLeaves(torch.utils.data.Dataset):
-    """The embedded video set: unlimited, deterministic per (seed, index); held out (train=False) on a disjoint seed."""
-    infinite = True
-    num_classes = 0
-
-    def __init__(self, image_size, num_frames, seed=0, train=True):
-        self.image_size, self.num_frames = image_size, num_frames
-        self.seed = seed if train else seed + 1_000_000_007
-
-    def __len__(self):
-        return 2 ** 31 - 1
-
-    def __getitem__(self, item):
-        return self.load(item)[:2]
-
-    def load(self, item):
-        i, _ = _split_item(item)
-        clip = moving_dead_leaves(self.seed, i, self.image_size, self.num_frames)
-        return torch.from_numpy(clip).permute(3, 0, 1, 2) * 2 - 1, 0, 0  # (3, T, H, W)
 
 
 class BadVideo(ValueError):

@@ -564,9 +564,9 @@ def materialise_clips(out):
     if not clear_unless_matching(out, settings):
         import numpy as np
         import torch
-        from data import MovingDeadLeaves
+        from data import DeadLeaves
         from metrics import to_uint8
-        held = MovingDeadLeaves(sizes['image_size'], args.num_frames, train=False)
+        held = DeadLeaves(sizes['image_size'], train=False, num_frames=args.num_frames)
         os.makedirs(out, exist_ok=True)
         for k, name in enumerate(('heldout', 'heldout2')):
             clips = torch.stack([held[i][0] for i in range(k * n, (k + 1) * n)])  # (n, 3, T, H, W)

@@ -181,7 +181,7 @@ def test_latent_cache_is_float16_in_random_order_keyed_on_its_inputs_and_read_in
 
 def test_video_latent_cache_holds_each_clip_and_its_mirror_clip(tmp_path):
     import data
-    clips = data.MovingDeadLeaves(8, 5, seed=0)
+    clips = data.DeadLeaves(8, seed=0, num_frames=5)
     encode = lambda x: torch.nn.functional.avg_pool3d(x, (1, 2, 2)) * 3  # noqa: E731  (B, 3, T, 8, 8) -> (B, 3, T, 4, 4)
     cache = data.build_latent_cache(tmp_path / 'c', clips, encode, (3, 5, 4, 4), {'cache_size': 4}, 4, 3, CPU, seed=0,
                                     random_crop=False, num_workers=0)

@@ -109,7 +109,7 @@ def test_video_smoke_run_fine_tunes_three_arms_and_probes_them_on_held_out_clips
     """--num_frames: the control, spatial SE and spatial + temporal SE arms of one baseline, each measured by the
     spatial and temporal spectra, a video DiT on its latents probed on held-out clips, and samples scored by the video
     SWD; the held-out clips come from the embedded held-out stream, which training never reads."""
-    from data import MovingDeadLeaves
+    from data import DeadLeaves
     run('reproduce.py', '--smoke', '--num_frames', 9, '--seeds', 1, '--out_dir', tmp_path, timeout=1800)
     report = json.loads((tmp_path / 'report.json').read_text())
     aes, ldm = report['autoencoders'], report['ldm']['eps']
@@ -127,7 +127,7 @@ def test_video_smoke_run_fine_tunes_three_arms_and_probes_them_on_held_out_clips
         assert 'video_swd' in ldm[arm][0]['samples'] and (tmp_path / ldm[arm][0]['grid']).stat().st_size > 0
     with np.load(tmp_path / 'data' / 'heldout.npz') as f:
         clips = f['arr_0']
-    held = MovingDeadLeaves(32, 9, train=False)
+    held = DeadLeaves(32, train=False, num_frames=9)
     assert clips.shape == (4, 9, 32, 32, 3)
     assert np.array_equal(clips[1], ((held[1][0] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy())
     # the probe on clips is the video LDM's own loss on their latents (normalised per channel), with the same noise

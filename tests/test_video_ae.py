@@ -109,10 +109,10 @@ def test_spectrum_cli_on_a_video_autoencoder(tmp_path):
     assert len(r['ae']['spatial_hf_share_per_frame']) == 3 and len(r['ae']['temporal_spectrum']) == 2  # 9 -> 3 frames
     assert len(r['RGB full']['temporal_spectrum']) == 8 and 0 < r['RGB full']['temporal_hf_ratio'] < 1
     # every number is what its definition gives on the same held-out clips, recomputed here from the checkpoint
-    from data import MovingDeadLeaves
+    from data import DeadLeaves
     from model import to_frames
     from weights import load_autoencoder
-    clips = torch.stack([MovingDeadLeaves(32, 9, seed=0, train=False)[i][0] for i in range(2)])  # (2, 3, 9, 32, 32)
+    clips = torch.stack([DeadLeaves(32, seed=0, train=False, num_frames=9)[i][0] for i in range(2)])  # (2, 3, 9, 32, 32)
     with torch.no_grad():
         ae = load_autoencoder(str(tmp_path / 'ckpt.pt'), video=True)
         z, _ = ae.encode(clips, sample=False)  # (2, 16, 3, 8, 8)
@@ -150,15 +150,14 @@ def test_train_ae_and_spectrum_measure_bicubic_on_clips_by_the_one_definition(tm
     """train_ae.py's val_psnr_bicubic and spectrum.py's bicubic_psnr are the same number on the same clips: each clip's
     mean frame PSNR of metrics.bicubic_at_latent_grid, averaged over clips (whatever the batch split)."""
     import spectrum
-    import spectral
-    from data import MovingDeadLeaves, random_subset
+    from data import DeadLeaves, random_subset
     from metrics import bicubic_at_latent_grid, psnr
     from tests.helpers import read_log, run
     from video_model import VIDEO_AE_PRESETS, VideoAutoencoder
     run('train_ae.py', '--num_frames', 9, '--image_size', 32, '--max_steps', 1, '--num_eval', 3, '--eval_interval', 1,
         '--batch_size', 1, '--num_workers', 0, '--lpips_weight', 0, '--disc_weight', 0, '--out_dir', tmp_path)
     logged = [r for r in read_log(tmp_path) if 'val_psnr_bicubic' in r][-1]['val_psnr_bicubic']
-    held = MovingDeadLeaves(32, 9, seed=0, train=False)
+    held = DeadLeaves(32, seed=0, train=False, num_frames=9)
     x = torch.stack([held[i][0] for i in random_subset(held, 3, 0)])
     frames = torch.stack([psnr(bicubic_at_latent_grid(x[:, :, t], 4), x[:, :, t]) for t in range(9)], 1)
     assert logged == pytest.approx(frames.mean().item(), abs=1e-5)
