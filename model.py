@@ -29,7 +29,8 @@ import torch.utils.checkpoint
 # weights load unchanged; diffusers' AutoencoderKL layout is renamed on load (weights.load_ae_state_dict).
 
 @dataclass
-class AEConfig:
+class ConvAEConfig:
+    """The widths of a conv autoencoder, the image one here and the causal 3D one of video_model.VideoAEConfig."""
     in_channels: int = 3
     out_ch: int = 3
     ch: int = 128                  # base width: level i has ch * ch_mult[i] channels
@@ -37,15 +38,18 @@ class AEConfig:
     num_res_blocks: int = 2        # ResnetBlocks per encoder level (the decoder has one more per level)
     z_channels: int = 4
     use_quant_conv: bool = True    # 1x1 convs on either side of the latent (SD has them, FLUX.1 does not)
+    dropout: float = 0.0           # inside every ResnetBlock (0 in all public first stages)
+    norm_groups: int = 32          # GroupNorm groups (LDM: 32); narrow presets use fewer, see group_norm
+
+
+@dataclass
+class AEConfig(ConvAEConfig):
     regularizer: str = 'kl'        # 'kl': diagonal Gaussian posterior (KL-reg) | 'vq': vector quantiser (VQ-reg)
     n_embed: int = 8192            # VQ codebook size
     vq_beta: float = 0.25          # VQ commitment weight beta
-    dropout: float = 0.0           # inside every ResnetBlock (0 in all public first stages)
-    norm_groups: int = 32          # GroupNorm groups (LDM: 32); narrow presets use fewer, see group_norm
     attn_resolutions: tuple = ()   # CompVis': an AttnBlock after every ResnetBlock of the levels of these feature sizes
     resolution: int = 256          # CompVis' ddconfig resolution: the image size attn_resolutions count from
     attn_type: str = 'vanilla'     # CompVis': 'none' drops every AttnBlock, the mid-block's too (vq-f4-noattn)
-
 
 AE_PRESETS = {
     # f4, 0.95M parameters: CPU tests and smoke runs

@@ -103,8 +103,8 @@ def test_spectrum_cli_on_a_video_autoencoder(tmp_path):
     torch.save({'model': VideoAutoencoder(cfg).state_dict(), 'config': {'preset': 'tiny', 'ae_config': asdict(cfg)}},
                tmp_path / 'ckpt.pt')
     spectrum.main(['--ckpt', str(tmp_path / 'ckpt.pt'), '--label', 'ae', '--num_frames', '9', '--image_size', '32',
-                   '--num_images', '2', '--batch_size', '2', '--device', 'cpu', '--out_dir', str(tmp_path)])
-    r = json.load(open(tmp_path / 'spectrum_video.json'))['video']
+                   '--num_images', '2', '--batch_size', '2', '--device', 'cpu', '--out_dir', str(tmp_path / 'out')])
+    r = json.load(open(tmp_path / 'out' / 'spectrum_video.json'))['video']
     assert set(r) == {'ae', 'RGB for ae', 'RGB full'}
     assert len(r['ae']['spatial_hf_share_per_frame']) == 3 and len(r['ae']['temporal_spectrum']) == 2  # 9 -> 3 frames
     assert len(r['RGB full']['temporal_spectrum']) == 8 and 0 < r['RGB full']['temporal_hf_ratio'] < 1
