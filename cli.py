@@ -92,7 +92,7 @@ def checked(kind, lo=None, hi=None, lo_open=False, hi_open=False):
 
 
 def unit_interval(text):
-    """An argparse type: 'lo,hi' with 0 <= lo <= hi <= 1 -> (lo, hi), such as a share of an image's area."""
+    """An argparse type: 'lo,hi' with 0 <= lo <= hi <= 1 -> (lo, hi): a share of an image's area, an interval of times."""
     try:
         lo, hi = (float(v) for v in text.split(','))
     except ValueError:

@@ -41,7 +41,7 @@ import glob
 import argparse
 import functools
 
-from cli import HelpFormatter, SPACINGS, TASKS, add_device_arg, checked, set_cpu_threads, stop_on_signals
+from cli import HelpFormatter, SPACINGS, TASKS, add_device_arg, checked, set_cpu_threads, stop_on_signals, unit_interval
 
 # -----------------------------------------------------------------------------
 # config, read before torch is imported, so that --help and a mistyped flag answer at once
@@ -49,17 +49,6 @@ from cli import HelpFormatter, SPACINGS, TASKS, add_device_arg, checked, set_cpu
 DDPM_SAMPLERS, FLOW_SAMPLERS = ('ddpm', 'ddim', 'plms'), ('euler', 'heun', 'sde')
 DEFAULT_STEPS = {'ddim': 50, 'ddpm': 250, 'plms': 50, 'euler': 50, 'heun': 50, 'sde': 250}  # Heun 50: 99 evaluations
 DEFAULT_SPACING = {'ddim': 'ddim', 'ddpm': 'even', 'plms': 'ldm'}  # ADM's for its samplers, LDM's for PLMS
-
-
-def time_interval(text):
-    """An argparse type: 'lo,hi' with 0 <= lo <= hi <= 1 -> (lo, hi)."""
-    try:
-        lo, hi = (float(v) for v in text.split(','))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two comma-separated times such as '0,0.7', got '{text}'")
-    if not 0 <= lo <= hi <= 1:
-        raise argparse.ArgumentTypeError(f"must be lo,hi with 0 <= lo <= hi <= 1, got '{text}'")
-    return lo, hi
 
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
@@ -77,7 +66,7 @@ parser.add_argument('--steps', type=checked(int, lo=1, hi=1000), default=None, h
 parser.add_argument('--spacing', type=str, default=None, choices=SPACINGS, help="DDPM timesteps: ADM's 'even' or 'ddim' (0, 20, ..), LDM's 'ldm' (1, 21, ..); none: ddim, ddpm even, plms ldm")
 parser.add_argument('--eta', type=checked(float, lo=0, hi=1), default=None, help='DDIM noise: 0 deterministic (the default), 1 ancestral-like (ddim only)')
 parser.add_argument('--cfg_scale', type=checked(float, lo=0), default=1.0, help='classifier-free guidance scale s; 1 = plain conditional sampling')
-parser.add_argument('--cfg_interval', type=time_interval, default=None, help='guide only at flow times t in [lo, hi] (0 data, 1 noise; DDPM: the flow time of equal noise); none: all')
+parser.add_argument('--cfg_interval', type=unit_interval, default=None, help='guide only at flow times t in [lo, hi] (0 data, 1 noise; DDPM: the flow time of equal noise); none: all')
 parser.add_argument('--cfg_channels', type=checked(int, lo=1), default=None, help="guide only the first N latent channels (DiT's sampler guides 3 of 4, for its published FIDs); none: all")
 parser.add_argument('--classes', type=str, default=None, help='comma-separated class ids to draw labels from; default: all classes')
 parser.add_argument('--labels', type=str, default=None, choices=['random', 'balanced'], help="class labels: 'random' uniform, as DiT's FID-50K protocol, or 'balanced' equal counts per class, as REPA-E")

@@ -32,11 +32,6 @@ einops.reduce pattern keeps every frame, so it shrinks no time; ours does). --se
 default to --image_size 32 --batch_size 1 --max_steps 200 --lr 0.0002 --se_scales 2 --out_dir out/video_ae
 --eval_interval 100 --ckpt_interval 100 (VIDEO_DEFAULTS), sized for two CPU cores.
 
-Shared flags (cli.add_common_args) and their defaults in this script:
-  --data (embedded dead leaves)  --image_size 64  --batch_size 16  --grad_accum 1  --max_steps 2000  --lr 0.0001
-  --out_dir out/ae  --preset tiny  --seed 0  --device auto  --dtype auto  --num_workers 2
-  --log_interval 10  --eval_interval 250  --ckpt_interval 250
-  switches: --random_crop  --compile  --resume  --allow_changes  --overwrite  --tensorboard  --init_from PATH
 """
 import os
 import sys

@@ -46,11 +46,6 @@ embedded boxes, or a layout.jsonl. A DiT has no cross-attention, so text and lay
 
   python train_ldm.py --task text --ae assets/baseline_mini.safetensors --image_size 32 --out_dir out/ldm_text
 
-Shared flags (cli.add_common_args) and their defaults in this script:
-  --data (embedded dead leaves)  --image_size 64  --batch_size 32  --grad_accum 1  --max_steps 5000  --lr 0.0001
-  --out_dir out/ldm  --preset tiny  --seed 0  --device auto  --dtype auto  --num_workers 2
-  --log_interval 10  --eval_interval 500  --ckpt_interval 2500
-  switches: --random_crop  --compile  --resume  --allow_changes  --overwrite  --tensorboard  --init_from PATH
 """
 import os
 import sys
