@@ -5,6 +5,7 @@ The choices a flag offers are defined here, once, and the modules that implement
 in this file may import torch, numpy or a project module that does (tests/test_help.py checks it).
 """
 import os
+import sys
 import time
 import argparse
 
@@ -35,6 +36,21 @@ VIDEO_DEFAULTS = dict(out_dir='out/video_ae', image_size=32, batch_size=1, max_s
 def die(message):
     """A user error: one sentence, no traceback."""
     raise SystemExit(f"error: {message}")
+
+STOPPED = "what was written before is kept (a training run continues from its last checkpoint with --resume)"
+
+
+def stop_on_signals():
+    """Ctrl-C (SIGINT) and SIGTERM end the script with one line, not a KeyboardInterrupt's traceback: the signal
+    becomes a SystemExit in the main thread, so that its locks are released (atexit) and a checkpoint being written
+    on its thread is finished; writes are atomic, so what was saved before stays. Exit status 128 + the signal."""
+    import signal
+
+    def stop(signum, frame):
+        print(f"stopped by {signal.Signals(signum).name}; {STOPPED}.", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
 
 # -----------------------------------------------------------------------------
 # argparse types and the shared flags

@@ -9,6 +9,8 @@ import os
 import sys
 import json
 import time
+import errno
+import shutil
 import random
 import hashlib
 import threading
@@ -138,6 +140,9 @@ def resume_run(ckpt, run_config, allow_changes, dist, out_dir, states, lrs=None,
             except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
                 die(f"the {key!r} state in {os.path.join(out_dir, 'ckpt.pt')} does not fit this run "
                     f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); resume with the flags it was trained with.")
+    if not all_finite(state_tensors(*states.values())):
+        die(f"{os.path.join(out_dir, 'ckpt.pt')} holds weights or optimizer state that are not finite (NaN or inf): "
+            f"its run diverged, so it cannot be resumed; start again (with a lower --lr) or resume an earlier run.")
     for key, lr in (lrs or {}).items():
         for group in states[key].param_groups:
             group['lr'] = lr
@@ -247,21 +252,66 @@ def note_non_finite(first_bad_step, loss, step):
                        torch.full_like(first_bad_step, step))
 
 
-def stop_if_non_finite(first_bad_step, ckpt_path, dist, progress=None):
+def stop_if_non_finite(first_bad_step, ckpt_path, dist, progress=None, saved_step=None):
     """One host sync, before every checkpoint and log line: a NaN/inf loss since the last check ends the run before
-    anything is written, so the last checkpoint stays good. The minimum over ranks, so every rank stops together."""
+    anything is written, so the last checkpoint (of saved_step) stays good. The minimum over ranks, so every rank stops
+    together."""
     if dist.ddp:
         first_bad_step = first_bad_step.clone()
         torch_dist.all_reduce(first_bad_step, op=torch_dist.ReduceOp.MIN)
     if torch.isfinite(first_bad_step):
-        if progress is not None:
-            progress.close()
-        cleanup_distributed()
-        if os.path.exists(ckpt_path):
-            die(f"the loss became non-finite at step {int(first_bad_step)}; nothing was saved after it, so "
-                f"{ckpt_path} holds the last checkpoint before it (lower --lr, or try --dtype float32, then --resume).")
-        die(f"the loss became non-finite at step {int(first_bad_step)}, before any checkpoint was written, so there "
-            f"is nothing to resume (lower --lr, or try --dtype float32, and start again).")
+        _stop(f"the loss became non-finite at step {int(first_bad_step)}", ckpt_path, saved_step, dist, progress)
+
+
+def state_tensors(*objects):
+    """The tensors of modules (parameters and buffers) and optimizers (their per-parameter state: Adam's moments)."""
+    out = []
+    for obj in objects:
+        if isinstance(obj, torch.nn.Module):
+            out += [*obj.parameters(), *obj.buffers()]
+        elif isinstance(obj, torch.optim.Optimizer):
+            out += [v for state in obj.state.values() for v in state.values() if torch.is_tensor(v)]
+    return out
+
+
+@torch.no_grad()
+def all_finite(tensors, bucket=2 ** 26):
+    """Whether no float tensor of `tensors` holds a NaN or inf: one torch.isfinite over their flat views laid end to
+    end, a bucket of at most `bucket` elements (256 MB in float32) at a time so that the copy stays small."""
+    flags, chunk, n = [], {}, {}
+    for t in tensors:
+        if t.is_floating_point() and t.numel():
+            key = (t.device, t.dtype)
+            chunk.setdefault(key, []).append(t.detach().reshape(-1))
+            n[key] = n.get(key, 0) + t.numel()
+            if n[key] >= bucket:
+                flags.append(torch.isfinite(torch.cat(chunk.pop(key))).all())
+                n[key] = 0
+    flags += [torch.isfinite(torch.cat(views)).all() for views in chunk.values()]
+    return all(bool(f) for f in flags)
+
+
+def stop_if_weights_non_finite(objects, step, ckpt_path, saved_step, dist, progress=None):
+    """Before every checkpoint (and so at the end of a run): weights or optimizer state that are not finite after the
+    update of `step` end the run before they are saved, so the checkpoint on disk (of saved_step) stays a finite one.
+    A loss computed before the update cannot see this: lr 1e10 makes the weights infinite in the step's own update."""
+    finite = torch.tensor(float(all_finite(state_tensors(*objects))), device=dist.device)
+    if dist.ddp:
+        torch_dist.all_reduce(finite, op=torch_dist.ReduceOp.MIN)
+    if not finite.item():
+        _stop(f"the weights or the optimizer state became non-finite (NaN or inf) at step {step}", ckpt_path,
+              saved_step, dist, progress)
+
+
+def _stop(what, ckpt_path, saved_step, dist, progress):
+    if progress is not None:
+        progress.close()
+    cleanup_distributed()
+    if saved_step is not None:
+        die(f"{what}; nothing was saved after it, so {ckpt_path} holds the last checkpoint before it (step "
+            f"{saved_step}, finite and untouched; lower --lr, or try --dtype float32, then --resume).")
+    die(f"{what}, before any checkpoint was written, so there is nothing to resume (lower --lr, or try --dtype "
+        f"float32, and start again).")
 
 
 def rank_checksum_diff(model, dist):
@@ -333,7 +383,12 @@ def save_checkpoint(obj, path):
     try:
         with no_space_is_an_error(os.path.dirname(os.path.abspath(path)), _nbytes(obj)):
             with open(tmp, 'wb') as f:
-                torch.save(obj, f)
+                try:
+                    torch.save(obj, f)
+                except RuntimeError as e:  # torch's zip writer reports a full disk as 'unexpected pos', not ENOSPC
+                    if shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free >= _nbytes(obj):
+                        raise
+                    raise OSError(errno.ENOSPC, 'No space left on device') from e
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)

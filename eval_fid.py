@@ -35,7 +35,8 @@ import sys
 import json
 import argparse
 
-from cli import FID_WEIGHTS_FILE, I3D_WEIGHTS_FILE, I3D_WEIGHTS_URL, add_device_arg, checked, set_cpu_threads
+from cli import (FID_WEIGHTS_FILE, I3D_WEIGHTS_FILE, I3D_WEIGHTS_URL, add_device_arg, checked, set_cpu_threads,
+                 stop_on_signals)
 
 
 def parse_args(argv=None):
@@ -66,6 +67,7 @@ def parse_args(argv=None):
 
 if __name__ == '__main__':  # before torch is imported: --help and a mistyped flag answer at once, and the threads hold
     set_cpu_threads(reserve=parse_args().num_workers)  # the decoding workers keep their own cores busy
+    stop_on_signals()
 
 import numpy as np
 import torch

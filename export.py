@@ -22,7 +22,7 @@ import os
 import json
 import argparse
 
-from cli import checked
+from cli import checked, stop_on_signals
 
 FORMATS = {'diffusers': "diffusers' AutoencoderKL", 'flux': "FLUX.1's ae.safetensors",
            'cogvideox': "CogVideoX's VAE (diffusers' AutoencoderKLCogVideoX)"}
@@ -44,6 +44,7 @@ def parse_args(argv=None):
 
 if __name__ == '__main__':
     parse_args()  # before torch is imported, so that --help and a mistyped flag answer at once
+    stop_on_signals()
 
 from safetensors.torch import save_file
 

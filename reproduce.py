@@ -39,6 +39,7 @@ import json
 import time
 import shutil
 import re
+import signal
 import hashlib
 import argparse
 import platform
@@ -46,7 +47,8 @@ import threading
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
-from cli import add_device_arg
+from cli import add_device_arg, die
+from rundir import lock_folder, refuse_overlap
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 ASSETS = os.path.join(ROOT, 'assets')
@@ -185,12 +187,19 @@ def check_args(args):
     for flag in ('data', 'val_data'):
         if getattr(args, flag) is not None and not os.path.isdir(getattr(args, flag)):
             problems.append(f"--{flag} {getattr(args, flag)} is not a folder")
+    if args.data and args.val_data:  # held-out images must not train: the same folder, or one inside the other
+        a, b = os.path.realpath(args.data), os.path.realpath(args.val_data)
+        if a == b or b.startswith(a + os.sep) or a.startswith(b + os.sep):
+            problems.append(f"--val_data {args.val_data} {'is' if a == b else 'overlaps'} --data {args.data}: held-out "
+                            f"images would be training images; pass a folder apart from --data")
     baseline = args.baseline or BASELINE[kind_of(args.num_frames)]
     if not args.pretrain and not os.path.isfile(baseline) and not args.smoke:
         problems.append(f"the baseline autoencoder {baseline} does not exist; make it with python reproduce.py "
                         f"--pretrain, or pass one with --baseline")
     if problems:
         sys.exit(f"error: {problems[0]}." + (f" ({len(problems) - 1} more problem(s).)" if len(problems) > 1 else ''))
+    refuse_overlap(args.out_dir, '--out_dir', [(args.data, '--data'), (args.val_data, '--val_data'),
+                                               (args.baseline, '--baseline')])
     figures = {'channels': args.channels or args.all, 'kl_sweep': args.kl_sweep or args.all,
                'se_sweep': args.se_sweep or args.all}
     return sizes, figures, objectives
@@ -304,7 +313,11 @@ def run(script, *script_args, log=None, units=None, first_step=0):
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
         start = f.tell()
-        p = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+        with children_lock:
+            if stopping:  # a signal came: no script starts after it
+                raise SystemExit(1)
+            p = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+            children.add(p)
     with open(log, 'rb') as reader:
         reader.seek(start)
         pending = ''
@@ -325,15 +338,43 @@ def run(script, *script_args, log=None, units=None, first_step=0):
             progress = f"{m.group(1)}/{m.group(2)}, {m.group(4)} left" if m else f"running for {time.time() - t0:.0f} s"
             display.status(label, f"{progress}; the whole run: about {minutes(work.left())} left")
             time.sleep(1)
+    children.discard(p)
     work.running.pop(label, None)
     display.remove(label)
     child_seconds[script] = child_seconds.get(script, 0.0) + time.time() - t0  # where the time went, by script
+    if stopping:  # ended by end_children, which says so
+        raise SystemExit(1)
     if p.returncode != 0:
         say(''.join(messages_of(log)[-60:]))
         sys.exit(f"error: {script} failed (exit {p.returncode}); its messages are above, and its whole output in {log}. "
                  f"Fix it and rerun: finished steps are reused.")
     work.finish(script, units)
     say(f"  {label} ... done in {time.time() - t0:.0f} s; the whole run: about {minutes(work.left())} left")
+
+
+children = set()  # the running child processes, each ended with this run (end_children)
+children_lock = threading.RLock()  # re-entrant: the signal handler runs in the main thread, which may hold it
+stopping = []  # the signal that stops this run, once one came
+
+
+def end_children(signum, frame):
+    """SIGINT or SIGTERM to this run: no script starts after it, every running one gets SIGTERM and ends in one line
+    keeping its last checkpoint (which the same command resumes from), and then this run ends, in one line."""
+    with children_lock:
+        stopping.append(signum)
+        running = list(children)
+    for p in running:
+        if p.poll() is None:
+            p.terminate()
+    for p in running:
+        try:
+            p.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    print(f"stopped by {signal.Signals(signum).name}: the {len(running)} running script(s) ended, each keeping its last "
+          f"checkpoint; the same command resumes.", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)
 
 
 def run_units(script, script_args):
@@ -354,8 +395,11 @@ def messages_of(log):
 
 def parallel(tasks):
     """Run the callables `tasks` (each runs its own scripts in order), `jobs` at a time; -> their results."""
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
         return [f.result() for f in [pool.submit(t) for t in tasks]]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # after a stop, the tasks not yet begun never begin
 
 
 def settings_file(out):
@@ -475,6 +519,7 @@ def materialise_data():
             held_files = list_files(args.val_data)[0] if args.val_data else \
                 [f for f in files if os.path.relpath(f, args.data) in held]
             train_files = files if args.val_data else [f for f in files if f not in set(held_files)]
+            refuse_shared_files(train_files, held_files)
             if len(held_files) < 2 or not train_files:
                 sys.exit(f"error: {args.data} splits into {len(train_files)} training and {len(held_files)} held-out "
                          f"files; it needs at least one and two. Add images, or pass --val_data.")
@@ -495,6 +540,20 @@ def materialise_data():
         record(out, settings)
     from data import list_files
     return folders, {k: len(list_files(v)[0]) for k, v in folders.items()}
+
+def refuse_shared_files(train_files, held_files):
+    """No held-out image may also train: a file of --val_data whose bytes equal a file of --data (a copy, under any
+    name) is an error. Only files of equal size are hashed."""
+    from data import file_sha256
+    by_size = {}
+    for f in train_files:
+        by_size.setdefault(os.path.getsize(f), []).append(f)
+    for f in held_files:
+        twins = [g for g in by_size.get(os.path.getsize(f), []) if file_sha256(g) == file_sha256(f)]
+        if twins:
+            die(f"{f} of --val_data is also a training image ({twins[0]} of --data holds the same bytes); held-out "
+                f"images must not train, so remove one of them.")
+
 
 def materialise_clips(out):
     """Video: out_dir/data/heldout.npz and heldout2.npz, uint8 clips (N, T, H, W, 3) as sample.py writes them, two
@@ -804,7 +863,9 @@ if __name__ == '__main__':
     jobs = args.jobs or (1 if args.nproc > 1 or (args.device != 'cpu' and torch.cuda.is_available()) else 2)
     if jobs > 1:
         torch.set_num_threads(1)  # the probe runs in this process beside the children: one thread each, as they have
-    os.makedirs(args.out_dir, exist_ok=True)
+    lock_folder(args.out_dir, '--out_dir')  # one run per folder, for the whole run; each child locks its own below
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, end_children)
     t0 = time.time()
     if args.pretrain:
         recipe = PRETRAIN[kind_of(args.num_frames)]

@@ -14,12 +14,12 @@ import contextlib
 
 from cli import die
 
+
 def check_run_dir(out_dir, resume, overwrite, inputs):
     """A training run's --out_dir, checked and locked before anything is built: it must be a folder this user can
-    write (check_output) apart from the `inputs` it reads ([(path or None, flag)]: refuse_overlap), no other run may be writing into it
-    (lock_folder, rank 0 for all ranks), a new run refuses to
-    mix its files with another run's (unless --overwrite), a resumed one needs its checkpoint. -> the checkpoint
-    path."""
+    write (check_output) apart from the `inputs` it reads ([(path or None, flag)]: refuse_overlap), no other run may be
+    writing into it (lock_folder, rank 0 for all ranks), a new run refuses to mix its files with another run's (unless
+    --overwrite), a resumed one needs its checkpoint. -> the checkpoint path."""
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
     if resume and overwrite:
         die("--resume continues the run in --out_dir and --overwrite replaces it; pass one of them.")
@@ -99,9 +99,9 @@ def check_output(path, flag, folder):
 
 
 def refuse_overlap(output, out_flag, inputs):
-    """An output that is one of the inputs (by path, link or hard link), lies inside an input folder, or is a folder that
-    holds an input file, would overwrite what the script reads, or put its files among the data (a preview PNG read as
-    a training image next time): refuse it. inputs: [(path or None, flag)], files and folders."""
+    """An output that is one of the inputs (by path, link or hard link), lies inside an input folder, or is a folder
+    that holds an input file, would overwrite what the script reads, or put its files among the data (a preview PNG
+    read as a training image next time): refuse it. inputs: [(path or None, flag)], files and folders."""
     out = os.path.realpath(output)
     for path, flag in inputs:
         if path is None:
@@ -189,6 +189,7 @@ def lock_file(path, flag):
 
 def _lock(path, folder, flag, name):
     """Take the lock file `path` that guards `folder` (name: the one output file it guards, or None for the folder)."""
+    target = os.path.join(folder, name) if name else folder  # what the messages name
     import socket
     if path in _held_locks:
         return False
@@ -200,11 +201,11 @@ def _lock(path, folder, flag, name):
         for _ in range(10):  # a lost race for a stale lock goes round again
             if _create_lock(path, text):
                 break
-            _take_over_if_stale(path, folder, flag)
+            _take_over_if_stale(path, target, flag)
         else:
-            die(f"{folder} could not be locked ({path} keeps changing); run again.")
+            die(f"{target} could not be locked ({path} keeps changing); run again.")
     except OSError as e:
-        die(f"{flag} {folder} cannot be written ({e.strerror.lower()}); choose another folder.")
+        die(f"{flag} {target} cannot be written ({e.strerror.lower()}); choose another path.")
     if not _held_locks:
         import atexit
         atexit.register(release_locks)
@@ -244,7 +245,7 @@ def _command_of(pid):
         return ''
 
 
-def _take_over_if_stale(path, folder, flag):
+def _take_over_if_stale(path, target, flag):
     """The lock at `path` is someone's: refuse, naming its process, host and command line, or remove it when its process
     no longer runs on this host (a pid that is this process's own, in a lock it does not hold, is also gone: the same
     pid running again)."""
@@ -261,14 +262,15 @@ def _take_over_if_stale(path, folder, flag):
     try:
         pid, host = int(text.split()[0]), text.split()[1]
     except (ValueError, IndexError):
-        die(f"{folder} is locked by {path}, which names no process; if no other run writes there, delete it.")
+        die(f"{target} is locked by {path}, which names no process; if no other run writes there, delete it.")
     locked_by = (text.strip().split(' ', 3)[3:] or ['a command not recorded'])[0]
     if host != socket.gethostname():
-        die(f"{flag} {folder} is in use by another run (process {pid} on {host}, which runs `{locked_by}`); wait for it "
-            f"to end or choose another folder (if that run is gone, delete {path}).")
+        die(f"{flag} {target} is in use by another run (process {pid} on {host}, which runs `{locked_by}`); wait for "
+            f"it to end or choose another path (if that run is gone, delete {path}).")
     if pid != os.getpid() and _pid_alive(pid):
-        die(f"{flag} {folder} is in use by another run (process {pid} on {host}, which runs `{_command_of(pid) or locked_by}`"
-            f"); wait for it to end or choose another folder (if process {pid} is no run of this project, delete {path}).")
+        running = _command_of(pid) or locked_by
+        die(f"{flag} {target} is in use by another run (process {pid} on {host}, which runs `{running}`); wait for it "
+            f"to end or choose another path (if process {pid} is no run of this project, delete {path}).")
     stale = partial_path(path)
     try:
         os.rename(path, stale)  # one taker wins; a loser finds the winner's fresh lock next time round
@@ -281,7 +283,7 @@ def _take_over_if_stale(path, folder, flag):
             os.remove(stale)
             return
     os.remove(stale)
-    print(f"took over the lock of {folder} from process {pid}, which no longer runs (it was killed or crashed)")
+    print(f"took over the lock of {target} from process {pid}, which no longer runs (it was killed or crashed)")
 
 
 def _pid_alive(pid):

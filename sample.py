@@ -29,7 +29,7 @@ import sys
 import glob
 import argparse
 
-from cli import SPACINGS, add_device_arg, checked, set_cpu_threads
+from cli import SPACINGS, add_device_arg, checked, set_cpu_threads, stop_on_signals
 
 # -----------------------------------------------------------------------------
 # config, read before torch is imported, so that --help and a mistyped flag answer at once
@@ -74,6 +74,7 @@ parser.add_argument('--dtype', type=str, default='auto', choices=['auto', 'float
                     help="autocast dtype; 'auto' = bfloat16 on GPUs that support it, else float32")
 args = parser.parse_args()
 set_cpu_threads()  # the CPU threads this machine can spare, while torch can still obey
+stop_on_signals()  # Ctrl-C and SIGTERM: one line, and the last checkpoint kept
 
 # the command line is read: now the heavy imports (torch alone takes over a second)
 import numpy as np
@@ -82,7 +83,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from common import (select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
-                    broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_unused)
+                    broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_unused,
+                    all_finite, state_tensors)
 from rundir import (refuse_to_overwrite, no_space_is_an_error, check_output, lock_folder, refuse_overlap,
                     atomic_write)
 from diffusion import Diffusion, Flow, cfg_model_fn, spaced_timesteps, sample_generators, randn
@@ -130,6 +132,9 @@ try:
 except Exception as e:  # whatever a config of nonsense makes the constructors raise
     die(f"the config and weights in {args.ckpt} describe no model that can be built ({type(e).__name__}: "
         f"{str(e).splitlines()[0][:160]}); it is not a checkpoint train_ldm.py wrote.")
+if not all_finite(state_tensors(model)):
+    die(f"the {'raw' if args.no_ema else 'EMA'} weights in {args.ckpt} are not finite (NaN or inf): its run diverged, "
+        f"and its samples would be noise or black; sample an earlier checkpoint.")
 objective = config.get('objective', config['prediction'])  # checkpoints made before flow: their prediction, eps or v
 flow = objective == 'flow'
 sampler = args.sampler or ('heun' if flow else 'ddim')
@@ -188,7 +193,11 @@ else:
         die(f"--classes must lie in [0, {num_classes - 1}], got '{args.classes}'.")
     args.labels = args.labels or 'random'
     if args.labels == 'balanced':
-        labels = np.array([classes[i % len(classes)] for i in range(args.num_samples)])
+        K = len(classes)
+        if args.num_samples % K:  # equal counts, as --help promises, or nothing
+            die(f"--labels balanced gives each of the {K} classes the same number of samples, and --num_samples "
+                f"{args.num_samples} is not a multiple of {K}; pass {-(-args.num_samples // K) * K}, or --labels random.")
+        labels = np.array([classes[i % K] for i in range(args.num_samples)])
     else:  # every rank draws the same labels, from a stream apart from every sample's noise stream (seed, (i,))
         labels = np.random.default_rng(np.random.SeedSequence(args.seed)).choice(classes, args.num_samples)
 steps = args.steps or DEFAULT_STEPS[sampler]
@@ -251,6 +260,9 @@ for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols
         else:
             z = process.ode_sample(model_fn, x_T, steps=steps, solver=sampler)
         x = ae.decode(z.float() / latent_scale + latent_shift).float()  # undo the latent normalisation
+    if not torch.isfinite(x).all():  # to_uint8 would write NaN as black pixels, a result that looks like one
+        die(f"samples {idx[0]}..{idx[-1]} came out non-finite (NaN or inf): the model or its latent normalisation "
+            f"in {args.ckpt} is broken; nothing more was written.")
     x = to_uint8(x)
     with no_space_is_an_error(out_dir):
         if video:  # the MP4 to watch, and the exact uint8 frames for samples.npz (MP4 is lossy), removed below

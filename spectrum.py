@@ -43,7 +43,7 @@ import json
 import math
 import argparse
 
-from cli import add_device_arg, checked, set_cpu_threads
+from cli import add_device_arg, checked, set_cpu_threads, stop_on_signals
 
 BLOCK = 8                                         # JPEG's block size, the paper's
 ERASE_FRACTIONS = [k / 10 for k in range(10)]     # p = 0, 0.1, ..., 0.9 of the 64 coefficients erased
@@ -77,6 +77,7 @@ def parse_args(argv=None):
 if __name__ == '__main__':  # before torch is imported: --help and a mistyped flag answer at once, and the threads hold
     parse_args()
     set_cpu_threads()
+    stop_on_signals()
 
 import torch
 from tqdm import tqdm

@@ -46,7 +46,8 @@ import contextlib
 from copy import deepcopy
 from dataclasses import asdict, replace
 
-from cli import VIDEO_DEFAULTS, SE_DOWNSAMPLING, add_common_args, checked, int_list, set_cpu_threads
+from cli import (VIDEO_DEFAULTS, SE_DOWNSAMPLING, add_common_args, checked, int_list, set_cpu_threads,
+                 stop_on_signals)
 
 # -----------------------------------------------------------------------------
 # config, read before torch is imported, so that --help and a mistyped flag answer at once
@@ -94,6 +95,7 @@ disc_start = args.disc_start if args.disc_start is not None else (0 if args.init
 # the CPU threads this machine can spare, set while torch can still obey (cli.set_cpu_threads), and a first line at once:
 # what runs and where it goes (loading torch, the data and the networks take a while, longer on a busy machine)
 threads = set_cpu_threads(reserve=args.num_workers)  # the data workers keep their own cores busy
+stop_on_signals()  # Ctrl-C and SIGTERM: one line, and the last checkpoint kept
 if os.environ.get('RANK', '0') == '0':
     print(f"train_ae.py: {'fine-tuning ' + args.init_from if args.init_from else 'preset ' + args.preset}, "
           f"{args.image_size} px{f' x {args.num_frames} frames' if video else ''}, {args.data or 'embedded data'}, "
@@ -110,7 +112,8 @@ from tqdm import tqdm
 from common import (die, select_device, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, CheckpointWriter, update_ema,
                     Loader, save_image_grid, tile_videos, write_mp4, Logger, note_non_finite, stop_if_non_finite,
-                    rank_checksum_diff, peak_memory, check_resume_steps, resume_run, refuse_unused)
+                    stop_if_weights_non_finite, rank_checksum_diff, peak_memory, check_resume_steps, resume_run,
+                    refuse_unused)
 from rundir import check_run_dir, prepare_run_dir, no_space_is_an_error
 from data import make_dataset, random_subset
 from metrics import bicubic_at_latent_grid, psnr, rgb_on_latent_grid, to_uint8
@@ -215,14 +218,18 @@ for flag, value in (('regularizer', args.regularizer), ('z_channels', args.z_cha
             die(f"--{flag} {value} differs from the {getattr(ae_config, flag)} {flag} of --init_from.")
         ae_config = replace(ae_config, **{flag: value})
 if ckpt is not None and ckpt['config']['ae_config'] != asdict(ae_config):
-    saved = ckpt['config']
+    saved, now = ckpt['config'], asdict(ae_config)
+    differ = ', '.join(f"{k} {saved['ae_config'].get(k)} in it, {now.get(k)} here" for k in sorted(set(now) | set(
+        saved['ae_config'])) if saved['ae_config'].get(k) != now.get(k))  # the parameters, named (a preset may change)
     die(f"{ckpt_path} is a {saved['ae_config'].get('regularizer', 'kl')} autoencoder of preset {saved['preset']}, not the "
-        f"{ae_config.regularizer} one of --preset {args.preset}; resume with the flags it was trained with.")
+        f"{ae_config.regularizer} one of --preset {args.preset} ({differ}); resume with the flags it was trained with.")
 if not args.init_from:
     ae = (VideoAutoencoder if video else Autoencoder)(ae_config)
 ae.to(device).train()
 f = ae.downsample_factor
 se_largest = max(se_scales, default=1) if args.se_weight > 0 else 1
+if args.image_size % (f * se_largest) != 0 and se_largest == 1:
+    die(f"--image_size {args.image_size} must be divisible by the autoencoder's downsampling factor {f}.")
 if args.image_size % (f * se_largest) != 0:
     die(f"--image_size {args.image_size} must be divisible by the downsampling factor {f} times the largest SE scale "
         f"{se_largest}, so that x and z shrink by the same factor.")
@@ -349,7 +356,9 @@ def save_video_previews(rows, labels):
 
 
 def checkpoint():
-    stop_if_non_finite(first_bad_step, ckpt_path, dist, progress)  # a non-finite loss never reaches a checkpoint
+    global saved_step
+    stop_if_non_finite(first_bad_step, ckpt_path, dist, progress, saved_step)  # a non-finite loss is never saved
+    stop_if_weights_non_finite([ae, disc, ema, opt_g, opt_d], step, ckpt_path, saved_step, dist, progress)
     rng = gather_rng_states(dist)  # collective: every rank calls it
     if dist.master:
         ckpt = {'model': ae.state_dict(), 'disc': disc.state_dict(), 'opt_g': opt_g.state_dict(),
@@ -359,6 +368,7 @@ def checkpoint():
         if ema is not None:
             ckpt['ema'] = ema.state_dict()
         writer.save({ckpt_path: ckpt})
+    saved_step = step
 
 # -----------------------------------------------------------------------------
 # training loop
@@ -376,6 +386,7 @@ pixels = 3 * args.num_frames * args.image_size ** 2
 progress = tqdm(total=args.max_steps, initial=step, disable=not dist.master, dynamic_ncols=True, smoothing=0)
 writer = CheckpointWriter()
 first_bad_step = torch.full((), float('inf'), dtype=torch.float64, device=device)  # inf: every loss so far finite
+saved_step = step if args.resume else None  # the step of the checkpoint on disk that this run wrote or resumed
 train_time, timed_steps = 0.0, 0  # wall time of training steps only (no evaluation, no checkpointing)
 while step < args.max_steps:
     t0 = time.time()
@@ -453,7 +464,7 @@ while step < args.max_steps:
     # evaluation and checkpoint, and stops before anything is written, so the last checkpoint stays good
     first_bad_step = note_non_finite(first_bad_step, terms['loss'].detach(), step)
     if step % args.log_interval == 0 or step % args.eval_interval == 0 or step == args.max_steps:  # checkpoint() too
-        stop_if_non_finite(first_bad_step, ckpt_path, dist, progress)  # the host also waits for the GPU here
+        stop_if_non_finite(first_bad_step, ckpt_path, dist, progress, saved_step)  # the host waits for the GPU here
 
     train_time, timed_steps = train_time + time.time() - t0, timed_steps + 1
     if step % args.log_interval == 0 or step == args.max_steps:

@@ -48,7 +48,8 @@ import argparse
 import contextlib
 from copy import deepcopy
 
-from cli import FLOW_PREDICTIONS, SCHEDULES, TIME_SAMPLINGS, add_common_args, checked, set_cpu_threads
+from cli import (FLOW_PREDICTIONS, SCHEDULES, TIME_SAMPLINGS, add_common_args, checked, set_cpu_threads,
+                 stop_on_signals)
 
 # -----------------------------------------------------------------------------
 # config, read before torch is imported, so that --help and a mistyped flag answer at once
@@ -98,6 +99,7 @@ objective = {'objective': args.objective, 'prediction': (args.prediction or 'vel
 # the CPU threads this machine can spare, set while torch can still obey (cli.set_cpu_threads), and a first line at once:
 # what runs and where it goes (loading torch and encoding the data take a while, longer on a busy machine)
 threads = set_cpu_threads(reserve=0 if args.cache_latents else args.num_workers)  # workers decoding images keep cores busy
+stop_on_signals()  # Ctrl-C and SIGTERM: one line, and the last checkpoint kept
 if os.environ.get('RANK', '0') == '0':
     print(f"train_ldm.py: {args.model} {args.preset}, objective {args.objective}, on the latents of {args.ae}, "
           f"{args.max_steps} steps of batch {args.batch_size} -> {args.out_dir}; {threads}; loading torch ...", flush=True)
@@ -110,8 +112,8 @@ from tqdm import tqdm
 from common import (die, select_device, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     make_grad_scaler, broadcast_latent_norm, all_reduce_mean, seed_everything, gather_rng_states,
                     CheckpointWriter, ema_decay, update_ema, Loader, save_image_grid, save_video_grid, Logger,
-                    note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory, check_resume_steps,
-                    resume_run, weights_hash, refuse_unused)
+                    note_non_finite, stop_if_non_finite, stop_if_weights_non_finite, rank_checksum_diff, peak_memory,
+                    check_resume_steps, resume_run, weights_hash, refuse_unused)
 from rundir import check_run_dir, prepare_run_dir, no_space_is_an_error, check_output, refuse_overlap
 from data import make_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
 from diffusion import Diffusion, Flow
@@ -340,7 +342,9 @@ def sample_grid():
 def checkpoint():
     """ckpt.pt, everything a resume needs (DiT-XL/2 with AdamW: 11 GB), and ema.pt, the EMA weights and what
     sample.py needs (2.7 GB), both written on a background thread after a CPU copy."""
-    stop_if_non_finite(first_bad_step, ckpt_path, dist, progress)  # a non-finite loss never reaches a checkpoint
+    global saved_step
+    stop_if_non_finite(first_bad_step, ckpt_path, dist, progress, saved_step)  # a non-finite loss is never saved
+    stop_if_weights_non_finite([raw_model, ema, opt], step, ckpt_path, saved_step, dist, progress)  # nor such weights
     rng = gather_rng_states(dist)  # collective: every rank calls it
     if dist.master:
         config = {**run_config, 'ae': ae_path, **ae_identity, 'backbone': backbone, 'schedule': schedule, 'learn_sigma': learn_sigma,
@@ -350,6 +354,7 @@ def checkpoint():
         writer.save({ckpt_path: {**export, 'model': raw_model.state_dict(), 'opt': opt.state_dict(),
                                  'scaler': scaler.state_dict(), 'rng': rng, 'loader': loader.state_dict()},
                      os.path.join(args.out_dir, 'ema.pt'): export})
+    saved_step = step
 
 # -----------------------------------------------------------------------------
 # training loop
@@ -377,6 +382,7 @@ if dist.master:
 progress = tqdm(total=args.max_steps, initial=step, disable=not dist.master, dynamic_ncols=True, smoothing=0)
 writer = CheckpointWriter()
 first_bad_step = torch.full((), float('inf'), dtype=torch.float64, device=device)  # inf: every loss so far finite
+saved_step = step if args.resume else None  # the step of the checkpoint on disk that this run wrote or resumed
 train_time, timed_steps = 0.0, 0  # wall time of training steps only (no sampling, no checkpointing)
 while step < args.max_steps:
     t0 = time.time()
@@ -403,7 +409,7 @@ while step < args.max_steps:
     # grid and checkpoint, and stops before anything is written, so the last checkpoint stays good
     first_bad_step = note_non_finite(first_bad_step, loss_sum, step)
     if step % args.log_interval == 0 or step % args.eval_interval == 0 or step == args.max_steps:  # checkpoint() too
-        stop_if_non_finite(first_bad_step, ckpt_path, dist, progress)  # the host also waits for the GPU here
+        stop_if_non_finite(first_bad_step, ckpt_path, dist, progress, saved_step)  # the host waits for the GPU here
 
     train_time, timed_steps = train_time + time.time() - t0, timed_steps + 1
     if step % args.log_interval == 0 or step == args.max_steps:

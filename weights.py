@@ -64,6 +64,10 @@ def unreadable(name, error, hint=''):
         return (f"{name} was refused: it holds Python objects ({found[1]}), and only tensors, numbers, strings, lists "
                 f"and dicts are read, since loading anything else can run code"
                 f"{hint or '; convert weights you trust to .safetensors'}")
+    if isinstance(error, pickle.UnpicklingError) and 'WeightsUnpickler error' in str(error):  # a pickle it cannot follow
+        return (f"{name} was refused: it is a pickle that torch's safe reader cannot follow (a raw pickle.dump, not a "
+                f"torch.save), and loading it otherwise could run code"
+                f"{hint or '; convert weights you trust to .safetensors'}")
     hint = hint or '; check that the file is complete'
     return f"{name} could not be read as torch weights ({type(error).__name__}){hint}"
 
@@ -89,7 +93,8 @@ def read_file(path, name=None, hint=''):
 
 
 STATE_DICT = 'a state dict'  # in a spec: a dict of names -> tensors
-POSITIVE = 'a positive integer'  # in a spec: a size
+POSITIVE = 'a positive integer'  # in a spec: a size, from 1 to MAX_SIZE
+MAX_SIZE = 2 ** 14  # pixels, latents, frames or channels: beyond any model this project makes, and beyond memory
 
 
 _NAMES = {int: 'an integer', float: 'a number', str: 'a string', bool: 'True or False', list: 'a list', dict: 'a dict',
@@ -113,6 +118,8 @@ def contents_problem(obj, spec, where='it'):
     if spec == POSITIVE:
         if not isinstance(obj, int) or isinstance(obj, bool) or obj < 1:
             return f"{where} is {obj!r}, not a positive integer"
+        if obj > MAX_SIZE:
+            return f"{where} is {obj}, beyond any size this project makes (at most {MAX_SIZE})"
         return None
     if isinstance(spec, dict):
         if not isinstance(obj, dict):
@@ -146,7 +153,8 @@ def contents_problem(obj, spec, where='it'):
 
 
 # what each reader of our own checkpoints uses, checked once when the file is read (load_checkpoint)
-_AE = {'model': STATE_DICT, 'ema?': STATE_DICT, 'config': {'preset': str, 'ae_config?': dict, 'num_frames?': int}}
+_AE = {'model': STATE_DICT, 'ema?': STATE_DICT,
+       'config': {'preset': str, 'ae_config?': dict, 'num_frames?': POSITIVE}}
 _LDM = {'ema': STATE_DICT, 'model?': STATE_DICT, 'step': int,
         'latent_scale': (float, [float]), 'latent_shift': (float, [float]),
         'config': {'ae': str, 'image_size': POSITIVE, 'schedule?': (str, type(None)), 'prediction': str,
@@ -337,10 +345,10 @@ def safetensors_config(path):
         config = json.loads(text)
     except ValueError:
         config = None
-    if not (isinstance(config, dict) and isinstance(config.get('preset'), str)
-            and isinstance(config.get('ae_config'), dict) and isinstance(config.get('num_frames', 1), int)):
+    problem = contents_problem(config, {'preset': str, 'ae_config': dict, 'num_frames?': POSITIVE})
+    if problem:
         raise ValueError(f"the 'config' in the metadata of {path} is not a train_ae.py config (preset, ae_config, "
-                         f"num_frames); re-export the weights, or drop the metadata and pass --preset.")
+                         f"num_frames): {problem}; re-export the weights, or drop the metadata and pass --preset.")
     return config
 
 
