@@ -1130,9 +1130,9 @@ def ckpt_tensors(ckpt, *keys):
 
 
 def diverged_run_is_never_saved(script_name, argv, keys):
-    """lr 1e10, a checkpoint at every step: after step 1 the weights are huge but finite (a finished run, saved); the
-    update of step 2 makes the optimizer state infinite, and a run of 2 or 20 steps stops there in one sentence naming
-    the step and the step-1 checkpoint, which stays on disk as the 1-step run wrote it."""
+    """lr 1e10, a checkpoint at every step: after step 1 the weights are huge but finite (a finished run, saved); in
+    step 2 the optimizer state (the LDM) or the loss (the AE) becomes infinite, and a run of 2 or 20 steps stops there
+    in one sentence naming the step and the step-1 checkpoint, which stays on disk as the 1-step run wrote it."""
     def fn(tmp, runs):
         base = argv(runs) + ['--lr', 1e10, '--ckpt_interval', 1]
         one = run_script(script_name, base + ['--max_steps', 1, '--out_dir', tmp / 'one'])
@@ -1142,7 +1142,7 @@ def diverged_run_is_never_saved(script_name, argv, keys):
         for n in (2, 20):
             o = run_script(script_name, base + ['--max_steps', n, '--out_dir', tmp / f'r{n}'])
             assert o.code != 0 and re.fullmatch(
-                r"error: the weights or the optimizer state became non-finite \(NaN or inf\) at step 2; nothing was "
+                r"error: the (weights or the optimizer state|loss) became non-finite( \(NaN or inf\))? at step 2; nothing was "
                 r"saved after it, so .*/r\d+/ckpt.pt holds the last checkpoint before it \(step 1, finite and "
                 r"untouched; .*\)\.", o.message), o.message
             kept = torch.load(tmp / f'r{n}' / 'ckpt.pt', weights_only=True)
@@ -1260,12 +1260,10 @@ def exported_files_take_the_umask(tmp, runs):
         old = os.umask(umask)
         try:
             o = run_script('export.py', ['--ckpt', runs['ae4'], '--format', 'diffusers', '--out', tmp / f'e{umask:o}'])
-            f = run_script('export.py', ['--ckpt', runs['ae4'], '--format', 'flux', '--out', tmp / f'f{umask:o}.sft'])
         finally:
             os.umask(old)
-        assert o.code == 0 and f.code == 0, (o.message, f.message)
-        for path in [tmp / f'e{umask:o}' / n for n in ('diffusion_pytorch_model.safetensors', 'config.json')] + \
-                [tmp / f'f{umask:o}.sft']:
+        assert o.code == 0, o.message
+        for path in [tmp / f'e{umask:o}' / n for n in ('diffusion_pytorch_model.safetensors', 'config.json')]:
             assert os.stat(path).st_mode & 0o777 == mode, (path, oct(os.stat(path).st_mode), oct(mode))
 
 
@@ -1328,7 +1326,7 @@ CASES += [
         '--ckpt', safetensors_with_config(t, r), '--format', 'diffusers', '--out', t, '--overwrite']),
         Error(r'--out .* holds --ckpt .*ae.safetensors: its files would overwrite')),
     Case('train_ae --init_from inside its --out_dir', script('train_ae.py', lambda t, r: TINY_AE + [
-        '--init_from', copy_run(r['ae4_dir'], t, 'o') / 'ckpt.pt', '--out_dir', t / 'o', '--overwrite']),
+        '--init_from', copy_run(r['ae4_dir'], t, 'o') / 'ckpt.pt', '--disc_weight', 0, '--out_dir', t / 'o', '--overwrite']),
         Error(r'--out_dir .*/o holds --init_from .*/o/ckpt.pt')),
     Case('train_ldm --ae inside its --out_dir', script('train_ldm.py', lambda t, r: TINY_LDM + [
         '--ae', copy_run(r['ae4_dir'], t, 'o') / 'ckpt.pt', '--out_dir', t / 'o', '--overwrite']),
