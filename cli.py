@@ -47,6 +47,9 @@ def stop_on_signals():
     import signal
 
     def stop(signum, frame):
+        if 'tqdm' in sys.modules:  # a progress bar ends its line now, not after the message at exit
+            for bar in list(getattr(sys.modules['tqdm'].tqdm, '_instances', [])):
+                bar.close()
         print(f"stopped by {signal.Signals(signum).name}; {STOPPED}.", file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -379,6 +379,8 @@ if __name__ == '__main__':
                                      allow_abbrev=False)
     parser.add_argument('out_dir', nargs='?', default='out/reproduce', help="a reproduce.py run's --out_dir")
     out_dir = parser.parse_args().out_dir
+    from cli import stop_on_signals
+    stop_on_signals()  # Ctrl-C: one line
     if not os.path.isfile(os.path.join(out_dir, 'report.json')):
         parser.exit(2, f"error: {out_dir} holds no report.json; pass the --out_dir of a reproduce.py run.\n")
     print(write_report(out_dir))

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, TINY_AE, run
 
 
 def processes_naming(*texts):
@@ -83,3 +83,29 @@ def test_a_signal_ends_every_child_and_the_same_command_finishes_the_run(tmp_pat
         assert direct.returncode == 0, direct.stderr[-2000:]
         alone = torch.load(tmp_path / arm / 'ckpt.pt', weights_only=True)
         assert all(torch.equal(made['model'][k], alone['model'][k]) for k in made['model']), arm
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_ends_a_training_run_in_one_line_keeping_its_last_checkpoint(tmp_path, signum):
+    out = tmp_path / 'o'
+    argv = [*TINY_AE, '--ckpt_interval', '1', '--disc_weight', '0', '--out_dir', str(out)]
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train_ae.py'), *argv, '--max_steps', '100000'], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    try:
+        deadline = time.time() + 300
+        while not (out / 'ckpt.pt').exists():
+            assert p.poll() is None and time.time() < deadline, p.stderr.read().decode()[-2000:] if p.poll() else ''
+            time.sleep(0.2)
+        p.send_signal(signum)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    lines = err.decode().strip().splitlines()
+    assert p.returncode == 128 + signum and 'Traceback' not in err.decode(), err.decode()[-2000:]
+    assert lines[-1] == (f"stopped by {signal.Signals(signum).name}; what was written before is kept (a training run "
+                         f"continues from its last checkpoint with --resume)."), lines[-3:]
+    assert not (out / '.lock').exists() and not [f for f in os.listdir(out) if f.endswith('.partial')]
+    step = torch.load(out / 'ckpt.pt', weights_only=False)['step']  # whole, and the run goes on from it
+    run('train_ae.py', *argv, '--resume', '--max_steps', step + 1)
+    assert torch.load(out / 'ckpt.pt', weights_only=True)['step'] == step + 1
