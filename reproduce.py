@@ -326,7 +326,7 @@ def run(script, *script_args, log=None, units=None, first_step=0):
             pending += reader.read().decode(errors='replace')
             *lines, pending = pending.split('\n')
             messages = [m for m in (line.split('\r')[-1].rstrip() for line in lines) if is_message(m)]
-            if messages:
+            if messages and not stopping:  # once stopped, end_children's line is the last
                 say(*[f"  {label}| {m}" for m in messages])
             if finished:
                 break
