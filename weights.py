@@ -44,7 +44,7 @@ def fetch_weights(path, url, file_name, what, flag=None):
                                         f"({os.path.dirname(cached)}) and could not be downloaded from {url}"
                                         + (f"; download it and pass it as {flag} PATH" if flag else '')) from None
             raise ValueError(unreadable(f"{cached} in the torch hub cache", e, "; delete it so that it is downloaded "
-                                        "again")) from None
+                                        "again", cached)) from None
         name = f"{what}'s {cached}"
     problem = contents_problem(sd, STATE_DICT)
     if problem:
@@ -55,7 +55,19 @@ def fetch_weights(path, url, file_name, what, flag=None):
 # -----------------------------------------------------------------------------
 # reading files: tensors only, and the structure each reader expects
 
-def unreadable(name, error, hint=''):
+def is_pickle(path):
+    """Whether the file at `path` is one whole pickle stream (pickletools parses its opcodes; nothing is run)."""
+    import pickletools
+    try:
+        with open(path, 'rb') as f:
+            for _ in pickletools.genops(f):
+                pass
+        return True
+    except Exception:
+        return False
+
+
+def unreadable(name, error, hint='', path=None):
     """The one sentence for a file torch.load(weights_only=True) or safetensors would not read. A pickle that needs
     more than tensors, numbers, strings, lists and dicts (a class, a function, numpy arrays: anything whose loading
     could run code) is named as refused; anything else is a file that is not what it should be."""
@@ -64,7 +76,7 @@ def unreadable(name, error, hint=''):
         return (f"{name} was refused: it holds Python objects ({found[1]}), and only tensors, numbers, strings, lists "
                 f"and dicts are read, since loading anything else can run code"
                 f"{hint or '; convert weights you trust to .safetensors'}")
-    if isinstance(error, pickle.UnpicklingError) and 'WeightsUnpickler error' in str(error):  # a pickle it cannot follow
+    if path is not None and isinstance(error, pickle.UnpicklingError) and is_pickle(path):  # not torch.save's zip file
         return (f"{name} was refused: it is a pickle that torch's safe reader cannot follow (a raw pickle.dump, not a "
                 f"torch.save), and loading it otherwise could run code"
                 f"{hint or '; convert weights you trust to .safetensors'}")
@@ -89,7 +101,7 @@ def read_file(path, name=None, hint=''):
             warnings.simplefilter('ignore')  # torch's notes on pickle protocols: not the user's business
             return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # truncated download, wrong file type, a pickle that needs more than tensors, ...
-        raise ValueError(unreadable(name, e, hint)) from None
+        raise ValueError(unreadable(name, e, hint, path)) from None
 
 
 STATE_DICT = 'a state dict'  # in a spec: a dict of names -> tensors
