@@ -196,7 +196,8 @@ else:
         K = len(classes)
         if args.num_samples % K:  # equal counts, as --help promises, or nothing
             die(f"--labels balanced gives each of the {K} classes the same number of samples, and --num_samples "
-                f"{args.num_samples} is not a multiple of {K}; pass {-(-args.num_samples // K) * K}, or --labels random.")
+                f"{args.num_samples} is not a multiple of {K}; pass {-(-args.num_samples // K) * K}, or --labels "
+                f"random.")
         labels = np.array([classes[i % K] for i in range(args.num_samples)])
     else:  # every rank draws the same labels, from a stream apart from every sample's noise stream (seed, (i,))
         labels = np.random.default_rng(np.random.SeedSequence(args.seed)).choice(classes, args.num_samples)
@@ -285,7 +286,7 @@ if dist.master:
         arr = np.stack([np.asarray(Image.open(os.path.join(image_dir, f'{i:06d}.png')).convert('RGB'))
                         for i in range(args.num_samples)])  # (N, H, W, 3) uint8
     with no_space_is_an_error(out_dir, arr.nbytes):
-        with atomic_write(os.path.join(out_dir, 'samples.npz')) as tmp, open(tmp, 'wb') as fh:  # eval_fid never reads half
+        with atomic_write(os.path.join(out_dir, 'samples.npz')) as tmp, open(tmp, 'wb') as fh:  # never read half
             np.savez(fh, arr_0=arr, **({} if labels is None else {'arr_1': labels, 'label_protocol': args.labels}))
         if video:
             save_video_grid(arr, out_dir)
