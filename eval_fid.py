@@ -505,7 +505,8 @@ def check_args(args):
     if args.ae is None and args.fake is None and args.save_stats is None:
         die("nothing to evaluate; pass --fake (generated images), --ae (an autoencoder) or --save_stats (reference statistics).")
     out = args.out or os.path.splitext((args.fake or args.ae or args.save_stats).rstrip('/'))[0] + '_metrics.json'
-    inputs = [(args.fake, '--fake'), (args.ref, '--ref'), (args.ae, '--ae'), (args.data, '--data')]
+    inputs = [(args.fake, '--fake'), (args.ref, '--ref'), (args.ae, '--ae'), (args.data, '--data')] + [
+        (getattr(args, k), f'--{k}') for k in ('inception_weights', 'i3d_weights', 'vgg_weights', 'lpips_lin_weights')]
     check_output(out, '--out' if args.out else f'--out (by default {out})', folder=False)
     refuse_overlap(out, '--out', inputs + [(args.save_stats, '--save_stats')])
     if int(os.environ.get('RANK', 0)) == 0:

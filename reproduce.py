@@ -371,8 +371,8 @@ def end_children(signum, frame):
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
-    print(f"stopped by {signal.Signals(signum).name}: the {len(running)} running script(s) ended, each keeping its last "
-          f"checkpoint; the same command resumes.", file=sys.stderr, flush=True)
+    print(f"stopped by {signal.Signals(signum).name}: the {len(running)} running script(s) ended, each keeping its "
+          f"last checkpoint; the same command resumes.", file=sys.stderr, flush=True)
     raise SystemExit(128 + signum)
 
 

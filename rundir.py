@@ -191,6 +191,7 @@ def _lock(path, folder, flag, name):
     """Take the lock file `path` that guards `folder` (name: the one output file it guards, or None for the folder)."""
     target = os.path.join(folder, name) if name else folder  # what the messages name
     import socket
+    target = os.path.join(folder, name) if name else folder  # what the messages name
     if path in _held_locks:
         return False
     made = None if os.path.isdir(folder) else folder

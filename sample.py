@@ -222,7 +222,8 @@ else:
         K = len(classes)
         if args.num_samples % K:  # equal counts, as --help promises, or nothing
             die(f"--labels balanced gives each of the {K} classes the same number of samples, and --num_samples "
-                f"{args.num_samples} is not a multiple of {K}; pass {-(-args.num_samples // K) * K}, or --labels random.")
+                f"{args.num_samples} is not a multiple of {K}; pass {-(-args.num_samples // K) * K}, or --labels "
+                f"random.")
         labels = np.array([classes[i % K] for i in range(args.num_samples)])
     else:  # every rank draws the same labels, from a stream apart from every sample's noise stream (seed, (i,))
         labels = np.random.default_rng(np.random.SeedSequence(args.seed)).choice(classes, args.num_samples)

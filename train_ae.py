@@ -167,8 +167,9 @@ def check_args(args):
         ('--lpips_lin_weights', args.lpips_weight > 0, 'only applies with --lpips_weight > 0'),
         ('--disc_lr', args.disc_weight > 0, 'only applies with --disc_weight > 0'),
         ('--allow_changes', args.resume, 'only applies with --resume')])
-    ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite, [(args.data, '--data'), (args.init_from, '--init_from'),
-                              (args.vgg_weights, '--vgg_weights'), (args.lpips_lin_weights, '--lpips_lin_weights')])
+    inputs = [(args.data, '--data'), (args.init_from, '--init_from'), (args.vgg_weights, '--vgg_weights'),
+              (args.lpips_lin_weights, '--lpips_lin_weights')]
+    ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite, inputs)
     ckpt = (load_checkpoint(ckpt_path, 'train_ae.py', hint='resume a train_ae.py run, or choose another --out_dir')
             if args.resume else None)
     if ckpt is not None:

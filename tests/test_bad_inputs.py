@@ -1339,6 +1339,9 @@ CASES += [
     Case('eval_fid --out a hard link of --fake', script('eval_fid.py', lambda t, r: [
         '--fake', samples_npz(t), '--out', hard_link(t / 'fake.npz', t / 'm.json'), '--overwrite']),
         Error(r'--out .*m.json is --fake')),
+    Case('eval_fid --out onto its --inception_weights', script('eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t), '--inception_weights', garbage(t, 'w.pth'), '--out', t / 'w.pth', '--overwrite']),
+        Error(r'--out .*w.pth is --inception_weights')),
     Case('reproduce.py --baseline inside its --out_dir', script('reproduce.py', lambda t, r: [
         '--baseline', copy_run(r['ae4_dir'], t, 'rep') / 'ckpt.pt', '--out_dir', t / 'rep']),
         Error(r'--out_dir .*/rep holds --baseline')),
