@@ -1,6 +1,7 @@
 """The one-command experiment as a user runs it: the smoke run fine-tunes a baseline into paired SE and control arms,
 measures and probes them, writes a report whose numbers are those its artefacts give when recomputed, reuses what
 matches on a rerun, and never lets a held-out file reach training."""
+import ast
 import json
 import math
 import os
@@ -178,6 +179,46 @@ def test_the_held_out_split_takes_the_share_asked_for_whatever_the_order_and_mov
     assert len(reproduce.held_out_files(names[:3])) == 2  # at least two held out (two disjoint held-out sets)...
     assert len(reproduce.held_out_files(names[:2])) == 1  # ...and at least one left to train
 
+
+
+def test_no_function_reads_a_name_that_only_main_assigns():
+    """reproduce.py works as a module: every function gets what it reads as arguments. A name that main() binds
+    (assigns, imports or takes as a parameter) and the module does not is, read from any other function's scope
+    (methods, nested functions, lambdas and comprehensions included), a global that exists only while main() runs
+    from the command line. symtable resolves the scopes as Python does."""
+    import builtins
+    import symtable
+    import reproduce
+    with open(reproduce.__file__) as f:
+        source = f.read()
+    top = symtable.symtable(source, reproduce.__file__, 'exec')
+    main = next(t for t in top.get_children() if t.get_name() == 'main' and t.get_type() == 'function')
+    assert not [s.get_name() for s in main.get_symbols() if s.is_declared_global()], "main() sets module globals"
+    module = {s.get_name() for s in top.get_symbols() if s.is_assigned() or s.is_imported()}
+    only_main = {s.get_name() for s in main.get_symbols() if s.is_local()} - module - set(dir(builtins))
+    assert {'args', 'exp', 'sizes', 'jobs'} <= only_main  # what this test guards: the run-level values
+
+    def scopes(table):
+        yield table
+        for child in table.get_children():
+            yield from scopes(child)
+
+    read = sorted({(t.get_name(), s.get_name()) for child in top.get_children() if child is not main
+                   for t in scopes(child) for s in t.get_symbols()
+                   if s.is_global() and s.is_referenced() and s.get_name() in only_main})
+    assert read == [], f"(function, global set only by main()): {read}"
+    # and the __main__ block is the call alone, so nothing at module level is set only when run as a script
+    guard = [n for n in ast.parse(source).body if isinstance(n, ast.If) and '__main__' in ast.unparse(n.test)]
+    assert [ast.unparse(n) for g in guard for n in g.body] == ['main()']
+
+
+def test_main_takes_its_flags_as_an_argument(tmp_path, monkeypatch, capsys):
+    """reproduce.main(argv) parses argv, not the command line of the process that imported it."""
+    import reproduce
+    monkeypatch.setattr('sys.argv', ['pytest', '--no_such_flag'])
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(['--replot', '--out_dir', str(tmp_path)])
+    assert e.value.code == 2 and f"{tmp_path} holds no report.json" in capsys.readouterr().err
 
 @pytest.mark.slow
 def test_a_data_folder_is_split_once_and_no_held_out_file_reaches_training(tmp_path):
