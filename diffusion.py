@@ -28,7 +28,7 @@ import math
 import numpy as np
 import torch
 
-from cli import DIFFUSION_LOSSES, FLOW_PREDICTIONS, SCHEDULE_BETAS, SPACINGS, TIME_SAMPLINGS  # the flags' names
+from utils.cli import DIFFUSION_LOSSES, FLOW_PREDICTIONS, SCHEDULE_BETAS, SPACINGS, TIME_SAMPLINGS  # the flags' names
 
 # ----------------------------------------------------------------------------------------------
 # schedule

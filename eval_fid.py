@@ -42,7 +42,7 @@ import sys
 import json
 import argparse
 
-from cli import (HelpFormatter, FID_WEIGHTS_FILE, I3D_WEIGHTS_FILE, add_device_arg, checked, set_cpu_threads,
+from utils.cli import (HelpFormatter, FID_WEIGHTS_FILE, I3D_WEIGHTS_FILE, add_device_arg, checked, set_cpu_threads,
                  stop_on_signals)
 
 
@@ -83,17 +83,18 @@ import torch.distributed as torch_dist
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from common import select_device, die, setup_distributed, cleanup_distributed, load_batches, refuse_unused, non_finite
-from rundir import refuse_to_overwrite, no_space_is_an_error, check_output, refuse_overlap, lock_file, atomic_write
-from data import IMAGE_EXTENSIONS, DatasetImages, make_dataset, open_image, open_source, random_subset, shuffled
-from i3d import FVD_NUM_FRAMES, i3d_features, load_i3d
-from inception import INCEPTION_FEATURES, load_inception
-from metrics import (feature_statistics, frechet_distance, inception_score, kernel_inception_distance, precision_recall,
+from utils.common import select_device, die, setup_distributed, cleanup_distributed, load_batches, refuse_unused, non_finite
+from utils.rundir import refuse_to_overwrite, no_space_is_an_error, check_output, refuse_overlap, lock_file, atomic_write
+from utils.data import IMAGE_EXTENSIONS, make_dataset, open_image, random_subset
+from evaluation.sources import DatasetImages, open_source, shuffled
+from evaluation.i3d import FVD_NUM_FRAMES, i3d_features, load_i3d
+from evaluation.inception import INCEPTION_FEATURES, load_inception
+from evaluation.metrics import (feature_statistics, frechet_distance, inception_score, kernel_inception_distance, precision_recall,
                      psnr, ssim, to_uint8)
-from perceptual import LPIPS
-from swd import (SWD_MAX_IMAGES, SWD_MIN_RES, SWD_NHOOD, SWD_NHOODS_PER_IMAGE, swd_descriptors, swd_from_descriptors,
+from evaluation.perceptual import LPIPS
+from evaluation.swd import (SWD_MAX_IMAGES, SWD_MIN_RES, SWD_NHOOD, SWD_NHOODS_PER_IMAGE, swd_descriptors, swd_from_descriptors,
                  swd_resolutions, video_swd)
-from weights import load_autoencoder
+from utils.weights import load_autoencoder
 
 # ----------------------------------------------------------------------------------------------
 # Sharded feature extraction

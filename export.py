@@ -22,7 +22,7 @@ import os
 import json
 import argparse
 
-from cli import HelpFormatter, checked, stop_on_signals
+from utils.cli import HelpFormatter, checked, stop_on_signals
 
 FORMATS = {'diffusers': "diffusers' AutoencoderKL or VQModel", 'flux': "FLUX.1's ae.safetensors",
            'cogvideox': "CogVideoX's VAE (diffusers' AutoencoderKLCogVideoX)"}
@@ -48,11 +48,11 @@ if __name__ == '__main__':
 
 from safetensors.torch import save_file
 
-from common import die
-from rundir import (check_output, refuse_overlap, refuse_to_overwrite, no_space_is_an_error, lock_folder, lock_file,
+from utils.common import die
+from utils.rundir import (check_output, refuse_overlap, refuse_to_overwrite, no_space_is_an_error, lock_folder, lock_file,
                     release_lock, atomic_write)
 from video_model import VideoAEConfig
-from weights import build_autoencoder, ldm_to_diffusers, load_ae_state_dict, read_autoencoder
+from utils.weights import build_autoencoder, ldm_to_diffusers, load_ae_state_dict, read_autoencoder
 
 PUBLIC_LATENT_NORM = {'sd': (0.18215, None), 'flux': (0.3611, 0.1159), 'cogvideox': (1.15258426, None)}  # (scale, shift); CogVideoX-2b's
 

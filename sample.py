@@ -41,7 +41,7 @@ import glob
 import argparse
 import functools
 
-from cli import HelpFormatter, SPACINGS, TASKS, add_device_arg, checked, set_cpu_threads, stop_on_signals, unit_interval
+from utils.cli import HelpFormatter, SPACINGS, TASKS, add_device_arg, checked, set_cpu_threads, stop_on_signals, unit_interval
 
 # -----------------------------------------------------------------------------
 # config, read before torch is imported, so that --help and a mistyped flag answer at once
@@ -93,16 +93,17 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from common import (select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
+from utils.common import (select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_unused,
                     all_finite, state_tensors)
-from rundir import (refuse_to_overwrite, no_space_is_an_error, check_output, lock_folder, refuse_overlap,
+from utils.rundir import (refuse_to_overwrite, no_space_is_an_error, check_output, lock_folder, refuse_overlap,
                     atomic_write)
 from diffusion import cfg_model_fn, process_from_config, spaced_timesteps, sample_generators, randn
-from metrics import to_uint8
-from model import apply_model, build_backbone, decode_first_stage, encode_first_stage, learned_conditioning
-import conditioning
-from weights import load_autoencoder, load_checkpoint
+from evaluation.metrics import to_uint8
+from denoiser import apply_model, build_backbone, learned_conditioning
+from model import decode_first_stage, encode_first_stage
+from utils import conditioning
+from utils.weights import load_autoencoder, load_checkpoint
 
 args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU
 

@@ -22,7 +22,7 @@ import sys
 import json
 import argparse
 
-from cli import HelpFormatter, add_device_arg, checked, set_cpu_threads, stop_on_signals
+from utils.cli import HelpFormatter, add_device_arg, checked, set_cpu_threads, stop_on_signals
 
 ERASE_FRACTIONS = [k / 10 for k in range(10)]     # p = 0, 0.1, ..., 0.9 of the 64 coefficients erased
 
@@ -59,14 +59,14 @@ if __name__ == '__main__':  # before torch is imported: --help and a mistyped fl
 import torch
 from tqdm import tqdm
 
-from common import die, select_device, load_batches, Counted, refuse_unused, non_finite
-from rundir import refuse_to_overwrite, no_space_is_an_error, check_output, lock_folder, refuse_overlap
-from data import make_dataset, random_subset
-from metrics import PSNR_MAX, bicubic_at_latent_grid, psnr, rgb_on_latent_grid
+from utils.common import die, select_device, load_batches, Counted, refuse_unused, non_finite
+from utils.rundir import refuse_to_overwrite, no_space_is_an_error, check_output, lock_folder, refuse_overlap
+from utils.data import make_dataset, random_subset
+from evaluation.metrics import PSNR_MAX, bicubic_at_latent_grid, psnr, rgb_on_latent_grid
 from model import cut_dct_high_frequencies
-from spectral import (BLOCK, BlockSpectrum, temporal_amplitude, temporal_energy, temporal_hf_energy_share,
+from utils.spectral import (BLOCK, BlockSpectrum, temporal_amplitude, temporal_energy, temporal_hf_energy_share,
                       temporal_hf_ratio, temporal_spectrum)
-from weights import load_autoencoder
+from utils.weights import load_autoencoder
 
 @torch.no_grad()
 def analyse_video(dataset, aes, n, batch_size, device):

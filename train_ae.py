@@ -43,7 +43,7 @@ import contextlib
 from copy import deepcopy
 from dataclasses import asdict, replace
 
-from cli import (HelpFormatter, VIDEO_DEFAULTS, DISC_LOSSES, REC_LOSSES, SE_DOWNSAMPLING, add_common_args, checked, int_list,
+from utils.cli import (HelpFormatter, VIDEO_DEFAULTS, DISC_LOSSES, REC_LOSSES, SE_DOWNSAMPLING, add_common_args, checked, int_list,
                  set_cpu_threads, stop_on_signals)
 
 # -----------------------------------------------------------------------------
@@ -110,21 +110,19 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import (die, select_device, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
+from utils.common import (die, select_device, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, CheckpointWriter, update_ema,
                     Loader, save_image_grid, tile_videos, write_mp4, Logger, note_non_finite, stop_if_non_finite,
                     stop_if_weights_non_finite, rank_checksum_diff, peak_memory, check_resume_steps, resume_run,
                     refuse_unused)
-from rundir import check_run_dir, prepare_run_dir, no_space_is_an_error
-from data import make_dataset, random_subset
-from metrics import bicubic_at_latent_grid, psnr, rgb_on_latent_grid, to_uint8
-from model import (AE_PRESETS, DISC_LOSSES, Autoencoder, NLayerDiscriminator, adaptive_gan_weight, codebook_usage,
-                   make_ae_config, pixel_loss, dct_cut_equivariance_loss, latent_hf_penalty, se_downsample, causal_time_pool,
-                   scale_equivariance_loss, to_frames)
-from perceptual import LPIPS_MIN_SIZE, LPIPS
-from spectral import hf_share
+from utils.rundir import check_run_dir, prepare_run_dir, no_space_is_an_error
+from utils.data import make_dataset, random_subset
+from evaluation.metrics import bicubic_at_latent_grid, psnr, rgb_on_latent_grid, to_uint8
+from model import AE_PRESETS, DISC_LOSSES, Autoencoder, NLayerDiscriminator, adaptive_gan_weight, codebook_usage, make_ae_config, pixel_loss, dct_cut_equivariance_loss, latent_hf_penalty, se_downsample, causal_time_pool, scale_equivariance_loss, to_frames
+from evaluation.perceptual import LPIPS_MIN_SIZE, LPIPS
+from utils.spectral import hf_share
 from video_model import VIDEO_AE_PRESETS, VideoAutoencoder
-from weights import load_autoencoder, load_checkpoint
+from utils.weights import load_autoencoder, load_checkpoint
 
 args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU, as config.json records it
 

@@ -56,7 +56,7 @@ import functools
 import contextlib
 from copy import deepcopy
 
-from cli import (HelpFormatter, DEGRADATIONS, DIFFUSION_LOSSES, FLOW_PREDICTIONS, MASK_KINDS, SCHEDULE_BETAS, SCHEDULES, TASKS,
+from utils.cli import (HelpFormatter, DEGRADATIONS, DIFFUSION_LOSSES, FLOW_PREDICTIONS, MASK_KINDS, SCHEDULE_BETAS, SCHEDULES, TASKS,
                  TIME_SAMPLINGS, add_common_args, checked, cuda_visible, set_cpu_threads, stop_on_signals, unit_interval)
 
 # -----------------------------------------------------------------------------
@@ -160,19 +160,21 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import (die, select_device, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
+from utils.common import (die, select_device, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
                     make_grad_scaler, broadcast_latent_norm, all_reduce_mean, seed_everything, gather_rng_states,
                     CheckpointWriter, ema_decay, update_ema, Loader, save_image_grid, save_video_grid, Logger,
                     note_non_finite, stop_if_non_finite, stop_if_weights_non_finite, rank_checksum_diff, peak_memory,
                     check_resume_steps, resume_run, weights_hash, refuse_unused)
-from rundir import check_run_dir, prepare_run_dir, no_space_is_an_error, check_output, refuse_overlap
-from data import make_dataset, random_subset, build_latent_cache, file_sha256, dataset_identity
+from utils.rundir import check_run_dir, prepare_run_dir, no_space_is_an_error, check_output, refuse_overlap
+from utils.data import make_dataset, random_subset
+from utils.latent_cache import build_latent_cache, file_sha256, dataset_identity
 from diffusion import process_from_config
-from metrics import GUARD_SATURATED, GUARD_STD_RATIO, sample_guard, to_uint8
-from model import apply_model, build_backbone, decode_first_stage, encode_first_stage, learned_conditioning
-from tokenizer import LayoutTokenizer, load_tokenizer
-import conditioning
-from weights import PIXELS, load_autoencoder, load_checkpoint
+from evaluation.metrics import GUARD_SATURATED, GUARD_STD_RATIO, sample_guard, to_uint8
+from denoiser import apply_model, build_backbone, learned_conditioning
+from model import decode_first_stage, encode_first_stage
+from utils.tokenizer import LayoutTokenizer, load_tokenizer
+from utils import conditioning
+from utils.weights import PIXELS, load_autoencoder, load_checkpoint
 
 auto = args.device == 'auto'
 args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU, as config.json records it

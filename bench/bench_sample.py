@@ -17,7 +17,7 @@ import argparse
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'bench'))
-from cli import HelpFormatter, add_device_arg  # noqa: E402
+from utils.cli import HelpFormatter, add_device_arg  # noqa: E402
 
 # the command line is read before torch is imported, so that --help and a mistyped flag answer at once
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
@@ -36,10 +36,11 @@ args = parser.parse_args()
 
 import torch  # noqa: E402
 
-from common import autocast, select_device  # noqa: E402
+from utils.common import autocast, select_device  # noqa: E402
 from diffusion import Diffusion, cfg_model_fn  # noqa: E402
 from flops import dit_flops, dit_config, device_peak_flops  # noqa: E402
-from model import build_backbone, Autoencoder, AE_PRESETS  # noqa: E402
+from denoiser import build_backbone
+from model import Autoencoder, AE_PRESETS  # noqa: E402
 
 args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU
 device = torch.device(args.device)

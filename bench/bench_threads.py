@@ -27,7 +27,7 @@ import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from cli import HelpFormatter, cpu_threads  # noqa: E402
+from utils.cli import HelpFormatter, cpu_threads  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)

@@ -34,10 +34,10 @@ import pytest
 import torch
 from PIL import Image
 
-import cli
-import common
-import rundir
-import data
+from utils import cli
+from utils import common
+from utils import rundir
+from utils import data
 from diffusion import sample_generators, randn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -412,7 +412,7 @@ def nan_loss(with_checkpoint):
 
 
 def lpips_lin_weights_garbage(tmp, runs):
-    from perceptual import LPIPS
+    from evaluation.perceptual import LPIPS
     try:
         LPIPS(lin_weights=str(garbage(tmp, 'lin.pth')), pretrained=False)
     except ValueError as e:
@@ -514,13 +514,13 @@ def evil_in_reproduce_tree(tmp, runs):
     subprocess.Popen = lambda cmd, *a, **k: Failed() if any(str(c).endswith('.py') for c in cmd) else real(cmd, *a, **k)
     try:
         argv = ['--smoke', '--seeds', 1, '--out_dir', tmp / 'rep']
-        first = run_script('reproduce.py', argv)
+        first = run_script('repro/reproduce.py', argv)
         assert first.code != 0  # the stand-in training failed, after the settings were recorded
         # a training run's settings (not the data's): the first one reproduce.py reads back (seed 0's control)
         settings = sorted(root for root, _, files in os.walk(tmp / 'rep')
                           if 'reproduce_settings.json' in files and os.path.basename(root) != 'data')[0]
         evil_pickle(tmp, os.path.relpath(os.path.join(settings, 'ckpt.pt'), tmp))
-        return run_script('reproduce.py', argv)
+        return run_script('repro/reproduce.py', argv)
     finally:
         subprocess.Popen = real
 
@@ -584,7 +584,7 @@ def backbone_edit(ckpt_path, **changes):
 
 def ldm_with_classes(tmp, runs, dropout):
     """The runs' LDM made class-conditional (2 classes, label dropout `dropout`), as its EMA export."""
-    from model import build_backbone
+    from denoiser import build_backbone
     ckpt = torch.load(runs['ldm'], weights_only=True)
     backbone = {**ckpt['config']['backbone'], 'num_classes': 2, 'class_dropout_prob': dropout}
     config = {**ckpt['config'], 'backbone': backbone}
@@ -1185,7 +1185,7 @@ def user_files_survive_every_lock(tmp, runs):
             ('export.py', ['--ckpt', runs['ae4'], '--format', 'diffusers', '--out', folders['export'], '--overwrite'])]:
         o = run_script(name, argv)
         assert o.code == 0, (name, o.message)
-    stand_in_children(lambda: run_script('reproduce.py', ['--smoke', '--seeds', 1, '--out_dir', folders['reproduce']]))
+    stand_in_children(lambda: run_script('repro/reproduce.py', ['--smoke', '--seeds', 1, '--out_dir', folders['reproduce']]))
     for name, folder in folders.items():
         left = set(os.listdir(folder))
         assert set(USER_FILES) <= left, (name, sorted(left))
@@ -1233,7 +1233,7 @@ def safetensors_with_config(tmp, runs, **config):
 
 
 def inception_weights(tmp):
-    from inception import InceptionV3FID
+    from evaluation.inception import InceptionV3FID
     return saved(tmp / 'inception.pth', InceptionV3FID().state_dict())
 
 
@@ -1311,7 +1311,7 @@ CASES += [
     # item 1: a lock removes only its writers' partial files, of dead writers, in every kind of locked folder
     Case("a user's files named like temporaries, in every locked folder", call(user_files_survive_every_lock), Result()),
     # item 3: every folder a run writes is one run's
-    Case('reproduce.py into a folder another run is writing', script('reproduce.py', lambda t, r: [
+    Case('reproduce.py into a folder another run is writing', script('repro/reproduce.py', lambda t, r: [
         '--smoke', '--seeds', 1, '--out_dir', live_lock(t / 'rep')]), Error(r'--out_dir .*/rep is in use by another run')),
     Case('eval_fid --out that another evaluation writes', script('eval_fid.py', lambda t, r: [
         '--fake', samples_npz(t), '--out', live_file_lock(t / 'm.json')]),
@@ -1342,17 +1342,17 @@ CASES += [
     Case('eval_fid --out onto its --inception_weights', script('eval_fid.py', lambda t, r: [
         '--fake', samples_npz(t), '--inception_weights', garbage(t, 'w.pth'), '--out', t / 'w.pth', '--overwrite']),
         Error(r'--out .*w.pth is --inception_weights')),
-    Case('reproduce.py --baseline inside its --out_dir', script('reproduce.py', lambda t, r: [
+    Case('reproduce.py --baseline inside its --out_dir', script('repro/reproduce.py', lambda t, r: [
         '--baseline', copy_run(r['ae4_dir'], t, 'rep') / 'ckpt.pt', '--out_dir', t / 'rep']),
         Error(r'--out_dir .*/rep holds --baseline')),
     # item 5: the protocol's own contradictions
-    Case('reproduce.py --val_data the same as --data', script('reproduce.py', lambda t, r: [
+    Case('reproduce.py --val_data the same as --data', script('repro/reproduce.py', lambda t, r: [
         '--smoke', '--data', images(t / 'd', 3), '--val_data', t / 'd', '--out_dir', t / 'rep']),
         Error(r'--val_data .*/d is --data .*/d: held-out images would be training images')),
-    Case('reproduce.py --val_data inside --data', script('reproduce.py', lambda t, r: [
+    Case('reproduce.py --val_data inside --data', script('repro/reproduce.py', lambda t, r: [
         '--smoke', '--data', images(t / 'd', 3), '--val_data', images(t / 'd' / 'held', 2), '--out_dir', t / 'rep']),
         Error(r'--val_data .*/held overlaps --data')),
-    Case('reproduce.py --val_data holding a copy of a training image', script('reproduce.py', copy_of_a_training_image),
+    Case('reproduce.py --val_data holding a copy of a training image', script('repro/reproduce.py', copy_of_a_training_image),
          Error(r'renamed.png of --val_data is also a training image \(.*0_1.png of --data holds the same bytes\)')),
     Case('sample.py --labels balanced with 3 samples of 2 classes', script('sample.py', lambda t, r: [
         '--ckpt', ldm_with_classes(t, r, 0.1), '--labels', 'balanced', '--num_samples', 3, '--device', 'cpu',

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import export
 from model import Autoencoder, make_ae_config
 from video_model import VIDEO_AE_PRESETS, VideoAutoencoder
-from weights import load_ae_state_dict
+from utils.weights import load_ae_state_dict
 
 diffusers = pytest.importorskip('diffusers')
 

@@ -13,10 +13,10 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from metrics import PSNR_MAX, bicubic_at_latent_grid, psnr
+from evaluation.metrics import PSNR_MAX, bicubic_at_latent_grid, psnr
 from model import AE_PRESETS, Autoencoder, make_ae_config
 from tests.helpers import TINY_AE, run
-from weights import load_ae_state_dict, load_checkpoint
+from utils.weights import load_ae_state_dict, load_checkpoint
 
 diffusers = pytest.importorskip('diffusers')
 
@@ -104,13 +104,13 @@ def test_f_sweep_smoke_measures_every_factor_by_one_definition(tmp_path):
     """reproduce.py --f_sweep --smoke for f1 (pixels) and f16: the f1 LDM trains on the images themselves (its cache holds
     8-bit pixels and their mirror images); each AE's PSNR and bicubic reference are metrics.psnr's of the held-out
     images; the table and figure are written."""
-    run('reproduce.py', '--f_sweep', '--smoke', '--image_size', 32, '--f_factors', '1,16', '--out_dir', tmp_path,
+    run('repro/reproduce.py', '--f_sweep', '--smoke', '--image_size', 32, '--f_factors', '1,16', '--out_dir', tmp_path,
         timeout=1800)
     result = json.loads((tmp_path / 'f_sweep.json').read_text())
     f1, f16 = result['factors']
     assert (f1['f'], f1['latent_shape'], f1['compression'], f1['psnr']) == (1, [3, 32, 32], 1.0, PSNR_MAX)
     assert (f16['f'], f16['latent_shape'], f16['compression']) == (16, [16, 2, 2], 48.0)
-    from probe import held_out
+    from repro.probe import held_out
     x = held_out(str(tmp_path / 'data' / 'heldout'), 32)
     assert f16['bicubic_psnr'] == pytest.approx(psnr(bicubic_at_latent_grid(x, 16), x).mean().item(), rel=1e-6)
     for r in (f1, f16):

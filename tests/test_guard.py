@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from metrics import GUARD_SATURATED, GUARD_STD_RATIO, sample_guard
+from evaluation.metrics import GUARD_SATURATED, GUARD_STD_RATIO, sample_guard
 from tests.helpers import ROOT, run
 
 

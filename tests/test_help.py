@@ -15,7 +15,7 @@ import pytest
 from tests.helpers import ROOT
 
 # the scripts the issue names: each must be found by the discovery below
-NAMED = ['train_ae.py', 'train_ldm.py', 'sample.py', 'eval_fid.py', 'spectrum.py', 'reproduce.py', 'export.py',
+NAMED = ['train_ae.py', 'train_ldm.py', 'sample.py', 'eval_fid.py', 'spectrum.py', 'repro/reproduce.py', 'export.py',
          'bench/bench_ae.py', 'bench/bench_eval.py', 'bench/bench_ldm.py', 'bench/bench_sample.py',
          'bench/bench_threads.py']
 # --help may take this many times a bare `python -c pass`. Measured on 2 CPU cores, best of 3: python -c pass
@@ -35,9 +35,10 @@ def builds_a_parser(path):
 
 
 def runnable_scripts():
-    """The top-level scripts and the benchmarks that read a command line."""
+    """The top-level scripts, the experiment's and the benchmarks that read a command line."""
     files = sorted(f for f in os.listdir(ROOT) if f.endswith('.py'))
     files += sorted(os.path.join('bench', f) for f in os.listdir(os.path.join(ROOT, 'bench')) if f.endswith('.py'))
+    files += sorted(os.path.join('repro', f) for f in os.listdir(os.path.join(ROOT, 'repro')) if f.endswith('.py'))
     return [f for f in files if builds_a_parser(f)]
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import diffusion
 import model
-from cli import SCHEDULE_BETAS
+from utils.cli import SCHEDULE_BETAS
 from diffusion import Diffusion, Flow, beta_schedule, process_from_config
 from tests.test_bad_inputs import TINY_AE, TINY_LDM, run_script
 

@@ -9,10 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data import make_dataset
-from cli import SE_DOWNSAMPLING
-from model import (Autoencoder, block_dct, cut_dct_high_frequencies, dct_cut_equivariance_loss,
-                   latent_hf_penalty, make_ae_config, scale_equivariance_loss, se_downsample, causal_time_pool, zigzag)
+from utils.data import make_dataset
+from utils.cli import SE_DOWNSAMPLING
+from model import Autoencoder, block_dct, cut_dct_high_frequencies, dct_cut_equivariance_loss, latent_hf_penalty, make_ae_config, scale_equivariance_loss, se_downsample, causal_time_pool, zigzag
 from tests.helpers import TINY_AE, run, train_rows
 
 

@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import conditioning
-import data
+from utils import conditioning
+from utils import data
 from diffusion import Diffusion, cfg_model_fn, spaced_timesteps
-from model import Autoencoder, apply_model, build_backbone, make_ae_config
+from model import Autoencoder, make_ae_config
+from denoiser import apply_model, build_backbone
 
 
 def perturbed(module, scale=0.1, seed=0):

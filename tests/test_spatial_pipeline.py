@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-import data
+from utils import data
 from tests.helpers import run
 
 TINY = ['--image_size', '16', '--batch_size', '4', '--num_workers', '0', '--device', 'cpu']

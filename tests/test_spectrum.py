@@ -9,12 +9,12 @@ import scipy.fft
 import torch
 import torch.nn.functional as F
 
-import metrics
+from evaluation import metrics
 import spectrum
-from metrics import psnr
+from evaluation.metrics import psnr
 from model import block_dct, block_idct, dct_matrix, zigzag
 from model import cut_dct_high_frequencies
-from spectral import BlockSpectrum, dct_spectrum, hf_energy_share, hf_share
+from utils.spectral import BlockSpectrum, dct_spectrum, hf_share
 
 # libjpeg's jpeg_natural_order: the k-th coefficient in zigzag order is at row-major position JPEG_ZIGZAG[k]
 JPEG_ZIGZAG = [
@@ -215,8 +215,8 @@ def _save_tiny_ae(path, seed):
 
 @pytest.mark.slow  # 2 AEs x 10 erasure levels x 2 batches of decodes: ~10-30 s on a shared CPU
 def test_cli_on_two_tiny_checkpoints_writes_plots_and_consistent_json(tmp_path):
-    from data import make_dataset
-    from weights import load_autoencoder
+    from utils.data import make_dataset
+    from utils.weights import load_autoencoder
     a, b = tmp_path / 'a.pt', tmp_path / 'b.pt'
     _save_tiny_ae(a, 0)
     _save_tiny_ae(b, 1)

@@ -31,7 +31,7 @@ def processes_naming(*texts):
 def stop_when(out, running, signum, timeout=600):
     """Start reproduce.py --smoke into `out`, wait until a child whose command line holds `running` is up, send
     `signum` to reproduce.py alone (not its process group), and return its exit status and output."""
-    cmd = [sys.executable, os.path.join(ROOT, 'reproduce.py'), '--smoke', '--seeds', '1', '--out_dir', str(out)]
+    cmd = [sys.executable, os.path.join(ROOT, 'repro/reproduce.py'), '--smoke', '--seeds', '1', '--out_dir', str(out)]
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                          env=dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1'))
     try:
@@ -66,7 +66,7 @@ def test_a_signal_ends_every_child_and_the_same_command_finishes_the_run(tmp_pat
         locks = [os.path.join(d, f) for d, _, files in os.walk(out) for f in files if f.endswith('lock')]
         assert not locks, locks  # each child ended in order and gave its lock back
     # the same command finishes the run; the fine-tune it stopped is made again, as an uninterrupted run makes it
-    done = subprocess.run([sys.executable, os.path.join(ROOT, 'reproduce.py'), '--smoke', '--seeds', '1', '--out_dir',
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'repro/reproduce.py'), '--smoke', '--seeds', '1', '--out_dir',
                            str(out)], cwd=ROOT, capture_output=True, text=True, timeout=1800,
                           env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

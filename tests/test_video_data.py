@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from data import BadVideo, DeadLeaves, VideoFolder, read_clip
+from utils.data import BadVideo, DeadLeaves, VideoFolder, read_clip
 
 av = pytest.importorskip('av')
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import export
-from model import (AE_PRESETS, Autoencoder, codebook_usage, decode_first_stage, encode_first_stage, make_ae_config)
+from model import AE_PRESETS, Autoencoder, codebook_usage, decode_first_stage, encode_first_stage, make_ae_config
 from tests.helpers import TINY_AE, read_log, run
-from weights import load_ae_state_dict
+from utils.weights import load_ae_state_dict
 
 diffusers = pytest.importorskip('diffusers')
 
@@ -125,7 +125,7 @@ def test_vq_train_ae_ldm_sample_trains_before_and_decodes_after_quantisation(tmp
     run('train_ldm.py', '--ae', ae_path, '--image_size', '16', '--batch_size', '4', '--num_workers', '0', '--device',
         'cpu', '--max_steps', '2', '--num_samples', '4', '--sample_steps', '2', '--eval_interval', '2',
         '--ckpt_interval', '2', '--cache_latents', tmp_path / 'cache', '--cache_size', '8', '--out_dir', tmp_path / 'ldm')
-    from probe import load_ldm
+    from repro.probe import load_ldm
     model, process, config, shift, scale, ae = load_ldm(str(tmp_path / 'ldm' / 'ema.pt'))
     assert config['vq_latents'] == 'pre_quantization'
     cached = torch.from_numpy(np.load(tmp_path / 'cache' / 'latents.npy').astype(np.float32)).flatten(0, 1)  # (2N, C, h, w)
@@ -137,7 +137,7 @@ def test_vq_train_ae_ldm_sample_trains_before_and_decodes_after_quantisation(tmp
     samples = np.load(tmp_path / 'samples' / 'samples.npz')['arr_0'].astype(np.float32)  # (2, 16, 16, 3)
     # the same two samples in this process: sample.py's noise of (seed 0, i) and its deterministic DDIM
     from diffusion import randn, sample_generators
-    from metrics import to_uint8
+    from evaluation.metrics import to_uint8
     with torch.no_grad():
         x_T = randn((2, *cached.shape[1:]), sample_generators(0, [0, 1]), 'cpu')
         z = process.ddim_sample(lambda x, t: model(x, t, None), x_T, steps=2, eta=0.0,

@@ -15,17 +15,18 @@ whose samples are off by more than a factor 2, or more than 10% saturated, has n
 Video LDMs (train_ldm.py --num_frames) are probed the same way on held-out clips, given as an .npz of uint8
 (N, T, H, W, 3) as sample.py writes them; every mean is then over all latent (pixel) values of a clip.
 
-  from probe import diffusability_probe; diffusability_probe('ldm/ckpt.pt', 'heldout_images/', [10, 100, 500, 900])
+  from repro.probe import diffusability_probe; diffusability_probe('ldm/ckpt.pt', 'heldout_images/', [10, 100, 500, 900])
 """
 import numpy as np
 import torch
 
-from common import broadcast_latent_norm
-from data import ImageFolder
+from utils.common import broadcast_latent_norm
+from utils.data import ImageFolder
 from diffusion import Flow, process_from_config
-from metrics import sample_guard
-from model import build_backbone, decode_first_stage, encode_first_stage
-from weights import load_autoencoder, load_checkpoint
+from evaluation.metrics import sample_guard
+from denoiser import build_backbone
+from model import decode_first_stage, encode_first_stage
+from utils.weights import load_autoencoder, load_checkpoint
 
 PROBE_T = [10, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 990]   # DDPM timesteps the probe noises to
 PROBE_T_FLOW = [0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.98]  # flow times (t = 1 is noise)

@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file as load_safetensors
 
-from common import die
+from utils.common import die
 from model import AE_PRESETS, Autoencoder, IdentityFirstStage, make_ae_config
 from video_model import VIDEO_AE_PRESETS, VideoAEConfig, VideoAutoencoder
 

@@ -22,8 +22,8 @@ import torch
 import torch.distributed as torch_dist
 from torch.utils.data import DataLoader
 
-from cli import die
-from rundir import no_space_is_an_error, partial_path
+from utils.cli import die
+from utils.rundir import no_space_is_an_error, partial_path
 
 # -----------------------------------------------------------------------------
 # user errors

@@ -2,14 +2,14 @@
 Does scale equivariance (SE) make latents more diffusable? The experiment of Skorokhodov et al. (ICML 2025) in
 miniature, from one command, run with the project's own scripts; report.py turns its numbers into report.md.
 
-  python reproduce.py                  # Fig. 1 and 5: the shipped baseline fine-tuned with SE and without, 3 seeds
-  python reproduce.py --pretrain       # make the shipped baseline again (about 1.5 hours on 2 CPU cores)
-  python reproduce.py --data ~/photos --random_crop   # a folder of photographs, split into training and held-out files
-  python reproduce.py --channels       # + Fig. 2 (latent channels); --kl_sweep: Fig. 3; --se_sweep: Fig. 4; --all
-  python reproduce.py --objective flow # rectified-flow LDMs instead of DDPM (eps,flow: both, on the same autoencoders)
-  python reproduce.py --smoke          # the pipeline at toy sizes (checks it runs; says nothing about SE)
-  python reproduce.py --num_frames 17  # video: the shipped causal 3D baseline, spatial SE and spatial + temporal SE
-  python reproduce.py --f_sweep        # instead, LDM's f ablation (its Fig. 6/7): pixels (f1) and AEs of f2 .. f32
+  python repro/reproduce.py                  # Fig. 1 and 5: the shipped baseline fine-tuned with SE and without, 3 seeds
+  python repro/reproduce.py --pretrain       # make the shipped baseline again (about 1.5 hours on 2 CPU cores)
+  python repro/reproduce.py --data ~/photos --random_crop   # a folder of photographs, split into training and held-out files
+  python repro/reproduce.py --channels       # + Fig. 2 (latent channels); --kl_sweep: Fig. 3; --se_sweep: Fig. 4; --all
+  python repro/reproduce.py --objective flow # rectified-flow LDMs instead of DDPM (eps,flow: both, on the same autoencoders)
+  python repro/reproduce.py --smoke          # the pipeline at toy sizes (checks it runs; says nothing about SE)
+  python repro/reproduce.py --num_frames 17  # video: the shipped causal 3D baseline, spatial SE and spatial + temporal SE
+  python repro/reproduce.py --f_sweep        # instead, LDM's f ablation (its Fig. 6/7): pixels (f1) and AEs of f2 .. f32
 
 The protocol. (1) A deep autoencoder (preset mini: f4, 8 channels, no shortcut from pixels to latent) is pretrained
 once, for long, by --pretrain, and shipped in assets/ with its recipe and the commit that made it. (2) As the paper
@@ -50,10 +50,12 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from cli import HelpFormatter, add_device_arg, die, int_list
-from rundir import lock_folder, refuse_overlap
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: the scripts it runs
+sys.path.insert(0, ROOT)
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+from utils.cli import HelpFormatter, add_device_arg, die, int_list
+from utils.rundir import lock_folder, refuse_overlap
+
 ASSETS = os.path.join(ROOT, 'assets')
 BASELINE = {'image': os.path.join(ASSETS, 'baseline_mini.safetensors'),
             'video': os.path.join(ASSETS, 'baseline_video_mini.safetensors')}
@@ -190,7 +192,7 @@ def check_args(args):
                             f"images would be training images; pass a folder apart from --data")
     baseline = args.baseline or BASELINE[kind_of(args.num_frames)]
     if not args.pretrain and not os.path.isfile(baseline) and not args.smoke:
-        problems.append(f"the baseline autoencoder {baseline} does not exist; make it with python reproduce.py "
+        problems.append(f"the baseline autoencoder {baseline} does not exist; make it with python repro/reproduce.py "
                         f"--pretrain, or pass one with --baseline")
     if problems:
         sys.exit(f"error: {problems[0]}." + (f" ({len(problems) - 1} more problem(s).)" if len(problems) > 1 else ''))
@@ -466,7 +468,7 @@ def clear_unless_matching(out, settings):
 
 
 def checkpoint_step(path):
-    from weights import load_checkpoint
+    from utils.weights import load_checkpoint
     return load_checkpoint(path)['step'] if os.path.exists(path) else None
 
 
@@ -513,7 +515,7 @@ def held_out_files(names, seed=0):
 def write_images(x, folder):
     """Images (N, 3, H, W) in [-1, 1] -> folder/000000.png, ... (8-bit, as every evaluation reads them)."""
     from PIL import Image
-    from metrics import to_uint8
+    from evaluation.metrics import to_uint8
     os.makedirs(folder, exist_ok=True)
     for i, img in enumerate(to_uint8(x).permute(0, 2, 3, 1).numpy()):
         Image.fromarray(img).save(os.path.join(folder, f'{i:06d}.png'))
@@ -543,7 +545,7 @@ def materialise_data(exp, source, val_source):
                 'image_size': exp.sizes['image_size'], 'train_images': exp.sizes['train_images'], 'num_eval': exp.sizes['num_eval']}
     if not clear_unless_matching(out, settings):
         import torch
-        from data import DeadLeaves, ImageFolder, list_files
+        from utils.data import DeadLeaves, ImageFolder, list_files
         if source is None:
             train_set, held = DeadLeaves(exp.sizes['image_size'], train=True), DeadLeaves(exp.sizes['image_size'], train=False)
             write_images(draw(train_set, range(exp.sizes['train_images'])), folders['train'])
@@ -575,13 +577,13 @@ def materialise_data(exp, source, val_source):
                 write_images(torch.stack([folder.load(item)[0] for item in items]), folders[name])
                 shutil.rmtree(tmp)
         record(out, settings)
-    from data import list_files
+    from utils.data import list_files
     return folders, {k: len(list_files(v)[0]) for k, v in folders.items()}
 
 def refuse_shared_files(train_files, held_files):
     """No held-out image may also train: a file of --val_data whose bytes equal a file of --data (a copy, under any
     name) is an error. Only files of equal size are hashed."""
-    from data import file_sha256
+    from utils.latent_cache import file_sha256
     by_size = {}
     for f in train_files:
         by_size.setdefault(os.path.getsize(f), []).append(f)
@@ -602,8 +604,8 @@ def materialise_clips(exp, out):
     if not clear_unless_matching(out, settings):
         import numpy as np
         import torch
-        from data import DeadLeaves
-        from metrics import to_uint8
+        from utils.data import DeadLeaves
+        from evaluation.metrics import to_uint8
         held = DeadLeaves(exp.sizes['image_size'], train=False, num_frames=exp.num_frames)
         os.makedirs(out, exist_ok=True)
         for k, name in enumerate(('heldout', 'heldout2')):
@@ -619,7 +621,7 @@ def pretrain(exp):
     """--pretrain: the baseline from scratch with the shipped recipe, written as a safetensors file whose metadata
     holds its config, the recipe, the commit that made it, its wall time and its held-out PSNR beside bicubic."""
     from safetensors.torch import save_file
-    from weights import load_checkpoint
+    from utils.weights import load_checkpoint
     kind = kind_of(exp.num_frames)
     out = os.path.join(exp.out_dir, 'pretrain')
     recipe = PRETRAIN[kind] + ['--device', exp.device, '--num_workers', 1]
@@ -790,8 +792,8 @@ def probe(exp, snapshot, objective):
     if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(snapshot):
         exp.work.finish('probe', exp.counts['heldout'], ran=False)
         return json.load(open(cache))
-    from common import select_device
-    from probe import PROBE_T, PROBE_T_FLOW, diffusability_probe
+    from utils.common import select_device
+    from repro.probe import PROBE_T, PROBE_T_FLOW, diffusability_probe
     t0 = time.time()
     result = diffusability_probe(snapshot, exp.data['heldout'], PROBE_T_FLOW if objective == 'flow' else PROBE_T,
                                  device=select_device(exp.device), decoded=PROBE_DECODED_CLIPS if exp.video else None)
@@ -809,10 +811,10 @@ def references(exp, aes):
     a perfect generator gets) and each AE's reconstructions of it (what a perfect LDM on its latents gets)."""
     import numpy as np
     import torch
-    from common import save_image_grid, save_video_grid
-    from metrics import to_uint8
-    from probe import held_out
-    from weights import load_autoencoder
+    from utils.common import save_image_grid, save_video_grid
+    from evaluation.metrics import to_uint8
+    from repro.probe import held_out
+    from utils.weights import load_autoencoder
     x = held_out(exp.data['heldout2'], exp.sizes['image_size'])  # (N, 3, [T,] H, W)
     out = {}
     for name, ae in [('real', None)] + list(aes.items()):
@@ -843,10 +845,10 @@ def erasure_strip(exp, aes):
     for RGB (erased in 8f x 8f tiles), then one for each AE (its latent erased in 8x8 tiles, decoded)."""
     import torch
     import torch.nn.functional as F
-    from common import save_image_grid
-    from data import ImageFolder
+    from utils.common import save_image_grid
+    from utils.data import ImageFolder
     from model import cut_dct_high_frequencies
-    from weights import load_autoencoder
+    from utils.weights import load_autoencoder
     held = ImageFolder(exp.data['heldout'], exp.sizes['image_size'], flip=False)
     x = torch.stack([held.load(i)[0] for i in range(min(4, len(held)))])
     fractions = [0.0, 0.25, 0.5, 0.75]
@@ -924,9 +926,9 @@ def f_reconstruction(exp, ae_path, f):
     """PSNR of the first stage's reconstructions (posterior means) of the held-out images, and of bicubic at its latent
     grid (metrics.bicubic_at_latent_grid, the trivial reference train_ae.py and spectrum.py measure)."""
     import torch
-    from metrics import bicubic_at_latent_grid, psnr
-    from probe import held_out
-    from weights import load_autoencoder
+    from evaluation.metrics import bicubic_at_latent_grid, psnr
+    from repro.probe import held_out
+    from utils.weights import load_autoencoder
     x = held_out(exp.data['heldout'], exp.sizes['image_size'])  # (N, 3, H, W)
     ae = load_autoencoder(ae_path)
     with torch.no_grad():
@@ -939,7 +941,7 @@ def f_sampling_throughput(snapshot, batch=16, steps=50):
     timed in this process (one thread, beside the other job)."""
     import torch
     from model import decode_first_stage
-    from probe import load_ldm
+    from repro.probe import load_ldm
     model, process, config, shift, scale, ae = load_ldm(snapshot)
     backbone = config['backbone']
     x_T = torch.randn(batch, backbone['in_channels'], backbone['latent_size'], backbone['latent_size'],
@@ -993,7 +995,7 @@ def f_sweep(exp, fs, t0, config):
               'child_seconds': exp.child_seconds}
     with open(os.path.join(exp.out_dir, 'f_sweep.json'), 'w') as f:
         json.dump(result, f, indent=1)
-    from report import write_f_sweep_report
+    from repro.report import write_f_sweep_report
     say(write_f_sweep_report(exp.out_dir))
     say(f"\nwrote {os.path.join(exp.out_dir, 'f_sweep.json')} and f_sweep.md (--f_sweep --replot re-writes it "
         f"from the numbers)")
@@ -1036,13 +1038,13 @@ def main(argv=None):
     """The run the command line asks for; argv: its flags (default sys.argv[1:])."""
     args = parser.parse_args(argv)
     if args.replot and args.f_sweep:  # f_sweep.md and its figure from f_sweep.json
-        from report import write_f_sweep_report
+        from repro.report import write_f_sweep_report
         if not os.path.isfile(os.path.join(args.out_dir, 'f_sweep.json')):
             parser.exit(2, f"error: {args.out_dir} holds no f_sweep.json; pass the --out_dir of a --f_sweep run.\n")
         say(write_f_sweep_report(args.out_dir))
         return
     if args.replot:  # the report from the numbers alone, without re-running anything
-        from report import write_report
+        from repro.report import write_report
         if not os.path.isfile(os.path.join(args.out_dir, 'report.json')):
             parser.exit(2, f"error: {args.out_dir} holds no report.json; pass the --out_dir of a reproduce.py run.\n")
         say(write_report(args.out_dir))
@@ -1141,7 +1143,7 @@ def main(argv=None):
         measured = parallel([lambda m=m: measure(exp, m) for m in made], jobs)
         report['fig4'] = {'se_weights': SE_WEIGHTS, 'finetune': dict(zip(map(str, SE_WEIGHTS), measured))}
 
-    from report import verdict, write_report
+    from repro.report import verdict, write_report
     report['wall_seconds'] = time.time() - t0
     report['child_seconds'] = exp.child_seconds
     report['verdict'] = None if args.smoke else verdict(report)  # toy sizes support no claim

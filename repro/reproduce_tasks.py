@@ -5,10 +5,10 @@ super-resolution x4 (16 -> 64 px, SR3's bicubic degradation), inpainting with La
 image), and semantic synthesis from the dead-leaves shape-kind maps. Each is a tiny UNet trained by train_ldm.py
 --task, sampled by sample.py --task --input on held-out images, scored beside its trivial reference:
 
-  python reproduce_tasks.py                    # the miniature, CPU-sized: 64 px, 3000 steps per task
-  python reproduce_tasks.py --size quick       # 32 px (SR 8 -> 32), 600 steps per task: a first look
-  python reproduce_tasks.py --size smoke       # toy sizes: checks that the pipeline runs, says nothing about quality
-  python reproduce_tasks.py --data ~/photos    # SR and inpainting on photographs (semantic needs the embedded data)
+  python repro/reproduce_tasks.py                    # the miniature, CPU-sized: 64 px, 3000 steps per task
+  python repro/reproduce_tasks.py --size quick       # 32 px (SR 8 -> 32), 600 steps per task: a first look
+  python repro/reproduce_tasks.py --size smoke       # toy sizes: checks that the pipeline runs, says nothing about quality
+  python repro/reproduce_tasks.py --data ~/photos    # SR and inpainting on photographs (semantic needs the embedded data)
 
   sr        PSNR, SSIM, LPIPS (with VGG weights) and SWD of the samples against the targets (eval_fid.py --paired),
             beside the bicubic upsampling of the same LR input
@@ -25,9 +25,11 @@ import json
 import argparse
 import subprocess
 
-from cli import HelpFormatter, add_device_arg
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: the scripts it runs
+sys.path.insert(0, ROOT)
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+from utils.cli import HelpFormatter, add_device_arg
+
 BASELINE = os.path.join(ROOT, 'assets', 'baseline_mini.safetensors')
 TASKS = ('sr', 'inpaint', 'semantic')
 # the sizes: image side, LDM steps, batch, held-out images, sampling steps, classifier steps
@@ -51,8 +53,8 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import conditioning  # noqa: E402
-from common import die, save_image_grid  # noqa: E402
-from data import SHAPE_KINDS, make_dataset, random_subset  # noqa: E402
+from utils.common import die, save_image_grid  # noqa: E402
+from utils.data import SHAPE_KINDS, make_dataset, random_subset  # noqa: E402
 
 size = SIZES[args.size]
 S = size['image_size']

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data import DeadLeaves, list_files
+from utils.data import DeadLeaves, list_files
 from tests.helpers import run
 
 
@@ -29,7 +29,7 @@ def pngs(folder):
 
 @pytest.mark.slow
 def test_smoke_run_pairs_the_arms_probes_them_and_reuses_what_matches(tmp_path):
-    args = ['reproduce.py', '--smoke', '--seeds', 2, '--out_dir', tmp_path]
+    args = ['repro/reproduce.py', '--smoke', '--seeds', 2, '--out_dir', tmp_path]
     shown = run(*args, timeout=1800).stdout.splitlines()
     # what a user sees: where everything goes, at once; each child's messages whole (spectrum.py's table, not its last
     # lines; train_ae.py's closing line naming its checkpoint); a live line per child with the whole run's time left
@@ -62,8 +62,8 @@ def test_smoke_run_pairs_the_arms_probes_them_and_reuses_what_matches(tmp_path):
             assert settings['args'][settings['args'].index('--seed') + 1] == str(s)  # the pair shares its seed
     # the probe is the LDM's own loss on held-out latents: recomputed from the last snapshot with the same noise
     from diffusion import Diffusion
-    from probe import load_ldm
-    from data import ImageFolder
+    from repro.probe import load_ldm
+    from utils.data import ImageFolder
     model, process, config, shift, scale, ae = load_ldm(str(tmp_path / 'seed1' / 'ldm_eps_se' / 'ckpt_0000004.pt'))
     x = torch.stack([ImageFolder(str(tmp_path / 'data' / 'heldout'), 32, flip=False).load(i)[0] for i in range(n)])
     with torch.no_grad():
@@ -76,7 +76,7 @@ def test_smoke_run_pairs_the_arms_probes_them_and_reuses_what_matches(tmp_path):
     # the references, scored as the samples are: a second held-out draw, and each seed-0 AE's reconstructions of it
     assert set(report['references']) == {'real', 'control', 'se'}
     # a smoke run draws no verdict; the verdict's sentences, with the paired test behind them, compute on its report
-    from report import verdict
+    from repro.report import verdict
     assert report['verdict'] is None
     sentences = verdict(report)
     assert len(sentences) >= 7 and all(0 <= v[1]['p_t'] <= 1 for v in sentences)
@@ -110,8 +110,8 @@ def test_video_smoke_run_fine_tunes_three_arms_and_probes_them_on_held_out_clips
     """--num_frames: the control, spatial SE and spatial + temporal SE arms of one baseline, each measured by the
     spatial and temporal spectra, a video DiT on its latents probed on held-out clips, and samples scored by the video
     SWD; the held-out clips come from the embedded held-out stream, which training never reads."""
-    from data import DeadLeaves
-    run('reproduce.py', '--smoke', '--num_frames', 9, '--seeds', 1, '--out_dir', tmp_path, timeout=1800)
+    from utils.data import DeadLeaves
+    run('repro/reproduce.py', '--smoke', '--num_frames', 9, '--seeds', 1, '--out_dir', tmp_path, timeout=1800)
     report = json.loads((tmp_path / 'report.json').read_text())
     aes, ldm = report['autoencoders'], report['ldm']['eps']
     assert list(aes) == ['control', 'se', 'se_st'] == list(ldm)
@@ -133,7 +133,7 @@ def test_video_smoke_run_fine_tunes_three_arms_and_probes_them_on_held_out_clips
     assert np.array_equal(clips[1], ((held[1][0] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy())
     # the probe on clips is the video LDM's own loss on their latents (normalised per channel), with the same noise
     from diffusion import Diffusion
-    from probe import held_out, load_ldm
+    from repro.probe import held_out, load_ldm
     model, process, config, shift, scale, ae = load_ldm(str(tmp_path / 'seed0' / 'ldm_eps_se_st' / 'ckpt_0000004.pt'))
     with torch.no_grad():
         z = (ae.encode(held_out(str(tmp_path / 'data' / 'heldout.npz'), 32), sample=False)[0] - shift) * scale
@@ -148,7 +148,7 @@ def test_video_smoke_run_fine_tunes_three_arms_and_probes_them_on_held_out_clips
 
 
 def test_the_time_left_counts_reused_work_as_done_and_follows_the_pace_of_the_work_that_ran(monkeypatch):
-    import reproduce
+    from repro import reproduce
     clock = [100.0]
     monkeypatch.setattr(reproduce.time, 'time', lambda: clock[0])
     step, prior = reproduce.REFERENCE_SECONDS['train_ldm.py'], reproduce.PACE_PRIOR
@@ -170,7 +170,7 @@ def test_the_time_left_counts_reused_work_as_done_and_follows_the_pace_of_the_wo
 
 
 def test_the_held_out_split_takes_the_share_asked_for_whatever_the_order_and_moves_little_when_a_file_is_added():
-    import reproduce
+    from repro import reproduce
     names = [f'img{i:03d}.jpg' for i in range(40)]
     held = reproduce.held_out_files(names)
     assert len(held) == 10 and held <= set(names)
@@ -188,7 +188,7 @@ def test_no_function_reads_a_name_that_only_main_assigns():
     from the command line. symtable resolves the scopes as Python does."""
     import builtins
     import symtable
-    import reproduce
+    from repro import reproduce
     with open(reproduce.__file__) as f:
         source = f.read()
     top = symtable.symtable(source, reproduce.__file__, 'exec')
@@ -214,7 +214,7 @@ def test_no_function_reads_a_name_that_only_main_assigns():
 
 def test_main_takes_its_flags_as_an_argument(tmp_path, monkeypatch, capsys):
     """reproduce.main(argv) parses argv, not the command line of the process that imported it."""
-    import reproduce
+    from repro import reproduce
     monkeypatch.setattr('sys.argv', ['pytest', '--no_such_flag'])
     with pytest.raises(SystemExit) as e:
         reproduce.main(['--replot', '--out_dir', str(tmp_path)])
@@ -232,7 +232,7 @@ def test_a_data_folder_is_split_once_and_no_held_out_file_reaches_training(tmp_p
         img = np.array((10 * i + 5, 250 - 10 * i, (37 * i) % 256)) + rng.integers(-3, 4, (40, 48, 3))
         Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(folder / f'p{i:02d}.png')
     out = tmp_path / 'out'
-    run('reproduce.py', '--smoke', '--seeds', 1, '--data', folder, '--random_crop', '--out_dir', out, timeout=1800)
+    run('repro/reproduce.py', '--smoke', '--seeds', 1, '--data', folder, '--random_crop', '--out_dir', out, timeout=1800)
     import reproduce  # noqa: F401  (the split rule itself)
     held = reproduce.held_out_files([f'p{i:02d}.png' for i in range(24)])
     assert len(held) == 6  # exactly the share asked for (25%)
@@ -253,10 +253,10 @@ def test_the_shipped_video_baseline_rebuilds_from_its_recorded_config_and_recipe
     """assets/baseline_video_mini.safetensors, as the image one: its recorded config rebuilds the causal 3D
     architecture exactly, its recipe is reproduce.PRETRAIN['video'], and it beats bicubic at the latent grid (every
     frame kept) by at least 1 dB on held-out clips."""
-    import reproduce
+    from repro import reproduce
     from safetensors import safe_open
     from video_model import VideoAutoencoder
-    from weights import load_autoencoder, safetensors_config
+    from utils.weights import load_autoencoder, safetensors_config
     path = reproduce.BASELINE['video']
     with safe_open(path, framework='pt') as f:
         meta, names = f.metadata(), set(f.keys())
@@ -275,9 +275,9 @@ def test_the_shipped_baseline_rebuilds_from_its_recorded_config_and_recipe():
     """assets/baseline_mini.safetensors records how it was made (reproduce.py --pretrain): its config rebuilds the
     architecture exactly (every weight fits, none missing), its recipe is reproduce.PRETRAIN's, and it beats bicubic
     at the latent grid by the 3 dB the experiment asks for."""
-    import reproduce
+    from repro import reproduce
     from safetensors import safe_open
-    from weights import load_autoencoder, safetensors_config
+    from utils.weights import load_autoencoder, safetensors_config
     path = reproduce.BASELINE['image']
     with safe_open(path, framework='pt') as f:
         meta, names = f.metadata(), set(f.keys())

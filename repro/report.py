@@ -3,7 +3,7 @@ The report of reproduce.py, from its numbers alone: out_dir/report.json (every n
 out_dir/report.md (tables, plots, sample grids and a verdict whose sentences are computed from the numbers) and the
 figures beside it. reproduce.py calls it at the end of a run; to re-plot or re-word a report without re-running:
 
-  python reproduce.py --replot --out_dir out/reproduce
+  python repro/reproduce.py --replot --out_dir out/reproduce
 
 The statistics. Every comparison is paired: seed s fine-tunes the same baseline with SE and without (the control),
 with the same data order, and trains the same LDM on each, so d_s = SE_s - control_s removes what the seeds share.

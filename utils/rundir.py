@@ -12,7 +12,7 @@ import errno
 import shutil
 import contextlib
 
-from cli import die
+from utils.cli import die
 
 
 def check_run_dir(out_dir, resume, overwrite, inputs):
