@@ -1,13 +1,15 @@
 """
-The networks of the project, as the papers draw them, shared by every script:
-  - the first-stage autoencoder of LDM / Stable Diffusion / FLUX.1 (Encoder, Decoder, KL and VQ regularisers) and the
-    scale-equivariance loss of Skorokhodov et al. (se_downsample, scale_equivariance_loss) that makes its latents
+The first stage of latent diffusion and its losses, as the papers draw them:
+  - the autoencoder of LDM / Stable Diffusion / FLUX.1 (Encoder, Decoder, KL and VQ regularisers, CompVis' presets
+    kl-f4..f32 and vq-f4..f16) and the one encode and decode every LDM path uses (encode_first_stage,
+    decode_first_stage: a VQ LDM learns the latent before quantisation, and decoding quantises),
+  - the scale-equivariance loss of Skorokhodov et al. (se_downsample, scale_equivariance_loss) that makes its latents
     diffusable, with the authors' two DCT-based alternatives (dct_cut_equivariance_loss, latent_hf_penalty) and the
     block DCT they and spectrum.py share,
-  - the PatchGAN discriminator with LDM's hinge loss and adaptive GAN weight,
-  - the two diffusion backbones: the LDM UNet and DiT, and DiT on video latents (VideoDiT).
-Parameter names follow the original checkpoints so public weights load as they are (weights.py reads them). The causal
-3D video autoencoder is in video_model.py, LPIPS in perceptual.py.
+  - the PatchGAN discriminator with LDM's hinge (or taming's vanilla) loss and adaptive GAN weight.
+Parameter names follow the original checkpoints so public weights load as they are (utils/weights.py reads them). The
+second stage's networks (UNet, DiT, tau_theta) are in denoiser.py, the causal 3D video autoencoder in video_model.py,
+LPIPS in evaluation/perceptual.py.
 """
 
 import math
