@@ -1,7 +1,9 @@
 """
 Gaussian diffusion in discrete time, as LDM (Rombach et al. 2022) and DiT (Peebles & Xie 2023) use it on latents:
-the noise schedule, the forward process q(x_t | x_0), the training loss, and the two samplers, ancestral DDPM
-(Ho et al. 2020, Algorithm 2) and DDIM (Song et al. 2021), both with classifier-free guidance (Ho & Salimans 2022).
+the noise schedule, the forward process q(x_t | x_0), the training loss, and three samplers, ancestral DDPM
+(Ho et al. 2020, Algorithm 2), DDIM (Song et al. 2021) and PLMS (PNDM's pseudo linear multistep, Liu et al. 2022, which
+LDM's txt2img --plms runs), all with classifier-free guidance (Ho & Salimans 2022). DDIM and PLMS take ADM's timesteps
+or LDM's (spaced_timesteps, sampling_steps).
 
 Symbols are the papers': beta_t, alpha_t = 1 - beta_t, abar_t = prod_{s<=t} alpha_s, eps the noise, x0 the clean latent.
 Timesteps are 0-based indices t in [0, T) (index t is the paper's t + 1), which is also what the networks are fed.
@@ -26,36 +28,51 @@ import math
 import numpy as np
 import torch
 
-from cli import FLOW_PREDICTIONS, SPACINGS, TIME_SAMPLINGS  # the names the flags offer
+from utils.cli import DIFFUSION_LOSSES, FLOW_PREDICTIONS, SCHEDULE_BETAS, SPACINGS, TIME_SAMPLINGS  # the flags' names
 
 # ----------------------------------------------------------------------------------------------
 # schedule
 
 
-def beta_schedule(name, T=1000):
+def beta_schedule(name, T=1000, beta_start=None, beta_end=None):
     """The schedules of the papers we follow, as float64 (T,), each under the name of what it is:
     linear         DDPM / ADM / DiT: beta linear from 1e-4 to 0.02
     ldm_linear     LDM's own configs (linear_start 0.0015, linear_end 0.0195): linear in sqrt(beta)
-    scaled_linear  Stable Diffusion's (0.00085 .. 0.012, linear in sqrt(beta)), diffusers' name for it"""
+    scaled_linear  Stable Diffusion's (0.00085 .. 0.012, linear in sqrt(beta)), diffusers' name for it
+    beta_start, beta_end move the endpoints beta_1, beta_T (CompVis' linear_start, linear_end) and keep the rule; None
+    keeps the schedule's own (cli.SCHEDULE_BETAS)."""
+    if name not in SCHEDULE_BETAS:
+        raise ValueError(f"unknown noise schedule {name!r}; use 'linear' (DDPM/ADM/DiT), 'ldm_linear' (LDM) or "
+                         f"'scaled_linear' (Stable Diffusion).")
+    b0, b1 = SCHEDULE_BETAS[name]
+    b0, b1 = b0 if beta_start is None else beta_start, b1 if beta_end is None else beta_end
+    if not 0 < b0 <= b1 < 1:
+        raise ValueError(f"the betas must rise within (0, 1), got beta_start {b0} and beta_end {b1}.")
     if name == "linear":
-        return torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
-    if name == "ldm_linear":
-        return torch.linspace(0.0015 ** 0.5, 0.0195 ** 0.5, T, dtype=torch.float64) ** 2
-    if name == "scaled_linear":
-        return torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, T, dtype=torch.float64) ** 2
-    raise ValueError(f"unknown noise schedule {name!r}; use 'linear' (DDPM/ADM/DiT), 'ldm_linear' (LDM) or "
-                     f"'scaled_linear' (Stable Diffusion).")
+        return torch.linspace(b0, b1, T, dtype=torch.float64)  # beta_t = b0 + t (b1 - b0) / (T - 1)
+    return torch.linspace(b0 ** 0.5, b1 ** 0.5, T, dtype=torch.float64) ** 2  # sqrt(beta_t) linear (CompVis 'linear')
 
 
 def spaced_timesteps(T, steps, spacing='even'):
     """The `steps` timesteps a sampler visits, ascending, as ADM's respacing (space_timesteps) picks them, which DiT
-    uses too, so our numbers at N steps are comparable with theirs:
+    uses too, so our numbers at N steps are comparable with theirs, or as LDM picks them:
     even  ADM's "N": index k is round(k (T-1)/(N-1)), accumulated in float64 as ADM does, so ties round alike;
           from 0 to T-1, and N = T is the full chain
     ddim  ADM's "ddimN": every stride-th index from 0, for the integer stride that gives exactly N (0, 20, ..., 980
-          for N = 50 of T = 1000); not every N has one"""
+          for N = 50 of T = 1000); not every N has one
+    ldm   CompVis' make_ddim_timesteps 'uniform': every c-th index from 1, c = T // N (1, 21, ..., 981 for 50 of 1000),
+          diffusers' "leading" spacing with steps_offset=1; refused where that is not N timesteps below T (CompVis
+          would then make more, or index past T). Its samplers end on timestep 0, not on clean data (sampling_steps)"""
     if not 1 <= steps <= T:
         raise ValueError(f"the number of sampling steps must be between 1 and T={T}, got {steps}.")
+    if spacing == 'ldm':
+        c = T // steps
+        ts = torch.arange(1, T, c)  # "add one to get the final alpha values right" (CompVis): 0, c, ... shifted by 1
+        if len(ts) != steps:
+            raise ValueError(f"LDM's spacing, timesteps 1, 1 + c, ... below {T} with c = {T} // {steps} = {c}, gives "
+                             f"{len(ts)} of them, not {steps}; choose a number of steps that divides {T} (such as 50 "
+                             f"or 250), or another spacing.")
+        return ts
     if spacing == 'ddim':
         for stride in range(1, T + 1):
             if len(range(0, T, stride)) == steps:
@@ -70,6 +87,15 @@ def spaced_timesteps(T, steps, spacing='even'):
         ts.append(round(cur))  # Python's round: half to even, as ADM's
         cur += frac_stride
     return torch.tensor(ts)
+
+
+def sampling_steps(T, steps, spacing='even'):
+    """The steps of the DDIM and PLMS samplers, [(t, t_prev), ...] from noise to data over spaced_timesteps: each
+    timestep steps to the one below it, and the lowest to t_prev = -1 (abar = 1: clean data), or under LDM's spacing to
+    timestep 0, whose abar_0 < 1 (CompVis' alphas_prev[0] = alphas_cumprod[0], diffusers' set_alpha_to_one=False)."""
+    ts = spaced_timesteps(T, steps, spacing).tolist()
+    ts_prev = [0 if spacing == 'ldm' else -1] + ts[:-1]
+    return list(zip(ts, ts_prev))[::-1]
 
 
 def sample_generators(seed, indices):
@@ -97,14 +123,24 @@ def mean_flat(x):  # (B, ...) -> (B,)
     return x.mean(dim=list(range(1, x.ndim)))
 
 
+def pointwise_loss(error, loss_type):
+    """The training loss of each element of `error` = prediction - target: its square (l2) or magnitude (l1), as
+    CompVis' get_loss does before the mean."""
+    return error.abs() if loss_type == 'l1' else error ** 2
+
+
 class Diffusion:
     """The schedule's tables live on `device` (float64), so gathering a timestep's coefficients never syncs a GPU."""
 
-    def __init__(self, schedule="linear", T=1000, prediction="eps", learn_sigma=False, device="cpu"):
+    def __init__(self, schedule="linear", T=1000, prediction="eps", learn_sigma=False, device="cpu", beta_start=None,
+                 beta_end=None, loss_type="l2"):
         if prediction not in ("eps", "v"):
             raise ValueError(f"unknown prediction {prediction!r}; use 'eps' or 'v'.")
+        if loss_type not in DIFFUSION_LOSSES:
+            raise ValueError(f"unknown loss type {loss_type!r}; use one of {', '.join(DIFFUSION_LOSSES)}.")
         self.schedule, self.T, self.prediction, self.learn_sigma = schedule, T, prediction, learn_sigma
-        self.betas = beta_schedule(schedule, T)  # (T,) float64
+        self.loss_type = loss_type
+        self.betas = beta_schedule(schedule, T, beta_start, beta_end)  # (T,) float64
         self.abar = torch.cumprod(1.0 - self.betas, dim=0)  # abar_t = prod_{s<=t} (1 - beta_s)
         self.abar_from_minus_one = torch.cat([torch.ones(1, dtype=torch.float64), self.abar])  # (T + 1,)
         abar_prev = self.abar_from_minus_one[:-1]
@@ -170,7 +206,8 @@ class Diffusion:
 
     def training_loss(self, model, x0, y=None, t=None, noise=None):
         """Per-sample loss (B,). L_simple = ||eps - eps_theta(x_t, t)||^2 (LDM Algorithm 1 / DDPM eq. 14), or the same
-        on v; plus L_vlb for learn_sigma models. t and noise are drawn when not given."""
+        on v, or with loss_type 'l1' |eps - eps_theta| (CompVis' loss_type, which LDM's inpainting config sets); plus
+        L_vlb for learn_sigma models. t and noise are drawn when not given."""
         B = x0.shape[0]
         if t is None:
             t = torch.randint(0, self.T, (B,), device=x0.device)
@@ -180,7 +217,7 @@ class Diffusion:
         pred, var_values = self.split_output(model(x_t, t, y))
         a = self._abar(t, x0)
         target = noise if self.prediction == "eps" else a.sqrt() * noise - (1 - a).sqrt() * x0  # v target
-        loss = mean_flat((pred.float() - target.float()) ** 2)
+        loss = mean_flat(pointwise_loss(pred.float() - target.float(), self.loss_type))
         if var_values is not None:
             loss = loss + self.vlb_terms(pred.detach(), var_values, x0, x_t, t)
         return loss
@@ -233,6 +270,9 @@ class Diffusion:
     def ddpm_sample(self, model_fn, x_T, steps=None, generator=None, spacing='even', known=None):
         """Ancestral sampling from x_T ~ N(0, I) over `steps` timesteps (all T by default), spaced as ADM/DiT do.
         known: inpaint by replacement (replace_known)."""
+        if spacing == 'ldm':  # CompVis' ancestral sampler walks the whole chain; 'ldm' is its DDIM's and PLMS's
+            raise ValueError("LDM's spacing is for the DDIM and PLMS samplers; sample DDPM with the even or ddim "
+                             "spacing.")
         ts = spaced_timesteps(self.T, steps or self.T, spacing).tolist()
         x = x_T
         for i in range(len(ts) - 1, -1, -1):
@@ -259,13 +299,50 @@ class Diffusion:
     @torch.no_grad()
     def ddim_sample(self, model_fn, x_T, steps=50, eta=0.0, generator=None, spacing='even', known=None):
         """DDIM from x_T ~ N(0, I) over `steps` timesteps spaced as ADM/DiT do; eta = 0 is deterministic, eta = 1 ~
-        DDPM. spacing='ddim' is ADM's ddimN (its DDIM results use it). known: inpaint by replacement (replace_known),
-        as CompVis' DDIMSampler with mask and x0."""
-        ts = spaced_timesteps(self.T, steps, spacing).tolist()
+        DDPM. spacing='ddim' is ADM's ddimN (its DDIM results use it), 'ldm' LDM's DDIMSampler (diffusers'
+        DDIMScheduler(steps_offset=1, set_alpha_to_one=False)), which ends on timestep 0. known: inpaint by replacement
+        (replace_known), as CompVis' DDIMSampler with mask and x0."""
         x = x_T
-        for i in range(len(ts) - 1, -1, -1):
-            x = self.replace_known(x, ts[i], known, generator)
-            x = self.ddim_step(model_fn, x, ts[i], ts[i - 1] if i > 0 else -1, eta, generator)
+        for t, t_prev in sampling_steps(self.T, steps, spacing):
+            x = self.replace_known(x, t, known, generator)
+            x = self.ddim_step(model_fn, x, t, t_prev, eta, generator)
+        return x
+
+    @torch.no_grad()
+    def plms_step(self, model_fn, x_t, t, t_prev, old_eps):
+        """One step x_t -> x_{t_prev} of PLMS, the pseudo linear multistep method of PNDM (Liu et al. 2022) as LDM's
+        PLMSSampler takes it: DDIM's eta = 0 step (PNDM's transfer, eq. 9) with eps' from the Adams-Bashforth formula of
+        the order that old_eps, the eps of the last steps (newest last), allows. Without any, the first step is a pseudo
+        improved Euler (Heun) step, with a second evaluation at t_prev. -> (x_prev, eps of this step)."""
+        def eps_at(x, s):  # the network's eps at timestep s (v models: eps = sqrt(1 - abar) x + sqrt(abar) v)
+            s_b = torch.full((x.shape[0],), s, dtype=torch.long, device=x.device)
+            return self.eps_x0(self.split_output(model_fn(x, s_b))[0], x, s_b)[0]
+
+        def transfer(e):  # x_prev = sqrt(abar_prev) (x_t - sqrt(1 - abar_t) e) / sqrt(abar_t) + sqrt(1 - abar_prev) e
+            a, a_prev = (self._abar(torch.full((1,), s, device=x_t.device), x_t) for s in (t, t_prev))
+            return a_prev.sqrt() * (x_t - (1 - a).sqrt() * e) / a.sqrt() + (1 - a_prev).sqrt() * e
+
+        eps = eps_at(x_t, t)
+        if not old_eps:
+            eps_prime = (eps + eps_at(transfer(eps), t_prev)) / 2  # e' = (e(x_t, t) + e(x~_prev, t_prev)) / 2
+        elif len(old_eps) == 1:
+            eps_prime = (3 * eps - old_eps[-1]) / 2  # 2nd order: e' = (3 e - e_{-1}) / 2, e_{-k} the eps k steps ago
+        elif len(old_eps) == 2:
+            eps_prime = (23 * eps - 16 * old_eps[-1] + 5 * old_eps[-2]) / 12  # 3rd: (23 e - 16 e_{-1} + 5 e_{-2}) / 12
+        else:  # 4th order: e' = (55 e - 59 e_{-1} + 37 e_{-2} - 9 e_{-3}) / 24
+            eps_prime = (55 * eps - 59 * old_eps[-1] + 37 * old_eps[-2] - 9 * old_eps[-3]) / 24
+        return transfer(eps_prime), eps
+
+    @torch.no_grad()
+    def plms_sample(self, model_fn, x_T, steps=50, spacing='ldm'):
+        """PLMS from x_T ~ N(0, I) over `steps` timesteps (LDM's --plms; diffusers' PNDMScheduler(skip_prk_steps=True)):
+        deterministic, steps + 1 network evaluations. It combines eps, also for v models (diffusers combines v)."""
+        if steps < 2:
+            raise ValueError("PLMS's first step evaluates the network at the next timestep; give it at least 2 steps.")
+        x, old_eps = x_T, []
+        for t, t_prev in sampling_steps(self.T, steps, spacing):
+            x, eps = self.plms_step(model_fn, x, t, t_prev, old_eps)
+            old_eps = (old_eps + [eps])[-3:]  # the eps of the last three steps, as CompVis' old_eps
         return x
 
 
@@ -293,11 +370,13 @@ class Flow:
     time_sampling  the training's time density before the shift: 'uniform' (SiT) or 'logit_normal' (SD3's, with
                    logit_mean m and logit_std s)
     time_shift     SD3's shift s of every time, in training and in the samplers' grid alike (1: none)
+    loss_type      'l2' (SiT, SD3) or 'l1' (the elementwise |F_theta - target|, as Diffusion's loss_type)
     The backbone is built without learn_sigma: a flow has no variance to learn."""
 
     TIME_SCALE = 1000.0
 
-    def __init__(self, prediction='velocity', time_sampling='uniform', logit_mean=0.0, logit_std=1.0, time_shift=1.0):
+    def __init__(self, prediction='velocity', time_sampling='uniform', logit_mean=0.0, logit_std=1.0, time_shift=1.0,
+                 loss_type='l2'):
         if prediction not in FLOW_PREDICTIONS:
             raise ValueError(f"unknown flow prediction {prediction!r}; use one of {', '.join(FLOW_PREDICTIONS)}.")
         if time_sampling not in TIME_SAMPLINGS:
@@ -306,6 +385,9 @@ class Flow:
             raise ValueError(f"the logit-normal's logit_std must be positive, got {logit_std}.")
         if not time_shift > 0:
             raise ValueError(f"the time shift must be positive (1 for none), got {time_shift}.")
+        if loss_type not in DIFFUSION_LOSSES:
+            raise ValueError(f"unknown loss type {loss_type!r}; use one of {', '.join(DIFFUSION_LOSSES)}.")
+        self.loss_type = loss_type
         self.prediction, self.time_sampling, self.time_shift = prediction, time_sampling, time_shift
         self.logit_mean, self.logit_std = logit_mean, logit_std
         # A noise prediction holds no velocity at t = 1, where x_t = eps makes v = (eps - x_t) / (1 - t) a 0/0: as SiT
@@ -380,7 +462,8 @@ class Flow:
 
     def training_loss(self, model, x0, y=None, t=None, noise=None):
         """Per-sample loss (B,): ||F_theta(x_t, t) - target||^2 for the target of `prediction` (the conditional flow
-        matching loss of SiT and SD3 with velocity); t and noise are drawn when not given."""
+        matching loss of SiT and SD3 with velocity), or |F_theta - target| under loss_type 'l1'; t and noise are drawn
+        when not given."""
         if t is None:
             t = self.sample_time(x0.shape[0], x0.device)
         if noise is None:
@@ -390,7 +473,7 @@ class Flow:
         if pred.shape != x0.shape:
             raise ValueError(f"the network outputs {tuple(pred.shape[1:])} for inputs {tuple(x0.shape[1:])}; flow "
                              f"matching needs one output per input channel (build the backbone with learn_sigma off).")
-        return mean_flat((pred.float() - self.target(x0, noise).float()) ** 2)
+        return mean_flat(pointwise_loss(pred.float() - self.target(x0, noise).float(), self.loss_type))
 
     # ---- samplers: dx/dt = v(x, t) from t = 1 to t = 0 ----
 
@@ -459,6 +542,19 @@ class Flow:
         for t, t_next in zip(ts[:-1], ts[1:]):
             x = self.sde_step(model_fn, x, t, t_next, diffusion_norm, generator)
         return x
+
+
+def process_from_config(config, device='cpu'):
+    """The diffusion process, Diffusion or Flow, that a train_ldm.py checkpoint's config was trained with, for the
+    samplers and the probe. A checkpoint older than a key keeps the behaviour of its day: no beta_start/beta_end is the
+    schedule's own endpoints, no diffusion_loss is l2, no objective is DDPM."""
+    loss_type = config.get('diffusion_loss', 'l2')
+    if config.get('objective') == 'flow':
+        return Flow(**{k: config[k] for k in ('prediction', 'time_sampling', 'logit_mean', 'logit_std', 'time_shift')},
+                    loss_type=loss_type)
+    return Diffusion(config['schedule'], prediction=config['prediction'], learn_sigma=config['learn_sigma'],
+                     device=device, beta_start=config.get('beta_start'), beta_end=config.get('beta_end'),
+                     loss_type=loss_type)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -42,26 +42,27 @@ import sys
 import json
 import argparse
 
-from cli import FID_WEIGHTS_FILE, I3D_WEIGHTS_FILE, I3D_WEIGHTS_URL, add_device_arg, checked, set_cpu_threads
+from utils.cli import (HelpFormatter, FID_WEIGHTS_FILE, I3D_WEIGHTS_FILE, add_device_arg, checked, set_cpu_threads,
+                 stop_on_signals)
 
 
 def parse_args(argv=None):
     """The command line (sys.argv when argv is None), read without torch: main() reads it again."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                 allow_abbrev=False)
-    p.add_argument('--fake', type=str, default=None, help='generated images: a folder, a samples .npz (uint8 arr_0) or a statistics .npz (mu, sigma[, mu_s, sigma_s]); or videos: a samples .npz of uint8 (N, T, H, W, 3) or a folder of videos (--num_frames, --image_size), scored by FVD and the video SWD')
-    p.add_argument('--ref', '--real', dest='ref', type=str, default=None, help="the reference set, the same kinds as --fake, or ADM's reference batch .npz as distributed (its precomputed mu, sigma, mu_s, sigma_s give FID and sFID, as ADM's evaluator reads them; its images arr_0 give precision, recall and KID); omitted: the embedded dead-leaves set (its held-out stream). --real is the same flag")
-    p.add_argument('--num_real', type=checked(int, lo=1), default=None, help="use a seeded random N of the reference images (precomputed statistics in the file stay those of all of them), or with --ae reconstruct N images (default: all; for the endless dead-leaves set as many as --fake has, else 1000)")
-    p.add_argument('--image_size', type=checked(int, lo=1), default=None, help='center-crop and resize folder images to this size as data.py does; also the dead-leaves resolution (default: folders as they are, dead leaves at the --fake resolution)')
+    p.add_argument('--fake', type=str, default=None, help='generated images: a folder, a samples .npz (uint8 arr_0) or statistics .npz; or videos (.npz or a folder)')
+    p.add_argument('--ref', '--real', dest='ref', type=str, default=None, help="the reference: the kinds --fake takes, or ADM's reference batch .npz; omitted: the embedded held-out stream")
+    p.add_argument('--num_real', type=checked(int, lo=1), default=None, help='a seeded random N of the reference images, or with --ae of the images reconstructed (none: all, or 1000)')
+    p.add_argument('--image_size', type=checked(int, lo=1), default=None, help='center-crop and resize folder images to this size; also the dead-leaves size (none: as they are)')
     p.add_argument('--num_frames', type=checked(int, lo=2), default=16, help="frames per clip read from a folder of videos (each video's middle clip; default 16, FVD's clip length)")
-    p.add_argument('--save_stats', type=str, default=None, help="write the reference set's Inception statistics (I3D for videos) here (mu, sigma of pool_3 as pytorch-fid's files, and mu_s, sigma_s of sFID as ADM's), to pass as --ref later")
+    p.add_argument('--save_stats', type=str, default=None, help="write the reference set's statistics here (FID's mu, sigma; sFID's mu_s, sigma_s), to pass as --ref")
     p.add_argument('--ae', type=str, default=None, help='evaluate this autoencoder (a train_ae.py checkpoint, or public weights with --preset) on reconstructions of --data')
     p.add_argument('--preset', type=str, default=None, help='AE_PRESETS name for an --ae file that is a public state dict')
     p.add_argument('--data', type=str, default=None, help='with --ae: the image folder to reconstruct at --image_size (default: the embedded dead-leaves set)')
     p.add_argument('--vgg_weights', type=str, default=None, help="with --ae: local torchvision VGG16 weights for LPIPS (default: the torch hub cache)")
     p.add_argument('--lpips_lin_weights', type=str, default=None, help="with --ae: local LPIPS v0.1 linear-head weights, vgg.pth (default: the torch hub cache)")
-    p.add_argument('--inception_weights', type=str, default=None, help=f"path of {FID_WEIGHTS_FILE} (pytorch-fid's; torch-fidelity's weights-inception-2015-12-05-6726825d.pth holds the same names) (default: the torch hub cache, downloaded from the pytorch-fid release)")
-    p.add_argument('--i3d_weights', type=str, default=None, help=f'for videos: path of the FVD I3D weights {I3D_WEIGHTS_FILE} (default: the torch hub cache, downloaded from {I3D_WEIGHTS_URL})')
+    p.add_argument('--inception_weights', type=str, default=None, help=f"path of {FID_WEIGHTS_FILE}, pytorch-fid's (none: the torch hub cache, downloaded once)")
+    p.add_argument('--i3d_weights', type=str, default=None, help=f'for videos: path of the FVD I3D weights {I3D_WEIGHTS_FILE} (none: the torch hub cache)')
     p.add_argument('--batch_size', type=checked(int, lo=1), default=50, help='images (or videos) per forward pass per process')
     p.add_argument('--num_workers', type=checked(int, lo=0), default=2, help='image-decoding worker processes per process')
     p.add_argument('--seed', type=checked(int, lo=0), default=0, help='seed of the dead-leaves set (SWD neighbourhoods and directions are fixed)')
@@ -74,6 +75,7 @@ def parse_args(argv=None):
 
 if __name__ == '__main__':  # before torch is imported: --help and a mistyped flag answer at once, and the threads hold
     set_cpu_threads(reserve=parse_args().num_workers)  # the decoding workers keep their own cores busy
+    stop_on_signals()
 
 import numpy as np
 import torch
@@ -81,17 +83,18 @@ import torch.distributed as torch_dist
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from common import (select_device, die, setup_distributed, cleanup_distributed, refuse_to_overwrite,
-                    no_space_is_an_error, check_output, load_batches, refuse_unused, non_finite, refuse_overlap)
-from data import IMAGE_EXTENSIONS, DatasetImages, make_dataset, open_image, open_source, random_subset, shuffled
-from i3d import FVD_NUM_FRAMES, i3d_features, load_i3d
-from inception import INCEPTION_FEATURES, load_inception
-from metrics import (feature_statistics, frechet_distance, inception_score, kernel_inception_distance, precision_recall,
+from utils.common import select_device, die, setup_distributed, cleanup_distributed, load_batches, refuse_unused, non_finite
+from utils.rundir import refuse_to_overwrite, no_space_is_an_error, check_output, refuse_overlap, lock_file, atomic_write
+from utils.data import IMAGE_EXTENSIONS, make_dataset, open_image, random_subset
+from evaluation.sources import DatasetImages, open_source, shuffled
+from evaluation.i3d import FVD_NUM_FRAMES, i3d_features, load_i3d
+from evaluation.inception import INCEPTION_FEATURES, load_inception
+from evaluation.metrics import (feature_statistics, frechet_distance, inception_score, kernel_inception_distance, precision_recall,
                      psnr, ssim, to_uint8)
-from perceptual import LPIPS
-from swd import (SWD_MAX_IMAGES, SWD_MIN_RES, SWD_NHOOD, SWD_NHOODS_PER_IMAGE, swd_descriptors, swd_from_descriptors,
+from evaluation.perceptual import LPIPS
+from evaluation.swd import (SWD_MAX_IMAGES, SWD_MIN_RES, SWD_NHOOD, SWD_NHOODS_PER_IMAGE, swd_descriptors, swd_from_descriptors,
                  swd_resolutions, video_swd)
-from weights import load_autoencoder
+from utils.weights import load_autoencoder
 
 # ----------------------------------------------------------------------------------------------
 # Sharded feature extraction
@@ -211,6 +214,9 @@ def evaluate_autoencoder(ae, images, dist, inception=None, lpips=None, batch_siz
     feats_in, desc_in = inputs.finish()
     feats_rec, desc_rec = recons.finish()
     if inception is not None:
+        if len(feats_in['pool3']) < 2:
+            die(f"rFID is a Frechet distance, which needs at least 2 images (their covariance), and --num_real gives "
+                f"{len(feats_in['pool3'])}; pass more images.")
         results['rfid'] = frechet_distance(*feature_statistics(feats_in['pool3'].cpu()),
                                            *feature_statistics(feats_rec['pool3'].cpu()))
     results |= swd_from_descriptors(desc_in, desc_rec, inputs.resolutions)
@@ -283,17 +289,21 @@ def frechet(sets, features, distances, save_stats, dist, what, items):
             if mu in precomputed and sigma in precomputed:
                 stats[name][distance] = precomputed[mu], precomputed[sigma]
             elif features.get(name) is not None:
+                n = len(features[name][feature])
+                if n < 2:  # a covariance of one sample is not defined
+                    die(f"{distance.upper()} is a Frechet distance, which needs at least 2 {items} in each set (their "
+                        f"covariance), and {FLAG[name]} has {n}; pass more {items}.")
                 stats[name][distance] = feature_statistics(features[name][feature].cpu())
     if save_stats is not None:
         for distance, (mu, sigma) in stats['real'].items():
             if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
                 die(f"the {what} statistics ({distance}) of --ref are not finite (a set of fewer than 2 {items}, or "
                     f"features that overflowed); nothing was written.")
-        os.makedirs(os.path.dirname(os.path.abspath(save_stats)), exist_ok=True)
         arrays = {key: value for distance, (_, *keys) in distances.items() if distance in stats['real']
                   for key, value in zip(keys, stats['real'][distance])}
-        with no_space_is_an_error(os.path.dirname(os.path.abspath(save_stats))):
-            np.savez_compressed(save_stats, **arrays)
+        with no_space_is_an_error(os.path.dirname(os.path.abspath(save_stats))), atomic_write(save_stats) as tmp:
+            with open(tmp, 'wb') as f:
+                np.savez_compressed(f, **arrays)
         print(f"saved the {what} statistics ({', '.join(arrays)}) of {len(sets['real'][1])} reference {items} to "
               f"{save_stats}")
     if sets['fake'][0] is None:
@@ -496,13 +506,18 @@ def check_args(args):
     if args.ae is None and args.fake is None and args.save_stats is None:
         die("nothing to evaluate; pass --fake (generated images), --ae (an autoencoder) or --save_stats (reference statistics).")
     out = args.out or os.path.splitext((args.fake or args.ae or args.save_stats).rstrip('/'))[0] + '_metrics.json'
-    inputs = [(args.fake, '--fake'), (args.ref, '--ref'), (args.ae, '--ae'), (args.data, '--data')]
+    inputs = [(args.fake, '--fake'), (args.ref, '--ref'), (args.ae, '--ae'), (args.data, '--data')] + [
+        (getattr(args, k), f'--{k}') for k in ('inception_weights', 'i3d_weights', 'vgg_weights', 'lpips_lin_weights')]
     check_output(out, '--out' if args.out else f'--out (by default {out})', folder=False)
     refuse_overlap(out, '--out', inputs + [(args.save_stats, '--save_stats')])
+    if int(os.environ.get('RANK', 0)) == 0:
+        lock_file(out, '--out')  # one evaluation writes each file at a time (rank 0 for all ranks)
     refuse_to_overwrite([out], args.overwrite, flag='--out')
     if args.save_stats is not None:
         check_output(args.save_stats, '--save_stats', folder=False)
         refuse_overlap(args.save_stats, '--save_stats', inputs)
+        if int(os.environ.get('RANK', 0)) == 0:
+            lock_file(args.save_stats, '--save_stats')
         refuse_to_overwrite([args.save_stats], args.overwrite, flag='--save_stats')
     return out
 
@@ -560,8 +575,7 @@ def main(argv=None):
             print(f"{name:>12s}  {value:.4f}" if isinstance(value, float) else f"{name:>12s}  {value}")
         for name, why in skipped.items():
             print(f"{name:>12s}  skipped: {why}")
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with no_space_is_an_error(os.path.dirname(os.path.abspath(out))), open(out, 'w') as f:
+        with no_space_is_an_error(os.path.dirname(os.path.abspath(out))), atomic_write(out) as tmp, open(tmp, 'w') as f:
             json.dump({**results, 'skipped': skipped, 'args': vars(args)}, f, indent=2,
                       default=lambda v: v.item() if hasattr(v, 'item') else str(v))  # a numpy number is a number
         print(f"wrote {out}")

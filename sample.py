@@ -7,14 +7,17 @@ grid.mp4, grid.gif and grid_frames.png (first frames above middle frames), and s
   python sample.py --ckpt out/ldm/ckpt.pt                                     # 16 samples, DDIM 50 steps, EMA weights
                                                             # (a --objective flow model: Heun 50 steps, 99 evaluations)
   python sample.py --ckpt out/ldm/ckpt.pt --sampler ddpm --steps 250 --cfg_scale 1.5 --classes 3,7
+  python sample.py --ckpt out/ldm/ckpt.pt --sampler plms --steps 50       # LDM's txt2img --plms: timesteps 981, ..., 1
   torchrun --nproc_per_node=8 sample.py --ckpt out/ldm/ema.pt --num_samples 50000 --sampler ddpm --steps 250 \
       --cfg_scale 1.5 --cfg_channels 3          # DiT's FID-50K protocol (ema.pt: the EMA-only export, 1/4 the size)
 
 The checkpoint's objective picks the sampler family: DDPM models (--objective eps, v) sample with ancestral DDPM or
-DDIM over ADM's respaced timesteps, rectified-flow models (--objective flow) with the Euler or Heun ODE solver or SiT's
-Euler-Maruyama SDE (diffusion.Flow), on the time grid of the checkpoint's time shift. --cfg_interval lo,hi guides only
-at times t in [lo, hi] (LightningDiT's interval; t = 0 data, t = 1 noise); for a DDPM model t is the flow time of the
-same noise level, so one interval means one range of noise levels under both families.
+DDIM over ADM's respaced timesteps, or as LDM does, with DDIM (--spacing ldm) or PLMS over CompVis' timesteps
+1, 21, ..., 981, which end on timestep 0 (diffusers' steps_offset=1, set_alpha_to_one=False); rectified-flow models
+(--objective flow) with the Euler or Heun ODE solver or SiT's Euler-Maruyama SDE (diffusion.Flow), on the time grid of
+the checkpoint's time shift. --cfg_interval lo,hi guides only at times t in [lo, hi] (LightningDiT's interval; t = 0
+data, t = 1 noise); for a DDPM model t is the flow time of the same noise level, so one interval means one range of
+noise levels under both families.
 
 A text or layout model (train_ldm.py --task text | layout) samples --n_samples per --prompt (repeatable) or per line of
 --prompt_file, prompt-major as CompVis' txt2img, and guides as eps(x_t, neg) + s (eps(x_t, c) - eps(x_t, neg)) with neg
@@ -32,32 +35,23 @@ the result does not depend on the batch size or the number of processes, and no 
 samples.npz then also holds the labels (arr_1, as ADM's image_sample.py) and the protocol ('label_protocol').
 """
 import os
+import re
 import sys
 import glob
 import argparse
 import functools
 
-from cli import SPACINGS, TASKS, add_device_arg, checked, set_cpu_threads
+from utils.cli import HelpFormatter, SPACINGS, TASKS, add_device_arg, checked, set_cpu_threads, stop_on_signals, unit_interval
 
 # -----------------------------------------------------------------------------
 # config, read before torch is imported, so that --help and a mistyped flag answer at once
 
-DDPM_SAMPLERS, FLOW_SAMPLERS = ('ddpm', 'ddim'), ('euler', 'heun', 'sde')
-DEFAULT_STEPS = {'ddim': 50, 'ddpm': 250, 'euler': 50, 'heun': 50, 'sde': 250}  # Heun 50: 99 network evaluations
+DDPM_SAMPLERS, FLOW_SAMPLERS = ('ddpm', 'ddim', 'plms'), ('euler', 'heun', 'sde')
+DEFAULT_STEPS = {'ddim': 50, 'ddpm': 250, 'plms': 50, 'euler': 50, 'heun': 50, 'sde': 250}  # Heun 50: 99 evaluations
+DEFAULT_SPACING = {'ddim': 'ddim', 'ddpm': 'even', 'plms': 'ldm'}  # ADM's for its samplers, LDM's for PLMS
 
 
-def time_interval(text):
-    """An argparse type: 'lo,hi' with 0 <= lo <= hi <= 1 -> (lo, hi)."""
-    try:
-        lo, hi = (float(v) for v in text.split(','))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two comma-separated times such as '0,0.7', got '{text}'")
-    if not 0 <= lo <= hi <= 1:
-        raise argparse.ArgumentTypeError(f"must be lo,hi with 0 <= lo <= hi <= 1, got '{text}'")
-    return lo, hi
-
-
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
 parser.add_argument('--ckpt', type=str, default='out/ldm/ckpt.pt', help='a train_ldm.py checkpoint (ckpt.pt, or ema.pt: its EMA-only export)')
 parser.add_argument('--out_dir', type=str, default=None, help="where the samples go; default: a 'samples' folder next to --ckpt")
@@ -67,15 +61,15 @@ parser.add_argument('--ae_preset', type=str, default=None, help="architecture of
 parser.add_argument('--no_ema', action='store_true', help='use the raw weights instead of the EMA weights')
 parser.add_argument('--num_samples', type=checked(int, lo=1), default=16, help='how many samples in all (over every process)')
 parser.add_argument('--batch_size', type=checked(int, lo=1), default=16, help='samples per process per forward pass')
-parser.add_argument('--sampler', type=str, default=None, choices=DDPM_SAMPLERS + FLOW_SAMPLERS, help="DDPM models: ancestral 'ddpm' or 'ddim' (the default); flow models: the 'euler' or 'heun' ODE solver (the default) or SiT's Euler-Maruyama 'sde'")
-parser.add_argument('--steps', type=checked(int, lo=1, hi=1000), default=None, help='denoising steps (DDPM: out of T=1000); default: 50 for ddim, euler and heun, 250 for ddpm and sde')
-parser.add_argument('--spacing', type=str, default=None, choices=SPACINGS, help="DDPM: which timesteps (ADM's respacing, as DiT): 'even' = ADM's \"N\" from 0 to 999, 'ddim' = ADM's \"ddimN\" integer stride from 0; default: ddim for --sampler ddim, even for ddpm")
+parser.add_argument('--sampler', type=str, default=None, choices=DDPM_SAMPLERS + FLOW_SAMPLERS, help="DDPM models: 'ddpm', 'ddim' or LDM's 'plms'; flow models: 'euler', 'heun' or SiT's 'sde' (none: ddim, heun)")
+parser.add_argument('--steps', type=checked(int, lo=1, hi=1000), default=None, help='denoising steps (DDPM: out of T=1000); default: 50 for ddim, plms, euler and heun, 250 for ddpm and sde')
+parser.add_argument('--spacing', type=str, default=None, choices=SPACINGS, help="DDPM timesteps: ADM's 'even' or 'ddim' (0, 20, ..), LDM's 'ldm' (1, 21, ..); none: ddim, ddpm even, plms ldm")
 parser.add_argument('--eta', type=checked(float, lo=0, hi=1), default=None, help='DDIM noise: 0 deterministic (the default), 1 ancestral-like (ddim only)')
 parser.add_argument('--cfg_scale', type=checked(float, lo=0), default=1.0, help='classifier-free guidance scale s; 1 = plain conditional sampling')
-parser.add_argument('--cfg_interval', type=time_interval, default=None, help="guide only at times t in [lo, hi], t = 0 data, 1 noise (LightningDiT's cfg_interval_start c is 0,1-c); for DDPM models t is the flow time of equal noise level, sqrt(1 - abar) / (sqrt(abar) + sqrt(1 - abar)); default: everywhere")
-parser.add_argument('--cfg_channels', type=checked(int, lo=1), default=None, help="guide only the first N latent channels (DiT's sampler guides 3 of 4: pass 3 to compare with DiT's published FIDs); default: all")
+parser.add_argument('--cfg_interval', type=unit_interval, default=None, help='guide only at flow times t in [lo, hi] (0 data, 1 noise; DDPM: the flow time of equal noise); none: all')
+parser.add_argument('--cfg_channels', type=checked(int, lo=1), default=None, help="guide only the first N latent channels (DiT's sampler guides 3 of 4, for its published FIDs); none: all")
 parser.add_argument('--classes', type=str, default=None, help='comma-separated class ids to draw labels from; default: all classes')
-parser.add_argument('--labels', type=str, default=None, choices=['random', 'balanced'], help="class labels: 'random' uniform draws, as DiT's FID-50K protocol (the default); 'balanced' equal counts per class, as REPA-E and later")
+parser.add_argument('--labels', type=str, default=None, choices=['random', 'balanced'], help="class labels: 'random' uniform, as DiT's FID-50K protocol, or 'balanced' equal counts per class, as REPA-E")
 parser.add_argument('--seed', type=checked(int, lo=0), default=0, help='base seed; sample i uses the seed (seed, i)')
 parser.add_argument('--task', type=str, default=None, choices=TASKS, help="the model's task (default: the checkpoint's); inpaint with --inpaint_mode replace for any model")
 parser.add_argument('--input', type=str, default=None, help='--task sr|inpaint|semantic: a folder of LR images, x.png + x_mask.png, or x_label.png; default none')
@@ -91,6 +85,7 @@ parser.add_argument('--dtype', type=str, default='auto', choices=['auto', 'float
                     help="autocast dtype; 'auto' = bfloat16 on GPUs that support it, else float32")
 args = parser.parse_args()
 set_cpu_threads()  # the CPU threads this machine can spare, while torch can still obey
+stop_on_signals()  # Ctrl-C and SIGTERM: one line, and the last checkpoint kept
 
 # the command line is read: now the heavy imports (torch alone takes over a second)
 import numpy as np
@@ -98,19 +93,27 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from common import (select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
-                    broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_to_overwrite,
-                    no_space_is_an_error, check_output, lock_folder, refuse_unused)
-from diffusion import Diffusion, Flow, cfg_model_fn, spaced_timesteps, sample_generators, randn
-from metrics import to_uint8
-from model import apply_model, build_backbone, learned_conditioning
-import conditioning
-from weights import load_autoencoder, load_checkpoint
+from utils.common import (select_device, die, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
+                    broadcast_latent_norm, save_image_grid, save_video_grid, write_mp4, weights_hash, refuse_unused,
+                    all_finite, state_tensors)
+from utils.rundir import (refuse_to_overwrite, no_space_is_an_error, check_output, lock_folder, refuse_overlap,
+                    atomic_write)
+from diffusion import cfg_model_fn, process_from_config, spaced_timesteps, sample_generators, randn
+from evaluation.metrics import to_uint8
+from denoiser import apply_model, build_backbone, learned_conditioning
+from model import decode_first_stage, encode_first_stage
+from utils import conditioning
+from utils.weights import load_autoencoder, load_checkpoint
 
 args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU
 
-if args.sampler == 'ddpm' and args.eta not in (None, 0):
-    die("--eta only applies to --sampler ddim (ancestral DDPM has its own noise).")
+if args.sampler in ('ddpm', 'plms') and args.eta not in (None, 0):
+    why = {'ddpm': 'ancestral DDPM has its own noise', 'plms': 'PLMS is deterministic: CompVis requires ddim_eta 0'}
+    die(f"--eta only applies to --sampler ddim ({why[args.sampler]}).")
+if args.sampler == 'ddpm' and args.spacing == 'ldm':
+    die("--spacing ldm is LDM's for its DDIM and PLMS samplers; sample --sampler ddpm with --spacing even or ddim.")
+if args.sampler == 'plms' and args.steps == 1:
+    die("--sampler plms needs at least 2 --steps: its first step evaluates the network at the next timestep too.")
 refuse_unused(sys.argv[1:], [('--cfg_channels', args.cfg_scale != 1, 'only applies with --cfg_scale other than 1')])
 if args.cfg_interval is not None and args.cfg_scale == 1:
     die("--cfg_interval limits classifier-free guidance; pass a --cfg_scale other than 1 with it.")
@@ -118,6 +121,7 @@ out_dir = args.out_dir or os.path.join(os.path.dirname(os.path.abspath(args.ckpt
 image_dir, video_dir = os.path.join(out_dir, 'images'), os.path.join(out_dir, 'videos')
 # checked before any work, and locked: two samplers never mix their files
 check_output(out_dir, '--out_dir' if args.out_dir else f'--out_dir (by default {out_dir})', folder=True)
+refuse_overlap(out_dir, '--out_dir', [(args.ckpt, '--ckpt'), (args.ae, '--ae')])
 if int(os.environ.get('RANK', 0)) == 0:
     lock_folder(out_dir, '--out_dir')
 # samples of another run in out_dir would mix with these, and eval_fid would score them together
@@ -146,6 +150,9 @@ try:
 except Exception as e:  # whatever a config of nonsense makes the constructors raise
     die(f"the config and weights in {args.ckpt} describe no model that can be built ({type(e).__name__}: "
         f"{str(e).splitlines()[0][:160]}); it is not a checkpoint train_ldm.py wrote.")
+if not all_finite(state_tensors(model)):
+    die(f"the {'raw' if args.no_ema else 'EMA'} weights in {args.ckpt} are not finite (NaN or inf): its run diverged, "
+        f"and its samples would be noise or black; sample an earlier checkpoint.")
 objective = config.get('objective', config['prediction'])  # checkpoints made before flow: their prediction, eps or v
 flow = objective == 'flow'
 sampler = args.sampler or ('heun' if flow else 'ddim')
@@ -155,12 +162,8 @@ if sampler not in (FLOW_SAMPLERS if flow else DDPM_SAMPLERS):
 if flow and (args.eta is not None or args.spacing is not None):
     die(f"--eta and --spacing are DDPM's; {args.ckpt} is a rectified-flow model, whose times follow its time shift "
         f"({config['time_shift']:g}).")
-try:  # the time shift, like every Flow argument, is the one the model was trained with
-    if flow:
-        process = Flow(**{k: config[k] for k in ('prediction', 'time_sampling', 'logit_mean', 'logit_std', 'time_shift')})
-    else:
-        process = Diffusion(config['schedule'], prediction=config['prediction'], learn_sigma=config['learn_sigma'],
-                            device=device)
+try:  # the time shift, like every Flow argument, and the betas are the ones the model was trained with
+    process = process_from_config(config, device)
 except Exception as e:
     die(f"the config and weights in {args.ckpt} describe no model that can be built ({type(e).__name__}: "
         f"{str(e).splitlines()[0][:160]}); it is not a checkpoint train_ldm.py wrote.")
@@ -183,6 +186,9 @@ if (f, C_ae) != (trained_f, backbone['in_channels']):
 if config.get('ae_sha') is not None and weights_hash(ae) != config['ae_sha']:
     die(f"--ae {ae_path} has other weights than the autoencoder this LDM was trained with ({config['ae']}, weights "
         f"{config['ae_sha']}); its latents would not be the ones the LDM learned, so pass that autoencoder.")
+# a VQ LDM learned the latent before quantisation, and decoding quantises (CompVis' VQModelInterface); one trained by an
+# earlier train_ldm.py (no 'vq_latents' in its config) learned the quantised latent, and is decoded as it was
+force_not_quantize = config.get('vq_latents') != 'pre_quantization'
 
 num_classes = backbone['num_classes']
 trained_task = config.get('conditioning', {'task': 'none'})
@@ -214,12 +220,17 @@ else:
         die(f"--classes must lie in [0, {num_classes - 1}], got '{args.classes}'.")
     args.labels = args.labels or 'random'
     if args.labels == 'balanced':
-        labels = np.array([classes[i % len(classes)] for i in range(args.num_samples)])
+        K = len(classes)
+        if args.num_samples % K:  # equal counts, as --help promises, or nothing
+            die(f"--labels balanced gives each of the {K} classes the same number of samples, and --num_samples "
+                f"{args.num_samples} is not a multiple of {K}; pass {-(-args.num_samples // K) * K}, or --labels "
+                f"random.")
+        labels = np.array([classes[i % K] for i in range(args.num_samples)])
     else:  # every rank draws the same labels, from a stream apart from every sample's noise stream (seed, (i,))
         labels = np.random.default_rng(np.random.SeedSequence(args.seed)).choice(classes, args.num_samples)
 steps = args.steps or DEFAULT_STEPS[sampler]
 if not flow:
-    spacing = args.spacing or {'ddim': 'ddim', 'ddpm': 'even'}[sampler]
+    spacing = args.spacing or DEFAULT_SPACING[sampler]
     try:
         spaced_timesteps(process.T, steps, spacing)
     except ValueError as e:
@@ -249,6 +260,9 @@ refuse_unused(sys.argv[1:], [('--inpaint_mode', task == 'inpaint', 'only applies
 if replace and (trained_task['task'] != 'none' or flow):
     die(f"--inpaint_mode replace inpaints with a DDPM model that has no task of its own; {args.ckpt} is "
         f"{'a rectified flow' if flow else 'trained for --task ' + trained_task['task']}, so drop it.")
+if replace and sampler == 'plms':
+    die("--inpaint_mode replace replaces the known region at each step of --sampler ddim or ddpm; PLMS's multistep "
+        "update has no such step here, so choose one of those.")
 if task != trained_task['task'] and not replace:
     die(f"{args.ckpt} was trained for --task {trained_task['task']}, not {task}; pass its own task (or, for inpainting "
         f"with a model of no task, --inpaint_mode replace).")
@@ -284,16 +298,19 @@ elif task != 'none':
 
 
 def encode(x):  # pixels (B, 3, H, W) -> the normalised latent of the posterior mean, (z - shift) * scale
-    return (ae.encode(x, sample=False)[0].float() - latent_shift) * latent_scale
+    return (encode_first_stage(ae, x, sample=False).float() - latent_shift) * latent_scale  # VQ: before quantising
 
 if dist.master:
     os.makedirs(video_dir if video else image_dir, exist_ok=True)
-    for old in glob.glob(os.path.join(image_dir, '*.png')) + glob.glob(os.path.join(video_dir, '*.mp4')):
-        os.remove(old)  # only with --overwrite (checked above)
+    for folder in (image_dir, video_dir):  # only with --overwrite (checked above), and only the files this script names
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            if re.fullmatch(r'\d{6}\.(png|mp4|npy)', name) and os.path.isfile(os.path.join(folder, name)):
+                os.remove(os.path.join(folder, name))
     if flow:
         how = f"{sampler} {steps} steps ({2 * steps - 1 if sampler == 'heun' else steps} evaluations), time shift {process.time_shift:g}"
     else:
         how = f"{sampler} {steps} steps ({spacing} spacing){f', eta {args.eta or 0}' if sampler == 'ddim' else ''}"
+        how += f", {steps + 1} evaluations" if sampler == 'plms' else ''  # the warm-up's second evaluation
     guidance = '' if args.cfg_interval is None else f" in t {args.cfg_interval[0]:g}..{args.cfg_interval[1]:g}"
     print(f"{args.num_samples} samples, {how}, cfg scale {args.cfg_scale}{guidance}, "
           f"{'raw' if args.no_ema else 'EMA'} weights, {'' if labels is None else args.labels + ' labels, '}{dist.world_size} process(es) on {device}, {dtype} -> {out_dir}")
@@ -337,11 +354,16 @@ for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols
         elif sampler == 'ddim':
             z = process.ddim_sample(model_fn, x_T, steps=steps, eta=args.eta or 0.0, generator=gens, spacing=spacing,
                                     known=known)
+        elif sampler == 'plms':
+            z = process.plms_sample(model_fn, x_T, steps=steps, spacing=spacing)
         elif sampler == 'sde':  # SiT's defaults: diffusion coefficient w = t, last step of 0.04 without noise
             z = process.sde_sample(model_fn, x_T, steps=steps, generator=gens)
         else:
             z = process.ode_sample(model_fn, x_T, steps=steps, solver=sampler)
-        x = ae.decode(z.float() / latent_scale + latent_shift).float()  # undo the latent normalisation
+        x = decode_first_stage(ae, z.float() / latent_scale + latent_shift, force_not_quantize).float()  # undo the latent normalisation
+    if not torch.isfinite(x).all():  # to_uint8 would write NaN as black pixels, a result that looks like one
+        die(f"samples {idx[0]}..{idx[-1]} came out non-finite (NaN or inf): the model or its latent normalisation "
+            f"in {args.ckpt} is broken; nothing more was written.")
     x = to_uint8(x)
     if task == 'inpaint':  # the composite (1 - m) x + m x_hat, with the known pixels exactly the input's
         x = torch.where(batch['mask'].bool(), x, to_uint8(batch['image']))
@@ -371,23 +393,17 @@ if dist.master:
     if arr is None:  # a task's inputs of several sizes: the PNGs are the result, as no npz holds them
         print(f"wrote {args.num_samples} PNGs of several sizes to {image_dir} (no samples.npz: its images share a size)")
     else:
-        npz, tmp = os.path.join(out_dir, 'samples.npz'), os.path.join(out_dir, f'samples.npz.tmp.{os.getpid()}')
-        try:  # written whole or not at all: eval_fid must never read a cut-off npz
-            with no_space_is_an_error(out_dir, arr.nbytes):
-                with open(tmp, 'wb') as fh:
-                    np.savez(fh, arr_0=arr, **({} if labels is None else {'arr_1': labels, 'label_protocol': args.labels}),
-                             **({'prompts': np.array([conditioning.prompt_text(it) for _, it in items])} if text else {}))
-                os.replace(tmp, npz)
-                if video:
-                    save_video_grid(arr, out_dir)
-                    for i in range(args.num_samples):
-                        os.remove(os.path.join(video_dir, f'{i:06d}.npy'))
-                else:
-                    grid = torch.from_numpy(arr[:64]).permute(0, 3, 1, 2).float() / 127.5 - 1
-                    save_image_grid(grid, os.path.join(out_dir, 'grid.png'), nrow=max(int(len(grid) ** 0.5), 1))
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with no_space_is_an_error(out_dir, arr.nbytes):
+            with atomic_write(os.path.join(out_dir, 'samples.npz')) as tmp, open(tmp, 'wb') as fh:  # eval_fid never reads half
+                np.savez(fh, arr_0=arr, **({} if labels is None else {'arr_1': labels, 'label_protocol': args.labels}),
+                         **({'prompts': np.array([conditioning.prompt_text(it) for _, it in items])} if text else {}))
+            if video:
+                save_video_grid(arr, out_dir)
+                for i in range(args.num_samples):
+                    os.remove(os.path.join(video_dir, f'{i:06d}.npy'))
+            else:
+                grid = torch.from_numpy(arr[:64]).permute(0, 3, 1, 2).float() / 127.5 - 1
+                save_image_grid(grid, os.path.join(out_dir, 'grid.png'), nrow=max(int(len(grid) ** 0.5), 1))
         print(f"wrote {out_dir}/samples.npz {arr.shape}, " + (f"grid.mp4/.gif/_frames.png and {args.num_samples} MP4s"
                                                                if video else f"grid.png and {args.num_samples} PNGs"))
 cleanup_distributed()

@@ -20,21 +20,18 @@ where down() shrinks x and z by the same factor s drawn from --se_scales (model.
 authors' operator, bilinear with align_corners=True and no antialiasing (--se_down; 'mean' is their other one,
 'antialiased' ours). --se_ignore_lpips leaves LPIPS off the SE term, as their ignore_lpips; --se_mode dct_cut replaces
 the downsampling by their DCT cut: the same random share, up to --se_max_cut, of the high frequencies cut from z (8x8
-tiles) and from x (8f x 8f tiles). The discriminator sees only full-resolution reconstructions (hinge loss).
+tiles) and from x (8f x 8f tiles). The discriminator sees only full-resolution reconstructions (hinge loss, or taming's
+vanilla with --disc_loss vanilla). --rec_loss l2 makes the pixel term |x - D(z)| a squared error, in L_rec and in SE.
 
 Video (--num_frames N > 1, N = 1 + 4k): the causal 3D autoencoder of model.py (presets tiny, cogvideox) on clips
 (B, 3, N, H, W). L1 is over all pixels of the clip, LPIPS and the PatchGAN discriminator see every frame as an image
 (a frame discriminator), and down() shrinks each frame of x and each latent frame of z; time is untouched, as in the
-paper, unless --se_temporal_scales also shrinks it in both by a factor drawn from that list, as the authors'
-temporal_scale_factors: the first frame kept apart, the others averaged in groups (--se_temporal is '2'). Video runs
+paper, unless --se_temporal_scales also shrinks it in both by a factor drawn from that list: the first frame kept
+apart, the others averaged in groups, as the comment on the authors' temporal_scale_factors intends (their released
+einops.reduce pattern keeps every frame, so it shrinks no time; ours does). --se_temporal is '2'. Video runs
 default to --image_size 32 --batch_size 1 --max_steps 200 --lr 0.0002 --se_scales 2 --out_dir out/video_ae
 --eval_interval 100 --ckpt_interval 100 (VIDEO_DEFAULTS), sized for two CPU cores.
 
-Shared flags (cli.add_common_args) and their defaults in this script:
-  --data (embedded dead leaves)  --image_size 64  --batch_size 16  --grad_accum 1  --max_steps 2000  --lr 0.0001
-  --out_dir out/ae  --preset tiny  --seed 0  --device auto  --dtype auto  --num_workers 2
-  --log_interval 10  --eval_interval 250  --ckpt_interval 250
-  switches: --random_crop  --compile  --resume  --allow_changes  --overwrite  --tensorboard  --init_from PATH
 """
 import os
 import sys
@@ -46,7 +43,8 @@ import contextlib
 from copy import deepcopy
 from dataclasses import asdict, replace
 
-from cli import VIDEO_DEFAULTS, SE_DOWNSAMPLING, add_common_args, checked, int_list, set_cpu_threads
+from utils.cli import (HelpFormatter, VIDEO_DEFAULTS, DISC_LOSSES, REC_LOSSES, SE_DOWNSAMPLING, add_common_args, checked, int_list,
+                 set_cpu_threads, stop_on_signals)
 
 # -----------------------------------------------------------------------------
 # config, read before torch is imported, so that --help and a mistyped flag answer at once
@@ -54,26 +52,30 @@ from cli import VIDEO_DEFAULTS, SE_DOWNSAMPLING, add_common_args, checked, int_l
 pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
 pre.add_argument('--num_frames', type=str, default='1')  # only which defaults apply; the real parser checks the value
 video = pre.parse_known_args()[0].num_frames.strip() != '1'
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
 add_common_args(parser, out_dir='out/ae', lr=1e-4)
-parser.add_argument('--num_frames', type=checked(int, lo=1), default=1, help="frames per training clip (1 + 4k); 1 = images. N > 1 "
-                    "trains the video AE presets (tiny, cogvideox) with VIDEO_DEFAULTS (see above)")
+parser.add_argument('--num_frames', type=checked(int, lo=1), default=1, help='frames per training clip (1 + 4k); 1 = images. N > 1 trains the video AE presets with VIDEO_DEFAULTS')
 parser.add_argument('--frame_stride', type=checked(int, lo=1), default=1, help='video: take every n-th frame of the source video')
-parser.add_argument('--se_temporal', action='store_true', help="video: SE also halves time in x and z, the authors' temporal SE with factor 2 (the same as --se_temporal_scales 2; needs N = 1 + 8k)")
-parser.add_argument('--se_temporal_scales', type=int_list(2), default='', help="video: temporal factors, one drawn per step, by which SE also shrinks time in x and z (the authors' temporal_scale_factors: the first frame kept, the rest averaged in groups)")
+parser.add_argument('--se_temporal', action='store_true', help='video: SE also halves time in x and z, as --se_temporal_scales 2 (needs N = 1 + 8k)')
+parser.add_argument('--se_temporal_scales', type=int_list(2), default='', help="video: temporal factors, one drawn per step, by which SE also shrinks time in x and z (first frame kept)")
 parser.add_argument('--regularizer', type=str, default=None, choices=['kl', 'vq'], help="latent regulariser; default: the preset's")
 parser.add_argument('--kl_weight', type=checked(float, lo=0), default=1e-6, help="weight of the KL term (LDM's convention: KL summed over the latent vs. L1 summed over pixels)")
 parser.add_argument('--lpips_weight', type=checked(float, lo=0), default=1.0, help='weight of the LPIPS perceptual loss; 0 disables it (no VGG weights needed)')
+parser.add_argument('--rec_loss', type=str, default='l1', choices=REC_LOSSES, help="the pixel term of L_rec (and of SE's distance): l1 (LDM's, the default) or l2 (eq. 1 as an MSE)")
+parser.add_argument('--disc_loss', type=str, default='hinge', choices=DISC_LOSSES, help="the discriminator's loss: hinge (LDM's, the default) or vanilla (taming's vanilla_d_loss, the GAN of eq. 3)")
 parser.add_argument('--disc_weight', type=checked(float, lo=0), default=0.5, help='weight of the adversarial loss (times the adaptive weight)')
-parser.add_argument('--disc_start', type=checked(int, lo=0), default=None, help='step at which the discriminator and adversarial loss switch on; default: 0 when fine-tuning (--init_from, as the paper and EQ-VAE), else 50001 (LDM)')
+parser.add_argument('--disc_start', type=checked(int, lo=0), default=None, help='step at which the adversarial loss switches on; none: 0 when fine-tuning (--init_from), else 50001 (LDM)')
 parser.add_argument('--disc_lr', type=checked(float, lo=0, lo_open=True), default=None, help='discriminator learning rate; default: --lr')
 parser.add_argument('--se_weight', type=checked(float, lo=0), default=0.0, help='scale-equivariance loss weight (paper: 0.25); 0 = baseline')
 parser.add_argument('--se_scales', type=int_list(2), default='2,4', help="SE's downsampling factors, one drawn uniformly per step (the authors' scale_factors 0.5, 0.25 are 2, 4 here)")
 parser.add_argument('--warmup_steps', type=checked(int, lo=0), default=0, help='linear learning-rate warm-up of the autoencoder over this many steps (0: none)')
 parser.add_argument('--z_channels', type=checked(int, lo=1), default=None, help="latent channels; default: the preset's (the paper's Fig. 2 varies it)")
+parser.add_argument('--ch_mult', type=int_list(1), default=None, help="width of each level over ch, e.g. '1,2,4': f = 2^(levels - 1); default: the preset's")
+parser.add_argument('--attn_resolutions', type=int_list(1), default=None, help="CompVis': attention in the levels whose feature size at --image_size is listed ('' none); default: the preset's")
+parser.add_argument('--n_embed', type=checked(int, lo=2), default=None, help="VQ codebook size; default: the preset's")
 parser.add_argument('--se_down', type=str, default='bilinear', choices=SE_DOWNSAMPLING,
-                    help="how SE shrinks x and z: 'bilinear' the authors' default (align_corners=True, no antialiasing), 'mean' their s x s average, 'antialiased' ours (not the paper's)")
+                    help="how SE shrinks x and z: the authors' 'bilinear' (align_corners, no antialiasing) or 'mean'; 'antialiased' is ours")
 parser.add_argument('--se_mode', type=str, default='downsample', choices=['downsample', 'dct_cut'], help="SE by downsampling (the paper) or by the authors' DCT cut of high frequencies from z and x (--se_max_cut)")
 parser.add_argument('--se_max_cut', type=checked(float, lo=0, hi=1, lo_open=True), default=0.5, help='dct_cut: the share of each tile\'s DCT coefficients cut is drawn uniformly in [0, this] every step')
 parser.add_argument('--se_ignore_lpips', action='store_true', help="leave LPIPS off the SE term (L1 only), as the authors' ignore_lpips")
@@ -94,6 +96,7 @@ disc_start = args.disc_start if args.disc_start is not None else (0 if args.init
 # the CPU threads this machine can spare, set while torch can still obey (cli.set_cpu_threads), and a first line at once:
 # what runs and where it goes (loading torch, the data and the networks take a while, longer on a busy machine)
 threads = set_cpu_threads(reserve=args.num_workers)  # the data workers keep their own cores busy
+stop_on_signals()  # Ctrl-C and SIGTERM: one line, and the last checkpoint kept
 if os.environ.get('RANK', '0') == '0':
     print(f"train_ae.py: {'fine-tuning ' + args.init_from if args.init_from else 'preset ' + args.preset}, "
           f"{args.image_size} px{f' x {args.num_frames} frames' if video else ''}, {args.data or 'embedded data'}, "
@@ -107,19 +110,19 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from common import (die, select_device, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
-                    make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states,
-                    CheckpointWriter, update_ema, Loader, save_image_grid, tile_videos, write_mp4, Logger,
-                    note_non_finite, stop_if_non_finite, rank_checksum_diff, peak_memory,
-                    check_run_dir, prepare_run_dir, check_resume_steps, resume_run, no_space_is_an_error, refuse_unused)
-from data import make_dataset, random_subset
-from metrics import bicubic_at_latent_grid, psnr, rgb_on_latent_grid, to_uint8
-from model import (AE_PRESETS, Autoencoder, NLayerDiscriminator, hinge_d_loss, adaptive_gan_weight,
-                   dct_cut_equivariance_loss, latent_hf_penalty, se_downsample, se_downsample_time,
-                   scale_equivariance_loss, to_frames)
-from perceptual import LPIPS_MIN_SIZE, LPIPS
+from utils.common import (die, select_device, setup_distributed, cleanup_distributed, resolve_dtype, autocast,
+                    make_grad_scaler, all_reduce_mean, seed_everything, gather_rng_states, CheckpointWriter, update_ema,
+                    Loader, save_image_grid, tile_videos, write_mp4, Logger, note_non_finite, stop_if_non_finite,
+                    stop_if_weights_non_finite, rank_checksum_diff, peak_memory, check_resume_steps, resume_run,
+                    refuse_unused)
+from utils.rundir import check_run_dir, prepare_run_dir, no_space_is_an_error
+from utils.data import make_dataset, random_subset
+from evaluation.metrics import bicubic_at_latent_grid, psnr, rgb_on_latent_grid, to_uint8
+from model import AE_PRESETS, DISC_LOSSES, Autoencoder, NLayerDiscriminator, adaptive_gan_weight, codebook_usage, make_ae_config, pixel_loss, dct_cut_equivariance_loss, latent_hf_penalty, se_downsample, causal_time_pool, scale_equivariance_loss, to_frames
+from evaluation.perceptual import LPIPS_MIN_SIZE, LPIPS
+from utils.spectral import hf_share
 from video_model import VIDEO_AE_PRESETS, VideoAutoencoder
-from weights import load_autoencoder, load_checkpoint
+from utils.weights import load_autoencoder, load_checkpoint
 
 args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU, as config.json records it
 
@@ -133,6 +136,8 @@ def check_args(args):
             f"choose one of {', '.join(presets)}.")
     if video and args.regularizer not in (None, 'kl'):
         die("the video autoencoder is KL-regularised; drop --regularizer vq or train on images (--num_frames 1).")
+    if video and (args.attn_resolutions is not None or args.n_embed is not None):
+        die("--attn_resolutions and --n_embed are for the image autoencoder; drop them or train on images.")
     if args.se_weight > 0 and not args.se_scales:
         die("--se_weight > 0 needs at least one factor in --se_scales, such as '2,4'.")
     if args.se_temporal and args.se_temporal_scales:
@@ -160,7 +165,9 @@ def check_args(args):
         ('--lpips_lin_weights', args.lpips_weight > 0, 'only applies with --lpips_weight > 0'),
         ('--disc_lr', args.disc_weight > 0, 'only applies with --disc_weight > 0'),
         ('--allow_changes', args.resume, 'only applies with --resume')])
-    ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite, args.data)
+    inputs = [(args.data, '--data'), (args.init_from, '--init_from'), (args.vgg_weights, '--vgg_weights'),
+              (args.lpips_lin_weights, '--lpips_lin_weights')]
+    ckpt_path = check_run_dir(args.out_dir, args.resume, args.overwrite, inputs)
     ckpt = (load_checkpoint(ckpt_path, 'train_ae.py', hint='resume a train_ae.py run, or choose another --out_dir')
             if args.resume else None)
     if ckpt is not None:
@@ -208,20 +215,44 @@ else:
     ae_config = (VIDEO_AE_PRESETS if video else AE_PRESETS)[args.preset]
 if video and (args.num_frames - 1) % 2 ** ae_config.temporal_levels:
     die(f"--num_frames {args.num_frames} must be 1 + {2 ** ae_config.temporal_levels}k for the causal layout.")
-for flag, value in (('regularizer', args.regularizer), ('z_channels', args.z_channels)):
+architecture = {'regularizer': args.regularizer, 'z_channels': args.z_channels, 'n_embed': args.n_embed,
+                'ch_mult': tuple(args.ch_mult) if args.ch_mult is not None else None,
+                'attn_resolutions': tuple(args.attn_resolutions) if args.attn_resolutions is not None else None}
+if args.attn_resolutions is not None:  # the sizes are counted from this run's images (CompVis' ddconfig resolution)
+    architecture['resolution'] = args.image_size
+for flag, value in architecture.items():
     if value is not None and value != getattr(ae_config, flag):
         if args.init_from:
             die(f"--{flag} {value} differs from the {getattr(ae_config, flag)} {flag} of --init_from.")
         ae_config = replace(ae_config, **{flag: value})
-if ckpt is not None and ckpt['config']['ae_config'] != asdict(ae_config):
-    saved = ckpt['config']
+if args.n_embed is not None and ae_config.regularizer != 'vq':
+    die("--n_embed is the VQ codebook's size; add --regularizer vq or drop it.")
+if args.ch_mult == []:
+    die("--ch_mult needs at least one level, such as '1,2,4'.")
+sizes = [getattr(ae_config, 'resolution', 0) // 2 ** i for i in range(len(ae_config.ch_mult))]  # each level's feature size
+if not video and set(ae_config.attn_resolutions) - set(sizes):
+    die(f"attention at {','.join(map(str, ae_config.attn_resolutions))} px (--attn_resolutions, or the preset's) asks "
+        f"for a size no level has: the levels' features are {', '.join(map(str, sizes))} px for "
+        f"{ae_config.resolution} px images; pass sizes from that list.")
+# a checkpoint made before a field existed has the preset's value of it (make_ae_config fills it in)
+if ckpt is not None and asdict(make_ae_config(ckpt['config']['preset'], ckpt['config']['ae_config'],
+                                              VIDEO_AE_PRESETS if video else None)) != asdict(ae_config):
+    saved, now = ckpt['config'], asdict(ae_config)
+    then = asdict(make_ae_config(saved['preset'], saved['ae_config'], VIDEO_AE_PRESETS if video else None))
+    differ = ', '.join(f"{k} {then.get(k)} in it, {now.get(k)} here" for k in sorted(set(now) | set(then))
+                       if then.get(k) != now.get(k))  # the parameters, named (a preset may change)
     die(f"{ckpt_path} is a {saved['ae_config'].get('regularizer', 'kl')} autoencoder of preset {saved['preset']}, not the "
-        f"{ae_config.regularizer} one of --preset {args.preset}; resume with the flags it was trained with.")
+        f"{ae_config.regularizer} one of --preset {args.preset} ({differ}); resume with the flags it was trained with.")
 if not args.init_from:
-    ae = (VideoAutoencoder if video else Autoencoder)(ae_config)
+    try:
+        ae = (VideoAutoencoder if video else Autoencoder)(ae_config)
+    except ValueError as e:  # e.g. a --ch_mult whose widths GroupNorm cannot split
+        die(str(e))
 ae.to(device).train()
 f = ae.downsample_factor
 se_largest = max(se_scales, default=1) if args.se_weight > 0 else 1
+if args.image_size % (f * se_largest) != 0 and se_largest == 1:
+    die(f"--image_size {args.image_size} must be divisible by the autoencoder's downsampling factor {f}.")
 if args.image_size % (f * se_largest) != 0:
     die(f"--image_size {args.image_size} must be divisible by the downsampling factor {f} times the largest SE scale "
         f"{se_largest}, so that x and z shrink by the same factor.")
@@ -257,7 +288,7 @@ if ckpt is not None:
                       states={'model': ae, 'disc': disc, 'ema': ema, 'opt_g': opt_g, 'opt_d': opt_d, 'scaler': scaler,
                               'loader': loader},
                       lrs={'opt_g': args.lr, 'opt_d': args.disc_lr or args.lr},
-                      exact=('preset', 'regularizer'), unsaved=('num_eval',))
+                      exact=('preset', 'regularizer', 'rec_loss', 'disc_loss'), unsaved=('num_eval',))
     ckpt = None
 
 model = ae
@@ -274,22 +305,18 @@ else:
 # -----------------------------------------------------------------------------
 # losses
 
-def frames(x):
-    """Images as they are; a video batch (B, C, T, H, W) as B*T images, for LPIPS and the frame discriminator."""
-    return to_frames(x) if x.dim() == 5 else x
-
-
 def reconstruction_loss(x, x_rec):
-    """L1 + lpips_weight * LPIPS, both per pixel (LPIPS per frame for video), averaged over the batch."""
-    loss = (x - x_rec).abs().mean()
+    """L1 (or L2, --rec_loss) + lpips_weight * LPIPS, both per pixel (LPIPS per frame for video), averaged over the
+    batch."""
+    loss = pixel_loss(x, x_rec, args.rec_loss)
     if lpips is not None:
-        loss = loss + args.lpips_weight * lpips(frames(x), frames(x_rec)).mean()
+        loss = loss + args.lpips_weight * lpips(to_frames(x), to_frames(x_rec)).mean()
     return loss
 
 
 def se_distance(x, x_rec):
-    """The SE term's distance: the reconstruction loss, or L1 alone with --se_ignore_lpips."""
-    return (x - x_rec).abs().mean() if args.se_ignore_lpips else reconstruction_loss(x, x_rec)
+    """The SE term's distance: the reconstruction loss, or its pixel term alone with --se_ignore_lpips."""
+    return pixel_loss(x, x_rec, args.rec_loss) if args.se_ignore_lpips else reconstruction_loss(x, x_rec)
 
 
 def discriminate(net, x, x_rec):
@@ -302,8 +329,7 @@ def discriminate(net, x, x_rec):
 
 @torch.no_grad()
 def evaluate():
-    """Reconstruction grid (inputs, reconstructions, SE branch) and spectrum.hf_share of the latent means vs. RGB."""
-    from spectrum import hf_share
+    """Reconstruction grid (inputs, reconstructions, SE branch) and spectral.hf_share of the latent means vs. RGB."""
     net = ema if ema is not None else ae
     net.eval()
     with autocast(device, dtype):
@@ -312,7 +338,7 @@ def evaluate():
         rows, labels = [x_eval, x_rec], ['input', 'reconstruction']
         for s in se_scales if args.se_weight > 0 else []:
             s_t = max(se_time_scales, default=1)
-            down = lambda t: se_downsample_time(se_downsample(t, s, args.se_down), s_t) if s_t > 1 else se_downsample(t, s, args.se_down)
+            down = lambda t: causal_time_pool(se_downsample(t, s, args.se_down), factor=s_t) if s_t > 1 else se_downsample(t, s, args.se_down)
             up = lambda t: F.interpolate(t, size=x_eval.shape[2:], mode='nearest')  # shown at full size (and length)
             rows += [up(down(x_eval)), up(net.decode(down(z)).float())]
             factor = f'/{s}' + (f', time /{s_t}' if s_t > 1 else '')
@@ -348,7 +374,9 @@ def save_video_previews(rows, labels):
 
 
 def checkpoint():
-    stop_if_non_finite(first_bad_step, ckpt_path, dist, progress)  # a non-finite loss never reaches a checkpoint
+    global saved_step
+    stop_if_non_finite(first_bad_step, ckpt_path, dist, progress, saved_step)  # a non-finite loss is never saved
+    stop_if_weights_non_finite([ae, disc, ema, opt_g, opt_d], step, ckpt_path, saved_step, dist, progress)
     rng = gather_rng_states(dist)  # collective: every rank calls it
     if dist.master:
         ckpt = {'model': ae.state_dict(), 'disc': disc.state_dict(), 'opt_g': opt_g.state_dict(),
@@ -358,6 +386,7 @@ def checkpoint():
         if ema is not None:
             ckpt['ema'] = ema.state_dict()
         writer.save({ckpt_path: ckpt})
+    saved_step = step
 
 # -----------------------------------------------------------------------------
 # training loop
@@ -375,6 +404,7 @@ pixels = 3 * args.num_frames * args.image_size ** 2
 progress = tqdm(total=args.max_steps, initial=step, disable=not dist.master, dynamic_ncols=True, smoothing=0)
 writer = CheckpointWriter()
 first_bad_step = torch.full((), float('inf'), dtype=torch.float64, device=device)  # inf: every loss so far finite
+saved_step = step if args.resume else None  # the step of the checkpoint on disk that this run wrote or resumed
 train_time, timed_steps = 0.0, 0  # wall time of training steps only (no evaluation, no checkpointing)
 while step < args.max_steps:
     t0 = time.time()
@@ -413,7 +443,7 @@ while step < args.max_steps:
                     terms['hf_reg'] = terms.get('hf_reg', 0) + hf_reg.detach() / args.grad_accum
                 if use_disc:
                     disc.requires_grad_(False)  # the generator's loss must not train the discriminator
-                    g_loss = -discriminate(disc, frames(x), frames(x_rec))[1].mean()
+                    g_loss = -discriminate(disc, to_frames(x), to_frames(x_rec))[1].mean()
                     disc.requires_grad_(True)
                     w = adaptive_gan_weight(rec, g_loss, ae.last_layer(), pixels)  # LDM's lambda in per-pixel units
                     loss = loss + w * args.disc_weight * g_loss
@@ -426,13 +456,13 @@ while step < args.max_steps:
         batches.append((x, x_rec.detach()))
     scaler.unscale_(opt_g)
     terms['grad_norm'] = nn.utils.clip_grad_norm_(ae.parameters(), args.grad_clip if args.grad_clip > 0 else float('inf'))
-    # ---- discriminator step on the same batches (hinge loss)
+    # ---- discriminator step on the same batches (hinge or vanilla loss, --disc_loss)
     if use_disc:
         for micro, (x, x_rec) in enumerate(batches):
             sync = contextlib.nullcontext() if (not dist.ddp or micro == args.grad_accum - 1) else disc_ddp.no_sync()
             with sync:
                 with autocast(device, dtype):
-                    d_loss = hinge_d_loss(*discriminate(disc_ddp, frames(x), frames(x_rec)))
+                    d_loss = DISC_LOSSES[args.disc_loss](*discriminate(disc_ddp, to_frames(x), to_frames(x_rec)))
                 scaler.scale(d_loss / args.grad_accum).backward()
             terms['d'] = terms.get('d', 0) + d_loss.detach() / args.grad_accum
         scaler.unscale_(opt_d)
@@ -452,12 +482,15 @@ while step < args.max_steps:
     # evaluation and checkpoint, and stops before anything is written, so the last checkpoint stays good
     first_bad_step = note_non_finite(first_bad_step, terms['loss'].detach(), step)
     if step % args.log_interval == 0 or step % args.eval_interval == 0 or step == args.max_steps:  # checkpoint() too
-        stop_if_non_finite(first_bad_step, ckpt_path, dist, progress)  # the host also waits for the GPU here
+        stop_if_non_finite(first_bad_step, ckpt_path, dist, progress, saved_step)  # the host waits for the GPU here
 
     train_time, timed_steps = train_time + time.time() - t0, timed_steps + 1
     if step % args.log_interval == 0 or step == args.max_steps:
         dt, train_time, timed_steps = train_time / timed_steps, 0.0, 0
         images = args.batch_size * args.grad_accum * dist.world_size * args.num_frames  # video: frames
+        if ae_config.regularizer == 'vq':  # of the last micro-batch's codes, on this rank (CompVis logs the same)
+            terms['perplexity'], terms['codebook_usage'] = codebook_usage(ae.quantize.nearest(z.detach().float()),
+                                                                          ae_config.n_embed)
         logger.log(step, **{k: (all_reduce_mean(v.float(), dist) if torch.is_tensor(v) else v) for k, v in terms.items()},
                    step_time=dt, images_per_sec=images / dt, skipped_images=loader.skipped(), lr=lr,
                    **peak_memory(device))

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import causal_time_pool, diagonal_gaussian, from_frames, split_first, to_frames
+from model import ConvAEConfig, causal_time_pool, diagonal_gaussian, from_frames, split_first, to_frames
 
 # ----------------------------------------------------------------------------------------------
 # Causal 3D video autoencoder (the VAE of CogVideoX, Yang et al. 2024)
@@ -23,22 +23,16 @@ from model import causal_time_pool, diagonal_gaussian, from_frames, split_first,
 # (SpatialNorm3d); we keep both so its public weights load as they are.
 
 @dataclass
-class VideoAEConfig:
-    in_channels: int = 3
-    out_ch: int = 3
-    ch: int = 128                  # base width: level i has ch * ch_mult[i] channels
-    ch_mult: tuple = (1, 2, 2, 4)  # one entry per resolution; spatial factor f = 2 ** (len(ch_mult) - 1)
-    num_res_blocks: int = 3        # blocks per encoder level (the decoder has one more per level)
+class VideoAEConfig(ConvAEConfig):
+    ch_mult: tuple = (1, 2, 2, 4)  # spatial factor f = 2 ** (len(ch_mult) - 1)
+    num_res_blocks: int = 3
     z_channels: int = 16
+    use_quant_conv: bool = False   # 1x1x1 convs on either side of the latent (CogVideoX has none)
     temporal_levels: int = 2       # the first encoder levels (last decoder levels) also halve (double) time: 4x
     norm: str = 'frame'            # GroupNorm statistics per frame (strictly causal) | 'clip': over the whole chunk
-    norm_groups: int = 32          # GroupNorm groups (CogVideoX: 32); narrow presets use fewer, see model.group_norm
-    use_quant_conv: bool = False   # 1x1x1 convs on either side of the latent (CogVideoX has none)
     chunk_frames: int = 8          # encoding: input frames per temporal chunk after the first (CogVideoX: 8)
     chunk_latents: int = 2         # decoding: latent frames per chunk after the first (CogVideoX: 2)
-    dropout: float = 0.0
     regularizer = 'kl'             # not a field: the video AE is KL-regularised only (as the image AE's default)
-
 
 VIDEO_AE_PRESETS = {
     # f4 in space, 4x in time, 16 latent channels (12x compression, as the image `tiny`): CPU tests and smoke runs

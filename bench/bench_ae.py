@@ -26,10 +26,10 @@ import subprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'bench'))
-from cli import add_device_arg  # noqa: E402
+from utils.cli import HelpFormatter, add_device_arg  # noqa: E402
 
 # the command line is read before torch is imported, so that --help and a mistyped flag answer at once
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
 parser.add_argument('--presets', default='tiny', help='comma-separated autoencoder presets to measure (model.AE_PRESETS)')
 parser.add_argument('--image_size', type=int, default=64, help='image resolution in pixels')
@@ -46,7 +46,7 @@ args = parser.parse_args()
 
 import torch  # noqa: E402
 
-from common import autocast, select_device  # noqa: E402
+from utils.common import autocast, select_device  # noqa: E402
 from flops import ae_flops, ae_decoder_flops, device_peak_flops  # noqa: E402
 from model import AE_PRESETS, Autoencoder  # noqa: E402
 
@@ -80,7 +80,7 @@ if 'train_ae' in parts:
     lpips_flags = []
     if args.lpips:
         from torchvision.models import vgg16
-        from perceptual import LPIPS
+        from evaluation.perceptual import LPIPS
         torch.save(vgg16().state_dict(), os.path.join(tmp, 'vgg16.pth'))
         torch.save({f'lin{l}.model.1.weight': torch.rand(1, c, 1, 1) for l, c in enumerate(LPIPS.channels)},
                    os.path.join(tmp, 'lin.pth'))

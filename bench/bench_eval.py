@@ -22,10 +22,10 @@ import argparse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from cli import add_device_arg  # noqa: E402
+from utils.cli import HelpFormatter, add_device_arg  # noqa: E402
 
 # the command line is read before torch is imported, so that --help and a mistyped flag answer at once
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
 add_device_arg(parser, default='cpu')
 parser.add_argument('--image_size', type=int, default=256, help='resolution of the samples (ADM ImageNet 256: 256)')
@@ -41,9 +41,9 @@ args = parser.parse_args()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import select_device  # noqa: E402
-from inception import InceptionV3FID  # noqa: E402
-from metrics import (feature_statistics, frechet_distance, inception_score, kernel_inception_distance,  # noqa: E402
+from utils.common import select_device  # noqa: E402
+from evaluation.inception import InceptionV3FID  # noqa: E402
+from evaluation.metrics import (feature_statistics, frechet_distance, inception_score, kernel_inception_distance,  # noqa: E402
                      precision_recall)
 
 args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU

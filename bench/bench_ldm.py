@@ -29,10 +29,10 @@ import subprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'bench'))
-from cli import add_device_arg  # noqa: E402
+from utils.cli import HelpFormatter, add_device_arg  # noqa: E402
 
 # the command line is read before torch is imported, so that --help and a mistyped flag answer at once
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
 parser.add_argument('--presets', default='DiT-S/2', help='comma-separated DiT presets to measure')
 parser.add_argument('--latent_size', type=int, default=None, help='latent h = w (default: 32 on GPUs, 8 on CPU)')
@@ -47,17 +47,18 @@ parser.add_argument('--compile', action='store_true', help='torch.compile the mo
 parser.add_argument('--grad_checkpointing', action='store_true', help='recompute activations in the backward pass (train_ldm.py --grad_checkpointing)')
 parser.add_argument('--num_images', type=int, default=2048, help='images in the train_ldm run\'s latent cache')
 parser.add_argument('--num_frames', type=int, default=5, help='latent frames of the vs_latte part')
-parser.add_argument('--parts', default=None, help='comma-separated: train_ldm, synthetic, vs_diffusers, vs_latte (default: the first three on GPUs; '
-                    'the last two on CPU, where a DiT-size train_ldm run takes minutes per step)')
+parser.add_argument('--parts', default=None, help='comma-separated: train_ldm, synthetic, vs_diffusers, vs_latte '
+                    '(none given: the first three on GPUs, the last two on CPU)')
 args = parser.parse_args()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import autocast, select_device  # noqa: E402
+from utils.common import autocast, select_device  # noqa: E402
 from diffusion import Diffusion  # noqa: E402
 from flops import dit_flops, dit_config, device_peak_flops  # noqa: E402
-from model import build_backbone, DIT_PRESETS, VIDEO_DIT_PRESETS  # noqa: E402
+from denoiser import build_backbone, DIT_PRESETS
+from model import VIDEO_DIT_PRESETS  # noqa: E402
 
 args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU
 device = torch.device(args.device)

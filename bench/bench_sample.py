@@ -17,18 +17,18 @@ import argparse
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'bench'))
-from cli import add_device_arg  # noqa: E402
+from utils.cli import HelpFormatter, add_device_arg  # noqa: E402
 
 # the command line is read before torch is imported, so that --help and a mistyped flag answer at once
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
 parser.add_argument('--preset', default='DiT-S/2', help='the DiT preset to sample with (random weights)')
 parser.add_argument('--latent_size', type=int, default=None, help='latent h = w (default: 32 on GPUs, 8 on CPU)')
 parser.add_argument('--ae_preset', default='sd', help='the decoder: sd (f8, 4 ch) or flux (f8, 16 ch)')
 parser.add_argument('--batch_size', type=int, default=8, help='samples per batch')
 parser.add_argument('--settings', default=None,
-                    help='comma-separated sampler:steps:cfg_scale (default: ddpm:250:1,ddpm:250:1.5,ddim:50:1,ddim:50:1.5 '
-                         'on GPUs; ddpm:10:1,ddim:10:1.5 on CPU)')
+                    help='comma-separated sampler:steps:cfg_scale (none given: ddpm 250 and ddim 50 steps at cfg 1 and 1.5 '
+                         'on GPUs, 10 on CPU)')
 add_device_arg(parser, default='cpu')
 parser.add_argument('--dtype', default=None, choices=['float32', 'bfloat16', 'float16'], help='autocast dtype; default: bfloat16 on GPUs, float32 on the CPU')
 parser.add_argument('--compile', action='store_true', help='torch.compile the network')
@@ -36,10 +36,11 @@ args = parser.parse_args()
 
 import torch  # noqa: E402
 
-from common import autocast, select_device  # noqa: E402
+from utils.common import autocast, select_device  # noqa: E402
 from diffusion import Diffusion, cfg_model_fn  # noqa: E402
 from flops import dit_flops, dit_config, device_peak_flops  # noqa: E402
-from model import build_backbone, Autoencoder, AE_PRESETS  # noqa: E402
+from denoiser import build_backbone
+from model import Autoencoder, AE_PRESETS  # noqa: E402
 
 args.device = select_device(args.device)  # 'auto' becomes the GPU or the CPU
 device = torch.device(args.device)

@@ -27,9 +27,9 @@ import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from cli import cpu_threads  # noqa: E402
+from utils.cli import HelpFormatter, cpu_threads  # noqa: E402
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
 parser.add_argument('--steps', type=int, default=30, help='training steps per measurement (step times of the '
                     'first log interval are left out)')

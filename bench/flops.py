@@ -52,8 +52,17 @@ def _resnet_block(c_in, c_out, h, w):
     return conv(3, c_in, c_out, h, w) + conv(3, c_out, c_out, h, w) + (conv(1, c_in, c_out, h, w) if c_in != c_out else 0)
 
 
-def _mid_block(c, h, w):
-    return 2 * _resnet_block(c, c, h, w) + 4 * conv(1, c, c, h, w) + attention(h * w, h * w, c)
+def _attn_block(c, h, w, cfg):
+    """model.AttnBlock (q, k, v, proj_out 1x1 convs and one head over h*w positions); nothing for attn_type 'none'."""
+    return 4 * conv(1, c, c, h, w) + attention(h * w, h * w, c) if getattr(cfg, 'attn_type', 'vanilla') == 'vanilla' else 0
+
+
+def _mid_block(c, h, w, cfg):
+    return 2 * _resnet_block(c, c, h, w) + _attn_block(c, h, w, cfg)
+
+
+def _has_attention(cfg, level):
+    return cfg.resolution // 2 ** level in getattr(cfg, 'attn_resolutions', ())  # CompVis', as model.Encoder
 
 
 def ae_encoder_flops(cfg, H, W):
@@ -62,13 +71,13 @@ def ae_encoder_flops(cfg, H, W):
     total, c, h, w = conv(3, cfg.in_channels, cfg.ch, H, W), cfg.ch, H, W
     for i, width in enumerate(widths):
         for _ in range(cfg.num_res_blocks):
-            total += _resnet_block(c, width, h, w)
+            total += _resnet_block(c, width, h, w) + (_attn_block(width, h, w, cfg) if _has_attention(cfg, i) else 0)
             c = width
         if i != len(widths) - 1:
             h, w = h // 2, w // 2
             total += conv(3, c, c, h, w)  # stride-2 downsampling conv
     moments = 2 * cfg.z_channels if cfg.regularizer == 'kl' else cfg.z_channels
-    total += _mid_block(c, h, w) + conv(3, c, moments, h, w)
+    total += _mid_block(c, h, w, cfg) + conv(3, c, moments, h, w)
     if cfg.use_quant_conv:
         total += conv(1, moments, moments, h, w)
     if cfg.regularizer == 'vq':
@@ -81,10 +90,10 @@ def ae_decoder_flops(cfg, h, w):
     widths = [cfg.ch * m for m in cfg.ch_mult]
     c = widths[-1]
     total = conv(1, cfg.z_channels, cfg.z_channels, h, w) if cfg.use_quant_conv else 0
-    total += conv(3, cfg.z_channels, c, h, w) + _mid_block(c, h, w)
+    total += conv(3, cfg.z_channels, c, h, w) + _mid_block(c, h, w, cfg)
     for i in reversed(range(len(widths))):
         for _ in range(cfg.num_res_blocks + 1):
-            total += _resnet_block(c, widths[i], h, w)
+            total += _resnet_block(c, widths[i], h, w) + (_attn_block(widths[i], h, w, cfg) if _has_attention(cfg, i) else 0)
             c = widths[i]
         if i != 0:
             h, w = 2 * h, 2 * w

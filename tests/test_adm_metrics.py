@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchvision.models.inception import InceptionC
 
-from metrics import inception_score, kernel_inception_distance, precision_recall, sfid_features
+from evaluation.metrics import inception_score, kernel_inception_distance, precision_recall, sfid_features
 
 fidelity_kid = pytest.importorskip('torch_fidelity.metric_kid')
 fidelity_prc = pytest.importorskip('torch_fidelity.metric_prc')

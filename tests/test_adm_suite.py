@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import data
+from utils import data
 import eval_fid
-from inception import InceptionV3FID, resize_bilinear_tf1
-from metrics import (feature_statistics, inception_score, kernel_inception_distance, precision_recall, sfid_features,
+from evaluation.inception import InceptionV3FID, resize_bilinear_tf1
+from evaluation.metrics import (feature_statistics, inception_score, kernel_inception_distance, precision_recall, sfid_features,
                      to_uint8)
 from tests.test_eval import CPU, disk_images, random_fid_inception_state, spread_logits
 

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from model import (DIT_PRESETS, UNET_PRESETS, AttentionBlock, DiT, ResBlock, SpatialTransformer, UNet,
-                   build_backbone, get_2d_sincos_pos_embed, timestep_embedding)
+from denoiser import DIT_PRESETS, UNET_PRESETS, AttentionBlock, DiT, ResBlock, SpatialTransformer, UNet, build_backbone, get_2d_sincos_pos_embed, timestep_embedding
 
 
 def perturbed(module, std=0.05):

@@ -20,6 +20,7 @@ import json
 import errno
 import random
 import runpy
+import signal
 import shutil
 import subprocess
 import threading
@@ -33,9 +34,10 @@ import pytest
 import torch
 from PIL import Image
 
-import cli
-import common
-import data
+from utils import cli
+from utils import common
+from utils import rundir
+from utils import data
 from diffusion import sample_generators, randn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +61,7 @@ def run_script(name, argv):
     cli.set_cpu_threads writes) is put back. One thread: the models are tiny, and threads fighting over busy cores cost
     more than they give."""
     saved = (sys.argv, torch.is_grad_enabled(), torch.get_rng_state(), np.random.get_state(), random.getstate(),
-             torch.get_num_threads(), dict(os.environ))
+             torch.get_num_threads(), dict(os.environ), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)})
     sys.argv = [name, *map(str, argv)]
     torch.set_num_threads(1)
     out, err, code = io.StringIO(), io.StringIO(), 0
@@ -69,7 +71,7 @@ def run_script(name, argv):
     except SystemExit as e:
         code = e.code if e.code is not None else 0
     finally:
-        common.release_locks()  # what the interpreter's exit does for a script run on its own
+        rundir.release_locks()  # what the interpreter's exit does for a script run on its own
         sys.argv = saved[0]
         torch.set_grad_enabled(saved[1])
         torch.set_rng_state(saved[2])
@@ -78,6 +80,8 @@ def run_script(name, argv):
         torch.set_num_threads(saved[5])
         os.environ.clear()
         os.environ.update(saved[6])
+        for s, handler in saved[7].items():  # cli.stop_on_signals and reproduce.py's end_children set their own
+            signal.signal(s, handler)
     lines = [line for line in err.getvalue().splitlines() if line.strip()]
     message = code if isinstance(code, str) else (lines[-1] if lines else '')
     return Outcome(code, message, out.getvalue())
@@ -234,6 +238,19 @@ def earlier_samples(tmp):
     return tmp / 'samples'
 
 
+# files of a user's that are named like temporaries: a lock's clean-up must leave every one of them (issue 33). The
+# last is a writer's partial (rundir.partial_path's name) of a process that runs: this test process's parent
+USER_FILES = ('notes.tmp', 'x.tmp.2', 'thesis.tex.tmp.2', 'ckpt.pt.tmp.3', '.notes.partial',
+              f'.draft.txt.{os.getppid()}.partial')
+
+
+def plant_user_files(folder):
+    os.makedirs(folder, exist_ok=True)
+    for name in USER_FILES:
+        (folder / name).write_text('a file of the user')
+    return folder
+
+
 def dead_pid():
     p = subprocess.Popen([sys.executable, '-c', 'pass'])
     p.wait()
@@ -274,7 +291,8 @@ def changed_settings_are_printed(*expected):
 
 def resume_cleans_up(tmp, runs, outcome):
     run = tmp / 'run'
-    assert not [f for f in os.listdir(run) if '.tmp' in f], os.listdir(run)
+    assert not [f for f in os.listdir(run) if f.endswith('.partial') and f not in USER_FILES], os.listdir(run)
+    assert set(USER_FILES) <= set(os.listdir(run)), os.listdir(run)  # the user's files named like temporaries stay
     steps = [r['step'] for r in map(json.loads, open(run / 'log.jsonl')) if 'loss' in r]
     assert steps == sorted(set(steps)) and steps[-1] == 3 and 99 not in steps, steps
 
@@ -295,9 +313,10 @@ def folder_counted_once(tmp, runs, outcome):
 
 def prepare_resume_with_debris(tmp, runs):
     run = copy_run(runs['ldm_dir'], tmp)
-    (run / f'ckpt.pt.tmp.{dead_pid()}').write_bytes(b'half a checkpoint')
-    (run / f'ema.pt.tmp.{dead_pid()}').write_bytes(b'half an EMA export')  # the second file of a checkpoint
-    (run / 'log.jsonl.tmp').write_bytes(b'{"step": 1')  # truncate_log's, killed before its rename
+    (run / f'.ckpt.pt.{dead_pid()}.partial').write_bytes(b'half a checkpoint')
+    (run / f'.ema.pt.{dead_pid()}.partial').write_bytes(b'half an EMA export')  # the second file of a checkpoint
+    (run / f'.log.jsonl.{dead_pid()}.partial').write_bytes(b'{"step": 1')  # truncate_log's, killed before its rename
+    plant_user_files(run)
     with open(run / 'log.jsonl', 'a') as f:  # the steps a killed run logged after its last checkpoint
         f.write(json.dumps({'step': 99, 'loss': 1.0}) + '\n' + '{"step": 100, "lo')
     return TINY_LDM + ['--out_dir', run, '--resume', '--max_steps', 3, '--ckpt_interval', 1]
@@ -378,7 +397,7 @@ def sample_grid_crashes_after_training(tmp, runs):
 
 
 def no_space_while_logging(tmp, runs):
-    with common.no_space_is_an_error(tmp):
+    with rundir.no_space_is_an_error(tmp):
         raise OSError(errno.ENOSPC, 'No space left on device')
 
 
@@ -387,12 +406,13 @@ def nan_loss(with_checkpoint):
         if with_checkpoint:
             (tmp / 'ckpt.pt').write_bytes(b'x')
         dist = common.Dist(False, 0, 0, 1, torch.device('cpu'), True)
-        common.stop_if_non_finite(torch.tensor(7.0, dtype=torch.float64), str(tmp / 'ckpt.pt'), dist)  # NaN at step 7
+        common.stop_if_non_finite(torch.tensor(7.0, dtype=torch.float64), str(tmp / 'ckpt.pt'), dist,  # NaN at step 7
+                                  saved_step=5 if with_checkpoint else None)
     return fn
 
 
 def lpips_lin_weights_garbage(tmp, runs):
-    from perceptual import LPIPS
+    from evaluation.perceptual import LPIPS
     try:
         LPIPS(lin_weights=str(garbage(tmp, 'lin.pth')), pretrained=False)
     except ValueError as e:
@@ -494,13 +514,13 @@ def evil_in_reproduce_tree(tmp, runs):
     subprocess.Popen = lambda cmd, *a, **k: Failed() if any(str(c).endswith('.py') for c in cmd) else real(cmd, *a, **k)
     try:
         argv = ['--smoke', '--seeds', 1, '--out_dir', tmp / 'rep']
-        first = run_script('reproduce.py', argv)
+        first = run_script('repro/reproduce.py', argv)
         assert first.code != 0  # the stand-in training failed, after the settings were recorded
         # a training run's settings (not the data's): the first one reproduce.py reads back (seed 0's control)
         settings = sorted(root for root, _, files in os.walk(tmp / 'rep')
                           if 'reproduce_settings.json' in files and os.path.basename(root) != 'data')[0]
         evil_pickle(tmp, os.path.relpath(os.path.join(settings, 'ckpt.pt'), tmp))
-        return run_script('reproduce.py', argv)
+        return run_script('repro/reproduce.py', argv)
     finally:
         subprocess.Popen = real
 
@@ -517,6 +537,13 @@ def live_lock(folder, host=None):
     os.makedirs(folder, exist_ok=True)
     (folder / '.lock').write_text(f"{os.getppid()} {host or socket.gethostname()} 0\n")
     return folder
+
+
+def live_file_lock(path):
+    """rundir.lock_file's lock of the output file `path`, held by a process that runs (this process's parent)."""
+    import socket
+    (path.parent / f'.{path.name}.lock').write_text(f"{os.getppid()} {socket.gethostname()} 0\n")
+    return path
 
 
 def dead_lock(folder):
@@ -557,7 +584,7 @@ def backbone_edit(ckpt_path, **changes):
 
 def ldm_with_classes(tmp, runs, dropout):
     """The runs' LDM made class-conditional (2 classes, label dropout `dropout`), as its EMA export."""
-    from model import build_backbone
+    from denoiser import build_backbone
     ckpt = torch.load(runs['ldm'], weights_only=True)
     backbone = {**ckpt['config']['backbone'], 'num_classes': 2, 'class_dropout_prob': dropout}
     config = {**ckpt['config'], 'backbone': backbone}
@@ -690,17 +717,17 @@ def two_runs_then_a_kill(tmp, runs):
             assert first.poll() is None, 'the first run ended early'
             threading.Event().wait(0.1)
         second = run_script('train_ae.py', TINY_AE + ['--max_steps', 1, '--out_dir', tmp / 'o'])
-        assert second.code != 0 and f'is in use by another run (process {first.pid})' in second.message, second.message
+        assert second.code != 0 and f'is in use by another run (process {first.pid} on ' in second.message, second.message
     finally:
         first.kill()
         first.wait()
-    (tmp / 'o' / f'ckpt.pt.tmp.{first.pid}').write_bytes(b'half a checkpoint')  # as a kill during a save leaves it
+    (tmp / 'o' / f'.ckpt.pt.{first.pid}.partial').write_bytes(b'half a checkpoint')  # as a kill during a save leaves it
     return run_script('train_ae.py', TINY_AE + ['--max_steps', 1, '--out_dir', tmp / 'o', '--overwrite'])
 
 
 def lock_taken_over_and_debris_gone(tmp, runs, outcome):
     stdout_has('took over the lock of', 'removed')(tmp, runs, outcome)
-    assert not [f for f in os.listdir(tmp / 'o') if '.tmp' in f], os.listdir(tmp / 'o')
+    assert not [f for f in os.listdir(tmp / 'o') if f.endswith('.partial')], os.listdir(tmp / 'o')
 
 
 def make_dir(path):
@@ -824,7 +851,7 @@ CASES += [
         Error(r'the disk holding .* is full')),
     Case('train_ae.py on a full disk', call(on_a_full_disk(torch, 'save', 'train_ae.py', lambda t, r: TINY_AE + [
         '--max_steps', 1, '--out_dir', t / 'o'])), Error(r'the disk holding .*/o is full')),
-    Case('NaN loss with a checkpoint', call(nan_loss(True)), Error(r'non-finite at step 7; nothing was saved after it, so .*ckpt.pt holds the last checkpoint')),
+    Case('NaN loss with a checkpoint', call(nan_loss(True)), Error(r'non-finite at step 7; nothing was saved after it, so .*ckpt.pt holds the last checkpoint before it \(step 5, ')),
     Case('NaN loss before any checkpoint', call(nan_loss(False)), Error('non-finite at step 7, before any checkpoint was written, so there is nothing to resume')),
     # item 9: outputs of an earlier run are not overwritten without --overwrite
     Case('train_ae into a finished run', script('train_ae.py', lambda t, r: TINY_AE + ['--out_dir', copy_run(r['ae4_dir'], t)]),
@@ -927,7 +954,7 @@ CASES += [
 # a latent cache that neither two runs build at once nor moves the run's random stream
 CASES += [
     Case('train_ae into a folder another run is writing', script('train_ae.py', lambda t, r: TINY_AE + [
-        '--out_dir', live_lock(t / 'o')]), Error(r'--out_dir .*/o is in use by another run \(process \d+\)')),
+        '--out_dir', live_lock(t / 'o')]), Error(r'--out_dir .*/o is in use by another run \(process \d+ on ')),
     Case('train_ldm --resume of a run that is still going', script('train_ldm.py', lambda t, r: TINY_LDM + [
         '--out_dir', live_lock(copy_run(r['ldm_dir'], t)), '--resume', '--max_steps', 5]), Error('is in use by another run')),
     Case('train_ldm building a cache another run builds', script('train_ldm.py', lambda t, r: TINY_LDM + [
@@ -935,7 +962,7 @@ CASES += [
         Error(r'--cache_latents .*/cache is in use by another run')),
     Case('sample.py into a folder another host writes', script('sample.py', lambda t, r: [
         '--ckpt', r['ldm'], '--device', 'cpu', '--out_dir', live_lock(t / 's', host='elsewhere')]),
-        Error(r'in use by another run \(process \d+ on elsewhere\); .*delete .*\.lock')),
+        Error(r'in use by another run \(process \d+ on elsewhere, which runs `a command not recorded`\); .*delete .*\.lock')),
     Case('two train_ae runs at once, then the first killed', call(two_runs_then_a_kill),
          Result(lock_taken_over_and_debris_gone)),
     Case('train_ae over the lock of a killed run', script('train_ae.py', lambda t, r: TINY_AE + [
@@ -1083,6 +1110,282 @@ CASES += [
          Error('--frame_stride only applies to video .*, and this run would ignore it; drop it')),
     Case('sample.py --cfg_channels without guidance', script('sample.py', '--cfg_channels', 3),
          Error('--cfg_channels only applies with --cfg_scale other than 1')),
+]
+
+# -----------------------------------------------------------------------------
+# issue 33: nothing a user owns is touched, a diverged run never looks finished, every folder a run writes is one run's
+
+
+def ckpt_tensors(ckpt, *keys):
+    """The tensors of a checkpoint's state dicts `keys` (an optimizer's state included)."""
+    def walk(obj):
+        if torch.is_tensor(obj):
+            return [obj]
+        if isinstance(obj, dict):
+            return [t for v in obj.values() for t in walk(v)]
+        if isinstance(obj, (list, tuple)):
+            return [t for v in obj for t in walk(v)]
+        return []
+    return [t for k in keys for t in walk(ckpt[k])]
+
+
+def diverged_run_is_never_saved(script_name, argv, keys):
+    """lr 1e10, a checkpoint at every step: after step 1 the weights are huge but finite (a finished run, saved); in
+    step 2 the optimizer state (the LDM) or the loss (the AE) becomes infinite, and a run of 2 or 20 steps stops there
+    in one sentence naming the step and the step-1 checkpoint, which stays on disk as the 1-step run wrote it."""
+    def fn(tmp, runs):
+        base = argv(runs) + ['--lr', 1e10, '--ckpt_interval', 1]
+        one = run_script(script_name, base + ['--max_steps', 1, '--out_dir', tmp / 'one'])
+        assert one.code == 0, one.message
+        first = torch.load(tmp / 'one' / 'ckpt.pt', weights_only=True)
+        assert common.all_finite(ckpt_tensors(first, *keys))
+        for n in (2, 20):
+            o = run_script(script_name, base + ['--max_steps', n, '--out_dir', tmp / f'r{n}'])
+            assert o.code != 0 and re.fullmatch(
+                r"error: the (weights or the optimizer state|loss) became non-finite( \(NaN or inf\))? at step 2; nothing was "
+                r"saved after it, so .*/r\d+/ckpt.pt holds the last checkpoint before it \(step 1, finite and "
+                r"untouched; .*\)\.", o.message), o.message
+            kept = torch.load(tmp / f'r{n}' / 'ckpt.pt', weights_only=True)
+            assert kept['step'] == 1 and all(torch.equal(a, b) for a, b in zip(ckpt_tensors(kept, *keys),
+                                                                                 ckpt_tensors(first, *keys)))
+            assert 'done at step' not in o.stdout
+    return fn
+
+
+def with_nan(ckpt_path, key):
+    """The state dict `key` of a checkpoint with its first float tensor NaN."""
+    state = dict(torch.load(ckpt_path, weights_only=True)[key])
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], float('nan'))
+    return state
+
+
+def user_files_survive_every_lock(tmp, runs):
+    """Files a user named like temporaries, planted in every kind of folder a script locks, survive the lock's
+    clean-up; a partial file of a dead writer beside them (rundir.partial_path's name) is removed."""
+    dead = dead_pid()
+
+    def plant(folder, partial_of='ckpt.pt'):
+        plant_user_files(folder)
+        (folder / f'.{partial_of}.{dead}.partial').write_bytes(b'half a file')
+        return folder
+    folders = {'train_ae': plant(tmp / 'ae'), 'train_ldm': plant(tmp / 'ldm'), 'cache': plant(tmp / 'cache', 'meta.json'),
+               'sample': plant(tmp / 'samples', 'samples.npz'), 'spectrum': plant(tmp / 'spec', 'spectrum.json'),
+               'eval_fid': plant(tmp / 'scores', 'm.json'), 'export': plant(tmp / 'export', 'config.json'),
+               'reproduce': plant(tmp / 'rep', 'report.json')}
+    for name, argv in [
+            ('train_ae.py', TINY_AE + ['--max_steps', 1, '--out_dir', folders['train_ae']]),
+            ('train_ldm.py', TINY_LDM + ['--ae', runs['ae4'], '--max_steps', 1, '--cache_latents', folders['cache'],
+                                         '--cache_size', 4, '--out_dir', folders['train_ldm']]),
+            ('sample.py', ['--ckpt', runs['ldm'], '--num_samples', 1, '--steps', 1, '--device', 'cpu',
+                           '--out_dir', folders['sample']]),
+            ('spectrum.py', ['--image_size', 16, '--num_images', 2, '--device', 'cpu', '--out_dir', folders['spectrum']]),
+            ('eval_fid.py', ['--fake', samples_npz(tmp), '--inception_weights', tmp / 'absent.pth', '--device', 'cpu',
+                             '--num_workers', 0, '--out', folders['eval_fid'] / 'm.json']),
+            ('export.py', ['--ckpt', runs['ae4'], '--format', 'diffusers', '--out', folders['export'], '--overwrite'])]:
+        o = run_script(name, argv)
+        assert o.code == 0, (name, o.message)
+    stand_in_children(lambda: run_script('repro/reproduce.py', ['--smoke', '--seeds', 1, '--out_dir', folders['reproduce']]))
+    for name, folder in folders.items():
+        left = set(os.listdir(folder))
+        assert set(USER_FILES) <= left, (name, sorted(left))
+        assert not [f for f in left if f.endswith('.partial') and str(dead) in f], (name, sorted(left))
+
+
+def stand_in_children(fn):
+    """fn() with every script that reproduce.py starts replaced by one that fails at once (no training)."""
+    class Failed:
+        returncode = 1
+
+        def poll(self):
+            return 1
+
+        def wait(self, timeout=None):
+            return 1
+    real = subprocess.Popen
+    subprocess.Popen = lambda cmd, *a, **k: Failed() if any(str(c).endswith('.py') for c in cmd) else real(cmd, *a, **k)
+    try:
+        return fn()
+    finally:
+        subprocess.Popen = real
+
+
+def hard_link(src, dst):
+    os.link(src, dst)
+    return dst
+
+
+def raw_pickle(tmp):
+    """A file written by pickle.dump (not torch.save) whose loading would run the payload."""
+    import pickle
+    with open(tmp / 'raw.pt', 'wb') as f:
+        pickle.dump({'model': {}, 'payload': Payload(tmp / MARKER)}, f)
+    return tmp / 'raw.pt'
+
+
+def safetensors_with_config(tmp, runs, **config):
+    """ae4's weights as a .safetensors file whose metadata records a train_ae.py config (as reproduce.py --pretrain)."""
+    from safetensors.torch import save_file
+    ckpt = torch.load(runs['ae4'], weights_only=True)
+    meta = {'preset': 'tiny', 'ae_config': ckpt['config']['ae_config'], 'num_frames': 1, **config}
+    save_file(ckpt['model'], str(tmp / 'ae.safetensors'), metadata={'config': json.dumps(meta)})
+    return tmp / 'ae.safetensors'
+
+
+def inception_weights(tmp):
+    from evaluation.inception import InceptionV3FID
+    return saved(tmp / 'inception.pth', InceptionV3FID().state_dict())
+
+
+def full_disk_in_torch_zip_writer(tmp, runs):
+    """torch.save's zip writer reports a full disk as a RuntimeError ('unexpected pos'), not ENOSPC."""
+    import shutil as sh
+    path = tmp / 'ckpt.pt'
+    torch.save({'old': 1}, path)
+    real_save, real_usage = torch.save, sh.disk_usage
+
+    def full(obj, f):
+        f.write(b'partial')
+        raise RuntimeError('[enforce fail at inline_container.cc:603] . unexpected pos 576 vs 470')
+    torch.save, sh.disk_usage = full, lambda p: real_usage(p)._replace(free=3 * 2 ** 20 // 2)
+    try:
+        common.save_checkpoint({'w': torch.zeros(2 ** 19)}, path)  # 2 MB
+    finally:
+        torch.save, sh.disk_usage = real_save, real_usage
+        assert torch.load(path) == {'old': 1} and os.listdir(tmp) == ['ckpt.pt']  # the old one, and no partial
+
+
+def exported_files_take_the_umask(tmp, runs):
+    for umask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+        old = os.umask(umask)
+        try:
+            o = run_script('export.py', ['--ckpt', runs['ae4'], '--format', 'diffusers', '--out', tmp / f'e{umask:o}'])
+        finally:
+            os.umask(old)
+        assert o.code == 0, o.message
+        for path in [tmp / f'e{umask:o}' / n for n in ('diffusion_pytorch_model.safetensors', 'config.json')]:
+            assert os.stat(path).st_mode & 0o777 == mode, (path, oct(os.stat(path).st_mode), oct(mode))
+
+
+def preset_changed_since(tmp, runs):
+    """ae4's run whose checkpoint records another width than preset tiny's today (a preset edited between runs)."""
+    ckpt = torch.load(runs['ae4'], weights_only=True)
+    config = {**ckpt['config'], 'ae_config': {**ckpt['config']['ae_config'], 'ch': 64}}
+    return edited_run(runs['ae4_dir'], tmp, config=config)
+
+
+def images(folder, n, seed=0, size=16):
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f'{seed}_{i}.png')
+    return folder
+
+
+def copy_of_a_training_image(tmp, runs):
+    train, held = images(tmp / 'a', 3), images(tmp / 'b', 2, seed=1)
+    shutil.copyfile(train / '0_1.png', held / 'renamed.png')
+    return ['--smoke', '--seeds', 1, '--data', train, '--val_data', held, '--out_dir', tmp / 'rep']
+
+
+CASES += [
+    # item 2: a checkpoint is only saved from finite weights
+    Case('train_ldm --lr 1e10 at 1, 2 and 20 steps', call(diverged_run_is_never_saved(
+        'train_ldm.py', lambda r: TINY_LDM + ['--ae', r['ae4']], ('model', 'ema', 'opt'))), Result()),
+    Case('train_ae --lr 1e10 at 1, 2 and 20 steps', call(diverged_run_is_never_saved(
+        'train_ae.py', lambda r: TINY_AE + ['--disc_weight', 0], ('model', 'opt_g'))), Result()),
+    Case('train_ldm --resume from non-finite weights', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--out_dir', edited_run(r['ldm_dir'], t, model=with_nan(r['ldm'], 'model')), '--resume', '--max_steps', 5]),
+        Error(r'ckpt.pt holds weights or optimizer state that are not finite \(NaN or inf\): its run diverged, so it '
+              r'cannot be resumed')),
+    Case('train_ae --resume from non-finite weights', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--out_dir', edited_run(r['ae4_dir'], t, model=with_nan(r['ae4'], 'model')), '--resume', '--max_steps', 5]),
+        Error('holds weights or optimizer state that are not finite')),
+    Case('sample.py --ckpt with non-finite EMA weights', script('sample.py', lambda t, r: [
+        '--ckpt', edited_checkpoint(r['ldm'], t / 'c.pt', ema=with_nan(r['ldm'], 'ema')), '--device', 'cpu',
+        '--out_dir', t / 's']), Error(r'the EMA weights in .*c.pt are not finite \(NaN or inf\): its run diverged')),
+    Case('sample.py with samples that come out non-finite', script('sample.py', lambda t, r: [
+        '--ckpt', edited_checkpoint(r['ldm'], t / 'c.pt', latent_scale=1e-45), '--num_samples', 2, '--steps', 1,
+        '--device', 'cpu', '--out_dir', t / 's']),
+        Error(r'samples 0\.\.1 came out non-finite \(NaN or inf\): .*nothing more was written')),
+    # item 1: a lock removes only its writers' partial files, of dead writers, in every kind of locked folder
+    Case("a user's files named like temporaries, in every locked folder", call(user_files_survive_every_lock), Result()),
+    # item 3: every folder a run writes is one run's
+    Case('reproduce.py into a folder another run is writing', script('repro/reproduce.py', lambda t, r: [
+        '--smoke', '--seeds', 1, '--out_dir', live_lock(t / 'rep')]), Error(r'--out_dir .*/rep is in use by another run')),
+    Case('eval_fid --out that another evaluation writes', script('eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t), '--out', live_file_lock(t / 'm.json')]),
+        Error(r'--out .*/m.json is in use by another run \(process \d+ on ')),
+    Case('eval_fid --save_stats that another evaluation writes', script('eval_fid.py', lambda t, r: [
+        '--real', samples_npz(t), '--save_stats', live_file_lock(t / 'ref.npz'), '--out', t / 'm.json']),
+        Error(r'--save_stats .*/ref.npz is in use by another run')),
+    Case('export.py --out that another export writes', script('export.py', lambda t, r: [
+        '--ckpt', r['ae4'], '--format', 'diffusers', '--out', live_lock(t / 'e')]), Error(r'--out .*/e is in use by another run')),
+    # item 4: overlap checks on files, for every script with an input and an output
+    Case('export.py --ckpt inside its --out --overwrite', script('export.py', lambda t, r: [
+        '--ckpt', safetensors_with_config(t, r), '--format', 'diffusers', '--out', t, '--overwrite']),
+        Error(r'--out .* holds --ckpt .*ae.safetensors: its files would overwrite')),
+    Case('train_ae --init_from inside its --out_dir', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--init_from', copy_run(r['ae4_dir'], t, 'o') / 'ckpt.pt', '--disc_weight', 0, '--out_dir', t / 'o', '--overwrite']),
+        Error(r'--out_dir .*/o holds --init_from .*/o/ckpt.pt')),
+    Case('train_ldm --ae inside its --out_dir', script('train_ldm.py', lambda t, r: TINY_LDM + [
+        '--ae', copy_run(r['ae4_dir'], t, 'o') / 'ckpt.pt', '--out_dir', t / 'o', '--overwrite']),
+        Error(r'--out_dir .*/o holds --ae .*/o/ckpt.pt')),
+    Case('sample.py --ckpt inside its --out_dir', script('sample.py', lambda t, r: [
+        '--ckpt', r['ldm'], '--device', 'cpu', '--out_dir', r['ldm_dir']]), Error(r'--out_dir .*/ldm holds --ckpt')),
+    Case('spectrum.py --ckpt inside its --out_dir', script('spectrum.py', lambda t, r: [
+        '--ckpt', r['ae4'], '--image_size', 16, '--device', 'cpu', '--out_dir', r['ae4_dir']]),
+        Error(r'--out_dir .*/ae4 holds --ckpt')),
+    Case('eval_fid --out a hard link of --fake', script('eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t), '--out', hard_link(t / 'fake.npz', t / 'm.json'), '--overwrite']),
+        Error(r'--out .*m.json is --fake')),
+    Case('eval_fid --out onto its --inception_weights', script('eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t), '--inception_weights', garbage(t, 'w.pth'), '--out', t / 'w.pth', '--overwrite']),
+        Error(r'--out .*w.pth is --inception_weights')),
+    Case('reproduce.py --baseline inside its --out_dir', script('repro/reproduce.py', lambda t, r: [
+        '--baseline', copy_run(r['ae4_dir'], t, 'rep') / 'ckpt.pt', '--out_dir', t / 'rep']),
+        Error(r'--out_dir .*/rep holds --baseline')),
+    # item 5: the protocol's own contradictions
+    Case('reproduce.py --val_data the same as --data', script('repro/reproduce.py', lambda t, r: [
+        '--smoke', '--data', images(t / 'd', 3), '--val_data', t / 'd', '--out_dir', t / 'rep']),
+        Error(r'--val_data .*/d is --data .*/d: held-out images would be training images')),
+    Case('reproduce.py --val_data inside --data', script('repro/reproduce.py', lambda t, r: [
+        '--smoke', '--data', images(t / 'd', 3), '--val_data', images(t / 'd' / 'held', 2), '--out_dir', t / 'rep']),
+        Error(r'--val_data .*/held overlaps --data')),
+    Case('reproduce.py --val_data holding a copy of a training image', script('repro/reproduce.py', copy_of_a_training_image),
+         Error(r'renamed.png of --val_data is also a training image \(.*0_1.png of --data holds the same bytes\)')),
+    Case('sample.py --labels balanced with 3 samples of 2 classes', script('sample.py', lambda t, r: [
+        '--ckpt', ldm_with_classes(t, r, 0.1), '--labels', 'balanced', '--num_samples', 3, '--device', 'cpu',
+        '--out_dir', t / 's']), Error(r'--num_samples 3 is not a multiple of 2; pass 4, or --labels random')),
+    Case('safetensors metadata with num_frames -5', script('export.py', lambda t, r: [
+        '--ckpt', safetensors_with_config(t, r, num_frames=-5), '--format', 'diffusers', '--out', t / 'e']),
+        Error(r"its 'num_frames' is -5, not a positive integer")),
+    Case('sample.py --ckpt whose latent_size is 1e6', script('sample.py', lambda t, r: [
+        '--ckpt', edited_checkpoint(r['ldm'], t / 'c.pt', config=backbone_edit(r['ldm'], latent_size=10 ** 6)),
+        '--device', 'cpu', '--out_dir', t / 's']),
+        Error(r"\['latent_size'\] is 1000000, beyond any size this project makes \(at most 16384\)")),
+    # item 6: sentences that say what happened
+    Case('eval_fid on one image', script('eval_fid.py', lambda t, r: [
+        '--fake', samples_npz(t, n=1), '--ref', saved_npz(t, arr_0=np.zeros((3, 16, 16, 3), np.uint8)),
+        '--inception_weights', inception_weights(t), '--device', 'cpu', '--num_workers', 0, '--out', t / 'm.json']),
+        Error(r'FID is a Frechet distance, which needs at least 2 images in each set \(their covariance\), and --fake '
+              r'has 1')),
+    Case('disk full inside torch.save', call(full_disk_in_torch_zip_writer),
+         Error(r'the disk holding .* is full \(\d+ MB free, about 2 MB are needed\)')),
+    Case('train_ae --resume after a preset changed', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--out_dir', preset_changed_since(t, r), '--resume', '--max_steps', 5]),
+        Error(r'not the kl one of --preset tiny \(ch 64 in it, 32 here\); resume with the flags')),
+    Case('train_ae --image_size 30 without SE', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--image_size', 30, '--out_dir', t / 'o']),
+        Error(r"--image_size 30 must be divisible by the autoencoder's downsampling factor 4\.$")),
+    Case('sample.py --ckpt a raw pickle', script('sample.py', lambda t, r: [
+        '--ckpt', raw_pickle(t), '--device', 'cpu', '--out_dir', t / 's']),
+        Refused(r"raw.pt was refused: it is a pickle that torch's safe reader cannot follow .*could run code")),
+    Case('a stale lock naming an unrelated live process', script('train_ae.py', lambda t, r: TINY_AE + [
+        '--out_dir', live_lock(t / 'o')]),
+        Error(r'in use by another run \(process \d+ on \S+, which runs `.+`\); .*if process \d+ is no run of this '
+              r'project, delete .*/o/\.lock')),
+    Case('exported files take the umask', call(exported_files_take_the_umask), Result()),
 ]
 
 

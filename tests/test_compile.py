@@ -6,9 +6,9 @@ import copy
 import pytest
 import torch
 
-from common import update_ema
+from utils.common import update_ema
 from diffusion import Diffusion
-from model import DiT
+from denoiser import DiT
 
 
 def loss_and_grads(model, raw, diffusion, z, y, t, noise):

@@ -4,8 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from data import DeadLeaves, ImageFolder, make_dataset, random_subset
-from common import Loader, Dist
+from utils.data import DeadLeaves, ImageFolder, make_dataset, random_subset
+from utils.common import Loader, Dist
 from tests.helpers import run, train_rows, TINY_AE
 
 
@@ -21,7 +21,7 @@ def test_dead_leaves_is_deterministic_per_seed_and_index():
 
 def test_dead_leaves_spectrum_decays_like_a_photo():
     """Natural images: block-DCT amplitude falls by more than 10x from the first AC coefficient to the last."""
-    from spectrum import dct_spectrum
+    from utils.spectral import dct_spectrum
     x = torch.stack([DeadLeaves(64, seed=0)[i][0] for i in range(8)])
     profile = dct_spectrum(x).mean(0)  # (64,) DC-normalised, zigzag order
     assert profile[1] > 10 * profile[63]
@@ -151,7 +151,7 @@ def test_random_subset_is_seeded_and_spread_over_the_whole_set():
 
 
 def test_latent_cache_is_float16_in_random_order_keyed_on_its_inputs_and_read_in_chunks(tmp_path, monkeypatch):
-    import data
+    from utils import data
     images = DeadLeaves(8, seed=0)
     encode = lambda x: torch.nn.functional.avg_pool2d(x, 2) * 3  # noqa: E731  a stand-in autoencoder, f = 2
     key = {'ae_sha256': 'aaaa', 'image_size': 8, 'cache_size': 10}
@@ -180,8 +180,8 @@ def test_latent_cache_is_float16_in_random_order_keyed_on_its_inputs_and_read_in
 
 
 def test_video_latent_cache_holds_each_clip_and_its_mirror_clip(tmp_path):
-    import data
-    clips = data.MovingDeadLeaves(8, 5, seed=0)
+    from utils import data
+    clips = data.DeadLeaves(8, seed=0, num_frames=5)
     encode = lambda x: torch.nn.functional.avg_pool3d(x, (1, 2, 2)) * 3  # noqa: E731  (B, 3, T, 8, 8) -> (B, 3, T, 4, 4)
     cache = data.build_latent_cache(tmp_path / 'c', clips, encode, (3, 5, 4, 4), {'cache_size': 4}, 4, 3, CPU, seed=0,
                                     random_crop=False, num_workers=0)
@@ -199,7 +199,7 @@ def test_video_latent_cache_holds_each_clip_and_its_mirror_clip(tmp_path):
 def test_leaf_textures_are_one_over_f_noise_and_gratings_below_nyquist():
     """The noise patch has unit variance and a 1/f amplitude spectrum (power ~ f^-2: slope -2 on a log-log plot);
     gratings stay below the output pixel's Nyquist frequency (1/2 cycle per pixel), so none aliases."""
-    from data import LeafTextures
+    from utils.data import LeafTextures
     S, supersample = 256, 4
     tex = LeafTextures(np.random.default_rng(0), 1000, S, supersample)
     assert abs(tex.noise.std() - 1) < 1e-5 and abs(tex.noise.mean()) < 1e-5

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffusion import Diffusion, beta_schedule, cfg_model_fn, randn, spaced_timesteps
-from model import DiT
+from denoiser import DiT
 
 
 def test_schedules_closed_form():
@@ -252,8 +252,8 @@ def test_cfg_guidance_formula():
 def test_cfg_guidance_formula_on_text():
     """Guidance on text: eps~ = eps(x_t, "") + s (eps(x_t, c) - eps(x_t, "")), with the null context that of the empty
     caption (LDM's txt2img), fed as tau_theta's context once (model.learned_conditioning) or as tokens."""
-    from model import build_backbone, learned_conditioning
-    from tokenizer import ByteTokenizer
+    from denoiser import build_backbone, learned_conditioning
+    from utils.tokenizer import ByteTokenizer
     torch.manual_seed(0)
     m = build_backbone('unet', 'tiny', 8, 4, 0, False, text_encoder={'vocab_size': 259, 'max_length': 16})
     with torch.no_grad():

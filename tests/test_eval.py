@@ -12,17 +12,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import data
+from utils import data
 import eval_fid
-import inception
-import metrics
-import swd
+from evaluation import inception
+from evaluation import metrics
+from evaluation import swd
 from eval_fid import evaluate_autoencoder
-from inception import InceptionV3FID
-from metrics import feature_statistics, frechet_distance
-from swd import laplacian_pyramid, sliced_wasserstein, swd_descriptors
-from metrics import psnr, ssim
-from common import Dist
+from evaluation.inception import InceptionV3FID
+from evaluation.metrics import feature_statistics, frechet_distance
+from evaluation.swd import laplacian_pyramid, sliced_wasserstein, swd_descriptors
+from evaluation.metrics import psnr, ssim
+from utils.common import Dist
 from tests.helpers import run
 
 CPU = Dist(ddp=False, rank=0, local_rank=0, world_size=1, device=torch.device('cpu'), master=True)
@@ -322,7 +322,7 @@ def test_cli_user_errors_are_one_sentence(tmp_path):
 
 def test_cli_autoencoder_checkpoint(tmp_path, monkeypatch):
     import model
-    import perceptual
+    from evaluation import perceptual
     offline(monkeypatch, tmp_path)
     monkeypatch.setattr(perceptual, 'VGG16_URL', 'file:///nonexistent/vgg16-397923af.pth')
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import export
 from model import Autoencoder, make_ae_config
 from video_model import VIDEO_AE_PRESETS, VideoAutoencoder
-from weights import load_ae_state_dict
+from utils.weights import load_ae_state_dict
 
 diffusers = pytest.importorskip('diffusers')
 
@@ -141,7 +141,8 @@ def test_cogvideox_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize('preset, overrides, video, fmt, message', [
-    ('tiny', {'regularizer': 'vq'}, False, 'diffusers', 'it is a VQ autoencoder'),
+    ('tiny', {'regularizer': 'vq'}, False, 'flux', 'it is a VQ autoencoder'),
+    ('tiny', {'regularizer': 'vq', 'use_quant_conv': False}, False, 'diffusers', 'VQModel always has quant convs'),
     ('tiny', None, False, 'flux', "FLUX.1's autoencoder has no quant convs"),
     ('flux', dict(ch=32, ch_mult=(1, 2, 2), norm_groups=8), False, 'flux', 'fixes GroupNorm at 32 groups'),
     ('small', dict(ch_mult=(2, 2)), False, 'diffusers', 'ch_mult must start with 1'),

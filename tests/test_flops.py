@@ -11,7 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'bench'))
 from flops import (PEAK_FLOPS, dit_flops, dit_config, ae_flops, ae_encoder_flops, ae_decoder_flops,  # noqa: E402
                    device_peak_flops)
-from model import DiT, Autoencoder, AEConfig, AE_PRESETS  # noqa: E402
+from denoiser import DiT
+from model import Autoencoder, AEConfig, AE_PRESETS  # noqa: E402
 
 
 def counted(fn):

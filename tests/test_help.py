@@ -15,8 +15,8 @@ import pytest
 from tests.helpers import ROOT
 
 # the scripts the issue names: each must be found by the discovery below
-NAMED = ['train_ae.py', 'train_ldm.py', 'sample.py', 'eval_fid.py', 'spectrum.py', 'reproduce.py', 'export.py',
-         'report.py', 'bench/bench_ae.py', 'bench/bench_eval.py', 'bench/bench_ldm.py', 'bench/bench_sample.py',
+NAMED = ['train_ae.py', 'train_ldm.py', 'sample.py', 'eval_fid.py', 'spectrum.py', 'repro/reproduce.py', 'export.py',
+         'bench/bench_ae.py', 'bench/bench_eval.py', 'bench/bench_ldm.py', 'bench/bench_sample.py',
          'bench/bench_threads.py']
 # --help may take this many times a bare `python -c pass`. Measured on 2 CPU cores, best of 3: python -c pass
 # 0.01-0.02 s, --help 0.03-0.08 s (3-6x: argparse and the standard modules a script needs); when torch was imported
@@ -35,9 +35,10 @@ def builds_a_parser(path):
 
 
 def runnable_scripts():
-    """The top-level scripts and the benchmarks that read a command line."""
+    """The top-level scripts, the experiment's and the benchmarks that read a command line."""
     files = sorted(f for f in os.listdir(ROOT) if f.endswith('.py'))
     files += sorted(os.path.join('bench', f) for f in os.listdir(os.path.join(ROOT, 'bench')) if f.endswith('.py'))
+    files += sorted(os.path.join('repro', f) for f in os.listdir(os.path.join(ROOT, 'repro')) if f.endswith('.py'))
     return [f for f in files if builds_a_parser(f)]
 
 
@@ -145,3 +146,21 @@ def test_a_training_script_says_what_it_runs_before_it_loads_torch(script, flag,
     first = next(i for i, line in enumerate(lines) if line.startswith(f'{script}: '))
     torch_loaded = next(i for i, line in enumerate(lines) if line.startswith('import time:') and line.endswith('| torch'))
     assert first < torch_loaded and str(tmp_path / 'out') in lines[first] and 'thread' in lines[first]
+
+
+HELP_MAX = 120  # characters of a flag's own help text, before the default that --help appends
+
+
+@pytest.mark.parametrize('script', SCRIPTS)
+def test_every_flag_shows_its_default_in_a_short_help(script, monkeypatch):
+    # the default is shown by the formatter itself (cli.HelpFormatter), so no docstring or help text has to repeat it
+    # and none can fall out of date; a fork that adds a flag writes it in one place
+    parser = parser_of(script, monkeypatch)
+    formatter = parser._get_formatter()
+    flags = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
+    hidden = [a.option_strings[0] if a.option_strings else a.dest for a in flags
+              if '%(default)' not in formatter._get_help_string(a)]
+    assert not hidden, f"{script}: --help shows no default for {hidden}"
+    long = [f"{a.option_strings[0] if a.option_strings else a.dest} ({len(a.help)})" for a in flags
+            if len(a.help) > HELP_MAX]
+    assert not long, f"{script}: help longer than {HELP_MAX} characters: {long}"

@@ -104,7 +104,7 @@ def test_latent_cache_holds_a_posterior_sample_of_each_image_and_its_mirror(trai
     assert latents.shape == (8, 2, 4, 4, 4) and latents.dtype == np.float16
     assert labels.tolist() == [int(i >= 4) for i in order] and sorted(labels.tolist()) == [0] * 4 + [1] * 4
     position = int(np.flatnonzero(order == 6)[0])  # dogs/2.png is image 6
-    from weights import load_autoencoder
+    from utils.weights import load_autoencoder
     model = load_autoencoder(str(d / 'ae' / 'ckpt.pt'))
     x = torch.from_numpy(np.asarray(Image.open(d / 'images' / 'dogs' / '2.png'), np.float32) / 127.5 - 1)
     x = x.permute(2, 0, 1)[None]
@@ -118,7 +118,7 @@ def test_latent_cache_holds_a_posterior_sample_of_each_image_and_its_mirror(trai
 @pytest.mark.slow
 def test_latent_scale_is_the_std_of_one_random_global_batch(trained):
     # LDM's scale_by_std: mean and 1/std of one global batch (4 latents here) drawn at random from the whole cache
-    from data import random_subset
+    from utils.data import random_subset
     latents = np.load(trained / 'cache' / 'latents.npy')
     ckpt = torch.load(trained / 'dit' / 'ckpt.pt', weights_only=False)
     z = torch.from_numpy(latents[random_subset(latents, 4, 0), 0].astype(np.float64))

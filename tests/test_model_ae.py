@@ -8,12 +8,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from common import rng_state
+from utils.common import rng_state
 import model
-from model import (AE_PRESETS, Autoencoder, adaptive_gan_weight, NLayerDiscriminator, VectorQuantizer,
-                   diagonal_gaussian, hinge_d_loss, make_ae_config)
-from perceptual import LPIPS, LPIPS_MIN_SIZE
-from weights import load_ae_state_dict, load_autoencoder
+from model import AE_PRESETS, Autoencoder, adaptive_gan_weight, NLayerDiscriminator, VectorQuantizer, diagonal_gaussian, hinge_d_loss, make_ae_config
+from evaluation.perceptual import LPIPS, LPIPS_MIN_SIZE
+from utils.weights import load_ae_state_dict, load_autoencoder
 
 diffusers = pytest.importorskip('diffusers')
 lpips = pytest.importorskip('lpips')
@@ -356,8 +355,8 @@ def test_lpips_missing_weights_offline_is_one_clear_sentence(lpips_pair, tmp_pat
 def test_every_weight_download_refuses_an_unreadable_file_in_one_sentence(net, tmp_path, monkeypatch):
     # weights.fetch_weights is the one downloader: a local file and a file in the torch hub cache are both read as
     # tensors only, and a broken one of either is one sentence naming it (I3D's local file once gave a traceback)
-    import i3d
-    import inception
+    from evaluation import i3d
+    from evaluation import inception
     load, file_name = {'lpips': (lambda p: LPIPS(vgg_weights=p, pretrained=p is None), 'vgg16-397923af.pth'),
                        'inception': (inception.load_inception, inception.FID_WEIGHTS_FILE),
                        'i3d': (i3d.load_i3d, i3d.I3D_WEIGHTS_FILE)}[net]

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data import make_dataset
-from model import (SE_DOWNSAMPLING, Autoencoder, block_dct, cut_dct_high_frequencies, dct_cut_equivariance_loss,
-                   latent_hf_penalty, make_ae_config, scale_equivariance_loss, se_downsample, se_downsample_time, zigzag)
+from utils.data import make_dataset
+from utils.cli import SE_DOWNSAMPLING
+from model import Autoencoder, block_dct, cut_dct_high_frequencies, dct_cut_equivariance_loss, latent_hf_penalty, make_ae_config, scale_equivariance_loss, se_downsample, causal_time_pool, zigzag
 from tests.helpers import TINY_AE, run, train_rows
 
 
@@ -109,7 +109,7 @@ def test_each_se_operator_is_its_formula(factor):
 def test_temporal_se_keeps_the_first_frame_and_averages_groups_of_the_rest():
     v = torch.randn(1, 2, 9, 4, 4, dtype=torch.float64)  # 1 + 8 frames
     for s in (2, 4):
-        out = se_downsample_time(v, s)
+        out = causal_time_pool(v, factor=s)
         assert out.shape[2] == 1 + 8 // s
         torch.testing.assert_close(out[:, :, 0], v[:, :, 0], rtol=0, atol=0)
         for j in range(8 // s):

@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import conditioning
-import data
+from utils import conditioning
+from utils import data
 from diffusion import Diffusion, cfg_model_fn, spaced_timesteps
-from model import Autoencoder, apply_model, build_backbone, make_ae_config
+from model import Autoencoder, make_ae_config
+from denoiser import apply_model, build_backbone
 
 
 def perturbed(module, scale=0.1, seed=0):
@@ -266,3 +267,27 @@ def test_samplers_end_on_the_data_point_at_any_latent_size(size):
     assert torch.allclose(out, x_star.expand_as(out), atol=1e-4)
     unet = build_backbone('unet', 'tiny', latent_size=8, in_channels=3, num_classes=0, learn_sigma=False)
     assert unet(torch.randn(1, 3, size, size), torch.tensor([5])).shape == (1, 3, size, size)
+
+
+def test_labelled_folder_crops_and_flips_image_and_label_map_together(tmp_path):
+    # left third label 1 on black, the rest label 2 on white, in a 24 x 20 image: after the resize to 16, the centre
+    # crop and a flip, every pixel's label still says whether it is dark or bright (but at the one blended column)
+    img, lab = np.full((20, 24, 3), 255, np.uint8), np.full((20, 24), 2, np.uint8)
+    img[:, :8], lab[:, :8] = 0, 1
+    for i in range(2):
+        Image.fromarray(img).save(tmp_path / f'{i}.png')
+        Image.fromarray(lab).save(tmp_path / f'{i}_label.png')
+    folder = data.make_dataset(str(tmp_path), 16, segmentation=True)
+    assert isinstance(folder, data.LabelledFolder) and len(folder) == 2 and folder.num_labels == 3
+    flips = set()
+    for seed in range(6):
+        item, _, _ = folder.load((0, seed))
+        x, seg = item['image'].mean(0), item['segmentation']
+        assert x.shape == seg.shape == (16, 16) and set(seg.unique().tolist()) == {1, 2}
+        clear = (F.max_pool2d((seg == 1).float()[None], 3, 1, 1)[0] == 0) | (F.max_pool2d((seg == 2).float()[None], 3, 1, 1)[0] == 0)
+        assert (x[clear & (seg == 1)] < -0.9).all() and (x[clear & (seg == 2)] > 0.9).all()
+        flips.add(bool(seg[0, 0] == 2))
+    assert flips == {True, False}  # both orientations were drawn
+    Image.fromarray(img).save(tmp_path / 'lonely.png')
+    with pytest.raises(SystemExit, match='1 of the 3 images .* no label map .*lonely.png'):
+        data.LabelledFolder(str(tmp_path), 16)

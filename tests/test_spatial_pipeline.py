@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-import data
+from utils import data
 from tests.helpers import run
 
 TINY = ['--image_size', '16', '--batch_size', '4', '--num_workers', '0', '--device', 'cpu']
@@ -88,13 +88,20 @@ def test_each_task_trains_resumes_exactly_samples_and_is_scored(workdir, task):
 @pytest.mark.slow
 def test_an_unconditional_unet_samples_beyond_its_training_size_and_inpaints_by_replacement(workdir):
     d = workdir
-    run('train_ldm.py', *TINY[:1], '32', *TINY[2:], '--ae', d / 'ae' / 'ckpt.pt', '--max_steps', '1', '--num_samples',
-        '1', '--sample_steps', '1', '--eval_interval', '100', '--out_dir', d / 'uncond32')
+    run('train_ldm.py', *TINY[:1], '32', *TINY[2:], '--model', 'unet', '--ae', d / 'ae' / 'ckpt.pt', '--max_steps', '1',
+        '--num_samples', '1', '--sample_steps', '1', '--eval_interval', '100', '--out_dir', d / 'uncond32')
     for H, W in ((64, 64), (96, 64)):
         out = d / f'uncond_{H}x{W}'
         run('sample.py', '--ckpt', d / 'uncond32' / 'ema.pt', '--num_samples', '2', '--steps', '2', '--device', 'cpu',
             '--H', H, '--W', W, '--out_dir', out)
         assert np.load(out / 'samples.npz')['arr_0'].shape == (2, H, W, 3)
+    # a checkpoint made before tasks (no 'conditioning' in its config) samples as the unconditional model it is
+    old = torch.load(d / 'uncond32' / 'ema.pt', weights_only=False)
+    del old['config']['conditioning']
+    torch.save(old, d / 'old.pt')
+    for ckpt, out in ((d / 'uncond32' / 'ema.pt', d / 'new_samples'), (d / 'old.pt', d / 'old_samples')):
+        run('sample.py', '--ckpt', ckpt, '--num_samples', '2', '--steps', '2', '--device', 'cpu', '--out_dir', out)
+    assert np.array_equal(*(np.load(d / n / 'samples.npz')['arr_0'] for n in ('new_samples', 'old_samples')))
     out = d / 'replace'
     run('sample.py', '--ckpt', d / 'uncond32' / 'ema.pt', '--task', 'inpaint', '--inpaint_mode', 'replace', '--input',
         d / 'in' / 'inpaint', '--steps', '2', '--sampler', 'ddpm', '--device', 'cpu', '--out_dir', out)
@@ -139,6 +146,9 @@ def test_bad_inputs_of_a_task_are_one_sentence(workdir, tmp_path):
     one_sentence(run('sample.py', '--ckpt', d / 'sr_bad' / 'ema.pt', '--device', 'cpu', '--out_dir', tmp_path / 'o2',
                      check=False), '--input DIR')
     one_sentence(train(d, 'dit_task', '--task', 'sr', '--model', 'dit', '--max_steps', '1', check=False), '--model unet')
+    train(d, 'dit', '--model', 'dit', '--max_steps', '1')
+    one_sentence(run('sample.py', '--ckpt', d / 'dit' / 'ema.pt', '--H', '32', '--device', 'cpu', '--out_dir',
+                     tmp_path / 'o3', check=False), 'position embedding')
     one_sentence(train(d, 'cache_task', '--task', 'inpaint', '--cache_latents', tmp_path / 'cache', '--cache_size', '4',
                        '--max_steps', '1', check=False), '--cache_latents')
     one_sentence(train(d, 'sr_flag', '--sr_factor', '2', '--max_steps', '1', check=False), '--sr_factor', '--task sr')

@@ -1,4 +1,4 @@
-"""The spectral tools of spectrum.py: the block DCT, the zigzag order, the offset-free spectrum and hf_share,
+"""The spectral tools of spectral.py and spectrum.py: the block DCT, the zigzag order, the offset-free spectrum and hf_share,
 erasure and PSNR, and the CLI end to end on two tiny random-init autoencoders."""
 import json
 import math
@@ -9,11 +9,12 @@ import scipy.fft
 import torch
 import torch.nn.functional as F
 
-import metrics
+from evaluation import metrics
 import spectrum
-from metrics import psnr
+from evaluation.metrics import psnr
 from model import block_dct, block_idct, dct_matrix, zigzag
-from spectrum import BlockSpectrum, dct_spectrum, erase_high_frequencies, hf_energy_share, hf_share
+from model import cut_dct_high_frequencies
+from utils.spectral import BlockSpectrum, dct_spectrum, hf_share
 
 # libjpeg's jpeg_natural_order: the k-th coefficient in zigzag order is at row-major position JPEG_ZIGZAG[k]
 JPEG_ZIGZAG = [
@@ -156,20 +157,20 @@ def test_energy_matches_a_direct_computation_with_scipy():
 def test_erasure_keeps_exactly_the_first_zigzag_coefficients(p):
     torch.manual_seed(0)
     x = torch.randn(2, 3, 16, 24, dtype=torch.float64)
-    n_keep = 64 - round(64 * p)
+    n_keep = int((1 - p) * 64)  # the authors' rounding (cut_dct2d_high_freqs)
     X = block_dct(x).flatten(-2)[..., zigzag()]
-    Y = block_dct(erase_high_frequencies(x, p)).flatten(-2)[..., zigzag()]
+    Y = block_dct(cut_dct_high_frequencies(x, 8, p)).flatten(-2)[..., zigzag()]
     torch.testing.assert_close(Y[..., :n_keep], X[..., :n_keep], atol=1e-12, rtol=0)
     assert Y[..., n_keep:].abs().max() < 1e-12
     # Parseval: the squared error is exactly the energy of the erased coefficients
-    mse = (erase_high_frequencies(x, p) - x).pow(2).sum()
+    mse = (cut_dct_high_frequencies(x, 8, p) - x).pow(2).sum()
     torch.testing.assert_close(mse, X[..., n_keep:].pow(2).sum(), atol=1e-9, rtol=0)
 
 
 def test_erasure_leaves_the_partial_border_untouched():
     torch.manual_seed(0)
     x = torch.randn(1, 2, 19, 21)
-    y = erase_high_frequencies(x, 0.5)
+    y = cut_dct_high_frequencies(x, 8, 0.5)
     assert torch.equal(y[..., 16:, :], x[..., 16:, :]) and torch.equal(y[..., :, 16:], x[..., :, 16:])
     assert not torch.allclose(y[..., :16, :16], x[..., :16, :16])
 
@@ -177,7 +178,7 @@ def test_erasure_leaves_the_partial_border_untouched():
 def test_erasing_nothing_is_bitwise_the_input():
     torch.manual_seed(0)
     x = torch.randn(2, 4, 16, 16)
-    assert torch.equal(erase_high_frequencies(x, 0.0), x)
+    assert torch.equal(cut_dct_high_frequencies(x, 8, 0.0), x)
 
 
 def test_bicubic_reference_keeps_constants_and_loses_fine_detail():
@@ -197,7 +198,7 @@ def test_psnr_closed_form():
 
 def test_psnr_falls_strictly_with_the_fraction_erased_for_a_smooth_image():
     x = smooth_images(4, 3, 64, seed=1).float()
-    curve = [psnr(erase_high_frequencies(x, p).clamp(-1, 1), x).mean().item() for p in spectrum.ERASE_FRACTIONS]
+    curve = [psnr(cut_dct_high_frequencies(x, 8, p).clamp(-1, 1), x).mean().item() for p in spectrum.ERASE_FRACTIONS]
     assert curve[0] == metrics.PSNR_MAX
     assert all(a > b for a, b in zip(curve, curve[1:])), curve
     assert curve[-1] > 20  # a smooth image lives in its lowest frequencies
@@ -214,8 +215,8 @@ def _save_tiny_ae(path, seed):
 
 @pytest.mark.slow  # 2 AEs x 10 erasure levels x 2 batches of decodes: ~10-30 s on a shared CPU
 def test_cli_on_two_tiny_checkpoints_writes_plots_and_consistent_json(tmp_path):
-    from data import make_dataset
-    from weights import load_autoencoder
+    from utils.data import make_dataset
+    from utils.weights import load_autoencoder
     a, b = tmp_path / 'a.pt', tmp_path / 'b.pt'
     _save_tiny_ae(a, 0)
     _save_tiny_ae(b, 1)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import TextEncoder
-from weights import ldmbert_to_ours, load_strictly
+from denoiser import TextEncoder
+from utils.weights import ldmbert_to_ours, load_strictly
 
 
 def ldmbert(vocab_size=50, max_length=12, dim=32, depth=2, heads=4, dim_head=8):
@@ -79,7 +79,7 @@ def test_text_encoder_refuses_too_many_tokens():
 
 def test_scene_leaves_the_dead_leaves_image_unchanged():
     """Captions and layouts read the generator's own parameters: the images the other tests compare stay the same."""
-    from data import DeadLeaves, dead_leaves
+    from utils.data import DeadLeaves, dead_leaves
     for seed, index, size in ((0, 0, 16), (3, 7, 32)):
         img, scene = dead_leaves(seed, index, size, scene=True)
         assert np.array_equal(img, dead_leaves(seed, index, size))
@@ -94,7 +94,7 @@ def test_scene_leaves_the_dead_leaves_image_unchanged():
 
 
 def test_caption_and_layout_name_the_largest_shapes():
-    from data import LAYOUT_CLASSES, caption, colour_name, layout
+    from utils.data import LAYOUT_CLASSES, caption, colour_name, layout
     assert [colour_name(h, 0.5) for h in (0.0, 0.97, 1 / 6, 1 / 3, 0.5, 2 / 3, 5 / 6)] == \
         ['red', 'red', 'yellow', 'green', 'cyan', 'blue', 'magenta']
     assert colour_name(1 / 3, 0.1) == 'grey'
@@ -115,7 +115,7 @@ def write_images(root, names, size=(24, 12)):
 
 
 def test_folder_captions_sidecar_and_jsonl_and_missing_named(tmp_path, capsys):
-    from data import make_dataset
+    from utils.data import make_dataset
     write_images(tmp_path, ['a.png', 'b.png', 'c.png'])
     (tmp_path / 'a.txt').write_text('a red disk\n')
     (tmp_path / 'captions.jsonl').write_text(json.dumps({'file': 'b.png', 'caption': 'a blue rectangle'}) + '\n')
@@ -128,7 +128,7 @@ def test_folder_captions_sidecar_and_jsonl_and_missing_named(tmp_path, capsys):
 
 
 def test_folder_layout_is_cropped_and_flipped_with_the_image(tmp_path):
-    from data import boxes_list, crop_boxes, make_dataset
+    from utils.data import boxes_list, crop_boxes, make_dataset
     # a 24 x 12 image: its centre crop is x in [1/4, 3/4]; a box there covers the whole crop
     assert crop_boxes([(0, 0.25, 0.0, 0.75, 1.0), (1, 0.0, 0.0, 0.1, 1.0)], 24, 12, flip=False) == [(0, 0, 0, 1, 1)]
     assert crop_boxes([(0, 0.25, 0.0, 0.5, 0.5)], 24, 12, flip=True) == [(0, 0.5, 0.0, 1.0, 0.5)]
@@ -148,7 +148,7 @@ def test_folder_layout_is_cropped_and_flipped_with_the_image(tmp_path):
 # tau_theta inside the denoiser
 
 def text_unet(vocab_size=259, max_length=16):
-    from model import build_backbone
+    from denoiser import build_backbone
     torch.manual_seed(0)
     net = build_backbone('unet', 'tiny', 8, 4, 0, False, text_encoder={'vocab_size': vocab_size, 'max_length': max_length})
     with torch.no_grad():  # zero-initialised output convs would hide the context
@@ -159,8 +159,8 @@ def text_unet(vocab_size=259, max_length=16):
 
 def test_tokens_reach_the_unet_through_tau():
     """UNet(tokens) = UNet(context = tau(tokens)), once per sampler (learned_conditioning), and tau trains jointly."""
-    from model import learned_conditioning
-    from tokenizer import ByteTokenizer
+    from denoiser import learned_conditioning
+    from utils.tokenizer import ByteTokenizer
     net = text_unet()
     tokens, mask = ByteTokenizer().encode(["a red disk", "a blue rectangle on a green background"], 16)
     x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
@@ -175,7 +175,7 @@ def test_tokens_reach_the_unet_through_tau():
 
 
 def test_dit_refuses_text_in_one_sentence():
-    from model import build_backbone
+    from denoiser import build_backbone
     with pytest.raises(ValueError, match="DiT has no cross-attention, which text and layouts need"):
         build_backbone('dit', 'tiny', 8, 4, 0, False, text_encoder={'vocab_size': 259, 'max_length': 16})
 
@@ -186,8 +186,8 @@ def test_dit_refuses_text_in_one_sentence():
 def test_caption_dropout_rate_and_null_sequence():
     """Each caption is dropped with probability p (the count lies in the binomial's 99.9% interval) and a dropped
     caption tokenises exactly as "" does, the null condition that guidance subtracts; a dropped layout has no box."""
-    import conditioning
-    from tokenizer import ByteTokenizer, LayoutTokenizer
+    from utils import conditioning
+    from utils.tokenizer import ByteTokenizer, LayoutTokenizer
     tok, n, p = ByteTokenizer(), 4000, 0.1
     cfg = conditioning.task_config('text', tokenizer=tok, max_length=24, cond_dropout_prob=p)
     captions = [f"a red disk number {i}" for i in range(n)]
@@ -280,8 +280,8 @@ def test_cli_refuses_bad_text_flags_in_one_sentence(tmp_path, flags, message):
 
 
 def test_prompt_files_that_hold_nothing_are_one_sentence(tmp_path):
-    import conditioning
-    from tokenizer import ByteTokenizer
+    from utils import conditioning
+    from utils.tokenizer import ByteTokenizer
     cfg = conditioning.task_config('text', tokenizer=ByteTokenizer())
     empty = tmp_path / 'prompts.txt'
     empty.write_text('\n  \n')
@@ -298,7 +298,7 @@ def test_reproduce_text_smoke(tmp_path):
     """The miniature at toy sizes: it trains, probes, scores and writes its report (what it measures needs the full
     size; this checks the pipeline end to end)."""
     from tests.helpers import run
-    run('reproduce_text.py', '--smoke', '--out_dir', tmp_path, '--cfg_scales', '1,3')
+    run('repro/reproduce_text.py', '--smoke', '--out_dir', tmp_path, '--cfg_scales', '1,3')
     report = json.loads((tmp_path / 'report.json').read_text())
     assert report['probe']['n'] == 8 and 0 <= report['probe']['wilcoxon_p'] <= 1
     assert set(report['alignment']) == {'real', 'chance', 'samples, cfg 1', 'samples, cfg 3'}

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-import cli
+from utils import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

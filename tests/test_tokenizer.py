@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from tokenizer import ByteTokenizer, LayoutTokenizer, from_state, load_tokenizer
+from utils.tokenizer import ByteTokenizer, LayoutTokenizer, from_state, load_tokenizer
 
 VOCAB = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]', 'a', 'red', 'disk', 'blue', 'rect', '##angle', '##s', 'on',
          'the', 'green', 'back', '##ground', 'cafe', ',', '.', '!', '$', '-', '中', '国', 'un', '##known', 'and', 'x']

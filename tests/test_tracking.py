@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import common
+from utils import common
 from tests.helpers import TINY_AE, read_log, run
 
 

@@ -53,7 +53,7 @@ def test_resume_without_checkpoint_is_one_sentence(tmp_path):
 
 
 def test_atomic_checkpoint_survives_a_failed_write(tmp_path, monkeypatch):
-    from common import save_checkpoint
+    from utils.common import save_checkpoint
     path = tmp_path / 'ckpt.pt'
     save_checkpoint({'step': 1, 'w': torch.ones(3)}, path)
 
@@ -103,7 +103,7 @@ def test_ddp_two_processes_keep_identical_parameters(tmp_path):
 
 
 def test_background_checkpoint_is_a_snapshot_and_a_failed_write_is_reported(tmp_path, monkeypatch):
-    from common import CheckpointWriter
+    from utils.common import CheckpointWriter
     w, weights = CheckpointWriter(), torch.ones(1000)
     w.save({tmp_path / 'a.pt': {'w': weights, 'opt': {'state': [weights * 2]}}})
     weights.zero_()  # training goes on while the file is written: the file must hold the values at save()
@@ -121,7 +121,7 @@ def test_background_checkpoint_is_a_snapshot_and_a_failed_write_is_reported(tmp_
 
 
 def test_non_finite_note_keeps_the_first_bad_step_without_a_host_sync():
-    from common import note_non_finite
+    from utils.common import note_non_finite
     first = torch.full((), float('inf'), dtype=torch.float64)
     for step, loss in enumerate([1.0, 2.0, float('nan'), 3.0, float('inf')], start=1):
         first = note_non_finite(first, torch.tensor(loss), step)
@@ -151,9 +151,9 @@ def test_video_run_resumes_exactly_and_writes_previews(tmp_path):
 
 
 def test_online_hf_probe_is_spectrum_hf_share_of_the_held_out_latent_means(tmp_path):
-    from data import make_dataset
-    from weights import load_autoencoder
-    from spectrum import hf_share
+    from utils.data import make_dataset
+    from utils.weights import load_autoencoder
+    from utils.spectral import hf_share
     run('train_ae.py', *TINY_AE, '--image_size', 32, '--out_dir', tmp_path, '--max_steps', 1, '--eval_interval', 1,
         '--dtype', 'float32')
     probe = [r for r in read_log(tmp_path) if 'hf_share_latent' in r][-1]
@@ -193,7 +193,7 @@ def test_logged_bicubic_reference_is_spectrums_on_the_same_images(tmp_path, fram
 def test_a_grid_names_its_rows_in_a_margin_and_leaves_the_images_as_they_were(tmp_path):
     import numpy as np
     from PIL import Image
-    from common import save_image_grid
+    from utils.common import save_image_grid
     x = torch.rand(6, 3, 16, 16) * 2 - 1
     save_image_grid(x, tmp_path / 'plain.png', nrow=3)
     save_image_grid(x, tmp_path / 'named.png', nrow=3, row_labels=['input', 'reconstruction'])

@@ -5,7 +5,7 @@ padding under context_mask is invisible)."""
 import pytest
 import torch
 
-from model import UNET_PRESETS, SpatialTransformer, UNet, build_backbone
+from denoiser import UNET_PRESETS, SpatialTransformer, UNet, build_backbone
 from tests.test_backbones import perturbed
 
 TINY = dict(UNET_PRESETS["tiny"], context_dim=None)

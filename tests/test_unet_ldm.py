@@ -4,7 +4,7 @@ UNet2DConditionModel (SpatialTransformer cross-attention) compute, with random w
 import pytest
 import torch
 
-from model import UNET_PRESETS, AttentionBlock, SpatialTransformer, UNet
+from denoiser import UNET_PRESETS, AttentionBlock, SpatialTransformer, UNet
 from tests.test_backbones import perturbed
 
 # Parameters of CompVis' UNetModel built from each YAML's unet_config (ldm/modules/diffusionmodules/openaimodel.py),

@@ -8,11 +8,10 @@ import pytest
 import torch
 
 import eval_fid
-import i3d
-import metrics
-import swd
-from model import (DIT_PRESETS, VIDEO_DIT_PRESETS, DiT, VideoDiT, build_backbone, frame_attention,
-                   get_1d_sincos_pos_embed)
+from evaluation import i3d
+from evaluation import metrics
+from evaluation import swd
+from denoiser import DIT_PRESETS, VIDEO_DIT_PRESETS, DiT, VideoDiT, build_backbone, frame_attention, get_1d_sincos_pos_embed
 from tests.test_backbones import perturbed
 
 TINY = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=2, num_classes=3)
@@ -137,7 +136,7 @@ def test_i3d_weights_missing_offline_is_one_sentence_naming_the_file_and_the_fla
 def moving_crops(first_index, n=12, frames=6, size=32, seed=0):
     """n videos (n, T, 3, size, size) in [-1, 1]: a size x size window gliding over a 2 * size px dead-leaves image at
     a random constant velocity of 1 to 3 px per frame along each axis, so frames share content and move smoothly."""
-    from data import dead_leaves
+    from utils.data import dead_leaves
     rng = torch.Generator().manual_seed(seed + first_index)
     videos = []
     for i in range(first_index, first_index + n):
@@ -203,7 +202,7 @@ def test_cli_saves_fvd_statistics_once_and_scores_against_them(tmp_path):
 def test_video_writers_keep_frames_in_order_and_the_preview_shows_first_and_middle_frames(tmp_path):
     import av
     from PIL import Image
-    from common import save_video_grid, tile_videos, write_mp4
+    from utils.common import save_video_grid, tile_videos, write_mp4
     T, H, W = 6, 18, 23  # odd width: padded to even for yuv420p
     ramp = np.linspace(0, 1, W)[None, None, :, None] * np.linspace(0.5, 1, H)[None, :, None, None]
     videos = np.stack([(ramp * (40 + 30 * np.arange(T))[:, None, None, None] + [0, 20 * i, 60]).astype(np.uint8)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from video_model import VideoAEConfig, VideoAutoencoder
-from weights import load_ae_state_dict
+from utils.weights import load_ae_state_dict
 
 SMALL = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=4)  # CogVideoX's layout with 3 levels: f4, 4x time
 
@@ -79,7 +79,7 @@ def test_an_image_is_a_one_frame_video():
 
 
 def test_temporal_spectrum_is_offset_free_scale_free_and_sees_slow_change():
-    from spectrum import temporal_amplitude, temporal_spectrum, temporal_hf_ratio
+    from utils.spectral import temporal_amplitude, temporal_spectrum, temporal_hf_ratio
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(4, 3, 17, 8, 8, generator=g)
     slow = noise.cumsum(dim=2)  # a random walk in time: a 1/f^2 power spectrum, like natural video
@@ -95,23 +95,24 @@ def test_temporal_spectrum_is_offset_free_scale_free_and_sees_slow_change():
 def test_spectrum_cli_on_a_video_autoencoder(tmp_path):
     import json
     from dataclasses import asdict
-    import metrics
+    from evaluation import metrics
     import spectrum
+    from utils import spectral
     from video_model import VIDEO_AE_PRESETS
     cfg = VIDEO_AE_PRESETS['tiny']
     torch.save({'model': VideoAutoencoder(cfg).state_dict(), 'config': {'preset': 'tiny', 'ae_config': asdict(cfg)}},
                tmp_path / 'ckpt.pt')
     spectrum.main(['--ckpt', str(tmp_path / 'ckpt.pt'), '--label', 'ae', '--num_frames', '9', '--image_size', '32',
-                   '--num_images', '2', '--batch_size', '2', '--device', 'cpu', '--out_dir', str(tmp_path)])
-    r = json.load(open(tmp_path / 'spectrum_video.json'))['video']
+                   '--num_images', '2', '--batch_size', '2', '--device', 'cpu', '--out_dir', str(tmp_path / 'out')])
+    r = json.load(open(tmp_path / 'out' / 'spectrum_video.json'))['video']
     assert set(r) == {'ae', 'RGB for ae', 'RGB full'}
     assert len(r['ae']['spatial_hf_share_per_frame']) == 3 and len(r['ae']['temporal_spectrum']) == 2  # 9 -> 3 frames
     assert len(r['RGB full']['temporal_spectrum']) == 8 and 0 < r['RGB full']['temporal_hf_ratio'] < 1
     # every number is what its definition gives on the same held-out clips, recomputed here from the checkpoint
-    from data import MovingDeadLeaves
+    from utils.data import DeadLeaves
     from model import to_frames
-    from weights import load_autoencoder
-    clips = torch.stack([MovingDeadLeaves(32, 9, seed=0, train=False)[i][0] for i in range(2)])  # (2, 3, 9, 32, 32)
+    from utils.weights import load_autoencoder
+    clips = torch.stack([DeadLeaves(32, seed=0, train=False, num_frames=9)[i][0] for i in range(2)])  # (2, 3, 9, 32, 32)
     with torch.no_grad():
         ae = load_autoencoder(str(tmp_path / 'ckpt.pt'), video=True)
         z, _ = ae.encode(clips, sample=False)  # (2, 16, 3, 8, 8)
@@ -119,19 +120,19 @@ def test_spectrum_cli_on_a_video_autoencoder(tmp_path):
     rgb = metrics.rgb_on_latent_grid(clips, z.shape, temporal_levels=2)  # (2, 3, 3, 8, 8)
     expected = {'reconstruction_psnr': metrics.psnr(rec, frames).mean().item(),  # every frame of every clip
                 'bicubic_psnr': metrics.psnr(metrics.bicubic_at_latent_grid(frames, 4), frames).mean().item(),
-                'hf_share': spectrum.hf_share(z), 'temporal_hf_ratio': spectrum.temporal_hf_ratio(spectrum.temporal_amplitude(z))}
+                'hf_share': spectral.hf_share(z), 'temporal_hf_ratio': spectral.temporal_hf_ratio(spectral.temporal_amplitude(z))}
     assert {k: r['ae'][k] for k in expected} == {k: pytest.approx(v, rel=1e-6) for k, v in expected.items()}
-    assert r['RGB for ae']['hf_share'] == pytest.approx(spectrum.hf_share(rgb), rel=1e-6)
-    assert r['RGB for ae']['temporal_hf_ratio'] == pytest.approx(spectrum.temporal_hf_ratio(spectrum.temporal_amplitude(rgb)), rel=1e-6)
-    assert r['RGB full']['temporal_hf_ratio'] == pytest.approx(spectrum.temporal_hf_ratio(spectrum.temporal_amplitude(clips)), rel=1e-6)
-    assert r['ae']['spatial_hf_share_per_frame'] == pytest.approx([spectrum.hf_share(z[:, :, t]) for t in range(3)], rel=1e-6)
+    assert r['RGB for ae']['hf_share'] == pytest.approx(spectral.hf_share(rgb), rel=1e-6)
+    assert r['RGB for ae']['temporal_hf_ratio'] == pytest.approx(spectral.temporal_hf_ratio(spectral.temporal_amplitude(rgb)), rel=1e-6)
+    assert r['RGB full']['temporal_hf_ratio'] == pytest.approx(spectral.temporal_hf_ratio(spectral.temporal_amplitude(clips)), rel=1e-6)
+    assert r['ae']['spatial_hf_share_per_frame'] == pytest.approx([spectral.hf_share(z[:, :, t]) for t in range(3)], rel=1e-6)
 
 
 def test_temporal_hf_energy_share_is_invariant_to_an_orthogonal_mixing_of_channels_and_orders_slow_and_fast():
     """The temporal energy-weighted HF share, like the spatial one, sees through a rotation of the channels (which a
     scalar-normalised LDM cannot see), a common scale and per-channel offsets; white noise in time scores the share of
     its upper frequencies, a slowly changing signal far less."""
-    from spectrum import temporal_energy, temporal_hf_energy_share
+    from utils.spectral import temporal_energy, temporal_hf_energy_share
     g = torch.Generator().manual_seed(0)
     z = torch.randn(4, 6, 9, 4, 4, generator=g, dtype=torch.float64)
     slow = torch.cumsum(z, dim=2)  # a random walk: energy at low temporal frequencies
@@ -149,14 +150,14 @@ def test_train_ae_and_spectrum_measure_bicubic_on_clips_by_the_one_definition(tm
     """train_ae.py's val_psnr_bicubic and spectrum.py's bicubic_psnr are the same number on the same clips: each clip's
     mean frame PSNR of metrics.bicubic_at_latent_grid, averaged over clips (whatever the batch split)."""
     import spectrum
-    from data import MovingDeadLeaves, random_subset
-    from metrics import bicubic_at_latent_grid, psnr
+    from utils.data import DeadLeaves, random_subset
+    from evaluation.metrics import bicubic_at_latent_grid, psnr
     from tests.helpers import read_log, run
     from video_model import VIDEO_AE_PRESETS, VideoAutoencoder
     run('train_ae.py', '--num_frames', 9, '--image_size', 32, '--max_steps', 1, '--num_eval', 3, '--eval_interval', 1,
         '--batch_size', 1, '--num_workers', 0, '--lpips_weight', 0, '--disc_weight', 0, '--out_dir', tmp_path)
     logged = [r for r in read_log(tmp_path) if 'val_psnr_bicubic' in r][-1]['val_psnr_bicubic']
-    held = MovingDeadLeaves(32, 9, seed=0, train=False)
+    held = DeadLeaves(32, seed=0, train=False, num_frames=9)
     x = torch.stack([held[i][0] for i in random_subset(held, 3, 0)])
     frames = torch.stack([psnr(bicubic_at_latent_grid(x[:, :, t], 4), x[:, :, t]) for t in range(9)], 1)
     assert logged == pytest.approx(frames.mean().item(), abs=1e-5)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from data import BadVideo, MovingDeadLeaves, VideoFolder, read_clip
+from utils.data import BadVideo, DeadLeaves, VideoFolder, read_clip
 
 av = pytest.importorskip('av')
 
@@ -74,10 +74,10 @@ def test_bad_videos_are_counted_skips_and_all_bad_is_one_sentence(tmp_path):
 
 
 def test_moving_dead_leaves_are_deterministic_and_move(tmp_path):
-    ds = MovingDeadLeaves(16, 9, seed=3)
+    ds = DeadLeaves(16, seed=3, num_frames=9)
     a, b, c = ds[5][0], ds[5][0], ds[6][0]
     assert a.shape == (3, 9, 16, 16) and torch.equal(a, b) and not torch.equal(a, c)
-    assert not torch.equal(MovingDeadLeaves(16, 9, seed=3, train=False)[5][0], a)  # held out: another stream
+    assert not torch.equal(DeadLeaves(16, seed=3, train=False, num_frames=9)[5][0], a)  # held out: another stream
     # consecutive frames differ (motion), but less than two clips do (textured leaves moving ~1 px a frame at 16 px
     # make the frame-to-frame change about 0.45 of the clip-to-clip one)
     step = (a[:, 1:] - a[:, :-1]).abs().mean()

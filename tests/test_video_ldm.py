@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from common import write_mp4
-from data import open_source
+from utils.common import write_mp4
+from evaluation.sources import open_source
 from tests.helpers import run, train_rows
 
 TINY = ['--image_size', 16, '--num_workers', 0, '--log_interval', 1]
@@ -122,7 +122,7 @@ def test_eval_reads_the_middle_clip_of_every_readable_video_in_a_folder(tmp_path
 
 
 def test_video_ldm_from_a_latent_cache_normalises_each_channel(video_ae, tmp_path):
-    from data import random_subset
+    from utils.data import random_subset
     run('train_ldm.py', *TINY, '--num_frames', 5, '--ae', video_ae / 'ae' / 'ckpt.pt', '--model', 'dit', '--batch_size', 3,
         '--max_steps', 1, '--cache_latents', tmp_path / 'cache', '--cache_size', 6, '--num_samples', 2,
         '--sample_steps', 1, '--out_dir', tmp_path / 'ldm')

@@ -9,9 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.inception import BasicConv2d, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE
 
-from cli import FID_WEIGHTS_FILE, FID_WEIGHTS_URL
-from metrics import sfid_features
-from weights import fetch_weights
+from utils.cli import FID_WEIGHTS_FILE, FID_WEIGHTS_URL
+from evaluation.metrics import sfid_features
+from utils.weights import fetch_weights
 
 # ----------------------------------------------------------------------------------------------
 # FID Inception: the TF 2015-12-05 graph, as pytorch-fid ports it onto torchvision's blocks

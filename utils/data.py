@@ -1,6 +1,6 @@
 """
-Every image and clip the project reads or renders: the training data sets (make_dataset, for images and clips), the
-latent cache of train_ldm.py, and the image and video sets the evaluation scores (open_source). Datasets:
+The training data sets, images and clips (make_dataset); the latent cache of train_ldm.py is in latent_cache.py and
+the sets the evaluation scores in evaluation/sources.py. Datasets:
 dataset[i] is (x, y): x (3, H, W) float in [-1, 1], y the class id (0 when unlabelled). dataset.load(item)
 also returns 1 when the item's file was unreadable and its next readable neighbour stands in (0 otherwise), for the
 loaders to count. An item may be
@@ -14,30 +14,21 @@ reproducible; a plain `i` gives the un-augmented image.
   Rendered at 4x and box-downsampled (antialiasing), with smooth shading and a little sensor noise per shape.
 - ImageFolder: a folder searched recursively (jpg, jpeg, png, webp, bmp). Class ids come from the first-level
   subfolders when every image sits in one (ImageNet's train folder works as is); otherwise the set is unlabelled.
-- Video (train_ae.py --num_frames N): clips x (3, N, H, W). MovingDeadLeaves, the embedded default (shapes of the
+- Video (train_ae.py --num_frames N): clips x (3, N, H, W). DeadLeaves(num_frames=N), the embedded default (shapes of the
   still set moving over a panning dead-leaves background), and VideoFolder, videos decoded with PyAV (read_clip seeks
   to the clip instead of decoding the whole file; bad videos are counted skips).
-- LatentCache: a data set encoded once by a frozen autoencoder (train_ldm.py --cache_latents), float16, stored in a
-  random order and read in shuffled contiguous chunks.
-- Evaluation sources (eval_fid.py --fake / --ref): a samples .npz (ImageArray, or a uint8 video array), a folder of
-  images at their own size (ImageFiles) or resized (DatasetImages), a folder of videos (read_video_folder), or a
-  statistics .npz; each image set is uint8 with a known .size and counts its unreadable files.
 
 Every subset of a data set (evaluation images, reference sets, the latent statistics) is random_subset(): a seeded
 random sample of the whole set, never "the first N files", which on a class-sorted folder are a handful of classes.
 """
 import os
 import json
-import hashlib
 
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
-from torch.utils.data import Dataset, Subset
-from tqdm import tqdm
 
-from common import die, load_batches, lock_folder, release_lock
-from metrics import to_uint8
+from utils.common import die
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
 
@@ -188,15 +179,18 @@ def _hsv_to_rgb(h, s, v):
 
 
 class DeadLeaves(torch.utils.data.Dataset):
-    """Unlimited, deterministic per (seed, index). The held-out stream (train=False) uses a disjoint seed.
+    """The embedded data set: unlimited, deterministic per (seed, index); the held-out stream (train=False) uses a
+    disjoint seed. Images (3, H, W), or with num_frames > 1 clips of moving dead leaves (3, T, H, W).
     segmentation=True: items are {'image', 'segmentation' (H, W) int64, ids of SHAPE_KINDS}, for semantic synthesis;
     annotation 'caption' | 'layout': {'image', 'caption'} or {'image', 'boxes' (max_objects, 5)}, from the scene."""
     infinite = True
     num_classes = 0
     layout_classes = LAYOUT_CLASSES
 
-    def __init__(self, image_size, seed=0, train=True, segmentation=False, annotation=None, max_objects=8):
-        self.image_size, self.segmentation = image_size, segmentation
+    def __init__(self, image_size, seed=0, train=True, num_frames=1, segmentation=False, annotation=None, max_objects=8):
+        if num_frames > 1 and (segmentation or annotation):
+            raise ValueError("the moving dead leaves (num_frames > 1) have no label maps, captions or layouts.")
+        self.image_size, self.num_frames, self.segmentation = image_size, num_frames, segmentation
         self.num_labels = len(SHAPE_KINDS)
         self.annotation, self.max_objects = annotation, max_objects
         self.seed = seed if train else seed + 1_000_000_007
@@ -209,6 +203,9 @@ class DeadLeaves(torch.utils.data.Dataset):
 
     def load(self, item):
         i, _ = _split_item(item)
+        if self.num_frames > 1:
+            clip = moving_dead_leaves(self.seed, i, self.image_size, self.num_frames)
+            return torch.from_numpy(clip).permute(3, 0, 1, 2) * 2 - 1, 0, 0  # (3, T, H, W)
         if self.segmentation:
             img, seg = dead_leaves(self.seed, i, self.image_size, segmentation=True)
             return {'image': torch.from_numpy(img).permute(2, 0, 1) * 2 - 1, 'segmentation': torch.from_numpy(seg)}, 0, 0
@@ -538,7 +535,7 @@ def random_subset(dataset, n, seed):
 def make_dataset(data, image_size, seed=0, train=True, random_crop=False, num_frames=1, frame_stride=1,
                  segmentation=False, annotation=None, max_objects=8):
     """The data set of every script: images (num_frames 1) or clips of num_frames frames, frame_stride apart. data=None
-    -> the embedded DeadLeaves (MovingDeadLeaves) stream; else an ImageFolder (VideoFolder) (evaluation: no flips).
+    -> the embedded DeadLeaves stream (of clips with num_frames > 1); else an ImageFolder (VideoFolder) (evaluation: no flips).
     segmentation=True: images with their label maps (DeadLeaves' shape kinds, or a LabelledFolder). annotation
     'caption' | 'layout': items are {'image', 'caption' or 'boxes' (max_objects, 5)} (images only)."""
     if segmentation:
@@ -546,7 +543,7 @@ def make_dataset(data, image_size, seed=0, train=True, random_crop=False, num_fr
                 else LabelledFolder(data, image_size, flip=train))
     if num_frames > 1:
         if data is None:
-            return MovingDeadLeaves(image_size, num_frames, seed=seed, train=train)
+            return DeadLeaves(image_size, seed=seed, train=train, num_frames=num_frames)
         return VideoFolder(data, image_size, num_frames, frame_stride, train=train, random_crop=random_crop)
     if data is None:
         return DeadLeaves(image_size, seed=seed, train=train, annotation=annotation, max_objects=max_objects)
@@ -620,27 +617,6 @@ def moving_dead_leaves(seed, index, size, num_frames, supersample=4, n_shapes=48
         clip[t] = img.reshape(size, supersample, size, supersample, 3).mean(axis=(1, 3))
     clip += rng.normal(0, 0.01, clip.shape).astype(np.float32)  # sensor noise, new in every frame
     return np.clip(clip, 0, 1)
-
-
-class MovingDeadLeaves(torch.utils.data.Dataset):
-    """The embedded video set: unlimited, deterministic per (seed, index); held out (train=False) on a disjoint seed."""
-    infinite = True
-    num_classes = 0
-
-    def __init__(self, image_size, num_frames, seed=0, train=True):
-        self.image_size, self.num_frames = image_size, num_frames
-        self.seed = seed if train else seed + 1_000_000_007
-
-    def __len__(self):
-        return 2 ** 31 - 1
-
-    def __getitem__(self, item):
-        return self.load(item)[:2]
-
-    def load(self, item):
-        i, _ = _split_item(item)
-        clip = moving_dead_leaves(self.seed, i, self.image_size, self.num_frames)
-        return torch.from_numpy(clip).permute(3, 0, 1, 2) * 2 - 1, 0, 0  # (3, T, H, W)
 
 
 class BadVideo(ValueError):
@@ -744,402 +720,3 @@ class VideoFolder(torch.utils.data.Dataset):
 
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error we count, not a silently grey image
-
-# -----------------------------------------------------------------------------
-# the latent cache: the data set encoded once by the frozen autoencoder of train_ldm.py
-
-CHUNK_BYTES = 64 << 20  # one chunk is read as one sequential 64 MiB run
-
-
-class LatentCache(torch.utils.data.Dataset):
-    """
-    root/latents.npy (N, 2, C, h, w) float16, each image and its mirror image (video: (N, 2, C, T', h, w), each clip and
-    its mirror clip), root/labels.npy (N,) (-1 for an item whose file was unreadable: it is left out, not replaced)
-    and root/meta.json, written last, the mark of a complete cache.
-    float16 halves float32's disk (ImageNet with FLUX's 16 x 32 x 32 latents: 84 GB instead of 168 GB) at a relative
-    rounding error of 2^-11, far below the posterior noise the latents were sampled with. The images were written in a
-    seeded random order, so a contiguous chunk is a random sample of the data set: epoch_order() shuffles the chunks and
-    the items inside each, and the disk reads one chunk after another instead of seeking for every item.
-    load() follows the protocol of the image datasets, so common.Loader shards, orders and resumes it the same way, and
-    the per-item seed picks the flip as ImageFolder's does. Opening checks every file against meta.json
-    (DamagedCache when one is missing, cut short or of another shape).
-    """
-    infinite = False
-
-    def __init__(self, root):
-        try:
-            with open(os.path.join(root, 'meta.json')) as f:
-                self.meta = json.load(f)
-            if not isinstance(self.meta, dict) or not isinstance(self.meta.get('key'), dict):
-                raise ValueError("meta.json is not a cache's")
-            shape = (self.meta['key']['cache_size'], 2, *self.meta['key']['latent_shape'])
-            self.latents = np.load(os.path.join(root, 'latents.npy'), mmap_mode='r')
-            self.labels = np.load(os.path.join(root, 'labels.npy'))
-            if self.latents.shape != shape or self.latents.dtype != np.float16:
-                raise ValueError(f"latents.npy is {self.latents.dtype} {self.latents.shape}, not float16 {shape}")
-            if self.labels.shape != shape[:1] or not np.issubdtype(self.labels.dtype, np.integer):
-                raise ValueError(f"labels.npy is {self.labels.dtype} {self.labels.shape}, not integers {shape[:1]}")
-            self.num_classes = int(self.meta['num_classes'])
-        except (OSError, ValueError, KeyError, TypeError) as e:  # a file missing, cut short, or not ours
-            raise DamagedCache(f"{type(e).__name__}: {e}") from None
-        self.index = np.flatnonzero(self.labels >= 0)  # the items whose files were readable
-        self.unreadable_left_out = len(self.labels) - len(self.index)
-        if not len(self.index):
-            die(f"every image of the latent cache {root} was unreadable; check the data.")
-        self.chunk = max(1, CHUNK_BYTES // self.latents[0].nbytes)
-
-    def __len__(self):
-        return len(self.index)
-
-    def epoch_order(self, generator):
-        """A permutation of the items: chunks of self.chunk consecutive items in random order, shuffled inside."""
-        n, k = len(self), self.chunk
-        order = []
-        for c in torch.randperm(-(-n // k), generator=generator).tolist():
-            lo, hi = c * k, min((c + 1) * k, n)
-            order += (lo + torch.randperm(hi - lo, generator=generator)).tolist()
-        return order
-
-    def __getitem__(self, item):
-        return self.load(item)[:2]
-
-    def load(self, item):
-        i, item_seed = _split_item(item)
-        flip = item_seed is not None and np.random.default_rng([item_seed, i]).random() < 0.5
-        p = self.index[i]
-        z = torch.from_numpy(self.latents[p, int(flip)].astype(np.float32))  # (C, h, w), video (C, T', h, w)
-        return z, int(self.labels[p]), 0
-
-
-class DamagedCache(Exception):
-    """A latent cache whose files do not match its meta.json: build_latent_cache makes it again."""
-
-
-def file_sha256(path):
-    """Hex digest of a file's bytes: a checkpoint retrained in place gets a new one."""
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 24), b''):
-            h.update(block)
-    return h.hexdigest()
-
-
-def dataset_identity(dataset, data, seed):
-    """What names the images: the folder and a hash of its file list, or the embedded stream's seed."""
-    if data is None:
-        return f'dead leaves, seed {seed}'
-    names = '\n'.join(os.path.relpath(f, dataset.root) for f in dataset.files)
-    return f'{os.path.abspath(data)} ({len(dataset.files)} files, list sha256 {hashlib.sha256(names.encode()).hexdigest()[:16]})'
-
-
-def build_latent_cache(root, images, encode, latent_shape, key, num_items, batch_size, dist, seed, random_crop,
-                       num_workers=2):
-    """
-    LatentCache(root), encoding `num_items` items of `images` with `encode` (x (B, 3, H, W) -> z (B, C, h, w), or clips
-    x (B, 3, T, H, W) -> z (B, C, T', h, w)) first unless root holds a complete cache. `key` is everything the content
-    depends on (the autoencoder's hash, the data, the image size, the crop mode, the cache size); a cache made for
-    another key is refused, never silently reused, and a damaged one (a file missing or cut short) is made again.
-    The builder holds root's lock (common.lock_folder), so two runs never write one cache; ranks split the work;
-    meta.json is written last, as the marker of a complete cache. An unreadable image is left out (labels -1) and
-    counted (meta.json's skipped_images), never replaced by a copy of its neighbour. With random_crop, item i is crop i
-    of image i mod len(images), drawn with its own seed; otherwise item i is image i, centre-cropped, unflipped. The
-    posterior noise is drawn from its own seed, so building the cache leaves the run's random stream as it was: the
-    same command trains the same whether or not the cache existed.
-    """
-    key = {**key, 'latent_shape': list(latent_shape), 'cache_size': num_items}
-    build = False
-    if dist.master:
-        cache = _open_cache(root, key)
-        if cache is None:
-            locked = lock_folder(root, '--cache_latents')  # False when it is this run's own --out_dir
-            cache = _open_cache(root, key)  # made by another run between the look and the lock
-            build = cache is None
-            if not build and locked:
-                release_lock(root)
-    if dist.ddp:
-        decision = [build]
-        torch.distributed.broadcast_object_list(decision, src=0)
-        build = decision[0]
-    if not build:
-        if dist.ddp:
-            torch.distributed.barrier()
-        return cache if dist.master else LatentCache(root)
-    meta_path = os.path.join(root, 'meta.json')
-    # cache position p holds item order[p], in random order so that any contiguous chunk is a random sample; without
-    # crops, and fewer items than images, the items are a random sample of the images
-    rng = np.random.default_rng(seed)
-    finite_images = not random_crop and not getattr(images, 'infinite', False)
-    order = rng.permutation(len(images))[:num_items] if finite_images else rng.permutation(num_items)
-    if dist.master:
-        for name in ('meta.json', 'labels.npy'):  # the marker first: a build that is killed leaves none
-            if os.path.exists(os.path.join(root, name)):
-                os.remove(os.path.join(root, name))
-        np.lib.format.open_memmap(os.path.join(root, 'latents.npy'), mode='w+', dtype=np.float16,
-                                  shape=(num_items, 2, *latent_shape)).flush()
-    if dist.ddp:
-        torch.distributed.barrier()
-    store = np.load(os.path.join(root, 'latents.npy'), mmap_mode='r+')
-    labels = np.zeros(num_items, dtype=np.int64)
-    positions = [p for start in range(dist.rank * batch_size, num_items, dist.world_size * batch_size)
-                 for p in range(start, min(start + batch_size, num_items))]
-    if random_crop:
-        item = lambda p: (int(order[p]) % len(images), seed * 1_000_003 + int(order[p]))  # noqa: E731
-    else:
-        item = lambda p: int(order[p])  # noqa: E731  a plain index: no flip (the cache holds both), no crop
-    devices = [dist.device] if dist.device.type == 'cuda' else []
-    with torch.random.fork_rng(devices=devices):  # the run's own random stream is untouched
-        torch.manual_seed(seed * 1_000_003 + dist.rank)
-        for p, x, y, unreadable in tqdm(load_batches(_Positions(positions, item, images), batch_size=batch_size,
-                                                     num_workers=num_workers),
-                                        desc='encoding latents', disable=not dist.master):
-            x = x.to(dist.device)
-            for flip in (0, 1):
-                z = encode(x.flip(-1) if flip else x).cpu().numpy().astype(np.float16)  # the mirror image: W is last
-                if not np.isfinite(z).all():
-                    die(f"latents beyond float16's range (|z| > 65504) came out of the autoencoder; it is broken or "
-                        f"not an autoencoder for images in [-1, 1].")
-                store[p.numpy(), flip] = z
-            labels[p.numpy()] = np.where(unreadable.numpy() > 0, -1, y.numpy())  # an unreadable one is left out
-    store.flush()
-    if dist.ddp:  # each rank filled its own label positions: sum them
-        lab = torch.from_numpy(labels).to(dist.device)
-        torch.distributed.all_reduce(lab)
-        labels = lab.cpu().numpy()
-        torch.distributed.barrier()
-    if dist.master:
-        np.save(os.path.join(root, 'labels.npy'), labels)
-        skipped = int((labels < 0).sum())
-        with open(meta_path + '.tmp', 'w') as f:  # whole or not at all: it marks the cache complete
-            json.dump({'key': key, 'num_classes': images.num_classes, 'dtype': 'float16', 'skipped_images': skipped},
-                      f, indent=1)
-        os.replace(meta_path + '.tmp', meta_path)
-        if skipped:
-            print(f"the latent cache {root} leaves out {skipped} of {num_items} images, which could not be read")
-        if locked:
-            release_lock(root)
-    if dist.ddp:
-        torch.distributed.barrier()
-    return LatentCache(root)
-
-
-def _open_cache(root, key):
-    """The complete cache at root, or None when there is none (or a damaged one, said and made again); a complete
-    cache made from other inputs is refused."""
-    meta_path = os.path.join(root, 'meta.json')
-    if not os.path.exists(meta_path):
-        return None
-    try:
-        cache = LatentCache(root)
-    except DamagedCache as e:
-        print(f"the latent cache {root} is damaged ({e}); making it again")
-        return None
-    made_for = cache.meta['key']
-    changed = '; '.join(f"{k} {made_for.get(k)!r} there, {key[k]!r} now" for k in key if made_for.get(k) != key[k])
-    if changed:
-        die(f"the latent cache {root} was made from other inputs ({changed}); delete it or pass another "
-            f"--cache_latents folder.")
-    if cache.unreadable_left_out:
-        print(f"the latent cache {root} leaves out {cache.unreadable_left_out} images, which could not be read")
-    return cache
-
-
-class _Positions(torch.utils.data.Dataset):
-    """(cache position, x, y, 1 if its file was unreadable) for the positions one rank encodes."""
-    def __init__(self, positions, item, images):
-        self.positions, self.item, self.images = positions, item, images
-
-    def __len__(self):
-        return len(self.positions)
-
-    def __getitem__(self, k):
-        x, y, unreadable = self.images.load(self.item(self.positions[k]))
-        return self.positions[k], x, y, unreadable
-
-
-# ----------------------------------------------------------------------------------------------
-# Image sources: every set is a Dataset of (uint8 (3, H, W) image, 1 if the file was unreadable and a neighbour stands
-# in, else 0) with a known .size (H, W); sharded_batches counts the unreadable files into .unreadable
-
-
-class ImageArray(Dataset):
-    """A uint8 (N, H, W, 3) array, as in the arr_0 of the .npz files sample.py (and ADM's evaluator) use."""
-    unreadable, left_out = 0, {}
-
-    def __init__(self, array):
-        self.array = array
-        self.size = array.shape[1:3]
-
-    def __len__(self):
-        return len(self.array)
-
-    def __getitem__(self, i):
-        return torch.from_numpy(np.ascontiguousarray(self.array[i])).permute(2, 0, 1), 0
-
-
-class ImageFiles(Dataset):
-    """A folder of images, searched recursively, in sorted order, used at their own size (which must be one size). An
-    unreadable file is replaced by the next readable one and counted, as in training."""
-    unreadable = 0
-
-    def __init__(self, root):
-        self.root = root
-        self.files, self.left_out = read_folder(root, IMAGE_EXTENSIONS, 'images')
-        sizes = {}
-        for f in self.files:  # PIL reads only the header here
-            try:
-                with Image.open(f) as img:
-                    w, h = img.size
-                    if img.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF orientations that turn the image by 90 degrees
-                        w, h = h, w
-            except UNREADABLE:
-                continue  # counted when it is read
-            sizes.setdefault((w, h), f)
-        if not sizes:
-            die(f"none of the {len(self.files)} images under {root} could be read.")
-        if len(sizes) > 1:
-            (a, fa), (b, fb) = list(sizes.items())[:2]
-            die(f"{root} holds images of different sizes ({fa} is {a[0]}x{a[1]}, {fb} is {b[0]}x{b[1]}); "
-                f"pass --image_size to center-crop and resize them all.")
-        w, h = next(iter(sizes))
-        self.size = (h, w)
-
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, i):
-        img, _, unreadable = open_first_readable(self.files, i, self.root)
-        return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous(), unreadable  # (3, H, W)
-
-
-class DatasetImages(Dataset):
-    """n images of a data.py dataset (the embedded dead-leaves stream or a resized ImageFolder) as uint8: a seeded
-    random sample of the whole set (data.random_subset), never the first n files of a class-sorted folder."""
-    unreadable = 0
-
-    def __init__(self, dataset, n, seed=0):
-        self.dataset, self.index = dataset, random_subset(dataset, n, seed)
-        self.size = (dataset.image_size, dataset.image_size)
-        self.left_out = getattr(dataset, 'left_out', {})
-
-    def __len__(self):
-        return len(self.index)
-
-    def __getitem__(self, i):
-        x, _, unreadable = self.dataset.load(self.index[i])
-        return to_uint8(x), unreadable
-
-
-def read_video_folder(path, image_size, num_frames, limit, seed):
-    """A folder of videos (searched recursively, decoded by data.py's reader) -> uint8 (N, T, H, W, 3): the middle
-    num_frames-frame clip of each video, centre-cropped to image_size, at most `limit` videos (seeded random). A video
-    that gives no clip is counted and left out (data.VideoFolder would put the next video in its place, twice)."""
-    if image_size is None:
-        die(f"--ref/--fake {path} is a folder of videos; pass --image_size (and --num_frames) for its clips.")
-    folder = VideoFolder(path, image_size, num_frames, train=False)
-    index = random_subset(folder, limit, seed) if limit is not None else range(len(folder))
-    clips, unreadable = [], 0
-    for i in tqdm(index, desc=f'reading {path}', dynamic_ncols=True):
-        x, _, skipped = folder.load(i)  # (3, T, H, W) in [-1, 1], made from uint8 / 127.5 - 1: exact round trip
-        if skipped:
-            unreadable += 1
-        else:
-            clips.append(to_uint8(x).permute(1, 2, 3, 0).numpy())
-    if unreadable:
-        print(f"{path}: left out {unreadable} of {len(index)} videos that gave no {num_frames}-frame clip")
-    videos = np.stack(clips).view(Videos)
-    videos.unreadable, videos.left_out = unreadable, folder.left_out
-    return videos
-
-
-class Videos(np.ndarray):
-    """uint8 videos (N, T, H, W, 3), as an array, that remember what their folder's reading left out: `unreadable`
-    videos that gave no clip, and the `left_out` files of the listing (read_folder). An .npz's array has neither."""
-    unreadable, left_out = 0, {}
-
-
-def is_video_folder(path):
-    """True for a folder with videos and no images in it (searched recursively, hidden files left out)."""
-    left_out = list_files(path, ())[1]
-    return any(left_out.get(e) for e in VIDEO_EXTENSIONS) and not any(left_out.get(e) for e in IMAGE_EXTENSIONS)
-
-
-def open_source(path, image_size, limit, seed=0, num_frames=16):
-    """--ref/--fake -> (kind, source, statistics): ('stats', None) for an .npz of statistics alone, ('videos', uint8
-    (N, T, H, W, 3) array) for a samples .npz of videos or a folder of videos (num_frames-frame clips), else ('images',
-    Dataset); at most `limit` images or videos (a seeded random sample when the source holds more). statistics: the
-    Frechet statistics an .npz holds (mu, sigma: FID or FVD; mu_s, sigma_s: sFID), alone or beside its images as in
-    ADM's reference batches, else {}."""
-    statistics = {}
-    if path.endswith('.npz'):
-        if not os.path.isfile(path):
-            die(f"{path} does not exist; pass a folder of images, a samples .npz or a statistics .npz.")
-        try:
-            with np.load(path) as f:
-                contents = {k: f[k] for k in ('mu', 'sigma', 'mu_s', 'sigma_s', 'arr_0') if k in f}
-        except Exception as e:  # random bytes, a cut-off file, a pickle
-            die(f"{path} could not be read as an .npz file ({type(e).__name__}); pass a samples or statistics .npz "
-                f"as sample.py and --save_stats write them.")
-        for mu_key, sigma_key in (('mu', 'sigma'), ('mu_s', 'sigma_s')):
-            if mu_key in contents and sigma_key in contents:
-                statistics[mu_key], statistics[sigma_key] = check_statistics(contents[mu_key], contents[sigma_key],
-                                                                             f"{mu_key}/{sigma_key} in {path}")
-        if 'arr_0' not in contents and 'mu' in statistics:
-            return 'stats', None, statistics
-        if 'arr_0' not in contents:
-            die(f"{path} holds neither arr_0 (uint8 images) nor mu/sigma (statistics); it is not an evaluation .npz.")
-        array = contents['arr_0']
-        video = array.dtype == np.uint8 and array.ndim == 5 and array.shape[-1] == 3
-        if not video and (array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3):
-            die(f"arr_0 of {path} is {array.dtype} {array.shape}, not uint8 (N, H, W, 3) images or (N, T, H, W, 3) "
-                f"videos as sample.py writes.")
-        if len(array) == 0:
-            die(f"{path} holds no {'videos' if video else 'images'} (arr_0 is {array.shape}); a metric of an empty "
-                f"set is no number.")
-        if image_size is not None and tuple(array.shape[-3:-1]) != (image_size, image_size):
-            die(f"{path} holds {array.shape[-3]}x{array.shape[-2]} {'videos' if video else 'images'}, and "
-                f"--image_size is {image_size} (it resizes folders, never an .npz); pass --image_size "
-                f"{array.shape[-3]} or samples made at {image_size}.")
-        if video:
-            return 'videos', array if limit is None else array[random_subset(array, limit, seed)], statistics
-        images = ImageArray(array)
-    elif os.path.isdir(path) and is_video_folder(path):
-        return 'videos', read_video_folder(path, image_size, num_frames, limit, seed), statistics
-    elif os.path.isdir(path):
-        if image_size is None:
-            images = ImageFiles(path)
-        else:
-            folder = make_dataset(path, image_size, train=False)
-            images = DatasetImages(folder, len(folder))
-    else:
-        die(f"{path} is neither a folder nor an .npz file; pass a folder of images, a samples .npz or a statistics .npz.")
-    if limit is not None:
-        images = images if limit >= len(images) else _Sample(images, random_subset(images, limit, seed))
-    return 'images', images, statistics
-
-
-def check_statistics(mu, sigma, what):
-    """A mean (D,) and covariance (D, D) read from a file, or one sentence saying why they are not."""
-    if (mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not len(mu)
-            or not np.issubdtype(mu.dtype, np.number) or not np.issubdtype(sigma.dtype, np.number)):
-        die(f"the statistics {what} are {mu.dtype} {mu.shape} and {sigma.dtype} {sigma.shape}, not "
-            f"a mean (D,) and a covariance (D, D) as --save_stats writes them.")
-    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-        die(f"the statistics {what} hold NaN or infinite values; make them again with --save_stats.")
-    if not (np.allclose(sigma, sigma.T) and (np.diag(sigma) >= 0).all()):
-        die(f"the covariance {what} is no covariance (not symmetric, or a negative variance); make the statistics "
-            f"again with --save_stats.")
-    return mu, sigma
-
-
-class _Sample(Subset):
-    """The images at `index` of a set, keeping its .size. FID does not depend on the order of a set; SWD takes its first
-    SWD_MAX_IMAGES, so a set is shuffled (all of it, seeded) before that cut."""
-    unreadable = 0
-
-    def __init__(self, images, index):
-        super().__init__(images, index)
-        self.size, self.left_out = images.size, images.left_out
-
-
-def shuffled(images, seed):
-    return _Sample(images, np.random.default_rng(seed).permutation(len(images)).tolist())

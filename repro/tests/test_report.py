@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from report import ALPHA, compare, paired_test
+from repro.report import ALPHA, compare, paired_test
 
 
 def test_paired_t_test_is_scipys_and_the_sign_flip_test_is_its_enumeration():
@@ -62,7 +62,7 @@ def test_hf_energy_share_is_invariant_to_rotating_channels_while_hf_share_is_not
     """An LDM that normalises its latents by one scalar cannot see an orthogonal mixing of the channels; the
     energy-weighted share cannot either. The per-channel mean hf_share changes, as the issue measured on a rotated
     block PCA."""
-    from spectrum import hf_energy_share, hf_share
+    from utils.spectral import hf_energy_share, hf_share
     g = torch.Generator().manual_seed(0)
     smooth = torch.nn.functional.avg_pool2d(torch.randn(8, 2, 40, 40, generator=g, dtype=torch.float64), 9, 1)
     z = torch.cat([smooth * 3, torch.randn(8, 2, 32, 32, generator=g, dtype=torch.float64) * 0.5], 1)  # 2 smooth, 2 rough
@@ -76,7 +76,7 @@ def test_hf_energy_share_is_invariant_to_rotating_channels_while_hf_share_is_not
 def test_ema_warmup_follows_its_formula():
     """With warm-up, after n updates toward a constant model the EMA keeps prod_i decay_i of its initial weights; at
     decay 0.999 and 2000 steps that is ~0.1%, where plain decay keeps 13.5%."""
-    from common import ema_decay, update_ema
+    from utils.common import ema_decay, update_ema
     ema, model = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
     ema.weight.data.fill_(1.0)
     model.weight.data.fill_(0.0)

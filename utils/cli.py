@@ -5,6 +5,7 @@ The choices a flag offers are defined here, once, and the modules that implement
 in this file may import torch, numpy or a project module that does (tests/test_help.py checks it).
 """
 import os
+import sys
 import time
 import argparse
 
@@ -12,8 +13,13 @@ import argparse
 # the choices of the flags, imported by the modules that implement them
 
 SE_DOWNSAMPLING = ('bilinear', 'mean', 'antialiased')  # model.se_downsample's operators (train_ae.py --se_down)
+REC_LOSSES = ('l1', 'l2')  # model.pixel_loss (train_ae.py --rec_loss)
+DISC_LOSSES = ('hinge', 'vanilla')  # model.DISC_LOSSES, taming's disc_loss (train_ae.py --disc_loss)
 SCHEDULES = ('linear', 'ldm_linear', 'scaled_linear')  # diffusion.beta_schedule (train_ldm.py --schedule)
-SPACINGS = ('even', 'ddim')  # diffusion.spaced_timesteps (sample.py --spacing)
+# each schedule's (beta_1, beta_T), CompVis' (linear_start, linear_end); train_ldm.py --beta_start/--beta_end move them
+SCHEDULE_BETAS = {'linear': (1e-4, 0.02), 'ldm_linear': (0.0015, 0.0195), 'scaled_linear': (0.00085, 0.012)}
+SPACINGS = ('even', 'ddim', 'ldm')  # diffusion.spaced_timesteps (sample.py --spacing)
+DIFFUSION_LOSSES = ('l2', 'l1')  # Diffusion's and Flow's loss_type, CompVis' (train_ldm.py --diffusion_loss)
 FLOW_PREDICTIONS = ('velocity', 'x0', 'noise')  # diffusion.Flow's outputs (train_ldm.py --prediction)
 TIME_SAMPLINGS = ('uniform', 'logit_normal')  # diffusion.Flow's training times (train_ldm.py --time_sampling)
 TASKS = ('none', 'sr', 'inpaint', 'semantic', 'text', 'layout')  # conditioning.py's tasks (train_ldm.py and sample.py --task)
@@ -33,7 +39,37 @@ VIDEO_DEFAULTS = dict(out_dir='out/video_ae', image_size=32, batch_size=1, max_s
                       eval_interval=100, ckpt_interval=100)
 
 # -----------------------------------------------------------------------------
+# user errors
+
+def die(message):
+    """A user error: one sentence, no traceback."""
+    raise SystemExit(f"error: {message}")
+
+STOPPED = "what was written before is kept (a training run continues from its last checkpoint with --resume)"
+
+
+def stop_on_signals():
+    """Ctrl-C (SIGINT) and SIGTERM end the script with one line, not a KeyboardInterrupt's traceback: the signal
+    becomes a SystemExit in the main thread, so that its locks are released (atexit) and a checkpoint being written
+    on its thread is finished; writes are atomic, so what was saved before stays. Exit status 128 + the signal."""
+    import signal
+
+    def stop(signum, frame):
+        if 'tqdm' in sys.modules:  # a progress bar ends its line now, not after the message at exit
+            for bar in list(getattr(sys.modules['tqdm'].tqdm, '_instances', [])):
+                bar.close()
+        print(f"stopped by {signal.Signals(signum).name}; {STOPPED}.", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+
+# -----------------------------------------------------------------------------
 # argparse types and the shared flags
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows the script's docstring as written, and after every flag's help its default, so that the two can
+    never disagree and a new flag is written in one place."""
+
 
 def checked(kind, lo=None, hi=None, lo_open=False, hi_open=False):
     """An argparse type: a number of `kind` (int or float) in [lo, hi] (or open at either end). A bad value stops the
@@ -56,7 +92,7 @@ def checked(kind, lo=None, hi=None, lo_open=False, hi_open=False):
 
 
 def unit_interval(text):
-    """An argparse type: 'lo,hi' with 0 <= lo <= hi <= 1 -> (lo, hi), such as a share of an image's area."""
+    """An argparse type: 'lo,hi' with 0 <= lo <= hi <= 1 -> (lo, hi): a share of an image's area, an interval of times."""
     try:
         lo, hi = (float(v) for v in text.split(','))
     except ValueError:
@@ -122,14 +158,22 @@ def add_common_args(parser, **defaults):
                    help="autocast dtype; 'auto' = bfloat16 on GPUs that support it, else float32")
     p.add_argument('--compile', action='store_true', help='torch.compile the model')
     p.add_argument('--resume', action='store_true', help='continue exactly from out_dir/ckpt.pt')
-    p.add_argument('--allow_changes', action='store_true', help='with --resume: accept settings that change the data stream (data, image size, batch size, seed, ...), so the run no longer continues exactly')
+    p.add_argument('--allow_changes', action='store_true', help='with --resume: accept settings that change the data stream (data, image size, batch size, seed); no longer exact')
     p.add_argument('--init_from', type=str, default=None, help='initial model weights (a checkpoint or public weights)')
     p.add_argument('--num_workers', type=checked(int, lo=0), default=d['num_workers'], help='data loader worker processes per rank')
     p.add_argument('--log_interval', type=positive, default=d['log_interval'], help='steps between log lines')
     p.add_argument('--eval_interval', type=positive, default=d['eval_interval'], help='steps between image grids / evaluations')
     p.add_argument('--ckpt_interval', type=positive, default=d['ckpt_interval'], help='steps between checkpoints')
-    p.add_argument('--tensorboard', action='store_true', help='also log the scalars of log.jsonl and the preview grids to TensorBoard, in out_dir/tensorboard (needs the tensorboard package)')
+    p.add_argument('--tensorboard', action='store_true', help='also log the scalars and preview grids to TensorBoard, in out_dir/tensorboard (needs the tensorboard package)')
     return p
+
+def cuda_visible():
+    """Whether an NVIDIA GPU is visible, read from the driver's files without loading torch (which takes seconds), for
+    the defaults a script must choose before torch loads; CUDA_VISIBLE_DEVICES set empty or to -1 hides them."""
+    if os.environ.get('CUDA_VISIBLE_DEVICES', None) in ('', '-1'):
+        return False
+    return os.path.exists('/proc/driver/nvidia/version') or any(
+        name.startswith('nvidia') and name[6:].isdigit() for name in (os.listdir('/dev') if os.path.isdir('/dev') else []))
 
 # -----------------------------------------------------------------------------
 # CPU threads

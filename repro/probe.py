@@ -15,17 +15,21 @@ whose samples are off by more than a factor 2, or more than 10% saturated, has n
 Video LDMs (train_ldm.py --num_frames) are probed the same way on held-out clips, given as an .npz of uint8
 (N, T, H, W, 3) as sample.py writes them; every mean is then over all latent (pixel) values of a clip.
 
-  from probe import diffusability_probe; diffusability_probe('ldm/ckpt.pt', 'heldout_images/', [10, 100, 500, 900])
+  from repro.probe import diffusability_probe; diffusability_probe('ldm/ckpt.pt', 'heldout_images/', [10, 100, 500, 900])
 """
 import numpy as np
 import torch
 
-from common import broadcast_latent_norm
-from data import ImageFolder
-from diffusion import Diffusion, Flow
-from model import build_backbone
-from weights import load_autoencoder, load_checkpoint
+from utils.common import broadcast_latent_norm
+from utils.data import ImageFolder
+from diffusion import Flow, process_from_config
+from evaluation.metrics import sample_guard
+from denoiser import build_backbone
+from model import decode_first_stage, encode_first_stage
+from utils.weights import load_autoencoder, load_checkpoint
 
+PROBE_T = [10, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 990]   # DDPM timesteps the probe noises to
+PROBE_T_FLOW = [0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.98]  # flow times (t = 1 is noise)
 GUARD_SAMPLES = 64
 GUARD_STEPS = 50
 
@@ -37,11 +41,7 @@ def load_ldm(path, device='cpu'):
     config = ckpt['config']
     model = build_backbone(**config['backbone']).to(device).eval()
     model.load_state_dict(ckpt['ema'])
-    if config.get('objective') == 'flow':
-        process = Flow(**{k: config[k] for k in ('prediction', 'time_sampling', 'logit_mean', 'logit_std', 'time_shift')})
-    else:
-        process = Diffusion(config['schedule'], prediction=config['prediction'], learn_sigma=config['learn_sigma'],
-                            device=device)
+    process = process_from_config(config, device)  # Diffusion or Flow, with the checkpoint's schedule
     video = 'num_frames' in config['backbone']
     shift, scale = (broadcast_latent_norm(ckpt[k], 5 if video else 4, device) for k in ('latent_shift', 'latent_scale'))
     ae = load_autoencoder(config['ae'], preset=config.get('ae_preset'), device=device, video=video)
@@ -75,7 +75,8 @@ def diffusability_probe(ckpt, heldout, levels, device='cpu', batch_size=64, nois
     {'levels', 'eps_mse' (per level), 'pixel_mse' (per level), 'eps_mse_mean', 'pixel_mse_mean', 'guard': {...}}."""
     model, process, config, shift, scale, ae = load_ldm(ckpt, device)
     x = held_out(heldout, config['image_size']).to(device)  # (N, 3, [T,] H, W)
-    z = torch.cat([(ae.encode(b, sample=False)[0] - shift) * scale for b in x.split(batch_size)])  # (N, C, [t,] h, w)
+    z = torch.cat([(encode_first_stage(ae, b, sample=False) - shift) * scale for b in x.split(batch_size)])  # (N, C, [t,] h, w)
+    decode = lambda z: decode_first_stage(ae, z, config.get('vq_latents') != 'pre_quantization')  # noqa: E731  as sample.py
     flow = isinstance(process, Flow)
     n_decoded = len(z) if decoded is None else min(decoded, len(z))
     generator = torch.Generator().manual_seed(noise_seed)
@@ -89,20 +90,20 @@ def diffusability_probe(ckpt, heldout, levels, device='cpu', batch_size=64, nois
             errors[0] += (eps.float() - nb).pow(2).flatten(1).mean(1).sum().item()
             keep = max(0, min(len(zb), n_decoded - seen))  # the first n_decoded items
             if keep:
-                x_rec = ae.decode(x0[:keep].float() / scale + shift).clamp(-1, 1)
+                x_rec = decode(x0[:keep].float() / scale + shift).clamp(-1, 1)
                 errors[1] += (x_rec - xb[:keep]).pow(2).flatten(1).mean(1).sum().item()
             seen += len(zb)
         eps_mse.append(errors[0] / len(z))
         pixel_mse.append(errors[1] / n_decoded)
-    guard = sample_guard(model, process, z, shift, scale, ae, device)
+    guard = guard_ldm(model, process, z, shift, scale, decode, device)
     return {'levels': list(levels), 'eps_mse': eps_mse, 'pixel_mse': pixel_mse,
             'eps_mse_mean': sum(eps_mse) / len(eps_mse), 'pixel_mse_mean': sum(pixel_mse) / len(pixel_mse),
             'num_images': len(z), 'num_decoded': n_decoded, 'guard': guard}
 
 
-def sample_guard(model, process, z_data, shift, scale, ae, device):
-    """Has the LDM learned to sample? The per-channel std of GUARD_SAMPLES sample latents over the data latents', and
-    the share of decoded pixels at or beyond [-1, 1]. ok: every ratio within [0.5, 2] and at most 10% saturated."""
+def guard_ldm(model, process, z_data, shift, scale, decode, device):
+    """Has the LDM learned to sample? GUARD_SAMPLES samples of it (DDIM, or Heun under flow) against the data latents,
+    by metrics.sample_guard: the per-channel std ratio and the share of saturated decoded pixels."""
     generator = torch.Generator().manual_seed(0)
     x_T = torch.randn((GUARD_SAMPLES, *z_data.shape[1:]), generator=generator).to(device)
     model_fn = lambda x, t: model(x, t, None)  # noqa: E731
@@ -110,9 +111,4 @@ def sample_guard(model, process, z_data, shift, scale, ae, device):
         z = process.ode_sample(model_fn, x_T, GUARD_STEPS, 'heun')
     else:
         z = process.ddim_sample(model_fn, x_T, steps=GUARD_STEPS)
-    per_channel = lambda v: v.float().transpose(0, 1).flatten(1).std(1)  # noqa: E731  over all but the channel
-    ratio = (per_channel(z) / per_channel(z_data).clamp_min(1e-12)).tolist()
-    img = ae.decode(z.float() / scale + shift)
-    saturated = ((img <= -1) | (img >= 1)).float().mean().item()
-    return {'std_ratio': ratio, 'saturated': saturated,
-            'ok': bool(all(0.5 <= r <= 2 for r in ratio) and saturated <= 0.1)}
+    return sample_guard(z, z_data, decode(z.float() / scale + shift))  # the LDM's own decoding: decode_first_stage

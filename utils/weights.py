@@ -14,8 +14,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file as load_safetensors
 
-from common import die
-from model import AE_PRESETS, Autoencoder, make_ae_config
+from utils.common import die
+from model import AE_PRESETS, Autoencoder, IdentityFirstStage, make_ae_config
 from video_model import VIDEO_AE_PRESETS, VideoAEConfig, VideoAutoencoder
 
 
@@ -44,7 +44,7 @@ def fetch_weights(path, url, file_name, what, flag=None):
                                         f"({os.path.dirname(cached)}) and could not be downloaded from {url}"
                                         + (f"; download it and pass it as {flag} PATH" if flag else '')) from None
             raise ValueError(unreadable(f"{cached} in the torch hub cache", e, "; delete it so that it is downloaded "
-                                        "again")) from None
+                                        "again", cached)) from None
         name = f"{what}'s {cached}"
     problem = contents_problem(sd, STATE_DICT)
     if problem:
@@ -55,7 +55,19 @@ def fetch_weights(path, url, file_name, what, flag=None):
 # -----------------------------------------------------------------------------
 # reading files: tensors only, and the structure each reader expects
 
-def unreadable(name, error, hint=''):
+def is_pickle(path):
+    """Whether the file at `path` is one whole pickle stream (pickletools parses its opcodes; nothing is run)."""
+    import pickletools
+    try:
+        with open(path, 'rb') as f:
+            for _ in pickletools.genops(f):
+                pass
+        return True
+    except Exception:
+        return False
+
+
+def unreadable(name, error, hint='', path=None):
     """The one sentence for a file torch.load(weights_only=True) or safetensors would not read. A pickle that needs
     more than tensors, numbers, strings, lists and dicts (a class, a function, numpy arrays: anything whose loading
     could run code) is named as refused; anything else is a file that is not what it should be."""
@@ -63,6 +75,10 @@ def unreadable(name, error, hint=''):
     if found:  # torch's weights-only unpickler names the class or function it would have had to call
         return (f"{name} was refused: it holds Python objects ({found[1]}), and only tensors, numbers, strings, lists "
                 f"and dicts are read, since loading anything else can run code"
+                f"{hint or '; convert weights you trust to .safetensors'}")
+    if path is not None and isinstance(error, pickle.UnpicklingError) and is_pickle(path):  # not torch.save's zip file
+        return (f"{name} was refused: it is a pickle that torch's safe reader cannot follow (a raw pickle.dump, not a "
+                f"torch.save), and loading it otherwise could run code"
                 f"{hint or '; convert weights you trust to .safetensors'}")
     hint = hint or '; check that the file is complete'
     return f"{name} could not be read as torch weights ({type(error).__name__}){hint}"
@@ -85,11 +101,12 @@ def read_file(path, name=None, hint=''):
             warnings.simplefilter('ignore')  # torch's notes on pickle protocols: not the user's business
             return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # truncated download, wrong file type, a pickle that needs more than tensors, ...
-        raise ValueError(unreadable(name, e, hint)) from None
+        raise ValueError(unreadable(name, e, hint, path)) from None
 
 
 STATE_DICT = 'a state dict'  # in a spec: a dict of names -> tensors
-POSITIVE = 'a positive integer'  # in a spec: a size
+POSITIVE = 'a positive integer'  # in a spec: a size, from 1 to MAX_SIZE
+MAX_SIZE = 2 ** 14  # pixels, latents, frames or channels: beyond any model this project makes, and beyond memory
 
 
 _NAMES = {int: 'an integer', float: 'a number', str: 'a string', bool: 'True or False', list: 'a list', dict: 'a dict',
@@ -113,6 +130,8 @@ def contents_problem(obj, spec, where='it'):
     if spec == POSITIVE:
         if not isinstance(obj, int) or isinstance(obj, bool) or obj < 1:
             return f"{where} is {obj!r}, not a positive integer"
+        if obj > MAX_SIZE:
+            return f"{where} is {obj}, beyond any size this project makes (at most {MAX_SIZE})"
         return None
     if isinstance(spec, dict):
         if not isinstance(obj, dict):
@@ -146,7 +165,8 @@ def contents_problem(obj, spec, where='it'):
 
 
 # what each reader of our own checkpoints uses, checked once when the file is read (load_checkpoint)
-_AE = {'model': STATE_DICT, 'ema?': STATE_DICT, 'config': {'preset': str, 'ae_config?': dict, 'num_frames?': int}}
+_AE = {'model': STATE_DICT, 'ema?': STATE_DICT,
+       'config': {'preset': str, 'ae_config?': dict, 'num_frames?': POSITIVE}}
 _LDM = {'ema': STATE_DICT, 'model?': STATE_DICT, 'step': int,
         'latent_scale': (float, [float]), 'latent_shift': (float, [float]),
         'config': {'ae': str, 'image_size': POSITIVE, 'schedule?': (str, type(None)), 'prediction': str,
@@ -176,7 +196,9 @@ def diffusers_to_ldm(sd):
     renames = [
         (r'^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.', lambda m: f'decoder.up.{n_up - 1 - int(m[1])}.block.{m[2]}.'),
         (r'^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.', lambda m: f'decoder.up.{n_up - 1 - int(m[1])}.upsample.'),
+        (r'^decoder\.up_blocks\.(\d+)\.attentions\.(\d+)\.', lambda m: f'decoder.up.{n_up - 1 - int(m[1])}.attn.{m[2]}.'),
         (r'^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.', r'encoder.down.\1.block.\2.'),
+        (r'^encoder\.down_blocks\.(\d+)\.attentions\.(\d+)\.', r'encoder.down.\1.attn.\2.'),  # CompVis' attn_resolutions
         (r'^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.', r'encoder.down.\1.downsample.'),
         (r'^(encoder|decoder)\.mid_block\.resnets\.0\.', r'\1.mid.block_1.'),
         (r'^(encoder|decoder)\.mid_block\.resnets\.1\.', r'\1.mid.block_2.'),
@@ -192,7 +214,7 @@ def diffusers_to_ldm(sd):
     for k, v in sd.items():
         for pattern, repl in renames:
             k = re.sub(pattern, repl, k)
-        m = re.match(r'^(.*\.mid\.attn_1\.)(.+)\.(weight|bias)$', k)
+        m = re.match(r'^(.*\.(?:mid\.attn_1|(?:down|up)\.\d+\.attn\.\d+)\.)(.+)\.(weight|bias)$', k)
         if m and m[2] in attn:
             k = f'{m[1]}{attn[m[2]]}.{m[3]}'
             if v.dim() == 2:
@@ -209,6 +231,8 @@ def ldm_to_diffusers(sd, levels):
         (r'^decoder\.up\.(\d+)\.upsample\.', lambda m: f'decoder.up_blocks.{levels - 1 - int(m[1])}.upsamplers.0.'),
         (r'^encoder\.down\.(\d+)\.block\.(\d+)\.', r'encoder.down_blocks.\1.resnets.\2.'),
         (r'^encoder\.down\.(\d+)\.downsample\.', r'encoder.down_blocks.\1.downsamplers.0.'),
+        (r'^decoder\.up\.(\d+)\.attn\.(\d+)\.', lambda m: f'decoder.up_blocks.{levels - 1 - int(m[1])}.attentions.{m[2]}.'),
+        (r'^encoder\.down\.(\d+)\.attn\.(\d+)\.', r'encoder.down_blocks.\1.attentions.\2.'),
         (r'^(encoder|decoder)\.mid\.block_1\.', r'\1.mid_block.resnets.0.'),
         (r'^(encoder|decoder)\.mid\.block_2\.', r'\1.mid_block.resnets.1.'),
         (r'\.nin_shortcut\.', '.conv_shortcut.'),
@@ -221,9 +245,10 @@ def ldm_to_diffusers(sd, levels):
     for k, v in sd.items():
         for pattern, repl in renames + list((video if is_video else image).items()):
             k = re.sub(pattern, repl, k)
-        m = re.match(r'^(encoder|decoder)\.mid\.attn_1\.(\w+)\.(weight|bias)$', k)
+        k = re.sub(r'^(encoder|decoder)\.mid\.attn_1\.', r'\1.mid_block.attentions.0.', k)
+        m = re.match(r'^(.*\.attentions\.\d+\.)(norm|q|k|v|proj_out)\.(weight|bias)$', k)
         if m:  # LDM's 1x1 convs are nn.Linear in diffusers' attention
-            k = f'{m[1]}.mid_block.attentions.0.{attn[m[2]]}.{m[3]}'
+            k = f'{m[1]}{attn[m[2]]}.{m[3]}'
             v = v[:, :, 0, 0] if v.dim() == 4 else v
         out[k] = v.contiguous()
     return out
@@ -354,10 +379,10 @@ def safetensors_config(path):
         config = json.loads(text)
     except ValueError:
         config = None
-    if not (isinstance(config, dict) and isinstance(config.get('preset'), str)
-            and isinstance(config.get('ae_config'), dict) and isinstance(config.get('num_frames', 1), int)):
+    problem = contents_problem(config, {'preset': str, 'ae_config': dict, 'num_frames?': POSITIVE})
+    if problem:
         raise ValueError(f"the 'config' in the metadata of {path} is not a train_ae.py config (preset, ae_config, "
-                         f"num_frames); re-export the weights, or drop the metadata and pass --preset.")
+                         f"num_frames): {problem}; re-export the weights, or drop the metadata and pass --preset.")
     return config
 
 
@@ -371,9 +396,17 @@ def build_autoencoder(cfg, path):
                          f"{str(e).splitlines()[0][:160]}).") from None
 
 
+PIXELS = 'none'  # the path that stands for no autoencoder: diffusion on pixels, LDM-1
+
+
 def load_autoencoder(path, preset=None, device='cpu', video=None):
     """An autoencoder in eval mode, an image one (model.Autoencoder) or a video one (video_model.VideoAutoencoder),
-    whichever the file holds (read_autoencoder). `video` True or False refuses the other kind, in one sentence."""
+    whichever the file holds (read_autoencoder), or for path PIXELS the identity (model.IdentityFirstStage). `video`
+    True or False refuses the other kind, in one sentence."""
+    if path == PIXELS:
+        if video:
+            raise ValueError("diffusion on pixels (--ae none) is for images; a video model needs a video autoencoder.")
+        return IdentityFirstStage().to(device).eval()
     cfg, state, config = read_autoencoder(path, preset)
     is_video = isinstance(cfg, VideoAEConfig)
     if video is not None and video != is_video:

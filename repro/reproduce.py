@@ -2,13 +2,14 @@
 Does scale equivariance (SE) make latents more diffusable? The experiment of Skorokhodov et al. (ICML 2025) in
 miniature, from one command, run with the project's own scripts; report.py turns its numbers into report.md.
 
-  python reproduce.py                  # Fig. 1 and 5: the shipped baseline fine-tuned with SE and without, 3 seeds
-  python reproduce.py --pretrain       # make the shipped baseline again (about 1.5 hours on 2 CPU cores)
-  python reproduce.py --data ~/photos --random_crop   # a folder of photographs, split into training and held-out files
-  python reproduce.py --channels       # + Fig. 2 (latent channels); --kl_sweep: Fig. 3; --se_sweep: Fig. 4; --all
-  python reproduce.py --objective flow # rectified-flow LDMs instead of DDPM (eps,flow: both, on the same autoencoders)
-  python reproduce.py --smoke          # the pipeline at toy sizes (checks it runs; says nothing about SE)
-  python reproduce.py --num_frames 17  # video: the shipped causal 3D baseline, spatial SE and spatial + temporal SE
+  python repro/reproduce.py                  # Fig. 1 and 5: the shipped baseline fine-tuned with SE and without, 3 seeds
+  python repro/reproduce.py --pretrain       # make the shipped baseline again (about 1.5 hours on 2 CPU cores)
+  python repro/reproduce.py --data ~/photos --random_crop   # a folder of photographs, split into training and held-out files
+  python repro/reproduce.py --channels       # + Fig. 2 (latent channels); --kl_sweep: Fig. 3; --se_sweep: Fig. 4; --all
+  python repro/reproduce.py --objective flow # rectified-flow LDMs instead of DDPM (eps,flow: both, on the same autoencoders)
+  python repro/reproduce.py --smoke          # the pipeline at toy sizes (checks it runs; says nothing about SE)
+  python repro/reproduce.py --num_frames 17  # video: the shipped causal 3D baseline, spatial SE and spatial + temporal SE
+  python repro/reproduce.py --f_sweep        # instead, LDM's f ablation (its Fig. 6/7): pixels (f1) and AEs of f2 .. f32
 
 The protocol. (1) A deep autoencoder (preset mini: f4, 8 channels, no shortcut from pixels to latent) is pretrained
 once, for long, by --pretrain, and shipped in assets/ with its recipe and the commit that made it. (2) As the paper
@@ -29,7 +30,8 @@ rest. On a CPU, --jobs children run at once, one thread each.
 Video (--num_frames 17): the same protocol on clips of the embedded moving dead leaves. The baseline is the causal 3D
 autoencoder (preset mini: f4 in space, 4x in time, 16 channels), shipped in assets/ as the image one; each seed
 fine-tunes it three times: the control, spatial SE, and spatial + temporal SE (--se_temporal: x and z also halved in
-time, the first frame kept apart, as the authors' temporal_scale_factors). The spectra are spatial (per latent frame)
+time, the first frame kept apart, as the comment on the authors' temporal_scale_factors intends; their released
+code keeps every frame). The spectra are spatial (per latent frame)
 and temporal; the LDM is the video DiT; the probe runs on held-out clips; samples are scored by the video SWD (and FVD
 with I3D weights). Figures 2-5 are image-only.
 """
@@ -39,16 +41,21 @@ import json
 import time
 import shutil
 import re
+import signal
 import hashlib
 import argparse
 import platform
 import threading
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 
-from cli import add_device_arg
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: the scripts it runs
+sys.path.insert(0, ROOT)
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+from utils.cli import HelpFormatter, add_device_arg, die, int_list
+from utils.rundir import lock_folder, refuse_overlap
+
 ASSETS = os.path.join(ROOT, 'assets')
 BASELINE = {'image': os.path.join(ASSETS, 'baseline_mini.safetensors'),
             'video': os.path.join(ASSETS, 'baseline_video_mini.safetensors')}
@@ -74,57 +81,53 @@ SIZES = {  # default: Fig. 1 (3 seeds) and Fig. 5 in about 30 minutes on 2 CPU c
                         ldm_evals=2, ldm_batch_size=2, num_samples=4, sample_steps=3, sweep_steps=0),
 }
 SIZE_HELP = {  # what each of SIZES sets, for --help
-    'image_size': 'resolution in pixels of every image the experiment trains on and measures',
-    'train_images': 'training images drawn from the embedded data set (a --data folder trains on all its training '
-                    'files); with --random_crop, also the random crops each LDM caches',
-    'num_eval': 'images in each of the two held-out sets, drawn from the embedded data set or cut as random crops from '
-                'the held-out files of --data with --random_crop (else one centre crop a file)',
-    'ft_steps': 'training steps of each fine-tune of the baseline: the SE and control arms (Fig. 1) and the se_weight '
-                'sweep (Fig. 4)',
+    'image_size': 'resolution of every image trained on and measured',
+    'train_images': "training images (or, with --random_crop, each LDM's cached crops)",
+    'num_eval': 'images in each of the two held-out sets',
+    'ft_steps': 'steps of each fine-tune of the baseline (Fig. 1, Fig. 4)',
     'ft_batch_size': 'images per step of each fine-tune',
-    'ldm_steps': 'training steps of each LDM (one per arm, seed and objective)',
-    'ldm_evals': "evenly spaced snapshots of each LDM's training at which the diffusability probe runs; the last one "
-                 "is also sampled and scored",
+    'ldm_steps': 'training steps of each LDM',
+    'ldm_evals': "evenly spaced LDM snapshots probed; the last is sampled",
     'ldm_batch_size': 'latents per step of each LDM',
-    'num_samples': "samples drawn from each LDM's last snapshot and scored by eval_fid.py",
-    'sample_steps': "DDIM steps of the preview grid each LDM training run draws (train_ldm.py --sample_steps); the "
-                    "scored samples take sample.py's default steps",
-    'sweep_steps': 'training steps of each autoencoder trained from scratch for Fig. 2 and 3 (--channels, --kl_sweep); '
-                   'the Fig. 4 sweep is of fine-tunes, whose steps --ft_steps sets',
+    'num_samples': "samples scored from each LDM's last snapshot",
+    'sample_steps': "DDIM steps of each LDM's preview grid",
+    'sweep_steps': 'steps of each autoencoder trained from scratch (Fig. 2, 3)',
 }
 Z_CHANNELS = [4, 8, 16, 32]                  # Fig. 2, from scratch
 KL_WEIGHTS = [1e-6, 1e-2, 1e-1, 1.0]         # Fig. 3, from scratch: the posterior noise shows from 1e-1 (std 0.06 at 1e-2)
 SE_WEIGHTS = [0.0, 0.1, 0.25, 0.5, 1.0]      # Fig. 4, fine-tunes of the baseline
-PROBE_T = [10, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 990]   # DDPM timesteps of the probe
-PROBE_T_FLOW = [0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.98]  # flow times (t = 1 is noise)
+# LDM's Sec. 4.1 (Fig. 6, 7): f1 diffuses pixels (train_ldm.py --ae none), f2-f32 the model.py mini-f* autoencoders;
+# every LDM is the same tiny DiT with the same steps and batch. Default sizes: 23-27 min on 2 idle cores, estimated
+# from per-step times measured on a busy machine (2026-12-07) and scaled by Fig. 1's LDM step measured beside them
+F_FACTORS = [1, 2, 4, 8, 16, 32]
+F_SWEEP_SIZES = {'default': dict(ae_steps=500, ldm_steps=1000, ldm_batch_size=16),
+                 'smoke': dict(ae_steps=2, ldm_steps=2, ldm_batch_size=2)}
 PROBE_DECODED_CLIPS = 16                     # video: held-out clips whose x0 prediction the probe decodes (its cost)
 PROGRESS_SECONDS = 30                        # how often each running child's progress is shown
 HELD_OUT = 0.25                              # the share of a --data folder's files held out (a seeded hash of names)
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
-parser.add_argument('--out_dir', type=str, default=None, help='the folder every artefact, report.json and '
-                    'report.md go to (default out/reproduce, out/reproduce_video with --num_frames); a rerun reuses '
-                    'the artefacts in it whose settings match')
-parser.add_argument('--pretrain', action='store_true', help=f"train the baseline autoencoder from scratch with the "
-                    f"shipped recipe and write it to --baseline (default {os.path.relpath(BASELINE['image'], ROOT)})")
+parser.add_argument('--out_dir', type=str, default=None, help='where every artefact and report.md go (none: out/reproduce, or out/reproduce_video); reruns reuse what matches')
+parser.add_argument('--pretrain', action='store_true', help='train the baseline autoencoder from scratch with the shipped recipe and write it to --baseline')
 parser.add_argument('--baseline', type=str, default=None, help='the pretrained autoencoder that every arm fine-tunes '
                     '(default: the shipped file)')
 parser.add_argument('--smoke', action='store_true', help='toy sizes: checks that the pipeline runs, says nothing about SE')
+parser.add_argument('--replot', action='store_true', help="only re-write report.md and its figures from --out_dir's report.json")
 parser.add_argument('--channels', action='store_true', help='also Fig. 2: autoencoders with z_channels 4, 8, 16, 32')
 parser.add_argument('--kl_sweep', action='store_true',
                     help='also Fig. 3: autoencoders from scratch with kl_weight ' + ', '.join(f'{w:g}' for w in KL_WEIGHTS))
 parser.add_argument('--se_sweep', action='store_true', help='also Fig. 4: fine-tunes with se_weight 0 .. 1')
 parser.add_argument('--all', action='store_true', help='every figure (1-5): --channels, --kl_sweep and --se_sweep too')
-parser.add_argument('--num_frames', type=int, default=1, help='> 1: the video experiment on clips of this many frames '
-                    '(1 + 8k: 4x temporal compression, and temporal SE halves the latent frames); Fig. 1 only')
-parser.add_argument('--data', type=str, default=None, help='image folder, split once by a seeded hash of file names into '
-                    f'training and held-out files ({HELD_OUT * 100:.0f}%% held out, at least 2); omitted: the embedded '
-                    'dead leaves')
+parser.add_argument('--num_frames', type=int, default=1, help='> 1: the video experiment on clips of this many frames (1 + 8k); Fig. 1 only')
+parser.add_argument('--f_sweep', action='store_true', help="instead: LDM's Fig. 6/7 in miniature, quality against "
+                    "throughput for each factor of --f_factors (f_sweep.md)")
+parser.add_argument('--f_factors', type=int_list(1), default=F_FACTORS, help="--f_sweep's downsampling factors "
+                    f"(1: pixels); default {','.join(map(str, F_FACTORS))}")
+parser.add_argument('--data', type=str, default=None, help='image folder, split once by a seeded hash of file names into training and held-out files; none: dead leaves')
 parser.add_argument('--val_data', type=str, default=None, help='a folder of held-out images; then all of --data trains')
 parser.add_argument('--random_crop', action='store_true', help='random crops of --data (training, and the held-out sets)')
-parser.add_argument('--seeds', type=int, default=3, help='how many seeds, 0..N-1: each fine-tunes the baseline twice '
-                    '(SE and control) and trains an LDM on each, a pair the statistics compare')
+parser.add_argument('--seeds', type=int, default=3, help='seeds 0..N-1: each fine-tunes the baseline with SE and without and trains an LDM on each, a pair')
 parser.add_argument('--se_weight', type=float, default=0.25, help="the SE arm's weight (the paper: 0.25)")
 parser.add_argument('--se_down', type=str, default='bilinear', help="SE's operator (train_ae.py --se_down; the "
                     "authors': bilinear)")
@@ -134,9 +137,7 @@ parser.add_argument('--ldm_model', type=str, default='dit', choices=['dit', 'une
                     "(train_ldm.py --model)")
 parser.add_argument('--ldm_preset', type=str, default='tiny', help="the size preset of the LDMs' backbone "
                     "(train_ldm.py --preset)")
-parser.add_argument('--ldm_lr', type=float, default=None, help="learning rate of every LDM (default: 1e-3 for the tiny "
-                    "DiT on images, 3e-3 for the tiny video DiT, the best of bench/sweep_ldm_lr.py's sweep; both in the "
-                    "README)")
+parser.add_argument('--ldm_lr', type=float, default=None, help="learning rate of every LDM (none: 1e-3 on images, 3e-3 on video, the best of repro's LR sweep)")
 parser.add_argument('--ldm_ema_decay', type=float, default=0.999, help="EMA decay of the LDMs' weights, with a warm-up "
                     "(train_ldm.py --ema_warmup): min(decay, (1 + n) / (10 + n))")
 add_device_arg(parser)  # passed on to every script
@@ -144,9 +145,8 @@ parser.add_argument('--nproc', type=int, default=1, help='processes per training
 parser.add_argument('--jobs', type=int, default=None, help='script runs at a time (default: 2 on a CPU, one thread '
                     'each; 1 with --nproc > 1)')
 for key, value in SIZES['default'].items():
-    parser.add_argument(f'--{key}', type=int, default=None, help=f"{SIZE_HELP[key]}; default {value} "
-                        f"({SIZES['smoke'][key]} with --smoke; video {SIZES['video'][key]}, smoke "
-                        f"{SIZES['video_smoke'][key]})")
+    parser.add_argument(f'--{key}', type=int, default=None, help=f"{SIZE_HELP[key]}; none: {value} (smoke "
+                        f"{SIZES['smoke'][key]}; video {SIZES['video'][key]}, smoke {SIZES['video_smoke'][key]})")
 
 
 def kind_of(num_frames):
@@ -185,20 +185,63 @@ def check_args(args):
     for flag in ('data', 'val_data'):
         if getattr(args, flag) is not None and not os.path.isdir(getattr(args, flag)):
             problems.append(f"--{flag} {getattr(args, flag)} is not a folder")
+    if args.data and args.val_data:  # held-out images must not train: the same folder, or one inside the other
+        a, b = os.path.realpath(args.data), os.path.realpath(args.val_data)
+        if a == b or b.startswith(a + os.sep) or a.startswith(b + os.sep):
+            problems.append(f"--val_data {args.val_data} {'is' if a == b else 'overlaps'} --data {args.data}: held-out "
+                            f"images would be training images; pass a folder apart from --data")
     baseline = args.baseline or BASELINE[kind_of(args.num_frames)]
     if not args.pretrain and not os.path.isfile(baseline) and not args.smoke:
-        problems.append(f"the baseline autoencoder {baseline} does not exist; make it with python reproduce.py "
+        problems.append(f"the baseline autoencoder {baseline} does not exist; make it with python repro/reproduce.py "
                         f"--pretrain, or pass one with --baseline")
     if problems:
         sys.exit(f"error: {problems[0]}." + (f" ({len(problems) - 1} more problem(s).)" if len(problems) > 1 else ''))
+    refuse_overlap(args.out_dir, '--out_dir', [(args.data, '--data'), (args.val_data, '--val_data'),
+                                               (args.baseline, '--baseline')])
     figures = {'channels': args.channels or args.all, 'kl_sweep': args.kl_sweep or args.all,
                'se_sweep': args.se_sweep or args.all}
     return sizes, figures, objectives
 
+
+@dataclass(frozen=True)
+class Experiment:
+    """What every step of one run reads, built by main() from the checked flags and passed to each helper.
+
+    out_dir: where every artefact goes; sizes: the run's SIZES, flags applied; video, num_frames: clips or images;
+    arms: the Fig. 1 arms ('control', 'se'[, 'se_st']); seeds: how many; device, nproc, jobs: where and how many
+    script runs at a time; random_crop, se_down, ft_lr, ldm_model, ldm_preset, ldm_lr, ldm_ema_decay: the flags of
+    the same names, passed on to the scripts; f_factors: --f_sweep's factors; baseline, baseline_id: the autoencoder
+    every arm fine-tunes and its hash (for pretrain, the file it writes); reference_seconds: REFERENCE_SECONDS of
+    this kind of run; data, counts: the materialised data's folders and sizes (set once they are made); work: the
+    time left (a Work, set once the plan is known); child_seconds: the seconds spent in each script, filled as they
+    run."""
+    out_dir: str
+    sizes: dict
+    video: bool
+    num_frames: int
+    arms: tuple
+    seeds: int
+    device: str
+    nproc: int
+    jobs: int
+    random_crop: bool
+    se_down: str
+    ft_lr: float
+    ldm_model: str
+    ldm_preset: str
+    ldm_lr: float
+    ldm_ema_decay: float
+    f_factors: list
+    baseline: str
+    reference_seconds: dict
+    baseline_id: str = None
+    data: dict = None
+    counts: dict = None
+    work: 'Work' = None
+    child_seconds: dict = field(default_factory=dict)
+
 # -----------------------------------------------------------------------------
 # running the project's scripts, and remembering what each artefact was made with
-
-child_seconds = {}  # seconds spent in each script's runs (summed over parallel jobs), and in the in-process probe
 
 # -----------------------------------------------------------------------------
 # what a run shows while it runs: every child's messages whole, a live line per running child, the time left
@@ -213,23 +256,28 @@ VIDEO_REFERENCE_SECONDS = {'train_ae.py': 0.6, 'train_ldm.py': 0.08, 'spectrum.p
 TQDM = re.compile(r'(\d+)/(\d+) \[([\d:]+)<([\d:?]+)')   # a tqdm bar's "n/total [elapsed<remaining"
 
 
+PACE_PRIOR = 120.0  # s: the reference pace counts as this much work already seen, so a few first steps move it little
+
+
 class Work:
     """The time left of the whole run: the work planned (in REFERENCE_SECONDS), less what is done or reused, at the
-    pace this machine has shown so far on the work it ran (at the reference pace before it has run any)."""
+    pace this machine has shown on the work it ran, shrunk toward the reference pace while little has run (the first
+    steps of a run include start-up and say little of its pace)."""
 
-    def __init__(self, planned, width):
+    def __init__(self, planned, width, reference=REFERENCE_SECONDS):
         self.planned, self.width, self.done, self.ran, self.t0 = planned, width, 0.0, 0.0, time.time()
+        self.reference = reference  # REFERENCE_SECONDS, or VIDEO_REFERENCE_SECONDS for a video run
         self.running = {}  # label -> (reference seconds of the child, the share of it done)
 
     def finish(self, kind, units, ran=True):
-        self.done += REFERENCE_SECONDS[kind] * units
-        self.ran += REFERENCE_SECONDS[kind] * units if ran else 0.0
+        self.done += self.reference[kind] * units
+        self.ran += self.reference[kind] * units if ran else 0.0
 
     def left(self):
         """-> seconds left."""
         partial = sum(ref * share for ref, share in self.running.values())
         ran = self.ran + partial
-        pace = (time.time() - self.t0) / (ran / self.width) if ran > 0 else 1.0  # wall s per reference s of a job
+        pace = (PACE_PRIOR + time.time() - self.t0) / (PACE_PRIOR + ran / self.width)  # wall s per reference s of a job
         return max(0.0, self.planned - self.done - partial) / self.width * pace
 
 
@@ -286,25 +334,29 @@ def is_message(line):
     return bool(line.strip()) and not line.startswith(('step ', '$ ')) and not re.search(r'\d+%\|', line)
 
 
-def run(script, *script_args, log=None, units=None, first_step=0):
+def run(exp, script, *script_args, log=None, units=None, first_step=0):
     """One script run; its output goes to `log` (a file in the artefact's folder). Its messages are shown whole as they
     come, and a live line shows its progress and the whole run's time left. units: of REFERENCE_SECONDS, if not
     those of run_units; first_step: the step a resumed training run starts from."""
     cmd = [sys.executable]
-    if args.nproc > 1 and script in ('train_ae.py', 'train_ldm.py', 'sample.py'):
-        cmd += ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(args.nproc)]
+    if exp.nproc > 1 and script in ('train_ae.py', 'train_ldm.py', 'sample.py'):
+        cmd += ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(exp.nproc)]
     cmd += [os.path.join(ROOT, script), *map(str, script_args)]
-    env = dict(os.environ, **({'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'} if jobs > 1 else {}))
+    env = dict(os.environ, **({'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'} if exp.jobs > 1 else {}))
     t0 = time.time()
     log = log or os.devnull
-    label = f"{script} {os.path.relpath(os.path.dirname(os.path.abspath(log)), args.out_dir)}"
-    units = run_units(script, script_args) if units is None else units
+    label = f"{script} {os.path.relpath(os.path.dirname(os.path.abspath(log)), exp.out_dir)}"
+    units = run_units(script, script_args, exp.sizes['num_samples']) if units is None else units
     os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
     with open(log, 'a') as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
         start = f.tell()
-        p = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+        with children_lock:
+            if stopping:  # a signal came: no script starts after it
+                raise SystemExit(1)
+            p = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+            children.add(p)
     with open(log, 'rb') as reader:
         reader.seek(start)
         pending = ''
@@ -313,7 +365,7 @@ def run(script, *script_args, log=None, units=None, first_step=0):
             pending += reader.read().decode(errors='replace')
             *lines, pending = pending.split('\n')
             messages = [m for m in (line.split('\r')[-1].rstrip() for line in lines) if is_message(m)]
-            if messages:
+            if messages and not stopping:  # once stopped, end_children's line is the last
                 say(*[f"  {label}| {m}" for m in messages])
             if finished:
                 break
@@ -321,29 +373,57 @@ def run(script, *script_args, log=None, units=None, first_step=0):
             m = TQDM.search(bar[-1]) if bar else None
             # a resumed training run's bar starts at first_step: its share done counts from there
             share = max(0, int(m.group(1)) - first_step) / max(1, int(m.group(2)) - first_step) if m else 0.0
-            work.running[label] = (REFERENCE_SECONDS[script] * units, share)
+            exp.work.running[label] = (exp.work.reference[script] * units, share)
             progress = f"{m.group(1)}/{m.group(2)}, {m.group(4)} left" if m else f"running for {time.time() - t0:.0f} s"
-            display.status(label, f"{progress}; the whole run: about {minutes(work.left())} left")
+            display.status(label, f"{progress}; the whole run: about {minutes(exp.work.left())} left")
             time.sleep(1)
-    work.running.pop(label, None)
+    children.discard(p)
+    exp.work.running.pop(label, None)
     display.remove(label)
-    child_seconds[script] = child_seconds.get(script, 0.0) + time.time() - t0  # where the time went, by script
+    exp.child_seconds[script] = exp.child_seconds.get(script, 0.0) + time.time() - t0  # where the time went, by script
+    if stopping:  # ended by end_children, which says so
+        raise SystemExit(1)
     if p.returncode != 0:
         say(''.join(messages_of(log)[-60:]))
         sys.exit(f"error: {script} failed (exit {p.returncode}); its messages are above, and its whole output in {log}. "
                  f"Fix it and rerun: finished steps are reused.")
-    work.finish(script, units)
-    say(f"  {label} ... done in {time.time() - t0:.0f} s; the whole run: about {minutes(work.left())} left")
+    exp.work.finish(script, units)
+    say(f"  {label} ... done in {time.time() - t0:.0f} s; the whole run: about {minutes(exp.work.left())} left")
 
 
-def run_units(script, script_args):
+children = set()  # the running child processes, each ended with this run (end_children)
+children_lock = threading.RLock()  # re-entrant: the signal handler runs in the main thread, which may hold it
+stopping = []  # the signal that stops this run, once one came
+
+
+def end_children(signum, frame):
+    """SIGINT or SIGTERM to this run: no script starts after it, every running one gets SIGTERM and ends in one line
+    keeping its last checkpoint (which the same command resumes from), and then this run ends, in one line."""
+    with children_lock:
+        stopping.append(signum)
+        running = list(children)
+    for p in running:
+        if p.poll() is None:
+            p.terminate()
+    for p in running:
+        try:
+            p.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    print(f"stopped by {signal.Signals(signum).name}: the {len(running)} running script(s) ended, each keeping its "
+          f"last checkpoint; the same command resumes.", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)
+
+
+def run_units(script, script_args, num_samples):
     """The units of REFERENCE_SECONDS that one run of spectrum.py, sample.py or eval_fid.py does."""
     a = list(map(str, script_args))
     if script == 'spectrum.py':
         return int(a[a.index('--num_images') + 1])
     if script == 'sample.py':
         return int(a[a.index('--num_samples') + 1])
-    return sizes['num_samples']  # eval_fid.py: the samples, or a reference set of the same size
+    return num_samples  # eval_fid.py: the samples, or a reference set of the same size
 
 
 def messages_of(log):
@@ -352,10 +432,13 @@ def messages_of(log):
         return [line.split('\r')[-1].rstrip() + '\n' for line in f if line.split('\r')[-1].strip()]
 
 
-def parallel(tasks):
+def parallel(tasks, jobs):
     """Run the callables `tasks` (each runs its own scripts in order), `jobs` at a time; -> their results."""
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
         return [f.result() for f in [pool.submit(t) for t in tasks]]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # after a stop, the tasks not yet begun never begin
 
 
 def settings_file(out):
@@ -385,11 +468,11 @@ def clear_unless_matching(out, settings):
 
 
 def checkpoint_step(path):
-    from weights import load_checkpoint
+    from utils.weights import load_checkpoint
     return load_checkpoint(path)['step'] if os.path.exists(path) else None
 
 
-def train(script, out, steps, settings, script_args, start=0):
+def train(exp, script, out, steps, settings, script_args, start=0):
     """Train to `steps` under `settings` (which leave out the step count): reuse a finished run, resume a shorter one
     made with the same settings, remake anything else. start: the step this call's share of the planned work begins
     at (an LDM trains to each snapshot in turn). -> the settings with the steps, for what depends on them."""
@@ -397,24 +480,24 @@ def train(script, out, steps, settings, script_args, start=0):
     if done is not None and done > steps:
         shutil.rmtree(out)
         done = None
-    work.finish(script, max(0, (done or 0) - start), ran=False)  # reused steps count as done
+    exp.work.finish(script, max(0, (done or 0) - start), ran=False)  # reused steps count as done
     if done != steps:
         if not done:
             shutil.rmtree(out, ignore_errors=True)  # a run killed before its first checkpoint starts afresh
         record(out, settings)  # before training, so that a killed run resumes
-        run(script, '--out_dir', out, '--max_steps', steps, *script_args, *(['--resume'] if done else []),
+        run(exp, script, '--out_dir', out, '--max_steps', steps, *script_args, *(['--resume'] if done else []),
             log=os.path.join(out, 'stdout.log'), units=steps - max(done or 0, start), first_step=max(done or 0, start))
     return {**settings, 'steps': steps}
 
 
-def once(out, settings, script, *script_args):
+def once(exp, out, settings, script, *script_args):
     """Make the artefact folder `out` with one script run, unless it already holds one made with `settings`."""
     if not clear_unless_matching(out, settings):
         os.makedirs(out, exist_ok=True)
-        run(script, *script_args, log=os.path.join(out, 'stdout.log'))
+        run(exp, script, *script_args, log=os.path.join(out, 'stdout.log'))
         record(out, settings)  # after the run: a killed run leaves no record, so it is remade
     else:
-        work.finish(script, run_units(script, script_args), ran=False)
+        exp.work.finish(script, run_units(script, script_args, exp.sizes['num_samples']), ran=False)
     return settings
 
 # -----------------------------------------------------------------------------
@@ -432,7 +515,7 @@ def held_out_files(names, seed=0):
 def write_images(x, folder):
     """Images (N, 3, H, W) in [-1, 1] -> folder/000000.png, ... (8-bit, as every evaluation reads them)."""
     from PIL import Image
-    from metrics import to_uint8
+    from evaluation.metrics import to_uint8
     os.makedirs(folder, exist_ok=True)
     for i, img in enumerate(to_uint8(x).permute(0, 2, 3, 1).numpy()):
         Image.fromarray(img).save(os.path.join(folder, f'{i:06d}.png'))
@@ -447,36 +530,37 @@ def draw(dataset, indices):
     return torch.cat([x for x, *_ in loader])
 
 
-def materialise_data():
+def materialise_data(exp, source, val_source):
     """out_dir/data/{train, heldout, heldout2}: the images every script reads, made once. The embedded set: training
     images from the training stream, the two held-out sets from the disjoint held-out stream. A --data folder: its
     training files linked into train/ (the training scripts crop and flip them), its held-out files (a seeded hash of
     their names, or --val_data) cut into image_size crops, alternately into the two held-out sets; random crops with
     --random_crop (num_eval per set, cycling through the files), else centre crops. No held-out file is ever in train/.
     -> ({name: folder}, {name: image count})."""
-    out = os.path.join(args.out_dir, 'data')
-    if video:
-        return materialise_clips(out)
+    out = os.path.join(exp.out_dir, 'data')
+    if exp.video:
+        return materialise_clips(exp, out)
     folders = {k: os.path.join(out, k) for k in ('train', 'heldout', 'heldout2')}
-    settings = {'data': args.data, 'val_data': args.val_data, 'random_crop': args.random_crop, 'held_out': [HELD_OUT, 'rank'],
-                'image_size': sizes['image_size'], 'train_images': sizes['train_images'], 'num_eval': sizes['num_eval']}
+    settings = {'data': source, 'val_data': val_source, 'random_crop': exp.random_crop, 'held_out': [HELD_OUT, 'rank'],
+                'image_size': exp.sizes['image_size'], 'train_images': exp.sizes['train_images'], 'num_eval': exp.sizes['num_eval']}
     if not clear_unless_matching(out, settings):
         import torch
-        from data import DeadLeaves, ImageFolder, list_files
-        if args.data is None:
-            train_set, held = DeadLeaves(sizes['image_size'], train=True), DeadLeaves(sizes['image_size'], train=False)
-            write_images(draw(train_set, range(sizes['train_images'])), folders['train'])
+        from utils.data import DeadLeaves, ImageFolder, list_files
+        if source is None:
+            train_set, held = DeadLeaves(exp.sizes['image_size'], train=True), DeadLeaves(exp.sizes['image_size'], train=False)
+            write_images(draw(train_set, range(exp.sizes['train_images'])), folders['train'])
             for k, name in enumerate(('heldout', 'heldout2')):
-                n = sizes['num_eval']
+                n = exp.sizes['num_eval']
                 write_images(draw(held, range(k * n, (k + 1) * n)), folders[name])
         else:
-            files = list_files(args.data)[0]
-            held = held_out_files([os.path.relpath(f, args.data) for f in files])
-            held_files = list_files(args.val_data)[0] if args.val_data else \
-                [f for f in files if os.path.relpath(f, args.data) in held]
-            train_files = files if args.val_data else [f for f in files if f not in set(held_files)]
+            files = list_files(source)[0]
+            held = held_out_files([os.path.relpath(f, source) for f in files])
+            held_files = list_files(val_source)[0] if val_source else \
+                [f for f in files if os.path.relpath(f, source) in held]
+            train_files = files if val_source else [f for f in files if f not in set(held_files)]
+            refuse_shared_files(train_files, held_files)
             if len(held_files) < 2 or not train_files:
-                sys.exit(f"error: {args.data} splits into {len(train_files)} training and {len(held_files)} held-out "
+                sys.exit(f"error: {source} splits into {len(train_files)} training and {len(held_files)} held-out "
                          f"files; it needs at least one and two. Add images, or pass --val_data.")
             os.makedirs(folders['train'], exist_ok=True)
             for i, f in enumerate(train_files):  # links: the training scripts read the originals
@@ -487,47 +571,61 @@ def materialise_data():
                 os.makedirs(tmp, exist_ok=True)
                 for i, f in enumerate(half):
                     os.symlink(os.path.abspath(f), os.path.join(tmp, f"{i:06d}{os.path.splitext(f)[1]}"))
-                folder = ImageFolder(tmp, sizes['image_size'], flip=False, random_crop=args.random_crop)
-                items = [(i % len(half), 1000 * k + i) for i in range(sizes['num_eval'])] if args.random_crop \
+                folder = ImageFolder(tmp, exp.sizes['image_size'], flip=False, random_crop=exp.random_crop)
+                items = [(i % len(half), 1000 * k + i) for i in range(exp.sizes['num_eval'])] if exp.random_crop \
                     else range(len(half))  # (index, crop seed): num_eval seeded crops; else one centre crop a file
                 write_images(torch.stack([folder.load(item)[0] for item in items]), folders[name])
                 shutil.rmtree(tmp)
         record(out, settings)
-    from data import list_files
+    from utils.data import list_files
     return folders, {k: len(list_files(v)[0]) for k, v in folders.items()}
 
-def materialise_clips(out):
+def refuse_shared_files(train_files, held_files):
+    """No held-out image may also train: a file of --val_data whose bytes equal a file of --data (a copy, under any
+    name) is an error. Only files of equal size are hashed."""
+    from utils.latent_cache import file_sha256
+    by_size = {}
+    for f in train_files:
+        by_size.setdefault(os.path.getsize(f), []).append(f)
+    for f in held_files:
+        twins = [g for g in by_size.get(os.path.getsize(f), []) if file_sha256(g) == file_sha256(f)]
+        if twins:
+            die(f"{f} of --val_data is also a training image ({twins[0]} of --data holds the same bytes); held-out "
+                f"images must not train, so remove one of them.")
+
+
+def materialise_clips(exp, out):
     """Video: out_dir/data/heldout.npz and heldout2.npz, uint8 clips (N, T, H, W, 3) as sample.py writes them, two
     disjoint draws of the embedded held-out stream (clips 0..n-1 and n..2n-1; spectrum.py reads the first n from the
     stream itself). Training runs read the training stream, which shares no clip with it. -> (paths, counts)."""
-    n = sizes['num_eval']
+    n = exp.sizes['num_eval']
     paths = {'train': None, 'heldout': os.path.join(out, 'heldout.npz'), 'heldout2': os.path.join(out, 'heldout2.npz')}
-    settings = {'num_frames': args.num_frames, 'image_size': sizes['image_size'], 'num_eval': n}
+    settings = {'num_frames': exp.num_frames, 'image_size': exp.sizes['image_size'], 'num_eval': n}
     if not clear_unless_matching(out, settings):
         import numpy as np
         import torch
-        from data import MovingDeadLeaves
-        from metrics import to_uint8
-        held = MovingDeadLeaves(sizes['image_size'], args.num_frames, train=False)
+        from utils.data import DeadLeaves
+        from evaluation.metrics import to_uint8
+        held = DeadLeaves(exp.sizes['image_size'], train=False, num_frames=exp.num_frames)
         os.makedirs(out, exist_ok=True)
         for k, name in enumerate(('heldout', 'heldout2')):
             clips = torch.stack([held[i][0] for i in range(k * n, (k + 1) * n)])  # (n, 3, T, H, W)
             np.savez(paths[name], arr_0=to_uint8(clips).permute(0, 2, 3, 4, 1).numpy())
         record(out, settings)
-    return paths, {'train': sizes['train_images'], 'heldout': n, 'heldout2': n}
+    return paths, {'train': exp.sizes['train_images'], 'heldout': n, 'heldout2': n}
 
 # -----------------------------------------------------------------------------
 # the autoencoders
 
-def pretrain():
+def pretrain(exp):
     """--pretrain: the baseline from scratch with the shipped recipe, written as a safetensors file whose metadata
     holds its config, the recipe, the commit that made it, its wall time and its held-out PSNR beside bicubic."""
     from safetensors.torch import save_file
-    from weights import load_checkpoint
-    kind = kind_of(args.num_frames)
-    out = os.path.join(args.out_dir, 'pretrain')
-    recipe = PRETRAIN[kind] + ['--device', args.device, '--num_workers', 1]
-    settings = train('train_ae.py', out, recipe[recipe.index('--max_steps') + 1],
+    from utils.weights import load_checkpoint
+    kind = kind_of(exp.num_frames)
+    out = os.path.join(exp.out_dir, 'pretrain')
+    recipe = PRETRAIN[kind] + ['--device', exp.device, '--num_workers', 1]
+    settings = train(exp, 'train_ae.py', out, recipe[recipe.index('--max_steps') + 1],
                      {'script': 'train_ae.py', 'args': list(map(str, recipe))}, recipe)
     ckpt = load_checkpoint(os.path.join(out, 'ckpt.pt'))
     log = [json.loads(line) for line in open(os.path.join(out, 'log.jsonl'))]
@@ -536,9 +634,10 @@ def pretrain():
     meta = {'config': json.dumps({'preset': ckpt['config']['preset'], 'ae_config': ckpt['config']['ae_config'],
                                   'num_frames': ckpt['config']['num_frames']}),
             'recipe': 'python train_ae.py ' + ' '.join(map(str, PRETRAIN[kind])), 'commit': commit or 'unknown',
-            'steps': str(ckpt['step']), 'train_seconds': f"{train_seconds(out):.0f}", 'hardware': hardware(),
+            'steps': str(ckpt['step']), 'train_seconds': f"{train_seconds(out):.0f}",
+            'hardware': hardware(exp.device, exp.nproc),
             'val_psnr': f"{evals[-1]['val_psnr']:.3f}", 'val_psnr_bicubic': f"{evals[-1]['val_psnr_bicubic']:.3f}"}
-    path = args.baseline or BASELINE[kind_of(args.num_frames)]
+    path = exp.baseline or BASELINE[kind_of(exp.num_frames)]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_file({k: v.contiguous() for k, v in ckpt['model'].items()}, path, metadata=meta)
     say(f"wrote {path}: {meta['steps']} steps in {float(meta['train_seconds']) / 60:.1f} min, held-out PSNR "
@@ -556,55 +655,56 @@ def train_seconds(out_dir):
     return total
 
 
-def training_data():
+def training_data(exp):
     """The data flags of every training run: the training images, or for video the embedded clips' training stream."""
-    if video:
-        return ['--num_frames', args.num_frames]
-    return ['--data', data['train'], *(['--random_crop'] if args.random_crop else [])]
+    if exp.video:
+        return ['--num_frames', exp.num_frames]
+    return ['--data', exp.data['train'], *(['--random_crop'] if exp.random_crop else [])]
 
 
-def finetune(seed, name, se_weight=0.0, steps=None, temporal=False):
+def finetune(exp, seed, name, se_weight=0.0, steps=None, temporal=False):
     """The baseline fine-tuned with se_weight (0: a control) for `steps`, on the training images; temporal: SE also
     halves time (video). -> (name, folder, settings)."""
-    out = os.path.join(args.out_dir, f'seed{seed}', f'ae_{name}')
-    script_args = ['--init_from', baseline, *training_data(), '--image_size', sizes['image_size'],
-                   *(['--se_temporal'] if temporal else []), '--seed', seed, '--device', args.device,
-                   '--batch_size', sizes['ft_batch_size'], '--lr', args.ft_lr, '--kl_weight', 1e-6,
-                   '--se_weight', se_weight, '--se_down', args.se_down, '--lpips_weight', 0, '--disc_weight', 0,
+    out = os.path.join(exp.out_dir, f'seed{seed}', f'ae_{name}')
+    script_args = ['--init_from', exp.baseline, *training_data(exp), '--image_size', exp.sizes['image_size'],
+                   *(['--se_temporal'] if temporal else []), '--seed', seed, '--device', exp.device,
+                   '--batch_size', exp.sizes['ft_batch_size'], '--lr', exp.ft_lr, '--kl_weight', 1e-6,
+                   '--se_weight', se_weight, '--se_down', exp.se_down, '--lpips_weight', 0, '--disc_weight', 0,
                    '--num_workers', 1]
-    steps = steps or sizes['ft_steps']
-    settings = train('train_ae.py', out, steps, {'script': 'train_ae.py', 'args': list(map(str, script_args)),
-                                                 'baseline': baseline_id},
+    steps = steps or exp.sizes['ft_steps']
+    settings = train(exp, 'train_ae.py', out, steps, {'script': 'train_ae.py', 'args': list(map(str, script_args)),
+                                                      'baseline': exp.baseline_id},
                      [*script_args, '--eval_interval', steps, '--ckpt_interval', steps])
     return name, out, settings
 
 
-def scratch(name, steps, z_channels=8, kl_weight=1e-6):
+def scratch(exp, name, steps, z_channels=8, kl_weight=1e-6):
     """Fig. 2 and 3: an autoencoder of the baseline's family and recipe but for z_channels or kl_weight, from scratch
     (z8 at KL 1e-6 is the same run in both, made once)."""
-    out = os.path.join(args.out_dir, 'seed0', f'ae_{name}')
+    out = os.path.join(exp.out_dir, 'seed0', f'ae_{name}')
     recipe = [a for a in PRETRAIN['image']]
     recipe[recipe.index('--max_steps'):recipe.index('--max_steps') + 2] = []
     recipe[recipe.index('--kl_weight') + 1] = kl_weight
-    script_args = [*recipe, '--z_channels', z_channels, '--data', data['train'], '--device', args.device,
-                   '--num_workers', 1, '--image_size', sizes['image_size']]
-    settings = train('train_ae.py', out, steps, {'script': 'train_ae.py', 'args': list(map(str, script_args))},
+    script_args = [*recipe, '--z_channels', z_channels, '--data', exp.data['train'], '--device', exp.device,
+                   '--num_workers', 1, '--image_size', exp.sizes['image_size']]
+    settings = train(exp, 'train_ae.py', out, steps, {'script': 'train_ae.py', 'args': list(map(str, script_args))},
                      [*script_args, '--eval_interval', steps, '--ckpt_interval', steps])
     return name, out, settings
 
 
-def measure(ae, ckpt=None):
+def measure(exp, ae, ckpt=None):
     """spectrum.py on the held-out images: both HF shares of posterior means and samples, RGB beside them, PSNR
     beside bicubic, erasure in matching tiles. ae: (name, folder, settings); the weights are folder/ckpt.pt or ckpt."""
     name, out, settings = ae
     spec = os.path.join(out, 'spectrum')
-    held = ['--num_frames', args.num_frames] if video else ['--data', data['heldout']]  # video: the held-out stream
+    # video: the held-out stream
+    held = ['--num_frames', exp.num_frames] if exp.video else ['--data', exp.data['heldout']]
     spectrum_args = ['--ckpt', ckpt or os.path.join(out, 'ckpt.pt'), '--label', name, *held,
-                     '--image_size', sizes['image_size'], '--num_images', counts['heldout'], '--seed', 0,
-                     '--device', args.device, '--out_dir', spec]
-    once(spec, {'script': 'spectrum.py', 'args': list(map(str, spectrum_args)), 'ae': settings},
+                     '--image_size', exp.sizes['image_size'], '--num_images', exp.counts['heldout'], '--seed', 0,
+                     '--device', exp.device, '--out_dir', spec]
+    once(exp, spec, {'script': 'spectrum.py', 'args': list(map(str, spectrum_args)), 'ae': settings},
          'spectrum.py', *spectrum_args)
-    if video:  # spatial spectra over every latent frame, and the temporal measures
+    if exp.video:  # spatial spectra over every latent frame, and the temporal measures
         rows = json.load(open(os.path.join(spec, 'spectrum_video.json')))['video']
         r = rows[name]
         rgb = rows[r['rgb_reference']]
@@ -613,7 +713,7 @@ def measure(ae, ckpt=None):
         r = result['autoencoders'][name]
         rgb = result['rgb'][r['rgb_reference']]
     sample = r.get('posterior_sample', r)
-    say(f"  {name} ({os.path.relpath(out, args.out_dir)}): hf_share {r['hf_share']:.4f} (RGB {rgb['hf_share']:.4f}), "
+    say(f"  {name} ({os.path.relpath(out, exp.out_dir)}): hf_share {r['hf_share']:.4f} (RGB {rgb['hf_share']:.4f}), "
         f"hf_energy_share {r['hf_energy_share']:.4f}, PSNR {r['reconstruction_psnr']:.2f} dB (bicubic at the latent "
         f"grid {r['bicubic_psnr']:.2f})")
     m = {'hf_share': r['hf_share'], 'hf_share_sample': sample['hf_share'], 'hf_energy_share': r['hf_energy_share'],
@@ -622,7 +722,7 @@ def measure(ae, ckpt=None):
          'bicubic_psnr': r['bicubic_psnr'], 'profile': r['mean'], 'profile_sample': sample['mean'],
          'rgb_profile': rgb['mean'],
          'ae_train_seconds': train_seconds(out) if os.path.exists(os.path.join(out, 'log.jsonl')) else 0.0}
-    if video:
+    if exp.video:
         m.update({k: r[k] for k in ('temporal_hf_ratio', 'temporal_hf_energy_share')},
                  **{f'rgb_{k}': rgb[k] for k in ('temporal_hf_ratio', 'temporal_hf_energy_share')})
     else:
@@ -632,56 +732,57 @@ def measure(ae, ckpt=None):
 # -----------------------------------------------------------------------------
 # the LDM on one autoencoder's latents: training, the probe, samples
 
-def ldm(seed, ae, objective):
+def ldm(exp, seed, ae, objective):
     """Train the LDM of one arm and seed, stopping at ldm_evals evenly spaced steps to keep a snapshot of each. ->
     (folder, [(step, snapshot path, settings)])."""
     name, ae_dir, ae_settings = ae
-    out = os.path.join(args.out_dir, f'seed{seed}', f'ldm_{objective}_{name}')
-    script_args = ['--seed', seed, '--image_size', sizes['image_size'], '--device', args.device, *training_data(),
+    out = os.path.join(exp.out_dir, f'seed{seed}', f'ldm_{objective}_{name}')
+    script_args = ['--seed', seed, '--image_size', exp.sizes['image_size'], '--device', exp.device, *training_data(exp),
                    '--ae', os.path.join(ae_dir, 'ckpt.pt'),
-                   '--model', args.ldm_model, '--preset', args.ldm_preset, '--lr', args.ldm_lr,
-                   '--batch_size', sizes['ldm_batch_size'], '--num_workers', 0, '--ema_decay', args.ldm_ema_decay,
+                   '--model', exp.ldm_model, '--preset', exp.ldm_preset, '--lr', exp.ldm_lr,
+                   '--batch_size', exp.sizes['ldm_batch_size'], '--num_workers', 0, '--ema_decay', exp.ldm_ema_decay,
                    '--ema_warmup', *(['--objective', 'flow'] if objective == 'flow' else []),
                    '--cache_latents', os.path.join(out, 'latent_cache'),
-                   '--cache_size', sizes['train_images'] if args.random_crop or video else counts['train']]  # crops, or each file
+                   '--cache_size', exp.sizes['train_images'] if exp.random_crop or exp.video else exp.counts['train']]  # crops, or each file
     settings = {'script': 'train_ldm.py', 'args': list(map(str, script_args)), 'ae': ae_settings}
     snapshots, previous = [], 0
-    for k in range(1, sizes['ldm_evals'] + 1):
-        step = round(sizes['ldm_steps'] * k / sizes['ldm_evals'])
+    for k in range(1, exp.sizes['ldm_evals'] + 1):
+        step = round(exp.sizes['ldm_steps'] * k / exp.sizes['ldm_evals'])
         snapshot = os.path.join(out, f'ckpt_{step:07d}.pt')
         if not (recorded(out) == settings and os.path.exists(snapshot)):
-            train('train_ldm.py', out, step, settings, [*script_args, '--eval_interval', sizes['ldm_steps'],
-                                                         '--ckpt_interval', step, '--num_samples', 4,
-                                                         '--sample_steps', sizes['sample_steps']], start=previous)
+            train(exp, 'train_ldm.py', out, step, settings, [*script_args, '--eval_interval', exp.sizes['ldm_steps'],
+                                                              '--ckpt_interval', step, '--num_samples', 4,
+                                                              '--sample_steps', exp.sizes['sample_steps']],
+                  start=previous)
             shutil.copyfile(os.path.join(out, 'ckpt.pt'), snapshot)
         else:
-            work.finish('train_ldm.py', step - previous, ran=False)
+            exp.work.finish('train_ldm.py', step - previous, ran=False)
         snapshots.append((step, snapshot, {**settings, 'steps': step}))
         previous = step
     return out, snapshots
 
 
-def samples(seed, out, snapshot, settings):
+def samples(exp, seed, out, snapshot, settings):
     """sample.py (DDIM, the seed's noise) and eval_fid.py against the held-out images. -> (metrics, grid path)."""
     folder = os.path.join(out, 'samples')
-    sample_args = ['--ckpt', snapshot, '--num_samples', sizes['num_samples'], '--seed', seed, '--device', args.device,
-                   '--out_dir', folder, '--overwrite']
-    sample_settings = once(folder, {'script': 'sample.py', 'args': list(map(str, sample_args)), 'ldm': settings},
+    sample_args = ['--ckpt', snapshot, '--num_samples', exp.sizes['num_samples'], '--seed', seed,
+                   '--device', exp.device, '--out_dir', folder, '--overwrite']
+    sample_settings = once(exp, folder, {'script': 'sample.py', 'args': list(map(str, sample_args)), 'ldm': settings},
                            'sample.py', *sample_args)
-    return score(os.path.join(out, 'scores'), os.path.join(folder, 'samples.npz'), {'samples': sample_settings}), \
-        os.path.join(folder, 'grid_frames.png' if video else 'grid.png')
+    return score(exp, os.path.join(out, 'scores'), os.path.join(folder, 'samples.npz'), {'samples': sample_settings}), \
+        os.path.join(folder, 'grid_frames.png' if exp.video else 'grid.png')
 
 
-def score(folder, fake, settings):
+def score(exp, folder, fake, settings):
     """eval_fid.py on a samples .npz against the held-out images. -> the numbers and what was skipped."""
-    gen_args = ['--fake', fake, '--real', data['heldout'], '--seed', 0, '--device', args.device, '--overwrite',
+    gen_args = ['--fake', fake, '--real', exp.data['heldout'], '--seed', 0, '--device', exp.device, '--overwrite',
                 '--num_workers', 0, '--out', os.path.join(folder, 'metrics.json')]
-    once(folder, {'script': 'eval_fid.py', 'args': list(map(str, gen_args)), **settings}, 'eval_fid.py', *gen_args)
+    once(exp, folder, {'script': 'eval_fid.py', 'args': list(map(str, gen_args)), **settings}, 'eval_fid.py', *gen_args)
     metrics = json.load(open(os.path.join(folder, 'metrics.json')))
     return {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, 'skipped': metrics.get('skipped', {})}
 
 
-def probe(snapshot, objective):
+def probe(exp, snapshot, objective):
     """The diffusability probe of one LDM snapshot (its EMA weights) on the held-out images, in-process: each image's
     latent (posterior mean, normalised as the LDM's training data) is noised to every level of PROBE_T with the same
     fixed noise for every arm, and the LDM's eps-MSE and the pixel MSE of its decoded x0 prediction are averaged over
@@ -689,194 +790,369 @@ def probe(snapshot, objective):
     probe.json beside the snapshot."""
     cache = snapshot.replace('.pt', '_probe.json')
     if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(snapshot):
-        work.finish('probe', counts['heldout'], ran=False)
+        exp.work.finish('probe', exp.counts['heldout'], ran=False)
         return json.load(open(cache))
-    from common import select_device
-    from probe import diffusability_probe
+    from utils.common import select_device
+    from repro.probe import PROBE_T, PROBE_T_FLOW, diffusability_probe
     t0 = time.time()
-    result = diffusability_probe(snapshot, data['heldout'], PROBE_T_FLOW if objective == 'flow' else PROBE_T,
-                                 device=select_device(args.device), decoded=PROBE_DECODED_CLIPS if video else None)
-    child_seconds['probe'] = child_seconds.get('probe', 0.0) + time.time() - t0
-    work.finish('probe', counts['heldout'])
-    say(f"  probe {os.path.relpath(snapshot, args.out_dir)} ... done in {time.time() - t0:.0f} s; the whole run: about "
-        f"{minutes(work.left())} left")
+    result = diffusability_probe(snapshot, exp.data['heldout'], PROBE_T_FLOW if objective == 'flow' else PROBE_T,
+                                 device=select_device(exp.device), decoded=PROBE_DECODED_CLIPS if exp.video else None)
+    exp.child_seconds['probe'] = exp.child_seconds.get('probe', 0.0) + time.time() - t0
+    exp.work.finish('probe', exp.counts['heldout'])
+    say(f"  probe {os.path.relpath(snapshot, exp.out_dir)} ... done in {time.time() - t0:.0f} s; the whole run: about "
+        f"{minutes(exp.work.left())} left")
     with open(cache, 'w') as f:
         json.dump(result, f)
     return result
 
 
-def references(aes):
+def references(exp, aes):
     """The trivial references beside the samples' scores, by the same eval_fid.py call: the second held-out set (what
     a perfect generator gets) and each AE's reconstructions of it (what a perfect LDM on its latents gets)."""
     import numpy as np
     import torch
-    from common import save_image_grid, save_video_grid
-    from metrics import to_uint8
-    from probe import held_out
-    from weights import load_autoencoder
-    x = held_out(data['heldout2'], sizes['image_size'])  # (N, 3, [T,] H, W)
+    from utils.common import save_image_grid, save_video_grid
+    from evaluation.metrics import to_uint8
+    from repro.probe import held_out
+    from utils.weights import load_autoencoder
+    x = held_out(exp.data['heldout2'], exp.sizes['image_size'])  # (N, 3, [T,] H, W)
     out = {}
     for name, ae in [('real', None)] + list(aes.items()):
-        folder = os.path.join(args.out_dir, 'references', name)
+        folder = os.path.join(exp.out_dir, 'references', name)
         npz = os.path.join(folder, 'samples.npz')
-        settings = {'what': name, 'data': counts, 'ae': None if ae is None else ae[2]}
+        settings = {'what': name, 'data': exp.counts, 'ae': None if ae is None else ae[2]}
         if recorded(folder) != settings:
             os.makedirs(folder, exist_ok=True)
             rec = x
             if ae is not None:
                 with torch.no_grad():
                     model = load_autoencoder(os.path.join(ae[1], 'ckpt.pt'))
-                    rec = torch.cat([model.decode(model.encode(b, sample=False)[0]) for b in x.split(16 if video else 64)])
+                    rec = torch.cat([model.decode(model.encode(b, sample=False)[0]) for b in x.split(16 if exp.video else 64)])
             uint8 = to_uint8(rec.clamp(-1, 1))
-            np.savez(npz, arr_0=(uint8.permute(0, 2, 3, 4, 1) if video else uint8.permute(0, 2, 3, 1)).numpy())
-            if video:  # grid.mp4, grid.gif and grid_frames.png, as sample.py writes them
+            np.savez(npz, arr_0=(uint8.permute(0, 2, 3, 4, 1) if exp.video else uint8.permute(0, 2, 3, 1)).numpy())
+            if exp.video:  # grid.mp4, grid.gif and grid_frames.png, as sample.py writes them
                 save_video_grid(uint8.permute(0, 2, 3, 4, 1).numpy(), folder)
             else:
                 save_image_grid(rec[:64].clamp(-1, 1), os.path.join(folder, 'grid.png'), nrow=8)
             record(folder, settings)
-        out[name] = {k: v for k, v in score(os.path.join(folder, 'scores'), npz, {'samples': settings}).items()
+        out[name] = {k: v for k, v in score(exp, os.path.join(folder, 'scores'), npz, {'samples': settings}).items()
                      if k != 'skipped'}
     return out
 
 
-def erasure_strip(aes):
-    """Fig. 5's strip: 4 held-out images; rows RGB (erased in 8f x 8f tiles), then each AE (its latent erased in 8x8
-    tiles, decoded); columns 0, 25, 50, 75% of the coefficients erased."""
+def erasure_strip(exp, aes):
+    """Fig. 5's strip: 4 held-out images, each shown with 0, 25, 50 and 75% of its coefficients erased; one labelled row
+    for RGB (erased in 8f x 8f tiles), then one for each AE (its latent erased in 8x8 tiles, decoded)."""
     import torch
-    from torchvision.utils import save_image
-    from data import ImageFolder
-    from spectrum import erase_high_frequencies
-    from weights import load_autoencoder
-    held = ImageFolder(data['heldout'], sizes['image_size'], flip=False)
+    import torch.nn.functional as F
+    from utils.common import save_image_grid
+    from utils.data import ImageFolder
+    from model import cut_dct_high_frequencies
+    from utils.weights import load_autoencoder
+    held = ImageFolder(exp.data['heldout'], exp.sizes['image_size'], flip=False)
     x = torch.stack([held.load(i)[0] for i in range(min(4, len(held)))])
     fractions = [0.0, 0.25, 0.5, 0.75]
     models = {arm: load_autoencoder(os.path.join(out, 'ckpt.pt')) for arm, (_, out, _) in aes.items()}
     f = next(iter(models.values())).downsample_factor
-    rows = [torch.cat([erase_high_frequencies(x, p, 8 * f).clamp(-1, 1) for p in fractions], dim=3)]
+    per_image = lambda erase: torch.stack([erase(p) for p in fractions], 1).flatten(0, 1)  # (N*4, 3, H, W)  # noqa: E731
+    rows, labels = [per_image(lambda p: cut_dct_high_frequencies(x, 8 * f, p))], [f'RGB, {8 * f}px tiles']
     with torch.no_grad():
-        for ae in models.values():
+        for arm, ae in models.items():
             z, _ = ae.encode(x, sample=False)
-            rows.append(torch.cat([ae.decode(erase_high_frequencies(z, p)).clamp(-1, 1) for p in fractions], dim=3))
-    save_image((torch.cat(rows, dim=2) + 1) / 2, os.path.join(args.out_dir, 'fig5_strip.png'), nrow=len(x), padding=4,
-               pad_value=1)
+            rows.append(per_image(lambda p: ae.decode(cut_dct_high_frequencies(z, 8, p))))
+            labels.append(f'{arm}, latent 8px tiles')
+    grid = torch.cat(rows).clamp(-1, 1)
+    grid = F.interpolate(grid, scale_factor=max(1, 96 // grid.shape[-1]), mode='nearest')  # legible at small sizes
+    labels[0] += ' (each image: 0/25/50/75% erased)'
+    save_image_grid(grid, os.path.join(exp.out_dir, 'fig5_strip.png'), nrow=len(x) * len(fractions), row_labels=labels)
+
+# -----------------------------------------------------------------------------
+# --f_sweep: LDM's downsampling-factor ablation (Rombach et al., Sec. 4.1, Fig. 6 and 7) in miniature
+
+def f_sweep_check(exp, smoke):
+    """The rules of --f_sweep, before anything runs. -> its sizes."""
+    problems = [f"--f_factors {f} has no autoencoder; choose from {','.join(map(str, F_FACTORS))}"
+                for f in exp.f_factors if f not in F_FACTORS]
+    if exp.video:
+        problems.append("--f_sweep is an image experiment; drop --num_frames")
+    if not exp.f_factors:
+        problems.append("--f_factors needs at least one factor")
+    elif exp.sizes['image_size'] % (2 * max(exp.f_factors)):  # the DiT's 2x2 patches of the smallest latent
+        problems.append(f"--f_sweep needs --image_size divisible by 2 x {max(exp.f_factors)} (the tiny DiT's patches "
+                        f"on the f{max(exp.f_factors)} latent), got {exp.sizes['image_size']}")
+    if problems:
+        sys.exit(f"error: {problems[0]}.")
+    return F_SWEEP_SIZES['smoke' if smoke else 'default']
+
+
+def f_sweep_planned(exp, fs):
+    """The REFERENCE_SECONDS of the sweep, for the time-left display (an f1 LDM step costs about 10 of f4's)."""
+    t, images, n = exp.reference_seconds, exp.counts['heldout'], exp.sizes['num_samples']
+    per_f = images * t['probe'] + n * (t['sample.py'] + t['eval_fid.py'])
+    aes = sum(f > 1 for f in exp.f_factors) * (fs['ae_steps'] * t['train_ae.py'] + n * t['eval_fid.py'])
+    return aes + len(exp.f_factors) * (fs['ldm_steps'] * t['train_ldm.py'] * fs['ldm_batch_size'] / 64 + per_f)
+
+
+def f_autoencoder(exp, f, steps):
+    """The sweep's autoencoder of factor f: model.py's mini-f{f} from scratch with the shipped baseline's recipe (L1 +
+    KL 1e-6, Adam 1e-3 after 100 warm-up steps, batch 8) for `steps`. -> (name, folder, settings)."""
+    out = os.path.join(exp.out_dir, 'f_sweep', f'ae_f{f}')
+    recipe = [a for a in PRETRAIN['image']]
+    recipe[recipe.index('--max_steps'):recipe.index('--max_steps') + 2] = []
+    recipe[recipe.index('--preset') + 1] = f'mini-f{f}'
+    script_args = [*recipe, '--data', exp.data['train'], '--device', exp.device, '--num_workers', 1,
+                   '--image_size', exp.sizes['image_size']]
+    settings = train(exp, 'train_ae.py', out, steps, {'script': 'train_ae.py', 'args': list(map(str, script_args))},
+                     [*script_args, '--eval_interval', steps, '--ckpt_interval', steps])
+    return f'f{f}', out, settings
+
+
+def f_ldm(exp, ae_path, ae_settings, out, fs):
+    """The sweep's LDM on one first stage (ae_path, or 'none' for pixels): the same tiny DiT recipe as Fig. 1's, for
+    the sweep's steps and batch. -> (its last checkpoint, settings)."""
+    script_args = ['--seed', 0, '--image_size', exp.sizes['image_size'], '--device', exp.device, *training_data(exp),
+                   '--ae', ae_path, '--model', 'dit', '--preset', 'tiny', '--lr', exp.ldm_lr,
+                   '--batch_size', fs['ldm_batch_size'], '--num_workers', 0, '--ema_decay', exp.ldm_ema_decay,
+                   '--ema_warmup', '--cache_latents', os.path.join(out, 'latent_cache'),
+                   '--cache_size', exp.sizes['train_images'] if exp.random_crop else exp.counts['train']]
+    settings = train(exp, 'train_ldm.py', out, fs['ldm_steps'],
+                     {'script': 'train_ldm.py', 'args': list(map(str, script_args)), 'ae': ae_settings},
+                     [*script_args, '--eval_interval', fs['ldm_steps'], '--ckpt_interval', fs['ldm_steps'],
+                      '--num_samples', 4, '--sample_steps', exp.sizes['sample_steps']])
+    return os.path.join(out, 'ckpt.pt'), settings
+
+
+def f_reconstruction(exp, ae_path, f):
+    """PSNR of the first stage's reconstructions (posterior means) of the held-out images, and of bicubic at its latent
+    grid (metrics.bicubic_at_latent_grid, the trivial reference train_ae.py and spectrum.py measure)."""
+    import torch
+    from evaluation.metrics import bicubic_at_latent_grid, psnr
+    from repro.probe import held_out
+    from utils.weights import load_autoencoder
+    x = held_out(exp.data['heldout'], exp.sizes['image_size'])  # (N, 3, H, W)
+    ae = load_autoencoder(ae_path)
+    with torch.no_grad():
+        rec = torch.cat([ae.decode(ae.encode(b, sample=False)[0]) for b in x.split(64)]).clamp(-1, 1)
+    return psnr(rec, x).mean().item(), psnr(bicubic_at_latent_grid(x, f), x).mean().item()
+
+
+def f_sampling_throughput(snapshot, batch=16, steps=50):
+    """Images a second that the LDM draws: DDIM with sample.py's default 50 steps on one batch of 16, decoding included,
+    timed in this process (one thread, beside the other job)."""
+    import torch
+    from model import decode_first_stage
+    from repro.probe import load_ldm
+    model, process, config, shift, scale, ae = load_ldm(snapshot)
+    backbone = config['backbone']
+    x_T = torch.randn(batch, backbone['in_channels'], backbone['latent_size'], backbone['latent_size'],
+                      generator=torch.Generator().manual_seed(0))
+    t0 = time.time()
+    with torch.no_grad():
+        z = process.ddim_sample(lambda x, t: model(x, t, None), x_T, steps=steps)
+        decode_first_stage(ae, z / scale + shift)
+    return batch / (time.time() - t0)
+
+
+def f_arm(exp, f, fs):
+    """One factor: its autoencoder (none for f1) and reconstruction PSNR, its LDM, the probe, samples and scores, and
+    the LDM's training and sampling throughput. -> (numbers, the autoencoder for references())."""
+    if f == 1:
+        ae, ae_path = None, 'none'
+        ae_settings = {'first_stage': 'pixels'}
+    else:
+        ae = f_autoencoder(exp, f, fs['ae_steps'])
+        ae_path, ae_settings = os.path.join(ae[1], 'ckpt.pt'), ae[2]
+    out = os.path.join(exp.out_dir, 'f_sweep', f'ldm_f{f}')
+    snapshot, settings = f_ldm(exp, ae_path, ae_settings, out, fs)
+    psnr_ae, psnr_bicubic = f_reconstruction(exp, ae_path, f)
+    probed = probe(exp, snapshot, 'eps')
+    metrics, grid = samples(exp, 0, out, snapshot, settings)
+    h = exp.sizes['image_size'] // f
+    channels = 3 if f == 1 else json.load(open(os.path.join(ae[1], 'config.json')))['ae_config']['z_channels']
+    return {'f': f, 'latent_shape': [channels, h, h],
+            'compression': 3 * exp.sizes['image_size'] ** 2 / (channels * h * h),
+            'psnr': psnr_ae, 'bicubic_psnr': psnr_bicubic,
+            'ae_train_seconds': train_seconds(ae[1]) if ae else 0.0,
+            'probe': probed, 'samples': metrics, 'grid': os.path.relpath(grid, exp.out_dir),
+            'train_images_per_second': fs['ldm_steps'] * fs['ldm_batch_size'] / train_seconds(out),
+            'sample_images_per_second': f_sampling_throughput(snapshot)}, ae
+
+
+def f_sweep(exp, fs, t0, config):
+    """--f_sweep: for each factor of --f_factors, f_arm; the references (a second held-out draw, each autoencoder's
+    reconstructions of it); f_sweep.json and, by report.py, f_sweep.md and its figure."""
+    import torch
+    say(f"reproduce.py --f_sweep: LDM's downsampling factors {', '.join(f'f{f}' for f in exp.f_factors)} on the "
+        f"embedded data at {exp.sizes['image_size']} px; everything goes to {os.path.join(exp.out_dir, 'f_sweep')}; "
+        f"about {minutes(exp.work.left())} at the pace of 2 idle CPU cores")
+    order = sorted(exp.f_factors)  # f1 first: its LDM is the longest job
+    arms = parallel([lambda f=f: f_arm(exp, f, fs) for f in order], exp.jobs)
+    refs = references(exp, {f"f{r['f']}": ae for r, ae in arms if ae is not None})
+    result = {'config': {**config, 'sizes': exp.sizes, 'f_sweep': fs}, 'data': exp.counts,
+              'hardware': hardware(exp.device, exp.nproc),
+              'torch': torch.__version__, 'jobs': exp.jobs, 'factors': [r for r, _ in arms], 'references': refs,
+              'references_grid': os.path.join('references', 'real', 'grid.png'), 'wall_seconds': time.time() - t0,
+              'child_seconds': exp.child_seconds}
+    with open(os.path.join(exp.out_dir, 'f_sweep.json'), 'w') as f:
+        json.dump(result, f, indent=1)
+    from repro.report import write_f_sweep_report
+    say(write_f_sweep_report(exp.out_dir))
+    say(f"\nwrote {os.path.join(exp.out_dir, 'f_sweep.json')} and f_sweep.md (--f_sweep --replot re-writes it "
+        f"from the numbers)")
 
 # -----------------------------------------------------------------------------
 # the experiment
 
-def planned_work():
+def planned_work(exp, figures, objectives):
     """The REFERENCE_SECONDS of everything this run does; what a rerun reuses counts as done when it is reached."""
-    t, n, images, samples = REFERENCE_SECONDS, len(ARMS) * args.seeds, counts['heldout'], sizes['num_samples']
-    finetune = sizes['ft_steps'] * t['train_ae.py'] + images * t['spectrum.py']
-    per_ldm = (sizes['ldm_steps'] * t['train_ldm.py'] + sizes['ldm_evals'] * images * t['probe'] +
+    t, n = exp.reference_seconds, len(exp.arms) * exp.seeds
+    images, samples = exp.counts['heldout'], exp.sizes['num_samples']
+    finetune = exp.sizes['ft_steps'] * t['train_ae.py'] + images * t['spectrum.py']
+    per_ldm = (exp.sizes['ldm_steps'] * t['train_ldm.py'] + exp.sizes['ldm_evals'] * images * t['probe'] +
                samples * t['sample.py'] + samples * t['eval_fid.py'])
     total = (n * finetune + images * t['spectrum.py'] + len(objectives) * n * per_ldm +
-             (1 + len(ARMS)) * samples * t['eval_fid.py'])
-    from_scratch = sizes['sweep_steps'] * t['train_ae.py'] + images * t['spectrum.py']
+             (1 + len(exp.arms)) * samples * t['eval_fid.py'])
+    from_scratch = exp.sizes['sweep_steps'] * t['train_ae.py'] + images * t['spectrum.py']
     total += (figures['channels'] * len(Z_CHANNELS) + figures['kl_sweep'] * len(KL_WEIGHTS)) * from_scratch
     total += figures['se_sweep'] * len(SE_WEIGHTS) * finetune
     return total
 
 
-def hardware():
+def hardware(device, nproc):
     import torch
-    if torch.cuda.is_available() and args.device != 'cpu':
-        return f"{args.nproc}x {torch.cuda.get_device_name(0)}"
+    if torch.cuda.is_available() and device != 'cpu':
+        return f"{nproc}x {torch.cuda.get_device_name(0)}"
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
 
 
-def fig1_arm(seed, ae, objective):
+def fig1_arm(exp, seed, ae, objective):
     """One arm of one seed: its LDM, the probe at every snapshot, the samples of the last. -> numbers."""
-    out, snapshots = ldm(seed, ae, objective)
-    curve = [{'step': step, **probe(path, objective)} for step, path, _ in snapshots]
-    metrics, grid = samples(seed, out, *snapshots[-1][1:])
-    return {'probe': curve, 'samples': metrics, 'grid': os.path.relpath(grid, args.out_dir),
+    out, snapshots = ldm(exp, seed, ae, objective)
+    curve = [{'step': step, **probe(exp, path, objective)} for step, path, _ in snapshots]
+    metrics, grid = samples(exp, seed, out, *snapshots[-1][1:])
+    return {'probe': curve, 'samples': metrics, 'grid': os.path.relpath(grid, exp.out_dir),
             'ldm_train_seconds': train_seconds(out)}
 
 
-if __name__ == '__main__':
-    args = parser.parse_args()
+def main(argv=None):
+    """The run the command line asks for; argv: its flags (default sys.argv[1:])."""
+    args = parser.parse_args(argv)
+    if args.replot and args.f_sweep:  # f_sweep.md and its figure from f_sweep.json
+        from repro.report import write_f_sweep_report
+        if not os.path.isfile(os.path.join(args.out_dir, 'f_sweep.json')):
+            parser.exit(2, f"error: {args.out_dir} holds no f_sweep.json; pass the --out_dir of a --f_sweep run.\n")
+        say(write_f_sweep_report(args.out_dir))
+        return
+    if args.replot:  # the report from the numbers alone, without re-running anything
+        from repro.report import write_report
+        if not os.path.isfile(os.path.join(args.out_dir, 'report.json')):
+            parser.exit(2, f"error: {args.out_dir} holds no report.json; pass the --out_dir of a reproduce.py run.\n")
+        say(write_report(args.out_dir))
+        return
     sizes, figures, objectives = check_args(args)
     video = args.num_frames > 1
-    ARMS = ('control', 'se', 'se_st') if video else ('control', 'se')  # se_st: SE in space and time
-    if video:
-        REFERENCE_SECONDS.update(VIDEO_REFERENCE_SECONDS)
     import torch  # after the checks, so that a mistake is told in a second
     jobs = args.jobs or (1 if args.nproc > 1 or (args.device != 'cpu' and torch.cuda.is_available()) else 2)
     if jobs > 1:
         torch.set_num_threads(1)  # the probe runs in this process beside the children: one thread each, as they have
-    os.makedirs(args.out_dir, exist_ok=True)
+    lock_folder(args.out_dir, '--out_dir')  # one run per folder, for the whole run; each child locks its own below
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, end_children)
     t0 = time.time()
+    exp = Experiment(out_dir=args.out_dir, sizes=sizes, video=video, num_frames=args.num_frames,
+                     arms=('control', 'se', 'se_st') if video else ('control', 'se'),  # se_st: SE in space and time
+                     seeds=args.seeds, device=args.device, nproc=args.nproc, jobs=jobs, random_crop=args.random_crop,
+                     se_down=args.se_down, ft_lr=args.ft_lr, ldm_model=args.ldm_model, ldm_preset=args.ldm_preset,
+                     ldm_lr=args.ldm_lr, ldm_ema_decay=args.ldm_ema_decay, f_factors=args.f_factors,
+                     baseline=args.baseline or BASELINE[kind_of(args.num_frames)],
+                     reference_seconds={**REFERENCE_SECONDS, **(VIDEO_REFERENCE_SECONDS if video else {})})
     if args.pretrain:
         recipe = PRETRAIN[kind_of(args.num_frames)]
-        work = Work(recipe[recipe.index('--max_steps') + 1] * REFERENCE_SECONDS['train_ae.py'], 1)
+        exp = replace(exp, work=Work(recipe[recipe.index('--max_steps') + 1] * exp.reference_seconds['train_ae.py'], 1,
+                                     exp.reference_seconds))
         say(f"reproduce.py --pretrain: the {kind_of(args.num_frames)} baseline autoencoder from scratch, about "
-            f"{minutes(work.left())} at the pace of 2 idle CPU cores; the run goes to "
+            f"{minutes(exp.work.left())} at the pace of 2 idle CPU cores; the run goes to "
             f"{os.path.join(args.out_dir, 'pretrain')}")
-        pretrain()
-        sys.exit(0)
-    say(f"reproduce.py: {args.seeds} seeds x ({', '.join(ARMS)}), LDM objective {args.objective}, "
+        pretrain(exp)
+        return
+    if args.f_sweep:  # LDM's f ablation, on its own
+        fs = f_sweep_check(exp, args.smoke)
+        data, counts = materialise_data(exp, args.data, args.val_data)
+        exp = replace(exp, data=data, counts=counts)
+        exp = replace(exp, work=Work(f_sweep_planned(exp, fs), jobs, exp.reference_seconds))
+        f_sweep(exp, fs, t0, vars(args))
+        return
+    say(f"reproduce.py: {args.seeds} seeds x ({', '.join(exp.arms)}), LDM objective {args.objective}, "
         f"{'embedded moving dead leaves, ' + str(args.num_frames) + ' frames' if video else 'embedded dead leaves' if args.data is None else args.data}"
         f"; everything goes to {args.out_dir}. Making the data ...")
-    data, counts = materialise_data()
-    work = Work(planned_work(), jobs)
+    data, counts = materialise_data(exp, args.data, args.val_data)
+    exp = replace(exp, data=data, counts=counts)
+    exp = replace(exp, work=Work(planned_work(exp, figures, objectives), jobs, exp.reference_seconds))
     say(f"the data: {counts['train']} training {'clips cached per LDM' if video else 'images'} and {counts['heldout']} "
         f"+ {counts['heldout2']} held-out {'clips' if video else 'images'} in {os.path.join(args.out_dir, 'data')}. The "
-        f"whole run: about {minutes(work.left())} at the pace of the default run on 2 idle CPU cores (the estimate "
+        f"whole run: about {minutes(exp.work.left())} at the pace of the default run on 2 idle CPU cores (the estimate "
         f"follows this machine's pace as it runs)")
-    baseline = args.baseline or BASELINE[kind_of(args.num_frames)]
+    baseline = exp.baseline
     if args.smoke and not os.path.isfile(baseline):  # the smoke run's stand-in: a 2-step baseline of the same family
         baseline = os.path.join(args.out_dir, 'smoke_baseline', 'ckpt.pt')
-        train('train_ae.py', os.path.dirname(baseline), 2, {'smoke': 'baseline', 'num_frames': args.num_frames},
+        train(exp, 'train_ae.py', os.path.dirname(baseline), 2, {'smoke': 'baseline', 'num_frames': args.num_frames},
               ['--preset', 'mini', '--image_size', sizes['image_size'], '--batch_size', 2, '--lpips_weight', 0,
-               '--disc_weight', 0, '--device', args.device, '--num_workers', 0, *training_data()])
+               '--disc_weight', 0, '--device', args.device, '--num_workers', 0, *training_data(exp)])
     with open(baseline, 'rb') as f:
         baseline_id = hashlib.sha256(f.read()).hexdigest()[:16]
+    exp = replace(exp, baseline=baseline, baseline_id=baseline_id)
     report = {'config': {**vars(args), 'sizes': sizes, 'baseline': baseline, 'baseline_sha256': baseline_id},
-              'data': counts, 'hardware': hardware(), 'torch': torch.__version__, 'jobs': jobs}
+              'data': counts, 'hardware': hardware(args.device, args.nproc), 'torch': torch.__version__, 'jobs': jobs}
 
     # Fig. 1: per seed, the SE fine-tune(s) and the control; the baseline itself measured beside them
-    arms = ARMS
-    aes = parallel([lambda s=s, arm=arm: finetune(s, arm, args.se_weight if arm != 'control' else 0.0,
+    arms = exp.arms
+    aes = parallel([lambda s=s, arm=arm: finetune(exp, s, arm, args.se_weight if arm != 'control' else 0.0,
                                                   temporal=arm == 'se_st')
-                    for s in range(args.seeds) for arm in arms])
+                    for s in range(args.seeds) for arm in arms], jobs)
     aes = {arm: [ae for ae in aes if ae[0] == arm] for arm in arms}
-    measured = parallel([lambda ae=ae: measure(ae) for arm in arms for ae in aes[arm]] +
-                        [lambda: measure(('baseline', os.path.join(args.out_dir, 'baseline'), {'file': baseline_id}),
-                                         baseline)])
+    measured = parallel([lambda ae=ae: measure(exp, ae) for arm in arms for ae in aes[arm]] +
+                        [lambda: measure(exp, ('baseline', os.path.join(args.out_dir, 'baseline'),
+                                               {'file': baseline_id}), baseline)], jobs)
     report['autoencoders'] = {arm: measured[i * args.seeds:(i + 1) * args.seeds] for i, arm in enumerate(arms)}
     report['baseline'] = measured[-1]
     for objective in objectives:
-        runs = parallel([lambda s=s, arm=arm: fig1_arm(s, aes[arm][s], objective)
-                         for s in range(args.seeds) for arm in arms])
+        runs = parallel([lambda s=s, arm=arm: fig1_arm(exp, s, aes[arm][s], objective)
+                         for s in range(args.seeds) for arm in arms], jobs)
         report.setdefault('ldm', {})[objective] = {arm: runs[i::len(arms)] for i, arm in enumerate(arms)}
-    report['references'] = references({arm: aes[arm][0] for arm in arms})
+    report['references'] = references(exp, {arm: aes[arm][0] for arm in arms})
     report['references_grid'] = os.path.join('references', 'real', 'grid_frames.png' if video else 'grid.png')
     if not video:  # Fig. 5 erases in 8x8 tiles of images
         report['fig5'] = {arm: {'latent': report['autoencoders'][arm][0]['erasure_psnr'],
                                 'rgb': report['autoencoders'][arm][0]['rgb_erasure_psnr']} for arm in arms}
-        erasure_strip({arm: aes[arm][0] for arm in arms})
+        erasure_strip(exp, {arm: aes[arm][0] for arm in arms})
 
     if figures['channels']:  # Fig. 2: the same family from scratch, z_channels swept
-        made = parallel([lambda c=c: scratch(f'z{c}', sizes['sweep_steps'], z_channels=c) for c in Z_CHANNELS])
-        report['fig2'] = {'z_channels': Z_CHANNELS, 'autoencoders': dict(zip([m[0] for m in made],
-                                                                             parallel([lambda m=m: measure(m) for m in made])))}
+        made = parallel([lambda c=c: scratch(exp, f'z{c}', sizes['sweep_steps'], z_channels=c) for c in Z_CHANNELS],
+                        jobs)
+        measured = parallel([lambda m=m: measure(exp, m) for m in made], jobs)
+        report['fig2'] = {'z_channels': Z_CHANNELS, 'autoencoders': dict(zip([m[0] for m in made], measured))}
     if figures['kl_sweep']:  # Fig. 3: the same family from scratch, kl_weight swept (the posterior variance settles)
-        made = parallel([lambda w=w: scratch('z8' if w == 1e-6 else f'kl{w:g}', sizes['sweep_steps'], kl_weight=w)
-                         for w in KL_WEIGHTS])
-        report['fig3'] = {'kl_weights': KL_WEIGHTS, 'autoencoders': dict(zip([f"kl {w:g}" for w in KL_WEIGHTS],
-                                                                              parallel([lambda m=m: measure(m) for m in made])))}
+        made = parallel([lambda w=w: scratch(exp, 'z8' if w == 1e-6 else f'kl{w:g}', sizes['sweep_steps'], kl_weight=w)
+                         for w in KL_WEIGHTS], jobs)
+        measured = parallel([lambda m=m: measure(exp, m) for m in made], jobs)
+        report['fig3'] = {'kl_weights': KL_WEIGHTS,
+                          'autoencoders': dict(zip([f"kl {w:g}" for w in KL_WEIGHTS], measured))}
     if figures['se_sweep']:  # Fig. 4: fine-tunes of the baseline, se_weight swept (0 is the control of Fig. 1)
-        made = parallel([lambda w=w: finetune(0, {0: 'control', args.se_weight: 'se'}.get(w, f'se{w:g}'), se_weight=w)
-                         for w in SE_WEIGHTS])
-        report['fig4'] = {'se_weights': SE_WEIGHTS, 'finetune': dict(zip(map(str, SE_WEIGHTS),
-                                                                          parallel([lambda m=m: measure(m) for m in made])))}
+        made = parallel([lambda w=w: finetune(exp, 0, {0: 'control', args.se_weight: 'se'}.get(w, f'se{w:g}'),
+                                              se_weight=w) for w in SE_WEIGHTS], jobs)
+        measured = parallel([lambda m=m: measure(exp, m) for m in made], jobs)
+        report['fig4'] = {'se_weights': SE_WEIGHTS, 'finetune': dict(zip(map(str, SE_WEIGHTS), measured))}
 
-    from report import verdict, write_report
+    from repro.report import verdict, write_report
     report['wall_seconds'] = time.time() - t0
-    report['child_seconds'] = child_seconds
-    report['verdict'] = verdict(report)
+    report['child_seconds'] = exp.child_seconds
+    report['verdict'] = None if args.smoke else verdict(report)  # toy sizes support no claim
     with open(os.path.join(args.out_dir, 'report.json'), 'w') as f:
         json.dump(report, f, indent=1)
     say(write_report(args.out_dir))
-    say(f"\nwrote {os.path.join(args.out_dir, 'report.json')} and report.md (python report.py {args.out_dir} "
-          f"re-plots it)")
+    say(f"\nwrote {os.path.join(args.out_dir, 'report.json')} and report.md (--replot re-writes it "
+          f"from report.json)")
+
+
+if __name__ == '__main__':
+    main()

@@ -6,7 +6,7 @@ compare it against.
 import torch
 import torch.nn as nn
 
-from weights import fetch_weights
+from utils.weights import fetch_weights
 
 VGG16_URL = 'https://download.pytorch.org/models/vgg16-397923af.pth'
 LPIPS_LIN_URL = 'https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth'

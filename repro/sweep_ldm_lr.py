@@ -4,8 +4,8 @@ warm-up, latent cache) at several learning rates on one autoencoder's latents, e
 (probe.py: eps-MSE on held-out latents with fixed noise, mean over noise levels) and by its sample guard, side by side.
 reproduce.py's --ldm_lr defaults come from this sweep (the numbers are in the README).
 
-  python bench/sweep_ldm_lr.py --ae assets/baseline_video_mini.safetensors --num_frames 17 --heldout H.npz
-  python bench/sweep_ldm_lr.py --ae assets/baseline_mini.safetensors --image_size 64 --data TRAIN --heldout HELD
+  python repro/sweep_ldm_lr.py --ae assets/baseline_video_mini.safetensors --num_frames 17 --heldout H.npz
+  python repro/sweep_ldm_lr.py --ae assets/baseline_mini.safetensors --image_size 64 --data TRAIN --heldout HELD
 
 H.npz: held-out clips, e.g. out/reproduce_video/data/heldout2.npz (the second held-out draw of reproduce.py
 --num_frames 17); the video sweep takes about 8 minutes on 2 cores. TRAIN, HELD: out/reproduce/data/train and heldout2.
@@ -22,8 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from utils.cli import HelpFormatter  # noqa: E402
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
 parser.add_argument('--ae', required=True, help='the autoencoder whose latents the LDMs train on')
 parser.add_argument('--heldout', required=True, help='held-out images (a folder) or clips (an .npz of uint8 clips)')
@@ -57,8 +58,7 @@ def one(lr):
         subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=True)
     import torch
     torch.set_num_threads(1)
-    from probe import diffusability_probe
-    from reproduce import PROBE_T
+    from repro.probe import PROBE_T, diffusability_probe
     p = diffusability_probe(os.path.join(out, 'ckpt.pt'), args.heldout, PROBE_T)
     row = {'lr': float(lr), 'steps': args.steps, 'eps_mse_mean': p['eps_mse_mean'], 'pixel_mse_mean': p['pixel_mse_mean'],
            'guard_ok': p['guard']['ok'], 'std_ratio_min': min(p['guard']['std_ratio']),

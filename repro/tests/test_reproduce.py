@@ -1,6 +1,7 @@
 """The one-command experiment as a user runs it: the smoke run fine-tunes a baseline into paired SE and control arms,
 measures and probes them, writes a report whose numbers are those its artefacts give when recomputed, reuses what
 matches on a rerun, and never lets a held-out file reach training."""
+import ast
 import json
 import math
 import os
@@ -10,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data import DeadLeaves, list_files
+from utils.data import DeadLeaves, list_files
 from tests.helpers import run
 
 
@@ -28,7 +29,7 @@ def pngs(folder):
 
 @pytest.mark.slow
 def test_smoke_run_pairs_the_arms_probes_them_and_reuses_what_matches(tmp_path):
-    args = ['reproduce.py', '--smoke', '--seeds', 2, '--out_dir', tmp_path]
+    args = ['repro/reproduce.py', '--smoke', '--seeds', 2, '--out_dir', tmp_path]
     shown = run(*args, timeout=1800).stdout.splitlines()
     # what a user sees: where everything goes, at once; each child's messages whole (spectrum.py's table, not its last
     # lines; train_ae.py's closing line naming its checkpoint); a live line per child with the whole run's time left
@@ -61,8 +62,8 @@ def test_smoke_run_pairs_the_arms_probes_them_and_reuses_what_matches(tmp_path):
             assert settings['args'][settings['args'].index('--seed') + 1] == str(s)  # the pair shares its seed
     # the probe is the LDM's own loss on held-out latents: recomputed from the last snapshot with the same noise
     from diffusion import Diffusion
-    from probe import load_ldm
-    from data import ImageFolder
+    from repro.probe import load_ldm
+    from utils.data import ImageFolder
     model, process, config, shift, scale, ae = load_ldm(str(tmp_path / 'seed1' / 'ldm_eps_se' / 'ckpt_0000004.pt'))
     x = torch.stack([ImageFolder(str(tmp_path / 'data' / 'heldout'), 32, flip=False).load(i)[0] for i in range(n)])
     with torch.no_grad():
@@ -74,12 +75,15 @@ def test_smoke_run_pairs_the_arms_probes_them_and_reuses_what_matches(tmp_path):
     assert ldm['se'][1]['probe'][-1]['eps_mse'][0] == pytest.approx(loss.mean().item(), rel=1e-4)
     # the references, scored as the samples are: a second held-out draw, and each seed-0 AE's reconstructions of it
     assert set(report['references']) == {'real', 'control', 'se'}
-    # the verdict: sentences with the paired test behind them
-    assert len(report['verdict']) >= 7 and all(0 <= v[1]['p_t'] <= 1 for v in report['verdict'])
+    # a smoke run draws no verdict; the verdict's sentences, with the paired test behind them, compute on its report
+    from repro.report import verdict
+    assert report['verdict'] is None
+    sentences = verdict(report)
+    assert len(sentences) >= 7 and all(0 <= v[1]['p_t'] <= 1 for v in sentences)
     md = (tmp_path / 'report.md').read_text()
     for name in ('fig1_probe_eps.png', 'fig1_spectra.png', 'fig5_erasure.png', 'fig5_strip.png'):
         assert f']({name})' in md and (tmp_path / name).stat().st_size > 0
-    assert md.splitlines()[0].startswith(('**The LDMs of', 'Every LDM passed'))  # the guard speaks first
+    assert md.splitlines()[0].startswith('**Smoke run') and 'Verdict' not in md  # it says so first, and judges nothing
 
     # the same command again: every artefact reused, the same numbers
     p = run(*args, timeout=1800)
@@ -106,8 +110,8 @@ def test_video_smoke_run_fine_tunes_three_arms_and_probes_them_on_held_out_clips
     """--num_frames: the control, spatial SE and spatial + temporal SE arms of one baseline, each measured by the
     spatial and temporal spectra, a video DiT on its latents probed on held-out clips, and samples scored by the video
     SWD; the held-out clips come from the embedded held-out stream, which training never reads."""
-    from data import MovingDeadLeaves
-    run('reproduce.py', '--smoke', '--num_frames', 9, '--seeds', 1, '--out_dir', tmp_path, timeout=1800)
+    from utils.data import DeadLeaves
+    run('repro/reproduce.py', '--smoke', '--num_frames', 9, '--seeds', 1, '--out_dir', tmp_path, timeout=1800)
     report = json.loads((tmp_path / 'report.json').read_text())
     aes, ldm = report['autoencoders'], report['ldm']['eps']
     assert list(aes) == ['control', 'se', 'se_st'] == list(ldm)
@@ -124,12 +128,12 @@ def test_video_smoke_run_fine_tunes_three_arms_and_probes_them_on_held_out_clips
         assert 'video_swd' in ldm[arm][0]['samples'] and (tmp_path / ldm[arm][0]['grid']).stat().st_size > 0
     with np.load(tmp_path / 'data' / 'heldout.npz') as f:
         clips = f['arr_0']
-    held = MovingDeadLeaves(32, 9, train=False)
+    held = DeadLeaves(32, train=False, num_frames=9)
     assert clips.shape == (4, 9, 32, 32, 3)
     assert np.array_equal(clips[1], ((held[1][0] + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy())
     # the probe on clips is the video LDM's own loss on their latents (normalised per channel), with the same noise
     from diffusion import Diffusion
-    from probe import held_out, load_ldm
+    from repro.probe import held_out, load_ldm
     model, process, config, shift, scale, ae = load_ldm(str(tmp_path / 'seed0' / 'ldm_eps_se_st' / 'ckpt_0000004.pt'))
     with torch.no_grad():
         z = (ae.encode(held_out(str(tmp_path / 'data' / 'heldout.npz'), 32), sample=False)[0] - shift) * scale
@@ -144,23 +148,29 @@ def test_video_smoke_run_fine_tunes_three_arms_and_probes_them_on_held_out_clips
 
 
 def test_the_time_left_counts_reused_work_as_done_and_follows_the_pace_of_the_work_that_ran(monkeypatch):
-    import reproduce
+    from repro import reproduce
     clock = [100.0]
     monkeypatch.setattr(reproduce.time, 'time', lambda: clock[0])
-    step = reproduce.REFERENCE_SECONDS['train_ldm.py']
-    work = reproduce.Work(planned=1000 * step, width=2)
-    assert work.left() == pytest.approx(500 * step)  # before anything ran: the reference pace, 2 jobs at a time
-    work.finish('train_ldm.py', 500, ran=False)  # reused: done, and no evidence of this machine's pace
-    assert work.left() == pytest.approx(250 * step)
-    clock[0] += 200 * step  # 200 steps ran on 2 jobs at half the reference pace
-    work.finish('train_ldm.py', 200)
-    assert work.left() == pytest.approx(300 * step)
-    work.running['child'] = (100 * step, 0.5)  # a running child half done counts by its share
-    assert work.left() == pytest.approx(200 * step)  # 250 left, 2 jobs, at the pace of 250 done in 200
+    step, prior = reproduce.REFERENCE_SECONDS['train_ldm.py'], reproduce.PACE_PRIOR
+    work = reproduce.Work(planned=100000 * step, width=2)
+    assert work.left() == pytest.approx(50000 * step)  # before anything ran: the reference pace, 2 jobs at a time
+    work.finish('train_ldm.py', 50000, ran=False)  # reused: done, and no evidence of this machine's pace
+    assert work.left() == pytest.approx(25000 * step)
+    clock[0] += 20 * step  # the first 20 steps ran on 2 jobs at half the reference pace (start-up included)
+    work.finish('train_ldm.py', 20)
+    pace = (prior + 20 * step) / (prior + 10 * step)  # measured pace 2, shrunk toward 1 while little has run
+    assert work.left() == pytest.approx((50000 - 20) / 2 * step * pace)
+    assert 1 < pace < 1.1  # a few first steps do not swing the estimate (it once jumped from 631 to 26 minutes)
+    clock[0] += 20000 * step  # much later, 20000 more steps at the same half pace: the estimate follows the machine
+    work.finish('train_ldm.py', 20000)
+    assert work.left() / ((50000 - 20020) / 2 * step) == pytest.approx(2, rel=0.05)
+    work.running['child'] = (1000 * step, 0.5)  # a running child half done counts by its share
+    pace = (prior + 20020 * step) / (prior + 20520 / 2 * step)
+    assert work.left() == pytest.approx((50000 - 20020 - 500) / 2 * step * pace)
 
 
 def test_the_held_out_split_takes_the_share_asked_for_whatever_the_order_and_moves_little_when_a_file_is_added():
-    import reproduce
+    from repro import reproduce
     names = [f'img{i:03d}.jpg' for i in range(40)]
     held = reproduce.held_out_files(names)
     assert len(held) == 10 and held <= set(names)
@@ -169,6 +179,46 @@ def test_the_held_out_split_takes_the_share_asked_for_whatever_the_order_and_mov
     assert len(reproduce.held_out_files(names[:3])) == 2  # at least two held out (two disjoint held-out sets)...
     assert len(reproduce.held_out_files(names[:2])) == 1  # ...and at least one left to train
 
+
+
+def test_no_function_reads_a_name_that_only_main_assigns():
+    """reproduce.py works as a module: every function gets what it reads as arguments. A name that main() binds
+    (assigns, imports or takes as a parameter) and the module does not is, read from any other function's scope
+    (methods, nested functions, lambdas and comprehensions included), a global that exists only while main() runs
+    from the command line. symtable resolves the scopes as Python does."""
+    import builtins
+    import symtable
+    from repro import reproduce
+    with open(reproduce.__file__) as f:
+        source = f.read()
+    top = symtable.symtable(source, reproduce.__file__, 'exec')
+    main = next(t for t in top.get_children() if t.get_name() == 'main' and t.get_type() == 'function')
+    assert not [s.get_name() for s in main.get_symbols() if s.is_declared_global()], "main() sets module globals"
+    module = {s.get_name() for s in top.get_symbols() if s.is_assigned() or s.is_imported()}
+    only_main = {s.get_name() for s in main.get_symbols() if s.is_local()} - module - set(dir(builtins))
+    assert {'args', 'exp', 'sizes', 'jobs'} <= only_main  # what this test guards: the run-level values
+
+    def scopes(table):
+        yield table
+        for child in table.get_children():
+            yield from scopes(child)
+
+    read = sorted({(t.get_name(), s.get_name()) for child in top.get_children() if child is not main
+                   for t in scopes(child) for s in t.get_symbols()
+                   if s.is_global() and s.is_referenced() and s.get_name() in only_main})
+    assert read == [], f"(function, global set only by main()): {read}"
+    # and the __main__ block is the call alone, so nothing at module level is set only when run as a script
+    guard = [n for n in ast.parse(source).body if isinstance(n, ast.If) and '__main__' in ast.unparse(n.test)]
+    assert [ast.unparse(n) for g in guard for n in g.body] == ['main()']
+
+
+def test_main_takes_its_flags_as_an_argument(tmp_path, monkeypatch, capsys):
+    """reproduce.main(argv) parses argv, not the command line of the process that imported it."""
+    from repro import reproduce
+    monkeypatch.setattr('sys.argv', ['pytest', '--no_such_flag'])
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(['--replot', '--out_dir', str(tmp_path)])
+    assert e.value.code == 2 and f"{tmp_path} holds no report.json" in capsys.readouterr().err
 
 @pytest.mark.slow
 def test_a_data_folder_is_split_once_and_no_held_out_file_reaches_training(tmp_path):
@@ -182,7 +232,7 @@ def test_a_data_folder_is_split_once_and_no_held_out_file_reaches_training(tmp_p
         img = np.array((10 * i + 5, 250 - 10 * i, (37 * i) % 256)) + rng.integers(-3, 4, (40, 48, 3))
         Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(folder / f'p{i:02d}.png')
     out = tmp_path / 'out'
-    run('reproduce.py', '--smoke', '--seeds', 1, '--data', folder, '--random_crop', '--out_dir', out, timeout=1800)
+    run('repro/reproduce.py', '--smoke', '--seeds', 1, '--data', folder, '--random_crop', '--out_dir', out, timeout=1800)
     import reproduce  # noqa: F401  (the split rule itself)
     held = reproduce.held_out_files([f'p{i:02d}.png' for i in range(24)])
     assert len(held) == 6  # exactly the share asked for (25%)
@@ -203,10 +253,10 @@ def test_the_shipped_video_baseline_rebuilds_from_its_recorded_config_and_recipe
     """assets/baseline_video_mini.safetensors, as the image one: its recorded config rebuilds the causal 3D
     architecture exactly, its recipe is reproduce.PRETRAIN['video'], and it beats bicubic at the latent grid (every
     frame kept) by at least 1 dB on held-out clips."""
-    import reproduce
+    from repro import reproduce
     from safetensors import safe_open
     from video_model import VideoAutoencoder
-    from weights import load_autoencoder, safetensors_config
+    from utils.weights import load_autoencoder, safetensors_config
     path = reproduce.BASELINE['video']
     with safe_open(path, framework='pt') as f:
         meta, names = f.metadata(), set(f.keys())
@@ -225,9 +275,9 @@ def test_the_shipped_baseline_rebuilds_from_its_recorded_config_and_recipe():
     """assets/baseline_mini.safetensors records how it was made (reproduce.py --pretrain): its config rebuilds the
     architecture exactly (every weight fits, none missing), its recipe is reproduce.PRETRAIN's, and it beats bicubic
     at the latent grid by the 3 dB the experiment asks for."""
-    import reproduce
+    from repro import reproduce
     from safetensors import safe_open
-    from weights import load_autoencoder, safetensors_config
+    from utils.weights import load_autoencoder, safetensors_config
     path = reproduce.BASELINE['image']
     with safe_open(path, framework='pt') as f:
         meta, names = f.metadata(), set(f.keys())

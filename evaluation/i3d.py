@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cli import I3D_WEIGHTS_FILE, I3D_WEIGHTS_URL
-from weights import fetch_weights
+from utils.cli import I3D_WEIGHTS_FILE, I3D_WEIGHTS_URL
+from utils.weights import fetch_weights
 
 # ----------------------------------------------------------------------------------------------
 # FVD (Unterthiner et al. 2018): the Frechet distance between I3D (Carreira & Zisserman 2017) Kinetics-400 logits of

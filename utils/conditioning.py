@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 
-from cli import DEGRADATIONS, MASK_KINDS, TASKS  # the names the flags offer
-from data import boxes_list, boxes_tensor
-from tokenizer import from_state
+from utils.cli import DEGRADATIONS, MASK_KINDS, TASKS  # the names the flags offer
+from utils.data import boxes_list, boxes_tensor
+from utils.tokenizer import from_state
 
 
 def task_config(task, sr_factor=4, degradation='bicubic', masks='mixed', mask_area=(0.0, 1.0), num_labels=0,

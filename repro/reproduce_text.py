@@ -3,8 +3,8 @@ Is the caption learned? LDM's text-to-image (Sec. 3.3, cross-attention to tau_th
 embedded dead leaves ("a red disk and a blue rectangle on a green background": the colour and kind of the two largest
 shapes and the background colour, read from the generator's own parameters), run with the project's own scripts.
 
-  python reproduce_text.py                 # the miniature, sized for about 30 minutes on 2 idle CPU cores
-  python reproduce_text.py --smoke         # the pipeline at toy sizes (checks it runs; says nothing about text)
+  python repro/reproduce_text.py                 # the miniature, sized for about 30 minutes on 2 idle CPU cores
+  python repro/reproduce_text.py --smoke         # the pipeline at toy sizes (checks it runs; says nothing about text)
 
 (1) train_ldm.py --task text trains the tiny UNet and its tau_theta jointly on the latents of the shipped baseline
 autoencoder (assets/baseline_mini.safetensors), with caption dropout 0.1. (2) The probe's question for conditioning:
@@ -23,9 +23,12 @@ import json
 import argparse
 import subprocess
 
-from cli import checked, set_cpu_threads
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: the scripts it runs
+sys.path.insert(0, ROOT)
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+from utils.cli import HelpFormatter, checked, set_cpu_threads
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
 parser.add_argument('--out_dir', type=str, default='out/reproduce_text', help='where everything goes; default out/reproduce_text')
 parser.add_argument('--smoke', action='store_true', help='toy sizes: checks that the pipeline runs (the tests use it)')
@@ -42,12 +45,11 @@ import torch.nn.functional as F  # noqa: E402
 from scipy.stats import wilcoxon  # noqa: E402
 
 import conditioning  # noqa: E402
-from common import die, save_image_grid  # noqa: E402
-from data import COLOURS, DeadLeaves, caption, dead_leaves  # noqa: E402
-from probe import load_ldm  # noqa: E402
-from swd import swd_descriptors, swd_from_descriptors, swd_resolutions  # noqa: E402
+from utils.common import die, save_image_grid  # noqa: E402
+from utils.data import COLOURS, DeadLeaves, caption, dead_leaves  # noqa: E402
+from repro.probe import load_ldm  # noqa: E402
+from evaluation.swd import swd_descriptors, swd_from_descriptors, swd_resolutions  # noqa: E402
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
 AE = os.path.join(ROOT, 'assets', 'baseline_mini.safetensors')
 SIZES = {  # image size, batch, LDM steps, held-out images, scorer training images and steps, sampler steps
     'full': dict(image_size=32, batch_size=32, steps=3000, held_out=256, scorer_images=4000, scorer_steps=1500, sample_steps=50),

@@ -232,3 +232,19 @@ def precision_recall(real, fake, k=3, batch_size=10000, float16=True):
             real_in[a:a + batch_size] |= (d <= r_fake[None, b:b + batch_size]).any(dim=1)
             fake_in[b:b + batch_size] |= (d <= r_real[a:a + batch_size, None]).any(dim=0)
     return fake_in.double().mean().item(), real_in.double().mean().item()
+
+
+GUARD_STD_RATIO = (0.5, 2.0)  # a sample latent channel's std over the data's, outside which samples are off
+GUARD_SATURATED = 0.1         # the largest share of decoded pixels at or beyond [-1, 1] that samples may have
+
+
+def sample_guard(z, z_data, x):
+    """Has an LDM learned to sample? The per-channel std of sample latents z (B, C, ...) over that of data latents
+    z_data (N, C, ...), and the share of their decoded pixels x at or beyond [-1, 1]. ok: every ratio within
+    GUARD_STD_RATIO and at most GUARD_SATURATED saturated. A trivial reference: pure noise decoded fails it at once."""
+    per_channel = lambda v: v.float().transpose(0, 1).flatten(1).std(1)  # noqa: E731  over all but the channel
+    ratio = (per_channel(z) / per_channel(z_data).clamp_min(1e-12)).tolist()
+    saturated = ((x <= -1) | (x >= 1)).float().mean().item()
+    lo, hi = GUARD_STD_RATIO
+    return {'std_ratio': ratio, 'saturated': saturated,
+            'ok': bool(all(lo <= r <= hi for r in ratio) and saturated <= GUARD_SATURATED)}

@@ -3,7 +3,7 @@ The report of reproduce.py, from its numbers alone: out_dir/report.json (every n
 out_dir/report.md (tables, plots, sample grids and a verdict whose sentences are computed from the numbers) and the
 figures beside it. reproduce.py calls it at the end of a run; to re-plot or re-word a report without re-running:
 
-  python report.py out/reproduce
+  python repro/reproduce.py --replot --out_dir out/reproduce
 
 The statistics. Every comparison is paired: seed s fine-tunes the same baseline with SE and without (the control),
 with the same data order, and trains the same LDM on each, so d_s = SE_s - control_s removes what the seeds share.
@@ -15,7 +15,6 @@ value, the 95% confidence interval of the mean difference, and the exact sign-fl
 import os
 import json
 import math
-import argparse
 import itertools
 import statistics
 
@@ -82,7 +81,7 @@ def compare(name, control, se, lower_is_better=True, arm='se'):
 
 
 def guard_failures(report):
-    """The LDMs whose samples fail the guard (probe.sample_guard), as 'objective arm seed s' strings."""
+    """The LDMs whose samples fail the guard (probe.guard_ldm, metrics.sample_guard), as 'objective arm seed s' strings."""
     return [f"{objective} {arm} seed {s}" for objective, runs in report['ldm'].items() for arm in arms(report)
             for s, run in enumerate(runs[arm]) if not run['probe'][-1]['guard']['ok']]
 
@@ -161,12 +160,14 @@ def plot_probe(report, objective, out_dir):
     the LDM's training steps (convergence)."""
     runs = report['ldm'][objective]
     fig, axes = plt().subplots(1, 3, figsize=(13, 3.6))
-    for arm, color in zip(arms(report), ('tab:blue', 'tab:orange', 'tab:green')):
+    # each arm its own colour, marker and dash, so that a curve lying on another stays visible
+    for arm, color, style in zip(arms(report), ('tab:blue', 'tab:orange', 'tab:green'), ('o-', 's--', '^:')):
         levels = runs[arm][0]['probe'][-1]['levels']
-        band(axes[0], levels, [r['probe'][-1]['eps_mse'] for r in runs[arm]], f"{arm} latents", color)
-        band(axes[1], levels, [r['probe'][-1]['pixel_mse'] for r in runs[arm]], f"{arm} latents", color)
+        band(axes[0], levels, [r['probe'][-1]['eps_mse'] for r in runs[arm]], f"{arm} latents", color, style)
+        band(axes[1], levels, [r['probe'][-1]['pixel_mse'] for r in runs[arm]], f"{arm} latents", color, style)
         steps = [p['step'] for p in runs[arm][0]['probe']]
-        band(axes[2], steps, [[p['eps_mse_mean'] for p in r['probe']] for r in runs[arm]], f"{arm} latents", color)
+        band(axes[2], steps, [[p['eps_mse_mean'] for p in r['probe']] for r in runs[arm]], f"{arm} latents", color,
+             style)
     xlabel = 'flow time t (1 = noise)' if objective == 'flow' else 'DDPM timestep t'
     axes[0].set(xlabel=xlabel, ylabel='eps-MSE', yscale='log', title='denoising error on held-out latents')
     axes[1].set(xlabel=xlabel, ylabel='pixel MSE of decoded x0 prediction', yscale='log', title='in pixels')
@@ -180,8 +181,10 @@ def plot_probe(report, objective, out_dir):
 def plot_spectra(rows, out_dir, name, title):
     """Profiles of several AEs (means solid, samples dotted) with RGB on the latent grid (dashed)."""
     fig, ax = plt().subplots(figsize=(6.5, 4))
-    for label, m in rows.items():
-        line, = ax.plot(m['profile'], label=f"{label} mean (hf {m['hf_share']:.3f})")
+    markers = 'osd^v<>p*hx+'  # every AE its own marker, so that curves lying on each other stay distinguishable
+    for i, (label, m) in enumerate(rows.items()):
+        line, = ax.plot(m['profile'], marker=markers[i % len(markers)], markevery=(i, len(rows) + 4), markersize=4,
+                        label=f"{label} mean (hf {m['hf_share']:.3f})")
         ax.plot(m['profile_sample'], ':', color=line.get_color(), label=f"{label} sample (hf {m['hf_share_sample']:.3f})")
     first = next(iter(rows.values()))
     ax.plot(first['rgb_profile'], '--', color='black', label=f"RGB on the latent grid (hf {first['rgb_hf_share']:.3f})")
@@ -295,7 +298,8 @@ def fig1_markdown(report, out_dir):
         md += ["", "Samples at the last step, seed 0 (and the held-out data):", "",
                "| " + " | ".join(ARM_NAMES[a] for a in arms(report)) + " | held-out |", "|---" * (len(arms(report)) + 1) + "|",
                "| " + " | ".join(f"![{a}]({runs[a][0]['grid']})" for a in arms(report)) + f" | ![held-out]({real}) |", ""]
-    md += ["### Verdict (paired over seeds, alpha = 0.05)", ""] + [f"- {s}" for s, _ in verdict(report)] + [""]
+    if not c['smoke']:
+        md += ["### Verdict (paired over seeds, alpha = 0.05)", ""] + [f"- {s}" for s, _ in verdict(report)] + [""]
     return md
 
 
@@ -340,10 +344,14 @@ def markdown(report, out_dir):
     """report.md's lines; the figures are written into out_dir on the way."""
     c, sizes = report['config'], report['config']['sizes']
     failed = guard_failures(report)
-    first = (f"**The LDMs of {', '.join(failed)} have not learned to sample** (sample latent std off by more than 2x, "
-             f"or more than 10% saturated pixels): no comparison is drawn from their samples; the probe still compares "
-             f"their denoisers." if failed else "Every LDM passed the sample guard (sample latent std within 0.5-2x of "
-             "the data's per channel, at most 10% saturated pixels), so their samples are compared too.")
+    if c['smoke']:  # a smoke run checks that the pipeline runs end to end; its numbers carry no result
+        first = ("**Smoke run: toy sizes that check the pipeline end to end. Its numbers mean nothing, and it draws no "
+                 "verdict.**")
+    else:
+        first = (f"**The LDMs of {', '.join(failed)} have not learned to sample** (sample latent std off by more than 2x, "
+                 f"or more than 10% saturated pixels): no comparison is drawn from their samples; the probe still "
+                 f"compares their denoisers." if failed else "Every LDM passed the sample guard (sample latent std within "
+                 "0.5-2x of the data's per channel, at most 10% saturated pixels), so their samples are compared too.")
     md = [first, "", "# Scale equivariance in miniature", "",
           f"Run: {'smoke sizes (checks the pipeline only; the numbers mean nothing)' if c['smoke'] else 'default sizes'}; "
           f"data: {c['data'] or ('embedded textured moving dead leaves, ' + str(c['num_frames']) + ' frames' if unit(report) == 'clips' else 'embedded textured dead leaves')}{' (random crops)' if c['random_crop'] else ''}"
@@ -374,12 +382,64 @@ def write_report(out_dir):
     return md
 
 
-if __name__ == '__main__':
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
-    parser.add_argument('out_dir', nargs='?', default='out/reproduce', help="a reproduce.py run's --out_dir")
-    out_dir = parser.parse_args().out_dir
-    if not os.path.isfile(os.path.join(out_dir, 'report.json')):
-        parser.exit(2, f"error: {out_dir} holds no report.json; pass the --out_dir of a reproduce.py run.\n")
-    print(write_report(out_dir))
-    print(f"\nwrote {os.path.join(out_dir, 'report.md')}")
+def plot_f_sweep(result, out_dir):
+    """LDM's Fig. 7 in miniature: for each factor f one point, sample SWD against sampling throughput and the probe's
+    pixel error against training throughput, with the trivial reference (a second held-out draw) as a line."""
+    rows = result['factors']
+    fig, axes = plt().subplots(1, 2, figsize=(10, 4))
+    panels = [(axes[0], 'sample_images_per_second', lambda r: r['samples'].get('swd_avg'),
+               'sampling throughput (images/s, DDIM 50 steps, decoded)', 'SWD of samples (lower is better)'),
+              (axes[1], 'train_images_per_second', lambda r: r['probe']['pixel_mse_mean'],
+               'training throughput (latents/s)', 'probe: pixel MSE of the decoded x0 prediction')]
+    for ax, x_key, y_of, xlabel, ylabel in panels:
+        points = [(r[x_key], y_of(r), r['f']) for r in rows if y_of(r) is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], 'o-', color='C0')
+        for x, y, f in points:
+            ax.annotate(f'f{f}', (x, y), textcoords='offset points', xytext=(4, 4))
+        ax.set_xscale('log')
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    real = result['references'].get('real', {}).get('swd_avg')
+    if real is not None:
+        axes[0].axhline(real, color='gray', ls='--', label='a second held-out draw')
+        axes[0].legend()
+    return save(fig, out_dir, 'f_sweep.png')
+
+
+def write_f_sweep_report(out_dir):
+    """out_dir/f_sweep.json (reproduce.py --f_sweep) -> out_dir/f_sweep.md and f_sweep.png. Returns the markdown."""
+    with open(os.path.join(out_dir, 'f_sweep.json')) as f:
+        result = json.load(f)
+    c, fs, refs = result['config'], result['config']['f_sweep'], result['references']
+    md = ["# LDM's downsampling factor f in miniature (Rombach et al., Sec. 4.1, Fig. 6 and 7)", "",
+          f"Run: {'smoke sizes (checks the pipeline only; the numbers mean nothing)' if c['smoke'] else 'default sizes'}; "
+          f"{c['data'] or 'embedded textured dead leaves'} at {c['sizes']['image_size']} px: {result['data']['train']} "
+          f"training images, {result['data']['heldout']} + {result['data']['heldout2']} held-out. Each autoencoder "
+          f"(model.py mini-f*, f1: pixels) trained {fs['ae_steps']} steps from scratch (L1 + KL 1e-6, batch 8); each "
+          f"LDM is the tiny DiT (patch 2), {fs['ldm_steps']} steps of batch {fs['ldm_batch_size']} at lr "
+          f"{c['ldm_lr']:g}, the same for every f. Hardware: {result['hardware']}, {result['jobs']} job(s) at a time "
+          f"(throughputs are of one thread beside the other job); wall time {result['wall_seconds'] / 60:.1f} min.", "",
+          f"![quality against throughput]({plot_f_sweep(result, out_dir)})", "",
+          "| f | latent (C x h x w) | pixels / latent numbers | AE PSNR | bicubic at the latent grid | probe eps-MSE | "
+          "probe pixel MSE | guard | SWD of samples | SWD of the AE's reconstructions | train latents/s | "
+          "sampled images/s |", "|" + "---|" * 12]
+    for r in result['factors']:
+        rec = refs.get(f"f{r['f']}", refs.get('real', {})).get('swd_avg') if r['f'] > 1 else refs.get('real', {}).get('swd_avg')
+        swd = r['samples'].get('swd_avg')
+        md.append(f"| f{r['f']} | {' x '.join(map(str, r['latent_shape']))} | {r['compression']:.0f} | "
+                  + ('lossless | - | ' if r['f'] == 1 else f"{r['psnr']:.2f} | {r['bicubic_psnr']:.2f} | ")
+                  + f"{r['probe']['eps_mse_mean']:.4f} | {r['probe']['pixel_mse_mean']:.4f} | "
+                  f"{'ok' if r['probe']['guard']['ok'] else 'failed'} | {'-' if swd is None else f'{swd:.2f}'} | "
+                  f"{'-' if rec is None else f'{rec:.2f}'} | {r['train_images_per_second']:.0f} | "
+                  f"{r['sample_images_per_second']:.1f} |")
+    real = refs.get('real', {}).get('swd_avg')
+    md += ["", f"References: a second held-out draw scores an SWD of {'-' if real is None else f'{real:.2f}'} (a perfect "
+           "generator); each AE's reconstructions of it, what a perfect LDM on its latents would score. The probe's "
+           "eps-MSE is in each latent space (not comparable across f); its pixel MSE, of the decoded x0 prediction "
+           "averaged over 12 noise levels, is. Sample grids:", ""]
+    md += [f"- f{r['f']}: ![f{r['f']}]({r['grid']})" for r in result['factors']]
+    md = '\n'.join(md)
+    with open(os.path.join(out_dir, 'f_sweep.md'), 'w') as f:
+        f.write(md)
+    return md
+

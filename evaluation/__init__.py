@@ -1,0 +1,1 @@
+"""The evaluation networks and measures, and the sets they score."""

@@ -1,0 +1,1 @@
+"""The miniature experiment of the SE paper (python repro/reproduce.py)."""

@@ -1,0 +1,23 @@
+"""reproduce_tasks.py --size smoke: the spatial-conditioning miniature at toy sizes runs end to end and writes what it
+promises (each task's numbers beside its trivial reference, and a grid of inputs, samples and targets)."""
+import json
+import os
+
+import pytest
+
+from tests.helpers import run
+
+
+@pytest.mark.slow
+def test_the_tasks_miniature_runs_at_smoke_size_and_reports_each_task_beside_its_trivial_reference(tmp_path):
+    run('repro/reproduce_tasks.py', '--size', 'smoke', '--out_dir', tmp_path, '--device', 'cpu')
+    report = json.load(open(tmp_path / 'tasks.json'))
+    for task, trivial in (('sr', 'bicubic'), ('inpaint', 'fill')):
+        for row in ('model', trivial):
+            assert report[task][row]['num_pairs'] == 3 and 0 < report[task][row]['paired_psnr'] < 100
+    # the bicubic upsampling of the LR input is closer to the target than a 2-step model's noise
+    assert report['sr']['bicubic']['paired_psnr'] > report['sr']['model']['paired_psnr']
+    assert all(0 <= report['semantic'][k] <= 1 for k in ('model', 'real', 'chance'))
+    assert all(os.path.isfile(report[t]['grid']) for t in ('sr', 'inpaint', 'semantic'))
+    p = run('repro/reproduce_tasks.py', '--tasks', 'semantic', '--data', tmp_path, check=False)
+    assert p.returncode != 0 and p.stderr.strip().startswith('error:') and 'Traceback' not in p.stderr
