@@ -30,11 +30,11 @@ from utils.cli import HelpFormatter, checked, set_cpu_threads
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
-parser.add_argument('--out_dir', type=str, default='out/reproduce_text', help='where everything goes; default out/reproduce_text')
+parser.add_argument('--out_dir', type=str, default='out/reproduce_text', help='where everything goes')
 parser.add_argument('--smoke', action='store_true', help='toy sizes: checks that the pipeline runs (the tests use it)')
-parser.add_argument('--steps', type=checked(int, lo=1), default=None, help='LDM training steps; default 3000 (smoke: 4)')
-parser.add_argument('--cfg_scales', type=str, default='1,2,4', help='guidance scales of the trade-off; default 1,2,4')
-parser.add_argument('--seed', type=checked(int, lo=0), default=0, help='seed of the LDM run and of every draw; default 0')
+parser.add_argument('--steps', type=checked(int, lo=1), default=None, help='LDM training steps; None: 3000 (smoke: 4)')
+parser.add_argument('--cfg_scales', type=str, default='1,2,4', help='guidance scales of the trade-off')
+parser.add_argument('--seed', type=checked(int, lo=0), default=0, help='seed of the LDM run and of every draw')
 args = parser.parse_args()
 set_cpu_threads()
 
@@ -44,7 +44,7 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from scipy.stats import wilcoxon  # noqa: E402
 
-import conditioning  # noqa: E402
+from utils import conditioning  # noqa: E402
 from utils.common import die, save_image_grid  # noqa: E402
 from utils.data import COLOURS, DeadLeaves, caption, dead_leaves  # noqa: E402
 from repro.probe import load_ldm  # noqa: E402
