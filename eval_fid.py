@@ -316,7 +316,7 @@ def frechet(sets, features, distances, save_stats, dist, what, items):
 
 
 def open_sets(fake, real, num_real, image_size, num_frames, seed):
-    """--fake and --ref as (kind, source, precomputed statistics) each (data.open_source); without --ref, a seeded
+    """--fake and --ref as (kind, source, precomputed statistics) each (sources.open_source); without --ref, a seeded
     sample of the held-out dead-leaves images at --image_size or the fake images' size. -> (fake, real, is video)."""
     fake = open_source(fake, image_size, None, num_frames=num_frames) if fake else (None, None, {})
     if real is not None:

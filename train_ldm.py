@@ -21,7 +21,7 @@ with class subfolders), with label dropout for classifier-free guidance; uncondi
 --cache_latents DIR encodes the data set once, each image and its mirror image, into DIR/latents.npy (a memmap,
 N x 2 x C x h x w) and DIR/labels.npy, and trains from there with the same random flips; --cache_size N caches only
 a seeded random N of the images (the embedded dataset needs it, being unlimited), or N random crops with
---random_crop. The cache is float16, in random order, read in shuffled chunks (data.LatentCache), and is refused when
+--random_crop. The cache is float16, in random order, read in shuffled chunks (utils/latent_cache.py), and is refused when
 the autoencoder's weights, the data, the image size, the crop mode or the cache size differ from what it was made with.
 
 Video (--num_frames N > 1, N = 1 + 4k for the tiny and cogvideox presets): the frozen autoencoder is a

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils import data
+from evaluation import sources
 import eval_fid
 from evaluation.inception import InceptionV3FID, resize_bilinear_tf1
 from evaluation.metrics import (feature_statistics, inception_score, kernel_inception_distance, precision_recall, sfid_features,
@@ -43,7 +43,7 @@ def test_inception_features_logits_and_is_equal_torch_fidelity(tmp_path):
     images = to_uint8(disk_images(4, 48, seed=0)).permute(0, 2, 3, 1).numpy()  # (4, 48, 48, 3), as in arr_0
     ours = InceptionV3FID().eval()
     ours.load_state_dict(state)
-    spread_logits(state, eval_fid.collect(data.ImageArray(images), CPU, 4, 0, 'test', ours)[0]['pool3'])
+    spread_logits(state, eval_fid.collect(sources.ImageArray(images), CPU, 4, 0, 'test', ours)[0]['pool3'])
     ours.load_state_dict(state)
     torch.save(state, tmp_path / 'w.pth')
     theirs = fidelity_inception.FeatureExtractorInceptionV3('inception-v3-compat', ['2048', 'logits_unbiased'],
@@ -52,7 +52,7 @@ def test_inception_features_logits_and_is_equal_torch_fidelity(tmp_path):
     mixed_6d = []
     theirs.Mixed_6d.register_forward_hook(lambda module, inputs, output: mixed_6d.append(output))
 
-    features = eval_fid.collect(data.ImageArray(images), CPU, 3, 0, 'test', ours)[0]  # batches of 3 and 1
+    features = eval_fid.collect(sources.ImageArray(images), CPU, 3, 0, 'test', ours)[0]  # batches of 3 and 1
     with torch.no_grad():
         pool3, logits = theirs(torch.from_numpy(images).permute(0, 3, 1, 2))  # uint8 in, as torch-fidelity takes it
     spatial = sfid_features(mixed_6d[0])  # ADM's mixed_6/conv[..., :7], channels last
@@ -82,7 +82,7 @@ def test_cli_reads_adm_reference_batches_statistics_files_and_writes_its_own(tmp
     state = random_fid_inception_state()
     net = InceptionV3FID().eval()
     net.load_state_dict(state)
-    f_fake, f_real = (eval_fid.collect(data.ImageArray(a), CPU, 50, 0, 'test', net)[0] for a in (fake, real))
+    f_fake, f_real = (eval_fid.collect(sources.ImageArray(a), CPU, 50, 0, 'test', net)[0] for a in (fake, real))
     spread_logits(state, torch.cat([f_fake['pool3'], f_real['pool3']]))
     torch.save(state, tmp_path / 'w.pth')
     fake_logits = f_fake['pool3'] @ state['fc.weight'].T  # pool_3 does not depend on the classifier

@@ -38,6 +38,7 @@ from utils import cli
 from utils import common
 from utils import rundir
 from utils import data
+from utils import latent_cache
 from diffusion import sample_generators, randn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -640,13 +641,13 @@ def stdout_has(*texts, absent=()):
 
 
 def damaged_cache(damage):
-    """A latent cache made by data.build_latent_cache with a stand-in autoencoder, damaged, then asked for again: it
+    """A latent cache made by latent_cache.build_latent_cache with a stand-in autoencoder, damaged, then asked for again: it
     is made again, whole, with a message."""
     def fn(tmp, runs):
         images = data.DeadLeaves(8, seed=0)
         encode = lambda x: torch.nn.functional.avg_pool2d(x, 2)  # noqa: E731
         dist = common.Dist(False, 0, 0, 1, torch.device('cpu'), True)
-        build = lambda: data.build_latent_cache(tmp / 'c', images, encode, (3, 4, 4), {'ae_sha256': 'a'}, 6, 3,  # noqa: E731
+        build = lambda: latent_cache.build_latent_cache(tmp / 'c', images, encode, (3, 4, 4), {'ae_sha256': 'a'}, 6, 3,  # noqa: E731
                                                 dist, seed=0, random_crop=False, num_workers=0)
         first = build().latents.copy()
         damage(tmp / 'c')

@@ -151,11 +151,11 @@ def test_random_subset_is_seeded_and_spread_over_the_whole_set():
 
 
 def test_latent_cache_is_float16_in_random_order_keyed_on_its_inputs_and_read_in_chunks(tmp_path, monkeypatch):
-    from utils import data
+    from utils import latent_cache
     images = DeadLeaves(8, seed=0)
     encode = lambda x: torch.nn.functional.avg_pool2d(x, 2) * 3  # noqa: E731  a stand-in autoencoder, f = 2
     key = {'ae_sha256': 'aaaa', 'image_size': 8, 'cache_size': 10}
-    build = lambda key: data.build_latent_cache(tmp_path / 'c', images, encode, (3, 4, 4), key, 10, 4, CPU,  # noqa: E731
+    build = lambda key: latent_cache.build_latent_cache(tmp_path / 'c', images, encode, (3, 4, 4), key, 10, 4, CPU,  # noqa: E731
                                                 seed=0, random_crop=False, num_workers=0)
     cache = build(key)
     assert cache.latents.dtype == np.float16 and cache.latents.shape == (10, 2, 3, 4, 4)
@@ -180,10 +180,10 @@ def test_latent_cache_is_float16_in_random_order_keyed_on_its_inputs_and_read_in
 
 
 def test_video_latent_cache_holds_each_clip_and_its_mirror_clip(tmp_path):
-    from utils import data
+    from utils import data, latent_cache
     clips = data.DeadLeaves(8, seed=0, num_frames=5)
     encode = lambda x: torch.nn.functional.avg_pool3d(x, (1, 2, 2)) * 3  # noqa: E731  (B, 3, T, 8, 8) -> (B, 3, T, 4, 4)
-    cache = data.build_latent_cache(tmp_path / 'c', clips, encode, (3, 5, 4, 4), {'cache_size': 4}, 4, 3, CPU, seed=0,
+    cache = latent_cache.build_latent_cache(tmp_path / 'c', clips, encode, (3, 5, 4, 4), {'cache_size': 4}, 4, 3, CPU, seed=0,
                                     random_crop=False, num_workers=0)
     assert cache.latents.shape == (4, 2, 3, 5, 4, 4)
     order = np.random.default_rng(0).permutation(4)

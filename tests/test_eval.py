@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from utils import data
+from evaluation import sources
 import eval_fid
 from evaluation import inception
 from evaluation import metrics
@@ -259,7 +259,7 @@ class OffsetAE(torch.nn.Module):
 
 def test_evaluate_autoencoder_on_known_reconstructions():
     x = disk_images(8, 32, seed=0) * 0.7  # inside [-0.7, 0.7] so the offset never clips
-    images = data.ImageArray(metrics.to_uint8(x).permute(0, 2, 3, 1).numpy())
+    images = sources.ImageArray(metrics.to_uint8(x).permute(0, 2, 3, 1).numpy())
     perfect = evaluate_autoencoder(OffsetAE(0.0), images, CPU, batch_size=3)
     assert perfect['psnr'] == metrics.PSNR_MAX and perfect['ssim'] == pytest.approx(1.0, abs=1e-6)  # lossless: capped
     assert perfect['swd_avg'] == 0 and 'lpips' not in perfect and 'rfid' not in perfect

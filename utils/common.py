@@ -496,7 +496,7 @@ class Loader:
 
     def skipped(self):
         """The unreadable files met so far, each once, on every rank (a collective under DDP: all ranks call it),
-        plus those the dataset left out when it was made (data.LatentCache's unreadable_left_out)."""
+        plus those the dataset left out when it was made (latent_cache.LatentCache's unreadable_left_out)."""
         seen = self.unreadable
         if self.dist.ddp:
             every = [None] * self.dist.world_size
@@ -515,7 +515,7 @@ class Loader:
                 b += 1
         while True:  # epoch after epoch, so one DataLoader (and its workers) serves the whole run
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            if hasattr(self.dataset, 'epoch_order'):  # a dataset read in chunks (data.LatentCache) orders itself
+            if hasattr(self.dataset, 'epoch_order'):  # a dataset read in chunks (latent_cache.LatentCache) orders itself
                 perm = self.dataset.epoch_order(g)
             else:
                 perm = torch.randperm(len(self.dataset), generator=g).tolist()
