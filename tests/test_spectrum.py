@@ -265,4 +265,4 @@ def test_cli_rejects_a_label_count_that_does_not_match(tmp_path):
 def test_cli_names_a_missing_checkpoint_in_one_sentence(tmp_path):
     with pytest.raises(SystemExit, match='does not exist'):
         spectrum.main(['--ckpt', str(tmp_path / 'missing.pt'), '--num_images', '1', '--image_size', '32',
-                       '--device', 'cpu', '--out_dir', str(tmp_path)])
+                       '--device', 'cpu', '--out_dir', str(tmp_path / 'out')])
