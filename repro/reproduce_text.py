@@ -47,6 +47,7 @@ from scipy.stats import wilcoxon  # noqa: E402
 from utils import conditioning  # noqa: E402
 from utils.common import die, save_image_grid  # noqa: E402
 from utils.data import COLOURS, DeadLeaves, caption, dead_leaves  # noqa: E402
+from utils.weights import load_checkpoint  # noqa: E402
 from repro.probe import load_ldm  # noqa: E402
 from evaluation.swd import swd_descriptors, swd_from_descriptors, swd_resolutions  # noqa: E402
 
@@ -156,8 +157,7 @@ scales = [float(s) for s in args.cfg_scales.split(',')]
 os.makedirs(args.out_dir, exist_ok=True)
 ldm = os.path.join(args.out_dir, 'ldm')
 # (1) the text LDM, made once (a rerun with the same steps reuses it)
-if not os.path.isfile(os.path.join(ldm, 'ema.pt')) or torch.load(os.path.join(ldm, 'ema.pt'), weights_only=False,
-                                                                    map_location='cpu')['step'] != steps:
+if not os.path.isfile(os.path.join(ldm, 'ema.pt')) or load_checkpoint(os.path.join(ldm, 'ema.pt'), 'ldm')['step'] != steps:
     print(f"training the text LDM: {steps} steps -> {ldm}", flush=True)
     run('train_ldm.py', '--ae', AE, '--task', 'text', '--image_size', size['image_size'], '--batch_size',
         size['batch_size'], '--max_steps', steps, '--lr', '1e-3', '--ema_decay', '0.999', '--ema_warmup',
