@@ -21,8 +21,10 @@ TINY = ['--image_size', '16', '--batch_size', '4', '--num_workers', '0', '--devi
 
 
 def run(script, *flags):
+    # one thread, as tests.helpers.run: the threads a script takes follow the idle cores (cli.set_cpu_threads), and
+    # two runs with different thread counts round their sums differently, which an exact-resume test must not see
     proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *flags], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout
 
