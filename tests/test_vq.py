@@ -83,7 +83,8 @@ def test_diffusion_latent_is_before_quantisation_and_decoding_absorbs_quantisati
         # decodes to the same image
         moved = h + 0.5 * (z_q - h)
         assert torch.equal(ae.quantize.nearest(moved), ae.quantize.nearest(h))
-        torch.testing.assert_close(decode_first_stage(ae, moved), ae.decode(z_q), atol=1e-6, rtol=0)
+        # (the straight-through z + (z_q - z) rounds z_q in its last float bits, which the decoder carries: 1e-5)
+        torch.testing.assert_close(decode_first_stage(ae, moved), ae.decode(z_q), atol=1e-5, rtol=0)
 
 
 def test_codebook_usage_is_compvis_measure_perplexity():
