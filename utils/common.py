@@ -13,6 +13,7 @@ import errno
 import shutil
 import random
 import hashlib
+import weakref
 import threading
 import contextlib
 from dataclasses import dataclass
@@ -301,6 +302,8 @@ def stop_if_weights_non_finite(objects, step, ckpt_path, saved_step, dist, progr
 def _stop(what, ckpt_path, saved_step, dist, progress):
     if progress is not None:
         progress.close()
+    for writer in list(WRITERS):  # the last checkpoint may still be on its way to disk: the sentence below names it
+        writer.wait()
     cleanup_distributed()
     if saved_step is not None:
         die(f"{what}; nothing was saved after it, so {ckpt_path} holds the last checkpoint before it (step "
@@ -413,6 +416,9 @@ def cpu_copy(obj, memo=None):
     return obj
 
 
+WRITERS = weakref.WeakSet()  # every CheckpointWriter of the process, for a stop that must wait for its last write
+
+
 class CheckpointWriter:
     """
     Checkpoints written on a background thread: save() takes a CPU snapshot (seconds even for DiT-XL/2's 11 GB with
@@ -421,6 +427,7 @@ class CheckpointWriter:
     """
     def __init__(self):
         self.thread, self.error = None, None
+        WRITERS.add(self)
 
     def save(self, files):
         """files: {path: object}."""
