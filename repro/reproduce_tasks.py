@@ -52,7 +52,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import conditioning  # noqa: E402
+from utils import conditioning  # noqa: E402
 from utils.common import die, save_image_grid  # noqa: E402
 from utils.data import SHAPE_KINDS, make_dataset, random_subset  # noqa: E402
 

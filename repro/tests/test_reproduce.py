@@ -233,7 +233,7 @@ def test_a_data_folder_is_split_once_and_no_held_out_file_reaches_training(tmp_p
         Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(folder / f'p{i:02d}.png')
     out = tmp_path / 'out'
     run('repro/reproduce.py', '--smoke', '--seeds', 1, '--data', folder, '--random_crop', '--out_dir', out, timeout=1800)
-    import reproduce  # noqa: F401  (the split rule itself)
+    from repro import reproduce  # noqa: F401  (the split rule itself)
     held = reproduce.held_out_files([f'p{i:02d}.png' for i in range(24)])
     assert len(held) == 6  # exactly the share asked for (25%)
     assert held == reproduce.held_out_files([f'p{i:02d}.png' for i in reversed(range(24))])  # whatever the order
