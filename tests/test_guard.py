@@ -69,6 +69,7 @@ def test_the_cpu_recipe_yields_to_every_flag_given(tmp_path):
     config = json.loads((tmp_path / 'ldm' / 'config.json').read_text())
     assert config['model'] == 'unet' and config['preset'] == 'tiny' and config['lr'] == 1e-4
     assert config['ema_decay'] == 0.999 and config['ema_warmup']
+    assert config['objective'] == 'v' and '--objective v' in p.stdout  # a UNet on a CPU predicts v (train_ldm.py says why)
 
 
 def test_device_cpu_keeps_the_flags_own_defaults(tmp_path):
