@@ -196,10 +196,10 @@ if dist.master:
 # held-out batch for the grids and the high-frequency probe (a seeded random sample, not the first files)
 
 dataset = make_dataset(args.data, args.image_size, seed=args.seed, train=True, random_crop=args.random_crop,
-                       num_frames=args.num_frames, frame_stride=args.frame_stride)
+                       num_frames=args.num_frames, frame_stride=args.frame_stride, style=args.dataset)
 loader = Loader(dataset, args.batch_size, args.seed, dist, num_workers=args.num_workers)
 eval_set = make_dataset(args.data, args.image_size, seed=args.seed, train=False, num_frames=args.num_frames,
-                        frame_stride=args.frame_stride)
+                        frame_stride=args.frame_stride, style=args.dataset)
 x_eval = torch.stack([eval_set[i][0] for i in random_subset(eval_set, args.num_eval, args.seed)]).to(device)
 
 # -----------------------------------------------------------------------------

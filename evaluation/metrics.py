@@ -51,6 +51,26 @@ def ssim(x, y):
     return ssim_map.mean(dim=(1, 2, 3))
 
 
+def region_r2(x, labels):
+    """How much of an image's colour variance the regions of a label map explain: the R^2 of the best piecewise-constant
+    fit of x (3, H, W) on the connected regions of labels (H, W) int (each label's 4-connected components), 1 - SS_within
+    / SS_total, in [0, 1]. Invariant to the colour of each region: it asks whether an image is drawn in the map's
+    regions, not in which colours. A uniform image gives 1 (nothing to explain)."""
+    from scipy import ndimage
+    labels = np.asarray(labels)
+    regions, offset = np.zeros(labels.shape, np.int64), 0
+    for value in np.unique(labels):
+        parts, n = ndimage.label(labels == value)
+        regions[parts > 0] = parts[parts > 0] + offset
+        offset += n
+    v = x.double().reshape(x.shape[0], -1)  # (C, H*W)
+    ids = torch.from_numpy(regions.reshape(-1))
+    count = torch.bincount(ids, minlength=offset + 1).double()
+    means = torch.stack([torch.bincount(ids, weights=c, minlength=offset + 1) for c in v]) / count.clamp_min(1)
+    within, total = (v - means[:, ids]).pow(2).sum(), (v - v.mean(1, keepdim=True)).pow(2).sum()
+    return 1.0 if total == 0 else float(1 - within / total)
+
+
 def to_uint8(x):
     """x in [-1, 1] (images or clips, any layout) -> uint8 in [0, 255], rounded as an 8-bit image file would hold it."""
     return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)

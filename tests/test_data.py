@@ -213,3 +213,38 @@ def test_leaf_textures_are_one_over_f_noise_and_gratings_below_nyquist():
     assert -2.2 < slope < -1.8
     assert (tex.frequency * supersample).max() <= 1 / 3 + 1e-9 < 0.5
     assert set(np.unique(tex.kind)) == {0, 1, 2}  # plain, grating and noise leaves all occur
+
+
+def test_the_shapes_are_few_large_leaves_whose_colour_maps_the_colour_names_read_back():
+    """--dataset shapes: 4-12 leaves, the largest seen covering several percent of the image, and a label map of colour
+    names (COLOUR_LABELS) that data.colour_names reads back from the image itself on most pixels, far above another
+    image's map: the semantic miniature's measure has a ceiling near 1 and a floor near chance."""
+    from utils.data import COLOUR_LABELS, colour_names, dead_leaves
+    own, other = [], []
+    for i in range(6):
+        img, seg = dead_leaves(3, i, 32, segmentation=True, style='shapes')
+        _, scene = dead_leaves(3, i, 32, scene=True, style='shapes')
+        assert 1 <= len(scene['shapes']) <= 12 and scene['shapes'][0]['area'] > 0.03
+        assert seg.min() >= 0 and seg.max() < len(COLOUR_LABELS)
+        names = colour_names(torch.from_numpy(img).permute(2, 0, 1) * 2 - 1)
+        own.append((names == seg).mean())
+        other.append((names == dead_leaves(3, i + 50, 32, segmentation=True, style='shapes')[1]).mean())
+    assert np.mean(own) > 0.8 and np.mean(other) < 0.4
+    textured = dead_leaves(3, 0, 32, segmentation=True)  # the textured set is drawn as it always was
+    assert np.array_equal(textured[0], dead_leaves(3, 0, 32, segmentation=True, style='textured')[0])
+
+
+def test_region_r2_is_one_for_an_image_drawn_in_the_maps_regions_and_near_zero_for_noise():
+    """metrics.region_r2: a piecewise-constant image on the map's regions is fully explained, whatever the colours; two
+    regions of one label that do not touch are fitted apart; white noise is explained by the regions' share of pixels
+    only (about regions / pixels)."""
+    from evaluation.metrics import region_r2
+    labels = np.zeros((16, 16), np.int64)
+    labels[:, 8:] = 1
+    labels[:4, :4] = 1  # a second, separate region of label 1
+    x = torch.zeros(3, 16, 16)
+    x[:, :, 8:], x[:, :4, :4] = 0.5, -0.7  # the two label-1 regions in different colours
+    assert region_r2(x, labels) == pytest.approx(1.0)
+    noise = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert region_r2(noise, labels) < 0.1
+    assert region_r2(torch.zeros(3, 16, 16), labels) == 1.0

@@ -25,6 +25,7 @@ TIME_SAMPLINGS = ('uniform', 'logit_normal')  # diffusion.Flow's training times 
 TASKS = ('none', 'sr', 'inpaint', 'semantic', 'text', 'layout')  # conditioning.py's tasks (train_ldm.py and sample.py --task)
 DEGRADATIONS = ('bicubic', 'bsr_light')  # conditioning.degrade (train_ldm.py --degradation)
 MASK_KINDS = ('thick', 'thin', 'box', 'mixed')  # conditioning.random_mask (train_ldm.py --masks)
+DATASETS = ('textured', 'shapes')  # data.dead_leaves' styles, the embedded sets (--dataset)
 
 # the weight files that eval_fid.py's flags name (inception.py and i3d.py load them)
 FID_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
@@ -143,6 +144,7 @@ def add_common_args(parser, **defaults):
     p = parser
     positive = checked(int, lo=1)
     p.add_argument('--data', type=str, default=d['data'], help='image folder (searched recursively); omitted: the embedded dead-leaves dataset')
+    p.add_argument('--dataset', type=str, default='textured', choices=DATASETS, help='without --data: the embedded textured dead leaves, or shapes (4-12 large, recognisable leaves)')
     p.add_argument('--image_size', type=positive, default=d['image_size'], help='training resolution in pixels')
     p.add_argument('--random_crop', action='store_true', help='random crops (after a random downscale) instead of resize + center crop')
     p.add_argument('--batch_size', type=positive, default=d['batch_size'], help='images per GPU per micro-step')

@@ -26,8 +26,10 @@ import json
 
 import numpy as np
 import torch
+from scipy import ndimage
 from PIL import Image, ImageFile, ImageOps
 
+from utils.cli import DATASETS
 from utils.common import die
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
@@ -40,14 +42,18 @@ def _split_item(item):
 # the embedded dataset
 
 def dead_leaves(seed, index, size, supersample=4, r_min=4.0, max_shapes=400, texture_supersample=None,
-                segmentation=False, scene=False):
+                segmentation=False, scene=False, style='textured'):
     """One dead-leaves image, deterministic in (seed, index). Returns float32 (H, W, 3) in [0, 1]. texture_supersample:
     the factor by which the caller will shrink this image further (moving_dead_leaves renders its background at canvas
     resolution), so that leaf textures stay below the final pixel's Nyquist frequency. segmentation=True also returns
     the label map (H, W) int64 of the shape kind that covers each pixel (SHAPE_KINDS: the far background or a leaf's
-    texture), the kind covering most of the pixel's supersampled area. scene=True also returns (last) what was drawn,
+    texture; style 'shapes': COLOUR_LABELS, the leaf's or background's colour name), the label covering most of the
+    pixel's supersampled area. scene=True also returns (last) what was drawn,
     the captions' and layouts' source: {'background': its colour name, 'shapes': [{'colour', 'kind', 'area' (share
-    of the image seen), 'box' (x0, y0, x1, y1) in [0, 1]}], largest first}. The image is the same either way."""
+    of the image seen), 'box' (x0, y0, x1, y1) in [0, 1]}], largest first}. The image is the same either way.
+    style='shapes': the recognisable set (DATASETS): 4-12 large leaves (radius 10-30% of the side) of independent,
+    saturated hues with a light texture (a third of the contrast) on a visible background, so that a sample either
+    shows whole shapes or does not, and a caption's colours are seen; r_min and max_shapes are then unused."""
     rng = np.random.default_rng([seed, index])
     S = size * supersample
     r_min, r_max = r_min * supersample, 0.6 * S
@@ -57,15 +63,30 @@ def dead_leaves(seed, index, size, supersample=4, r_min=4.0, max_shapes=400, tex
     # scene-level colour mood, so images differ globally as photos do
     base_hue, hue_spread = rng.random(), rng.uniform(0.05, 0.4)
     # every shape's random parameters in one draw (the per-shape loop below only paints)
-    n = max_shapes
-    r = (r_min ** -2 - rng.random(n) * (r_min ** -2 - r_max ** -2)) ** -0.5  # inverse CDF of p(r) ~ r^-3 (scale invariance)
-    cx, cy = rng.uniform(-r, S + r), rng.uniform(-r, S + r)
+    shapes_style = style == 'shapes'
+    if style not in DATASETS:
+        raise ValueError(f"unknown dead-leaves style {style!r}; use one of {', '.join(DATASETS)}.")
+    n = int(rng.integers(4, 13)) if shapes_style else max_shapes
+    if shapes_style:  # few large leaves, each inside the image by at least half its radius
+        r = rng.uniform(0.1, 0.3, n) * S
+        cx, cy = rng.uniform(r / 2, S - r / 2), rng.uniform(r / 2, S - r / 2)
+    else:
+        r = (r_min ** -2 - rng.random(n) * (r_min ** -2 - r_max ** -2)) ** -0.5  # inverse CDF of p(r) ~ r^-3 (scale invariance)
+        cx, cy = rng.uniform(-r, S + r), rng.uniform(-r, S + r)
     is_disk, angle, aspect = rng.random(n) < 0.5, rng.uniform(0, np.pi, n), rng.uniform(0.25, 1.0, n)
-    hue = (base_hue + hue_spread * rng.standard_normal(n)) % 1.0
-    sat, val = rng.uniform(0.1, 0.6, n), rng.uniform(0.4, 0.85, n)
+    if shapes_style:  # every leaf its own hue, saturated enough to be named
+        hue, sat, val = rng.random(n), rng.uniform(0.45, 0.9, n), rng.uniform(0.5, 0.9, n)
+    else:
+        hue = (base_hue + hue_spread * rng.standard_normal(n)) % 1.0
+        sat, val = rng.uniform(0.1, 0.6, n), rng.uniform(0.4, 0.85, n)
     gradient = rng.normal(0, 0.3, (n, 2)) / np.maximum(r, 1.0)[:, None]
     texture = LeafTextures(rng, n, S, supersample * (texture_supersample or 1))
-    kind = np.zeros((S, S), np.int64) if segmentation else None  # 0: far background, 1 + the leaf's texture kind
+    if shapes_style:
+        texture.contrast /= 3
+    # the label map: textured, 0 far background and 1 + the leaf's texture kind (SHAPE_KINDS); shapes, each leaf's and
+    # the background's colour name (COLOUR_LABELS), a map a sample can follow and colour_names can read back
+    colour_id = lambda h, s_: COLOUR_LABELS.index(colour_name(h, s_))  # noqa: E731
+    kind = (np.full((S, S), colour_id(base_hue, 0.3) if shapes_style else 0, np.int64) if segmentation else None)
     shapes = []
     for k in range(n):
         x0, x1 = max(int(cx[k] - r[k]), 0), min(int(cx[k] + r[k]) + 1, S)
@@ -93,7 +114,7 @@ def dead_leaves(seed, index, size, supersample=4, r_min=4.0, max_shapes=400, tex
                            'area': len(ys) / S ** 2, 'box': [float(x0 + xs.min()) / S, float(y0 + ys.min()) / S,
                                                              float(x0 + xs.max() + 1) / S, float(y0 + ys.max() + 1) / S]})
         if kind is not None:
-            kind[y0:y1, x0:x1][mask] = 1 + texture.kind[k]
+            kind[y0:y1, x0:x1][mask] = colour_id(hue[k], sat[k]) if shapes_style else 1 + texture.kind[k]
         if k % 16 == 15 and covered.mean() > 0.995:  # what is left are specks, averaged away below
             break
     if not covered.all():  # the rest is far background
@@ -102,7 +123,7 @@ def dead_leaves(seed, index, size, supersample=4, r_min=4.0, max_shapes=400, tex
     img += rng.normal(0, 0.01, img.shape).astype(np.float32)  # sensor noise floor of a real camera
     out = [np.clip(img, 0, 1)]
     if kind is not None:  # the majority kind of each output pixel's supersample x supersample block
-        votes = np.eye(len(SHAPE_KINDS), dtype=np.int64)[kind].reshape(size, supersample, size, supersample, -1)
+        votes = np.eye(len(COLOUR_LABELS if shapes_style else SHAPE_KINDS), dtype=np.int64)[kind].reshape(size, supersample, size, supersample, -1)
         out.append(votes.sum(axis=(1, 3)).argmax(-1))
     if scene:
         shapes.sort(key=lambda d: -d['area'])
@@ -114,6 +135,7 @@ SHAPE_KINDS = ('background', 'plain', 'grating', 'noise')  # the label ids of de
 
 
 COLOURS = ('red', 'yellow', 'green', 'cyan', 'blue', 'magenta')  # the six hue sextants, centred on 0, 1/6, ..., 5/6
+COLOUR_LABELS = COLOURS + ('grey',)  # the label ids of dead_leaves(style='shapes', segmentation=True), colour_names'
 LAYOUT_CLASSES = tuple(f'{c} {k}' for c in COLOURS + ('grey',) for k in ('disk', 'rectangle'))
 LAYOUT_MIN_AREA = 0.01  # shapes that cover less of the image are specks, not objects of a layout
 
@@ -135,6 +157,36 @@ def layout(scene, max_objects):
     LAYOUT_MIN_AREA, class an index of LAYOUT_CLASSES, the box around what is seen of the shape."""
     return [(LAYOUT_CLASSES.index(f"{d['colour']} {d['kind']}"), *d['box'])
             for d in scene['shapes'][:max_objects] if d['area'] >= LAYOUT_MIN_AREA]
+
+
+def colour_names(image):
+    """Each pixel's colour in colour_name's words, as ids of COLOUR_LABELS: (3, H, W) in [-1, 1] -> (H, W)."""
+    rgb = ((image.permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1)
+    mx, mn = rgb.max(-1), rgb.min(-1)
+    sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-8), 0)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    d = np.maximum(mx - mn, 1e-8)  # the hexcone hue: which channel is largest, and how far toward the next
+    hue = np.where(mx == r, (g - b) / d % 6, np.where(mx == g, (b - r) / d + 2, (r - g) / d + 4)) / 6
+    return np.where(sat < 0.2, len(COLOURS), (hue * 6 + 0.5).astype(np.int64) % 6)
+
+
+def box_iou(image, prompt):
+    """How well an image (3, H, W) in [-1, 1] draws the first (largest) box of a layout prompt 'red disk x0 y0 x1 y1;
+    ...' (sample.py's, coordinates in [0, 1]), by the generator's own colour names: the IoU of that box with the
+    bounding box of the connected region of pixels of the box's colour that overlaps it most (0 where none does)."""
+    name, *coords = prompt.split(';')[0].rsplit(' ', 4)
+    colour = COLOUR_LABELS.index(name.split()[0])
+    S = image.shape[-1]
+    x0, y0, x1, y1 = (float(v) * S for v in coords)
+    regions, n = ndimage.label(colour_names(image) == colour)
+    inside = regions[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))]
+    counts = np.bincount(inside.ravel(), minlength=n + 1)[1:]
+    if n == 0 or counts.max() == 0:
+        return 0.0
+    ys, xs = np.nonzero(regions == 1 + counts.argmax())
+    a0, b0, a1, b1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    overlap = max(0.0, min(x1, a1) - max(x0, a0)) * max(0.0, min(y1, b1) - max(y0, b0))
+    return overlap / ((x1 - x0) * (y1 - y0) + (a1 - a0) * (b1 - b0) - overlap)
 
 
 class LeafTextures:
@@ -187,11 +239,13 @@ class DeadLeaves(torch.utils.data.Dataset):
     num_classes = 0
     layout_classes = LAYOUT_CLASSES
 
-    def __init__(self, image_size, seed=0, train=True, num_frames=1, segmentation=False, annotation=None, max_objects=8):
-        if num_frames > 1 and (segmentation or annotation):
-            raise ValueError("the moving dead leaves (num_frames > 1) have no label maps, captions or layouts.")
-        self.image_size, self.num_frames, self.segmentation = image_size, num_frames, segmentation
-        self.num_labels = len(SHAPE_KINDS)
+    def __init__(self, image_size, seed=0, train=True, num_frames=1, segmentation=False, annotation=None, max_objects=8,
+                 style='textured'):
+        if num_frames > 1 and (segmentation or annotation or style != 'textured'):
+            raise ValueError("the moving dead leaves (num_frames > 1) are textured and have no label maps, captions or "
+                             "layouts.")
+        self.image_size, self.num_frames, self.segmentation, self.style = image_size, num_frames, segmentation, style
+        self.num_labels = len(COLOUR_LABELS if style == 'shapes' else SHAPE_KINDS)
         self.annotation, self.max_objects = annotation, max_objects
         self.seed = seed if train else seed + 1_000_000_007
 
@@ -207,12 +261,12 @@ class DeadLeaves(torch.utils.data.Dataset):
             clip = moving_dead_leaves(self.seed, i, self.image_size, self.num_frames)
             return torch.from_numpy(clip).permute(3, 0, 1, 2) * 2 - 1, 0, 0  # (3, T, H, W)
         if self.segmentation:
-            img, seg = dead_leaves(self.seed, i, self.image_size, segmentation=True)
+            img, seg = dead_leaves(self.seed, i, self.image_size, segmentation=True, style=self.style)
             return {'image': torch.from_numpy(img).permute(2, 0, 1) * 2 - 1, 'segmentation': torch.from_numpy(seg)}, 0, 0
         if self.annotation is None:
-            x = torch.from_numpy(dead_leaves(self.seed, i, self.image_size)).permute(2, 0, 1)
+            x = torch.from_numpy(dead_leaves(self.seed, i, self.image_size, style=self.style)).permute(2, 0, 1)
             return x * 2 - 1, 0, 0
-        img, scene = dead_leaves(self.seed, i, self.image_size, scene=True)
+        img, scene = dead_leaves(self.seed, i, self.image_size, scene=True, style=self.style)
         x = torch.from_numpy(img).permute(2, 0, 1) * 2 - 1
         if self.annotation == 'caption':
             return {'image': x, 'caption': caption(scene)}, 0, 0
@@ -533,20 +587,25 @@ def random_subset(dataset, n, seed):
 
 
 def make_dataset(data, image_size, seed=0, train=True, random_crop=False, num_frames=1, frame_stride=1,
-                 segmentation=False, annotation=None, max_objects=8):
+                 segmentation=False, annotation=None, max_objects=8, style='textured'):
     """The data set of every script: images (num_frames 1) or clips of num_frames frames, frame_stride apart. data=None
     -> the embedded DeadLeaves stream (of clips with num_frames > 1); else an ImageFolder (VideoFolder) (evaluation: no flips).
     segmentation=True: images with their label maps (DeadLeaves' shape kinds, or a LabelledFolder). annotation
-    'caption' | 'layout': items are {'image', 'caption' or 'boxes' (max_objects, 5)} (images only)."""
+    'caption' | 'layout': items are {'image', 'caption' or 'boxes' (max_objects, 5)} (images only). style: the
+    embedded set's (DATASETS: textured dead leaves, or the recognisable shapes); a folder has its own."""
+    if style != 'textured' and (data is not None or num_frames > 1):
+        die(f"--dataset {style} is an embedded image set: drop --data{' and --num_frames' if num_frames > 1 else ''}, "
+            f"or --dataset.")
     if segmentation:
-        return (DeadLeaves(image_size, seed=seed, train=train, segmentation=True) if data is None
+        return (DeadLeaves(image_size, seed=seed, train=train, segmentation=True, style=style) if data is None
                 else LabelledFolder(data, image_size, flip=train))
     if num_frames > 1:
         if data is None:
             return DeadLeaves(image_size, seed=seed, train=train, num_frames=num_frames)
         return VideoFolder(data, image_size, num_frames, frame_stride, train=train, random_crop=random_crop)
     if data is None:
-        return DeadLeaves(image_size, seed=seed, train=train, annotation=annotation, max_objects=max_objects)
+        return DeadLeaves(image_size, seed=seed, train=train, annotation=annotation, max_objects=max_objects,
+                          style=style)
     return ImageFolder(data, image_size, flip=train, random_crop=random_crop, annotation=annotation,
                        max_objects=max_objects)
 
