@@ -12,12 +12,15 @@ from tests.helpers import run
 def test_the_tasks_miniature_runs_at_smoke_size_and_reports_each_task_beside_its_trivial_reference(tmp_path):
     run('repro/reproduce_tasks.py', '--size', 'smoke', '--out_dir', tmp_path, '--device', 'cpu')
     report = json.load(open(tmp_path / 'tasks.json'))
-    for task, trivial in (('sr', 'bicubic'), ('inpaint', 'fill')):
-        for row in ('model', trivial):
-            assert report[task][row]['num_pairs'] == 3 and 0 < report[task][row]['paired_psnr'] < 100
+    for row in ('model', 'bicubic', 'autoencoder'):
+        assert report['sr'][row]['num_pairs'] == 3 and 0 < report['sr'][row]['paired_psnr'] < 100
     # the bicubic upsampling of the LR input is closer to the target than a 2-step model's noise
     assert report['sr']['bicubic']['paired_psnr'] > report['sr']['model']['paired_psnr']
-    assert all(0 <= report['semantic'][k] <= 1 for k in ('model', 'real', 'chance'))
+    for bucket in ('40-50%', 'all'):
+        assert all(report['inpaint'][bucket][row]['num_pairs'] == 3 for row in ('model', 'fill', 'autoencoder'))
+    assert all(0 <= report['semantic'][row][k] <= 1 for row in ('model', 'real', 'autoencoder', 'chance')
+               for k in ('colour_agreement', 'region_r2'))
+    assert report['semantic']['real']['colour_agreement'] > report['semantic']['chance']['colour_agreement']
     assert all(os.path.isfile(report[t]['grid']) for t in ('sr', 'inpaint', 'semantic'))
     p = run('repro/reproduce_tasks.py', '--tasks', 'semantic', '--data', tmp_path, check=False)
     assert p.returncode != 0 and p.stderr.strip().startswith('error:') and 'Traceback' not in p.stderr
