@@ -300,7 +300,23 @@ def test_reproduce_text_smoke(tmp_path):
     from tests.helpers import run
     run('repro/reproduce_text.py', '--smoke', '--out_dir', tmp_path, '--cfg_scales', '1,3')
     report = json.loads((tmp_path / 'report.json').read_text())
-    assert report['probe']['n'] == 8 and 0 <= report['probe']['wilcoxon_p'] <= 1
-    assert set(report['alignment']) == {'real', 'chance', 'samples, cfg 1', 'samples, cfg 3'}
-    assert all(0 <= r['all'] <= 1 for r in report['alignment'].values())
-    assert (tmp_path / 'grid_cfg3.png').is_file() and 'Wilcoxon' in (tmp_path / 'report.md').read_text()
+    text, layout = report['text'], report['layout']
+    assert text['probe']['n'] == 8 and 0 <= text['probe']['wilcoxon_p'] <= 1
+    assert set(text['alignment']) == {'real', 'chance', 'samples, cfg 1', 'samples, cfg 3'}
+    assert all(0 <= r['all'] <= 1 for r in text['alignment'].values())
+    assert layout['probe']['n'] == 8 and set(layout['iou']) == set(text['alignment'])
+    assert all(0 <= r['iou'] <= 1 for r in layout['iou'].values())
+    assert (tmp_path / 'grid_text_cfg3.png').is_file() and (tmp_path / 'grid_layout_cfg3.png').is_file()
+    assert 'Wilcoxon' in (tmp_path / 'report.md').read_text()
+
+
+def test_box_iou_reads_the_largest_box_back_from_an_image_by_the_generators_colour_names():
+    """The layout miniature's measure: a red square drawn on a grey ground is found where its box says (IoU 1), a box
+    moved by half its width overlaps a third, and a colour that is not drawn scores 0."""
+    from utils.data import box_iou, colour_names, _hsv_to_rgb
+    x = torch.full((3, 32, 32), 0.0)  # mid grey: no hue
+    x[:, 8:24, 8:24] = torch.tensor(_hsv_to_rgb(0.0, 0.8, 0.8), dtype=torch.float32)[:, None, None] * 2 - 1
+    assert (colour_names(x)[8:24, 8:24] == 0).all() and (colour_names(x)[:8] == 6).all()  # red, and grey around
+    assert box_iou(x, 'red rectangle 0.25 0.25 0.75 0.75; blue disk 0 0 1 1') == pytest.approx(1.0)
+    assert box_iou(x, 'red disk 0.5 0.25 1.0 0.75') == pytest.approx(1 / 3)  # overlap 8 x 16 over 2 x 256 - 128
+    assert box_iou(x, 'blue rectangle 0.25 0.25 0.75 0.75') == 0.0
