@@ -2,15 +2,8 @@ r"""
 Does spatial conditioning work? LDM's three concatenation tasks in miniature (LDM Sec. 3.3 and 4.3-4.5), run with the
 project's own scripts on the latents of the shipped autoencoder (assets/baseline_mini.safetensors, f4, 8 channels):
 super-resolution x4 (16 -> 64 px, SR3's bicubic degradation), inpainting with LaMa-like masks (scored at 40-50% of the
-image), and semantic synthesis from colour maps of the shapes (few large leaves). Each is a tiny UNet trained by train_ldm.py
---task, sampled by sample.py --task --input on held-out images, scored beside its trivial reference.
-
-Two choices differ from LDM's configs, both for a CPU budget. The UNets predict v (--objective v), not eps: at the
-miniature's 8x8-16x16 latents an eps-UNet still errs by ~0.05 (MSE) at t = 999 after 600 steps, and DDIM's
-x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) multiplies that by 1 / sqrt(abar_999) = 85, so its samples left the data's
-latent std by 10-20x (the guard failed); a v-UNet of the same steps passes it. And the embedded training images are
-rendered once into --out_dir/train (a dead-leaves image costs 26 ms at 64 px, more than a training step), a finite
-set that the runs read as --data:
+image), and semantic synthesis from colour maps of the shapes (few large leaves). Each is a tiny UNet trained by
+train_ldm.py --task, sampled by sample.py --task --input on held-out images, scored beside its trivial reference:
 
   python repro/reproduce_tasks.py                    # the miniature, CPU-sized: 64 px, 1500 steps per task
   python repro/reproduce_tasks.py --size quick       # 32 px (SR 8 -> 32), 600 steps per task: a first look
@@ -28,7 +21,13 @@ set that the runs read as --data:
             real images, their reconstructions, and chance (the real images against another image's map). On the
             textured leaves, whose labels are texture kinds, the autoencoder's reconstructions already lost them: a
             per-pixel kind classifier read them at 0.47, chance 0.45 (real images 0.76)
-Every table also scores the autoencoder's reconstructions of the targets, the ceiling of any LDM on its latents. A
+
+Two choices differ from LDM's configs, both for a CPU budget. The UNets predict v (--objective v), not eps: at the
+miniature's 8x8-16x16 latents an eps-UNet still errs by ~0.05 (MSE) at t = 999 after 600 steps, and DDIM's
+x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) multiplies that by 1 / sqrt(abar_999) = 85, so its samples left the data's
+latent std by 10-20x (the guard failed); a v-UNet of the same steps passes it. And the embedded training images are
+rendered once into --out_dir/train (a dead-leaves image costs 26 ms at 64 px, more than a training step), a finite
+set that the runs read as --data. Every table also scores the autoencoder's reconstructions of the targets, the ceiling of any LDM on its latents. A
 sampler is not a regressor: a perfect posterior sampler has twice the MSE of the posterior mean (3 dB less PSNR),
 so PSNR favours the blurry trivial references; SWD and LR-PSNR do not.
 Everything goes to --out_dir: a grid per task (grid_<task>.png: input, condition, sample, target rows) and tasks.json
@@ -69,7 +68,7 @@ from PIL import Image  # noqa: E402
 
 from utils import conditioning  # noqa: E402
 from utils.common import die, save_image_grid  # noqa: E402
-from utils.data import _hsv_to_rgb, colour_names, make_dataset, random_subset  # noqa: E402
+from utils.data import IMAGE_EXTENSIONS, _hsv_to_rgb, colour_names, make_dataset, random_subset, read_folder  # noqa: E402
 from utils.weights import load_autoencoder  # noqa: E402
 from evaluation.metrics import psnr, region_r2  # noqa: E402
 from model import decode_first_stage, encode_first_stage  # noqa: E402
@@ -153,6 +152,26 @@ def held_out(out_dir, data, S, num_eval, seed):
                 os.path.join(root, 'semantic', f'{i}_label.png'))
     open(os.path.join(root, 'done'), 'w').close()
     return root
+
+
+def split(data, out_dir, num_eval, seed):
+    """--data split once into held-out images and training images, so that no held-out image is trained on: a seeded
+    random quarter of the folder's images (at most num_eval) linked into out_dir/photos/heldout, the rest into
+    out_dir/photos/train. -> (the training folder, the held-out folder)."""
+    root = os.path.join(out_dir, 'photos')
+    train, held = os.path.join(root, 'train'), os.path.join(root, 'heldout')
+    if not os.path.isfile(os.path.join(root, 'done')):
+        files = read_folder(data, IMAGE_EXTENSIONS, 'images')[0]
+        if len(files) < 8:
+            die(f"--data {data} has {len(files)} images; the miniature needs at least 8 (a quarter held out).")
+        order = np.random.default_rng(seed).permutation(len(files))
+        n_held = min(num_eval, len(files) // 4)
+        for k, i in enumerate(order):
+            folder = held if k < n_held else train
+            os.makedirs(folder, exist_ok=True)
+            os.symlink(os.path.abspath(files[i]), os.path.join(folder, f'{i}{os.path.splitext(files[i])[1].lower()}'))
+        open(os.path.join(root, 'done'), 'w').close()
+    return train, held
 
 
 def rendered(out_dir, S, n, seed):
@@ -258,8 +277,10 @@ def grid(task, root, samples, out_dir):
 
 if not os.path.isfile(BASELINE):
     die(f"the shipped autoencoder {BASELINE} is missing; restore assets/ from the repository.")
-root = held_out(args.out_dir, args.data, S, size['num_eval'], args.seed)
-train_images, train_labelled = (args.data, None) if args.data else rendered(args.out_dir, S, size['num_train'], args.seed)
+train_images, held_images = split(args.data, args.out_dir, size['num_eval'], args.seed) if args.data else (None, None)
+root = held_out(args.out_dir, held_images, S, size['num_eval'], args.seed)
+if not args.data:
+    train_images, train_labelled = rendered(args.out_dir, S, size['num_train'], args.seed)
 report = {'sizes': size, 'data': args.data or 'embedded dead leaves', 'objective': 'v'}
 for task in tasks:
     model = ldm(task, args.out_dir, train_labelled if task == 'semantic' else train_images, S, size['steps'],

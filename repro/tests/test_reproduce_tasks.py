@@ -24,3 +24,19 @@ def test_the_tasks_miniature_runs_at_smoke_size_and_reports_each_task_beside_its
     assert all(os.path.isfile(report[t]['grid']) for t in ('sr', 'inpaint', 'semantic'))
     p = run('repro/reproduce_tasks.py', '--tasks', 'semantic', '--data', tmp_path, check=False)
     assert p.returncode != 0 and p.stderr.strip().startswith('error:') and 'Traceback' not in p.stderr
+
+
+@pytest.mark.slow
+def test_with_data_no_held_out_image_is_trained_on(tmp_path):
+    """--data: a quarter of the folder is held out and the LDM trains on the rest, never on a held-out image."""
+    import numpy as np
+    from PIL import Image
+    photos = tmp_path / 'photos_in'
+    photos.mkdir()
+    for i in range(8):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(photos / f'{i}.png')
+    run('repro/reproduce_tasks.py', '--size', 'smoke', '--data', photos, '--tasks', 'sr', '--out_dir', tmp_path / 'out',
+        '--device', 'cpu')
+    held, train = ({os.path.realpath(p) for p in (tmp_path / 'out' / 'photos' / d).iterdir()} for d in ('heldout', 'train'))
+    assert len(held) == 2 and len(train) == 6 and not held & train
+    assert json.load(open(tmp_path / 'out' / 'tasks.json'))['sr']['model']['num_pairs'] == 2
