@@ -1,7 +1,8 @@
 """The Gaussian oracle beside the probe, as a specification: on a flat spectrum it is the closed form abar (flow:
 (1-t)^2 / ((1-t)^2 + t^2)); on a known diagonal block-DCT spectrum it is the error of the Wiener filter, measured by
 Monte Carlo; normalised per channel it cannot see a per-channel scale or offset of the latents, while the LDM's one
-scalar normalisation can."""
+scalar normalisation can; and an LDM trained with train_ldm.py --latent_norm channel, with the probe behind it, cannot
+see one either."""
 import math
 
 import pytest
@@ -74,3 +75,51 @@ def test_a_per_channel_scale_and_offset_moves_the_scalar_oracle_but_not_the_per_
     assert gaussian_oracle(2.5 * z, ddpm, PROBE_T, 'scalar') == pytest.approx(gaussian_oracle(z, ddpm, PROBE_T, 'scalar'))
     ratio = torch.tensor(channel_std(moved)) / torch.tensor(channel_std(z))
     assert ratio.tolist() == pytest.approx([2.0, 0.5, 1.0, 1.0], rel=1e-10)
+
+
+@pytest.mark.slow
+def test_a_channel_normalised_ldm_and_its_probe_cannot_see_a_per_channel_scale_and_offset_of_the_latents(tmp_path):
+    """The same tiny autoencoder twice, the second with its latent channels rescaled and offset (a z + b, undone by the
+    decoder: the same images, other latents): train_ldm.py --latent_norm channel learns the same LDM on both, so its
+    probe, the per-channel oracle and the per-image errors agree to float precision; with one scalar they do not."""
+    from PIL import Image
+    from repro.probe import diffusability_probe
+    from tests.helpers import TINY_AE, run
+    from utils.data import DeadLeaves
+    run('train_ae.py', *TINY_AE, '--image_size', '32', '--max_steps', '2', '--out_dir', tmp_path / 'ae')
+    ckpt = torch.load(tmp_path / 'ae' / 'ckpt.pt', weights_only=False)
+    a, b = torch.tensor([2.0, 0.5, 1.0, 3.0]), torch.tensor([3.0, -1.0, 0.5, 3.0])
+    for state in [ckpt['model']] + ([ckpt['ema']] if ckpt.get('ema') is not None else []):
+        W, bias = state['quant_conv.weight'], state['quant_conv.bias']  # (2C, 2C, 1, 1): the mean's rows, then logvar's
+        W[:4] *= a[:, None, None, None]
+        bias[:4] = a * bias[:4] + b  # mean -> a mean + b
+        bias[4:] += 2 * a.log()  # logvar -> logvar + 2 log a: the posterior sample is a z + b too
+        P, post_bias = state['post_quant_conv.weight'], state['post_quant_conv.bias']  # the decoder's first layer
+        post_bias -= P[:, :, 0, 0] @ (b / a)  # P' (a z + b) + c' = P z + c
+        P /= a[None, :, None, None]
+    torch.save(ckpt, tmp_path / 'scaled.pt')
+    held = tmp_path / 'heldout'
+    held.mkdir()
+    for i in range(6):
+        x = DeadLeaves(32, train=False)[i][0]
+        Image.fromarray(((x + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()).save(held / f'{i}.png')
+    probes = {}
+    for norm in ('channel', 'scalar'):
+        for name, ae in (('ae', tmp_path / 'ae' / 'ckpt.pt'), ('scaled', tmp_path / 'scaled.pt')):
+            out = tmp_path / f'ldm_{name}_{norm}'
+            run('train_ldm.py', '--ae', ae, '--latent_norm', norm, '--image_size', '32', '--batch_size', '4',
+                '--num_workers', '0', '--device', 'cpu', '--max_steps', '3', '--lr', '1e-3', '--ema_decay', '0', '--num_samples', '2',
+                '--sample_steps', '2', '--eval_interval', '3', '--ckpt_interval', '3', '--out_dir', out)
+            probes[name, norm] = diffusability_probe(str(out / 'ckpt.pt'), str(held), PROBE_T[::3])
+    for key, p in probes.items():
+        assert p['latent_norm'] == key[1] and len(p['eps_mse_per_image']) == 6 and len(p['channel_std']) == 4
+        assert sum(p['eps_mse_per_image']) / 6 == pytest.approx(p['eps_mse_mean'], rel=1e-9)
+    ae_c, ae_s, scaled_c, scaled_s = (probes[k] for k in (('ae', 'channel'), ('ae', 'scalar'), ('scaled', 'channel'),
+                                                           ('scaled', 'scalar')))
+    change = lambda key: (abs(scaled_c[key] / ae_c[key] - 1), abs(scaled_s[key] / ae_s[key] - 1))  # noqa: E731
+    assert scaled_c['eps_mse_per_image'] == pytest.approx(ae_c['eps_mse_per_image'], rel=1e-5)
+    assert scaled_c['oracle']['channel'] == pytest.approx(ae_c['oracle']['channel'], rel=1e-6)
+    assert change('eps_mse_mean')[0] < 1e-5 < 1e-3 < change('eps_mse_mean')[1]  # 3 steps learn enough to tell
+    assert change('pixel_mse_mean')[0] < 1e-5 < 1e-2 < change('pixel_mse_mean')[1]
+    assert abs(scaled_s['oracle']['scalar_mean'] / ae_s['oracle']['scalar_mean'] - 1) > 0.01
+    assert torch.tensor(scaled_c['channel_std']) / torch.tensor(ae_c['channel_std']) == pytest.approx(a, rel=1e-3)
