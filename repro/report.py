@@ -17,8 +17,9 @@ fine-tune. A claim about autoencoders needs baselines as units, and one about im
                 percentile interval and two-sided p
 The verdict says SE moved a probe number only when the per_baseline test and the bootstrap both reject at ALPHA, the
 same way; set-level numbers (HF shares, PSNR) have the per_baseline test alone (over seeds with one baseline, and
-said so). tests/test_report.py simulates both rules on data with no effect (they fire at most 5% of the time) and
-with one (their power grows with the units).
+said so). tests/test_report.py simulates both rules on data with no effect (they fire at most 5% of the time, within
+Monte-Carlo error) and with one (their power grows with the units). The bootstrap alone is not enough: with 3
+baselines to resample it fired 25% of the time on no effect when SE acts on each baseline a little differently.
 """
 import os
 import json
@@ -247,10 +248,17 @@ def verdict(report):
                                           arm=arm)]
             if all(run['probe'][-1].get('oracle') for a in ('control', arm) for run in runs[a]):
                 oracle = lambda a, norm: [run['probe'][-1]['oracle'][f'{norm}_mean'] for run in runs[a]]  # noqa: E731
-                out += [compare_units(f"{objective} LDM: Gaussian oracle eps-MSE, latents normalised {how}",
+                both = [compare_units(f"{objective} LDM: Gaussian oracle eps-MSE, latents normalised {how}",
                                       oracle('control', norm), oracle(arm, norm), baselines, arm=arm)
                         for norm, how in (('scalar', 'by one scalar as the LDM'),
                                           ('channel', 'per channel (no channel scale can move it)'))]
+                (_, scalar), (_, channel) = both
+                survives = scalar['significant'] and channel['significant'] and \
+                    (scalar['mean_diff'] > 0) == (channel['mean_diff'] > 0)
+                out += both + [(f"{objective} LDM: SE's effect on the oracle {'survives' if survives else 'does not survive'} "
+                                f"per-channel normalisation (one scalar {100 * scalar['rel_diff']:+.2f}%, p = "
+                                f"{scalar['p_t']:.3g}; per channel {100 * channel['rel_diff']:+.2f}%, p = "
+                                f"{channel['p_t']:.3g}).", {'survives': survives, 'scalar': scalar, 'channel': channel})]
             if not any(f.startswith(objective + ' ') for f in failed):
                 out += [compare_units(f"{objective} LDM: {k} of its samples", [r['samples'][k] for r in runs['control']],
                                       [r['samples'][k] for r in runs[arm]], baselines, arm=arm) for k in sample_keys(report)

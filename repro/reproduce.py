@@ -20,8 +20,11 @@ beside bicubic at the latent grid. (4) The same LDM recipe trains on each autoen
 The primary metric is a diffusability probe: on held-out latents, with the same fixed noise for every arm, the LDM's
 eps-MSE and the pixel error of its decoded x0 prediction at each noise level. Secondary: its samples, scored by SWD
 (and FID/KID with Inception weights) beside a second draw of real images and each AE's own reconstructions, after a
-guard that says whether the LDM has learned to sample at all. (5) Every comparison is paired over seeds (SE against
-its own control): a paired t-test and an exact sign-flip test, and a verdict at alpha = 0.05.
+guard that says whether the LDM has learned to sample at all. Beside the probe, the Gaussian oracle of each arm's
+latent spectrum under one scalar and per-channel normalisation (--latent_norm channel trains the LDMs so too). (5)
+Every comparison is paired (SE against its own control), with baselines as units (a paired t-test and an exact
+sign-flip test; over seeds where there is one baseline, said so) and, for the probe, held-out images as units (a
+hierarchical bootstrap); the verdict, at alpha = 0.05, claims an effect on the probe only where both agree.
 
 Everything goes to --out_dir; report.json holds every number. Each artefact records the settings it was made with
 (reproduce_settings.json); a rerun reuses what matches, resumes training runs whose settings match and remakes the

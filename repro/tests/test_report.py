@@ -173,6 +173,8 @@ def test_the_verdict_claims_a_probe_effect_only_with_baselines_and_images_as_uni
     assert 'SE lowered it, better, with baselines and with images as units' in probe
     assert sentences[probe]['per_baseline']['n'] == 3 and sentences[probe]['significant']
     assert any(s.startswith('eps LDM: Gaussian oracle eps-MSE, latents normalised per channel') for s in sentences)
+    survival = next(t for s, t in sentences.items() if s.startswith("eps LDM: SE's effect on the oracle"))
+    assert survival['survives'] == (survival['scalar']['significant'] and survival['channel']['significant'])
     assert any('hf_share of posterior means' in s and 'over 3 baselines' in s for s in sentences)
     tests = two_level(report)['eps']['se']
     assert set(tests) == {'eps_mse', 'pixel_mse'} and {'per_baseline', 'per_image', 'bootstrap'} <= set(tests['eps_mse'])
