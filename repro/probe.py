@@ -14,7 +14,7 @@ unit of report.py's image-level statistics. A guard goes with it: the per-channe
 whose samples are off by more than a factor 2, or more than 10% saturated, has not learned to sample.
 
 Beside the trained denoiser, a prediction from the spectrum alone: gaussian_oracle, the exact MMSE of eps at the same
-levels for a zero-mean Gaussian latent whose covariance is diagonal in the 8x8 block-DCT basis (spectral.py's), with the
+levels for a Gaussian latent (of known mean) whose covariance is diagonal in the 8x8 block-DCT basis (spectral.py's), with the
 held-out latents' own variance per (channel, coefficient), once normalised by one scalar (as the LDM is) and once per
 channel. The per-channel one is unchanged by any per-channel scale and offset of the latents; the scalar one sees how
 the variance is shared among channels, which channel_std reports.
@@ -99,6 +99,18 @@ def gaussian_oracle(z, process, levels, latent_norm):
     return out
 
 
+def oracles(latents, process, levels):
+    """gaussian_oracle of the raw latents under each normalisation of LATENT_NORMS, per level and its mean -> dict; None
+    where the latent is smaller than one 8x8 DCT block (the f16 and f32 autoencoders of the f sweep)."""
+    if min(latents.shape[-2:]) < BLOCK:
+        return None
+    out = {}
+    for norm in LATENT_NORMS:
+        mmse = gaussian_oracle(latents, process, levels, norm)
+        out |= {norm: mmse, f'{norm}_mean': sum(mmse) / len(mmse)}
+    return out
+
+
 def held_out(path, image_size):
     """The held-out set the probe reads: a folder of images -> (N, 3, H, W), or an .npz of uint8 clips (N, T, H, W, 3)
     -> (N, 3, T, H, W); both in [-1, 1]."""
@@ -159,20 +171,8 @@ def diffusability_probe(ckpt, heldout, levels, device='cpu', batch_size=64, nois
             'eps_mse_mean': sum(eps_mse) / len(eps_mse), 'pixel_mse_mean': sum(pixel_mse) / len(pixel_mse),
             'eps_mse_per_image': eps_per_image.tolist(), 'pixel_mse_per_image': pixel_per_image.tolist(),
             'oracle': oracles(latents.cpu(), process, levels), 'channel_std': channel_std(latents),
-            'latent_norm': config.get('latent_norm') or ('channel' if torch.is_tensor(scale) else 'scalar'), 'num_images': len(z), 'num_decoded': n_decoded,
-            'guard': guard}
-
-
-def oracles(latents, process, levels):
-    """gaussian_oracle of the raw latents under each normalisation of LATENT_NORMS, per level and its mean -> dict; None
-    where the latent is smaller than one 8x8 DCT block (the f16 and f32 autoencoders of the f sweep)."""
-    if min(latents.shape[-2:]) < BLOCK:
-        return None
-    out = {}
-    for norm in LATENT_NORMS:
-        mmse = gaussian_oracle(latents, process, levels, norm)
-        out |= {norm: mmse, f'{norm}_mean': sum(mmse) / len(mmse)}
-    return out
+            'latent_norm': config.get('latent_norm') or ('channel' if torch.is_tensor(scale) else 'scalar'),
+            'num_images': len(z), 'num_decoded': n_decoded, 'guard': guard}
 
 
 def guard_ldm(model, process, z_data, shift, scale, decode, device):

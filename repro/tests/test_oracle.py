@@ -10,7 +10,7 @@ import torch
 
 from diffusion import Diffusion, Flow
 from model import block_dct, block_idct
-from repro.probe import PROBE_T, PROBE_T_FLOW, channel_std, gaussian_oracle
+from repro.probe import PROBE_T, PROBE_T_FLOW, channel_std, gaussian_oracle, oracles
 
 
 
@@ -73,6 +73,9 @@ def test_a_per_channel_scale_and_offset_moves_the_scalar_oracle_but_not_the_per_
         assert abs(after / before - 1) > 0.01
     assert gaussian_oracle(z + 3, ddpm, PROBE_T, 'scalar') == pytest.approx(gaussian_oracle(z, ddpm, PROBE_T, 'scalar'))
     assert gaussian_oracle(2.5 * z, ddpm, PROBE_T, 'scalar') == pytest.approx(gaussian_oracle(z, ddpm, PROBE_T, 'scalar'))
+    both = oracles(moved, ddpm, PROBE_T)  # what the probe records
+    assert both['channel_mean'] == pytest.approx(sum(gaussian_oracle(z, ddpm, PROBE_T, 'channel')) / len(PROBE_T))
+    assert oracles(z[..., :4, :4], ddpm, PROBE_T) is None  # no 8x8 block: no block-DCT spectrum (f16, f32 at 64 px)
     ratio = torch.tensor(channel_std(moved)) / torch.tensor(channel_std(z))
     assert ratio.tolist() == pytest.approx([2.0, 0.5, 1.0, 1.0], rel=1e-10)
 
