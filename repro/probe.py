@@ -86,8 +86,9 @@ def gaussian_oracle(z, process, levels, latent_norm):
     """The exact MMSE of eps at each of `levels` of `process` (Diffusion or Flow) for a Gaussian latent, of the known
     mean, whose covariance is diagonal in the block-DCT basis with the variances s2 of coefficient_variances(z): the
     error of the best possible denoiser of such latents, a prediction of the probe's eps_mse from the spectrum alone.
-    The DCT is orthonormal, so eps is white in its basis too and the mean over coefficients is the mean over values.
-    -> [MMSE per level]."""
+    For latents that are not Gaussian it is the error of the best denoiser that is linear and diagonal in that basis
+    (the Wiener filter), which a trained LDM can beat. The DCT is orthonormal, so eps is white in its basis too and the
+    mean over coefficients is the mean over values. -> [MMSE per level]."""
     s2 = coefficient_variances(z, latent_norm)  # (C, 64)
     one, out = torch.ones(1, 1, dtype=torch.float64), []
     for level in levels:
