@@ -5,12 +5,21 @@ figures beside it. reproduce.py calls it at the end of a run; to re-plot or re-w
 
   python repro/reproduce.py --replot --out_dir out/reproduce
 
-The statistics. Every comparison is paired: seed s fine-tunes the same baseline with SE and without (the control),
-with the same data order, and trains the same LDM on each, so d_s = SE_s - control_s removes what the seeds share.
-The verdict on each metric is Student's paired t-test of mean(d) = 0, two-sided, at ALPHA; the report gives its p
-value, the 95% confidence interval of the mean difference, and the exact sign-flip test's p (which cannot go below
-2 / 2^n, so below 0.05 only from 6 seeds). tests/test_report.py simulates the rule on data with no effect (it fires
-5% of the time) and with one (its power grows with the seeds).
+The statistics. Every comparison is paired: a run fine-tunes a baseline with SE and without (the control), with the
+same data order and seed, and trains the same LDM on each, so d = SE - control removes what the pair shares. Its
+units say what a p value is about. Runs of one baseline differ only by seed: a test over them is about that one
+fine-tune. A claim about autoencoders needs baselines as units, and one about images needs images as units:
+  per_baseline  d_b, the mean of d over baseline b's runs (and images); Student's paired t-test of mean(d_b) = 0 over
+                the baselines, two-sided, with its 95% confidence interval and the exact sign-flip test's p (which
+                cannot go below 2 / 2^n); not available with one baseline
+  per_image     d_{b,i}, the probe's paired difference on held-out image i, averaged over baseline b's runs
+  bootstrap     a hierarchical bootstrap of mean(d_{b,i}): baselines resampled, then images within each; its 95%
+                percentile interval and two-sided p
+The verdict says SE moved a probe number only when the per_baseline test and the bootstrap both reject at ALPHA, the
+same way; set-level numbers (HF shares, PSNR) have the per_baseline test alone (over seeds with one baseline, and
+said so). tests/test_report.py simulates both rules on data with no effect (they fire at most 5% of the time, within
+Monte-Carlo error) and with one (their power grows with the units). The bootstrap alone is not enough: with 3
+baselines to resample it fired 25% of the time on no effect when SE acts on each baseline a little differently.
 """
 import os
 import json
@@ -19,6 +28,7 @@ import itertools
 import statistics
 
 ALPHA = 0.05
+BOOTSTRAP_RESAMPLES = 2000                   # the hierarchical bootstrap's resamples (seeded)
 ARM_NAMES = {'control': 'control', 'se': 'SE', 'se_st': 'SE in space and time'}  # the video run has both SE arms
 
 
@@ -63,21 +73,75 @@ def paired_test(treated, control):
             'p_signflip': p_flip, 'significant': bool(p_t < ALPHA)}
 
 
-def compare(name, control, se, lower_is_better=True, arm='se'):
-    """One sentence on a paired comparison of an SE arm with its control over seeds, and the test behind it."""
-    test = paired_test(se, control)
+def numbers(control, se, test, unit):
+    """The numbers behind a paired comparison over `unit` (e.g. '3 baselines'), for a sentence."""
     (mc, sc), (ms, ss) = mean_std(control), mean_std(se)
+    return (f"control {mc:.4g} ± {sc:.2g} -> SE {ms:.4g} ± {ss:.2g} ({100 * test['rel_diff']:+.1f}%; paired t-test "
+            f"over {unit} p = {test['p_t']:.3g}, 95% CI of the difference [{test['ci95'][0]:.3g}, "
+            f"{test['ci95'][1]:.3g}], sign-flip p = {test['p_signflip']:.3g})")
+
+
+def compare(name, control, se, lower_is_better=True, arm='se', unit='seeds'):
+    """One sentence on a paired comparison of an SE arm with its control over units (seeds, or baselines), and the
+    test behind it."""
+    test = paired_test(se, control)
     name = name if arm == 'se' else f"{ARM_NAMES[arm]}: {name}"
-    numbers = (f"control {mc:.4g} ± {sc:.2g} -> SE {ms:.4g} ± {ss:.2g} ({100 * test['rel_diff']:+.1f}%; paired t-test "
-               f"over {test['n']} seeds p = {test['p_t']:.3g}, 95% CI of the difference [{test['ci95'][0]:.3g}, "
-               f"{test['ci95'][1]:.3g}], sign-flip p = {test['p_signflip']:.3g})")
+    said = numbers(control, se, test, f"{test['n']} {unit}")
     if test['n'] < 2:
-        return f"{name}: {numbers}: one seed has no spread to test against.", test
+        return f"{name}: {said}: one unit has no spread to test against.", test
     if not test['significant']:
-        return f"{name}: no difference at alpha = {ALPHA} ({numbers}).", test
-    verb = 'lowered' if ms < mc else 'raised'
-    good = (ms < mc) == lower_is_better
-    return f"{name}: SE {verb} it, {'better' if good else 'worse'}, at alpha = {ALPHA} ({numbers}).", test
+        return f"{name}: no difference at alpha = {ALPHA} ({said}).", test
+    verb = 'lowered' if statistics.mean(se) < statistics.mean(control) else 'raised'
+    good = (verb == 'lowered') == lower_is_better
+    return f"{name}: SE {verb} it, {'better' if good else 'worse'}, at alpha = {ALPHA} ({said}).", test
+
+
+def by_baseline(values, baselines):
+    """values, baselines: one per run -> the mean of each baseline's runs, baselines in the order first seen."""
+    ids = list(dict.fromkeys(baselines))
+    return [statistics.mean(v for v, b in zip(values, baselines) if b == i) for i in ids]
+
+
+def hierarchical_bootstrap(d, resamples=BOOTSTRAP_RESAMPLES, seed=0):
+    """d (B baselines, N images): paired per-image differences. Each resample draws B baselines with replacement, then
+    N images with replacement within each drawn baseline, and takes the mean: the spread of mean(d) over both levels.
+    -> {'mean_diff', 'ci95' (percentile), 'p' (two-sided: twice the smaller tail at 0), 'resamples'}."""
+    import numpy as np
+    d = np.asarray(d, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    b = rng.integers(d.shape[0], size=(resamples, d.shape[0]))  # (R, B) drawn baselines
+    i = rng.integers(d.shape[1], size=(resamples, d.shape[0], d.shape[1]))  # (R, B, N) images drawn within each
+    means = d[b[..., None], i].mean(axis=(1, 2))  # (R,)
+    tail = min(np.sum(means <= 0), np.sum(means >= 0))
+    return {'mean_diff': float(d.mean()), 'ci95': tuple(np.quantile(means, [ALPHA / 2, 1 - ALPHA / 2]).tolist()),
+            'p': float(min(1.0, 2 * (tail + 1) / (resamples + 1))), 'resamples': resamples}
+
+
+def two_level_test(control, se, baselines):
+    """control, se: per run, the paired per-image values of one probe number on the same held-out images; baselines:
+    per run, the baseline it fine-tuned. -> {'per_baseline': paired_test over baselines (or {'n': 1, 'available':
+    False}), 'per_seed': paired_test over the runs of one baseline (when there is one), 'per_image': the per-image
+    differences, 'bootstrap': hierarchical_bootstrap, 'significant': both tests reject, the same way}."""
+    import numpy as np
+    control, se = np.asarray(control, dtype=np.float64), np.asarray(se, dtype=np.float64)  # (runs, N)
+    ids = list(dict.fromkeys(baselines))
+    runs_of = [[r for r, b in enumerate(baselines) if b == i] for i in ids]
+    d = np.stack([(se[rs] - control[rs]).mean(0) for rs in runs_of])  # (B, N): d_{b,i}
+    base = float(control.mean())
+    per_image = {'n_images': d.shape[1], 'n_baselines': d.shape[0], 'mean_diff': float(d.mean()),
+                 'rel_diff': float(d.mean() / base) if base else float('nan'), 'sd': float(d.std(ddof=1)),
+                 'share_lower': float(np.mean(d < 0))}
+    boot = hierarchical_bootstrap(d)
+    out = {'per_image': per_image, 'bootstrap': boot}
+    if len(ids) >= 2:
+        out['per_baseline'] = paired_test([se[rs].mean() for rs in runs_of], [control[rs].mean() for rs in runs_of])
+        agree = np.sign(out['per_baseline']['mean_diff']) == np.sign(boot['mean_diff'])
+        out['significant'] = bool(out['per_baseline']['significant'] and boot['p'] < ALPHA and agree)
+    else:
+        out['per_baseline'] = {'n': 1, 'available': False}
+        out['per_seed'] = paired_test(list(se.mean(1)), list(control.mean(1)))
+        out['significant'] = False
+    return out
 
 
 def guard_failures(report):
@@ -96,28 +160,108 @@ def sample_keys(report):
     return swd + [k for k in ('fid', 'kid') if k in first]
 
 
+def run_baselines(report):
+    """The baseline each Fig. 1 run fine-tuned, one per run (the index into each arm's lists): report['runs'] where the
+    run recorded it, else the one baseline of the config."""
+    if 'runs' in report:
+        return [r['baseline'] for r in report['runs']]
+    return [report['config']['baseline_sha256']] * len(report['autoencoders']['control'])
+
+
+def compare_units(name, control, se, baselines, lower_is_better=True, arm='se'):
+    """compare() over the units the runs support: baselines (their seeds averaged) where there are several, else the
+    seeds of the one baseline, said so."""
+    if len(set(baselines)) > 1:
+        return compare(name, by_baseline(control, baselines), by_baseline(se, baselines), lower_is_better, arm,
+                       unit='baselines')
+    return compare(name, control, se, lower_is_better, arm, unit='seeds of one baseline')
+
+
+def compare_two_level(name, control, se, baselines, lower_is_better=True, arm='se'):
+    """One sentence on a probe number with per-image values: control, se are per run lists of per-image values. SE
+    moved it only when baselines and images as units both say so (two_level_test); with one baseline, what the seeds
+    and its images say, and that nothing follows about autoencoders."""
+    two = two_level_test(control, se, baselines)
+    name = name if arm == 'se' else f"{ARM_NAMES[arm]}: {name}"
+    image, boot = two['per_image'], two['bootstrap']
+    images = (f"over {image['n_images']} held-out images x {image['n_baselines']} baseline(s): mean per-image "
+              f"difference {image['mean_diff']:+.3g} ({100 * image['rel_diff']:+.1f}%), SE lower on "
+              f"{image['share_lower']:.0%} of them; hierarchical bootstrap 95% CI [{boot['ci95'][0]:.3g}, "
+              f"{boot['ci95'][1]:.3g}], p = {boot['p']:.3g}")
+    means = lambda runs: [statistics.mean(r) for r in runs]  # noqa: E731
+    if not two['per_baseline'].get('available', True):
+        seeds = two['per_seed']
+        said = numbers(means(control), means(se), seeds, f"{seeds['n']} seeds of one baseline")
+        sentence = (f"{name}: the baseline-level test is not available (n = 1 baseline), so nothing follows about "
+                    f"autoencoders; about this fine-tune: {said}; {images}.")
+        return sentence, {**seeds, **two, 'unit': 'seeds of one baseline'}
+    test = two['per_baseline']
+    said = numbers(by_baseline(means(control), baselines), by_baseline(means(se), baselines), test,
+                   f"{test['n']} baselines")
+    if not two['significant']:
+        return (f"{name}: no difference that both baselines and images as units support at alpha = {ALPHA} ({said}; "
+                f"{images})."), {**test, **two, 'unit': 'baselines'}
+    verb = 'lowered' if test['mean_diff'] < 0 else 'raised'
+    good = (verb == 'lowered') == lower_is_better
+    return (f"{name}: SE {verb} it, {'better' if good else 'worse'}, with baselines and with images as units at "
+            f"alpha = {ALPHA} ({said}; {images})."), {**test, **two, 'unit': 'baselines'}
+
+
+def two_level(report):
+    """two_level_test of every probe number with per-image values, SE arm against control: {objective: {arm: {key:
+    test}}}, key 'eps_mse' or 'pixel_mse' (each image's mean over the noise levels)."""
+    out, baselines = {}, run_baselines(report)
+    for objective, runs in report['ldm'].items():
+        for arm in treated(report):
+            last = lambda a, key: [run['probe'][-1][key] for run in runs[a]]  # noqa: E731
+            out.setdefault(objective, {})[arm] = {
+                key: two_level_test(last('control', f'{key}_per_image'), last(arm, f'{key}_per_image'), baselines)
+                for key in ('eps_mse', 'pixel_mse')
+                if all(f'{key}_per_image' in run['probe'][-1] for a in ('control', arm) for run in runs[a])}
+    return out
+
+
 def verdict(report):
-    """The verdict's sentences: the autoencoders' spectra and PSNR, then per objective the probe and the samples (these
-    only when every LDM passes the guard). -> [(sentence, test)]."""
+    """The verdict's sentences: the autoencoders' spectra and PSNR, then per objective the probe, its Gaussian oracle
+    under both normalisations, and the samples (these only when every LDM passes the guard). -> [(sentence, test)]."""
     aes, out = report['autoencoders'], []
     failed = guard_failures(report)
+    baselines = run_baselines(report)
     for arm in treated(report):
-        ae = lambda key: ([m[key] for m in aes['control']], [m[key] for m in aes[arm]])  # noqa: E731
-        out += [compare('hf_share of posterior means', *ae('hf_share'), arm=arm),
-                compare('hf_share of posterior samples (what the LDM learns)', *ae('hf_share_sample'), arm=arm),
-                compare('hf_energy_share of posterior means', *ae('hf_energy_share'), arm=arm),
-                compare('hf_energy_share of posterior samples', *ae('hf_energy_share_sample'), arm=arm)]
-        out += [compare(what, *ae(key), arm=arm) for key, what in VIDEO_HF if key in aes['control'][0]]
-        out += [compare('reconstruction PSNR', *ae('psnr'), lower_is_better=False, arm=arm)]
+        ae = lambda key: ([m[key] for m in aes['control']], [m[key] for m in aes[arm]], baselines)  # noqa: E731
+        out += [compare_units('hf_share of posterior means', *ae('hf_share'), arm=arm),
+                compare_units('hf_share of posterior samples (what the LDM learns)', *ae('hf_share_sample'), arm=arm),
+                compare_units('hf_energy_share of posterior means', *ae('hf_energy_share'), arm=arm),
+                compare_units('hf_energy_share of posterior samples', *ae('hf_energy_share_sample'), arm=arm)]
+        out += [compare_units(what, *ae(key), arm=arm) for key, what in VIDEO_HF if key in aes['control'][0]]
+        out += [compare_units('reconstruction PSNR', *ae('psnr'), lower_is_better=False, arm=arm)]
         for objective, runs in report['ldm'].items():
             final = lambda a, key: [run['probe'][-1][key] for run in runs[a]]  # noqa: E731
-            out += [compare(f"{objective} LDM: probe eps-MSE, mean over noise levels (the primary metric)",
-                            final('control', 'eps_mse_mean'), final(arm, 'eps_mse_mean'), arm=arm),
-                    compare(f"{objective} LDM: probe pixel MSE of the decoded x0 prediction, mean over noise levels",
-                            final('control', 'pixel_mse_mean'), final(arm, 'pixel_mse_mean'), arm=arm)]
+            for key, what in (('eps_mse', 'probe eps-MSE, mean over noise levels (the primary metric)'),
+                              ('pixel_mse', 'probe pixel MSE of the decoded x0 prediction, mean over noise levels')):
+                name = f"{objective} LDM: {what}"
+                if all(f'{key}_per_image' in run['probe'][-1] for a in ('control', arm) for run in runs[a]):
+                    out += [compare_two_level(name, final('control', f'{key}_per_image'), final(arm, f'{key}_per_image'),
+                                              baselines, arm=arm)]
+                else:  # a report of a probe that kept no per-image numbers
+                    out += [compare_units(name, final('control', f'{key}_mean'), final(arm, f'{key}_mean'), baselines,
+                                          arm=arm)]
+            if all(run['probe'][-1].get('oracle') for a in ('control', arm) for run in runs[a]):
+                oracle = lambda a, norm: [run['probe'][-1]['oracle'][f'{norm}_mean'] for run in runs[a]]  # noqa: E731
+                both = [compare_units(f"{objective} LDM: Gaussian oracle eps-MSE, latents normalised {how}",
+                                      oracle('control', norm), oracle(arm, norm), baselines, arm=arm)
+                        for norm, how in (('scalar', 'by one scalar as the LDM'),
+                                          ('channel', 'per channel (no channel scale can move it)'))]
+                (_, scalar), (_, channel) = both
+                survives = scalar['significant'] and channel['significant'] and \
+                    (scalar['mean_diff'] > 0) == (channel['mean_diff'] > 0)
+                out += both + [(f"{objective} LDM: SE's effect on the oracle {'survives' if survives else 'does not survive'} "
+                                f"per-channel normalisation (one scalar {100 * scalar['rel_diff']:+.2f}%, p = "
+                                f"{scalar['p_t']:.3g}; per channel {100 * channel['rel_diff']:+.2f}%, p = "
+                                f"{channel['p_t']:.3g}).", {'survives': survives, 'scalar': scalar, 'channel': channel})]
             if not any(f.startswith(objective + ' ') for f in failed):
-                out += [compare(f"{objective} LDM: {k} of its samples", [r['samples'][k] for r in runs['control']],
-                                [r['samples'][k] for r in runs[arm]], arm=arm) for k in sample_keys(report)
+                out += [compare_units(f"{objective} LDM: {k} of its samples", [r['samples'][k] for r in runs['control']],
+                                      [r['samples'][k] for r in runs[arm]], baselines, arm=arm) for k in sample_keys(report)
                         if all(k in r['samples'] for a in arms(report) for r in runs[a])]
     if len(report['ldm']) > 1 and 'se' in aes:  # the same experiment under DDPM and rectified flow: does SE move the probe one way?
         probe = {o: next(t for sentence, t in out if sentence.startswith(f"{o} LDM: probe eps-MSE")) for o in report['ldm']}
@@ -258,6 +402,54 @@ def ae_table(rows):
     return lines
 
 
+def oracle_markdown(report, objective):
+    """The Gaussian oracle beside the trained probe, in both normalisations, and each arm's channel stds: what the
+    spectrum alone predicts, and whether it survives a normalisation that no channel scale can move."""
+    runs = report['ldm'][objective]
+    last = {arm: [r['probe'][-1] for r in runs[arm]] for arm in arms(report)}
+    if not all(p.get('oracle') for rows in last.values() for p in rows):
+        return []
+    norm = last['control'][0]['latent_norm']
+    md = [f"Gaussian oracle: the exact eps-MSE of the best denoiser of a Gaussian latent with each arm's block-DCT "
+          f"variances per (channel, coefficient) on the held-out latents, mean over the probe's levels; the latents "
+          f"normalised by one scalar and per channel. These LDMs normalise by: **latent_norm: {norm}**. Channel stds: "
+          f"each channel's std over the held-out latents, over their RMS (seed 0), and their coefficient of variation "
+          f"(mean over runs), which only the one scalar normalisation sees.", "",
+          "| arm | trained probe eps-MSE | oracle, one scalar | oracle, per channel | channel stds / RMS (seed 0) | "
+          "channel std CV |", "|---" * 6 + "|"]
+    for arm, rows in last.items():
+        cv = [statistics.pstdev(p['channel_std']) / statistics.mean(p['channel_std']) for p in rows]
+        std = rows[0]['channel_std']
+        rms = math.sqrt(statistics.mean(x * x for x in std))
+        md.append(f"| {arm} | {pm([p['eps_mse_mean'] for p in rows])} | {pm([p['oracle']['scalar_mean'] for p in rows])}"
+                  f" | {pm([p['oracle']['channel_mean'] for p in rows])} | {' '.join(f'{x / rms:.2f}' for x in std)} | "
+                  f"{pm(cv, '.3f')} |")
+    return md + [""]
+
+
+def two_level_markdown(report, objective):
+    """The probe's two-level statistics: baselines as units, images as units, and the rule that needs both."""
+    tests = two_level(report).get(objective, {})
+    if not any(tests.values()):
+        return []
+    md = ["Two-level statistics of the probe (SE minus control; per_baseline: paired t-test over baselines, their seeds "
+          "averaged; per_image: each held-out image's difference, averaged over its baseline's runs; bootstrap: "
+          "baselines resampled, then images within each). SE moved a number only where both reject the same way.", "",
+          "| arm | probe number | per_baseline: n, mean diff, p | per_image: images, mean diff, SE lower on | "
+          "bootstrap 95% CI, p | both |", "|---" * 6 + "|"]
+    for arm, by_key in tests.items():
+        for key, t in by_key.items():
+            b, i, boot = t['per_baseline'], t['per_image'], t['bootstrap']
+            if b.get('available', True):
+                base = f"{b['n']}, {b['mean_diff']:+.3g}, p = {b['p_t']:.3g}"
+            else:
+                base = f"not available (n = 1); over {t['per_seed']['n']} seeds of it: p = {t['per_seed']['p_t']:.3g}"
+            md.append(f"| {arm} | {key} | {base} | {i['n_images']}, {i['mean_diff']:+.3g} ({100 * i['rel_diff']:+.1f}%), "
+                      f"{i['share_lower']:.0%} | [{boot['ci95'][0]:.3g}, {boot['ci95'][1]:.3g}], p = {boot['p']:.3g} | "
+                      f"{'yes' if t['significant'] else 'no'} |")
+    return md + [""]
+
+
 def fig1_markdown(report, out_dir):
     c, sizes, aes = report['config'], report['config']['sizes'], report['autoencoders']
     seeds = len(aes['control'])
@@ -294,6 +486,7 @@ def fig1_markdown(report, out_dir):
         for name, m in report['references'].items():
             md.append(f"| reference: {'a second draw of held-out ' + unit(report) if name == 'real' else name + ' AE reconstructions'}"
                       f" | " + " | ".join(f"{m[k]:.2f}" if k in m else '-' for k in keys) + " | | |")
+        md += [""] + oracle_markdown(report, objective) + two_level_markdown(report, objective)
         real = report.get('references_grid', 'references/real/grid.png')
         md += ["", "Samples at the last step, seed 0 (and the held-out data):", "",
                "| " + " | ".join(ARM_NAMES[a] for a in arms(report)) + " | held-out |", "|---" * (len(arms(report)) + 1) + "|",

@@ -20,8 +20,11 @@ beside bicubic at the latent grid. (4) The same LDM recipe trains on each autoen
 The primary metric is a diffusability probe: on held-out latents, with the same fixed noise for every arm, the LDM's
 eps-MSE and the pixel error of its decoded x0 prediction at each noise level. Secondary: its samples, scored by SWD
 (and FID/KID with Inception weights) beside a second draw of real images and each AE's own reconstructions, after a
-guard that says whether the LDM has learned to sample at all. (5) Every comparison is paired over seeds (SE against
-its own control): a paired t-test and an exact sign-flip test, and a verdict at alpha = 0.05.
+guard that says whether the LDM has learned to sample at all. Beside the probe, the Gaussian oracle of each arm's
+latent spectrum under one scalar and per-channel normalisation (--latent_norm channel trains the LDMs so too). (5)
+Every comparison is paired (SE against its own control), with baselines as units (a paired t-test and an exact
+sign-flip test; over seeds where there is one baseline, said so) and, for the probe, held-out images as units (a
+hierarchical bootstrap); the verdict, at alpha = 0.05, claims an effect on the probe only where both agree.
 
 Everything goes to --out_dir; report.json holds every number. Each artefact records the settings it was made with
 (reproduce_settings.json); a rerun reuses what matches, resumes training runs whose settings match and remakes the
@@ -138,6 +141,8 @@ parser.add_argument('--ldm_model', type=str, default='dit', choices=['dit', 'une
 parser.add_argument('--ldm_preset', type=str, default='tiny', help="the size preset of the LDMs' backbone "
                     "(train_ldm.py --preset)")
 parser.add_argument('--ldm_lr', type=float, default=None, help="learning rate of every LDM (none: 1e-3 on images, 3e-3 on video, the best of repro's LR sweep)")
+parser.add_argument('--latent_norm', type=str, default=None, choices=['scalar', 'channel'], help="the LDMs' latent "
+                    "normalisation (train_ldm.py --latent_norm); none: scalar on images, channel on video")
 parser.add_argument('--ldm_ema_decay', type=float, default=0.999, help="EMA decay of the LDMs' weights, with a warm-up "
                     "(train_ldm.py --ema_warmup): min(decay, (1 + n) / (10 + n))")
 add_device_arg(parser)  # passed on to every script
@@ -159,6 +164,7 @@ def check_args(args):
     video = args.num_frames > 1
     args.out_dir = args.out_dir or ('out/reproduce_video' if video else 'out/reproduce')
     args.ldm_lr = args.ldm_lr or (3e-3 if video else 1e-3)
+    args.latent_norm = args.latent_norm or ('channel' if video else 'scalar')  # train_ldm.py's default
     size_set = ('video_smoke' if args.smoke else 'video') if video else ('smoke' if args.smoke else 'default')
     sizes = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in SIZES[size_set].items()}
     objectives = args.objective.split(',')
@@ -209,12 +215,12 @@ class Experiment:
 
     out_dir: where every artefact goes; sizes: the run's SIZES, flags applied; video, num_frames: clips or images;
     arms: the Fig. 1 arms ('control', 'se'[, 'se_st']); seeds: how many; device, nproc, jobs: where and how many
-    script runs at a time; random_crop, se_down, ft_lr, ldm_model, ldm_preset, ldm_lr, ldm_ema_decay: the flags of
-    the same names, passed on to the scripts; f_factors: --f_sweep's factors; baseline, baseline_id: the autoencoder
-    every arm fine-tunes and its hash (for pretrain, the file it writes); reference_seconds: REFERENCE_SECONDS of
-    this kind of run; data, counts: the materialised data's folders and sizes (set once they are made); work: the
-    time left (a Work, set once the plan is known); child_seconds: the seconds spent in each script, filled as they
-    run."""
+    script runs at a time; random_crop, se_down, ft_lr, ldm_model, ldm_preset, ldm_lr, ldm_ema_decay, latent_norm
+    (None: train_ldm.py's default): the flags of the same names, passed on to the scripts; f_factors: --f_sweep's
+    factors; baseline, baseline_id: the autoencoder every arm fine-tunes and its hash (for pretrain, the file it
+    writes); reference_seconds: REFERENCE_SECONDS of this kind of run; data, counts: the materialised data's folders
+    and sizes (set once they are made); work: the time left (a Work, set once the plan is known); child_seconds: the
+    seconds spent in each script, filled as they run."""
     out_dir: str
     sizes: dict
     video: bool
@@ -235,6 +241,7 @@ class Experiment:
     baseline: str
     reference_seconds: dict
     baseline_id: str = None
+    latent_norm: str = None
     data: dict = None
     counts: dict = None
     work: 'Work' = None
@@ -736,12 +743,15 @@ def ldm(exp, seed, ae, objective):
     """Train the LDM of one arm and seed, stopping at ldm_evals evenly spaced steps to keep a snapshot of each. ->
     (folder, [(step, snapshot path, settings)])."""
     name, ae_dir, ae_settings = ae
-    out = os.path.join(exp.out_dir, f'seed{seed}', f'ldm_{objective}_{name}')
+    other = exp.latent_norm not in (None, 'channel' if exp.video else 'scalar')  # not train_ldm.py's default: only that
+    norm = ['--latent_norm', exp.latent_norm] if other else []  # gets the flag and a folder, so default runs reuse theirs
+    out = os.path.join(exp.out_dir, f'seed{seed}', f'ldm_{objective}_{name}' + (f'_{exp.latent_norm}' if other else ''))
     script_args = ['--seed', seed, '--image_size', exp.sizes['image_size'], '--device', exp.device, *training_data(exp),
                    '--ae', os.path.join(ae_dir, 'ckpt.pt'),
                    '--model', exp.ldm_model, '--preset', exp.ldm_preset, '--lr', exp.ldm_lr,
                    '--batch_size', exp.sizes['ldm_batch_size'], '--num_workers', 0, '--ema_decay', exp.ldm_ema_decay,
                    '--ema_warmup', *(['--objective', 'flow'] if objective == 'flow' else []),
+                   *norm,
                    '--cache_latents', os.path.join(out, 'latent_cache'),
                    '--cache_size', exp.sizes['train_images'] if exp.random_crop or exp.video else exp.counts['train']]  # crops, or each file
     settings = {'script': 'train_ldm.py', 'args': list(map(str, script_args)), 'ae': ae_settings}
@@ -790,8 +800,10 @@ def probe(exp, snapshot, objective):
     probe.json beside the snapshot."""
     cache = snapshot.replace('.pt', '_probe.json')
     if os.path.exists(cache) and os.path.getmtime(cache) >= os.path.getmtime(snapshot):
-        exp.work.finish('probe', exp.counts['heldout'], ran=False)
-        return json.load(open(cache))
+        cached = json.load(open(cache))
+        if 'eps_mse_per_image' in cached:  # a probe of before the per-image numbers and the oracle runs again
+            exp.work.finish('probe', exp.counts['heldout'], ran=False)
+            return cached
     from utils.common import select_device
     from repro.probe import PROBE_T, PROBE_T_FLOW, diffusability_probe
     t0 = time.time()
@@ -1063,7 +1075,8 @@ def main(argv=None):
                      arms=('control', 'se', 'se_st') if video else ('control', 'se'),  # se_st: SE in space and time
                      seeds=args.seeds, device=args.device, nproc=args.nproc, jobs=jobs, random_crop=args.random_crop,
                      se_down=args.se_down, ft_lr=args.ft_lr, ldm_model=args.ldm_model, ldm_preset=args.ldm_preset,
-                     ldm_lr=args.ldm_lr, ldm_ema_decay=args.ldm_ema_decay, f_factors=args.f_factors,
+                     ldm_lr=args.ldm_lr, ldm_ema_decay=args.ldm_ema_decay, latent_norm=args.latent_norm,
+                     f_factors=args.f_factors,
                      baseline=args.baseline or BASELINE[kind_of(args.num_frames)],
                      reference_seconds={**REFERENCE_SECONDS, **(VIDEO_REFERENCE_SECONDS if video else {})})
     if args.pretrain:
@@ -1102,7 +1115,9 @@ def main(argv=None):
         baseline_id = hashlib.sha256(f.read()).hexdigest()[:16]
     exp = replace(exp, baseline=baseline, baseline_id=baseline_id)
     report = {'config': {**vars(args), 'sizes': sizes, 'baseline': baseline, 'baseline_sha256': baseline_id},
-              'data': counts, 'hardware': hardware(args.device, args.nproc), 'torch': torch.__version__, 'jobs': jobs}
+              'runs': [{'baseline': baseline_id, 'seed': s} for s in range(args.seeds)],  # the units of report.py's tests
+              'latent_norm': args.latent_norm, 'data': counts, 'hardware': hardware(args.device, args.nproc),
+              'torch': torch.__version__, 'jobs': jobs}
 
     # Fig. 1: per seed, the SE fine-tune(s) and the control; the baseline itself measured beside them
     arms = exp.arms
@@ -1143,7 +1158,8 @@ def main(argv=None):
         measured = parallel([lambda m=m: measure(exp, m) for m in made], jobs)
         report['fig4'] = {'se_weights': SE_WEIGHTS, 'finetune': dict(zip(map(str, SE_WEIGHTS), measured))}
 
-    from repro.report import verdict, write_report
+    from repro.report import two_level, verdict, write_report
+    report['two_level'] = two_level(report)  # per_baseline, per_image, bootstrap of the probe's numbers
     report['wall_seconds'] = time.time() - t0
     report['child_seconds'] = exp.child_seconds
     report['verdict'] = None if args.smoke else verdict(report)  # toy sizes support no claim

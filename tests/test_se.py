@@ -116,6 +116,19 @@ def test_temporal_se_keeps_the_first_frame_and_averages_groups_of_the_rest():
             torch.testing.assert_close(out[:, :, 1 + j], v[:, :, 1 + s * j:1 + s * (j + 1)].mean(2), rtol=0, atol=1e-12)
 
 
+def test_the_authors_released_temporal_reduce_keeps_every_frame_where_ours_averages_them():
+    """The authors' comment on temporal_scale_factors says the frames after the first are averaged in groups; their
+    released einops pattern has the same axes on both sides, so it is the identity and shrinks no time. Ours does what
+    the comment says (docs/guide.md, train_ae.py)."""
+    import einops
+    x = torch.randn(2, 9, 3, 4, 4, dtype=torch.float64)  # their layout (b, t, c, h, w), 1 + 8 frames
+    theirs = einops.reduce(x[:, 1:], 'b (t ft) c h w -> b (t ft) c h w', 'mean', ft=2)
+    torch.testing.assert_close(theirs, x[:, 1:], rtol=0, atol=0)
+    ours = causal_time_pool(x.transpose(1, 2), factor=2).transpose(1, 2)  # ours is (b, c, t, h, w)
+    assert ours.shape[1] == 5
+    torch.testing.assert_close(ours[:, 1:], einops.reduce(x[:, 1:], 'b (t ft) c h w -> b t c h w', 'mean', ft=2))
+
+
 @pytest.mark.parametrize('block', [4, 8])
 def test_dct_cut_keeps_exactly_the_first_zigzag_coefficients(block):
     x = torch.randn(2, 3, 2 * block, 3 * block, dtype=torch.float64)

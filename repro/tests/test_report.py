@@ -86,3 +86,105 @@ def test_ema_warmup_follows_its_formula():
     assert ema.weight.item() == pytest.approx(kept, rel=1e-4) and kept < 0.002
     assert 0.999 ** 2000 == pytest.approx(0.135, abs=1e-3)
     assert ema_decay(0.999, 5) == 0.999 and ema_decay(0.999, 0, warmup=True) == pytest.approx(0.1)
+
+
+def two_level_draw(rng, baselines, images, tau, effect=0.0, seeds=1):
+    """One experiment of the two-level design: per baseline a level both arms share and an SE effect drawn around
+    `effect` with spread tau (how SE acts differs by autoencoder); per image a difficulty every run shares; per run
+    and image, noise. -> (control, se, baselines) as two_level_test takes them."""
+    v = rng.normal(0, 1, images)
+    control, se, ids = [], [], []
+    for b in range(baselines):
+        level, u = rng.normal(0, 2), rng.normal(effect, tau)
+        for _ in range(seeds):
+            control.append(level + v + rng.normal(0, 0.5, images))
+            se.append(level + u + v + rng.normal(0, 0.5, images))
+            ids.append(f'baseline{b}')
+    return control, se, ids
+
+
+def test_the_two_level_rule_fires_on_no_effect_at_most_alpha_where_the_bootstrap_alone_would_not():
+    """No effect on average over autoencoders, but SE acts on each baseline a little differently (tau) and images
+    differ: the verdict's rule (the per-baseline t-test and the hierarchical bootstrap both reject, the same way)
+    fires at most ALPHA of the time within Monte-Carlo error. The bootstrap alone, with 3 baselines to resample, fires
+    far more often: that is why the rule needs both. With a true effect the rule gains power with baselines."""
+    from repro.report import two_level_test
+    rng = np.random.default_rng(2)
+    draws = 300
+    mc = 3 * math.sqrt(ALPHA * (1 - ALPHA) / draws)
+    tests = [two_level_test(*two_level_draw(rng, 3, 32, tau=0.5)) for _ in range(draws)]
+    assert np.mean([t['significant'] for t in tests]) <= ALPHA + mc
+    assert np.mean([t['bootstrap']['p'] < ALPHA for t in tests]) > ALPHA + mc
+    power = [np.mean([two_level_test(*two_level_draw(rng, b, 32, tau=0.5, effect=1.0))['significant']
+                      for _ in range(100)]) for b in (3, 6)]
+    assert power[0] < power[1] and power[1] > 0.8
+
+
+def test_the_two_level_test_takes_baselines_as_units_and_says_when_there_is_one():
+    """Per baseline: the paired t-test of the baselines' mean differences (a baseline's seeds averaged first). With one
+    baseline that test is not available and the rule never fires; the runs are then seeds of that baseline, tested as
+    such, and the bootstrap is over its images alone: its interval is the mean's normal interval."""
+    from repro.report import two_level_test
+    rng = np.random.default_rng(3)
+    control, se, ids = two_level_draw(rng, 3, 16, tau=0.5, effect=0.2, seeds=2)
+    test = two_level_test(control, se, ids)
+    means = [(np.mean(se[r:r + 2]), np.mean(control[r:r + 2])) for r in (0, 2, 4)]
+    assert test['per_baseline'] == paired_test([m[0] for m in means], [m[1] for m in means])
+    assert test['per_image']['n_images'] == 16 and test['per_image']['n_baselines'] == 3
+    control, se, ids = two_level_draw(rng, 1, 400, tau=0.0, effect=0.1, seeds=3)
+    test = two_level_test(control, se, ids)
+    assert test['per_baseline'] == {'n': 1, 'available': False} and not test['significant']
+    assert test['per_seed'] == paired_test(list(np.mean(se, 1)), list(np.mean(control, 1)))
+    d = np.mean(np.subtract(se, control), 0)  # (400,) per-image differences, the seeds averaged
+    lo, hi = test['bootstrap']['ci95']
+    half = 1.96 * d.std(ddof=1) / math.sqrt(len(d))
+    assert lo == pytest.approx(d.mean() - half, abs=0.15 * half) and hi == pytest.approx(d.mean() + half, abs=0.15 * half)
+    assert test['bootstrap']['p'] < ALPHA  # an effect of 0.1 against per-image noise of 0.41 / sqrt(3) on 400 images
+
+
+def synthetic_report(rng, baselines, seeds, images=24, effect=-0.05):
+    """A report.json of Fig. 1 as reproduce.py writes it, with the numbers the verdict reads drawn at random: `seeds`
+    runs of each of `baselines` baselines; SE lowers the probe's per-image eps-MSE by `effect` on average."""
+    control, se, ids = two_level_draw(rng, baselines, images, tau=0.01, effect=effect, seeds=seeds)
+    keys = ('hf_share', 'hf_share_sample', 'hf_energy_share', 'hf_energy_share_sample', 'psnr')
+    ae = lambda: {k: float(rng.uniform(0.1, 0.3)) for k in keys}  # noqa: E731
+    def probe(values):
+        values = list(1 + 0.1 * np.asarray(values))
+        return {'eps_mse_mean': float(np.mean(values)), 'pixel_mse_mean': float(np.mean(values)) / 2,
+                'eps_mse_per_image': values, 'pixel_mse_per_image': [v / 2 for v in values],
+                'oracle': {'scalar_mean': float(rng.uniform(0.3, 0.4)), 'channel_mean': float(rng.uniform(0.3, 0.4))},
+                'channel_std': list(rng.uniform(0.5, 2, 4)), 'latent_norm': 'scalar', 'guard': {'ok': True}}
+    return {'config': {'baseline_sha256': ids[0]}, 'runs': [{'baseline': b, 'seed': s % seeds} for s, b in enumerate(ids)],
+            'autoencoders': {'control': [ae() for _ in ids], 'se': [ae() for _ in ids]},
+            'ldm': {'eps': {'control': [{'probe': [probe(c)], 'samples': {}} for c in control],
+                            'se': [{'probe': [probe(s)], 'samples': {}} for s in se]}}}
+
+
+def test_the_verdict_claims_a_probe_effect_only_with_baselines_and_images_as_units():
+    """Three baselines with a clear effect: the probe sentence says SE lowered it with both units, and report.json's
+    two_level holds per_baseline, per_image and bootstrap; the oracle is compared in both normalisations. One baseline
+    with three seeds and the same effect: the sentence says the baseline-level test is not available and claims
+    nothing about autoencoders; set-level numbers are tested over the seeds of that one baseline, and say so."""
+    from repro.report import oracle_markdown, two_level, two_level_markdown, verdict
+    rng = np.random.default_rng(4)
+    report = synthetic_report(rng, baselines=3, seeds=1, effect=-1.0)
+    sentences = dict(verdict(report))
+    probe = next(s for s in sentences if s.startswith('eps LDM: probe eps-MSE'))
+    assert 'SE lowered it, better, with baselines and with images as units' in probe
+    assert sentences[probe]['per_baseline']['n'] == 3 and sentences[probe]['significant']
+    assert any(s.startswith('eps LDM: Gaussian oracle eps-MSE, latents normalised per channel') for s in sentences)
+    survival = next(t for s, t in sentences.items() if s.startswith("eps LDM: SE's effect on the oracle"))
+    assert survival['survives'] == (survival['scalar']['significant'] and survival['channel']['significant'])
+    assert any('hf_share of posterior means' in s and 'over 3 baselines' in s for s in sentences)
+    tests = two_level(report)['eps']['se']
+    assert set(tests) == {'eps_mse', 'pixel_mse'} and {'per_baseline', 'per_image', 'bootstrap'} <= set(tests['eps_mse'])
+    md = '\n'.join(oracle_markdown(report, 'eps') + two_level_markdown(report, 'eps'))
+    assert 'latent_norm: scalar' in md and '| se | eps_mse | 3, ' in md
+
+    report = synthetic_report(rng, baselines=1, seeds=3, effect=-1.0)
+    sentences = dict(verdict(report))
+    probe = next(s for s in sentences if s.startswith('eps LDM: probe eps-MSE'))
+    assert 'the baseline-level test is not available (n = 1 baseline)' in probe and 'SE lowered' not in probe
+    assert not sentences[probe]['significant'] and sentences[probe]['bootstrap']['p'] < ALPHA
+    assert any('hf_share of posterior means' in s and 'over 3 seeds of one baseline' in s for s in sentences)
+    assert 'not available (n = 1)' in '\n'.join(two_level_markdown(report, 'eps'))

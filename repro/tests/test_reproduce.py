@@ -79,8 +79,18 @@ def test_smoke_run_pairs_the_arms_probes_them_and_reuses_what_matches(tmp_path):
     from repro.report import verdict
     assert report['verdict'] is None
     sentences = verdict(report)
-    assert len(sentences) >= 7 and all(0 <= v[1]['p_t'] <= 1 for v in sentences)
+    assert len(sentences) >= 7 and all(0 <= v[1]['p_t'] <= 1 for v in sentences if 'p_t' in v[1])
+    # the units of its tests: two seeds of one baseline, the probe's held-out images, and the oracle beside the probe
+    assert report['runs'] == [{'baseline': report['config']['baseline_sha256'], 'seed': s} for s in (0, 1)]
+    tests = report['two_level']['eps']['se']['eps_mse']
+    assert tests['per_baseline'] == {'n': 1, 'available': False} and tests['per_image']['n_images'] == n
+    assert tests['bootstrap']['ci95'][0] <= tests['per_image']['mean_diff'] <= tests['bootstrap']['ci95'][1]
+    p = ldm['se'][1]['probe'][-1]
+    assert p['latent_norm'] == report['latent_norm'] == 'scalar' and len(p['channel_std']) == 8
+    assert p['eps_mse_mean'] == pytest.approx(np.mean(p['eps_mse_per_image']), rel=1e-6)
+    assert 0 < p['oracle']['scalar_mean'] < 1 and 0 < p['oracle']['channel_mean'] < 1
     md = (tmp_path / 'report.md').read_text()
+    assert '**latent_norm: scalar**' in md and 'Two-level statistics of the probe' in md
     for name in ('fig1_probe_eps.png', 'fig1_spectra.png', 'fig5_erasure.png', 'fig5_strip.png'):
         assert f']({name})' in md and (tmp_path / name).stat().st_size > 0
     assert md.splitlines()[0].startswith('**Smoke run') and 'Verdict' not in md  # it says so first, and judges nothing
