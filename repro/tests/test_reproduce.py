@@ -230,6 +230,15 @@ def test_main_takes_its_flags_as_an_argument(tmp_path, monkeypatch, capsys):
         reproduce.main(['--replot', '--out_dir', str(tmp_path)])
     assert e.value.code == 2 and f"{tmp_path} holds no report.json" in capsys.readouterr().err
 
+def test_photographs_need_an_autoencoder_of_their_own_domain(tmp_path):
+    """--data without --baseline is refused in one sentence: the shipped dead-leaves baseline starts below bicubic on
+    photographs, and is never fine-tuned there silently."""
+    from repro import reproduce
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(['--data', str(tmp_path), '--out_dir', str(tmp_path / 'out')])
+    assert 'pass an autoencoder converged on your images with --baseline' in str(e.value.code)
+
+
 @pytest.mark.slow
 def test_a_data_folder_is_split_once_and_no_held_out_file_reaches_training(tmp_path):
     """--data: a seeded hash of file names holds some files out; train/ links only the others, the two held-out sets
