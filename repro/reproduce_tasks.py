@@ -253,7 +253,7 @@ def grid(task, root, samples, out_dir):
     targets = os.path.join(root, 'semantic_target' if task == 'semantic' else 'target')
     names = sorted(os.path.splitext(f)[0] for f in os.listdir(targets))[:8]
     S = read(os.path.join(targets, f'{names[0]}.png')).shape[-1]
-    palette = torch.tensor([_hsv_to_rgb(k / 6, 0.6, 0.8) for k in range(6)] + [(0.5, 0.5, 0.5)]) * 2 - 1  # COLOUR_LABELS
+    palette = torch.tensor(np.array([_hsv_to_rgb(k / 6, 0.6, 0.8) for k in range(6)] + [(0.5, 0.5, 0.5)])) * 2 - 1
     rows = {'input': [], 'sample': [], 'target': []}
     for n in names:
         if task == 'sr':
