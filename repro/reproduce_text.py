@@ -199,20 +199,19 @@ scales = [float(s) for s in args.cfg_scales.split(',')]
 os.makedirs(args.out_dir, exist_ok=True)
 
 
-def trained(task, steps, args, size):
-    """The LDM of `task` (text or layout) on the rendered training set, made once (a rerun with the same steps and data
-    set reuses it). -> its ema.pt."""
-    out = os.path.join(args.out_dir, f'ldm_{task}_{args.dataset}')
+def trained(task, steps, out_dir, dataset, seed, size):
+    """The LDM of `task` (text or layout) on the rendered training set of `dataset`, made once (a rerun with the same
+    steps and data set reuses it). -> its ema.pt."""
+    out = os.path.join(out_dir, f'ldm_{task}_{dataset}')
     ckpt = os.path.join(out, 'ema.pt')
     if not os.path.isfile(ckpt) or load_checkpoint(ckpt, 'ldm')['step'] != steps:
-        train = training_folder(args.out_dir, args.seed, size['train_images'], size['image_size'], args.dataset,
-                                MAX_OBJECTS)
+        train = training_folder(out_dir, seed, size['train_images'], size['image_size'], dataset, MAX_OBJECTS)
         print(f"training the {task} LDM: {steps} steps -> {out}", flush=True)
         run('train_ldm.py', '--ae', AE, '--task', task, '--objective', 'v', '--data', train, '--num_workers', 1,
             *(['--max_objects', MAX_OBJECTS] if task == 'layout' else []), '--image_size', size['image_size'],
             '--batch_size', size['batch_size'], '--max_steps', steps, '--lr', '1e-3', '--ema_decay', '0.999',
             '--ema_warmup', '--num_samples', 4, '--sample_steps', 2, '--eval_interval', steps, '--ckpt_interval', steps,
-            '--log_interval', max(steps // 20, 1), '--seed', args.seed, '--device', 'cpu', '--out_dir', out, '--overwrite')
+            '--log_interval', max(steps // 20, 1), '--seed', seed, '--device', 'cpu', '--out_dir', out, '--overwrite')
     return ckpt
 
 
@@ -234,14 +233,14 @@ def probe_line(name, probe):
             f"of one LDM seed).")
 
 
-def samples(ckpt, prompts, name, scale, args, size):
-    """sample.py: one sample per prompt at guidance `scale` -> (n, 3, H, W) in [-1, 1]."""
-    out = os.path.join(args.out_dir, f'samples_{name}_cfg{scale:g}')
-    prompt_file = os.path.join(args.out_dir, f'prompts_{name}.txt')
+def samples(ckpt, prompts, name, scale, out_dir, seed, steps):
+    """sample.py: one sample per prompt at guidance `scale`, DDIM `steps` -> (n, 3, H, W) in [-1, 1]."""
+    out = os.path.join(out_dir, f'samples_{name}_cfg{scale:g}')
+    prompt_file = os.path.join(out_dir, f'prompts_{name}.txt')
     with open(prompt_file, 'w') as f:
         f.writelines(c + '\n' for c in prompts)
     run('sample.py', '--ckpt', ckpt, '--prompt_file', prompt_file, '--n_samples', 1, '--cfg_scale', scale,
-        '--steps', size['sample_steps'], '--seed', args.seed, '--device', 'cpu', '--out_dir', out, '--overwrite')
+        '--steps', steps, '--seed', seed, '--device', 'cpu', '--out_dir', out, '--overwrite')
     with np.load(os.path.join(out, 'samples.npz')) as f:
         return torch.from_numpy(f['arr_0']).permute(0, 3, 1, 2).float() / 127.5 - 1
 
@@ -249,7 +248,7 @@ def samples(ckpt, prompts, name, scale, args, size):
 report = {'steps': steps, 'image_size': size['image_size'], 'dataset': args.dataset}
 lines = [f"# Text- and layout-to-image miniature ({args.dataset}, {size['image_size']} px, {steps} steps each)", ""]
 # text: the probe, the scorer's alignment of real images, of chance and of the samples at each guidance scale
-ckpt = trained('text', steps, args, size)
+ckpt = trained('text', steps, args.out_dir, args.dataset, args.seed, size)
 held = DeadLeaves(size['image_size'], seed=args.seed, train=False, annotation='caption', style=args.dataset)
 items = [held[i][0] for i in range(size['held_out'])]
 images, captions = torch.stack([it['image'] for it in items]), [it['caption'] for it in items]
@@ -258,7 +257,7 @@ scorer = train_scorer(size['image_size'], size['scorer_images'], size['scorer_st
 rows = {'real': alignment(scorer, images, captions), 'chance': alignment(scorer, images, captions[1:] + captions[:1])}
 rows['real']['swd'] = swd(render(args.seed + 3_000_000_019, len(images), size['image_size'], args.dataset)[0], images)
 for s in scales:
-    x = samples(ckpt, captions, 'text', s, args, size)
+    x = samples(ckpt, captions, 'text', s, args.out_dir, args.seed, size['sample_steps'])
     rows[f'samples, cfg {s:g}'] = {**alignment(scorer, x, captions), 'swd': swd(x, images)}
     save_image_grid(torch.cat([images[:8], x[:8]]), os.path.join(args.out_dir, f'grid_text_cfg{s:g}.png'), nrow=8)
 report['text'] = {'probe': probe, 'alignment': rows, 'grid_prompts': captions[:8]}
@@ -270,7 +269,7 @@ lines += ["", "grid_text_cfg<s>.png: the real held-out images (top row) and the 
 lines += [f"{i + 1}. {c}" for i, c in enumerate(captions[:8])]
 # layout: the same held-out images with their boxes; the probe, and the IoU of the largest box with what is drawn
 if args.layout:
-    ckpt = trained('layout', steps, args, size)
+    ckpt = trained('layout', steps, args.out_dir, args.dataset, args.seed, size)
     held = DeadLeaves(size['image_size'], seed=args.seed, train=False, annotation='layout', max_objects=MAX_OBJECTS,
                       style=args.dataset)
     layouts = [layout_prompt(held[i][0]['boxes']) for i in range(size['held_out'])]
@@ -278,7 +277,7 @@ if args.layout:
     iou = lambda x, prompts: float(np.mean([box_iou(xi, p) for xi, p in zip(x, prompts)]))  # noqa: E731
     rows = {'real': {'iou': iou(images, layouts)}, 'chance': {'iou': iou(images, layouts[1:] + layouts[:1])}}
     for s in scales:
-        x = samples(ckpt, layouts, 'layout', s, args, size)
+        x = samples(ckpt, layouts, 'layout', s, args.out_dir, args.seed, size['sample_steps'])
         rows[f'samples, cfg {s:g}'] = {'iou': iou(x, layouts), 'swd': swd(x, images)}
         save_image_grid(torch.cat([images[:8], x[:8]]), os.path.join(args.out_dir, f'grid_layout_cfg{s:g}.png'), nrow=8)
     report['layout'] = {'probe': probe, 'iou': rows, 'grid_prompts': layouts[:8]}

@@ -26,7 +26,6 @@ import json
 
 import numpy as np
 import torch
-from scipy import ndimage
 from PIL import Image, ImageFile, ImageOps
 
 from utils.cli import DATASETS
@@ -174,6 +173,7 @@ def box_iou(image, prompt):
     """How well an image (3, H, W) in [-1, 1] draws the first (largest) box of a layout prompt 'red disk x0 y0 x1 y1;
     ...' (sample.py's, coordinates in [0, 1]), by the generator's own colour names: the IoU of that box with the
     bounding box of the connected region of pixels of the box's colour that overlaps it most (0 where none does)."""
+    from scipy import ndimage  # here, not at the top: training never imports scipy (tests/test_structure.py)
     name, *coords = prompt.split(';')[0].rsplit(' ', 4)
     colour = COLOUR_LABELS.index(name.split()[0])
     S = image.shape[-1]
