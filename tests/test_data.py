@@ -248,3 +248,38 @@ def test_region_r2_is_one_for_an_image_drawn_in_the_maps_regions_and_near_zero_f
     noise = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(0))
     assert region_r2(noise, labels) < 0.1
     assert region_r2(torch.zeros(3, 16, 16), labels) == 1.0
+
+
+def flat_discs(offsets=(0.0, 0.0, 0.0)):
+    """A 64 px image of 3 flat discs (radius 10 px) of different colours on a flat background, with a colour offset."""
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing='ij')
+    x = torch.tensor([-0.6, -0.2, 0.2]).view(3, 1, 1).expand(3, 64, 64).clone()
+    for (cy, cx), colour in zip([(16, 16), (16, 46), (46, 30)], [(0.8, -0.5, 0.1), (-0.9, 0.6, 0.5), (0.3, 0.3, -0.8)]):
+        x[:, (yy - cy) ** 2 + (xx - cx) ** 2 <= 100] = torch.tensor(colour).view(3, 1)
+    return x + torch.tensor(offsets).view(3, 1, 1)
+
+
+def test_uniform_regions_count_flat_shapes_and_nothing_in_noise_or_a_smooth_ramp():
+    """metrics.uniform_regions, the recognisability measure: 3 flat discs on a flat background are 4 regions (whatever
+    the colour offset); white noise has none, and neither has a smooth ramp across the image, whose neighbours differ
+    by less than the edge threshold but whose colours span the whole range."""
+    from evaluation.metrics import uniform_regions
+    areas = uniform_regions(flat_discs())
+    # each disc less its edge band of about 2 px: pi 8^2 / 64^2 = 0.049
+    assert len(areas) == 4 and 0.5 < areas[0] < 0.8 and all(0.04 < a < 0.077 for a in areas[1:])
+    assert uniform_regions(flat_discs((0.1, -0.1, 0.05))) == areas  # an offset the decoder could absorb moves nothing
+    assert uniform_regions(torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(0)).clamp(-1, 1) / 2) == []
+    ramp = torch.linspace(-0.9, 0.9, 64).view(1, 1, 64).expand(3, 64, 64)
+    assert uniform_regions(ramp) == []
+
+
+def test_region_stats_separate_the_shapes_from_textured_leaves_and_ignore_order():
+    """metrics.region_stats on held-out images: the shapes' leaves cover several times more of an image than the
+    textured leaves' (the gap the measure exists to see), and permuting the images changes nothing."""
+    from evaluation.metrics import region_stats
+    from utils.data import DeadLeaves
+    shapes = torch.stack([DeadLeaves(64, train=False, style='shapes')[i][0] for i in range(8)])
+    textured = torch.stack([DeadLeaves(64, train=False)[i][0] for i in range(8)])
+    s, t = region_stats(shapes), region_stats(textured)
+    assert s['regions'] >= 4 and s['covered'] > 0.3 and s['covered'] > 3 * t['covered'], (s, t)
+    assert region_stats(shapes.flip(0)) == s
