@@ -266,3 +266,22 @@ def test_cli_names_a_missing_checkpoint_in_one_sentence(tmp_path):
     with pytest.raises(SystemExit, match='does not exist'):
         spectrum.main(['--ckpt', str(tmp_path / 'missing.pt'), '--num_images', '1', '--image_size', '32',
                        '--device', 'cpu', '--out_dir', str(tmp_path / 'out')])
+
+
+def test_noised_hf_share_rises_from_the_images_own_to_white_noise_and_inverts():
+    """spectral.noised_hf_share, the RGB + noise reference: at sigma 0 it is the images' own hf_share, it rises with the
+    noise toward white noise's 32/63, a per-channel scale changes nothing (sigma is relative to each channel's std),
+    and equivalent_sigma reads the noise level back from a share on the curve."""
+    from utils.spectral import equivalent_sigma, noised_hf_share
+    g = torch.Generator().manual_seed(0)
+    smooth = F.interpolate(torch.randn(16, 3, 4, 4, generator=g), size=32, mode='bicubic', align_corners=False)
+    sigmas = [0.0, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
+    shares = noised_hf_share(smooth, sigmas)
+    assert shares[0] == pytest.approx(hf_share(smooth)) and shares[0] < 0.01
+    assert all(a < b for a, b in zip(shares, shares[1:])) and shares[-1] == pytest.approx(32 / 63, abs=0.01)
+    scaled = smooth * torch.tensor([1.0, 5.0, 0.2]).view(1, 3, 1, 1)
+    assert noised_hf_share(scaled, sigmas) == pytest.approx(shares, rel=1e-6)
+    fine = [0.01 * k for k in range(101)]
+    target = noised_hf_share(smooth, [0.37], seed=0)[0]
+    assert equivalent_sigma(fine, noised_hf_share(smooth, fine), target) == pytest.approx(0.37, abs=0.01)
+    assert equivalent_sigma(sigmas, shares, 0.9) is None

@@ -102,6 +102,25 @@ def hf_energy_share(x):
     """The share of AC energy in zigzag coefficients 32..63 of the energy summed over channels (see BlockSpectrum)."""
     return BlockSpectrum().update(x).hf_energy_share()
 
+def noised_hf_share(x, sigmas, seed=0):
+    """The RGB + noise reference (the paper's spectrum of noised RGB): hf_share of x + sigma * std_c * eps for each
+    sigma, with eps ~ N(0, I) one fixed draw and std_c each channel's std over the set, so that sigma is a
+    signal-to-noise ratio whatever the channels' scales. From x's own hf_share at sigma = 0 it rises toward white
+    noise's 32/63. -> [hf_share per sigma]."""
+    x = x.double()
+    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    std = x.transpose(0, 1).flatten(1).std(1).view(1, -1, *([1] * (x.dim() - 2)))
+    return [hf_share(x + s * std * eps) for s in sigmas]
+
+
+def equivalent_sigma(sigmas, shares, share):
+    """The noise level at which the curve (sigmas, shares) of noised_hf_share reaches `share`, by linear interpolation
+    on the rising curve: how much noise RGB needs to be as high-frequency as a latent. None outside the curve."""
+    for (s0, h0), (s1, h1) in zip(zip(sigmas, shares), zip(sigmas[1:], shares[1:])):
+        if min(h0, h1) <= share <= max(h0, h1):
+            return s0 if h1 == h0 else s0 + (share - h0) / (h1 - h0) * (s1 - s0)
+    return None
+
 # -----------------------------------------------------------------------------
 # video: the spatial spectrum per latent frame, and a temporal spectrum along the frames
 
