@@ -201,3 +201,18 @@ def test_logged_se_and_hf_terms_equal_their_formulas_recomputed_from_the_checkpo
     assert se.item() == pytest.approx(logged, rel=1e-5)
     assert latent_hf_penalty(z, power=1.5).mean().item() == pytest.approx(logged_hf, rel=1e-5)
     assert os.path.exists(d / 'ckpt.pt')
+
+
+def test_se_detach_z_trains_the_decoder_alone(tmp_path):
+    """train_ae.py --se_detach_z (issue 37's ablation): after one step the encoder equals the control's, which had no
+    SE term, and the decoder does not; without the flag SE moves the encoder too."""
+    args = [*TINY_AE, '--max_steps', '1', '--se_scales', '2', '--image_size', '16', '--grad_clip', '0']  # the global
+    # norm clip would couple the encoder's step to the decoder's gradient
+    weights = {}
+    for name, extra in (('control', []), ('se', ['--se_weight', '1']), ('detached', ['--se_weight', '1', '--se_detach_z'])):
+        run('train_ae.py', *args, *extra, '--out_dir', tmp_path / name)
+        weights[name] = torch.load(tmp_path / name / 'ckpt.pt', weights_only=False)['model']
+    part = lambda name, prefix: torch.cat([v.flatten() for k, v in weights[name].items() if k.startswith(prefix)])  # noqa: E731
+    assert torch.allclose(part('detached', 'encoder.'), part('control', 'encoder.'), rtol=0, atol=1e-7)
+    assert not torch.allclose(part('se', 'encoder.'), part('control', 'encoder.'), rtol=0, atol=1e-6)
+    assert not torch.allclose(part('detached', 'decoder.'), part('control', 'decoder.'), rtol=0, atol=1e-6)
