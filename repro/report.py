@@ -145,9 +145,14 @@ def two_level_test(control, se, baselines):
 
 
 def guard_failures(report):
-    """The LDMs whose samples fail the guard (probe.guard_ldm, metrics.sample_guard), as 'objective arm seed s' strings."""
-    return [f"{objective} {arm} seed {s}" for objective, runs in report['ldm'].items() for arm in arms(report)
-            for s, run in enumerate(runs[arm]) if not run['probe'][-1]['guard']['ok']]
+    """The LDMs whose samples fail the guard (probe.guard_ldm, metrics.sample_guard), as 'objective arm run' strings."""
+    units = report.get('runs') or [{'baseline': None, 'seed': s} for s in range(len(report['autoencoders']['control']))]
+    label = lambda u: f"seed {u['seed']}" + (f" of baseline {u['baseline'][:8]}" if u['baseline'] else '')  # noqa: E731
+    return [f"{objective} {arm} {label(u)}" for objective, runs in report['ldm'].items() for arm in arms(report)
+            for u, run in zip(units, runs[arm]) if not run['probe'][-1]['guard']['ok']]
+
+
+REGION_KEYS = ['regions', 'covered']  # metrics.region_stats: near-uniform regions an image, the share they cover
 
 
 def sample_keys(report):
@@ -338,6 +343,35 @@ def plot_spectra(rows, out_dir, name, title):
     return save(fig, out_dir, name)
 
 
+def rgb_noise_markdown(report, out_dir):
+    """The RGB + noise reference: how much Gaussian noise the held-out images on the latent grid need to be as
+    high-frequency as each arm's latents, and the curve it is read from."""
+    if 'rgb_noise' not in report:
+        return []
+    r = report['rgb_noise']
+    fig, ax = plt().subplots(figsize=(5.5, 3.6))
+    ax.plot([s for s in r['sigmas'] if s > 0], [h for s, h in zip(r['sigmas'], r['hf_share']) if s > 0], 'k-',
+            label='RGB on the latent grid + noise')
+    cells = []
+    for i, (arm, sigmas) in enumerate(r['equivalent_sigma'].items()):
+        ms = aes_of(report, arm)
+        share = statistics.mean(m['hf_share'] for m in ms)
+        ax.axhline(share, ls='--', color=f'C{i}', label=f"{arm} latents (hf {share:.3f})")
+        known = [s for s in sigmas if s is not None]
+        cells.append(f"{arm} {statistics.mean(known):.3g}" if known else f"{arm} beyond the curve")
+    ax.set(xscale='log', xlabel='noise std / channel std', ylabel='hf_share')
+    ax.legend(fontsize=7)
+    name = save(fig, out_dir, 'rgb_noise.png')
+    return [f"RGB + noise (the paper's noised-RGB spectrum): the held-out {unit(report)} on the latent grid reach each "
+            f"latent's hf_share at a noise std (relative to each channel's std, mean over runs) of: "
+            + "; ".join(cells) + ".", "", f"![RGB + noise]({name})", ""]
+
+
+def aes_of(report, arm):
+    """The measured autoencoders of an arm of Fig. 1, or the baselines before fine-tuning."""
+    return report.get('baselines', [report.get('baseline')]) if arm == 'baseline' else report['autoencoders'][arm]
+
+
 def plot_sweep(xs, series, xlabel, out_dir, name, log_x=False, psnr=None):
     """HF shares (and optionally PSNR) against a swept setting."""
     fig, axes = plt().subplots(1, 2 if psnr else 1, figsize=(9 if psnr else 5, 3.6), squeeze=False)
@@ -414,7 +448,12 @@ def oracle_markdown(report, objective):
           f"variances per (channel, coefficient) on the held-out latents, mean over the probe's levels; the latents "
           f"normalised by one scalar and per channel. These LDMs normalise by: **latent_norm: {norm}**. Channel stds: "
           f"each channel's std over the held-out latents, over their RMS (seed 0), and their coefficient of variation "
-          f"(mean over runs), which only the one scalar normalisation sees.", "",
+          f"(mean over runs), which only the one scalar normalisation sees."
+          + (" Normalised per channel, the trained probe cannot be moved by a channel scale the decoder absorbs: an SE "
+             "effect on it survives channel normalisation by construction, and the oracle's two columns say how much "
+             "of it the spectrum alone predicts, with and without." if norm == 'channel' else
+             " Normalised by one scalar, the trained probe sees the channels' relative scales: rerun with "
+             "--latent_norm channel to ask whether an SE effect survives channel normalisation."), "",
           "| arm | trained probe eps-MSE | oracle, one scalar | oracle, per channel | channel stds / RMS (seed 0) | "
           "channel std CV |", "|---" * 6 + "|"]
     for arm, rows in last.items():
@@ -452,14 +491,18 @@ def two_level_markdown(report, objective):
 
 def fig1_markdown(report, out_dir):
     c, sizes, aes = report['config'], report['config']['sizes'], report['autoencoders']
-    seeds = len(aes['control'])
+    files = c.get('baselines', [{'file': c['baseline'], 'sha256': c['baseline_sha256']}])
+    seeds = len(aes['control']) // len(files)
     md = ["## Fig. 1: does SE make the latents easier to diffuse?", "",
-          f"The baseline ({os.path.basename(c['baseline'])}, sha256 {c['baseline_sha256']}) fine-tuned {sizes['ft_steps']} "
-          f"steps with SE (se_weight {c['se_weight']:g}, the authors' {c['se_down']} operator) and without (control), "
-          f"{seeds} seeds; each pair shares its data order and seed. Measured on {report['data']['heldout']} held-out "
-          f"{unit(report)}:", ""]
-    md += ae_table({'baseline (before fine-tuning)': [report['baseline']], **{arm: aes[arm] for arm in arms(report)}})
+          f"{len(files)} independently pretrained baseline(s) ("
+          f"{', '.join(os.path.basename(b['file']) + ' ' + b['sha256'][:8] for b in files)}), each fine-tuned "
+          f"{sizes['ft_steps']} steps with SE (se_weight {c['se_weight']:g}, the authors' {c['se_down']} operator) and "
+          f"without (control), {seeds} seed(s) each; each pair shares its data order and seed. Measured on "
+          f"{report['data']['heldout']} held-out {unit(report)} (mean ± std over the {len(aes['control'])} runs):", ""]
+    md += ae_table({'baselines (before fine-tuning)': report.get('baselines', [report['baseline']]),
+                    **{arm: aes[arm] for arm in arms(report)}})
     md += ["", f"![spectra]({plot_spectra({arm: aes[arm][0] for arm in arms(report)}, out_dir, 'fig1_spectra.png', 'Latent spectra, seed 0')})", ""]
+    md += rgb_noise_markdown(report, out_dir)
     keys = sample_keys(report)
     for objective, runs in report['ldm'].items():
         first = runs['control'][0]['probe'][-1]
@@ -476,6 +519,7 @@ def fig1_markdown(report, out_dir):
                 rows = [r['probe'][-1] for r in runs[arm]]
                 md.append(f"| {what}, {arm} | " + " | ".join(pm([r[key][i] for r in rows]) for i in show) +
                           f" | {pm([r[key + '_mean'] for r in rows])} |")
+        keys = keys + [k for k in REGION_KEYS if k in runs['control'][0]['samples']]  # shown, not tested: nearer real is better
         md += ["", "| samples | " + " | ".join(keys) + " | guard: sample std / data std (min-max) | saturated |",
                "|---" * (len(keys) + 3) + "|"]
         for arm in arms(report):
@@ -486,13 +530,17 @@ def fig1_markdown(report, out_dir):
         for name, m in report['references'].items():
             md.append(f"| reference: {'a second draw of held-out ' + unit(report) if name == 'real' else name + ' AE reconstructions'}"
                       f" | " + " | ".join(f"{m[k]:.2f}" if k in m else '-' for k in keys) + " | | |")
+        if 'covered' in keys:
+            md += ["", "regions, covered: the recognisability measure (metrics.region_stats), the near-uniform connected "
+                   "regions an image and the share of it they cover, computed alike on samples, the held-out draw and "
+                   "the reconstructions; nearer the held-out draw is better."]
         md += [""] + oracle_markdown(report, objective) + two_level_markdown(report, objective)
         real = report.get('references_grid', 'references/real/grid.png')
         md += ["", "Samples at the last step, seed 0 (and the held-out data):", "",
                "| " + " | ".join(ARM_NAMES[a] for a in arms(report)) + " | held-out |", "|---" * (len(arms(report)) + 1) + "|",
                "| " + " | ".join(f"![{a}]({runs[a][0]['grid']})" for a in arms(report)) + f" | ![held-out]({real}) |", ""]
     if not c['smoke']:
-        md += ["### Verdict (paired over seeds, alpha = 0.05)", ""] + [f"- {s}" for s, _ in verdict(report)] + [""]
+        md += ["### Verdict (paired over runs, alpha = 0.05)", ""] + [f"- {s}" for s, _ in verdict(report)] + [""]
     return md
 
 
@@ -562,7 +610,39 @@ def markdown(report, out_dir):
           "of 8x8 block DCTs, averaged over channels (white noise 0.508; smooth images near 0); hf_energy_share takes the "
           "share of the energy summed over channels, which a rotation of the channels (invisible to an LDM that "
           "normalises by one scalar) cannot change. Samples are posterior samples, what the LDM learns.", ""]
-    return md + fig1_markdown(report, out_dir) + sweep_markdown(report, out_dir)
+    return md + fig1_markdown(report, out_dir) + sweep_markdown(report, out_dir) + ablations_markdown(report)
+
+
+ABLATION_NAMES = {'se_detach': 'SE, z detached (trains the decoder alone)', 'se_f2': 'SE, factor 2 only',
+                  'se_f4': 'SE, factor 4 only', 'dct_cut': "the authors' DCT cut", 'hf_reg': "the authors' HF penalty",
+                  'se_long': 'SE, 5x longer'}
+
+
+def ablations_markdown(report):
+    """--ablations: each arm against its control (the Fig. 1 control, or one fine-tuned as long), paired over the
+    units the runs support, on the held-out spectra and PSNR."""
+    if 'ablations' not in report:
+        return []
+    aes, baselines = report['ablations']['autoencoders'], run_baselines(report)
+    units = 'baselines' if len(set(baselines)) > 1 else 'seeds of one baseline'
+    keys = [('hf_share', 'hf_share'), ('hf_energy_share', 'hf_energy_share'), ('psnr', 'PSNR')]
+    md = ["## Ablations: each fine-tune against its control", "",
+          f"Every run's baseline fine-tuned once more per arm, with the same seed and data order as its control; "
+          f"measured on the held-out {unit(report)} as Fig. 1's arms. Each cell: control -> arm (relative "
+          f"difference; paired t-test over {units}).", "",
+          "| arm | steps | " + " | ".join(name for _, name in keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    for arm, spec in report['ablations']['arms'].items():
+        control = report['autoencoders']['control'] if spec['control'] == 'control' else aes[spec['control']]
+        cells = []
+        for key, _ in keys:
+            c, a = [m[key] for m in control], [m[key] for m in aes[arm]]
+            if len(set(baselines)) > 1:
+                c, a = by_baseline(c, baselines), by_baseline(a, baselines)
+            t = paired_test(a, c)
+            cells.append(f"{statistics.mean(c):.4g} -> {statistics.mean(a):.4g} ({100 * t['rel_diff']:+.1f}%, "
+                         f"p = {t['p_t']:.2g})")
+        md.append(f"| {ABLATION_NAMES.get(arm, arm)} | {spec['steps']} | " + " | ".join(cells) + " |")
+    return md + [""]
 
 
 def write_report(out_dir):

@@ -2,26 +2,30 @@
 Does scale equivariance (SE) make latents more diffusable? The experiment of Skorokhodov et al. (ICML 2025) in
 miniature, from one command, run with the project's own scripts; report.py turns its numbers into report.md.
 
-  python repro/reproduce.py                  # Fig. 1 and 5: the shipped baseline fine-tuned with SE and without, 3 seeds
-  python repro/reproduce.py --pretrain       # make the shipped baseline again (about 1.5 hours on 2 CPU cores)
-  python repro/reproduce.py --data ~/photos --random_crop   # a folder of photographs, split into training and held-out files
+  python repro/reproduce.py                  # Fig. 1 and 5: 3 shipped baselines, each fine-tuned with SE and without
+  python repro/reproduce.py --dataset shapes # the same on few large shapes, whose samples a viewer can judge
+  python repro/reproduce.py --pretrain --pretrain_seed K   # make shipped baseline K again (about 40 min on one core)
+  python repro/reproduce.py --pretrain --data ~/photos --random_crop --baseline ae.safetensors  # an AE of a folder
+  python repro/reproduce.py --data ~/photos --random_crop --baseline ae.safetensors  # the experiment on that folder
+  python repro/reproduce.py --ablations all  # + per run: SE with z detached, one factor, DCT cut, HF penalty, 5x longer
   python repro/reproduce.py --channels       # + Fig. 2 (latent channels); --kl_sweep: Fig. 3; --se_sweep: Fig. 4; --all
   python repro/reproduce.py --objective flow # rectified-flow LDMs instead of DDPM (eps,flow: both, on the same autoencoders)
   python repro/reproduce.py --smoke          # the pipeline at toy sizes (checks it runs; says nothing about SE)
   python repro/reproduce.py --num_frames 17  # video: the shipped causal 3D baseline, spatial SE and spatial + temporal SE
   python repro/reproduce.py --f_sweep        # instead, LDM's f ablation (its Fig. 6/7): pixels (f1) and AEs of f2 .. f32
 
-The protocol. (1) A deep autoencoder (preset mini: f4, 8 channels, no shortcut from pixels to latent) is pretrained
-once, for long, by --pretrain, and shipped in assets/ with its recipe and the commit that made it. (2) As the paper
-fine-tunes FluxAE, each seed s fine-tunes it twice for the same steps, data order and seed: with SE (se_weight 0.25,
-the authors' operator) and without (the control). (3) Each autoencoder is measured on held-out images by spectrum.py:
+The protocol. (1) Deep autoencoders (preset mini: f4, 8 channels, no shortcut from pixels to latent) are pretrained
+once, for long, by --pretrain with seeds 0, 1 and 2, and shipped in assets/ with their recipe and the commit that made
+them. (2) As the paper fine-tunes FluxAE, each run (a baseline and a seed) fine-tunes its baseline twice for the same
+steps, data order and seed: with SE (se_weight 0.25, the authors' operator) and without (the control). (3) Each autoencoder is measured on held-out images by spectrum.py:
 hf_share and hf_energy_share of posterior means and samples beside RGB on the latent grid, and reconstruction PSNR
-beside bicubic at the latent grid. (4) The same LDM recipe trains on each autoencoder's latents (seed s for both arms).
+beside bicubic at the latent grid. (4) The same LDM recipe trains on each autoencoder's latents (the run's seed for both arms), normalised per channel
+so that no channel scale the decoder absorbs moves it.
 The primary metric is a diffusability probe: on held-out latents, with the same fixed noise for every arm, the LDM's
 eps-MSE and the pixel error of its decoded x0 prediction at each noise level. Secondary: its samples, scored by SWD
 (and FID/KID with Inception weights) beside a second draw of real images and each AE's own reconstructions, after a
-guard that says whether the LDM has learned to sample at all. Beside the probe, the Gaussian oracle of each arm's
-latent spectrum under one scalar and per-channel normalisation (--latent_norm channel trains the LDMs so too). (5)
+guard that says whether the LDM has learned to sample at all, and the recognisability of samples and references.
+Beside the probe, the Gaussian oracle of each arm's latent spectrum under one scalar and per-channel normalisation. (5)
 Every comparison is paired (SE against its own control), with baselines as units (a paired t-test and an exact
 sign-flip test; over seeds where there is one baseline, said so) and, for the probe, held-out images as units (a
 hierarchical bootstrap); the verdict, at alpha = 0.05, claims an effect on the probe only where both agree.
@@ -56,12 +60,17 @@ from dataclasses import dataclass, field, replace
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: the scripts it runs
 sys.path.insert(0, ROOT)
 
-from utils.cli import HelpFormatter, add_device_arg, die, int_list
+from utils.cli import DATASETS, HelpFormatter, add_device_arg, die, int_list
 from utils.rundir import lock_folder, refuse_overlap
 
 ASSETS = os.path.join(ROOT, 'assets')
 BASELINE = {'image': os.path.join(ASSETS, 'baseline_mini.safetensors'),
             'video': os.path.join(ASSETS, 'baseline_video_mini.safetensors')}
+
+
+def baseline_file(kind, seed):
+    """The shipped baseline pretrained with --seed `seed`: seed 0 is the first file, seed k > 0 its sibling _seed{k}."""
+    return BASELINE[kind] if seed == 0 else BASELINE[kind].replace('.safetensors', f'_seed{seed}.safetensors')
 # the recipe of the shipped baseline: train_ae.py from scratch on the embedded data (L1 + KL; no LPIPS, whose VGG
 # weights a fresh machine may not have, and no GAN, which needs more steps than a CPU hour)
 PRETRAIN = {'image': ['--preset', 'mini', '--image_size', 64, '--batch_size', 8, '--lr', 1e-3, '--warmup_steps', 100,
@@ -98,7 +107,17 @@ SIZE_HELP = {  # what each of SIZES sets, for --help
 }
 Z_CHANNELS = [4, 8, 16, 32]                  # Fig. 2, from scratch
 KL_WEIGHTS = [1e-6, 1e-2, 1e-1, 1.0]         # Fig. 3, from scratch: the posterior noise shows from 1e-1 (std 0.06 at 1e-2)
-SE_WEIGHTS = [0.0, 0.1, 0.25, 0.5, 1.0]      # Fig. 4, fine-tunes of the baseline
+SE_WEIGHTS = [0.0, 0.05, 0.1, 0.25, 0.5, 1.0]  # Fig. 4, fine-tunes of the baseline (0.05: where SE is small against L1)
+# --ablations: more fine-tunes of every run, each measured by spectrum.py beside its control (no LDM): (the train_ae.py
+# flags that make it on top of the SE arm's, its steps in ft_steps, its control: 'control' or a control as long)
+ABLATIONS = {
+    'se_detach': (['--se_detach_z'], 1, 'control'),  # SE trains the decoder alone (issue 37: which side moves the HF)
+    'se_f2': (['--se_scales', '2'], 1, 'control'),   # the paper's factors one at a time (the SE arm draws 2 or 4)
+    'se_f4': (['--se_scales', '4'], 1, 'control'),
+    'dct_cut': (['--se_mode', 'dct_cut'], 1, 'control'),  # the authors' alternative: the DCT's HF cut from z and x
+    'hf_reg': (['--se_weight', '0', '--hf_reg_weight', '0.1'], 1, 'control'),  # the authors' HF penalty (weight: ours)
+    'se_long': ([], 5, 'control_long'),          # SE fine-tuned 5x longer, beside a control as long
+}
 # LDM's Sec. 4.1 (Fig. 6, 7): f1 diffuses pixels (train_ldm.py --ae none), f2-f32 the model.py mini-f* autoencoders;
 # every LDM is the same tiny DiT with the same steps and batch. Default sizes: 23-27 min on 2 idle cores, estimated
 # from per-step times measured on a busy machine (2026-12-07) and scaled by Fig. 1's LDM step measured beside them
@@ -107,20 +126,27 @@ F_SWEEP_SIZES = {'default': dict(ae_steps=500, ldm_steps=1000, ldm_batch_size=16
                  'smoke': dict(ae_steps=2, ldm_steps=2, ldm_batch_size=2)}
 PROBE_DECODED_CLIPS = 16                     # video: held-out clips whose x0 prediction the probe decodes (its cost)
 PROGRESS_SECONDS = 30                        # how often each running child's progress is shown
+SHIPPED_BASELINES = 3                        # image baselines in assets/, pretrained with seeds 0, 1, 2
 HELD_OUT = 0.25                              # the share of a --data folder's files held out (a seeded hash of names)
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                  allow_abbrev=False)
 parser.add_argument('--out_dir', type=str, default=None, help='where every artefact and report.md go (none: out/reproduce, or out/reproduce_video); reruns reuse what matches')
 parser.add_argument('--pretrain', action='store_true', help='train the baseline autoencoder from scratch with the shipped recipe and write it to --baseline')
-parser.add_argument('--baseline', type=str, default=None, help='the pretrained autoencoder that every arm fine-tunes '
-                    '(default: the shipped file)')
+parser.add_argument('--pretrain_seed', type=int, default=0, help="--pretrain's seed (the recipe's --seed): 0 makes the "
+                    "first shipped baseline, k its independent sibling assets/baseline_mini_seed{k}.safetensors")
+parser.add_argument('--baseline', type=str, default=None, help='the pretrained autoencoder(s) that every arm '
+                    'fine-tunes, comma-separated (default: the shipped files, --baselines of them)')
+parser.add_argument('--baselines', type=int, default=None, help='how many of the shipped baselines (independently '
+                    f'pretrained, seeds 0..N-1) the run fine-tunes; none: {SHIPPED_BASELINES} for images (smoke: 1), 1 for video')
 parser.add_argument('--smoke', action='store_true', help='toy sizes: checks that the pipeline runs, says nothing about SE')
 parser.add_argument('--replot', action='store_true', help="only re-write report.md and its figures from --out_dir's report.json")
 parser.add_argument('--channels', action='store_true', help='also Fig. 2: autoencoders with z_channels 4, 8, 16, 32')
 parser.add_argument('--kl_sweep', action='store_true',
                     help='also Fig. 3: autoencoders from scratch with kl_weight ' + ', '.join(f'{w:g}' for w in KL_WEIGHTS))
 parser.add_argument('--se_sweep', action='store_true', help='also Fig. 4: fine-tunes with se_weight 0 .. 1')
+parser.add_argument('--ablations', type=str, default='', help="also these fine-tunes of every run, each measured beside "
+                    f"its control by spectrum.py (no LDM), comma-separated: {', '.join(ABLATIONS)}; all: every one")
 parser.add_argument('--all', action='store_true', help='every figure (1-5): --channels, --kl_sweep and --se_sweep too')
 parser.add_argument('--num_frames', type=int, default=1, help='> 1: the video experiment on clips of this many frames (1 + 8k); Fig. 1 only')
 parser.add_argument('--f_sweep', action='store_true', help="instead: LDM's Fig. 6/7 in miniature, quality against "
@@ -128,9 +154,13 @@ parser.add_argument('--f_sweep', action='store_true', help="instead: LDM's Fig. 
 parser.add_argument('--f_factors', type=int_list(1), default=F_FACTORS, help="--f_sweep's downsampling factors "
                     f"(1: pixels); default {','.join(map(str, F_FACTORS))}")
 parser.add_argument('--data', type=str, default=None, help='image folder, split once by a seeded hash of file names into training and held-out files; none: dead leaves')
+parser.add_argument('--dataset', type=str, default='textured', choices=DATASETS, help="the embedded data without "
+                    "--data: textured dead leaves (up to 400 occluding leaves), or shapes (4-12 large, lightly textured "
+                    "leaves: samples a viewer can recognise)")
 parser.add_argument('--val_data', type=str, default=None, help='a folder of held-out images; then all of --data trains')
 parser.add_argument('--random_crop', action='store_true', help='random crops of --data (training, and the held-out sets)')
-parser.add_argument('--seeds', type=int, default=3, help='seeds 0..N-1: each fine-tunes the baseline with SE and without and trains an LDM on each, a pair')
+parser.add_argument('--seeds', type=int, default=None, help='seeds 0..N-1 of each baseline: each fine-tunes it with SE '
+                    'and without and trains an LDM on each, a pair; none: 1 with several baselines, else 3')
 parser.add_argument('--se_weight', type=float, default=0.25, help="the SE arm's weight (the paper: 0.25)")
 parser.add_argument('--se_down', type=str, default='bilinear', help="SE's operator (train_ae.py --se_down; the "
                     "authors': bilinear)")
@@ -142,7 +172,8 @@ parser.add_argument('--ldm_preset', type=str, default='tiny', help="the size pre
                     "(train_ldm.py --preset)")
 parser.add_argument('--ldm_lr', type=float, default=None, help="learning rate of every LDM (none: 1e-3 on images, 3e-3 on video, the best of repro's LR sweep)")
 parser.add_argument('--latent_norm', type=str, default=None, choices=['scalar', 'channel'], help="the LDMs' latent "
-                    "normalisation (train_ldm.py --latent_norm); none: scalar on images, channel on video")
+                    "normalisation (train_ldm.py --latent_norm); none: channel, so that no per-channel scale of the "
+                    "latents (which the decoder absorbs) moves the probe; scalar: LDM's one scale_factor")
 parser.add_argument('--ldm_ema_decay', type=float, default=0.999, help="EMA decay of the LDMs' weights, with a warm-up "
                     "(train_ldm.py --ema_warmup): min(decay, (1 + n) / (10 + n))")
 add_device_arg(parser)  # passed on to every script
@@ -154,6 +185,21 @@ for key, value in SIZES['default'].items():
                         f"{SIZES['smoke'][key]}; video {SIZES['video'][key]}, smoke {SIZES['video_smoke'][key]})")
 
 
+def ablations_of(flag):
+    """--ablations as a list of ABLATIONS' names ('all': every one)."""
+    return list(ABLATIONS) if flag == 'all' else [a for a in flag.split(',') if a]
+
+
+def baselines_of(files, count, num_frames, smoke):
+    """The baseline files a run fine-tunes: --baseline's list (files), else the first --baselines (count) shipped
+    files: by default all of them for images, the first alone for video and for a smoke run."""
+    if files:
+        return files.split(',')
+    kind = kind_of(num_frames)
+    n = count or (1 if kind == 'video' or smoke else SHIPPED_BASELINES)
+    return [baseline_file(kind, k) for k in range(n)]
+
+
 def kind_of(num_frames):
     """'video' with --num_frames > 1, else 'image': which baseline, recipe and sizes a run takes."""
     return 'video' if num_frames > 1 else 'image'
@@ -162,9 +208,12 @@ def kind_of(num_frames):
 def check_args(args):
     """Every rule between flags, before anything runs. -> (sizes, figures, objectives)."""
     video = args.num_frames > 1
-    args.out_dir = args.out_dir or ('out/reproduce_video' if video else 'out/reproduce')
+    args.out_dir = args.out_dir or ('out/reproduce_video' if video else 'out/reproduce' + ('_shapes' if
+                                                                                        args.dataset == 'shapes' else ''))
     args.ldm_lr = args.ldm_lr or (3e-3 if video else 1e-3)
-    args.latent_norm = args.latent_norm or ('channel' if video else 'scalar')  # train_ldm.py's default
+    args.latent_norm = args.latent_norm or 'channel'  # a probe that no channel scale the decoder absorbs can move
+    baselines = baselines_of(args.baseline, args.baselines, args.num_frames, args.smoke)
+    args.seeds = args.seeds or (3 if len(baselines) == 1 else 1)  # units: baselines where there are several
     size_set = ('video_smoke' if args.smoke else 'video') if video else ('smoke' if args.smoke else 'default')
     sizes = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in SIZES[size_set].items()}
     objectives = args.objective.split(',')
@@ -172,12 +221,25 @@ def check_args(args):
     if args.num_frames < 1 or (video and (args.num_frames - 1) % 8):
         problems.append(f"--num_frames must be 1 (images) or 1 + 8k (clips: the video autoencoder halves time twice, "
                         f"and temporal SE halves its latent frames once more), got {args.num_frames}")
+    if args.dataset != 'textured' and (video or args.data):
+        problems.append(f"--dataset {args.dataset} is an embedded image set; drop --data and --num_frames with it")
     if video and (args.data or args.val_data):
         problems.append("the video experiment runs on the embedded moving dead leaves; --data and --val_data are for "
                         "images")
-    if video and (args.channels or args.kl_sweep or args.se_sweep or args.all):
-        problems.append("Figures 2-5 are image-only; drop --channels, --kl_sweep, --se_sweep and --all with --num_frames")
-    problems += [f"--{k} must be at least 1" for k in ('seeds', 'nproc') if getattr(args, k) < 1]
+    unknown = set(ablations_of(args.ablations)) - set(ABLATIONS)
+    if unknown:
+        problems.append(f"--ablations knows {', '.join(ABLATIONS)} (or all), not {', '.join(sorted(unknown))}")
+    if video and (args.channels or args.kl_sweep or args.se_sweep or args.all or args.ablations):
+        problems.append("Figures 2-5 and the ablations are image-only; drop --channels, --kl_sweep, --se_sweep, "
+                        "--ablations and --all with --num_frames")
+    problems += [f"--{k} must be at least 1" for k in ('seeds', 'nproc', 'baselines')
+                 if getattr(args, k) is not None and getattr(args, k) < 1]
+    if args.baselines is not None and args.baseline:
+        problems.append("--baselines counts the shipped baselines; with --baseline, list your files instead")
+    if args.baselines is not None and args.baselines > (1 if video else SHIPPED_BASELINES):
+        problems.append(f"--baselines {args.baselines}: {1 if video else SHIPPED_BASELINES} "
+                        f"{'video' if video else 'image'} baseline(s) are shipped; make more with --pretrain "
+                        f"--pretrain_seed K, and pass them with --baseline")
     if args.jobs is not None and args.jobs < 1:
         problems.append("--jobs must be at least 1")
     if not 0 <= args.se_weight or not args.se_weight > 0:
@@ -196,14 +258,20 @@ def check_args(args):
         if a == b or b.startswith(a + os.sep) or a.startswith(b + os.sep):
             problems.append(f"--val_data {args.val_data} {'is' if a == b else 'overlaps'} --data {args.data}: held-out "
                             f"images would be training images; pass a folder apart from --data")
-    if args.data and not args.baseline and not args.smoke:  # the shipped baseline is 3.0 dB below bicubic on photographs
+    if args.data and not args.baseline and not args.smoke and not args.pretrain:  # the shipped baseline is 3.0 dB below bicubic on photographs
         problems.append("the shipped baseline was trained on the embedded dead leaves and on photographs starts 3 dB "
                         "below bicubic, so a fine-tune there is mostly domain adaptation; pass an autoencoder converged "
-                        "on your images with --baseline (python train_ae.py --data DIR makes one)")
-    baseline = args.baseline or BASELINE[kind_of(args.num_frames)]
-    if not args.pretrain and not os.path.isfile(baseline) and not args.smoke:
-        problems.append(f"the baseline autoencoder {baseline} does not exist; make it with python repro/reproduce.py "
-                        f"--pretrain, or pass one with --baseline")
+                        "on your images with --baseline, or make one first with --pretrain --data DIR --baseline FILE "
+                        "(the shipped recipe on the folder's training split)")
+    if args.pretrain and args.data and not args.baseline:
+        problems.append("--pretrain --data writes an autoencoder of your images; name its file with --baseline (the "
+                        "shipped files stay the embedded data's)")
+    if args.pretrain and args.data and args.baseline and os.path.isfile(args.baseline):
+        problems.append(f"--pretrain would overwrite {args.baseline}; name a new file with --baseline")
+    for baseline in baselines:
+        if not args.pretrain and not os.path.isfile(baseline) and not args.smoke:
+            problems.append(f"the baseline autoencoder {baseline} does not exist; make it with python "
+                            f"repro/reproduce.py --pretrain, or pass one with --baseline")
     if problems:
         sys.exit(f"error: {problems[0]}." + (f" ({len(problems) - 1} more problem(s).)" if len(problems) > 1 else ''))
     refuse_overlap(args.out_dir, '--out_dir', [(args.data, '--data'), (args.val_data, '--val_data'),
@@ -214,6 +282,20 @@ def check_args(args):
 
 
 @dataclass(frozen=True)
+class Run:
+    """One unit of Fig. 1: baseline number `index` (its file and sha256 prefix) fine-tuned with `seed`, once per arm.
+    Its artefacts go to seed{s}/ for the first baseline and to baseline{b}/seed{s}/ for each other."""
+    index: int
+    path: str
+    id: str
+    seed: int
+
+    @property
+    def folder(self):
+        return os.path.join(*([f'baseline{self.index}'] if self.index else []), f'seed{self.seed}')
+
+
+@dataclass(frozen=True)
 class Experiment:
     """What every step of one run reads, built by main() from the checked flags and passed to each helper.
 
@@ -221,8 +303,8 @@ class Experiment:
     arms: the Fig. 1 arms ('control', 'se'[, 'se_st']); seeds: how many; device, nproc, jobs: where and how many
     script runs at a time; random_crop, se_down, ft_lr, ldm_model, ldm_preset, ldm_lr, ldm_ema_decay, latent_norm
     (None: train_ldm.py's default): the flags of the same names, passed on to the scripts; f_factors: --f_sweep's
-    factors; baseline, baseline_id: the autoencoder every arm fine-tunes and its hash (for pretrain, the file it
-    writes); reference_seconds: REFERENCE_SECONDS of this kind of run; data, counts: the materialised data's folders
+    factors; baseline: for pretrain, the file it writes; runs: the units of Fig. 1 (Run: a baseline and a seed);
+    reference_seconds: REFERENCE_SECONDS of this kind of run; data, counts: the materialised data's folders
     and sizes (set once they are made); work: the time left (a Work, set once the plan is known); child_seconds: the
     seconds spent in each script, filled as they run."""
     out_dir: str
@@ -244,7 +326,9 @@ class Experiment:
     f_factors: list
     baseline: str
     reference_seconds: dict
-    baseline_id: str = None
+    runs: tuple = ()
+    ablations: tuple = ()
+    dataset: str = 'textured'
     latent_norm: str = None
     data: dict = None
     counts: dict = None
@@ -553,12 +637,13 @@ def materialise_data(exp, source, val_source):
         return materialise_clips(exp, out)
     folders = {k: os.path.join(out, k) for k in ('train', 'heldout', 'heldout2')}
     settings = {'data': source, 'val_data': val_source, 'random_crop': exp.random_crop, 'held_out': [HELD_OUT, 'rank'],
+                **({'dataset': exp.dataset} if source is None and exp.dataset != 'textured' else {}),
                 'image_size': exp.sizes['image_size'], 'train_images': exp.sizes['train_images'], 'num_eval': exp.sizes['num_eval']}
     if not clear_unless_matching(out, settings):
         import torch
         from utils.data import DeadLeaves, ImageFolder, list_files
         if source is None:
-            train_set, held = DeadLeaves(exp.sizes['image_size'], train=True), DeadLeaves(exp.sizes['image_size'], train=False)
+            train_set, held = (DeadLeaves(exp.sizes['image_size'], train=split, style=exp.dataset) for split in (True, False))
             write_images(draw(train_set, range(exp.sizes['train_images'])), folders['train'])
             for k, name in enumerate(('heldout', 'heldout2')):
                 n = exp.sizes['num_eval']
@@ -628,14 +713,15 @@ def materialise_clips(exp, out):
 # -----------------------------------------------------------------------------
 # the autoencoders
 
-def pretrain(exp):
-    """--pretrain: the baseline from scratch with the shipped recipe, written as a safetensors file whose metadata
+def pretrain(exp, seed=0):
+    """--pretrain: the baseline from scratch with the shipped recipe and --seed `seed`, written as a safetensors file whose metadata
     holds its config, the recipe, the commit that made it, its wall time and its held-out PSNR beside bicubic."""
     from safetensors.torch import save_file
     from utils.weights import load_checkpoint
     kind = kind_of(exp.num_frames)
-    out = os.path.join(exp.out_dir, 'pretrain')
-    recipe = PRETRAIN[kind] + ['--device', exp.device, '--num_workers', 1]
+    out = os.path.join(exp.out_dir, 'pretrain' if seed == 0 else f'pretrain_seed{seed}')
+    recipe = seeded(PRETRAIN[kind], seed) + ['--device', exp.device, '--num_workers', 1,
+                                             *(training_data(exp) if exp.data else [])]
     settings = train(exp, 'train_ae.py', out, recipe[recipe.index('--max_steps') + 1],
                      {'script': 'train_ae.py', 'args': list(map(str, recipe))}, recipe)
     ckpt = load_checkpoint(os.path.join(out, 'ckpt.pt'))
@@ -644,16 +730,23 @@ def pretrain(exp):
     commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     meta = {'config': json.dumps({'preset': ckpt['config']['preset'], 'ae_config': ckpt['config']['ae_config'],
                                   'num_frames': ckpt['config']['num_frames']}),
-            'recipe': 'python train_ae.py ' + ' '.join(map(str, PRETRAIN[kind])), 'commit': commit or 'unknown',
+            'recipe': 'python train_ae.py ' + ' '.join(map(str, seeded(PRETRAIN[kind], seed) + (training_data(exp) if exp.data else []))),
+            'commit': commit or 'unknown',
             'steps': str(ckpt['step']), 'train_seconds': f"{train_seconds(out):.0f}",
             'hardware': hardware(exp.device, exp.nproc),
             'val_psnr': f"{evals[-1]['val_psnr']:.3f}", 'val_psnr_bicubic': f"{evals[-1]['val_psnr_bicubic']:.3f}"}
-    path = exp.baseline or BASELINE[kind_of(exp.num_frames)]
+    path = exp.baseline
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_file({k: v.contiguous() for k, v in ckpt['model'].items()}, path, metadata=meta)
     say(f"wrote {path}: {meta['steps']} steps in {float(meta['train_seconds']) / 60:.1f} min, held-out PSNR "
         f"{meta['val_psnr']} dB (bicubic at the latent grid {meta['val_psnr_bicubic']} dB)")
     return settings
+
+
+def seeded(recipe, seed):
+    """A recipe (a flag list holding --seed) with its seed replaced."""
+    i = recipe.index('--seed') + 1
+    return recipe[:i] + [seed] + recipe[i + 1:]
 
 
 def train_seconds(out_dir):
@@ -673,18 +766,18 @@ def training_data(exp):
     return ['--data', exp.data['train'], *(['--random_crop'] if exp.random_crop else [])]
 
 
-def finetune(exp, seed, name, se_weight=0.0, steps=None, temporal=False):
-    """The baseline fine-tuned with se_weight (0: a control) for `steps`, on the training images; temporal: SE also
-    halves time (video). -> (name, folder, settings)."""
-    out = os.path.join(exp.out_dir, f'seed{seed}', f'ae_{name}')
-    script_args = ['--init_from', exp.baseline, *training_data(exp), '--image_size', exp.sizes['image_size'],
-                   *(['--se_temporal'] if temporal else []), '--seed', seed, '--device', exp.device,
+def finetune(exp, run, name, se_weight=0.0, steps=None, temporal=False, extra=()):
+    """The run's baseline fine-tuned with its seed and se_weight (0: a control) for `steps`, on the training images;
+    temporal: SE also halves time (video); extra: more train_ae.py flags (an ablation's). -> (name, folder, settings)."""
+    out = os.path.join(exp.out_dir, run.folder, f'ae_{name}')
+    script_args = ['--init_from', run.path, *training_data(exp), '--image_size', exp.sizes['image_size'],
+                   *(['--se_temporal'] if temporal else []), '--seed', run.seed, '--device', exp.device,
                    '--batch_size', exp.sizes['ft_batch_size'], '--lr', exp.ft_lr, '--kl_weight', 1e-6,
                    '--se_weight', se_weight, '--se_down', exp.se_down, '--lpips_weight', 0, '--disc_weight', 0,
-                   '--num_workers', 1]
+                   '--num_workers', 1, *extra]
     steps = steps or exp.sizes['ft_steps']
     settings = train(exp, 'train_ae.py', out, steps, {'script': 'train_ae.py', 'args': list(map(str, script_args)),
-                                                      'baseline': exp.baseline_id},
+                                                      'baseline': run.id},
                      [*script_args, '--eval_interval', steps, '--ckpt_interval', steps])
     return name, out, settings
 
@@ -743,14 +836,14 @@ def measure(exp, ae, ckpt=None):
 # -----------------------------------------------------------------------------
 # the LDM on one autoencoder's latents: training, the probe, samples
 
-def ldm(exp, seed, ae, objective):
-    """Train the LDM of one arm and seed, stopping at ldm_evals evenly spaced steps to keep a snapshot of each. ->
+def ldm(exp, run, ae, objective):
+    """Train the LDM of one arm and run (with the run's seed), stopping at ldm_evals evenly spaced steps to keep a snapshot of each. ->
     (folder, [(step, snapshot path, settings)])."""
     name, ae_dir, ae_settings = ae
     other = exp.latent_norm not in (None, 'channel' if exp.video else 'scalar')  # not train_ldm.py's default: only that
     norm = ['--latent_norm', exp.latent_norm] if other else []  # gets the flag and a folder, so default runs reuse theirs
-    out = os.path.join(exp.out_dir, f'seed{seed}', f'ldm_{objective}_{name}' + (f'_{exp.latent_norm}' if other else ''))
-    script_args = ['--seed', seed, '--image_size', exp.sizes['image_size'], '--device', exp.device, *training_data(exp),
+    out = os.path.join(exp.out_dir, run.folder, f'ldm_{objective}_{name}' + (f'_{exp.latent_norm}' if other else ''))
+    script_args = ['--seed', run.seed, '--image_size', exp.sizes['image_size'], '--device', exp.device, *training_data(exp),
                    '--ae', os.path.join(ae_dir, 'ckpt.pt'),
                    '--model', exp.ldm_model, '--preset', exp.ldm_preset, '--lr', exp.ldm_lr,
                    '--batch_size', exp.sizes['ldm_batch_size'], '--num_workers', 0, '--ema_decay', exp.ldm_ema_decay,
@@ -788,11 +881,20 @@ def samples(exp, seed, out, snapshot, settings):
 
 
 def score(exp, folder, fake, settings):
-    """eval_fid.py on a samples .npz against the held-out images. -> the numbers and what was skipped."""
+    """eval_fid.py on a samples .npz against the held-out images, and for images the recognisability measure
+    (metrics.region_stats: near-uniform connected regions, counted alike on samples, held-out images and
+    reconstructions). -> the numbers and what was skipped."""
     gen_args = ['--fake', fake, '--real', exp.data['heldout'], '--seed', 0, '--device', exp.device, '--overwrite',
                 '--num_workers', 0, '--out', os.path.join(folder, 'metrics.json')]
     once(exp, folder, {'script': 'eval_fid.py', 'args': list(map(str, gen_args)), **settings}, 'eval_fid.py', *gen_args)
     metrics = json.load(open(os.path.join(folder, 'metrics.json')))
+    if not exp.video:
+        import numpy as np
+        import torch
+        from evaluation.metrics import region_stats
+        with np.load(fake) as f:
+            images = torch.from_numpy(f['arr_0']).permute(0, 3, 1, 2).float() / 127.5 - 1
+        metrics.update(region_stats(images))
     return {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, 'skipped': metrics.get('skipped', {})}
 
 
@@ -820,6 +922,25 @@ def probe(exp, snapshot, objective):
     with open(cache, 'w') as f:
         json.dump(result, f)
     return result
+
+
+NOISE_SIGMAS = [0.0] + [round(0.01 * 10 ** (k / 10), 5) for k in range(31)]  # the RGB + noise curve: 0, 0.01 .. 10
+
+
+def rgb_noise(exp, aes, baseline):
+    """The RGB + noise reference: the held-out images on the latent grid with Gaussian noise of each NOISE_SIGMAS
+    (relative to each channel's std), their hf_share, and the noise level at which RGB is as high-frequency as each
+    arm's latents (posterior means), per run. aes: {arm: [measure() per run]}."""
+    from evaluation.metrics import rgb_on_latent_grid
+    from repro.probe import held_out
+    from utils.spectral import equivalent_sigma, noised_hf_share
+    from utils.weights import load_autoencoder
+    f = load_autoencoder(baseline).downsample_factor
+    x = held_out(exp.data['heldout'], exp.sizes['image_size'])
+    shares = noised_hf_share(rgb_on_latent_grid(x, (x.shape[-2] // f, x.shape[-1] // f)), NOISE_SIGMAS)
+    return {'sigmas': NOISE_SIGMAS, 'hf_share': shares,
+            'equivalent_sigma': {arm: [equivalent_sigma(NOISE_SIGMAS, shares, m['hf_share']) for m in ms]
+                                 for arm, ms in aes.items()}}
 
 
 def references(exp, aes):
@@ -1021,16 +1142,17 @@ def f_sweep(exp, fs, t0, config):
 
 def planned_work(exp, figures, objectives):
     """The REFERENCE_SECONDS of everything this run does; what a rerun reuses counts as done when it is reached."""
-    t, n = exp.reference_seconds, len(exp.arms) * exp.seeds
+    t, n = exp.reference_seconds, len(exp.arms) * len(exp.runs)
     images, samples = exp.counts['heldout'], exp.sizes['num_samples']
     finetune = exp.sizes['ft_steps'] * t['train_ae.py'] + images * t['spectrum.py']
     per_ldm = (exp.sizes['ldm_steps'] * t['train_ldm.py'] + exp.sizes['ldm_evals'] * images * t['probe'] +
                samples * t['sample.py'] + samples * t['eval_fid.py'])
-    total = (n * finetune + images * t['spectrum.py'] + len(objectives) * n * per_ldm +
+    total = (n * finetune + len(exp.runs) * images * t['spectrum.py'] + len(objectives) * n * per_ldm +
              (1 + len(exp.arms)) * samples * t['eval_fid.py'])
     from_scratch = exp.sizes['sweep_steps'] * t['train_ae.py'] + images * t['spectrum.py']
     total += (figures['channels'] * len(Z_CHANNELS) + figures['kl_sweep'] * len(KL_WEIGHTS)) * from_scratch
     total += figures['se_sweep'] * len(SE_WEIGHTS) * finetune
+    total += sum(ABLATIONS[a][1] * (1 + (ABLATIONS[a][2] != 'control')) for a in exp.ablations) * len(exp.runs) * finetune
     return total
 
 
@@ -1041,11 +1163,11 @@ def hardware(device, nproc):
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
 
 
-def fig1_arm(exp, seed, ae, objective):
-    """One arm of one seed: its LDM, the probe at every snapshot, the samples of the last. -> numbers."""
-    out, snapshots = ldm(exp, seed, ae, objective)
+def fig1_arm(exp, run, ae, objective):
+    """One arm of one run: its LDM, the probe at every snapshot, the samples of the last. -> numbers."""
+    out, snapshots = ldm(exp, run, ae, objective)
     curve = [{'step': step, **probe(exp, path, objective)} for step, path, _ in snapshots]
-    metrics, grid = samples(exp, seed, out, *snapshots[-1][1:])
+    metrics, grid = samples(exp, run.seed, out, *snapshots[-1][1:])
     return {'probe': curve, 'samples': metrics, 'grid': os.path.relpath(grid, exp.out_dir),
             'ldm_train_seconds': train_seconds(out)}
 
@@ -1080,8 +1202,8 @@ def main(argv=None):
                      seeds=args.seeds, device=args.device, nproc=args.nproc, jobs=jobs, random_crop=args.random_crop,
                      se_down=args.se_down, ft_lr=args.ft_lr, ldm_model=args.ldm_model, ldm_preset=args.ldm_preset,
                      ldm_lr=args.ldm_lr, ldm_ema_decay=args.ldm_ema_decay, latent_norm=args.latent_norm,
-                     f_factors=args.f_factors,
-                     baseline=args.baseline or BASELINE[kind_of(args.num_frames)],
+                     f_factors=args.f_factors, dataset=args.dataset, ablations=tuple(ablations_of(args.ablations)),
+                     baseline=args.baseline or baseline_file(kind_of(args.num_frames), args.pretrain_seed),
                      reference_seconds={**REFERENCE_SECONDS, **(VIDEO_REFERENCE_SECONDS if video else {})})
     if args.pretrain:
         recipe = PRETRAIN[kind_of(args.num_frames)]
@@ -1089,8 +1211,11 @@ def main(argv=None):
                                      exp.reference_seconds))
         say(f"reproduce.py --pretrain: the {kind_of(args.num_frames)} baseline autoencoder from scratch, about "
             f"{minutes(exp.work.left())} at the pace of 2 idle CPU cores; the run goes to "
-            f"{os.path.join(args.out_dir, 'pretrain')}")
-        pretrain(exp)
+            f"{os.path.join(args.out_dir, 'pretrain' if args.pretrain_seed == 0 else f'pretrain_seed{args.pretrain_seed}')}")
+        if args.data:  # the recipe on the folder's training split (its held-out files are split off first)
+            data, counts = materialise_data(exp, args.data, args.val_data)
+            exp = replace(exp, data=data, counts=counts)
+        pretrain(exp, args.pretrain_seed)
         return
     if args.f_sweep:  # LDM's f ablation, on its own
         fs = f_sweep_check(exp, args.smoke)
@@ -1099,45 +1224,54 @@ def main(argv=None):
         exp = replace(exp, work=Work(f_sweep_planned(exp, fs), jobs, exp.reference_seconds))
         f_sweep(exp, fs, t0, vars(args))
         return
-    say(f"reproduce.py: {args.seeds} seeds x ({', '.join(exp.arms)}), LDM objective {args.objective}, "
-        f"{'embedded moving dead leaves, ' + str(args.num_frames) + ' frames' if video else 'embedded dead leaves' if args.data is None else args.data}"
+    baselines = baselines_of(args.baseline, args.baselines, args.num_frames, args.smoke)
+    say(f"reproduce.py: {len(baselines)} baseline(s) x {args.seeds} seed(s) x ({', '.join(exp.arms)}), LDM objective "
+        f"{args.objective}, "
+        f"{'embedded moving dead leaves, ' + str(args.num_frames) + ' frames' if video else f'embedded dead leaves ({args.dataset})' if args.data is None else args.data}"
         f"; everything goes to {args.out_dir}. Making the data ...")
     data, counts = materialise_data(exp, args.data, args.val_data)
-    exp = replace(exp, data=data, counts=counts)
+    exp = replace(exp, data=data, counts=counts, runs=tuple(Run(b, path, None, s) for b, path in enumerate(baselines)
+                                                            for s in range(args.seeds)))
     exp = replace(exp, work=Work(planned_work(exp, figures, objectives), jobs, exp.reference_seconds))
     say(f"the data: {counts['train']} training {'clips cached per LDM' if video else 'images'} and {counts['heldout']} "
         f"+ {counts['heldout2']} held-out {'clips' if video else 'images'} in {os.path.join(args.out_dir, 'data')}. The "
         f"whole run: about {minutes(exp.work.left())} at the pace of the default run on 2 idle CPU cores (the estimate "
         f"follows this machine's pace as it runs)")
-    baseline = exp.baseline
-    if args.smoke and not os.path.isfile(baseline):  # the smoke run's stand-in: a 2-step baseline of the same family
-        baseline = os.path.join(args.out_dir, 'smoke_baseline', 'ckpt.pt')
-        train(exp, 'train_ae.py', os.path.dirname(baseline), 2, {'smoke': 'baseline', 'num_frames': args.num_frames},
-              ['--preset', 'mini', '--image_size', sizes['image_size'], '--batch_size', 2, '--lpips_weight', 0,
-               '--disc_weight', 0, '--device', args.device, '--num_workers', 0, *training_data(exp)])
-    with open(baseline, 'rb') as f:
-        baseline_id = hashlib.sha256(f.read()).hexdigest()[:16]
-    exp = replace(exp, baseline=baseline, baseline_id=baseline_id)
-    report = {'config': {**vars(args), 'sizes': sizes, 'baseline': baseline, 'baseline_sha256': baseline_id},
-              'runs': [{'baseline': baseline_id, 'seed': s} for s in range(args.seeds)],  # the units of report.py's tests
+    for b, path in enumerate(baselines):
+        if args.smoke and not os.path.isfile(path):  # the smoke run's stand-in: a 2-step autoencoder of the same family
+            baselines[b] = os.path.join(args.out_dir, f'smoke_baseline{b}', 'ckpt.pt')
+            train(exp, 'train_ae.py', os.path.dirname(baselines[b]), 2, {'smoke': 'baseline', 'seed': b,
+                                                                          'num_frames': args.num_frames},
+                  ['--preset', 'mini', '--image_size', sizes['image_size'], '--batch_size', 2, '--lpips_weight', 0,
+                   '--disc_weight', 0, '--seed', b, '--device', args.device, '--num_workers', 0, *training_data(exp)])
+    ids = [hashlib.sha256(open(path, 'rb').read()).hexdigest()[:16] for path in baselines]
+    exp = replace(exp, runs=tuple(Run(b, path, i, s) for b, (path, i) in enumerate(zip(baselines, ids))
+                                  for s in range(args.seeds)))
+    report = {'config': {**vars(args), 'sizes': sizes, 'baseline': baselines[0], 'baseline_sha256': ids[0],
+                         'baselines': [{'file': path, 'sha256': i} for path, i in zip(baselines, ids)]},
+              'runs': [{'baseline': run.id, 'seed': run.seed} for run in exp.runs],  # the units of report.py's tests
               'latent_norm': args.latent_norm, 'data': counts, 'hardware': hardware(args.device, args.nproc),
               'torch': torch.__version__, 'jobs': jobs}
 
-    # Fig. 1: per seed, the SE fine-tune(s) and the control; the baseline itself measured beside them
-    arms = exp.arms
-    aes = parallel([lambda s=s, arm=arm: finetune(exp, s, arm, args.se_weight if arm != 'control' else 0.0,
-                                                  temporal=arm == 'se_st')
-                    for s in range(args.seeds) for arm in arms], jobs)
+    # Fig. 1: per run (a baseline and a seed), the SE fine-tune(s) and the control; each baseline measured beside them
+    arms, runs = exp.arms, exp.runs
+    aes = parallel([lambda run=run, arm=arm: finetune(exp, run, arm, args.se_weight if arm != 'control' else 0.0,
+                                                      temporal=arm == 'se_st')
+                    for run in runs for arm in arms], jobs)
     aes = {arm: [ae for ae in aes if ae[0] == arm] for arm in arms}
     measured = parallel([lambda ae=ae: measure(exp, ae) for arm in arms for ae in aes[arm]] +
-                        [lambda: measure(exp, ('baseline', os.path.join(args.out_dir, 'baseline'),
-                                               {'file': baseline_id}), baseline)], jobs)
-    report['autoencoders'] = {arm: measured[i * args.seeds:(i + 1) * args.seeds] for i, arm in enumerate(arms)}
-    report['baseline'] = measured[-1]
+                        [lambda b=b: measure(exp, ('baseline', os.path.join(args.out_dir, f'baseline{b or ""}'),
+                                                   {'file': ids[b]}), baselines[b]) for b in range(len(baselines))],
+                        jobs)
+    report['autoencoders'] = {arm: measured[i * len(runs):(i + 1) * len(runs)] for i, arm in enumerate(arms)}
+    report['baselines'] = measured[len(arms) * len(runs):]  # before fine-tuning, one per baseline
+    report['baseline'] = report['baselines'][0]
+    if not video:
+        report['rgb_noise'] = rgb_noise(exp, {**report['autoencoders'], 'baseline': report['baselines']}, baselines[0])
     for objective in objectives:
-        runs = parallel([lambda s=s, arm=arm: fig1_arm(exp, s, aes[arm][s], objective)
-                         for s in range(args.seeds) for arm in arms], jobs)
-        report.setdefault('ldm', {})[objective] = {arm: runs[i::len(arms)] for i, arm in enumerate(arms)}
+        made = parallel([lambda run=run, i=i, arm=arm: fig1_arm(exp, run, aes[arm][i], objective)
+                         for i, run in enumerate(runs) for arm in arms], jobs)
+        report.setdefault('ldm', {})[objective] = {arm: made[k::len(arms)] for k, arm in enumerate(arms)}
     report['references'] = references(exp, {arm: aes[arm][0] for arm in arms})
     report['references_grid'] = os.path.join('references', 'real', 'grid_frames.png' if video else 'grid.png')
     if not video:  # Fig. 5 erases in 8x8 tiles of images
@@ -1157,10 +1291,24 @@ def main(argv=None):
         report['fig3'] = {'kl_weights': KL_WEIGHTS,
                           'autoencoders': dict(zip([f"kl {w:g}" for w in KL_WEIGHTS], measured))}
     if figures['se_sweep']:  # Fig. 4: fine-tunes of the baseline, se_weight swept (0 is the control of Fig. 1)
-        made = parallel([lambda w=w: finetune(exp, 0, {0: 'control', args.se_weight: 'se'}.get(w, f'se{w:g}'),
+        made = parallel([lambda w=w: finetune(exp, exp.runs[0], {0: 'control', args.se_weight: 'se'}.get(w, f'se{w:g}'),
                                               se_weight=w) for w in SE_WEIGHTS], jobs)
         measured = parallel([lambda m=m: measure(exp, m) for m in made], jobs)
         report['fig4'] = {'se_weights': SE_WEIGHTS, 'finetune': dict(zip(map(str, SE_WEIGHTS), measured))}
+
+    if exp.ablations:  # each ablation of every run, and the longer control where one is needed, measured alike
+        wanted = [(name, *ABLATIONS[name]) for name in exp.ablations]
+        wanted += [(control, [], steps, None) for control, steps in
+                   dict.fromkeys((c, k) for _, _, k, c in wanted if c != 'control')]
+        made = parallel([lambda run=run, w=w: finetune(exp, run, w[0], 0.0 if w[3] is None else args.se_weight,
+                                                       steps=w[2] * sizes['ft_steps'], extra=w[1])
+                         for w in wanted for run in runs], jobs)
+        measured = parallel([lambda m=m: measure(exp, m) for m in made], jobs)
+        report['ablations'] = {'arms': {name: {'control': control, 'steps': k * sizes['ft_steps'],
+                                               'flags': list(map(str, flags))} for name, flags, k, control in wanted
+                                        if control is not None},
+                               'autoencoders': {w[0]: measured[i * len(runs):(i + 1) * len(runs)]
+                                                for i, w in enumerate(wanted)}}
 
     from repro.report import two_level, verdict, write_report
     report['two_level'] = two_level(report)  # per_baseline, per_image, bootstrap of the probe's numbers

@@ -13,6 +13,7 @@ from PIL import Image
 
 from utils.data import DeadLeaves, list_files
 from tests.helpers import run
+from repro.reproduce import checkpoint_step
 
 
 def numbers(o):
@@ -29,14 +30,14 @@ def pngs(folder):
 
 @pytest.mark.slow
 def test_smoke_run_pairs_the_arms_probes_them_and_reuses_what_matches(tmp_path):
-    args = ['repro/reproduce.py', '--smoke', '--seeds', 2, '--out_dir', tmp_path]
+    args = ['repro/reproduce.py', '--smoke', '--baselines', 2, '--seeds', 1, '--out_dir', tmp_path]
     shown = run(*args, timeout=1800).stdout.splitlines()
     # what a user sees: where everything goes, at once; each child's messages whole (spectrum.py's table, not its last
     # lines; train_ae.py's closing line naming its checkpoint); a live line per child with the whole run's time left
-    assert shown[0].startswith('reproduce.py: 2 seeds') and str(tmp_path) in shown[0]
+    assert shown[0].startswith('reproduce.py: 2 baseline(s) x 1 seed(s)') and str(tmp_path) in shown[0]
     assert any(line.startswith('  spectrum.py seed0/ae_se/spectrum| se ') for line in shown)
-    assert any(line.startswith('  train_ae.py seed1/ae_control| done at step 2: checkpoint') for line in shown)
-    assert any('train_ldm.py seed0/ldm_eps_se: ' in line and 'the whole run: about' in line for line in shown)
+    assert any(line.startswith('  train_ae.py baseline1/seed0/ae_control| done at step 2: checkpoint') for line in shown)
+    assert any('train_ldm.py seed0/ldm_eps_se_channel: ' in line and 'the whole run: about' in line for line in shown)
     report = json.loads((tmp_path / 'report.json').read_text())
     assert all(math.isfinite(v) for v in numbers({k: v for k, v in report.items() if k != 'verdict'}))
     aes, ldm = report['autoencoders'], report['ldm']['eps']
@@ -48,23 +49,26 @@ def test_smoke_run_pairs_the_arms_probes_them_and_reuses_what_matches(tmp_path):
     assert np.array_equal(pngs(tmp_path / 'data' / 'heldout'), as_uint8(held[:n]))
     assert np.array_equal(pngs(tmp_path / 'data' / 'heldout2'), as_uint8(held[n:]))
     assert np.array_equal(pngs(tmp_path / 'data' / 'train')[:3], as_uint8(torch.stack([DeadLeaves(32)[i][0] for i in range(3)])))
-    # every arm is measured on the same images, and the pair of a seed differs only by SE
+    # every arm is measured on the same images, and the pair of a run differs only by SE
     assert len({m['bicubic_psnr'] for arm in aes for m in aes[arm]}) == 1
     assert aes['se'][0]['hf_share'] != aes['control'][0]['hf_share']
     for arm in ('control', 'se'):
-        for s, runs in enumerate(ldm[arm]):
+        for folder, runs in zip(('seed0', 'baseline1/seed0'), ldm[arm]):
             assert [p['step'] for p in runs['probe']] == [2, 4]  # --ldm_steps 4 probed at --ldm_evals 2 steps
             p = runs['probe'][-1]
             assert len(p['eps_mse']) == len(p['levels']) == 12 and p['num_images'] == n
             assert p['eps_mse_mean'] == pytest.approx(np.mean(p['eps_mse']))
             assert 'swd_avg' in runs['samples'] and os.path.exists(tmp_path / runs['grid'])
-            settings = json.loads((tmp_path / f'seed{s}' / f'ae_{arm}' / 'reproduce_settings.json').read_text())
-            assert settings['args'][settings['args'].index('--seed') + 1] == str(s)  # the pair shares its seed
+            settings = json.loads((tmp_path / folder / f'ae_{arm}' / 'reproduce_settings.json').read_text())
+            assert settings['args'][settings['args'].index('--seed') + 1] == '0'  # the pair shares its seed
+            assert settings['args'][settings['args'].index('--init_from') + 1].endswith(  # and its baseline
+                'baseline_mini.safetensors' if folder == 'seed0' else 'baseline_mini_seed1.safetensors')
     # the probe is the LDM's own loss on held-out latents: recomputed from the last snapshot with the same noise
     from diffusion import Diffusion
     from repro.probe import load_ldm
     from utils.data import ImageFolder
-    model, process, config, shift, scale, ae = load_ldm(str(tmp_path / 'seed1' / 'ldm_eps_se' / 'ckpt_0000004.pt'))
+    model, process, config, shift, scale, ae = load_ldm(str(tmp_path / 'baseline1' / 'seed0' / 'ldm_eps_se_channel' /
+                                                        'ckpt_0000004.pt'))
     x = torch.stack([ImageFolder(str(tmp_path / 'data' / 'heldout'), 32, flip=False).load(i)[0] for i in range(n)])
     with torch.no_grad():
         z = (ae.encode(x, sample=False)[0] - shift) * scale
@@ -80,17 +84,26 @@ def test_smoke_run_pairs_the_arms_probes_them_and_reuses_what_matches(tmp_path):
     assert report['verdict'] is None
     sentences = verdict(report)
     assert len(sentences) >= 7 and all(0 <= v[1]['p_t'] <= 1 for v in sentences if 'p_t' in v[1])
-    # the units of its tests: two seeds of one baseline, the probe's held-out images, and the oracle beside the probe
-    assert report['runs'] == [{'baseline': report['config']['baseline_sha256'], 'seed': s} for s in (0, 1)]
+    # the units of its tests: two independently pretrained baselines, the probe's held-out images, and the oracle
+    ids = [b['sha256'] for b in report['config']['baselines']]
+    assert report['runs'] == [{'baseline': b, 'seed': 0} for b in ids] and len(set(ids)) == 2
+    assert len(report['baselines']) == 2 and report['baselines'][0]['psnr'] != report['baselines'][1]['psnr']
     tests = report['two_level']['eps']['se']['eps_mse']
-    assert tests['per_baseline'] == {'n': 1, 'available': False} and tests['per_image']['n_images'] == n
+    assert tests['per_baseline']['n'] == 2 and tests['per_image']['n_images'] == n
     assert tests['bootstrap']['ci95'][0] <= tests['per_image']['mean_diff'] <= tests['bootstrap']['ci95'][1]
     p = ldm['se'][1]['probe'][-1]
-    assert p['latent_norm'] == report['latent_norm'] == 'scalar' and len(p['channel_std']) == 8
+    assert p['latent_norm'] == report['latent_norm'] == 'channel' and len(p['channel_std']) == 8
     assert p['eps_mse_mean'] == pytest.approx(np.mean(p['eps_mse_per_image']), rel=1e-6)
     assert 0 < p['oracle']['scalar_mean'] < 1 and 0 < p['oracle']['channel_mean'] < 1
     md = (tmp_path / 'report.md').read_text()
-    assert '**latent_norm: scalar**' in md and 'Two-level statistics of the probe' in md
+    assert '**latent_norm: channel**' in md and 'Two-level statistics of the probe' in md
+    # the recognisability measure, computed alike on the samples and the references
+    assert all(0 <= m['covered'] <= 1 for m in [*report['references'].values(), ldm['se'][0]['samples']])
+    assert '| regions | covered |' in md
+    # the RGB + noise reference: a curve rising from RGB's own hf_share, and where each arm's latents sit on it
+    r = report['rgb_noise']
+    assert r['hf_share'][0] == pytest.approx(report['baseline']['rgb_hf_share'], rel=1e-6) < r['hf_share'][-1]
+    assert set(r['equivalent_sigma']) == {'control', 'se', 'baseline'} and '](rgb_noise.png)' in md
     for name in ('fig1_probe_eps.png', 'fig1_spectra.png', 'fig5_erasure.png', 'fig5_strip.png'):
         assert f']({name})' in md and (tmp_path / name).stat().st_size > 0
     assert md.splitlines()[0].startswith('**Smoke run') and 'Verdict' not in md  # it says so first, and judges nothing
@@ -102,8 +115,17 @@ def test_smoke_run_pairs_the_arms_probes_them_and_reuses_what_matches(tmp_path):
     assert again['autoencoders'] == report['autoencoders'] and again['ldm'] == report['ldm']
 
     # the sweeps on top (Fig. 2-4): what Fig. 1 made is reused, and a run two figures share is made once
-    run(*args, '--all', timeout=1800)
+    run(*args, '--all', '--ablations', 'se_detach,se_long', timeout=1800)
     swept = json.loads((tmp_path / 'report.json').read_text())
+    # the ablations: per run, the detached arm beside Fig. 1's control, and SE 5x longer beside a control as long
+    abl = swept['ablations']
+    assert abl['arms'] == {'se_detach': {'control': 'control', 'steps': 2, 'flags': ['--se_detach_z']},
+                           'se_long': {'control': 'control_long', 'steps': 10, 'flags': []}}
+    assert {k: len(v) for k, v in abl['autoencoders'].items()} == {'se_detach': 2, 'se_long': 2, 'control_long': 2}
+    long_args = json.loads((tmp_path / 'baseline1' / 'seed0' / 'ae_control_long' / 'reproduce_settings.json').read_text())['args']
+    assert long_args[long_args.index('--se_weight') + 1] == '0.0' and checkpoint_step(
+        tmp_path / 'baseline1' / 'seed0' / 'ae_control_long' / 'ckpt.pt') == 10
+    assert '## Ablations' in (tmp_path / 'report.md').read_text()
     assert swept['autoencoders'] == report['autoencoders'] and swept['ldm'] == report['ldm']
     fig2, fig3, fig4 = (swept[k]['autoencoders' if k != 'fig4' else 'finetune'] for k in ('fig2', 'fig3', 'fig4'))
     assert list(fig2) == ['z4', 'z8', 'z16', 'z32'] and len(fig3) == 4 and len(fig4) == 5
@@ -236,7 +258,11 @@ def test_photographs_need_an_autoencoder_of_their_own_domain(tmp_path):
     from repro import reproduce
     with pytest.raises(SystemExit) as e:
         reproduce.main(['--data', str(tmp_path), '--out_dir', str(tmp_path / 'out')])
-    assert 'pass an autoencoder converged on your images with --baseline' in str(e.value.code)
+    assert 'pass an autoencoder converged on your images with --baseline, or make one first with --pretrain --data' \
+        in str(e.value.code)
+    with pytest.raises(SystemExit) as e:  # and the autoencoder of a folder is never written over the shipped one
+        reproduce.main(['--pretrain', '--data', str(tmp_path), '--out_dir', str(tmp_path / 'out')])
+    assert 'name its file with --baseline' in str(e.value.code)
 
 
 @pytest.mark.slow
