@@ -503,7 +503,7 @@ def fig1_markdown(report, out_dir):
                     **{arm: aes[arm] for arm in arms(report)}})
     md += ["", f"![spectra]({plot_spectra({arm: aes[arm][0] for arm in arms(report)}, out_dir, 'fig1_spectra.png', 'Latent spectra, seed 0')})", ""]
     md += rgb_noise_markdown(report, out_dir)
-    keys = sample_keys(report)
+    keys = sample_keys(report) if report['ldm'] else []
     for objective, runs in report['ldm'].items():
         first = runs['control'][0]['probe'][-1]
         show = sorted({0, len(first['levels']) // 3, 2 * len(first['levels']) // 3, len(first['levels']) - 1})
@@ -588,14 +588,19 @@ def markdown(report, out_dir):
     if c['smoke']:  # a smoke run checks that the pipeline runs end to end; its numbers carry no result
         first = ("**Smoke run: toy sizes that check the pipeline end to end. Its numbers mean nothing, and it draws no "
                  "verdict.**")
+    elif not report['ldm']:
+        first = ""
     else:
         first = (f"**The LDMs of {', '.join(failed)} have not learned to sample** (sample latent std off by more than 2x, "
                  f"or more than 10% saturated pixels): no comparison is drawn from their samples; the probe still "
                  f"compares their denoisers." if failed else "Every LDM passed the sample guard (sample latent std within "
                  "0.5-2x of the data's per channel, at most 10% saturated pixels), so their samples are compared too.")
+    if not report['ldm']:
+        first += ("\n\n" if first else "") + ("**--skip_ldm: the autoencoders and their spectra alone; no LDM was "
+                                               "trained, so no probe or samples.**")
     md = [first, "", "# Scale equivariance in miniature", "",
           f"Run: {'smoke sizes (checks the pipeline only; the numbers mean nothing)' if c['smoke'] else 'default sizes'}; "
-          f"data: {c['data'] or ('embedded textured moving dead leaves, ' + str(c['num_frames']) + ' frames' if unit(report) == 'clips' else 'embedded textured dead leaves')}{' (random crops)' if c['random_crop'] else ''}"
+          f"data: {c['data'] or ('embedded textured moving dead leaves, ' + str(c['num_frames']) + ' frames' if unit(report) == 'clips' else 'embedded ' + c.get('dataset', 'textured') + ' dead leaves')}{' (random crops)' if c['random_crop'] else ''}"
           f"{', held out: ' + c['val_data'] if c['val_data'] else ''}: {report['data']['train']} "
           f"{'training clips cached per LDM (the autoencoders train on the endless training stream)' if unit(report) == 'clips' else 'training images or files'}, "
           f"{report['data']['heldout']} + {report['data']['heldout2']} held-out {unit(report)} (two disjoint draws of one "

@@ -145,6 +145,8 @@ parser.add_argument('--channels', action='store_true', help='also Fig. 2: autoen
 parser.add_argument('--kl_sweep', action='store_true',
                     help='also Fig. 3: autoencoders from scratch with kl_weight ' + ', '.join(f'{w:g}' for w in KL_WEIGHTS))
 parser.add_argument('--se_sweep', action='store_true', help='also Fig. 4: fine-tunes with se_weight 0 .. 1')
+parser.add_argument('--skip_ldm', action='store_true', help="the autoencoders and their spectra alone (Fig. 1's "
+                    "fine-tunes, --ablations): no LDM, probe or samples")
 parser.add_argument('--ablations', type=str, default='', help="also these fine-tunes of every run, each measured beside "
                     f"its control by spectrum.py (no LDM), comma-separated: {', '.join(ABLATIONS)}; all: every one")
 parser.add_argument('--all', action='store_true', help='every figure (1-5): --channels, --kl_sweep and --se_sweep too')
@@ -1148,7 +1150,7 @@ def planned_work(exp, figures, objectives):
     per_ldm = (exp.sizes['ldm_steps'] * t['train_ldm.py'] + exp.sizes['ldm_evals'] * images * t['probe'] +
                samples * t['sample.py'] + samples * t['eval_fid.py'])
     total = (n * finetune + len(exp.runs) * images * t['spectrum.py'] + len(objectives) * n * per_ldm +
-             (1 + len(exp.arms)) * samples * t['eval_fid.py'])
+             bool(objectives) * (1 + len(exp.arms)) * samples * t['eval_fid.py'])
     from_scratch = exp.sizes['sweep_steps'] * t['train_ae.py'] + images * t['spectrum.py']
     total += (figures['channels'] * len(Z_CHANNELS) + figures['kl_sweep'] * len(KL_WEIGHTS)) * from_scratch
     total += figures['se_sweep'] * len(SE_WEIGHTS) * finetune
@@ -1188,6 +1190,7 @@ def main(argv=None):
         say(write_report(args.out_dir))
         return
     sizes, figures, objectives = check_args(args)
+    objectives = [] if args.skip_ldm else objectives  # --skip_ldm: the autoencoders and their spectra alone
     video = args.num_frames > 1
     import torch  # after the checks, so that a mistake is told in a second
     jobs = args.jobs or (1 if args.nproc > 1 or (args.device != 'cpu' and torch.cuda.is_available()) else 2)
@@ -1268,12 +1271,14 @@ def main(argv=None):
     report['baseline'] = report['baselines'][0]
     if not video:
         report['rgb_noise'] = rgb_noise(exp, {**report['autoencoders'], 'baseline': report['baselines']}, baselines[0])
+    report['ldm'] = {}
     for objective in objectives:
         made = parallel([lambda run=run, i=i, arm=arm: fig1_arm(exp, run, aes[arm][i], objective)
                          for i, run in enumerate(runs) for arm in arms], jobs)
-        report.setdefault('ldm', {})[objective] = {arm: made[k::len(arms)] for k, arm in enumerate(arms)}
-    report['references'] = references(exp, {arm: aes[arm][0] for arm in arms})
-    report['references_grid'] = os.path.join('references', 'real', 'grid_frames.png' if video else 'grid.png')
+        report['ldm'][objective] = {arm: made[k::len(arms)] for k, arm in enumerate(arms)}
+    if objectives:  # the samples' trivial references
+        report['references'] = references(exp, {arm: aes[arm][0] for arm in arms})
+        report['references_grid'] = os.path.join('references', 'real', 'grid_frames.png' if video else 'grid.png')
     if not video:  # Fig. 5 erases in 8x8 tiles of images
         report['fig5'] = {arm: {'latent': report['autoencoders'][arm][0]['erasure_psnr'],
                                 'rgb': report['autoencoders'][arm][0]['rgb_erasure_psnr']} for arm in arms}
@@ -1309,6 +1314,11 @@ def main(argv=None):
                                         if control is not None},
                                'autoencoders': {w[0]: measured[i * len(runs):(i + 1) * len(runs)]
                                                 for i, w in enumerate(wanted)}}
+        if 'dct_cut' in exp.ablations:  # Fig. 5's third row: the AE fine-tuned with the authors' DCT cut
+            first = made[[w[0] for w in wanted].index('dct_cut') * len(runs)]
+            report['fig5']['dct_cut'] = {'latent': report['ablations']['autoencoders']['dct_cut'][0]['erasure_psnr'],
+                                         'rgb': report['ablations']['autoencoders']['dct_cut'][0]['rgb_erasure_psnr']}
+            erasure_strip(exp, {**{arm: aes[arm][0] for arm in arms}, 'dct_cut': first})
 
     from repro.report import two_level, verdict, write_report
     report['two_level'] = two_level(report)  # per_baseline, per_image, bootstrap of the probe's numbers

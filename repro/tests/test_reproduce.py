@@ -115,13 +115,16 @@ def test_smoke_run_pairs_the_arms_probes_them_and_reuses_what_matches(tmp_path):
     assert again['autoencoders'] == report['autoencoders'] and again['ldm'] == report['ldm']
 
     # the sweeps on top (Fig. 2-4): what Fig. 1 made is reused, and a run two figures share is made once
-    run(*args, '--all', '--ablations', 'se_detach,se_long', timeout=1800)
+    run(*args, '--all', '--ablations', 'se_detach,se_long,dct_cut', timeout=1800)
     swept = json.loads((tmp_path / 'report.json').read_text())
     # the ablations: per run, the detached arm beside Fig. 1's control, and SE 5x longer beside a control as long
     abl = swept['ablations']
     assert abl['arms'] == {'se_detach': {'control': 'control', 'steps': 2, 'flags': ['--se_detach_z']},
-                           'se_long': {'control': 'control_long', 'steps': 10, 'flags': []}}
-    assert {k: len(v) for k, v in abl['autoencoders'].items()} == {'se_detach': 2, 'se_long': 2, 'control_long': 2}
+                           'se_long': {'control': 'control_long', 'steps': 10, 'flags': []},
+                           'dct_cut': {'control': 'control', 'steps': 2, 'flags': ['--se_mode', 'dct_cut']}}
+    assert {k: len(v) for k, v in abl['autoencoders'].items()} == {'se_detach': 2, 'se_long': 2, 'dct_cut': 2,
+                                                                   'control_long': 2}
+    assert set(swept['fig5']) == {'control', 'se', 'dct_cut'}  # Fig. 5's third row
     long_args = json.loads((tmp_path / 'baseline1' / 'seed0' / 'ae_control_long' / 'reproduce_settings.json').read_text())['args']
     assert long_args[long_args.index('--se_weight') + 1] == '0.0' and checkpoint_step(
         tmp_path / 'baseline1' / 'seed0' / 'ae_control_long' / 'ckpt.pt') == 10
@@ -335,3 +338,16 @@ def test_the_shipped_baseline_rebuilds_from_its_recorded_config_and_recipe():
     assert meta['recipe'] == 'python train_ae.py ' + ' '.join(map(str, reproduce.PRETRAIN['image']))
     assert int(meta['steps']) == reproduce.PRETRAIN['image'][reproduce.PRETRAIN['image'].index('--max_steps') + 1]
     assert float(meta['val_psnr']) - float(meta['val_psnr_bicubic']) >= 3.0
+
+
+@pytest.mark.slow
+def test_skip_ldm_measures_the_autoencoders_alone(tmp_path):
+    """--skip_ldm: Fig. 1's fine-tunes and an ablation measured by their spectra, no LDM trained, and a report that
+    says so first."""
+    run('repro/reproduce.py', '--smoke', '--seeds', 1, '--skip_ldm', '--ablations', 'se_detach', '--out_dir', tmp_path,
+        timeout=1200)
+    report = json.loads((tmp_path / 'report.json').read_text())
+    assert report['ldm'] == {} and 'references' not in report and not list(tmp_path.glob('**/ldm_*'))
+    assert len(report['autoencoders']['se']) == len(report['ablations']['autoencoders']['se_detach']) == 1
+    md = (tmp_path / 'report.md').read_text()
+    assert '## Ablations' in md and '--skip_ldm' in md
