@@ -1312,6 +1312,13 @@ CASES += [
     # item 1: a lock removes only its writers' partial files, of dead writers, in every kind of locked folder
     Case("a user's files named like temporaries, in every locked folder", call(user_files_survive_every_lock), Result()),
     # item 3: every folder a run writes is one run's
+    Case('reproduce.py --baselines beyond the shipped ones', script('repro/reproduce.py', lambda t, r: [
+        '--baselines', 5, '--out_dir', t / 'rep']), Error(r'--baselines 5: 3 image baseline\(s\) are shipped; make more')),
+    Case('reproduce.py --ablations with an unknown arm', script('repro/reproduce.py', lambda t, r: [
+        '--ablations', 'se_detach,magic', '--out_dir', t / 'rep']), Error(r'--ablations knows se_detach, .* not magic')),
+    Case('reproduce.py --dataset shapes with --data', script('repro/reproduce.py', lambda t, r: [
+        '--dataset', 'shapes', '--data', t, '--baseline', r['ae4'], '--out_dir', t / 'rep']),
+        Error(r'--dataset shapes is an embedded image set; drop --data')),
     Case('reproduce.py into a folder another run is writing', script('repro/reproduce.py', lambda t, r: [
         '--smoke', '--seeds', 1, '--out_dir', live_lock(t / 'rep')]), Error(r'--out_dir .*/rep is in use by another run')),
     Case('eval_fid --out that another evaluation writes', script('eval_fid.py', lambda t, r: [
