@@ -152,7 +152,8 @@ def guard_failures(report):
             for u, run in zip(units, runs[arm]) if not run['probe'][-1]['guard']['ok']]
 
 
-REGION_KEYS = ['regions', 'covered']  # metrics.region_stats: near-uniform regions an image, the share they cover
+REGION_KEYS = ['regions', 'covered', 'median_area']  # metrics.region_stats: near-uniform regions an image, the share
+# they cover, the median region's share of its image
 
 
 def sample_keys(report):
@@ -525,15 +526,16 @@ def fig1_markdown(report, out_dir):
         for arm in arms(report):
             guards = [r['probe'][-1]['guard'] for r in runs[arm]]
             ratios = [x for g in guards for x in g['std_ratio']]
-            md.append(f"| {arm} | " + " | ".join(pm([r['samples'][k] for r in runs[arm]], '.2f') for k in keys) +
+            md.append(f"| {arm} | " + " | ".join(pm([r['samples'][k] for r in runs[arm]], '.3g') for k in keys) +
                       f" | {min(ratios):.2f}-{max(ratios):.2f} | {max(g['saturated'] for g in guards):.1%} |")
         for name, m in report['references'].items():
             md.append(f"| reference: {'a second draw of held-out ' + unit(report) if name == 'real' else name + ' AE reconstructions'}"
-                      f" | " + " | ".join(f"{m[k]:.2f}" if k in m else '-' for k in keys) + " | | |")
+                      f" | " + " | ".join(f"{m[k]:.3g}" if k in m else '-' for k in keys) + " | | |")
         if 'covered' in keys:
-            md += ["", "regions, covered: the recognisability measure (metrics.region_stats), the near-uniform connected "
-                   "regions an image and the share of it they cover, computed alike on samples, the held-out draw and "
-                   "the reconstructions; nearer the held-out draw is better."]
+            md += ["", "regions, covered, median_area: the recognisability measure (metrics.region_stats), the "
+                   "near-uniform connected regions an image, the share of it they cover and the median region's share "
+                   "of its image, computed alike on samples, the held-out draw and the reconstructions; nearer the "
+                   "held-out draw is better."]
         md += [""] + oracle_markdown(report, objective) + two_level_markdown(report, objective)
         real = report.get('references_grid', 'references/real/grid.png')
         md += ["", "Samples at the last step, seed 0 (and the held-out data):", "",

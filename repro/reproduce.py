@@ -167,7 +167,8 @@ parser.add_argument('--se_weight', type=float, default=0.25, help="the SE arm's 
 parser.add_argument('--se_down', type=str, default='bilinear', help="SE's operator (train_ae.py --se_down; the "
                     "authors': bilinear)")
 parser.add_argument('--ft_lr', type=float, default=1e-4, help='learning rate of every fine-tune of the baseline')
-parser.add_argument('--objective', type=str, default='eps', help="the LDMs' objective: eps (DDPM), flow, or eps,flow")
+parser.add_argument('--objective', type=str, default='eps', help="the LDMs' objective: eps (DDPM), v (DDPM, "
+                    "v-prediction), flow, or several, e.g. eps,flow")
 parser.add_argument('--ldm_model', type=str, default='dit', choices=['dit', 'unet'], help="the LDMs' denoiser backbone "
                     "(train_ldm.py --model)")
 parser.add_argument('--ldm_preset', type=str, default='tiny', help="the size preset of the LDMs' backbone "
@@ -246,8 +247,8 @@ def check_args(args):
         problems.append("--jobs must be at least 1")
     if not 0 <= args.se_weight or not args.se_weight > 0:
         problems.append(f"--se_weight must be positive (the SE arm), got {args.se_weight}")
-    if set(objectives) - {'eps', 'flow'} or len(set(objectives)) != len(objectives):
-        problems.append(f"--objective must be eps, flow or eps,flow, got {args.objective}")
+    if set(objectives) - {'eps', 'v', 'flow'} or len(set(objectives)) != len(objectives):
+        problems.append(f"--objective must be eps, v or flow, or several of them (eps,flow), got {args.objective}")
     if sizes['ldm_evals'] > sizes['ldm_steps']:
         problems.append(f"--ldm_evals {sizes['ldm_evals']} asks for more evaluations than --ldm_steps {sizes['ldm_steps']}")
     if args.val_data is not None and args.data is None:
@@ -849,7 +850,7 @@ def ldm(exp, run, ae, objective):
                    '--ae', os.path.join(ae_dir, 'ckpt.pt'),
                    '--model', exp.ldm_model, '--preset', exp.ldm_preset, '--lr', exp.ldm_lr,
                    '--batch_size', exp.sizes['ldm_batch_size'], '--num_workers', 0, '--ema_decay', exp.ldm_ema_decay,
-                   '--ema_warmup', *(['--objective', 'flow'] if objective == 'flow' else []),
+                   '--ema_warmup', *(['--objective', objective] if objective != 'eps' else []),
                    *norm,
                    '--cache_latents', os.path.join(out, 'latent_cache'),
                    '--cache_size', exp.sizes['train_images'] if exp.random_crop or exp.video else exp.counts['train']]  # crops, or each file
