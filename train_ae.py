@@ -78,9 +78,8 @@ parser.add_argument('--se_down', type=str, default='bilinear', choices=SE_DOWNSA
                     help="how SE shrinks x and z: the authors' 'bilinear' (align_corners, no antialiasing) or 'mean'; 'antialiased' is ours")
 parser.add_argument('--se_mode', type=str, default='downsample', choices=['downsample', 'dct_cut'], help="SE by downsampling (the paper) or by the authors' DCT cut of high frequencies from z and x (--se_max_cut)")
 parser.add_argument('--se_max_cut', type=checked(float, lo=0, hi=1, lo_open=True), default=0.5, help='dct_cut: the share of each tile\'s DCT coefficients cut is drawn uniformly in [0, this] every step')
-parser.add_argument('--se_detach_z', action='store_true', help="an ablation, not in the authors' code: SE's z is "
-                    "detached, so that the SE term trains the decoder alone (issue 37: which side of the autoencoder "
-                    "moves the latents' HF)")
+parser.add_argument('--se_detach_z', action='store_true', help="ablation, not the authors': SE's z detached, so SE "
+                    "trains the decoder alone")
 parser.add_argument('--se_ignore_lpips', action='store_true', help="leave LPIPS off the SE term (L1 only), as the authors' ignore_lpips")
 parser.add_argument('--hf_reg_weight', type=checked(float, lo=0), default=0.0, help="weight of the authors' high-frequency penalty on the latents' 8x8 block-DCT amplitudes (0: off)")
 parser.add_argument('--hf_reg_power', type=checked(float, lo=0), default=2.0, help='the power p of the high-frequency penalty, which weighs coefficient (u, v) by ((u + v) / 7)^p / 4')

@@ -133,12 +133,12 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormat
                                  allow_abbrev=False)
 parser.add_argument('--out_dir', type=str, default=None, help='where every artefact and report.md go (none: out/reproduce, or out/reproduce_video); reruns reuse what matches')
 parser.add_argument('--pretrain', action='store_true', help='train the baseline autoencoder from scratch with the shipped recipe and write it to --baseline')
-parser.add_argument('--pretrain_seed', type=int, default=0, help="--pretrain's seed (the recipe's --seed): 0 makes the "
-                    "first shipped baseline, k its independent sibling assets/baseline_mini_seed{k}.safetensors")
-parser.add_argument('--baseline', type=str, default=None, help='the pretrained autoencoder(s) that every arm '
-                    'fine-tunes, comma-separated (default: the shipped files, --baselines of them)')
-parser.add_argument('--baselines', type=int, default=None, help='how many of the shipped baselines (independently '
-                    f'pretrained, seeds 0..N-1) the run fine-tunes; none: {SHIPPED_BASELINES} for images (smoke: 1), 1 for video')
+parser.add_argument('--pretrain_seed', type=int, default=0, help="--pretrain's --seed: 0 remakes the first shipped "
+                    "baseline, k its sibling _seed{k}")
+parser.add_argument('--baseline', type=str, default=None, help='pretrained autoencoder(s) every arm fine-tunes, '
+                    'comma-separated (none: shipped ones)')
+parser.add_argument('--baselines', type=int, default=None, help='how many shipped baselines (seeds 0..N-1) to fine-tune; '
+                    f'none: {SHIPPED_BASELINES} (smoke, video: 1)')
 parser.add_argument('--smoke', action='store_true', help='toy sizes: checks that the pipeline runs, says nothing about SE')
 parser.add_argument('--replot', action='store_true', help="only re-write report.md and its figures from --out_dir's report.json")
 parser.add_argument('--channels', action='store_true', help='also Fig. 2: autoencoders with z_channels 4, 8, 16, 32')
@@ -147,8 +147,8 @@ parser.add_argument('--kl_sweep', action='store_true',
 parser.add_argument('--se_sweep', action='store_true', help='also Fig. 4: fine-tunes with se_weight 0 .. 1')
 parser.add_argument('--skip_ldm', action='store_true', help="the autoencoders and their spectra alone (Fig. 1's "
                     "fine-tunes, --ablations): no LDM, probe or samples")
-parser.add_argument('--ablations', type=str, default='', help="also these fine-tunes of every run, each measured beside "
-                    f"its control by spectrum.py (no LDM), comma-separated: {', '.join(ABLATIONS)}; all: every one")
+parser.add_argument('--ablations', type=str, default='', help="more fine-tunes per run, by their spectra: "
+                    f"{','.join(ABLATIONS)} or all")
 parser.add_argument('--all', action='store_true', help='every figure (1-5): --channels, --kl_sweep and --se_sweep too')
 parser.add_argument('--num_frames', type=int, default=1, help='> 1: the video experiment on clips of this many frames (1 + 8k); Fig. 1 only')
 parser.add_argument('--f_sweep', action='store_true', help="instead: LDM's Fig. 6/7 in miniature, quality against "
@@ -156,13 +156,12 @@ parser.add_argument('--f_sweep', action='store_true', help="instead: LDM's Fig. 
 parser.add_argument('--f_factors', type=int_list(1), default=F_FACTORS, help="--f_sweep's downsampling factors "
                     f"(1: pixels); default {','.join(map(str, F_FACTORS))}")
 parser.add_argument('--data', type=str, default=None, help='image folder, split once by a seeded hash of file names into training and held-out files; none: dead leaves')
-parser.add_argument('--dataset', type=str, default='textured', choices=DATASETS, help="the embedded data without "
-                    "--data: textured dead leaves (up to 400 occluding leaves), or shapes (4-12 large, lightly textured "
-                    "leaves: samples a viewer can recognise)")
+parser.add_argument('--dataset', type=str, default='textured', choices=DATASETS, help="embedded data: textured "
+                    "dead leaves, or few large shapes")
 parser.add_argument('--val_data', type=str, default=None, help='a folder of held-out images; then all of --data trains')
 parser.add_argument('--random_crop', action='store_true', help='random crops of --data (training, and the held-out sets)')
-parser.add_argument('--seeds', type=int, default=None, help='seeds 0..N-1 of each baseline: each fine-tunes it with SE '
-                    'and without and trains an LDM on each, a pair; none: 1 with several baselines, else 3')
+parser.add_argument('--seeds', type=int, default=None, help='seeds per baseline, each an SE/control pair; none: 3 '
+                    'with one baseline, else 1')
 parser.add_argument('--se_weight', type=float, default=0.25, help="the SE arm's weight (the paper: 0.25)")
 parser.add_argument('--se_down', type=str, default='bilinear', help="SE's operator (train_ae.py --se_down; the "
                     "authors': bilinear)")
@@ -174,9 +173,8 @@ parser.add_argument('--ldm_model', type=str, default='dit', choices=['dit', 'une
 parser.add_argument('--ldm_preset', type=str, default='tiny', help="the size preset of the LDMs' backbone "
                     "(train_ldm.py --preset)")
 parser.add_argument('--ldm_lr', type=float, default=None, help="learning rate of every LDM (none: 1e-3 on images, 3e-3 on video, the best of repro's LR sweep)")
-parser.add_argument('--latent_norm', type=str, default=None, choices=['scalar', 'channel'], help="the LDMs' latent "
-                    "normalisation (train_ldm.py --latent_norm); none: channel, so that no per-channel scale of the "
-                    "latents (which the decoder absorbs) moves the probe; scalar: LDM's one scale_factor")
+parser.add_argument('--latent_norm', type=str, default=None, choices=['scalar', 'channel'], help="LDMs' latent "
+                    "normalisation; none: channel (no channel scale moves the probe)")
 parser.add_argument('--ldm_ema_decay', type=float, default=0.999, help="EMA decay of the LDMs' weights, with a warm-up "
                     "(train_ldm.py --ema_warmup): min(decay, (1 + n) / (10 + n))")
 add_device_arg(parser)  # passed on to every script
