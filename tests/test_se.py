@@ -13,6 +13,7 @@ from utils.data import make_dataset
 from utils.cli import SE_DOWNSAMPLING
 from model import Autoencoder, block_dct, cut_dct_high_frequencies, dct_cut_equivariance_loss, latent_hf_penalty, make_ae_config, scale_equivariance_loss, se_downsample, causal_time_pool, zigzag
 from tests.helpers import TINY_AE, run, train_rows
+from utils.weights import load_checkpoint
 
 
 def l1(a, b):
@@ -189,7 +190,7 @@ def test_logged_se_and_hf_terms_equal_their_formulas_recomputed_from_the_checkpo
     run('train_ae.py', *args, '--max_steps', '2', '--resume')
     logged, logged_hf = train_rows(d)[2]['se'], train_rows(d)[2]['hf_reg']
 
-    ckpt = torch.load(tmp_path / 'step1.pt', weights_only=False)
+    ckpt = load_checkpoint(tmp_path / 'step1.pt')
     ae = Autoencoder(make_ae_config(ckpt['config']['preset'], ckpt['config']['ae_config']))
     ae.load_state_dict(ckpt['model'])
     B = ckpt['config']['batch_size']
@@ -211,7 +212,7 @@ def test_se_detach_z_trains_the_decoder_alone(tmp_path):
     weights = {}
     for name, extra in (('control', []), ('se', ['--se_weight', '1']), ('detached', ['--se_weight', '1', '--se_detach_z'])):
         run('train_ae.py', *args, *extra, '--out_dir', tmp_path / name)
-        weights[name] = torch.load(tmp_path / name / 'ckpt.pt', weights_only=False)['model']
+        weights[name] = load_checkpoint(tmp_path / name / 'ckpt.pt')['model']
     part = lambda name, prefix: torch.cat([v.flatten() for k, v in weights[name].items() if k.startswith(prefix)])  # noqa: E731
     assert torch.allclose(part('detached', 'encoder.'), part('control', 'encoder.'), rtol=0, atol=1e-7)
     assert not torch.allclose(part('se', 'encoder.'), part('control', 'encoder.'), rtol=0, atol=1e-6)

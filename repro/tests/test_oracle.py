@@ -89,8 +89,9 @@ def test_a_channel_normalised_ldm_and_its_probe_cannot_see_a_per_channel_scale_a
     from repro.probe import diffusability_probe
     from tests.helpers import TINY_AE, run
     from utils.data import DeadLeaves
+    from utils.weights import load_checkpoint
     run('train_ae.py', *TINY_AE, '--image_size', '32', '--max_steps', '2', '--out_dir', tmp_path / 'ae')
-    ckpt = torch.load(tmp_path / 'ae' / 'ckpt.pt', weights_only=False)
+    ckpt = load_checkpoint(tmp_path / 'ae' / 'ckpt.pt')
     a, b = torch.tensor([2.0, 0.5, 1.0, 3.0]), torch.tensor([3.0, -1.0, 0.5, 3.0])
     for state in [ckpt['model']] + ([ckpt['ema']] if ckpt.get('ema') is not None else []):
         W, bias = state['quant_conv.weight'], state['quant_conv.bias']  # (2C, 2C, 1, 1): the mean's rows, then logvar's
