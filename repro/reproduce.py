@@ -301,7 +301,7 @@ class Experiment:
     """What every step of one run reads, built by main() from the checked flags and passed to each helper.
 
     out_dir: where every artefact goes; sizes: the run's SIZES, flags applied; video, num_frames: clips or images;
-    arms: the Fig. 1 arms ('control', 'se'[, 'se_st']); seeds: how many; device, nproc, jobs: where and how many
+    arms: the Fig. 1 arms ('control', 'se'[, 'se_st']); device, nproc, jobs: where and how many
     script runs at a time; random_crop, se_down, ft_lr, ldm_model, ldm_preset, ldm_lr, ldm_ema_decay, latent_norm
     (None: train_ldm.py's default): the flags of the same names, passed on to the scripts; f_factors: --f_sweep's
     factors; baseline: for pretrain, the file it writes; runs: the units of Fig. 1 (Run: a baseline and a seed);
@@ -313,7 +313,6 @@ class Experiment:
     video: bool
     num_frames: int
     arms: tuple
-    seeds: int
     device: str
     nproc: int
     jobs: int
@@ -1201,7 +1200,7 @@ def main(argv=None):
     t0 = time.time()
     exp = Experiment(out_dir=args.out_dir, sizes=sizes, video=video, num_frames=args.num_frames,
                      arms=('control', 'se', 'se_st') if video else ('control', 'se'),  # se_st: SE in space and time
-                     seeds=args.seeds, device=args.device, nproc=args.nproc, jobs=jobs, random_crop=args.random_crop,
+                     device=args.device, nproc=args.nproc, jobs=jobs, random_crop=args.random_crop,
                      se_down=args.se_down, ft_lr=args.ft_lr, ldm_model=args.ldm_model, ldm_preset=args.ldm_preset,
                      ldm_lr=args.ldm_lr, ldm_ema_decay=args.ldm_ema_decay, latent_norm=args.latent_norm,
                      f_factors=args.f_factors, dataset=args.dataset, ablations=tuple(ablations_of(args.ablations)),
