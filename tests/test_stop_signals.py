@@ -109,3 +109,28 @@ def test_ctrl_c_ends_a_training_run_in_one_line_keeping_its_last_checkpoint(tmp_
     step = torch.load(out / 'ckpt.pt', weights_only=False)['step']  # whole, and the run goes on from it
     run('train_ae.py', *argv, '--resume', '--max_steps', step + 1)
     assert torch.load(out / 'ckpt.pt', weights_only=True)['step'] == step + 1
+
+
+class _Stops(torch.utils.data.Dataset):
+    """A dataset whose reading meets a SystemExit: a signal's (an int) or die()'s sentence (a string)."""
+    def __init__(self, code):
+        self.code = code
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        raise SystemExit(self.code)
+
+
+@pytest.mark.parametrize('code,num_workers', [(128 + signal.SIGTERM, 0), ('error: none of the images could be read.', 0),
+                                              ('error: none of the images could be read.', 1)])
+def test_a_stop_met_while_reading_a_batch_keeps_its_status_or_its_sentence(num_workers, code):
+    """The CI failure of 2026-12-07: SIGTERM arrived while train_ae.py read a sample in the main process
+    (--num_workers 0), and the worker guard turned SystemExit(143) into the string '143', so the script printed 143
+    and ended with status 1. In the main process a SystemExit passes as it is; from a worker, die()'s sentence comes
+    back alone. A signal's status from a worker is not tested: a signal reaches the main process, not its workers."""
+    from utils.common import load_batches
+    with pytest.raises(SystemExit) as e:
+        next(load_batches(_Stops(code), batch_size=2, num_workers=num_workers))
+    assert e.value.code == code

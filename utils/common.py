@@ -587,6 +587,8 @@ class _Guarded(torch.utils.data.Dataset):
         try:
             return self.dataset[item]
         except SystemExit as e:  # a SystemExit would end the worker process, and the main one would only learn that
+            if torch.utils.data.get_worker_info() is None:  # no workers: the main process, where it ends the script as
+                raise  # it is (a signal's SystemExit(128 + signum) keeps its status, not a string '143' and status 1)
             raise WorkerStopped(str(e.code)) from None
 
 
