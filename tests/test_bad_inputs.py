@@ -175,7 +175,7 @@ def runs(tmp_path_factory):
     o = run_script('train_ldm.py', TINY_LDM + ['--ae', d / 'ae4' / 'ckpt.pt', '--max_steps', 2, '--objective', 'flow',
                                                '--out_dir', d / 'ldm_flow'])
     assert o.code == 0, o.message
-    other = torch.load(d / 'ae4' / 'ckpt.pt', weights_only=False)  # the same AE but for one weight: another AE
+    other = torch.load(d / 'ae4' / 'ckpt.pt', weights_only=True)  # the same AE but for one weight: another AE
     first = next(iter(other['model']))
     other['model'][first] = other['model'][first] + 0.01
     torch.save(other, d / 'ae4_other.pt')
@@ -328,7 +328,7 @@ def checkpoints_before_flow_are_ddpm(tmp, runs):
     # as DDPM, exactly as the same run with the key does, and resumes
     old = copy_run(runs['ldm_dir'], tmp, 'old')
     for name in ('ckpt.pt', 'ema.pt'):
-        ckpt = torch.load(old / name, weights_only=False)
+        ckpt = torch.load(old / name, weights_only=True)
         for key in ('objective', 'time_sampling', 'logit_mean', 'logit_std', 'time_shift'):
             del ckpt['config'][key]
         torch.save(ckpt, old / name)
@@ -394,7 +394,7 @@ def sample_grid_crashes_after_training(tmp, runs):
     for t in threading.enumerate():  # as the interpreter does at exit: the checkpoint writer thread finishes its file
         if t is not threading.main_thread() and not t.daemon:
             t.join()
-    assert torch.load(tmp / 'o' / 'ckpt.pt', weights_only=False)['step'] == 2
+    assert torch.load(tmp / 'o' / 'ckpt.pt', weights_only=True)['step'] == 2
 
 
 def no_space_while_logging(tmp, runs):

@@ -143,7 +143,7 @@ def test_train_ae_rec_loss_and_disc_loss(tmp_path, monkeypatch):
         # the generator's loss stays taming's -E[D(x_rec)] (not the non-saturating E[softplus(-D(x_rec))]): the same
         # logits, since the discriminator step sees the same joint batch with the same weights
         assert rows[step]['g'] == pytest.approx(disc_calls[step - 1][1], rel=1e-5)
-    config = torch.load(out / 'ckpt.pt', weights_only=False)['config']
+    config = torch.load(out / 'ckpt.pt', weights_only=True)['config']
     assert (config['rec_loss'], config['disc_loss']) == ('l2', 'vanilla')
     resume = args + ['--resume', '--max_steps', 3]
     refused(run_script('train_ae.py', resume + ['--disc_loss', 'vanilla']), 'rec_loss l2 -> l1')
@@ -172,7 +172,7 @@ def test_train_ldm_betas_loss_and_warmup(tmp_path, monkeypatch):
     # LambdaLinearScheduler, f_start 1e-6, f_max 1: the n-th update (n = 0, 1, ..) takes lr (1e-6 + (1 - 1e-6) n / N)
     for step, f in {1: 1e-6, 2: 1e-6 + (1 - 1e-6) / 4, 4: 1e-6 + (1 - 1e-6) * 3 / 4, 5: 1.0}.items():
         assert rows[step]['lr'] == pytest.approx(1e-3 * f, rel=1e-9), step
-    ckpt = torch.load(out / 'ckpt.pt', weights_only=False)
+    ckpt = torch.load(out / 'ckpt.pt', weights_only=True)
     config = ckpt['config']
     assert (config['beta_start'], config['beta_end'], config['diffusion_loss'], config['lr_warmup']) == (
         0.0015, 0.0155, 'l1', 4)

@@ -32,7 +32,7 @@ def run(script, *flags):
 def with_random_weights(ckpt, out):
     """A copy of the export `ckpt` whose EMA weights are perturbed at random, so that (unlike a 2-step DiT, whose
     adaLN-Zero output is still ~0) its output depends on the label and guidance shows."""
-    export = torch.load(ckpt, weights_only=False)
+    export = torch.load(ckpt, weights_only=True)
     g = torch.Generator().manual_seed(0)
     export['ema'] = {k: v + 0.3 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
                      for k, v in export['ema'].items()}
@@ -82,17 +82,17 @@ def test_both_backbones_train_and_save_what_they_were_made_with(trained):
     d = trained
     for name in ('unet', 'dit'):
         assert os.path.exists(d / name / 'samples_0000002.png') and len(losses(d / name)) == 2
-    ckpt = torch.load(d / 'dit' / 'ckpt.pt', weights_only=False)
+    ckpt = torch.load(d / 'dit' / 'ckpt.pt', weights_only=True)
     assert ckpt['config']['backbone']['num_classes'] == 2 and ckpt['config']['learn_sigma'] and ckpt['step'] == 2
-    assert torch.load(d / 'unet' / 'ckpt.pt', weights_only=False)['config']['backbone']['num_classes'] == 0
+    assert torch.load(d / 'unet' / 'ckpt.pt', weights_only=True)['config']['backbone']['num_classes'] == 0
     # the same DiT as a rectified flow: no learned variance, and the objective and Flow's arguments on record
-    flow = torch.load(d / 'dit_flow' / 'ema.pt', weights_only=False)['config']
+    flow = torch.load(d / 'dit_flow' / 'ema.pt', weights_only=True)['config']
     assert os.path.exists(d / 'dit_flow' / 'samples_0000002.png') and len(losses(d / 'dit_flow')) == 2
     assert not flow['learn_sigma'] and not flow['backbone']['learn_sigma'] and flow['schedule'] is None
     assert {k: flow[k] for k in ('objective', 'prediction', 'time_sampling', 'logit_mean', 'logit_std', 'time_shift')} == {
         'objective': 'flow', 'prediction': 'velocity', 'time_sampling': 'logit_normal', 'logit_mean': 0.0,
         'logit_std': 1.0, 'time_shift': 2.0}
-    ddpm = torch.load(d / 'dit' / 'ema.pt', weights_only=False)['config']
+    ddpm = torch.load(d / 'dit' / 'ema.pt', weights_only=True)['config']
     assert ddpm['objective'] == ddpm['prediction'] == 'eps' and ddpm['time_shift'] is None
 
 
@@ -122,7 +122,7 @@ def test_latent_scale_is_the_std_of_one_random_global_batch(trained):
     # LDM's scale_by_std: mean and 1/std of one global batch (4 latents here) drawn at random from the whole cache
     from utils.data import random_subset
     latents = np.load(trained / 'cache' / 'latents.npy')
-    ckpt = torch.load(trained / 'dit' / 'ckpt.pt', weights_only=False)
+    ckpt = torch.load(trained / 'dit' / 'ckpt.pt', weights_only=True)
     z = torch.from_numpy(latents[random_subset(latents, 4, 0), 0].astype(np.float64))
     assert ckpt['latent_shift'] == pytest.approx(z.mean().item(), rel=1e-9)
     assert ckpt['latent_scale'] == pytest.approx(1 / z.std(unbiased=False).item(), rel=1e-9)
@@ -132,8 +132,8 @@ def test_latent_scale_is_the_std_of_one_random_global_batch(trained):
 def test_sample_py_writes_adms_npz_from_the_ema_export(trained):
     # class-conditional DiT with guidance and ancestral DDPM, from ema.pt: the npz in ADM's format, the grid, the PNGs
     d = trained
-    export = torch.load(d / 'dit' / 'ema.pt', weights_only=False)
-    ckpt = torch.load(d / 'dit' / 'ckpt.pt', weights_only=False)
+    export = torch.load(d / 'dit' / 'ema.pt', weights_only=True)
+    ckpt = torch.load(d / 'dit' / 'ckpt.pt', weights_only=True)
     assert set(export) == {'ema', 'step', 'latent_scale', 'latent_shift', 'config'} and export['step'] == 2
     assert all(torch.equal(export['ema'][k], ckpt['ema'][k]) for k in ckpt['ema'])
     run('sample.py', '--ckpt', str(d / 'dit' / 'ema.pt'), '--num_samples', '3', '--batch_size', '2', '--device',
@@ -188,7 +188,7 @@ def test_resume_is_exact(workdir, objective):
     run('train_ldm.py', *common, '--out_dir', str(d / f'half_{name}'), '--max_steps', '4', '--resume')
     full, half = losses(d / f'full_{name}'), losses(d / f'half_{name}')
     assert sorted(full) == [1, 2, 3, 4] and full == half
-    a, b = (torch.load(d / f'{n}_{name}' / 'ckpt.pt', weights_only=False) for n in ('full', 'half'))
+    a, b = (torch.load(d / f'{n}_{name}' / 'ckpt.pt', weights_only=True) for n in ('full', 'half'))
     for key in ('model', 'ema'):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
 

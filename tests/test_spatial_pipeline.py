@@ -58,7 +58,7 @@ def test_each_task_trains_resumes_exactly_samples_and_is_scored(workdir, task):
     train(d, f'{task}_half', *flags, '--max_steps', '4', '--resume')
     full, half = losses(d / f'{task}_full'), losses(d / f'{task}_half')
     assert sorted(full) == [1, 2, 3, 4] and full == half
-    a, b = (torch.load(d / f'{task}_{n}' / 'ckpt.pt', weights_only=False) for n in ('full', 'half'))
+    a, b = (torch.load(d / f'{task}_{n}' / 'ckpt.pt', weights_only=True) for n in ('full', 'half'))
     assert all(torch.equal(a['ema'][k], b['ema'][k]) for k in a['ema'])
     assert a['config']['conditioning']['task'] == task and a['config']['backbone']['cond_channels'] > 0
 
@@ -96,7 +96,7 @@ def test_an_unconditional_unet_samples_beyond_its_training_size_and_inpaints_by_
             '--H', H, '--W', W, '--out_dir', out)
         assert np.load(out / 'samples.npz')['arr_0'].shape == (2, H, W, 3)
     # a checkpoint made before tasks (no 'conditioning' in its config) samples as the unconditional model it is
-    old = torch.load(d / 'uncond32' / 'ema.pt', weights_only=False)
+    old = torch.load(d / 'uncond32' / 'ema.pt', weights_only=True)
     del old['config']['conditioning']
     torch.save(old, d / 'old.pt')
     for ckpt, out in ((d / 'uncond32' / 'ema.pt', d / 'new_samples'), (d / 'old.pt', d / 'old_samples')):

@@ -106,7 +106,7 @@ def test_ctrl_c_ends_a_training_run_in_one_line_keeping_its_last_checkpoint(tmp_
     assert lines[-1] == (f"stopped by {signal.Signals(signum).name}; what was written before is kept (a training run "
                          f"continues from its last checkpoint with --resume)."), lines[-3:]
     assert not (out / '.lock').exists() and not [f for f in os.listdir(out) if f.endswith('.partial')]
-    step = torch.load(out / 'ckpt.pt', weights_only=False)['step']  # whole, and the run goes on from it
+    step = torch.load(out / 'ckpt.pt', weights_only=True)['step']  # whole, and the run goes on from it
     run('train_ae.py', *argv, '--resume', '--max_steps', step + 1)
     assert torch.load(out / 'ckpt.pt', weights_only=True)['step'] == step + 1
 

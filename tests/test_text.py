@@ -245,7 +245,7 @@ def test_cli_train_resume_exactly_and_sample_prompts(tiny_ae, task, prompt):
     run('train_ldm.py', *common, '--out_dir', d / f'half_{task}', '--max_steps', '4', '--resume')
     full, half = losses(d / f'full_{task}'), losses(d / f'half_{task}')
     assert sorted(full) == [1, 2, 3, 4] and full == half
-    a, b = (torch.load(d / f'{n}_{task}' / 'ckpt.pt', weights_only=False) for n in ('full', 'half'))
+    a, b = (torch.load(d / f'{n}_{task}' / 'ckpt.pt', weights_only=True) for n in ('full', 'half'))
     assert any(k.startswith('cond_stage_model.') for k in a['model'])  # tau_theta is trained and saved with the UNet
     assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
     assert a['config']['conditioning']['task'] == task
@@ -256,7 +256,7 @@ def test_cli_train_resume_exactly_and_sample_prompts(tiny_ae, task, prompt):
     assert npz['arr_0'].shape == (4, 16, 16, 3) and list(npz['prompts']) == [prompt, prompt, '', '']
     assert (out / 'prompts.txt').read_text().splitlines() == [prompt, prompt, '', '']
     if task == 'text':  # a checkpoint that records no tokenizer takes no prompt
-        export = torch.load(d / f'full_{task}' / 'ema.pt', weights_only=False)
+        export = torch.load(d / f'full_{task}' / 'ema.pt', weights_only=True)
         del export['config']['conditioning']
         torch.save(export, d / 'no_tokenizer.pt')
         p = run('sample.py', '--ckpt', d / 'no_tokenizer.pt', '--prompt', prompt, '--device', 'cpu', '--out_dir',

@@ -32,8 +32,8 @@ def test_resume_is_exact(tmp_path):
     for step in (4, 5, 6):  # after the resume: discriminator on, SE scales drawn, KL noise, all identical
         for key in ('loss', 'rec', 'reg', 'se', 'd', 'g', 'grad_norm'):
             assert split[step][key] == full[step][key], (step, key)
-    a = torch.load(tmp_path / 'full' / 'ckpt.pt', weights_only=False)
-    b = torch.load(tmp_path / 'split' / 'ckpt.pt', weights_only=False)
+    a = torch.load(tmp_path / 'full' / 'ckpt.pt', weights_only=True)
+    b = torch.load(tmp_path / 'split' / 'ckpt.pt', weights_only=True)
     for key in ('model', 'ema', 'disc'):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), (key, name)
@@ -138,8 +138,8 @@ def test_video_run_resumes_exactly_and_writes_previews(tmp_path):
     for step in (3, 4):  # after the resume: frame discriminator on, SE scales drawn, KL noise, all identical
         for key in ('loss', 'rec', 'reg', 'se', 'd', 'g', 'grad_norm'):
             assert split[step][key] == full[step][key], (step, key)
-    a = torch.load(tmp_path / 'full' / 'ckpt.pt', weights_only=False)
-    b = torch.load(tmp_path / 'split' / 'ckpt.pt', weights_only=False)
+    a = torch.load(tmp_path / 'full' / 'ckpt.pt', weights_only=True)
+    b = torch.load(tmp_path / 'split' / 'ckpt.pt', weights_only=True)
     for key in ('model', 'ema', 'disc'):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), (key, name)

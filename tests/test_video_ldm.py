@@ -46,8 +46,8 @@ def train_split_and_whole(d, out, *flags):
     run('train_ldm.py', *ldm, '--max_steps', 1, '--out_dir', out / 'split')
     run('train_ldm.py', *ldm, '--max_steps', 2, '--out_dir', out / 'split', '--resume')
     assert train_rows(out / 'split')[2]['loss'] == train_rows(out / 'full')[2]['loss']
-    a = torch.load(out / 'full' / 'ckpt.pt', weights_only=False)
-    b = torch.load(out / 'split' / 'ckpt.pt', weights_only=False)
+    a = torch.load(out / 'full' / 'ckpt.pt', weights_only=True)
+    b = torch.load(out / 'split' / 'ckpt.pt', weights_only=True)
     for key in ('model', 'ema'):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), (key, name)
@@ -130,7 +130,7 @@ def test_video_ldm_from_a_latent_cache_normalises_each_channel(video_ae, tmp_pat
     assert latents.shape == (6, 2, 16, 2, 4, 4)  # clips and mirror clips: 16 channels, 5 frames -> 2, 16 px -> 4
     # scale_by_std per channel: mean and 1/std of each channel over one batch drawn at random from the cache
     z = latents[random_subset(latents, 3, 0), 0].astype(np.float64)  # (3, C, T', h, w)
-    ckpt = torch.load(tmp_path / 'ldm' / 'ckpt.pt', weights_only=False)
+    ckpt = torch.load(tmp_path / 'ldm' / 'ckpt.pt', weights_only=True)
     assert ckpt['latent_shift'] == pytest.approx(z.mean(axis=(0, 2, 3, 4)).tolist(), rel=1e-9)
     assert ckpt['latent_scale'] == pytest.approx((1 / z.std(axis=(0, 2, 3, 4))).tolist(), rel=1e-9)
     assert np.std(ckpt['latent_scale']) > 0  # the channels do differ, so one scalar would not have done

@@ -150,7 +150,7 @@ def test_vq_train_ae_ldm_sample_trains_before_and_decodes_after_quantisation(tmp
     # decodes its latents as they are, as it did, and train_ldm.py refuses to resume it on other latents
     shutil.copytree(tmp_path / 'ldm', tmp_path / 'old')
     for name in ('ckpt.pt', 'ema.pt'):
-        ckpt = torch.load(tmp_path / 'old' / name, weights_only=False)
+        ckpt = torch.load(tmp_path / 'old' / name, weights_only=True)
         del ckpt['config']['vq_latents']
         torch.save(ckpt, tmp_path / 'old' / name)
     run('sample.py', '--ckpt', tmp_path / 'old' / 'ema.pt', '--num_samples', '2', '--sampler', 'ddim', '--steps', '2',
