@@ -351,6 +351,8 @@ UNET_PRESETS = {
     "ldm-64": dict(_LDM4, use_scale_shift_norm=True),
     "ldm-32": dict(_LDM4, use_scale_shift_norm=True, attention_resolutions=(1, 2, 4)),
     "tiny": dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,), context_dim=64),
+    "small": dict(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(2, 4),
+                  context_dim=64),  # 4.95M: 6.5x tiny, for CPU miniatures that need more capacity (not CompVis')
     "ldm-4": _LDM4,  # {celebahq,ffhq,lsun_bedrooms}-ldm-vq-4.yaml = models/ldm/{celeba256,ffhq256,lsun_beds256}
     "lsun_churches-ldm-kl-8": dict(_LDM, **_HEADS8, model_channels=192, channel_mult=(1, 2, 2, 4, 4),
                                    attention_resolutions=(1, 2, 4, 8), use_scale_shift_norm=True, resblock_updown=True),
