@@ -617,7 +617,7 @@ def markdown(report, out_dir):
           "of 8x8 block DCTs, averaged over channels (white noise 0.508; smooth images near 0); hf_energy_share takes the "
           "share of the energy summed over channels, which a rotation of the channels (invisible to an LDM that "
           "normalises by one scalar) cannot change. Samples are posterior samples, what the LDM learns.", ""]
-    return md + fig1_markdown(report, out_dir) + sweep_markdown(report, out_dir) + ablations_markdown(report)
+    return md + fig1_markdown(report, out_dir) + sweep_markdown(report, out_dir) + ablations_markdown(report, out_dir)
 
 
 ABLATION_NAMES = {'se_detach': 'SE, z detached (trains the decoder alone)', 'se_f2': 'SE, factor 2 only',
@@ -625,9 +625,31 @@ ABLATION_NAMES = {'se_detach': 'SE, z detached (trains the decoder alone)', 'se_
                   'se_long': 'SE, 5x longer'}
 
 
-def ablations_markdown(report):
+def plot_ablations(report, out_dir):
+    """Why SE moves the HF, as a figure: each arm's relative change in hf_share and hf_energy_share against its own
+    control, one dot per run (a baseline and a seed) and a bar at their mean; Fig. 1's SE arm first, for reference."""
+    aes = report['ablations']['autoencoders']
+    rows = [('SE (Fig. 1)', report['autoencoders']['control'], report['autoencoders']['se'])]
+    for arm, spec in report['ablations']['arms'].items():
+        control = report['autoencoders']['control'] if spec['control'] == 'control' else aes[spec['control']]
+        rows.append((ABLATION_NAMES.get(arm, arm), control, aes[arm]))
+    pyplot = plt()
+    fig, axes = pyplot.subplots(1, 2, figsize=(10, 1.2 + 0.45 * len(rows)), sharey=True)
+    for ax, key in zip(axes, ('hf_share', 'hf_energy_share')):
+        for y, (_, control, arm) in enumerate(rows):
+            change = [100 * (a[key] - c[key]) / c[key] for c, a in zip(control, arm)]
+            ax.barh(y, statistics.mean(change), color='tab:blue' if y else 'tab:grey', alpha=0.5)
+            ax.plot(change, [y] * len(change), 'k.')
+        ax.axvline(0, color='black', lw=0.8)
+        ax.set_xlabel(f'{key}: change against its control (%)')
+    axes[0].set_yticks(range(len(rows)), [name for name, _, _ in rows])
+    axes[0].invert_yaxis()
+    return save(fig, out_dir, 'ablations.png')
+
+
+def ablations_markdown(report, out_dir):
     """--ablations: each arm against its control (the Fig. 1 control, or one fine-tuned as long), paired over the
-    units the runs support, on the held-out spectra and PSNR."""
+    units the runs support, on the held-out spectra and PSNR, and as a figure (plot_ablations)."""
     if 'ablations' not in report:
         return []
     aes, baselines = report['ablations']['autoencoders'], run_baselines(report)
@@ -649,7 +671,7 @@ def ablations_markdown(report):
             cells.append(f"{statistics.mean(c):.4g} -> {statistics.mean(a):.4g} ({100 * t['rel_diff']:+.1f}%, "
                          f"p = {t['p_t']:.2g})")
         md.append(f"| {ABLATION_NAMES.get(arm, arm)} | {spec['steps']} | " + " | ".join(cells) + " |")
-    return md + [""]
+    return md + ["", f"![each arm against its control, one dot per run]({plot_ablations(report, out_dir)})", ""]
 
 
 def write_report(out_dir):
