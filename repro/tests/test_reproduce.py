@@ -129,7 +129,7 @@ def test_smoke_run_pairs_the_arms_probes_them_and_reuses_what_matches(tmp_path):
     long_args = json.loads((tmp_path / 'baseline1' / 'seed0' / 'ae_control_long' / 'reproduce_settings.json').read_text())['args']
     assert long_args[long_args.index('--se_weight') + 1] == '0.0' and checkpoint_step(
         tmp_path / 'baseline1' / 'seed0' / 'ae_control_long' / 'ckpt.pt') == 10
-    assert '## Ablations' in (tmp_path / 'report.md').read_text()
+    assert '## Ablations' in (tmp_path / 'report.md').read_text() and (tmp_path / 'ablations.png').exists()
     assert swept['autoencoders'] == report['autoencoders'] and swept['ldm'] == report['ldm']
     fig2, fig3, fig4 = (swept[k]['autoencoders' if k != 'fig4' else 'finetune'] for k in ('fig2', 'fig3', 'fig4'))
     assert list(fig2) == ['z4', 'z8', 'z16', 'z32'] and len(fig3) == 4 and len(fig4) == 6
@@ -355,4 +355,5 @@ def test_skip_ldm_measures_the_autoencoders_alone(tmp_path):
     assert report['ldm'] == {} and 'references' not in report and not list(tmp_path.glob('**/ldm_*'))
     assert len(report['autoencoders']['se']) == len(report['ablations']['autoencoders']['se_detach']) == 1
     md = (tmp_path / 'report.md').read_text()
-    assert '## Ablations' in md and '--skip_ldm' in md
+    assert '## Ablations' in md and '--skip_ldm' in md and '](ablations.png)' in md
+    assert (tmp_path / 'ablations.png').exists()
