@@ -625,14 +625,20 @@ ABLATION_NAMES = {'se_detach': 'SE, z detached (trains the decoder alone)', 'se_
                   'se_long': 'SE, 5x longer'}
 
 
+def ablation_arms(report):
+    """--ablations' arms: (name, spec, its control's measures per run, the arm's measures per run), the control being
+    Fig. 1's or one fine-tuned as long."""
+    aes = report['ablations']['autoencoders']
+    for arm, spec in report['ablations']['arms'].items():
+        control = report['autoencoders']['control'] if spec['control'] == 'control' else aes[spec['control']]
+        yield arm, spec, control, aes[arm]
+
+
 def plot_ablations(report, out_dir):
     """Why SE moves the HF, as a figure: each arm's relative change in hf_share and hf_energy_share against its own
     control, one dot per run (a baseline and a seed) and a bar at their mean; Fig. 1's SE arm first, for reference."""
-    aes = report['ablations']['autoencoders']
     rows = [('SE (Fig. 1)', report['autoencoders']['control'], report['autoencoders']['se'])]
-    for arm, spec in report['ablations']['arms'].items():
-        control = report['autoencoders']['control'] if spec['control'] == 'control' else aes[spec['control']]
-        rows.append((ABLATION_NAMES.get(arm, arm), control, aes[arm]))
+    rows += [(ABLATION_NAMES.get(arm, arm), control, treated) for arm, _, control, treated in ablation_arms(report)]
     pyplot = plt()
     fig, axes = pyplot.subplots(1, 2, figsize=(10, 1.2 + 0.45 * len(rows)), sharey=True)
     for ax, key in zip(axes, ('hf_share', 'hf_energy_share')):
@@ -652,7 +658,7 @@ def ablations_markdown(report, out_dir):
     units the runs support, on the held-out spectra and PSNR, and as a figure (plot_ablations)."""
     if 'ablations' not in report:
         return []
-    aes, baselines = report['ablations']['autoencoders'], run_baselines(report)
+    baselines = run_baselines(report)
     units = 'baselines' if len(set(baselines)) > 1 else 'seeds of one baseline'
     keys = [('hf_share', 'hf_share'), ('hf_energy_share', 'hf_energy_share'), ('psnr', 'PSNR')]
     md = ["## Ablations: each fine-tune against its control", "",
@@ -660,11 +666,10 @@ def ablations_markdown(report, out_dir):
           f"measured on the held-out {unit(report)} as Fig. 1's arms. Each cell: control -> arm (relative "
           f"difference; paired t-test over {units}).", "",
           "| arm | steps | " + " | ".join(name for _, name in keys) + " |", "|---" * (len(keys) + 2) + "|"]
-    for arm, spec in report['ablations']['arms'].items():
-        control = report['autoencoders']['control'] if spec['control'] == 'control' else aes[spec['control']]
+    for arm, spec, control, treated in ablation_arms(report):
         cells = []
         for key, _ in keys:
-            c, a = [m[key] for m in control], [m[key] for m in aes[arm]]
+            c, a = [m[key] for m in control], [m[key] for m in treated]
             if len(set(baselines)) > 1:
                 c, a = by_baseline(c, baselines), by_baseline(a, baselines)
             t = paired_test(a, c)
