@@ -98,6 +98,15 @@ def sampling_steps(T, steps, spacing='even'):
     return list(zip(ts, ts_prev))[::-1]
 
 
+def sdedit_steps(steps, strength):
+    """How many of a sampler's `steps` SDEdit runs at `strength` in [0, 1]: diffusers' img2img pipelines' init_timestep,
+    min(int(steps * strength), steps); the start is the input noised to the first of them (Diffusion.sdedit_start).
+    Strength 1 starts from the noisiest timestep, 0 returns the input."""
+    if not 0 <= strength <= 1:
+        raise ValueError(f"the SDEdit strength is a share of the sampling steps, in [0, 1], got {strength}.")
+    return min(int(steps * strength), steps)
+
+
 def sample_generators(seed, indices):
     """One noise generator per sample i: numpy's PCG64 seeded with SeedSequence(seed, spawn_key=(i,)), numpy's way to
     make independent streams. Its 128-bit state keeps every (seed, i) pair apart; a torch CPU generator keeps only the
@@ -266,15 +275,23 @@ class Diffusion:
         t_b = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
         return keep * self.q_sample(x0, t_b, randn(x_t.shape, generator, x_t.device)) + (1 - keep) * x_t
 
+    def sdedit_start(self, x0, noise, t):
+        """SDEdit's start (Meng et al. 2022; diffusers' img2img pipelines): x0 noised to timestep t, q_sample."""
+        return self.q_sample(x0, torch.full((x0.shape[0],), t, dtype=torch.long, device=x0.device), noise)
+
     @torch.no_grad()
-    def ddpm_sample(self, model_fn, x_T, steps=None, generator=None, spacing='even', known=None):
+    def ddpm_sample(self, model_fn, x_T, steps=None, generator=None, spacing='even', known=None, x0=None, strength=1.0):
         """Ancestral sampling from x_T ~ N(0, I) over `steps` timesteps (all T by default), spaced as ADM/DiT do.
-        known: inpaint by replacement (replace_known)."""
+        known: inpaint by replacement (replace_known). x0: SDEdit, only the last sdedit_steps(steps, strength)
+        timesteps, from x0 noised with x_T to the first of them (x0 itself when there are none)."""
         if spacing == 'ldm':  # CompVis' ancestral sampler walks the whole chain; 'ldm' is its DDIM's and PLMS's
             raise ValueError("LDM's spacing is for the DDIM and PLMS samplers; sample DDPM with the even or ddim "
                              "spacing.")
         ts = spaced_timesteps(self.T, steps or self.T, spacing).tolist()
         x = x_T
+        if x0 is not None:
+            ts = ts[:sdedit_steps(len(ts), strength)]
+            x = self.sdedit_start(x0, x_T, ts[-1]) if ts else x0
         for i in range(len(ts) - 1, -1, -1):
             x = self.replace_known(x, ts[i], known, generator)
             x = self.p_sample(model_fn, x, ts[i], ts[i - 1] if i > 0 else -1, generator)
@@ -297,13 +314,19 @@ class Diffusion:
         return x_prev
 
     @torch.no_grad()
-    def ddim_sample(self, model_fn, x_T, steps=50, eta=0.0, generator=None, spacing='even', known=None):
+    def ddim_sample(self, model_fn, x_T, steps=50, eta=0.0, generator=None, spacing='even', known=None, x0=None,
+                    strength=1.0):
         """DDIM from x_T ~ N(0, I) over `steps` timesteps spaced as ADM/DiT do; eta = 0 is deterministic, eta = 1 ~
         DDPM. spacing='ddim' is ADM's ddimN (its DDIM results use it), 'ldm' LDM's DDIMSampler (diffusers'
         DDIMScheduler(steps_offset=1, set_alpha_to_one=False)), which ends on timestep 0. known: inpaint by replacement
-        (replace_known), as CompVis' DDIMSampler with mask and x0."""
-        x = x_T
-        for t, t_prev in sampling_steps(self.T, steps, spacing):
+        (replace_known), as CompVis' DDIMSampler with mask and x0. x0: SDEdit, only the last
+        sdedit_steps(steps, strength) steps, from x0 noised with x_T to the first one's timestep, as diffusers'
+        img2img (CompVis' img2img.py noises to the next timestep up, one step off)."""
+        pairs, x = sampling_steps(self.T, steps, spacing), x_T
+        if x0 is not None:
+            pairs = pairs[len(pairs) - sdedit_steps(len(pairs), strength):]
+            x = self.sdedit_start(x0, x_T, pairs[0][0]) if pairs else x0
+        for t, t_prev in pairs:
             x = self.replace_known(x, t, known, generator)
             x = self.ddim_step(model_fn, x, t, t_prev, eta, generator)
         return x
@@ -505,14 +528,18 @@ class Flow:
         return x + (t_next - t) * 0.5 * (v + v_next)  # x_next = x_t + (t_next - t) (v(x_t, t) + v(x~, t_next)) / 2
 
     @torch.no_grad()
-    def ode_sample(self, model_fn, x_T, steps=50, solver='heun'):
+    def ode_sample(self, model_fn, x_T, steps=50, solver='heun', x0=None, strength=1.0):
         """The probability-flow ODE from x_1 = x_T ~ N(0, I) to t = 0 in `steps` steps of `solver` ('euler', 'heun')
-        on the grid of timesteps()."""
+        on the grid of timesteps(). x0: SDEdit, only the last sdedit_steps(steps, strength) steps of that grid, from
+        x_t = (1 - t) x0 + t x_T at the first one's time (x0 itself when there are none)."""
         if solver not in ('euler', 'heun'):
             raise ValueError(f"unknown ODE solver {solver!r}; use 'euler' or 'heun'.")
         step = self.euler_step if solver == 'euler' else self.heun_step
         ts = self.timesteps(steps).tolist()
         x = x_T
+        if x0 is not None:
+            ts = ts[steps - sdedit_steps(steps, strength):]
+            x = self.q_sample(x0, torch.full((x0.shape[0],), ts[0], device=x0.device), x_T)
         for t, t_next in zip(ts[:-1], ts[1:]):
             x = step(model_fn, x, t, t_next)
         return x

@@ -10,6 +10,8 @@ grid.mp4, grid.gif and grid_frames.png (first frames above middle frames), and s
   python sample.py --ckpt out/ldm/ckpt.pt --sampler plms --steps 50       # LDM's txt2img --plms: timesteps 981, ..., 1
   torchrun --nproc_per_node=8 sample.py --ckpt out/ldm/ema.pt --num_samples 50000 --sampler ddpm --steps 250 \
       --cfg_scale 1.5 --cfg_channels 3          # DiT's FID-50K protocol (ema.pt: the EMA-only export, 1/4 the size)
+  python sample.py --ckpt out/ldm/ema.pt --input photos/ --strength 0.3   # SDEdit: the last 15 of 50 DDIM steps
+      # from each image's latent noised to timestep 285, as diffusers' img2img; strength 0 gives the reconstruction
 
 The checkpoint's objective picks the sampler family: DDPM models (--objective eps, v) sample with ancestral DDPM or
 DDIM over ADM's respaced timesteps, or as LDM does, with DDIM (--spacing ldm) or PLMS over CompVis' timesteps
@@ -72,7 +74,8 @@ parser.add_argument('--classes', type=str, default=None, help='comma-separated c
 parser.add_argument('--labels', type=str, default=None, choices=['random', 'balanced'], help="class labels: 'random' uniform, as DiT's FID-50K protocol, or 'balanced' equal counts per class, as REPA-E")
 parser.add_argument('--seed', type=checked(int, lo=0), default=0, help='base seed; sample i uses the seed (seed, i)')
 parser.add_argument('--task', type=str, default=None, choices=TASKS, help="the model's task (default: the checkpoint's); inpaint with --inpaint_mode replace for any model")
-parser.add_argument('--input', type=str, default=None, help='--task sr|inpaint|semantic: a folder of LR images, x.png + x_mask.png, or x_label.png; default none')
+parser.add_argument('--input', type=str, default=None, help='--task sr|inpaint|semantic: LR images, x.png + x_mask.png or x_label.png; --strength: images; default none')
+parser.add_argument('--strength', type=checked(float, lo=0, hi=1), default=None, help="SDEdit: each --input image's latent, noised, then the last int(steps * strength) steps (diffusers' img2img)")
 parser.add_argument('--inpaint_mode', type=str, default='concat', choices=['concat', 'replace'], help="concat (the default): an inpainting model; replace: any DDPM model, LDM's p_sample_loop(mask, x0)")
 parser.add_argument('--H', type=checked(int, lo=1), default=None, help='sample height in pixels, UNets only (convolutional sampling); default: the training size')
 parser.add_argument('--W', type=checked(int, lo=1), default=None, help='sample width in pixels, UNets only; default: the training size')
@@ -255,8 +258,17 @@ task, replace = args.task or trained_task['task'], args.inpaint_mode == 'replace
 refuse_unused(sys.argv[1:], [('--inpaint_mode', task == 'inpaint', 'only applies to --task inpaint'),
                              ('--num_samples', task == 'none', 'is set by --input, or by the prompts times --n_samples, '
                               'with a --task'),
-                             ('--input', task not in ('none', 'text', 'layout'), 'only applies to --task sr, inpaint '
-                              'or semantic')])
+                             ('--input', task not in ('none', 'text', 'layout') or args.strength is not None,
+                              'only applies to --task sr, inpaint or semantic, or with --strength')])
+if args.strength is not None:  # SDEdit: the images' latents, noised, then the last steps of the sampler
+    if trained_task['task'] != 'none' or task != 'none' or video:
+        die(f"--strength edits images with an image model that has no task of its own; {args.ckpt} is "
+            f"{'a video model' if video else 'trained for --task ' + trained_task['task']}, so drop it.")
+    if sampler not in ('ddim', 'ddpm', 'euler', 'heun'):
+        die(f"--strength runs the last steps of --sampler ddim, ddpm, euler or heun; {sampler} has no such start "
+            f"here, so choose one of those.")
+    if args.input is None:
+        die("--strength edits images; pass the folder that holds them with --input DIR.")
 if replace and (trained_task['task'] != 'none' or flow):
     die(f"--inpaint_mode replace inpaints with a DDPM model that has no task of its own; {args.ckpt} is "
         f"{'a rectified flow' if flow else 'trained for --task ' + trained_task['task']}, so drop it.")
@@ -270,10 +282,11 @@ if task not in ('none', 'text', 'layout') and args.input is None:
     die(f"--task {task} samples one image per input; pass the folder of inputs with --input DIR.")
 if args.input is not None and not os.path.isdir(args.input):
     die(f"--input {args.input} is not a folder; pass the folder that holds the inputs.")
-if (args.H or args.W) and (task not in ('none', 'text', 'layout') or video or backbone['model'] != 'unet'):
+if (args.H or args.W) and (task not in ('none', 'text', 'layout') or video or backbone['model'] != 'unet'
+                           or args.strength is not None):
     die("--H and --W set the size of a UNet's unconditional or class-conditional samples; a DiT's position embedding "
         "is fixed to its training size, and a task's size comes from its inputs." if backbone['model'] != 'unet' or
-        video else "--H and --W do not apply with a --task: each sample takes its input's size.")
+        video else "--H and --W do not apply with a --task or --strength: each sample takes its input's size.")
 multiple = f * getattr(model, 'downsample_factor', 1)  # a UNet halves its latents downsample_factor times
 if args.H or args.W:
     H_px, W_px = args.H or config['image_size'], args.W or config['image_size']
@@ -289,12 +302,17 @@ if text:  # n_samples per prompt, prompt-major (txt2img's order); the prompts ar
         die(str(e))
     items = [(f'{i:06d}', prompts[i // args.n_samples]) for i in range(len(prompts) * args.n_samples)]
     args.num_samples = len(items)
-elif task != 'none':
+elif task != 'none' or args.strength is not None:
+    input_task = {'task': 'inpaint'} if replace else {'task': 'img2img'} if args.strength is not None else trained_task
     try:
-        items = conditioning.read_inputs(trained_task if not replace else {'task': 'inpaint'}, args.input, multiple)
+        items = conditioning.read_inputs(input_task, args.input, multiple)
     except ValueError as e:
         die(str(e))
     args.num_samples = len(items)
+    sizes = {tuple(it['image'].shape[-2:]) for _, it in items} if args.strength is not None else set()
+    if backbone['model'] != 'unet' and sizes - {(config['image_size'],) * 2}:
+        die(f"a DiT's position embedding is fixed to its training size, {config['image_size']}x{config['image_size']}; "
+            f"--strength needs --input images of that size, so crop or resize them.")
 
 
 def encode(x):  # pixels (B, 3, H, W) -> the normalised latent of the posterior mean, (z - shift) * scale
@@ -323,12 +341,12 @@ if dist.ddp:
 mine = list(range(dist.rank, args.num_samples, dist.world_size))
 batches = [mine[i:i + args.batch_size] for i in range(0, len(mine), args.batch_size)]
 if items is not None and not text:  # a batch holds inputs of one size
-    size_of = lambda i: conditioning.output_size(trained_task if not replace else {'task': 'inpaint'}, items[i][1])  # noqa: E731
+    size_of = lambda i: conditioning.output_size(input_task, items[i][1])  # noqa: E731
     batches = [[i for i in b if size_of(i) == s] for b in batches for s in dict.fromkeys(map(size_of, b))]
 names = [n for n, _ in items] if items is not None else [f'{i:06d}' for i in range(args.num_samples)]
 for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols=True, smoothing=0):  # mean pace
     gens = sample_generators(args.seed, idx)  # one noise stream per sample, from (seed, i) alone
-    cond, known, batch = {'y': torch.from_numpy(labels[idx]).to(device) if classes else None}, None, None
+    cond, known, batch, edit = {'y': torch.from_numpy(labels[idx]).to(device) if classes else None}, None, None, {}
     shape = latent_shape
     if items is not None:
         batch = conditioning.collate([items[i][1] for i in idx], device)
@@ -337,6 +355,8 @@ for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols
     with autocast(device, dtype):
         if replace:  # the known latent cells: those with no hole pixel (a max-pool of the mask over each f x f cell)
             known = (encode(batch['image']), 1 - torch.nn.functional.max_pool2d(batch['mask'], f))
+        elif args.strength is not None:  # SDEdit: x_T is the noise its latent is noised with
+            edit = {'x0': encode(batch['image']), 'strength': args.strength}
         elif task != 'none':
             cond |= conditioning.get_input(trained_task, batch, encode, shape[-2:], device=device)
         if text:  # tau_theta once per batch: the prompts' context, and that of the negative prompt (LDM's uc)
@@ -350,16 +370,16 @@ for idx in tqdm(batches, desc='sampling', disable=not dist.master, dynamic_ncols
         model_fn = functools.partial(apply_model, model, cond=cond)
     with autocast(device, dtype):
         if sampler == 'ddpm':
-            z = process.ddpm_sample(model_fn, x_T, steps=steps, generator=gens, spacing=spacing, known=known)
+            z = process.ddpm_sample(model_fn, x_T, steps=steps, generator=gens, spacing=spacing, known=known, **edit)
         elif sampler == 'ddim':
             z = process.ddim_sample(model_fn, x_T, steps=steps, eta=args.eta or 0.0, generator=gens, spacing=spacing,
-                                    known=known)
+                                    known=known, **edit)
         elif sampler == 'plms':
             z = process.plms_sample(model_fn, x_T, steps=steps, spacing=spacing)
         elif sampler == 'sde':  # SiT's defaults: diffusion coefficient w = t, last step of 0.04 without noise
             z = process.sde_sample(model_fn, x_T, steps=steps, generator=gens)
         else:
-            z = process.ode_sample(model_fn, x_T, steps=steps, solver=sampler)
+            z = process.ode_sample(model_fn, x_T, steps=steps, solver=sampler, **edit)
         x = decode_first_stage(ae, z.float() / latent_scale + latent_shift, force_not_quantize).float()  # undo the latent normalisation
     if not torch.isfinite(x).all():  # to_uint8 would write NaN as black pixels, a result that looks like one
         die(f"samples {idx[0]}..{idx[-1]} came out non-finite (NaN or inf): the model or its latent normalisation "

@@ -354,3 +354,22 @@ def test_ddpm_timesteps_flow_time_has_the_same_noise_level(schedule):
     rf = flow.q_sample(x0, t_k[k], eps) / (1 - t_k[k, None])
     assert torch.allclose(ddpm, rf, rtol=1e-12, atol=1e-12)
     assert (t_k.diff() > 0).all() and 0 < t_k[0] < 0.2 and 0.9 < t_k[-1] < 1  # a range of [0, 1], rising with k
+
+
+@pytest.mark.parametrize('solver', ['euler', 'heun'])
+def test_sdedit_starts_on_the_grid_and_the_one_point_field_returns_the_input(solver):
+    # sample.py --strength on a flow: the last int(steps * strength) steps of the grid, from (1 - t) x0 + t eps at the
+    # first one's time; for data = {x*}, v(x, t) = (x - x*) / t carries every start straight back to x*
+    flow = Flow(time_shift=3.0)
+    x_star, noise = torch.tensor([0.7, -1.3]).view(1, 2, 1, 1).expand(4, 2, 1, 1), torch.randn(4, 2, 1, 1)
+    times = []
+    def field(x, t_in):
+        t = t_in.float().view(-1, 1, 1, 1) / 1000
+        times.append(float(t.flatten()[0]))
+        return (x - x_star) / t
+    grid = flow.timesteps(20).tolist()
+    x = flow.ode_sample(field, noise, 20, solver, x0=x_star, strength=0.25)
+    torch.testing.assert_close(x, x_star, rtol=0, atol=1e-5)
+    assert times[0] == pytest.approx(grid[15], rel=1e-6)  # int(20 * 0.25) = 5 steps: grid[15] -> ... -> 0
+    assert len(times) == (5 if solver == 'euler' else 9)
+    assert torch.equal(flow.ode_sample(field, noise, 20, solver, x0=noise, strength=0.0), noise)

@@ -163,3 +163,48 @@ def test_ldm_samplers_preserve_marginals_and_end_on_the_data_point(sampler, pred
         torch.testing.assert_close(sample, math.sqrt(a0) * x_star + noise_level * eps, rtol=1e-4, atol=1e-4)
     else:  # fresh noise at every step, the last included (CompVis' sigma_t > 0 there): off x* by about noise_level
         assert 0.5 * noise_level < (sample - math.sqrt(a0) * x_star).std() < 2 * noise_level
+
+
+# ---- SDEdit (sample.py --strength): the last int(steps * strength) steps from the input, noised ----
+
+@pytest.mark.parametrize('prediction', ['eps', 'v'])
+@pytest.mark.parametrize('strength', [0.3, 0.75, 1.0])
+def test_sdedit_is_diffusers_img2img_step_for_step(prediction, strength):
+    # StableDiffusionImg2ImgPipeline: init_timestep = min(int(steps * strength), steps), timesteps[steps - init:], the
+    # latent noised by scheduler.add_noise to the first of them, then the scheduler's steps
+    d = Diffusion('ldm_linear', prediction=prediction)
+    ref = DDIMScheduler(steps_offset=1, set_alpha_to_one=False, clip_sample=False,
+                        prediction_type='epsilon' if prediction == 'eps' else 'v_prediction', **LDM_SCHEDULE)
+    ref.set_timesteps(50)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
+    init = min(int(50 * strength), 50)
+    ts = ref.timesteps[50 - init:]
+    x_ref = ref.add_noise(x0, noise, ts[:1])
+    for t in ts:
+        x_ref = ref.step(toy_model(x_ref, batch_t(x_ref, t)), t, x_ref).prev_sample
+    calls = []
+    def recording(x, t):
+        calls.append(int(t[0]))
+        return toy_model(x, t)
+    x = d.ddim_sample(recording, noise, steps=50, spacing='ldm', x0=x0, strength=strength)
+    assert calls == ts.tolist()  # the same timesteps, from the same start
+    torch.testing.assert_close(x, x_ref, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize('sampler', ['ddim', 'ddpm'])
+def test_sdedit_with_the_exact_denoiser_returns_its_input_and_strength_0_runs_nothing(sampler):
+    # data = {x*}: from any noised copy of x*, the exact denoiser's DDIM (eta 0) and ancestral chains end on x* itself
+    d = Diffusion('ldm_linear', prediction='v')
+    x_star, noise = torch.tensor([0.7, -1.3]).view(1, 2, 1, 1), torch.randn(4, 2, 1, 1)
+    oracle = one_point_oracle(d, x_star)
+    run = d.ddim_sample if sampler == 'ddim' else d.ddpm_sample
+    for strength in (0.02, 0.5, 1.0):
+        torch.testing.assert_close(run(oracle, noise, steps=50, x0=x_star.expand(4, 2, 1, 1), strength=strength),
+                                   x_star.expand(4, 2, 1, 1), rtol=0, atol=1e-4)
+    never = lambda x, t: pytest.fail('strength 0 evaluates the network')  # noqa: E731
+    x0 = torch.randn(4, 2, 1, 1)
+    assert torch.equal(run(never, noise, steps=50, x0=x0, strength=0.0), x0)
+    assert torch.equal(run(never, noise, steps=50, x0=x0, strength=0.019), x0)  # int(50 * 0.019) = 0 steps
+    with pytest.raises(ValueError, match=r'in \[0, 1\]'):
+        run(oracle, noise, steps=50, x0=x0, strength=1.5)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from utils import data
 from tests.helpers import run
+from utils.weights import load_autoencoder
 
 TINY = ['--image_size', '16', '--batch_size', '4', '--num_workers', '0', '--device', 'cpu']
 TASK_FLAGS = {'sr': ['--sr_factor', '4', '--degradation', 'bsr_light'], 'inpaint': ['--masks', 'mixed', '--mask_area',
@@ -153,3 +154,41 @@ def test_bad_inputs_of_a_task_are_one_sentence(workdir, tmp_path):
                        '--max_steps', '1', check=False), '--cache_latents')
     one_sentence(train(d, 'sr_flag', '--sr_factor', '2', '--max_steps', '1', check=False), '--sr_factor', '--task sr')
     one_sentence(train(d, 'sr_odd', '--task', 'sr', '--sr_factor', '3', '--max_steps', '1', check=False), 'multiple')
+
+
+@pytest.mark.slow
+def test_sdedit_edits_each_input_and_at_strength_0_returns_its_reconstruction(workdir, tmp_path):
+    d = workdir
+    train(d, 'sdedit', '--model', 'unet', '--max_steps', '1')
+    sample = lambda out, *flags, check=True: run('sample.py', '--ckpt', d / 'sdedit' / 'ema.pt', '--input',  # noqa: E731
+                                                 d / 'in' / 'target', '--steps', '4', '--device', 'cpu', '--out_dir',
+                                                 tmp_path / out, *flags, check=check)
+    sample('s0', '--strength', '0')
+    ae = load_autoencoder(str(d / 'ae' / 'ckpt.pt'))
+    for n in ('0', '1', '2'):
+        x = torch.from_numpy(np.asarray(Image.open(d / 'in' / 'target' / f'{n}.png'), np.float32) / 127.5 - 1)
+        with torch.no_grad():
+            rec = ae.decode(ae.encode(x.permute(2, 0, 1)[None], False)[0])[0]
+        rec = ((rec.clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy()
+        got = np.asarray(Image.open(tmp_path / 's0' / 'images' / f'{n}.png'), np.float32)
+        assert np.abs(got - rec).max() <= 1  # the latent normalisation undone, up to rounding
+    for sampler in ('ddim', 'ddpm'):
+        sample(f's_{sampler}', '--strength', '0.5', '--sampler', sampler)
+        edited = np.load(tmp_path / f's_{sampler}' / 'samples.npz')['arr_0']
+        assert edited.shape == (3, 16, 16, 3) and not np.array_equal(edited, np.load(tmp_path / 's0' / 'samples.npz')['arr_0'])
+    one_sentence(run('sample.py', '--ckpt', d / 'sdedit' / 'ema.pt', '--strength', '0.5', '--device', 'cpu',
+                     '--out_dir', tmp_path / 'b1', check=False), '--input DIR')
+    one_sentence(sample('b2', '--strength', '0.5', '--sampler', 'plms', check=False), 'plms')
+    one_sentence(sample('b3', '--strength', '0.5', '--H', '32', check=False), '--strength')
+    p = sample('b4', '--strength', '1.5', check=False)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith('--strength: must be >= 0 and <= 1, got 1.5')
+    one_sentence(sample('b5', check=False), '--input', '--strength')
+    train(d, 'sdedit_sr', '--task', 'sr', '--max_steps', '1')
+    one_sentence(run('sample.py', '--ckpt', d / 'sdedit_sr' / 'ema.pt', '--input', d / 'in' / 'target', '--strength',
+                     '0.5', '--device', 'cpu', '--out_dir', tmp_path / 'b6', check=False), 'no task', '--task sr')
+    train(d, 'sdedit_dit', '--model', 'dit', '--max_steps', '1')
+    big = tmp_path / 'big'
+    os.makedirs(big)
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(big / 'a.png')
+    one_sentence(run('sample.py', '--ckpt', d / 'sdedit_dit' / 'ema.pt', '--input', big, '--strength', '0.5',
+                     '--device', 'cpu', '--out_dir', tmp_path / 'b7', check=False), 'training size', '16x16')

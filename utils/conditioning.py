@@ -381,6 +381,7 @@ def _rgb(path):  # -> (3, H, W) in [-1, 1]
 def read_inputs(cfg, folder, multiple):
     """The conditions in `folder` for a model of task cfg -> [(name, item)], item as TaskData's (without a target
     image for sr and semantic), with every check a user's files can fail as ValueError's one sentence:
+      img2img   (sample.py --strength) every image is an input to edit
       sr        every image is an LR input; its size times the factor must be a multiple of `multiple` (the latent
                 factor times the UNet's downsampling)
       inpaint   x.png with x_mask.png beside it, of x's size, binary (0 or 255; >= 128 is the hole, as CompVis' >= 0.5)
@@ -388,7 +389,10 @@ def read_inputs(cfg, folder, multiple):
     A file without its partner is counted and named. The sizes must be multiples of `multiple` (convolutional
     sampling takes any such size)."""
     task = cfg['task']
-    if task == 'sr':
+    if task == 'img2img':  # sample.py --strength: every image is an input to edit
+        _, files = _suffixed(folder, None)
+        items = [(n, {'image': _rgb(p)}) for n, p in files.items()]
+    elif task == 'sr':
         _, files = _suffixed(folder, None)
         items = [(n, {'LR_image': _rgb(p)}) for n, p in files.items()]
         for n, it in items:
@@ -425,7 +429,8 @@ def read_inputs(cfg, folder, multiple):
     else:
         raise ValueError(f"a model of task {task!r} takes no --input folder.")
     if not items:
-        raise ValueError(f"{folder} holds no inputs for --task {task}.")
+        raise ValueError(f"{folder} holds no images to edit with --strength." if task == 'img2img' else
+                         f"{folder} holds no inputs for --task {task}.")
     for n, it in items:
         hw = next(iter(it.values())).shape[-2:]
         if task != 'sr' and (hw[0] % multiple or hw[1] % multiple):
@@ -438,4 +443,4 @@ def output_size(cfg, item):
     """(H, W) in pixels of the sample an input makes."""
     if cfg['task'] == 'sr':
         return tuple(s * cfg['sr_factor'] for s in item['LR_image'].shape[-2:])
-    return tuple((item['image'] if cfg['task'] == 'inpaint' else item['segmentation']).shape[-2:])
+    return tuple((item['image'] if cfg['task'] in ('inpaint', 'img2img') else item['segmentation']).shape[-2:])
