@@ -22,17 +22,9 @@ import json
 import argparse
 import subprocess
 
-import numpy as np
-import torch
-from PIL import Image, ImageDraw
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from utils.cli import HelpFormatter, die  # noqa: E402
-from utils.weights import load_autoencoder, load_checkpoint  # noqa: E402
-from model import decode_first_stage, encode_first_stage  # noqa: E402
-from diffusion import Flow, process_from_config, randn, sample_generators, sampling_steps, sdedit_steps  # noqa: E402
-from evaluation.metrics import region_stats, to_uint8  # noqa: E402
+from utils.cli import HelpFormatter, die  # noqa: E402  (torch, numpy and the models load after --help)
 
 STEPS = 50  # sample.py's default steps (DDIM, even spacing; Heun under flow), which the reference follows
 
@@ -46,6 +38,8 @@ parser.add_argument('--out_dir', default='out/restoration', help='where the runs
 
 
 def read_images(folder):
+    import numpy as np
+    from PIL import Image
     names = sorted(f for f in os.listdir(folder) if f.lower().endswith(('.png', '.jpg', '.jpeg', '.bmp', '.webp')))
     if not names:
         die(f"{folder} holds no images; pass a folder of held-out PNG or JPEG images.")
@@ -56,11 +50,13 @@ def read_images(folder):
 
 
 def psnr(a, b):  # uint8 arrays; None where they are equal (a pixel model at strength 0)
+    import numpy as np
     mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean()
     return None if mse == 0 else float(10 * np.log10(255 ** 2 / mse))
 
 
 def to_unit(a):  # uint8 (N, H, W, 3) -> (N, 3, H, W) in [-1, 1]
+    import torch
     return torch.from_numpy(a).float().permute(0, 3, 1, 2) / 127.5 - 1
 
 
@@ -68,6 +64,11 @@ def identity_reference(ckpt_path, x, strength, seed):
     """The SDEdit start of sample.py --strength, decoded without denoising: x0_hat = x_t / sqrt(abar_t) (DDPM) or
     x_t / (1 - t) (flow), at the first of the last sdedit_steps(STEPS, strength) steps. None where no step runs (the
     reconstruction is then the answer) or where the start holds nothing (strength 1)."""
+    import torch
+    from diffusion import Flow, process_from_config, randn, sample_generators, sampling_steps, sdedit_steps
+    from evaluation.metrics import to_uint8
+    from model import decode_first_stage, encode_first_stage
+    from utils.weights import load_autoencoder, load_checkpoint
     k = sdedit_steps(STEPS, strength)
     if k in (0, STEPS):
         return None
@@ -89,6 +90,8 @@ def identity_reference(ckpt_path, x, strength, seed):
 
 
 def figure(x, results, strengths, show, path):
+    import numpy as np
+    from PIL import Image, ImageDraw
     Z = max(1, 96 // x.shape[1])
     W, gap, lab = x.shape[2] * Z, 12, 90
     n = min(show, len(x))
@@ -109,6 +112,8 @@ def figure(x, results, strengths, show, path):
 
 def main(argv=None):
     args = parser.parse_args(argv)
+    import numpy as np
+    from evaluation.metrics import region_stats
     try:
         strengths = [float(s) for s in args.strengths.split(',')]
     except ValueError:
