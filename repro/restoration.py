@@ -38,15 +38,17 @@ parser.add_argument('--out_dir', default='out/restoration', help='where the runs
 
 
 def read_images(folder):
-    import numpy as np
-    from PIL import Image
-    names = sorted(f for f in os.listdir(folder) if f.lower().endswith(('.png', '.jpg', '.jpeg', '.bmp', '.webp')))
-    if not names:
-        die(f"{folder} holds no images; pass a folder of held-out PNG or JPEG images.")
-    x = [np.asarray(Image.open(os.path.join(folder, n)).convert('RGB')) for n in names]
-    if len({a.shape for a in x}) != 1:
+    """The images sample.py --strength edits, in its order (conditioning.read_inputs) -> (N, H, W, 3) uint8."""
+    import torch
+    from utils.conditioning import read_inputs
+    try:
+        items = read_inputs({'task': 'img2img'}, folder, 1)
+    except ValueError as e:
+        die(str(e))
+    if len({tuple(it['image'].shape) for _, it in items}) != 1:
         die(f"the images in {folder} differ in size; restoration compares them as one batch, so pass images of one size.")
-    return np.stack(x)  # (N, H, W, 3) uint8
+    x = torch.stack([it['image'] for _, it in items])  # exact: read_inputs maps uint8 v to v / 127.5 - 1
+    return ((x + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
 def psnr(a, b):  # uint8 arrays; None where they are equal (a pixel model at strength 0)
@@ -60,18 +62,15 @@ def to_unit(a):  # uint8 (N, H, W, 3) -> (N, 3, H, W) in [-1, 1]
     return torch.from_numpy(a).float().permute(0, 3, 1, 2) / 127.5 - 1
 
 
-def identity_reference(ckpt_path, x, strength, seed):
-    """The SDEdit start of sample.py --strength, decoded without denoising: x0_hat = x_t / sqrt(abar_t) (DDPM) or
-    x_t / (1 - t) (flow), at the first of the last sdedit_steps(STEPS, strength) steps. None where no step runs (the
-    reconstruction is then the answer) or where the start holds nothing (strength 1)."""
+def identity_references(ckpt_path, x, strengths, seed):
+    """{strength: the SDEdit start of sample.py --strength, decoded without denoising}: x0_hat = x_t / sqrt(abar_t)
+    (DDPM) or x_t / (1 - t) (flow), at the first of the last sdedit_steps(STEPS, strength) steps. None where no step
+    runs (the reconstruction is then the answer) or where the start holds nothing (strength 1)."""
     import torch
     from diffusion import Flow, process_from_config, randn, sample_generators, sampling_steps, sdedit_steps
     from evaluation.metrics import to_uint8
     from model import decode_first_stage, encode_first_stage
     from utils.weights import load_autoencoder, load_checkpoint
-    k = sdedit_steps(STEPS, strength)
-    if k in (0, STEPS):
-        return None
     ckpt = load_checkpoint(ckpt_path, 'ldm')
     config = ckpt['config']
     ae = load_autoencoder(config['ae'])
@@ -80,13 +79,20 @@ def identity_reference(ckpt_path, x, strength, seed):
     with torch.no_grad():
         z = (encode_first_stage(ae, to_unit(x), sample=False).float() - shift) * scale
         noise = randn(z.shape, sample_generators(seed, range(len(z))), 'cpu')  # sample.py's x_T, sample by sample
-        if isinstance(process, Flow):
-            t = process.timesteps(STEPS).tolist()[STEPS - k]
-            z_hat = process.q_sample(z, torch.full((len(z),), t), noise) / (1 - t)
-        else:
-            t = sampling_steps(process.T, STEPS)[STEPS - k][0]
-            z_hat = process.sdedit_start(z, noise, t) / process.abar[t].sqrt()
-        return to_uint8(decode_first_stage(ae, z_hat / scale + shift).float()).permute(0, 2, 3, 1).numpy()
+        refs = {}
+        for strength in strengths:
+            k = sdedit_steps(STEPS, strength)
+            if k in (0, STEPS):
+                refs[strength] = None
+                continue
+            if isinstance(process, Flow):
+                t = process.timesteps(STEPS).tolist()[STEPS - k]
+                z_hat = process.q_sample(z, torch.full((len(z),), t), noise) / (1 - t)
+            else:
+                t = sampling_steps(process.T, STEPS)[STEPS - k][0]
+                z_hat = process.sdedit_start(z, noise, t) / process.abar[t].sqrt()
+            refs[strength] = to_uint8(decode_first_stage(ae, z_hat / scale + shift).float()).permute(0, 2, 3, 1).numpy()
+    return refs
 
 
 def figure(x, results, strengths, show, path):
@@ -129,6 +135,7 @@ def main(argv=None):
                       'input_regions': region_stats(to_unit(x)), 'models': {}}, {}
     for ckpt, name in zip(args.ckpt, names):
         rows, images[name] = [], {}
+        refs = identity_references(ckpt, x, strengths, args.seed)
         for s in strengths:
             out = os.path.join(args.out_dir, f'{name}_{s:g}')
             cmd = [sys.executable, os.path.join(ROOT, 'sample.py'), '--ckpt', ckpt, '--input', args.input,
@@ -137,7 +144,7 @@ def main(argv=None):
             if p.returncode != 0:
                 die(f"sample.py --strength {s:g} on {ckpt} failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
             y = np.load(os.path.join(out, 'samples.npz'))['arr_0']
-            ref = identity_reference(ckpt, x, s, args.seed)
+            ref = refs[s]
             row = {'strength': s, 'psnr': psnr(y, x), 'identity_psnr': None if ref is None else psnr(ref, x),
                    'regions': region_stats(to_unit(y))}
             rows.append(row)
