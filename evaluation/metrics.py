@@ -73,21 +73,29 @@ def region_r2(x, labels):
 
 # the recognisability measure's thresholds, on colours in [0, 1]: chosen on held-out images of both embedded sets
 # (64 px) so that the shapes' leaves count (6.4 regions covering 47% of an image) and textured leaves, white noise and
-# smooth colour clouds mostly do not (2.6 / 6%, 0 / 0%, 0.8 / 1%)
-REGION_EDGE_TOL, REGION_UNIFORM_TOL, REGION_MIN_AREA = 0.03, 0.06, 0.01
+# smooth colour clouds mostly do not (2.6 / 6%, 0 / 0%, 0.8 / 1%). They hold at that size: a leaf's shading changes
+# by twice as much per pixel at half the size, so every image is measured resampled to REGION_SIZE px.
+REGION_EDGE_TOL, REGION_UNIFORM_TOL, REGION_MIN_AREA, REGION_SIZE = 0.03, 0.06, 0.01, 64
 
 
 def uniform_regions(x, edge_tol=REGION_EDGE_TOL, uniform_tol=REGION_UNIFORM_TOL, min_area=REGION_MIN_AREA):
     """The near-uniform connected regions of an image x (3, H, W) in [-1, 1]: what a viewer sees as whole shapes.
-    After a 3x3 binomial blur (which the light texture and sensor noise of a real image do not survive), a pixel is an
-    edge where any channel differs from a 4-neighbour's by more than edge_tol (colours in [0, 1]). The 4-connected
-    components of the other pixels that cover at least min_area of the image and whose colour std (the mean over
-    channels) is at most uniform_tol are the regions: a mottled sample has no large component, and a smooth colour
-    cloud has one whose colours vary too much. -> their areas as shares of the image, largest first."""
+    The image is first resampled (bilinear, antialiased when shrinking) so that its shorter side is REGION_SIZE, the
+    size the thresholds were chosen at, and a shape is then measured alike at every image size. After a 3x3 binomial
+    blur (which the light texture and sensor noise of a real image do not survive), a pixel is an edge where any
+    channel differs from a 4-neighbour's by more than edge_tol (colours in [0, 1]). The 4-connected components of the
+    other pixels that cover at least min_area of the image and whose colour std (the mean over channels) is at most
+    uniform_tol are the regions: a mottled sample has no large component, and a smooth colour cloud has one whose
+    colours vary too much. -> their areas as shares of the image, largest first."""
     from scipy import ndimage
+    x = x.double()[None]
+    scale = REGION_SIZE / min(x.shape[-2:])
+    if scale != 1:
+        size = (round(x.shape[-2] * scale), round(x.shape[-1] * scale))
+        x = F.interpolate(x, size=size, mode='bilinear', align_corners=False, antialias=scale < 1)
     k = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)
-    k = (k[:, None] * k[None]).div(16).expand(x.shape[0], 1, 3, 3)
-    v = F.conv2d(F.pad((x.double()[None] + 1) / 2, (1, 1, 1, 1), mode='replicate'), k, groups=x.shape[0])[0].numpy()
+    k = (k[:, None] * k[None]).div(16).expand(x.shape[1], 1, 3, 3)
+    v = F.conv2d(F.pad((x + 1) / 2, (1, 1, 1, 1), mode='replicate'), k, groups=x.shape[1])[0].numpy()
     cut_x, cut_y = np.abs(np.diff(v, axis=2)).max(0) > edge_tol, np.abs(np.diff(v, axis=1)).max(0) > edge_tol
     edge = np.zeros(v.shape[1:], bool)
     edge[:, 1:] |= cut_x
