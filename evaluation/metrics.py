@@ -79,7 +79,8 @@ REGION_EDGE_TOL, REGION_UNIFORM_TOL, REGION_MIN_AREA, REGION_SIZE = 0.03, 0.06, 
 
 
 def uniform_regions(x, edge_tol=REGION_EDGE_TOL, uniform_tol=REGION_UNIFORM_TOL, min_area=REGION_MIN_AREA):
-    """The near-uniform connected regions of an image x (3, H, W) in [-1, 1]: what a viewer sees as whole shapes.
+    """The near-uniform connected regions of an image x (3, H, W) in [-1, 1]: the flat areas a viewer sees as objects.
+    It does not check their outlines: irregular flat regions count as discs and rectangles do (docs/results.md).
     The image is first resampled (bilinear, antialiased when shrinking) so that its shorter side is REGION_SIZE, the
     size the thresholds were chosen at, and a shape is then measured alike at every image size. After a 3x3 binomial
     blur (which the light texture and sensor noise of a real image do not survive), a pixel is an edge where any

@@ -535,7 +535,8 @@ def fig1_markdown(report, out_dir):
             md += ["", "regions, covered, median_area: the recognisability measure (metrics.region_stats), the "
                    "near-uniform connected regions an image, the share of it they cover and the median region's share "
                    "of its image, computed alike on samples, the held-out draw and the reconstructions; nearer the "
-                   "held-out draw is better."]
+                   "held-out draw is better. It counts flat areas, not their outlines: look at the grids for whole "
+                   "shapes."]
         md += [""] + oracle_markdown(report, objective) + two_level_markdown(report, objective)
         real = report.get('references_grid', 'references/real/grid.png')
         md += ["", "Samples at the last step, seed 0 (and the held-out data):", "",
