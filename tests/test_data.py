@@ -292,6 +292,6 @@ def test_region_stats_measure_the_same_scenes_alike_at_every_image_size():
     px cover the same share of an image."""
     from evaluation.metrics import region_stats
     from utils.data import DeadLeaves
-    covered = {S: region_stats(torch.stack([DeadLeaves(S, train=False, style='shapes')[i][0] for i in range(16)]))['covered']
-               for S in (32, 64, 128)}
+    scenes = {S: torch.stack([DeadLeaves(S, train=False, style='shapes')[i][0] for i in range(16)]) for S in (32, 64, 128)}
+    covered = {S: region_stats(x)['covered'] for S, x in scenes.items()}
     assert abs(covered[32] - covered[64]) < 0.05 and abs(covered[128] - covered[64]) < 0.05, covered
