@@ -5,6 +5,7 @@ import argparse
 import ast
 import functools
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -164,3 +165,47 @@ def test_every_flag_shows_its_default_in_a_short_help(script, monkeypatch):
     long = [f"{a.option_strings[0] if a.option_strings else a.dest} ({len(a.help)})" for a in flags
             if len(a.help) > HELP_MAX]
     assert not long, f"{script}: help longer than {HELP_MAX} characters: {long}"
+
+
+# A command as the documents write it: `python[3] script.py ...` or `torchrun ... script.py ...`, continued over `\`
+# line ends, up to a comment, a pipe or the end of the code span. Its paths are relative to the repository's root, as
+# every document and shell script here runs them (gpu_session.sh cds there first).
+COMMAND = re.compile(r"(?:\bpython3?|\btorchrun\b[^`\n#]*?)\s+([\w./-]+\.py)"  # the launcher, the script
+                     r"((?:[ \t]+(?:\\\n\s*)?[^\s`;|&)#][^\s`;|&)]*)*)")  # its words, up to # ` ; | & )
+DOCUMENTS = ['README.md', 'repro/README.md', 'docs/guide.md', 'docs/results.md', 'bench/gpu_session.sh']
+
+
+def documented_commands():
+    """(where, script, arguments) of every command in the documents and in the scripts' own docstrings."""
+    for path in DOCUMENTS + SCRIPTS:
+        with open(os.path.join(ROOT, path)) as f:
+            text = f.read()
+        if path.endswith('.py'):
+            text = ast.get_docstring(ast.parse(text)) or ''
+        for m in COMMAND.finditer(text):
+            yield path, m.group(1), m.group(2).replace('\\\n', ' ').split()
+
+
+def test_every_documented_command_names_a_script_and_flags_it_has(monkeypatch):
+    # a move of a script or a renamed flag must not leave a README, a shell script or a docstring pointing at nothing:
+    # repro/gpu_session.sh ran `python3 reproduce.py` for a round after reproduce.py moved to repro/
+    wrong, checked = [], 0
+    for where, script, argv in documented_commands():
+        if not os.path.isfile(os.path.join(ROOT, script)):
+            wrong.append(f"{where}: {script} does not exist")
+            continue
+        if script not in SCRIPTS:
+            continue
+        actions = parser_of(script, monkeypatch)._option_string_actions
+        for flag, value in zip(argv, argv[1:] + ['']):
+            if not flag.startswith('--'):
+                continue
+            checked += 1
+            name = flag.split('=')[0]
+            if name not in actions:
+                wrong.append(f"{where}: {script} has no {name}")
+            elif (actions[name].choices and value and not value.startswith(('-', '$', '"'))
+                  and actions[name].type in (None, str) and value not in actions[name].choices):
+                wrong.append(f"{where}: {script} {name} takes {sorted(actions[name].choices)}, not {value!r}")
+    assert checked > 300, f"only {checked} flags found: the pattern no longer reads the documents"
+    assert not wrong, "\n".join(wrong)
