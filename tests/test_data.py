@@ -234,6 +234,22 @@ def test_the_shapes_are_few_large_leaves_whose_colour_maps_the_colour_names_read
     assert np.array_equal(textured[0], dead_leaves(3, 0, 32, segmentation=True, style='textured')[0])
 
 
+
+def test_max_shapes_caps_the_leaves_and_keeps_the_default_set_as_it_was():
+    """dead_leaves(style='shapes', max_shapes=K) draws at most K leaves (the experiments' scenes of one to three
+    shapes); with K >= 12, the cap never binds, and the images are the default set's, value for value."""
+    from utils.data import dead_leaves
+    counts = []
+    for i in range(12):
+        for k in (1, 3):
+            _, scene = dead_leaves(5, i, 32, scene=True, style='shapes', max_shapes=k)
+            assert 1 <= len(scene['shapes']) <= k
+            counts.append(len(scene['shapes']))
+        default = dead_leaves(5, i, 32, style='shapes')
+        assert np.array_equal(default, dead_leaves(5, i, 32, style='shapes', max_shapes=12))
+    assert max(counts) == 3  # the cap is reached, not merely respected
+
+
 def test_region_r2_is_one_for_an_image_drawn_in_the_maps_regions_and_near_zero_for_noise():
     """metrics.region_r2: a piecewise-constant image on the map's regions is fully explained, whatever the colours; two
     regions of one label that do not touch are fitted apart; white noise is explained by the regions' share of pixels

@@ -52,7 +52,8 @@ def dead_leaves(seed, index, size, supersample=4, r_min=4.0, max_shapes=400, tex
     of the image seen), 'box' (x0, y0, x1, y1) in [0, 1]}], largest first}. The image is the same either way.
     style='shapes': the recognisable set (DATASETS): 4-12 large leaves (radius 10-30% of the side) of independent,
     saturated hues with a light texture (a third of the contrast) on a visible background, so that a sample either
-    shows whole shapes or does not, and a caption's colours are seen; r_min and max_shapes are then unused."""
+    shows whole shapes or does not, and a caption's colours are seen; r_min is then unused, and max_shapes caps the
+    count (the count is drawn first, so that the images with max_shapes >= 12 are the default set's)."""
     rng = np.random.default_rng([seed, index])
     S = size * supersample
     r_min, r_max = r_min * supersample, 0.6 * S
@@ -65,7 +66,7 @@ def dead_leaves(seed, index, size, supersample=4, r_min=4.0, max_shapes=400, tex
     shapes_style = style == 'shapes'
     if style not in DATASETS:
         raise ValueError(f"unknown dead-leaves style {style!r}; use one of {', '.join(DATASETS)}.")
-    n = int(rng.integers(4, 13)) if shapes_style else max_shapes
+    n = min(int(rng.integers(4, 13)), max_shapes) if shapes_style else max_shapes
     if shapes_style:  # few large leaves, each inside the image by at least half its radius
         r = rng.uniform(0.1, 0.3, n) * S
         cx, cy = rng.uniform(r / 2, S - r / 2), rng.uniform(r / 2, S - r / 2)
