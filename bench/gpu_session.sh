@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared device check for a session that is lent a GPU (one H200 here: 15 minutes of device time in all, at most
-# 10 a command). Each part is one command well inside 10 minutes; run `repro` first, then `bench`, and paste what they
-# print into the closing note. Nothing here is needed by the tests, and no number from it is claimed until it has run.
+# 10 a command). Each part is one command well inside 10 minutes; run `repro` first, then `bench`, then `shapes` if
+# device time is left, and paste what they print into the closing note. Nothing here is needed by the tests, and no number from it is claimed until it has run.
 #
 #   bash bench/gpu_session.sh repro OUT_DIR   # the image reproduction at GPU size (device tool: ... repro $OUT)
 #   bash bench/gpu_session.sh bench OUT_DIR   # DiT-XL/2 training MFU through train_ldm.py, the number the guide tracks

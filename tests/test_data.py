@@ -234,7 +234,6 @@ def test_the_shapes_are_few_large_leaves_whose_colour_maps_the_colour_names_read
     assert np.array_equal(textured[0], dead_leaves(3, 0, 32, segmentation=True, style='textured')[0])
 
 
-
 def test_max_shapes_caps_the_leaves_and_keeps_the_default_set_as_it_was():
     """dead_leaves(style='shapes', max_shapes=K) draws at most K leaves (the experiments' scenes of one to three
     shapes); with K >= 12, the cap never binds, and the images are the default set's, value for value."""
